@@ -1,0 +1,5 @@
+//! Persistence through sqlx for SQLite and PostgreSQL; the only crate with SQL.
+//!
+//! # Status
+//!
+//! Being built by the control-plane issue.
