@@ -74,8 +74,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
                 "tls_fingerprint_sha256": r.tls.fingerprint_sha256,
                 "ssh_host_key": r.ssh_fingerprint,
             });
-            if r.password_generated {
-                line["admin_password"] = serde_json::Value::String(r.admin_password.clone());
+            if r.password_generated
+                && let Some(map) = line.as_object_mut()
+            {
+                map.insert("admin_password".into(), r.admin_password.clone().into());
             }
             writeln!(out, "{line}")?;
         }

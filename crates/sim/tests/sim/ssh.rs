@@ -145,10 +145,10 @@ async fn interactive_console_with_a_pty() {
         .unwrap();
     ch.request_shell(true).await.unwrap();
     let mut screen = String::new();
-    let mut read_until = async |ch: &mut russh::Channel<client::Msg>,
-                                screen: &mut String,
-                                needle: &str,
-                                count: usize| {
+    let read_until = async |ch: &mut russh::Channel<client::Msg>,
+                            screen: &mut String,
+                            needle: &str,
+                            count: usize| {
         tokio::time::timeout(TIMEOUT, async {
             while screen.matches(needle).count() < count {
                 match ch.wait().await {
