@@ -33,6 +33,9 @@ use crate::router::{Caller, Credential, Router, Session, Via};
 use crate::state::{ACTIVE, Item};
 use crate::tls::TlsIdentity;
 
+/// Reply sentences queued for a client before the service stops reading its commands.
+const REPLY_QUEUE: usize = 1024;
+
 /// Failed logins after which the connection is closed.
 pub const MAX_LOGIN_FAILURES: u32 = 5;
 
@@ -146,7 +149,7 @@ fn text(b: &[u8]) -> String {
 struct Conn {
     router: Router,
     peer: SocketAddr,
-    tx: mpsc::UnboundedSender<Out>,
+    tx: mpsc::Sender<Out>,
     cut: CancellationToken,
     session: Option<Session>,
     challenge: Option<[u8; 16]>,
@@ -155,14 +158,29 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&self, outs: Vec<Out>) {
+    /// The token that ends this connection now: the session's once logged in (so
+    /// `request-logout` cuts it), the connection's before.
+    fn session_cut(&self) -> CancellationToken {
+        self.session
+            .as_ref()
+            .map(|s| s.token.clone())
+            .unwrap_or_else(|| self.cut.clone())
+    }
+
+    /// Queues replies; waits while the client is not reading (backpressure), unless the
+    /// connection is being cut.
+    async fn send(&self, outs: Vec<Out>) {
+        let cut = self.session_cut();
         for o in outs {
-            let _ = self.tx.send(o);
+            tokio::select! {
+                r = self.tx.send(o) => if r.is_err() { return },
+                _ = cut.cancelled() => return,
+            }
         }
     }
 
     /// Handles one sentence; `false` ends the connection.
-    fn handle(&mut self, sentence: Sentence) -> bool {
+    async fn handle(&mut self, sentence: Sentence) -> bool {
         if sentence.words.is_empty() {
             return true;
         }
@@ -170,24 +188,25 @@ impl Conn {
         let tag = words.tag.clone();
         let path = text(&words.head);
         if path == "/login" {
-            return self.login(&words, &tag);
+            return self.login(&words, &tag).await;
         }
         if path == "/quit" {
-            self.send(vec![fatal("session terminated on request"), Out::Close]);
+            self.send(vec![fatal("session terminated on request"), Out::Close])
+                .await;
             return false;
         }
         let Some(session) = &self.session else {
             if self.router.is_v7() {
-                self.send(trap(&tag, &Trap::new("not logged in")));
+                self.send(trap(&tag, &Trap::new("not logged in"))).await;
                 return true;
             }
-            self.send(vec![fatal("not logged in"), Out::Close]);
+            self.send(vec![fatal("not logged in"), Out::Close]).await;
             return false;
         };
         let caller = session.caller();
         if path == "/cancel" {
             self.cancel(words.attributes.get("tag").map(Bytes::copy_from_slice));
-            self.send(vec![reply(ReplyKind::Done, &tag, vec![])]);
+            self.send(vec![reply(ReplyKind::Done, &tag, vec![])]).await;
             return true;
         }
         let req = Request {
@@ -204,7 +223,7 @@ impl Conn {
             return false;
         }
         if path == "/user/active/listen" {
-            self.listen(tag, &caller);
+            self.listen(tag, &caller).await;
             return true;
         }
         let result = menu::execute(&self.router, &caller, &req);
@@ -215,11 +234,11 @@ impl Conn {
             Ok(out) => outcome_replies(&self.router, &tag, out),
             Err(t) => trap(&tag, &t),
         };
-        self.send(outs);
+        self.send(outs).await;
         true
     }
 
-    fn login(&mut self, words: &Words, tag: &Option<Bytes>) -> bool {
+    async fn login(&mut self, words: &Words, tag: &Option<Bytes>) -> bool {
         let name = words.attributes.get("name");
         let password = words.attributes.get("password");
         let response = words.attributes.get("response");
@@ -231,7 +250,8 @@ impl Conn {
                 ReplyKind::Done,
                 tag,
                 vec![("ret".into(), hex::encode(c))],
-            )]);
+            )])
+            .await;
             return true;
         };
         let name = text(name);
@@ -256,15 +276,15 @@ impl Conn {
             Ok(session) => {
                 // A second login on a logged-in connection replaces the session.
                 self.session = Some(session);
-                self.send(vec![reply(ReplyKind::Done, tag, vec![])]);
+                self.send(vec![reply(ReplyKind::Done, tag, vec![])]).await;
                 true
             }
             Err(message) => {
                 tracing::info!(user = %name, peer = %self.peer, "api login failed");
                 self.failures += 1;
-                self.send(trap(tag, &Trap::new(message)));
+                self.send(trap(tag, &Trap::new(message))).await;
                 if self.failures >= MAX_LOGIN_FAILURES {
-                    self.send(vec![Out::Close]);
+                    self.send(vec![Out::Close]).await;
                     return false;
                 }
                 true
@@ -289,9 +309,9 @@ impl Conn {
 
     /// `/user/active/listen`: a `!re` for each session that starts, and one with
     /// `=.dead=yes` for each that ends, until cancelled.
-    fn listen(&mut self, tag: Option<Bytes>, caller: &Caller) {
+    async fn listen(&mut self, tag: Option<Bytes>, caller: &Caller) {
         if !caller.policies.has("read") {
-            self.send(trap(&tag, &Trap::permissions()));
+            self.send(trap(&tag, &Trap::permissions())).await;
             return;
         }
         let token = CancellationToken::new();
@@ -309,7 +329,7 @@ impl Conn {
                     _ = token.cancelled() => {
                         let t = Trap { message: "interrupted".into(), category: Some(2) };
                         for o in trap(&tag, &t) {
-                            let _ = tx.send(o);
+                            let _ = tx.send(o).await;
                         }
                         return;
                     }
@@ -318,7 +338,9 @@ impl Conn {
                 let now = snapshot(&router);
                 for item in &now {
                     if !known.contains(item) {
-                        let _ = tx.send(reply(ReplyKind::Re, &tag, menu::row(item, &ACTIVE)));
+                        let _ = tx
+                            .send(reply(ReplyKind::Re, &tag, menu::row(item, &ACTIVE)))
+                            .await;
                     }
                 }
                 for item in &known {
@@ -327,7 +349,7 @@ impl Conn {
                             (".id".to_string(), item.id_string()),
                             (".dead".to_string(), "yes".to_string()),
                         ];
-                        let _ = tx.send(reply(ReplyKind::Re, &tag, row));
+                        let _ = tx.send(reply(ReplyKind::Re, &tag, row)).await;
                     }
                 }
                 known = now;
@@ -336,11 +358,7 @@ impl Conn {
     }
 }
 
-async fn writer<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    router: Router,
-) {
+async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Out>, router: Router) {
     let mut buf = BytesMut::new();
     while let Some(out) = rx.recv().await {
         match out {
@@ -374,7 +392,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let mut write_task = tokio::spawn(writer(wr, rx, router.clone()));
     let mut conn = Conn {
         router,
@@ -391,23 +409,19 @@ where
         loop {
             match DECODER.decode(&mut buf) {
                 Ok(Some(sentence)) => {
-                    if !conn.handle(sentence) {
+                    if !conn.handle(sentence).await {
                         break 'conn;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "bad sentence from api client");
-                    conn.send(vec![fatal("invalid sentence"), Out::Close]);
+                    conn.send(vec![fatal("invalid sentence"), Out::Close]).await;
                     break 'conn;
                 }
             }
         }
-        let session_cut = conn
-            .session
-            .as_ref()
-            .map(|s| s.token.clone())
-            .unwrap_or_else(|| cut.clone());
+        let session_cut = conn.session_cut();
         tokio::select! {
             _ = session_cut.cancelled() => break,
             _ = &mut write_task => break,
@@ -428,7 +442,7 @@ where
         // Logged out or offline: cut at once, whatever is queued.
         write_task.abort();
     } else {
-        let _ = conn.tx.send(Out::Close);
+        let _ = conn.tx.try_send(Out::Close);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut write_task).await;
         write_task.abort();
     }

@@ -210,7 +210,8 @@ pub fn parse_interval(s: &str) -> Option<Duration> {
     let mut rest = s;
     // A trailing `HH:MM:SS` part.
     if let Some(colon) = s.find(':') {
-        let start = s[..colon]
+        let start = s
+            .get(..colon)?
             .rfind(|c: char| !c.is_ascii_digit())
             .map(|i| i + 1)
             .unwrap_or(0);

@@ -151,7 +151,7 @@ impl RouterHandle {
         );
 
         let tls = TlsIdentity::generate(&options.identity, options.address)?;
-        let host_key = crate::ssh::generate_host_key()?;
+        let host_key = crate::ssh::generate_host_key();
         let ssh_fingerprint = crate::ssh::fingerprint(&host_key);
 
         let stop = CancellationToken::new();

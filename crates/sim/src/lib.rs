@@ -123,8 +123,6 @@ pub enum Error {
     AddressRange { base: Ipv4Addr, count: usize },
     #[error("tls: {0}")]
     Tls(String),
-    #[error("ssh host key: {0}")]
-    HostKey(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

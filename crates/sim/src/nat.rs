@@ -161,8 +161,8 @@ async fn serve(router: Router, listener: TcpListener, f: Forward, token: Cancell
             crate::net::reset(stream);
             continue;
         }
-        let allowed = f.sources.allows(peer.ip()) != f.negate_sources
-            || (f.sources.0.is_empty() && !f.negate_sources);
+        // `src-address=!net` matches everyone outside `net`.
+        let allowed = f.sources.allows(peer.ip()) != f.negate_sources;
         if !allowed {
             drop(stream);
             continue;

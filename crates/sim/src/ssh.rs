@@ -20,18 +20,17 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, SshId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
 use crate::router::{Caller, Credential, Router, Session, Via};
 
 pub mod console;
 
 /// A new random ed25519 host key.
-pub fn generate_host_key() -> Result<PrivateKey, Error> {
+pub fn generate_host_key() -> PrivateKey {
     use rand::RngCore;
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
     let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
-    Ok(PrivateKey::from(pair))
+    PrivateKey::from(pair)
 }
 
 /// The SHA-256 fingerprint of a host key, as OpenSSH prints it (`SHA256:…`).

@@ -14,6 +14,7 @@ mod common;
 mod api;
 mod faults;
 mod fleet;
+mod layout;
 mod nat;
 mod scheduler;
 mod ssh;
