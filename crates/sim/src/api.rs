@@ -73,7 +73,16 @@ pub async fn run_tls(
         async move {
             let handshake =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
-            match handshake.await {
+            let handshake = async {
+                tokio::select! {
+                    r = handshake => Some(r),
+                    _ = cut.cancelled() => None,
+                }
+            };
+            let Some(handshake) = handshake.await else {
+                return;
+            };
+            match handshake {
                 Ok(Ok(tls)) => connection(tls, peer, r, cut).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),

@@ -2,8 +2,9 @@
 //! listener, a shutdown future, a cap on connections, and a graceful drain.
 //!
 //! While the router is offline (a fault) connections are accepted and reset at once.
-//! Each connection gets a token that is cancelled when the router goes offline; the
-//! service's own handler watches it.
+//! Each connection's handler gets a token that is cancelled when the router goes
+//! offline or the service shuts down; the handler watches it and closes its connection.
+//! Shutdown waits up to [`DRAIN_TIMEOUT`] for handlers to finish, then drops them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,13 +63,25 @@ pub async fn serve<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let cut = router.faults().connection_token();
+        // The handler's token ends the connection when the router goes offline or the
+        // service shuts down; the handler closes its side (an SSH session sends its
+        // disconnect) and returns.
+        let offline = router.faults().connection_token();
+        let conn = CancellationToken::new();
+        let fut = handle(stream, peer, conn.clone());
         let stop = stop.clone();
-        let fut = handle(stream, peer, cut);
         tasks.spawn(async move {
+            let watch = async {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = offline.cancelled() => {}
+                }
+                conn.cancel();
+                std::future::pending::<()>().await
+            };
             tokio::select! {
-                _ = stop.cancelled() => {}
                 _ = fut => {}
+                _ = watch => {}
             }
             drop(permit);
         });

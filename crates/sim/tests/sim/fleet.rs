@@ -68,8 +68,20 @@ async fn a_given_password_is_shared_and_shutdown_drains_connections() {
     assert!(!r.password_generated);
     let mut c = Raw::connect(r.api_addr).await;
     c.login_ok("admin", "s3cret").await;
+    let mut w = tokio::net::TcpStream::connect(r.winbox_addr).await.unwrap();
+    let started = std::time::Instant::now();
     fleet.shutdown().await;
-    assert!(c.closed().await, "connections end at shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown drained promptly"
+    );
+    assert!(c.closed().await, "api connections end at shutdown");
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(TIMEOUT, w.read_to_end(&mut sink))
+        .await
+        .unwrap();
+    assert!(n.is_ok() || n.is_err(), "winbox connection closed");
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod layout;
 mod nat;
+mod perf;
 mod scheduler;
 mod ssh;
 mod winbox;

@@ -232,6 +232,21 @@ async fn request_logout_disconnects_an_ssh_session() {
     r.shutdown().await;
 }
 
+#[tokio::test]
+async fn shutdown_disconnects_ssh_sessions() {
+    let r = router().await;
+    let h = ssh_connect(&r, "admin", "pw").await.unwrap();
+    assert_eq!(exec(&h, "/system identity print").await.1, Some(0));
+    r.shutdown().await;
+    let gone = tokio::time::timeout(TIMEOUT, async {
+        while !h.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the ssh session outlived the router");
+}
+
 fn openssh_available() -> bool {
     let ok = |c: &str| {
         std::process::Command::new("sh")
