@@ -3,7 +3,9 @@
 //!
 //! Wire behaviour, as RouterOS does it:
 //! - Login: `/login =name= =password=` (6.43+), or the legacy challenge: `/login` alone
-//!   gets `!done =ret=<32 hex>`, then `/login =name= =response=00<md5 hex>`. A failure is
+//!   gets `!done =ret=<32 hex>`, then `/login =name= =response=00<md5 hex>`. A router
+//!   configured as older than 6.43 answers a plaintext login with a challenge, as those
+//!   versions did, so a client's fall-back can be tested. A failure is
 //!   `!trap =message=invalid user name or password (6)` and the connection stays open;
 //!   after [`MAX_LOGIN_FAILURES`] it is closed.
 //! - Before login, other commands get `!trap =message=not logged in` on RouterOS 7 and
@@ -251,7 +253,10 @@ impl Conn {
         let name = words.attributes.get("name");
         let password = words.attributes.get("password");
         let response = words.attributes.get("response");
-        let Some(name) = name else {
+        // Before 6.43 RouterOS knew only the challenge: a plaintext `/login` got a
+        // challenge back (which is how clients learn to fall back to MD5).
+        let plaintext_unknown = self.router.version_before(6, 43) && response.is_none();
+        if name.is_none() || plaintext_unknown {
             let mut c = [0u8; 16];
             rand::rng().fill_bytes(&mut c);
             self.challenge = Some(c);
@@ -262,8 +267,8 @@ impl Conn {
             )])
             .await;
             return true;
-        };
-        let name = text(name);
+        }
+        let name = text(name.unwrap_or_default());
         let challenge = self.challenge.take();
         let credential = match (password, response, &challenge) {
             (Some(p), _, _) => Some(Credential::Password(p)),

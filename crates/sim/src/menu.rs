@@ -12,9 +12,7 @@ use crate::addr::{AddressList, Cidr};
 use crate::clock;
 use crate::query::Query;
 use crate::router::{Caller, Router};
-use crate::state::{
-    Access, DeviceMode, Item, Policies, Schema, State, TableKind, format_id, parse_id,
-};
+use crate::state::{Access, Item, Policies, Schema, State, TableKind, format_id, parse_id};
 
 /// A command: its path (`/user/add`), its `=key=value` attributes (`.id` and
 /// `.proplist` included) and its query words (`?name=x`).
@@ -820,16 +818,6 @@ fn validate(
         TableKind::Active => {}
     }
     Ok(())
-}
-
-/// The policies of the group named `group`, or none.
-pub fn group_policies(state: &State, group: &str) -> Policies {
-    state.group_policies(group).unwrap_or_default()
-}
-
-/// Sets the router's device-mode (what a test does in place of the button press).
-pub fn set_device_mode(router: &Router, mode: DeviceMode) {
-    router.state().device_mode = mode;
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::addr::AddressList;
 use crate::clock::{self, Clock};
 use crate::faults::Faults;
 use crate::nat::Forwarder;
-use crate::state::{Policies, State};
+use crate::state::{Item, Policies, State, TableKind};
 
 /// What a new router looks like.
 #[derive(Debug, Clone)]
@@ -199,6 +199,31 @@ impl Router {
     /// with `!fatal` and a closed connection.
     pub fn is_v7(&self) -> bool {
         version_major_minor(&self.inner.config.version).0 >= 7
+    }
+
+    /// Whether the router's version is older than `major.minor`.
+    pub fn version_before(&self, major: u32, minor: u32) -> bool {
+        version_major_minor(&self.inner.config.version) < (major, minor)
+    }
+
+    /// A snapshot of a menu's items.
+    pub fn items(&self, kind: TableKind) -> Vec<Item> {
+        self.state().table(kind).items.clone()
+    }
+
+    /// Runs a command in-process, as `caller` (for test set-up and inspection):
+    /// `router.run(&Caller::system(), &Request::new("/user/add").attr("name", "x"))`.
+    pub fn run(
+        &self,
+        caller: &Caller,
+        request: &crate::menu::Request,
+    ) -> Result<crate::menu::Outcome, crate::menu::Trap> {
+        crate::menu::execute(self, caller, request)
+    }
+
+    /// Sets device-mode, as the owner would with a button press at the device.
+    pub fn set_device_mode(&self, mode: crate::state::DeviceMode) {
+        self.state().device_mode = mode;
     }
 
     pub fn uptime_secs(&self) -> u64 {

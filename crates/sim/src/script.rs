@@ -5,8 +5,9 @@
 //! `key="value"` conditions (and-ed, `where` allowed); no match means nothing to do, as
 //! on RouterOS. Commands the sim does not know are logged and skipped.
 //!
-//! This is not a RouterOS scripting language interpreter: no variables, `:do`,
-//! `:if`, `:foreach`.
+//! `:do { … } on-error={ … }` runs its body (errors caught when `on-error` is there),
+//! and `:log` lines are ignored. This is not a RouterOS scripting language interpreter:
+//! no variables, `:if`, `:foreach`.
 
 use crate::menu::{self, Request};
 use crate::router::{Caller, Router};
@@ -33,11 +34,11 @@ pub fn split_commands(script: &str) -> Vec<String> {
                 quoted = !quoted;
                 cur.push(c);
             }
-            '[' if !quoted => {
+            '[' | '{' if !quoted => {
                 depth += 1;
                 cur.push(c);
             }
-            ']' if !quoted => {
+            ']' | '}' if !quoted => {
                 depth = depth.saturating_sub(1);
                 cur.push(c);
             }
@@ -244,10 +245,48 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, St
     Ok(true)
 }
 
-/// Runs a whole script, command after command; a failing command stops the script (as
-/// RouterOS does), an unknown one is skipped.
-pub fn run(router: &Router, caller: &Caller, script: &str) {
+/// Splits `:do { body } on-error={ … }` into its body and whether errors are caught.
+fn do_block(line: &str) -> Option<(&str, bool)> {
+    let rest = line.strip_prefix(":do")?.trim_start();
+    let inner = rest.strip_prefix('{')?;
+    let mut depth = 1usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '{' if !quoted => depth += 1,
+            '}' if !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    let body = inner.get(..i)?;
+                    let after = inner.get(i + 1..)?.trim_start();
+                    return Some((body, after.starts_with("on-error")));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Runs a script; `Err` when a command failed (which stops the script, as on RouterOS).
+fn run_script(router: &Router, caller: &Caller, script: &str) -> Result<(), String> {
     for line in split_commands(script) {
+        if let Some((body, catch)) = do_block(&line) {
+            match run_script(router, caller, body) {
+                Err(e) if !catch => return Err(e),
+                _ => continue,
+            }
+        }
+        if line.starts_with(":log") || line.starts_with('#') {
+            continue;
+        }
         match run_line(router, caller, &line) {
             Ok(true) => {}
             Ok(false) => {
@@ -255,15 +294,62 @@ pub fn run(router: &Router, caller: &Caller, script: &str) {
             }
             Err(e) => {
                 tracing::warn!(command = %line, error = %e, "script command failed");
-                return;
+                return Err(e);
             }
         }
     }
+    Ok(())
+}
+
+/// Runs a whole script, command after command: a failing command stops the script (as
+/// RouterOS does) unless it is inside `:do { … } on-error={ … }`; an unknown one is
+/// logged and skipped; `:log` lines and comments are ignored.
+pub fn run(router: &Router, caller: &Caller, script: &str) {
+    let _ = run_script(router, caller, script);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn do_blocks_run_their_body_and_catch_errors_with_on_error() {
+        use crate::router::RouterConfig;
+        let r = Router::new(RouterConfig::new("r", "127.0.0.1".parse().unwrap(), "pw"));
+        for name in ["a", "b"] {
+            let add = Request::new("/user/add")
+                .attr("name", name)
+                .attr("group", "read");
+            menu::execute(&r, &Caller::system(), &add).unwrap();
+        }
+        // The first block fails (no such group) but on-error catches it; the script goes
+        // on and removes `b` in a second block.
+        run(
+            &r,
+            &Caller::system(),
+            ":do { /user set [find name=\"a\"] group=nosuch } on-error={ :log warning \"x\" }\n:log info \"removing\"; :do { /user remove [find name=\"b\"] }",
+        );
+        let names: Vec<_> = r
+            .items(crate::state::TableKind::Users)
+            .iter()
+            .map(|u| u.get("name").unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["admin", "a"]);
+        // Without on-error the failure stops the script.
+        run(
+            &r,
+            &Caller::system(),
+            ":do { /user set [find name=\"a\"] group=nosuch }; /user remove [find name=\"a\"]",
+        );
+        assert!(r.state().users.by_name("a").is_some());
+        // A plain failing command stops it too.
+        run(
+            &r,
+            &Caller::system(),
+            "/user set [find name=\"a\"] group=nosuch; /user remove [find name=\"a\"]",
+        );
+        assert!(r.state().users.by_name("a").is_some());
+    }
 
     #[test]
     fn splits_and_tokenizes() {

@@ -780,3 +780,35 @@ async fn quit_ends_the_session() {
     assert!(c.closed().await);
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn routers_older_than_6_43_answer_a_plaintext_login_with_a_challenge() {
+    let r = router_with(|o| o.version = "6.42.12".into()).await;
+    let mut c = Raw::connect(r.api_addr).await;
+    let first = c.login("admin", "pw").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].kind, ReplyKind::Done);
+    let challenge = hex::decode(first[0].ret().expect("a challenge")).unwrap();
+    // Not logged in yet.
+    let replies = c.call(&["/user/print"]).await;
+    assert_eq!(
+        replies[0].kind,
+        ReplyKind::Fatal,
+        "6.x: !fatal before login"
+    );
+    let mut c = Raw::connect(r.api_addr).await;
+    let first = c.login("admin", "pw").await;
+    let challenge2 = hex::decode(first[0].ret().unwrap()).unwrap();
+    assert_ne!(challenge, challenge2, "a fresh challenge each time");
+    let mut h = Md5::new();
+    h.update([0u8]);
+    h.update(b"pw");
+    h.update(&challenge2);
+    let response = format!("=response=00{}", hex::encode(h.finalize()));
+    assert_eq!(
+        c.call(&["/login", "=name=admin", &response]).await[0].kind,
+        ReplyKind::Done
+    );
+    assert_eq!(c.rows(&["/system/identity/print"]).await.len(), 1);
+    r.shutdown().await;
+}
