@@ -99,8 +99,12 @@ pub fn forward_of(item: &Item, router_addr: IpAddr) -> Option<Forward> {
 }
 
 /// Brings the running listeners in line with the NAT table: starts new ones, stops
-/// those whose rule went or changed. Must run inside a Tokio runtime.
+/// those whose rule went or changed. Outside a Tokio runtime it does nothing.
 pub fn reconcile(router: &Router) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!("dst-nat rules changed outside a Tokio runtime; forwards not updated");
+        return;
+    }
     let addr = router.address();
     let mut desired: HashMap<u16, Forward> = HashMap::new();
     {

@@ -812,3 +812,52 @@ async fn routers_older_than_6_43_answer_a_plaintext_login_with_a_challenge() {
     assert_eq!(c.rows(&["/system/identity/print"]).await.len(), 1);
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn oversized_words_and_garbage_are_refused_without_harm() {
+    use tokio::io::AsyncWriteExt;
+    let r = router().await;
+    // A word announcing 2 MiB (over the sim's 1 MiB limit): refused before reading it.
+    let mut s = tokio::net::TcpStream::connect(r.api_addr).await.unwrap();
+    s.write_all(&[0xE0, 0x20, 0x00, 0x00]).await.unwrap();
+    let mut c = Raw::new(s);
+    assert_eq!(c.recv().await.unwrap().kind, ReplyKind::Fatal);
+    assert!(c.closed().await);
+    // A truncated sentence and then end of stream: the router just closes.
+    let mut s = tokio::net::TcpStream::connect(r.api_addr).await.unwrap();
+    s.write_all(&[0x06, b'/', b'l', b'o']).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut c = Raw::new(s);
+    assert!(c.closed().await);
+    // Non-UTF-8 names and values are just bytes that match nothing.
+    let mut c = Raw::admin(r.api_addr).await;
+    c.send_raw(&[b"/user/print", b"?name=\xff\xfe", b".tag=x"])
+        .await;
+    let kinds: Vec<_> = c.read_done().await.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [ReplyKind::Empty, ReplyKind::Done]);
+    c.send_raw(&[b"/user/add", b"=name=\xff", b"=group=read"])
+        .await;
+    assert_eq!(c.read_done().await.last().unwrap().kind, ReplyKind::Done);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed() {
+    let r = router().await;
+    let mut open = Vec::new();
+    for _ in 0..postern_sim::server::MAX_CONNECTIONS {
+        open.push(Raw::connect(r.api_addr).await);
+    }
+    // Make sure the router has taken them all before the one too many.
+    open.last_mut().unwrap().login_ok("admin", "pw").await;
+    let mut extra = Raw::connect(r.api_addr).await;
+    assert!(extra.closed().await, "connection over the cap is closed");
+    drop(open.pop());
+    let router = r.router().clone();
+    eventually("the freed slot", move || {
+        router.state().active.items.is_empty()
+    })
+    .await;
+    Raw::admin(r.api_addr).await;
+    r.shutdown().await;
+}

@@ -78,6 +78,13 @@ impl Raw {
         self.stream.write_all(&out).await.unwrap();
     }
 
+    /// Sends words that need not be UTF-8.
+    pub async fn send_raw(&mut self, words: &[&[u8]]) {
+        let mut out = BytesMut::new();
+        encode_sentence(words, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
     /// The next reply, or `None` when the router closed the connection.
     pub async fn recv(&mut self) -> Option<Reply> {
         tokio::time::timeout(TIMEOUT, async {
