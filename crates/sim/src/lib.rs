@@ -20,6 +20,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Driving it from a test
+//!
+//! - Start: [`RouterHandle::start`] with [`RouterOptions`] (`ports` default to
+//!   [`Ports::ephemeral`]; `clock: Clock::manual(t)` for time control;
+//!   `version: "6.49.10"` for RouterOS 6 behaviour), or [`Fleet::start`]. The handle
+//!   carries `api_addr`, `api_tls_addr`, `ssh_addr`, `winbox_addr`, `admin_password`,
+//!   `tls.cert_der`/`tls.cert_pem`/`tls.fingerprint_sha256` (to pin API-SSL) and
+//!   `ssh_fingerprint` (to pin the SSH host key).
+//! - Read state: `handle.router().state()` locks the [`state::State`] (users, groups,
+//!   active, nat, scheduler tables of [`state::Item`]s; keep the guard short, never
+//!   across an `.await`), or `handle.router().items(TableKind::Users)` for a snapshot.
+//!   Change it in-process with `handle.router().run(&Caller::system(), &Request…)` or
+//!   [`Router::set_device_mode`].
+//! - Time: `handle.clock().advance(d)`; the scheduler wakes when a manual clock moves,
+//!   and [`RouterHandle::run_scheduler`] runs what is due at once.
+//! - Faults: `handle.faults().set_latency(d)`, `.set_offline(true)`,
+//!   `.set_drop_commands(Some(DropPoint::AfterApply))`, `.clear()`.
+//! - Stop: `handle.shutdown().await` (or `fleet.shutdown().await`) closes every
+//!   listener and connection, dst-nat forward and the scheduler.
+//!
 //! # Layout
 //!
 //! - [`fleet`]: starting one router ([`RouterHandle`]) or many ([`Fleet`]); ports.

@@ -330,12 +330,13 @@ async fn openssh_client_exec_interactive_and_logout() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
+            // ssh forwards what it reads once the shell is up; the console takes the
+            // lines in order and closes the channel at `/quit`.
             let mut stdin = child.stdin.take().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            stdin.write_all(b"/user print\r").unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            stdin.write_all(b"/quit\r").unwrap();
-            child.wait_with_output().unwrap()
+            stdin.write_all(b"/user print\r/quit\r").unwrap();
+            let out = child.wait_with_output().unwrap();
+            drop(stdin);
+            out
         }
     })
     .await
