@@ -1,5 +1,5 @@
 //! The SSH console's command line: RouterOS CLI syntax for the commands the sim knows,
-//! run through the same [`menu`](crate::menu) as the API, printed as RouterOS prints
+//! run through the same [`menu`](crate::menu::execute) as the API, printed as RouterOS prints
 //! them (closely, not byte for byte).
 
 use crate::menu::{self, Menu, Request};
