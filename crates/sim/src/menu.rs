@@ -461,16 +461,31 @@ fn writable(kind: TableKind, req: &Request, skip: &[&str]) -> Result<Vec<(String
 }
 
 fn add(router: &Router, caller: &Caller, kind: TableKind, req: &Request) -> Result<Outcome, Trap> {
-    let values = writable(kind, req, &[])?;
+    // Firewall rules are ordered: `place-before=*N` (or a position) puts the new rule
+    // ahead of another instead of at the end.
+    let ordered = kind == TableKind::Nat;
+    let skip: &[&str] = if ordered { &["place-before"] } else { &[] };
+    let values = writable(kind, req, skip)?;
     let now = router.clock().unix();
     let mut state = router.state();
     if kind == TableKind::Scheduler && !state.device_mode.allows_scheduler() {
         return Err(Trap::new("failure: not allowed by device-mode"));
     }
+    let position = match req.get("place-before").filter(|_| ordered) {
+        None => None,
+        Some(p) => {
+            let items = &state.table(kind).items;
+            let pos = match parse_id(p) {
+                Some(id) => items.iter().position(|i| i.id == id),
+                None => p.parse::<usize>().ok().filter(|n| *n <= items.len()),
+            };
+            Some(pos.ok_or_else(Trap::no_such_item)?)
+        }
+    };
     let mut props: BTreeMap<String, String> = values.into_iter().collect();
     defaults(router, caller, kind, &mut props, now);
     validate(router, &state, kind, &mut props, None, now)?;
-    let id = state.table_mut(kind).insert(props);
+    let id = state.table_mut(kind).insert_at(props, position);
     Ok(Outcome {
         rows: vec![],
         ret: Some(format_id(id)),

@@ -229,9 +229,15 @@ pub struct Table {
 impl Table {
     /// Adds an item with the next id and returns that id.
     pub fn insert(&mut self, props: BTreeMap<String, String>) -> u32 {
+        self.insert_at(props, None)
+    }
+
+    /// Adds an item at `position` (the end when `None` or past it).
+    pub fn insert_at(&mut self, props: BTreeMap<String, String>, position: Option<usize>) -> u32 {
         self.next_id = self.next_id.saturating_add(1);
         let id = self.next_id;
-        self.items.push(Item { id, props });
+        let at = position.unwrap_or(self.items.len()).min(self.items.len());
+        self.items.insert(at, Item { id, props });
         id
     }
 

@@ -515,7 +515,32 @@ async fn menus_postern_touches() {
     let rule = &c.rows(&["/ip/firewall/nat/print"]).await[0];
     assert_eq!(get(rule, "disabled"), Some("true"));
     assert_eq!(get(rule, "action"), Some("masquerade"));
-    c.ok(&["/ip/firewall/nat/remove", "=.id=*1"]).await;
+    // place-before puts a rule ahead of another (rule order decides which dst-nat wins).
+    let first = c
+        .ok(&[
+            "/ip/firewall/nat/add",
+            "=chain=srcnat",
+            "=action=masquerade",
+            "=place-before=*1",
+            "=comment=first",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(first, "*2");
+    let order: Vec<_> = c
+        .rows(&["/ip/firewall/nat/print"])
+        .await
+        .iter()
+        .map(|r| get(r, ".id").unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["*2", "*1"]);
+    assert_eq!(
+        c.trap(&["/ip/firewall/nat/add", "=chain=srcnat", "=place-before=*77"])
+            .await
+            .0,
+        "no such item"
+    );
+    c.ok(&["/ip/firewall/nat/remove", "=.id=*1,*2"]).await;
     // Scheduler, 7.x date format.
     c.ok(&[
         "/system/scheduler/add",
