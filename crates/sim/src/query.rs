@@ -1,6 +1,7 @@
 //! `print` queries as RouterOS evaluates them: a stack of booleans per item.
 //!
-//! Each query word pushes one value: `?name=x` (the property equals `x`), `?name` (the
+//! Each query word pushes one value: `?name=x` (the property equals `x`; `?name=`
+//! also matches items where it is not set), `?name` (the
 //! item has the property), `?-name` (it lacks it), `?<name=x` and `?>name=x` (less or
 //! greater: numerically when both sides are numbers or `*` ids, as text otherwise).
 //! `?#ops` works on the stack, left to right: `|` and `&` pop two values and push their
@@ -122,6 +123,8 @@ impl Query {
             match word {
                 Word::Has(k) => stack.push(get(k).is_some()),
                 Word::Lacks(k) => stack.push(get(k).is_none()),
+                // `?name=` (empty) also matches items where `name` is not set.
+                Word::Eq(k, v) if v.is_empty() => stack.push(get(k).is_none_or(str::is_empty)),
                 Word::Eq(k, v) => stack.push(get(k).is_some_and(|x| same(x, v))),
                 Word::Less(k, v) => stack.push(get(k).is_some_and(|x| less(x, v))),
                 Word::Greater(k, v) => stack.push(get(k).is_some_and(|x| less(v, x))),
@@ -218,6 +221,8 @@ mod tests {
         check(&["?<.id=*9"], &a, false);
         check(&["?name=a", "?uid=5"], &a, true);
         check(&["?name=a", "?uid=6"], &a, false);
+        check(&["?comment="], &a, true);
+        check(&["?name="], &a, false);
     }
 
     #[test]
