@@ -38,6 +38,9 @@ use crate::tls::TlsIdentity;
 /// Reply sentences queued for a client before the service stops reading its commands.
 const REPLY_QUEUE: usize = 1024;
 
+/// Long-running commands (`listen`) one connection may have at once.
+pub const MAX_RUNNING: usize = 64;
+
 /// Failed logins after which the connection is closed.
 pub const MAX_LOGIN_FAILURES: u32 = 5;
 
@@ -326,6 +329,11 @@ impl Conn {
     async fn listen(&mut self, tag: Option<Bytes>, caller: &Caller) {
         if !caller.policies.has("read") {
             self.send(trap(&tag, &Trap::permissions())).await;
+            return;
+        }
+        if self.running.len() >= MAX_RUNNING && !self.running.contains_key(&tag) {
+            let t = Trap::new("too many commands running on this connection");
+            self.send(trap(&tag, &t)).await;
             return;
         }
         let token = CancellationToken::new();
