@@ -62,7 +62,8 @@
 //! What matches RouterOS (7.18 unless said otherwise):
 //! - API words, login (plaintext and the MD5 challenge), tags on every reply, `!trap`
 //!   then `!done`, `!empty` then `!done` for an empty `print` (7.18+, a per-router
-//!   option), `/cancel` (`!trap =category=2 =message=interrupted`), queries with the
+//!   option; the pinned librouteros reads up to `!done` and skips `!empty`, which only
+//!   works against 7.18+ if both are sent), `/cancel` (`!trap =category=2 =message=interrupted`), queries with the
 //!   stack operators, `=.proplist=`, `=count-only=`, `.id`s as `*HEX` never reused.
 //! - Messages: `invalid user name or password (6)` (for every login refusal alike:
 //!   wrong password, disabled, address or policy), `not enough permissions (9)`,
