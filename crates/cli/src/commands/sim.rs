@@ -1,0 +1,103 @@
+//! `postern sim`: starts a fleet of virtual routers, prints one JSON line per router
+//! once all listen, and runs until Ctrl-C (or SIGTERM).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context;
+use clap::Args;
+use sim::{Fleet, FleetOptions, Ports};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// How many routers to start.
+    #[arg(long, default_value_t = 1)]
+    pub routers: usize,
+    /// The first router's address; the others follow (127.0.1.1, 127.0.1.2, …).
+    #[arg(long, default_value = "127.0.1.1")]
+    pub base_address: Ipv4Addr,
+    /// The `admin` password of every router; generated per router (and printed) when
+    /// not given.
+    #[arg(long, env = "POSTERN_SIM_ADMIN_PASSWORD")]
+    pub admin_password: Option<String>,
+    /// RouterOS API port (0: any free port).
+    #[arg(long, default_value_t = 8728)]
+    pub api_port: u16,
+    /// RouterOS API-SSL port.
+    #[arg(long, default_value_t = 8729)]
+    pub api_tls_port: u16,
+    /// WinBox-port stand-in (not the WinBox protocol).
+    #[arg(long, default_value_t = 8291)]
+    pub winbox_port: u16,
+    /// SSH port (2222 so the sim runs unprivileged).
+    #[arg(long, default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// The RouterOS version the routers claim (7.18+ sends `!empty`).
+    #[arg(long, default_value = "7.18.2")]
+    pub routeros_version: String,
+}
+
+pub async fn run(args: SimArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    anyhow::ensure!(args.routers > 0, "--routers must be at least 1");
+    let options = FleetOptions {
+        ports: Ports {
+            api: args.api_port,
+            api_tls: args.api_tls_port,
+            winbox: args.winbox_port,
+            ssh: args.ssh_port,
+        },
+        admin_password: args.admin_password,
+        version: args.routeros_version,
+        ..FleetOptions::default()
+    };
+    let fleet = Fleet::start(args.routers, args.base_address, options)
+        .await
+        .context("starting the sim fleet")?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for r in &fleet.routers {
+            let mut line = serde_json::json!({
+                "identity": r.identity(),
+                "address": r.address().to_string(),
+                "api_port": r.api_addr.port(),
+                "api_tls_port": r.api_tls_addr.port(),
+                "winbox_port": r.winbox_addr.port(),
+                "ssh_port": r.ssh_addr.port(),
+                "admin_user": "admin",
+                "tls_fingerprint_sha256": r.tls.fingerprint_sha256,
+                "ssh_host_key": r.ssh_fingerprint,
+            });
+            if r.password_generated
+                && let Some(map) = line.as_object_mut()
+            {
+                map.insert("admin_password".into(), r.admin_password.clone().into());
+            }
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+    }
+    wait_for_signal().await?;
+    fleet.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,886 @@
+//! What the router's commands do: the menus Postern touches, with RouterOS's checks and
+//! error messages. Every service (API, SSH console, scheduler scripts) runs commands
+//! through [`execute`], so they all see and change the same state the same way.
+//!
+//! Permissions follow RouterOS: `print` needs the `read` policy; `add`, `set`, `remove`,
+//! `enable`, `disable` and `request-logout` need `write`, and changing users or groups
+//! also needs `policy`. A refusal is `not enough permissions (9)`.
+
+use std::collections::BTreeMap;
+
+use crate::addr::{AddressList, Cidr};
+use crate::clock;
+use crate::query::Query;
+use crate::router::{Caller, Router};
+use crate::state::{Access, Item, Policies, Schema, State, TableKind, format_id, parse_id};
+
+/// A command: its path (`/user/add`), its `=key=value` attributes (`.id` and
+/// `.proplist` included) and its query words (`?name=x`).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub path: String,
+    pub attrs: Vec<(String, String)>,
+    pub queries: Vec<String>,
+}
+
+impl Request {
+    pub fn new(path: &str) -> Self {
+        Request {
+            path: path.to_string(),
+            ..Request::default()
+        }
+    }
+
+    pub fn attr(mut self, k: &str, v: &str) -> Self {
+        self.attrs.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn query(mut self, q: &str) -> Self {
+        self.queries.push(q.to_string());
+        self
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A `!trap`: its message and, when RouterOS sends one, its category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trap {
+    pub message: String,
+    pub category: Option<u8>,
+}
+
+impl Trap {
+    pub fn new(message: impl Into<String>) -> Trap {
+        Trap {
+            message: message.into(),
+            category: None,
+        }
+    }
+
+    fn missing(what: &str) -> Trap {
+        Trap {
+            message: format!("no such command or directory ({what})"),
+            category: Some(0),
+        }
+    }
+
+    pub fn permissions() -> Trap {
+        Trap::new("not enough permissions (9)")
+    }
+
+    fn unknown_parameter(name: &str) -> Trap {
+        Trap::new(format!("unknown parameter {name}"))
+    }
+
+    fn invalid(name: &str) -> Trap {
+        Trap::new(format!("invalid value for argument {name}"))
+    }
+
+    fn no_such_item() -> Trap {
+        Trap::new("no such item")
+    }
+}
+
+/// What a command returned: rows for `!re`, and `=ret=` for `!done`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub rows: Vec<Vec<(String, String)>>,
+    pub ret: Option<String>,
+    /// A `print` (so an empty result is `!empty` on RouterOS 7.18+).
+    pub is_print: bool,
+}
+
+/// The menus the sim knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Menu {
+    Table(TableKind),
+    Identity,
+    Resource,
+    DeviceMode,
+}
+
+const MENUS: &[(&str, Menu)] = &[
+    ("user", Menu::Table(TableKind::Users)),
+    ("user/group", Menu::Table(TableKind::Groups)),
+    ("user/active", Menu::Table(TableKind::Active)),
+    ("ip/firewall/nat", Menu::Table(TableKind::Nat)),
+    ("system/scheduler", Menu::Table(TableKind::Scheduler)),
+    ("system/identity", Menu::Identity),
+    ("system/resource", Menu::Resource),
+    ("system/device-mode", Menu::DeviceMode),
+];
+
+fn is_directory(prefix: &str) -> bool {
+    MENUS
+        .iter()
+        .any(|(m, _)| *m == prefix || m.starts_with(&format!("{prefix}/")))
+}
+
+/// Splits `/user/group/add` into its menu and verb, with RouterOS's errors for paths it
+/// does not have.
+pub fn parse_path(path: &str) -> Result<(Menu, String), Trap> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(Trap {
+            message: "no such command prefix".into(),
+            category: Some(0),
+        });
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(Trap {
+            message: "no such command prefix".into(),
+            category: Some(0),
+        });
+    }
+    let Some((verb, dirs)) = segments.split_last() else {
+        return Err(Trap::missing(""));
+    };
+    let mut prefix = String::new();
+    for d in dirs {
+        let next = if prefix.is_empty() {
+            d.to_string()
+        } else {
+            format!("{prefix}/{d}")
+        };
+        if !is_directory(&next) {
+            return Err(Trap::missing(d));
+        }
+        prefix = next;
+    }
+    match MENUS.iter().find(|(m, _)| *m == prefix) {
+        Some((_, menu)) => Ok((*menu, verb.to_string())),
+        None => Err(Trap::missing(verb)),
+    }
+}
+
+fn need(caller: &Caller, policies: &[&str]) -> Result<(), Trap> {
+    if policies.iter().all(|p| caller.policies.has(p)) {
+        Ok(())
+    } else {
+        Err(Trap::permissions())
+    }
+}
+
+/// Runs one command as `caller`.
+pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcome, Trap> {
+    let (menu, verb) = parse_path(&req.path)?;
+    let out = match menu {
+        Menu::Table(kind) => table_command(router, caller, kind, &verb, req)?,
+        Menu::Identity => match verb.as_str() {
+            "print" => {
+                need(caller, &["read"])?;
+                let name = router.state().identity.clone();
+                print_single(req, vec![("name".into(), name)])?
+            }
+            "set" => {
+                need(caller, &["write"])?;
+                only_params(req, &["name"])?;
+                let name = req.get("name").ok_or_else(|| Trap::invalid("name"))?;
+                if name.is_empty() {
+                    return Err(Trap::invalid("name"));
+                }
+                router.state().identity = name.to_string();
+                Outcome::default()
+            }
+            v => return Err(Trap::missing(v)),
+        },
+        Menu::Resource => match verb.as_str() {
+            "print" => {
+                need(caller, &["read"])?;
+                print_single(req, resource(router))?
+            }
+            v => return Err(Trap::missing(v)),
+        },
+        Menu::DeviceMode => match verb.as_str() {
+            "print" => {
+                need(caller, &["read"])?;
+                let mode = router.state().device_mode;
+                print_single(req, mode.properties())?
+            }
+            "update" => {
+                need(caller, &["write", "policy"])?;
+                // RouterOS applies a device-mode change only after a button press or a
+                // power cycle at the device; the sim has neither.
+                return Err(Trap::new(
+                    "failure: update requires physical confirmation at the device (press the button or cold-boot)",
+                ));
+            }
+            v => return Err(Trap::missing(v)),
+        },
+    };
+    Ok(out)
+}
+
+fn resource(router: &Router) -> Vec<(String, String)> {
+    let c = router.config();
+    let up = std::time::Duration::from_secs(router.uptime_secs());
+    [
+        ("uptime", clock::format_interval(up)),
+        ("version", format!("{} (stable)", c.version)),
+        ("build-time", "2025-03-11 11:59:04".to_string()),
+        ("factory-software", "7.1".to_string()),
+        ("free-memory", "212324352".to_string()),
+        ("total-memory", "268435456".to_string()),
+        ("cpu", "QEMU".to_string()),
+        ("cpu-count", "1".to_string()),
+        ("cpu-frequency", "2400".to_string()),
+        ("cpu-load", "1".to_string()),
+        ("free-hdd-space", "84492288".to_string()),
+        ("total-hdd-space", "100663296".to_string()),
+        ("architecture-name", "x86_64".to_string()),
+        ("board-name", c.board_name.clone()),
+        ("platform", "MikroTik".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+const PRINT_FLAGS: &[&str] = &[
+    ".proplist",
+    "count-only",
+    "detail",
+    "terse",
+    "brief",
+    "without-paging",
+    "stats",
+    "show-ids",
+    "value-list",
+    "as-value",
+];
+
+fn proplist(req: &Request) -> Option<Vec<String>> {
+    req.get(".proplist")
+        .map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
+}
+
+fn apply_proplist(
+    row: Vec<(String, String)>,
+    props: &Option<Vec<String>>,
+) -> Vec<(String, String)> {
+    match props {
+        None => row,
+        Some(p) => row.into_iter().filter(|(k, _)| p.contains(k)).collect(),
+    }
+}
+
+fn print_single(req: &Request, row: Vec<(String, String)>) -> Result<Outcome, Trap> {
+    for (k, _) in &req.attrs {
+        if !PRINT_FLAGS.contains(&k.as_str()) {
+            return Err(Trap::unknown_parameter(k));
+        }
+    }
+    Ok(Outcome {
+        rows: vec![apply_proplist(row, &proplist(req))],
+        ret: None,
+        is_print: true,
+    })
+}
+
+fn only_params(req: &Request, allowed: &[&str]) -> Result<(), Trap> {
+    for (k, _) in &req.attrs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(Trap::unknown_parameter(k));
+        }
+    }
+    Ok(())
+}
+
+/// The `print` row of an item: `.id`, then its properties in schema order.
+pub fn row(item: &Item, schema: &Schema) -> Vec<(String, String)> {
+    let mut out = vec![(".id".to_string(), item.id_string())];
+    for (name, access) in schema.fields {
+        if *access == Access::Secret {
+            continue;
+        }
+        if let Some(v) = item.get(name) {
+            out.push((name.to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// Items of `kind` that pass `queries`, as print rows.
+pub fn select(state: &State, kind: TableKind, query: &Query) -> Result<Vec<Item>, Trap> {
+    let schema = kind.schema();
+    let mut out = Vec::new();
+    for item in &state.table(kind).items {
+        let r = row(item, schema);
+        let ok = query
+            .matches(|k| r.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()))
+            .map_err(|e| Trap::new(e.to_string()))?;
+        if ok {
+            out.push(item.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn write_policies(kind: TableKind) -> &'static [&'static str] {
+    match kind {
+        TableKind::Users | TableKind::Groups => &["write", "policy"],
+        _ => &["write"],
+    }
+}
+
+fn verbs(kind: TableKind) -> &'static [&'static str] {
+    match kind {
+        TableKind::Users | TableKind::Nat | TableKind::Scheduler => {
+            &["print", "add", "set", "remove", "enable", "disable"]
+        }
+        TableKind::Groups => &["print", "add", "set", "remove"],
+        TableKind::Active => &["print", "request-logout"],
+    }
+}
+
+fn table_command(
+    router: &Router,
+    caller: &Caller,
+    kind: TableKind,
+    verb: &str,
+    req: &Request,
+) -> Result<Outcome, Trap> {
+    if !verbs(kind).contains(&verb) {
+        return Err(Trap::missing(verb));
+    }
+    if verb == "print" {
+        need(caller, &["read"])?;
+        for (k, _) in &req.attrs {
+            if !PRINT_FLAGS.contains(&k.as_str()) {
+                return Err(Trap::unknown_parameter(k));
+            }
+        }
+        let query = Query::parse(&req.queries).map_err(|e| Trap::new(e.to_string()))?;
+        let state = router.state();
+        let items = select(&state, kind, &query)?;
+        drop(state);
+        if req.get("count-only").is_some() {
+            return Ok(Outcome {
+                rows: vec![],
+                ret: Some(items.len().to_string()),
+                is_print: false,
+            });
+        }
+        let props = proplist(req);
+        return Ok(Outcome {
+            rows: items
+                .iter()
+                .map(|i| apply_proplist(row(i, kind.schema()), &props))
+                .collect(),
+            ret: None,
+            is_print: true,
+        });
+    }
+    need(caller, write_policies(kind))?;
+    let out = match verb {
+        "add" => add(router, caller, kind, req)?,
+        "set" => set(router, kind, req)?,
+        "remove" => remove(router, kind, req)?,
+        "enable" | "disable" => {
+            only_params(req, &[".id", "numbers"])?;
+            let value = if verb == "disable" { "true" } else { "false" };
+            let mut state = router.state();
+            let ids = targets(&state, kind, req)?;
+            for id in ids {
+                if let Some(item) = state.table_mut(kind).get_mut(id) {
+                    item.set("disabled", value);
+                }
+            }
+            Outcome::default()
+        }
+        "request-logout" => {
+            only_params(req, &[".id", "numbers"])?;
+            let ids = targets(&router.state(), kind, req)?;
+            for id in ids {
+                router.logout(id);
+            }
+            Outcome::default()
+        }
+        v => return Err(Trap::missing(v)),
+    };
+    changed(router, kind);
+    Ok(out)
+}
+
+fn changed(router: &Router, kind: TableKind) {
+    match kind {
+        TableKind::Nat => crate::nat::reconcile(router),
+        TableKind::Scheduler => router.wake_scheduler(),
+        _ => {}
+    }
+}
+
+/// The ids a command names in `=.id=` or `=numbers=`: `*` ids, or names in menus that
+/// have them, comma-separated.
+fn targets(state: &State, kind: TableKind, req: &Request) -> Result<Vec<u32>, Trap> {
+    let list = req
+        .get(".id")
+        .or_else(|| req.get("numbers"))
+        .ok_or_else(|| Trap::new("missing value(s) of argument(s) numbers"))?;
+    let table = state.table(kind);
+    let mut ids = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let id = match parse_id(part) {
+            Some(id) => table.get(id).map(|i| i.id),
+            None if kind.schema().has_name() => table.by_name(part).map(|i| i.id),
+            None => None,
+        }
+        .ok_or_else(Trap::no_such_item)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return Err(Trap::no_such_item());
+    }
+    Ok(ids)
+}
+
+/// The writable properties a command sets, with unknown ones refused.
+fn writable(kind: TableKind, req: &Request, skip: &[&str]) -> Result<Vec<(String, String)>, Trap> {
+    let schema = kind.schema();
+    let mut out = Vec::new();
+    for (k, v) in &req.attrs {
+        if skip.contains(&k.as_str()) {
+            continue;
+        }
+        match schema.access(k) {
+            Some(Access::ReadWrite | Access::Secret) => out.push((k.clone(), v.clone())),
+            _ => return Err(Trap::unknown_parameter(k)),
+        }
+    }
+    Ok(out)
+}
+
+fn add(router: &Router, caller: &Caller, kind: TableKind, req: &Request) -> Result<Outcome, Trap> {
+    // Firewall rules are ordered: `place-before=*N` (or a position) puts the new rule
+    // ahead of another instead of at the end.
+    let ordered = kind == TableKind::Nat;
+    let skip: &[&str] = if ordered { &["place-before"] } else { &[] };
+    let values = writable(kind, req, skip)?;
+    let now = router.clock().unix();
+    let mut state = router.state();
+    if kind == TableKind::Scheduler && !state.device_mode.allows_scheduler() {
+        return Err(Trap::new("failure: not allowed by device-mode"));
+    }
+    let position = match req.get("place-before").filter(|_| ordered) {
+        None => None,
+        Some(p) => {
+            let items = &state.table(kind).items;
+            let pos = match parse_id(p) {
+                Some(id) => items.iter().position(|i| i.id == id),
+                None => p.parse::<usize>().ok().filter(|n| *n <= items.len()),
+            };
+            Some(pos.ok_or_else(Trap::no_such_item)?)
+        }
+    };
+    let mut props: BTreeMap<String, String> = values.into_iter().collect();
+    defaults(router, caller, kind, &mut props, now);
+    validate(router, &state, kind, &mut props, None, now)?;
+    let id = state.table_mut(kind).insert_at(props, position);
+    Ok(Outcome {
+        rows: vec![],
+        ret: Some(format_id(id)),
+        is_print: false,
+    })
+}
+
+fn set(router: &Router, kind: TableKind, req: &Request) -> Result<Outcome, Trap> {
+    let values = writable(kind, req, &[".id", "numbers"])?;
+    let now = router.clock().unix();
+    let mut state = router.state();
+    let ids = targets(&state, kind, req)?;
+    // Check every target before changing any, so a failing `set` changes nothing.
+    let mut updated = Vec::new();
+    for id in &ids {
+        let Some(item) = state.table(kind).get(*id) else {
+            return Err(Trap::no_such_item());
+        };
+        let mut props = item.props.clone();
+        for (k, v) in &values {
+            props.insert(k.clone(), v.clone());
+        }
+        validate(router, &state, kind, &mut props, Some(*id), now)?;
+        updated.push((*id, props));
+    }
+    for (id, props) in updated {
+        if let Some(item) = state.table_mut(kind).get_mut(id) {
+            item.props = props;
+        }
+    }
+    Ok(Outcome::default())
+}
+
+fn remove(router: &Router, kind: TableKind, req: &Request) -> Result<Outcome, Trap> {
+    only_params(req, &[".id", "numbers"])?;
+    let mut state = router.state();
+    let ids = targets(&state, kind, req)?;
+    if kind == TableKind::Groups {
+        for id in &ids {
+            let Some(group) = state.groups.get(*id) else {
+                continue;
+            };
+            // The built-in groups are the first three.
+            if *id <= 3 {
+                return Err(Trap::new("failure: can not remove default group"));
+            }
+            let name = group.get("name").unwrap_or_default().to_string();
+            if state
+                .users
+                .items
+                .iter()
+                .any(|u| u.get("group") == Some(&name))
+            {
+                return Err(Trap::new("failure: group is used by some user"));
+            }
+        }
+    }
+    for id in ids {
+        state.table_mut(kind).remove(id);
+    }
+    Ok(Outcome::default())
+}
+
+fn defaults(
+    router: &Router,
+    caller: &Caller,
+    kind: TableKind,
+    props: &mut BTreeMap<String, String>,
+    now: u64,
+) {
+    let mut default = |k: &str, v: String| {
+        props.entry(k.to_string()).or_insert(v);
+    };
+    match kind {
+        TableKind::Users => {
+            default("disabled", "false".into());
+        }
+        TableKind::Groups => {
+            default("skin", "default".into());
+            default("policy", String::new());
+        }
+        TableKind::Nat => {
+            default("action", "accept".into());
+            default("disabled", "false".into());
+            default("log", "false".into());
+            default("log-prefix", String::new());
+            default("bytes", "0".into());
+            default("packets", "0".into());
+            default("invalid", "false".into());
+            default("dynamic", "false".into());
+        }
+        TableKind::Scheduler => {
+            let date = if router.is_v7() {
+                clock::format_date(now)
+            } else {
+                clock::format_date_v6(now)
+            };
+            default("start-date", date);
+            default("start-time", clock::format_time(now));
+            default("interval", "0s".into());
+            default("on-event", String::new());
+            default(
+                "policy",
+                "ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon".into(),
+            );
+            default("disabled", "false".into());
+            default("run-count", "0".into());
+            default("owner", caller.user.clone());
+        }
+        TableKind::Active => {}
+    }
+}
+
+fn boolean(props: &mut BTreeMap<String, String>, key: &str) -> Result<(), Trap> {
+    if let Some(v) = props.get_mut(key) {
+        *v = match v.as_str() {
+            "yes" | "true" => "true".into(),
+            "no" | "false" => "false".into(),
+            _ => return Err(Trap::invalid(key)),
+        };
+    }
+    Ok(())
+}
+
+fn unique_name(
+    state: &State,
+    kind: TableKind,
+    name: &str,
+    me: Option<u32>,
+    msg: &str,
+) -> Result<(), Trap> {
+    let clash = state
+        .table(kind)
+        .items
+        .iter()
+        .any(|i| Some(i.id) != me && i.get("name") == Some(name));
+    if clash { Err(Trap::new(msg)) } else { Ok(()) }
+}
+
+fn required<'a>(props: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, Trap> {
+    match props.get(key).map(String::as_str) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(Trap::new(format!("failure: {key} not specified"))),
+    }
+}
+
+fn port_spec(s: &str) -> bool {
+    // `80`, `8000-8080`, `22,80,443`.
+    !s.is_empty()
+        && s.split(',').all(|part| {
+            let mut it = part.splitn(2, '-');
+            let ok =
+                |p: Option<&str>| p.is_some_and(|p| p.trim().parse::<u16>().is_ok_and(|n| n > 0));
+            let a = it.next();
+            match it.next() {
+                Some(b) => ok(a) && ok(Some(b)),
+                None => ok(a),
+            }
+        })
+}
+
+fn address_spec(s: &str) -> bool {
+    let s = s.strip_prefix('!').unwrap_or(s);
+    match s.split_once('-') {
+        Some((a, b)) => {
+            a.parse::<std::net::IpAddr>().is_ok() && b.parse::<std::net::IpAddr>().is_ok()
+        }
+        None => Cidr::parse(s).is_some(),
+    }
+}
+
+const NAT_ACTIONS: &[&str] = &[
+    "accept",
+    "add-dst-to-address-list",
+    "add-src-to-address-list",
+    "dst-nat",
+    "endpoint-independent-nat",
+    "jump",
+    "log",
+    "masquerade",
+    "netmap",
+    "passthrough",
+    "redirect",
+    "return",
+    "same",
+    "src-nat",
+];
+
+const PROTOCOLS: &[&str] = &[
+    "tcp", "udp", "icmp", "icmpv6", "gre", "esp", "ah", "ipip", "ipv6", "sctp", "udp-lite", "dccp",
+    "igmp", "ospf",
+];
+
+/// Checks and normalises an item's properties after `add` or `set`.
+fn validate(
+    router: &Router,
+    state: &State,
+    kind: TableKind,
+    props: &mut BTreeMap<String, String>,
+    me: Option<u32>,
+    now: u64,
+) -> Result<(), Trap> {
+    boolean(props, "disabled")?;
+    match kind {
+        TableKind::Users => {
+            let name = required(props, "name")?.to_string();
+            unique_name(
+                state,
+                kind,
+                &name,
+                me,
+                "failure: user with the same name already exists",
+            )?;
+            let group = required(props, "group")?;
+            if state.groups.by_name(group).is_none() {
+                return Err(Trap::new("input does not match any value of group"));
+            }
+            if let Some(a) = props.get("address") {
+                if AddressList::parse(a).is_none() {
+                    return Err(Trap::invalid("address"));
+                }
+                if a.is_empty() {
+                    props.remove("address");
+                }
+            }
+            if props.get("comment").is_some_and(|c| c.is_empty()) {
+                props.remove("comment");
+            }
+        }
+        TableKind::Groups => {
+            let name = required(props, "name")?.to_string();
+            unique_name(
+                state,
+                kind,
+                &name,
+                me,
+                "failure: group with the same name already exists",
+            )?;
+            let policy =
+                Policies::parse(props.get("policy").map(String::as_str).unwrap_or_default())
+                    .ok_or_else(|| Trap::invalid("policy"))?;
+            props.insert("policy".into(), policy.render());
+        }
+        TableKind::Nat => {
+            required(props, "chain")?;
+            boolean(props, "log")?;
+            if let Some(a) = props.get("action")
+                && !NAT_ACTIONS.contains(&a.as_str())
+            {
+                return Err(Trap::new("input does not match any value of action"));
+            }
+            if let Some(p) = props.get("protocol")
+                && !PROTOCOLS.contains(&p.as_str())
+                && p.parse::<u8>().is_err()
+            {
+                return Err(Trap::invalid("protocol"));
+            }
+            for key in ["dst-port", "to-ports"] {
+                if let Some(p) = props.get(key)
+                    && !port_spec(p)
+                {
+                    return Err(Trap::invalid(key));
+                }
+            }
+            if props.contains_key("dst-port")
+                && !matches!(
+                    props.get("protocol").map(String::as_str),
+                    Some("tcp" | "udp" | "sctp" | "udp-lite" | "dccp")
+                )
+            {
+                return Err(Trap::new(
+                    "failure: dst-port can be set only when protocol is tcp, udp, sctp, udp-lite or dccp",
+                ));
+            }
+            for key in ["dst-address", "src-address", "to-addresses"] {
+                if let Some(a) = props.get(key)
+                    && !address_spec(a)
+                {
+                    return Err(Trap::invalid(key));
+                }
+            }
+            for key in [
+                "comment",
+                "to-addresses",
+                "to-ports",
+                "src-address",
+                "dst-address",
+                "dst-port",
+                "protocol",
+            ] {
+                if props.get(key).is_some_and(|v| v.is_empty()) {
+                    props.remove(key);
+                }
+            }
+        }
+        TableKind::Scheduler => {
+            let name = required(props, "name")?.to_string();
+            unique_name(
+                state,
+                kind,
+                &name,
+                me,
+                "failure: item with such name already exists",
+            )?;
+            let date = props.get("start-date").cloned().unwrap_or_default();
+            let day = clock::parse_date(&date).ok_or_else(|| Trap::invalid("start-date"))?;
+            let date = if router.is_v7() {
+                clock::format_date(day)
+            } else {
+                clock::format_date_v6(day)
+            };
+            props.insert("start-date".into(), date);
+            let time = props.get("start-time").cloned().unwrap_or_default();
+            let start = if time == "startup" {
+                None
+            } else {
+                let secs = clock::parse_time(&time).ok_or_else(|| Trap::invalid("start-time"))?;
+                props.insert("start-time".into(), clock::format_time(secs));
+                Some(day + secs)
+            };
+            let interval =
+                clock::parse_interval(props.get("interval").map(String::as_str).unwrap_or("0s"))
+                    .ok_or_else(|| Trap::invalid("interval"))?;
+            props.insert("interval".into(), clock::format_interval(interval));
+            if Policies::parse(props.get("policy").map(String::as_str).unwrap_or_default())
+                .is_none()
+            {
+                return Err(Trap::invalid("policy"));
+            }
+            if props.get("comment").is_some_and(|c| c.is_empty()) {
+                props.remove("comment");
+            }
+            let due = start.and_then(|s| crate::scheduler::next_due(s, interval.as_secs(), now));
+            match due {
+                Some(d) => {
+                    props.insert("next-run".into(), clock::format_datetime(d));
+                    props.insert(crate::scheduler::DUE.into(), d.to_string());
+                }
+                None => {
+                    props.remove("next-run");
+                    props.remove(crate::scheduler::DUE);
+                }
+            }
+        }
+        TableKind::Active => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("/user/group/add").unwrap(),
+            (Menu::Table(TableKind::Groups), "add".to_string())
+        );
+        assert_eq!(
+            parse_path("/ip/firewall/nat/print").unwrap().0,
+            Menu::Table(TableKind::Nat)
+        );
+        let e = parse_path("/ip/address/print").unwrap_err();
+        assert_eq!(e.message, "no such command or directory (address)");
+        assert_eq!(e.category, Some(0));
+        let r = Router::new(crate::router::RouterConfig::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "pw",
+        ));
+        let e = execute(&r, &Caller::system(), &Request::new("/user/frobnicate")).unwrap_err();
+        assert_eq!(e.message, "no such command or directory (frobnicate)");
+        assert_eq!(e.category, Some(0));
+        assert_eq!(
+            parse_path("user/print").unwrap_err().message,
+            "no such command prefix"
+        );
+        assert_eq!(
+            parse_path("/user//print").unwrap_err().message,
+            "no such command prefix"
+        );
+    }
+
+    #[test]
+    fn port_and_address_specs() {
+        assert!(port_spec("80"));
+        assert!(port_spec("8000-8080"));
+        assert!(port_spec("22,80"));
+        assert!(!port_spec("0"));
+        assert!(!port_spec("70000"));
+        assert!(!port_spec("x"));
+        assert!(address_spec("10.0.0.0/8"));
+        assert!(address_spec("!10.0.0.1"));
+        assert!(address_spec("10.0.0.1-10.0.0.9"));
+        assert!(!address_spec("nope"));
+    }
+}
