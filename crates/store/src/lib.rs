@@ -28,9 +28,10 @@
 //! at build time. Migrations live in `migrations/sqlite` and `migrations/postgres`,
 //! embedded in the binary and applied by [`Store::open`].
 //!
-//! SQLite writers that run several statements take an in-process lock and `BEGIN
-//! IMMEDIATE`, so they queue instead of failing; single statements rely on the 5 s busy
-//! timeout.
+//! SQLite has one writer at a time: every write takes an in-process lock first (write
+//! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
+//! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
+//! another process on the same file. Reads never wait (WAL).
 //!
 //! # Rules the database enforces
 //!
@@ -216,6 +217,16 @@ impl Store {
                 write_lock: Arc::new(Mutex::new(())),
             }),
         })
+    }
+
+    /// On SQLite, the in-process writer lock, for a write of a single statement: writers
+    /// then queue in order instead of polling in SQLite's busy handler. `None` on
+    /// PostgreSQL. Never held across another write (it is not reentrant).
+    pub(crate) async fn sqlite_writer(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Some(self.inner.write_lock.clone().lock_owned().await),
+            Pool::Postgres(_) => None,
+        }
     }
 
     /// Which database this is.

@@ -1230,3 +1230,90 @@ async fn bad_urls_are_refused() {
         "the key is not printed"
     );
 }
+
+async fn port_order(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let candidates: Vec<u16> = (40000..40020).collect();
+    let mut grants = Vec::new();
+    for _ in 0..10 {
+        grants.push(
+            s.create_access(new_access(&w, &candidates, false))
+                .await
+                .unwrap(),
+        );
+    }
+    let ports: Vec<u16> = grants.iter().map(|g| g.port).collect();
+    assert_eq!(ports, (40000..40010).collect::<Vec<u16>>());
+    // A final grant frees its port for the next create; a closing one does not.
+    s.transition_access(grants[3].id, &[Requested], Failed, t(1), None)
+        .await
+        .unwrap();
+    s.transition_access(grants[1].id, &[Requested], Closing, t(1), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_access(new_access(&w, &candidates, false))
+            .await
+            .unwrap()
+            .port,
+        40003
+    );
+    assert_eq!(
+        s.create_access(new_access(&w, &candidates, false))
+            .await
+            .unwrap()
+            .port,
+        40010
+    );
+    // Port 0 is never handed out.
+    conflict(s.create_access(new_access(&w, &[0, 40000], false)).await);
+}
+both!(ports_first_free_in_candidate_order, port_order);
+
+async fn hostile_text(ctx: &Ctx) {
+    let s = &ctx.store;
+    assert!(s.find_user_by_username("a\0b").await.unwrap().is_none());
+    assert!(s.find_api_token_by_hash("\0").await.unwrap().is_none());
+    assert!(s.find_region_by_name("eu\0").await.unwrap().is_none());
+    // Text is bound, never spliced into SQL.
+    let org = s
+        .create_organisation("o'brien \"&\" co; DROP TABLE users;--")
+        .await
+        .unwrap();
+    let name = "x'); DROP TABLE users;--";
+    s.create_user(NewUser {
+        org_id: org.id,
+        username: name.into(),
+        role: Role::Viewer,
+        password_hash: "h".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.find_user_by_username(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .username,
+        name
+    );
+    assert_eq!(s.get_organisation(org.id).await.unwrap().name, org.name);
+    assert_eq!(s.count_users().await.unwrap(), 1);
+}
+both!(hostile_text_is_harmless, hostile_text);
+
+#[tokio::test]
+async fn sqlite_file_uses_wal() {
+    use sqlx::{Connection, Row};
+    let ctx = Ctx::new(Db::Sqlite).await.unwrap();
+    let mut c = sqlx::SqliteConnection::connect(&ctx.url).await.unwrap();
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    ctx.store.close().await;
+}
