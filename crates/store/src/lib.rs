@@ -246,3 +246,31 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tidy {
+    /// Every module says its role first; the crate root lists its layout.
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    text.starts_with("//!"),
+                    "{} lacks a //! header",
+                    path.display()
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 8);
+        assert!(
+            std::fs::read_to_string(src.join("lib.rs"))
+                .unwrap()
+                .contains("# Layout")
+        );
+    }
+}
