@@ -1317,3 +1317,53 @@ async fn sqlite_file_uses_wal() {
     assert_eq!(mode, "wal");
     ctx.store.close().await;
 }
+
+async fn delete_races_create(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    for round in 0..4u16 {
+        let router = s
+            .create_router(new_router(w.org, &w.region, &format!("race-{round}"), "pw"))
+            .await
+            .unwrap();
+        let creates: Vec<_> = (0..6u16)
+            .map(|i| {
+                let s = s.clone();
+                let mut n = new_access(&w, &[41000 + round * 10 + i], true);
+                n.router_id = router.id;
+                n.job.as_mut().unwrap().router_id = router.id;
+                tokio::spawn(async move { s.create_access(n).await })
+            })
+            .collect();
+        let delete = {
+            let s = s.clone();
+            let org = w.org;
+            tokio::spawn(async move { s.delete_router(org, router.id).await })
+        };
+        let mut created = 0;
+        for c in creates {
+            match c.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::NotFound) => {}
+                Err(e) => panic!("create: {e}"),
+            }
+        }
+        match delete.await.unwrap() {
+            Ok(()) => {
+                assert_eq!(
+                    created, 0,
+                    "round {round}: a grant was created, then lost with its router"
+                );
+            }
+            Err(StoreError::Conflict(_)) => assert!(created > 0, "round {round}"),
+            Err(e) => panic!("delete: {e}"),
+        }
+        let left = s.list_access(w.org, router.id).await;
+        match left {
+            Ok(grants) => assert_eq!(grants.len(), created),
+            Err(StoreError::NotFound) => assert_eq!(created, 0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+both!(router_delete_races_grant_create, delete_races_create);
