@@ -56,7 +56,8 @@
 //!   `i64` increasing in append order. Grants carry `region_id`.
 //! - `NewAccess`/`NewForward` take `audit: NewAudit` and `job: Option<NewJob>`; the
 //!   grant's `created_at` is `audit.at` (time stays a parameter). `NewJob` has
-//!   `created_at` and `max_attempts: u32`; its `org_id`/`router_id` are written as given.
+//!   `created_at` and `max_attempts: u32`; `create_job` (and a grant's first job) is
+//!   refused with `NotFound` unless the job's router is in the job's org.
 //! - `create_router` returns `Conflict` when a router of that name exists in the org,
 //!   or when the named site already has a router (one router per site).
 //! - `get_site(org, id) -> (Site, Vec<Router>)`, like an item of `list_sites`.

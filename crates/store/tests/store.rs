@@ -836,6 +836,9 @@ async fn forwards(ctx: &Ctx) {
     assert!(is_not_found(
         s.get_forward(w.org, w.router.id, ForwardId::new()).await
     ));
+    let mut theirs = new_forward(&w, &[40090], &[50090]);
+    theirs.router_id = w.foreign.id;
+    assert!(is_not_found(s.create_forward(theirs).await));
 
     // Access and forwards share the region's gateway ports; router ports are per router.
     let a = s
@@ -970,10 +973,11 @@ async fn no_half_made(ctx: &Ctx) {
     // The last step fails: a job for a router that does not exist.
     let mut broken = new_access(&w, &[40004], true);
     broken.job.as_mut().unwrap().router_id = RouterId::new();
-    assert!(matches!(
-        s.create_access(broken).await,
-        Err(StoreError::Database(_))
-    ));
+    assert!(is_not_found(s.create_access(broken).await));
+    // Or a job for another organisation's router.
+    let mut sneaky = new_access(&w, &[40004], true);
+    sneaky.job.as_mut().unwrap().router_id = w.foreign.id;
+    assert!(is_not_found(s.create_access(sneaky).await));
     let now = (
         ctx.count("transient_access").await,
         ctx.count("transient_forwards").await,
@@ -1064,6 +1068,12 @@ async fn jobs_and_audit(ctx: &Ctx) {
         s.append_job_line(JobId::new(), t(20), "x").await
     ));
     assert!(is_not_found(s.get_job(JobId::new()).await));
+    assert!(is_not_found(
+        s.create_job(new_job(w.org, w.foreign.id, t(0))).await
+    ));
+    assert!(is_not_found(
+        s.create_job(new_job(w.org, RouterId::new(), t(0))).await
+    ));
 
     let all = s
         .list_jobs(
