@@ -48,8 +48,8 @@
 //!
 //! # Differences from notes/STORE_API.md (what the server codes against)
 //!
-//! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path (SQLite,
-//!   created if missing). `StoreConfig::new(key)` sets `max_connections` to 8.
+//! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path; a SQLite
+//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8.
 //!   `Store::close()` closes the pool.
 //! - `StoreError` has `Migrate` and `InvalidUrl` too.
 //! - Records are in [`records`] and re-exported at the root. `AuditEntry::id` is an
@@ -186,8 +186,14 @@ impl Store {
             Pool::Postgres(pool)
         } else {
             let options = if url.starts_with("sqlite:") {
-                SqliteConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+                // Without an explicit `mode=`, create the file on first start.
+                if url.contains("mode=") {
+                    options
+                } else {
+                    options.create_if_missing(true)
+                }
             } else if url.contains("://") || url.is_empty() {
                 return Err(StoreError::InvalidUrl(format!(
                     "{:?} is neither a sqlite:// nor a postgres:// url",

@@ -1235,6 +1235,10 @@ async fn bad_urls_are_refused() {
     s.create_organisation("x").await.unwrap();
     s.close().await;
     assert!(path.exists());
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let s = Store::open(&url, &config).await.unwrap();
+    s.close().await;
+    assert!(dir.path().join("fresh.db").exists());
     assert!(
         !format!("{config:?}").contains("42"),
         "the key is not printed"
