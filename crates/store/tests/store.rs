@@ -1381,3 +1381,37 @@ async fn delete_races_create(ctx: &Ctx) {
     }
 }
 both!(router_delete_races_grant_create, delete_races_create);
+
+async fn grants_newest_first(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut access = Vec::new();
+    let mut forwards = Vec::new();
+    for i in 1..=3u16 {
+        let mut a = new_access(&w, &[40000 + i], false);
+        a.audit.at = t(i64::from(i));
+        access.push(s.create_access(a).await.unwrap().id);
+        let mut f = new_forward(&w, &[40100 + i], &[50000 + i]);
+        f.audit.at = t(i64::from(i));
+        forwards.push(s.create_forward(f).await.unwrap().id);
+    }
+    let listed: Vec<_> = s
+        .list_access(w.org, w.router.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(listed, access.iter().rev().copied().collect::<Vec<_>>());
+    let listed: Vec<_> = s
+        .list_forwards(w.org, w.router.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(listed, forwards.iter().rev().copied().collect::<Vec<_>>());
+    let first = s.get_access(w.org, w.router.id, access[0]).await.unwrap();
+    assert_eq!(first.created_at, t(1));
+}
+both!(grants_listed_newest_first, grants_newest_first);
