@@ -205,7 +205,8 @@ impl AllowFrom {
 }
 
 /// Reads text already validated (from the database): syntax only, no policy checks, so a
-/// lab-mode grant reads back after the policy changed.
+/// lab-mode grant reads back after the policy changed. serde's `Deserialize` is the same:
+/// for operator input use [`AllowFrom::parse`], never these.
 impl FromStr for AllowFrom {
     type Err = ValidationError;
     fn from_str(s: &str) -> Result<Self, ValidationError> {
@@ -255,9 +256,30 @@ fn parse_net(s: &str) -> Result<IpNet, ValidationError> {
 }
 
 /// A LAN device a port forward may target: RFC 1918 / ULA or publicly routed.
+/// `FromStr` and serde validate like [`DstAddress::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct DstAddress(IpAddr);
+
+impl FromStr for DstAddress {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, ValidationError> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for DstAddress {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, ValidationError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<DstAddress> for String {
+    fn from(a: DstAddress) -> String {
+        a.to_string()
+    }
+}
 
 impl DstAddress {
     /// Validates operator input (field `dst_address`).
@@ -472,6 +494,14 @@ mod tests {
         for &(input, expected) in rows {
             check_dst(input, expected);
         }
+    }
+
+    #[test]
+    fn dst_address_serde_validates() {
+        let ok: DstAddress = serde_json::from_str("\"192.168.88.43\"").unwrap();
+        assert_eq!(serde_json::to_string(&ok).unwrap(), "\"192.168.88.43\"");
+        assert!(serde_json::from_str::<DstAddress>("\"127.0.0.1\"").is_err());
+        assert!("169.254.0.1".parse::<DstAddress>().is_err());
     }
 
     #[test]
