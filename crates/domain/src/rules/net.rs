@@ -253,6 +253,19 @@ fn parse_net(s: &str) -> Result<IpNet, ValidationError> {
             }
         }
     }
+    .map(unmap)
+}
+
+/// An IPv4-mapped IPv6 network (::ffff:a.b.c.d/120..128) as the IPv4 network it means,
+/// so it is shown, checked and matched as IPv4.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(a) => Ipv4Net::new(a, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// A LAN device a port forward may target: RFC 1918 / ULA or publicly routed.
@@ -417,6 +430,13 @@ mod tests {
             (PUBLIC, "ff02::1", Err("multicast")),
             (PUBLIC, "::", Err("unspecified")),
             (PUBLIC, "::ffff:10.0.0.1", Err("private")),
+            (PUBLIC, "::ffff:198.51.100.7", Ok("198.51.100.7/32")),
+            (PUBLIC, "::ffff:198.51.100.0/120", Ok("198.51.100.0/24")),
+            (
+                PUBLIC,
+                "::ffff:198.51.100.0/119",
+                Err("between /24 and /32"),
+            ),
             // Lab mode lets loopback and private in, nothing else.
             (LAB, "127.0.0.1", Ok("127.0.0.1/32")),
             (LAB, "10.1.2.0/24", Ok("10.1.2.0/24")),
