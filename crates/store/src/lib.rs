@@ -72,7 +72,10 @@
 //! - `set_access_expiry` returns the updated grant; `NotFound` for another org's grant,
 //!   `Conflict` when the grant is not live.
 //! - `count_users() -> u64`; extra: `get_organisation`, `list_organisations`,
-//!   `set_user_password_hash`, `get_job`.
+//!   `set_user_password_hash`, `get_job`, `get_router_any_org` (orchestrator),
+//!   `ping()` (health) and `pool_connections() -> (open, idle)` (metrics).
+//! - `Debug` of `User`, `NewUser`, `NewRouter`, `RouterPatch`, `NewAccess` shows
+//!   `<redacted>` for passwords and password hashes.
 //! - `RouterFacts` fields are `status` (always set) and `identity`, `routeros_version`,
 //!   `board_name`, `last_seen_at` (`None` leaves the stored value).
 
@@ -241,6 +244,23 @@ impl Store {
         match self.inner.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Whether the database answers (`SELECT 1`), for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await?,
+            Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await?,
+        };
+        Ok(())
+    }
+
+    /// The pool's open connections and how many of them are idle, for metrics.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
         }
     }
 

@@ -1199,6 +1199,9 @@ async fn reopen(ctx: &Ctx) {
     let s = &ctx.store;
     let w = world(s).await;
     // Opening again runs the (already applied) migrations and sees the same data.
+    s.ping().await.unwrap();
+    let (open, idle) = s.pool_connections();
+    assert!(open >= 1 && idle <= open as usize);
     let again = ctx.reopen(KEY).await;
     assert_eq!(
         again.get_router(w.org, w.router.id).await.unwrap(),
