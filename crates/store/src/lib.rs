@@ -250,8 +250,12 @@ impl Store {
     /// Whether the database answers (`SELECT 1`), for health checks.
     pub async fn ping(&self) -> Result<()> {
         match &self.inner.pool {
-            Pool::Sqlite(p) => drop(sqlx::query("SELECT 1").execute(p).await?),
-            Pool::Postgres(p) => drop(sqlx::query("SELECT 1").execute(p).await?),
+            Pool::Sqlite(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
         }
         Ok(())
     }
