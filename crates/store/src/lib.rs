@@ -44,6 +44,8 @@
 //!   failure at any step leaves nothing.
 //! - A router is deleted only without live grants, checked in the deleting transaction
 //!   under a row lock; its ended grants and jobs go with it (its audit entries stay).
+//! - The audit log is append-only: triggers refuse UPDATE and DELETE (and TRUNCATE on
+//!   PostgreSQL), so an organisation with audit entries cannot be deleted either.
 //! - Every org-scoped method returns `NotFound` for a row of another organisation.
 //!
 //! # Differences from notes/STORE_API.md (what the server codes against)

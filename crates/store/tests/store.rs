@@ -1190,6 +1190,19 @@ async fn jobs_and_audit(ctx: &Ctx) {
         page.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
         ["action.2", "action.1"]
     );
+    // Append-only in the database itself.
+    for sql in [
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+    ] {
+        let refused = ctx.try_exec(sql).await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+    }
+    if ctx.db == Db::Postgres {
+        let refused = ctx.try_exec("TRUNCATE audit_log").await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+    }
+    assert_eq!(ctx.count("audit_log").await, 5);
     let other = s.list_audit(w.other, Page::default()).await.unwrap();
     assert_eq!((other.len(), other[0].actor_address), (1, None));
 }

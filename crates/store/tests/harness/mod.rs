@@ -107,6 +107,28 @@ impl Ctx {
         }
     }
 
+    /// Runs raw SQL and returns the database's refusal, if any.
+    pub async fn try_exec(&self, sql: &str) -> Result<u64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.db {
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Db::Postgres => {
+                let mut c = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// The first column of the first row of a raw query, as bytes.
     pub async fn raw_bytes(&self, sql: &str, bind: &str) -> Vec<u8> {
         use sqlx::Row;
