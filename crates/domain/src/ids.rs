@@ -1,0 +1,115 @@
+//! Newtypes for identities: each a uuid v4, so an `OrgId` can never be passed where a
+//! `RouterId` is expected. Serialised as the bare uuid string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Error;
+
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh random (v4) id.
+            #[allow(clippy::new_without_default)]
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// Wraps an existing uuid.
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            /// The uuid inside.
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0.hyphenated())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                Uuid::parse_str(s).map(Self).map_err(|_| Error::InvalidId {
+                    what: $what,
+                    value: s.chars().take(64).collect(),
+                })
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+        }
+
+        impl From<$name> for Uuid {
+            fn from(id: $name) -> Uuid {
+                id.0
+            }
+        }
+    };
+}
+
+id!(/// An organisation (tenant).
+    OrgId, "organisation id");
+id!(/// A user account of an organisation.
+    UserId, "user id");
+id!(/// An API token.
+    TokenId, "token id");
+id!(/// A region (one gateway and its port range).
+    RegionId, "region id");
+id!(/// A site (a place with one router).
+    SiteId, "site id");
+id!(/// A managed router.
+    RouterId, "router id");
+id!(/// A transient access grant.
+    AccessId, "access id");
+id!(/// A transient port forward.
+    ForwardId, "forward id");
+id!(/// A router job of the orchestration log.
+    JobId, "job id");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_text_and_json() {
+        let id = RouterId::new();
+        let text = id.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.parse::<RouterId>().unwrap(), id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<RouterId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn bad_id_text_is_an_error_naming_the_kind() {
+        let err = "not-a-uuid".parse::<OrgId>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid organisation id \"not-a-uuid\": not a uuid"
+        );
+    }
+}
