@@ -1,2 +1,37 @@
-//! `postern`: the one binary. It parses arguments and wires the crates together.
-fn main() {}
+//! `postern`: the one binary. It parses arguments and hands each subcommand to its module
+//! in `commands/`; the logic lives in the crates.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "postern", version, about = "Just-in-time remote access to MikroTik routers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: API, orchestrator and in-process gateway.
+    Server(commands::server::Args),
+    /// Administer a data directory (tokens, …) without going through the API.
+    #[command(subcommand)]
+    Admin(commands::admin::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => commands::server::run(args),
+        Command::Admin(cmd) => commands::admin::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -228,7 +228,7 @@ impl FromRequestParts<AppState> for Caller {
             actor: format!("token:{}", record.name),
             role: record.role,
             address,
-            user_id: record.created_by,
+            user_id: None,
             token_id: Some(record.id),
         })
     }
