@@ -1,5 +1,237 @@
-//! Persistence through sqlx for SQLite and PostgreSQL; the only crate with SQL.
+//! Persistence for Postern through sqlx, on SQLite (default: one file, WAL) or
+//! PostgreSQL (several servers sharing one database); the only crate with SQL.
 //!
-//! # Status
+//! # Layout
 //!
-//! Being built by the control-plane issue.
+//! - [`Store`], [`StoreConfig`], [`Backend`]: opening (migrations run at open).
+//! - `db`: the two backends behind one face (the `db!` macro, row reading, migrations).
+//! - `accounts`: organisations, users, API tokens.
+//! - `routers`: regions, sites, routers (with their encrypted management password).
+//! - `grants`: transient access and transient forwards, gateway-port allocation, the
+//!   grant life cycle as compare-and-set transitions.
+//! - `jobs`: router jobs with their log lines, and the append-only audit log.
+//! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
+//! - [`records`]: the records handed out and the inputs taken.
+//! - [`StoreError`].
+//!
+//! # Two backends: an enum over native pools
+//!
+//! The store holds either a `SqlitePool` or a `PgPool` and writes every query body once
+//! inside `db!`, which compiles it for each backend. Chosen over sqlx's `Any` driver
+//! because each backend keeps its own types, errors (unique and foreign-key violations
+//! are recognised reliably), connection options (WAL, busy timeout, `BEGIN IMMEDIATE`)
+//! and row locks (`FOR UPDATE` on PostgreSQL), at the cost of compiling each body twice.
+//! SQL is dialect-neutral (`$1` placeholders, `ON CONFLICT`, `RETURNING`), with column
+//! types that mean the same on both: ids are TEXT uuids, times BIGINT unix
+//! milliseconds (UTC; so every time handed out is truncated to milliseconds), secrets
+//! BLOB/BYTEA, JSON as TEXT. No compile-time-checked `query!`: nothing needs a database
+//! at build time. Migrations live in `migrations/sqlite` and `migrations/postgres`,
+//! embedded in the binary and applied by [`Store::open`].
+//!
+//! SQLite writers that run several statements take an in-process lock and `BEGIN
+//! IMMEDIATE`, so they queue instead of failing; single statements rely on the 5 s busy
+//! timeout.
+//!
+//! # Rules the database enforces
+//!
+//! - Gateway ports: a row in `gateway_ports` (primary key region + port) per grant that
+//!   holds one, written in the grant's transaction and deleted when the grant becomes
+//!   final (`expired`, `revoked`, `failed`). A `closing` grant still holds its port, as
+//!   the gateway may still be closing it. Two concurrent creates can never share a port.
+//!   Forwards' router dst-nat ports likewise (`router_ports`, per router).
+//! - A grant, its port rows, its audit entry and its first job are one transaction: a
+//!   failure at any step leaves nothing.
+//! - A router is deleted only without live grants, checked in the deleting transaction
+//!   under a row lock; its ended grants and jobs go with it (its audit entries stay).
+//! - Every org-scoped method returns `NotFound` for a row of another organisation.
+//!
+//! # Differences from notes/STORE_API.md (what the server codes against)
+//!
+//! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path (SQLite,
+//!   created if missing). `StoreConfig::new(key)` sets `max_connections` to 8.
+//!   `Store::close()` closes the pool.
+//! - `StoreError` has `Migrate` and `InvalidUrl` too.
+//! - Records are in [`records`] and re-exported at the root. `AuditEntry::id` is an
+//!   `i64` increasing in append order. Grants carry `region_id`.
+//! - `NewAccess`/`NewForward` take `audit: NewAudit` and `job: Option<NewJob>`; the
+//!   grant's `created_at` is `audit.at` (time stays a parameter). `NewJob` has
+//!   `created_at` and `max_attempts: u32`; its `org_id`/`router_id` are written as given.
+//! - `create_router` returns `Conflict` when a router of that name exists in the org,
+//!   or when the named site already has a router (one router per site).
+//! - `get_site(org, id) -> (Site, Vec<Router>)`, like an item of `list_sites`.
+//! - `list_access`/`list_forwards(org, router_id)`: every grant of the router, newest
+//!   first (ended ones too; the API shows `expired`); `NotFound` if the router is not in
+//!   the org. `list_live_access()`/`list_live_forwards()`: all orgs, every grant not yet
+//!   final (`requested`, `provisioning`, `active` and `closing`), for the orchestrator.
+//! - `transition_access(id, from, to, at, reason)` also refuses (`Conflict`) a move that
+//!   `GrantStatus::can_become` forbids; `reason` goes to `failure_reason`.
+//! - `set_access_authorized(id, at) -> bool`: true if it was set now, false if it was
+//!   already set.
+//! - `set_access_expiry` returns the updated grant; `NotFound` for another org's grant,
+//!   `Conflict` when the grant is not live.
+//! - `count_users() -> u64`; extra: `get_organisation`, `list_organisations`,
+//!   `set_user_password_hash`, `get_job`.
+//! - `RouterFacts` fields are `status` (always set) and `identity`, `routeros_version`,
+//!   `board_name`, `last_seen_at` (`None` leaves the stored value).
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+mod accounts;
+mod db;
+mod error;
+mod grants;
+mod jobs;
+pub mod records;
+mod routers;
+pub mod secret;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Mutex;
+
+pub use error::{Result, StoreError};
+pub use records::*;
+pub use secret::Secret;
+
+use db::Pool;
+use secret::Cipher;
+
+/// Which database is behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// The AES-256-GCM key for secrets at rest.
+    pub secret_key: [u8; 32],
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl StoreConfig {
+    /// A config with this key and 8 connections.
+    pub fn new(secret_key: [u8; 32]) -> Self {
+        Self {
+            secret_key,
+            max_connections: 8,
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("secret_key", &"<redacted>")
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The repository: cheap to clone, shared by every task.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    cipher: Cipher,
+    /// Serialises SQLite write transactions (see the crate doc).
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates a database: `postgres://…` or
+    /// `postgresql://…` for PostgreSQL; `sqlite://path?mode=rwc`, `sqlite:path` or a bare
+    /// file path for SQLite (WAL, 5 s busy timeout, foreign keys on).
+    pub async fn open(url: &str, config: &StoreConfig) -> Result<Store> {
+        let cipher = Cipher::new(&config.secret_key)?;
+        let max = config.max_connections.max(1);
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            db::postgres_migrator().run(&pool).await?;
+            Pool::Postgres(pool)
+        } else {
+            let options = if url.starts_with("sqlite:") {
+                SqliteConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+            } else if url.contains("://") || url.is_empty() {
+                return Err(StoreError::InvalidUrl(format!(
+                    "{:?} is neither a sqlite:// nor a postgres:// url",
+                    url.split("://").next().unwrap_or_default()
+                )));
+            } else {
+                SqliteConnectOptions::new()
+                    .filename(url)
+                    .create_if_missing(true)
+            };
+            let options = options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            db::sqlite_migrator().run(&pool).await?;
+            Pool::Sqlite(pool)
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                cipher,
+                write_lock: Arc::new(Mutex::new(())),
+            }),
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes every connection (waits for those in use). Clones of this store fail
+    /// afterwards.
+    pub async fn close(&self) {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+}

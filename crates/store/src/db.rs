@@ -1,0 +1,204 @@
+//! The two backends behind one face: the `Pool` enum, the `db!` macro that writes a
+//! query body once and compiles it for each backend, the `Get` trait that reads a row
+//! of either backend, write transactions, embedded migrations, and the column
+//! conversions (unix milliseconds, text ids).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{PgPool, Postgres, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::error::{Result, StoreError};
+
+/// The connection pool of the backend in use.
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool and `$pg` to whether it is
+/// PostgreSQL. The body is written once and compiled once per backend, so row types,
+/// executors and transactions are each backend's own.
+macro_rules! db {
+    ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
+        match &$store.inner.pool {
+            $crate::db::Pool::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                $body
+            }
+            $crate::db::Pool::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use db;
+
+/// A write transaction and, on SQLite, the in-process writer lock it holds.
+pub(crate) type WriteTx<DB> = (Option<OwnedMutexGuard<()>>, Transaction<'static, DB>);
+
+/// A pool that can start a transaction that will write.
+pub(crate) trait WritePool {
+    type Db: sqlx::Database;
+    /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` under an in-process lock, so
+    /// writers queue here instead of failing on a stale read snapshot or spinning in the
+    /// busy handler. The guard must live as long as the transaction.
+    fn begin_write(
+        &self,
+        lock: &Arc<Mutex<()>>,
+    ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
+}
+
+impl WritePool for SqlitePool {
+    type Db = Sqlite;
+    async fn begin_write(&self, lock: &Arc<Mutex<()>>) -> Result<WriteTx<Sqlite>> {
+        let guard = lock.clone().lock_owned().await;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((Some(guard), tx))
+    }
+}
+
+impl WritePool for PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self, _lock: &Arc<Mutex<()>>) -> Result<WriteTx<Postgres>> {
+        Ok((None, self.begin().await?))
+    }
+}
+
+/// Reads columns of a row of either backend, mapping bad values to `Corrupt`.
+pub(crate) trait Get {
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn flag(&self, col: &str) -> Result<bool>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+
+    fn time(&self, col: &str) -> Result<DateTime<Utc>> {
+        from_ms(col, self.int(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.opt_int(col)?.map(|ms| from_ms(col, ms)).transpose()
+    }
+
+    /// Text parsed with `FromStr` (ids, enums, addresses).
+    fn parse<T: FromStr>(&self, col: &str) -> Result<T> {
+        let text = self.text(col)?;
+        text.parse()
+            .map_err(|_| StoreError::Corrupt(format!("{col}: unreadable value {text:?}")))
+    }
+
+    fn opt_parse<T: FromStr>(&self, col: &str) -> Result<Option<T>> {
+        match self.opt_text(col)? {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(format!("{col}: unreadable value {text:?}"))),
+        }
+    }
+
+    fn port(&self, col: &str) -> Result<u16> {
+        let n = self.int(col)?;
+        u16::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col}: {n} is not a port")))
+    }
+
+    fn count(&self, col: &str) -> Result<u32> {
+        let n = self.int(col)?;
+        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col}: {n} out of range")))
+    }
+
+    fn json(&self, col: &str) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.text(col)?)
+            .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    }
+}
+
+macro_rules! impl_get {
+    ($row:ty) => {
+        impl Get for $row {
+            fn text(&self, col: &str) -> Result<String> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>> {
+                Ok(self.try_get(col)?)
+            }
+            fn int(&self, col: &str) -> Result<i64> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+                Ok(self.try_get(col)?)
+            }
+            fn flag(&self, col: &str) -> Result<bool> {
+                Ok(self.try_get(col)?)
+            }
+            fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+                Ok(self.try_get(col)?)
+            }
+        }
+    };
+}
+impl_get!(SqliteRow);
+impl_get!(PgRow);
+
+/// A time as stored: unix milliseconds.
+pub(crate) fn ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn opt_ms(at: Option<DateTime<Utc>>) -> Option<i64> {
+    at.map(ms)
+}
+
+fn from_ms(col: &str, ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("{col}: {ms} is not a time")))
+}
+
+/// The current time truncated to what the store keeps (milliseconds).
+pub(crate) fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+/// A time truncated to milliseconds, so what is returned equals what is read back.
+pub(crate) fn trunc(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
+fn migration(version: i64, description: &'static str, sql: &'static str) -> Migration {
+    Migration::new(
+        version,
+        description.into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )
+}
+
+/// SQLite's migrations, embedded from `migrations/sqlite`.
+pub(crate) fn sqlite_migrator() -> Migrator {
+    Migrator::with_migrations(vec![migration(
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    )])
+}
+
+/// PostgreSQL's migrations, embedded from `migrations/postgres`.
+pub(crate) fn postgres_migrator() -> Migrator {
+    Migrator::with_migrations(vec![migration(
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    )])
+}

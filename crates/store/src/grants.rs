@@ -1,0 +1,571 @@
+//! Transient access and transient forwards: creation with gateway-port allocation in one
+//! transaction (grant, port rows, audit entry, first job), reads, expiry changes, and the
+//! life cycle as compare-and-set transitions that release ports at final states.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId};
+
+use crate::Store;
+use crate::db::{Get, WritePool, db, ms, trunc};
+use crate::error::{Result, StoreError};
+use crate::jobs::{insert_audit, insert_job};
+use crate::records::{NewAccess, NewForward, TransientAccess, TransientForward};
+use crate::secret::{Secret, Slot};
+
+/// Claims the first free port among `$candidates` in a ports table for `$scope` (region
+/// or router) on behalf of `$grant`, inside transaction `$tx`. Evaluates to
+/// `Option<u16>`. The insert is `ON CONFLICT DO NOTHING`: a port taken by a concurrent
+/// transaction since the read is skipped, never shared.
+macro_rules! claim_port {
+    ($tx:ident, $taken_sql:literal, $insert_sql:literal, $scope:expr, $candidates:expr, $grant:expr) => {{
+        let scope: String = $scope;
+        let taken = sqlx::query($taken_sql)
+            .bind(&scope)
+            .fetch_all(&mut *$tx)
+            .await?
+            .iter()
+            .map(|r| r.int("port"))
+            .collect::<Result<HashSet<i64>>>()?;
+        let mut claimed = None;
+        for &port in $candidates {
+            if port == 0 || taken.contains(&i64::from(port)) {
+                continue;
+            }
+            let inserted = sqlx::query($insert_sql)
+                .bind(&scope)
+                .bind(i64::from(port))
+                .bind($grant)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            if inserted == 1 {
+                claimed = Some(port);
+                break;
+            }
+        }
+        claimed
+    }};
+}
+
+macro_rules! claim_gateway_port {
+    ($tx:ident, $region:expr, $candidates:expr, $grant:expr) => {
+        claim_port!(
+            $tx,
+            "SELECT port FROM gateway_ports WHERE region_id = $1",
+            "INSERT INTO gateway_ports (region_id, port, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            $region,
+            $candidates,
+            $grant
+        )
+    };
+}
+
+macro_rules! access_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, org_id, router_id, region_id, access_type, access, allow_rfc1918, allow_from, \
+             username, port, entry_point, status, created_by, created_at, expires_at, authorized_at, \
+             ended_at, revoked_early, failure_reason FROM transient_access ",
+            $tail
+        )
+    };
+}
+
+macro_rules! forward_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, org_id, router_id, region_id, dst_address, dst_port, masquerade, allow_from, \
+             port, router_port, entry_point, status, created_by, created_at, expires_at, \
+             authorized_at, ended_at, revoked_early, failure_reason FROM transient_forwards ",
+            $tail
+        )
+    };
+}
+
+fn access_from(r: &impl Get) -> Result<TransientAccess> {
+    Ok(TransientAccess {
+        id: r.parse("id")?,
+        org_id: r.parse("org_id")?,
+        router_id: r.parse("router_id")?,
+        region_id: r.parse("region_id")?,
+        access_type: r.parse("access_type")?,
+        access: r.parse("access")?,
+        allow_rfc1918: r.flag("allow_rfc1918")?,
+        allow_from: r.parse("allow_from")?,
+        username: r.text("username")?,
+        port: r.port("port")?,
+        entry_point: r.text("entry_point")?,
+        status: r.parse("status")?,
+        created_by: r.text("created_by")?,
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        authorized_at: r.opt_time("authorized_at")?,
+        ended_at: r.opt_time("ended_at")?,
+        revoked_early: r.flag("revoked_early")?,
+        failure_reason: r.opt_text("failure_reason")?,
+    })
+}
+
+fn forward_from(r: &impl Get) -> Result<TransientForward> {
+    Ok(TransientForward {
+        id: r.parse("id")?,
+        org_id: r.parse("org_id")?,
+        router_id: r.parse("router_id")?,
+        region_id: r.parse("region_id")?,
+        dst_address: r.parse("dst_address")?,
+        dst_port: r.port("dst_port")?,
+        masquerade: r.flag("masquerade")?,
+        allow_from: r.parse("allow_from")?,
+        port: r.port("port")?,
+        router_port: r.port("router_port")?,
+        entry_point: r.text("entry_point")?,
+        status: r.parse("status")?,
+        created_by: r.text("created_by")?,
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        authorized_at: r.opt_time("authorized_at")?,
+        ended_at: r.opt_time("ended_at")?,
+        revoked_early: r.flag("revoked_early")?,
+        failure_reason: r.opt_text("failure_reason")?,
+    })
+}
+
+/// What a transition writes besides the status.
+struct Ending {
+    ended_at: Option<i64>,
+    revoked_early: bool,
+}
+
+fn check_transition(current: GrantStatus, from: &[GrantStatus], to: GrantStatus) -> Result<()> {
+    if !from.contains(&current) || !current.can_become(to) {
+        return Err(StoreError::Conflict(format!(
+            "the grant is {current}; it cannot become {to} now"
+        )));
+    }
+    Ok(())
+}
+
+/// A closing before expiry, or a revocation, is an early end.
+fn ending(to: GrantStatus, at: DateTime<Utc>, expires_at: i64) -> Ending {
+    Ending {
+        ended_at: to.is_final().then(|| ms(at)),
+        revoked_early: to == GrantStatus::Revoked
+            || (to == GrantStatus::Closing && ms(at) < expires_at),
+    }
+}
+
+/// Generates the methods that are the same for both kinds of grant.
+macro_rules! grant_methods {
+    (
+        kind: $kind:literal,
+        table: $table:literal,
+        record: $record:ty,
+        id: $id:ty,
+        select: $select:ident,
+        from_row: $from_row:ident,
+        extra_release: $extra_release:literal,
+        get: $get:ident,
+        list: $list:ident,
+        list_live: $list_live:ident,
+        set_expiry: $set_expiry:ident,
+        transition: $transition:ident,
+        set_authorized: $set_authorized:ident,
+    ) => {
+        impl Store {
+            #[doc = concat!("A ", $kind, " of a router of `org`.")]
+            pub async fn $get(&self, org: OrgId, router_id: RouterId, id: $id) -> Result<$record> {
+                let grant = db!(self, |p, pg| {
+                    let row = sqlx::query($select!("WHERE id = $1 AND org_id = $2 AND router_id = $3"))
+                        .bind(id.to_string())
+                        .bind(org.to_string())
+                        .bind(router_id.to_string())
+                        .fetch_optional(p)
+                        .await?;
+                    row.map(|r| $from_row(&r)).transpose()?
+                });
+                grant.ok_or(StoreError::NotFound)
+            }
+
+            #[doc = concat!("Every ", $kind, " of a router of `org` (ended ones too), newest first; `NotFound` if the router is not in `org`.")]
+            pub async fn $list(&self, org: OrgId, router_id: RouterId) -> Result<Vec<$record>> {
+                let grants = db!(self, |p, pg| {
+                    let rows = sqlx::query($select!(
+                        "WHERE router_id = $1 AND org_id = $2 ORDER BY created_at DESC, id DESC"
+                    ))
+                    .bind(router_id.to_string())
+                    .bind(org.to_string())
+                    .fetch_all(p)
+                    .await?;
+                    rows.iter().map($from_row).collect::<Result<Vec<_>>>()?
+                });
+                if grants.is_empty() {
+                    // Tell an empty list from a router that is not the caller's.
+                    self.get_router(org, router_id).await?;
+                }
+                Ok(grants)
+            }
+
+            #[doc = concat!("Every ", $kind, " not yet final (live or closing), in all organisations, soonest expiry first: for the orchestrator.")]
+            pub async fn $list_live(&self) -> Result<Vec<$record>> {
+                db!(self, |p, pg| {
+                    let rows = sqlx::query($select!(
+                        "WHERE status IN ('requested', 'provisioning', 'active', 'closing') ORDER BY expires_at, id"
+                    ))
+                    .fetch_all(p)
+                    .await?;
+                    rows.iter().map($from_row).collect()
+                })
+            }
+
+            #[doc = concat!("Moves the end of a live ", $kind, " (extend or shorten); `Conflict` if it is not live.")]
+            pub async fn $set_expiry(
+                &self,
+                org: OrgId,
+                router_id: RouterId,
+                id: $id,
+                expires_at: DateTime<Utc>,
+            ) -> Result<$record> {
+                let changed = db!(self, |p, pg| {
+                    sqlx::query(concat!(
+                        "UPDATE ", $table, " SET expires_at = $4 WHERE id = $1 AND org_id = $2 \
+                         AND router_id = $3 AND status IN ('requested', 'provisioning', 'active')"
+                    ))
+                    .bind(id.to_string())
+                    .bind(org.to_string())
+                    .bind(router_id.to_string())
+                    .bind(ms(expires_at))
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+                });
+                let grant = self.$get(org, router_id, id).await?;
+                if changed == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "the grant is {}; only a live grant can be changed",
+                        grant.status
+                    )));
+                }
+                Ok(grant)
+            }
+
+            #[doc = concat!(
+                "Compare-and-set on the life cycle of a ", $kind, ": moves it to `to` if its status is in `from` \
+                 and `GrantStatus::can_become` allows it, else `Conflict`. A final status sets `ended_at` \
+                 and releases its ports; `revoked`, or `closing` before `expires_at`, sets `revoked_early`; \
+                 `reason` is kept as `failure_reason`. Any organisation: for the orchestrator and the API \
+                 after it checked the grant is the caller's."
+            )]
+            pub async fn $transition(
+                &self,
+                id: $id,
+                from: &[GrantStatus],
+                to: GrantStatus,
+                at: DateTime<Utc>,
+                reason: Option<String>,
+            ) -> Result<$record> {
+                db!(self, |p, pg| {
+                    let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+                    let current = if pg {
+                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1 FOR UPDATE")
+                    } else {
+                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1")
+                    };
+                    let row = sqlx::query(current)
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or(StoreError::NotFound)?;
+                    let status: GrantStatus = row.parse("status")?;
+                    check_transition(status, from, to)?;
+                    let end = ending(to, at, row.int("expires_at")?);
+                    let row = sqlx::query(concat!(
+                        "UPDATE ", $table, " SET status = $2, ended_at = COALESCE($3, ended_at), \
+                         revoked_early = (revoked_early OR $4), failure_reason = COALESCE($5, failure_reason) \
+                         WHERE id = $1 AND status = $6"
+                    ))
+                    .bind(id.to_string())
+                    .bind(to.as_str())
+                    .bind(end.ended_at)
+                    .bind(end.revoked_early)
+                    .bind(reason)
+                    .bind(status.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if row.rows_affected() != 1 {
+                        return Err(StoreError::Conflict("the grant changed meanwhile; try again".into()));
+                    }
+                    if to.is_final() {
+                        sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        if !$extra_release.is_empty() {
+                            sqlx::query($extra_release)
+                                .bind(id.to_string())
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    let row = sqlx::query($select!("WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let grant = $from_row(&row)?;
+                    tx.commit().await?;
+                    Ok(grant)
+                })
+            }
+
+            #[doc = concat!("Records when a ", $kind, " was first used; true if set now, false if it already was.")]
+            pub async fn $set_authorized(&self, id: $id, at: DateTime<Utc>) -> Result<bool> {
+                let changed = db!(self, |p, pg| {
+                    sqlx::query(concat!(
+                        "UPDATE ", $table, " SET authorized_at = $2 WHERE id = $1 AND authorized_at IS NULL"
+                    ))
+                    .bind(id.to_string())
+                    .bind(ms(at))
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+                });
+                if changed == 1 {
+                    return Ok(true);
+                }
+                let exists = db!(self, |p, pg| {
+                    sqlx::query(concat!("SELECT id FROM ", $table, " WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(p)
+                        .await?
+                        .is_some()
+                });
+                if exists { Ok(false) } else { Err(StoreError::NotFound) }
+            }
+        }
+    };
+}
+
+grant_methods! {
+    kind: "transient access",
+    table: "transient_access",
+    record: TransientAccess,
+    id: AccessId,
+    select: access_sql,
+    from_row: access_from,
+    extra_release: "",
+    get: get_access,
+    list: list_access,
+    list_live: list_live_access,
+    set_expiry: set_access_expiry,
+    transition: transition_access,
+    set_authorized: set_access_authorized,
+}
+
+grant_methods! {
+    kind: "transient forward",
+    table: "transient_forwards",
+    record: TransientForward,
+    id: ForwardId,
+    select: forward_sql,
+    from_row: forward_from,
+    extra_release: "DELETE FROM router_ports WHERE grant_id = $1",
+    get: get_forward,
+    list: list_forwards,
+    list_live: list_live_forwards,
+    set_expiry: set_forward_expiry,
+    transition: transition_forward,
+    set_authorized: set_forward_authorized,
+}
+
+fn no_port(what: &str) -> StoreError {
+    StoreError::Conflict(format!("no free {what} port among the candidates"))
+}
+
+impl Store {
+    /// Records a transient access grant (status `requested`) with the first free gateway
+    /// port among `port_candidates`, its audit entry and its first job, in one
+    /// transaction: on any failure nothing is left. `NotFound` if the router is not in
+    /// the org; `Conflict` if no candidate port is free. The password is encrypted.
+    pub async fn create_access(&self, new: NewAccess) -> Result<TransientAccess> {
+        let id = AccessId::new();
+        let sealed =
+            self.inner
+                .cipher
+                .seal(Slot::AccessPassword, &id.to_string(), &new.password)?;
+        let created_at = trunc(new.audit.at);
+        let expires_at = trunc(new.expires_at);
+        let port = db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
+                .bind(new.router_id.to_string())
+                .bind(new.org_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if router.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let port = claim_gateway_port!(
+                tx,
+                new.region_id.to_string(),
+                &new.port_candidates,
+                id.to_string()
+            )
+            .ok_or_else(|| no_port("gateway"))?;
+            sqlx::query(
+                "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
+                 allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
+                 created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            )
+            .bind(id.to_string())
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.region_id.to_string())
+            .bind(new.access_type.as_str())
+            .bind(new.access.as_str())
+            .bind(new.allow_rfc1918)
+            .bind(new.allow_from.to_string())
+            .bind(&new.username)
+            .bind(sealed)
+            .bind(i64::from(port))
+            .bind(&new.entry_point)
+            .bind(GrantStatus::Requested.as_str())
+            .bind(&new.created_by)
+            .bind(ms(created_at))
+            .bind(ms(expires_at))
+            .execute(&mut *tx)
+            .await?;
+            insert_audit!(&mut *tx, &new.audit);
+            if let Some(job) = &new.job {
+                insert_job!(&mut *tx, JobId::new(), job);
+            }
+            tx.commit().await?;
+            port
+        });
+        Ok(TransientAccess {
+            id,
+            org_id: new.org_id,
+            router_id: new.router_id,
+            region_id: new.region_id,
+            access_type: new.access_type,
+            access: new.access,
+            allow_rfc1918: new.allow_rfc1918,
+            allow_from: new.allow_from,
+            username: new.username,
+            port,
+            entry_point: new.entry_point,
+            status: GrantStatus::Requested,
+            created_by: new.created_by,
+            created_at,
+            expires_at,
+            authorized_at: None,
+            ended_at: None,
+            revoked_early: false,
+            failure_reason: None,
+        })
+    }
+
+    /// The temporary password of a transient access grant, decrypted (any organisation:
+    /// the API checks the grant is the caller's first, and audits the read).
+    pub async fn access_password(&self, id: AccessId) -> Result<Secret> {
+        let sealed = db!(self, |p, pg| {
+            let row = sqlx::query("SELECT password FROM transient_access WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await?;
+            row.map(|r| r.bytes("password")).transpose()?
+        });
+        let sealed = sealed.ok_or(StoreError::NotFound)?;
+        self.inner
+            .cipher
+            .open(Slot::AccessPassword, &id.to_string(), &sealed)
+    }
+
+    /// Records a transient forward (status `requested`) with the first free gateway port
+    /// and the first free router dst-nat port among the candidates, its audit entry and
+    /// its first job, in one transaction. `NotFound` if the router is not in the org;
+    /// `Conflict` if no candidate port is free.
+    pub async fn create_forward(&self, new: NewForward) -> Result<TransientForward> {
+        let id = ForwardId::new();
+        let created_at = trunc(new.audit.at);
+        let expires_at = trunc(new.expires_at);
+        let (port, router_port) = db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
+                .bind(new.router_id.to_string())
+                .bind(new.org_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if router.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let port = claim_gateway_port!(
+                tx,
+                new.region_id.to_string(),
+                &new.port_candidates,
+                id.to_string()
+            )
+            .ok_or_else(|| no_port("gateway"))?;
+            let router_port = claim_port!(
+                tx,
+                "SELECT port FROM router_ports WHERE router_id = $1",
+                "INSERT INTO router_ports (router_id, port, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                new.router_id.to_string(),
+                &new.router_port_candidates,
+                id.to_string()
+            )
+            .ok_or_else(|| no_port("router"))?;
+            sqlx::query(
+                "INSERT INTO transient_forwards (id, org_id, router_id, region_id, dst_address, dst_port, \
+                 masquerade, allow_from, port, router_port, entry_point, status, created_by, created_at, \
+                 expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(id.to_string())
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.region_id.to_string())
+            .bind(new.dst_address.to_string())
+            .bind(i64::from(new.dst_port))
+            .bind(new.masquerade)
+            .bind(new.allow_from.to_string())
+            .bind(i64::from(port))
+            .bind(i64::from(router_port))
+            .bind(&new.entry_point)
+            .bind(GrantStatus::Requested.as_str())
+            .bind(&new.created_by)
+            .bind(ms(created_at))
+            .bind(ms(expires_at))
+            .execute(&mut *tx)
+            .await?;
+            insert_audit!(&mut *tx, &new.audit);
+            if let Some(job) = &new.job {
+                insert_job!(&mut *tx, JobId::new(), job);
+            }
+            tx.commit().await?;
+            (port, router_port)
+        });
+        Ok(TransientForward {
+            id,
+            org_id: new.org_id,
+            router_id: new.router_id,
+            region_id: new.region_id,
+            dst_address: new.dst_address,
+            dst_port: new.dst_port,
+            masquerade: new.masquerade,
+            allow_from: new.allow_from,
+            port,
+            router_port,
+            entry_point: new.entry_point,
+            status: GrantStatus::Requested,
+            created_by: new.created_by,
+            created_at,
+            expires_at,
+            authorized_at: None,
+            ended_at: None,
+            revoked_early: false,
+            failure_reason: None,
+        })
+    }
+}

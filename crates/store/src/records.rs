@@ -1,0 +1,354 @@
+//! The rows the store hands out (records, all fields public) and the inputs it takes
+//! (`New*`, `*Patch`). Secrets are never fields of a record: they are read on their own
+//! (`router_password`, `access_password`).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use domain::{
+    AccessId, AccessLevel, AccessType, AllowFrom, ForwardId, GrantStatus, JobId, JobState, OrgId,
+    RegionId, Role, RouterId, RouterStatus, SiteId, TokenId, UserId,
+};
+use serde::Serialize;
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Organisation {
+    pub id: OrgId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A person who logs in with a password (argon2id hash made by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub org_id: OrgId,
+    pub username: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input of `create_user`.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub org_id: OrgId,
+    pub username: String,
+    pub role: Role,
+    pub password_hash: String,
+}
+
+/// An API token; the store only ever sees its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub role: Role,
+    /// sha256 of the token, hex.
+    pub token_hash: String,
+    pub created_by: Option<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Input of `create_api_token`.
+#[derive(Debug, Clone)]
+pub struct NewApiToken {
+    pub org_id: OrgId,
+    pub name: String,
+    pub role: Role,
+    pub token_hash: String,
+    pub created_by: Option<UserId>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A regional gateway: where operators connect and which ports it hands out. Global
+/// (shared by all organisations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Region {
+    pub id: RegionId,
+    pub name: String,
+    pub entry_point: String,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input of `upsert_region` (keyed by name).
+#[derive(Debug, Clone)]
+pub struct NewRegion {
+    pub name: String,
+    pub entry_point: String,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// A place with one router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub id: SiteId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A managed router. Its management password is not here: see `router_password`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Router {
+    pub id: RouterId,
+    pub org_id: OrgId,
+    pub site_id: SiteId,
+    pub region_id: RegionId,
+    pub name: String,
+    pub tunnel_address: IpAddr,
+    pub api_port: u16,
+    pub ssh_port: u16,
+    pub winbox_port: u16,
+    pub username: String,
+    pub status: RouterStatus,
+    pub identity: Option<String>,
+    pub routeros_version: Option<String>,
+    pub board_name: Option<String>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Input of `create_router`.
+#[derive(Debug, Clone)]
+pub struct NewRouter {
+    pub org_id: OrgId,
+    /// The site to put the router in, created if absent; `None` means the router's name.
+    pub site_name: Option<String>,
+    pub region_id: RegionId,
+    pub name: String,
+    pub tunnel_address: IpAddr,
+    pub api_port: u16,
+    pub ssh_port: u16,
+    pub winbox_port: u16,
+    pub username: String,
+    /// Plaintext; encrypted before it reaches the database.
+    pub password: String,
+}
+
+/// Input of `update_router`: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct RouterPatch {
+    pub name: Option<String>,
+    pub tunnel_address: Option<IpAddr>,
+    pub api_port: Option<u16>,
+    pub ssh_port: Option<u16>,
+    pub winbox_port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub region_id: Option<RegionId>,
+}
+
+/// What Postern learnt by talking to a router. `None` leaves a field as it is.
+#[derive(Debug, Clone)]
+pub struct RouterFacts {
+    pub status: RouterStatus,
+    pub identity: Option<String>,
+    pub routeros_version: Option<String>,
+    pub board_name: Option<String>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// A transient access grant: a temporary RouterOS user behind a gateway port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransientAccess {
+    pub id: AccessId,
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub region_id: RegionId,
+    pub access_type: AccessType,
+    pub access: AccessLevel,
+    pub allow_rfc1918: bool,
+    pub allow_from: AllowFrom,
+    pub username: String,
+    /// The gateway port.
+    pub port: u16,
+    pub entry_point: String,
+    pub status: GrantStatus,
+    /// Who asked, for display: "alice" or "token:ci".
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub authorized_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub revoked_early: bool,
+    pub failure_reason: Option<String>,
+}
+
+/// Input of `create_access`.
+#[derive(Debug, Clone)]
+pub struct NewAccess {
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub access_type: AccessType,
+    pub access: AccessLevel,
+    pub allow_rfc1918: bool,
+    pub allow_from: AllowFrom,
+    pub username: String,
+    /// Plaintext; encrypted before it reaches the database.
+    pub password: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+    pub region_id: RegionId,
+    pub entry_point: String,
+    /// Gateway ports to try, in order; the first one free in the region is taken.
+    pub port_candidates: Vec<u16>,
+    /// Written in the same transaction; its `at` is the grant's `created_at`.
+    pub audit: NewAudit,
+    /// The first job, written in the same transaction.
+    pub job: Option<NewJob>,
+}
+
+/// A transient port forward: a gateway port to a LAN device through a router dst-nat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransientForward {
+    pub id: ForwardId,
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub region_id: RegionId,
+    pub dst_address: IpAddr,
+    pub dst_port: u16,
+    pub masquerade: bool,
+    pub allow_from: AllowFrom,
+    /// The gateway port.
+    pub port: u16,
+    /// The dst-nat port on the router's tunnel address.
+    pub router_port: u16,
+    pub entry_point: String,
+    pub status: GrantStatus,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub authorized_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub revoked_early: bool,
+    pub failure_reason: Option<String>,
+}
+
+/// Input of `create_forward`.
+#[derive(Debug, Clone)]
+pub struct NewForward {
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub dst_address: IpAddr,
+    pub dst_port: u16,
+    pub masquerade: bool,
+    pub allow_from: AllowFrom,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+    pub region_id: RegionId,
+    pub entry_point: String,
+    /// Gateway ports to try, in order (unique per region among unfinished grants).
+    pub port_candidates: Vec<u16>,
+    /// Router dst-nat ports to try, in order (unique per router among unfinished forwards).
+    pub router_port_candidates: Vec<u16>,
+    pub audit: NewAudit,
+    pub job: Option<NewJob>,
+}
+
+/// A durable router job and its state (leasing is the orchestrator's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_after: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Input of `create_job` (state `pending`, no attempts yet).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: u32,
+    pub run_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobLine {
+    pub job_id: JobId,
+    /// 1, 2, … within the job.
+    pub seq: u32,
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// One entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Increasing in append order.
+    pub id: i64,
+    pub org_id: OrgId,
+    pub at: DateTime<Utc>,
+    /// "alice" or "token:ci".
+    pub actor: String,
+    pub actor_address: Option<IpAddr>,
+    /// "transient_access.create", "router.delete", …
+    pub action: String,
+    pub target: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// Input of `append_audit`.
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    pub org_id: OrgId,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub actor_address: Option<IpAddr>,
+    pub action: String,
+    pub target: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// A window of a newest-first list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// At most this many rows (capped at 1000).
+    pub limit: u32,
+    /// Skip this many rows first.
+    pub offset: u32,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+impl Page {
+    pub(crate) fn limit_i64(self) -> i64 {
+        i64::from(self.limit.min(1000))
+    }
+
+    pub(crate) fn offset_i64(self) -> i64 {
+        i64::from(self.offset)
+    }
+}
