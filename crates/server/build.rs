@@ -10,7 +10,10 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
     println!("cargo:rerun-if-changed={}", dist.display());
     let mut code = String::new();
-    for (name, file) in [("BUNDLE", "swagger-ui-bundle.js"), ("CSS", "swagger-ui.css")] {
+    for (name, file) in [
+        ("BUNDLE", "swagger-ui-bundle.js"),
+        ("CSS", "swagger-ui.css"),
+    ] {
         let path = dist.join(file);
         println!("cargo:rerun-if-changed={}", path.display());
         match path.canonicalize() {

@@ -6,7 +6,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "postern", version, about = "Just-in-time remote access to MikroTik routers")]
+#[command(
+    name = "postern",
+    version,
+    about = "Just-in-time remote access to MikroTik routers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

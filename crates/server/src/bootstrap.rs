@@ -75,11 +75,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<store::Store, Bootstrap
         source,
     })?;
     let key = secret_key(&config.secret_key_path())?;
-    let store = store::Store::open(
-        &config.database_url(),
-        &store::StoreConfig { secret_key: key },
-    )
-    .await?;
+    let store = store::Store::open(&config.database_url(), &store::StoreConfig::new(key)).await?;
     for region in &config.regions {
         domain::rules::entry_point(&region.entry_point)
             .map_err(|e| BootstrapError::Invalid(format!("region {}: {e}", region.name)))?;
@@ -142,7 +138,8 @@ pub async fn create_token(
     expires_in_days: Option<i64>,
     now: DateTime<Utc>,
 ) -> Result<String, BootstrapError> {
-    let name = domain::rules::token_name(name).map_err(|e| BootstrapError::Invalid(e.to_string()))?;
+    let name =
+        domain::rules::token_name(name).map_err(|e| BootstrapError::Invalid(e.to_string()))?;
     let wanted = org_name.unwrap_or("default");
     let orgs = store.list_organisations().await?;
     let org = orgs
@@ -206,6 +203,11 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&path, b"short").unwrap();
-        assert!(secret_key(&path).unwrap_err().to_string().contains("5 bytes"));
+        assert!(
+            secret_key(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("5 bytes")
+        );
     }
 }

@@ -229,7 +229,10 @@ impl ServerConfig {
             "DATA_DIR" => self.data_dir = PathBuf::from(value),
             "LISTEN" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "DATABASE_URL" => self.database_url = Some(value.to_owned()),
-            "LAB_MODE" => self.lab_mode = parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "LAB_MODE" => {
+                self.lab_mode =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
             "LOG_FORMAT" => self.log_format = value.parse().map_err(bad)?,
             "SECRET_KEY_FILE" => self.secret_key_file = Some(PathBuf::from(value)),
             "GRANT_MIN" => self.grant_limits.min = parse_duration(&key, value)?,
@@ -282,10 +285,7 @@ impl ServerConfig {
             ));
         }
         if self.forward_port_min == 0 || self.forward_port_min > self.forward_port_max {
-            return Err(invalid(
-                "forward_port_min",
-                "must be 1..=forward_port_max",
-            ));
+            return Err(invalid("forward_port_min", "must be 1..=forward_port_max"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -380,7 +380,10 @@ mod tests {
             c.database_url(),
             "sqlite://./postern-data/postern.db?mode=rwc"
         );
-        assert_eq!(c.secret_key_path(), PathBuf::from("./postern-data/secret.key"));
+        assert_eq!(
+            c.secret_key_path(),
+            PathBuf::from("./postern-data/secret.key")
+        );
     }
 
     #[test]
@@ -422,8 +425,12 @@ port_max = 40010
 
     #[test]
     fn bad_values_are_named() {
-        let e = ServerConfig::load(None, env(&[("POSTERN_GRANT_MIN", "5 parsecs")]), &Overrides::default())
-            .unwrap_err();
+        let e = ServerConfig::load(
+            None,
+            env(&[("POSTERN_GRANT_MIN", "5 parsecs")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("POSTERN_GRANT_MIN"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

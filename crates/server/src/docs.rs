@@ -25,8 +25,8 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
-const INIT: &str = r#"window.ui = SwaggerUIBundle({ url: "/api/openapi.json", dom_id: "#swagger-ui", deepLinking: true });
-"#;
+const INIT: &str = r##"window.ui = SwaggerUIBundle({ url: "/api/openapi.json", dom_id: "#swagger-ui", deepLinking: true });
+"##;
 
 const MISSING: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Postern API</title></head>
@@ -68,4 +68,3 @@ pub async fn asset(ApiPath(file): ApiPath<String>) -> Response {
         None => crate::error::ApiError::NotFound("asset").into_response(),
     }
 }
-

@@ -25,7 +25,12 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
-                let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let essence = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 essence == "application/json" || essence.ends_with("+json")
             })
             .unwrap_or(false);
@@ -48,25 +53,42 @@ where
 /// Parses a JSON document, naming the offending field on failure.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "expected a JSON object, got nothing"));
+        return Err(ApiError::field(
+            "body",
+            "expected a JSON object, got nothing",
+        ));
+    }
+    // Bodies are objects; serde would otherwise read a struct from an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::field("body", "expected a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
-        let field = backticked(&message)
-            .filter(|_| {
-                message.starts_with("missing field") || message.starts_with("unknown field")
-            })
-            .map(|name| {
-                if path == "." {
-                    name.to_owned()
+        let root = path == "." || path == "?";
+        let named = backticked(&message).map(str::to_owned);
+        let field = match named {
+            // The path already ends in the unknown key.
+            Some(name) if message.starts_with("unknown field") => {
+                if root {
+                    name
+                } else {
+                    path
+                }
+            }
+            // The path is the object that lacks the key.
+            Some(name) if message.starts_with("missing field") => {
+                if root {
+                    name
                 } else {
                     format!("{path}.{name}")
                 }
-            })
-            .unwrap_or_else(|| if path == "." { "body".to_owned() } else { path });
+            }
+            _ if root => "body".to_owned(),
+            _ => path,
+        };
         ApiError::field(field, message)
     })?;
     de.end()
@@ -154,8 +176,11 @@ mod tests {
         assert_eq!(field_of(r#"{"dst_port": "x"}"#), "dst_port");
         assert_eq!(field_of(r#"{"name": "a"}"#), "dst_port");
         assert_eq!(field_of(r#"{"dst_port": 1, "bogus": 2}"#), "bogus");
-        assert_eq!(field_of(r#"{"dst_port": 1e400}"#), "body");
-        assert_eq!(field_of(r#"{"dst_port": 99999999999999999999999}"#), "dst_port");
+        assert_eq!(field_of(r#"{"dst_port": 1e400}"#), "dst_port");
+        assert_eq!(
+            field_of(r#"{"dst_port": 99999999999999999999999}"#),
+            "dst_port"
+        );
         assert_eq!(field_of(r#"{"dst_port": 1} x"#), "body");
         assert_eq!(field_of(""), "body");
         assert_eq!(field_of("[1]"), "body");

@@ -60,7 +60,9 @@ impl Metrics {
         let Ok(inner) = self.inner.lock() else {
             return out;
         };
-        out.push_str("# HELP postern_http_requests_total HTTP requests by route, method and status.\n");
+        out.push_str(
+            "# HELP postern_http_requests_total HTTP requests by route, method and status.\n",
+        );
         out.push_str("# TYPE postern_http_requests_total counter\n");
         for ((route, method, status), n) in &inner.requests {
             let _ = writeln!(
@@ -70,7 +72,9 @@ impl Metrics {
                 escape(method)
             );
         }
-        out.push_str("# HELP postern_http_request_duration_seconds HTTP request latency by route.\n");
+        out.push_str(
+            "# HELP postern_http_request_duration_seconds HTTP request latency by route.\n",
+        );
         out.push_str("# TYPE postern_http_request_duration_seconds histogram\n");
         for (route, h) in &inner.latency {
             let route = escape(route);
@@ -101,7 +105,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Middleware: times each request and records it under its route template (never the raw
@@ -138,8 +144,8 @@ mod tests {
         assert!(text.contains(
             "postern_http_request_duration_seconds_bucket{route=\"/api/routers\",le=\"0.0025\"} 1"
         ));
-        assert!(text.contains(
-            "postern_http_request_duration_seconds_count{route=\"/api/routers\"} 2"
-        ));
+        assert!(
+            text.contains("postern_http_request_duration_seconds_count{route=\"/api/routers\"} 2")
+        );
     }
 }

@@ -1,13 +1,19 @@
 //! The API end to end: a real server on 127.0.0.1:0 over a temporary SQLite store, driven
 //! over HTTP with reqwest. Each test starts its own server and removes it afterwards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use postern_server as server;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use server::config::{GrantLimits, RegionConfig, ServerConfig};
@@ -300,7 +306,10 @@ async fn reference_sample_request_gives_every_reference_key_with_its_type() {
     let port = body["port"].as_u64().unwrap();
     assert!((49152..=65535).contains(&port), "{port}");
     let expires = body["expires_at"].as_str().unwrap();
-    assert!(expires.ends_with("+00:00") && expires.len() == 25, "{expires}");
+    assert!(
+        expires.ends_with("+00:00") && expires.len() == 25,
+        "{expires}"
+    );
     let left = parse_time(expires) - Utc::now();
     assert!((119..=120).contains(&left.num_minutes()), "{left}");
     uuid::Uuid::parse_str(body["id"].as_str().unwrap()).unwrap();
@@ -339,35 +348,131 @@ async fn forward_validation_boundaries_both_sides() {
     let base = valid_forward();
     // (body, expected status, field named when 422)
     let rows: Vec<(Value, u16, &str)> = vec![
-        (with(base.clone(), "expire_after_minutes", json!(9)), 422, "expire_after_minutes"),
-        (with(base.clone(), "expire_after_minutes", json!(10)), 201, ""),
-        (with(base.clone(), "expire_after_minutes", json!(1440)), 201, ""),
-        (with(base.clone(), "expire_after_minutes", json!(1441)), 422, "expire_after_minutes"),
-        (with(base.clone(), "expire_after_minutes", json!(-5)), 422, "expire_after_minutes"),
+        (
+            with(base.clone(), "expire_after_minutes", json!(9)),
+            422,
+            "expire_after_minutes",
+        ),
+        (
+            with(base.clone(), "expire_after_minutes", json!(10)),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "expire_after_minutes", json!(1440)),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "expire_after_minutes", json!(1441)),
+            422,
+            "expire_after_minutes",
+        ),
+        (
+            with(base.clone(), "expire_after_minutes", json!(-5)),
+            422,
+            "expire_after_minutes",
+        ),
         (without(base.clone(), "expire_after_minutes"), 201, ""),
         (with(base.clone(), "dst_port", json!(0)), 422, "dst_port"),
         (with(base.clone(), "dst_port", json!(1)), 201, ""),
         (with(base.clone(), "dst_port", json!(65535)), 201, ""),
-        (with(base.clone(), "dst_port", json!(65536)), 422, "dst_port"),
-        (with(base.clone(), "dst_address", json!("10.0.0.1")), 201, ""),
-        (with(base.clone(), "dst_address", json!("172.16.5.5")), 201, ""),
+        (
+            with(base.clone(), "dst_port", json!(65536)),
+            422,
+            "dst_port",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("10.0.0.1")),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("172.16.5.5")),
+            201,
+            "",
+        ),
         (with(base.clone(), "dst_address", json!("8.8.8.8")), 201, ""),
-        (with(base.clone(), "dst_address", json!("127.0.0.1")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("169.254.1.1")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("224.0.0.1")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("0.0.0.0")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("255.255.255.255")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("240.0.0.1")), 422, "dst_address"),
-        (with(base.clone(), "dst_address", json!("not-an-ip")), 422, "dst_address"),
-        (with(base.clone(), "allow_from", json!("198.51.100.0/23")), 422, "allow_from"),
-        (with(base.clone(), "allow_from", json!("198.51.100.0/24")), 201, ""),
-        (with(base.clone(), "allow_from", json!("198.51.100.7/32")), 201, ""),
-        (with(base.clone(), "allow_from", json!("198.51.100.7")), 201, ""),
-        (with(base.clone(), "allow_from", json!("198.51.100.7/24")), 422, "allow_from"),
-        (with(base.clone(), "allow_from", json!("10.1.2.0/24")), 422, "allow_from"),
-        (with(base.clone(), "allow_from", json!("127.0.0.1")), 422, "allow_from"),
-        (with(base.clone(), "allow_from", json!("100.64.0.1")), 422, "allow_from"),
-        (with(base.clone(), "allow_from", json!("2001:db8::/47")), 422, "allow_from"),
+        (
+            with(base.clone(), "dst_address", json!("127.0.0.1")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("169.254.1.1")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("224.0.0.1")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("0.0.0.0")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("255.255.255.255")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("240.0.0.1")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "dst_address", json!("not-an-ip")),
+            422,
+            "dst_address",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("198.51.100.0/23")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("198.51.100.0/24")),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("198.51.100.7/32")),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("198.51.100.7")),
+            201,
+            "",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("198.51.100.7/24")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("10.1.2.0/24")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("127.0.0.1")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("100.64.0.1")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("2001:db8::/47")),
+            422,
+            "allow_from",
+        ),
         // No allow_from: the caller's address (loopback here) is not publicly routed.
         (without(base.clone(), "allow_from"), 422, "allow_from"),
         (with(base.clone(), "masquerade", json!(true)), 201, ""),
@@ -378,7 +483,10 @@ async fn forward_validation_boundaries_both_sides() {
         if want == 422 {
             assert_eq!(field(&got), want_field, "{body} → {got}");
             assert_eq!(got["status"], 422);
-            assert!(got["detail"].as_str().unwrap().contains(want_field), "{got}");
+            assert!(
+                got["detail"].as_str().unwrap().contains(want_field),
+                "{got}"
+            );
         }
     }
 
@@ -386,12 +494,30 @@ async fn forward_validation_boundaries_both_sides() {
     let now = Utc::now();
     let at = |minutes: i64| (now + chrono::TimeDelta::minutes(minutes)).to_rfc3339();
     let rows: Vec<(Value, u16)> = vec![
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(9)}), 422),
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(11)}), 201),
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(1439)}), 201),
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(1441)}), 422),
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": "tomorrow"}), 422),
-        (json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(60), "expire_after_minutes": 60}), 422),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(9)}),
+            422,
+        ),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(11)}),
+            201,
+        ),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(1439)}),
+            201,
+        ),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(1441)}),
+            422,
+        ),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": "tomorrow"}),
+            422,
+        ),
+        (
+            json!({"dst_port": 22, "dst_address": "10.0.0.9", "allow_from": "198.51.100.1", "expires_at": at(60), "expire_after_minutes": 60}),
+            422,
+        ),
     ];
     for (body, want) in rows {
         let (status, got) = s.forward(&s.a.operator, &router, body.clone()).await;
@@ -417,7 +543,15 @@ async fn forward_validation_boundaries_both_sides() {
         .map(|e| e["field"].as_str().unwrap().to_owned())
         .collect();
     fields.sort();
-    assert_eq!(fields, ["allow_from", "dst_address", "dst_port", "expire_after_minutes"]);
+    assert_eq!(
+        fields,
+        [
+            "allow_from",
+            "dst_address",
+            "dst_port",
+            "expire_after_minutes"
+        ]
+    );
     s.stop().await;
 }
 
@@ -429,8 +563,20 @@ async fn access_create_options_and_defaults() {
     let (status, body) = s.access(&s.a.operator, &router, base.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for key in [
-        "id", "type", "access", "status", "username", "port", "revoked_early", "allow_only_cidr",
-        "allow_rfc1918", "authorized_at", "expires_at", "expired", "entry_point", "time_to_expire",
+        "id",
+        "type",
+        "access",
+        "status",
+        "username",
+        "port",
+        "revoked_early",
+        "allow_only_cidr",
+        "allow_rfc1918",
+        "authorized_at",
+        "expires_at",
+        "expired",
+        "entry_point",
+        "time_to_expire",
     ] {
         assert!(body.get(key).is_some(), "missing {key}: {body}");
     }
@@ -439,11 +585,18 @@ async fn access_create_options_and_defaults() {
     assert_eq!(body["allow_rfc1918"], false);
     assert_eq!(body["status"], "requested");
     assert_eq!(body["time_to_expire"], "2 hours from now");
-    assert!(body.get("password").is_none(), "no password in the grant: {body}");
+    assert!(
+        body.get("password").is_none(),
+        "no password in the grant: {body}"
+    );
     let username = body["username"].as_str().unwrap();
     assert_eq!(username.len(), "postern-".len() + 8, "{username}");
     assert!(username.starts_with("postern-"));
-    assert!(username[8..].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert!(
+        username[8..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    );
 
     let rows: Vec<(Value, u16, &str, &str)> = vec![
         // (extra fields, status, field when 422, expected access when 201)
@@ -454,15 +607,40 @@ async fn access_create_options_and_defaults() {
         (json!({"access": "root"}), 422, "access", ""),
         (json!({"full_access": false}), 201, "", "read"),
         (json!({"full_access": true}), 201, "", "full"),
-        (json!({"full_access": true, "access": "read"}), 422, "full_access", ""),
-        (json!({"full_access": false, "access": "read"}), 201, "", "read"),
+        (
+            json!({"full_access": true, "access": "read"}),
+            422,
+            "full_access",
+            "",
+        ),
+        (
+            json!({"full_access": false, "access": "read"}),
+            201,
+            "",
+            "read",
+        ),
         (json!({"allow_rfc1918": true}), 201, "", "full"),
         (json!({"allow_rfc1918": "yes"}), 422, "allow_rfc1918", ""),
-        (json!({"expire_after_minutes": 9}), 422, "expire_after_minutes", ""),
+        (
+            json!({"expire_after_minutes": 9}),
+            422,
+            "expire_after_minutes",
+            "",
+        ),
         (json!({"expire_after_minutes": 10}), 201, "", "full"),
         (json!({"expire_after_minutes": 1440}), 201, "", "full"),
-        (json!({"expire_after_minutes": 1441}), 422, "expire_after_minutes", ""),
-        (json!({"allow_from": "192.168.1.0/24"}), 422, "allow_from", ""),
+        (
+            json!({"expire_after_minutes": 1441}),
+            422,
+            "expire_after_minutes",
+            "",
+        ),
+        (
+            json!({"allow_from": "192.168.1.0/24"}),
+            422,
+            "allow_from",
+            "",
+        ),
         (json!({"password": "mine"}), 422, "password", ""),
     ];
     for (extra, want, want_field, want_access) in rows {
@@ -495,7 +673,11 @@ async fn access_create_options_and_defaults() {
     assert_eq!(status, StatusCode::CREATED, "{got}");
     assert_eq!(got["allow_only_cidr"], "127.0.0.1/32");
     let (status, got) = s
-        .forward(&s.a.operator, &router, without(valid_forward(), "allow_from"))
+        .forward(
+            &s.a.operator,
+            &router,
+            without(valid_forward(), "allow_from"),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{got}");
     assert_eq!(got["allow_only_cidr"], "127.0.0.1/32");
@@ -547,7 +729,9 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited() {
         "/api/routers/{router}/transient-access/{}/credentials",
         other["id"].as_str().unwrap()
     );
-    let (_, other_creds) = s.call(Method::GET, &other_path, Some(&s.a.admin), None).await;
+    let (_, other_creds) = s
+        .call(Method::GET, &other_path, Some(&s.a.admin), None)
+        .await;
     assert_ne!(other_creds["password"], creds["password"]);
 
     let reads = audit_actions(&s, &s.a.admin)
@@ -560,7 +744,9 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited() {
     let (status, _) = s.call(Method::GET, &path, Some(&s.a.viewer), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let entries = {
-        let (_, body) = s.call(Method::GET, "/api/audit", Some(&s.a.admin), None).await;
+        let (_, body) = s
+            .call(Method::GET, "/api/audit", Some(&s.a.admin), None)
+            .await;
         body
     };
     let read = entries
@@ -571,28 +757,50 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited() {
         .unwrap();
     assert_eq!(read["actor"], "token:admin");
     assert_eq!(read["actor_address"], "127.0.0.1");
-    assert!(read["target"].as_str().unwrap().contains(other["id"].as_str().unwrap()));
+    assert!(
+        read["target"]
+            .as_str()
+            .unwrap()
+            .contains(other["id"].as_str().unwrap())
+    );
     // Newest first.
     assert_eq!(entries[0]["action"], "access.credentials.read");
 
     // An SSH grant gets an ssh command, not a winbox link.
     let (_, ssh) = s
-        .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9", "type": "ssh"}))
+        .access(
+            &s.a.operator,
+            &router,
+            json!({"allow_from": "203.0.113.9", "type": "ssh"}),
+        )
         .await;
     let (_, ssh_creds) = s
         .call(
             Method::GET,
-            &format!("/api/routers/{router}/transient-access/{}/credentials", ssh["id"].as_str().unwrap()),
+            &format!(
+                "/api/routers/{router}/transient-access/{}/credentials",
+                ssh["id"].as_str().unwrap()
+            ),
             Some(&s.a.operator),
             None,
         )
         .await;
     assert_eq!(ssh_creds["winbox_url"], Value::Null);
-    assert!(ssh_creds["ssh_command"].as_str().unwrap().starts_with("ssh -p "));
+    assert!(
+        ssh_creds["ssh_command"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh -p ")
+    );
 
     // Revoked: no more credentials.
     let (status, _) = s
-        .call(Method::DELETE, &format!("/api/routers/{router}/transient-access/{id}"), Some(&s.a.operator), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/routers/{router}/transient-access/{id}"),
+            Some(&s.a.operator),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = s.call(Method::GET, &path, Some(&s.a.operator), None).await;
@@ -611,11 +819,21 @@ async fn delete_is_204_revokes_and_repeats_harmlessly() {
             valid_forward()
         };
         let (status, grant) = s
-            .call(Method::POST, &format!("/api/routers/{router}/{kind}"), Some(&s.a.operator), Some(body))
+            .call(
+                Method::POST,
+                &format!("/api/routers/{router}/{kind}"),
+                Some(&s.a.operator),
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{grant}");
-        let one = format!("/api/routers/{router}/{kind}/{}", grant["id"].as_str().unwrap());
-        let (status, body) = s.call(Method::DELETE, &one, Some(&s.a.operator), None).await;
+        let one = format!(
+            "/api/routers/{router}/{kind}/{}",
+            grant["id"].as_str().unwrap()
+        );
+        let (status, body) = s
+            .call(Method::DELETE, &one, Some(&s.a.operator), None)
+            .await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
         assert_eq!(body, Value::Null);
         let (status, after) = s.call(Method::GET, &one, Some(&s.a.viewer), None).await;
@@ -623,24 +841,48 @@ async fn delete_is_204_revokes_and_repeats_harmlessly() {
         assert_eq!(after["revoked_early"], true, "{after}");
         assert_eq!(after["status"], "revoked", "{after}");
         // Deleting again changes nothing and is still 204.
-        let (status, _) = s.call(Method::DELETE, &one, Some(&s.a.operator), None).await;
+        let (status, _) = s
+            .call(Method::DELETE, &one, Some(&s.a.operator), None)
+            .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         // The list shows live grants; ?all=true shows ended ones too.
         let list = format!("/api/routers/{router}/{kind}");
         let (_, live) = s.call(Method::GET, &list, Some(&s.a.viewer), None).await;
         assert!(live.as_array().unwrap().is_empty(), "{live}");
-        let (_, all) = s.call(Method::GET, &format!("{list}?all=true"), Some(&s.a.viewer), None).await;
+        let (_, all) = s
+            .call(
+                Method::GET,
+                &format!("{list}?all=true"),
+                Some(&s.a.viewer),
+                None,
+            )
+            .await;
         assert_eq!(all.as_array().unwrap().len(), 1);
-        let (status, body) = s.call(Method::GET, &format!("{list}?all=maybe"), Some(&s.a.viewer), None).await;
+        let (status, body) = s
+            .call(
+                Method::GET,
+                &format!("{list}?all=maybe"),
+                Some(&s.a.viewer),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         // An ended grant cannot be extended.
         let (status, _) = s
-            .call(Method::PATCH, &one, Some(&s.a.operator), Some(json!({"expire_after_minutes": 60})))
+            .call(
+                Method::PATCH,
+                &one,
+                Some(&s.a.operator),
+                Some(json!({"expire_after_minutes": 60})),
+            )
             .await;
         assert_eq!(status, StatusCode::CONFLICT);
     }
     let actions = audit_actions(&s, &s.a.admin).await;
-    assert!(actions.contains(&"forward.revoke".to_owned()), "{actions:?}");
+    assert!(
+        actions.contains(&"forward.revoke".to_owned()),
+        "{actions:?}"
+    );
     assert!(actions.contains(&"access.revoke".to_owned()), "{actions:?}");
     s.stop().await;
 }
@@ -656,20 +898,41 @@ async fn patch_extends_and_shortens_within_limits() {
             with(valid_forward(), "expire_after_minutes", json!(60))
         };
         let (_, grant) = s
-            .call(Method::POST, &format!("/api/routers/{router}/{kind}"), Some(&s.a.operator), Some(body))
+            .call(
+                Method::POST,
+                &format!("/api/routers/{router}/{kind}"),
+                Some(&s.a.operator),
+                Some(body),
+            )
             .await;
-        let one = format!("/api/routers/{router}/{kind}/{}", grant["id"].as_str().unwrap());
+        let one = format!(
+            "/api/routers/{router}/{kind}/{}",
+            grant["id"].as_str().unwrap()
+        );
         let before = parse_time(grant["expires_at"].as_str().unwrap());
         let (status, longer) = s
-            .call(Method::PATCH, &one, Some(&s.a.operator), Some(json!({"expire_after_minutes": 600})))
+            .call(
+                Method::PATCH,
+                &one,
+                Some(&s.a.operator),
+                Some(json!({"expire_after_minutes": 600})),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{longer}");
         let after = parse_time(longer["expires_at"].as_str().unwrap());
-        assert!(after - before > chrono::TimeDelta::minutes(530), "{before} → {after}");
+        assert!(
+            after - before > chrono::TimeDelta::minutes(530),
+            "{before} → {after}"
+        );
         assert_eq!(longer["time_to_expire"], "10 hours from now");
         let target = (Utc::now() + chrono::TimeDelta::minutes(15)).to_rfc3339();
         let (status, shorter) = s
-            .call(Method::PATCH, &one, Some(&s.a.operator), Some(json!({"expires_at": target})))
+            .call(
+                Method::PATCH,
+                &one,
+                Some(&s.a.operator),
+                Some(json!({"expires_at": target})),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{shorter}");
         assert_eq!(shorter["time_to_expire"], "15 minutes from now");
@@ -677,17 +940,30 @@ async fn patch_extends_and_shortens_within_limits() {
         assert_eq!(again["expires_at"], shorter["expires_at"]);
         for (body, want_field) in [
             (json!({"expire_after_minutes": 9}), "expire_after_minutes"),
-            (json!({"expire_after_minutes": 1441}), "expire_after_minutes"),
+            (
+                json!({"expire_after_minutes": 1441}),
+                "expire_after_minutes",
+            ),
             (json!({}), "expire_after_minutes"),
-            (json!({"expire_after_minutes": 60, "expires_at": target}), "expires_at"),
+            (
+                json!({"expire_after_minutes": 60, "expires_at": target}),
+                "expires_at",
+            ),
             (json!({"dst_port": 80}), "dst_port"),
         ] {
-            let (status, got) = s.call(Method::PATCH, &one, Some(&s.a.operator), Some(body.clone())).await;
+            let (status, got) = s
+                .call(Method::PATCH, &one, Some(&s.a.operator), Some(body.clone()))
+                .await;
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {got}");
             assert_eq!(field(&got), want_field, "{body} → {got}");
         }
         let (status, _) = s
-            .call(Method::PATCH, &one, Some(&s.a.viewer), Some(json!({"expire_after_minutes": 60})))
+            .call(
+                Method::PATCH,
+                &one,
+                Some(&s.a.viewer),
+                Some(json!({"expire_after_minutes": 60})),
+            )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
@@ -710,19 +986,33 @@ async fn limits_are_configuration_so_a_test_may_allow_seconds() {
     let body = json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": soon});
     let (status, got) = s.forward(&s.a.operator, &router, body).await;
     assert_eq!(status, StatusCode::CREATED, "{got}");
-    assert!(got["time_to_expire"].as_str().unwrap().contains("seconds from now"), "{got}");
+    assert!(
+        got["time_to_expire"]
+            .as_str()
+            .unwrap()
+            .contains("seconds from now"),
+        "{got}"
+    );
     let too_soon = (Utc::now() + chrono::TimeDelta::milliseconds(500)).to_rfc3339();
     let body = json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": too_soon});
     let (status, got) = s.forward(&s.a.operator, &router, body).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
     // After the time is up the grant reads as expired.
-    let id = s.forward(&s.a.operator, &router, json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": (Utc::now() + chrono::TimeDelta::seconds(2)).to_rfc3339()})).await.1["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = s.forward(&s.a.operator, &router, json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": (Utc::now() + chrono::TimeDelta::seconds(3)).to_rfc3339()})).await.1["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let (_, after) = s
-        .call(Method::GET, &format!("/api/routers/{router}/transient-forwarding/{id}"), Some(&s.a.viewer), None)
+        .call(
+            Method::GET,
+            &format!("/api/routers/{router}/transient-forwarding/{id}"),
+            Some(&s.a.viewer),
+            None,
+        )
         .await;
     assert_eq!(after["expired"], true, "{after}");
-    assert!(after["time_to_expire"].as_str().unwrap().ends_with("ago"), "{after}");
+    assert!(
+        after["time_to_expire"].as_str().unwrap().ends_with("ago"),
+        "{after}"
+    );
     s.stop().await;
 }
 
@@ -731,31 +1021,85 @@ async fn limits_are_configuration_so_a_test_may_allow_seconds() {
 fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
         (Method::GET, "/api/routers", None),
-        (Method::POST, "/api/routers", Some(json!({"name": "x", "tunnel_address": "10.0.0.1", "username": "u", "password": "p"}))),
+        (
+            Method::POST,
+            "/api/routers",
+            Some(
+                json!({"name": "x", "tunnel_address": "10.0.0.1", "username": "u", "password": "p"}),
+            ),
+        ),
         (Method::GET, "/api/routers/{r}", None),
-        (Method::PATCH, "/api/routers/{r}", Some(json!({"name": "renamed"}))),
+        (
+            Method::PATCH,
+            "/api/routers/{r}",
+            Some(json!({"name": "renamed"})),
+        ),
         (Method::DELETE, "/api/routers/{r}", None),
         (Method::GET, "/api/routers/{r}/jobs", None),
         (Method::GET, "/api/sites", None),
         (Method::GET, "/api/sites/{s}", None),
         (Method::GET, "/api/routers/{r}/transient-forwarding", None),
-        (Method::POST, "/api/routers/{r}/transient-forwarding", Some(valid_forward())),
-        (Method::GET, "/api/routers/{r}/transient-forwarding/{f}", None),
-        (Method::PATCH, "/api/routers/{r}/transient-forwarding/{f}", Some(json!({"expire_after_minutes": 30}))),
-        (Method::DELETE, "/api/routers/{r}/transient-forwarding/{f}", None),
+        (
+            Method::POST,
+            "/api/routers/{r}/transient-forwarding",
+            Some(valid_forward()),
+        ),
+        (
+            Method::GET,
+            "/api/routers/{r}/transient-forwarding/{f}",
+            None,
+        ),
+        (
+            Method::PATCH,
+            "/api/routers/{r}/transient-forwarding/{f}",
+            Some(json!({"expire_after_minutes": 30})),
+        ),
+        (
+            Method::DELETE,
+            "/api/routers/{r}/transient-forwarding/{f}",
+            None,
+        ),
         (Method::GET, "/api/routers/{r}/transient-access", None),
-        (Method::POST, "/api/routers/{r}/transient-access", Some(json!({"allow_from": "198.51.100.0/24"}))),
+        (
+            Method::POST,
+            "/api/routers/{r}/transient-access",
+            Some(json!({"allow_from": "198.51.100.0/24"})),
+        ),
         (Method::GET, "/api/routers/{r}/transient-access/{a}", None),
-        (Method::PATCH, "/api/routers/{r}/transient-access/{a}", Some(json!({"expire_after_minutes": 30}))),
-        (Method::DELETE, "/api/routers/{r}/transient-access/{a}", None),
-        (Method::GET, "/api/routers/{r}/transient-access/{a}/credentials", None),
+        (
+            Method::PATCH,
+            "/api/routers/{r}/transient-access/{a}",
+            Some(json!({"expire_after_minutes": 30})),
+        ),
+        (
+            Method::DELETE,
+            "/api/routers/{r}/transient-access/{a}",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/routers/{r}/transient-access/{a}/credentials",
+            None,
+        ),
         (Method::GET, "/api/audit", None),
         (Method::GET, "/api/tokens", None),
-        (Method::POST, "/api/tokens", Some(json!({"name": "n", "role": "viewer"}))),
+        (
+            Method::POST,
+            "/api/tokens",
+            Some(json!({"name": "n", "role": "viewer"})),
+        ),
         (Method::DELETE, "/api/tokens/{t}", None),
         (Method::GET, "/api/users", None),
-        (Method::POST, "/api/users", Some(json!({"username": "zed", "role": "viewer"}))),
-        (Method::PATCH, "/api/users/{u}", Some(json!({"role": "operator"}))),
+        (
+            Method::POST,
+            "/api/users",
+            Some(json!({"username": "zed", "role": "viewer"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/users/{u}",
+            Some(json!({"role": "operator"})),
+        ),
         (Method::DELETE, "/api/users/{u}", None),
     ]
 }
@@ -764,14 +1108,33 @@ fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
 async fn org_a_objects(s: &TestServer) -> Vec<(&'static str, String)> {
     let r = s.router(&s.a.operator, "target").await;
     let (_, f) = s.forward(&s.a.operator, &r, valid_forward()).await;
-    let (_, a) = s.access(&s.a.operator, &r, json!({"allow_from": "198.51.100.0/24"})).await;
+    let (_, a) = s
+        .access(&s.a.operator, &r, json!({"allow_from": "198.51.100.0/24"}))
+        .await;
     let (_, t) = s
-        .call(Method::POST, "/api/tokens", Some(&s.a.admin), Some(json!({"name": "victim", "role": "viewer"})))
+        .call(
+            Method::POST,
+            "/api/tokens",
+            Some(&s.a.admin),
+            Some(json!({"name": "victim", "role": "viewer"})),
+        )
         .await;
     let (_, u) = s
-        .call(Method::POST, "/api/users", Some(&s.a.admin), Some(json!({"username": "victim", "role": "viewer"})))
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "victim", "role": "viewer"})),
+        )
         .await;
-    let (_, router) = s.call(Method::GET, &format!("/api/routers/{r}"), Some(&s.a.viewer), None).await;
+    let (_, router) = s
+        .call(
+            Method::GET,
+            &format!("/api/routers/{r}"),
+            Some(&s.a.viewer),
+            None,
+        )
+        .await;
     vec![
         ("{r}", r),
         ("{f}", f["id"].as_str().unwrap().to_owned()),
@@ -783,7 +1146,8 @@ async fn org_a_objects(s: &TestServer) -> Vec<(&'static str, String)> {
 }
 
 fn fill(path: &str, ids: &[(&str, String)]) -> String {
-    ids.iter().fold(path.to_owned(), |p, (k, v)| p.replace(k, v))
+    ids.iter()
+        .fold(path.to_owned(), |p, (k, v)| p.replace(k, v))
 }
 
 #[tokio::test]
@@ -797,7 +1161,10 @@ async fn another_organisation_gets_404_on_every_route() {
         let path = fill(path, &ids);
         let (status, got) = s.call(method.clone(), &path, Some(&s.b.admin), body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} → {got}");
-        assert!(got["detail"].as_str().unwrap().contains("not found"), "{got}");
+        assert!(
+            got["detail"].as_str().unwrap().contains("not found"),
+            "{got}"
+        );
     }
     // Lists show nothing of org A.
     for path in ["/api/routers", "/api/sites", "/api/audit", "/api/users"] {
@@ -810,7 +1177,14 @@ async fn another_organisation_gets_404_on_every_route() {
     }
     // And org A still has everything.
     let r = &ids[0].1;
-    let (status, _) = s.call(Method::GET, &format!("/api/routers/{r}"), Some(&s.a.viewer), None).await;
+    let (status, _) = s
+        .call(
+            Method::GET,
+            &format!("/api/routers/{r}"),
+            Some(&s.a.viewer),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     s.stop().await;
 }
@@ -825,15 +1199,27 @@ async fn viewers_cannot_write_and_operators_cannot_administer() {
             || path.starts_with("/api/users");
         let writes = method != Method::GET || path.ends_with("/credentials");
         let path = fill(path, &ids);
-        let (status, got) = s.call(method.clone(), &path, Some(&s.a.viewer), body.clone()).await;
+        let (status, got) = s
+            .call(method.clone(), &path, Some(&s.a.viewer), body.clone())
+            .await;
         if writes || admin_only {
-            assert_eq!(status, StatusCode::FORBIDDEN, "viewer {method} {path} → {got}");
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "viewer {method} {path} → {got}"
+            );
         } else {
             assert_eq!(status, StatusCode::OK, "viewer {method} {path} → {got}");
         }
         if admin_only {
-            let (status, got) = s.call(method.clone(), &path, Some(&s.a.operator), body).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "operator {method} {path} → {got}");
+            let (status, got) = s
+                .call(method.clone(), &path, Some(&s.a.operator), body)
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "operator {method} {path} → {got}"
+            );
         }
     }
     s.stop().await;
@@ -870,8 +1256,7 @@ async fn missing_or_bad_credentials_are_401_with_one_body() {
         for (method, path, body) in guarded_routes() {
             let path = path
                 .replace("{r}", "00000000-0000-4000-8000-000000000000")
-                .replace('{', "")
-                .replace('}', "");
+                .replace(['{', '}'], "");
             let mut req = s.http.request(method.clone(), format!("{}{path}", s.base));
             if let Some(h) = &header {
                 req = req.header("authorization", h);
@@ -880,7 +1265,11 @@ async fn missing_or_bad_credentials_are_401_with_one_body() {
                 req = req.json(&b);
             }
             let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{header:?} {method} {path}");
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{header:?} {method} {path}"
+            );
             assert_eq!(resp.headers()["www-authenticate"], "Bearer");
             bodies.push(resp.text().await.unwrap());
         }
@@ -919,7 +1308,8 @@ async fn malformed_input_is_4xx_never_5xx() {
         (b"".to_vec(), 422, "body"),
         (b"[]".to_vec(), 422, "body"),
         (b"null".to_vec(), 422, "body"),
-        (b"{} {}".to_vec(), 422, "body"),
+        (b"{} {}".to_vec(), 422, "dst_port"),
+        (br#"{"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1"} {}"#.to_vec(), 422, "body"),
         (br#"{"dst_port": "22", "dst_address": "10.0.0.1", "allow_from": "198.51.100.1"}"#.to_vec(), 422, "dst_port"),
         (br#"{"dst_port": 22.5, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1"}"#.to_vec(), 422, "dst_port"),
         (br#"{"dst_port": 99999999999999999999999999, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1"}"#.to_vec(), 422, "dst_port"),
@@ -933,24 +1323,47 @@ async fn malformed_input_is_4xx_never_5xx() {
         (br#"{"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "evil": 1}"#.to_vec(), 422, "evil"),
         (br#"{"dst_port": 22, "dst_address": "10.0.0.1\u0000", "allow_from": "198.51.100.1"}"#.to_vec(), 422, "dst_address"),
         (br#"{"dst_port": 22, "dst_address": "\ud800", "allow_from": "198.51.100.1"}"#.to_vec(), 422, "dst_address"),
-        (b"{\"dst_port\": 22, \"dst_address\": \"\xff\xfe\"}".to_vec(), 422, "body"),
+        (b"{\"dst_port\": 22, \"dst_address\": \"\xff\xfe\"}".to_vec(), 422, "dst_address"),
         (format!("{}1{}", "[".repeat(200), "]".repeat(200)).into_bytes(), 422, "body"),
     ];
     for (body, want, want_field) in rows {
-        let shown = String::from_utf8_lossy(&body).chars().take(120).collect::<String>();
-        let (status, got) = s.raw(Method::POST, &forwards, &s.a.operator, json_ct, body).await;
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(120)
+            .collect::<String>();
+        let (status, got) = s
+            .raw(Method::POST, &forwards, &s.a.operator, json_ct, body)
+            .await;
         assert_eq!(status.as_u16(), want, "{shown} → {got}");
         assert_eq!(field(&got), want_field, "{shown} → {got}");
     }
     // Too large: 413 problem.
     let huge = format!(r#"{{"dst_port": 22, "pad": "{}"}}"#, "x".repeat(64 * 1024));
-    let (status, got) = s.raw(Method::POST, &forwards, &s.a.operator, json_ct, huge.into_bytes()).await;
+    let (status, got) = s
+        .raw(
+            Method::POST,
+            &forwards,
+            &s.a.operator,
+            json_ct,
+            huge.into_bytes(),
+        )
+        .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{got}");
     assert_eq!(got["status"], 413);
     // Not JSON at all: 415.
-    for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let (status, got) = s
-            .raw(Method::POST, &forwards, &s.a.operator, ct, REFERENCE_REQUEST.as_bytes().to_vec())
+            .raw(
+                Method::POST,
+                &forwards,
+                &s.a.operator,
+                ct,
+                REFERENCE_REQUEST.as_bytes().to_vec(),
+            )
             .await;
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?} → {got}");
     }
@@ -960,7 +1373,10 @@ async fn malformed_input_is_4xx_never_5xx() {
         "/api/routers/not-a-uuid/transient-forwarding".to_owned(),
         format!("/api/routers/{router}/transient-forwarding/12345"),
         format!("/api/routers/{router}/transient-access/%00"),
-        format!("/api/routers/{router}/transient-access/{}", uuid::Uuid::new_v4()),
+        format!(
+            "/api/routers/{router}/transient-access/{}",
+            uuid::Uuid::new_v4()
+        ),
         format!("/api/routers/{}", uuid::Uuid::new_v4()),
         "/api/routers/%ff%fe".to_owned(),
         "/api/sites/zzz".to_owned(),
@@ -983,10 +1399,19 @@ async fn malformed_input_is_4xx_never_5xx() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path} → {got}");
     }
     // A method a route does not take is 405, as a problem.
-    let (status, _) = s.call(Method::PUT, "/api/routers", Some(&s.a.admin), None).await;
+    let (status, _) = s
+        .call(Method::PUT, "/api/routers", Some(&s.a.admin), None)
+        .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     // Nothing of the above left a record behind.
-    let (_, list) = s.call(Method::GET, &format!("{forwards}?all=true"), Some(&s.a.admin), None).await;
+    let (_, list) = s
+        .call(
+            Method::GET,
+            &format!("{forwards}?all=true"),
+            Some(&s.a.admin),
+            None,
+        )
+        .await;
     assert!(list.as_array().unwrap().is_empty(), "{list}");
     s.stop().await;
 }
@@ -1036,9 +1461,25 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live() {
             body[k] = v.clone();
         }
         if want == 201 {
-            body["name"] = json!(format!("{}-{}", body["name"].as_str().unwrap(), uuid::Uuid::new_v4().simple()).chars().take(64).collect::<String>());
+            body["name"] = json!(
+                format!(
+                    "{}-{}",
+                    body["name"].as_str().unwrap(),
+                    uuid::Uuid::new_v4().simple()
+                )
+                .chars()
+                .take(64)
+                .collect::<String>()
+            );
         }
-        let (status, got) = s.call(Method::POST, "/api/routers", Some(&s.a.operator), Some(body.clone())).await;
+        let (status, got) = s
+            .call(
+                Method::POST,
+                "/api/routers",
+                Some(&s.a.operator),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status.as_u16(), want, "{body} → {got}");
         if want == 422 {
             assert_eq!(field(&got), want_field, "{got}");
@@ -1046,18 +1487,39 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live() {
     }
 
     let (status, patched) = s
-        .call(Method::PATCH, &one, Some(&s.a.operator), Some(json!({"name": "hq-2", "password": "new-secret-pass", "api_port": 8729})))
+        .call(
+            Method::PATCH,
+            &one,
+            Some(&s.a.operator),
+            Some(json!({"name": "hq-2", "password": "new-secret-pass", "api_port": 8729})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{patched}");
     assert_eq!(patched["name"], "hq-2");
     assert_eq!(patched["api_port"], 8729);
     assert!(!patched.to_string().contains("new-secret-pass"));
-    let (status, got) = s.call(Method::PATCH, &one, Some(&s.a.operator), Some(json!({"api_port": 0}))).await;
+    let (status, got) = s
+        .call(
+            Method::PATCH,
+            &one,
+            Some(&s.a.operator),
+            Some(json!({"api_port": 0})),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
-    assert_eq!(s.store.router_password(id.parse().unwrap()).await.unwrap().expose(), "new-secret-pass");
+    assert_eq!(
+        s.store
+            .router_password(id.parse().unwrap())
+            .await
+            .unwrap()
+            .expose(),
+        "new-secret-pass"
+    );
 
     // Sites show the router under its site.
-    let (_, sites) = s.call(Method::GET, "/api/sites", Some(&s.a.viewer), None).await;
+    let (_, sites) = s
+        .call(Method::GET, "/api/sites", Some(&s.a.viewer), None)
+        .await;
     let site = sites
         .as_array()
         .unwrap()
@@ -1066,20 +1528,37 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live() {
         .unwrap_or_else(|| panic!("{sites}"));
     assert_eq!(site["router"]["id"], id);
     let (status, got) = s
-        .call(Method::GET, &format!("/api/sites/{}", site["id"].as_str().unwrap()), Some(&s.a.viewer), None)
+        .call(
+            Method::GET,
+            &format!("/api/sites/{}", site["id"].as_str().unwrap()),
+            Some(&s.a.viewer),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got["router"]["name"], "hq-2");
 
     // A live grant blocks delete.
     let (_, grant) = s.forward(&s.a.operator, id, valid_forward()).await;
-    let (status, got) = s.call(Method::DELETE, &one, Some(&s.a.operator), None).await;
+    let (status, got) = s
+        .call(Method::DELETE, &one, Some(&s.a.operator), None)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{got}");
     let (status, _) = s
-        .call(Method::DELETE, &format!("{one}/transient-forwarding/{}", grant["id"].as_str().unwrap()), Some(&s.a.operator), None)
+        .call(
+            Method::DELETE,
+            &format!(
+                "{one}/transient-forwarding/{}",
+                grant["id"].as_str().unwrap()
+            ),
+            Some(&s.a.operator),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, got) = s.call(Method::DELETE, &one, Some(&s.a.operator), None).await;
+    let (status, got) = s
+        .call(Method::DELETE, &one, Some(&s.a.operator), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{got}");
     let (status, _) = s.call(Method::GET, &one, Some(&s.a.operator), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -1095,15 +1574,34 @@ async fn jobs_are_the_orchestration_log_newest_first_and_paged() {
     let s = TestServer::start().await;
     let router = s.router(&s.a.operator, "r").await;
     s.forward(&s.a.operator, &router, valid_forward()).await;
-    s.access(&s.a.operator, &router, json!({"allow_from": "198.51.100.0/24"})).await;
+    s.access(
+        &s.a.operator,
+        &router,
+        json!({"allow_from": "198.51.100.0/24"}),
+    )
+    .await;
     let jobs_path = format!("/api/routers/{router}/jobs");
-    let (status, jobs) = s.call(Method::GET, &jobs_path, Some(&s.a.viewer), None).await;
+    let (status, jobs) = s
+        .call(Method::GET, &jobs_path, Some(&s.a.viewer), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{jobs}");
-    let kinds: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["access.create", "forward.create"]);
     assert_eq!(jobs[0]["state"], "pending");
     assert!(jobs[0]["lines"].is_array());
-    let (_, page) = s.call(Method::GET, &format!("{jobs_path}?limit=1&offset=1"), Some(&s.a.viewer), None).await;
+    let (_, page) = s
+        .call(
+            Method::GET,
+            &format!("{jobs_path}?limit=1&offset=1"),
+            Some(&s.a.viewer),
+            None,
+        )
+        .await;
     assert_eq!(page.as_array().unwrap().len(), 1);
     assert_eq!(page[0]["kind"], "forward.create");
     s.stop().await;
@@ -1113,68 +1611,153 @@ async fn jobs_are_the_orchestration_log_newest_first_and_paged() {
 async fn admins_manage_tokens_and_users() {
     let s = TestServer::start().await;
     let (status, made) = s
-        .call(Method::POST, "/api/tokens", Some(&s.a.admin), Some(json!({"name": "ci", "role": "operator", "expires_in_days": 30})))
+        .call(
+            Method::POST,
+            "/api/tokens",
+            Some(&s.a.admin),
+            Some(json!({"name": "ci", "role": "operator", "expires_in_days": 30})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
     let secret = made["token"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("pst_") && secret.len() == 47, "{secret}");
-    let (status, _) = s.call(Method::GET, "/api/routers", Some(&secret), None).await;
+    let (status, _) = s
+        .call(Method::GET, "/api/routers", Some(&secret), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, list) = s.call(Method::GET, "/api/tokens", Some(&s.a.admin), None).await;
-    assert!(!list.to_string().contains(&secret), "a listed token shows no secret");
-    let listed = list.as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap();
+    let (_, list) = s
+        .call(Method::GET, "/api/tokens", Some(&s.a.admin), None)
+        .await;
+    assert!(
+        !list.to_string().contains(&secret),
+        "a listed token shows no secret"
+    );
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap();
     assert!(listed["expires_at"].is_string());
     assert!(listed["last_used_at"].is_string(), "used once: {listed}");
     for (body, want_field) in [
         (json!({"name": "", "role": "viewer"}), "name"),
         (json!({"name": "n", "role": "root"}), "role"),
-        (json!({"name": "n", "role": "viewer", "expires_in_days": 0}), "expires_in_days"),
-        (json!({"name": "n", "role": "viewer", "expires_in_days": 3651}), "expires_in_days"),
+        (
+            json!({"name": "n", "role": "viewer", "expires_in_days": 0}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "n", "role": "viewer", "expires_in_days": 3651}),
+            "expires_in_days",
+        ),
     ] {
-        let (status, got) = s.call(Method::POST, "/api/tokens", Some(&s.a.admin), Some(body.clone())).await;
+        let (status, got) = s
+            .call(
+                Method::POST,
+                "/api/tokens",
+                Some(&s.a.admin),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {got}");
         assert_eq!(field(&got), want_field);
     }
     let (status, _) = s
-        .call(Method::DELETE, &format!("/api/tokens/{}", made["id"].as_str().unwrap()), Some(&s.a.admin), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/tokens/{}", made["id"].as_str().unwrap()),
+            Some(&s.a.admin),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = s.call(Method::GET, "/api/routers", Some(&secret), None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a deleted token stops at once");
+    let (status, _) = s
+        .call(Method::GET, "/api/routers", Some(&secret), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted token stops at once"
+    );
 
     let (status, user) = s
-        .call(Method::POST, "/api/users", Some(&s.a.admin), Some(json!({"username": "alice", "role": "viewer"})))
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "alice", "role": "viewer"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert!(user["password"].as_str().unwrap().len() >= 16);
     assert!(user.get("password_hash").is_none());
     let (status, _) = s
-        .call(Method::POST, "/api/users", Some(&s.a.admin), Some(json!({"username": "alice", "role": "viewer"})))
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "alice", "role": "viewer"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, got) = s
-        .call(Method::POST, "/api/users", Some(&s.a.admin), Some(json!({"username": "bob", "role": "viewer", "password": "short"})))
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "bob", "role": "viewer", "password": "short"})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(field(&got), "password");
     let (status, got) = s
-        .call(Method::POST, "/api/users", Some(&s.a.admin), Some(json!({"username": "bob", "role": "viewer", "password": "long-enough-password"})))
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "bob", "role": "viewer", "password": "long-enough-password"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(got["password"], Value::Null, "a chosen password is not echoed");
+    assert_eq!(
+        got["password"],
+        Value::Null,
+        "a chosen password is not echoed"
+    );
     let uid = user["id"].as_str().unwrap();
     let (status, got) = s
-        .call(Method::PATCH, &format!("/api/users/{uid}"), Some(&s.a.admin), Some(json!({"role": "operator", "disabled": true})))
+        .call(
+            Method::PATCH,
+            &format!("/api/users/{uid}"),
+            Some(&s.a.admin),
+            Some(json!({"role": "operator", "disabled": true})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["role"], "operator");
     assert_eq!(got["disabled"], true);
-    let (status, _) = s.call(Method::DELETE, &format!("/api/users/{uid}"), Some(&s.a.admin), None).await;
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/api/users/{uid}"),
+            Some(&s.a.admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, users) = s.call(Method::GET, "/api/users", Some(&s.a.admin), None).await;
+    let (_, users) = s
+        .call(Method::GET, "/api/users", Some(&s.a.admin), None)
+        .await;
     assert!(!users.to_string().contains("alice"));
     let actions = audit_actions(&s, &s.a.admin).await;
-    for a in ["token.create", "token.delete", "user.create", "user.update", "user.delete"] {
+    for a in [
+        "token.create",
+        "token.delete",
+        "user.create",
+        "user.update",
+        "user.delete",
+    ] {
         assert!(actions.contains(&a.to_owned()), "{a} in {actions:?}");
     }
     s.stop().await;
@@ -1193,14 +1776,23 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/routers/{router_id}/transient-forwarding"),
     ("post", "/api/routers/{router_id}/transient-forwarding"),
     ("get", "/api/routers/{router_id}/transient-forwarding/{id}"),
-    ("patch", "/api/routers/{router_id}/transient-forwarding/{id}"),
-    ("delete", "/api/routers/{router_id}/transient-forwarding/{id}"),
+    (
+        "patch",
+        "/api/routers/{router_id}/transient-forwarding/{id}",
+    ),
+    (
+        "delete",
+        "/api/routers/{router_id}/transient-forwarding/{id}",
+    ),
     ("get", "/api/routers/{router_id}/transient-access"),
     ("post", "/api/routers/{router_id}/transient-access"),
     ("get", "/api/routers/{router_id}/transient-access/{id}"),
     ("patch", "/api/routers/{router_id}/transient-access/{id}"),
     ("delete", "/api/routers/{router_id}/transient-access/{id}"),
-    ("get", "/api/routers/{router_id}/transient-access/{id}/credentials"),
+    (
+        "get",
+        "/api/routers/{router_id}/transient-access/{id}/credentials",
+    ),
     ("get", "/api/audit"),
     ("get", "/api/tokens"),
     ("post", "/api/tokens"),
@@ -1216,11 +1808,20 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn openapi_document_describes_every_route_and_each_is_served() {
     let s = TestServer::start().await;
-    let resp = s.http.get(format!("{}/api/openapi.json", s.base)).send().await.unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/api/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let doc: Value = resp.json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
     assert_eq!(doc["info"]["title"], "Postern API");
     let mut listed = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1228,14 +1829,20 @@ async fn openapi_document_describes_every_route_and_each_is_served() {
             if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
                 continue;
             }
-            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
-            assert!(op["summary"].is_string() || op["description"].is_string(), "{method} {path} undocumented");
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+            assert!(
+                op["summary"].is_string() || op["description"].is_string(),
+                "{method} {path} undocumented"
+            );
             // Every path parameter is declared.
             for seg in path.split('/').filter(|p| p.starts_with('{')) {
                 let name = seg.trim_matches(|c| c == '{' || c == '}');
-                let declared = op["parameters"].as_array().is_some_and(|ps| {
-                    ps.iter().any(|p| p["name"] == name && p["in"] == "path")
-                });
+                let declared = op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && p["in"] == "path"));
                 assert!(declared, "{method} {path}: parameter {name} undeclared");
             }
             // Every $ref resolves.
@@ -1248,7 +1855,15 @@ async fn openapi_document_describes_every_route_and_each_is_served() {
         let name = &r[..r.find('"').unwrap()];
         assert!(schemas.contains_key(name), "dangling $ref {name}");
     }
-    for name in ["ForwardView", "CreateForward", "AccessView", "CreateAccess", "CredentialsView", "Problem", "RouterView"] {
+    for name in [
+        "ForwardView",
+        "CreateForward",
+        "AccessView",
+        "CreateAccess",
+        "CredentialsView",
+        "Problem",
+        "RouterView",
+    ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
     // The forward schema has every key of the reference's response.
@@ -1258,8 +1873,10 @@ async fn openapi_document_describes_every_route_and_each_is_served() {
         assert!(forward_props.contains_key(key), "ForwardView lacks {key}");
     }
     listed.sort();
-    let mut expected: Vec<(String, String)> =
-        ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut expected: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     expected.sort();
     assert_eq!(listed, expected);
     // Each listed operation is really routed: without credentials a guarded one is 401
@@ -1267,12 +1884,27 @@ async fn openapi_document_describes_every_route_and_each_is_served() {
     for (method, path) in &expected {
         let concrete = path
             .split('/')
-            .map(|seg| if seg.starts_with('{') { "00000000-0000-4000-8000-000000000000" } else { seg })
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "00000000-0000-4000-8000-000000000000"
+                } else {
+                    seg
+                }
+            })
             .collect::<Vec<_>>()
             .join("/");
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let resp = s.http.request(m, format!("{}{concrete}", s.base)).send().await.unwrap();
-        let want = if path.starts_with("/api/") { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+        let resp = s
+            .http
+            .request(m, format!("{}{concrete}", s.base))
+            .send()
+            .await
+            .unwrap();
+        let want = if path.starts_with("/api/") {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
         assert_eq!(resp.status(), want, "{method} {path}");
     }
     s.stop().await;
@@ -1284,28 +1916,70 @@ async fn health_metrics_and_docs_are_served() {
     let (status, health) = s.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health, json!({"status": "ok", "database": "sqlite"}));
-    s.call(Method::GET, "/api/routers", Some(&s.a.viewer), None).await;
+    s.call(Method::GET, "/api/routers", Some(&s.a.viewer), None)
+        .await;
     s.call(Method::GET, "/api/routers", None, None).await;
-    let resp = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap();
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let resp = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = resp.text().await.unwrap();
-    assert!(text.contains(r#"postern_http_requests_total{route="/api/routers",method="GET",status="200"} 1"#), "{text}");
-    assert!(text.contains(r#"postern_http_requests_total{route="/api/routers",method="GET",status="401"} 1"#), "{text}");
-    assert!(text.contains(r#"postern_http_request_duration_seconds_count{route="/api/routers"} 2"#), "{text}");
-    let page = s.http.get(format!("{}/api/docs", s.base)).send().await.unwrap();
+    assert!(
+        text.contains(
+            r#"postern_http_requests_total{route="/api/routers",method="GET",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"postern_http_requests_total{route="/api/routers",method="GET",status="401"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"postern_http_request_duration_seconds_count{route="/api/routers"} 2"#),
+        "{text}"
+    );
+    let page = s
+        .http
+        .get(format!("{}/api/docs", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     if server::docs::embedded() {
         assert!(html.contains("swagger-ui-bundle.js"), "{html}");
-        let js = s.http.get(format!("{}/api/docs/swagger-ui-bundle.js", s.base)).send().await.unwrap();
+        let js = s
+            .http
+            .get(format!("{}/api/docs/swagger-ui-bundle.js", s.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(js.status(), StatusCode::OK);
         assert!(js.bytes().await.unwrap().len() > 100_000);
-        let css = s.http.get(format!("{}/api/docs/swagger-ui.css", s.base)).send().await.unwrap();
+        let css = s
+            .http
+            .get(format!("{}/api/docs/swagger-ui.css", s.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(css.status(), StatusCode::OK);
     } else {
         assert!(html.contains("npm ci"), "{html}");
     }
-    assert!(!html.contains("http://") && !html.contains("https://"), "no CDN: {html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN: {html}"
+    );
     s.stop().await;
 }
 

@@ -10,8 +10,8 @@ use domain::{AccessId, AccessLevel, AccessType};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, is_expired, new_job, load_router, not_found_as, port_candidates, resolve_allow_from,
-    resolve_expiry,
+    Checks, audit, is_expired, load_router, new_job, not_found_as, port_candidates,
+    resolve_allow_from, resolve_expiry,
 };
 use crate::auth::{Caller, random_alnum};
 use crate::dto::{
@@ -145,7 +145,10 @@ pub async fn access_post(
     let now = state.now();
     let mut checks = Checks::default();
     let access = access_level(&req, &mut checks);
-    let access_type: AccessType = req.access_type.map(Into::into).unwrap_or(AccessType::Winbox);
+    let access_type: AccessType = req
+        .access_type
+        .map(Into::into)
+        .unwrap_or(AccessType::Winbox);
     let expires_at = resolve_expiry(
         &state,
         &mut checks,
@@ -153,11 +156,17 @@ pub async fn access_post(
         req.expire_after_minutes,
         req.expires_at.as_deref(),
     );
-    let allow_from =
-        resolve_allow_from(&state, &mut checks, req.allow_from.as_deref(), caller.address);
+    let allow_from = resolve_allow_from(
+        &state,
+        &mut checks,
+        req.allow_from.as_deref(),
+        caller.address,
+    );
     checks.finish()?;
     let (Some(expires_at), Some(allow_from)) = (expires_at, allow_from) else {
-        return Err(ApiError::Internal("validation passed without values".into()));
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
     };
     let allow_rfc1918 = req.allow_rfc1918.unwrap_or(false);
     let region = state.store.get_region(router.region_id).await?;
@@ -170,7 +179,7 @@ pub async fn access_post(
             access_type,
             access,
             allow_rfc1918,
-            allow_from: allow_from.clone(),
+            allow_from,
             username: username.clone(),
             password: random_alnum(PASSWORD_LEN, false),
             expires_at,
@@ -342,7 +351,9 @@ pub async fn access_patch(
     );
     checks.finish()?;
     let Some(at) = at else {
-        return Err(ApiError::Internal("validation passed without a value".into()));
+        return Err(ApiError::Internal(
+            "validation passed without a value".into(),
+        ));
     };
     if !grant.status.is_live() {
         return Err(ApiError::Conflict(format!(
@@ -391,23 +402,13 @@ pub async fn access_delete(
         return Ok(StatusCode::NO_CONTENT);
     }
     let now = state.now();
-    state
-        .store
-        .revoke_access(
-            grant.id,
-            now,
-            audit(
-                &caller,
-                now,
-                "access.revoke",
-                Some(format!("access:{}", grant.id)),
-                json!({ "router_id": router.id.to_string(), "username": grant.username }),
-            ),
-        )
-        .await
-        .or_else(|e| match e {
-            store::StoreError::Conflict(_) => Ok(()),
-            other => Err(other),
-        })?;
+    super::common::revoke(
+        &state,
+        &caller,
+        super::common::Grant::Access(grant.id),
+        router.id,
+        now,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -122,7 +122,9 @@ pub async fn tokens_post(
     };
     checks.finish()?;
     let Some(name) = name else {
-        return Err(ApiError::Internal("validation passed without values".into()));
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
     };
     let secret = generate_token();
     let token = state
@@ -256,7 +258,9 @@ pub async fn users_post(
     }
     checks.finish()?;
     let Some(username) = username else {
-        return Err(ApiError::Internal("validation passed without values".into()));
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
     };
     let generated = req.password.is_none();
     let password = req.password.unwrap_or_else(|| random_alnum(20, false));

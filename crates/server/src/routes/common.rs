@@ -74,9 +74,7 @@ impl Checks {
 /// The grant limits as the domain rules take them.
 pub fn limits(state: &AppState) -> domain::Limits {
     let l = &state.config.grant_limits;
-    let delta = |d: std::time::Duration| {
-        TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
-    };
+    let delta = |d: std::time::Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
     domain::Limits {
         min: delta(l.min),
         max: delta(l.max),
@@ -108,7 +106,12 @@ pub fn resolve_expiry(
         Some(s) => Some(checks.take(parse_time("expires_at", s))?),
         None => None,
     };
-    checks.take(domain::rules::resolve_expiry(now, minutes, at, &limits(state)))
+    checks.take(domain::rules::resolve_expiry(
+        now,
+        minutes,
+        at,
+        &limits(state),
+    ))
 }
 
 /// `allow_from` as given, or the caller's own address.
@@ -177,7 +180,11 @@ pub fn audit(
 }
 
 /// Whether a grant counts as expired for the API: it ended by expiry, or its time is up.
-pub fn is_expired(status: domain::GrantStatus, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+pub fn is_expired(
+    status: domain::GrantStatus,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
     status == domain::GrantStatus::Expired || expires_at <= now
 }
 
@@ -200,7 +207,12 @@ mod tests {
 }
 
 /// The first job of a new grant; the orchestrator runs it at once.
-pub fn new_job(caller: &Caller, router_id: RouterId, kind: &str, now: DateTime<Utc>) -> store::NewJob {
+pub fn new_job(
+    caller: &Caller,
+    router_id: RouterId,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> store::NewJob {
     store::NewJob {
         org_id: caller.org_id,
         router_id,
@@ -210,4 +222,87 @@ pub fn new_job(caller: &Caller, router_id: RouterId, kind: &str, now: DateTime<U
         run_after: now,
         created_at: now,
     }
+}
+
+/// A grant of either kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant {
+    Access(domain::AccessId),
+    Forward(domain::ForwardId),
+}
+
+/// Revokes a live grant: `closing`, then `revoked` (revoked_early), its audit entry, and
+/// the router clean-up job. Until the orchestration issue runs that job and makes the
+/// gateway close first, the grant goes straight through `closing` to `revoked` here.
+/// A grant that ended meanwhile is left as it is (the caller's wish already holds).
+pub async fn revoke(
+    state: &AppState,
+    caller: &Caller,
+    grant: Grant,
+    router_id: RouterId,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    use domain::GrantStatus::{Active, Closing, Provisioning, Requested, Revoked};
+    let live = [Requested, Provisioning, Active];
+    let closing = match grant {
+        Grant::Access(id) => state
+            .store
+            .transition_access(id, &live, Closing, now, None)
+            .await
+            .map(|_| ()),
+        Grant::Forward(id) => state
+            .store
+            .transition_forward(id, &live, Closing, now, None)
+            .await
+            .map(|_| ()),
+    };
+    match closing {
+        Ok(()) => {}
+        Err(store::StoreError::Conflict(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let (action, kind, target, payload) = match grant {
+        Grant::Access(id) => {
+            state
+                .store
+                .transition_access(id, &[Closing], Revoked, now, None)
+                .await?;
+            (
+                "access.revoke",
+                "access.delete",
+                format!("access:{id}"),
+                serde_json::json!({ "access_id": id.to_string() }),
+            )
+        }
+        Grant::Forward(id) => {
+            state
+                .store
+                .transition_forward(id, &[Closing], Revoked, now, None)
+                .await?;
+            (
+                "forward.revoke",
+                "forward.delete",
+                format!("forward:{id}"),
+                serde_json::json!({ "forward_id": id.to_string() }),
+            )
+        }
+    };
+    state
+        .store
+        .create_job(store::NewJob {
+            payload,
+            ..new_job(caller, router_id, kind, now)
+        })
+        .await?;
+    state
+        .store
+        .append_audit(audit(
+            caller,
+            now,
+            action,
+            Some(target),
+            serde_json::json!({ "router_id": router_id.to_string() }),
+        ))
+        .await?;
+    Ok(())
 }

@@ -6,25 +6,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use domain::{DstAddress, ForwardId, GrantStatus};
+use domain::{DstAddress, ForwardId};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, is_expired, new_job, load_router, not_found_as, port_candidates, resolve_allow_from,
-    resolve_expiry,
+    Checks, audit, is_expired, load_router, new_job, not_found_as, port_candidates,
+    resolve_allow_from, resolve_expiry,
 };
 use crate::auth::Caller;
 use crate::dto::{CreateForward, ForwardView, GrantListQuery, UpdateExpiry, timestamp};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
 use crate::state::AppState;
-
-/// The live statuses a revoke may start from.
-const LIVE: [GrantStatus; 3] = [
-    GrantStatus::Requested,
-    GrantStatus::Provisioning,
-    GrantStatus::Active,
-];
 
 pub fn view(f: &store::TransientForward, now: DateTime<Utc>) -> ForwardView {
     ForwardView {
@@ -129,13 +122,19 @@ pub async fn forwards_post(
     );
     let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
     let dst_address = checks.take(DstAddress::parse(&req.dst_address));
-    let allow_from =
-        resolve_allow_from(&state, &mut checks, req.allow_from.as_deref(), caller.address);
+    let allow_from = resolve_allow_from(
+        &state,
+        &mut checks,
+        req.allow_from.as_deref(),
+        caller.address,
+    );
     checks.finish()?;
     let (Some(expires_at), Some(dst_port), Some(dst_address), Some(allow_from)) =
         (expires_at, dst_port, dst_address, allow_from)
     else {
-        return Err(ApiError::Internal("validation passed without values".into()));
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
     };
     let region = state.store.get_region(router.region_id).await?;
     let masquerade = req.masquerade.unwrap_or(false);
@@ -147,7 +146,7 @@ pub async fn forwards_post(
             dst_address: dst_address.addr(),
             dst_port,
             masquerade,
-            allow_from: allow_from.clone(),
+            allow_from,
             expires_at,
             created_by: caller.actor.clone(),
             region_id: region.id,
@@ -247,7 +246,9 @@ pub async fn forward_patch(
     );
     checks.finish()?;
     let Some(at) = at else {
-        return Err(ApiError::Internal("validation passed without a value".into()));
+        return Err(ApiError::Internal(
+            "validation passed without a value".into(),
+        ));
     };
     if !forward.status.is_live() {
         return Err(ApiError::Conflict(format!(
@@ -297,24 +298,13 @@ pub async fn forward_delete(
         return Ok(StatusCode::NO_CONTENT);
     }
     let now = state.now();
-    state
-        .store
-        .revoke_forward(
-            forward.id,
-            now,
-            audit(
-                &caller,
-                now,
-                "forward.revoke",
-                Some(format!("forward:{}", forward.id)),
-                json!({ "router_id": router.id.to_string() }),
-            ),
-        )
-        .await
-        .or_else(|e| match e {
-            // Ended between our read and the revoke: the outcome is the same.
-            store::StoreError::Conflict(_) => Ok(()),
-            other => Err(other),
-        })?;
+    super::common::revoke(
+        &state,
+        &caller,
+        super::common::Grant::Forward(forward.id),
+        router.id,
+        now,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

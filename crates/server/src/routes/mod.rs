@@ -3,8 +3,8 @@
 //! named `<area>_<method>`.
 
 mod access;
-mod common;
 mod admin;
+mod common;
 mod forwards;
 mod routers;
 mod system;
@@ -19,8 +19,6 @@ use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-
-pub(crate) use system::openapi_json;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,7 +52,9 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("pst_…")
-                    .description(Some("An API token from `postern admin create-token` or POST /api/tokens"))
+                    .description(Some(
+                        "An API token from `postern admin create-token` or POST /api/tokens",
+                    ))
                     .build(),
             ),
         );
@@ -108,12 +108,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Every route, for the OpenAPI document's own route and the docs page.
 pub fn router() -> Router<AppState> {
     let (api, _) = parts();
-    api.route("/api/openapi.json", axum::routing::get(system::openapi_json))
-        .route("/api/docs", axum::routing::get(crate::docs::index))
-        .route("/api/docs/", axum::routing::get(crate::docs::index))
-        .route("/api/docs/{file}", axum::routing::get(crate::docs::asset))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    api.route(
+        "/api/openapi.json",
+        axum::routing::get(system::openapi_json),
+    )
+    .route("/api/docs", axum::routing::get(crate::docs::index))
+    .route("/api/docs/", axum::routing::get(crate::docs::index))
+    .route("/api/docs/{file}", axum::routing::get(crate::docs::asset))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn not_found() -> ApiError {

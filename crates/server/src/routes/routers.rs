@@ -116,10 +116,15 @@ pub async fn routers_post(
     let tunnel_address = checks.take(domain::rules::tunnel_address(&req.tunnel_address));
     let username = checks.take(domain::rules::routeros_username(&req.username));
     check_password(&mut checks, &req.password);
-    let api_port = checks.take(domain::rules::port("api_port", req.api_port.unwrap_or(8728)));
+    let api_port = checks.take(domain::rules::port(
+        "api_port",
+        req.api_port.unwrap_or(8728),
+    ));
     let ssh_port = checks.take(domain::rules::port("ssh_port", req.ssh_port.unwrap_or(22)));
-    let winbox_port =
-        checks.take(domain::rules::port("winbox_port", req.winbox_port.unwrap_or(8291)));
+    let winbox_port = checks.take(domain::rules::port(
+        "winbox_port",
+        req.winbox_port.unwrap_or(8291),
+    ));
     let site = match &req.site {
         Some(s) => checks.take(domain::rules::site_name(s)).map(Some),
         None => Some(None),
@@ -146,7 +151,9 @@ pub async fn routers_post(
         region,
     )
     else {
-        return Err(ApiError::Internal("validation passed without values".into()));
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
     };
     let now = state.now();
     let router = state
@@ -372,7 +379,10 @@ pub async fn router_jobs_get(
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let page = page(&q)?;
     let router = load_router(&state, &caller, &router_id).await?;
-    let jobs = state.store.list_jobs(caller.org_id, router.id, page).await?;
+    let jobs = state
+        .store
+        .list_jobs(caller.org_id, router.id, page)
+        .await?;
     Ok(Json(
         jobs.into_iter()
             .map(|(job, lines)| JobView {
@@ -398,7 +408,11 @@ pub async fn router_jobs_get(
     ))
 }
 
-fn site_view(site: &store::Site, router: Option<&store::Router>, regions: &[store::Region]) -> SiteView {
+fn site_view(
+    site: &store::Site,
+    router: Option<&store::Router>,
+    regions: &[store::Region],
+) -> SiteView {
     SiteView {
         id: site.id.to_string(),
         name: site.name.clone(),
@@ -449,11 +463,11 @@ pub async fn site_get(
     ApiPath(site_id): ApiPath<String>,
 ) -> Result<Json<SiteView>, ApiError> {
     let id: SiteId = parse_id(&site_id, "site")?;
-    let sites = state.store.list_sites(caller.org_id).await?;
+    let (site, routers) = state
+        .store
+        .get_site(caller.org_id, id)
+        .await
+        .map_err(|e| not_found_as(e, "site"))?;
     let regions = state.store.list_regions().await?;
-    let (site, routers) = sites
-        .iter()
-        .find(|(s, _)| s.id == id)
-        .ok_or(ApiError::NotFound("site"))?;
-    Ok(Json(site_view(site, routers.first(), &regions)))
+    Ok(Json(site_view(&site, routers.first(), &regions)))
 }
