@@ -55,6 +55,7 @@ fn token_from(r: &impl Get) -> Result<ApiToken> {
 impl Store {
     /// Creates an organisation.
     pub async fn create_organisation(&self, name: &str) -> Result<Organisation> {
+        let _writer = self.sqlite_writer().await;
         let org = Organisation {
             id: OrgId::new(),
             name: name.to_owned(),
@@ -124,6 +125,7 @@ impl Store {
     /// Creates a user; `Conflict` if the username is taken (usernames are global, as
     /// they are what people log in with).
     pub async fn create_user(&self, new: NewUser) -> Result<User> {
+        let _writer = self.sqlite_writer().await;
         let user = User {
             id: UserId::new(),
             org_id: new.org_id,
@@ -156,6 +158,10 @@ impl Store {
 
     /// The user with this login name, in any organisation.
     pub async fn find_user_by_username(&self, username: &str) -> Result<Option<User>> {
+        if username.contains('\0') {
+            // PostgreSQL refuses NUL in text; such a name cannot exist.
+            return Ok(None);
+        }
         db!(self, |p, pg| {
             let row = sqlx::query(user_sql!("WHERE username = $1"))
                 .bind(username)
@@ -191,6 +197,7 @@ impl Store {
 
     /// Changes a user's role.
     pub async fn set_user_role(&self, org: OrgId, id: UserId, role: Role) -> Result<User> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("UPDATE users SET role = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
@@ -208,6 +215,7 @@ impl Store {
 
     /// Disables or enables a user.
     pub async fn set_user_disabled(&self, org: OrgId, id: UserId, disabled: bool) -> Result<User> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("UPDATE users SET disabled = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
@@ -225,6 +233,7 @@ impl Store {
 
     /// Changes a user's password hash.
     pub async fn set_user_password_hash(&self, org: OrgId, id: UserId, hash: &str) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
@@ -242,6 +251,7 @@ impl Store {
 
     /// Deletes a user (tokens it created stay, with `created_by` cleared).
     pub async fn delete_user(&self, org: OrgId, id: UserId) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("DELETE FROM users WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
@@ -258,6 +268,7 @@ impl Store {
 
     /// Records a new API token by its hash; `Conflict` if the hash exists.
     pub async fn create_api_token(&self, new: NewApiToken) -> Result<ApiToken> {
+        let _writer = self.sqlite_writer().await;
         let token = ApiToken {
             id: TokenId::new(),
             org_id: new.org_id,
@@ -292,6 +303,10 @@ impl Store {
     /// The token with this hash, in any organisation (expired ones too: the caller
     /// checks `expires_at`).
     pub async fn find_api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        if token_hash.contains('\0') {
+            // PostgreSQL refuses NUL in text; such a name cannot exist.
+            return Ok(None);
+        }
         db!(self, |p, pg| {
             let row = sqlx::query(token_sql!("WHERE token_hash = $1"))
                 .bind(token_hash)
@@ -303,6 +318,7 @@ impl Store {
 
     /// Records a use of a token.
     pub async fn touch_api_token(&self, id: TokenId, at: DateTime<Utc>) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
                 .bind(id.to_string())
@@ -330,6 +346,7 @@ impl Store {
 
     /// Deletes (revokes) a token.
     pub async fn delete_api_token(&self, org: OrgId, id: TokenId) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())

@@ -14,23 +14,35 @@ use crate::jobs::{insert_audit, insert_job};
 use crate::records::{NewAccess, NewForward, TransientAccess, TransientForward};
 use crate::secret::{Secret, Slot};
 
+/// How many candidate ports `claim_port!` tries blindly before it reads which are taken.
+const BLIND_TRIES: usize = 4;
+
 /// Claims the first free port among `$candidates` in a ports table for `$scope` (region
 /// or router) on behalf of `$grant`, inside transaction `$tx`. Evaluates to
-/// `Option<u16>`. The insert is `ON CONFLICT DO NOTHING`: a port taken by a concurrent
-/// transaction since the read is skipped, never shared.
+/// `Option<u16>`. The first few candidates are tried blindly (one statement each: the
+/// common case when ports are mostly free); after that the taken ports are read once,
+/// so a crowded range costs one query rather than one per port. Each insert is
+/// `ON CONFLICT DO NOTHING`: a port taken by a concurrent transaction is skipped, never
+/// shared (on PostgreSQL the insert waits for that transaction to end).
 macro_rules! claim_port {
     ($tx:ident, $taken_sql:literal, $insert_sql:literal, $scope:expr, $candidates:expr, $grant:expr) => {{
         let scope: String = $scope;
-        let taken = sqlx::query($taken_sql)
-            .bind(&scope)
-            .fetch_all(&mut *$tx)
-            .await?
-            .iter()
-            .map(|r| r.int("port"))
-            .collect::<Result<HashSet<i64>>>()?;
+        let candidates: &[u16] = $candidates;
+        let mut taken: Option<HashSet<i64>> = None;
         let mut claimed = None;
-        for &port in $candidates {
-            if port == 0 || taken.contains(&i64::from(port)) {
+        for (tried, &port) in candidates.iter().enumerate() {
+            if tried == BLIND_TRIES {
+                let rows = sqlx::query($taken_sql)
+                    .bind(&scope)
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                taken = Some(
+                    rows.iter()
+                        .map(|r| r.int("port"))
+                        .collect::<Result<HashSet<i64>>>()?,
+                );
+            }
+            if port == 0 || taken.as_ref().is_some_and(|t| t.contains(&i64::from(port))) {
                 continue;
             }
             let inserted = sqlx::query($insert_sql)
@@ -227,6 +239,7 @@ macro_rules! grant_methods {
                 id: $id,
                 expires_at: DateTime<Utc>,
             ) -> Result<$record> {
+                let _writer = self.sqlite_writer().await;
                 let changed = db!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET expires_at = $4 WHERE id = $1 AND org_id = $2 \
@@ -320,6 +333,7 @@ macro_rules! grant_methods {
 
             #[doc = concat!("Records when a ", $kind, " was first used; true if set now, false if it already was.")]
             pub async fn $set_authorized(&self, id: $id, at: DateTime<Utc>) -> Result<bool> {
+                let _writer = self.sqlite_writer().await;
                 let changed = db!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET authorized_at = $2 WHERE id = $1 AND authorized_at IS NULL"

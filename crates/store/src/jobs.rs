@@ -132,6 +132,7 @@ pub(crate) fn job_record(id: JobId, new: &NewJob) -> Job {
 impl Store {
     /// Queues a job (state `pending`).
     pub async fn create_job(&self, new: NewJob) -> Result<Job> {
+        let _writer = self.sqlite_writer().await;
         let id = JobId::new();
         db!(self, |p, pg| {
             insert_job!(p, id, &new);
@@ -158,8 +159,9 @@ impl Store {
         at: DateTime<Utc>,
         message: &str,
     ) -> Result<u32> {
-        // Two concurrent appends may pick the same number; the primary key refuses one,
-        // which tries again.
+        let _writer = self.sqlite_writer().await;
+        // Two concurrent appends may pick the same number (PostgreSQL); the primary key
+        // refuses one, which tries again.
         for _ in 0..5 {
             let inserted = db!(self, |p, pg| {
                 sqlx::query(
@@ -239,6 +241,7 @@ impl Store {
 
     /// Appends to the audit log (there is no way to change or remove an entry).
     pub async fn append_audit(&self, new: NewAudit) -> Result<AuditEntry> {
+        let _writer = self.sqlite_writer().await;
         let id = db!(self, |p, pg| { insert_audit!(p, &new) });
         Ok(AuditEntry {
             id,

@@ -28,9 +28,10 @@
 //! at build time. Migrations live in `migrations/sqlite` and `migrations/postgres`,
 //! embedded in the binary and applied by [`Store::open`].
 //!
-//! SQLite writers that run several statements take an in-process lock and `BEGIN
-//! IMMEDIATE`, so they queue instead of failing; single statements rely on the 5 s busy
-//! timeout.
+//! SQLite has one writer at a time: every write takes an in-process lock first (write
+//! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
+//! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
+//! another process on the same file. Reads never wait (WAL).
 //!
 //! # Rules the database enforces
 //!
@@ -218,6 +219,16 @@ impl Store {
         })
     }
 
+    /// On SQLite, the in-process writer lock, for a write of a single statement: writers
+    /// then queue in order instead of polling in SQLite's busy handler. `None` on
+    /// PostgreSQL. Never held across another write (it is not reentrant).
+    pub(crate) async fn sqlite_writer(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Some(self.inner.write_lock.clone().lock_owned().await),
+            Pool::Postgres(_) => None,
+        }
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         match self.inner.pool {
@@ -233,5 +244,33 @@ impl Store {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tidy {
+    /// Every module says its role first; the crate root lists its layout.
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    text.starts_with("//!"),
+                    "{} lacks a //! header",
+                    path.display()
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 8);
+        assert!(
+            std::fs::read_to_string(src.join("lib.rs"))
+                .unwrap()
+                .contains("# Layout")
+        );
     }
 }

@@ -94,6 +94,7 @@ impl Store {
     /// Creates a region or updates the one of that name; `Conflict` if the port range is
     /// empty.
     pub async fn upsert_region(&self, new: NewRegion) -> Result<Region> {
+        let _writer = self.sqlite_writer().await;
         if new.port_min == 0 || new.port_min > new.port_max {
             return Err(StoreError::Conflict(format!(
                 "port range {}-{} is empty",
@@ -134,6 +135,10 @@ impl Store {
 
     /// A region by name.
     pub async fn find_region_by_name(&self, name: &str) -> Result<Option<Region>> {
+        if name.contains('\0') {
+            // PostgreSQL refuses NUL in text; such a name cannot exist.
+            return Ok(None);
+        }
         db!(self, |p, pg| {
             let row = sqlx::query(region_sql!("WHERE name = $1"))
                 .bind(name)
@@ -252,6 +257,7 @@ impl Store {
         id: RouterId,
         patch: RouterPatch,
     ) -> Result<Router> {
+        let _writer = self.sqlite_writer().await;
         let sealed = patch
             .password
             .as_deref()
@@ -362,6 +368,7 @@ impl Store {
 
     /// Records what Postern learnt from a router.
     pub async fn set_router_facts(&self, id: RouterId, facts: RouterFacts) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
             sqlx::query(
                 "UPDATE routers SET status = $2, identity = COALESCE($3, identity), \

@@ -1,0 +1,1319 @@
+//! The store suite: every test runs against SQLite and against PostgreSQL (see
+//! `harness`), asserting what the server will rely on: org isolation, uniqueness,
+//! encryption at rest, the grant life cycle, port allocation under concurrency and
+//! all-or-nothing grant creation.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod harness;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::{
+    AccessId, AccessLevel, AccessType, AllowFrom, ForwardId, GrantStatus, JobId, JobState, OrgId,
+    Policy, Role, RouterId, RouterStatus, SiteId, TokenId, UserId,
+};
+use harness::{Ctx, Db, KEY};
+use postern_store::*;
+use serde_json::json;
+
+/// Defines `<name>::sqlite` and `<name>::postgres` running `body(ctx)`.
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let ctx = Ctx::new(Db::Sqlite).await.expect("sqlite store");
+                $body(&ctx).await;
+                ctx.store.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(ctx) = Ctx::new(Db::Postgres).await else {
+                    return;
+                };
+                $body(&ctx).await;
+                ctx.store.close().await;
+            }
+        }
+    };
+}
+
+fn t(minutes: i64) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+        + TimeDelta::minutes(minutes)
+}
+
+fn allow() -> AllowFrom {
+    AllowFrom::parse("198.51.100.0/24", &Policy::default()).unwrap()
+}
+
+fn audit(org: OrgId, action: &str, at: DateTime<Utc>) -> NewAudit {
+    NewAudit {
+        org_id: org,
+        at,
+        actor: "alice".into(),
+        actor_address: Some("203.0.113.7".parse().unwrap()),
+        action: action.into(),
+        target: None,
+        details: json!({"k": 1}),
+    }
+}
+
+struct World {
+    org: OrgId,
+    other: OrgId,
+    region: Region,
+    router: Router,
+    /// A router of the other organisation.
+    foreign: Router,
+}
+
+fn new_router(org: OrgId, region: &Region, name: &str, password: &str) -> NewRouter {
+    NewRouter {
+        org_id: org,
+        site_name: None,
+        region_id: region.id,
+        name: name.into(),
+        tunnel_address: "100.64.0.2".parse().unwrap(),
+        api_port: 8728,
+        ssh_port: 22,
+        winbox_port: 8291,
+        username: "admin".into(),
+        password: password.into(),
+    }
+}
+
+async fn world(s: &Store) -> World {
+    let org = s.create_organisation("acme").await.unwrap().id;
+    let other = s.create_organisation("globex").await.unwrap().id;
+    let region = s
+        .upsert_region(NewRegion {
+            name: "eu".into(),
+            entry_point: "eu.example.net".into(),
+            port_min: 40000,
+            port_max: 40100,
+        })
+        .await
+        .unwrap();
+    let router = s
+        .create_router(new_router(org, &region, "core-1", "router-pw-1"))
+        .await
+        .unwrap();
+    let foreign = s
+        .create_router(new_router(other, &region, "theirs", "their-pw"))
+        .await
+        .unwrap();
+    World {
+        org,
+        other,
+        region,
+        router,
+        foreign,
+    }
+}
+
+fn new_access(w: &World, ports: &[u16], job: bool) -> NewAccess {
+    NewAccess {
+        org_id: w.org,
+        router_id: w.router.id,
+        access_type: AccessType::Winbox,
+        access: AccessLevel::Full,
+        allow_rfc1918: false,
+        allow_from: allow(),
+        username: "postern-a1".into(),
+        password: "grant-secret-pw".into(),
+        expires_at: t(120),
+        created_by: "alice".into(),
+        region_id: w.region.id,
+        entry_point: w.region.entry_point.clone(),
+        port_candidates: ports.to_vec(),
+        audit: audit(w.org, "transient_access.create", t(0)),
+        job: job.then(|| new_job(w.org, w.router.id, t(0))),
+    }
+}
+
+fn new_forward(w: &World, ports: &[u16], router_ports: &[u16]) -> NewForward {
+    NewForward {
+        org_id: w.org,
+        router_id: w.router.id,
+        dst_address: "192.168.88.43".parse().unwrap(),
+        dst_port: 22,
+        masquerade: true,
+        allow_from: allow(),
+        expires_at: t(120),
+        created_by: "token:ci".into(),
+        region_id: w.region.id,
+        entry_point: w.region.entry_point.clone(),
+        port_candidates: ports.to_vec(),
+        router_port_candidates: router_ports.to_vec(),
+        audit: audit(w.org, "transient_forward.create", t(0)),
+        job: Some(new_job(w.org, w.router.id, t(0))),
+    }
+}
+
+fn new_job(org: OrgId, router: RouterId, at: DateTime<Utc>) -> NewJob {
+    NewJob {
+        org_id: org,
+        router_id: router,
+        kind: "access.provision".into(),
+        payload: json!({"at": at.to_rfc3339()}),
+        max_attempts: 5,
+        run_after: at,
+        created_at: at,
+    }
+}
+
+fn is_not_found<T: std::fmt::Debug>(r: Result<T>) -> bool {
+    matches!(r, Err(StoreError::NotFound))
+}
+
+fn conflict<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- accounts
+
+async fn accounts(ctx: &Ctx) {
+    let s = &ctx.store;
+    assert_eq!(s.count_users().await.unwrap(), 0);
+    let org = s.create_organisation("acme").await.unwrap();
+    let other = s.create_organisation("globex").await.unwrap();
+    assert_eq!(s.get_organisation(org.id).await.unwrap(), org);
+    assert_eq!(s.list_organisations().await.unwrap().len(), 2);
+
+    let alice = s
+        .create_user(NewUser {
+            org_id: org.id,
+            username: "alice".into(),
+            role: Role::Admin,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        })
+        .await
+        .unwrap();
+    let bob = s
+        .create_user(NewUser {
+            org_id: org.id,
+            username: "bob".into(),
+            role: Role::Viewer,
+            password_hash: "h".into(),
+        })
+        .await
+        .unwrap();
+    let msg = conflict(
+        s.create_user(NewUser {
+            org_id: other.id,
+            username: "alice".into(),
+            role: Role::Viewer,
+            password_hash: "h".into(),
+        })
+        .await,
+    );
+    assert!(msg.contains("alice"), "{msg}");
+    assert_eq!(s.count_users().await.unwrap(), 2);
+
+    let found = s.find_user_by_username("alice").await.unwrap().unwrap();
+    assert_eq!(found, alice);
+    assert!(!found.disabled);
+    assert!(s.find_user_by_username("carol").await.unwrap().is_none());
+    assert_eq!(s.get_user(org.id, bob.id).await.unwrap(), bob);
+    let names: Vec<_> = s
+        .list_users(org.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(s.list_users(other.id).await.unwrap().is_empty());
+
+    assert_eq!(
+        s.set_user_role(org.id, bob.id, Role::Operator)
+            .await
+            .unwrap()
+            .role,
+        Role::Operator
+    );
+    assert!(
+        s.set_user_disabled(org.id, bob.id, true)
+            .await
+            .unwrap()
+            .disabled
+    );
+    s.set_user_password_hash(org.id, bob.id, "new-hash")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_user(org.id, bob.id).await.unwrap().password_hash,
+        "new-hash"
+    );
+
+    // Another organisation sees nothing and changes nothing.
+    assert!(is_not_found(s.get_user(other.id, bob.id).await));
+    assert!(is_not_found(
+        s.set_user_role(other.id, bob.id, Role::Admin).await
+    ));
+    assert!(is_not_found(
+        s.set_user_disabled(other.id, bob.id, false).await
+    ));
+    assert!(is_not_found(
+        s.set_user_password_hash(other.id, bob.id, "x").await
+    ));
+    assert!(is_not_found(s.delete_user(other.id, bob.id).await));
+    assert!(is_not_found(s.get_user(org.id, UserId::new()).await));
+    assert_eq!(
+        s.get_user(org.id, bob.id).await.unwrap().role,
+        Role::Operator
+    );
+
+    // Tokens.
+    let token = s
+        .create_api_token(NewApiToken {
+            org_id: org.id,
+            name: "ci".into(),
+            role: Role::Operator,
+            token_hash: "ab".repeat(32),
+            created_by: Some(alice.id),
+            expires_at: Some(t(60)),
+        })
+        .await
+        .unwrap();
+    let msg = conflict(
+        s.create_api_token(NewApiToken {
+            org_id: other.id,
+            name: "dup".into(),
+            role: Role::Viewer,
+            token_hash: "ab".repeat(32),
+            created_by: None,
+            expires_at: None,
+        })
+        .await,
+    );
+    assert!(msg.contains("hash"), "{msg}");
+    let found = s
+        .find_api_token_by_hash(&"ab".repeat(32))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, token);
+    assert_eq!(found.expires_at, Some(t(60)));
+    assert!(
+        s.find_api_token_by_hash(&"cd".repeat(32))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.touch_api_token(token.id, t(5)).await.unwrap();
+    assert!(is_not_found(s.touch_api_token(TokenId::new(), t(5)).await));
+    let listed = s.list_api_tokens(org.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_used_at, Some(t(5)));
+    assert!(s.list_api_tokens(other.id).await.unwrap().is_empty());
+    assert!(is_not_found(s.delete_api_token(other.id, token.id).await));
+
+    // Deleting the creator keeps the token; deleting the token removes it.
+    s.delete_user(org.id, alice.id).await.unwrap();
+    assert!(is_not_found(s.get_user(org.id, alice.id).await));
+    let kept = s
+        .find_api_token_by_hash(&"ab".repeat(32))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.created_by, None);
+    s.delete_api_token(org.id, token.id).await.unwrap();
+    assert!(
+        s.find_api_token_by_hash(&"ab".repeat(32))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(is_not_found(s.delete_api_token(org.id, token.id).await));
+}
+both!(accounts_crud_and_isolation, accounts);
+
+// ---------------------------------------------------------------- routers and sites
+
+async fn routers(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+
+    // Regions: upsert by name.
+    let again = s
+        .upsert_region(NewRegion {
+            name: "eu".into(),
+            entry_point: "eu2.example.net".into(),
+            port_min: 41000,
+            port_max: 41010,
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.id, w.region.id);
+    assert_eq!(
+        (again.entry_point.as_str(), again.port_min, again.port_max),
+        ("eu2.example.net", 41000, 41010)
+    );
+    assert_eq!(s.get_region(w.region.id).await.unwrap(), again);
+    assert_eq!(
+        s.find_region_by_name("eu").await.unwrap(),
+        Some(again.clone())
+    );
+    assert!(s.find_region_by_name("us").await.unwrap().is_none());
+    assert_eq!(s.list_regions().await.unwrap(), vec![again]);
+    conflict(
+        s.upsert_region(NewRegion {
+            name: "x".into(),
+            entry_point: "x".into(),
+            port_min: 10,
+            port_max: 9,
+        })
+        .await,
+    );
+
+    // The router made its site, named after it.
+    let r = &w.router;
+    assert_eq!(r.status, RouterStatus::Unknown);
+    assert_eq!((r.api_port, r.ssh_port, r.winbox_port), (8728, 22, 8291));
+    let (site, routers) = s.get_site(w.org, r.site_id).await.unwrap();
+    assert_eq!(site.name, "core-1");
+    assert_eq!(routers, vec![r.clone()]);
+
+    // A router in a named, new site; then a site that already has a router.
+    let mut second = new_router(w.org, &w.region, "edge-1", "pw2");
+    second.site_name = Some("Branch".into());
+    let edge = s.create_router(second).await.unwrap();
+    let mut third = new_router(w.org, &w.region, "edge-2", "pw3");
+    third.site_name = Some("Branch".into());
+    let msg = conflict(s.create_router(third).await);
+    assert!(msg.contains("Branch"), "{msg}");
+    let msg = conflict(
+        s.create_router(new_router(w.org, &w.region, "core-1", "pw"))
+            .await,
+    );
+    assert!(msg.contains("core-1"), "{msg}");
+    // Same name in another organisation is fine (the world made "theirs" there).
+    s.create_router(new_router(w.other, &w.region, "core-1", "pw"))
+        .await
+        .unwrap();
+
+    let sites = s.list_sites(w.org).await.unwrap();
+    let summary: Vec<_> = sites
+        .iter()
+        .map(|(s, r)| (s.name.as_str(), r.len()))
+        .collect();
+    assert_eq!(summary, [("Branch", 1), ("core-1", 1)]);
+    assert_eq!(sites[0].1[0].id, edge.id);
+    let names: Vec<_> = s
+        .list_routers(w.org)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["core-1", "edge-1"]);
+
+    // Update and facts.
+    let patched = s
+        .update_router(
+            w.org,
+            r.id,
+            RouterPatch {
+                name: Some("core-one".into()),
+                api_port: Some(8729),
+                ..RouterPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched.name.as_str(), patched.api_port, patched.ssh_port),
+        ("core-one", 8729, 22)
+    );
+    let msg = conflict(
+        s.update_router(
+            w.org,
+            r.id,
+            RouterPatch {
+                name: Some("edge-1".into()),
+                ..RouterPatch::default()
+            },
+        )
+        .await,
+    );
+    assert!(msg.contains("edge-1"), "{msg}");
+    s.set_router_facts(
+        r.id,
+        RouterFacts {
+            status: RouterStatus::Online,
+            identity: Some("MikroTik".into()),
+            routeros_version: Some("7.16.1".into()),
+            board_name: Some("RB5009".into()),
+            last_seen_at: Some(t(1)),
+        },
+    )
+    .await
+    .unwrap();
+    s.set_router_facts(
+        r.id,
+        RouterFacts {
+            status: RouterStatus::Offline,
+            identity: None,
+            routeros_version: None,
+            board_name: None,
+            last_seen_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let got = s.get_router(w.org, r.id).await.unwrap();
+    assert_eq!(got.status, RouterStatus::Offline);
+    assert_eq!(got.routeros_version.as_deref(), Some("7.16.1"));
+    assert_eq!(got.last_seen_at, Some(t(1)));
+    assert!(is_not_found(
+        s.set_router_facts(
+            RouterId::new(),
+            RouterFacts {
+                status: RouterStatus::Online,
+                identity: None,
+                routeros_version: None,
+                board_name: None,
+                last_seen_at: None
+            }
+        )
+        .await
+    ));
+
+    // Another organisation: NotFound on every router and site method.
+    assert!(is_not_found(s.get_router(w.other, r.id).await));
+    assert!(is_not_found(
+        s.update_router(w.other, r.id, RouterPatch::default()).await
+    ));
+    assert!(is_not_found(s.delete_router(w.other, r.id).await));
+    assert!(is_not_found(s.get_site(w.other, r.site_id).await));
+    assert!(is_not_found(s.get_site(w.org, SiteId::new()).await));
+    assert!(
+        s.list_routers(w.other)
+            .await
+            .unwrap()
+            .iter()
+            .all(|x| x.org_id == w.other)
+    );
+    assert!(
+        s.list_sites(w.other)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(x, _)| x.org_id == w.other)
+    );
+    assert_eq!(s.get_router(w.org, r.id).await.unwrap().name, "core-one");
+
+    // Delete: gone, its site stays.
+    s.delete_router(w.org, edge.id).await.unwrap();
+    assert!(is_not_found(s.get_router(w.org, edge.id).await));
+    let (_, left) = s.get_site(w.org, edge.site_id).await.unwrap();
+    assert!(left.is_empty());
+}
+both!(routers_sites_regions, routers);
+
+// ---------------------------------------------------------------- secrets
+
+async fn secrets(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let raw = ctx
+        .raw_bytes(
+            "SELECT password FROM routers WHERE id = $1",
+            &w.router.id.to_string(),
+        )
+        .await;
+    assert!(raw.len() >= 12 + "router-pw-1".len() + 16);
+    assert!(
+        !raw.windows(11).any(|x| x == b"router-pw-1"),
+        "plaintext at rest"
+    );
+    assert_eq!(
+        s.router_password(w.router.id).await.unwrap().expose(),
+        "router-pw-1"
+    );
+    assert_eq!(
+        format!("{:?}", s.router_password(w.router.id).await.unwrap()),
+        "Secret(<redacted>)"
+    );
+
+    // A new password replaces the old one, encrypted too.
+    s.update_router(
+        w.org,
+        w.router.id,
+        RouterPatch {
+            password: Some("router-pw-2".into()),
+            ..RouterPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.router_password(w.router.id).await.unwrap().expose(),
+        "router-pw-2"
+    );
+
+    let grant = s
+        .create_access(new_access(&w, &[40001], false))
+        .await
+        .unwrap();
+    let raw = ctx
+        .raw_bytes(
+            "SELECT password FROM transient_access WHERE id = $1",
+            &grant.id.to_string(),
+        )
+        .await;
+    assert!(
+        !raw.windows(15).any(|x| x == b"grant-secret-pw"),
+        "plaintext at rest"
+    );
+    assert_eq!(
+        s.access_password(grant.id).await.unwrap().expose(),
+        "grant-secret-pw"
+    );
+    assert!(is_not_found(s.access_password(AccessId::new()).await));
+    assert!(is_not_found(s.router_password(RouterId::new()).await));
+
+    // A ciphertext copied to another row does not decrypt there.
+    ctx.exec(
+        "UPDATE routers SET password = (SELECT password FROM routers WHERE id = $1) WHERE id = $2",
+        &[&w.router.id.to_string(), &w.foreign.id.to_string()],
+    )
+    .await;
+    assert!(matches!(
+        s.router_password(w.foreign.id).await,
+        Err(StoreError::Crypto)
+    ));
+
+    // Another key cannot read them.
+    let wrong = ctx.reopen([1u8; 32]).await;
+    assert!(matches!(
+        wrong.router_password(w.router.id).await,
+        Err(StoreError::Crypto)
+    ));
+    assert!(matches!(
+        wrong.access_password(grant.id).await,
+        Err(StoreError::Crypto)
+    ));
+    wrong.close().await;
+    let right = ctx.reopen(KEY).await;
+    assert_eq!(
+        right.router_password(w.router.id).await.unwrap().expose(),
+        "router-pw-2"
+    );
+    right.close().await;
+}
+both!(secrets_encrypted_at_rest, secrets);
+
+// ---------------------------------------------------------------- grants
+
+async fn access_life_cycle(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let g = s
+        .create_access(new_access(&w, &[40005, 40006], true))
+        .await
+        .unwrap();
+    assert_eq!(
+        (g.status, g.port, g.created_at, g.expires_at),
+        (Requested, 40005, t(0), t(120))
+    );
+    assert_eq!(s.get_access(w.org, w.router.id, g.id).await.unwrap(), g);
+    assert_eq!(
+        s.list_access(w.org, w.router.id).await.unwrap(),
+        vec![g.clone()]
+    );
+    assert_eq!(ctx.count("audit_log").await, 1);
+    assert_eq!(ctx.count("jobs").await, 1);
+
+    // Another organisation: NotFound everywhere.
+    assert!(is_not_found(s.get_access(w.other, w.router.id, g.id).await));
+    assert!(is_not_found(s.get_access(w.org, w.foreign.id, g.id).await));
+    assert!(is_not_found(s.list_access(w.other, w.router.id).await));
+    assert!(is_not_found(s.list_access(w.org, w.foreign.id).await));
+    assert!(is_not_found(
+        s.set_access_expiry(w.other, w.router.id, g.id, t(30)).await
+    ));
+    let mut theirs = new_access(&w, &[40050], false);
+    theirs.router_id = w.foreign.id;
+    assert!(is_not_found(s.create_access(theirs).await));
+    assert_eq!(s.list_access(w.other, w.foreign.id).await.unwrap(), vec![]);
+
+    // Expiry changes while live.
+    let g2 = s
+        .set_access_expiry(w.org, w.router.id, g.id, t(300))
+        .await
+        .unwrap();
+    assert_eq!(g2.expires_at, t(300));
+
+    // Transitions: invalid ones and stale compare-and-set are refused, changing nothing.
+    conflict(
+        s.transition_access(g.id, &[Requested], Active, t(1), None)
+            .await,
+    );
+    conflict(
+        s.transition_access(g.id, &[Provisioning], Active, t(1), None)
+            .await,
+    );
+    conflict(
+        s.transition_access(g.id, &[Requested], Expired, t(1), None)
+            .await,
+    );
+    assert!(is_not_found(
+        s.transition_access(AccessId::new(), &[Requested], Provisioning, t(1), None)
+            .await
+    ));
+    assert_eq!(
+        s.get_access(w.org, w.router.id, g.id).await.unwrap().status,
+        Requested
+    );
+
+    let p = s
+        .transition_access(g.id, &[Requested], Provisioning, t(1), None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, Provisioning);
+    let a = s
+        .transition_access(g.id, &[Provisioning], Active, t(2), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.ended_at, a.revoked_early),
+        (Active, None, false)
+    );
+    assert!(s.set_access_authorized(g.id, t(3)).await.unwrap());
+    assert!(!s.set_access_authorized(g.id, t(4)).await.unwrap());
+    assert!(is_not_found(
+        s.set_access_authorized(AccessId::new(), t(4)).await
+    ));
+    assert_eq!(
+        s.get_access(w.org, w.router.id, g.id)
+            .await
+            .unwrap()
+            .authorized_at,
+        Some(t(3))
+    );
+
+    // Revoke early: closing keeps the port, revoked releases it.
+    let c = s
+        .transition_access(
+            g.id,
+            &[Requested, Provisioning, Active],
+            Closing,
+            t(10),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status, c.revoked_early, c.ended_at),
+        (Closing, true, None)
+    );
+    let msg = conflict(s.set_access_expiry(w.org, w.router.id, g.id, t(500)).await);
+    assert!(msg.contains("closing"), "{msg}");
+    let live: Vec<_> = s
+        .list_live_access()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(live, vec![g.id]);
+    let mut blocked = new_access(&w, &[40005], false);
+    blocked.username = "other".into();
+    conflict(s.create_access(blocked).await);
+
+    let r = s
+        .transition_access(g.id, &[Closing], Revoked, t(11), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.revoked_early, r.ended_at),
+        (Revoked, true, Some(t(11)))
+    );
+    conflict(
+        s.transition_access(g.id, &[Revoked], Closing, t(12), None)
+            .await,
+    );
+    assert!(s.list_live_access().await.unwrap().is_empty());
+    let again = s
+        .create_access(new_access(&w, &[40005], false))
+        .await
+        .unwrap();
+    assert_eq!(again.port, 40005, "a final grant's port is free again");
+
+    // Expiry at its time: closing then expired, not early.
+    s.transition_access(again.id, &[Requested], Provisioning, t(1), None)
+        .await
+        .unwrap();
+    s.transition_access(again.id, &[Provisioning], Active, t(1), None)
+        .await
+        .unwrap();
+    let c = s
+        .transition_access(again.id, &[Active], Closing, t(120), None)
+        .await
+        .unwrap();
+    assert!(!c.revoked_early);
+    let e = s
+        .transition_access(again.id, &[Closing], Expired, t(121), None)
+        .await
+        .unwrap();
+    assert_eq!((e.status, e.revoked_early), (Expired, false));
+
+    // Failure keeps its reason.
+    let f = s
+        .create_access(new_access(&w, &[40007], false))
+        .await
+        .unwrap();
+    let f = s
+        .transition_access(
+            f.id,
+            &[Requested],
+            Failed,
+            t(1),
+            Some("router unreachable".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.status, f.failure_reason.as_deref(), f.ended_at),
+        (Failed, Some("router unreachable"), Some(t(1)))
+    );
+
+    // Newest first.
+    let listed: Vec<_> = s
+        .list_access(w.org, w.router.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.contains(&g.id) && listed.contains(&again.id) && listed.contains(&f.id));
+}
+both!(access_life_cycle_and_isolation, access_life_cycle);
+
+async fn forwards(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let f = s
+        .create_forward(new_forward(&w, &[40010, 40011], &[50000, 50001]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.port, f.router_port, f.status, f.dst_port),
+        (40010, 50000, Requested, 22)
+    );
+    assert_eq!(f.dst_address.to_string(), "192.168.88.43");
+    assert_eq!(f.allow_from.to_string(), "198.51.100.0/24");
+    assert_eq!(s.get_forward(w.org, w.router.id, f.id).await.unwrap(), f);
+    assert!(is_not_found(
+        s.get_forward(w.other, w.router.id, f.id).await
+    ));
+    assert!(is_not_found(s.list_forwards(w.other, w.router.id).await));
+    assert!(is_not_found(
+        s.set_forward_expiry(w.other, w.router.id, f.id, t(60))
+            .await
+    ));
+    assert!(is_not_found(
+        s.get_forward(w.org, w.router.id, ForwardId::new()).await
+    ));
+
+    // Access and forwards share the region's gateway ports; router ports are per router.
+    let a = s
+        .create_access(new_access(&w, &[40010, 40011], false))
+        .await
+        .unwrap();
+    assert_eq!(a.port, 40011);
+    let f2 = s
+        .create_forward(new_forward(&w, &[40010, 40011, 40012], &[50000, 50001]))
+        .await
+        .unwrap();
+    assert_eq!((f2.port, f2.router_port), (40012, 50001));
+    let mut elsewhere = new_forward(&w, &[40013], &[50000]);
+    elsewhere.org_id = w.other;
+    elsewhere.router_id = w.foreign.id;
+    elsewhere.audit.org_id = w.other;
+    elsewhere.job = None;
+    assert_eq!(
+        s.create_forward(elsewhere).await.unwrap().router_port,
+        50000
+    );
+    let msg = conflict(
+        s.create_forward(new_forward(&w, &[40014], &[50000, 50001]))
+            .await,
+    );
+    assert!(msg.contains("router"), "{msg}");
+
+    let g = s
+        .set_forward_expiry(w.org, w.router.id, f.id, t(60))
+        .await
+        .unwrap();
+    assert_eq!(g.expires_at, t(60));
+    s.transition_forward(f.id, &[Requested], Closing, t(5), None)
+        .await
+        .unwrap();
+    assert_eq!(s.list_live_forwards().await.unwrap().len(), 3);
+    let r = s
+        .transition_forward(f.id, &[Closing], Revoked, t(6), None)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.revoked_early), (Revoked, true));
+    assert!(s.set_forward_authorized(f2.id, t(7)).await.unwrap());
+    // Both of its ports are free again.
+    let f3 = s
+        .create_forward(new_forward(&w, &[40010], &[50000]))
+        .await
+        .unwrap();
+    assert_eq!((f3.port, f3.router_port), (40010, 50000));
+    assert_eq!(s.list_forwards(w.org, w.router.id).await.unwrap().len(), 3);
+}
+both!(forwards_and_shared_ports, forwards);
+
+async fn concurrent_ports(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let candidates: Vec<u16> = (40000..40012).collect();
+    // 16 creates race for 12 ports, all trying them in the same order.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            let new = if i % 2 == 0 {
+                Either::A(new_access(&w, &candidates, true))
+            } else {
+                Either::F(new_forward(&w, &candidates, &[50000 + i]))
+            };
+            tokio::spawn(async move {
+                match new {
+                    Either::A(n) => s.create_access(n).await.map(|g| g.port),
+                    Either::F(n) => s.create_forward(n).await.map(|g| g.port),
+                }
+            })
+        })
+        .collect();
+    let mut ports = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(port) => ports.push(port),
+            Err(StoreError::Conflict(_)) => conflicts += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let unique: HashSet<_> = ports.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ports.len(),
+        "a port was given twice: {ports:?}"
+    );
+    assert_eq!((ports.len(), conflicts), (12, 4));
+    assert_eq!(ctx.count("gateway_ports").await, 12);
+    assert_eq!(ctx.count("audit_log").await, 12);
+    assert_eq!(ctx.count("jobs").await, 12);
+}
+both!(ports_unique_under_concurrency, concurrent_ports);
+
+enum Either {
+    A(NewAccess),
+    F(NewForward),
+}
+
+async fn no_half_made(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    s.create_access(new_access(&w, &[40001], true))
+        .await
+        .unwrap();
+    let before = (
+        ctx.count("transient_access").await,
+        ctx.count("transient_forwards").await,
+        ctx.count("gateway_ports").await,
+        ctx.count("router_ports").await,
+        ctx.count("audit_log").await,
+        ctx.count("jobs").await,
+    );
+    assert_eq!(before, (1, 0, 1, 0, 1, 1));
+
+    // All candidate ports taken.
+    let msg = conflict(s.create_access(new_access(&w, &[40001], true)).await);
+    assert!(msg.contains("port"), "{msg}");
+    conflict(s.create_access(new_access(&w, &[], true)).await);
+    // Gateway port free, router ports all taken: the gateway port claim is undone.
+    s.create_forward(new_forward(&w, &[40002], &[50000]))
+        .await
+        .unwrap();
+    let mut after = before;
+    after.1 += 1;
+    after.2 += 1;
+    after.3 += 1;
+    after.4 += 1;
+    after.5 += 1;
+    conflict(s.create_forward(new_forward(&w, &[40003], &[50000])).await);
+    // The last step fails: a job for a router that does not exist.
+    let mut broken = new_access(&w, &[40004], true);
+    broken.job.as_mut().unwrap().router_id = RouterId::new();
+    assert!(matches!(
+        s.create_access(broken).await,
+        Err(StoreError::Database(_))
+    ));
+    let now = (
+        ctx.count("transient_access").await,
+        ctx.count("transient_forwards").await,
+        ctx.count("gateway_ports").await,
+        ctx.count("router_ports").await,
+        ctx.count("audit_log").await,
+        ctx.count("jobs").await,
+    );
+    assert_eq!(now, after, "a failed create left rows behind");
+    // Its port was not kept either.
+    assert_eq!(
+        s.create_access(new_access(&w, &[40004], false))
+            .await
+            .unwrap()
+            .port,
+        40004
+    );
+}
+both!(failed_create_leaves_nothing, no_half_made);
+
+async fn delete_router_rules(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let g = s
+        .create_access(new_access(&w, &[40001], true))
+        .await
+        .unwrap();
+    let msg = conflict(s.delete_router(w.org, w.router.id).await);
+    assert!(msg.contains("live"), "{msg}");
+    s.transition_access(g.id, &[Requested], Closing, t(1), None)
+        .await
+        .unwrap();
+    s.transition_access(g.id, &[Closing], Revoked, t(2), None)
+        .await
+        .unwrap();
+    let f = s
+        .create_forward(new_forward(&w, &[40002], &[50000]))
+        .await
+        .unwrap();
+    conflict(s.delete_router(w.org, w.router.id).await);
+    s.transition_forward(f.id, &[Requested], Failed, t(1), None)
+        .await
+        .unwrap();
+    s.append_audit(audit(w.org, "router.delete", t(3)))
+        .await
+        .unwrap();
+
+    s.delete_router(w.org, w.router.id).await.unwrap();
+    assert!(is_not_found(s.get_router(w.org, w.router.id).await));
+    assert!(is_not_found(s.list_access(w.org, w.router.id).await));
+    assert_eq!(ctx.count("transient_access").await, 0);
+    assert_eq!(ctx.count("jobs").await, 0);
+    assert_eq!(ctx.count("gateway_ports").await, 0);
+    // The audit log is not touched.
+    assert_eq!(ctx.count("audit_log").await, 3);
+    assert!(is_not_found(s.delete_router(w.org, w.router.id).await));
+}
+both!(router_delete_needs_no_live_grants, delete_router_rules);
+
+// ---------------------------------------------------------------- jobs and audit
+
+async fn jobs_and_audit(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job = s
+            .create_job(new_job(w.org, w.router.id, t(i)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.max_attempts),
+            (JobState::Pending, 0, 5)
+        );
+        assert_eq!(s.get_job(job.id).await.unwrap(), job);
+        ids.push(job.id);
+    }
+    for n in 1..=3u32 {
+        let seq = s
+            .append_job_line(ids[1], t(10 + i64::from(n)), &format!("step {n}"))
+            .await
+            .unwrap();
+        assert_eq!(seq, n);
+    }
+    assert_eq!(s.append_job_line(ids[4], t(20), "only").await.unwrap(), 1);
+    assert!(is_not_found(
+        s.append_job_line(JobId::new(), t(20), "x").await
+    ));
+    assert!(is_not_found(s.get_job(JobId::new()).await));
+
+    let all = s
+        .list_jobs(
+            w.org,
+            w.router.id,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let order: Vec<_> = all.iter().map(|(j, _)| j.id).collect();
+    let newest_first: Vec<_> = ids.iter().rev().copied().collect();
+    assert_eq!(order, newest_first);
+    assert_eq!(
+        all[0]
+            .1
+            .iter()
+            .map(|l| l.message.as_str())
+            .collect::<Vec<_>>(),
+        ["only"]
+    );
+    let lines: Vec<_> = all[3]
+        .1
+        .iter()
+        .map(|l| (l.seq, l.message.as_str(), l.at))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (1, "step 1", t(11)),
+            (2, "step 2", t(12)),
+            (3, "step 3", t(13))
+        ]
+    );
+    assert!(all[2].1.is_empty());
+
+    let page = s
+        .list_jobs(
+            w.org,
+            w.router.id,
+            Page {
+                limit: 2,
+                offset: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let order: Vec<_> = page.iter().map(|(j, _)| j.id).collect();
+    assert_eq!(order, [ids[2], ids[1]]);
+    assert_eq!(page[1].1.len(), 3);
+    assert!(
+        s.list_jobs(
+            w.org,
+            w.router.id,
+            Page {
+                limit: 2,
+                offset: 10
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(is_not_found(
+        s.list_jobs(w.other, w.router.id, Page::default()).await
+    ));
+    assert!(
+        s.list_jobs(w.other, w.foreign.id, Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Audit: append-only, newest first, per organisation, paged.
+    for i in 0..4 {
+        let mut a = audit(w.org, &format!("action.{i}"), t(i));
+        a.target = Some(format!("router:{}", w.router.id));
+        a.details = json!({"i": i});
+        let entry = s.append_audit(a).await.unwrap();
+        assert_eq!(entry.at, t(i));
+    }
+    let mut theirs = audit(w.other, "theirs", t(9));
+    theirs.actor_address = None;
+    s.append_audit(theirs).await.unwrap();
+    let log = s
+        .list_audit(
+            w.org,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["action.3", "action.2", "action.1", "action.0"]);
+    assert_eq!(log[0].details, json!({"i": 3}));
+    assert_eq!(log[0].actor_address, Some("203.0.113.7".parse().unwrap()));
+    assert_eq!(log[0].actor, "alice");
+    assert!(log.windows(2).all(|p| p[0].id > p[1].id));
+    let page = s
+        .list_audit(
+            w.org,
+            Page {
+                limit: 2,
+                offset: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["action.2", "action.1"]
+    );
+    let other = s.list_audit(w.other, Page::default()).await.unwrap();
+    assert_eq!((other.len(), other[0].actor_address), (1, None));
+}
+both!(jobs_and_audit_newest_first, jobs_and_audit);
+
+async fn reopen(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    // Opening again runs the (already applied) migrations and sees the same data.
+    let again = ctx.reopen(KEY).await;
+    assert_eq!(
+        again.get_router(w.org, w.router.id).await.unwrap(),
+        w.router
+    );
+    assert_eq!(
+        again.backend(),
+        if ctx.db == Db::Sqlite {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    );
+    again.close().await;
+}
+both!(reopen_keeps_data, reopen);
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    let config = StoreConfig::new(KEY);
+    for url in ["", "mysql://localhost/x", "http://example.invalid/"] {
+        assert!(
+            matches!(
+                Store::open(url, &config).await,
+                Err(StoreError::InvalidUrl(_))
+            ),
+            "{url}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.db");
+    let s = Store::open(path.to_str().unwrap(), &config).await.unwrap();
+    assert_eq!(s.backend(), Backend::Sqlite);
+    s.create_organisation("x").await.unwrap();
+    s.close().await;
+    assert!(path.exists());
+    assert!(
+        !format!("{config:?}").contains("42"),
+        "the key is not printed"
+    );
+}
+
+async fn port_order(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let candidates: Vec<u16> = (40000..40020).collect();
+    let mut grants = Vec::new();
+    for _ in 0..10 {
+        grants.push(
+            s.create_access(new_access(&w, &candidates, false))
+                .await
+                .unwrap(),
+        );
+    }
+    let ports: Vec<u16> = grants.iter().map(|g| g.port).collect();
+    assert_eq!(ports, (40000..40010).collect::<Vec<u16>>());
+    // A final grant frees its port for the next create; a closing one does not.
+    s.transition_access(grants[3].id, &[Requested], Failed, t(1), None)
+        .await
+        .unwrap();
+    s.transition_access(grants[1].id, &[Requested], Closing, t(1), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_access(new_access(&w, &candidates, false))
+            .await
+            .unwrap()
+            .port,
+        40003
+    );
+    assert_eq!(
+        s.create_access(new_access(&w, &candidates, false))
+            .await
+            .unwrap()
+            .port,
+        40010
+    );
+    // Port 0 is never handed out.
+    conflict(s.create_access(new_access(&w, &[0, 40000], false)).await);
+}
+both!(ports_first_free_in_candidate_order, port_order);
+
+async fn hostile_text(ctx: &Ctx) {
+    let s = &ctx.store;
+    assert!(s.find_user_by_username("a\0b").await.unwrap().is_none());
+    assert!(s.find_api_token_by_hash("\0").await.unwrap().is_none());
+    assert!(s.find_region_by_name("eu\0").await.unwrap().is_none());
+    // Text is bound, never spliced into SQL.
+    let org = s
+        .create_organisation("o'brien \"&\" co; DROP TABLE users;--")
+        .await
+        .unwrap();
+    let name = "x'); DROP TABLE users;--";
+    s.create_user(NewUser {
+        org_id: org.id,
+        username: name.into(),
+        role: Role::Viewer,
+        password_hash: "h".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.find_user_by_username(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .username,
+        name
+    );
+    assert_eq!(s.get_organisation(org.id).await.unwrap().name, org.name);
+    assert_eq!(s.count_users().await.unwrap(), 1);
+}
+both!(hostile_text_is_harmless, hostile_text);
+
+#[tokio::test]
+async fn sqlite_file_uses_wal() {
+    use sqlx::{Connection, Row};
+    let ctx = Ctx::new(Db::Sqlite).await.unwrap();
+    let mut c = sqlx::SqliteConnection::connect(&ctx.url).await.unwrap();
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    ctx.store.close().await;
+}
