@@ -13,6 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+extern crate store as postern_store;
+
+#[allow(dead_code)]
+#[path = "../../store/tests/harness/mod.rs"]
+mod harness;
+
+use harness::{Ctx, Db};
 use postern_server as server;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -52,6 +59,7 @@ struct TestServer {
     a: Org,
     b: Org,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _ctx: Ctx,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
@@ -100,14 +108,18 @@ async fn org(store: &store::Store, name: &str) -> (domain::OrgId, Org) {
 }
 
 impl TestServer {
-    async fn start() -> Self {
-        Self::start_with(Options::default()).await
+    async fn start(db: Db) -> Option<Self> {
+        Self::start_with(db, Options::default()).await
     }
 
-    async fn start_with(opts: Options) -> Self {
+    /// A server on a fresh database; `None` when PostgreSQL is unavailable outside CI
+    /// (the harness says so loudly).
+    async fn start_with(db: Db, opts: Options) -> Option<Self> {
+        let ctx = Ctx::new(db).await?;
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_owned(),
+            database_url: Some(ctx.url.clone()),
             lab_mode: opts.lab_mode,
             grant_limits: opts.limits,
             body_limit_bytes: opts.body_limit,
@@ -129,7 +141,7 @@ impl TestServer {
         let task = tokio::spawn(server::run(listener, state, async {
             let _ = rx.await;
         }));
-        Self {
+        Some(Self {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -140,8 +152,9 @@ impl TestServer {
             b,
             shutdown: Some(tx),
             task: Some(task),
+            _ctx: ctx,
             _dir: dir,
-        }
+        })
     }
 
     async fn stop(mut self) {
@@ -282,9 +295,10 @@ fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-#[tokio::test]
-async fn reference_sample_request_gives_every_reference_key_with_its_type() {
-    let s = TestServer::start().await;
+async fn reference_sample_request_gives_every_reference_key_with_its_type(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "branch-01").await;
     let (status, body) = s.forward(&s.a.operator, &router, valid_forward()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -341,9 +355,10 @@ async fn reference_sample_request_gives_every_reference_key_with_its_type() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn forward_validation_boundaries_both_sides() {
-    let s = TestServer::start().await;
+async fn forward_validation_boundaries_both_sides(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let base = valid_forward();
     // (body, expected status, field named when 422)
@@ -555,9 +570,10 @@ async fn forward_validation_boundaries_both_sides() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn access_create_options_and_defaults() {
-    let s = TestServer::start().await;
+async fn access_create_options_and_defaults(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let base = json!({"allow_from": "203.0.113.0/24"});
     let (status, body) = s.access(&s.a.operator, &router, base.clone()).await;
@@ -663,11 +679,17 @@ async fn access_create_options_and_defaults() {
     s.stop().await;
 
     // In lab mode the caller's address is the default.
-    let s = TestServer::start_with(Options {
-        lab_mode: true,
-        ..Options::default()
-    })
-    .await;
+    let Some(s) = TestServer::start_with(
+        db,
+        Options {
+            lab_mode: true,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let (status, got) = s.access(&s.a.operator, &router, json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{got}");
@@ -696,9 +718,10 @@ async fn audit_actions(s: &TestServer, token: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn credentials_are_given_to_writers_and_every_read_is_audited() {
-    let s = TestServer::start().await;
+async fn credentials_are_given_to_writers_and_every_read_is_audited(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let (_, grant) = s
         .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9"}))
@@ -808,9 +831,10 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn delete_is_204_revokes_and_repeats_harmlessly() {
-    let s = TestServer::start().await;
+async fn delete_is_204_revokes_and_repeats_harmlessly(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     for kind in ["transient-forwarding", "transient-access"] {
         let body = if kind == "transient-access" {
@@ -887,9 +911,10 @@ async fn delete_is_204_revokes_and_repeats_harmlessly() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn patch_extends_and_shortens_within_limits() {
-    let s = TestServer::start().await;
+async fn patch_extends_and_shortens_within_limits(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     for kind in ["transient-forwarding", "transient-access"] {
         let body = if kind == "transient-access" {
@@ -970,17 +995,22 @@ async fn patch_extends_and_shortens_within_limits() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn limits_are_configuration_so_a_test_may_allow_seconds() {
-    let s = TestServer::start_with(Options {
-        limits: GrantLimits {
-            min: Duration::from_secs(2),
-            max: Duration::from_secs(3600),
-            default: Duration::from_secs(600),
+async fn limits_are_configuration_so_a_test_may_allow_seconds(db: Db) {
+    let Some(s) = TestServer::start_with(
+        db,
+        Options {
+            limits: GrantLimits {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(3600),
+                default: Duration::from_secs(600),
+            },
+            ..Options::default()
         },
-        ..Options::default()
-    })
-    .await;
+    )
+    .await
+    else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let soon = (Utc::now() + chrono::TimeDelta::seconds(5)).to_rfc3339();
     let body = json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": soon});
@@ -1150,9 +1180,10 @@ fn fill(path: &str, ids: &[(&str, String)]) -> String {
         .fold(path.to_owned(), |p, (k, v)| p.replace(k, v))
 }
 
-#[tokio::test]
-async fn another_organisation_gets_404_on_every_route() {
-    let s = TestServer::start().await;
+async fn another_organisation_gets_404_on_every_route(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let ids = org_a_objects(&s).await;
     for (method, path, body) in guarded_routes() {
         if !path.contains('{') {
@@ -1189,9 +1220,10 @@ async fn another_organisation_gets_404_on_every_route() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn viewers_cannot_write_and_operators_cannot_administer() {
-    let s = TestServer::start().await;
+async fn viewers_cannot_write_and_operators_cannot_administer(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let ids = org_a_objects(&s).await;
     for (method, path, body) in guarded_routes() {
         let admin_only = path.starts_with("/api/audit")
@@ -1225,9 +1257,10 @@ async fn viewers_cannot_write_and_operators_cannot_administer() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn missing_or_bad_credentials_are_401_with_one_body() {
-    let s = TestServer::start().await;
+async fn missing_or_bad_credentials_are_401_with_one_body(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let expired = server::auth::generate_token();
     let org = s.store.list_organisations().await.unwrap()[0].id;
     s.store
@@ -1291,13 +1324,18 @@ async fn missing_or_bad_credentials_are_401_with_one_body() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn malformed_input_is_4xx_never_5xx() {
-    let s = TestServer::start_with(Options {
-        body_limit: 16 * 1024,
-        ..Options::default()
-    })
-    .await;
+async fn malformed_input_is_4xx_never_5xx(db: Db) {
+    let Some(s) = TestServer::start_with(
+        db,
+        Options {
+            body_limit: 16 * 1024,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     let forwards = format!("/api/routers/{router}/transient-forwarding");
     let json_ct = Some("application/json");
@@ -1416,9 +1454,10 @@ async fn malformed_input_is_4xx_never_5xx() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn routers_crud_never_show_the_password_and_refuse_delete_while_live() {
-    let s = TestServer::start().await;
+async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let (status, created) = s
         .call(
             Method::POST,
@@ -1569,9 +1608,10 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn jobs_are_the_orchestration_log_newest_first_and_paged() {
-    let s = TestServer::start().await;
+async fn jobs_are_the_orchestration_log_newest_first_and_paged(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let router = s.router(&s.a.operator, "r").await;
     s.forward(&s.a.operator, &router, valid_forward()).await;
     s.access(
@@ -1607,9 +1647,10 @@ async fn jobs_are_the_orchestration_log_newest_first_and_paged() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn admins_manage_tokens_and_users() {
-    let s = TestServer::start().await;
+async fn admins_manage_tokens_and_users(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let (status, made) = s
         .call(
             Method::POST,
@@ -1805,9 +1846,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
 ];
 
-#[tokio::test]
-async fn openapi_document_describes_every_route_and_each_is_served() {
-    let s = TestServer::start().await;
+async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let resp = s
         .http
         .get(format!("{}/api/openapi.json", s.base))
@@ -1910,12 +1952,18 @@ async fn openapi_document_describes_every_route_and_each_is_served() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn health_metrics_and_docs_are_served() {
-    let s = TestServer::start().await;
+async fn health_metrics_and_docs_are_served(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let (status, health) = s.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(health, json!({"status": "ok", "database": "sqlite"}));
+    let database = if db == Db::Sqlite {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    assert_eq!(health, json!({"status": "ok", "database": database}));
     s.call(Method::GET, "/api/routers", Some(&s.a.viewer), None)
         .await;
     s.call(Method::GET, "/api/routers", None, None).await;
@@ -1983,9 +2031,10 @@ async fn health_metrics_and_docs_are_served() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_drains_and_stops() {
-    let s = TestServer::start().await;
+async fn shutdown_drains_and_stops(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
     let base = s.base.clone();
     s.stop().await;
     let err = reqwest::Client::new()
@@ -1995,3 +2044,43 @@ async fn shutdown_drains_and_stops() {
         .await;
     assert!(err.is_err(), "the listener is closed after shutdown");
 }
+
+/// Runs each test above on SQLite and on PostgreSQL.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::Db;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(Db::Sqlite).await;
+            })*
+        }
+        mod postgres {
+            use super::Db;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(Db::Postgres).await;
+            })*
+        }
+    };
+}
+
+on_both_databases!(
+    reference_sample_request_gives_every_reference_key_with_its_type,
+    forward_validation_boundaries_both_sides,
+    access_create_options_and_defaults,
+    credentials_are_given_to_writers_and_every_read_is_audited,
+    delete_is_204_revokes_and_repeats_harmlessly,
+    patch_extends_and_shortens_within_limits,
+    limits_are_configuration_so_a_test_may_allow_seconds,
+    another_organisation_gets_404_on_every_route,
+    viewers_cannot_write_and_operators_cannot_administer,
+    missing_or_bad_credentials_are_401_with_one_body,
+    malformed_input_is_4xx_never_5xx,
+    routers_crud_never_show_the_password_and_refuse_delete_while_live,
+    jobs_are_the_orchestration_log_newest_first_and_paged,
+    admins_manage_tokens_and_users,
+    openapi_document_describes_every_route_and_each_is_served,
+    health_metrics_and_docs_are_served,
+    shutdown_drains_and_stops,
+);
