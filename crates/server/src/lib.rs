@@ -6,6 +6,7 @@
 //! - [`config`]: `ServerConfig` from defaults, a TOML file, `POSTERN_*` variables and flags.
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
+//! - [`cache`]: a one-second cache of rendered grant lists.
 //! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
 //! - [`error`]: `ApiError`, rendered as RFC 9457 problem+json.
 //! - [`extract`]: JSON body, path and query extractors whose rejections are problems.
@@ -30,6 +31,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cache;
 pub mod config;
 pub mod docs;
 pub mod dto;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::auth::TokenCache;
+use crate::cache::ListCache;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
@@ -32,6 +33,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
     pub tokens: TokenCache,
+    pub lists: ListCache,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
             clock,
             metrics: Metrics::default(),
             tokens: TokenCache::default(),
+            lists: ListCache::default(),
         }
     }
 

@@ -2,18 +2,20 @@
 //! the forwards' style, plus `/credentials` (every read audited).
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::{AccessId, AccessLevel, AccessType};
+use domain::{AccessId, AccessLevel, AccessType, RouterId};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, is_expired, load_router, new_job, not_found_as, port_candidates,
+    Checks, audit, is_expired, json_body, load_router, new_job, not_found_as, port_candidates,
     resolve_allow_from, resolve_expiry,
 };
 use crate::auth::{Caller, random_alnum};
+use crate::cache::ListKind;
 use crate::dto::{
     AccessLevelDto, AccessView, CreateAccess, CredentialsView, GrantListQuery, UpdateExpiry,
     timestamp,
@@ -101,18 +103,32 @@ pub async fn access_list(
     caller: Caller,
     ApiPath(router_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<GrantListQuery>,
-) -> Result<Json<Vec<AccessView>>, ApiError> {
-    let router = load_router(&state, &caller, &router_id).await?;
+) -> Result<Response, ApiError> {
+    let router_id: RouterId = parse_id(&router_id, "router")?;
     let all = query.all.unwrap_or(false);
+    let kind = ListKind::Access { all };
     let now = state.now();
-    let grants = state.store.list_access(caller.org_id, router.id).await?;
-    Ok(Json(
-        grants
-            .iter()
-            .filter(|a| all || !a.status.is_final())
-            .map(|a| view(a, now))
-            .collect(),
-    ))
+    let second = now.timestamp();
+    if let Some(body) = state.lists.get(caller.org_id, router_id, kind, second) {
+        return Ok(json_body(body));
+    }
+    // NotFound here also covers a router of another organisation.
+    let rows = state
+        .store
+        .list_access(caller.org_id, router_id)
+        .await
+        .map_err(|e| not_found_as(e, "router"))?;
+    let views: Vec<AccessView> = rows
+        .iter()
+        .filter(|g| all || !g.status.is_final())
+        .map(|g| view(g, now))
+        .collect();
+    let body =
+        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
+    state
+        .lists
+        .put(caller.org_id, router_id, kind, second, body.clone());
+    Ok(json_body(body))
 }
 
 /// Creates transient access: a generated user and password, recorded as `requested` with
@@ -204,6 +220,7 @@ pub async fn access_post(
             job: Some(new_job(&caller, router.id, "access.create", now)),
         })
         .await?;
+    state.lists.invalidate(router.id);
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!(
         "/api/routers/{}/transient-access/{}",
@@ -365,6 +382,7 @@ pub async fn access_patch(
         .store
         .set_access_expiry(caller.org_id, router.id, grant.id, at)
         .await?;
+    state.lists.invalidate(router.id);
     state
         .store
         .append_audit(audit(

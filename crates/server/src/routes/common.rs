@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use axum::response::IntoResponse as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::{AllowFrom, RouterId};
 use rand::seq::SliceRandom as _;
@@ -261,6 +262,7 @@ pub async fn revoke(
         Err(store::StoreError::Conflict(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     }
+    state.lists.invalidate(router_id);
     let (action, kind, target, payload) = match grant {
         Grant::Access(id) => {
             state
@@ -305,4 +307,16 @@ pub async fn revoke(
         ))
         .await?;
     Ok(())
+}
+
+/// A response whose body is JSON already rendered.
+pub fn json_body(body: axum::body::Bytes) -> axum::response::Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -2,18 +2,20 @@
 //! shaped exactly as the reference's.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::{DstAddress, ForwardId};
+use domain::{DstAddress, ForwardId, RouterId};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, is_expired, load_router, new_job, not_found_as, port_candidates,
+    Checks, audit, is_expired, json_body, load_router, new_job, not_found_as, port_candidates,
     resolve_allow_from, resolve_expiry,
 };
 use crate::auth::Caller;
+use crate::cache::ListKind;
 use crate::dto::{CreateForward, ForwardView, GrantListQuery, UpdateExpiry, timestamp};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
@@ -71,18 +73,32 @@ pub async fn forwards_list(
     caller: Caller,
     ApiPath(router_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<GrantListQuery>,
-) -> Result<Json<Vec<ForwardView>>, ApiError> {
-    let router = load_router(&state, &caller, &router_id).await?;
+) -> Result<Response, ApiError> {
+    let router_id: RouterId = parse_id(&router_id, "router")?;
     let all = query.all.unwrap_or(false);
+    let kind = ListKind::Forwards { all };
     let now = state.now();
-    let forwards = state.store.list_forwards(caller.org_id, router.id).await?;
-    Ok(Json(
-        forwards
-            .iter()
-            .filter(|f| all || !f.status.is_final())
-            .map(|f| view(f, now))
-            .collect(),
-    ))
+    let second = now.timestamp();
+    if let Some(body) = state.lists.get(caller.org_id, router_id, kind, second) {
+        return Ok(json_body(body));
+    }
+    // NotFound here also covers a router of another organisation.
+    let rows = state
+        .store
+        .list_forwards(caller.org_id, router_id)
+        .await
+        .map_err(|e| not_found_as(e, "router"))?;
+    let views: Vec<ForwardView> = rows
+        .iter()
+        .filter(|g| all || !g.status.is_final())
+        .map(|g| view(g, now))
+        .collect();
+    let body =
+        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
+    state
+        .lists
+        .put(caller.org_id, router_id, kind, second, body.clone());
+    Ok(json_body(body))
 }
 
 /// Creates a port forward: recorded as `requested` with its `forward.create` job.
@@ -172,6 +188,7 @@ pub async fn forwards_post(
             job: Some(new_job(&caller, router.id, "forward.create", now)),
         })
         .await?;
+    state.lists.invalidate(router.id);
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!(
         "/api/routers/{}/transient-forwarding/{}",
@@ -260,6 +277,7 @@ pub async fn forward_patch(
         .store
         .set_forward_expiry(caller.org_id, router.id, forward.id, at)
         .await?;
+    state.lists.invalidate(router.id);
     state
         .store
         .append_audit(audit(

@@ -287,6 +287,7 @@ pub async fn router_patch(
         .update_router(caller.org_id, router.id, patch)
         .await
         .map_err(|e| not_found_as(e, "router"))?;
+    state.lists.invalidate(router.id);
     state
         .store
         .append_audit(audit(
@@ -327,6 +328,7 @@ pub async fn router_delete(
         .delete_router(caller.org_id, router.id)
         .await
         .map_err(|e| not_found_as(e, "router"))?;
+    state.lists.invalidate(router.id);
     state
         .store
         .append_audit(audit(
