@@ -88,6 +88,14 @@ echo "== postern API benchmark: $(nproc) cores, database $( [ "$database" = sqli
 echo "-- GET /api/routers/{id}/transient-forwarding (100 grants)"
 wrk -t"$threads" -c"$connections" -d"$duration" -s "$dir/get.lua" \
   "$base/api/routers/$router/transient-forwarding" | grep -E 'Requests/sec|Latency|non-2xx|requests in'
+echo "-- the same without the one-second list cache (every request queries the database)"
+kill "$pid"; wait "$pid" 2>/dev/null || true
+POSTERN_LIST_CACHE=false POSTERN_LOG=info "$bin" server --data-dir "$dir/data" --listen "$addr" \
+  --log-format json --config "$dir/postern.toml" "${db_args[@]}" >"$dir/stdout" 2>"$dir/stderr2" &
+pid=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "$base/healthz" && break; sleep 0.1; done
+wrk -t"$threads" -c"$connections" -d"$duration" -s "$dir/get.lua" \
+  "$base/api/routers/$router/transient-forwarding" | grep -E 'Requests/sec|Latency|non-2xx|requests in'
 echo "-- POST /api/routers/{id}/transient-access (create a grant)"
 wrk -t"$threads" -c"$connections" -d"$duration" -s "$dir/post.lua" \
   "$base/api/routers/$router/transient-access" | grep -E 'Requests/sec|Latency|non-2xx|requests in'

@@ -105,6 +105,8 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// Serve grant lists from the one-second cache (see `cache`); off only to measure.
+    pub list_cache: bool,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             body_limit_bytes: 64 * 1024,
             max_connections: 1024,
+            list_cache: true,
         }
     }
 }
@@ -146,6 +149,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<IpAddr>>,
     body_limit_bytes: Option<usize>,
     max_connections: Option<usize>,
+    list_cache: Option<bool>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -214,6 +218,7 @@ impl ServerConfig {
         set(&mut self.trusted_proxies, f.trusted_proxies);
         set(&mut self.body_limit_bytes, f.body_limit_bytes);
         set(&mut self.max_connections, f.max_connections);
+        set(&mut self.list_cache, f.list_cache);
         Ok(())
     }
 
@@ -231,6 +236,10 @@ impl ServerConfig {
             "DATABASE_URL" => self.database_url = Some(value.to_owned()),
             "LAB_MODE" => {
                 self.lab_mode =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
+            "LIST_CACHE" => {
+                self.list_cache =
                     parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?
             }
             "LOG_FORMAT" => self.log_format = value.parse().map_err(bad)?,

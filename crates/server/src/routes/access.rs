@@ -109,7 +109,11 @@ pub async fn access_list(
     let kind = ListKind::Access { all };
     let now = state.now();
     let second = now.timestamp();
-    if let Some(body) = state.lists.get(caller.org_id, router_id, kind, second) {
+    let cached = state.config.list_cache;
+    if let Some(body) = cached
+        .then(|| state.lists.get(caller.org_id, router_id, kind, second))
+        .flatten()
+    {
         return Ok(json_body(body));
     }
     // NotFound here also covers a router of another organisation.
@@ -125,9 +129,11 @@ pub async fn access_list(
         .collect();
     let body =
         Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
-    state
-        .lists
-        .put(caller.org_id, router_id, kind, second, body.clone());
+    if cached {
+        state
+            .lists
+            .put(caller.org_id, router_id, kind, second, body.clone());
+    }
     Ok(json_body(body))
 }
 

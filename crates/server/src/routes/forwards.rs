@@ -79,7 +79,11 @@ pub async fn forwards_list(
     let kind = ListKind::Forwards { all };
     let now = state.now();
     let second = now.timestamp();
-    if let Some(body) = state.lists.get(caller.org_id, router_id, kind, second) {
+    let cached = state.config.list_cache;
+    if let Some(body) = cached
+        .then(|| state.lists.get(caller.org_id, router_id, kind, second))
+        .flatten()
+    {
         return Ok(json_body(body));
     }
     // NotFound here also covers a router of another organisation.
@@ -95,9 +99,11 @@ pub async fn forwards_list(
         .collect();
     let body =
         Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
-    state
-        .lists
-        .put(caller.org_id, router_id, kind, second, body.clone());
+    if cached {
+        state
+            .lists
+            .put(caller.org_id, router_id, kind, second, body.clone());
+    }
     Ok(json_body(body))
 }
 
