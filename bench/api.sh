@@ -2,7 +2,9 @@
 # API throughput with wrk on loopback: listing 100 grants (GET) and creating grants (POST).
 # Starts `postern server` (release build) on a temporary data directory with a port chosen
 # by the OS, seeds a router and 100 forwards through the API, runs wrk 10 s per case and
-# prints the figures. Usage: bench/api.sh [sqlite|postgres://…]   (default sqlite)
+# prints the figures.
+# Usage: bench/api.sh [sqlite|postgres|postgres://…]   (default sqlite; `postgres` starts a
+# throwaway cluster from Debian's binaries on a Unix socket in a temporary directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -19,12 +21,28 @@ cargo build --release -q -p postern-cli
 bin=$CARGO_TARGET_DIR/release/postern
 
 dir=$(mktemp -d)
+chmod 755 "$dir"
 pid=
+pgdata=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  if [ -n "$pgdata" ]; then $as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true; fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
+
+if [ "$database" = postgres ]; then
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$pgbin/initdb" ] || { echo "no PostgreSQL binaries: apt-get install postgresql" >&2; exit 1; }
+  as_pg=
+  if [ "$(id -u)" = 0 ]; then as_pg="setpriv --reuid=$(id -u nobody) --regid=$(id -g nobody) --clear-groups --"; fi
+  mkdir "$dir/pg" && chown "$(id -u nobody 2>/dev/null || id -u)" "$dir/pg" 2>/dev/null || true
+  pgdata=$dir/pg/data
+  $as_pg "$pgbin/initdb" -D "$pgdata" -A trust -U postgres -E UTF8 >/dev/null
+  $as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$dir/pg/log" -w \
+    -o "-k $dir/pg -c listen_addresses= -c max_connections=100" start >/dev/null
+  database="postgres://postgres@localhost/postgres?host=$dir/pg"
+fi
 
 # A wide port range so ten seconds of creates do not run out of gateway ports.
 cat > "$dir/postern.toml" <<TOML
