@@ -76,6 +76,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         );
         println!("keep it now: it is not shown again");
     }
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -87,7 +88,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         "postern server listening"
     );
     let state = server::AppState::new(store, config, Arc::new(server::SystemClock));
-    server::run(listener, state, shutdown_signal()).await?;
+    server::run(listener, state, shutdown).await?;
     tracing::info!("postern server stopped");
     Ok(())
 }
@@ -99,24 +100,28 @@ fn store_kind(store: &store::Store) -> &'static str {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed now, before the server says
+/// it is listening, so a signal sent right after that line is never missed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+            tracing::info!("shutting down: draining open requests");
+        })
     }
-    tracing::info!("shutting down: draining open requests");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: draining open requests");
+        })
+    }
 }
