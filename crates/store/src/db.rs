@@ -187,18 +187,32 @@ fn migration(version: i64, description: &'static str, sql: &'static str) -> Migr
 
 /// SQLite's migrations, embedded from `migrations/sqlite`.
 pub(crate) fn sqlite_migrator() -> Migrator {
-    Migrator::with_migrations(vec![migration(
-        1,
-        "init",
-        include_str!("../migrations/sqlite/0001_init.sql"),
-    )])
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "audit append only",
+            include_str!("../migrations/sqlite/0002_audit_append_only.sql"),
+        ),
+    ])
 }
 
 /// PostgreSQL's migrations, embedded from `migrations/postgres`.
 pub(crate) fn postgres_migrator() -> Migrator {
-    Migrator::with_migrations(vec![migration(
-        1,
-        "init",
-        include_str!("../migrations/postgres/0001_init.sql"),
-    )])
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../migrations/postgres/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "audit append only",
+            include_str!("../migrations/postgres/0002_audit_append_only.sql"),
+        ),
+    ])
 }

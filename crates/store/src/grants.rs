@@ -392,6 +392,14 @@ grant_methods! {
     set_authorized: set_forward_authorized,
 }
 
+/// The router was deleted by a concurrent transaction after we looked it up.
+fn router_gone(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+        _ => StoreError::Database(e),
+    }
+}
+
 fn no_port(what: &str) -> StoreError {
     StoreError::Conflict(format!("no free {what} port among the candidates"))
 }
@@ -449,7 +457,8 @@ impl Store {
             .bind(ms(created_at))
             .bind(ms(expires_at))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 insert_job!(&mut *tx, JobId::new(), job);
@@ -552,7 +561,8 @@ impl Store {
             .bind(ms(created_at))
             .bind(ms(expires_at))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 insert_job!(&mut *tx, JobId::new(), job);

@@ -34,13 +34,16 @@ macro_rules! insert_audit {
 }
 pub(crate) use insert_audit;
 
-/// Inserts `$job: &NewJob` as `$id: JobId` with executor `$exec`.
+/// Inserts `$job: &NewJob` as `$id: JobId` with executor `$exec`, only if its router
+/// belongs to its organisation; `NotFound` (returned from the enclosing function)
+/// otherwise.
 macro_rules! insert_job {
     ($exec:expr, $id:expr, $job:expr) => {{
         let job: &$crate::records::NewJob = $job;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
-             run_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9)",
+             run_after, created_at) SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, $9 \
+             WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
         )
         .bind($id.to_string())
         .bind(job.org_id.to_string())
@@ -52,7 +55,11 @@ macro_rules! insert_job {
         .bind($crate::db::ms(job.run_after))
         .bind($crate::db::ms(job.created_at))
         .execute($exec)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted != 1 {
+            return Err($crate::error::StoreError::NotFound);
+        }
     }};
 }
 pub(crate) use insert_job;
@@ -130,7 +137,7 @@ pub(crate) fn job_record(id: JobId, new: &NewJob) -> Job {
 }
 
 impl Store {
-    /// Queues a job (state `pending`).
+    /// Queues a job (state `pending`); `NotFound` unless its router is in its org.
     pub async fn create_job(&self, new: NewJob) -> Result<Job> {
         let _writer = self.sqlite_writer().await;
         let id = JobId::new();

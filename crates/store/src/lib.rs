@@ -44,19 +44,22 @@
 //!   failure at any step leaves nothing.
 //! - A router is deleted only without live grants, checked in the deleting transaction
 //!   under a row lock; its ended grants and jobs go with it (its audit entries stay).
+//! - The audit log is append-only: triggers refuse UPDATE and DELETE (and TRUNCATE on
+//!   PostgreSQL), so an organisation with audit entries cannot be deleted either.
 //! - Every org-scoped method returns `NotFound` for a row of another organisation.
 //!
 //! # Differences from notes/STORE_API.md (what the server codes against)
 //!
-//! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path (SQLite,
-//!   created if missing). `StoreConfig::new(key)` sets `max_connections` to 8.
+//! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path; a SQLite
+//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8.
 //!   `Store::close()` closes the pool.
 //! - `StoreError` has `Migrate` and `InvalidUrl` too.
 //! - Records are in [`records`] and re-exported at the root. `AuditEntry::id` is an
 //!   `i64` increasing in append order. Grants carry `region_id`.
 //! - `NewAccess`/`NewForward` take `audit: NewAudit` and `job: Option<NewJob>`; the
 //!   grant's `created_at` is `audit.at` (time stays a parameter). `NewJob` has
-//!   `created_at` and `max_attempts: u32`; its `org_id`/`router_id` are written as given.
+//!   `created_at` and `max_attempts: u32`; `create_job` (and a grant's first job) is
+//!   refused with `NotFound` unless the job's router is in the job's org.
 //! - `create_router` returns `Conflict` when a router of that name exists in the org,
 //!   or when the named site already has a router (one router per site).
 //! - `get_site(org, id) -> (Site, Vec<Router>)`, like an item of `list_sites`.
@@ -71,7 +74,10 @@
 //! - `set_access_expiry` returns the updated grant; `NotFound` for another org's grant,
 //!   `Conflict` when the grant is not live.
 //! - `count_users() -> u64`; extra: `get_organisation`, `list_organisations`,
-//!   `set_user_password_hash`, `get_job`.
+//!   `set_user_password_hash`, `get_job`, `get_router_any_org` (orchestrator),
+//!   `ping()` (health) and `pool_connections() -> (open, idle)` (metrics).
+//! - `Debug` of `User`, `NewUser`, `NewRouter`, `RouterPatch`, `NewAccess` shows
+//!   `<redacted>` for passwords and password hashes.
 //! - `RouterFacts` fields are `status` (always set) and `identity`, `routeros_version`,
 //!   `board_name`, `last_seen_at` (`None` leaves the stored value).
 
@@ -185,8 +191,14 @@ impl Store {
             Pool::Postgres(pool)
         } else {
             let options = if url.starts_with("sqlite:") {
-                SqliteConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+                // Without an explicit `mode=`, create the file on first start.
+                if url.contains("mode=") {
+                    options
+                } else {
+                    options.create_if_missing(true)
+                }
             } else if url.contains("://") || url.is_empty() {
                 return Err(StoreError::InvalidUrl(format!(
                     "{:?} is neither a sqlite:// nor a postgres:// url",
@@ -234,6 +246,27 @@ impl Store {
         match self.inner.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Whether the database answers (`SELECT 1`), for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool's open connections and how many of them are idle, for metrics.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
         }
     }
 

@@ -2,6 +2,7 @@
 //! (`New*`, `*Patch`). Secrets are never fields of a record: they are read on their own
 //! (`router_password`, `access_password`).
 
+use std::fmt;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +11,9 @@ use domain::{
     RegionId, Role, RouterId, RouterStatus, SiteId, TokenId, UserId,
 };
 use serde::Serialize;
+
+/// What `Debug` shows in place of a password or password hash.
+const REDACTED: &str = "<redacted>";
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,7 +24,7 @@ pub struct Organisation {
 }
 
 /// A person who logs in with a password (argon2id hash made by the caller).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     pub id: UserId,
     pub org_id: OrgId,
@@ -32,7 +36,7 @@ pub struct User {
 }
 
 /// Input of `create_user`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewUser {
     pub org_id: OrgId,
     pub username: String,
@@ -119,7 +123,7 @@ pub struct Router {
 }
 
 /// Input of `create_router`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewRouter {
     pub org_id: OrgId,
     /// The site to put the router in, created if absent; `None` means the router's name.
@@ -136,7 +140,7 @@ pub struct NewRouter {
 }
 
 /// Input of `update_router`: `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RouterPatch {
     pub name: Option<String>,
     pub tunnel_address: Option<IpAddr>,
@@ -185,7 +189,7 @@ pub struct TransientAccess {
 }
 
 /// Input of `create_access`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewAccess {
     pub org_id: OrgId,
     pub router_id: RouterId,
@@ -350,5 +354,130 @@ impl Page {
 
     pub(crate) fn offset_i64(self) -> i64 {
         i64::from(self.offset)
+    }
+}
+
+// Debug by hand where a record or input holds a password or its hash: logs never see it.
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("password_hash", &REDACTED)
+            .field("disabled", &self.disabled)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewUser")
+            .field("org_id", &self.org_id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("password_hash", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NewRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewRouter")
+            .field("org_id", &self.org_id)
+            .field("site_name", &self.site_name)
+            .field("region_id", &self.region_id)
+            .field("name", &self.name)
+            .field("tunnel_address", &self.tunnel_address)
+            .field("api_port", &self.api_port)
+            .field("ssh_port", &self.ssh_port)
+            .field("winbox_port", &self.winbox_port)
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RouterPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterPatch")
+            .field("name", &self.name)
+            .field("tunnel_address", &self.tunnel_address)
+            .field("api_port", &self.api_port)
+            .field("ssh_port", &self.ssh_port)
+            .field("winbox_port", &self.winbox_port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field("region_id", &self.region_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NewAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewAccess")
+            .field("org_id", &self.org_id)
+            .field("router_id", &self.router_id)
+            .field("access_type", &self.access_type)
+            .field("access", &self.access)
+            .field("allow_rfc1918", &self.allow_rfc1918)
+            .field("allow_from", &self.allow_from)
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("created_by", &self.created_by)
+            .field("region_id", &self.region_id)
+            .field("entry_point", &self.entry_point)
+            .field("port_candidates", &self.port_candidates.len())
+            .field("audit", &self.audit)
+            .field("job", &self.job)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_passwords_or_hashes() {
+        let org = OrgId::new();
+        let user = User {
+            id: UserId::new(),
+            org_id: org,
+            username: "alice".into(),
+            role: Role::Admin,
+            password_hash: "$argon2id$secret-hash".into(),
+            disabled: false,
+            created_at: Utc::now(),
+        };
+        let patch = RouterPatch {
+            password: Some("router-secret".into()),
+            ..RouterPatch::default()
+        };
+        let new_user = NewUser {
+            org_id: org,
+            username: "bob".into(),
+            role: Role::Viewer,
+            password_hash: "$argon2id$secret-hash".into(),
+        };
+        let router = NewRouter {
+            org_id: org,
+            site_name: None,
+            region_id: RegionId::new(),
+            name: "r".into(),
+            tunnel_address: "100.64.0.2".parse().unwrap(),
+            api_port: 8728,
+            ssh_port: 22,
+            winbox_port: 8291,
+            username: "admin".into(),
+            password: "router-secret".into(),
+        };
+        let text = format!("{user:?} {patch:?} {new_user:?} {router:?}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("alice") && text.contains("<redacted>"));
     }
 }

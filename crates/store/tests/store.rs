@@ -836,6 +836,9 @@ async fn forwards(ctx: &Ctx) {
     assert!(is_not_found(
         s.get_forward(w.org, w.router.id, ForwardId::new()).await
     ));
+    let mut theirs = new_forward(&w, &[40090], &[50090]);
+    theirs.router_id = w.foreign.id;
+    assert!(is_not_found(s.create_forward(theirs).await));
 
     // Access and forwards share the region's gateway ports; router ports are per router.
     let a = s
@@ -970,10 +973,11 @@ async fn no_half_made(ctx: &Ctx) {
     // The last step fails: a job for a router that does not exist.
     let mut broken = new_access(&w, &[40004], true);
     broken.job.as_mut().unwrap().router_id = RouterId::new();
-    assert!(matches!(
-        s.create_access(broken).await,
-        Err(StoreError::Database(_))
-    ));
+    assert!(is_not_found(s.create_access(broken).await));
+    // Or a job for another organisation's router.
+    let mut sneaky = new_access(&w, &[40004], true);
+    sneaky.job.as_mut().unwrap().router_id = w.foreign.id;
+    assert!(is_not_found(s.create_access(sneaky).await));
     let now = (
         ctx.count("transient_access").await,
         ctx.count("transient_forwards").await,
@@ -1064,6 +1068,12 @@ async fn jobs_and_audit(ctx: &Ctx) {
         s.append_job_line(JobId::new(), t(20), "x").await
     ));
     assert!(is_not_found(s.get_job(JobId::new()).await));
+    assert!(is_not_found(
+        s.create_job(new_job(w.org, w.foreign.id, t(0))).await
+    ));
+    assert!(is_not_found(
+        s.create_job(new_job(w.org, RouterId::new(), t(0))).await
+    ));
 
     let all = s
         .list_jobs(
@@ -1180,6 +1190,19 @@ async fn jobs_and_audit(ctx: &Ctx) {
         page.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
         ["action.2", "action.1"]
     );
+    // Append-only in the database itself.
+    for sql in [
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+    ] {
+        let refused = ctx.try_exec(sql).await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+    }
+    if ctx.db == Db::Postgres {
+        let refused = ctx.try_exec("TRUNCATE audit_log").await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+    }
+    assert_eq!(ctx.count("audit_log").await, 5);
     let other = s.list_audit(w.other, Page::default()).await.unwrap();
     assert_eq!((other.len(), other[0].actor_address), (1, None));
 }
@@ -1189,6 +1212,9 @@ async fn reopen(ctx: &Ctx) {
     let s = &ctx.store;
     let w = world(s).await;
     // Opening again runs the (already applied) migrations and sees the same data.
+    s.ping().await.unwrap();
+    let (open, idle) = s.pool_connections();
+    assert!(open >= 1 && idle <= open as usize);
     let again = ctx.reopen(KEY).await;
     assert_eq!(
         again.get_router(w.org, w.router.id).await.unwrap(),
@@ -1225,6 +1251,10 @@ async fn bad_urls_are_refused() {
     s.create_organisation("x").await.unwrap();
     s.close().await;
     assert!(path.exists());
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let s = Store::open(&url, &config).await.unwrap();
+    s.close().await;
+    assert!(dir.path().join("fresh.db").exists());
     assert!(
         !format!("{config:?}").contains("42"),
         "the key is not printed"
@@ -1317,3 +1347,87 @@ async fn sqlite_file_uses_wal() {
     assert_eq!(mode, "wal");
     ctx.store.close().await;
 }
+
+async fn delete_races_create(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    for round in 0..4u16 {
+        let router = s
+            .create_router(new_router(w.org, &w.region, &format!("race-{round}"), "pw"))
+            .await
+            .unwrap();
+        let creates: Vec<_> = (0..6u16)
+            .map(|i| {
+                let s = s.clone();
+                let mut n = new_access(&w, &[41000 + round * 10 + i], true);
+                n.router_id = router.id;
+                n.job.as_mut().unwrap().router_id = router.id;
+                tokio::spawn(async move { s.create_access(n).await })
+            })
+            .collect();
+        let delete = {
+            let s = s.clone();
+            let org = w.org;
+            tokio::spawn(async move { s.delete_router(org, router.id).await })
+        };
+        let mut created = 0;
+        for c in creates {
+            match c.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::NotFound) => {}
+                Err(e) => panic!("create: {e}"),
+            }
+        }
+        match delete.await.unwrap() {
+            Ok(()) => {
+                assert_eq!(
+                    created, 0,
+                    "round {round}: a grant was created, then lost with its router"
+                );
+            }
+            Err(StoreError::Conflict(_)) => assert!(created > 0, "round {round}"),
+            Err(e) => panic!("delete: {e}"),
+        }
+        let left = s.list_access(w.org, router.id).await;
+        match left {
+            Ok(grants) => assert_eq!(grants.len(), created),
+            Err(StoreError::NotFound) => assert_eq!(created, 0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+both!(router_delete_races_grant_create, delete_races_create);
+
+async fn grants_newest_first(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut access = Vec::new();
+    let mut forwards = Vec::new();
+    for i in 1..=3u16 {
+        let mut a = new_access(&w, &[40000 + i], false);
+        a.audit.at = t(i64::from(i));
+        access.push(s.create_access(a).await.unwrap().id);
+        let mut f = new_forward(&w, &[40100 + i], &[50000 + i]);
+        f.audit.at = t(i64::from(i));
+        forwards.push(s.create_forward(f).await.unwrap().id);
+    }
+    let listed: Vec<_> = s
+        .list_access(w.org, w.router.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(listed, access.iter().rev().copied().collect::<Vec<_>>());
+    let listed: Vec<_> = s
+        .list_forwards(w.org, w.router.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(listed, forwards.iter().rev().copied().collect::<Vec<_>>());
+    let first = s.get_access(w.org, w.router.id, access[0]).await.unwrap();
+    assert_eq!(first.created_at, t(1));
+}
+both!(grants_listed_newest_first, grants_newest_first);

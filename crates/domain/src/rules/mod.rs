@@ -43,3 +43,46 @@ pub struct Policy {
     /// self-hosted lab where operators connect from the same LAN or machine.
     pub lab_mode: bool,
 }
+
+#[cfg(test)]
+mod hostile {
+    use chrono::{DateTime, TimeDelta};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// No text, however malformed, makes a rule panic; what is accepted shows back
+        /// in a form that is accepted again.
+        #[test]
+        fn text_rules_never_panic(s in "\\PC{0,80}", ip in "[0-9a-f:./]{0,45}") {
+            for input in [s.as_str(), ip.as_str()] {
+                for lab_mode in [false, true] {
+                    if let Ok(a) = AllowFrom::parse(input, &Policy { lab_mode }) {
+                        let shown = a.to_string();
+                        prop_assert_eq!(AllowFrom::parse(&shown, &Policy { lab_mode }), Ok(a));
+                    }
+                }
+                let _ = input.parse::<AllowFrom>();
+                let _ = DstAddress::parse(input);
+                let _ = tunnel_address(input);
+                let _ = entry_point(input);
+                let _ = router_name(input);
+                let _ = routeros_username(input);
+                let _ = username(input);
+            }
+        }
+
+        #[test]
+        fn numbers_never_panic(n in any::<i64>(), secs in any::<i64>(), ms in -100_000_000_000_000i64..100_000_000_000_000) {
+            let now = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+            let _ = dst_port(n);
+            let _ = port("api_port", n);
+            let _ = resolve_expiry(now, Some(n), None, &Limits::default());
+            if let Some(at) = TimeDelta::try_seconds(secs / 1000).and_then(|d| now.checked_add_signed(d)) {
+                let _ = resolve_expiry(now, None, Some(at), &Limits::default());
+            }
+            let _ = time_to_expire(now, now + TimeDelta::milliseconds(ms));
+        }
+    }
+}

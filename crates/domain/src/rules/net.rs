@@ -205,7 +205,8 @@ impl AllowFrom {
 }
 
 /// Reads text already validated (from the database): syntax only, no policy checks, so a
-/// lab-mode grant reads back after the policy changed.
+/// lab-mode grant reads back after the policy changed. serde's `Deserialize` is the same:
+/// for operator input use [`AllowFrom::parse`], never these.
 impl FromStr for AllowFrom {
     type Err = ValidationError;
     fn from_str(s: &str) -> Result<Self, ValidationError> {
@@ -252,12 +253,46 @@ fn parse_net(s: &str) -> Result<IpNet, ValidationError> {
             }
         }
     }
+    .map(unmap)
+}
+
+/// An IPv4-mapped IPv6 network (::ffff:a.b.c.d/120..128) as the IPv4 network it means,
+/// so it is shown, checked and matched as IPv4.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(a) => Ipv4Net::new(a, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// A LAN device a port forward may target: RFC 1918 / ULA or publicly routed.
+/// `FromStr` and serde validate like [`DstAddress::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct DstAddress(IpAddr);
+
+impl FromStr for DstAddress {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, ValidationError> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for DstAddress {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, ValidationError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<DstAddress> for String {
+    fn from(a: DstAddress) -> String {
+        a.to_string()
+    }
+}
 
 impl DstAddress {
     /// Validates operator input (field `dst_address`).
@@ -395,6 +430,13 @@ mod tests {
             (PUBLIC, "ff02::1", Err("multicast")),
             (PUBLIC, "::", Err("unspecified")),
             (PUBLIC, "::ffff:10.0.0.1", Err("private")),
+            (PUBLIC, "::ffff:198.51.100.7", Ok("198.51.100.7/32")),
+            (PUBLIC, "::ffff:198.51.100.0/120", Ok("198.51.100.0/24")),
+            (
+                PUBLIC,
+                "::ffff:198.51.100.0/119",
+                Err("between /24 and /32"),
+            ),
             // Lab mode lets loopback and private in, nothing else.
             (LAB, "127.0.0.1", Ok("127.0.0.1/32")),
             (LAB, "10.1.2.0/24", Ok("10.1.2.0/24")),
@@ -472,6 +514,14 @@ mod tests {
         for &(input, expected) in rows {
             check_dst(input, expected);
         }
+    }
+
+    #[test]
+    fn dst_address_serde_validates() {
+        let ok: DstAddress = serde_json::from_str("\"192.168.88.43\"").unwrap();
+        assert_eq!(serde_json::to_string(&ok).unwrap(), "\"192.168.88.43\"");
+        assert!(serde_json::from_str::<DstAddress>("\"127.0.0.1\"").is_err());
+        assert!("169.254.0.1".parse::<DstAddress>().is_err());
     }
 
     #[test]

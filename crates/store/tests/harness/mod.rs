@@ -107,6 +107,28 @@ impl Ctx {
         }
     }
 
+    /// Runs raw SQL and returns the database's refusal, if any.
+    pub async fn try_exec(&self, sql: &str) -> Result<u64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.db {
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Db::Postgres => {
+                let mut c = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// The first column of the first row of a raw query, as bytes.
     pub async fn raw_bytes(&self, sql: &str, bind: &str) -> Vec<u8> {
         use sqlx::Row;
@@ -173,10 +195,35 @@ impl PgServer {
     }
 }
 
-static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
+/// Started once per process; a failure is kept so every test reports it without
+/// trying again.
+static SERVER: OnceLock<Result<Option<PgServer>, String>> = OnceLock::new();
 
 fn pg_server() -> Option<&'static PgServer> {
-    SERVER.get_or_init(start_server).as_ref()
+    let server = SERVER.get_or_init(|| {
+        std::panic::catch_unwind(start_server).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match server {
+        Ok(server) => server.as_ref(),
+        Err(e) => panic!("the PostgreSQL test cluster could not start: {e}"),
+    }
+}
+
+/// Removes the cluster's directory if starting fails before the watchdog owns it.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn start_server() -> Option<PgServer> {
@@ -289,15 +336,22 @@ fn run(prefix: &[String], program: &Path, args: &[&str], log: &Path) {
 }
 
 fn start_cluster(bin: &Path) -> PgServer {
-    // A directory of its own, not removed by a guard: the watchdog removes it after the
-    // server has stopped.
+    // A directory of its own, removed by the watchdog after the server has stopped.
+    let (prefix, ids) = unprivileged();
+    // As root the server runs as `nobody`, who must reach the directory: /tmp rather than
+    // a $TMPDIR that may sit under /root. /tmp also keeps the socket path short.
+    let parent = if ids.is_some() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
     let dir = tempfile::Builder::new()
         .prefix("postern-pg-")
-        .tempdir()
+        .tempdir_in(parent)
         .unwrap()
         .keep();
+    let mut guard = DirGuard(Some(dir.clone()));
     let data = dir.join("data");
-    let (prefix, ids) = unprivileged();
     if let Some((u, g)) = ids {
         std::os::unix::fs::chown(&dir, Some(u), Some(g)).unwrap();
     }
@@ -355,6 +409,9 @@ fn start_cluster(bin: &Path) -> PgServer {
         .spawn()
         .unwrap();
     let lifeline = watchdog.stdin.take().unwrap();
+    // From here the watchdog removes the directory (if we panic below, the lifeline is
+    // dropped, which stops the server too).
+    guard.0 = None;
     let socket = dir.join(".s.PGSQL.5432");
     let deadline = Instant::now() + Duration::from_secs(60);
     let isready = bin.join("pg_isready");
