@@ -27,8 +27,8 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         store::Backend::Postgres => "postgres",
     }
     .to_owned();
-    match state.store.list_regions().await {
-        Ok(_) => Json(Health {
+    match state.store.ping().await {
+        Ok(()) => Json(Health {
             status: "ok".into(),
             database,
         })
