@@ -163,8 +163,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The client's address: the TCP peer unless that peer is a trusted proxy, in which case
 /// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_address(state: &AppState, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    let trusted = &state.config.trusted_proxies;
+pub fn client_address(trusted: &[IpAddr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     if !trusted.contains(&peer) {
         return peer;
     }
@@ -191,7 +190,7 @@ impl FromRequestParts<AppState> for Caller {
             .get::<ConnectInfo<ClientAddr>>()
             .map(|ConnectInfo(ClientAddr(a))| a.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let address = client_address(state, peer, &parts.headers);
+        let address = client_address(&state.config.trusted_proxies, peer, &parts.headers);
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         if !well_formed(token) {
             return Err(ApiError::Unauthorized);
@@ -244,6 +243,35 @@ mod tests {
         assert_eq!(hash_token(&t).len(), 64);
         assert!(!well_formed("pst_short"));
         assert!(!well_formed(&t.replace("pst_", "xyz_")));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.5".parse().unwrap());
+        let proxies = [ip("127.0.0.1"), ip("10.0.0.5")];
+        // No trusted proxies (the default): the TCP peer, whatever the header says.
+        assert_eq!(
+            client_address(&[], ip("127.0.0.1"), &headers),
+            ip("127.0.0.1")
+        );
+        // A peer that is not a trusted proxy cannot forge the header.
+        assert_eq!(
+            client_address(&proxies, ip("198.51.100.1"), &headers),
+            ip("198.51.100.1")
+        );
+        // Through trusted proxies: the right-most address that is not one of them.
+        assert_eq!(
+            client_address(&proxies, ip("127.0.0.1"), &headers),
+            ip("203.0.113.9")
+        );
+        // Garbage in the header is skipped; nothing usable leaves the peer.
+        headers.insert("x-forwarded-for", "junk, 10.0.0.5".parse().unwrap());
+        assert_eq!(
+            client_address(&proxies, ip("127.0.0.1"), &headers),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]

@@ -156,6 +156,7 @@ pub struct UpdateExpiry {
 /// Query of grant lists.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GrantListQuery {
     /// Include ended grants (expired, revoked, failed) too.
     pub all: Option<bool>,
@@ -244,6 +245,7 @@ pub struct SiteView {
 /// Paging of lists that grow: newest first.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1–500, default 50.
     pub limit: Option<i64>,
