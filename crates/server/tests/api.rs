@@ -69,6 +69,7 @@ struct Options {
     lab_mode: bool,
     limits: GrantLimits,
     body_limit: usize,
+    ports: (u16, u16),
 }
 
 impl Default for Options {
@@ -77,6 +78,7 @@ impl Default for Options {
             lab_mode: false,
             limits: GrantLimits::default(),
             body_limit: 64 * 1024,
+            ports: (49152, 65535),
         }
     }
 }
@@ -126,8 +128,8 @@ impl TestServer {
             regions: vec![RegionConfig {
                 name: "local".into(),
                 entry_point: "us-east1.example.net".into(),
-                port_min: 49152,
-                port_max: 65535,
+                port_min: opts.ports.0,
+                port_max: opts.ports.1,
             }],
             ..ServerConfig::default()
         };
@@ -352,6 +354,16 @@ async fn reference_sample_request_gives_every_reference_key_with_its_type(db: Db
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], body["id"]);
+    // GET one and GET list give the reference's keys with the reference's types too.
+    for got in [&one, &list[0]] {
+        for (key, value) in reference.as_object().unwrap() {
+            assert_eq!(
+                json_type(&got[key]),
+                json_type(value),
+                "type of {key}: {got}"
+            );
+        }
+    }
     s.stop().await;
 }
 
@@ -2045,6 +2057,93 @@ async fn shutdown_drains_and_stops(db: Db) {
     assert!(err.is_err(), "the listener is closed after shutdown");
 }
 
+async fn concurrent_creates_never_share_a_port_and_a_full_range_is_409(db: Db) {
+    let Some(s) = TestServer::start_with(
+        db,
+        Options {
+            ports: (40000, 40019),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let router = s.router(&s.a.operator, "r").await;
+    let s = Arc::new(s);
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let s = s.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    s.forward(&s.a.operator, &router, valid_forward()).await
+                } else {
+                    s.access(
+                        &s.a.operator,
+                        &router,
+                        json!({"allow_from": "198.51.100.0/24"}),
+                    )
+                    .await
+                }
+            })
+        })
+        .collect();
+    let mut ports = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => ports.push(body["port"].as_u64().unwrap()),
+            StatusCode::CONFLICT => conflicts += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(
+        ports.len(),
+        20,
+        "every port of the range is handed out once"
+    );
+    assert_eq!(conflicts, 10);
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports, (40000..=40019).collect::<Vec<u64>>());
+    // Revoking one frees its port for the next grant.
+    let (_, list) = s
+        .call(
+            Method::GET,
+            &format!("/api/routers/{router}/transient-access"),
+            Some(&s.a.viewer),
+            None,
+        )
+        .await;
+    let freed = &list[0];
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!(
+                "/api/routers/{router}/transient-access/{}",
+                freed["id"].as_str().unwrap()
+            ),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, again) = s
+        .access(
+            &s.a.operator,
+            &router,
+            json!({"allow_from": "198.51.100.0/24"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["port"], freed["port"]);
+    if let Ok(s) = Arc::try_unwrap(s) {
+        s.stop().await;
+    }
+}
+
 /// Runs each test above on SQLite and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -2066,6 +2165,7 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    concurrent_creates_never_share_a_port_and_a_full_range_is_409,
     reference_sample_request_gives_every_reference_key_with_its_type,
     forward_validation_boundaries_both_sides,
     access_create_options_and_defaults,
