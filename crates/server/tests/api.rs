@@ -70,6 +70,7 @@ struct Options {
     limits: GrantLimits,
     body_limit: usize,
     ports: (u16, u16),
+    max_connections: usize,
 }
 
 impl Default for Options {
@@ -79,6 +80,7 @@ impl Default for Options {
             limits: GrantLimits::default(),
             body_limit: 64 * 1024,
             ports: (49152, 65535),
+            max_connections: 1024,
         }
     }
 }
@@ -125,6 +127,7 @@ impl TestServer {
             lab_mode: opts.lab_mode,
             grant_limits: opts.limits,
             body_limit_bytes: opts.body_limit,
+            max_connections: opts.max_connections,
             regions: vec![RegionConfig {
                 name: "local".into(),
                 entry_point: "us-east1.example.net".into(),
@@ -2215,4 +2218,75 @@ fn openapi_document_passes_an_independent_validator() {
         "openapi-spec-validator refused the document: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let Some(s) = TestServer::start_with(
+        Db::Sqlite,
+        Options {
+            max_connections: 2,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    };
+    let waited = fresh().get(format!("{}/healthz", s.base)).send().await;
+    assert!(
+        waited.is_err(),
+        "a third connection is not served while two are open"
+    );
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let served = fresh()
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+/// Every module of the crate opens with a `//!` comment saying its role.
+#[test]
+fn every_module_opens_with_a_doc_comment() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    assert!(files.len() > 10);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("//! "),
+            "{} must open with a //! comment",
+            f.display()
+        );
+    }
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    assert!(lib.contains("# Layout"), "the crate root lists its modules");
 }
