@@ -105,6 +105,8 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_timeout: Duration,
     /// Serve grant lists from the one-second cache (see `cache`); off only to measure.
     pub list_cache: bool,
 }
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             body_limit_bytes: 64 * 1024,
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
             list_cache: true,
         }
     }
@@ -149,6 +152,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<IpAddr>>,
     body_limit_bytes: Option<usize>,
     max_connections: Option<usize>,
+    idle_timeout: Option<String>,
     list_cache: Option<bool>,
 }
 
@@ -219,6 +223,9 @@ impl ServerConfig {
         set(&mut self.body_limit_bytes, f.body_limit_bytes);
         set(&mut self.max_connections, f.max_connections);
         set(&mut self.list_cache, f.list_cache);
+        if let Some(s) = f.idle_timeout {
+            self.idle_timeout = parse_duration("idle_timeout", &s)?;
+        }
         Ok(())
     }
 
@@ -295,6 +302,9 @@ impl ServerConfig {
         }
         if self.forward_port_min == 0 || self.forward_port_min > self.forward_port_max {
             return Err(invalid("forward_port_min", "must be 1..=forward_port_max"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be at least 1s"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

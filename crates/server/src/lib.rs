@@ -75,7 +75,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max = state.config.max_connections;
-    listen::serve(listener, max, app(state), shutdown).await
+    let idle = state.config.idle_timeout;
+    listen::serve(listener, max, idle, app(state), shutdown).await
 }
 
 pub use listen::serve;

@@ -1,5 +1,7 @@
-//! Serving: a listener that caps how many connections are served at once, and `serve`,
-//! which runs the app on a bound listener until the shutdown future resolves, then drains.
+//! Serving: a listener that caps how many connections are served at once and closes
+//! connections idle too long (so silent or trickling clients cannot hold every slot), and
+//! `serve`, which runs the app on a bound listener until the shutdown future resolves,
+//! then drains.
 
 use std::future::Future;
 use std::io;
@@ -7,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::connect_info::Connected;
@@ -14,6 +17,7 @@ use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 /// The peer of a connection, as the TCP socket saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,21 +28,46 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl CappedListener {
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// At most `max` connections at once; one with no byte read or written for `idle` is
+    /// closed.
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
         Self {
             inner,
             permits: Arc::new(Semaphore::new(max.max(1))),
+            idle,
         }
     }
 }
 
-/// A connection holding its slot until it is dropped.
+/// A connection holding its slot until it is dropped, closed when idle too long.
 pub struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl CappedStream {
+    fn progressed(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// After an inner poll returned `Pending`: fails the connection if it has been idle
+    /// past its deadline (the timer wakes the task when it fires).
+    fn check_idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl Listener for CappedListener {
@@ -59,6 +88,8 @@ impl Listener for CappedListener {
                         CappedStream {
                             stream,
                             _permit: permit,
+                            idle: self.idle,
+                            deadline: Box::pin(tokio::time::sleep(self.idle)),
                         },
                         ClientAddr(peer),
                     );
@@ -90,7 +121,14 @@ impl AsyncRead for CappedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.check_idle(cx),
+        }
     }
 }
 
@@ -100,7 +138,14 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.check_idle(cx),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -116,7 +161,14 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.check_idle(cx),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -129,10 +181,11 @@ impl AsyncWrite for CappedStream {
 pub async fn serve(
     listener: TcpListener,
     max_connections: usize,
+    idle: Duration,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = CappedListener::new(listener, max_connections);
+    let listener = CappedListener::new(listener, max_connections, idle);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<ClientAddr>(),

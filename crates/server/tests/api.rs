@@ -71,6 +71,7 @@ struct Options {
     body_limit: usize,
     ports: (u16, u16),
     max_connections: usize,
+    idle: Duration,
 }
 
 impl Default for Options {
@@ -81,6 +82,7 @@ impl Default for Options {
             body_limit: 64 * 1024,
             ports: (49152, 65535),
             max_connections: 1024,
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -128,6 +130,7 @@ impl TestServer {
             grant_limits: opts.limits,
             body_limit_bytes: opts.body_limit,
             max_connections: opts.max_connections,
+            idle_timeout: opts.idle,
             regions: vec![RegionConfig {
                 name: "local".into(),
                 entry_point: "us-east1.example.net".into(),
@@ -2257,6 +2260,51 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .await
         .unwrap();
     assert_eq!(served.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_so_they_cannot_hold_every_slot() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(s) = TestServer::start_with(
+        Db::Sqlite,
+        Options {
+            max_connections: 1,
+            idle: Duration::from_secs(1),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // A client that sends half a request and then nothing.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    silent
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the server closes an idle connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its slot is free again.
+    let ok = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
     s.stop().await;
 }
 
