@@ -1496,6 +1496,31 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
     assert_eq!(created["status"], "unknown");
     let id = created["id"].as_str().unwrap();
     let one = format!("/api/routers/{id}");
+    // The same name again, or a second router in the same site: 409.
+    for body in [
+        json!({"name": "hq", "tunnel_address": "10.255.0.10", "username": "a", "password": "p"}),
+        json!({"name": "hq-b", "tunnel_address": "10.255.0.10", "username": "a", "password": "p", "site": "Headquarters"}),
+    ] {
+        let (status, got) = s
+            .call(
+                Method::POST,
+                "/api/routers",
+                Some(&s.a.operator),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{got}");
+    }
+    // Another organisation may use the same name.
+    let (status, _) = s
+        .call(
+            Method::POST,
+            "/api/routers",
+            Some(&s.b.operator),
+            Some(json!({"name": "hq", "tunnel_address": "10.255.0.10", "username": "a", "password": "p"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
 
     // Validation of router fields, both sides.
     let good = json!({"name": "n", "tunnel_address": "10.0.0.1", "username": "u", "password": "p"});
