@@ -380,6 +380,30 @@ pub struct NewUserView {
     pub password: Option<String>,
 }
 
+/// A regional gateway routers can be placed in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegionView {
+    #[schema(example = "local")]
+    pub name: String,
+    /// Where operators connect for grants of routers in this region.
+    #[schema(example = "127.0.0.1")]
+    pub entry_point: String,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeView {
+    pub organisation_id: String,
+    pub organisation: String,
+    /// As the audit log names the caller: a user name or `token:<name>`.
+    pub actor: String,
+    pub role: RoleDto,
+    /// The address the server sees the caller at (the default `allow_from`).
+    pub address: String,
+}
+
 /// `/healthz`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {

@@ -1086,6 +1086,8 @@ fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/api/routers/{r}/jobs", None),
         (Method::GET, "/api/sites", None),
         (Method::GET, "/api/sites/{s}", None),
+        (Method::GET, "/api/regions", None),
+        (Method::GET, "/api/me", None),
         (Method::GET, "/api/routers/{r}/transient-forwarding", None),
         (
             Method::POST,
@@ -1857,6 +1859,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/routers/{router_id}/jobs"),
     ("get", "/api/sites"),
     ("get", "/api/sites/{site_id}"),
+    ("get", "/api/regions"),
+    ("get", "/api/me"),
     ("get", "/api/routers/{router_id}/transient-forwarding"),
     ("post", "/api/routers/{router_id}/transient-forwarding"),
     ("get", "/api/routers/{router_id}/transient-forwarding/{id}"),
@@ -2175,6 +2179,29 @@ async fn concurrent_creates_never_share_a_port_and_a_full_range_is_409(db: Db) {
     }
 }
 
+async fn me_and_regions_tell_a_client_where_it_stands(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let (status, me) = s
+        .call(Method::GET, "/api/me", Some(&s.b.viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["organisation"], "beta");
+    assert_eq!(me["actor"], "token:view");
+    assert_eq!(me["role"], "viewer");
+    assert_eq!(me["address"], "127.0.0.1");
+    let (status, regions) = s
+        .call(Method::GET, "/api/regions", Some(&s.b.viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        regions,
+        json!([{"name": "local", "entry_point": "us-east1.example.net", "port_min": 49152, "port_max": 65535}])
+    );
+    s.stop().await;
+}
+
 /// Runs each test above on SQLite and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -2196,6 +2223,7 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    me_and_regions_tell_a_client_where_it_stands,
     concurrent_creates_never_share_a_port_and_a_full_range_is_409,
     reference_sample_request_gives_every_reference_key_with_its_type,
     forward_validation_boundaries_both_sides,

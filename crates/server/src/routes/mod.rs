@@ -86,6 +86,8 @@ fn described() -> OpenApiRouter<AppState> {
         .routes(routes!(routers::router_jobs_get))
         .routes(routes!(routers::sites_list))
         .routes(routes!(routers::site_get))
+        .routes(routes!(routers::regions_list))
+        .routes(routes!(routers::me_get))
         .routes(routes!(admin::audit_list))
         .routes(routes!(admin::tokens_list, admin::tokens_post))
         .routes(routes!(admin::token_delete))

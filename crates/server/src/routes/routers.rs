@@ -11,7 +11,8 @@ use serde_json::json;
 use super::common::{Checks, audit, load_router, not_found_as};
 use crate::auth::Caller;
 use crate::dto::{
-    CreateRouter, JobLineView, JobView, PageQuery, RouterView, SiteView, UpdateRouter, timestamp,
+    CreateRouter, JobLineView, JobView, MeView, PageQuery, RegionView, RouterView, SiteView,
+    UpdateRouter, timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
@@ -472,4 +473,56 @@ pub async fn site_get(
         .map_err(|e| not_found_as(e, "site"))?;
     let regions = state.store.list_regions().await?;
     Ok(Json(site_view(&site, routers.first(), &regions)))
+}
+
+/// The regions (gateways) routers can be placed in.
+#[utoipa::path(
+    get,
+    path = "/api/regions",
+    tag = "routers",
+    responses(
+        (status = 200, description = "Regions", body = [RegionView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn regions_list(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<RegionView>>, ApiError> {
+    let regions = state.store.list_regions().await?;
+    Ok(Json(
+        regions
+            .into_iter()
+            .map(|r| RegionView {
+                name: r.name,
+                entry_point: r.entry_point,
+                port_min: r.port_min,
+                port_max: r.port_max,
+            })
+            .collect(),
+    ))
+}
+
+/// Who the caller is: organisation, role, and the address the server sees.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "routers",
+    responses(
+        (status = 200, description = "The caller", body = MeView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn me_get(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<MeView>, ApiError> {
+    let org = state.store.get_organisation(caller.org_id).await?;
+    Ok(Json(MeView {
+        organisation_id: org.id.to_string(),
+        organisation: org.name,
+        actor: caller.actor,
+        role: caller.role.into(),
+        address: caller.address.to_string(),
+    }))
 }
