@@ -279,7 +279,7 @@ pub async fn access_credentials_get(
 ) -> Result<Json<CredentialsView>, ApiError> {
     caller.require_write()?;
     let (_, grant) = load(&state, &caller, &router_id, &id).await?;
-    if grant.status.is_final() {
+    if !grant.status.is_live() {
         return Err(ApiError::Conflict(format!(
             "the grant is {}: its credentials no longer work",
             grant.status.as_str()
