@@ -1,36 +1,53 @@
-//! `postern`: the one binary. It parses arguments and wires the crates together; each
-//! subcommand lives in `commands/`.
+//! `postern`: the one binary. It parses arguments and hands each subcommand to its module
+//! in `commands/`; the logic lives in the crates.
 
 mod commands;
 
 use clap::{Parser, Subcommand};
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "postern",
-    about = "Just-in-time remote access to MikroTik routers",
-    version
+    version,
+    about = "Just-in-time remote access to MikroTik routers"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Run the control plane: API, orchestrator and in-process gateway.
+    Server(commands::server::Args),
+    /// Administer a data directory (tokens, …) without going through the API.
+    #[command(subcommand)]
+    Admin(commands::admin::Command),
     /// Run virtual MikroTik routers (API, API-SSL, SSH, a WinBox-port stand-in) for
     /// tests and demos.
     Sim(commands::sim::SimArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Sim(args) => commands::sim::run(args).await,
+    let result = match cli.command {
+        Command::Server(args) => commands::server::run(args),
+        Command::Admin(cmd) => commands::admin::run(cmd),
+        Command::Sim(args) => run_async(commands::sim::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-    })
+    }
+}
+
+/// Runs an async subcommand on a multi-threaded runtime of its own.
+fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(task)
 }

@@ -1,5 +1,82 @@
-//! Postern's HTTP API (with OpenAPI), authentication and authorisation, the portal and the SSH terminal bridge.
+//! Postern's HTTP API (JSON, OpenAPI 3, Swagger UI), its authentication and authorisation.
+//! The only crate that knows HTTP; the portal and the SSH terminal bridge join it later.
 //!
-//! # Status
+//! # Layout
 //!
-//! Empty: this crate is built by the control-plane issue. It is the only crate that knows HTTP and HTML.
+//! - [`config`]: `ServerConfig` from defaults, a TOML file, `POSTERN_*` variables and flags.
+//! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
+//! - [`state`]: `AppState` shared by handlers, and the `Clock`.
+//! - [`cache`]: a one-second cache of rendered grant lists.
+//! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
+//! - [`error`]: `ApiError`, rendered as RFC 9457 problem+json.
+//! - [`extract`]: JSON body, path and query extractors whose rejections are problems.
+//! - [`dto`]: request and response bodies with their schemas.
+//! - `routes`: the URL map and the handlers, grouped by area.
+//! - [`docs`]: Swagger UI, embedded at build time.
+//! - [`metrics`]: Prometheus counters and latency histograms.
+//! - [`listen`]: the connection-capped listener and [`serve`].
+//!
+//! **Architecture Invariant:** every guarded handler takes a [`auth::Caller`] and reaches
+//! data only through the caller's organisation; another organisation's row is a 404.
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod auth;
+pub mod bootstrap;
+pub mod cache;
+pub mod config;
+pub mod docs;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod listen;
+pub mod metrics;
+mod routes;
+pub mod state;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+
+pub use config::ServerConfig;
+pub use error::ApiError;
+pub use state::{AppState, Clock, SystemClock};
+
+/// The whole HTTP application over `state`.
+pub fn app(state: AppState) -> Router {
+    routes::router()
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+/// The OpenAPI document of the API (the one served at `/api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::openapi()
+}
+
+/// Serves the app on `listener` until `shutdown` resolves, then drains open requests.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let max = state.config.max_connections;
+    let idle = state.config.idle_timeout;
+    listen::serve(listener, max, idle, app(state), shutdown).await
+}
+
+pub use listen::serve;

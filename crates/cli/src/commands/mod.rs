@@ -1,3 +1,5 @@
 //! One module per subcommand: each parses its arguments and calls into the crates.
 
+pub mod admin;
+pub mod server;
 pub mod sim;

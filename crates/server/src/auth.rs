@@ -1,0 +1,285 @@
+//! Authentication and the caller: API tokens (`Authorization: Bearer pst_…`, stored as
+//! SHA-256 hex), argon2id password hashes for users, and the [`Caller`] extractor every
+//! guarded handler takes. A later session cookie plugs into [`Caller`] beside the token.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::{HeaderMap, header, request::Parts};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::{OrgId, Role, TokenId, UserId};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::listen::ClientAddr;
+use crate::state::AppState;
+
+/// Every token starts with this, so leaked ones are easy to scan for.
+pub const TOKEN_PREFIX: &str = "pst_";
+/// How long a looked-up token is trusted without asking the store again.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// `last_used_at` is written at most this often per token.
+const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// A new random API token: `pst_` + 32 CSPRNG bytes in base64url (43 characters).
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// What the store keeps of a token: its SHA-256, hex.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether text has the shape of one of our tokens (checked before any lookup).
+fn well_formed(token: &str) -> bool {
+    token.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// An argon2id hash in PHC form.
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing a password: {e}")))
+}
+
+/// Whether `password` matches the PHC `hash`; a malformed hash never matches.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// A random string from a CSPRNG over letters and digits.
+pub fn random_alnum(len: usize, lowercase_only: bool) -> String {
+    const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let set = if lowercase_only { LOWER } else { MIXED };
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| {
+            let i = rand::Rng::random_range(&mut rng, 0..set.len());
+            char::from(set.get(i).copied().unwrap_or(b'x'))
+        })
+        .collect()
+}
+
+/// Who is making a request, for which organisation, from where.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub org_id: OrgId,
+    /// How the audit log names the caller: a user name or `token:<name>`.
+    pub actor: String,
+    pub role: Role,
+    /// The client's address (the TCP peer, or `X-Forwarded-For` from a trusted proxy).
+    pub address: IpAddr,
+    pub user_id: Option<UserId>,
+    pub token_id: Option<TokenId>,
+}
+
+impl Caller {
+    /// Refuses a caller whose role may not change things.
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        if self.role.can_write() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this role may only read"))
+        }
+    }
+
+    /// Refuses a caller who is not an admin.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("only an admin may do this"))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: store::ApiToken,
+    fetched: Instant,
+}
+
+/// Recently seen tokens by hash, so a burst of requests does not query the store for each.
+#[derive(Clone, Default)]
+pub struct TokenCache {
+    inner: Arc<Mutex<HashMap<String, Cached>>>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<store::ApiToken> {
+        let map = self.inner.lock().ok()?;
+        map.get(hash)
+            .filter(|c| c.fetched.elapsed() < CACHE_TTL)
+            .map(|c| c.token.clone())
+    }
+
+    fn put(&self, hash: String, token: store::ApiToken) {
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() > 10_000 {
+                map.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
+            }
+            map.insert(
+                hash,
+                Cached {
+                    token,
+                    fetched: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Forgets a deleted token at once.
+    pub fn forget(&self, id: TokenId) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.retain(|_, c| c.token.id != id);
+        }
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The client's address: the TCP peer unless that peer is a trusted proxy, in which case
+/// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_address(trusted: &[IpAddr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<ClientAddr>>()
+            .map(|ConnectInfo(ClientAddr(a))| a.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let address = client_address(&state.config.trusted_proxies, peer, &parts.headers);
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        if !well_formed(token) {
+            return Err(ApiError::Unauthorized);
+        }
+        // The lookup is by the token's hash: comparing hashes leaks nothing useful about
+        // the token through timing.
+        let hash = hash_token(token);
+        let record = match state.tokens.get(&hash) {
+            Some(t) => t,
+            None => {
+                let found = state
+                    .store
+                    .find_api_token_by_hash(&hash)
+                    .await?
+                    .ok_or(ApiError::Unauthorized)?;
+                state.tokens.put(hash.clone(), found.clone());
+                found
+            }
+        };
+        let now = state.now();
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(ApiError::Unauthorized);
+        }
+        if record.last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY) {
+            state.store.touch_api_token(record.id, now).await?;
+            let mut touched = record.clone();
+            touched.last_used_at = Some(now);
+            state.tokens.put(hash, touched);
+        }
+        Ok(Caller {
+            org_id: record.org_id,
+            actor: format!("token:{}", record.name),
+            role: record.role,
+            address,
+            user_id: None,
+            token_id: Some(record.id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_their_shape_and_hash() {
+        let t = generate_token();
+        assert!(well_formed(&t), "{t}");
+        assert_ne!(t, generate_token());
+        assert_eq!(hash_token(&t).len(), 64);
+        assert!(!well_formed("pst_short"));
+        assert!(!well_formed(&t.replace("pst_", "xyz_")));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.5".parse().unwrap());
+        let proxies = [ip("127.0.0.1"), ip("10.0.0.5")];
+        // No trusted proxies (the default): the TCP peer, whatever the header says.
+        assert_eq!(
+            client_address(&[], ip("127.0.0.1"), &headers),
+            ip("127.0.0.1")
+        );
+        // A peer that is not a trusted proxy cannot forge the header.
+        assert_eq!(
+            client_address(&proxies, ip("198.51.100.1"), &headers),
+            ip("198.51.100.1")
+        );
+        // Through trusted proxies: the right-most address that is not one of them.
+        assert_eq!(
+            client_address(&proxies, ip("127.0.0.1"), &headers),
+            ip("203.0.113.9")
+        );
+        // Garbage in the header is skipped; nothing usable leaves the peer.
+        headers.insert("x-forwarded-for", "junk, 10.0.0.5".parse().unwrap());
+        assert_eq!(
+            client_address(&proxies, ip("127.0.0.1"), &headers),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn passwords_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}

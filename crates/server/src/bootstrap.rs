@@ -1,0 +1,213 @@
+//! Starting up: the secret key file, the store, the configured regions, and on the very
+//! first start an organisation "default" with an admin whose password is handed back once.
+//! Also the admin CLI's token making.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::Role;
+use rand::RngCore as _;
+
+use crate::auth::{generate_token, hash_password, hash_token, random_alnum};
+use crate::config::ServerConfig;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("secret key file {path}: {message}")]
+    SecretKey { path: String, message: String },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The admin made on first start; the password exists nowhere else.
+pub struct FirstAdmin {
+    pub username: String,
+    pub password: String,
+}
+
+/// Reads the 32-byte key, creating it (mode 0600, CSPRNG bytes) when absent.
+pub fn secret_key(path: &Path) -> Result<[u8; 32], BootstrapError> {
+    let err = |message: String| BootstrapError::SecretKey {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            return <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| err(format!("holds {} bytes, expected 32", bytes.len())));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| err(e.to_string()))?;
+    file.write_all(&key)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| err(e.to_string()))?;
+    Ok(key)
+}
+
+/// Opens the store the configuration names (creating the data directory for SQLite) and
+/// makes sure every configured region exists.
+pub async fn open_store(config: &ServerConfig) -> Result<store::Store, BootstrapError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| BootstrapError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let key = secret_key(&config.secret_key_path())?;
+    let store = store::Store::open(&config.database_url(), &store::StoreConfig::new(key)).await?;
+    for region in &config.regions {
+        domain::rules::entry_point(&region.entry_point)
+            .map_err(|e| BootstrapError::Invalid(format!("region {}: {e}", region.name)))?;
+        store
+            .upsert_region(store::NewRegion {
+                name: region.name.clone(),
+                entry_point: region.entry_point.clone(),
+                port_min: region.port_min,
+                port_max: region.port_max,
+            })
+            .await?;
+    }
+    Ok(store)
+}
+
+/// On a store without users: creates organisation "default" and user `admin` with a random
+/// password, returned so the caller can show it once.
+pub async fn first_start(store: &store::Store) -> Result<Option<FirstAdmin>, BootstrapError> {
+    if store.count_users().await? > 0 {
+        return Ok(None);
+    }
+    let org = match store
+        .list_organisations()
+        .await?
+        .into_iter()
+        .find(|o| o.name == "default")
+    {
+        Some(o) => o,
+        None => store.create_organisation("default").await?,
+    };
+    let password = random_alnum(20, false);
+    let hash = {
+        let p = password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&p))
+            .await
+            .map_err(|e| BootstrapError::Invalid(e.to_string()))?
+            .map_err(|e| BootstrapError::Invalid(e.to_string()))?
+    };
+    store
+        .create_user(store::NewUser {
+            org_id: org.id,
+            username: "admin".into(),
+            role: Role::Admin,
+            password_hash: hash,
+        })
+        .await?;
+    Ok(Some(FirstAdmin {
+        username: "admin".into(),
+        password,
+    }))
+}
+
+/// Makes an API token in organisation `org_name` (default "default") and returns its
+/// secret, for `postern admin create-token`.
+pub async fn create_token(
+    store: &store::Store,
+    org_name: Option<&str>,
+    role: Role,
+    name: &str,
+    expires_in_days: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<String, BootstrapError> {
+    let name =
+        domain::rules::token_name(name).map_err(|e| BootstrapError::Invalid(e.to_string()))?;
+    let wanted = org_name.unwrap_or("default");
+    let orgs = store.list_organisations().await?;
+    let org = orgs
+        .iter()
+        .find(|o| o.name == wanted)
+        .ok_or_else(|| {
+            BootstrapError::Invalid(format!(
+                "no organisation named {wanted:?}: start `postern server` once on this data directory first"
+            ))
+        })?;
+    let expires_at = match expires_in_days {
+        None => None,
+        Some(d) if (1..=3650).contains(&d) => Some(now + TimeDelta::days(d)),
+        Some(_) => {
+            return Err(BootstrapError::Invalid(
+                "expires-in-days must be between 1 and 3650".into(),
+            ));
+        }
+    };
+    let secret = generate_token();
+    let token = store
+        .create_api_token(store::NewApiToken {
+            org_id: org.id,
+            name: name.clone(),
+            role,
+            token_hash: hash_token(&secret),
+            created_by: None,
+            expires_at,
+        })
+        .await?;
+    store
+        .append_audit(store::NewAudit {
+            org_id: org.id,
+            at: now,
+            actor: "cli".into(),
+            actor_address: None,
+            action: "token.create".into(),
+            target: Some(format!("token:{}", token.id)),
+            details: serde_json::json!({ "name": name, "role": role.as_str() }),
+        })
+        .await?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_key_is_made_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/secret.key");
+        let a = secret_key(&path).unwrap();
+        let b = secret_key(&path).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, [0u8; 32]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"short").unwrap();
+        assert!(
+            secret_key(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("5 bytes")
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The server's configuration: defaults, then a TOML file, then `POSTERN_*` environment
+//! variables, then command-line flags, each layer overriding the one before.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("unknown log format {s:?}: expected text or json")),
+        }
+    }
+}
+
+/// A regional gateway: where operators connect, and which ports it hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    pub entry_point: String,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl RegionConfig {
+    /// The region every fresh installation has: this machine, the IANA dynamic ports.
+    pub fn local() -> Self {
+        Self {
+            name: "local".into(),
+            entry_point: "127.0.0.1".into(),
+            port_min: 49152,
+            port_max: 65535,
+        }
+    }
+}
+
+/// Limits on a grant's life; durations so that a test server can allow seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantLimits {
+    pub min: Duration,
+    pub max: Duration,
+    /// Used when a create gives neither `expire_after_minutes` nor `expires_at`.
+    pub default: Duration,
+}
+
+impl Default for GrantLimits {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(10 * 60),
+            max: Duration::from_secs(1440 * 60),
+            default: Duration::from_secs(120 * 60),
+        }
+    }
+}
+
+/// Everything `postern server` needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; `None` means `<data_dir>/postern.db`.
+    pub database_url: Option<String>,
+    pub regions: Vec<RegionConfig>,
+    pub grant_limits: GrantLimits,
+    /// The range the router-side dst-nat port of a forward is drawn from.
+    pub forward_port_min: u16,
+    pub forward_port_max: u16,
+    /// Lets loopback and private sources into `allow_from`: for demos and tests only.
+    pub lab_mode: bool,
+    pub log_format: LogFormat,
+    /// `None` means `<data_dir>/secret.key`.
+    pub secret_key_file: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed; empty (the default) believes none.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Request bodies larger than this are refused with 413.
+    pub body_limit_bytes: usize,
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_timeout: Duration,
+    /// Serve grant lists from the one-second cache (see `cache`); off only to measure.
+    pub list_cache: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./postern-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            regions: vec![RegionConfig::local()],
+            grant_limits: GrantLimits::default(),
+            forward_port_min: 20000,
+            forward_port_max: 29999,
+            lab_mode: false,
+            log_format: LogFormat::Text,
+            secret_key_file: None,
+            trusted_proxies: Vec::new(),
+            body_limit_bytes: 64 * 1024,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            list_cache: true,
+        }
+    }
+}
+
+/// The config file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    regions: Option<Vec<RegionConfig>>,
+    grant_min: Option<String>,
+    grant_max: Option<String>,
+    grant_default: Option<String>,
+    forward_port_min: Option<u16>,
+    forward_port_max: Option<u16>,
+    lab_mode: Option<bool>,
+    log_format: Option<LogFormat>,
+    secret_key_file: Option<PathBuf>,
+    trusted_proxies: Option<Vec<IpAddr>>,
+    body_limit_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    list_cache: Option<bool>,
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub lab_mode: Option<bool>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServerConfig {
+    /// Builds the configuration from its four layers. `env` is the process environment
+    /// (a parameter so tests need not touch the real one).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let parsed: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+            config.apply_file(parsed)?;
+        }
+        for (key, value) in env {
+            if let Some(name) = key.strip_prefix("POSTERN_") {
+                config.apply_env(name, &value)?;
+            }
+        }
+        config.apply_flags(flags);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+        set(&mut self.data_dir, f.data_dir);
+        set(&mut self.listen, f.listen);
+        if f.database_url.is_some() {
+            self.database_url = f.database_url;
+        }
+        set(&mut self.regions, f.regions);
+        if let Some(s) = f.grant_min {
+            self.grant_limits.min = parse_duration("grant_min", &s)?;
+        }
+        if let Some(s) = f.grant_max {
+            self.grant_limits.max = parse_duration("grant_max", &s)?;
+        }
+        if let Some(s) = f.grant_default {
+            self.grant_limits.default = parse_duration("grant_default", &s)?;
+        }
+        set(&mut self.forward_port_min, f.forward_port_min);
+        set(&mut self.forward_port_max, f.forward_port_max);
+        set(&mut self.lab_mode, f.lab_mode);
+        set(&mut self.log_format, f.log_format);
+        if f.secret_key_file.is_some() {
+            self.secret_key_file = f.secret_key_file;
+        }
+        set(&mut self.trusted_proxies, f.trusted_proxies);
+        set(&mut self.body_limit_bytes, f.body_limit_bytes);
+        set(&mut self.max_connections, f.max_connections);
+        set(&mut self.list_cache, f.list_cache);
+        if let Some(s) = f.idle_timeout {
+            self.idle_timeout = parse_duration("idle_timeout", &s)?;
+        }
+        Ok(())
+    }
+
+    /// One `POSTERN_<NAME>` variable. Unknown names are ignored: other parts of the
+    /// binary (the gateway, the sim) read their own.
+    fn apply_env(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let key = format!("POSTERN_{name}");
+        let bad = |message: String| ConfigError::Invalid {
+            key: key.clone(),
+            message,
+        };
+        match name {
+            "DATA_DIR" => self.data_dir = PathBuf::from(value),
+            "LISTEN" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "DATABASE_URL" => self.database_url = Some(value.to_owned()),
+            "LAB_MODE" => {
+                self.lab_mode =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
+            "LIST_CACHE" => {
+                self.list_cache =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
+            "LOG_FORMAT" => self.log_format = value.parse().map_err(bad)?,
+            "SECRET_KEY_FILE" => self.secret_key_file = Some(PathBuf::from(value)),
+            "GRANT_MIN" => self.grant_limits.min = parse_duration(&key, value)?,
+            "GRANT_MAX" => self.grant_limits.max = parse_duration(&key, value)?,
+            "GRANT_DEFAULT" => self.grant_limits.default = parse_duration(&key, value)?,
+            "TRUSTED_PROXIES" => {
+                self.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().map_err(|e| bad(format!("{s:?}: {e}"))))
+                    .collect::<Result<_, _>>()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn apply_flags(&mut self, o: &Overrides) {
+        set(&mut self.data_dir, o.data_dir.clone());
+        set(&mut self.listen, o.listen);
+        if o.database_url.is_some() {
+            self.database_url = o.database_url.clone();
+        }
+        set(&mut self.lab_mode, o.lab_mode);
+        set(&mut self.log_format, o.log_format);
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.regions.is_empty() {
+            return Err(invalid("regions", "at least one region is needed"));
+        }
+        for r in &self.regions {
+            if r.port_min == 0 || r.port_min > r.port_max {
+                return Err(invalid(
+                    "regions",
+                    &format!("region {}: port_min must be 1..=port_max", r.name),
+                ));
+            }
+        }
+        let l = &self.grant_limits;
+        if l.min.is_zero() || l.min > l.max || l.default < l.min || l.default > l.max {
+            return Err(invalid(
+                "grant limits",
+                "need 0 < grant_min <= grant_default <= grant_max",
+            ));
+        }
+        if self.forward_port_min == 0 || self.forward_port_min > self.forward_port_max {
+            return Err(invalid("forward_port_min", "must be 1..=forward_port_max"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be at least 1s"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Where the database lives when no URL was given.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("postern.db").display()
+            ),
+        }
+    }
+
+    /// Where the 32-byte secret key lives.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// "30s", "10m", "24h", "1d", or a bare number of seconds.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{s:?} is not a duration like 30s, 10m, 24h or 1d"),
+    })?;
+    let factor = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                message: format!("unknown duration unit {other:?}: use s, m, h or d"),
+            });
+        }
+    };
+    n.checked_mul(factor)
+        .map(Duration::from_secs)
+        .ok_or_else(|| ConfigError::Invalid {
+            key: key.into(),
+            message: "duration too large".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_those_of_the_issue() {
+        let c = ServerConfig::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./postern-data"));
+        assert_eq!(c.regions, vec![RegionConfig::local()]);
+        assert_eq!(c.grant_limits.min, Duration::from_secs(600));
+        assert_eq!(c.grant_limits.max, Duration::from_secs(86400));
+        assert_eq!(c.grant_limits.default, Duration::from_secs(7200));
+        assert!(!c.lab_mode);
+        assert_eq!(
+            c.database_url(),
+            "sqlite://./postern-data/postern.db?mode=rwc"
+        );
+        assert_eq!(
+            c.secret_key_path(),
+            PathBuf::from("./postern-data/secret.key")
+        );
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("postern.toml");
+        std::fs::write(
+            &file,
+            r#"
+data_dir = "/from/file"
+listen = "127.0.0.1:9000"
+lab_mode = true
+grant_min = "5s"
+log_format = "json"
+[[regions]]
+name = "eu"
+entry_point = "eu.example.net"
+port_min = 40000
+port_max = 40010
+"#,
+        )
+        .unwrap();
+        let c = ServerConfig::load(
+            Some(&file),
+            env(&[("POSTERN_LISTEN", "127.0.0.1:9001"), ("HOME", "/x")]),
+            &Overrides {
+                data_dir: Some("/from/flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+        assert!(c.lab_mode);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.grant_limits.min, Duration::from_secs(5));
+        assert_eq!(c.regions[0].name, "eu");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = ServerConfig::load(
+            None,
+            env(&[("POSTERN_GRANT_MIN", "5 parsecs")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("POSTERN_GRANT_MIN"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+    }
+}

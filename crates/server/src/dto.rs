@@ -1,0 +1,485 @@
+//! The API's request and response bodies, with their OpenAPI schemas. The server owns
+//! these shapes: the forward object is the reference's, field for field.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// A timestamp as the reference writes it: RFC 3339, UTC, whole seconds, `+00:00`.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+// ---------------------------------------------------------------- grants
+
+/// Creation object of a transient port forward (the reference's, plus `masquerade` and
+/// `expires_at`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateForward {
+    /// Minutes the forward stays open (default 120; 10–1440 unless configured otherwise).
+    #[schema(example = 120)]
+    pub expire_after_minutes: Option<i64>,
+    /// An absolute UTC end time (RFC 3339), instead of `expire_after_minutes`.
+    #[schema(example = "2024-06-22T04:33:29+00:00")]
+    pub expires_at: Option<String>,
+    /// The port on the device behind the router (1–65535).
+    #[schema(example = 22)]
+    pub dst_port: i64,
+    /// The device's address: private (RFC 1918) or publicly routed.
+    #[schema(example = "192.168.88.43")]
+    pub dst_address: String,
+    /// Who may connect: an address or a CIDR between /24 and /32, publicly routed.
+    /// Defaults to the caller's own address.
+    #[schema(example = "198.51.100.0/24")]
+    pub allow_from: Option<String>,
+    /// Add a masquerade rule, for devices that do not route through the router.
+    #[schema(example = false)]
+    pub masquerade: Option<bool>,
+}
+
+/// A transient port forward, as the reference shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ForwardView {
+    #[schema(example = "9c56202d-c388-484d-ac9a-7677f24f1f18")]
+    pub id: String,
+    /// The gateway port operators connect to.
+    #[schema(example = 49159)]
+    pub port: u16,
+    pub revoked_early: bool,
+    #[schema(example = "198.51.100.0/24")]
+    pub allow_only_cidr: String,
+    /// When the forward was first used (null until then).
+    #[schema(format = DateTime)]
+    pub authorized_at: Option<String>,
+    #[schema(format = DateTime, example = "2024-06-22T04:33:29+00:00")]
+    pub expires_at: String,
+    pub expired: bool,
+    #[schema(example = "us-east1.example.net")]
+    pub entry_point: String,
+    #[schema(example = "192.168.88.43")]
+    pub dst_address: String,
+    #[schema(example = 22)]
+    pub dst_port: u16,
+    #[schema(example = "2 hours from now")]
+    pub time_to_expire: String,
+    pub masquerade: bool,
+    /// requested, provisioning, active, closing, expired, revoked or failed.
+    #[schema(example = "requested")]
+    pub status: String,
+}
+
+/// Access type of a transient access grant.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessTypeDto {
+    Winbox,
+    Ssh,
+}
+
+/// What a transient user may do on the router.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLevelDto {
+    Full,
+    Write,
+    Read,
+}
+
+/// Creation object of a transient access grant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccess {
+    /// `winbox` (default) or `ssh`.
+    #[serde(rename = "type")]
+    pub access_type: Option<AccessTypeDto>,
+    /// `full` (default), `write` or `read`.
+    pub access: Option<AccessLevelDto>,
+    /// The portal's switch: true is `full`, false is `read`. Must agree with `access`.
+    pub full_access: Option<bool>,
+    /// Also accept connections from private (RFC 1918) addresses (default false).
+    pub allow_rfc1918: Option<bool>,
+    /// Who may connect (default: the caller's own address).
+    #[schema(example = "198.51.100.0/24")]
+    pub allow_from: Option<String>,
+    #[schema(example = 120)]
+    pub expire_after_minutes: Option<i64>,
+    #[schema(example = "2024-06-22T04:33:29+00:00")]
+    pub expires_at: Option<String>,
+}
+
+/// A transient access grant (no password: see its credentials).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccessView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub access_type: AccessTypeDto,
+    pub access: AccessLevelDto,
+    pub status: String,
+    #[schema(example = "postern-k3x9q2mz")]
+    pub username: String,
+    pub port: u16,
+    pub revoked_early: bool,
+    pub allow_only_cidr: String,
+    pub allow_rfc1918: bool,
+    #[schema(format = DateTime)]
+    pub authorized_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    pub expired: bool,
+    pub entry_point: String,
+    pub time_to_expire: String,
+}
+
+/// How to log in with a transient access grant. Every read is audited.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CredentialsView {
+    pub username: String,
+    pub password: String,
+    pub entry_point: String,
+    pub port: u16,
+    /// `winbox://user@entry_point:port` for WinBox grants; null for SSH.
+    #[schema(example = "winbox://postern-k3x9q2mz@127.0.0.1:49159")]
+    pub winbox_url: Option<String>,
+    /// `ssh -p port user@entry_point` for SSH grants; null for WinBox.
+    pub ssh_command: Option<String>,
+}
+
+/// A new end for a live grant: exactly one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateExpiry {
+    pub expire_after_minutes: Option<i64>,
+    pub expires_at: Option<String>,
+}
+
+/// Query of grant lists.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GrantListQuery {
+    /// Include ended grants (expired, revoked, failed) too.
+    pub all: Option<bool>,
+}
+
+// ---------------------------------------------------------------- routers and sites
+
+/// A router to manage.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRouter {
+    #[schema(example = "branch-01")]
+    pub name: String,
+    /// Where the router answers through its management tunnel.
+    #[schema(example = "10.255.0.2")]
+    pub tunnel_address: String,
+    /// Its management login.
+    #[schema(example = "postern")]
+    pub username: String,
+    /// Its management password (stored encrypted, never returned).
+    pub password: String,
+    /// Default 8728.
+    pub api_port: Option<i64>,
+    /// Default 22.
+    pub ssh_port: Option<i64>,
+    /// Default 8291.
+    pub winbox_port: Option<i64>,
+    /// Region name (default: the first configured region).
+    pub region: Option<String>,
+    /// Site name (default: the router's name; created when absent).
+    pub site: Option<String>,
+}
+
+/// Changes to a router: any subset of the fields.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRouter {
+    pub name: Option<String>,
+    pub tunnel_address: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub api_port: Option<i64>,
+    pub ssh_port: Option<i64>,
+    pub winbox_port: Option<i64>,
+    pub region: Option<String>,
+}
+
+/// A router (its password is never shown).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RouterView {
+    pub id: String,
+    pub site_id: String,
+    pub name: String,
+    pub region: String,
+    pub entry_point: String,
+    pub tunnel_address: String,
+    pub api_port: u16,
+    pub ssh_port: u16,
+    pub winbox_port: u16,
+    pub username: String,
+    /// unknown, online or offline.
+    pub status: String,
+    pub identity: Option<String>,
+    pub routeros_version: Option<String>,
+    pub board_name: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_seen_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+/// A site and its router.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SiteView {
+    pub id: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    pub router: Option<RouterView>,
+}
+
+// ---------------------------------------------------------------- jobs and audit
+
+/// Paging of lists that grow: newest first.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1–500, default 50.
+    pub limit: Option<i64>,
+    /// Default 0.
+    pub offset: Option<i64>,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobLineView {
+    pub seq: i64,
+    #[schema(format = DateTime)]
+    pub at: String,
+    pub message: String,
+}
+
+/// A router job and its log: the orchestration log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    #[schema(example = "access.create")]
+    pub kind: String,
+    /// pending, running, completed or failed.
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+    pub last_error: Option<String>,
+    pub lines: Vec<JobLineView>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: String,
+    #[schema(format = DateTime)]
+    pub at: String,
+    pub actor: String,
+    pub actor_address: Option<String>,
+    #[schema(example = "forward.create")]
+    pub action: String,
+    pub target: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+// ---------------------------------------------------------------- tokens and users
+
+/// Role of a user or token.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleDto {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+/// A new API token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    #[schema(example = "ci")]
+    pub name: String,
+    pub role: RoleDto,
+    /// Days until it stops working (1–3650; default: never).
+    pub expires_in_days: Option<i64>,
+}
+
+/// An API token as listed (the secret is shown only once, at creation).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: RoleDto,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
+}
+
+/// A token just made: the only time `token` is shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NewTokenView {
+    #[serde(flatten)]
+    pub info: TokenView,
+    #[schema(example = "pst_…")]
+    pub token: String,
+}
+
+/// A new user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    #[schema(example = "alice")]
+    pub username: String,
+    pub role: RoleDto,
+    /// At least 12 characters; generated (and shown once) when absent.
+    pub password: Option<String>,
+}
+
+/// Changes to a user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub role: Option<RoleDto>,
+    pub disabled: Option<bool>,
+}
+
+/// A user (never the password hash).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub role: RoleDto,
+    pub disabled: bool,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// A user just made, with the password if the server generated it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NewUserView {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub password: Option<String>,
+}
+
+/// A regional gateway routers can be placed in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegionView {
+    #[schema(example = "local")]
+    pub name: String,
+    /// Where operators connect for grants of routers in this region.
+    #[schema(example = "127.0.0.1")]
+    pub entry_point: String,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeView {
+    pub organisation_id: String,
+    pub organisation: String,
+    /// As the audit log names the caller: a user name or `token:<name>`.
+    pub actor: String,
+    pub role: RoleDto,
+    /// The address the server sees the caller at (the default `allow_from`).
+    pub address: String,
+}
+
+/// `/healthz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+    /// sqlite or postgres.
+    pub database: String,
+}
+
+impl From<domain::Role> for RoleDto {
+    fn from(r: domain::Role) -> Self {
+        match r {
+            domain::Role::Admin => Self::Admin,
+            domain::Role::Operator => Self::Operator,
+            domain::Role::Viewer => Self::Viewer,
+        }
+    }
+}
+
+impl From<RoleDto> for domain::Role {
+    fn from(r: RoleDto) -> Self {
+        match r {
+            RoleDto::Admin => Self::Admin,
+            RoleDto::Operator => Self::Operator,
+            RoleDto::Viewer => Self::Viewer,
+        }
+    }
+}
+
+impl From<domain::AccessType> for AccessTypeDto {
+    fn from(t: domain::AccessType) -> Self {
+        match t {
+            domain::AccessType::Winbox => Self::Winbox,
+            domain::AccessType::Ssh => Self::Ssh,
+        }
+    }
+}
+
+impl From<AccessTypeDto> for domain::AccessType {
+    fn from(t: AccessTypeDto) -> Self {
+        match t {
+            AccessTypeDto::Winbox => Self::Winbox,
+            AccessTypeDto::Ssh => Self::Ssh,
+        }
+    }
+}
+
+impl From<domain::AccessLevel> for AccessLevelDto {
+    fn from(t: domain::AccessLevel) -> Self {
+        match t {
+            domain::AccessLevel::Full => Self::Full,
+            domain::AccessLevel::Write => Self::Write,
+            domain::AccessLevel::Read => Self::Read,
+        }
+    }
+}
+
+impl From<AccessLevelDto> for domain::AccessLevel {
+    fn from(t: AccessLevelDto) -> Self {
+        match t {
+            AccessLevelDto::Full => Self::Full,
+            AccessLevelDto::Write => Self::Write,
+            AccessLevelDto::Read => Self::Read,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_look_like_the_reference() {
+        let at = DateTime::parse_from_rfc3339("2024-06-22T04:33:29.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(timestamp(at), "2024-06-22T04:33:29+00:00");
+    }
+}

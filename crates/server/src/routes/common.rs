@@ -1,0 +1,322 @@
+//! What the grant handlers share: loading a router within the caller's organisation,
+//! resolving expiry and `allow_from`, drawing port candidates, and audit entries.
+
+use std::net::IpAddr;
+
+use axum::response::IntoResponse as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::{AllowFrom, RouterId};
+use rand::seq::SliceRandom as _;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, FieldError};
+use crate::extract::parse_id;
+use crate::state::AppState;
+
+/// How many random ports a create offers the store when the range is large.
+const PORT_CANDIDATES: usize = 64;
+/// How often a router job is tried before it fails.
+const JOB_ATTEMPTS: u32 = 10;
+
+/// The caller's router, or 404 (also for another organisation's router).
+pub async fn load_router(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<store::Router, ApiError> {
+    let id: RouterId = parse_id(id, "router")?;
+    state
+        .store
+        .get_router(caller.org_id, id)
+        .await
+        .map_err(|e| not_found_as(e, "router"))
+}
+
+/// Maps the store's NotFound to a 404 naming `what`.
+pub fn not_found_as(e: store::StoreError, what: &'static str) -> ApiError {
+    match e {
+        store::StoreError::NotFound => ApiError::NotFound(what),
+        other => other.into(),
+    }
+}
+
+/// Collects field errors so one response names every bad field.
+#[derive(Default)]
+pub struct Checks {
+    errors: Vec<FieldError>,
+}
+
+impl Checks {
+    /// Keeps the value or records the error.
+    pub fn take<T>(&mut self, result: Result<T, domain::ValidationError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.push(FieldError::new(e.field, e.message));
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    /// Fails with every recorded error, if any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// The grant limits as the domain rules take them.
+pub fn limits(state: &AppState) -> domain::Limits {
+    let l = &state.config.grant_limits;
+    let delta = |d: std::time::Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
+    domain::Limits {
+        min: delta(l.min),
+        max: delta(l.max),
+        default: delta(l.default),
+    }
+}
+
+/// Parses an `expires_at` text (RFC 3339; converted to UTC).
+pub fn parse_time(field: &'static str, s: &str) -> Result<DateTime<Utc>, domain::ValidationError> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            domain::ValidationError::new(
+                field,
+                "must be an RFC 3339 time such as 2024-06-22T04:33:29+00:00",
+            )
+        })
+}
+
+/// When a grant ends, from the request's two optional fields.
+pub fn resolve_expiry(
+    state: &AppState,
+    checks: &mut Checks,
+    now: DateTime<Utc>,
+    minutes: Option<i64>,
+    at: Option<&str>,
+) -> Option<DateTime<Utc>> {
+    let at = match at {
+        Some(s) => Some(checks.take(parse_time("expires_at", s))?),
+        None => None,
+    };
+    checks.take(domain::rules::resolve_expiry(
+        now,
+        minutes,
+        at,
+        &limits(state),
+    ))
+}
+
+/// `allow_from` as given, or the caller's own address.
+pub fn resolve_allow_from(
+    state: &AppState,
+    checks: &mut Checks,
+    given: Option<&str>,
+    caller: IpAddr,
+) -> Option<AllowFrom> {
+    let policy = state.policy();
+    match given {
+        Some(s) => checks.take(AllowFrom::parse(s, &policy)),
+        None => match AllowFrom::from_addr(caller, &policy) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                checks.push(
+                    "allow_from",
+                    format!(
+                        "not given, and your address cannot be used instead: {}",
+                        e.message
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Ports to try, in random order: the whole range when small, else a random sample.
+pub fn port_candidates(min: u16, max: u16) -> Vec<u16> {
+    let mut rng = rand::rng();
+    let size = usize::from(max.saturating_sub(min)) + 1;
+    if size <= PORT_CANDIDATES * 4 {
+        let mut all: Vec<u16> = (min..=max).collect();
+        all.shuffle(&mut rng);
+        return all;
+    }
+    let mut picked = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(PORT_CANDIDATES);
+    while out.len() < PORT_CANDIDATES {
+        let p = rand::Rng::random_range(&mut rng, min..=max);
+        if picked.insert(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An audit entry by this caller.
+pub fn audit(
+    caller: &Caller,
+    at: DateTime<Utc>,
+    action: &str,
+    target: Option<String>,
+    details: serde_json::Value,
+) -> store::NewAudit {
+    store::NewAudit {
+        org_id: caller.org_id,
+        at,
+        actor: caller.actor.clone(),
+        actor_address: Some(caller.address),
+        action: action.to_owned(),
+        target,
+        details,
+    }
+}
+
+/// Whether a grant counts as expired for the API: it ended by expiry, or its time is up.
+pub fn is_expired(
+    status: domain::GrantStatus,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    status == domain::GrantStatus::Expired || expires_at <= now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_stay_in_range_and_are_distinct() {
+        let c = port_candidates(49152, 65535);
+        assert_eq!(c.len(), PORT_CANDIDATES);
+        assert!(c.iter().all(|p| (49152..=65535).contains(p)));
+        let set: std::collections::BTreeSet<_> = c.iter().collect();
+        assert_eq!(set.len(), c.len());
+        let mut small = port_candidates(40000, 40002);
+        small.sort();
+        assert_eq!(small, vec![40000, 40001, 40002]);
+        assert_eq!(port_candidates(65535, 65535), vec![65535]);
+    }
+}
+
+/// The first job of a new grant; the orchestrator runs it at once.
+pub fn new_job(
+    caller: &Caller,
+    router_id: RouterId,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> store::NewJob {
+    store::NewJob {
+        org_id: caller.org_id,
+        router_id,
+        kind: kind.to_owned(),
+        payload: serde_json::json!({}),
+        max_attempts: JOB_ATTEMPTS,
+        run_after: now,
+        created_at: now,
+    }
+}
+
+/// A grant of either kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant {
+    Access(domain::AccessId),
+    Forward(domain::ForwardId),
+}
+
+/// Revokes a live grant: `closing`, then `revoked` (revoked_early), its audit entry, and
+/// the router clean-up job. Until the orchestration issue runs that job and makes the
+/// gateway close first, the grant goes straight through `closing` to `revoked` here.
+/// A grant that ended meanwhile is left as it is (the caller's wish already holds).
+pub async fn revoke(
+    state: &AppState,
+    caller: &Caller,
+    grant: Grant,
+    router_id: RouterId,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    use domain::GrantStatus::{Active, Closing, Provisioning, Requested, Revoked};
+    let live = [Requested, Provisioning, Active];
+    let closing = match grant {
+        Grant::Access(id) => state
+            .store
+            .transition_access(id, &live, Closing, now, None)
+            .await
+            .map(|_| ()),
+        Grant::Forward(id) => state
+            .store
+            .transition_forward(id, &live, Closing, now, None)
+            .await
+            .map(|_| ()),
+    };
+    match closing {
+        Ok(()) => {}
+        Err(store::StoreError::Conflict(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    state.lists.invalidate(router_id);
+    let (action, kind, target, payload) = match grant {
+        Grant::Access(id) => {
+            state
+                .store
+                .transition_access(id, &[Closing], Revoked, now, None)
+                .await?;
+            (
+                "access.revoke",
+                "access.delete",
+                format!("access:{id}"),
+                serde_json::json!({ "access_id": id.to_string() }),
+            )
+        }
+        Grant::Forward(id) => {
+            state
+                .store
+                .transition_forward(id, &[Closing], Revoked, now, None)
+                .await?;
+            (
+                "forward.revoke",
+                "forward.delete",
+                format!("forward:{id}"),
+                serde_json::json!({ "forward_id": id.to_string() }),
+            )
+        }
+    };
+    state
+        .store
+        .create_job(store::NewJob {
+            payload,
+            ..new_job(caller, router_id, kind, now)
+        })
+        .await?;
+    state
+        .store
+        .append_audit(audit(
+            caller,
+            now,
+            action,
+            Some(target),
+            serde_json::json!({ "router_id": router_id.to_string() }),
+        ))
+        .await?;
+    Ok(())
+}
+
+/// A response whose body is JSON already rendered.
+pub fn json_body(body: axum::body::Bytes) -> axum::response::Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,334 @@
+//! `/api/routers/{router_id}/transient-forwarding`: temporary port forwards to LAN devices,
+//! shaped exactly as the reference's.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::{DstAddress, ForwardId, RouterId};
+use serde_json::json;
+
+use super::common::{
+    Checks, audit, is_expired, json_body, load_router, new_job, not_found_as, port_candidates,
+    resolve_allow_from, resolve_expiry,
+};
+use crate::auth::Caller;
+use crate::cache::ListKind;
+use crate::dto::{CreateForward, ForwardView, GrantListQuery, UpdateExpiry, timestamp};
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
+use crate::state::AppState;
+
+pub fn view(f: &store::TransientForward, now: DateTime<Utc>) -> ForwardView {
+    ForwardView {
+        id: f.id.to_string(),
+        port: f.port,
+        revoked_early: f.revoked_early,
+        allow_only_cidr: f.allow_from.to_string(),
+        authorized_at: f.authorized_at.map(timestamp),
+        expires_at: timestamp(f.expires_at),
+        expired: is_expired(f.status, f.expires_at, now),
+        entry_point: f.entry_point.clone(),
+        dst_address: f.dst_address.to_string(),
+        dst_port: f.dst_port,
+        time_to_expire: domain::rules::time_to_expire(now, f.expires_at),
+        masquerade: f.masquerade,
+        status: f.status.as_str().to_owned(),
+    }
+}
+
+async fn load(
+    state: &AppState,
+    caller: &Caller,
+    router_id: &str,
+    id: &str,
+) -> Result<(store::Router, store::TransientForward), ApiError> {
+    let router = load_router(state, caller, router_id).await?;
+    let id: ForwardId = parse_id(id, "transient forward")?;
+    let forward = state
+        .store
+        .get_forward(caller.org_id, router.id, id)
+        .await
+        .map_err(|e| not_found_as(e, "transient forward"))?;
+    Ok((router, forward))
+}
+
+/// Lists the router's live port forwards (`?all=true`: ended ones too), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/routers/{router_id}/transient-forwarding",
+    tag = "transient-forwarding",
+    params(("router_id" = String, Path, description = "Router id"), GrantListQuery),
+    responses(
+        (status = 200, description = "The router's port forwards", body = [ForwardView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such router in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn forwards_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<GrantListQuery>,
+) -> Result<Response, ApiError> {
+    let router_id: RouterId = parse_id(&router_id, "router")?;
+    let all = query.all.unwrap_or(false);
+    let kind = ListKind::Forwards { all };
+    let now = state.now();
+    let second = now.timestamp();
+    let cached = state.config.list_cache;
+    if let Some(body) = cached
+        .then(|| state.lists.get(caller.org_id, router_id, kind, second))
+        .flatten()
+    {
+        return Ok(json_body(body));
+    }
+    // NotFound here also covers a router of another organisation.
+    let rows = state
+        .store
+        .list_forwards(caller.org_id, router_id)
+        .await
+        .map_err(|e| not_found_as(e, "router"))?;
+    let views: Vec<ForwardView> = rows
+        .iter()
+        .filter(|g| all || !g.status.is_final())
+        .map(|g| view(g, now))
+        .collect();
+    let body =
+        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
+    if cached {
+        state
+            .lists
+            .put(caller.org_id, router_id, kind, second, body.clone());
+    }
+    Ok(json_body(body))
+}
+
+/// Creates a port forward: recorded as `requested` with its `forward.create` job.
+#[utoipa::path(
+    post,
+    path = "/api/routers/{router_id}/transient-forwarding",
+    tag = "transient-forwarding",
+    params(("router_id" = String, Path, description = "Router id")),
+    request_body = CreateForward,
+    responses(
+        (status = 201, description = "Created; the router is configured within seconds", body = ForwardView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not create", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such router in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No free port in the region", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn forwards_post(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateForward>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_write()?;
+    let router = load_router(&state, &caller, &router_id).await?;
+    let now = state.now();
+    let mut checks = Checks::default();
+    let expires_at = resolve_expiry(
+        &state,
+        &mut checks,
+        now,
+        req.expire_after_minutes,
+        req.expires_at.as_deref(),
+    );
+    let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
+    let dst_address = checks.take(DstAddress::parse(&req.dst_address));
+    let allow_from = resolve_allow_from(
+        &state,
+        &mut checks,
+        req.allow_from.as_deref(),
+        caller.address,
+    );
+    checks.finish()?;
+    let (Some(expires_at), Some(dst_port), Some(dst_address), Some(allow_from)) =
+        (expires_at, dst_port, dst_address, allow_from)
+    else {
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
+    };
+    let region = state.store.get_region(router.region_id).await?;
+    let masquerade = req.masquerade.unwrap_or(false);
+    let forward = state
+        .store
+        .create_forward(store::NewForward {
+            org_id: caller.org_id,
+            router_id: router.id,
+            dst_address: dst_address.addr(),
+            dst_port,
+            masquerade,
+            allow_from,
+            expires_at,
+            created_by: caller.actor.clone(),
+            region_id: region.id,
+            entry_point: region.entry_point.clone(),
+            port_candidates: port_candidates(region.port_min, region.port_max),
+            router_port_candidates: port_candidates(
+                state.config.forward_port_min,
+                state.config.forward_port_max,
+            ),
+            audit: audit(
+                &caller,
+                now,
+                "forward.create",
+                Some(format!("router:{}", router.id)),
+                json!({
+                    "dst_address": dst_address.to_string(),
+                    "dst_port": dst_port,
+                    "allow_from": allow_from.to_string(),
+                    "masquerade": masquerade,
+                    "expires_at": timestamp(expires_at),
+                }),
+            ),
+            job: Some(new_job(&caller, router.id, "forward.create", now)),
+        })
+        .await?;
+    state.lists.invalidate(router.id);
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/api/routers/{}/transient-forwarding/{}",
+        router.id, forward.id
+    )) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(&forward, now))))
+}
+
+/// One port forward.
+#[utoipa::path(
+    get,
+    path = "/api/routers/{router_id}/transient-forwarding/{id}",
+    tag = "transient-forwarding",
+    params(("router_id" = String, Path, description = "Router id"), ("id" = String, Path, description = "Forward id")),
+    responses(
+        (status = 200, description = "The port forward", body = ForwardView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn forward_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((router_id, id)): ApiPath<(String, String)>,
+) -> Result<Json<ForwardView>, ApiError> {
+    let (_, forward) = load(&state, &caller, &router_id, &id).await?;
+    Ok(Json(view(&forward, state.now())))
+}
+
+/// Extends or shortens a live port forward.
+#[utoipa::path(
+    patch,
+    path = "/api/routers/{router_id}/transient-forwarding/{id}",
+    tag = "transient-forwarding",
+    params(("router_id" = String, Path, description = "Router id"), ("id" = String, Path, description = "Forward id")),
+    request_body = UpdateExpiry,
+    responses(
+        (status = 200, description = "The port forward with its new end", body = ForwardView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not change", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The forward has ended", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn forward_patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((router_id, id)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<UpdateExpiry>,
+) -> Result<Json<ForwardView>, ApiError> {
+    caller.require_write()?;
+    let (router, forward) = load(&state, &caller, &router_id, &id).await?;
+    let now = state.now();
+    let mut checks = Checks::default();
+    if req.expire_after_minutes.is_none() && req.expires_at.is_none() {
+        checks.push(
+            "expire_after_minutes",
+            "give expire_after_minutes or expires_at",
+        );
+    }
+    checks.finish()?;
+    let mut checks = Checks::default();
+    let at = resolve_expiry(
+        &state,
+        &mut checks,
+        now,
+        req.expire_after_minutes,
+        req.expires_at.as_deref(),
+    );
+    checks.finish()?;
+    let Some(at) = at else {
+        return Err(ApiError::Internal(
+            "validation passed without a value".into(),
+        ));
+    };
+    if !forward.status.is_live() {
+        return Err(ApiError::Conflict(format!(
+            "the forward is {} and can no longer change",
+            forward.status.as_str()
+        )));
+    }
+    let updated = state
+        .store
+        .set_forward_expiry(caller.org_id, router.id, forward.id, at)
+        .await?;
+    state.lists.invalidate(router.id);
+    state
+        .store
+        .append_audit(audit(
+            &caller,
+            now,
+            "forward.update",
+            Some(format!("forward:{}", forward.id)),
+            json!({ "expires_at": timestamp(at) }),
+        ))
+        .await?;
+    Ok(Json(view(&updated, now)))
+}
+
+/// Revokes a port forward (204). Deleting one that already ended is also 204 and changes
+/// nothing: the caller's wish, that it be gone, holds.
+#[utoipa::path(
+    delete,
+    path = "/api/routers/{router_id}/transient-forwarding/{id}",
+    tag = "transient-forwarding",
+    params(("router_id" = String, Path, description = "Router id"), ("id" = String, Path, description = "Forward id")),
+    responses(
+        (status = 204, description = "Revoked (or had already ended)"),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not revoke", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn forward_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((router_id, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_write()?;
+    let (router, forward) = load(&state, &caller, &router_id, &id).await?;
+    if !forward.status.is_live() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let now = state.now();
+    super::common::revoke(
+        &state,
+        &caller,
+        super::common::Grant::Forward(forward.id),
+        router.id,
+        now,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

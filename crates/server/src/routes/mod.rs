@@ -1,0 +1,137 @@
+//! The URL map: every API route in one place, each with its OpenAPI description, plus the
+//! unguarded `/healthz`, `/metrics` and the API docs. Handlers are grouped by area and
+//! named `<area>_<method>`.
+
+mod access;
+mod admin;
+mod common;
+mod forwards;
+mod routers;
+mod system;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Postern API",
+        description = "Just-in-time remote access to MikroTik routers behind NAT: transient \
+                       access (WinBox, SSH) and transient port forwarding, with their routers, \
+                       sites, orchestration log and audit log.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "transient-forwarding", description = "Temporary port forwards to LAN devices"),
+        (name = "transient-access", description = "Temporary WinBox/SSH logins to routers"),
+        (name = "routers", description = "Routers, sites and their orchestration log"),
+        (name = "admin", description = "Audit log, API tokens and users (admins only)"),
+        (name = "system", description = "Health and metrics")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("pst_…")
+                    .description(Some(
+                        "An API token from `postern admin create-token` or POST /api/tokens",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its handler and description.
+fn described() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(forwards::forwards_list, forwards::forwards_post))
+        .routes(routes!(
+            forwards::forward_get,
+            forwards::forward_patch,
+            forwards::forward_delete
+        ))
+        .routes(routes!(access::access_list, access::access_post))
+        .routes(routes!(
+            access::access_get,
+            access::access_patch,
+            access::access_delete
+        ))
+        .routes(routes!(access::access_credentials_get))
+        .routes(routes!(routers::routers_list, routers::routers_post))
+        .routes(routes!(
+            routers::router_get,
+            routers::router_patch,
+            routers::router_delete
+        ))
+        .routes(routes!(routers::router_jobs_get))
+        .routes(routes!(routers::sites_list))
+        .routes(routes!(routers::site_get))
+        .routes(routes!(routers::regions_list))
+        .routes(routes!(routers::me_get))
+        .routes(routes!(admin::audit_list))
+        .routes(routes!(admin::tokens_list, admin::tokens_post))
+        .routes(routes!(admin::token_delete))
+        .routes(routes!(admin::users_list, admin::users_post))
+        .routes(routes!(admin::user_patch, admin::user_delete))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+}
+
+/// The API's routes (without state) and its OpenAPI document.
+pub fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    described().split_for_parts()
+}
+
+/// The OpenAPI document alone.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().1
+}
+
+/// Every route, for the OpenAPI document's own route and the docs page.
+pub fn router() -> Router<AppState> {
+    let (api, _) = parts();
+    api.route(
+        "/api/openapi.json",
+        axum::routing::get(system::openapi_json),
+    )
+    .route("/api/docs", axum::routing::get(crate::docs::index))
+    .route("/api/docs/", axum::routing::get(crate::docs::index))
+    .route("/api/docs/{file}", axum::routing::get(crate::docs::asset))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    let problem = crate::error::Problem {
+        kind: "urn:postern:problem:method".into(),
+        title: "Method Not Allowed".into(),
+        status: 405,
+        detail: "this route does not take that method".into(),
+        errors: Vec::new(),
+    };
+    crate::error::problem_response(StatusCode::METHOD_NOT_ALLOWED, &problem)
+}

@@ -1,0 +1,528 @@
+//! `/api/routers`, `/api/sites` and `/api/routers/{id}/jobs`: the routers an organisation
+//! manages, the sites they belong to, and each router's orchestration log.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use domain::SiteId;
+use serde_json::json;
+
+use super::common::{Checks, audit, load_router, not_found_as};
+use crate::auth::Caller;
+use crate::dto::{
+    CreateRouter, JobLineView, JobView, MeView, PageQuery, RegionView, RouterView, SiteView,
+    UpdateRouter, timestamp,
+};
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
+use crate::state::AppState;
+
+/// A router as shown, with its region's name and entry point.
+pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
+    let region = regions.iter().find(|g| g.id == r.region_id);
+    RouterView {
+        id: r.id.to_string(),
+        site_id: r.site_id.to_string(),
+        name: r.name.clone(),
+        region: region.map(|g| g.name.clone()).unwrap_or_default(),
+        entry_point: region.map(|g| g.entry_point.clone()).unwrap_or_default(),
+        tunnel_address: r.tunnel_address.to_string(),
+        api_port: r.api_port,
+        ssh_port: r.ssh_port,
+        winbox_port: r.winbox_port,
+        username: r.username.clone(),
+        status: r.status.as_str().to_owned(),
+        identity: r.identity.clone(),
+        routeros_version: r.routeros_version.clone(),
+        board_name: r.board_name.clone(),
+        last_seen_at: r.last_seen_at.map(timestamp),
+        created_at: timestamp(r.created_at),
+        updated_at: timestamp(r.updated_at),
+    }
+}
+
+/// The region named `name`, or the first configured one when none is named.
+async fn region_for(
+    state: &AppState,
+    checks: &mut Checks,
+    name: Option<&str>,
+) -> Result<Option<store::Region>, ApiError> {
+    let wanted = match name {
+        Some(n) => n.to_owned(),
+        None => state
+            .config
+            .regions
+            .first()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+    };
+    let found = state.store.find_region_by_name(&wanted).await?;
+    if found.is_none() {
+        checks.push("region", format!("no region named {wanted:?}"));
+    }
+    Ok(found)
+}
+
+fn check_password(checks: &mut Checks, password: &str) {
+    if password.is_empty() || password.len() > 256 || password.chars().any(char::is_control) {
+        checks.push(
+            "password",
+            "must be 1 to 256 characters without control characters",
+        );
+    }
+}
+
+/// Lists the organisation's routers.
+#[utoipa::path(
+    get,
+    path = "/api/routers",
+    tag = "routers",
+    responses(
+        (status = 200, description = "Routers", body = [RouterView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn routers_list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<RouterView>>, ApiError> {
+    let routers = state.store.list_routers(caller.org_id).await?;
+    let regions = state.store.list_regions().await?;
+    Ok(Json(routers.iter().map(|r| view(r, &regions)).collect()))
+}
+
+/// Adds a router (and its site, named after it unless `site` is given).
+#[utoipa::path(
+    post,
+    path = "/api/routers",
+    tag = "routers",
+    request_body = CreateRouter,
+    responses(
+        (status = 201, description = "Created", body = RouterView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not create", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A router of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn routers_post(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateRouter>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_write()?;
+    let mut checks = Checks::default();
+    let name = checks.take(domain::rules::router_name(&req.name));
+    let tunnel_address = checks.take(domain::rules::tunnel_address(&req.tunnel_address));
+    let username = checks.take(domain::rules::routeros_username(&req.username));
+    check_password(&mut checks, &req.password);
+    let api_port = checks.take(domain::rules::port(
+        "api_port",
+        req.api_port.unwrap_or(8728),
+    ));
+    let ssh_port = checks.take(domain::rules::port("ssh_port", req.ssh_port.unwrap_or(22)));
+    let winbox_port = checks.take(domain::rules::port(
+        "winbox_port",
+        req.winbox_port.unwrap_or(8291),
+    ));
+    let site = match &req.site {
+        Some(s) => checks.take(domain::rules::site_name(s)).map(Some),
+        None => Some(None),
+    };
+    let region = region_for(&state, &mut checks, req.region.as_deref()).await?;
+    checks.finish()?;
+    let (
+        Some(name),
+        Some(tunnel_address),
+        Some(username),
+        Some(api_port),
+        Some(ssh_port),
+        Some(winbox_port),
+        Some(site_name),
+        Some(region),
+    ) = (
+        name,
+        tunnel_address,
+        username,
+        api_port,
+        ssh_port,
+        winbox_port,
+        site,
+        region,
+    )
+    else {
+        return Err(ApiError::Internal(
+            "validation passed without values".into(),
+        ));
+    };
+    let now = state.now();
+    let router = state
+        .store
+        .create_router(store::NewRouter {
+            org_id: caller.org_id,
+            site_name,
+            region_id: region.id,
+            name: name.clone(),
+            tunnel_address,
+            api_port,
+            ssh_port,
+            winbox_port,
+            username,
+            password: req.password,
+        })
+        .await?;
+    state
+        .store
+        .append_audit(audit(
+            &caller,
+            now,
+            "router.create",
+            Some(format!("router:{}", router.id)),
+            json!({ "name": name, "tunnel_address": tunnel_address.to_string() }),
+        ))
+        .await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/routers/{}", router.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(view(&router, std::slice::from_ref(&region))),
+    ))
+}
+
+/// One router.
+#[utoipa::path(
+    get,
+    path = "/api/routers/{router_id}",
+    tag = "routers",
+    params(("router_id" = String, Path, description = "Router id")),
+    responses(
+        (status = 200, description = "The router", body = RouterView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn router_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+) -> Result<Json<RouterView>, ApiError> {
+    let router = load_router(&state, &caller, &router_id).await?;
+    let region = state.store.get_region(router.region_id).await?;
+    Ok(Json(view(&router, std::slice::from_ref(&region))))
+}
+
+/// Changes a router: any subset of its fields.
+#[utoipa::path(
+    patch,
+    path = "/api/routers/{router_id}",
+    tag = "routers",
+    params(("router_id" = String, Path, description = "Router id")),
+    request_body = UpdateRouter,
+    responses(
+        (status = 200, description = "The router as changed", body = RouterView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not change", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn router_patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateRouter>,
+) -> Result<Json<RouterView>, ApiError> {
+    caller.require_write()?;
+    let router = load_router(&state, &caller, &router_id).await?;
+    let mut checks = Checks::default();
+    let mut patch = store::RouterPatch::default();
+    if let Some(n) = &req.name {
+        patch.name = checks.take(domain::rules::router_name(n));
+    }
+    if let Some(t) = &req.tunnel_address {
+        patch.tunnel_address = checks.take(domain::rules::tunnel_address(t));
+    }
+    if let Some(u) = &req.username {
+        patch.username = checks.take(domain::rules::routeros_username(u));
+    }
+    if let Some(p) = &req.password {
+        check_password(&mut checks, p);
+        patch.password = Some(p.clone());
+    }
+    if let Some(p) = req.api_port {
+        patch.api_port = checks.take(domain::rules::port("api_port", p));
+    }
+    if let Some(p) = req.ssh_port {
+        patch.ssh_port = checks.take(domain::rules::port("ssh_port", p));
+    }
+    if let Some(p) = req.winbox_port {
+        patch.winbox_port = checks.take(domain::rules::port("winbox_port", p));
+    }
+    if let Some(r) = &req.region {
+        patch.region_id = region_for(&state, &mut checks, Some(r))
+            .await?
+            .map(|g| g.id);
+    }
+    checks.finish()?;
+    let now = state.now();
+    let changed: Vec<&str> = [
+        ("name", req.name.is_some()),
+        ("tunnel_address", req.tunnel_address.is_some()),
+        ("username", req.username.is_some()),
+        ("password", req.password.is_some()),
+        ("api_port", req.api_port.is_some()),
+        ("ssh_port", req.ssh_port.is_some()),
+        ("winbox_port", req.winbox_port.is_some()),
+        ("region", req.region.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    let updated = state
+        .store
+        .update_router(caller.org_id, router.id, patch)
+        .await
+        .map_err(|e| not_found_as(e, "router"))?;
+    state.lists.invalidate(router.id);
+    state
+        .store
+        .append_audit(audit(
+            &caller,
+            now,
+            "router.update",
+            Some(format!("router:{}", router.id)),
+            json!({ "changed": changed }),
+        ))
+        .await?;
+    let region = state.store.get_region(updated.region_id).await?;
+    Ok(Json(view(&updated, std::slice::from_ref(&region))))
+}
+
+/// Removes a router; refused (409) while it has live grants.
+#[utoipa::path(
+    delete,
+    path = "/api/routers/{router_id}",
+    tag = "routers",
+    params(("router_id" = String, Path, description = "Router id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not delete", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The router has live grants", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn router_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_write()?;
+    let router = load_router(&state, &caller, &router_id).await?;
+    state
+        .store
+        .delete_router(caller.org_id, router.id)
+        .await
+        .map_err(|e| not_found_as(e, "router"))?;
+    state.lists.invalidate(router.id);
+    state
+        .store
+        .append_audit(audit(
+            &caller,
+            state.now(),
+            "router.delete",
+            Some(format!("router:{}", router.id)),
+            json!({ "name": router.name }),
+        ))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Validated paging: limit 1–500 (default 50), offset ≥ 0.
+pub fn page(q: &PageQuery) -> Result<store::Page, ApiError> {
+    let mut checks = Checks::default();
+    let limit = q.limit.unwrap_or(50);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=500).contains(&limit) {
+        checks.push("limit", "must be between 1 and 500");
+    }
+    if !(0..=1_000_000).contains(&offset) {
+        checks.push("offset", "must be between 0 and 1000000");
+    }
+    checks.finish()?;
+    Ok(store::Page {
+        limit: u32::try_from(limit).unwrap_or(50),
+        offset: u32::try_from(offset).unwrap_or(0),
+    })
+}
+
+/// The router's orchestration log: its jobs with their lines, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/routers/{router_id}/jobs",
+    tag = "routers",
+    params(("router_id" = String, Path, description = "Router id"), PageQuery),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = [JobView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad paging", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn router_jobs_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(router_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let page = page(&q)?;
+    let router = load_router(&state, &caller, &router_id).await?;
+    let jobs = state
+        .store
+        .list_jobs(caller.org_id, router.id, page)
+        .await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|(job, lines)| JobView {
+                id: job.id.to_string(),
+                kind: job.kind,
+                state: job.state.as_str().to_owned(),
+                attempts: i64::from(job.attempts),
+                max_attempts: i64::from(job.max_attempts),
+                created_at: timestamp(job.created_at),
+                started_at: job.started_at.map(timestamp),
+                finished_at: job.finished_at.map(timestamp),
+                last_error: job.last_error,
+                lines: lines
+                    .into_iter()
+                    .map(|l| JobLineView {
+                        seq: i64::from(l.seq),
+                        at: timestamp(l.at),
+                        message: l.message,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
+}
+
+fn site_view(
+    site: &store::Site,
+    router: Option<&store::Router>,
+    regions: &[store::Region],
+) -> SiteView {
+    SiteView {
+        id: site.id.to_string(),
+        name: site.name.clone(),
+        created_at: timestamp(site.created_at),
+        router: router.map(|r| view(r, regions)),
+    }
+}
+
+/// Lists the organisation's sites with their router.
+#[utoipa::path(
+    get,
+    path = "/api/sites",
+    tag = "routers",
+    responses(
+        (status = 200, description = "Sites", body = [SiteView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn sites_list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<SiteView>>, ApiError> {
+    let sites = state.store.list_sites(caller.org_id).await?;
+    let regions = state.store.list_regions().await?;
+    Ok(Json(
+        sites
+            .iter()
+            .map(|(site, routers)| site_view(site, routers.first(), &regions))
+            .collect(),
+    ))
+}
+
+/// One site with its router.
+#[utoipa::path(
+    get,
+    path = "/api/sites/{site_id}",
+    tag = "routers",
+    params(("site_id" = String, Path, description = "Site id")),
+    responses(
+        (status = 200, description = "The site", body = SiteView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn site_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(site_id): ApiPath<String>,
+) -> Result<Json<SiteView>, ApiError> {
+    let id: SiteId = parse_id(&site_id, "site")?;
+    let (site, routers) = state
+        .store
+        .get_site(caller.org_id, id)
+        .await
+        .map_err(|e| not_found_as(e, "site"))?;
+    let regions = state.store.list_regions().await?;
+    Ok(Json(site_view(&site, routers.first(), &regions)))
+}
+
+/// The regions (gateways) routers can be placed in.
+#[utoipa::path(
+    get,
+    path = "/api/regions",
+    tag = "routers",
+    responses(
+        (status = 200, description = "Regions", body = [RegionView]),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn regions_list(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<RegionView>>, ApiError> {
+    let regions = state.store.list_regions().await?;
+    Ok(Json(
+        regions
+            .into_iter()
+            .map(|r| RegionView {
+                name: r.name,
+                entry_point: r.entry_point,
+                port_min: r.port_min,
+                port_max: r.port_max,
+            })
+            .collect(),
+    ))
+}
+
+/// Who the caller is: organisation, role, and the address the server sees.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "routers",
+    responses(
+        (status = 200, description = "The caller", body = MeView),
+        (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn me_get(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<MeView>, ApiError> {
+    let org = state.store.get_organisation(caller.org_id).await?;
+    Ok(Json(MeView {
+        organisation_id: org.id.to_string(),
+        organisation: org.name,
+        actor: caller.actor,
+        role: caller.role.into(),
+        address: caller.address.to_string(),
+    }))
+}

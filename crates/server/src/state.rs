@@ -1,0 +1,67 @@
+//! The state every handler shares: the store, the configuration, the clock, the metrics
+//! and the token cache. Cheap to clone.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::TokenCache;
+use crate::cache::ListCache;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// Where "now" comes from: a parameter so tests can move time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: store::Store,
+    pub config: Arc<ServerConfig>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    pub tokens: TokenCache,
+    pub lists: ListCache,
+}
+
+impl AppState {
+    pub fn new(store: store::Store, config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            clock,
+            metrics: Metrics::default(),
+            tokens: TokenCache::default(),
+            lists: ListCache::default(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The validation policy this server runs with.
+    pub fn policy(&self) -> domain::Policy {
+        domain::Policy {
+            lab_mode: self.config.lab_mode,
+        }
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
