@@ -665,9 +665,7 @@ where
         let sentence = match read {
             Ok(Some(sentence)) => sentence,
             Ok(None) => {
-                shared.close(Closed::Lost(
-                    "the router closed the connection".to_string(),
-                ));
+                shared.close(Closed::Lost("the router closed the connection".to_string()));
                 return;
             }
             Err(e) => {

@@ -177,6 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.get_ref()
     }
 
+    /// The stream underneath, to write raw bytes (tests of a misbehaving peer, for one).
+    pub fn get_mut(&mut self) -> &mut S {
+        self.stream.get_mut()
+    }
+
     /// Splits into a reader and a writer that can live in different tasks. Bytes read but
     /// not yet decoded go with the reader; call after a write has been flushed.
     pub fn into_split(self) -> (SentenceReader<ReadHalf<S>>, SentenceWriter<WriteHalf<S>>) {
@@ -269,10 +274,7 @@ mod tests {
             reader.read_sentence().await.unwrap(),
             Some(sentence(&["!done"]))
         );
-        writer
-            .write_command(&Command::new("/quit"))
-            .await
-            .unwrap();
+        writer.write_command(&Command::new("/quit")).await.unwrap();
         writer.flush().await.unwrap();
         assert_eq!(
             left.read_sentence().await.unwrap(),

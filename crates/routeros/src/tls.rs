@@ -45,9 +45,8 @@ impl CertFingerprint {
             .filter(|c| *c != ':' && !c.is_whitespace())
             .collect();
         let mut out = [0u8; 32];
-        hex::decode_to_slice(&digits, &mut out).map_err(|_| {
-            Error::TlsConfig("a sha-256 fingerprint is 64 hex digits".to_string())
-        })?;
+        hex::decode_to_slice(&digits, &mut out)
+            .map_err(|_| Error::TlsConfig("a sha-256 fingerprint is 64 hex digits".to_string()))?;
         Ok(Self(out))
     }
 
@@ -184,10 +183,21 @@ mod tests {
         let plain = hex::encode(fp.as_bytes());
         let colons = fp.to_string();
         assert_eq!(colons.len(), 95);
-        for text in [plain.clone(), plain.to_uppercase(), colons.clone(), colons.to_uppercase()] {
+        for text in [
+            plain.clone(),
+            plain.to_uppercase(),
+            colons.clone(),
+            colons.to_uppercase(),
+        ] {
             assert_eq!(CertFingerprint::from_hex(&text).unwrap(), fp, "{text}");
         }
-        for bad in ["", "abc", &plain[..62], &format!("{plain}00"), &format!("g{}", &plain[1..])] {
+        for bad in [
+            "",
+            "abc",
+            &plain[..62],
+            &format!("{plain}00"),
+            &format!("g{}", &plain[1..]),
+        ] {
             assert!(CertFingerprint::from_hex(bad).is_err(), "{bad}");
         }
     }
