@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use routeros::codec::{Decoder, Sentence};
+use postern_routeros::codec::{Decoder, Sentence};
 
 fn ten_words() -> Sentence {
     let words = [

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use postern_routeros as routeros;
 use routeros::api::{self, Filter, ItemId};
 use routeros::{
     Client, ClientConfig, Command, Connection, Error, Sentence, TlsMode, TrapCategory, Words,
