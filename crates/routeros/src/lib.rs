@@ -45,3 +45,38 @@ pub use error::Error;
 pub use item::{Item, Response};
 pub use message::{Attributes, Command, Reply, ReplyError, ReplyKind, TrapCategory, Words};
 pub use tls::{CertFingerprint, TlsMode};
+
+#[cfg(test)]
+mod tidy {
+    use std::path::Path;
+
+    /// Every module opens with a `//!` comment, and the crate's `# Layout` lists each one.
+    #[test]
+    fn every_module_is_documented_and_listed() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+        let mut modules = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("//! "),
+                "{} lacks a //! opening",
+                path.display()
+            );
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            if name != "lib" {
+                modules += 1;
+                assert!(
+                    lib.contains(&format!("- [`{name}`]")),
+                    "# Layout does not list {name}"
+                );
+                assert!(
+                    lib.contains(&format!("pub mod {name};")),
+                    "{name} is not declared"
+                );
+            }
+        }
+        assert!(modules >= 8);
+    }
+}
