@@ -7,6 +7,28 @@
 //! dropped, is cancelled on the router with `/cancel` and its late replies are discarded.
 //! When the connection ends (end of stream, reset, bytes that are not a sentence,
 //! `!fatal`), every waiting command is told at once and every later one fails at once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), postern_routeros::Error> {
+//! use std::time::Duration;
+//! use postern_routeros::{Client, ClientConfig, Command, TlsMode};
+//!
+//! let config = ClientConfig::new("192.0.2.1:8729", "admin", "secret")
+//!     .with_tls(TlsMode::pinned_sha256("ab:cd:…")?)
+//!     .with_command_timeout(Duration::from_secs(10));
+//! let client = Client::connect(&config).await?;
+//! let users = client
+//!     .call(Command::new("/user/print").where_eq("name", "alice").proplist(&[".id", "group"]))
+//!     .await?;
+//! for user in &users.items {
+//!     println!("{:?} {:?}", user.id(), user.get_str("group"));
+//! }
+//! let mut events = client.stream(Command::new("/interface/listen"))?;
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?.to_map());
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -712,7 +734,13 @@ async fn write_loop<W>(
             },
             _ = closed.wait_for(|closed| *closed) => break,
         };
-        if let Err(e) = write_batch(&mut writer, first, &mut rx).await {
+        // A peer that stops reading must not keep this task stuck once the connection
+        // is closed for another reason.
+        let written = tokio::select! {
+            written = write_batch(&mut writer, first, &mut rx) => written,
+            _ = closed.wait_for(|closed| *closed) => break,
+        };
+        if let Err(e) = written {
             shared.close(Closed::Lost(format!("writing to the router failed: {e}")));
             break;
         }
