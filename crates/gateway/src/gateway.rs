@@ -422,6 +422,8 @@ impl Inner {
     ) -> Option<CloseReport> {
         let grant = lock(&self.grants).remove(&key)?;
         let _ = grant.end.set(reason.clone());
+        // Counted before the kill: connections unregister themselves as they die.
+        let killed = lock(&grant.conns).len();
         grant.token.cancel();
         let grace = self.config.kill_grace;
         let task = if join_listener {
@@ -434,7 +436,6 @@ impl Inner {
         {
             task.abort();
         }
-        let killed = lock(&grant.conns).len();
         grant.tracker.close();
         if tokio::time::timeout(grace, grant.tracker.wait())
             .await
