@@ -29,18 +29,41 @@ impl Counters {
     }
 }
 
+/// How a gateway pumps bytes, shared by its connections.
+#[derive(Debug)]
+pub(crate) struct Pumps {
+    pub(crate) mode: TransferMode,
+    #[cfg(target_os = "linux")]
+    pub(crate) pipes: crate::splice::PipePool,
+}
+
+impl Pumps {
+    pub(crate) fn new(mode: TransferMode, pipe_size: Option<usize>) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = pipe_size;
+        Self {
+            mode,
+            #[cfg(target_os = "linux")]
+            pipes: crate::splice::PipePool::new(PIPES_KEPT, pipe_size),
+        }
+    }
+}
+
+/// Idle pipes a gateway keeps for reuse (two descriptors each).
+#[cfg(target_os = "linux")]
+const PIPES_KEPT: usize = 256;
+
 /// Forwards until both directions reach end of stream (half-closes are passed on), or
 /// until either fails.
 pub(crate) async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
     counters: &Counters,
-    mode: TransferMode,
-    pipe_size: Option<usize>,
+    pumps: &Pumps,
 ) -> io::Result<Transfer> {
     let (a, b) = tokio::try_join!(
-        pump(client, upstream, &counters.bytes_in, mode, pipe_size),
-        pump(upstream, client, &counters.bytes_out, mode, pipe_size),
+        pump(client, upstream, &counters.bytes_in, pumps),
+        pump(upstream, client, &counters.bytes_out, pumps),
     )?;
     Ok(if a == Transfer::Splice && b == Transfer::Splice {
         Transfer::Splice
@@ -53,13 +76,12 @@ async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
-    mode: TransferMode,
-    pipe_size: Option<usize>,
+    pumps: &Pumps,
 ) -> io::Result<Transfer> {
     #[cfg(target_os = "linux")]
-    if mode == TransferMode::Splice {
+    if pumps.mode == TransferMode::Splice {
         use crate::splice::{SpliceError, pump as splice_pump};
-        match splice_pump(from, to, counter, pipe_size).await {
+        match splice_pump(from, to, counter, &pumps.pipes).await {
             Ok(()) => return Ok(Transfer::Splice),
             Err(SpliceError::Io(e)) => return Err(e),
             Err(SpliceError::Unsupported(e)) => {
@@ -67,8 +89,6 @@ async fn pump(
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (mode, pipe_size);
     copy::pump(from, to, counter).await?;
     Ok(Transfer::Copy)
 }

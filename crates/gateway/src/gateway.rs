@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
-use crate::conn::{self, Counters};
+use crate::conn::{self, Counters, Pumps};
 use crate::event::{ConnectionId, EndReason, Event, EventSink, Refusal, Transfer};
 use crate::{Error, ForwardSpec, GrantKey, SourcePolicy};
 
@@ -63,7 +63,8 @@ pub struct Config {
     pub event_capacity: usize,
     /// Splice or copy.
     pub transfer: TransferMode,
-    /// Pipe size asked for each spliced direction (`None`: the kernel's default, 64 KiB).
+    /// Pipe size asked for each pipe of the splice pool (`None`: the kernel's default,
+    /// 64 KiB). Pipes are borrowed per burst, so this costs nothing per idle connection.
     pub pipe_size: Option<usize>,
     /// How long a killed connection's task has to finish before it is aborted.
     pub kill_grace: Duration,
@@ -184,6 +185,7 @@ struct Inner {
     next_id: AtomicU64,
     live: AtomicUsize,
     root: CancellationToken,
+    pumps: Pumps,
 }
 
 #[derive(Debug)]
@@ -225,12 +227,13 @@ impl Gateway {
         let (events, rx) = EventSink::new(config.event_capacity);
         let root = CancellationToken::new();
         let inner = Arc::new(Inner {
-            config,
             grants: Mutex::new(HashMap::new()),
             events,
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             root: root.clone(),
+            pumps: Pumps::new(config.transfer, config.pipe_size),
+            config,
         });
         let gateway = Gateway {
             inner,
@@ -651,8 +654,8 @@ impl Drop for Closing {
 /// both sockets.
 async fn run_connection(mut guard: Closing, client: TcpStream) {
     let grant = guard.grant.clone();
-    let config = &guard.inner.config;
-    let (timeout, mode, pipe_size) = (config.connect_timeout, config.transfer, config.pipe_size);
+    let inner = guard.inner.clone();
+    let timeout = inner.config.connect_timeout;
     let connect = tokio::time::timeout(timeout, TcpStream::connect(grant.target));
     let upstream = tokio::select! {
         biased;
@@ -680,7 +683,7 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
     let outcome = tokio::select! {
         biased;
         () = grant.token.cancelled() => None,
-        done = conn::forward(&client, &upstream, &guard.counters, mode, pipe_size) => Some(done),
+        done = conn::forward(&client, &upstream, &guard.counters, &inner.pumps) => Some(done),
     };
     match outcome {
         None => {

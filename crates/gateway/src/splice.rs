@@ -7,12 +7,17 @@
 //! runtime; readiness comes from tokio (`readable`/`writable` + `try_io`). The pipe is
 //! always drained before the next read from the socket, so a read that would block means
 //! the socket is empty (never that the pipe is full), which keeps tokio's readiness
-//! bookkeeping true. The pipe is created at the first readable event: an idle connection
-//! holds no pipe.
+//! bookkeeping true.
+//!
+//! Pipes are borrowed from a [`PipePool`] for one burst (until the socket has nothing
+//! more to read) and given back empty, so an idle connection holds no pipe: 10,000 idle
+//! sessions cost 20,000 socket descriptors, not 60,000. A pipe that may still hold bytes
+//! (an error or a kill mid-burst) is closed, never pooled.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use rustix::io::Errno;
 use rustix::pipe::{
@@ -46,7 +51,8 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 /// A pipe and how much it holds at most.
-struct Pipe {
+#[derive(Debug)]
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
@@ -68,43 +74,105 @@ impl Pipe {
     }
 }
 
+/// Empty pipes shared by every connection of a gateway.
+#[derive(Debug)]
+pub(crate) struct PipePool {
+    pipes: Mutex<Vec<Pipe>>,
+    keep: usize,
+    size: Option<usize>,
+}
+
+impl PipePool {
+    /// A pool keeping at most `keep` idle pipes of `size` bytes (`None`: the default).
+    pub(crate) fn new(keep: usize, size: Option<usize>) -> Self {
+        Self {
+            pipes: Mutex::new(Vec::new()),
+            keep,
+            size,
+        }
+    }
+
+    fn take(&self) -> io::Result<Pipe> {
+        let pooled = self
+            .pipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(self.size),
+        }
+    }
+
+    /// Gives back a pipe known to be empty.
+    fn put(&self, pipe: Pipe) {
+        let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+        if pipes.len() < self.keep {
+            pipes.push(pipe);
+        }
+    }
+}
+
+enum Burst {
+    /// The socket has nothing more for now; the pipe is empty.
+    Drained,
+    /// End of stream; the pipe is empty.
+    Eof,
+}
+
 /// Moves bytes from `from` to `to` until `from` reaches end of stream, then shuts down
 /// the write side of `to`. Adds every byte written to `counter`.
 pub(crate) async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
-    pipe_size: Option<usize>,
+    pool: &PipePool,
 ) -> Result<(), SpliceError> {
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let mut pipe: Option<Pipe> = None;
     let mut moved = false;
     loop {
         from.readable().await?;
-        let p = match pipe {
-            Some(ref p) => p,
-            None => match Pipe::new(pipe_size) {
-                Ok(p) => pipe.insert(p),
-                // Out of descriptors or pipe pages: the copy needs neither.
-                Err(e) if !moved => return Err(SpliceError::Unsupported(e)),
-                Err(e) => return Err(SpliceError::Io(e)),
-            },
-        };
-        let read = from.try_io(Interest::READABLE, || {
-            splice(from, None, &p.write, None, p.capacity, flags).map_err(io::Error::from)
-        });
-        let mut in_pipe = match read {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if !moved && unsupported(&e) => return Err(SpliceError::Unsupported(e)),
+        let pipe = match pool.take() {
+            Ok(pipe) => pipe,
+            // Out of descriptors or pipe pages: the copy needs neither.
+            Err(e) if !moved => return Err(SpliceError::Unsupported(e)),
             Err(e) => return Err(SpliceError::Io(e)),
         };
-        moved = true;
+        // On error the pipe is dropped here: it may still hold bytes.
+        let burst = burst(from, to, counter, &pipe, &mut moved).await?;
+        pool.put(pipe);
+        if let Burst::Eof = burst {
+            break;
+        }
+    }
+    shutdown_write(to)?;
+    Ok(())
+}
+
+/// Splices until the socket would block or ends, draining the pipe after every read.
+async fn burst(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    pipe: &Pipe,
+    moved: &mut bool,
+) -> Result<Burst, SpliceError> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    loop {
+        let read = from.try_io(Interest::READABLE, || {
+            splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
+        });
+        let mut in_pipe = match read {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) if !*moved && unsupported(&e) => return Err(SpliceError::Unsupported(e)),
+            Err(e) => return Err(SpliceError::Io(e)),
+        };
+        *moved = true;
         while in_pipe > 0 {
             to.writable().await?;
             let written = to.try_io(Interest::WRITABLE, || {
-                splice(&p.read, None, to, None, in_pipe, flags).map_err(io::Error::from)
+                splice(&pipe.read, None, to, None, in_pipe, flags).map_err(io::Error::from)
             });
             match written {
                 Ok(0) => return Err(SpliceError::Io(io::ErrorKind::WriteZero.into())),
@@ -117,6 +185,4 @@ pub(crate) async fn pump(
             }
         }
     }
-    shutdown_write(to)?;
-    Ok(())
 }
