@@ -202,6 +202,9 @@ fn serve_gateway(targets: &[String]) {
             max_connections: 100_000,
             max_connections_per_grant: 100_000,
             event_capacity: 65_536,
+            pipe_size: std::env::var("POSTERN_BENCH_PIPE_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..Config::default()
         };
         let (gw, mut events) = Gateway::new(config);

@@ -684,3 +684,53 @@ async fn dropping_the_last_handle_stops_forwarding() {
     drop(gw);
     wait_closed(&mut c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_kills_a_busy_transfer_within_100ms() {
+    let (target, _) = echo_target().await;
+    let (gw, mut rx) = Gateway::new(Config::default());
+    let key = access();
+    let open = gw.open(spec(key, target, &["127.0.0.1/32"])).await.unwrap();
+    let c = connect_from("127.0.0.1", open.listen).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    // A writer that never stops until the connection dies.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![9u8; 64 * 1024];
+        while w.write_all(&chunk).await.is_ok() {}
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    while total < (8 << 20) {
+        total += r.read(&mut buf).await.unwrap();
+    }
+    let started = Instant::now();
+    let closer = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.close(key, EndReason::Revoked).await })
+    };
+    let ended = timeout(WAIT, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the transfer went on after revoke");
+    let seen = started.elapsed();
+    assert!(
+        seen < Duration::from_millis(100),
+        "client saw the end after {seen:?}"
+    );
+    assert_eq!(closer.await.unwrap().unwrap().connections_killed, 1);
+    let Event::ConnectionClosed {
+        reason, bytes_out, ..
+    } = next_event(&mut rx, is_closed).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(reason, EndReason::Revoked);
+    assert!(bytes_out >= 8 << 20);
+    timeout(WAIT, writer).await.unwrap().unwrap();
+}
