@@ -699,3 +699,32 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(DateTime<Utc>);
+
+    impl Clock for Fixed {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_for_maps_wall_clock_to_tokio_instants() {
+        let noon: DateTime<Utc> = "2026-01-01T12:00:00Z".parse().unwrap();
+        let config = Config {
+            clock: Arc::new(Fixed(noon)),
+            ..Config::default()
+        };
+        let (gw, _rx) = Gateway::new(config);
+        let now = Instant::now();
+        let in_an_hour = noon + chrono::Duration::hours(1);
+        assert_eq!(gw.deadline_for(in_an_hour), now + Duration::from_secs(3600));
+        let past = noon - chrono::Duration::minutes(5);
+        assert_eq!(gw.deadline_for(past), now);
+    }
+}

@@ -95,3 +95,28 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every module says its role in a `//!` comment (STYLE.md), and the crate root lists
+    /// every module under `# Layout`.
+    #[test]
+    fn every_module_opens_with_a_doc_comment_and_is_in_the_layout() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let root = std::fs::read_to_string(dir.join("lib.rs")).unwrap();
+        let layout = root.split("# Layout").nth(1).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("//!"),
+                "{} lacks a //! comment",
+                path.display()
+            );
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            if name != "lib" {
+                assert!(layout.contains(name), "{name} is not in # Layout");
+            }
+        }
+    }
+}

@@ -734,3 +734,36 @@ async fn revoke_kills_a_busy_transfer_within_100ms() {
     assert!(bytes_out >= 8 << 20);
     timeout(WAIT, writer).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_target_that_never_answers_times_out_as_unreachable() {
+    // A listener that never accepts, its queue filled: further SYNs are dropped, so a
+    // connect hangs until the gateway's timeout.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stuck = socket.listen(1).unwrap();
+    let target = stuck.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = timeout(Duration::from_millis(200), TcpStream::connect(target)).await {
+            fillers.push(s);
+        }
+    }
+    let config = Config {
+        connect_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (gw, mut rx) = Gateway::new(config);
+    let key = access();
+    let open = gw.open(spec(key, target, &["127.0.0.1/32"])).await.unwrap();
+    let started = Instant::now();
+    let mut c = connect_from("127.0.0.1", open.listen).await.unwrap();
+    assert!(wait_closed(&mut c).await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    let Event::ConnectionClosed { reason, .. } = next_event(&mut rx, is_closed).await else {
+        unreachable!()
+    };
+    assert_eq!(reason, EndReason::TargetUnreachable);
+    drop(stuck);
+}
