@@ -74,6 +74,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// (a), (b), (c): direct, forward and socat, interleaved over `ROUNDS` rounds; medians.
 fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
     const ROUNDS: usize = 3;
+    // For tuning: `POSTERN_BENCH_BULK_ONLY=1` skips (b) and (c).
+    let bulk_only = std::env::var("POSTERN_BENCH_BULK_ONLY").is_ok();
     let names: &[&str] = if socat {
         &["direct", "forward", "socat"]
     } else {
@@ -108,6 +110,11 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
             bulk[i].push(bulk_gbps(addr));
         }
         for (i, &addr) in ping_e.iter().enumerate() {
+            if bulk_only {
+                p50[i].push(0.0);
+                p99[i].push(0.0);
+                continue;
+            }
             let (a, b) = ping_pong(addr);
             p50[i].push(a);
             p99[i].push(b);
@@ -115,7 +122,11 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
     }
     // Connection rates once each: 20k connections per path leave 20k TIME_WAITs behind.
     for (i, &addr) in conn_e.iter().enumerate() {
-        rates[i].push(rt.block_on(conn_rate(addr)));
+        rates[i].push(if bulk_only {
+            0.0
+        } else {
+            rt.block_on(conn_rate(addr))
+        });
     }
     gw.stop();
     drop(socats);
@@ -202,6 +213,11 @@ fn serve_gateway(targets: &[String]) {
             max_connections: 100_000,
             max_connections_per_grant: 100_000,
             event_capacity: 65_536,
+            transfer: if std::env::var("POSTERN_BENCH_COPY").is_ok() {
+                postern_gateway::TransferMode::Copy
+            } else {
+                postern_gateway::TransferMode::Splice
+            },
             pipe_size: std::env::var("POSTERN_BENCH_PIPE_SIZE")
                 .ok()
                 .and_then(|v| v.parse().ok()),

@@ -103,12 +103,14 @@ pub enum Event {
         at: DateTime<Utc>,
         first: bool,
     },
-    /// A forwarded connection ended. `bytes_in` went from the client to the target,
+    /// A forwarded connection ended at `at`; it started at `started_at` (its
+    /// `ConnectionOpened`'s `at`). `bytes_in` went from the client to the target,
     /// `bytes_out` from the target to the client.
     ConnectionClosed {
         key: GrantKey,
         id: ConnectionId,
         source: SocketAddr,
+        started_at: DateTime<Utc>,
         at: DateTime<Utc>,
         bytes_in: u64,
         bytes_out: u64,

@@ -597,6 +597,7 @@ fn admit(inner: &Arc<Inner>, grant: &Arc<Grant>, stream: TcpStream, source: Sock
         id,
         source,
         started: Instant::now(),
+        started_at: at,
         counters,
         reason: None,
         transfer: match inner.config.transfer {
@@ -617,6 +618,7 @@ struct Closing {
     id: ConnectionId,
     source: SocketAddr,
     started: Instant,
+    started_at: DateTime<Utc>,
     counters: Arc<Counters>,
     reason: Option<EndReason>,
     transfer: Transfer,
@@ -640,6 +642,7 @@ impl Drop for Closing {
             key: self.grant.key,
             id: self.id,
             source: self.source,
+            started_at: self.started_at,
             at: self.inner.config.clock.now(),
             bytes_in,
             bytes_out,

@@ -113,6 +113,11 @@ impl PipePool {
     }
 }
 
+/// The most one read asks for. The pipe is empty before every read, so asking for more
+/// than its byte capacity is safe: the kernel stops when the pipe's slots are full, and
+/// with large socket fragments (loopback, GRO) one call can move far more than 64 KiB.
+const READ_MAX: usize = 1 << 20;
+
 enum Burst {
     /// The socket has nothing more for now; the pipe is empty.
     Drained,
@@ -159,7 +164,15 @@ async fn burst(
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
         let read = from.try_io(Interest::READABLE, || {
-            splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
+            splice(
+                from,
+                None,
+                &pipe.write,
+                None,
+                READ_MAX.max(pipe.capacity),
+                flags,
+            )
+            .map_err(io::Error::from)
         });
         let mut in_pipe = match read {
             Ok(0) => return Ok(Burst::Eof),

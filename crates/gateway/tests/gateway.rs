@@ -182,12 +182,16 @@ async fn allowed_client_gets_echoes_and_first_use_is_reported() {
         bytes_in,
         bytes_out,
         reason,
+        started_at,
+        at: ended_at,
         ..
     } = next_event(&mut rx, is_closed).await
     else {
         unreachable!()
     };
     assert_eq!((bytes_in, bytes_out, reason), (5, 5, EndReason::Finished));
+    assert_eq!(started_at, at, "the first connection's start");
+    assert!(ended_at >= started_at);
     assert_eq!(gw.connections(key).unwrap().len(), 1);
 }
 
