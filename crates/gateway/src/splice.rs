@@ -7,7 +7,13 @@
 //! runtime; readiness comes from tokio (`readable`/`writable` + `try_io`). The pipe is
 //! always drained before the next read from the socket, so a read that would block means
 //! the socket is empty (never that the pipe is full), which keeps tokio's readiness
-//! bookkeeping true.
+//! bookkeeping true. A splice into a socket whose peer is gone would raise `SIGPIPE`;
+//! Rust's runtime sets `SIGPIPE` to ignored before `main` in every binary, so it comes
+//! back as `EPIPE` and ends the connection like any other error.
+//!
+//! On loopback in a 2-CPU VM the benchmark shows splice and the plain copy within noise
+//! of each other; splice is the default because it spares the memory bandwidth of two
+//! copies per byte, which matters more with real NICs and many connections.
 //!
 //! Pipes are borrowed from a [`PipePool`] for one burst (until the socket has nothing
 //! more to read) and given back empty, so an idle connection holds no pipe: 10,000 idle
