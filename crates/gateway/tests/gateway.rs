@@ -771,3 +771,30 @@ async fn a_target_that_never_answers_times_out_as_unreachable() {
     assert_eq!(reason, EndReason::TargetUnreachable);
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_kills_fifty_sessions_within_100ms() {
+    let (target, _) = echo_target().await;
+    let (gw, _rx) = Gateway::new(Config::default());
+    let key = access();
+    let open = gw.open(spec(key, target, &["127.0.0.0/30"])).await.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let source = ["127.0.0.1", "127.0.0.2", "127.0.0.3"][i % 3];
+        let mut c = connect_from(source, open.listen).await.unwrap();
+        echo_once(&mut c, b"up").await;
+        clients.push(c);
+    }
+    assert_eq!(gw.grant(key).unwrap().connections, 50);
+    let started = Instant::now();
+    let report = gw.close(key, EndReason::Revoked).await.unwrap();
+    assert_eq!(report.connections_killed, 50);
+    for c in &mut clients {
+        wait_closed(c).await;
+    }
+    let seen = started.elapsed();
+    assert!(
+        seen < Duration::from_millis(100),
+        "the last client saw the end after {seen:?}"
+    );
+}
