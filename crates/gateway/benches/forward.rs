@@ -1,0 +1,552 @@
+//! Issue 5's performance figures, side by side in one run on loopback: a direct
+//! connection, one gateway forward, and socat doing the same job.
+//!
+//! - (a) bulk throughput: 1 GiB client → sink, acknowledged at end of stream;
+//! - (b) 1-byte ping-pong latency, p50 and p99 over 20,000 round trips;
+//! - (c) new connections per second: 20,000 × (connect, 1-byte echo, close), 64 at once;
+//! - (d) 10,000 concurrent idle forwarded connections (each has echoed one byte): the
+//!   gateway's resident memory before and after.
+//!
+//! The gateway runs in a child process (this binary re-executed with `--serve-gateway`),
+//! so its memory is its own and it competes for the CPUs as socat does. Clients and
+//! targets run in this process. Run: `cargo bench -p postern-gateway --bench forward`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use postern_gateway::{Config, ForwardSpec, Gateway, GrantKey, SourcePolicy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+const BULK: u64 = 1 << 30;
+const PINGS: usize = 20_000;
+const CONNS: usize = 20_000;
+const CONCURRENCY: usize = 64;
+const IDLE: usize = 10_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    raise_nofile(200_000);
+    if let Some(i) = args.iter().position(|a| a == "--serve-gateway") {
+        serve_gateway(&args[i + 1..]);
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let socat = socat_available();
+    println!("postern-gateway forward benchmark (loopback, release build)");
+    println!(
+        "machine: {} CPUs, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    if !socat {
+        println!("socat: not installed");
+    }
+    if std::env::var("POSTERN_BENCH_ONLY_IDLE").is_err() {
+        paths(&rt, socat);
+    }
+    idle(&rt);
+    println!("(whole run: {:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// Median of a few values.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// (a), (b), (c): direct, forward and socat, interleaved over `ROUNDS` rounds; medians.
+fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
+    const ROUNDS: usize = 3;
+    // For tuning: `POSTERN_BENCH_BULK_ONLY=1` skips (b) and (c).
+    let bulk_only = std::env::var("POSTERN_BENCH_BULK_ONLY").is_ok();
+    let names: &[&str] = if socat {
+        &["direct", "forward", "socat"]
+    } else {
+        &["direct", "forward"]
+    };
+    // Targets, one set per path so no path inherits another's TIME_WAIT.
+    let bulk_t: Vec<SocketAddr> = names.iter().map(|_| std_sink()).collect();
+    let ping_t: Vec<SocketAddr> = names.iter().map(|_| std_echo()).collect();
+    let conn_t: Vec<SocketAddr> = names.iter().map(|_| rt.block_on(tokio_echo()).0).collect();
+    let mut gw = GatewayChild::spawn(&[bulk_t[1], ping_t[1], conn_t[1]]);
+    let mut socats = Vec::new();
+    let mut entries = |targets: &[SocketAddr], gw_index: usize| -> Vec<SocketAddr> {
+        let mut out = vec![targets[0], gw.listen[gw_index]];
+        if socat {
+            let (child, addr) = spawn_socat(targets[2]);
+            socats.push(child);
+            out.push(addr);
+        }
+        out
+    };
+    let bulk_e = entries(&bulk_t, 0);
+    let ping_e = entries(&ping_t, 1);
+    let conn_e = entries(&conn_t, 2);
+
+    let mut bulk = vec![Vec::new(); names.len()];
+    let mut p50 = vec![Vec::new(); names.len()];
+    let mut p99 = vec![Vec::new(); names.len()];
+    let mut rates = vec![Vec::new(); names.len()];
+    for round in 0..ROUNDS {
+        eprintln!("round {}/{ROUNDS}", round + 1);
+        for (i, &addr) in bulk_e.iter().enumerate() {
+            bulk[i].push(bulk_gbps(addr));
+        }
+        for (i, &addr) in ping_e.iter().enumerate() {
+            if bulk_only {
+                p50[i].push(0.0);
+                p99[i].push(0.0);
+                continue;
+            }
+            let (a, b) = ping_pong(addr);
+            p50[i].push(a);
+            p99[i].push(b);
+        }
+    }
+    // Connection rates once each: 20k connections per path leave 20k TIME_WAITs behind.
+    for (i, &addr) in conn_e.iter().enumerate() {
+        rates[i].push(if bulk_only {
+            0.0
+        } else {
+            rt.block_on(conn_rate(addr))
+        });
+    }
+    gw.stop();
+    drop(socats);
+    let bulk: Vec<f64> = bulk.into_iter().map(median).collect();
+    let p50: Vec<f64> = p50.into_iter().map(median).collect();
+    let p99: Vec<f64> = p99.into_iter().map(median).collect();
+    let rates: Vec<f64> = rates.into_iter().map(median).collect();
+
+    println!();
+    print!("{:<40}", "figure (median of rounds)");
+    for p in names {
+        print!("{p:>14}");
+    }
+    println!("{:>16}{:>16}", "forward/direct", "socat/direct");
+    let row = |name: &str, vals: &[f64], unit: &str| {
+        print!("{name:<40}");
+        for v in vals {
+            print!("{:>14}", format!("{v:.2} {unit}"));
+        }
+        let ratio = |i: usize| {
+            vals.get(i)
+                .map_or("-".to_string(), |v| format!("{:.3}", v / vals[0]))
+        };
+        println!("{:>16}{:>16}", ratio(1), ratio(2));
+    };
+    row("(a) bulk 1 GiB", &bulk, "Gb/s");
+    row("(b) 1-byte ping-pong RTT p50", &p50, "us");
+    row("(b) 1-byte ping-pong RTT p99", &p99, "us");
+    row("(c) connect+echo+close, 64 at once", &rates, "c/s");
+    println!();
+    println!(
+        "added latency through the forward: p50 {:+.1} us, p99 {:+.1} us",
+        p50[1] - p50[0],
+        p99[1] - p99[0]
+    );
+    if let (Some(s50), Some(s99)) = (p50.get(2), p99.get(2)) {
+        println!(
+            "added latency through socat:       p50 {:+.1} us, p99 {:+.1} us",
+            s50 - p50[0],
+            s99 - p99[0]
+        );
+    }
+}
+
+/// (d): idle forwarded connections in a fresh gateway process.
+fn idle(rt: &tokio::runtime::Runtime) {
+    eprintln!("idle connections");
+    let (target, accepted) = rt.block_on(tokio_echo());
+    let mut gw = GatewayChild::spawn(&[target]);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(gw.child.id());
+    let n = idle_count();
+    let clients = rt.block_on(open_idle(gw.listen[0], n));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(gw.child.id());
+    let reached = accepted.load(Ordering::SeqCst);
+    drop(clients);
+    gw.stop();
+    let per_conn = after.saturating_sub(before) as f64 * 1024.0 / n as f64;
+    println!(
+        "(d) {n} idle forwarded connections ({reached} reached the target): gateway VmRSS {:.1} MiB before, {:.1} MiB after, {:.0} bytes per connection",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        per_conn
+    );
+    if n < IDLE {
+        println!(
+            "    (RLIMIT_NOFILE allows only {n} here: each side holds 2 descriptors per connection) projected for {IDLE}: {:.1} MiB",
+            (before as f64 * 1024.0 + per_conn * IDLE as f64) / 1048576.0
+        );
+    }
+}
+
+/// The gateway child: `--serve-gateway TARGET...` opens one forward per target and prints
+/// each listen address, then serves until its stdin closes.
+fn serve_gateway(targets: &[String]) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = Config {
+            max_connections: 100_000,
+            max_connections_per_grant: 100_000,
+            event_capacity: 65_536,
+            transfer: if std::env::var("POSTERN_BENCH_COPY").is_ok() {
+                postern_gateway::TransferMode::Copy
+            } else {
+                postern_gateway::TransferMode::Splice
+            },
+            pipe_size: std::env::var("POSTERN_BENCH_PIPE_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            ..Config::default()
+        };
+        let (gw, mut events) = Gateway::new(config);
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        for t in targets {
+            let spec = ForwardSpec {
+                key: GrantKey::Access(domain::AccessId::new()),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                target: t.parse().unwrap(),
+                sources: SourcePolicy::new(["127.0.0.0/8".parse().unwrap()], false),
+                deadline: None,
+            };
+            let open = gw.open(spec).await.unwrap();
+            println!("{}", open.listen);
+        }
+        println!("ready");
+        // Serve until the parent closes our stdin.
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await
+        .unwrap();
+        gw.shutdown().await;
+    });
+}
+
+struct GatewayChild {
+    child: Child,
+    listen: Vec<SocketAddr>,
+}
+
+impl GatewayChild {
+    fn spawn(targets: &[SocketAddr]) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--serve-gateway")
+            .args(targets.iter().map(|t| t.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut listen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line == "ready" {
+                break;
+            }
+            listen.push(line.parse().unwrap());
+        }
+        assert_eq!(listen.len(), targets.len(), "gateway child failed to start");
+        Self { child, listen }
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn raise_nofile(want: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(want);
+    // Root may raise the hard limit; anyone may raise the soft one up to it.
+    if setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: Some(want.max(hard)),
+        },
+    )
+    .is_err()
+    {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard.min(want)),
+                maximum: Some(hard),
+            },
+        );
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn socat_available() -> bool {
+    Command::new("socat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A child process killed when dropped, even when the bench panics.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_socat(target: SocketAddr) -> (Reaped, SocketAddr) {
+    let port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Reaped(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg(format!("TCP:{target}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    // Wait for it to listen (a probe connection is forwarded and closed).
+    for _ in 0..200 {
+        if StdStream::connect(addr).is_ok() {
+            return (child, addr);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("socat did not start");
+}
+
+/// A sink: reads to end of stream, then acknowledges with one byte.
+fn std_sink() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"k");
+            });
+        }
+    });
+    addr
+}
+
+/// A blocking echo for latency: one thread per connection.
+fn std_echo() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An async echo for many connections; counts accepted connections.
+async fn tokio_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Gb/s for 1 GiB written to a sink, from the first byte to the sink's acknowledgement.
+fn bulk_gbps(addr: SocketAddr) -> f64 {
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut s = StdStream::connect(addr).unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < BULK {
+        s.write_all(&chunk).unwrap();
+        sent += chunk.len() as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    (BULK as f64 * 8.0) / secs / 1e9
+}
+
+/// (p50, p99) round-trip time in µs of 1-byte ping-pongs.
+fn ping_pong(addr: SocketAddr) -> (f64, f64) {
+    let mut s = StdStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut b = [0u8; 1];
+    for _ in 0..1000 {
+        s.write_all(b"p").unwrap();
+        s.read_exact(&mut b).unwrap();
+    }
+    let mut rtts = Vec::with_capacity(PINGS);
+    for _ in 0..PINGS {
+        let t = Instant::now();
+        s.write_all(b"p").unwrap();
+        s.read_exact(&mut b).unwrap();
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    (rtts[PINGS / 2], rtts[PINGS * 99 / 100])
+}
+
+/// Connections per second: connect, 1-byte echo, close; `CONCURRENCY` at once.
+async fn conn_rate(addr: SocketAddr) -> f64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let next = next.clone();
+            let errors = errors.clone();
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < CONNS {
+                    let one = async {
+                        let mut s = TcpStream::connect(addr).await?;
+                        s.set_nodelay(true)?;
+                        s.write_all(b"c").await?;
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await?;
+                        std::io::Result::Ok(())
+                    };
+                    if let Err(e) = one.await
+                        && errors.fetch_add(1, Ordering::Relaxed) == 0
+                    {
+                        eprintln!("  first connection error via {addr}: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let rate = CONNS as f64 / start.elapsed().as_secs_f64();
+    let errors = errors.load(Ordering::Relaxed);
+    eprintln!("  {addr}: {rate:.0} connections/s, {errors} failed");
+    rate
+}
+
+/// How many idle connections fit: the gateway and this process each hold two
+/// descriptors per connection (accepted + upstream; client + target side).
+fn idle_count() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let fit = usize::try_from(limit.saturating_sub(200) / 2).unwrap_or(usize::MAX);
+    IDLE.min(fit)
+}
+
+/// Opens `n` connections through the forward from several 127.x sources (so no single
+/// source runs out of ephemeral ports), each echoing one byte, and keeps them open.
+async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % 4) as u8);
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"i").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        clients.push(s);
+        if (i + 1) % 2000 == 0 {
+            eprintln!("  {} open", i + 1);
+        }
+    }
+    clients
+}

@@ -1,0 +1,171 @@
+//! What the gateway is asked to open: a grant's key, where to listen, where to forward,
+//! which sources may come in, and until when.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use domain::rules::{AddressClass, classify};
+use domain::{AccessId, AllowFrom, ForwardId};
+use tokio::time::Instant;
+
+/// The grant a listener belongs to: a transient access (WinBox or SSH to the router) or a
+/// transient port forward (to a LAN device behind the router's dst-nat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantKey {
+    /// A transient access.
+    Access(AccessId),
+    /// A transient port forward.
+    Forward(ForwardId),
+}
+
+impl fmt::Display for GrantKey {
+    /// `access:<uuid>` or `forward:<uuid>`, as in the router comments' `postern:<kind>:<id>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantKey::Access(id) => write!(f, "access:{id}"),
+            GrantKey::Forward(id) => write!(f, "forward:{id}"),
+        }
+    }
+}
+
+impl From<AccessId> for GrantKey {
+    fn from(id: AccessId) -> Self {
+        GrantKey::Access(id)
+    }
+}
+
+impl From<ForwardId> for GrantKey {
+    fn from(id: ForwardId) -> Self {
+        GrantKey::Forward(id)
+    }
+}
+
+/// Which sources may use a grant: its `allow_from` networks, plus the private ranges when
+/// `allow_rfc1918` is set. The networks were validated when the grant was made (lab mode
+/// included); here they are only matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// The grant's `allow_from` networks.
+    pub allow: Vec<AllowFrom>,
+    /// Also admit private sources: RFC 1918 (10/8, 172.16/12, 192.168/16) and, as
+    /// `domain` classes it, the IPv6 counterpart fc00::/7.
+    pub allow_rfc1918: bool,
+}
+
+impl SourcePolicy {
+    /// A policy of these networks, with or without the private ranges.
+    pub fn new(allow: impl IntoIterator<Item = AllowFrom>, allow_rfc1918: bool) -> Self {
+        Self {
+            allow: allow.into_iter().collect(),
+            allow_rfc1918,
+        }
+    }
+
+    /// Whether a connection from `source` may be forwarded. IPv4-mapped IPv6 sources (a
+    /// dual-stack listener) are judged as their IPv4 address.
+    pub fn permits(&self, source: IpAddr) -> bool {
+        let source = match source {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
+            IpAddr::V4(_) => source,
+        };
+        self.allow.iter().any(|net| net.contains(source))
+            || (self.allow_rfc1918 && classify(source) == AddressClass::Private)
+    }
+}
+
+/// One listener to open: a live grant as the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// The grant.
+    pub key: GrantKey,
+    /// The gateway's address and the grant's port (port 0 picks one, for tests).
+    pub listen: SocketAddr,
+    /// Where allowed connections go: the router's tunnel address and 8291 or 22, or for a
+    /// transient forward the router's dst-nat port.
+    pub target: SocketAddr,
+    /// Who may connect.
+    pub sources: SourcePolicy,
+    /// When the gateway closes the grant on its own (reason `Expired`); `None` for never.
+    pub deadline: Option<Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(nets: &[&str], rfc1918: bool) -> SourcePolicy {
+        SourcePolicy::new(nets.iter().map(|n| n.parse().unwrap()), rfc1918)
+    }
+
+    fn check(p: &SourcePolicy, source: &str, expected: bool) {
+        assert_eq!(p.permits(source.parse().unwrap()), expected, "{source}");
+    }
+
+    #[test]
+    fn source_policy_table() {
+        let p = policy(
+            &["198.51.100.0/24", "203.0.113.7/32", "2001:db8::/48"],
+            false,
+        );
+        let rows = [
+            ("198.51.100.0", true),
+            ("198.51.100.255", true),
+            ("198.51.101.0", false),
+            ("198.51.99.255", false),
+            ("203.0.113.7", true),
+            ("203.0.113.8", false),
+            ("::ffff:198.51.100.9", true),
+            ("::ffff:198.51.101.9", false),
+            ("2001:db8::1", true),
+            ("2001:db8:1::1", false),
+            ("10.0.0.1", false),
+            ("192.168.1.1", false),
+            ("127.0.0.1", false),
+        ];
+        for (source, expected) in rows {
+            check(&p, source, expected);
+        }
+
+        let p = policy(&["198.51.100.0/24"], true);
+        let rows = [
+            ("198.51.100.1", true),
+            ("10.0.0.1", true),
+            ("10.255.255.255", true),
+            ("172.16.0.1", true),
+            ("172.31.255.255", true),
+            ("172.32.0.1", false),
+            ("192.168.88.2", true),
+            ("::ffff:192.168.1.1", true),
+            ("fd00::1", true),
+            ("127.0.0.1", false),
+            ("169.254.1.1", false),
+            ("100.64.0.1", false),
+            ("8.8.8.8", false),
+        ];
+        for (source, expected) in rows {
+            check(&p, source, expected);
+        }
+
+        // Lab style: a loopback /30.
+        let p = policy(&["127.0.0.0/30"], false);
+        for (source, expected) in [
+            ("127.0.0.1", true),
+            ("127.0.0.3", true),
+            ("127.0.0.4", false),
+            ("127.0.1.1", false),
+        ] {
+            check(&p, source, expected);
+        }
+
+        // Nothing allowed: nobody gets in.
+        check(&SourcePolicy::default(), "198.51.100.1", false);
+    }
+
+    #[test]
+    fn grant_key_displays_kind_and_id() {
+        let id = AccessId::new();
+        assert_eq!(GrantKey::from(id).to_string(), format!("access:{id}"));
+        let id = ForwardId::new();
+        assert_eq!(GrantKey::from(id).to_string(), format!("forward:{id}"));
+    }
+}
