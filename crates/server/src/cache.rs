@@ -4,8 +4,8 @@
 //! (this process, another server on the same PostgreSQL, the orchestrator), so a list
 //! request reads the version first (one indexed row, in the same statement that
 //! authorises the request) and reuses the records only when it has not moved: a list is
-//! never staler than the database. JSON is rendered per request, so `expired` and
-//! `time_to_expire` are computed at the time of the request.
+//! never staler than the database. Records are kept prepared for JSON ([`Prerendered`]);
+//! `expired` and `time_to_expire` are written by each request, as of its time.
 //!
 //! Reading the version before the records matters: records read afterwards are at least
 //! as new as the version they are filed under, so a later write always shows as a
@@ -16,6 +16,8 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use domain::{OrgId, RouterId};
+
+use crate::render::Prerendered;
 
 /// Lists kept per kind before the map is emptied (a bound, not an eviction policy:
 /// emptying costs one query per list afterwards).
@@ -104,8 +106,8 @@ fn key(org: OrgId, router: RouterId, ended: Option<store::Page>) -> Key {
 /// The grant lists of both kinds. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ListCache {
-    pub forwards: Arc<Versioned<store::TransientForward>>,
-    pub access: Arc<Versioned<store::TransientAccess>>,
+    pub forwards: Arc<Versioned<Prerendered>>,
+    pub access: Arc<Versioned<Prerendered>>,
 }
 
 impl ListCache {

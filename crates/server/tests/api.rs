@@ -2400,6 +2400,10 @@ async fn expiry_fields_are_computed_per_request(db: Db) {
                 assert_eq!(g["expired"], expired, "{path}: {body}");
                 assert_eq!(g["time_to_expire"], words, "{path}: {body}");
             }
+            // The list's object is the single GET's, key for key.
+            let (_, listed) = s.call(Method::GET, &list, Some(&s.a.viewer), None).await;
+            let (_, single) = s.call(Method::GET, &one, Some(&s.a.viewer), None).await;
+            assert_eq!(listed[0], single);
         }
     };
     check(false, "2 hours from now").await;

@@ -2,7 +2,6 @@
 //! the forwards' style, plus `/credentials` (every read audited).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +20,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
+use crate::render::{self, Prerendered};
 use crate::state::AppState;
 
 /// Length of generated passwords: 24 letters and digits, about 143 bits.
@@ -105,6 +105,7 @@ pub async fn access_list(
 ) -> Result<Response, ApiError> {
     let router_id: RouterId = parse_id(&router_id, "router")?;
     let ended = ended_window(&query)?;
+    let now = state.now();
     let store = state.store.clone();
     let records = grant_list(
         &state,
@@ -112,15 +113,20 @@ pub async fn access_list(
         router_id,
         ended,
         &state.lists.access,
-        |org| async move { store.list_access(org, router_id, ended).await },
+        |org| async move {
+            let grants = store
+                .list_access(org, router_id, ended)
+                .await
+                .map_err(|e| not_found_as(e, "router"))?;
+            grants
+                .iter()
+                .map(|g| Prerendered::new(&view(g, now), g.status, g.expires_at))
+                .collect()
+        },
     )
     .await?;
-    // Rendered now: `expired` and `time_to_expire` are as of this request.
-    let now = state.now();
-    let views: Vec<AccessView> = records.iter().map(|g| view(g, now)).collect();
-    let body =
-        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
-    Ok(json_body(body))
+    // `expired` and `time_to_expire` are as of this request.
+    Ok(json_body(render::list(&records, now)))
 }
 
 /// Creates transient access: a generated user and password, recorded as `requested` with

@@ -84,7 +84,7 @@ pub async fn grant_list<T, F, Fut>(
 ) -> Result<Arc<Vec<T>>, ApiError>
 where
     F: FnOnce(OrgId) -> Fut,
-    Fut: Future<Output = Result<Vec<T>, store::StoreError>>,
+    Fut: Future<Output = Result<Vec<T>, ApiError>>,
 {
     let org = caller.org_id();
     let stamp = state
@@ -97,7 +97,7 @@ where
     if cached && let Some(records) = cache.get(org, router_id, ended, version) {
         return Ok(records);
     }
-    let records = Arc::new(fetch(org).await.map_err(|e| not_found_as(e, "router"))?);
+    let records = Arc::new(fetch(org).await?);
     if cached {
         cache.put(org, router_id, ended, version, records.clone());
     }
@@ -252,14 +252,7 @@ pub fn audit(
     }
 }
 
-/// Whether a grant counts as expired for the API: it ended by expiry, or its time is up.
-pub fn is_expired(
-    status: domain::GrantStatus,
-    expires_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> bool {
-    status == domain::GrantStatus::Expired || expires_at <= now
-}
+pub use crate::render::is_expired;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,6 @@
 //! shaped exactly as the reference's.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +17,7 @@ use crate::auth::{Caller, ListCaller};
 use crate::dto::{CreateForward, ForwardView, GrantListQuery, UpdateExpiry, timestamp};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
+use crate::render::{self, Prerendered};
 use crate::state::AppState;
 
 pub fn view(f: &store::TransientForward, now: DateTime<Utc>) -> ForwardView {
@@ -75,6 +75,7 @@ pub async fn forwards_list(
 ) -> Result<Response, ApiError> {
     let router_id: RouterId = parse_id(&router_id, "router")?;
     let ended = ended_window(&query)?;
+    let now = state.now();
     let store = state.store.clone();
     let records = grant_list(
         &state,
@@ -82,15 +83,20 @@ pub async fn forwards_list(
         router_id,
         ended,
         &state.lists.forwards,
-        |org| async move { store.list_forwards(org, router_id, ended).await },
+        |org| async move {
+            let grants = store
+                .list_forwards(org, router_id, ended)
+                .await
+                .map_err(|e| not_found_as(e, "router"))?;
+            grants
+                .iter()
+                .map(|g| Prerendered::new(&view(g, now), g.status, g.expires_at))
+                .collect()
+        },
     )
     .await?;
-    // Rendered now: `expired` and `time_to_expire` are as of this request.
-    let now = state.now();
-    let views: Vec<ForwardView> = records.iter().map(|g| view(g, now)).collect();
-    let body =
-        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
-    Ok(json_body(body))
+    // `expired` and `time_to_expire` are as of this request.
+    Ok(json_body(render::list(&records, now)))
 }
 
 /// Creates a port forward: recorded as `requested` with its `forward.create` job.

@@ -13,10 +13,15 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER transient_access_version AFTER INSERT OR UPDATE ON transient_access
+-- Deferred to the commit: the bump locks the router's row, and concurrent grant writes
+-- of one router queue on that lock, so it is taken as late as possible (held for the
+-- commit alone, not for the rest of the transaction).
+CREATE CONSTRAINT TRIGGER transient_access_version AFTER INSERT OR UPDATE ON transient_access
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION bump_router_grants_version();
 
-CREATE TRIGGER transient_forwards_version AFTER INSERT OR UPDATE ON transient_forwards
+CREATE CONSTRAINT TRIGGER transient_forwards_version AFTER INSERT OR UPDATE ON transient_forwards
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION bump_router_grants_version();
 
 -- The default list reads only grants that are not final; ended ones (most rows, as
