@@ -1629,3 +1629,45 @@ async fn version_moves(ctx: &Ctx) {
     assert_eq!(stamp.grants_version, Some(before));
 }
 both!(grants_version_moves_with_every_grant_write, version_moves);
+
+async fn delete_races_end(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    // A router is deleted while the orchestrator ends its closing grant: one of them
+    // wins cleanly, whatever the interleaving (no deadlock, no database error).
+    for round in 0..12u16 {
+        let router = s
+            .create_router(new_router(w.org, &w.region, &format!("end-{round}"), "pw"))
+            .await
+            .unwrap();
+        let mut n = new_access(&w, &[41500 + round], false);
+        n.router_id = router.id;
+        let g = s.create_access(n).await.unwrap();
+        s.transition_access(g.id, &[Requested], Closing, t(1), None)
+            .await
+            .unwrap();
+        let end = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.transition_access(g.id, &[Closing], Expired, t(2), None)
+                    .await
+            })
+        };
+        let delete = {
+            let s = s.clone();
+            let org = w.org;
+            tokio::spawn(async move { s.delete_router(org, router.id).await })
+        };
+        match end.await.unwrap() {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => panic!("round {round}: end: {e}"),
+        }
+        match delete.await.unwrap() {
+            Ok(()) => {}
+            Err(e) => panic!("round {round}: delete: {e}"),
+        }
+        assert!(is_not_found(s.get_router(w.org, router.id).await));
+    }
+}
+both!(router_delete_races_grant_end, delete_races_end);
