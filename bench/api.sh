@@ -5,6 +5,8 @@
 # prints the figures.
 # Usage: bench/api.sh [sqlite|postgres|postgres://…]   (default sqlite; `postgres` starts a
 # throwaway cluster from Debian's binaries on a Unix socket in a temporary directory)
+# Environment: DURATION (10s), THREADS (2), CONNECTIONS (32), HISTORY (0: how many ended
+# forwards to make first, to show that lists do not slow down as history grows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -13,6 +15,7 @@ duration=${DURATION:-10s}
 threads=${THREADS:-2}
 connections=${CONNECTIONS:-32}
 database=${1:-sqlite}
+history=${HISTORY:-0}
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
@@ -75,6 +78,14 @@ auth="Authorization: Bearer $token"
 router=$(curl -sf -H "$auth" -H 'content-type: application/json' "$base/api/routers" \
   -d '{"name":"bench","tunnel_address":"10.255.0.2","username":"postern","password":"bench-pass"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# History: forwards created and revoked at once (they show only with ?all=true).
+for i in $(seq "$history"); do
+  id=$(curl -sf -H "$auth" -H 'content-type: application/json' \
+    "$base/api/routers/$router/transient-forwarding" \
+    -d '{"expire_after_minutes":120,"dst_port":999,"dst_address":"192.168.88.43","allow_from":"198.51.100.0/24"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -sf -o /dev/null -X DELETE -H "$auth" "$base/api/routers/$router/transient-forwarding/$id"
+done
 for i in $(seq 100); do
   curl -sf -o /dev/null -H "$auth" -H 'content-type: application/json' \
     "$base/api/routers/$router/transient-forwarding" \
@@ -102,11 +113,11 @@ done = function(summary, latency, requests)
 end
 LUA
 
-echo "== postern API benchmark: $(nproc) cores, database $( [ "$database" = sqlite ] && echo sqlite || echo postgres ), wrk -t$threads -c$connections -d$duration"
-echo "-- GET /api/routers/{id}/transient-forwarding (100 grants)"
+echo "== postern API benchmark: $(nproc) cores, database $( [ "$database" = sqlite ] && echo sqlite || echo postgres ), wrk -t$threads -c$connections -d$duration, $history ended grants in history"
+echo "-- GET /api/routers/{id}/transient-forwarding (100 grants; list cache on: one query per request, the list is reused while the router's grants_version stands)"
 wrk -t"$threads" -c"$connections" -d"$duration" -s "$dir/get.lua" \
   "$base/api/routers/$router/transient-forwarding" | grep -E 'Requests/sec|Latency|non-2xx|requests in'
-echo "-- the same without the one-second list cache (every request queries the database)"
+echo "-- the same with POSTERN_LIST_CACHE=false (every request also reads and decodes the 100 grants)"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 POSTERN_LIST_CACHE=false POSTERN_LOG=info "$bin" server --data-dir "$dir/data" --listen "$addr" \
   --log-format json --config "$dir/postern.toml" "${db_args[@]}" >"$dir/stdout" 2>"$dir/stderr2" &

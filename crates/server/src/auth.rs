@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -22,8 +21,6 @@ use crate::state::AppState;
 
 /// Every token starts with this, so leaked ones are easy to scan for.
 pub const TOKEN_PREFIX: &str = "pst_";
-/// How long a looked-up token is trusted without asking the store again.
-const CACHE_TTL: Duration = Duration::from_secs(5);
 /// `last_used_at` is written at most this often per token.
 const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
@@ -111,45 +108,34 @@ impl Caller {
     }
 }
 
-#[derive(Clone)]
-struct Cached {
-    token: store::ApiToken,
-    fetched: Instant,
-}
-
-/// Recently seen tokens by hash, so a burst of requests does not query the store for each.
+/// Tokens seen before, by hash, so a request need not read and decode the whole token
+/// row. A cached token is still confirmed on every request (it exists: one indexed read,
+/// or a column of the list handlers' own first query, see [`ListCaller`]), so a token
+/// deleted in any process stops working at once. Tokens cannot change otherwise; expiry
+/// is checked against the clock.
 #[derive(Clone, Default)]
 pub struct TokenCache {
-    inner: Arc<Mutex<HashMap<String, Cached>>>,
+    inner: Arc<Mutex<HashMap<String, store::ApiToken>>>,
 }
 
 impl TokenCache {
     fn get(&self, hash: &str) -> Option<store::ApiToken> {
-        let map = self.inner.lock().ok()?;
-        map.get(hash)
-            .filter(|c| c.fetched.elapsed() < CACHE_TTL)
-            .map(|c| c.token.clone())
+        self.inner.lock().ok()?.get(hash).cloned()
     }
 
     fn put(&self, hash: String, token: store::ApiToken) {
         if let Ok(mut map) = self.inner.lock() {
             if map.len() > 10_000 {
-                map.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
+                map.clear();
             }
-            map.insert(
-                hash,
-                Cached {
-                    token,
-                    fetched: Instant::now(),
-                },
-            );
+            map.insert(hash, token);
         }
     }
 
-    /// Forgets a deleted token at once.
+    /// Forgets a deleted token.
     pub fn forget(&self, id: TokenId) {
         if let Ok(mut map) = self.inner.lock() {
-            map.retain(|_, c| c.token.id != id);
+            map.retain(|_, t| t.id != id);
         }
     }
 }
@@ -181,52 +167,125 @@ pub fn client_address(trusted: &[IpAddr], peer: IpAddr, headers: &HeaderMap) -> 
         .unwrap_or(peer)
 }
 
+/// Authenticates a request. A token found in the cache is confirmed here with one read,
+/// unless `defer` is set: then it is returned for the handler to confirm in a query it
+/// makes anyway (see [`ListCaller`]).
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    defer: bool,
+) -> Result<(Caller, Option<TokenId>), ApiError> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ConnectInfo(ClientAddr(a))| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let address = client_address(&state.config.trusted_proxies, peer, &parts.headers);
+    let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+    if !well_formed(token) {
+        return Err(ApiError::Unauthorized);
+    }
+    // The lookup is by the token's hash: comparing hashes leaks nothing useful about
+    // the token through timing.
+    let hash = hash_token(token);
+    let (record, unconfirmed) = match state.tokens.get(&hash) {
+        Some(t) if defer => {
+            let id = t.id;
+            (t, Some(id))
+        }
+        Some(t) => {
+            if !state.store.api_token_exists(t.id).await? {
+                state.tokens.forget(t.id);
+                return Err(ApiError::Unauthorized);
+            }
+            (t, None)
+        }
+        None => {
+            let found = state
+                .store
+                .find_api_token_by_hash(&hash)
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            state.tokens.put(hash.clone(), found.clone());
+            (found, None)
+        }
+    };
+    let now = state.now();
+    if record.expires_at.is_some_and(|at| at <= now) {
+        return Err(ApiError::Unauthorized);
+    }
+    if record.last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY) {
+        match state.store.touch_api_token(record.id, now).await {
+            Ok(()) => {}
+            Err(store::StoreError::NotFound) => {
+                state.tokens.forget(record.id);
+                return Err(ApiError::Unauthorized);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut touched = record.clone();
+        touched.last_used_at = Some(now);
+        state.tokens.put(hash, touched);
+    }
+    let caller = Caller {
+        org_id: record.org_id,
+        actor: format!("token:{}", record.name),
+        role: record.role,
+        address,
+        user_id: None,
+        token_id: Some(record.id),
+    };
+    Ok((caller, unconfirmed))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<ClientAddr>>()
-            .map(|ConnectInfo(ClientAddr(a))| a.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let address = client_address(&state.config.trusted_proxies, peer, &parts.headers);
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        if !well_formed(token) {
-            return Err(ApiError::Unauthorized);
-        }
-        // The lookup is by the token's hash: comparing hashes leaks nothing useful about
-        // the token through timing.
-        let hash = hash_token(token);
-        let record = match state.tokens.get(&hash) {
-            Some(t) => t,
-            None => {
-                let found = state
-                    .store
-                    .find_api_token_by_hash(&hash)
-                    .await?
-                    .ok_or(ApiError::Unauthorized)?;
-                state.tokens.put(hash.clone(), found.clone());
-                found
+        Ok(authenticate(parts, state, false).await?.0)
+    }
+}
+
+/// A caller for the grant-list handlers, whose cached token is confirmed by the query
+/// those handlers make first anyway (`Store::list_stamp` reads the router's grants
+/// version and whether the token exists in one statement), so a cached list costs one
+/// query in all. The [`Caller`] is only reachable through [`ListCaller::confirm`].
+pub struct ListCaller {
+    caller: Caller,
+    unconfirmed: Option<TokenId>,
+}
+
+impl ListCaller {
+    /// The caller's organisation (for the confirming query only).
+    pub fn org_id(&self) -> OrgId {
+        self.caller.org_id
+    }
+
+    /// The token the confirming query must look for, if any.
+    pub fn token_to_confirm(&self) -> Option<TokenId> {
+        self.unconfirmed
+    }
+
+    /// The caller, once the query said whether the token to confirm still exists.
+    pub fn confirm(self, token_exists: bool, state: &AppState) -> Result<Caller, ApiError> {
+        match self.unconfirmed {
+            Some(id) if !token_exists => {
+                state.tokens.forget(id);
+                Err(ApiError::Unauthorized)
             }
-        };
-        let now = state.now();
-        if record.expires_at.is_some_and(|at| at <= now) {
-            return Err(ApiError::Unauthorized);
+            _ => Ok(self.caller),
         }
-        if record.last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY) {
-            state.store.touch_api_token(record.id, now).await?;
-            let mut touched = record.clone();
-            touched.last_used_at = Some(now);
-            state.tokens.put(hash, touched);
-        }
-        Ok(Caller {
-            org_id: record.org_id,
-            actor: format!("token:{}", record.name),
-            role: record.role,
-            address,
-            user_id: None,
-            token_id: Some(record.id),
+    }
+}
+
+impl FromRequestParts<AppState> for ListCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (caller, unconfirmed) = authenticate(parts, state, true).await?;
+        Ok(ListCaller {
+            caller,
+            unconfirmed,
         })
     }
 }

@@ -107,7 +107,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A connection with no byte read or written for this long is closed.
     pub idle_timeout: Duration,
-    /// Serve grant lists from the one-second cache (see `cache`); off only to measure.
+    /// Reuse grant lists while their router's grants version stands (see `cache`); off
+    /// only to measure.
     pub list_cache: bool,
 }
 

@@ -158,8 +158,13 @@ pub struct UpdateExpiry {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct GrantListQuery {
-    /// Include ended grants (expired, revoked, failed) too.
+    /// Include ended grants (expired, revoked, failed) too: the newest `limit` of them
+    /// after skipping `offset`, merged newest first with the live ones (always all shown).
     pub all: Option<bool>,
+    /// With `all=true`: how many ended grants, 1–500 (default 100).
+    pub limit: Option<i64>,
+    /// With `all=true`: how many of the newest ended grants to skip (default 0).
+    pub offset: Option<i64>,
 }
 
 // ---------------------------------------------------------------- routers and sites

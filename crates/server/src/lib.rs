@@ -6,7 +6,8 @@
 //! - [`config`]: `ServerConfig` from defaults, a TOML file, `POSTERN_*` variables and flags.
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
-//! - [`cache`]: a one-second cache of rendered grant lists.
+//! - [`cache`]: grant lists kept under their router's grants version (never stale).
+//! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
 //! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
 //! - [`error`]: `ApiError`, rendered as RFC 9457 problem+json.
 //! - [`extract`]: JSON body, path and query extractors whose rejections are problems.
@@ -39,6 +40,7 @@ pub mod error;
 pub mod extract;
 pub mod listen;
 pub mod metrics;
+pub mod render;
 mod routes;
 pub mod state;
 

@@ -72,6 +72,8 @@ struct Options {
     ports: (u16, u16),
     max_connections: usize,
     idle: Duration,
+    /// The server's clock (the system's when `None`).
+    clock: Option<Arc<dyn server::Clock>>,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             ports: (49152, 65535),
             max_connections: 1024,
             idle: Duration::from_secs(60),
+            clock: None,
         }
     }
 }
@@ -144,7 +147,8 @@ impl TestServer {
         let (_, b) = org(&store, "beta").await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let state = server::AppState::new(store.clone(), config, Arc::new(server::SystemClock));
+        let clock = opts.clock.unwrap_or_else(|| Arc::new(server::SystemClock));
+        let state = server::AppState::new(store.clone(), config, clock);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, state, async {
             let _ = rx.await;
@@ -163,6 +167,14 @@ impl TestServer {
             _ctx: ctx,
             _dir: dir,
         })
+    }
+
+    /// The same database opened anew, as another process (another server, the
+    /// orchestrator) would: it shares nothing with the server under test but the data.
+    async fn other_process(&self) -> store::Store {
+        store::Store::open(&self._ctx.url, &store::StoreConfig::new([7u8; 32]))
+            .await
+            .unwrap()
     }
 
     async fn stop(mut self) {
@@ -2202,6 +2214,338 @@ async fn me_and_regions_tell_a_client_where_it_stands(db: Db) {
     s.stop().await;
 }
 
+/// A clock the test moves by hand.
+struct TestClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl TestClock {
+    fn advance(&self, by: chrono::TimeDelta) {
+        let mut now = self.0.lock().unwrap();
+        *now += by;
+    }
+}
+
+impl server::Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A grant changed by another process (straight through the database) shows in the very
+/// next list response, though this server cached the list and changed nothing itself.
+async fn lists_show_changes_by_other_processes_at_once(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let other = s.other_process().await;
+    let router = s.router(&s.a.operator, "r").await;
+    let router_id: domain::RouterId = router.parse().unwrap();
+    let forwards = format!("/api/routers/{router}/transient-forwarding");
+    let access = format!("/api/routers/{router}/transient-access");
+    let (status, f) = s.forward(&s.a.operator, &router, valid_forward()).await;
+    assert_eq!(status, StatusCode::CREATED, "{f}");
+    let (status, a) = s
+        .access(
+            &s.a.operator,
+            &router,
+            json!({"allow_from": "198.51.100.0/24"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let f_id: domain::ForwardId = f["id"].as_str().unwrap().parse().unwrap();
+    let a_id: domain::AccessId = a["id"].as_str().unwrap().parse().unwrap();
+    let get = |path: String| {
+        let s = &s;
+        async move {
+            let (status, body) = s.call(Method::GET, &path, Some(&s.a.viewer), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    // Read twice so the lists are cached; each listed object is the single GET's.
+    for _ in 0..2 {
+        for (list, grant) in [(&forwards, &f), (&access, &a)] {
+            let listed = get(list.clone()).await;
+            assert_eq!(ids(&listed), vec![grant["id"].as_str().unwrap()]);
+            let single = get(format!("{list}/{}", grant["id"].as_str().unwrap())).await;
+            assert_eq!(listed[0], single);
+        }
+    }
+
+    // Another process moves the forward's end: the next list shows the new end.
+    let org = other.get_router_any_org(router_id).await.unwrap().org_id;
+    let new_end = DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    other
+        .set_forward_expiry(org, router_id, f_id, new_end)
+        .await
+        .unwrap();
+    let list = get(forwards.clone()).await;
+    assert_eq!(
+        parse_time(list[0]["expires_at"].as_str().unwrap()),
+        new_end,
+        "{list}"
+    );
+
+    // It records the first use: shown at once.
+    other
+        .set_forward_authorized(f_id, Utc::now())
+        .await
+        .unwrap();
+    let list = get(forwards.clone()).await;
+    assert!(list[0]["authorized_at"].is_string(), "{list}");
+
+    // It ends the access grant (as the orchestrator does): gone from the live list at
+    // once, shown with ?all=true.
+    use domain::GrantStatus::{Closing, Failed, Provisioning, Requested};
+    other
+        .transition_access(a_id, &[Requested], Provisioning, Utc::now(), None)
+        .await
+        .unwrap();
+    let list = get(access.clone()).await;
+    assert_eq!(list[0]["status"], "provisioning", "{list}");
+    other
+        .transition_access(a_id, &[Provisioning], Failed, Utc::now(), Some("x".into()))
+        .await
+        .unwrap();
+    assert_eq!(get(access.clone()).await, json!([]));
+    let all = get(format!("{access}?all=true")).await;
+    assert_eq!(ids(&all), vec![a["id"].as_str().unwrap()]);
+    assert_eq!(all[0]["status"], "failed");
+
+    // It creates a forward: listed at once, newest first.
+    let region = other.list_regions().await.unwrap().remove(0);
+    let created = other
+        .create_forward(store::NewForward {
+            org_id: org,
+            router_id,
+            dst_address: "192.168.88.50".parse().unwrap(),
+            dst_port: 80,
+            masquerade: false,
+            allow_from: domain::AllowFrom::parse("198.51.100.0/24", &domain::Policy::default())
+                .unwrap(),
+            expires_at: Utc::now() + chrono::TimeDelta::minutes(30),
+            created_by: "another process".into(),
+            region_id: region.id,
+            entry_point: region.entry_point.clone(),
+            port_candidates: vec![50001, 50002, 50003, 50004],
+            router_port_candidates: vec![50001, 50002, 50003, 50004],
+            audit: store::NewAudit {
+                org_id: org,
+                at: Utc::now(),
+                actor: "another process".into(),
+                actor_address: None,
+                action: "forward.create".into(),
+                target: None,
+                details: json!({}),
+            },
+            job: None,
+        })
+        .await
+        .unwrap();
+    let list = get(forwards.clone()).await;
+    assert_eq!(
+        ids(&list),
+        vec![created.id.to_string(), f["id"].as_str().unwrap().to_owned()]
+    );
+    // And closes it: still listed (closing is not final), with its new status.
+    other
+        .transition_forward(created.id, &[Requested], Closing, Utc::now(), None)
+        .await
+        .unwrap();
+    let list = get(forwards.clone()).await;
+    assert_eq!(list[0]["status"], "closing", "{list}");
+    other.close().await;
+    s.stop().await;
+}
+
+/// `expired` and `time_to_expire` are computed for each request, even when the records
+/// come from the cache (the grant itself does not change).
+async fn expiry_fields_are_computed_per_request(db: Db) {
+    let start = DateTime::parse_from_rfc3339("2030-06-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let clock = Arc::new(TestClock(std::sync::Mutex::new(start)));
+    let opts = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let Some(s) = TestServer::start_with(db, opts).await else {
+        return;
+    };
+    let router = s.router(&s.a.operator, "r").await;
+    let (status, f) = s.forward(&s.a.operator, &router, valid_forward()).await;
+    assert_eq!(status, StatusCode::CREATED, "{f}");
+    let list = format!("/api/routers/{router}/transient-forwarding");
+    let one = format!("{list}/{}", f["id"].as_str().unwrap());
+    let check = |expired: bool, words: &'static str| {
+        let s = &s;
+        let list = list.clone();
+        let one = one.clone();
+        async move {
+            for path in [&list, &list, &one] {
+                let (status, body) = s.call(Method::GET, path, Some(&s.a.viewer), None).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let g = if body.is_array() { &body[0] } else { &body };
+                assert_eq!(g["expired"], expired, "{path}: {body}");
+                assert_eq!(g["time_to_expire"], words, "{path}: {body}");
+            }
+            // The list's object is the single GET's, key for key.
+            let (_, listed) = s.call(Method::GET, &list, Some(&s.a.viewer), None).await;
+            let (_, single) = s.call(Method::GET, &one, Some(&s.a.viewer), None).await;
+            assert_eq!(listed[0], single);
+        }
+    };
+    check(false, "2 hours from now").await;
+    clock.advance(chrono::TimeDelta::minutes(61));
+    check(false, "59 minutes from now").await;
+    clock.advance(chrono::TimeDelta::seconds(59 * 60 - 1));
+    check(false, "1 second from now").await;
+    clock.advance(chrono::TimeDelta::seconds(1));
+    check(true, "now").await;
+    clock.advance(chrono::TimeDelta::minutes(3));
+    check(true, "3 minutes ago").await;
+    s.stop().await;
+}
+
+/// A deleted token stops working at once, also when another process deleted it and this
+/// server had it cached, on list routes (where the check is folded into the list's
+/// query) and on every other route.
+async fn deleted_tokens_stop_working_at_once_everywhere(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let other = s.other_process().await;
+    let router = s.router(&s.a.operator, "r").await;
+    let paths = [
+        format!("/api/routers/{router}/transient-forwarding"),
+        format!("/api/routers/{router}/transient-access"),
+        format!("/api/routers/{router}"),
+        "/api/routers".to_owned(),
+    ];
+    for victim_is_list in [true, false] {
+        let secret = {
+            let found = s
+                .store
+                .find_api_token_by_hash(&server::auth::hash_token(&s.a.viewer))
+                .await
+                .unwrap()
+                .unwrap();
+            token(&s.store, found.org_id, domain::Role::Viewer, "short-lived").await
+        };
+        // Used (and so cached) on every route.
+        for _ in 0..2 {
+            for path in &paths {
+                let (status, body) = s.call(Method::GET, path, Some(&secret), None).await;
+                assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            }
+        }
+        let record = other
+            .find_api_token_by_hash(&server::auth::hash_token(&secret))
+            .await
+            .unwrap()
+            .unwrap();
+        other
+            .delete_api_token(record.org_id, record.id)
+            .await
+            .unwrap();
+        // The very next request is refused, whichever route comes first.
+        let order: Vec<&String> = if victim_is_list {
+            paths.iter().collect()
+        } else {
+            paths.iter().rev().collect()
+        };
+        for path in order {
+            let (status, body) = s.call(Method::GET, path, Some(&secret), None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        }
+    }
+    // Other tokens are unaffected.
+    let (status, _) = s
+        .call(Method::GET, &paths[0], Some(&s.a.viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    other.close().await;
+    s.stop().await;
+}
+
+/// `?all=true` adds ended grants, newest first, a window of them at a time.
+async fn all_pages_ended_grants(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let router = s.router(&s.a.operator, "r").await;
+    let list = format!("/api/routers/{router}/transient-forwarding");
+    let mut made = Vec::new();
+    for port in [1001, 1002, 1003, 1004] {
+        let (status, f) = s
+            .forward(
+                &s.a.operator,
+                &router,
+                with(valid_forward(), "dst_port", json!(port)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{f}");
+        made.push(f["id"].as_str().unwrap().to_owned());
+        // Distinct creation times, so "newest first" is one order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // End the first three.
+    for id in &made[..3] {
+        let (status, _) = s
+            .call(
+                Method::DELETE,
+                &format!("{list}/{id}"),
+                Some(&s.a.operator),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let get = |query: &'static str| {
+        let s = &s;
+        let path = format!("{list}{query}");
+        async move { s.call(Method::GET, &path, Some(&s.a.viewer), None).await }
+    };
+    let ok = |r: (StatusCode, Value)| {
+        assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+        ids(&r.1)
+    };
+    let m = |i: &[usize]| i.iter().map(|&i| made[i].clone()).collect::<Vec<_>>();
+    assert_eq!(ok(get("").await), m(&[3]));
+    assert_eq!(ok(get("?all=false").await), m(&[3]));
+    assert_eq!(ok(get("?all=true").await), m(&[3, 2, 1, 0]));
+    assert_eq!(ok(get("?all=true&limit=1").await), m(&[3, 2]));
+    assert_eq!(ok(get("?all=true&limit=1&offset=1").await), m(&[3, 1]));
+    assert_eq!(ok(get("?all=true&limit=500&offset=2").await), m(&[3, 0]));
+    assert_eq!(ok(get("?all=true&offset=3").await), m(&[3]));
+    let (_, all) = get("?all=true").await;
+    assert_eq!(all[1]["revoked_early"], true, "{all}");
+    for (query, field) in [
+        ("?limit=1", "limit"),
+        ("?offset=1", "offset"),
+        ("?all=true&limit=0", "limit"),
+        ("?all=true&limit=501", "limit"),
+        ("?all=true&offset=-1", "offset"),
+        ("?all=true&limit=x", ""),
+    ] {
+        let (status, body) = get(query).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        if !field.is_empty() {
+            assert_eq!(self::field(&body), field, "{query}: {body}");
+        }
+    }
+    s.stop().await;
+}
+
 /// Runs each test above on SQLite and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -2223,6 +2567,10 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    lists_show_changes_by_other_processes_at_once,
+    expiry_fields_are_computed_per_request,
+    deleted_tokens_stop_working_at_once_everywhere,
+    all_pages_ended_grants,
     me_and_regions_tell_a_client_where_it_stands,
     concurrent_creates_never_share_a_port_and_a_full_range_is_409,
     reference_sample_request_gives_every_reference_key_with_its_type,

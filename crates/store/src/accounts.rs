@@ -316,6 +316,18 @@ impl Store {
         })
     }
 
+    /// Whether a token still exists (a cached token is checked with this: one indexed
+    /// read, so a deleted token stops working at once in every process).
+    pub async fn api_token_exists(&self, id: TokenId) -> Result<bool> {
+        db!(self, |p, pg| {
+            Ok(sqlx::query("SELECT id FROM api_tokens WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await?
+                .is_some())
+        })
+    }
+
     /// Records a use of a token.
     pub async fn touch_api_token(&self, id: TokenId, at: DateTime<Utc>) -> Result<()> {
         let _writer = self.sqlite_writer().await;

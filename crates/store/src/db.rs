@@ -198,6 +198,11 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "audit append only",
             include_str!("../migrations/sqlite/0002_audit_append_only.sql"),
         ),
+        migration(
+            3,
+            "grant lists",
+            include_str!("../migrations/sqlite/0003_grant_lists.sql"),
+        ),
     ])
 }
 
@@ -213,6 +218,11 @@ pub(crate) fn postgres_migrator() -> Migrator {
             2,
             "audit append only",
             include_str!("../migrations/postgres/0002_audit_append_only.sql"),
+        ),
+        migration(
+            3,
+            "grant lists",
+            include_str!("../migrations/postgres/0003_grant_lists.sql"),
         ),
     ])
 }

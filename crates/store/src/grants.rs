@@ -5,13 +5,13 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId};
+use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
 use crate::db::{Get, WritePool, db, ms, trunc};
 use crate::error::{Result, StoreError};
 use crate::jobs::{insert_audit, insert_job};
-use crate::records::{NewAccess, NewForward, TransientAccess, TransientForward};
+use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
 use crate::secret::{Secret, Slot};
 
 /// How many candidate ports `claim_port!` tries blindly before it reads which are taken.
@@ -200,14 +200,37 @@ macro_rules! grant_methods {
                 grant.ok_or(StoreError::NotFound)
             }
 
-            #[doc = concat!("Every ", $kind, " of a router of `org` (ended ones too), newest first; `NotFound` if the router is not in `org`.")]
-            pub async fn $list(&self, org: OrgId, router_id: RouterId) -> Result<Vec<$record>> {
+            #[doc = concat!(
+                "The ", $kind, "s of a router of `org`, newest first: every one not yet final \
+                 (live or closing), and with `ended` a window of the final ones (expired, revoked, \
+                 failed; newest first, `Page` applied to them alone). One statement, so one \
+                 snapshot. `NotFound` if the router is not in `org`."
+            )]
+            pub async fn $list(
+                &self,
+                org: OrgId,
+                router_id: RouterId,
+                ended: Option<Page>,
+            ) -> Result<Vec<$record>> {
+                let (limit, offset) = ended.map_or((0, 0), |p| (p.limit_i64(), p.offset_i64()));
                 let grants = db!(self, |p, pg| {
-                    let rows = sqlx::query($select!(
-                        "WHERE router_id = $1 AND org_id = $2 ORDER BY created_at DESC, id DESC"
+                    let rows = sqlx::query(concat!(
+                        $select!(
+                            "WHERE router_id = $1 AND org_id = $2 \
+                             AND status IN ('requested', 'provisioning', 'active', 'closing') "
+                        ),
+                        "UNION ALL SELECT * FROM (",
+                        $select!(
+                            "WHERE router_id = $1 AND org_id = $2 \
+                             AND status IN ('expired', 'revoked', 'failed') \
+                             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                        ),
+                        ") AS ended ORDER BY created_at DESC, id DESC"
                     ))
                     .bind(router_id.to_string())
                     .bind(org.to_string())
+                    .bind(limit)
+                    .bind(offset)
                     .fetch_all(p)
                     .await?;
                     rows.iter().map($from_row).collect::<Result<Vec<_>>>()?
@@ -405,6 +428,34 @@ fn no_port(what: &str) -> StoreError {
 }
 
 impl Store {
+    /// The router's grants version (`None` if it is not in `org`) and whether `token`
+    /// still exists, in one statement: a server that caches grant lists reads this on
+    /// every list request, and it also authorises the request when the caller's token
+    /// was cached. The version changes in the transaction of every insert or update of
+    /// a grant of the router (database triggers), whoever writes.
+    pub async fn list_stamp(
+        &self,
+        org: OrgId,
+        router_id: RouterId,
+        token: Option<TokenId>,
+    ) -> Result<ListStamp> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT (SELECT grants_version FROM routers WHERE id = $1 AND org_id = $2) AS version, \
+                 (SELECT COUNT(*) FROM api_tokens WHERE id = $3) AS tokens",
+            )
+            .bind(router_id.to_string())
+            .bind(org.to_string())
+            .bind(token.map(|t| t.to_string()).unwrap_or_default())
+            .fetch_one(p)
+            .await?;
+            Ok(ListStamp {
+                grants_version: row.opt_int("version")?,
+                token_exists: row.int("tokens")? > 0,
+            })
+        })
+    }
+
     /// Records a transient access grant (status `requested`) with the first free gateway
     /// port among `port_candidates`, its audit entry and its first job, in one
     /// transaction: on any failure nothing is left. `NotFound` if the router is not in

@@ -47,6 +47,10 @@
 //! - The audit log is append-only: triggers refuse UPDATE and DELETE (and TRUNCATE on
 //!   PostgreSQL), so an organisation with audit entries cannot be deleted either.
 //! - Every org-scoped method returns `NotFound` for a row of another organisation.
+//! - `routers.grants_version` goes up in the transaction of every insert or update of
+//!   one of the router's grants: triggers (migration 3), so no writer can forget it,
+//!   whether a store method, another process or a hand-written statement. A reader that
+//!   saw version V before reading a list knows the list is no older than V.
 //!
 //! # Differences from notes/STORE_API.md (what the server codes against)
 //!
@@ -63,9 +67,13 @@
 //! - `create_router` returns `Conflict` when a router of that name exists in the org,
 //!   or when the named site already has a router (one router per site).
 //! - `get_site(org, id) -> (Site, Vec<Router>)`, like an item of `list_sites`.
-//! - `list_access`/`list_forwards(org, router_id)`: every grant of the router, newest
-//!   first (ended ones too; the API shows `expired`); `NotFound` if the router is not in
-//!   the org. `list_live_access()`/`list_live_forwards()`: all orgs, every grant not yet
+//! - `list_access`/`list_forwards(org, router_id, ended: Option<Page>)`: the router's
+//!   grants that are not final (closing included), newest first, filtered in SQL
+//!   (a partial index holds only those); with `ended`, a window of its final grants
+//!   too, merged newest first. `NotFound` if the router is not in the org.
+//! - `list_stamp(org, router_id, token)`: the router's `grants_version` and whether a
+//!   token still exists, in one statement, for the server's grant-list cache.
+//!   `api_token_exists(id)` checks a cached token alone. `list_live_access()`/`list_live_forwards()`: all orgs, every grant not yet
 //!   final (`requested`, `provisioning`, `active` and `closing`), for the orchestrator.
 //! - `transition_access(id, from, to, at, reason)` also refuses (`Conflict`) a move that
 //!   `GrantStatus::can_become` forbids; `reason` goes to `failure_reason`.

@@ -329,6 +329,17 @@ pub struct NewAudit {
     pub details: serde_json::Value,
 }
 
+/// What a server reads, in one statement, to know whether a grant list it cached is
+/// still exact: the router's grants version, and whether a cached API token still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListStamp {
+    /// The router's `grants_version`, which goes up with every insert or update of one of
+    /// its grants; `None` when the router is not in the organisation asked about.
+    pub grants_version: Option<i64>,
+    /// Whether the token asked about still exists (`false` when none was).
+    pub token_exists: bool,
+}
+
 /// A window of a newest-first list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {

@@ -305,6 +305,28 @@ impl Store {
     pub async fn delete_router(&self, org: OrgId, id: RouterId) -> Result<()> {
         db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            if pg {
+                // Lock order: a grant's row, then its router's. A grant transition holds
+                // the grant's row and locks the router's at commit (the grants_version
+                // trigger), so taking the router's first here could deadlock with it.
+                let mine = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
+                    .bind(id.to_string())
+                    .bind(org.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if mine.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                for lock in [
+                    "SELECT id FROM transient_access WHERE router_id = $1 FOR UPDATE",
+                    "SELECT id FROM transient_forwards WHERE router_id = $1 FOR UPDATE",
+                ] {
+                    sqlx::query(lock)
+                        .bind(id.to_string())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                }
+            }
             let lock = if pg {
                 "SELECT id FROM routers WHERE id = $1 AND org_id = $2 FOR UPDATE"
             } else {

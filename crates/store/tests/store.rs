@@ -55,6 +55,12 @@ fn t(minutes: i64) -> DateTime<Utc> {
         + TimeDelta::minutes(minutes)
 }
 
+/// Every grant of a router, ended ones too (as many as a test makes).
+const ALL: Option<Page> = Some(Page {
+    limit: 1000,
+    offset: 0,
+});
+
 fn allow() -> AllowFrom {
     AllowFrom::parse("198.51.100.0/24", &Policy::default()).unwrap()
 }
@@ -637,7 +643,7 @@ async fn access_life_cycle(ctx: &Ctx) {
     );
     assert_eq!(s.get_access(w.org, w.router.id, g.id).await.unwrap(), g);
     assert_eq!(
-        s.list_access(w.org, w.router.id).await.unwrap(),
+        s.list_access(w.org, w.router.id, ALL).await.unwrap(),
         vec![g.clone()]
     );
     assert_eq!(ctx.count("audit_log").await, 1);
@@ -646,15 +652,18 @@ async fn access_life_cycle(ctx: &Ctx) {
     // Another organisation: NotFound everywhere.
     assert!(is_not_found(s.get_access(w.other, w.router.id, g.id).await));
     assert!(is_not_found(s.get_access(w.org, w.foreign.id, g.id).await));
-    assert!(is_not_found(s.list_access(w.other, w.router.id).await));
-    assert!(is_not_found(s.list_access(w.org, w.foreign.id).await));
+    assert!(is_not_found(s.list_access(w.other, w.router.id, ALL).await));
+    assert!(is_not_found(s.list_access(w.org, w.foreign.id, ALL).await));
     assert!(is_not_found(
         s.set_access_expiry(w.other, w.router.id, g.id, t(30)).await
     ));
     let mut theirs = new_access(&w, &[40050], false);
     theirs.router_id = w.foreign.id;
     assert!(is_not_found(s.create_access(theirs).await));
-    assert_eq!(s.list_access(w.other, w.foreign.id).await.unwrap(), vec![]);
+    assert_eq!(
+        s.list_access(w.other, w.foreign.id, ALL).await.unwrap(),
+        vec![]
+    );
 
     // Expiry changes while live.
     let g2 = s
@@ -799,7 +808,7 @@ async fn access_life_cycle(ctx: &Ctx) {
 
     // Newest first.
     let listed: Vec<_> = s
-        .list_access(w.org, w.router.id)
+        .list_access(w.org, w.router.id, ALL)
         .await
         .unwrap()
         .into_iter()
@@ -828,7 +837,9 @@ async fn forwards(ctx: &Ctx) {
     assert!(is_not_found(
         s.get_forward(w.other, w.router.id, f.id).await
     ));
-    assert!(is_not_found(s.list_forwards(w.other, w.router.id).await));
+    assert!(is_not_found(
+        s.list_forwards(w.other, w.router.id, ALL).await
+    ));
     assert!(is_not_found(
         s.set_forward_expiry(w.other, w.router.id, f.id, t(60))
             .await
@@ -887,7 +898,13 @@ async fn forwards(ctx: &Ctx) {
         .await
         .unwrap();
     assert_eq!((f3.port, f3.router_port), (40010, 50000));
-    assert_eq!(s.list_forwards(w.org, w.router.id).await.unwrap().len(), 3);
+    assert_eq!(
+        s.list_forwards(w.org, w.router.id, ALL)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }
 both!(forwards_and_shared_ports, forwards);
 
@@ -1028,7 +1045,7 @@ async fn delete_router_rules(ctx: &Ctx) {
 
     s.delete_router(w.org, w.router.id).await.unwrap();
     assert!(is_not_found(s.get_router(w.org, w.router.id).await));
-    assert!(is_not_found(s.list_access(w.org, w.router.id).await));
+    assert!(is_not_found(s.list_access(w.org, w.router.id, ALL).await));
     assert_eq!(ctx.count("transient_access").await, 0);
     assert_eq!(ctx.count("jobs").await, 0);
     assert_eq!(ctx.count("gateway_ports").await, 0);
@@ -1388,7 +1405,7 @@ async fn delete_races_create(ctx: &Ctx) {
             Err(StoreError::Conflict(_)) => assert!(created > 0, "round {round}"),
             Err(e) => panic!("delete: {e}"),
         }
-        let left = s.list_access(w.org, router.id).await;
+        let left = s.list_access(w.org, router.id, ALL).await;
         match left {
             Ok(grants) => assert_eq!(grants.len(), created),
             Err(StoreError::NotFound) => assert_eq!(created, 0),
@@ -1412,7 +1429,7 @@ async fn grants_newest_first(ctx: &Ctx) {
         forwards.push(s.create_forward(f).await.unwrap().id);
     }
     let listed: Vec<_> = s
-        .list_access(w.org, w.router.id)
+        .list_access(w.org, w.router.id, ALL)
         .await
         .unwrap()
         .into_iter()
@@ -1420,7 +1437,7 @@ async fn grants_newest_first(ctx: &Ctx) {
         .collect();
     assert_eq!(listed, access.iter().rev().copied().collect::<Vec<_>>());
     let listed: Vec<_> = s
-        .list_forwards(w.org, w.router.id)
+        .list_forwards(w.org, w.router.id, ALL)
         .await
         .unwrap()
         .into_iter()
@@ -1431,3 +1448,226 @@ async fn grants_newest_first(ctx: &Ctx) {
     assert_eq!(first.created_at, t(1));
 }
 both!(grants_listed_newest_first, grants_newest_first);
+
+async fn lists_filter_and_page(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    // Five access grants at t(1)..t(5): the 1st, 2nd and 4th end (revoked, failed,
+    // expired); the 3rd closes; the 5th stays requested.
+    let mut ids = Vec::new();
+    for i in 1..=5u16 {
+        let mut a = new_access(&w, &[40000 + i], false);
+        a.audit.at = t(i64::from(i));
+        ids.push(s.create_access(a).await.unwrap().id);
+    }
+    let live = [Requested, Provisioning, Active];
+    s.transition_access(ids[0], &live, Closing, t(6), None)
+        .await
+        .unwrap();
+    s.transition_access(ids[0], &[Closing], Revoked, t(6), None)
+        .await
+        .unwrap();
+    s.transition_access(ids[1], &live, Failed, t(6), Some("x".into()))
+        .await
+        .unwrap();
+    s.transition_access(ids[2], &live, Closing, t(6), None)
+        .await
+        .unwrap();
+    s.transition_access(ids[3], &live, Closing, t(6), None)
+        .await
+        .unwrap();
+    s.transition_access(ids[3], &[Closing], Expired, t(7), None)
+        .await
+        .unwrap();
+    let listed = |page: Option<Page>| async move {
+        s.list_access(w.org, w.router.id, page)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| g.id)
+            .collect::<Vec<_>>()
+    };
+    // Without `ended`: what is not final (closing included), newest first.
+    assert_eq!(listed(None).await, vec![ids[4], ids[2]]);
+    // With it: the ended ones too, merged newest first.
+    assert_eq!(
+        listed(ALL).await,
+        vec![ids[4], ids[3], ids[2], ids[1], ids[0]]
+    );
+    // The page applies to the ended ones alone; the live ones are always there.
+    let page = |limit, offset| Some(Page { limit, offset });
+    assert_eq!(listed(page(1, 0)).await, vec![ids[4], ids[3], ids[2]]);
+    assert_eq!(listed(page(1, 1)).await, vec![ids[4], ids[2], ids[1]]);
+    assert_eq!(listed(page(2, 2)).await, vec![ids[4], ids[2], ids[0]]);
+    assert_eq!(listed(page(5, 3)).await, vec![ids[4], ids[2]]);
+    // Forwards alike.
+    let f = s
+        .create_forward(new_forward(&w, &[40050], &[50001]))
+        .await
+        .unwrap();
+    s.transition_forward(f.id, &live, Failed, t(1), None)
+        .await
+        .unwrap();
+    assert!(
+        s.list_forwards(w.org, w.router.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_forwards(w.org, w.router.id, ALL).await.unwrap(),
+        vec![s.get_forward(w.org, w.router.id, f.id).await.unwrap()]
+    );
+    // An empty list of a router of another organisation is still NotFound.
+    assert!(is_not_found(
+        s.list_forwards(w.other, w.router.id, None).await
+    ));
+}
+both!(
+    lists_show_live_grants_and_page_ended_ones,
+    lists_filter_and_page
+);
+
+async fn version_moves(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    let version = || async {
+        s.list_stamp(w.org, w.router.id, None)
+            .await
+            .unwrap()
+            .grants_version
+            .unwrap()
+    };
+    let mut seen = vec![version().await];
+    let mut moved = |v: i64, what: &str| {
+        assert!(
+            v > *seen.last().unwrap(),
+            "{what} did not move the version: {seen:?} then {v}"
+        );
+        seen.push(v);
+    };
+    let a = s
+        .create_access(new_access(&w, &[40001], false))
+        .await
+        .unwrap();
+    moved(version().await, "create_access");
+    let f = s
+        .create_forward(new_forward(&w, &[40002], &[50001]))
+        .await
+        .unwrap();
+    moved(version().await, "create_forward");
+    s.set_access_expiry(w.org, w.router.id, a.id, t(60))
+        .await
+        .unwrap();
+    moved(version().await, "set_access_expiry");
+    s.set_forward_expiry(w.org, w.router.id, f.id, t(60))
+        .await
+        .unwrap();
+    moved(version().await, "set_forward_expiry");
+    assert!(s.set_access_authorized(a.id, t(1)).await.unwrap());
+    moved(version().await, "set_access_authorized");
+    assert!(s.set_forward_authorized(f.id, t(1)).await.unwrap());
+    moved(version().await, "set_forward_authorized");
+    let live = [Requested, Provisioning, Active];
+    s.transition_access(a.id, &live, Provisioning, t(2), None)
+        .await
+        .unwrap();
+    moved(version().await, "transition_access");
+    s.transition_forward(f.id, &live, Failed, t(2), Some("no route".into()))
+        .await
+        .unwrap();
+    moved(version().await, "transition_forward");
+    // Any writer, not only the store's methods: another process with its own SQL.
+    ctx.exec(
+        "UPDATE transient_access SET failure_reason = 'x' WHERE id = $1",
+        &[&a.id.to_string()],
+    )
+    .await;
+    moved(version().await, "a raw update");
+    // A refused change moves nothing.
+    let before = version().await;
+    assert!(s.set_access_authorized(a.id, t(3)).await.is_ok());
+    assert!(
+        s.transition_forward(f.id, &live, Active, t(3), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(version().await, before);
+    // Other routers are not touched, and another organisation sees no version.
+    let theirs = s.list_stamp(w.other, w.foreign.id, None).await.unwrap();
+    assert_eq!(theirs.grants_version, Some(0));
+    let hidden = s.list_stamp(w.other, w.router.id, None).await.unwrap();
+    assert_eq!(hidden.grants_version, None);
+    // The token half of the stamp: there while the token is, gone once it is deleted.
+    let token = s
+        .create_api_token(NewApiToken {
+            org_id: w.org,
+            name: "ci".into(),
+            role: Role::Operator,
+            token_hash: "ab".repeat(32),
+            created_by: None,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let stamp = s
+        .list_stamp(w.org, w.router.id, Some(token.id))
+        .await
+        .unwrap();
+    assert!(stamp.token_exists);
+    assert!(!hidden.token_exists);
+    assert!(s.api_token_exists(token.id).await.unwrap());
+    s.delete_api_token(w.org, token.id).await.unwrap();
+    let stamp = s
+        .list_stamp(w.org, w.router.id, Some(token.id))
+        .await
+        .unwrap();
+    assert!(!stamp.token_exists);
+    assert!(!s.api_token_exists(token.id).await.unwrap());
+    assert_eq!(stamp.grants_version, Some(before));
+}
+both!(grants_version_moves_with_every_grant_write, version_moves);
+
+async fn delete_races_end(ctx: &Ctx) {
+    use GrantStatus::*;
+    let s = &ctx.store;
+    let w = world(s).await;
+    // A router is deleted while the orchestrator ends its closing grant: one of them
+    // wins cleanly, whatever the interleaving (no deadlock, no database error).
+    for round in 0..12u16 {
+        let router = s
+            .create_router(new_router(w.org, &w.region, &format!("end-{round}"), "pw"))
+            .await
+            .unwrap();
+        let mut n = new_access(&w, &[41500 + round], false);
+        n.router_id = router.id;
+        let g = s.create_access(n).await.unwrap();
+        s.transition_access(g.id, &[Requested], Closing, t(1), None)
+            .await
+            .unwrap();
+        let end = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.transition_access(g.id, &[Closing], Expired, t(2), None)
+                    .await
+            })
+        };
+        let delete = {
+            let s = s.clone();
+            let org = w.org;
+            tokio::spawn(async move { s.delete_router(org, router.id).await })
+        };
+        match end.await.unwrap() {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => panic!("round {round}: end: {e}"),
+        }
+        match delete.await.unwrap() {
+            Ok(()) => {}
+            Err(e) => panic!("round {round}: delete: {e}"),
+        }
+        assert!(is_not_found(s.get_router(w.org, router.id).await));
+    }
+}
+both!(router_delete_races_grant_end, delete_races_end);

@@ -2,7 +2,6 @@
 //! the forwards' style, plus `/credentials` (every read audited).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,17 +10,17 @@ use domain::{AccessId, AccessLevel, AccessType, RouterId};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, is_expired, json_body, load_router, new_job, not_found_as, port_candidates,
-    resolve_allow_from, resolve_expiry,
+    Checks, audit, ended_window, grant_list, is_expired, json_body, load_router, new_job,
+    not_found_as, port_candidates, resolve_allow_from, resolve_expiry,
 };
-use crate::auth::{Caller, random_alnum};
-use crate::cache::ListKind;
+use crate::auth::{Caller, ListCaller, random_alnum};
 use crate::dto::{
     AccessLevelDto, AccessView, CreateAccess, CredentialsView, GrantListQuery, UpdateExpiry,
     timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
+use crate::render::{self, Prerendered};
 use crate::state::AppState;
 
 /// Length of generated passwords: 24 letters and digits, about 143 bits.
@@ -100,41 +99,34 @@ fn access_level(req: &CreateAccess, checks: &mut Checks) -> AccessLevel {
 )]
 pub async fn access_list(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: ListCaller,
     ApiPath(router_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<GrantListQuery>,
 ) -> Result<Response, ApiError> {
     let router_id: RouterId = parse_id(&router_id, "router")?;
-    let all = query.all.unwrap_or(false);
-    let kind = ListKind::Access { all };
+    let ended = ended_window(&query)?;
     let now = state.now();
-    let second = now.timestamp();
-    let cached = state.config.list_cache;
-    if let Some(body) = cached
-        .then(|| state.lists.get(caller.org_id, router_id, kind, second))
-        .flatten()
-    {
-        return Ok(json_body(body));
-    }
-    // NotFound here also covers a router of another organisation.
-    let rows = state
-        .store
-        .list_access(caller.org_id, router_id)
-        .await
-        .map_err(|e| not_found_as(e, "router"))?;
-    let views: Vec<AccessView> = rows
-        .iter()
-        .filter(|g| all || !g.status.is_final())
-        .map(|g| view(g, now))
-        .collect();
-    let body =
-        Bytes::from(serde_json::to_vec(&views).map_err(|e| ApiError::Internal(e.to_string()))?);
-    if cached {
-        state
-            .lists
-            .put(caller.org_id, router_id, kind, second, body.clone());
-    }
-    Ok(json_body(body))
+    let store = state.store.clone();
+    let records = grant_list(
+        &state,
+        caller,
+        router_id,
+        ended,
+        &state.lists.access,
+        |org| async move {
+            let grants = store
+                .list_access(org, router_id, ended)
+                .await
+                .map_err(|e| not_found_as(e, "router"))?;
+            grants
+                .iter()
+                .map(|g| Prerendered::new(&view(g, now), g.status, g.expires_at))
+                .collect()
+        },
+    )
+    .await?;
+    // `expired` and `time_to_expire` are as of this request.
+    Ok(json_body(render::list(&records, now)))
 }
 
 /// Creates transient access: a generated user and password, recorded as `requested` with

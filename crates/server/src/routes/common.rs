@@ -1,14 +1,18 @@
 //! What the grant handlers share: loading a router within the caller's organisation,
 //! resolving expiry and `allow_from`, drawing port candidates, and audit entries.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::response::IntoResponse as _;
 use chrono::{DateTime, TimeDelta, Utc};
-use domain::{AllowFrom, RouterId};
+use domain::{AllowFrom, OrgId, RouterId};
 use rand::seq::SliceRandom as _;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ListCaller};
+use crate::cache::Versioned;
+use crate::dto::GrantListQuery;
 use crate::error::{ApiError, FieldError};
 use crate::extract::parse_id;
 use crate::state::AppState;
@@ -30,6 +34,74 @@ pub async fn load_router(
         .get_router(caller.org_id, id)
         .await
         .map_err(|e| not_found_as(e, "router"))
+}
+
+/// How many ended grants `?all=true` shows when no `limit` is given.
+const ENDED_DEFAULT: i64 = 100;
+
+/// The window of ended grants a list asks for: none by default; with `all=true`,
+/// `limit` (1–500, default 100) of them after skipping `offset`.
+pub fn ended_window(q: &GrantListQuery) -> Result<Option<store::Page>, ApiError> {
+    let mut checks = Checks::default();
+    if q.all != Some(true) {
+        if q.limit.is_some() {
+            checks.push("limit", "pages ended grants: give it with all=true");
+        }
+        if q.offset.is_some() {
+            checks.push("offset", "pages ended grants: give it with all=true");
+        }
+        checks.finish()?;
+        return Ok(None);
+    }
+    let limit = q.limit.unwrap_or(ENDED_DEFAULT);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=500).contains(&limit) {
+        checks.push("limit", "must be between 1 and 500");
+    }
+    if !(0..=1_000_000).contains(&offset) {
+        checks.push("offset", "must be between 0 and 1000000");
+    }
+    checks.finish()?;
+    Ok(Some(store::Page {
+        limit: u32::try_from(limit).unwrap_or(100),
+        offset: u32::try_from(offset).unwrap_or(0),
+    }))
+}
+
+/// A router's grant list for `caller`, with one query when this process holds the list
+/// as of the router's current grants version: `Store::list_stamp` reads that version
+/// (404 for a router outside the caller's organisation) and confirms a cached token
+/// (401 once deleted) in one statement; `fetch` runs only when the version moved or the
+/// cache is switched off. The records are read after the version, so they are never
+/// older than the version they are filed under.
+pub async fn grant_list<T, F, Fut>(
+    state: &AppState,
+    caller: ListCaller,
+    router_id: RouterId,
+    ended: Option<store::Page>,
+    cache: &Versioned<T>,
+    fetch: F,
+) -> Result<Arc<Vec<T>>, ApiError>
+where
+    F: FnOnce(OrgId) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, ApiError>>,
+{
+    let org = caller.org_id();
+    let stamp = state
+        .store
+        .list_stamp(org, router_id, caller.token_to_confirm())
+        .await?;
+    caller.confirm(stamp.token_exists, state)?;
+    let version = stamp.grants_version.ok_or(ApiError::NotFound("router"))?;
+    let cached = state.config.list_cache;
+    if cached && let Some(records) = cache.get(org, router_id, ended, version) {
+        return Ok(records);
+    }
+    let records = Arc::new(fetch(org).await?);
+    if cached {
+        cache.put(org, router_id, ended, version, records.clone());
+    }
+    Ok(records)
 }
 
 /// Maps the store's NotFound to a 404 naming `what`.
@@ -180,14 +252,7 @@ pub fn audit(
     }
 }
 
-/// Whether a grant counts as expired for the API: it ended by expiry, or its time is up.
-pub fn is_expired(
-    status: domain::GrantStatus,
-    expires_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> bool {
-    status == domain::GrantStatus::Expired || expires_at <= now
-}
+pub use crate::render::is_expired;
 
 #[cfg(test)]
 mod tests {
