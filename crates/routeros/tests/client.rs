@@ -50,16 +50,27 @@ where
     (addr, handle)
 }
 
+/// Waits for the peer's script to end (it ends when the client closes the connection);
+/// a peer still running after 10 s fails the test rather than hanging it.
+async fn finish(peer: JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(10), peer)
+        .await
+        .expect("the peer's script did not end: did the client close the connection?")
+        .unwrap();
+}
+
 fn config(addr: &str) -> ClientConfig {
     ClientConfig::new(addr, USER, PASSWORD)
         .with_connect_timeout(Duration::from_secs(5))
         .with_command_timeout(Duration::from_secs(5))
 }
 
+/// The next sentence from the client; a client that sends nothing within 10 s fails the
+/// test rather than hanging it.
 async fn recv(conn: &mut Conn) -> Words {
-    let sentence = conn
-        .read_sentence()
+    let sentence = tokio::time::timeout(Duration::from_secs(10), conn.read_sentence())
         .await
+        .expect("the client sent nothing within 10 s")
         .unwrap()
         .expect("the client sent a sentence");
     Words::parse(&sentence)
@@ -135,7 +146,7 @@ async fn plaintext_login_then_a_command() {
     let client = Client::connect(&config(&addr)).await.unwrap();
     assert_eq!(api::system::identity(&client).await.unwrap(), "edge-1");
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -165,7 +176,7 @@ async fn md5_challenge_fallback_when_done_carries_ret() {
         .unwrap();
     assert_eq!(api::system::identity(&client).await.unwrap(), "old");
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -187,7 +198,7 @@ async fn failed_login_reports_the_routers_message_and_not_the_password() {
     }
     assert!(!err.to_string().contains(PASSWORD));
     assert!(!format!("{err:?}").contains(PASSWORD));
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -249,7 +260,7 @@ async fn fifty_concurrent_commands_answered_out_of_order() {
     }
     assert_eq!(client.in_flight(), 0);
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -290,7 +301,7 @@ async fn cancel_sends_its_own_tag_and_the_command_ends_cancelled() {
     assert_eq!(client.in_flight(), 0);
     drop(stream);
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -332,7 +343,7 @@ async fn dropping_a_stream_cancels_it_on_the_router() {
     assert_eq!(response.items.len(), 1);
     assert_eq!(response.items[0].get_str("x"), Some("fresh"));
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -386,7 +397,7 @@ async fn a_timed_out_command_is_cancelled_and_its_late_replies_discarded() {
     assert_eq!(response.items[0].get_str("fresh"), Some("yes"));
     assert_eq!(response.items[0].get_str("late"), None);
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -431,7 +442,7 @@ async fn a_dropped_connection_fails_every_waiter_and_later_commands_at_once() {
     let err = client.call(Command::new("/after")).await.unwrap_err();
     assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(100));
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -455,7 +466,7 @@ async fn fatal_fails_waiters_and_closes() {
         matches!(&err, Error::ConnectionLost { reason } if reason.contains("session terminated")),
         "{err:?}"
     );
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -476,7 +487,7 @@ async fn empty_reply_finishes_a_command_with_no_items() {
         .unwrap();
     assert!(users.is_empty());
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -500,7 +511,7 @@ async fn a_control_byte_from_the_peer_is_a_lost_connection_not_a_panic() {
         "{err:?}"
     );
     assert!(client.is_closed());
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 /// The stream under a peer's connection, for writing raw bytes.
@@ -545,7 +556,7 @@ async fn a_trap_fails_the_command_with_the_routers_message_after_its_done() {
     assert!(!client.is_closed());
     assert_eq!(client.in_flight(), 0);
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 /// A tiny in-memory router: enough of `/user`, `/ip/firewall/nat` and
@@ -726,7 +737,7 @@ async fn typed_helpers_send_routeros_spellings_and_parse_replies() {
     assert!(!groups[0].has_policy("reboot"));
 
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 #[tokio::test]
@@ -813,7 +824,7 @@ async fn active_sessions_resource_and_device_mode() {
     assert_eq!(d.flag("fetch"), Some(true));
     assert_eq!(d.flag("bandwidth-test"), Some(false));
     drop(client);
-    peer.await.unwrap();
+    finish(peer).await;
 }
 
 mod tls {
@@ -874,7 +885,11 @@ mod tls {
             Ok(client) => api::system::identity(&client).await,
             Err(e) => Err(e),
         };
-        (result, peer.await.unwrap())
+        let served = tokio::time::timeout(Duration::from_secs(10), peer)
+            .await
+            .expect("the tls peer did not end")
+            .unwrap();
+        (result, served)
     }
 
     #[tokio::test]
@@ -935,4 +950,78 @@ mod tls {
         );
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+}
+
+#[tokio::test]
+async fn a_silent_router_makes_connect_time_out() {
+    let (addr, _peer) = fake_router(|mut conn| async move {
+        // Read the login and never answer.
+        let _ = conn.read_sentence().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let started = Instant::now();
+    let err = Client::connect(&config(&addr).with_connect_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ConnectTimeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = Client::connect(&config(&addr)).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn unknown_reply_types_and_untagged_replies_are_skipped() {
+    let (addr, peer) = fake_router(|mut conn| async move {
+        accept_login(&mut conn).await;
+        let w = recv(&mut conn).await;
+        let tag = format!(".tag={}", tag_of(&w));
+        send(&mut conn, &["!what", "=a=1", &tag]).await;
+        send(&mut conn, &["!re", "=untagged=1"]).await;
+        send(&mut conn, &["!re", "=ours=1", &tag]).await;
+        send(&mut conn, &["!done", "=ret=*9", &tag]).await;
+        let _ = conn.read_sentence().await;
+    })
+    .await;
+    let client = Client::connect(&config(&addr)).await.unwrap();
+    let response = client.call(Command::new("/x")).await.unwrap();
+    assert_eq!(response.items.len(), 1);
+    assert_eq!(response.items[0].get_str("ours"), Some("1"));
+    assert_eq!(response.ret(), Some("*9"));
+    drop(client);
+    finish(peer).await;
+}
+
+#[tokio::test]
+async fn close_fails_waiters_and_later_commands() {
+    let (addr, peer) = fake_router(|mut conn| async move {
+        accept_login(&mut conn).await;
+        let _ = conn.read_sentence().await;
+        // The client closes: the peer sees the end of the stream.
+        assert!(matches!(conn.read_sentence().await, Ok(None) | Err(_)));
+    })
+    .await;
+    let client = Client::connect(&config(&addr)).await.unwrap();
+    let mut waiting = client.start(Command::new("/long")).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.close();
+    assert!(matches!(
+        waiting.next().await,
+        Some(Err(Error::ConnectionLost { .. }))
+    ));
+    assert!(matches!(
+        client.start(Command::new("/x")),
+        Err(Error::ConnectionLost { .. })
+    ));
+    tokio::time::timeout(Duration::from_secs(3), peer)
+        .await
+        .expect("the socket closes when the client does")
+        .unwrap();
 }
