@@ -505,10 +505,12 @@ async fn ensure_schedule(
     }
     let now = inner.clock.now();
     let (offset, v7) = router_clock_offset(conn, now, log).await?;
-    // Whole seconds, rounded up: never before the grant's end.
+    // The router prints whole seconds, so the measured offset may be up to 1 s short;
+    // one more second (and truncation) keeps the entry from ever running before the
+    // grant's end. Postern's own timer is the exact one; this is the backstop.
     let local = expires_at.naive_utc() + offset;
     let local = local
-        .checked_add_signed(ChronoDuration::milliseconds(999))
+        .checked_add_signed(ChronoDuration::seconds(1))
         .unwrap_or(local);
     let date = if v7 {
         local.format("%Y-%m-%d").to_string()
