@@ -121,6 +121,9 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             job.attempts
         ));
     }
+    // Written now, not at the end: if this process dies mid-attempt, the log still
+    // shows which worker had the job when the next one takes it over.
+    log.flush(&inner.store).await;
     inner.count_execution();
     let heartbeat = {
         let inner = inner.clone();
