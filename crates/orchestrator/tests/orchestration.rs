@@ -215,6 +215,33 @@ impl World {
             .collect()
     }
 
+    /// The log once every job of router `i` has ended (lines are written when an
+    /// attempt ends, just after the grant's status moved).
+    async fn settled_log(&self, i: usize) -> Vec<String> {
+        until(Duration::from_secs(5), "every job ended", || async {
+            let jobs = self
+                .store()
+                .list_jobs(
+                    self.org,
+                    self.routers[i].id,
+                    store::Page {
+                        limit: 1000,
+                        offset: 0,
+                    },
+                )
+                .await
+                .unwrap();
+            jobs.iter().all(|(j, _)| {
+                matches!(
+                    j.state,
+                    domain::JobState::Completed | domain::JobState::Failed
+                )
+            })
+        })
+        .await;
+        self.log(i).await
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
@@ -299,7 +326,7 @@ async fn a_grant_reaches_the_router_and_leaves_it_at_expiry() {
         w.status(&g).await == GrantStatus::Expired
     })
     .await;
-    let log = w.log(0).await;
+    let log = w.settled_log(0).await;
     for text in [
         "express execution requested",
         "router r0 at 127.0.11.2",
@@ -363,7 +390,7 @@ async fn revoke_logs_out_a_live_session_and_removes_the_user() {
         .await
         .unwrap();
     assert!(revoked.revoked_early);
-    let log = w.log(0).await;
+    let log = w.settled_log(0).await;
     assert!(
         has(&log, "sent /user/active/request-logout"),
         "{}",
@@ -394,7 +421,7 @@ async fn a_router_offline_at_creation_gets_the_user_when_it_returns() {
         w.status(&g).await == GrantStatus::Active
     })
     .await;
-    let log = w.log(0).await;
+    let log = w.settled_log(0).await;
     assert!(
         has(&log, "cannot reach router r0 at 127.0.13.2"),
         "{}",
@@ -440,7 +467,7 @@ async fn a_router_offline_at_expiry_is_cleaned_when_it_returns() {
         w.status(&g).await == GrantStatus::Expired
     })
     .await;
-    let log = w.log(0).await;
+    let log = w.settled_log(0).await;
     assert!(has(&log, "until it succeeds"), "{}", log.join("\n"));
     w.stop().await;
 }
@@ -548,7 +575,7 @@ async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
             && w.sims[0].router().state().nat.items.is_empty()
     })
     .await;
-    let log = w.log(0).await;
+    let log = w.settled_log(0).await;
     for text in [
         format!("drift: user planted is tagged {stray} but no live grant backs it"),
         format!("is tagged {stray_forward} but no live grant backs it"),
