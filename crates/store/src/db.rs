@@ -198,6 +198,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "audit append only",
             include_str!("../migrations/sqlite/0002_audit_append_only.sql"),
         ),
+        // 3 is left to the grants-version counter being written on another branch.
+        migration(
+            4,
+            "job leasing",
+            include_str!("../migrations/sqlite/0004_job_leasing.sql"),
+        ),
     ])
 }
 
@@ -213,6 +219,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             2,
             "audit append only",
             include_str!("../migrations/postgres/0002_audit_append_only.sql"),
+        ),
+        // 3 is left to the grants-version counter being written on another branch.
+        migration(
+            4,
+            "job leasing",
+            include_str!("../migrations/postgres/0004_job_leasing.sql"),
         ),
     ])
 }

@@ -392,6 +392,19 @@ grant_methods! {
     set_authorized: set_forward_authorized,
 }
 
+/// The first job of a grant, with `grant_id` in its payload: the grant's id is made
+/// here, so the caller could not name it.
+fn naming_grant(job: &crate::records::NewJob, grant_id: &str) -> crate::records::NewJob {
+    let mut job = job.clone();
+    match &mut job.payload {
+        serde_json::Value::Object(map) => {
+            map.insert("grant_id".into(), grant_id.into());
+        }
+        other => *other = serde_json::json!({ "grant_id": grant_id }),
+    }
+    job
+}
+
 /// The router was deleted by a concurrent transaction after we looked it up.
 fn router_gone(e: sqlx::Error) -> StoreError {
     match &e {
@@ -461,6 +474,7 @@ impl Store {
             .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id.to_string());
                 insert_job!(&mut *tx, JobId::new(), job);
             }
             tx.commit().await?;
@@ -565,6 +579,7 @@ impl Store {
             .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id.to_string());
                 insert_job!(&mut *tx, JobId::new(), job);
             }
             tx.commit().await?;

@@ -10,6 +10,8 @@
 //! - `grants`: transient access and transient forwards, gateway-port allocation, the
 //!   grant life cycle as compare-and-set transitions.
 //! - `jobs`: router jobs with their log lines, and the append-only audit log.
+//! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
+//!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
 //! - [`StoreError`].
@@ -96,6 +98,7 @@ mod db;
 mod error;
 mod grants;
 mod jobs;
+mod leasing;
 pub mod records;
 mod routers;
 pub mod secret;
@@ -110,6 +113,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::Mutex;
 
 pub use error::{Result, StoreError};
+pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
 pub use records::*;
 pub use secret::Secret;
 
