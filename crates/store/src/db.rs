@@ -204,6 +204,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "job leasing",
             include_str!("../migrations/sqlite/0004_job_leasing.sql"),
         ),
+        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        migration(
+            10,
+            "sessions",
+            include_str!("../migrations/sqlite/0010_sessions.sql"),
+        ),
     ])
 }
 
@@ -225,6 +231,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             4,
             "job leasing",
             include_str!("../migrations/postgres/0004_job_leasing.sql"),
+        ),
+        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        migration(
+            10,
+            "sessions",
+            include_str!("../migrations/postgres/0010_sessions.sql"),
         ),
     ])
 }
