@@ -73,7 +73,8 @@ async fn require_signed(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// Headers every portal response carries: a strict content security policy (no inline
-/// script or style anywhere), no framing, no referrer, and no caching of pages.
+/// script or style anywhere), no framing, no referrer to other sites (same-origin keeps `Origin` on our own forms), and
+/// no caching of pages.
 async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/assets/");
     let mut res = next.run(req).await;
@@ -89,7 +90,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
