@@ -1431,3 +1431,7 @@ async fn grants_newest_first(ctx: &Ctx) {
     assert_eq!(first.created_at, t(1));
 }
 both!(grants_listed_newest_first, grants_newest_first);
+
+// Portal sessions, in a file of their own.
+#[path = "sessions_suite.rs"]
+mod sessions_suite;
