@@ -1433,5 +1433,5 @@ async fn grants_newest_first(ctx: &Ctx) {
 both!(grants_listed_newest_first, grants_newest_first);
 
 // Portal sessions, in a file of their own.
-#[path = "sessions_suite.rs"]
+#[path = "suites/sessions.rs"]
 mod sessions_suite;
