@@ -244,6 +244,14 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   await jobs.first().locator("ol.lines li").first().waitFor();
   await shot(page, "07-site-jobs");
 
+  // Back goes to the previous tab (htmx pushed each tab's URL).
+  await page.goBack();
+  await page.waitForURL(/\/forwards$/);
+  await page.getByText("Nothing active.").waitFor();
+  await page.goForward();
+  await page.waitForURL(/\/jobs$/);
+  await page.locator("ul.jobs").waitFor();
+
   // A reload of a tab's URL gives the whole page with that tab open.
   await page.reload();
   await page.locator("ul.jobs").waitFor();

@@ -1,4 +1,5 @@
-// Postern portal: live countdowns to expiry. The server's clock (body[data-now]) is the
+// Postern portal: live countdowns to expiry, and <details> that stay as the reader left
+// them when a list refreshes itself. The server's clock (body[data-now]) is the
 // reference, so a browser with a wrong clock still counts right. No inline script
 // anywhere: the content security policy forbids it.
 (function () {
@@ -27,4 +28,19 @@
   tick();
   setInterval(tick, 1000);
   document.addEventListener("htmx:afterSwap", tick);
+
+  // A list that refreshes itself keeps each <details> as the reader left it.
+  var shown = {};
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    shown = {};
+    var items = e.detail.target ? e.detail.target.querySelectorAll("details[id]") : [];
+    for (var i = 0; i < items.length; i++) shown[items[i].id] = items[i].open;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    for (var id in shown) {
+      var d = document.getElementById(id);
+      if (d) d.open = shown[id];
+    }
+    shown = {};
+  });
 })();

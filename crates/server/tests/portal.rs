@@ -473,6 +473,21 @@ async fn pages_are_scoped_by_organisation_and_role() {
         log.trim_start().starts_with(r#"<div id="jobs-log""#),
         "{log}"
     );
+    let (_, _, list) = p
+        .get(
+            &format!("/sites/{}/forwards", p.site),
+            Some(&alice),
+            headers(&[("hx-request", "true"), ("hx-target", "grants-list")]),
+        )
+        .await;
+    assert!(
+        list.trim_start().starts_with(r#"<div id="grants-list""#),
+        "{list}"
+    );
+    assert!(
+        !list.contains("hx-trigger"),
+        "nothing live: the list does not poll"
+    );
 
     for page in ["/users", "/tokens", "/audit"] {
         let (status, ..) = p.get(page, Some(&alice), HeaderMap::new()).await;

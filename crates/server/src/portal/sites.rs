@@ -285,6 +285,9 @@ struct GrantRow {
 #[template(path = "site_grants_partial.html")]
 struct Grants {
     kind: &'static str,
+    /// Where the list re-fetches itself from, and how often (`None`: it does not).
+    url: String,
+    poll: Option<&'static str>,
     has_router: bool,
     live: Vec<GrantRow>,
     ended: Vec<GrantRow>,
@@ -322,6 +325,39 @@ fn row(
     }
 }
 
+/// How often a grant list refreshes itself: every 2 s while a grant is on its way up or
+/// down, every 30 s while one is live (so an expired one moves to "Ended"), else never.
+fn poll_every(statuses: &[GrantStatus]) -> Option<&'static str> {
+    use GrantStatus::*;
+    if statuses
+        .iter()
+        .any(|s| matches!(s, Requested | Provisioning | Closing))
+    {
+        Some("every 2s")
+    } else if statuses.contains(&Active) {
+        Some("every 30s")
+    } else {
+        None
+    }
+}
+
+/// The list alone for its own poll; else the tab (fragment or page).
+fn respond_grants(
+    state: &AppState,
+    signed: &Signed,
+    headers: &HeaderMap,
+    site: &store::Site,
+    router: Option<&store::Router>,
+    open: Which,
+    panel: Grants,
+) -> Result<Response, PortalError> {
+    if is_htmx(headers) && hx_target(headers) == Some("grants-list") {
+        return render(&panel);
+    }
+    let panel = panel.render()?;
+    respond(state, signed, headers, site, router, open, panel)
+}
+
 fn split(rows: Vec<(bool, GrantRow)>) -> (Vec<GrantRow>, Vec<GrantRow>) {
     let (live, ended): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(live, _)| *live);
     (
@@ -339,6 +375,7 @@ pub async fn site_access_get(
 ) -> Result<Response, PortalError> {
     let (site, router) = load(&state, &signed, &site_id).await?;
     let mut rows = Vec::new();
+    let mut statuses = Vec::new();
     if let Some(r) = &router {
         for g in state.store.list_access(signed.caller.org_id, r.id).await? {
             let what = match g.access_type {
@@ -352,6 +389,7 @@ pub async fn site_access_get(
                 g.allow_from,
                 if g.allow_rfc1918 { " + RFC1918" } else { "" }
             );
+            statuses.push(g.status);
             rows.push((
                 !g.status.is_final(),
                 row(
@@ -372,12 +410,13 @@ pub async fn site_access_get(
     let (live, ended) = split(rows);
     let panel = Grants {
         kind: "access",
+        url: urls::site_access(site.id),
+        poll: poll_every(&statuses),
         has_router: router.is_some(),
         live,
         ended,
-    }
-    .render()?;
-    respond(
+    };
+    respond_grants(
         &state,
         &signed,
         &headers,
@@ -397,6 +436,7 @@ pub async fn site_forwards_get(
 ) -> Result<Response, PortalError> {
     let (site, router) = load(&state, &signed, &site_id).await?;
     let mut rows = Vec::new();
+    let mut statuses = Vec::new();
     if let Some(r) = &router {
         for g in state
             .store
@@ -408,6 +448,7 @@ pub async fn site_forwards_get(
                 g.allow_from,
                 if g.masquerade { ", masquerade" } else { "" }
             );
+            statuses.push(g.status);
             rows.push((
                 !g.status.is_final(),
                 row(
@@ -428,12 +469,13 @@ pub async fn site_forwards_get(
     let (live, ended) = split(rows);
     let panel = Grants {
         kind: "forwards",
+        url: urls::site_forwards(site.id),
+        poll: poll_every(&statuses),
         has_router: router.is_some(),
         live,
         ended,
-    }
-    .render()?;
-    respond(
+    };
+    respond_grants(
         &state,
         &signed,
         &headers,
@@ -445,6 +487,7 @@ pub async fn site_forwards_get(
 }
 
 struct JobRow {
+    id: String,
     kind: String,
     state: &'static str,
     open: bool,
@@ -485,6 +528,7 @@ pub async fn site_jobs_get(
         {
             let unfinished = matches!(job.state, JobState::Pending | JobState::Running);
             jobs.push(JobRow {
+                id: job.id.to_string(),
                 kind: job.kind.replace('_', " "),
                 state: job.state.as_str(),
                 open: unfinished,
