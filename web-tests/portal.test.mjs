@@ -275,6 +275,11 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   await page.getByRole("link", { name: "Sites" }).first().click();
   await page.getByRole("heading", { name: "Sites" }).waitFor();
   await shot(page, "11-sites-phone");
+  await page.getByRole("link", { name: siteName }).click();
+  await page.getByRole("link", { name: "Transient Access" }).click();
+  await page.waitForURL(/\/access$/);
+  await page.getByRole("heading", { name: "Active" }).waitFor();
+  await shot(page, "11-site-access-phone");
 
   await page.getByRole("button", { name: "Log out" }).click();
   await page.waitForURL(/\/login$/);

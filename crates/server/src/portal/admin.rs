@@ -133,15 +133,37 @@ pub async fn audit_get(
             address: e.actor_address.map(|a| a.to_string()).unwrap_or_default(),
             action: e.action,
             target: e.target.unwrap_or_default(),
-            details: if e.details.as_object().is_some_and(|o| o.is_empty()) {
-                String::new()
-            } else {
-                e.details.to_string()
-            },
+            details: readable(&e.details),
         })
         .collect();
     render(&AuditPage {
         l: Layout::new(&state, &signed, "Audit log", "audit"),
         rows,
     })
+}
+
+/// An entry's details for people: `key: value` pairs, strings unquoted.
+fn readable(details: &serde_json::Value) -> String {
+    match details.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(text) => format!("{k}: {text}"),
+                None => format!("{k}: {v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" · "),
+        None => details.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn details_read_as_pairs() {
+        let v = serde_json::json!({"name": "web", "role": "admin", "n": 2});
+        assert_eq!(super::readable(&v), "n: 2 · name: web · role: admin");
+        assert_eq!(super::readable(&serde_json::json!({})), "");
+        assert_eq!(super::readable(&serde_json::json!([1])), "[1]");
+    }
 }
