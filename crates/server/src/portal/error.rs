@@ -46,6 +46,7 @@ struct ErrorPage<'a> {
     title: &'a str,
     message: &'a str,
     css: String,
+    home: &'static str,
 }
 
 impl IntoResponse for PortalError {
@@ -85,6 +86,7 @@ impl IntoResponse for PortalError {
             title,
             message,
             css: urls::asset("portal.css"),
+            home: urls::SITES,
         };
         let body = page
             .render()

@@ -194,3 +194,67 @@ pub fn ago(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
         _ => format!("{} days ago", s / 86400),
     }
 }
+
+#[cfg(test)]
+mod tidy {
+    use std::path::Path;
+
+    fn files(dir: &str, ext: &str) -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == ext) {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    /// Every portal module says its role first.
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let modules = files("src/portal", "rs");
+        assert!(modules.len() >= 8);
+        for (name, text) in modules {
+            assert!(text.starts_with("//!"), "{name} lacks a //! header");
+        }
+    }
+
+    /// Fragments are fragments, pages are pages, and nothing inlines script or style
+    /// (the content security policy would block it).
+    #[test]
+    fn templates_follow_the_naming_and_the_policy() {
+        let templates = files("templates", "html");
+        assert!(templates.len() >= 10);
+        for (name, text) in templates {
+            let lower = text.to_lowercase();
+            if name.ends_with("_partial.html") {
+                assert!(
+                    !lower.contains("<html") && !lower.contains("{% extends"),
+                    "{name}"
+                );
+            } else {
+                assert!(
+                    lower.contains("{% extends \"base.html\" %}")
+                        || lower.starts_with("<!doctype html>"),
+                    "{name} is neither a page on the base layout nor a whole document"
+                );
+            }
+            assert!(
+                !lower.contains("<script>")
+                    && !lower.contains(" style=")
+                    && !lower.contains("<style"),
+                "{name}"
+            );
+            let inline_handler = lower.match_indices(" on").any(|(at, _)| {
+                let rest = lower.get(at + 3..).unwrap_or("");
+                let word: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+                !word.is_empty() && rest.get(word.len()..).is_some_and(|r| r.starts_with('='))
+            });
+            assert!(!inline_handler, "{name}: inline event handler");
+            assert!(!lower.contains("hx-on"), "{name}: hx-on needs eval");
+        }
+    }
+}
