@@ -473,6 +473,44 @@ async fn pages_are_scoped_by_organisation_and_role() {
         log.trim_start().starts_with(r#"<div id="jobs-log""#),
         "{log}"
     );
+    // No job yet: the log does not poll. A pending job: it polls every 2 s, open.
+    assert!(!log.contains("hx-trigger"), "{log}");
+    let (_, routers) = p.store.get_site(p.org, p.site).await.unwrap();
+    let now = Utc::now();
+    let job = p
+        .store
+        .create_job(store::NewJob {
+            org_id: p.org,
+            router_id: routers[0].id,
+            kind: "access.create".into(),
+            payload: serde_json::json!({}),
+            max_attempts: 3,
+            run_after: now + TimeDelta::hours(1),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    p.store
+        .append_job_line(job.id, now, "waiting for <the router>")
+        .await
+        .unwrap();
+    let (_, _, log) = p
+        .get(
+            &format!("/sites/{}/jobs", p.site),
+            Some(&alice),
+            headers(&[("hx-request", "true"), ("hx-target", "jobs-log")]),
+        )
+        .await;
+    assert!(log.contains(r#"hx-trigger="every 2s""#), "{log}");
+    assert!(
+        log.contains(&format!(r#"<details id="job-{}" open>"#, job.id)),
+        "{log}"
+    );
+    assert!(
+        log.contains("waiting for &#60;the router&#62;")
+            || log.contains("waiting for &lt;the router&gt;"),
+        "lines are escaped: {log}"
+    );
     let (_, _, list) = p
         .get(
             &format!("/sites/{}/forwards", p.site),
