@@ -214,10 +214,13 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   assert.match(facts, new RegExp(`Tunnel address\\s+${routerAddress.replaceAll(".", "\\.")}`), facts);
   await shot(page, "04-site-overview");
 
-  // Tabs load through htmx, change the URL, and are linkable.
+  // Tabs load through htmx (the page is not reloaded: a mark set on it survives), change
+  // the URL, and are linkable.
+  await page.evaluate(() => { window.posternMark = "same page"; });
   await page.getByRole("link", { name: "Transient Access" }).click();
   await page.waitForURL(/\/access$/);
   await page.getByRole("heading", { name: "Active" }).waitFor();
+  assert.equal(await page.evaluate(() => window.posternMark), "same page", "htmx swapped the tab in");
   const active = page.locator("table.list").first();
   assert.match(await active.innerText(), /WinBox/);
   assert.match(await active.innerText(), /admin|token:web-tests/);
