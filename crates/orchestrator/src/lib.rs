@@ -1,5 +1,400 @@
-//! Durable router jobs, their handlers, the orchestration log, expiry timers and the reconciler.
+//! Orchestration: durable router jobs and their handlers, the orchestration log, expiry
+//! timers and the reconciler. A grant is only real when its router holds the user (or
+//! NAT rule), and only over when it no longer does: every change is a job in the store,
+//! run at once, logged step by step, retried until it holds.
 //!
-//! # Status
+//! ```no_run
+//! # async fn demo(store: store::Store) {
+//! use std::sync::Arc;
+//! use postern_orchestrator::{Config, LoggingDataPlane, Orchestrator, SystemClock};
+//! let orchestrator = Orchestrator::new(store, Config::default(), Arc::new(SystemClock), Arc::new(LoggingDataPlane));
+//! let (stop, stopped) = tokio::sync::watch::channel(false);
+//! let task = tokio::spawn(orchestrator.clone().run(stopped));
+//! orchestrator.jobs_queued().await; // after the server queued a job: run it now
+//! let _ = stop.send(true);
+//! let _ = task.await;
+//! # }
+//! ```
 //!
-//! Empty: this crate is built by the orchestration issue. It will depend on `domain`, `store` and `routeros` only.
+//! # Layout
+//!
+//! - [`Orchestrator`], [`Config`]: the handle the server holds; ending grants.
+//! - `worker`: claiming jobs, leases and heartbeats, back-off, giving up.
+//! - `handlers`: what each job kind does on the router, idempotently.
+//! - `connections`: one API client per router, reused, dropped when broken.
+//! - `joblog`: the orchestration log of an attempt.
+//! - `expiry`: the expiry timer and sweep.
+//! - `reconcile`: drift between routers and grants, found and repaired.
+//! - [`dataplane`]: the hook to the gateway ([`DataPlane`]).
+//! - [`clock`]: time as a parameter.
+//! - [`Error`].
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod clock;
+mod connections;
+pub mod dataplane;
+mod error;
+mod expiry;
+pub mod handlers;
+mod joblog;
+pub mod reconcile;
+mod worker;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::{GrantStatus, OrgId, RouterId};
+use tokio::sync::{Notify, watch};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dataplane::{DataPlane, EndReason, GrantKey, LiveGrant, LoggingDataPlane};
+pub use error::{Error, Result};
+pub use worker::backoff;
+
+/// How the orchestrator runs. `Default` gives production values.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This worker's name in leases (unique per process).
+    pub owner: String,
+    /// How long a claimed job is ours without a heartbeat.
+    pub lease: Duration,
+    /// How often a running job's lease is renewed.
+    pub heartbeat: Duration,
+    /// The first retry delay; doubled each attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Jobs (of different routers) running at once in this process.
+    pub max_concurrent_jobs: usize,
+    /// The longest the worker sleeps without being woken.
+    pub poll_interval: Duration,
+    /// The expiry sweep's period (the timer is exact; the sweep is a backstop).
+    pub sweep_interval: Duration,
+    /// How often every router is compared with the grants.
+    pub reconcile_interval: Duration,
+    /// How often an unreachable router is tried again.
+    pub offline_probe_interval: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// One attempt of a job may take this long.
+    pub attempt_timeout: Duration,
+    /// Attempts of a creation before the grant fails (clean-ups retry forever).
+    pub create_attempts: u32,
+    /// The address routers see gateway connections come from, for regions that do not
+    /// set their own (`regions.tunnel_source`).
+    pub default_tunnel_source: Option<IpAddr>,
+    /// Install a scheduler entry on the router that ends the grant at expiry by itself.
+    pub router_self_expiry: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            owner: format!("{}-{}", std::process::id(), rand::random::<u32>()),
+            lease: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            max_concurrent_jobs: 64,
+            poll_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(60),
+            offline_probe_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(60),
+            create_attempts: 8,
+            default_tunnel_source: None,
+            router_self_expiry: true,
+        }
+    }
+}
+
+/// What every task of the orchestrator shares.
+pub(crate) struct Inner {
+    pub store: store::Store,
+    pub clock: Arc<dyn Clock>,
+    pub config: Config,
+    pub dataplane: Arc<dyn DataPlane>,
+    pub jobs_wake: Notify,
+    pub expiry_wake: Notify,
+    pub conns: connections::Connections,
+    offline: Mutex<HashSet<RouterId>>,
+    executions: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn mark_offline(&self, id: RouterId) {
+        let added = self
+            .offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        if added {
+            tracing::info!(router = %id, "router unreachable; probing it until it answers");
+        }
+    }
+
+    pub(crate) fn forget_offline(&self, id: RouterId) {
+        self.offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// A router answered: if it was unreachable, its waiting jobs run now.
+    pub(crate) async fn mark_online(&self, id: RouterId) {
+        let was_offline = self
+            .offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if was_offline {
+            tracing::info!(router = %id, "router is reachable again; its waiting jobs run now");
+            if let Err(e) = self.store.hasten_jobs(id, self.clock.now()).await {
+                tracing::warn!(error = %e, "could not hasten the router's jobs");
+            }
+            self.wake_jobs().await;
+        }
+    }
+
+    pub(crate) fn offline_routers(&self) -> Vec<RouterId> {
+        self.offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn count_execution(&self) {
+        self.executions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Wakes this process's worker, and on PostgreSQL every other process's.
+    pub(crate) async fn wake_jobs(&self) {
+        self.jobs_wake.notify_one();
+        if let Err(e) = self.store.notify_jobs().await {
+            tracing::warn!(error = %e, "could not notify other processes of a job");
+        }
+    }
+
+    /// Queues the router clean-up of a grant (retried until it succeeds).
+    pub(crate) async fn queue_end(
+        &self,
+        org: OrgId,
+        router: RouterId,
+        key: GrantKey,
+        reason: EndReason,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        self.store
+            .supersede_jobs(
+                &key.id(),
+                ".create",
+                now,
+                "superseded: the grant ended before its creation ran",
+            )
+            .await?;
+        self.store
+            .create_job(store::NewJob {
+                org_id: org,
+                router_id: router,
+                kind: format!("{}.end", key.kind()),
+                payload: serde_json::json!({ "grant_id": key.id(), "reason": reason.as_str() }),
+                max_attempts: 0,
+                run_after: now,
+                created_at: now,
+            })
+            .await?;
+        self.wake_jobs().await;
+        Ok(())
+    }
+
+    /// Ends a live grant: `closing`, the data plane closed, the router clean-up queued.
+    /// False if it was not live (already ending or ended).
+    pub(crate) async fn end_grant(&self, key: GrantKey, reason: EndReason) -> Result<bool> {
+        let now = self.clock.now();
+        let live = [
+            GrantStatus::Requested,
+            GrantStatus::Provisioning,
+            GrantStatus::Active,
+        ];
+        let moved = match key {
+            GrantKey::Access(id) => self
+                .store
+                .transition_access(id, &live, GrantStatus::Closing, now, None)
+                .await
+                .map(|g| (g.org_id, g.router_id)),
+            GrantKey::Forward(id) => self
+                .store
+                .transition_forward(id, &live, GrantStatus::Closing, now, None)
+                .await
+                .map(|g| (g.org_id, g.router_id)),
+        };
+        let (org, router) = match moved {
+            Ok(ids) => ids,
+            Err(store::StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        // The gateway first: access ends there whatever the router's state.
+        self.dataplane.close(key, reason);
+        self.queue_end(org, router, key, reason).await?;
+        Ok(true)
+    }
+}
+
+/// The orchestrator: cheap to clone; [`run`](Self::run) it once per process.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("owner", &self.inner.config.owner)
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: store::Store,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        dataplane: Arc<dyn DataPlane>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                dataplane,
+                jobs_wake: Notify::new(),
+                expiry_wake: Notify::new(),
+                conns: connections::Connections::default(),
+                offline: Mutex::new(HashSet::new()),
+                executions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Runs the worker, the expiry timer, the reconciler and (on PostgreSQL) the
+    /// `LISTEN` for other processes' jobs, until `shutdown` becomes true; then lets
+    /// running attempts end.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let inner = self.inner;
+        let listener = {
+            let inner = inner.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut listener = match inner.store.job_listener().await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN for jobs; polling only");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        r = listener.recv() => {
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "job notifications interrupted");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            inner.jobs_wake.notify_one();
+                        }
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            })
+        };
+        let expiry = tokio::spawn(expiry::run(inner.clone(), shutdown.clone()));
+        let reconciler = tokio::spawn(reconcile::run(inner.clone(), shutdown.clone()));
+        worker::dispatcher(inner.clone(), shutdown).await;
+        let _ = expiry.await;
+        let _ = reconciler.await;
+        let _ = listener.await;
+    }
+
+    /// A job was queued (by the server, with a grant): run it now. Call after the
+    /// creating transaction committed.
+    pub async fn jobs_queued(&self) {
+        self.inner.wake_jobs().await;
+    }
+
+    /// A grant's expiry changed or a grant was created: re-arm the expiry timer.
+    pub fn expiry_changed(&self) {
+        self.inner.expiry_wake.notify_one();
+    }
+
+    /// A live grant's end moved: tell the data plane, re-arm the timer, and queue a job
+    /// that moves the router's self-expiry entry.
+    pub async fn grant_extended(
+        &self,
+        key: GrantKey,
+        org: OrgId,
+        router: RouterId,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        self.inner.dataplane.set_deadline(key, expires_at);
+        self.expiry_changed();
+        let now = self.inner.clock.now();
+        self.inner
+            .store
+            .create_job(store::NewJob {
+                org_id: org,
+                router_id: router,
+                kind: format!("{}.update", key.kind()),
+                payload: serde_json::json!({ "grant_id": key.id() }),
+                max_attempts: self.inner.config.create_attempts,
+                run_after: now,
+                created_at: now,
+            })
+            .await?;
+        self.inner.wake_jobs().await;
+        Ok(())
+    }
+
+    /// Ends a live grant now (revoke): `closing`, data plane closed, router clean-up
+    /// queued and run at once; the grant becomes `revoked` when the router is clean.
+    /// False if the grant was not live.
+    pub async fn revoke(&self, key: GrantKey) -> Result<bool> {
+        self.inner.end_grant(key, EndReason::Revoked).await
+    }
+
+    /// Compares one router with the grants now; on drift a reconcile job is queued.
+    /// Returns how many differences were found.
+    pub async fn reconcile_router(&self, id: RouterId) -> Result<usize> {
+        let router = self.inner.store.get_router_any_org(id).await?;
+        reconcile::check_router(&self.inner, &router).await
+    }
+
+    /// How many job attempts this process has started (for tests and metrics).
+    pub fn executions(&self) -> u64 {
+        self.inner.executions.load(Ordering::Relaxed)
+    }
+
+    /// The attempts a creation job should be queued with.
+    pub fn create_attempts(&self) -> u32 {
+        self.inner.config.create_attempts
+    }
+
+    /// This worker's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.inner.config.owner
+    }
+}

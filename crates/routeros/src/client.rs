@@ -519,7 +519,8 @@ impl Request {
         self.tag
     }
 
-    /// The next item; `None` once the command ended well (`!done` or `!empty`). An error
+    /// The next item; `None` once the command ended well (`!done`; an `!empty` before it
+    /// only says there were no items). An error
     /// (`!trap`, cancelled, connection lost) ends the command.
     pub async fn next(&mut self) -> Option<Result<Item, Error>> {
         while !self.finished {
@@ -539,7 +540,9 @@ impl Request {
                     ReplyKind::Re => return Some(Ok(Item::new(reply.attributes))),
                     // RouterOS follows a `!trap` with a `!done`; wait for it.
                     ReplyKind::Trap => self.trap = Some(reply),
-                    ReplyKind::Done | ReplyKind::Empty | ReplyKind::Fatal => {
+                    // RouterOS 7.18 follows `!empty` with `!done`; wait for it.
+                    ReplyKind::Empty => {}
+                    ReplyKind::Done | ReplyKind::Fatal => {
                         self.finished = true;
                         if let Some(trap) = self.trap.take() {
                             return Some(Err(trap_error(&trap)));
@@ -661,7 +664,7 @@ where
         }
         let reply = Reply::parse(&sentence).map_err(|e| Error::Protocol(e.to_string()))?;
         match reply.kind {
-            ReplyKind::Done | ReplyKind::Empty => return Ok(reply),
+            ReplyKind::Done => return Ok(reply),
             ReplyKind::Trap | ReplyKind::Fatal => {
                 return Err(Error::Login {
                     message: reply
@@ -669,7 +672,7 @@ where
                         .unwrap_or_else(|| "the router refused the login".to_string()),
                 });
             }
-            ReplyKind::Re => continue,
+            ReplyKind::Re | ReplyKind::Empty => continue,
         }
     }
 }

@@ -198,7 +198,8 @@ pub enum ReplyKind {
     Trap,
     /// The router is closing the connection; carries a bare reason word.
     Fatal,
-    /// The command finished with no data (RouterOS 7.18 and later).
+    /// The command found no data (RouterOS 7.18 and later); a `!done` follows, which is
+    /// what ends the command.
     Empty,
 }
 
@@ -224,10 +225,10 @@ impl ReplyKind {
         }
     }
 
-    /// Whether this reply ends its command (everything but `!re` and `!trap`, which a
-    /// `!done` follows).
+    /// Whether this reply ends its command: `!done` or `!fatal`. `!re`, `!trap` and
+    /// `!empty` are each followed by more (RouterOS 7.18 sends `!empty` then `!done`).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Empty | Self::Fatal)
+        matches!(self, Self::Done | Self::Fatal)
     }
 }
 
@@ -406,7 +407,9 @@ mod tests {
 
         let empty = Reply::parse(&sentence(&[b"!empty", b".tag=9"])).unwrap();
         assert_eq!(empty.kind, ReplyKind::Empty);
-        assert!(empty.kind.is_final());
+        assert!(!empty.kind.is_final(), "a !done follows !empty");
+        let done = Reply::parse(&sentence(&[b"!done", b".tag=9"])).unwrap();
+        assert!(done.kind.is_final());
     }
 
     #[test]

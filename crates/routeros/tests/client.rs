@@ -476,7 +476,7 @@ async fn empty_reply_finishes_a_command_with_no_items() {
         serve(&mut conn, |w| {
             assert_eq!(head(w), "/user/print");
             assert_eq!(queries(w), vec!["?name=nobody"]);
-            vec![words(&["!empty"])]
+            vec![words(&["!empty"]), words(&["!done"])]
         })
         .await;
     })
@@ -486,6 +486,44 @@ async fn empty_reply_finishes_a_command_with_no_items() {
         .await
         .unwrap();
     assert!(users.is_empty());
+    // The `!done` after `!empty` was taken by the command, not left for the next one.
+    assert_eq!(client.in_flight(), 0);
+    drop(client);
+    finish(peer).await;
+}
+
+#[tokio::test]
+async fn a_command_answered_empty_ends_only_at_the_done_that_follows() {
+    let (addr, peer) = fake_router(|mut conn| async move {
+        accept_login(&mut conn).await;
+        let first = recv(&mut conn).await;
+        let tag = format!(".tag={}", tag_of(&first));
+        send(&mut conn, &["!empty", &tag]).await;
+        // Long enough for a client that stopped at `!empty` to have returned.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(&mut conn, &["!done", "=ret=after-empty", &tag]).await;
+        serve(&mut conn, |_| {
+            vec![words(&["!re", "=name=x"]), words(&["!done"])]
+        })
+        .await;
+    })
+    .await;
+    let client = Client::connect(&config(&addr)).await.unwrap();
+    let mut request = client.start(Command::new("/user/print")).unwrap();
+    let started = std::time::Instant::now();
+    assert!(request.next().await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(90));
+    assert_eq!(
+        request
+            .done()
+            .and_then(|d| d.get("ret"))
+            .map(|v| v.as_ref()),
+        Some(&b"after-empty"[..])
+    );
+    drop(request);
+    // The next command on the same connection gets its own replies.
+    let again = client.call(Command::new("/user/print")).await.unwrap();
+    assert_eq!(again.items.len(), 1);
     drop(client);
     finish(peer).await;
 }

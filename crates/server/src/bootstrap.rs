@@ -79,13 +79,16 @@ pub async fn open_store(config: &ServerConfig) -> Result<store::Store, Bootstrap
     for region in &config.regions {
         domain::rules::entry_point(&region.entry_point)
             .map_err(|e| BootstrapError::Invalid(format!("region {}: {e}", region.name)))?;
-        store
+        let stored = store
             .upsert_region(store::NewRegion {
                 name: region.name.clone(),
                 entry_point: region.entry_point.clone(),
                 port_min: region.port_min,
                 port_max: region.port_max,
             })
+            .await?;
+        store
+            .set_region_tunnel_source(stored.id, region.tunnel_source)
             .await?;
     }
     Ok(store)

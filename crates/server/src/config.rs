@@ -49,6 +49,10 @@ pub struct RegionConfig {
     pub entry_point: String,
     pub port_min: u16,
     pub port_max: u16,
+    /// The address routers see this region's gateway connections come from: temporary
+    /// users' `address=` is limited to it. `local` defaults to 127.0.0.1.
+    #[serde(default)]
+    pub tunnel_source: Option<IpAddr>,
 }
 
 impl RegionConfig {
@@ -59,6 +63,7 @@ impl RegionConfig {
             entry_point: "127.0.0.1".into(),
             port_min: 49152,
             port_max: 65535,
+            tunnel_source: Some(IpAddr::from([127, 0, 0, 1])),
         }
     }
 }
@@ -110,6 +115,10 @@ pub struct ServerConfig {
     /// Reuse grant lists while their router's grants version stands (see `cache`); off
     /// only to measure.
     pub list_cache: bool,
+    /// How long a create with `?wait=true` waits for the grant to become active (or fail).
+    pub create_wait: Duration,
+    /// How often the orchestrator compares every router with the grants.
+    pub reconcile_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +139,8 @@ impl Default for ServerConfig {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(60),
             list_cache: true,
+            create_wait: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(60),
         }
     }
 }
@@ -155,6 +166,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     idle_timeout: Option<String>,
     list_cache: Option<bool>,
+    create_wait: Option<String>,
+    reconcile_interval: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -227,6 +240,12 @@ impl ServerConfig {
         if let Some(s) = f.idle_timeout {
             self.idle_timeout = parse_duration("idle_timeout", &s)?;
         }
+        if let Some(s) = f.create_wait {
+            self.create_wait = parse_duration("create_wait", &s)?;
+        }
+        if let Some(s) = f.reconcile_interval {
+            self.reconcile_interval = parse_duration("reconcile_interval", &s)?;
+        }
         Ok(())
     }
 
@@ -255,6 +274,8 @@ impl ServerConfig {
             "GRANT_MIN" => self.grant_limits.min = parse_duration(&key, value)?,
             "GRANT_MAX" => self.grant_limits.max = parse_duration(&key, value)?,
             "GRANT_DEFAULT" => self.grant_limits.default = parse_duration(&key, value)?,
+            "CREATE_WAIT" => self.create_wait = parse_duration(&key, value)?,
+            "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
             "TRUSTED_PROXIES" => {
                 self.trusted_proxies = value
                     .split(',')
@@ -306,6 +327,9 @@ impl ServerConfig {
         }
         if self.idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be at least 1s"));
+        }
+        if self.reconcile_interval.is_zero() {
+            return Err(invalid("reconcile_interval", "must be at least 1s"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

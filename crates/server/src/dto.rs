@@ -153,6 +153,16 @@ pub struct UpdateExpiry {
     pub expires_at: Option<String>,
 }
 
+/// Query of a grant create.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Wait (a few seconds at most) until the router has the grant (`active`) or gave up
+    /// (`failed`), and return the grant as it is then.
+    pub wait: Option<bool>,
+}
+
 /// Query of grant lists.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

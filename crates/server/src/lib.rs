@@ -16,6 +16,7 @@
 //! - [`docs`]: Swagger UI, embedded at build time.
 //! - [`metrics`]: Prometheus counters and latency histograms.
 //! - [`listen`]: the connection-capped listener and [`serve`].
+//! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //!
 //! **Architecture Invariant:** every guarded handler takes a [`auth::Caller`] and reaches
 //! data only through the caller's organisation; another organisation's row is a 404.
@@ -40,6 +41,7 @@ pub mod error;
 pub mod extract;
 pub mod listen;
 pub mod metrics;
+pub mod portal;
 pub mod render;
 mod routes;
 pub mod state;
@@ -57,6 +59,7 @@ pub use state::{AppState, Clock, SystemClock};
 /// The whole HTTP application over `state`.
 pub fn app(state: AppState) -> Router {
     routes::router()
+        .merge(portal::router(state.clone()))
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

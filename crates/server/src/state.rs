@@ -34,6 +34,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub tokens: TokenCache,
     pub lists: ListCache,
+    /// The orchestrator running in this process, if any: created grants' jobs run at
+    /// once, revoke goes through it (gateway first, then the router).
+    pub orchestrator: Option<orchestrator::Orchestrator>,
 }
 
 impl AppState {
@@ -45,7 +48,14 @@ impl AppState {
             metrics: Metrics::default(),
             tokens: TokenCache::default(),
             lists: ListCache::default(),
+            orchestrator: None,
         }
+    }
+
+    /// With the orchestrator this process runs.
+    pub fn with_orchestrator(mut self, orchestrator: orchestrator::Orchestrator) -> Self {
+        self.orchestrator = Some(orchestrator);
+        self
     }
 
     pub fn now(&self) -> DateTime<Utc> {

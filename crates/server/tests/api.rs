@@ -139,6 +139,7 @@ impl TestServer {
                 entry_point: "us-east1.example.net".into(),
                 port_min: opts.ports.0,
                 port_max: opts.ports.1,
+                tunnel_source: None,
             }],
             ..ServerConfig::default()
         };

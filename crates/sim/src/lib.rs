@@ -83,7 +83,8 @@
 //!   `/system/device-mode/update` is refused over the API (it needs a button press).
 //!
 //! What is simplified:
-//! - Menus: only those above; other paths are `no such command or directory`.
+//! - Menus: only those above, and `/system/clock print` (the sim keeps UTC: `gmt-offset=+00:00`);
+//!   other paths are `no such command or directory`.
 //!   Messages the sim had to choose without a RouterOS to ask (missing required
 //!   properties: `failure: <key> not specified`; default group removal; dst-port
 //!   without tcp/udp) are close, not guaranteed identical.

@@ -105,6 +105,8 @@ pub enum Menu {
     Identity,
     Resource,
     DeviceMode,
+    /// `/system/clock`: the router's local date and time (the sim keeps UTC).
+    Clock,
 }
 
 const MENUS: &[(&str, Menu)] = &[
@@ -116,6 +118,7 @@ const MENUS: &[(&str, Menu)] = &[
     ("system/identity", Menu::Identity),
     ("system/resource", Menu::Resource),
     ("system/device-mode", Menu::DeviceMode),
+    ("system/clock", Menu::Clock),
 ];
 
 fn is_directory(prefix: &str) -> bool {
@@ -196,6 +199,29 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             "print" => {
                 need(caller, &["read"])?;
                 print_single(req, resource(router))?
+            }
+            v => return Err(Trap::missing(v)),
+        },
+        Menu::Clock => match verb.as_str() {
+            "print" => {
+                need(caller, &["read"])?;
+                let now = router.clock().unix();
+                let date = if router.is_v7() {
+                    clock::format_date(now)
+                } else {
+                    clock::format_date_v6(now)
+                };
+                print_single(
+                    req,
+                    vec![
+                        ("time".into(), clock::format_time(now)),
+                        ("date".into(), date),
+                        ("time-zone-autodetect".into(), "false".into()),
+                        ("time-zone-name".into(), "UTC".into()),
+                        ("gmt-offset".into(), "+00:00".into()),
+                        ("dst-active".into(), "false".into()),
+                    ],
+                )?
             }
             v => return Err(Trap::missing(v)),
         },
@@ -838,6 +864,19 @@ fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_prints_the_routers_utc_date_and_time() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let mut config = crate::router::RouterConfig::new("r", "127.0.0.1".parse().unwrap(), "pw");
+        config.clock = crate::Clock::manual(UNIX_EPOCH + Duration::from_secs(1_795_000_000));
+        let r = Router::new(config);
+        let out = execute(&r, &Caller::system(), &Request::new("/system/clock/print")).unwrap();
+        let row: std::collections::HashMap<_, _> = out.rows[0].iter().cloned().collect();
+        assert_eq!(row["date"], "2026-11-18");
+        assert_eq!(row["time"], "11:06:40");
+        assert_eq!(row["gmt-offset"], "+00:00");
+    }
 
     #[test]
     fn paths() {

@@ -203,6 +203,17 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "grant lists",
             include_str!("../migrations/sqlite/0003_grant_lists.sql"),
         ),
+        migration(
+            4,
+            "job leasing",
+            include_str!("../migrations/sqlite/0004_job_leasing.sql"),
+        ),
+        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        migration(
+            10,
+            "sessions",
+            include_str!("../migrations/sqlite/0010_sessions.sql"),
+        ),
     ])
 }
 
@@ -223,6 +234,17 @@ pub(crate) fn postgres_migrator() -> Migrator {
             3,
             "grant lists",
             include_str!("../migrations/postgres/0003_grant_lists.sql"),
+        ),
+        migration(
+            4,
+            "job leasing",
+            include_str!("../migrations/postgres/0004_job_leasing.sql"),
+        ),
+        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        migration(
+            10,
+            "sessions",
+            include_str!("../migrations/postgres/0010_sessions.sql"),
         ),
     ])
 }

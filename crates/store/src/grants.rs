@@ -415,6 +415,19 @@ grant_methods! {
     set_authorized: set_forward_authorized,
 }
 
+/// The first job of a grant, with `grant_id` in its payload: the grant's id is made
+/// here, so the caller could not name it.
+fn naming_grant(job: &crate::records::NewJob, grant_id: &str) -> crate::records::NewJob {
+    let mut job = job.clone();
+    match &mut job.payload {
+        serde_json::Value::Object(map) => {
+            map.insert("grant_id".into(), grant_id.into());
+        }
+        other => *other = serde_json::json!({ "grant_id": grant_id }),
+    }
+    job
+}
+
 /// The router was deleted by a concurrent transaction after we looked it up.
 fn router_gone(e: sqlx::Error) -> StoreError {
     match &e {
@@ -512,6 +525,7 @@ impl Store {
             .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id.to_string());
                 insert_job!(&mut *tx, JobId::new(), job);
             }
             tx.commit().await?;
@@ -616,6 +630,7 @@ impl Store {
             .map_err(router_gone)?;
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id.to_string());
                 insert_job!(&mut *tx, JobId::new(), job);
             }
             tx.commit().await?;

@@ -42,7 +42,7 @@ macro_rules! insert_job {
         let job: &$crate::records::NewJob = $job;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
-             run_after, created_at) SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, $9 \
+             run_after, created_at, grant_id) SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10 \
              WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
         )
         .bind($id.to_string())
@@ -54,6 +54,7 @@ macro_rules! insert_job {
         .bind(i64::from(job.max_attempts))
         .bind($crate::db::ms(job.run_after))
         .bind($crate::db::ms(job.created_at))
+        .bind(job.payload.get("grant_id").and_then(|g| g.as_str()).map(str::to_owned))
         .execute($exec)
         .await?
         .rows_affected();

@@ -10,6 +10,9 @@
 //! - `grants`: transient access and transient forwards, gateway-port allocation, the
 //!   grant life cycle as compare-and-set transitions.
 //! - `jobs`: router jobs with their log lines, and the append-only audit log.
+//! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
+//!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
+//! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
 //! - [`StoreError`].
@@ -104,9 +107,12 @@ mod db;
 mod error;
 mod grants;
 mod jobs;
+mod leasing;
+mod orch_stopgap;
 pub mod records;
 mod routers;
 pub mod secret;
+mod sessions;
 
 use std::fmt;
 use std::str::FromStr;
@@ -118,8 +124,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::Mutex;
 
 pub use error::{Result, StoreError};
+pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
 pub use records::*;
 pub use secret::Secret;
+pub use sessions::{NewSession, Session};
 
 use db::Pool;
 use secret::Cipher;

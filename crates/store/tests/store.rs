@@ -1671,3 +1671,6 @@ async fn delete_races_end(ctx: &Ctx) {
     }
 }
 both!(router_delete_races_grant_end, delete_races_end);
+// Portal sessions, in a file of their own.
+#[path = "suites/sessions.rs"]
+mod sessions_suite;

@@ -1,6 +1,6 @@
 //! `postern server`: loads the configuration, opens the store, creates the first admin on
-//! a fresh data directory (printing its password once), and serves the API until Ctrl-C
-//! or SIGTERM.
+//! a fresh data directory (printing its password once), starts the orchestrator (router
+//! jobs, expiry, reconciler), and serves the API until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,8 +87,25 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "postern server listening"
     );
-    let state = server::AppState::new(store, config, Arc::new(server::SystemClock));
-    server::run(listener, state, shutdown).await?;
+    let orchestrator = orchestrator::Orchestrator::new(
+        store.clone(),
+        orchestrator::Config {
+            reconcile_interval: config.reconcile_interval,
+            ..orchestrator::Config::default()
+        },
+        Arc::new(orchestrator::SystemClock),
+        // The in-process gateway plugs in here once it exists.
+        Arc::new(orchestrator::LoggingDataPlane),
+    );
+    tracing::info!(worker = orchestrator.owner(), "orchestrator starting");
+    let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
+    let jobs = tokio::spawn(orchestrator.clone().run(jobs_stopped));
+    let state = server::AppState::new(store, config, Arc::new(server::SystemClock))
+        .with_orchestrator(orchestrator);
+    let served = server::run(listener, state, shutdown).await;
+    let _ = stop_jobs.send(true);
+    let _ = jobs.await;
+    served?;
     tracing::info!("postern server stopped");
     Ok(())
 }

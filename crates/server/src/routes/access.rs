@@ -15,8 +15,8 @@ use super::common::{
 };
 use crate::auth::{Caller, ListCaller, random_alnum};
 use crate::dto::{
-    AccessLevelDto, AccessView, CreateAccess, CredentialsView, GrantListQuery, UpdateExpiry,
-    timestamp,
+    AccessLevelDto, AccessView, CreateAccess, CreateQuery, CredentialsView, GrantListQuery,
+    UpdateExpiry, timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
@@ -135,7 +135,7 @@ pub async fn access_list(
     post,
     path = "/api/routers/{router_id}/transient-access",
     tag = "transient-access",
-    params(("router_id" = String, Path, description = "Router id")),
+    params(("router_id" = String, Path, description = "Router id"), CreateQuery),
     request_body = CreateAccess,
     responses(
         (status = 201, description = "Created; fetch the login from /credentials", body = AccessView),
@@ -152,6 +152,7 @@ pub async fn access_post(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(router_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CreateQuery>,
     ApiJson(req): ApiJson<CreateAccess>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
@@ -219,6 +220,27 @@ pub async fn access_post(
         })
         .await?;
     state.lists.invalidate(router.id);
+    super::common::grant_created(&state).await;
+    let grant = if query.wait.unwrap_or(false) {
+        let (store, org, id) = (state.store.clone(), caller.org_id, grant.id);
+        let initial = grant.clone();
+        super::common::wait_until_settled(
+            &state,
+            || {
+                let store = store.clone();
+                async move {
+                    let g = store.get_access(org, router.id, id).await.ok()?;
+                    let status = g.status;
+                    Some((g, status))
+                }
+            },
+            initial,
+        )
+        .await
+    } else {
+        grant
+    };
+    let now = state.now();
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!(
         "/api/routers/{}/transient-access/{}",
@@ -381,6 +403,16 @@ pub async fn access_patch(
         .set_access_expiry(caller.org_id, router.id, grant.id, at)
         .await?;
     state.lists.invalidate(router.id);
+    if let Some(o) = &state.orchestrator {
+        o.grant_extended(
+            orchestrator::GrantKey::Access(grant.id),
+            caller.org_id,
+            router.id,
+            at,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     state
         .store
         .append_audit(audit(

@@ -20,7 +20,8 @@ use crate::state::AppState;
 /// How many random ports a create offers the store when the range is large.
 const PORT_CANDIDATES: usize = 64;
 /// How often a router job is tried before it fails.
-const JOB_ATTEMPTS: u32 = 10;
+/// Attempts of a creation job before the grant fails (clean-ups retry forever).
+const JOB_ATTEMPTS: u32 = 8;
 
 /// The caller's router, or 404 (also for another organisation's router).
 pub async fn load_router(
@@ -297,9 +298,46 @@ pub enum Grant {
     Forward(domain::ForwardId),
 }
 
-/// Revokes a live grant: `closing`, then `revoked` (revoked_early), its audit entry, and
-/// the router clean-up job. Until the orchestration issue runs that job and makes the
-/// gateway close first, the grant goes straight through `closing` to `revoked` here.
+/// Tells the orchestrator a grant and its first job were just recorded: run it now,
+/// and re-arm the expiry timer.
+pub async fn grant_created(state: &AppState) {
+    if let Some(o) = &state.orchestrator {
+        o.jobs_queued().await;
+        o.expiry_changed();
+    }
+}
+
+/// For `?wait=true`: polls the grant until it leaves `requested`/`provisioning` or the
+/// configured wait passes, and returns it as it is then.
+pub async fn wait_until_settled<T, F, Fut>(state: &AppState, mut read: F, initial: T) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<(T, domain::GrantStatus)>>,
+{
+    use domain::GrantStatus::{Provisioning, Requested};
+    let deadline = tokio::time::Instant::now() + state.config.create_wait;
+    let mut last = initial;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        match read().await {
+            Some((grant, status)) => {
+                last = grant;
+                if !matches!(status, Requested | Provisioning) {
+                    return last;
+                }
+            }
+            None => return last,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return last;
+        }
+    }
+}
+
+/// Revokes a live grant, audited. With an orchestrator (the server always has one):
+/// `closing`, the gateway closed first, then the router clean-up job run at once; the
+/// grant becomes `revoked` when the router is clean. Without one (API-only tests): the
+/// grant goes straight through `closing` to `revoked` and the clean-up job is queued.
 /// A grant that ended meanwhile is left as it is (the caller's wish already holds).
 pub async fn revoke(
     state: &AppState,
@@ -308,6 +346,39 @@ pub async fn revoke(
     router_id: RouterId,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
+    if let Some(o) = &state.orchestrator {
+        let (key, action, target) = match grant {
+            Grant::Access(id) => (
+                orchestrator::GrantKey::Access(id),
+                "access.revoke",
+                format!("access:{id}"),
+            ),
+            Grant::Forward(id) => (
+                orchestrator::GrantKey::Forward(id),
+                "forward.revoke",
+                format!("forward:{id}"),
+            ),
+        };
+        let revoked = o
+            .revoke(key)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !revoked {
+            return Ok(());
+        }
+        state.lists.invalidate(router_id);
+        state
+            .store
+            .append_audit(audit(
+                caller,
+                now,
+                action,
+                Some(target),
+                serde_json::json!({ "router_id": router_id.to_string() }),
+            ))
+            .await?;
+        return Ok(());
+    }
     use domain::GrantStatus::{Active, Closing, Provisioning, Requested, Revoked};
     let live = [Requested, Provisioning, Active];
     let closing = match grant {
@@ -336,9 +407,9 @@ pub async fn revoke(
                 .await?;
             (
                 "access.revoke",
-                "access.delete",
+                "access.end",
                 format!("access:{id}"),
-                serde_json::json!({ "access_id": id.to_string() }),
+                serde_json::json!({ "grant_id": id.to_string(), "reason": "revoked" }),
             )
         }
         Grant::Forward(id) => {
@@ -348,9 +419,9 @@ pub async fn revoke(
                 .await?;
             (
                 "forward.revoke",
-                "forward.delete",
+                "forward.end",
                 format!("forward:{id}"),
-                serde_json::json!({ "forward_id": id.to_string() }),
+                serde_json::json!({ "grant_id": id.to_string(), "reason": "revoked" }),
             )
         }
     };
@@ -358,6 +429,7 @@ pub async fn revoke(
         .store
         .create_job(store::NewJob {
             payload,
+            max_attempts: 0,
             ..new_job(caller, router_id, kind, now)
         })
         .await?;

@@ -14,7 +14,9 @@ use super::common::{
     not_found_as, port_candidates, resolve_allow_from, resolve_expiry,
 };
 use crate::auth::{Caller, ListCaller};
-use crate::dto::{CreateForward, ForwardView, GrantListQuery, UpdateExpiry, timestamp};
+use crate::dto::{
+    CreateForward, CreateQuery, ForwardView, GrantListQuery, UpdateExpiry, timestamp,
+};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
 use crate::render::{self, Prerendered};
@@ -104,7 +106,7 @@ pub async fn forwards_list(
     post,
     path = "/api/routers/{router_id}/transient-forwarding",
     tag = "transient-forwarding",
-    params(("router_id" = String, Path, description = "Router id")),
+    params(("router_id" = String, Path, description = "Router id"), CreateQuery),
     request_body = CreateForward,
     responses(
         (status = 201, description = "Created; the router is configured within seconds", body = ForwardView),
@@ -121,6 +123,7 @@ pub async fn forwards_post(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(router_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CreateQuery>,
     ApiJson(req): ApiJson<CreateForward>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
@@ -187,6 +190,27 @@ pub async fn forwards_post(
         })
         .await?;
     state.lists.invalidate(router.id);
+    super::common::grant_created(&state).await;
+    let forward = if query.wait.unwrap_or(false) {
+        let (store, org, id) = (state.store.clone(), caller.org_id, forward.id);
+        let initial = forward.clone();
+        super::common::wait_until_settled(
+            &state,
+            || {
+                let store = store.clone();
+                async move {
+                    let f = store.get_forward(org, router.id, id).await.ok()?;
+                    let status = f.status;
+                    Some((f, status))
+                }
+            },
+            initial,
+        )
+        .await
+    } else {
+        forward
+    };
+    let now = state.now();
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!(
         "/api/routers/{}/transient-forwarding/{}",
@@ -276,6 +300,16 @@ pub async fn forward_patch(
         .set_forward_expiry(caller.org_id, router.id, forward.id, at)
         .await?;
     state.lists.invalidate(router.id);
+    if let Some(o) = &state.orchestrator {
+        o.grant_extended(
+            orchestrator::GrantKey::Forward(forward.id),
+            caller.org_id,
+            router.id,
+            at,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     state
         .store
         .append_audit(audit(

@@ -1,0 +1,118 @@
+//! The hook to the data plane (the gateway): what the orchestrator tells it when a grant
+//! becomes active, changes its end, or ends. The server implements it with the gateway
+//! crate; until then [`LoggingDataPlane`] only logs. Calls are synchronous and must not
+//! block: the gateway closes listeners and connections on its own tasks.
+
+use chrono::{DateTime, Utc};
+use domain::{AccessId, ForwardId};
+
+/// Which grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantKey {
+    Access(AccessId),
+    Forward(ForwardId),
+}
+
+impl GrantKey {
+    /// `access` or `forward`, as in job kinds and router tags.
+    pub fn kind(self) -> &'static str {
+        match self {
+            GrantKey::Access(_) => "access",
+            GrantKey::Forward(_) => "forward",
+        }
+    }
+
+    /// The grant's id as text.
+    pub fn id(self) -> String {
+        match self {
+            GrantKey::Access(id) => id.to_string(),
+            GrantKey::Forward(id) => id.to_string(),
+        }
+    }
+
+    /// The comment every router object of this grant carries: `postern:access:<id>`.
+    pub fn tag(self) -> String {
+        format!("postern:{}:{}", self.kind(), self.id())
+    }
+}
+
+impl std::fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind(), self.id())
+    }
+}
+
+/// Why a grant ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `expires_at` was reached.
+    Expired,
+    /// Revoked through the API.
+    Revoked,
+    /// Provisioning gave up.
+    Failed,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "expired" => EndReason::Expired,
+            "revoked" => EndReason::Revoked,
+            "failed" => EndReason::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A grant that became active, for the data plane to open its port.
+#[derive(Debug, Clone)]
+pub enum LiveGrant {
+    Access(store::TransientAccess),
+    Forward(store::TransientForward),
+}
+
+impl LiveGrant {
+    pub fn key(&self) -> GrantKey {
+        match self {
+            LiveGrant::Access(a) => GrantKey::Access(a.id),
+            LiveGrant::Forward(f) => GrantKey::Forward(f.id),
+        }
+    }
+}
+
+/// What the orchestrator asks of the data plane.
+pub trait DataPlane: Send + Sync + 'static {
+    /// The grant is active on its router: open (or keep) its gateway port.
+    fn open(&self, grant: &LiveGrant);
+    /// The grant's end moved.
+    fn set_deadline(&self, key: GrantKey, expires_at: DateTime<Utc>);
+    /// The grant ends: close its port and kill its live connections now. Called before
+    /// the router clean-up job is queued.
+    fn close(&self, key: GrantKey, reason: EndReason);
+}
+
+/// A data plane that only logs (until the gateway is wired in).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoggingDataPlane;
+
+impl DataPlane for LoggingDataPlane {
+    fn open(&self, grant: &LiveGrant) {
+        tracing::info!(grant = %grant.key(), "data plane: open (no gateway wired)");
+    }
+
+    fn set_deadline(&self, key: GrantKey, expires_at: DateTime<Utc>) {
+        tracing::info!(grant = %key, %expires_at, "data plane: new deadline (no gateway wired)");
+    }
+
+    fn close(&self, key: GrantKey, reason: EndReason) {
+        tracing::info!(grant = %key, reason = reason.as_str(), "data plane: close (no gateway wired)");
+    }
+}

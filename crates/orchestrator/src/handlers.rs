@@ -1,0 +1,732 @@
+//! Router job handlers, each idempotent (objects are looked up by their
+//! `postern:<kind>:<id>` comment before anything is added) and each step logged:
+//! Postern's groups, the temporary user, the self-expiry scheduler entry, a forward's
+//! NAT rules, and the end of a grant (sessions logged out, objects removed).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use domain::{AccessId, AccessLevel, ForwardId, GrantStatus};
+use routeros::api::{self, Filter};
+use routeros::{Command, Item};
+use store::Job;
+
+use crate::Inner;
+use crate::connections::{self, RouterConn};
+use crate::dataplane::{EndReason, GrantKey, LiveGrant};
+use crate::error::{Error, Result};
+use crate::joblog::JobLog;
+
+/// Postern's groups: name, comment tag, policies.
+///
+/// `postern-read` is a real read-only group: no `reboot`, `sniff`, `sensitive`, `write`,
+/// `policy` or `password`, and no `ftp` (file transfer can write files) either.
+/// `postern-write` is RouterOS's `write` (no `policy`, no `sensitive`).
+pub const GROUPS: [(&str, &str, &str); 3] = [
+    (
+        "postern-full",
+        "postern:group:full",
+        "local,telnet,ssh,ftp,reboot,read,write,policy,test,winbox,password,web,sniff,sensitive,api,romon,rest-api",
+    ),
+    (
+        "postern-write",
+        "postern:group:write",
+        "local,telnet,ssh,ftp,reboot,read,write,test,winbox,password,web,sniff,api,romon,rest-api",
+    ),
+    (
+        "postern-read",
+        "postern:group:read",
+        "local,telnet,ssh,read,test,winbox,web,api,romon,rest-api",
+    ),
+];
+
+/// The private ranges a user may also log in from when `allow_rfc1918`.
+pub const RFC1918: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
+/// The group of an access level.
+pub fn group_for(level: AccessLevel) -> &'static str {
+    match level {
+        AccessLevel::Full => "postern-full",
+        AccessLevel::Write => "postern-write",
+        AccessLevel::Read => "postern-read",
+    }
+}
+
+/// The scheduler entry of a grant.
+pub fn schedule_name(key: GrantKey) -> String {
+    format!("postern-{}-{}", key.kind(), key.id())
+}
+
+/// Runs one command step, logging what was sent (never a secret: callers describe the
+/// command) and how it went.
+pub(crate) async fn step<T>(
+    log: &JobLog,
+    what: &str,
+    call: impl Future<Output = Result<T, routeros::Error>>,
+) -> Result<T> {
+    let started = Instant::now();
+    match call.await {
+        Ok(value) => {
+            log.line(format!(
+                "sent {what}: ok in {} ms",
+                started.elapsed().as_millis()
+            ));
+            Ok(value)
+        }
+        Err(routeros::Error::Trap { message, .. }) => {
+            log.line(format!(
+                "sent {what}: the router answered !trap \"{message}\""
+            ));
+            Err(Error::Router(format!(
+                "the router refused {what}: {message}"
+            )))
+        }
+        Err(e) => {
+            log.line(format!("sent {what}: failed: {e}"));
+            Err(Error::from_router(e))
+        }
+    }
+}
+
+/// Runs a job's handler.
+pub(crate) async fn run(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+    match job.kind.as_str() {
+        "access.create" | "access.update" => access_create(inner, job, log).await,
+        "forward.create" | "forward.update" => forward_create(inner, job, log).await,
+        "access.end" | "access.delete" => grant_end(inner, job, log, true).await,
+        "forward.end" | "forward.delete" => grant_end(inner, job, log, false).await,
+        "router.reconcile" => crate::reconcile::run_job(inner, job, log).await,
+        "noop" => {
+            log.line(format!(
+                "nothing to do; run by worker {}",
+                inner.config.owner
+            ));
+            Ok(())
+        }
+        other => Err(Error::Permanent(format!("unknown job kind {other:?}"))),
+    }
+}
+
+fn payload_id<T: std::str::FromStr>(job: &Job) -> Result<T> {
+    let text = job
+        .payload
+        .get("grant_id")
+        .or_else(|| job.payload.get("access_id"))
+        .or_else(|| job.payload.get("forward_id"))
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::Permanent("the job names no grant".into()))?;
+    text.parse()
+        .map_err(|_| Error::Permanent(format!("the job names an unreadable grant id {text:?}")))
+}
+
+fn not_found_is_permanent(e: store::StoreError) -> Error {
+    match e {
+        store::StoreError::NotFound => Error::Permanent("the grant no longer exists".into()),
+        e => Error::Store(e),
+    }
+}
+
+async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+    let id: AccessId = payload_id(job)?;
+    let mut grant = inner
+        .store
+        .get_access(job.org_id, job.router_id, id)
+        .await
+        .map_err(not_found_is_permanent)?;
+    if !grant.status.is_live() {
+        log.line(format!(
+            "transient access {id} is {}: nothing to create",
+            grant.status
+        ));
+        return Ok(());
+    }
+    if grant.status == GrantStatus::Requested {
+        let now = inner.clock.now();
+        if let Ok(g) = inner
+            .store
+            .transition_access(
+                id,
+                &[GrantStatus::Requested],
+                GrantStatus::Provisioning,
+                now,
+                None,
+            )
+            .await
+        {
+            grant = g;
+        }
+    }
+    let router = inner.store.get_router_any_org(job.router_id).await?;
+    let conn = connections::connect(inner, &router, log).await?;
+    ensure_groups(&conn, log).await?;
+    ensure_user(inner, &conn, &grant, log).await?;
+    ensure_schedule(
+        inner,
+        &conn,
+        GrantKey::Access(id),
+        grant.expires_at,
+        Some(&grant.username),
+        log,
+    )
+    .await?;
+    activate(inner, LiveGrant::Access(grant), log).await
+}
+
+async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+    let id: ForwardId = payload_id(job)?;
+    let mut grant = inner
+        .store
+        .get_forward(job.org_id, job.router_id, id)
+        .await
+        .map_err(not_found_is_permanent)?;
+    if !grant.status.is_live() {
+        log.line(format!(
+            "transient forward {id} is {}: nothing to create",
+            grant.status
+        ));
+        return Ok(());
+    }
+    if grant.status == GrantStatus::Requested {
+        let now = inner.clock.now();
+        if let Ok(g) = inner
+            .store
+            .transition_forward(
+                id,
+                &[GrantStatus::Requested],
+                GrantStatus::Provisioning,
+                now,
+                None,
+            )
+            .await
+        {
+            grant = g;
+        }
+    }
+    let router = inner.store.get_router_any_org(job.router_id).await?;
+    let conn = connections::connect(inner, &router, log).await?;
+    ensure_nat(&conn, &router, &grant, log).await?;
+    ensure_schedule(
+        inner,
+        &conn,
+        GrantKey::Forward(id),
+        grant.expires_at,
+        None,
+        log,
+    )
+    .await?;
+    activate(inner, LiveGrant::Forward(grant), log).await
+}
+
+/// Provisioning → active (an active grant stays so), and the data plane is told.
+async fn activate(inner: &Arc<Inner>, grant: LiveGrant, log: &JobLog) -> Result<()> {
+    let now = inner.clock.now();
+    let key = grant.key();
+    let from = [GrantStatus::Provisioning];
+    let moved = match &grant {
+        LiveGrant::Access(g) if g.status != GrantStatus::Active => inner
+            .store
+            .transition_access(g.id, &from, GrantStatus::Active, now, None)
+            .await
+            .map(LiveGrant::Access),
+        LiveGrant::Forward(f) if f.status != GrantStatus::Active => inner
+            .store
+            .transition_forward(f.id, &from, GrantStatus::Active, now, None)
+            .await
+            .map(LiveGrant::Forward),
+        _ => Ok(grant.clone()),
+    };
+    match moved {
+        Ok(active) => {
+            log.line(format!("the grant ({key}) is active"));
+            inner.dataplane.open(&active);
+            Ok(())
+        }
+        Err(store::StoreError::Conflict(why)) => {
+            // Ended meanwhile: its end job (queued after this one) removes what we made.
+            log.line(format!("the grant ({key}) did not become active: {why}"));
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes `postern-full`, `postern-write` and `postern-read` exist (once per connection).
+pub(crate) async fn ensure_groups(conn: &RouterConn, log: &JobLog) -> Result<()> {
+    if conn.groups_ready() {
+        return Ok(());
+    }
+    let groups = step(
+        log,
+        "/user/group/print",
+        api::group::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    for (name, tag, policy) in GROUPS {
+        if groups.iter().any(|g| g.name == name) {
+            continue;
+        }
+        let new = api::group::NewGroup {
+            name: name.into(),
+            policy: policy.split(',').map(str::to_owned).collect(),
+            comment: Some(tag.into()),
+        };
+        step(
+            log,
+            &format!("/user/group/add name={name} policy={policy} comment={tag}"),
+            api::group::add(&conn.client, &new),
+        )
+        .await?;
+    }
+    conn.set_groups_ready(true);
+    Ok(())
+}
+
+/// The addresses a temporary user may log in from.
+pub(crate) async fn user_addresses(
+    inner: &Arc<Inner>,
+    grant: &store::TransientAccess,
+) -> Result<Vec<String>> {
+    let source = match inner.store.region_tunnel_source(grant.region_id).await {
+        Ok(s) => s.or(inner.config.default_tunnel_source),
+        Err(store::StoreError::NotFound) => inner.config.default_tunnel_source,
+        Err(e) => return Err(e.into()),
+    };
+    let mut addresses = Vec::new();
+    if let Some(source) = source {
+        let bits = if source.is_ipv4() { 32 } else { 128 };
+        addresses.push(format!("{source}/{bits}"));
+    }
+    if grant.allow_rfc1918 {
+        addresses.extend(RFC1918.iter().map(|s| s.to_string()));
+    }
+    Ok(addresses)
+}
+
+/// Adds the grant's user unless a user with its tag is there already.
+pub(crate) async fn ensure_user(
+    inner: &Arc<Inner>,
+    conn: &RouterConn,
+    grant: &store::TransientAccess,
+    log: &JobLog,
+) -> Result<()> {
+    let tag = GrantKey::Access(grant.id).tag();
+    let found = step(
+        log,
+        &format!("/user/print ?comment={tag}"),
+        api::user::print(&conn.client, &Filter::comment(&tag)),
+    )
+    .await?;
+    if found.iter().any(|u| u.name == grant.username) {
+        log.line(format!(
+            "user {} is already on the router: nothing to add",
+            grant.username
+        ));
+        return Ok(());
+    }
+    let addresses = user_addresses(inner, grant).await?;
+    if addresses.is_empty() {
+        log.line(
+            "the region has no tunnel source address configured: the user is not limited by address",
+        );
+    }
+    let password = inner.store.access_password(grant.id).await?;
+    let group = group_for(grant.access);
+    let new = api::user::NewUser {
+        name: grant.username.clone(),
+        group: group.into(),
+        password: password.expose().to_owned(),
+        address: addresses.clone(),
+        comment: Some(tag.clone()),
+        disabled: false,
+    };
+    let what = format!(
+        "/user/add name={} group={group} address={} comment={tag} (password not logged)",
+        grant.username,
+        addresses.join(",")
+    );
+    match step(log, &what, api::user::add(&conn.client, &new)).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if e.to_string().contains("group") {
+                // Our groups went away under us: look again next time.
+                conn.set_groups_ready(false);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Adds a forward's dst-nat rule (and masquerade rule when asked) unless there.
+pub(crate) async fn ensure_nat(
+    conn: &RouterConn,
+    router: &store::Router,
+    grant: &store::TransientForward,
+    log: &JobLog,
+) -> Result<()> {
+    let tag = GrantKey::Forward(grant.id).tag();
+    let found = step(
+        log,
+        &format!("/ip/firewall/nat/print ?comment={tag}"),
+        api::nat::print(&conn.client, &Filter::comment(&tag)),
+    )
+    .await?;
+    if found.iter().any(|r| r.action.as_deref() == Some("dst-nat")) {
+        log.line("the dst-nat rule is already on the router");
+    } else {
+        let rule = api::nat::NewNatRule {
+            chain: "dstnat".into(),
+            action: "dst-nat".into(),
+            protocol: Some("tcp".into()),
+            dst_address: Some(router.tunnel_address.to_string()),
+            dst_port: Some(grant.router_port.to_string()),
+            to_addresses: Some(grant.dst_address.to_string()),
+            to_ports: Some(grant.dst_port.to_string()),
+            comment: Some(tag.clone()),
+            ..Default::default()
+        };
+        step(
+            log,
+            &format!(
+                "/ip/firewall/nat/add chain=dstnat action=dst-nat protocol=tcp dst-address={} dst-port={} to-addresses={} to-ports={} comment={tag}",
+                router.tunnel_address, grant.router_port, grant.dst_address, grant.dst_port
+            ),
+            api::nat::add(&conn.client, &rule),
+        )
+        .await?;
+    }
+    if grant.masquerade {
+        if found
+            .iter()
+            .any(|r| r.action.as_deref() == Some("masquerade"))
+        {
+            log.line("the masquerade rule is already on the router");
+        } else {
+            let rule = api::nat::NewNatRule {
+                chain: "srcnat".into(),
+                action: "masquerade".into(),
+                protocol: Some("tcp".into()),
+                dst_address: Some(grant.dst_address.to_string()),
+                dst_port: Some(grant.dst_port.to_string()),
+                comment: Some(tag.clone()),
+                ..Default::default()
+            };
+            step(
+                log,
+                &format!(
+                    "/ip/firewall/nat/add chain=srcnat action=masquerade protocol=tcp dst-address={} dst-port={} comment={tag}",
+                    grant.dst_address, grant.dst_port
+                ),
+                api::nat::add(&conn.client, &rule),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the router's device-mode lets the scheduler run (asked once per connection).
+async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result<bool> {
+    let known = *conn
+        .scheduler_allowed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(allowed) = known {
+        return Ok(allowed);
+    }
+    let allowed = match api::system::device_mode(&conn.client).await {
+        Ok(mode) => mode.mode.as_deref() != Some("home") && mode.scheduler != Some(false),
+        // RouterOS before 7.17 has no device-mode menu: nothing restricts the scheduler.
+        Err(routeros::Error::Trap { .. }) => true,
+        Err(e) => return Err(Error::from_router(e)),
+    };
+    log.line(format!(
+        "sent /system/device-mode/print: the scheduler is {}",
+        if allowed { "allowed" } else { "not allowed" }
+    ));
+    *conn
+        .scheduler_allowed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(allowed);
+    Ok(allowed)
+}
+
+/// How far the router's wall clock is ahead of UTC here (its time zone plus any skew),
+/// from `/system/clock print`. Writing the scheduler's start in the router's own clock
+/// this way is right whatever its time zone, and survives a skewed clock.
+async fn router_clock_offset(
+    conn: &RouterConn,
+    now: DateTime<Utc>,
+    log: &JobLog,
+) -> Result<(ChronoDuration, bool)> {
+    let response = step(
+        log,
+        "/system/clock/print",
+        conn.client.call(Command::new("/system/clock/print")),
+    )
+    .await?;
+    let item = response
+        .items
+        .first()
+        .ok_or_else(|| Error::Router("/system/clock/print returned nothing".into()))?;
+    let (local, v7) = parse_router_clock(item)
+        .ok_or_else(|| Error::Router("/system/clock/print: unreadable date or time".into()))?;
+    Ok((local - now.naive_utc(), v7))
+}
+
+/// The router's local date and time, and whether the date is in RouterOS 7's form.
+pub fn parse_router_clock(item: &Item) -> Option<(NaiveDateTime, bool)> {
+    let date = item.get_str("date")?;
+    let time = NaiveTime::parse_from_str(item.get_str("time")?, "%H:%M:%S").ok()?;
+    if let Ok(d) = NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+        return Some((d.and_time(time), true));
+    }
+    let d = NaiveDate::parse_from_str(date, "%b/%d/%Y").ok()?;
+    Some((d.and_time(time), false))
+}
+
+/// Adds (or moves) the entry that ends the grant on the router itself at its expiry,
+/// when device-mode allows the scheduler and the config asks for it.
+async fn ensure_schedule(
+    inner: &Arc<Inner>,
+    conn: &RouterConn,
+    key: GrantKey,
+    expires_at: DateTime<Utc>,
+    username: Option<&str>,
+    log: &JobLog,
+) -> Result<()> {
+    if !inner.config.router_self_expiry {
+        return Ok(());
+    }
+    if !scheduler_allowed(conn, log).await? {
+        log.line("router's device-mode does not allow the scheduler; expiry relies on Postern");
+        return Ok(());
+    }
+    let now = inner.clock.now();
+    let (offset, v7) = router_clock_offset(conn, now, log).await?;
+    // The router prints whole seconds, so the measured offset may be up to 1 s short;
+    // one more second (and truncation) keeps the entry from ever running before the
+    // grant's end. Postern's own timer is the exact one; this is the backstop.
+    let local = expires_at.naive_utc() + offset;
+    let local = local
+        .checked_add_signed(ChronoDuration::seconds(1))
+        .unwrap_or(local);
+    let date = if v7 {
+        local.format("%Y-%m-%d").to_string()
+    } else {
+        local.format("%b/%d/%Y").to_string().to_lowercase()
+    };
+    let time = local.format("%H:%M:%S").to_string();
+    let name = schedule_name(key);
+    let tag = key.tag();
+    let existing = step(
+        log,
+        &format!("/system/scheduler/print ?name={name}"),
+        api::scheduler::print(&conn.client, &Filter::name(&name)),
+    )
+    .await?;
+    for entry in &existing {
+        if entry.start_date.as_deref() == Some(date.as_str())
+            && entry.start_time.as_deref() == Some(time.as_str())
+        {
+            log.line(format!(
+                "scheduler entry {name} already ends the grant at {date} {time}"
+            ));
+            return Ok(());
+        }
+        step(
+            log,
+            &format!(
+                "/system/scheduler/remove .id={} (its time is stale)",
+                entry.id
+            ),
+            api::scheduler::remove(&conn.client, &entry.id),
+        )
+        .await?;
+    }
+    let mut script = Vec::new();
+    if let Some(user) = username {
+        script.push(format!(
+            "/user active request-logout [find name=\"{user}\"]"
+        ));
+        script.push(format!("/user remove [find comment=\"{tag}\"]"));
+    } else {
+        script.push(format!("/ip firewall nat remove [find comment=\"{tag}\"]"));
+    }
+    script.push(format!("/system scheduler remove [find name=\"{name}\"]"));
+    let entry = api::scheduler::NewSchedule {
+        name: name.clone(),
+        start_date: Some(date.clone()),
+        start_time: Some(time.clone()),
+        interval: None,
+        on_event: script.join("\n"),
+        comment: Some(tag.clone()),
+        policy: Vec::new(),
+    };
+    step(
+        log,
+        &format!(
+            "/system/scheduler/add name={name} start-date={date} start-time={time} comment={tag} (router clock {:+} s from UTC)",
+            offset.num_seconds()
+        ),
+        api::scheduler::add(&conn.client, &entry),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Logs out a user's sessions and removes its tagged user.
+pub(crate) async fn remove_user(
+    conn: &RouterConn,
+    tag: &str,
+    username: &str,
+    log: &JobLog,
+) -> Result<()> {
+    let sessions = step(
+        log,
+        &format!("/user/active/print ?name={username}"),
+        api::active::print(&conn.client, &Filter::name(username)),
+    )
+    .await?;
+    for session in &sessions {
+        step(
+            log,
+            &format!(
+                "/user/active/request-logout .id={} ({} session from {})",
+                session.id,
+                session.via.as_deref().unwrap_or("a"),
+                session.address.as_deref().unwrap_or("an unknown address")
+            ),
+            api::active::request_logout(&conn.client, &session.id),
+        )
+        .await?;
+    }
+    if sessions.is_empty() {
+        log.line(format!("user {username} has no active session"));
+    }
+    let users = step(
+        log,
+        &format!("/user/print ?comment={tag}"),
+        api::user::print(&conn.client, &Filter::comment(tag)),
+    )
+    .await?;
+    for user in &users {
+        step(
+            log,
+            &format!("/user/remove .id={} (user {})", user.id, user.name),
+            api::user::remove(&conn.client, &user.id),
+        )
+        .await?;
+    }
+    if users.is_empty() {
+        log.line(format!(
+            "user {username} is not on the router (already removed)"
+        ));
+    }
+    Ok(())
+}
+
+/// Removes every NAT rule tagged `tag`.
+pub(crate) async fn remove_nat(conn: &RouterConn, tag: &str, log: &JobLog) -> Result<()> {
+    let rules = step(
+        log,
+        &format!("/ip/firewall/nat/print ?comment={tag}"),
+        api::nat::print(&conn.client, &Filter::comment(tag)),
+    )
+    .await?;
+    for rule in &rules {
+        step(
+            log,
+            &format!(
+                "/ip/firewall/nat/remove .id={} ({} rule)",
+                rule.id,
+                rule.action.as_deref().unwrap_or("a")
+            ),
+            api::nat::remove(&conn.client, &rule.id),
+        )
+        .await?;
+    }
+    if rules.is_empty() {
+        log.line("no NAT rule of this forward is on the router (already removed)");
+    }
+    Ok(())
+}
+
+/// Removes the grant's scheduler entry.
+async fn remove_schedule(conn: &RouterConn, key: GrantKey, log: &JobLog) -> Result<()> {
+    let name = schedule_name(key);
+    let entries = step(
+        log,
+        &format!("/system/scheduler/print ?name={name}"),
+        api::scheduler::print(&conn.client, &Filter::name(&name)),
+    )
+    .await?;
+    for entry in &entries {
+        step(
+            log,
+            &format!("/system/scheduler/remove .id={} ({name})", entry.id),
+            api::scheduler::remove(&conn.client, &entry.id),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ends a grant on the router, then records its final status.
+async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) -> Result<()> {
+    let reason = job
+        .payload
+        .get("reason")
+        .and_then(|r| r.as_str())
+        .and_then(EndReason::parse)
+        .unwrap_or(EndReason::Revoked);
+    let router = inner.store.get_router_any_org(job.router_id).await?;
+    let conn = connections::connect(inner, &router, log).await?;
+    let key = if access {
+        let id: AccessId = payload_id(job)?;
+        let grant = inner
+            .store
+            .get_access(job.org_id, job.router_id, id)
+            .await
+            .map_err(not_found_is_permanent)?;
+        let key = GrantKey::Access(id);
+        remove_user(&conn, &key.tag(), &grant.username, log).await?;
+        key
+    } else {
+        let id: ForwardId = payload_id(job)?;
+        let key = GrantKey::Forward(id);
+        remove_nat(&conn, &key.tag(), log).await?;
+        key
+    };
+    remove_schedule(&conn, key, log).await?;
+    let final_status = match reason {
+        EndReason::Expired => GrantStatus::Expired,
+        EndReason::Revoked => GrantStatus::Revoked,
+        EndReason::Failed => {
+            log.line(format!(
+                "the router holds nothing of the failed grant ({key})"
+            ));
+            return Ok(());
+        }
+    };
+    let now = inner.clock.now();
+    let moved = match key {
+        GrantKey::Access(id) => inner
+            .store
+            .transition_access(id, &[GrantStatus::Closing], final_status, now, None)
+            .await
+            .map(|_| ()),
+        GrantKey::Forward(id) => inner
+            .store
+            .transition_forward(id, &[GrantStatus::Closing], final_status, now, None)
+            .await
+            .map(|_| ()),
+    };
+    match moved {
+        Ok(()) => log.line(format!("the grant ({key}) is now {final_status}")),
+        Err(store::StoreError::Conflict(why)) => log.line(format!("the grant ({key}): {why}")),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! The reconciler: compares what a router holds under Postern's tags (users, NAT rules,
+//! scheduler entries whose comment starts `postern:`) with the live grants. A scan is
+//! read-only; when it finds drift, a `router.reconcile` job is queued, which scans again
+//! inside the router's job queue (so never alongside another job of that router),
+//! removes what no grant backs, re-creates what an active grant lacks, and logs each
+//! drift in words. Scans run on a schedule, and at once when a router comes back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::{GrantStatus, RouterId};
+use routeros::api::{self, Filter, ItemId};
+use store::Job;
+use tokio::sync::watch;
+
+use crate::Inner;
+use crate::connections::{self, RouterConn};
+use crate::dataplane::GrantKey;
+use crate::error::Result;
+use crate::handlers::{self, step};
+use crate::joblog::JobLog;
+
+/// One difference between a router and the grants.
+#[derive(Debug, Clone)]
+pub enum Drift {
+    /// A tagged user no live grant backs.
+    OrphanUser {
+        id: ItemId,
+        name: String,
+        tag: String,
+    },
+    /// A tagged NAT rule no live grant backs.
+    OrphanNat { id: ItemId, tag: String },
+    /// A tagged scheduler entry no live grant backs.
+    OrphanSchedule {
+        id: ItemId,
+        name: String,
+        tag: String,
+    },
+    /// An active access grant whose user is missing.
+    MissingUser(Box<store::TransientAccess>),
+    /// An active forward whose dst-nat rule is missing.
+    MissingNat(Box<store::TransientForward>),
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::OrphanUser { name, tag, .. } => {
+                write!(f, "user {name} is tagged {tag} but no live grant backs it")
+            }
+            Drift::OrphanNat { id, tag } => {
+                write!(
+                    f,
+                    "NAT rule {id} is tagged {tag} but no live grant backs it"
+                )
+            }
+            Drift::OrphanSchedule { name, tag, .. } => write!(
+                f,
+                "scheduler entry {name} is tagged {tag} but no live grant backs it"
+            ),
+            Drift::MissingUser(g) => write!(
+                f,
+                "transient access {} is active but its user {} is missing on the router",
+                g.id, g.username
+            ),
+            Drift::MissingNat(g) => write!(
+                f,
+                "transient forward {} is active but its dst-nat rule is missing on the router",
+                g.id
+            ),
+        }
+    }
+}
+
+/// Whether a `postern:` tag is one of a grant (not a group), and its `kind:id` key.
+fn grant_tag(comment: Option<&str>) -> Option<&str> {
+    let rest = comment?.strip_prefix("postern:")?;
+    if rest.starts_with("group:") {
+        return None;
+    }
+    Some(rest)
+}
+
+/// Compares the router with the grants.
+pub(crate) async fn scan(
+    inner: &Arc<Inner>,
+    router: &store::Router,
+    conn: &RouterConn,
+    log: &JobLog,
+) -> Result<Vec<Drift>> {
+    // Every grant not yet final backs its objects (a creation or an end may be under
+    // way); only active ones must have them.
+    let mut backed: HashMap<String, GrantStatus> = HashMap::new();
+    let mut active_access = Vec::new();
+    let mut active_forwards = Vec::new();
+    for g in inner.store.list_live_access().await? {
+        if g.router_id == router.id {
+            backed.insert(format!("access:{}", g.id), g.status);
+            if g.status == GrantStatus::Active {
+                active_access.push(g);
+            }
+        }
+    }
+    for g in inner.store.list_live_forwards().await? {
+        if g.router_id == router.id {
+            backed.insert(format!("forward:{}", g.id), g.status);
+            if g.status == GrantStatus::Active {
+                active_forwards.push(g);
+            }
+        }
+    }
+    let users = step(
+        log,
+        "/user/print",
+        api::user::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    let rules = step(
+        log,
+        "/ip/firewall/nat/print",
+        api::nat::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    let entries = step(
+        log,
+        "/system/scheduler/print",
+        api::scheduler::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    let mut drift = Vec::new();
+    for u in &users {
+        if let Some(key) = grant_tag(u.comment.as_deref())
+            && !backed.contains_key(key)
+        {
+            drift.push(Drift::OrphanUser {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                tag: format!("postern:{key}"),
+            });
+        }
+    }
+    for r in &rules {
+        if let Some(key) = grant_tag(r.comment.as_deref())
+            && !backed.contains_key(key)
+        {
+            drift.push(Drift::OrphanNat {
+                id: r.id.clone(),
+                tag: format!("postern:{key}"),
+            });
+        }
+    }
+    for e in &entries {
+        if let Some(key) = grant_tag(e.comment.as_deref())
+            && !backed.contains_key(key)
+        {
+            drift.push(Drift::OrphanSchedule {
+                id: e.id.clone(),
+                name: e.name.clone(),
+                tag: format!("postern:{key}"),
+            });
+        }
+    }
+    for g in active_access {
+        let tag = GrantKey::Access(g.id).tag();
+        if !users
+            .iter()
+            .any(|u| u.comment.as_deref() == Some(tag.as_str()))
+        {
+            drift.push(Drift::MissingUser(Box::new(g)));
+        }
+    }
+    for g in active_forwards {
+        let tag = GrantKey::Forward(g.id).tag();
+        if !rules.iter().any(|r| {
+            r.comment.as_deref() == Some(tag.as_str()) && r.action.as_deref() == Some("dst-nat")
+        }) {
+            drift.push(Drift::MissingNat(Box::new(g)));
+        }
+    }
+    Ok(drift)
+}
+
+/// The `router.reconcile` job: scan again and repair each drift.
+pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+    let router = inner.store.get_router_any_org(job.router_id).await?;
+    let conn = connections::connect(inner, &router, log).await?;
+    let drift = scan(inner, &router, &conn, log).await?;
+    if drift.is_empty() {
+        log.line("no drift: the router matches the live grants");
+        return Ok(());
+    }
+    for d in drift {
+        log.line(format!("drift: {d}"));
+        match d {
+            Drift::OrphanUser { id, name, .. } => {
+                let sessions = api::active::print(&conn.client, &Filter::name(&name))
+                    .await
+                    .unwrap_or_default();
+                for s in sessions {
+                    step(
+                        log,
+                        &format!("/user/active/request-logout .id={}", s.id),
+                        api::active::request_logout(&conn.client, &s.id),
+                    )
+                    .await?;
+                }
+                step(
+                    log,
+                    &format!("/user/remove .id={id} (user {name})"),
+                    api::user::remove(&conn.client, &id),
+                )
+                .await?;
+            }
+            Drift::OrphanNat { id, .. } => {
+                step(
+                    log,
+                    &format!("/ip/firewall/nat/remove .id={id}"),
+                    api::nat::remove(&conn.client, &id),
+                )
+                .await?;
+            }
+            Drift::OrphanSchedule { id, name, .. } => {
+                step(
+                    log,
+                    &format!("/system/scheduler/remove .id={id} ({name})"),
+                    api::scheduler::remove(&conn.client, &id),
+                )
+                .await?;
+            }
+            Drift::MissingUser(g) => {
+                handlers::ensure_groups(&conn, log).await?;
+                handlers::ensure_user(inner, &conn, &g, log).await?;
+            }
+            Drift::MissingNat(g) => {
+                handlers::ensure_nat(&conn, &router, &g, log).await?;
+            }
+        }
+    }
+    log.line("the router matches the live grants again");
+    Ok(())
+}
+
+/// Scans one router; on drift queues a reconcile job (unless one is queued). Returns
+/// the drift found.
+pub(crate) async fn check_router(inner: &Arc<Inner>, router: &store::Router) -> Result<usize> {
+    let log = JobLog::new(None, inner.clock.clone());
+    let conn = connections::connect(inner, router, &log).await?;
+    let drift = match scan(inner, router, &conn, &log).await {
+        Ok(d) => d,
+        Err(e) => {
+            inner.conns.drop_router(router.id);
+            return Err(e);
+        }
+    };
+    if !drift.is_empty()
+        && !inner
+            .store
+            .has_open_job(router.id, "router.reconcile")
+            .await?
+    {
+        tracing::info!(router = %router.name, drift = drift.len(), "drift found; queueing a reconcile job");
+        let now = inner.clock.now();
+        inner
+            .store
+            .create_job(store::NewJob {
+                org_id: router.org_id,
+                router_id: router.id,
+                kind: "router.reconcile".into(),
+                payload: serde_json::json!({ "drift": drift.iter().map(|d| d.to_string()).collect::<Vec<_>>() }),
+                max_attempts: 5,
+                run_after: now,
+                created_at: now,
+            })
+            .await?;
+        inner.wake_jobs().await;
+    }
+    Ok(drift.len())
+}
+
+/// Scans every router each `reconcile_interval`, and probes offline ones more often.
+pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_full: Option<Instant> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if last_full.is_none_or(|t| t.elapsed() >= inner.config.reconcile_interval) {
+            last_full = Some(Instant::now());
+            match inner.store.list_all_routers().await {
+                Ok(routers) => {
+                    for router in routers {
+                        if let Err(e) = check_router(&inner, &router).await {
+                            tracing::info!(router = %router.name, error = %e, "reconcile scan failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reconciler could not list routers"),
+            }
+        } else {
+            for id in inner.offline_routers() {
+                probe(&inner, id).await;
+            }
+        }
+        let wait = inner
+            .config
+            .offline_probe_interval
+            .min(inner.config.reconcile_interval);
+        tokio::select! {
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Tries an offline router; when it answers, `connect` marks it online (which hastens
+/// its jobs) and the scan queues a repair if needed.
+async fn probe(inner: &Arc<Inner>, id: RouterId) {
+    let Ok(router) = inner.store.get_router_any_org(id).await else {
+        inner.forget_offline(id);
+        return;
+    };
+    if let Err(e) = check_router(inner, &router).await {
+        tracing::debug!(router = %router.name, error = %e, "router still unreachable");
+    }
+}

@@ -1,0 +1,297 @@
+//! The job worker: claims runnable jobs (woken at once in-process, by `NOTIFY` from
+//! other processes, or when the next one falls due), runs each under a lease it renews
+//! by heartbeat, and ends each attempt: completed, retried after an exponential back-off,
+//! or failed (a creation that gives up fails its grant and queues the clean-up).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::{AccessId, ForwardId, GrantStatus};
+use store::{Job, JobOutcome};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::Inner;
+use crate::dataplane::{EndReason, GrantKey};
+use crate::error::Error;
+use crate::handlers;
+use crate::joblog::JobLog;
+
+/// The delay before attempt `attempts + 1`: base × 2^(attempts-1), capped.
+pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+    base.saturating_mul(factor).min(max)
+}
+
+/// Claims and starts jobs until shutdown, then waits for those running.
+pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(inner.config.max_concurrent_jobs.max(1)));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        loop {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let now = inner.clock.now();
+            match inner
+                .store
+                .claim_job(&inner.config.owner, now, inner.config.lease)
+                .await
+            {
+                Ok(Some(job)) => {
+                    tokio::spawn(run_job(inner.clone(), job, permit));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim a job");
+                    break;
+                }
+            }
+        }
+        let poll = inner.config.poll_interval;
+        let wait = match inner.store.next_job_at().await {
+            Ok(Some(at)) => {
+                let now = inner.clock.now();
+                match (at - now).to_std() {
+                    Ok(d) if d > Duration::ZERO => d.min(poll),
+                    // Due but not claimable: behind a running job, whose end wakes us.
+                    _ => poll,
+                }
+            }
+            _ => poll,
+        };
+        tokio::select! {
+            _ = inner.jobs_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Let running attempts end (each is bounded by the attempt timeout).
+    let _ = slots
+        .acquire_many(u32::try_from(inner.config.max_concurrent_jobs.max(1)).unwrap_or(1))
+        .await;
+}
+
+fn describe(job: &Job) -> String {
+    let grant = job
+        .payload
+        .get("grant_id")
+        .and_then(|g| g.as_str())
+        .unwrap_or("-");
+    match job.kind.as_str() {
+        "access.create" => format!("create the temporary user of transient access {grant}"),
+        "access.update" => format!("update transient access {grant} on the router"),
+        "forward.create" => format!("create the NAT rules of transient forward {grant}"),
+        "forward.update" => format!("update transient forward {grant} on the router"),
+        "access.end" | "access.delete" => format!("end transient access {grant} on the router"),
+        "forward.end" | "forward.delete" => {
+            format!("end transient forward {grant} on the router")
+        }
+        "router.reconcile" => "reconcile the router with the live grants".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs one attempt of a leased job and records how it ended.
+async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
+    let log = JobLog::new(Some(job.id), inner.clock.clone());
+    let started = Instant::now();
+    let owner = inner.config.owner.clone();
+    if job.attempts <= 1 {
+        let waited = (inner.clock.now() - job.created_at)
+            .num_milliseconds()
+            .max(0);
+        log.line(format!(
+            "job created at {}: {}",
+            job.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+            describe(&job)
+        ));
+        log.line(format!(
+            "express execution requested: started by worker {owner} {waited} ms after creation"
+        ));
+    } else {
+        let of = if job.max_attempts == 0 {
+            "until it succeeds".to_string()
+        } else {
+            format!("of {}", job.max_attempts)
+        };
+        log.line(format!(
+            "attempt {} {of} started by worker {owner}",
+            job.attempts
+        ));
+    }
+    // Written now, not at the end: if this process dies mid-attempt, the log still
+    // shows which worker had the job when the next one takes it over.
+    log.flush(&inner.store).await;
+    inner.count_execution();
+    let heartbeat = {
+        let inner = inner.clone();
+        let id = job.id;
+        async move {
+            loop {
+                tokio::time::sleep(inner.config.heartbeat).await;
+                let until = inner.clock.now()
+                    + chrono::Duration::from_std(inner.config.lease)
+                        .unwrap_or(chrono::Duration::seconds(15));
+                match inner
+                    .store
+                    .renew_lease(id, &inner.config.owner, until)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
+                }
+            }
+        }
+    };
+    let attempt = tokio::time::timeout(
+        inner.config.attempt_timeout,
+        handlers::run(&inner, &job, &log),
+    );
+    let result = tokio::select! {
+        r = attempt => match r {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unreachable(format!(
+                "the attempt took longer than {} s",
+                inner.config.attempt_timeout.as_secs()
+            ))),
+        },
+        _ = heartbeat => {
+            log.line("lease lost: another worker has taken this job over; stopping this attempt");
+            log.flush(&inner.store).await;
+            inner.wake_jobs().await;
+            return;
+        }
+    };
+    let elapsed = started.elapsed().as_millis();
+    let outcome = match result {
+        Ok(()) => {
+            log.line(format!("completed in {elapsed} ms"));
+            JobOutcome::Completed
+        }
+        Err(e) => {
+            if matches!(e, Error::Unreachable(_)) {
+                inner.conns.drop_router(job.router_id);
+                inner.mark_offline(job.router_id);
+            }
+            failed_attempt(&inner, &job, &log, e, elapsed).await
+        }
+    };
+    log.flush(&inner.store).await;
+    let now = inner.clock.now();
+    match inner.store.finish_job(job.id, &owner, now, outcome).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost before it ended"),
+        Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record the job's end"),
+    }
+    inner.wake_jobs().await;
+}
+
+/// Decides what a failed attempt leads to, and logs it.
+async fn failed_attempt(
+    inner: &Arc<Inner>,
+    job: &Job,
+    log: &JobLog,
+    error: Error,
+    elapsed: u128,
+) -> JobOutcome {
+    let creating = job.kind.ends_with(".create") || job.kind.ends_with(".update");
+    if creating && !grant_still_live(inner, job).await {
+        log.line(format!(
+            "attempt {} failed ({error}); the grant has ended meanwhile, so creation stops here",
+            job.attempts
+        ));
+        return JobOutcome::Completed;
+    }
+    let exhausted = job.max_attempts > 0 && job.attempts >= job.max_attempts;
+    if error.is_permanent() || exhausted {
+        log.line(format!(
+            "failed after {} attempt(s) in {elapsed} ms: {error}",
+            job.attempts
+        ));
+        if creating {
+            give_up_grant(inner, job, log, &error).await;
+        }
+        return JobOutcome::Failed(error.to_string());
+    }
+    let delay = backoff(
+        inner.config.backoff_base,
+        inner.config.backoff_max,
+        job.attempts,
+    );
+    log.line(format!(
+        "attempt {} failed: {error}; retry in {} s",
+        job.attempts,
+        delay.as_secs_f64()
+    ));
+    let run_after =
+        inner.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    JobOutcome::Retry {
+        run_after,
+        error: error.to_string(),
+    }
+}
+
+fn job_grant(job: &Job) -> Option<GrantKey> {
+    let id = job.payload.get("grant_id")?.as_str()?;
+    if job.kind.starts_with("access.") {
+        id.parse::<AccessId>().ok().map(GrantKey::Access)
+    } else {
+        id.parse::<ForwardId>().ok().map(GrantKey::Forward)
+    }
+}
+
+async fn grant_still_live(inner: &Arc<Inner>, job: &Job) -> bool {
+    let status = match job_grant(job) {
+        Some(GrantKey::Access(id)) => inner
+            .store
+            .get_access(job.org_id, job.router_id, id)
+            .await
+            .map(|g| g.status),
+        Some(GrantKey::Forward(id)) => inner
+            .store
+            .get_forward(job.org_id, job.router_id, id)
+            .await
+            .map(|g| g.status),
+        None => return true,
+    };
+    status.map(|s| s.is_live()).unwrap_or(false)
+}
+
+/// Creation gave up: the grant fails with the reason, the data plane closes, and the
+/// clean-up of whatever was made is queued.
+async fn give_up_grant(inner: &Arc<Inner>, job: &Job, log: &JobLog, error: &Error) {
+    let Some(key) = job_grant(job) else { return };
+    let now = inner.clock.now();
+    let from = [GrantStatus::Requested, GrantStatus::Provisioning];
+    let reason = Some(error.to_string());
+    let moved = match key {
+        GrantKey::Access(id) => inner
+            .store
+            .transition_access(id, &from, GrantStatus::Failed, now, reason)
+            .await
+            .map(|_| ()),
+        GrantKey::Forward(id) => inner
+            .store
+            .transition_forward(id, &from, GrantStatus::Failed, now, reason)
+            .await
+            .map(|_| ()),
+    };
+    match moved {
+        Ok(()) => {
+            log.line(format!(
+                "the grant ({key}) is now failed; its clean-up is queued"
+            ));
+            inner.dataplane.close(key, EndReason::Failed);
+            if let Err(e) = inner
+                .queue_end(job.org_id, job.router_id, key, EndReason::Failed)
+                .await
+            {
+                log.line(format!("could not queue the clean-up: {e}"));
+            }
+        }
+        Err(e) => log.line(format!("the grant ({key}) could not be marked failed: {e}")),
+    }
+}

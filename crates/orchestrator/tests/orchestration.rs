@@ -1,0 +1,730 @@
+//! The orchestrator against real sim routers on 127.0.x.x (ephemeral ports) and a real
+//! store (SQLite; PostgreSQL for two workers): grants reach routers and leave them on
+//! time, offline routers converge when back, revoke ends live sessions, the reconciler
+//! repairs drift, two workers never run a job twice, and the log tells each story.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+extern crate store as postern_store;
+
+#[path = "../../store/tests/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use domain::{AccessLevel, AccessType, AllowFrom, GrantStatus, OrgId, RegionId};
+use harness::{Ctx, Db};
+use postern_orchestrator::{Config, GrantKey, LoggingDataPlane, Orchestrator, SystemClock};
+use routeros::api::{self, Filter};
+use routeros::{Client, ClientConfig};
+use serde_json::json;
+use sim::{RouterHandle, RouterOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct World {
+    ctx: Ctx,
+    org: OrgId,
+    region: RegionId,
+    sims: Vec<RouterHandle>,
+    routers: Vec<store::Router>,
+    orch: Orchestrator,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn fast_config() -> Config {
+    Config {
+        backoff_base: Duration::from_millis(200),
+        backoff_max: Duration::from_millis(800),
+        offline_probe_interval: Duration::from_millis(200),
+        sweep_interval: Duration::from_millis(500),
+        poll_interval: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(3),
+        ..Config::default()
+    }
+}
+
+/// A store with one org and region (tunnel source 127.0.0.1), `n` sim routers
+/// registered, and a running orchestrator.
+async fn world(db: Db, n: usize, base: u8, config: Config) -> Option<World> {
+    let ctx = Ctx::new(db).await?;
+    let store = ctx.store.clone();
+    let org = store.create_organisation("acme").await.unwrap().id;
+    let region = store
+        .upsert_region(store::NewRegion {
+            name: "local".into(),
+            entry_point: "127.0.0.1".into(),
+            port_min: 40000,
+            port_max: 60000,
+        })
+        .await
+        .unwrap();
+    store
+        .set_region_tunnel_source(region.id, Some("127.0.0.1".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut sims = Vec::new();
+    let mut routers = Vec::new();
+    for i in 0..n {
+        let address = format!("127.0.{base}.{}", i + 2).parse().unwrap();
+        let sim = RouterHandle::start(RouterOptions::new(&format!("r{i}"), address))
+            .await
+            .unwrap();
+        let router = store
+            .create_router(store::NewRouter {
+                org_id: org,
+                site_name: None,
+                region_id: region.id,
+                name: format!("r{i}"),
+                tunnel_address: address,
+                api_port: sim.api_addr.port(),
+                ssh_port: sim.ssh_addr.port(),
+                winbox_port: sim.winbox_addr.port(),
+                username: "admin".into(),
+                password: sim.admin_password.clone(),
+            })
+            .await
+            .unwrap();
+        sims.push(sim);
+        routers.push(router);
+    }
+    let orch = Orchestrator::new(
+        store,
+        config,
+        Arc::new(SystemClock),
+        Arc::new(LoggingDataPlane),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(orch.clone().run(stopped));
+    Some(World {
+        ctx,
+        org,
+        region: region.id,
+        sims,
+        routers,
+        orch,
+        stop,
+        task,
+    })
+}
+
+impl World {
+    fn store(&self) -> &store::Store {
+        &self.ctx.store
+    }
+
+    /// Creates a transient access on router `i` as the API does (grant + first job in
+    /// one transaction) and wakes the orchestrator.
+    async fn access(
+        &self,
+        i: usize,
+        expires_in: Duration,
+        rfc1918: bool,
+    ) -> store::TransientAccess {
+        let now = Utc::now();
+        let router = &self.routers[i];
+        let grant = self
+            .store()
+            .create_access(store::NewAccess {
+                org_id: self.org,
+                router_id: router.id,
+                access_type: AccessType::Ssh,
+                access: AccessLevel::Read,
+                allow_rfc1918: rfc1918,
+                allow_from: "198.51.100.0/24".parse::<AllowFrom>().unwrap(),
+                username: format!(
+                    "postern-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                password: "S3cret-temporary-pw".into(),
+                expires_at: now + chrono::Duration::from_std(expires_in).unwrap(),
+                created_by: "test".into(),
+                region_id: self.region,
+                entry_point: "127.0.0.1".into(),
+                port_candidates: (40000..40100).collect(),
+                audit: store::NewAudit {
+                    org_id: self.org,
+                    at: now,
+                    actor: "test".into(),
+                    actor_address: None,
+                    action: "access.create".into(),
+                    target: None,
+                    details: json!({}),
+                },
+                job: Some(store::NewJob {
+                    org_id: self.org,
+                    router_id: router.id,
+                    kind: "access.create".into(),
+                    payload: json!({}),
+                    max_attempts: 8,
+                    run_after: now,
+                    created_at: now,
+                }),
+            })
+            .await
+            .unwrap();
+        self.orch.jobs_queued().await;
+        self.orch.expiry_changed();
+        grant
+    }
+
+    async fn status(&self, g: &store::TransientAccess) -> GrantStatus {
+        self.store()
+            .get_access(self.org, g.router_id, g.id)
+            .await
+            .unwrap()
+            .status
+    }
+
+    fn user_on(&self, i: usize, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let state = self.sims[i].router().state();
+        state.users.by_name(name).map(|u| u.props.clone())
+    }
+
+    /// Every line of every job of router `i`, oldest job first.
+    async fn log(&self, i: usize) -> Vec<String> {
+        let jobs = self
+            .store()
+            .list_jobs(
+                self.org,
+                self.routers[i].id,
+                store::Page {
+                    limit: 1000,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        jobs.into_iter()
+            .rev()
+            .flat_map(|(job, lines)| {
+                lines
+                    .into_iter()
+                    .map(move |l| format!("[{} {}] {}", job.kind, job.state, l.message))
+            })
+            .collect()
+    }
+
+    /// The log once every job of router `i` has ended (lines are written when an
+    /// attempt ends, just after the grant's status moved).
+    async fn settled_log(&self, i: usize) -> Vec<String> {
+        until(Duration::from_secs(5), "every job ended", || async {
+            let jobs = self
+                .store()
+                .list_jobs(
+                    self.org,
+                    self.routers[i].id,
+                    store::Page {
+                        limit: 1000,
+                        offset: 0,
+                    },
+                )
+                .await
+                .unwrap();
+            jobs.iter().all(|(j, _)| {
+                matches!(
+                    j.state,
+                    domain::JobState::Completed | domain::JobState::Failed
+                )
+            })
+        })
+        .await;
+        self.log(i).await
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        for sim in self.sims {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// Polls `check` every 10 ms until it holds or `within` passes.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn has(log: &[String], text: &str) -> bool {
+    log.iter().any(|l| l.contains(text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_reaches_the_router_and_leaves_it_at_expiry() {
+    let w = world(Db::Sqlite, 1, 11, fast_config()).await.unwrap();
+    let g = w.access(0, Duration::from_secs(3), true).await;
+    until(Duration::from_secs(5), "the user on the router", || async {
+        w.user_on(0, &g.username).is_some()
+    })
+    .await;
+    let user = w.user_on(0, &g.username).unwrap();
+    assert_eq!(user["group"], "postern-read");
+    assert_eq!(
+        user["address"],
+        "127.0.0.1/32,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    );
+    assert_eq!(user["comment"], format!("postern:access:{}", g.id));
+    until(Duration::from_secs(2), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    // The read group is really read-only.
+    {
+        let state = w.sims[0].router().state();
+        let group = state.groups.by_name("postern-read").unwrap();
+        for p in [
+            "reboot",
+            "sniff",
+            "sensitive",
+            "write",
+            "policy",
+            "password",
+        ] {
+            assert!(
+                !group.props["policy"].split(',').any(|x| x == p),
+                "postern-read has {p}"
+            );
+        }
+        // And the router ends it by itself if Postern is down at expiry.
+        let name = format!("postern-access-{}", g.id);
+        assert!(
+            state.scheduler.by_name(&name).is_some(),
+            "no self-expiry entry"
+        );
+    }
+    until(
+        Duration::from_secs(6),
+        "the user gone at expiry",
+        || async { w.user_on(0, &g.username).is_none() },
+    )
+    .await;
+    let late = Utc::now() - g.expires_at;
+    assert!(
+        late < chrono::Duration::milliseconds(1500),
+        "removed {late} after expiry"
+    );
+    until(Duration::from_secs(3), "the grant expired", || async {
+        w.status(&g).await == GrantStatus::Expired
+    })
+    .await;
+    let log = w.settled_log(0).await;
+    for text in [
+        "express execution requested",
+        "router r0 at 127.0.11.2",
+        "(RouterOS 7.18.2",
+        "sent /user/group/add name=postern-read",
+        &format!("sent /user/add name={} group=postern-read", g.username),
+        "/system/scheduler/add name=postern-access-",
+        "is active",
+        "completed in",
+        "end transient access",
+        "has no active session",
+        "is now expired",
+    ] {
+        assert!(has(&log, text), "log lacks {text:?}:\n{}", log.join("\n"));
+    }
+    // Postern's timer or the router's own scheduler entry (due a second later) removed it.
+    assert!(
+        has(&log, "sent /user/remove") || has(&log, "is not on the router (already removed)"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(!has(&log, "S3cret"), "the password leaked into the log");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_logs_out_a_live_session_and_removes_the_user() {
+    let w = world(Db::Sqlite, 1, 12, fast_config()).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    // The temporary user logs in over the API, from 127.0.0.1 (its allowed address).
+    let session = Client::connect(&ClientConfig::new(
+        w.sims[0].api_addr.to_string(),
+        &g.username,
+        "S3cret-temporary-pw",
+    ))
+    .await
+    .unwrap();
+    assert!(api::system::identity(&session).await.is_ok());
+    let started = Instant::now();
+    assert!(w.orch.revoke(GrantKey::Access(g.id)).await.unwrap());
+    until(Duration::from_secs(3), "the user gone", || async {
+        w.user_on(0, &g.username).is_none()
+    })
+    .await;
+    until(Duration::from_secs(3), "the session ended", || async {
+        session.is_closed()
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    until(Duration::from_secs(3), "the grant revoked", || async {
+        w.status(&g).await == GrantStatus::Revoked
+    })
+    .await;
+    let revoked = w
+        .store()
+        .get_access(w.org, g.router_id, g.id)
+        .await
+        .unwrap();
+    assert!(revoked.revoked_early);
+    let log = w.settled_log(0).await;
+    assert!(
+        has(&log, "sent /user/active/request-logout"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(has(&log, "is now revoked"), "{}", log.join("\n"));
+    // Revoking again does nothing.
+    assert!(!w.orch.revoke(GrantKey::Access(g.id)).await.unwrap());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_offline_at_creation_gets_the_user_when_it_returns() {
+    let w = world(Db::Sqlite, 1, 13, fast_config()).await.unwrap();
+    w.sims[0].faults().set_offline(true);
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "a retry in the log", || async {
+        has(&w.log(0).await, "retry in")
+    })
+    .await;
+    assert_eq!(w.status(&g).await, GrantStatus::Provisioning);
+    w.sims[0].faults().set_offline(false);
+    until(Duration::from_secs(5), "the user on the router", || async {
+        w.user_on(0, &g.username).is_some()
+    })
+    .await;
+    until(Duration::from_secs(3), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    let log = w.settled_log(0).await;
+    assert!(
+        has(&log, "cannot reach router r0 at 127.0.13.2"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        has(&log, "attempt 1 failed: router unreachable"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(has(&log, "attempt 2"), "{}", log.join("\n"));
+    assert!(has(&log, "completed in"), "{}", log.join("\n"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_offline_at_expiry_is_cleaned_when_it_returns() {
+    let mut config = fast_config();
+    // Only Postern's own clean-up is under test here.
+    config.router_self_expiry = false;
+    let w = world(Db::Sqlite, 1, 14, config).await.unwrap();
+    let g = w.access(0, Duration::from_secs(2), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    w.sims[0].faults().set_offline(true);
+    until(Duration::from_secs(5), "the clean-up retried", || async {
+        w.log(0)
+            .await
+            .iter()
+            .any(|l| l.starts_with("[access.end") && l.contains("retry in"))
+    })
+    .await;
+    assert_eq!(w.status(&g).await, GrantStatus::Closing);
+    assert!(w.user_on(0, &g.username).is_some());
+    w.sims[0].faults().set_offline(false);
+    until(Duration::from_secs(5), "the user gone", || async {
+        w.user_on(0, &g.username).is_none()
+    })
+    .await;
+    until(Duration::from_secs(3), "the grant expired", || async {
+        w.status(&g).await == GrantStatus::Expired
+    })
+    .await;
+    let log = w.settled_log(0).await;
+    assert!(has(&log, "until it succeeds"), "{}", log.join("\n"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_while_offline_supersedes_the_pending_creation() {
+    let w = world(Db::Sqlite, 1, 15, fast_config()).await.unwrap();
+    w.sims[0].faults().set_offline(true);
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "a retry in the log", || async {
+        has(&w.log(0).await, "retry in")
+    })
+    .await;
+    w.orch.revoke(GrantKey::Access(g.id)).await.unwrap();
+    w.sims[0].faults().set_offline(false);
+    until(Duration::from_secs(5), "the grant revoked", || async {
+        w.status(&g).await == GrantStatus::Revoked
+    })
+    .await;
+    assert!(
+        w.user_on(0, &g.username).is_none(),
+        "a revoked grant's user was created"
+    );
+    let jobs = w
+        .store()
+        .list_jobs(w.org, w.routers[0].id, store::Page::default())
+        .await
+        .unwrap();
+    let create = jobs
+        .iter()
+        .find(|(j, _)| j.kind == "access.create")
+        .unwrap();
+    assert!(
+        create
+            .0
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("superseded")
+            || create
+                .1
+                .iter()
+                .any(|l| l.message.contains("nothing to create")),
+        "{:?}",
+        create
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
+    let mut config = fast_config();
+    config.reconcile_interval = Duration::from_secs(3600);
+    let w = world(Db::Sqlite, 1, 16, config).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    let admin = Client::connect(&ClientConfig::new(
+        w.sims[0].api_addr.to_string(),
+        "admin",
+        w.sims[0].admin_password.as_str(),
+    ))
+    .await
+    .unwrap();
+    let stray = format!("postern:access:{}", uuid::Uuid::new_v4());
+    api::user::add(
+        &admin,
+        &api::user::NewUser {
+            name: "planted".into(),
+            group: "read".into(),
+            password: "x-planted-1".into(),
+            comment: Some(stray.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stray_forward = format!("postern:forward:{}", uuid::Uuid::new_v4());
+    api::nat::add(
+        &admin,
+        &api::nat::NewNatRule {
+            chain: "dstnat".into(),
+            action: "dst-nat".into(),
+            protocol: Some("tcp".into()),
+            dst_port: Some("31000".into()),
+            to_addresses: Some("192.168.88.10".into()),
+            to_ports: Some("22".into()),
+            comment: Some(stray_forward.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Someone removed the live grant's user by hand.
+    let real = api::user::print(&admin, &Filter::name(&g.username))
+        .await
+        .unwrap();
+    api::user::remove(&admin, &real[0].id).await.unwrap();
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 3);
+    until(Duration::from_secs(5), "drift repaired", || async {
+        w.user_on(0, "planted").is_none()
+            && w.user_on(0, &g.username).is_some()
+            && w.sims[0].router().state().nat.items.is_empty()
+    })
+    .await;
+    let log = w.settled_log(0).await;
+    for text in [
+        format!("drift: user planted is tagged {stray} but no live grant backs it"),
+        format!("is tagged {stray_forward} but no live grant backs it"),
+        format!(
+            "is active but its user {} is missing on the router",
+            g.username
+        ),
+        "the router matches the live grants again".to_string(),
+    ] {
+        assert!(has(&log, &text), "log lacks {text:?}:\n{}", log.join("\n"));
+    }
+    // Nothing more to do now.
+    until(
+        Duration::from_secs(3),
+        "the repair job finished",
+        || async {
+            !w.store()
+                .has_open_job(w.routers[0].id, "router.reconcile")
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_postgres_never_run_a_job_twice() {
+    let Some(ctx) = Ctx::new(Db::Postgres).await else {
+        return;
+    };
+    let store = ctx.store.clone();
+    let org = store.create_organisation("acme").await.unwrap().id;
+    let region = store
+        .upsert_region(store::NewRegion {
+            name: "local".into(),
+            entry_point: "127.0.0.1".into(),
+            port_min: 40000,
+            port_max: 60000,
+        })
+        .await
+        .unwrap();
+    let mut routers = Vec::new();
+    for i in 0..10 {
+        routers.push(
+            store
+                .create_router(store::NewRouter {
+                    org_id: org,
+                    site_name: None,
+                    region_id: region.id,
+                    name: format!("r{i}"),
+                    tunnel_address: "127.0.0.1".parse().unwrap(),
+                    api_port: 1,
+                    ssh_port: 1,
+                    winbox_port: 1,
+                    username: "admin".into(),
+                    password: "pw".into(),
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let mut workers = Vec::new();
+    for name in ["worker-a", "worker-b"] {
+        let other = ctx.reopen(harness::KEY).await;
+        let orch = Orchestrator::new(
+            other,
+            Config {
+                owner: name.into(),
+                reconcile_interval: Duration::from_secs(3600),
+                ..fast_config()
+            },
+            Arc::new(SystemClock),
+            Arc::new(LoggingDataPlane),
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(orch.clone().run(stopped));
+        workers.push((orch, stop, task));
+    }
+    let now = Utc::now();
+    for n in 0..200 {
+        store
+            .create_job(store::NewJob {
+                org_id: org,
+                router_id: routers[n % routers.len()].id,
+                kind: "noop".into(),
+                payload: json!({}),
+                max_attempts: 3,
+                run_after: now,
+                created_at: now,
+            })
+            .await
+            .unwrap();
+        // Wakes both, through NOTIFY.
+        store.notify_jobs().await.unwrap();
+    }
+    until(Duration::from_secs(30), "every job completed", || async {
+        ctx.count("jobs").await == 200 && {
+            let mut done = 0;
+            for r in &routers {
+                let jobs = store
+                    .list_jobs(
+                        org,
+                        r.id,
+                        store::Page {
+                            limit: 1000,
+                            offset: 0,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                done += jobs
+                    .iter()
+                    .filter(|(j, _)| j.state == domain::JobState::Completed)
+                    .count();
+            }
+            done == 200
+        }
+    })
+    .await;
+    let mut by_worker = std::collections::HashMap::new();
+    for r in &routers {
+        let jobs = store
+            .list_jobs(
+                org,
+                r.id,
+                store::Page {
+                    limit: 1000,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        for (job, lines) in jobs {
+            assert_eq!(job.attempts, 1, "job {} ran {} times", job.id, job.attempts);
+            let runs: Vec<_> = lines
+                .iter()
+                .filter(|l| l.message.starts_with("nothing to do"))
+                .collect();
+            assert_eq!(runs.len(), 1, "job {} ran {} times", job.id, runs.len());
+            *by_worker.entry(runs[0].message.clone()).or_insert(0) += 1;
+        }
+    }
+    let total: u64 = workers.iter().map(|(o, _, _)| o.executions()).sum();
+    assert_eq!(total, 200);
+    eprintln!("jobs per worker: {by_worker:?}");
+    for (_, stop, task) in workers {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+}

@@ -1,0 +1,260 @@
+//! The portal: server-rendered pages (askama templates in `templates/`) with htmx for
+//! the live parts, served by `postern server` itself under `/`. Pages reach the store
+//! through the same functions and the same [`Caller`](crate::auth::Caller) as the API,
+//! scoped by the signed-in user's organisation.
+//!
+//! - [`urls`]: every portal URL in one place.
+//! - [`session`]: the session cookie, the `Signed` extractor, the CSRF guard, the login
+//!   throttle.
+//! - [`assets`]: htmx, xterm.js, the stylesheet and script, embedded at build time.
+//! - [`error`]: `PortalError`, rendered as a page.
+//! - `login`, `sites`, `admin`: the handlers, by page area, named `<page>_<method>`.
+//!
+//! Routes are split into a public router (login, assets) and a guarded one whose every
+//! route needs a live session; both pass the CSRF guard and get the security headers.
+
+pub mod assets;
+pub mod error;
+pub mod session;
+pub mod urls;
+
+mod admin;
+mod login;
+mod sites;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+
+use crate::state::AppState;
+use error::PortalError;
+use session::Signed;
+
+/// The portal's routes over `state`.
+pub fn router(state: AppState) -> Router<AppState> {
+    let public = Router::new()
+        .route(urls::LOGIN, get(login::login_get).post(login::login_post))
+        .route(urls::ASSET, get(assets::asset_get));
+    let guarded = Router::new()
+        .route(urls::ROOT, get(sites::root_get))
+        .route(urls::LOGOUT, post(login::logout_post))
+        .route(urls::SITES, get(sites::sites_get))
+        .route(urls::SITE, get(sites::site_get))
+        .route(urls::SITE_ACCESS, get(sites::site_access_get))
+        .route(urls::SITE_FORWARDS, get(sites::site_forwards_get))
+        .route(urls::SITE_JOBS, get(sites::site_jobs_get))
+        .route(urls::USERS, get(admin::users_get))
+        .route(urls::TOKENS, get(admin::tokens_get))
+        .route(urls::AUDIT, get(admin::audit_get))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_signed,
+        ));
+    public
+        .merge(guarded)
+        .layer(middleware::from_fn_with_state(state, session::csrf_guard))
+        .layer(middleware::from_fn(security_headers))
+        .layer(axum::Extension(session::Throttle::default()))
+}
+
+/// Sends a request without a live session to the login page.
+async fn require_signed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::extract::FromRequestParts as _;
+    let (mut parts, body) = req.into_parts();
+    match Signed::from_request_parts(&mut parts, &state).await {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Headers every portal response carries: a strict content security policy (no inline
+/// script or style anywhere), no framing, no referrer to other sites (same-origin keeps `Origin` on our own forms), and
+/// no caching of pages.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let is_asset = req.uri().path().starts_with("/assets/");
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !is_asset {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// What the base layout shows: who is signed in, which nav entry is current, the asset
+/// URLs and the CSRF token for forms and htmx.
+pub struct Layout {
+    pub title: String,
+    pub nav: &'static str,
+    pub username: String,
+    pub role: String,
+    pub is_admin: bool,
+    pub csrf: String,
+    pub css: String,
+    pub htmx: String,
+    pub js: String,
+    /// The server's clock, so countdowns do not depend on the browser's.
+    pub now: String,
+    pub urls: Nav,
+}
+
+/// The nav's links.
+pub struct Nav {
+    pub sites: &'static str,
+    pub users: &'static str,
+    pub tokens: &'static str,
+    pub audit: &'static str,
+    pub logout: &'static str,
+}
+
+const NAV: Nav = Nav {
+    sites: urls::SITES,
+    users: urls::USERS,
+    tokens: urls::TOKENS,
+    audit: urls::AUDIT,
+    logout: urls::LOGOUT,
+};
+
+impl Layout {
+    pub fn new(
+        state: &AppState,
+        signed: &Signed,
+        title: impl Into<String>,
+        nav: &'static str,
+    ) -> Self {
+        Self {
+            title: title.into(),
+            nav,
+            username: signed.username.clone(),
+            role: signed.caller.role.as_str().to_owned(),
+            is_admin: signed.caller.role.is_admin(),
+            csrf: signed.csrf.clone(),
+            css: urls::asset("portal.css"),
+            htmx: urls::asset("htmx.min.js"),
+            js: urls::asset("portal.js"),
+            now: iso(state.now()),
+            urls: NAV,
+        }
+    }
+}
+
+/// Renders a template into a response.
+pub fn render(t: &impl Template) -> Result<Response, PortalError> {
+    Ok(Html(t.render()?).into_response())
+}
+
+/// Whether htmx made this request (and it is not a history restore, which wants a page).
+pub fn is_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request") && !headers.contains_key("hx-history-restore-request")
+}
+
+/// The element an htmx request will swap, if it said.
+pub fn hx_target(headers: &HeaderMap) -> Option<&str> {
+    headers.get("hx-target").and_then(|v| v.to_str().ok())
+}
+
+/// A time for machines (`datetime=` attributes, countdowns).
+pub fn iso(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A time for people, in UTC.
+pub fn human(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// How long ago, roughly, for people.
+pub fn ago(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
+    let s = (now - at).num_seconds().max(0);
+    match s {
+        0..60 => "just now".to_owned(),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tidy {
+    use std::path::Path;
+
+    fn files(dir: &str, ext: &str) -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == ext) {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    /// Every portal module says its role first.
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let modules = files("src/portal", "rs");
+        assert!(modules.len() >= 8);
+        for (name, text) in modules {
+            assert!(text.starts_with("//!"), "{name} lacks a //! header");
+        }
+    }
+
+    /// Fragments are fragments, pages are pages, and nothing inlines script or style
+    /// (the content security policy would block it).
+    #[test]
+    fn templates_follow_the_naming_and_the_policy() {
+        let templates = files("templates", "html");
+        assert!(templates.len() >= 10);
+        for (name, text) in templates {
+            let lower = text.to_lowercase();
+            if name.ends_with("_partial.html") {
+                assert!(
+                    !lower.contains("<html") && !lower.contains("{% extends"),
+                    "{name}"
+                );
+            } else {
+                assert!(
+                    lower.contains("{% extends \"base.html\" %}")
+                        || lower.starts_with("<!doctype html>"),
+                    "{name} is neither a page on the base layout nor a whole document"
+                );
+            }
+            assert!(
+                !lower.contains("<script>")
+                    && !lower.contains(" style=")
+                    && !lower.contains("<style"),
+                "{name}"
+            );
+            let inline_handler = lower.match_indices(" on").any(|(at, _)| {
+                let rest = lower.get(at + 3..).unwrap_or("");
+                let word: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+                !word.is_empty() && rest.get(word.len()..).is_some_and(|r| r.starts_with('='))
+            });
+            assert!(!inline_handler, "{name}: inline event handler");
+            assert!(!lower.contains("hx-on"), "{name}: hx-on needs eval");
+        }
+    }
+}

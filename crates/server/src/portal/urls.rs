@@ -1,0 +1,39 @@
+//! Every portal URL in one place: the route patterns the router mounts and the functions
+//! that build links to them, so a page never spells a path by hand.
+
+use domain::SiteId;
+
+pub const ROOT: &str = "/";
+pub const LOGIN: &str = "/login";
+pub const LOGOUT: &str = "/logout";
+pub const SITES: &str = "/sites";
+pub const SITE: &str = "/sites/{site_id}";
+pub const SITE_ACCESS: &str = "/sites/{site_id}/access";
+pub const SITE_FORWARDS: &str = "/sites/{site_id}/forwards";
+pub const SITE_JOBS: &str = "/sites/{site_id}/jobs";
+pub const USERS: &str = "/users";
+pub const TOKENS: &str = "/tokens";
+pub const AUDIT: &str = "/audit";
+pub const ASSET: &str = "/assets/{hash}/{name}";
+
+pub fn site(id: SiteId) -> String {
+    format!("/sites/{id}")
+}
+
+pub fn site_access(id: SiteId) -> String {
+    format!("/sites/{id}/access")
+}
+
+pub fn site_forwards(id: SiteId) -> String {
+    format!("/sites/{id}/forwards")
+}
+
+pub fn site_jobs(id: SiteId) -> String {
+    format!("/sites/{id}/jobs")
+}
+
+/// The URL of an embedded asset, with its content hash (cached for a year).
+pub fn asset(name: &str) -> String {
+    let hash = super::assets::hash_of(name).unwrap_or("missing");
+    format!("/assets/{hash}/{name}")
+}
