@@ -11,7 +11,12 @@
 //!
 //! Run: `cargo bench -p postern-orchestrator --bench orchestration` (bounded to 4 min).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +61,12 @@ fn summary(name: &str, mut v: Vec<Duration>) {
     );
 }
 
-async fn create(env: &Env, i: usize, router: usize, expires_in: chrono::Duration) -> store::TransientAccess {
+async fn create(
+    env: &Env,
+    i: usize,
+    router: usize,
+    expires_in: chrono::Duration,
+) -> store::TransientAccess {
     let now = Utc::now();
     let r = &env.routers[router];
     env.store
@@ -98,10 +108,22 @@ async fn create(env: &Env, i: usize, router: usize, expires_in: chrono::Duration
 }
 
 fn user_exists(env: &Env, router: usize, name: &str) -> bool {
-    env.fleet.routers[router].router().state().users.by_name(name).is_some()
+    env.fleet.routers[router]
+        .router()
+        .state()
+        .users
+        .by_name(name)
+        .is_some()
 }
 
-fn start_orchestrator(env: &Env, self_expiry: bool) -> (Orchestrator, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+fn start_orchestrator(
+    env: &Env,
+    self_expiry: bool,
+) -> (
+    Orchestrator,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let orch = Orchestrator::new(
         env.store.clone(),
         Config {
@@ -120,7 +142,10 @@ fn start_orchestrator(env: &Env, self_expiry: bool) -> (Orchestrator, watch::Sen
 async fn bench() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::Store::open(
-        &format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()),
+        &format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        ),
         &store::StoreConfig::new([7u8; 32]),
     )
     .await
@@ -239,7 +264,10 @@ async fn bench() {
     for t in tasks {
         revoked.push(t.await.unwrap());
     }
-    summary("revoke -> sessions ended and user gone (100 concurrent)", revoked);
+    summary(
+        "revoke -> sessions ended and user gone (100 concurrent)",
+        revoked,
+    );
     let _ = stop.send(true);
     let _ = task.await;
 
@@ -300,7 +328,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        if tokio::time::timeout(Duration::from_secs(240), bench()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(240), bench())
+            .await
+            .is_err()
+        {
             eprintln!("the benchmark did not finish within 4 minutes");
             std::process::exit(1);
         }

@@ -142,9 +142,14 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
         ));
         return Ok(());
     }
-    if grant.status == GrantStatus::Requested {
+    // `provisioning` is recorded alongside the router work, not before it.
+    let requested = grant.status == GrantStatus::Requested;
+    let provisioning = async {
+        if !requested {
+            return None;
+        }
         let now = inner.clock.now();
-        if let Ok(g) = inner
+        inner
             .store
             .transition_access(
                 id,
@@ -154,23 +159,28 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
                 None,
             )
             .await
-        {
-            grant = g;
-        }
+            .ok()
+    };
+    let work = async {
+        let router = inner.store.get_router_any_org(job.router_id).await?;
+        let conn = connections::connect(inner, &router, log).await?;
+        ensure_groups(&conn, log).await?;
+        ensure_user(inner, &conn, &grant, log).await?;
+        ensure_schedule(
+            inner,
+            &conn,
+            GrantKey::Access(id),
+            grant.expires_at,
+            Some(&grant.username),
+            log,
+        )
+        .await
+    };
+    let (moved, done) = tokio::join!(provisioning, work);
+    done?;
+    if let Some(g) = moved {
+        grant = g;
     }
-    let router = inner.store.get_router_any_org(job.router_id).await?;
-    let conn = connections::connect(inner, &router, log).await?;
-    ensure_groups(&conn, log).await?;
-    ensure_user(inner, &conn, &grant, log).await?;
-    ensure_schedule(
-        inner,
-        &conn,
-        GrantKey::Access(id),
-        grant.expires_at,
-        Some(&grant.username),
-        log,
-    )
-    .await?;
     activate(inner, LiveGrant::Access(grant), log).await
 }
 

@@ -30,21 +30,31 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
             break;
         }
         loop {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let free = slots.available_permits();
+            if free == 0 {
                 break;
-            };
+            }
             let now = inner.clock.now();
+            // Up to one job per free slot, in one transaction.
+            let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match inner
                 .store
-                .claim_job(&inner.config.owner, now, inner.config.lease)
+                .claim_jobs(&inner.config.owner, now, inner.config.lease, limit)
                 .await
             {
-                Ok(Some(job)) => {
-                    tokio::spawn(run_job(inner.clone(), job, permit));
+                Ok(jobs) if jobs.is_empty() => break,
+                Ok(jobs) => {
+                    for job in jobs {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            // Cannot happen (only this loop takes slots); the lease
+                            // lapses and the job is taken again.
+                            break;
+                        };
+                        tokio::spawn(run_job(inner.clone(), job, permit));
+                    }
                 }
-                Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not claim a job");
+                    tracing::warn!(error = %e, "could not claim jobs");
                     break;
                 }
             }
@@ -95,7 +105,7 @@ fn describe(job: &Job) -> String {
 
 /// Runs one attempt of a leased job and records how it ended.
 async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
-    let log = JobLog::new(Some(job.id), inner.clock.clone());
+    let log = Arc::new(JobLog::new(Some(job.id), inner.clock.clone()));
     let started = Instant::now();
     let owner = inner.config.owner.clone();
     if job.attempts <= 1 {
@@ -122,8 +132,12 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
         ));
     }
     // Written now, not at the end: if this process dies mid-attempt, the log still
-    // shows which worker had the job when the next one takes it over.
-    log.flush(&inner.store).await;
+    // shows which worker had the job when the next one takes it over. Alongside the
+    // handler, so the write is not on the router's path.
+    let intro = {
+        let (log, store) = (log.clone(), inner.store.clone());
+        tokio::spawn(async move { log.flush(&store).await })
+    };
     inner.count_execution();
     let heartbeat = {
         let inner = inner.clone();
@@ -160,6 +174,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
         },
         _ = heartbeat => {
             log.line("lease lost: another worker has taken this job over; stopping this attempt");
+            let _ = intro.await;
             log.flush(&inner.store).await;
             inner.wake_jobs().await;
             return;
@@ -179,6 +194,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             failed_attempt(&inner, &job, &log, e, elapsed).await
         }
     };
+    let _ = intro.await;
     log.flush(&inner.store).await;
     let now = inner.clock.now();
     match inner.store.finish_job(job.id, &owner, now, outcome).await {

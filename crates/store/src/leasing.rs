@@ -59,7 +59,7 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.run_after, j.seq LIMIT 1";
+    ORDER BY j.run_after, j.seq LIMIT";
 
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
@@ -71,43 +71,64 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Option<Job>> {
+        Ok(self
+            .claim_jobs(owner, now, lease, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Like [`claim_job`](Self::claim_job) for up to `limit` jobs (each the head of a
+    /// different router's queue) in one transaction.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let id = db!(self, |p, pg| {
+        let ids = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             let select = if pg {
-                format!("SELECT j.id {CLAIMABLE} FOR UPDATE OF j SKIP LOCKED")
+                format!("SELECT j.id {CLAIMABLE} $2 FOR UPDATE OF j SKIP LOCKED")
             } else {
-                format!("SELECT j.id {CLAIMABLE}")
+                format!("SELECT j.id {CLAIMABLE} $2")
             };
-            let row = sqlx::query(sqlx::AssertSqlSafe(select))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select))
                 .bind(ms(now))
-                .fetch_optional(&mut *tx)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&mut *tx)
                 .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let id = row.text("id")?;
-            let changed = sqlx::query(
-                "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(owner)
-            .bind(ms(until))
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            if changed != 1 {
-                return Ok(None);
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = row.text("id")?;
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(ms(until))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 1 {
+                    ids.push(id);
+                }
             }
-            id
+            tx.commit().await?;
+            ids
         });
-        let id: JobId = id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("jobs.id: {id:?}")))?;
-        self.get_job(id).await.map(Some)
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: JobId = id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("jobs.id: {id:?}")))?;
+            jobs.push(self.get_job(id).await?);
+        }
+        Ok(jobs)
     }
 
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
@@ -261,6 +282,66 @@ impl Store {
             }
             Pool::Sqlite(_) => Ok(None),
         }
+    }
+
+    /// Appends several lines to a job's log in one transaction, numbered after the
+    /// existing ones. Returns the number of the last.
+    pub async fn append_job_lines(
+        &self,
+        job_id: JobId,
+        lines: &[(DateTime<Utc>, String)],
+    ) -> Result<u32> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let lock = if pg {
+                "SELECT id FROM jobs WHERE id = $1 FOR UPDATE"
+            } else {
+                "SELECT id FROM jobs WHERE id = $1"
+            };
+            sqlx::query(lock)
+                .bind(job_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let row =
+                sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1")
+                    .bind(job_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let mut seq = row.int("seq")?;
+            for (at, message) in lines {
+                seq += 1;
+                sqlx::query(
+                    "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(job_id.to_string())
+                .bind(seq)
+                .bind(ms(*at))
+                .bind(message)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            u32::try_from(seq).map_err(|_| StoreError::Corrupt(format!("job_lines.seq: {seq}")))
+        })
+    }
+
+    /// Whether a grant has an unfinished job whose kind ends with `kind_suffix`.
+    pub async fn has_open_grant_job(&self, grant_id: &str, kind_suffix: &str) -> Result<bool> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT id FROM jobs WHERE grant_id = $1 AND kind LIKE $2 \
+                 AND state IN ('pending', 'running') LIMIT 1",
+            )
+            .bind(grant_id)
+            .bind(format!("%{kind_suffix}"))
+            .fetch_optional(p)
+            .await?;
+            Ok(row.is_some())
+        })
     }
 
     /// Every router of every organisation (for the reconciler).
