@@ -39,7 +39,9 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match inner
                 .store
-                .claim_jobs(&inner.config.owner, now, inner.config.lease, limit)
+                .claim_jobs(&inner.config.owner, now, inner.config.lease, limit, |job| {
+                    intro(&inner.config.owner, job, now)
+                })
                 .await
             {
                 Ok(jobs) if jobs.is_empty() => break,
@@ -103,41 +105,43 @@ fn describe(job: &Job) -> String {
     }
 }
 
-/// Runs one attempt of a leased job and records how it ended.
-async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
-    let log = Arc::new(JobLog::new(Some(job.id), inner.clock.clone()));
-    let started = Instant::now();
-    let owner = inner.config.owner.clone();
+/// The lines that open an attempt, written in the claiming transaction: so even if this
+/// process dies mid-attempt, the log shows which worker had the job.
+fn intro(owner: &str, job: &Job, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     if job.attempts <= 1 {
-        let waited = (inner.clock.now() - job.created_at)
-            .num_milliseconds()
-            .max(0);
-        log.line(format!(
-            "job created at {}: {}",
-            job.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-            describe(&job)
-        ));
-        log.line(format!(
-            "express execution requested: started by worker {owner} {waited} ms after creation"
-        ));
+        let waited = (now - job.created_at).num_milliseconds().max(0);
+        vec![
+            format!(
+                "job created at {}: {}",
+                job.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                describe(job)
+            ),
+            format!(
+                "express execution requested: started by worker {owner} {waited} ms after creation"
+            ),
+        ]
     } else {
         let of = if job.max_attempts == 0 {
             "until it succeeds".to_string()
         } else {
             format!("of {}", job.max_attempts)
         };
-        log.line(format!(
+        vec![format!(
             "attempt {} {of} started by worker {owner}",
             job.attempts
-        ));
+        )]
     }
-    // Written now, not at the end: if this process dies mid-attempt, the log still
-    // shows which worker had the job when the next one takes it over. Alongside the
-    // handler, so the write is not on the router's path.
-    let intro = {
-        let (log, store) = (log.clone(), inner.store.clone());
-        tokio::spawn(async move { log.flush(&store).await })
-    };
+}
+
+/// Runs one attempt of a leased job and records how it ended.
+async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
+    let log = JobLog::new(Some(job.id), inner.clock.clone());
+    let started = Instant::now();
+    let owner = inner.config.owner.clone();
+    // The attempt's first lines were written with the claim (see `intro`).
+    for line in intro(&owner, &job, job.started_at.unwrap_or(job.created_at)) {
+        tracing::info!(job = %job.id, "{line}");
+    }
     inner.count_execution();
     let heartbeat = {
         let inner = inner.clone();
@@ -174,7 +178,6 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
         },
         _ = heartbeat => {
             log.line("lease lost: another worker has taken this job over; stopping this attempt");
-            let _ = intro.await;
             log.flush(&inner.store).await;
             inner.wake_jobs().await;
             return;
@@ -194,10 +197,13 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             failed_attempt(&inner, &job, &log, e, elapsed).await
         }
     };
-    let _ = intro.await;
-    log.flush(&inner.store).await;
     let now = inner.clock.now();
-    match inner.store.finish_job(job.id, &owner, now, outcome).await {
+    let lines = log.take();
+    match inner
+        .store
+        .finish_job_with_lines(job.id, &owner, now, outcome, &lines)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost before it ended"),
         Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record the job's end"),

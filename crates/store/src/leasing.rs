@@ -72,20 +72,23 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Job>> {
         Ok(self
-            .claim_jobs(owner, now, lease, 1)
+            .claim_jobs(owner, now, lease, 1, |_| Vec::new())
             .await?
             .into_iter()
             .next())
     }
 
     /// Like [`claim_job`](Self::claim_job) for up to `limit` jobs (each the head of a
-    /// different router's queue) in one transaction.
+    /// different router's queue) in one transaction, which also appends the log lines
+    /// `intro` gives for each claimed job (so the start of an attempt is on record
+    /// without a write of its own).
     pub async fn claim_jobs(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
+        intro: impl Fn(&Job) -> Vec<String>,
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let ids = db!(self, |p, pg| {
@@ -114,21 +117,46 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if changed == 1 {
-                    ids.push(id);
+                if changed != 1 {
+                    continue;
                 }
+                let row = sqlx::query(
+                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
+                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
+                     last_error FROM jobs WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let job = crate::jobs::job_from(&row)?;
+                let lines = intro(&job);
+                if !lines.is_empty() {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let mut seq = row.int("seq")?;
+                    for message in lines {
+                        seq += 1;
+                        sqlx::query(
+                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&id)
+                        .bind(seq)
+                        .bind(ms(now))
+                        .bind(message)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                ids.push(job);
             }
             tx.commit().await?;
             ids
         });
-        let mut jobs = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id: JobId = id
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("jobs.id: {id:?}")))?;
-            jobs.push(self.get_job(id).await?);
-        }
-        Ok(jobs)
+        Ok(ids)
     }
 
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
@@ -159,6 +187,21 @@ impl Store {
         now: DateTime<Utc>,
         outcome: JobOutcome,
     ) -> Result<bool> {
+        self.finish_job_with_lines(id, owner, now, outcome, &[])
+            .await
+    }
+
+    /// [`finish_job`](Self::finish_job) that also appends the attempt's remaining log
+    /// lines in the same transaction (written even if the lease was lost: they tell
+    /// what this worker did).
+    pub async fn finish_job_with_lines(
+        &self,
+        id: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+    ) -> Result<bool> {
         let (state, run_after, finished, error) = match outcome {
             JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
             JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
@@ -166,9 +209,30 @@ impl Store {
                 ("pending", Some(ms(run_after)), None, Some(error))
             }
         };
-        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
-            sqlx::query(
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            if !lines.is_empty() {
+                let row = sqlx::query(
+                    "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut seq = row.int("seq")?;
+                for (at, message) in lines {
+                    seq += 1;
+                    sqlx::query(
+                        "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id.to_string())
+                    .bind(seq)
+                    .bind(ms(*at))
+                    .bind(message)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            let changed = sqlx::query(
                 "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
                  finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
                  lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -179,9 +243,11 @@ impl Store {
             .bind(run_after)
             .bind(finished)
             .bind(error)
-            .execute(p)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            tx.commit().await?;
+            changed
         });
         Ok(changed == 1)
     }
