@@ -515,13 +515,17 @@ async fn ensure_schedule(
     }
     let now = inner.clock.now();
     let (offset, v7) = router_clock_offset(conn, now, log).await?;
-    // The router prints whole seconds, so the measured offset may be up to 1 s short;
-    // one more second (and truncation) keeps the entry from ever running before the
-    // grant's end. Postern's own timer is the exact one; this is the backstop.
-    let local = expires_at.naive_utc() + offset;
-    let local = local
-        .checked_add_signed(ChronoDuration::seconds(1))
-        .unwrap_or(local);
+    // The router prints whole seconds, so the measured offset may be up to 1 s short:
+    // one more second, then rounded up to a whole second, keeps the entry from ever
+    // running before the grant's end (it runs within 2 s after). Postern's own timer is
+    // the exact one; this is the backstop.
+    let local = expires_at.naive_utc() + offset + ChronoDuration::seconds(1);
+    let frac = i64::from(local.and_utc().timestamp_subsec_nanos());
+    let local = if frac > 0 {
+        local + ChronoDuration::nanoseconds(1_000_000_000 - frac)
+    } else {
+        local
+    };
     let date = if v7 {
         local.format("%Y-%m-%d").to_string()
     } else {

@@ -925,3 +925,56 @@ async fn a_home_device_mode_router_gets_no_scheduler_entry_and_the_log_says_so()
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_a_grant_moves_the_routers_self_expiry_entry() {
+    let w = world(Db::Sqlite, 1, 20, fast_config()).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    let name = format!("postern-access-{}", g.id);
+    let start_of = || {
+        let state = w.sims[0].router().state();
+        let e = state.scheduler.by_name(&name).unwrap();
+        format!("{} {}", e.props["start-date"], e.props["start-time"])
+    };
+    let before = start_of();
+    let later = g.expires_at + chrono::Duration::hours(2);
+    w.store()
+        .set_access_expiry(w.org, g.router_id, g.id, later)
+        .await
+        .unwrap();
+    w.orch
+        .grant_extended(GrantKey::Access(g.id), w.org, g.router_id, later)
+        .await
+        .unwrap();
+    // The router's clock is UTC here; the entry starts within two seconds after the
+    // grant's new end, never before it.
+    let parse = |text: &str| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+            .unwrap()
+            .and_utc()
+    };
+    until(Duration::from_secs(5), "the entry moved", || async {
+        w.sims[0]
+            .router()
+            .state()
+            .scheduler
+            .by_name(&name)
+            .is_some()
+            && start_of() != before
+    })
+    .await;
+    let moved = parse(&start_of());
+    assert!(
+        moved > later && moved <= later + chrono::Duration::seconds(2),
+        "entry at {moved}, grant ends at {later}"
+    );
+    assert_eq!(w.sims[0].router().state().scheduler.items.len(), 1);
+    let log = w.settled_log(0).await;
+    assert!(has(&log, "(its time is stale)"), "{}", log.join("\n"));
+    assert!(has(&log, "user postern-"), "{}", log.join("\n"));
+    w.stop().await;
+}
