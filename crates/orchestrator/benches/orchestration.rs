@@ -320,7 +320,10 @@ async fn bench() {
             let (_, at) = pending.remove(&name).unwrap();
             match (now - at).to_std() {
                 Ok(d) => lateness.push(d),
-                Err(_) => early += 1,
+                Err(_) => {
+                    early += 1;
+                    println!("early: {name} gone at {now}, expires at {at}");
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -135,6 +135,16 @@ fn intro(owner: &str, job: &Job, now: chrono::DateTime<chrono::Utc>) -> Vec<Stri
 
 /// Runs one attempt of a leased job and records how it ended.
 async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
+    let mut next = Some(job);
+    while let Some(job) = next.take() {
+        next = attempt(&inner, job).await;
+    }
+}
+
+/// One attempt; returns the router's next job when it could be leased at once (the
+/// worker goes on with it in the same slot, without another claim).
+async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Job> {
+    let inner = inner.clone();
     let log = JobLog::new(Some(job.id), inner.clock.clone());
     let started = Instant::now();
     let owner = inner.config.owner.clone();
@@ -180,7 +190,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             log.line("lease lost: another worker has taken this job over; stopping this attempt");
             log.flush(&inner.store).await;
             inner.wake_jobs().await;
-            return;
+            return None;
         }
     };
     let elapsed = started.elapsed().as_millis();
@@ -199,16 +209,35 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
     };
     let now = inner.clock.now();
     let lines = log.take();
-    match inner
+    let opening = |next: &Job| intro(&owner, next, now);
+    let next = match inner
         .store
-        .finish_job_with_lines(job.id, &owner, now, outcome, &lines)
+        .finish_job_and_claim_next(
+            job.id,
+            job.router_id,
+            &owner,
+            now,
+            outcome,
+            &lines,
+            inner.config.lease,
+            &opening,
+        )
         .await
     {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost before it ended"),
-        Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record the job's end"),
+        Ok((true, next)) => next,
+        Ok((false, _)) => {
+            tracing::warn!(job = %job.id, "the job's lease was lost before it ended");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not record the job's end");
+            None
+        }
+    };
+    if next.is_none() {
+        inner.wake_jobs().await;
     }
-    inner.wake_jobs().await;
+    next
 }
 
 /// Decides what a failed attempt leads to, and logs it.

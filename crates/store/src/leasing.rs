@@ -61,6 +61,76 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
     ORDER BY j.run_after, j.seq LIMIT";
 
+/// The same, for one router (`$2`): its head, if it may run now.
+const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
+    AND j.state IN ('pending', 'running') AND j.run_after <= $1 \
+    AND (j.state = 'pending' OR j.lease_expires_at < $1) \
+    AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
+        AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
+    ORDER BY j.seq LIMIT 1";
+
+/// Leases the selected `$rows` (each with an `id` column) to `$owner` until `$until`
+/// inside transaction `$tx`, appending `$intro`'s lines; evaluates to the leased jobs.
+macro_rules! lease_rows {
+    ($tx:ident, $rows:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
+        let rows = $rows;
+        let owner: &str = $owner;
+        let until: DateTime<Utc> = $until;
+        let now: DateTime<Utc> = $now;
+        let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = row.text("id")?;
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(ms(until))
+                .bind(ms(now))
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    continue;
+                }
+                let row = sqlx::query(
+                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
+                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
+                     last_error FROM jobs WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_one(&mut *$tx)
+                .await?;
+                let job = crate::jobs::job_from(&row)?;
+                let lines = ($intro)(&job);
+                if !lines.is_empty() {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    let mut seq = row.int("seq")?;
+                    for message in lines {
+                        seq += 1;
+                        sqlx::query(
+                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&id)
+                        .bind(seq)
+                        .bind(ms(now))
+                        .bind(message)
+                        .execute(&mut *$tx)
+                        .await?;
+                    }
+                }
+                ids.push(job);
+            }
+        ids
+    }};
+}
+
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
     /// more attempt. `None` when nothing may run now. Two workers (or processes) never
@@ -103,56 +173,7 @@ impl Store {
                 .bind(i64::from(limit.max(1)))
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id = row.text("id")?;
-                let changed = sqlx::query(
-                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
-                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(ms(until))
-                .bind(ms(now))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    continue;
-                }
-                let row = sqlx::query(
-                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
-                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
-                     last_error FROM jobs WHERE id = $1",
-                )
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await?;
-                let job = crate::jobs::job_from(&row)?;
-                let lines = intro(&job);
-                if !lines.is_empty() {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
-                    )
-                    .bind(&id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let mut seq = row.int("seq")?;
-                    for message in lines {
-                        seq += 1;
-                        sqlx::query(
-                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(&id)
-                        .bind(seq)
-                        .bind(ms(now))
-                        .bind(message)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                ids.push(job);
-            }
+            let ids = lease_rows!(tx, rows, owner, until, now, &intro);
             tx.commit().await?;
             ids
         });
@@ -202,6 +223,53 @@ impl Store {
         outcome: JobOutcome,
         lines: &[(DateTime<Utc>, String)],
     ) -> Result<bool> {
+        Ok(self
+            .finish_job_inner(id, owner, now, outcome, lines, None)
+            .await?
+            .0)
+    }
+
+    /// [`finish_job_with_lines`](Self::finish_job_with_lines), then, in the same
+    /// transaction, leases to `owner` the next job of the same router if it may run now
+    /// (with `intro`'s lines): a worker goes on with a router's queue without another
+    /// claim. The job is `None` when the lease was lost or nothing may run.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_job_and_claim_next(
+        &self,
+        id: JobId,
+        router_id: RouterId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+        lease: Duration,
+        intro: &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
+    ) -> Result<(bool, Option<Job>)> {
+        self.finish_job_inner(
+            id,
+            owner,
+            now,
+            outcome,
+            lines,
+            Some((router_id, lease, intro)),
+        )
+        .await
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn finish_job_inner(
+        &self,
+        id: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+        next: Option<(
+            RouterId,
+            Duration,
+            &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
+        )>,
+    ) -> Result<(bool, Option<Job>)> {
         let (state, run_after, finished, error) = match outcome {
             JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
             JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
@@ -246,10 +314,28 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            let mut claimed = None;
+            if let (1, Some((router_id, lease, intro))) = (changed, next) {
+                let until =
+                    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+                let select = if pg {
+                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER} FOR UPDATE OF j SKIP LOCKED")
+                } else {
+                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER}")
+                };
+                let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+                    .bind(ms(now))
+                    .bind(router_id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                claimed = lease_rows!(tx, rows, owner, until, now, intro)
+                    .into_iter()
+                    .next();
+            }
             tx.commit().await?;
-            changed
+            (changed, claimed)
         });
-        Ok(changed == 1)
+        Ok((changed.0 == 1, changed.1))
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a
