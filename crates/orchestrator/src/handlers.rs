@@ -437,7 +437,7 @@ pub(crate) async fn ensure_nat(
 }
 
 /// Whether the router's device-mode lets the scheduler run (asked once per connection).
-async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result<bool> {
+pub(crate) async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result<bool> {
     let known = *conn
         .scheduler_allowed
         .lock()
@@ -498,7 +498,7 @@ pub fn parse_router_clock(item: &Item) -> Option<(NaiveDateTime, bool)> {
 
 /// Adds (or moves) the entry that ends the grant on the router itself at its expiry,
 /// when device-mode allows the scheduler and the config asks for it.
-async fn ensure_schedule(
+pub(crate) async fn ensure_schedule(
     inner: &Arc<Inner>,
     conn: &RouterConn,
     key: GrantKey,

@@ -627,11 +627,17 @@ async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
         .await
         .unwrap();
     api::user::remove(&admin, &real[0].id).await.unwrap();
-    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 3);
+    // And its self-expiry entry.
+    let entries = api::scheduler::print(&admin, &Filter::all()).await.unwrap();
+    api::scheduler::remove(&admin, &entries[0].id)
+        .await
+        .unwrap();
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 4);
     until(Duration::from_secs(5), "drift repaired", || async {
         w.user_on(0, "planted").is_none()
             && w.user_on(0, &g.username).is_some()
             && w.sims[0].router().state().nat.items.is_empty()
+            && w.sims[0].router().state().scheduler.items.len() == 1
     })
     .await;
     let log = w.settled_log(0).await;
@@ -642,6 +648,7 @@ async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
             "is active but its user {} is missing on the router",
             g.username
         ),
+        "is active but its self-expiry scheduler entry is missing on the router".to_string(),
         "the router matches the live grants again".to_string(),
     ] {
         assert!(has(&log, &text), "log lacks {text:?}:\n{}", log.join("\n"));
