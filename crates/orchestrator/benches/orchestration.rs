@@ -1,6 +1,6 @@
 //! Orchestration benchmark against a sim fleet of 20 routers on loopback with SQLite:
 //!
-//! 1. 100 grants created at once (5 per router): time from the create (grant and job in
+//! 1. 20 grants created one at a time, then 100 at once (5 per router): time from the create (grant and job in
 //!    one transaction) to the user existing on the router; targets p50 < 50 ms,
 //!    p99 < 250 ms.
 //! 2. Revoke of those 100, each with a live API session of its user: time until the
@@ -214,6 +214,19 @@ async fn bench() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    // One at a time: the cost of a grant without a queue.
+    let mut alone = Vec::new();
+    for i in 0..20 {
+        let router = i % ROUTERS;
+        let t0 = Instant::now();
+        let g = create(&env, 20_000 + i, router, chrono::Duration::minutes(30)).await;
+        orch.jobs_queued().await;
+        while !user_exists(&env, router, &g.username) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        alone.push(t0.elapsed());
+    }
+    summary("create -> user on router (one at a time)", alone);
     let mut tasks = Vec::new();
     for i in 0..100 {
         let env = env.clone();
