@@ -57,6 +57,7 @@ async fn call(addr: &str, token: &str, method: &str, path: &str, body: Option<Va
     let url = format!("http://{addr}{path}");
     let req = match method {
         "POST" => client.post(url),
+        "DELETE" => client.delete(url),
         _ => client.get(url),
     }
     .bearer_auth(token);
@@ -70,6 +71,9 @@ async fn call(addr: &str, token: &str, method: &str, path: &str, body: Option<Va
     let status = resp.status();
     let text = resp.text().await.unwrap();
     assert!(status.is_success(), "{method} {path}: {status} {text}");
+    if text.is_empty() {
+        return Value::Null;
+    }
     serde_json::from_str(&text).unwrap()
 }
 
@@ -214,6 +218,36 @@ async fn a_server_killed_mid_job_resumes_it_after_restart_exactly_once() {
         "{text}"
     );
     assert!(text.contains("completed in"), "{text}");
+
+    // The same server: a create that waits comes back active, and DELETE ends the grant
+    // on the router (user gone) before it reads `revoked`.
+    sim.faults().set_latency(Duration::ZERO);
+    let waited = call(
+        &addr,
+        &token,
+        "POST",
+        &format!("/api/routers/{router_id}/transient-access?wait=true"),
+        Some(json!({ "allow_from": "127.0.0.1", "expire_after_minutes": 30 })),
+    )
+    .await;
+    assert_eq!(waited["status"], "active", "{waited}");
+    let second = waited["username"].as_str().unwrap().to_owned();
+    assert!(sim.router().state().users.by_name(&second).is_some());
+    call(&addr, &token, "DELETE", &grant_path, None).await;
+    let deleted = Instant::now();
+    loop {
+        let g = call(&addr, &token, "GET", &grant_path, None).await;
+        if g["status"] == "revoked" {
+            assert!(sim.router().state().users.by_name(&username).is_none());
+            assert_eq!(g["revoked_early"], true);
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "never revoked: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill().unwrap();
     server.wait().unwrap();
     sim.shutdown().await;

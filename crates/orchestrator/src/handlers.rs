@@ -142,9 +142,14 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
         ));
         return Ok(());
     }
-    if grant.status == GrantStatus::Requested {
+    // `provisioning` is recorded alongside the router work, not before it.
+    let requested = grant.status == GrantStatus::Requested;
+    let provisioning = async {
+        if !requested {
+            return None;
+        }
         let now = inner.clock.now();
-        if let Ok(g) = inner
+        inner
             .store
             .transition_access(
                 id,
@@ -154,23 +159,28 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
                 None,
             )
             .await
-        {
-            grant = g;
-        }
+            .ok()
+    };
+    let work = async {
+        let router = inner.store.get_router_any_org(job.router_id).await?;
+        let conn = connections::connect(inner, &router, log).await?;
+        ensure_groups(&conn, log).await?;
+        ensure_user(inner, &conn, &grant, log).await?;
+        ensure_schedule(
+            inner,
+            &conn,
+            GrantKey::Access(id),
+            grant.expires_at,
+            Some(&grant.username),
+            log,
+        )
+        .await
+    };
+    let (moved, done) = tokio::join!(provisioning, work);
+    done?;
+    if let Some(g) = moved {
+        grant = g;
     }
-    let router = inner.store.get_router_any_org(job.router_id).await?;
-    let conn = connections::connect(inner, &router, log).await?;
-    ensure_groups(&conn, log).await?;
-    ensure_user(inner, &conn, &grant, log).await?;
-    ensure_schedule(
-        inner,
-        &conn,
-        GrantKey::Access(id),
-        grant.expires_at,
-        Some(&grant.username),
-        log,
-    )
-    .await?;
     activate(inner, LiveGrant::Access(grant), log).await
 }
 
@@ -427,7 +437,7 @@ pub(crate) async fn ensure_nat(
 }
 
 /// Whether the router's device-mode lets the scheduler run (asked once per connection).
-async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result<bool> {
+pub(crate) async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result<bool> {
     let known = *conn
         .scheduler_allowed
         .lock()
@@ -488,7 +498,7 @@ pub fn parse_router_clock(item: &Item) -> Option<(NaiveDateTime, bool)> {
 
 /// Adds (or moves) the entry that ends the grant on the router itself at its expiry,
 /// when device-mode allows the scheduler and the config asks for it.
-async fn ensure_schedule(
+pub(crate) async fn ensure_schedule(
     inner: &Arc<Inner>,
     conn: &RouterConn,
     key: GrantKey,
@@ -505,13 +515,17 @@ async fn ensure_schedule(
     }
     let now = inner.clock.now();
     let (offset, v7) = router_clock_offset(conn, now, log).await?;
-    // The router prints whole seconds, so the measured offset may be up to 1 s short;
-    // one more second (and truncation) keeps the entry from ever running before the
-    // grant's end. Postern's own timer is the exact one; this is the backstop.
-    let local = expires_at.naive_utc() + offset;
-    let local = local
-        .checked_add_signed(ChronoDuration::seconds(1))
-        .unwrap_or(local);
+    // The router prints whole seconds, so the measured offset may be up to 1 s short:
+    // one more second, then rounded up to a whole second, keeps the entry from ever
+    // running before the grant's end (it runs within 2 s after). Postern's own timer is
+    // the exact one; this is the backstop.
+    let local = expires_at.naive_utc() + offset + ChronoDuration::seconds(1);
+    let frac = i64::from(local.and_utc().timestamp_subsec_nanos());
+    let local = if frac > 0 {
+        local + ChronoDuration::nanoseconds(1_000_000_000 - frac)
+    } else {
+        local
+    };
     let date = if v7 {
         local.format("%Y-%m-%d").to_string()
     } else {

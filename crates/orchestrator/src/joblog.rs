@@ -41,6 +41,11 @@ impl JobLog {
         }
     }
 
+    /// The lines gathered so far, taken out (for a caller that writes them itself).
+    pub(crate) fn take(&self) -> Vec<(DateTime<Utc>, String)> {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Writes the lines gathered so far.
     pub(crate) async fn flush(&self, store: &store::Store) {
         let Some(job) = self.job else { return };

@@ -398,3 +398,63 @@ impl Orchestrator {
         &self.inner.config.owner
     }
 }
+
+#[cfg(test)]
+mod tidy {
+    /// Every module says its role first; the crate root lists its layout.
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    text.starts_with("//!"),
+                    "{} lacks a //! header",
+                    path.display()
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 9);
+        assert!(
+            std::fs::read_to_string(src.join("lib.rs"))
+                .unwrap()
+                .contains("# Layout")
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_to_its_ceiling() {
+        use std::time::Duration;
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let delays: Vec<u64> = (1..=8)
+            .map(|k| crate::backoff(base, max, k).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(crate::backoff(base, max, u32::MAX), max);
+    }
+
+    #[test]
+    fn router_clock_in_both_date_forms() {
+        use routeros::{Attributes, Item};
+        let item = |date: &'static str, time: &'static str| {
+            let mut a = Attributes::default();
+            a.push("date", date);
+            a.push("time", time);
+            Item::new(a)
+        };
+        let (v7, is_v7) =
+            crate::handlers::parse_router_clock(&item("2026-11-22", "13:05:09")).unwrap();
+        assert!(is_v7);
+        assert_eq!(v7.to_string(), "2026-11-22 13:05:09");
+        let (v6, is_v7) =
+            crate::handlers::parse_router_clock(&item("nov/22/2026", "13:05:09")).unwrap();
+        assert!(!is_v7);
+        assert_eq!(v6, v7);
+        assert!(crate::handlers::parse_router_clock(&item("22.11.2026", "13:05:09")).is_none());
+        assert!(crate::handlers::parse_router_clock(&item("2026-11-22", "25:00:00")).is_none());
+    }
+}

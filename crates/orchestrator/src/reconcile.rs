@@ -42,6 +42,13 @@ pub enum Drift {
     MissingUser(Box<store::TransientAccess>),
     /// An active forward whose dst-nat rule is missing.
     MissingNat(Box<store::TransientForward>),
+    /// An active grant without its self-expiry scheduler entry (where device-mode
+    /// allows the scheduler).
+    MissingSchedule {
+        key: GrantKey,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        username: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Drift {
@@ -69,6 +76,10 @@ impl std::fmt::Display for Drift {
                 f,
                 "transient forward {} is active but its dst-nat rule is missing on the router",
                 g.id
+            ),
+            Drift::MissingSchedule { key, .. } => write!(
+                f,
+                "{key} is active but its self-expiry scheduler entry is missing on the router"
             ),
         }
     }
@@ -162,6 +173,34 @@ pub(crate) async fn scan(
             });
         }
     }
+    let schedules =
+        inner.config.router_self_expiry && handlers::scheduler_allowed(conn, log).await?;
+    if schedules {
+        let has_entry = |key: GrantKey| {
+            let tag = key.tag();
+            entries
+                .iter()
+                .any(|e| e.comment.as_deref() == Some(tag.as_str()))
+        };
+        for g in &active_access {
+            if !has_entry(GrantKey::Access(g.id)) {
+                drift.push(Drift::MissingSchedule {
+                    key: GrantKey::Access(g.id),
+                    expires_at: g.expires_at,
+                    username: Some(g.username.clone()),
+                });
+            }
+        }
+        for g in &active_forwards {
+            if !has_entry(GrantKey::Forward(g.id)) {
+                drift.push(Drift::MissingSchedule {
+                    key: GrantKey::Forward(g.id),
+                    expires_at: g.expires_at,
+                    username: None,
+                });
+            }
+        }
+    }
     for g in active_access {
         let tag = GrantKey::Access(g.id).tag();
         if !users
@@ -235,6 +274,14 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
             }
             Drift::MissingNat(g) => {
                 handlers::ensure_nat(&conn, &router, &g, log).await?;
+            }
+            Drift::MissingSchedule {
+                key,
+                expires_at,
+                username,
+            } => {
+                handlers::ensure_schedule(inner, &conn, key, expires_at, username.as_deref(), log)
+                    .await?;
             }
         }
     }

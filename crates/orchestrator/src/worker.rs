@@ -30,21 +30,33 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
             break;
         }
         loop {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let free = slots.available_permits();
+            if free == 0 {
                 break;
-            };
+            }
             let now = inner.clock.now();
+            // Up to one job per free slot, in one transaction.
+            let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match inner
                 .store
-                .claim_job(&inner.config.owner, now, inner.config.lease)
+                .claim_jobs(&inner.config.owner, now, inner.config.lease, limit, |job| {
+                    intro(&inner.config.owner, job, now)
+                })
                 .await
             {
-                Ok(Some(job)) => {
-                    tokio::spawn(run_job(inner.clone(), job, permit));
+                Ok(jobs) if jobs.is_empty() => break,
+                Ok(jobs) => {
+                    for job in jobs {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            // Cannot happen (only this loop takes slots); the lease
+                            // lapses and the job is taken again.
+                            break;
+                        };
+                        tokio::spawn(run_job(inner.clone(), job, permit));
+                    }
                 }
-                Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not claim a job");
+                    tracing::warn!(error = %e, "could not claim jobs");
                     break;
                 }
             }
@@ -93,37 +105,53 @@ fn describe(job: &Job) -> String {
     }
 }
 
-/// Runs one attempt of a leased job and records how it ended.
-async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
-    let log = JobLog::new(Some(job.id), inner.clock.clone());
-    let started = Instant::now();
-    let owner = inner.config.owner.clone();
+/// The lines that open an attempt, written in the claiming transaction: so even if this
+/// process dies mid-attempt, the log shows which worker had the job.
+fn intro(owner: &str, job: &Job, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     if job.attempts <= 1 {
-        let waited = (inner.clock.now() - job.created_at)
-            .num_milliseconds()
-            .max(0);
-        log.line(format!(
-            "job created at {}: {}",
-            job.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-            describe(&job)
-        ));
-        log.line(format!(
-            "express execution requested: started by worker {owner} {waited} ms after creation"
-        ));
+        let waited = (now - job.created_at).num_milliseconds().max(0);
+        vec![
+            format!(
+                "job created at {}: {}",
+                job.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                describe(job)
+            ),
+            format!(
+                "express execution requested: started by worker {owner} {waited} ms after creation"
+            ),
+        ]
     } else {
         let of = if job.max_attempts == 0 {
             "until it succeeds".to_string()
         } else {
             format!("of {}", job.max_attempts)
         };
-        log.line(format!(
+        vec![format!(
             "attempt {} {of} started by worker {owner}",
             job.attempts
-        ));
+        )]
     }
-    // Written now, not at the end: if this process dies mid-attempt, the log still
-    // shows which worker had the job when the next one takes it over.
-    log.flush(&inner.store).await;
+}
+
+/// Runs one attempt of a leased job and records how it ended.
+async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
+    let mut next = Some(job);
+    while let Some(job) = next.take() {
+        next = attempt(&inner, job).await;
+    }
+}
+
+/// One attempt; returns the router's next job when it could be leased at once (the
+/// worker goes on with it in the same slot, without another claim).
+async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Job> {
+    let inner = inner.clone();
+    let log = JobLog::new(Some(job.id), inner.clock.clone());
+    let started = Instant::now();
+    let owner = inner.config.owner.clone();
+    // The attempt's first lines were written with the claim (see `intro`).
+    for line in intro(&owner, &job, job.started_at.unwrap_or(job.created_at)) {
+        tracing::info!(job = %job.id, "{line}");
+    }
     inner.count_execution();
     let heartbeat = {
         let inner = inner.clone();
@@ -162,7 +190,7 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             log.line("lease lost: another worker has taken this job over; stopping this attempt");
             log.flush(&inner.store).await;
             inner.wake_jobs().await;
-            return;
+            return None;
         }
     };
     let elapsed = started.elapsed().as_millis();
@@ -179,14 +207,37 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
             failed_attempt(&inner, &job, &log, e, elapsed).await
         }
     };
-    log.flush(&inner.store).await;
     let now = inner.clock.now();
-    match inner.store.finish_job(job.id, &owner, now, outcome).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost before it ended"),
-        Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record the job's end"),
+    let lines = log.take();
+    let opening = |next: &Job| intro(&owner, next, now);
+    let next = match inner
+        .store
+        .finish_job_and_claim_next(
+            job.id,
+            job.router_id,
+            &owner,
+            now,
+            outcome,
+            &lines,
+            inner.config.lease,
+            &opening,
+        )
+        .await
+    {
+        Ok((true, next)) => next,
+        Ok((false, _)) => {
+            tracing::warn!(job = %job.id, "the job's lease was lost before it ended");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "could not record the job's end");
+            None
+        }
+    };
+    if next.is_none() {
+        inner.wake_jobs().await;
     }
-    inner.wake_jobs().await;
+    next
 }
 
 /// Decides what a failed attempt leads to, and logs it.

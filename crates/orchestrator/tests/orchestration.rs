@@ -131,6 +131,16 @@ impl World {
         expires_in: Duration,
         rfc1918: bool,
     ) -> store::TransientAccess {
+        self.access_with(i, expires_in, rfc1918, 8).await
+    }
+
+    async fn access_with(
+        &self,
+        i: usize,
+        expires_in: Duration,
+        rfc1918: bool,
+        attempts: u32,
+    ) -> store::TransientAccess {
         let now = Utc::now();
         let router = &self.routers[i];
         let grant = self
@@ -166,7 +176,7 @@ impl World {
                     router_id: router.id,
                     kind: "access.create".into(),
                     payload: json!({}),
-                    max_attempts: 8,
+                    max_attempts: attempts,
                     run_after: now,
                     created_at: now,
                 }),
@@ -176,6 +186,55 @@ impl World {
         self.orch.jobs_queued().await;
         self.orch.expiry_changed();
         grant
+    }
+
+    /// A transient forward on router `i` to `dst` (router port from 30000 up).
+    async fn forward(
+        &self,
+        i: usize,
+        dst: std::net::SocketAddr,
+        masquerade: bool,
+    ) -> store::TransientForward {
+        let now = Utc::now();
+        let router = &self.routers[i];
+        let f = self
+            .store()
+            .create_forward(store::NewForward {
+                org_id: self.org,
+                router_id: router.id,
+                dst_address: dst.ip(),
+                dst_port: dst.port(),
+                masquerade,
+                allow_from: "198.51.100.0/24".parse::<AllowFrom>().unwrap(),
+                expires_at: now + chrono::Duration::minutes(30),
+                created_by: "test".into(),
+                region_id: self.region,
+                entry_point: "127.0.0.1".into(),
+                port_candidates: (41000..41100).collect(),
+                router_port_candidates: (30000..30100).collect(),
+                audit: store::NewAudit {
+                    org_id: self.org,
+                    at: now,
+                    actor: "test".into(),
+                    actor_address: None,
+                    action: "forward.create".into(),
+                    target: None,
+                    details: json!({}),
+                },
+                job: Some(store::NewJob {
+                    org_id: self.org,
+                    router_id: router.id,
+                    kind: "forward.create".into(),
+                    payload: json!({}),
+                    max_attempts: 8,
+                    run_after: now,
+                    created_at: now,
+                }),
+            })
+            .await
+            .unwrap();
+        self.orch.jobs_queued().await;
+        f
     }
 
     async fn status(&self, g: &store::TransientAccess) -> GrantStatus {
@@ -568,11 +627,17 @@ async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
         .await
         .unwrap();
     api::user::remove(&admin, &real[0].id).await.unwrap();
-    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 3);
+    // And its self-expiry entry.
+    let entries = api::scheduler::print(&admin, &Filter::all()).await.unwrap();
+    api::scheduler::remove(&admin, &entries[0].id)
+        .await
+        .unwrap();
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 4);
     until(Duration::from_secs(5), "drift repaired", || async {
         w.user_on(0, "planted").is_none()
             && w.user_on(0, &g.username).is_some()
             && w.sims[0].router().state().nat.items.is_empty()
+            && w.sims[0].router().state().scheduler.items.len() == 1
     })
     .await;
     let log = w.settled_log(0).await;
@@ -583,6 +648,7 @@ async fn the_reconciler_removes_planted_objects_and_recreates_a_missing_user() {
             "is active but its user {} is missing on the router",
             g.username
         ),
+        "is active but its self-expiry scheduler entry is missing on the router".to_string(),
         "the router matches the live grants again".to_string(),
     ] {
         assert!(has(&log, &text), "log lacks {text:?}:\n{}", log.join("\n"));
@@ -727,4 +793,195 @@ async fn two_workers_on_one_postgres_never_run_a_job_twice() {
         let _ = stop.send(true);
         let _ = task.await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_reaches_a_tcp_service_behind_the_router_and_is_removed_on_revoke() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(Db::Sqlite, 1, 17, fast_config()).await.unwrap();
+    // A LAN device: a TCP service on another loopback address.
+    let service = tokio::net::TcpListener::bind("127.0.17.50:0")
+        .await
+        .unwrap();
+    let dst = service.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = service.accept().await {
+            let _ = s.write_all(b"hello from the device").await;
+        }
+    });
+    let f = w.forward(0, dst, true).await;
+    let tag = format!("postern:forward:{}", f.id);
+    until(Duration::from_secs(5), "the forward active", || async {
+        w.store()
+            .get_forward(w.org, f.router_id, f.id)
+            .await
+            .unwrap()
+            .status
+            == GrantStatus::Active
+    })
+    .await;
+    {
+        let state = w.sims[0].router().state();
+        let rules: Vec<_> = state
+            .nat
+            .items
+            .iter()
+            .filter(|r| r.get("comment") == Some(tag.as_str()))
+            .map(|r| r.props.clone())
+            .collect();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        let dnat = rules.iter().find(|r| r["action"] == "dst-nat").unwrap();
+        assert_eq!(dnat["dst-address"], "127.0.17.2");
+        assert_eq!(dnat["dst-port"], f.router_port.to_string());
+        assert_eq!(dnat["to-addresses"], dst.ip().to_string());
+        assert_eq!(dnat["to-ports"], dst.port().to_string());
+        assert!(rules.iter().any(|r| r["action"] == "masquerade"));
+    }
+    // Through the router's dst-nat to the device.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.17.2", f.router_port))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut got)).await;
+    assert_eq!(got, b"hello from the device");
+    assert!(w.orch.revoke(GrantKey::Forward(f.id)).await.unwrap());
+    until(
+        Duration::from_secs(5),
+        "the rules gone and the forward revoked",
+        || async {
+            w.sims[0].router().state().nat.items.is_empty()
+                && w.store()
+                    .get_forward(w.org, f.router_id, f.id)
+                    .await
+                    .unwrap()
+                    .status
+                    == GrantStatus::Revoked
+        },
+    )
+    .await;
+    let log = w.settled_log(0).await;
+    assert!(
+        has(
+            &log,
+            "sent /ip/firewall/nat/add chain=dstnat action=dst-nat"
+        ),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        has(&log, "sent /ip/firewall/nat/remove"),
+        "{}",
+        log.join("\n")
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_gives_up_after_its_attempts_and_the_grant_fails_with_the_reason() {
+    let w = world(Db::Sqlite, 1, 18, fast_config()).await.unwrap();
+    w.sims[0].faults().set_offline(true);
+    let g = w.access_with(0, Duration::from_secs(600), false, 2).await;
+    until(Duration::from_secs(5), "the grant failed", || async {
+        w.status(&g).await == GrantStatus::Failed
+    })
+    .await;
+    let failed = w
+        .store()
+        .get_access(w.org, g.router_id, g.id)
+        .await
+        .unwrap();
+    assert!(
+        failed
+            .failure_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("router unreachable"),
+        "{failed:?}"
+    );
+    // Its clean-up waits for the router, and runs when it is back.
+    w.sims[0].faults().set_offline(false);
+    let log = w.settled_log(0).await;
+    for text in [
+        "failed after 2 attempt(s)",
+        "is now failed; its clean-up is queued",
+        "the router holds nothing of the failed grant",
+    ] {
+        assert!(has(&log, text), "log lacks {text:?}:\n{}", log.join("\n"));
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_device_mode_router_gets_no_scheduler_entry_and_the_log_says_so() {
+    let w = world(Db::Sqlite, 1, 19, fast_config()).await.unwrap();
+    w.sims[0].router().set_device_mode(sim::DeviceMode::Home);
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    assert!(w.sims[0].router().state().scheduler.items.is_empty());
+    let log = w.settled_log(0).await;
+    assert!(
+        has(
+            &log,
+            "router's device-mode does not allow the scheduler; expiry relies on Postern"
+        ),
+        "{}",
+        log.join("\n")
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_a_grant_moves_the_routers_self_expiry_entry() {
+    let w = world(Db::Sqlite, 1, 20, fast_config()).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    let name = format!("postern-access-{}", g.id);
+    let start_of = || {
+        let state = w.sims[0].router().state();
+        let e = state.scheduler.by_name(&name).unwrap();
+        format!("{} {}", e.props["start-date"], e.props["start-time"])
+    };
+    let before = start_of();
+    let later = g.expires_at + chrono::Duration::hours(2);
+    w.store()
+        .set_access_expiry(w.org, g.router_id, g.id, later)
+        .await
+        .unwrap();
+    w.orch
+        .grant_extended(GrantKey::Access(g.id), w.org, g.router_id, later)
+        .await
+        .unwrap();
+    // The router's clock is UTC here; the entry starts within two seconds after the
+    // grant's new end, never before it.
+    let parse = |text: &str| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+            .unwrap()
+            .and_utc()
+    };
+    until(Duration::from_secs(5), "the entry moved", || async {
+        w.sims[0]
+            .router()
+            .state()
+            .scheduler
+            .by_name(&name)
+            .is_some()
+            && start_of() != before
+    })
+    .await;
+    let moved = parse(&start_of());
+    assert!(
+        moved > later && moved <= later + chrono::Duration::seconds(2),
+        "entry at {moved}, grant ends at {later}"
+    );
+    assert_eq!(w.sims[0].router().state().scheduler.items.len(), 1);
+    let log = w.settled_log(0).await;
+    assert!(has(&log, "(its time is stale)"), "{}", log.join("\n"));
+    assert!(has(&log, "user postern-"), "{}", log.join("\n"));
+    w.stop().await;
 }

@@ -514,11 +514,8 @@ async fn a_command_answered_empty_ends_only_at_the_done_that_follows() {
     assert!(request.next().await.is_none());
     assert!(started.elapsed() >= Duration::from_millis(90));
     assert_eq!(
-        request
-            .done()
-            .and_then(|d| d.get("ret"))
-            .map(|v| v.as_ref()),
-        Some(&b"after-empty"[..])
+        request.done().and_then(|d| d.get_str("ret")),
+        Some("after-empty")
     );
     drop(request);
     // The next command on the same connection gets its own replies.

@@ -75,7 +75,7 @@ macro_rules! job_sql {
     };
 }
 
-fn job_from(r: &impl Get) -> Result<Job> {
+pub(crate) fn job_from(r: &impl Get) -> Result<Job> {
     Ok(Job {
         id: r.parse("id")?,
         org_id: r.parse("org_id")?,

@@ -59,7 +59,77 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.run_after, j.seq LIMIT 1";
+    ORDER BY j.run_after, j.seq LIMIT";
+
+/// The same, for one router (`$2`): its head, if it may run now.
+const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
+    AND j.state IN ('pending', 'running') AND j.run_after <= $1 \
+    AND (j.state = 'pending' OR j.lease_expires_at < $1) \
+    AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
+        AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
+    ORDER BY j.seq LIMIT 1";
+
+/// Leases the selected `$rows` (each with an `id` column) to `$owner` until `$until`
+/// inside transaction `$tx`, appending `$intro`'s lines; evaluates to the leased jobs.
+macro_rules! lease_rows {
+    ($tx:ident, $rows:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
+        let rows = $rows;
+        let owner: &str = $owner;
+        let until: DateTime<Utc> = $until;
+        let now: DateTime<Utc> = $now;
+        let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = row.text("id")?;
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(ms(until))
+                .bind(ms(now))
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    continue;
+                }
+                let row = sqlx::query(
+                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
+                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
+                     last_error FROM jobs WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_one(&mut *$tx)
+                .await?;
+                let job = crate::jobs::job_from(&row)?;
+                let lines = ($intro)(&job);
+                if !lines.is_empty() {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    let mut seq = row.int("seq")?;
+                    for message in lines {
+                        seq += 1;
+                        sqlx::query(
+                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&id)
+                        .bind(seq)
+                        .bind(ms(now))
+                        .bind(message)
+                        .execute(&mut *$tx)
+                        .await?;
+                    }
+                }
+                ids.push(job);
+            }
+        ids
+    }};
+}
 
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
@@ -71,43 +141,43 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Option<Job>> {
+        Ok(self
+            .claim_jobs(owner, now, lease, 1, |_| Vec::new())
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Like [`claim_job`](Self::claim_job) for up to `limit` jobs (each the head of a
+    /// different router's queue) in one transaction, which also appends the log lines
+    /// `intro` gives for each claimed job (so the start of an attempt is on record
+    /// without a write of its own).
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+        intro: impl Fn(&Job) -> Vec<String>,
+    ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let id = db!(self, |p, pg| {
+        let ids = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             let select = if pg {
-                format!("SELECT j.id {CLAIMABLE} FOR UPDATE OF j SKIP LOCKED")
+                format!("SELECT j.id {CLAIMABLE} $2 FOR UPDATE OF j SKIP LOCKED")
             } else {
-                format!("SELECT j.id {CLAIMABLE}")
+                format!("SELECT j.id {CLAIMABLE} $2")
             };
-            let row = sqlx::query(sqlx::AssertSqlSafe(select))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select))
                 .bind(ms(now))
-                .fetch_optional(&mut *tx)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&mut *tx)
                 .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let id = row.text("id")?;
-            let changed = sqlx::query(
-                "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(owner)
-            .bind(ms(until))
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let ids = lease_rows!(tx, rows, owner, until, now, &intro);
             tx.commit().await?;
-            if changed != 1 {
-                return Ok(None);
-            }
-            id
+            ids
         });
-        let id: JobId = id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("jobs.id: {id:?}")))?;
-        self.get_job(id).await.map(Some)
+        Ok(ids)
     }
 
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
@@ -138,6 +208,68 @@ impl Store {
         now: DateTime<Utc>,
         outcome: JobOutcome,
     ) -> Result<bool> {
+        self.finish_job_with_lines(id, owner, now, outcome, &[])
+            .await
+    }
+
+    /// [`finish_job`](Self::finish_job) that also appends the attempt's remaining log
+    /// lines in the same transaction (written even if the lease was lost: they tell
+    /// what this worker did).
+    pub async fn finish_job_with_lines(
+        &self,
+        id: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+    ) -> Result<bool> {
+        Ok(self
+            .finish_job_inner(id, owner, now, outcome, lines, None)
+            .await?
+            .0)
+    }
+
+    /// [`finish_job_with_lines`](Self::finish_job_with_lines), then, in the same
+    /// transaction, leases to `owner` the next job of the same router if it may run now
+    /// (with `intro`'s lines): a worker goes on with a router's queue without another
+    /// claim. The job is `None` when the lease was lost or nothing may run.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_job_and_claim_next(
+        &self,
+        id: JobId,
+        router_id: RouterId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+        lease: Duration,
+        intro: &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
+    ) -> Result<(bool, Option<Job>)> {
+        self.finish_job_inner(
+            id,
+            owner,
+            now,
+            outcome,
+            lines,
+            Some((router_id, lease, intro)),
+        )
+        .await
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn finish_job_inner(
+        &self,
+        id: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: JobOutcome,
+        lines: &[(DateTime<Utc>, String)],
+        next: Option<(
+            RouterId,
+            Duration,
+            &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
+        )>,
+    ) -> Result<(bool, Option<Job>)> {
         let (state, run_after, finished, error) = match outcome {
             JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
             JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
@@ -145,9 +277,30 @@ impl Store {
                 ("pending", Some(ms(run_after)), None, Some(error))
             }
         };
-        let _writer = self.sqlite_writer().await;
         let changed = db!(self, |p, pg| {
-            sqlx::query(
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            if !lines.is_empty() {
+                let row = sqlx::query(
+                    "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut seq = row.int("seq")?;
+                for (at, message) in lines {
+                    seq += 1;
+                    sqlx::query(
+                        "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id.to_string())
+                    .bind(seq)
+                    .bind(ms(*at))
+                    .bind(message)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            let changed = sqlx::query(
                 "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
                  finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
                  lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -158,11 +311,31 @@ impl Store {
             .bind(run_after)
             .bind(finished)
             .bind(error)
-            .execute(p)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            let mut claimed = None;
+            if let (1, Some((router_id, lease, intro))) = (changed, next) {
+                let until =
+                    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+                let select = if pg {
+                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER} FOR UPDATE OF j SKIP LOCKED")
+                } else {
+                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER}")
+                };
+                let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+                    .bind(ms(now))
+                    .bind(router_id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                claimed = lease_rows!(tx, rows, owner, until, now, intro)
+                    .into_iter()
+                    .next();
+            }
+            tx.commit().await?;
+            (changed, claimed)
         });
-        Ok(changed == 1)
+        Ok((changed.0 == 1, changed.1))
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a
@@ -261,6 +434,66 @@ impl Store {
             }
             Pool::Sqlite(_) => Ok(None),
         }
+    }
+
+    /// Appends several lines to a job's log in one transaction, numbered after the
+    /// existing ones. Returns the number of the last.
+    pub async fn append_job_lines(
+        &self,
+        job_id: JobId,
+        lines: &[(DateTime<Utc>, String)],
+    ) -> Result<u32> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let lock = if pg {
+                "SELECT id FROM jobs WHERE id = $1 FOR UPDATE"
+            } else {
+                "SELECT id FROM jobs WHERE id = $1"
+            };
+            sqlx::query(lock)
+                .bind(job_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let row =
+                sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1")
+                    .bind(job_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let mut seq = row.int("seq")?;
+            for (at, message) in lines {
+                seq += 1;
+                sqlx::query(
+                    "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(job_id.to_string())
+                .bind(seq)
+                .bind(ms(*at))
+                .bind(message)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            u32::try_from(seq).map_err(|_| StoreError::Corrupt(format!("job_lines.seq: {seq}")))
+        })
+    }
+
+    /// Whether a grant has an unfinished job whose kind ends with `kind_suffix`.
+    pub async fn has_open_grant_job(&self, grant_id: &str, kind_suffix: &str) -> Result<bool> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT id FROM jobs WHERE grant_id = $1 AND kind LIKE $2 \
+                 AND state IN ('pending', 'running') LIMIT 1",
+            )
+            .bind(grant_id)
+            .bind(format!("%{kind_suffix}"))
+            .fetch_optional(p)
+            .await?;
+            Ok(row.is_some())
+        })
     }
 
     /// Every router of every organisation (for the reconciler).

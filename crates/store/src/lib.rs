@@ -108,7 +108,6 @@ mod error;
 mod grants;
 mod jobs;
 mod leasing;
-mod orch_stopgap;
 pub mod records;
 mod routers;
 pub mod secret;

@@ -1674,3 +1674,153 @@ both!(router_delete_races_grant_end, delete_races_end);
 // Portal sessions, in a file of their own.
 #[path = "suites/sessions.rs"]
 mod sessions_suite;
+
+/// Job leasing: one running job per router, in creation order; leases lapse and are
+/// taken over; a lost lease cannot finish; back-off, hastening, superseding.
+async fn leasing(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let r2 = s
+        .create_router(new_router(w.org, &w.region, "core-2", "pw-2"))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let lease = std::time::Duration::from_secs(15);
+    let a = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let b = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let c = s.create_job(new_job(w.org, r2.id, now)).await.unwrap();
+    let claimed = s
+        .claim_jobs("w1", now, lease, 10, |j| {
+            vec![format!("started, attempt {}", j.attempts)]
+        })
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = claimed.iter().map(|j| j.id).collect();
+    ids.sort();
+    let mut want = vec![a.id, c.id];
+    want.sort();
+    assert_eq!(ids, want, "the head of each router's queue, not b");
+    assert!(claimed.iter().all(|j| j.state == JobState::Running
+        && j.attempts == 1
+        && j.lease_owner.as_deref() == Some("w1")));
+    // b waits for a; nothing else may run.
+    assert!(s.claim_job("w2", now, lease).await.unwrap().is_none());
+    assert!(
+        s.finish_job(c.id, "w1", now, JobOutcome::Completed)
+            .await
+            .unwrap()
+    );
+    // a's worker died: once the lease lapses another takes it, and the first cannot
+    // renew or finish it any more.
+    let later = now + chrono::Duration::seconds(16);
+    let again = s.claim_job("w2", later, lease).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (a.id, 2));
+    assert!(!s.renew_lease(a.id, "w1", later).await.unwrap());
+    assert!(
+        !s.finish_job(a.id, "w1", later, JobOutcome::Completed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.renew_lease(a.id, "w2", later + chrono::Duration::seconds(15))
+            .await
+            .unwrap()
+    );
+    // A retry puts it back, due later; it stays the head, so b still waits.
+    let retry_at = later + chrono::Duration::seconds(4);
+    assert!(
+        s.finish_job_with_lines(
+            a.id,
+            "w2",
+            later,
+            JobOutcome::Retry {
+                run_after: retry_at,
+                error: "router unreachable".into()
+            },
+            &[(later, "attempt 2 failed; retry in 4 s".to_string())],
+        )
+        .await
+        .unwrap()
+    );
+    assert!(s.claim_job("w2", later, lease).await.unwrap().is_none());
+    let waiting = s.get_job(a.id).await.unwrap();
+    assert_eq!(waiting.state, JobState::Pending);
+    assert_eq!(
+        waiting.run_after.timestamp_millis(),
+        retry_at.timestamp_millis()
+    );
+    // b (due, but behind a) is the earliest due job: the worker sleeps at most its poll.
+    assert!(
+        s.next_job_at()
+            .await
+            .unwrap()
+            .is_some_and(|t| t <= retry_at)
+    );
+    // The router came back: its jobs are due now.
+    assert_eq!(s.hasten_jobs(w.router.id, later).await.unwrap(), 1);
+    let third = s.claim_job("w2", later, lease).await.unwrap().unwrap();
+    assert_eq!((third.id, third.attempts), (a.id, 3));
+    assert!(
+        s.finish_job(a.id, "w2", later, JobOutcome::Failed("gave up".into()))
+            .await
+            .unwrap()
+    );
+    let next = s.claim_job("w2", later, lease).await.unwrap().unwrap();
+    assert_eq!(next.id, b.id);
+    let jobs = s
+        .list_jobs(w.org, w.router.id, Page::default())
+        .await
+        .unwrap();
+    let (job_a, lines_a) = jobs.iter().find(|(j, _)| j.id == a.id).unwrap();
+    assert_eq!(job_a.state, JobState::Failed);
+    assert_eq!(job_a.last_error.as_deref(), Some("gave up"));
+    let texts: Vec<_> = lines_a.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["started, attempt 1", "attempt 2 failed; retry in 4 s"]
+    );
+    // A pending creation of a grant is superseded when the grant ends.
+    let grant = s
+        .create_access(new_access(&w, &[40001], true))
+        .await
+        .unwrap();
+    let gid = grant.id.to_string();
+    assert!(s.has_open_grant_job(&gid, "").await.unwrap());
+    let creation = s
+        .create_job(NewJob {
+            kind: "access.create".into(),
+            payload: json!({ "grant_id": gid }),
+            ..new_job(w.org, w.router.id, later)
+        })
+        .await
+        .unwrap();
+    assert!(s.has_open_grant_job(&gid, ".create").await.unwrap());
+    assert_eq!(
+        s.supersede_jobs(&gid, ".create", later, "superseded")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!s.has_open_grant_job(&gid, ".create").await.unwrap());
+    let superseded = s.get_job(creation.id).await.unwrap();
+    assert_eq!(superseded.state, JobState::Completed);
+    assert_eq!(superseded.last_error.as_deref(), Some("superseded"));
+    // Regions remember the address their gateway's connections come from.
+    assert_eq!(s.region_tunnel_source(w.region.id).await.unwrap(), None);
+    s.set_region_tunnel_source(w.region.id, Some("100.64.0.1".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.region_tunnel_source(w.region.id).await.unwrap(),
+        Some("100.64.0.1".parse().unwrap())
+    );
+    assert_eq!(s.list_all_routers().await.unwrap().len(), 3);
+}
+
+both!(job_leasing, leasing);
