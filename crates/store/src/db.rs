@@ -208,7 +208,7 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "job leasing",
             include_str!("../migrations/sqlite/0004_job_leasing.sql"),
         ),
-        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        // 10: the portal's sessions (numbers 5-9 were left free while branches ran side by side; gaps are harmless).
         migration(
             10,
             "sessions",
@@ -240,7 +240,7 @@ pub(crate) fn postgres_migrator() -> Migrator {
             "job leasing",
             include_str!("../migrations/postgres/0004_job_leasing.sql"),
         ),
-        // 10: the portal's sessions (numbered apart from the branches still adding 3, 5, …).
+        // 10: the portal's sessions (numbers 5-9 were left free while branches ran side by side; gaps are harmless).
         migration(
             10,
             "sessions",
