@@ -1023,6 +1023,15 @@ async fn patch_extends_and_shortens_within_limits(db: Db) {
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
+    // Each accepted change is audited once; refused ones leave no entry.
+    let actions = audit_actions(&s, &s.a.admin).await;
+    for action in ["access.update", "forward.update"] {
+        assert_eq!(
+            actions.iter().filter(|a| *a == action).count(),
+            2,
+            "{action} in {actions:?}"
+        );
+    }
     s.stop().await;
 }
 
