@@ -298,6 +298,86 @@ pub enum Grant {
     Forward(domain::ForwardId),
 }
 
+impl Grant {
+    /// The orchestrator's name for it.
+    pub fn key(self) -> orchestrator::GrantKey {
+        match self {
+            Grant::Access(id) => orchestrator::GrantKey::Access(id),
+            Grant::Forward(id) => orchestrator::GrantKey::Forward(id),
+        }
+    }
+
+    /// The word in audit actions (`access.update`) and targets (`access:<id>`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Grant::Access(_) => "access",
+            Grant::Forward(_) => "forward",
+        }
+    }
+
+    /// The audit target, `<kind>:<id>`.
+    pub fn target(self) -> String {
+        match self {
+            Grant::Access(id) => format!("access:{id}"),
+            Grant::Forward(id) => format!("forward:{id}"),
+        }
+    }
+}
+
+/// The new end a PATCH asks for: exactly one of `expire_after_minutes` and `expires_at`,
+/// within the configured limits, or a 422 naming the field.
+pub fn requested_expiry(
+    state: &AppState,
+    req: &crate::dto::UpdateExpiry,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    if req.expire_after_minutes.is_none() && req.expires_at.is_none() {
+        return Err(ApiError::field(
+            "expire_after_minutes",
+            "give expire_after_minutes or expires_at",
+        ));
+    }
+    let mut checks = Checks::default();
+    let at = resolve_expiry(
+        state,
+        &mut checks,
+        now,
+        req.expire_after_minutes,
+        req.expires_at.as_deref(),
+    );
+    checks.finish()?;
+    at.ok_or_else(|| ApiError::Internal("validation passed without a value".into()))
+}
+
+/// What follows a grant's end moving in the store: the cached lists, the orchestrator
+/// (timers and the router's self-expiry entry) and the audit log.
+pub async fn expiry_moved(
+    state: &AppState,
+    caller: &Caller,
+    grant: Grant,
+    router_id: RouterId,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    state.lists.invalidate(router_id);
+    if let Some(o) = &state.orchestrator {
+        o.grant_extended(grant.key(), caller.org_id, router_id, at)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    state
+        .store
+        .append_audit(audit(
+            caller,
+            now,
+            &format!("{}.update", grant.kind()),
+            Some(grant.target()),
+            serde_json::json!({ "expires_at": crate::dto::timestamp(at) }),
+        ))
+        .await?;
+    Ok(())
+}
+
 /// Tells the orchestrator a grant and its first job were just recorded: run it now,
 /// and re-arm the expiry timer.
 pub async fn grant_created(state: &AppState) {
@@ -347,18 +427,11 @@ pub async fn revoke(
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     if let Some(o) = &state.orchestrator {
-        let (key, action, target) = match grant {
-            Grant::Access(id) => (
-                orchestrator::GrantKey::Access(id),
-                "access.revoke",
-                format!("access:{id}"),
-            ),
-            Grant::Forward(id) => (
-                orchestrator::GrantKey::Forward(id),
-                "forward.revoke",
-                format!("forward:{id}"),
-            ),
-        };
+        let (key, action, target) = (
+            grant.key(),
+            format!("{}.revoke", grant.kind()),
+            grant.target(),
+        );
         let revoked = o
             .revoke(key)
             .await
@@ -372,7 +445,7 @@ pub async fn revoke(
             .append_audit(audit(
                 caller,
                 now,
-                action,
+                &action,
                 Some(target),
                 serde_json::json!({ "router_id": router_id.to_string() }),
             ))

@@ -10,8 +10,8 @@ use domain::{DstAddress, ForwardId, RouterId};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, ended_window, grant_list, is_expired, json_body, load_router, new_job,
-    not_found_as, port_candidates, resolve_allow_from, resolve_expiry,
+    Checks, audit, ended_window, expiry_moved, grant_list, is_expired, json_body, load_router,
+    new_job, not_found_as, port_candidates, requested_expiry, resolve_allow_from, resolve_expiry,
 };
 use crate::auth::{Caller, ListCaller};
 use crate::dto::{
@@ -267,28 +267,7 @@ pub async fn forward_patch(
     caller.require_write()?;
     let (router, forward) = load(&state, &caller, &router_id, &id).await?;
     let now = state.now();
-    let mut checks = Checks::default();
-    if req.expire_after_minutes.is_none() && req.expires_at.is_none() {
-        checks.push(
-            "expire_after_minutes",
-            "give expire_after_minutes or expires_at",
-        );
-    }
-    checks.finish()?;
-    let mut checks = Checks::default();
-    let at = resolve_expiry(
-        &state,
-        &mut checks,
-        now,
-        req.expire_after_minutes,
-        req.expires_at.as_deref(),
-    );
-    checks.finish()?;
-    let Some(at) = at else {
-        return Err(ApiError::Internal(
-            "validation passed without a value".into(),
-        ));
-    };
+    let at = requested_expiry(&state, &req, now)?;
     if !forward.status.is_live() {
         return Err(ApiError::Conflict(format!(
             "the forward is {} and can no longer change",
@@ -299,27 +278,15 @@ pub async fn forward_patch(
         .store
         .set_forward_expiry(caller.org_id, router.id, forward.id, at)
         .await?;
-    state.lists.invalidate(router.id);
-    if let Some(o) = &state.orchestrator {
-        o.grant_extended(
-            orchestrator::GrantKey::Forward(forward.id),
-            caller.org_id,
-            router.id,
-            at,
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
-    state
-        .store
-        .append_audit(audit(
-            &caller,
-            now,
-            "forward.update",
-            Some(format!("forward:{}", forward.id)),
-            json!({ "expires_at": timestamp(at) }),
-        ))
-        .await?;
+    expiry_moved(
+        &state,
+        &caller,
+        super::common::Grant::Forward(forward.id),
+        router.id,
+        at,
+        now,
+    )
+    .await?;
     Ok(Json(view(&updated, now)))
 }
 
