@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::common::{
     Checks, audit, ended_window, expiry_moved, grant_list, is_expired, json_body, load_router,
-    new_job, not_found_as, port_candidates, requested_expiry, resolve_allow_from, resolve_expiry,
+    new_job, not_found_as, requested_expiry, resolve_allow_from, resolve_expiry,
 };
 use crate::auth::{Caller, ListCaller, random_alnum};
 use crate::dto::{
@@ -201,7 +201,7 @@ pub async fn access_post(
             created_by: caller.actor.clone(),
             region_id: region.id,
             entry_point: region.entry_point.clone(),
-            port_candidates: port_candidates(region.port_min, region.port_max),
+            port_candidates: super::common::entry_port_candidates(&state, &region),
             audit: audit(
                 &caller,
                 now,

@@ -168,7 +168,7 @@ pub async fn forwards_post(
             created_by: caller.actor.clone(),
             region_id: region.id,
             entry_point: region.entry_point.clone(),
-            port_candidates: port_candidates(region.port_min, region.port_max),
+            port_candidates: super::common::entry_port_candidates(&state, &region),
             router_port_candidates: port_candidates(
                 state.config.forward_port_min,
                 state.config.forward_port_max,
