@@ -138,7 +138,7 @@ pub async fn forwards_post(
         req.expires_at.as_deref(),
     );
     let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
-    let dst_address = checks.take(DstAddress::parse(&req.dst_address));
+    let dst_address = checks.take(DstAddress::parse_with(&req.dst_address, &state.policy()));
     let allow_from = resolve_allow_from(
         &state,
         &mut checks,
