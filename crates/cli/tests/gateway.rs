@@ -38,6 +38,11 @@ impl Drop for Server {
 
 /// Starts `postern server` (lab mode, JSON logs) on `data` and makes an admin token.
 fn start(data: &std::path::Path) -> Server {
+    start_with(data, &[])
+}
+
+/// The same with more arguments (`--config FILE`).
+fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "server",
@@ -49,9 +54,11 @@ fn start(data: &std::path::Path) -> Server {
             "--data-dir",
         ])
         .arg(data)
+        .args(extra)
         .env_remove("POSTERN_LISTEN")
         .env_remove("POSTERN_DATA_DIR")
         .env_remove("POSTERN_DATABASE_URL")
+        .env_remove("POSTERN_PORT_COOLDOWN")
         .env("POSTERN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -479,5 +486,87 @@ async fn a_forward_reaches_a_service_behind_dst_nat_and_survives_a_restart() {
         .filter_map(|c| c["end_reason"].as_str())
         .collect();
     assert!(reasons.len() >= 2, "{conns}");
+    sim.shutdown().await;
+}
+
+/// Two consecutive ports free on 127.0.0.1 now.
+fn free_pair() -> u16 {
+    for i in 0..2000u32 {
+        let p =
+            42000 + u16::try_from((rand_suffix() as u32).wrapping_add(i * 7919) % 6000).unwrap();
+        let a = std::net::TcpListener::bind(("127.0.0.1", p));
+        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free consecutive ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_ports_skip_unbindable_and_cooling_ports_and_a_full_range_is_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_pair();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[regions]]\nname = \"local\"\nentry_point = \"127.0.0.1\"\nport_min = {p}\nport_max = {}\n",
+            p + 1
+        ),
+    )
+    .unwrap();
+    // Someone else holds the range's second port.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", p + 1)).unwrap();
+    let sim = sim::RouterHandle::start(sim::RouterOptions::new(
+        "gw-ports",
+        "127.0.31.3".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let s = start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let router = register(&s, &sim, "gw-ports").await;
+    let base = format!("/api/routers/{router}/transient-access");
+    let body = json!({ "type": "ssh", "allow_from": "127.0.0.1", "expire_after_minutes": 30 });
+    // Only the bindable port is offered, every time.
+    let a = ok(&s, "POST", &format!("{base}?wait=true"), Some(body.clone())).await;
+    assert_eq!(a["port"], p, "{a}");
+    assert_eq!(a["status"], "active", "{a}");
+    assert!(
+        probe("127.0.0.1".parse().unwrap(), p)
+            .await
+            .unwrap()
+            .starts_with(b"SSH-2.0-")
+    );
+    // Nothing left: 409, and nothing made.
+    let (status, problem) = call(&s, "POST", &base, Some(body.clone())).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no free gateway port"),
+        "{problem}"
+    );
+    // Revoked and clean on the router, its port is free in the store but cools down.
+    let a_id = a["id"].as_str().unwrap();
+    let (status, _) = call(&s, "DELETE", &format!("{base}/{a_id}"), None).await;
+    assert_eq!(status, 204);
+    eventually("the grant revoked", async || {
+        ok(&s, "GET", &format!("{base}/{a_id}"), None).await["status"] == "revoked"
+    })
+    .await;
+    let (status, problem) = call(&s, "POST", &base, Some(body.clone())).await;
+    assert_eq!(status, 409, "the cooling port was handed out: {problem}");
+    // The other port freed: it is the one offered.
+    drop(squatter);
+    let d = ok(&s, "POST", &format!("{base}?wait=true"), Some(body)).await;
+    assert_eq!(d["port"], p + 1, "{d}");
+    assert_eq!(d["status"], "active", "{d}");
+    let list = ok(&s, "GET", &format!("{base}?all=true"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     sim.shutdown().await;
 }

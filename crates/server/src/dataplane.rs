@@ -87,12 +87,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The event task and how to tell it to stop.
+type EventTask = (oneshot::Sender<()>, JoinHandle<()>);
+
 /// The gateway of `postern server`: cheap to clone, every clone drives the same one.
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
     shared: Arc<Shared>,
-    events: Arc<Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>>,
+    events: Arc<Mutex<Option<EventTask>>>,
 }
 
 impl std::fmt::Debug for GatewayPlane {
