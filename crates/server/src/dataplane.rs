@@ -240,9 +240,14 @@ impl GatewayPlane {
                 .map(LiveGrant::Forward),
         );
         let mut specs = Vec::new();
+        let now = Utc::now();
         for grant in &grants {
             let key = gateway_key(grant.key());
-            let (_, router_id, ..) = record_parts(grant);
+            let (_, router_id, _, _, expires_at) = record_parts(grant);
+            if expires_at <= now {
+                // Ended while no gateway ran: the orchestrator expires it now.
+                continue;
+            }
             let Some(router) = routers.get(&router_id) else {
                 tracing::warn!(grant = %key, "start-up: the grant's router is gone");
                 continue;
