@@ -488,6 +488,26 @@ port_max = 40010
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.grant_limits.min, Duration::from_secs(5));
         assert_eq!(c.regions[0].name, "eu");
+        // A host name as entry point: the gateway binds every address.
+        assert_eq!(c.regions[0].bind_address().to_string(), "0.0.0.0");
+        assert_eq!(c.port_cooldown, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn gateway_bind_address_and_port_cooldown() {
+        let mut r = RegionConfig::local();
+        assert_eq!(r.bind_address().to_string(), "127.0.0.1");
+        r.entry_point = "2001:db8::7".into();
+        assert_eq!(r.bind_address().to_string(), "2001:db8::7");
+        r.gateway_bind = Some(IpAddr::from([10, 0, 0, 5]));
+        assert_eq!(r.bind_address().to_string(), "10.0.0.5");
+        let c = ServerConfig::load(
+            None,
+            env(&[("POSTERN_PORT_COOLDOWN", "5s")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.port_cooldown, Duration::from_secs(5));
     }
 
     #[test]
