@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod common;
 mod forwards;
+pub(crate) mod grants;
 mod routers;
 mod system;
 
