@@ -21,7 +21,7 @@ const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = resolve(process.env.POSTERN_SCREENSHOTS || join(root, "target/web-screenshots"));
 
 const children = [];
-let dataDir, browser, routerAddress, baseUrl, adminPassword, token, siteName;
+let dataDir, browser, routerAddress, baseUrl, adminPassword, token, siteName, routerId;
 
 /** Starts a process and resolves with the first stdout/stderr line `pick` accepts. */
 function startAndRead(args, env, pick, what) {
@@ -123,6 +123,7 @@ before(async () => {
     ssh_port: router.ssh_port,
     winbox_port: router.winbox_port,
   });
+  routerId = created.id;
   // One live access (from loopback: lab mode) so the lists and the log have something.
   await api("POST", `/api/routers/${created.id}/transient-access`, {
     type: "winbox",
@@ -163,6 +164,15 @@ async function newPage(width = 1280, height = 860) {
   const problems = [];
   page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
   page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  if (process.env.DEBUG_CSP) {
+    await page.addInitScript(() => {
+      document.addEventListener("securitypolicyviolation", (e) => {
+        const t = e.target;
+        console.log("CSP", e.violatedDirective, e.sample, t && t.outerHTML ? t.outerHTML.slice(0, 300) : String(t), e.sourceFile, e.lineNumber);
+      });
+    });
+    page.on("console", (m) => { if (m.text().startsWith("CSP")) console.error(m.text()); });
+  }
   return { page, problems, context };
 }
 
@@ -338,5 +348,200 @@ test("a form without the session's CSRF token is refused", async () => {
   assert.match(page.url(), /\/sites$/);
   // Chromium logs the refused request itself as a console error: that one is expected.
   assert.deepEqual(problems.filter((p) => !p.includes("403")), []);
+  await context.close();
+});
+
+/** Signs in and opens the site's tab `tab` ("Transient Access", …) through the UI. */
+async function openTab(page, tab) {
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  await page.getByRole("link", { name: siteName }).click();
+  await page.getByRole("heading", { name: siteName }).waitFor();
+  await page.getByRole("link", { name: tab }).click();
+  await page.getByRole("heading", { name: "Active" }).waitFor();
+}
+
+/** The live row of the grant whose row mentions `text`. */
+function liveRow(page, text) {
+  return page.locator("#grants-list table.list:not(.ended) tbody tr", { hasText: text });
+}
+
+test("Add transient access with the defaults, then its Credentials", async () => {
+  const { page, problems, context } = await newPage();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: baseUrl });
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  // Every option, with the reference's defaults.
+  assert.equal(await page.getByLabel("Full access", { exact: true }).isChecked(), true);
+  assert.equal(await page.getByLabel("Allow RFC 1918").isChecked(), false);
+  assert.equal(await page.getByLabel("Allow from").inputValue(), "127.0.0.1", "the visitor's own address");
+  assert.equal(await page.getByLabel("Validity").inputValue(), "120");
+  assert.match(await page.getByLabel("Validity").locator("option:checked").innerText(), /^2 hours$/);
+  assert.equal(await page.getByLabel("WinBox").isChecked(), true);
+  assert.equal(await page.getByLabel("SSH").isChecked(), false);
+  // The level below full access shows only when full access is off.
+  assert.equal(await page.getByLabel("Level without full access").isVisible(), false);
+  await page.getByLabel("Full access", { exact: true }).uncheck();
+  assert.equal(await page.getByLabel("Level without full access").isVisible(), true);
+  await page.getByLabel("Full access", { exact: true }).check();
+  await shot(page, "20-access-add-form");
+
+  await page.getByRole("button", { name: "Create access" }).click();
+  const notice = page.getByRole("status");
+  await notice.waitFor();
+  const username = (await notice.innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  const row = liveRow(page, username);
+  await row.waitFor();
+  assert.match(await row.innerText(), /WinBox · full/);
+  assert.match(await row.innerText(), /not yet used/);
+  assert.match(await row.innerText(), /from 127\.0\.0\.1\/32/);
+  // The router is set up within seconds; the list follows by itself.
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  assert.match(await row.locator("time.countdown").innerText(), /^1 h 5\d min$|^2 h 00 min$/);
+  await shot(page, "21-access-created");
+
+  await row.getByRole("button", { name: `Credentials of ${username}` }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  const text = await dialog.innerText();
+  assert.match(text, new RegExp(`Credentials of ${username}`));
+  const values = await dialog.locator("dd code").allInnerTexts();
+  assert.equal(values.length, 3, text);
+  const [endpoint, user, password] = values;
+  assert.match(endpoint, /^[^:]+:\d+$/);
+  assert.equal(user, username);
+  assert.match(password, /^[A-Za-z0-9]{24}$/);
+  const port = endpoint.split(":").pop();
+  const grants = await api("GET", `/api/routers/${routerId}/transient-access`);
+  const grant = grants.find((g) => g.username === username);
+  assert.equal(String(grant.port), port, "the endpoint's port is the grant's");
+  assert.equal(
+    await dialog.getByRole("link", { name: "Open in WinBox" }).getAttribute("href"),
+    `winbox://${username}@${endpoint}`,
+  );
+  await dialog.getByRole("button", { name: "Copy Password" }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), password);
+  await dialog.getByRole("button", { name: "Copy Username" }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), username);
+  await shot(page, "22-access-credentials");
+  // The phone sees the same dialog.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, "23-access-credentials-phone");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(await page.locator("#dialog-body").innerText(), "", "the password leaves the page");
+  // Reading them was audited, as through the API.
+  const audit = await api("GET", "/api/audit");
+  const reads = (audit.items || audit).filter((e) => e.action === "access.credentials.read" && e.target === `access:${grant.id}`);
+  assert.equal(reads.length, 1, JSON.stringify(reads));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("a refused Add form says what is wrong next to the field", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  await page.getByLabel("Allow from").fill("203.0.113.0/8");
+  await page.getByLabel("SSH").check();
+  await page.getByRole("button", { name: "Create access" }).click();
+  const input = page.getByLabel("Allow from");
+  await page.locator("#allow_from-error").waitFor();
+  assert.equal(await input.getAttribute("aria-invalid"), "true");
+  assert.match(await page.locator("#allow_from-error").innerText(), /\/24/);
+  // What was typed is kept, and the field in error has the focus.
+  assert.equal(await input.inputValue(), "203.0.113.0/8");
+  assert.equal(await page.getByLabel("SSH").isChecked(), true);
+  assert.equal(await page.evaluate(() => document.activeElement.id), "allow_from");
+  await shot(page, "24-access-refused");
+  // Chromium logs the 422 itself as a console error: that one is expected.
+  assert.deepEqual(problems.filter((p) => !p.includes("422")), []);
+  await context.close();
+});
+
+test("Revoke asks first, then the grant moves to Ended", async () => {
+  const grant = await api("POST", `/api/routers/${routerId}/transient-access`, {
+    type: "ssh", allow_from: "127.0.0.1/32", expire_after_minutes: 60,
+  });
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  const row = liveRow(page, grant.username);
+  await row.waitFor();
+  // Declining the question changes nothing.
+  page.once("dialog", (d) => d.dismiss());
+  await row.getByRole("button", { name: `Revoke ${grant.username}` }).click();
+  await page.waitForTimeout(300);
+  assert.equal(await row.count(), 1);
+  page.once("dialog", (d) => {
+    assert.match(d.message(), new RegExp(`Revoke ${grant.username}`));
+    d.accept();
+  });
+  await row.getByRole("button", { name: `Revoke ${grant.username}` }).click();
+  await row.waitFor({ state: "detached" });
+  const ended = page.locator("table.ended tbody tr", { hasText: grant.username });
+  await ended.waitFor();
+  await ended.locator(".badge.revoked").waitFor({ timeout: 15000 });
+  assert.match(await ended.innerText(), /early/);
+  await shot(page, "25-access-revoked");
+  const after = await api("GET", `/api/routers/${routerId}/transient-access/${grant.id}`);
+  assert.ok(["closing", "revoked"].includes(after.status), after.status);
+  assert.equal(after.revoked_early, true);
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("Add a transient forward, see its Details, revoke it", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Forwarding");
+  await page.getByText("Add transient forward").click();
+  assert.equal(await page.getByLabel("Masquerade").isChecked(), false);
+  assert.equal(await page.getByLabel("Allow from").inputValue(), "127.0.0.1");
+  assert.equal(await page.getByLabel("Validity").inputValue(), "120");
+  await page.getByLabel("Destination address").fill("192.168.88.43");
+  await page.getByLabel("Destination port").fill("8080");
+  await page.getByLabel("Masquerade").check();
+  await shot(page, "26-forward-add-form");
+  await page.getByRole("button", { name: "Create forward" }).click();
+  await page.getByRole("status").waitFor();
+  const row = liveRow(page, "192.168.88.43:8080");
+  await row.waitFor();
+  assert.match(await row.innerText(), /masquerade/);
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  await shot(page, "27-forward-created");
+  await row.getByRole("link", { name: /Details of/ }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  assert.match(await dialog.innerText(), /forwarded to 192\.168\.88\.43:8080/);
+  await shot(page, "28-forward-details");
+  await dialog.getByRole("link", { name: "Close" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  page.once("dialog", (d) => d.accept());
+  await row.getByRole("button", { name: /Revoke/ }).click();
+  await row.waitFor({ state: "detached" });
+  await page.locator("table.ended tbody tr", { hasText: "192.168.88.43:8080" }).waitFor();
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("the Orchestration Log shows each job and its lines", async () => {
+  const { page, problems, context } = await newPage();
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  await page.getByRole("link", { name: siteName }).click();
+  await page.getByRole("link", { name: "Orchestration Log" }).click();
+  await page.waitForURL(/\/jobs$/);
+  const jobs = page.locator("ul.jobs > li");
+  await jobs.first().waitFor();
+  const kinds = await jobs.locator("summary strong").allInnerTexts();
+  assert.ok(kinds.includes("access.create"), kinds.join(", "));
+  assert.ok(kinds.includes("forward.create"), kinds.join(", "));
+  // Newest first: the last thing done (the forward's revoke) heads the list.
+  assert.equal(kinds[0], "forward.end", kinds.join(", "));
+  const first = jobs.first().locator("details");
+  if ((await first.getAttribute("open")) === null) await first.locator("summary").click();
+  await first.locator("ol.lines li").first().waitFor();
+  assert.match(await first.locator("ol.lines").innerText(), /completed|connected/);
+  await shot(page, "29-jobs");
+  assert.deepEqual(problems, []);
   await context.close();
 });

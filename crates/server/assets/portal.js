@@ -60,9 +60,10 @@
     }
   });
   document.addEventListener("htmx:afterSettle", function (e) {
-    var target = e.detail.target;
-    if (!target || !target.querySelector) return;
-    var bad = target.querySelector("[aria-invalid=true]");
+    // The swapped element may be gone (outerHTML): look in the page, after a post.
+    var config = e.detail.requestConfig;
+    if (!config || config.verb !== "post") return;
+    var bad = document.querySelector("form [aria-invalid=true]");
     if (bad) bad.focus();
   });
   document.addEventListener("close", function (e) {
