@@ -429,7 +429,8 @@ test("Add transient access with the defaults, then its Credentials", async () =>
   await shot(page, "23-access-credentials-phone");
   await page.keyboard.press("Escape");
   await dialog.waitFor({ state: "hidden" });
-  assert.equal(await page.locator("#dialog-body").innerText(), "", "the password leaves the page");
+  // The password leaves the page with the dialog.
+  await page.waitForFunction(() => document.getElementById("dialog-body").textContent === "");
   // Reading them was audited, as through the API.
   const audit = await api("GET", "/api/audit");
   const reads = (audit.items || audit).filter((e) => e.action === "access.credentials.read" && e.target === `access:${grant.id}`);
@@ -542,6 +543,37 @@ test("the Orchestration Log shows each job and its lines", async () => {
   await first.locator("ol.lines li").first().waitFor();
   assert.match(await first.locator("ol.lines").innerText(), /completed|connected/);
   await shot(page, "29-jobs");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("on a phone (390×844) every screen fits the width", async () => {
+  const { page, problems, context } = await newPage(390, 844);
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  const fits = async (what) => {
+    const [scroll, client] = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+    assert.ok(scroll <= client, `${what}: ${scroll} px wide in ${client}`);
+  };
+  await fits("sites");
+  await page.getByRole("link", { name: siteName }).click();
+  await page.locator(".facts").waitFor();
+  await fits("overview");
+  await shot(page, "30-overview-phone");
+  await page.getByRole("link", { name: "Transient Access" }).click();
+  await page.getByText("Add transient access").click();
+  await page.getByRole("button", { name: "Create access" }).waitFor();
+  await fits("access");
+  await shot(page, "31-access-form-phone");
+  await page.getByRole("link", { name: "Transient Forwarding" }).click();
+  await page.getByText("Add transient forward").click();
+  await page.getByRole("button", { name: "Create forward" }).waitFor();
+  await fits("forwards");
+  await shot(page, "32-forwards-phone");
+  await page.getByRole("link", { name: "Orchestration Log" }).click();
+  await page.locator("ul.jobs").waitFor();
+  await fits("jobs");
+  await shot(page, "33-jobs-phone");
   assert.deepEqual(problems, []);
   await context.close();
 });

@@ -92,7 +92,7 @@ pub async fn sites_get(
             name: site.name,
             identity: router
                 .and_then(|r| r.identity.clone())
-                .unwrap_or_else(|| "—".into()),
+                .unwrap_or_else(|| NOT_REPORTED.into()),
             region: router
                 .and_then(|r| regions.get(&r.region_id).cloned())
                 .unwrap_or_else(|| "—".into()),
@@ -192,9 +192,18 @@ pub(super) async fn load(
     Ok((site, routers.into_iter().next()))
 }
 
+/// What a router fact reads before the router has reported it.
+const NOT_REPORTED: &str = "not reported yet";
+
 struct Fact {
     label: &'static str,
     value: String,
+}
+
+impl Fact {
+    fn missing(&self) -> bool {
+        self.value == NOT_REPORTED
+    }
 }
 
 #[derive(Template)]
@@ -217,7 +226,10 @@ pub async fn site_get(
     if let Some(r) = &router {
         let region = state.store.get_region(r.region_id).await?;
         let or_unknown =
-            |v: &Option<String>| v.clone().unwrap_or_else(|| "not reported yet".into());
+            |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
+        let org = signed.caller.org_id;
+        let live_access = state.store.list_access(org, r.id, None).await?.len();
+        let live_forwards = state.store.list_forwards(org, r.id, None).await?.len();
         facts = vec![
             Fact {
                 label: "Router",
@@ -236,6 +248,11 @@ pub async fn site_get(
                 value: or_unknown(&r.board_name),
             },
             Fact {
+                label: "Uptime",
+                // The router record does not carry it yet.
+                value: NOT_REPORTED.into(),
+            },
+            Fact {
                 label: "Status",
                 value: status_word(r.status).into(),
             },
@@ -250,9 +267,17 @@ pub async fn site_get(
             Fact {
                 label: "Last seen",
                 value: r.last_seen_at.map_or_else(
-                    || "never".into(),
+                    || NOT_REPORTED.into(),
                     |at| format!("{} ({})", ago(now, at), human(at)),
                 ),
+            },
+            Fact {
+                label: "Live transient access",
+                value: live_access.to_string(),
+            },
+            Fact {
+                label: "Live transient forwards",
+                value: live_forwards.to_string(),
             },
         ];
     }
