@@ -225,8 +225,7 @@ pub async fn site_get(
     let mut facts = Vec::new();
     if let Some(r) = &router {
         let region = state.store.get_region(r.region_id).await?;
-        let or_unknown =
-            |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
         let org = signed.caller.org_id;
         let live_access = state.store.list_access(org, r.id, None).await?.len();
         let live_forwards = state.store.list_forwards(org, r.id, None).await?.len();
@@ -344,7 +343,12 @@ pub async fn site_jobs_get(
                 state: job.state.as_str(),
                 open: unfinished,
                 created: human(job.created_at),
-                attempts: format!("{}/{}", job.attempts, job.max_attempts),
+                // A clean-up (max 0) is retried until it succeeds: no "of n".
+                attempts: if job.max_attempts == 0 {
+                    format!("attempt {}", job.attempts)
+                } else {
+                    format!("attempt {} of {}", job.attempts, job.max_attempts)
+                },
                 error: job.last_error.unwrap_or_default(),
                 lines: lines
                     .into_iter()
