@@ -37,6 +37,9 @@ pub struct AppState {
     /// The orchestrator running in this process, if any: created grants' jobs run at
     /// once, revoke goes through it (gateway first, then the router).
     pub orchestrator: Option<orchestrator::Orchestrator>,
+    /// The gateway running in this process, if any: entry-port candidates skip what it
+    /// cannot use, `?wait=true` waits for its listener, connections show live counts.
+    pub gateway: Option<crate::dataplane::GatewayPlane>,
 }
 
 impl AppState {
@@ -49,12 +52,19 @@ impl AppState {
             tokens: TokenCache::default(),
             lists: ListCache::default(),
             orchestrator: None,
+            gateway: None,
         }
     }
 
     /// With the orchestrator this process runs.
     pub fn with_orchestrator(mut self, orchestrator: orchestrator::Orchestrator) -> Self {
         self.orchestrator = Some(orchestrator);
+        self
+    }
+
+    /// With the gateway this process runs.
+    pub fn with_gateway(mut self, gateway: crate::dataplane::GatewayPlane) -> Self {
+        self.gateway = Some(gateway);
         self
     }
 

@@ -9,7 +9,8 @@ use domain::{AccessLevel, AccessType, DstAddress};
 use serde_json::json;
 
 use super::common::{
-    Checks, audit, new_job, port_candidates, resolve_allow_from, resolve_expiry, revoke,
+    Checks, audit, entry_port_candidates, new_job, port_candidates, resolve_allow_from,
+    resolve_expiry, revoke,
 };
 use crate::auth::{Caller, random_alnum};
 use crate::dto::{AccessLevelDto, CreateAccess, CreateForward, CredentialsView, timestamp};
@@ -99,7 +100,7 @@ pub async fn create_access(
             created_by: caller.actor.clone(),
             region_id: region.id,
             entry_point: region.entry_point.clone(),
-            port_candidates: port_candidates(region.port_min, region.port_max),
+            port_candidates: entry_port_candidates(state, &region),
             audit: audit(
                 caller,
                 now,
@@ -142,7 +143,7 @@ pub async fn create_forward(
         req.expires_at.as_deref(),
     );
     let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
-    let dst_address = checks.take(DstAddress::parse(&req.dst_address));
+    let dst_address = checks.take(DstAddress::parse_with(&req.dst_address, &state.policy()));
     let allow_from = resolve_allow_from(
         state,
         &mut checks,
@@ -172,7 +173,7 @@ pub async fn create_forward(
             created_by: caller.actor.clone(),
             region_id: region.id,
             entry_point: region.entry_point.clone(),
-            port_candidates: port_candidates(region.port_min, region.port_max),
+            port_candidates: entry_port_candidates(state, &region),
             router_port_candidates: port_candidates(
                 state.config.forward_port_min,
                 state.config.forward_port_max,

@@ -5,6 +5,7 @@
 mod access;
 mod admin;
 mod common;
+mod connections;
 mod forwards;
 pub(crate) mod grants;
 mod routers;
@@ -78,6 +79,8 @@ fn described() -> OpenApiRouter<AppState> {
             access::access_delete
         ))
         .routes(routes!(access::access_credentials_get))
+        .routes(routes!(connections::access_connections_get))
+        .routes(routes!(connections::forward_connections_get))
         .routes(routes!(routers::routers_list, routers::routers_post))
         .routes(routes!(
             routers::router_get,
