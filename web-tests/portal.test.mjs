@@ -1,16 +1,17 @@
-// The portal in a real browser: Debian's chromium driven by playwright-core, against a
-// real `postern server` (lab mode, temporary data directory, free port) and a real sim
-// router (`postern sim` on a 127.x address). Signs in, reads Sites, opens every tab of
-// the site, the admin pages, and signs out, saving a screenshot of each screen under
-// target/web-screenshots/. Any console error or page error fails the test.
+// The portal in a real browser: Debian's chromium driven by playwright-core, against
+// `postern demo` (server, in-process gateway and sim routers; lab mode, temporary data
+// directory, free ports). Signs in, reads Sites, opens every tab of the site, adds
+// transient access with the defaults and reads its Credentials, logs in through the
+// gateway with OpenSSH (`sshpass`) using an SSH grant's, revokes, adds a forward, reads
+// the orchestration log, the admin pages, and signs out, saving a screenshot of each
+// screen under target/web-screenshots/. Any console error or page error fails the test.
 //
 // Run: POSTERN_BIN=target/debug/postern node --test web-tests/
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn, execFile } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -21,7 +22,7 @@ const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = resolve(process.env.POSTERN_SCREENSHOTS || join(root, "target/web-screenshots"));
 
 const children = [];
-let dataDir, browser, routerAddress, baseUrl, adminPassword, token, siteName, routerId;
+let browser, routerAddress, baseUrl, adminPassword, token, siteName, routerId;
 
 /** Starts a process and resolves with the first stdout/stderr line `pick` accepts. */
 function startAndRead(args, env, pick, what) {
@@ -64,68 +65,36 @@ async function api(method, path, body) {
 
 before(async () => {
   mkdirSync(shots, { recursive: true });
-  dataDir = mkdtempSync(join(tmpdir(), "postern-web-"));
 
-  // A sim router on its own 127.x address, every port picked by the kernel.
-  const simAddress = `127.0.${2 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}`;
-  const sim = await startAndRead(
-    ["sim", "--routers", "1", "--base-address", simAddress, "--api-port", "0", "--api-tls-port", "0",
-      "--winbox-port", "0", "--ssh-port", "0", "--admin-password", "sim-admin-pw"],
+  // `postern demo`: the server, its in-process gateway and sim routers (on a 127.x block
+  // of their own, every port picked by the kernel), in lab mode over a temporary data
+  // directory it removes at exit. It prints one JSON line once everything listens.
+  const base = `127.${1 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}.1`;
+  const demo = await startAndRead(
+    ["demo", "--json", "--listen", "127.0.0.1:0", "--routers", "2", "--base-address", base],
     {},
     (line) => {
       try {
         const v = JSON.parse(line);
-        return v.api_port ? v : undefined;
+        return v.portal_url ? v : undefined;
       } catch {
         return undefined;
       }
     },
-    "postern sim",
+    "postern demo",
   );
-  const router = sim.value;
-  routerAddress = router.address;
+  const d = demo.value;
+  baseUrl = d.portal_url.replace(/\/$/, "");
+  adminPassword = d.admin_password;
+  assert.equal(d.admin_user, "admin");
+  token = d.api_token;
+  routerId = d.routers[0].id;
+  routerAddress = d.routers[0].tunnel_address;
+  const sites = await api("GET", "/api/sites");
+  siteName = sites.find((s) => s.router && s.router.id === routerId).name;
 
-  // The server: first start prints the admin's password on stdout; the log (JSON, on
-  // stderr) says where it listens.
-  let password;
-  const server = await startAndRead(
-    ["server", "--listen", "127.0.0.1:0", "--log-format", "json", "--lab-mode", "--data-dir", dataDir],
-    {},
-    (line) => {
-      const m = line.match(/with password (\S+)/);
-      if (m) password = m[1];
-      try {
-        const v = JSON.parse(line);
-        return v.fields && v.fields.listen ? v.fields.listen : undefined;
-      } catch {
-        return undefined;
-      }
-    },
-    "postern server",
-  );
-  baseUrl = `http://${server.value}`;
-  // The password line comes before the listen line.
-  assert.ok(password, "the first start printed the admin password");
-  adminPassword = password;
-
-  token = execFileSync(bin, ["admin", "create-token", "--data-dir", dataDir, "--role", "admin", "--name", "web-tests"], {
-    encoding: "utf8",
-  }).trim();
-
-  siteName = "Branch Office";
-  const created = await api("POST", "/api/routers", {
-    name: "branch-01",
-    site: siteName,
-    tunnel_address: router.address,
-    username: "admin",
-    password: "sim-admin-pw",
-    api_port: router.api_port,
-    ssh_port: router.ssh_port,
-    winbox_port: router.winbox_port,
-  });
-  routerId = created.id;
   // One live access (from loopback: lab mode) so the lists and the log have something.
-  await api("POST", `/api/routers/${created.id}/transient-access`, {
+  await api("POST", `/api/routers/${routerId}/transient-access`, {
     type: "winbox",
     allow_from: "127.0.0.1/32",
     expire_after_minutes: 120,
@@ -154,7 +123,6 @@ after(async () => {
       });
     }
   }
-  for (const d of [dataDir]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
 /** A fresh page that fails the test on any console error or uncaught error. */
@@ -233,7 +201,7 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   assert.equal(await page.evaluate(() => window.posternMark), "same page", "htmx swapped the tab in");
   const active = page.locator("table.list").first();
   assert.match(await active.innerText(), /WinBox/);
-  assert.match(await active.innerText(), /admin|token:web-tests/);
+  assert.match(await active.innerText(), /admin|token:demo/);
   // The countdown is live: it reads "1 h 59 min" or so, not the raw time.
   await page.waitForTimeout(1200);
   assert.match(await page.locator("time.countdown").first().innerText(), /^1 h 5\d min$|^2 h 00 min$/);
@@ -281,7 +249,7 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   }
   const audit = await page.locator("table.list").innerText();
   assert.match(audit, /session\.login/);
-  assert.match(await page.locator("body").innerText(), /web-tests|admin/);
+  assert.match(await page.locator("body").innerText(), /token:demo|admin/);
 
   // A phone-sized screen.
   await page.setViewportSize({ width: 390, height: 844 });
@@ -457,6 +425,74 @@ test("a refused Add form says what is wrong next to the field", async () => {
   await shot(page, "24-access-refused");
   // Chromium logs the 422 itself as a console error: that one is expected.
   assert.deepEqual(problems.filter((p) => !p.includes("422")), []);
+  await context.close();
+});
+
+/** Runs `command` on the router through the gateway with OpenSSH; { code, out }. */
+function ssh(host, port, user, password, command) {
+  return new Promise((ok) => {
+    execFile(
+      "sshpass",
+      ["-e", "ssh", "-p", String(port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no",
+        "-o", "ConnectTimeout=5", "-o", "NumberOfPasswordPrompts=1",
+        `${user}@${host}`, command],
+      { env: { ...process.env, SSHPASS: password }, timeout: 20000 },
+      (err, stdout, stderr) => ok({ code: err ? (err.code ?? 1) : 0, out: stdout + stderr }),
+    );
+  });
+}
+
+test("an SSH access from the form logs in through the gateway, until revoked", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  await page.getByLabel("SSH").check();
+  await page.getByRole("button", { name: "Create access" }).click();
+  const username = (await page.getByRole("status").innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  const row = liveRow(page, username);
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  assert.match(await row.innerText(), /SSH · full/);
+  await row.getByRole("button", { name: `Credentials of ${username}` }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  const [endpoint, user, password, command] = await dialog.locator("dd code").allInnerTexts();
+  assert.equal(user, username);
+  const [host, port] = [endpoint.slice(0, endpoint.lastIndexOf(":")), endpoint.slice(endpoint.lastIndexOf(":") + 1)];
+  assert.equal(command, `ssh -p ${port} ${username}@${host}`);
+  assert.equal(await dialog.getByRole("link", { name: "Open in WinBox" }).count(), 0, "no WinBox link for SSH");
+  await shot(page, "40-ssh-credentials");
+  await page.keyboard.press("Escape");
+
+  // The credentials shown log in, through the gateway's port, to the router itself.
+  let result;
+  for (let i = 0; i < 10; i++) {
+    result = await ssh(host, port, user, password, "/system identity print");
+    if (result.code === 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(result.code, 0, result.out);
+  assert.match(result.out, /name:/, result.out);
+  // The first use is recorded (by the gateway) and shown.
+  let first = null;
+  for (let i = 0; i < 40 && !first; i++) {
+    const grants = await api("GET", `/api/routers/${routerId}/transient-access`);
+    first = grants.find((g) => g.username === username).authorized_at;
+    if (!first) await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.ok(first, "authorized_at is set by the first login");
+  await page.reload();
+  const used = liveRow(page, username);
+  await used.waitFor();
+  assert.doesNotMatch(await used.innerText(), /not yet used/, "the first use is shown once it happened");
+
+  page.once("dialog", (d) => d.accept());
+  await used.getByRole("button", { name: `Revoke ${username}` }).click();
+  await used.waitFor({ state: "detached" });
+  const after = await ssh(host, port, user, password, "/system identity print");
+  assert.notEqual(after.code, 0, `a revoked login no longer works: ${after.out}`);
+  assert.deepEqual(problems, []);
   await context.close();
 });
 
