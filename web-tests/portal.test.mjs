@@ -613,3 +613,47 @@ test("on a phone (390×844) every screen fits the width", async () => {
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test("keyboard alone: add access, open its Credentials, close them", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  /** Tabs until the focused element's text or label matches `re`. */
+  const tabTo = async (re) => {
+    for (let i = 0; i < 60; i++) {
+      await page.keyboard.press("Tab");
+      const name = await page.evaluate(() => {
+        const a = document.activeElement;
+        return (a.getAttribute("aria-label") || (a.labels && a.labels[0] && a.labels[0].textContent) || a.textContent || "").trim();
+      });
+      if (re.test(name)) return name;
+    }
+    throw new Error(`never reached ${re}`);
+  };
+  await tabTo(/^Add transient access$/);
+  await page.keyboard.press("Enter");
+  // A radio group is one stop: the arrows choose within it.
+  await tabTo(/^WinBox$/);
+  await page.keyboard.press("ArrowRight");
+  assert.equal(await page.getByLabel("SSH").isChecked(), true);
+  await tabTo(/^Allow from$/);
+  assert.equal(await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle), "solid");
+  await tabTo(/^Create access$/);
+  await page.keyboard.press("Enter");
+  const username = (await page.getByRole("status").innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  assert.match(await liveRow(page, username).innerText(), /SSH · full/);
+  await tabTo(new RegExp(`^Credentials of ${username}$`));
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  assert.match(await page.evaluate(() => document.activeElement.textContent), /Copy/, "focus moves into the dialog");
+  await shot(page, "41-keyboard-credentials");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(
+    await page.evaluate(() => document.activeElement.getAttribute("aria-label")),
+    `Credentials of ${username}`,
+    "focus returns to the button",
+  );
+  assert.deepEqual(problems, []);
+  await context.close();
+});
