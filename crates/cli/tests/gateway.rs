@@ -38,6 +38,11 @@ impl Drop for Server {
 
 /// Starts `postern server` (lab mode, JSON logs) on `data` and makes an admin token.
 fn start(data: &std::path::Path) -> Server {
+    start_with(data, &[])
+}
+
+/// The same with more arguments (`--config FILE`).
+fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "server",
@@ -49,9 +54,11 @@ fn start(data: &std::path::Path) -> Server {
             "--data-dir",
         ])
         .arg(data)
+        .args(extra)
         .env_remove("POSTERN_LISTEN")
         .env_remove("POSTERN_DATA_DIR")
         .env_remove("POSTERN_DATABASE_URL")
+        .env_remove("POSTERN_PORT_COOLDOWN")
         .env("POSTERN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -94,6 +101,7 @@ async fn call(s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16
     let req = match method {
         "POST" => client.post(url),
         "DELETE" => client.delete(url),
+        "PATCH" => client.patch(url),
         _ => client.get(url),
     }
     .bearer_auth(&s.token);
@@ -479,5 +487,198 @@ async fn a_forward_reaches_a_service_behind_dst_nat_and_survives_a_restart() {
         .filter_map(|c| c["end_reason"].as_str())
         .collect();
     assert!(reasons.len() >= 2, "{conns}");
+    sim.shutdown().await;
+}
+
+/// Two consecutive ports free on 127.0.0.1 now.
+fn free_pair() -> u16 {
+    for i in 0..2000u32 {
+        let p =
+            42000 + u16::try_from((rand_suffix() as u32).wrapping_add(i * 7919) % 6000).unwrap();
+        let a = std::net::TcpListener::bind(("127.0.0.1", p));
+        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free consecutive ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_ports_skip_unbindable_and_cooling_ports_and_a_full_range_is_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_pair();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[regions]]\nname = \"local\"\nentry_point = \"127.0.0.1\"\nport_min = {p}\nport_max = {}\n",
+            p + 1
+        ),
+    )
+    .unwrap();
+    // Someone else holds the range's second port.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", p + 1)).unwrap();
+    let sim = sim::RouterHandle::start(sim::RouterOptions::new(
+        "gw-ports",
+        "127.0.31.3".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let s = start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let router = register(&s, &sim, "gw-ports").await;
+    let base = format!("/api/routers/{router}/transient-access");
+    let body = json!({ "type": "ssh", "allow_from": "127.0.0.1", "expire_after_minutes": 30 });
+    // Only the bindable port is offered, every time.
+    let a = ok(&s, "POST", &format!("{base}?wait=true"), Some(body.clone())).await;
+    assert_eq!(a["port"], p, "{a}");
+    assert_eq!(a["status"], "active", "{a}");
+    assert!(
+        probe("127.0.0.1".parse().unwrap(), p)
+            .await
+            .unwrap()
+            .starts_with(b"SSH-2.0-")
+    );
+    // Nothing left: 409, and nothing made.
+    let (status, problem) = call(&s, "POST", &base, Some(body.clone())).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no free gateway port"),
+        "{problem}"
+    );
+    // Revoked and clean on the router, its port is free in the store but cools down.
+    let a_id = a["id"].as_str().unwrap();
+    let (status, _) = call(&s, "DELETE", &format!("{base}/{a_id}"), None).await;
+    assert_eq!(status, 204);
+    eventually("the grant revoked", async || {
+        ok(&s, "GET", &format!("{base}/{a_id}"), None).await["status"] == "revoked"
+    })
+    .await;
+    let (status, problem) = call(&s, "POST", &base, Some(body.clone())).await;
+    assert_eq!(status, 409, "the cooling port was handed out: {problem}");
+    // The other port freed: it is the one offered.
+    drop(squatter);
+    let d = ok(&s, "POST", &format!("{base}?wait=true"), Some(body)).await;
+    assert_eq!(d["port"], p + 1, "{d}");
+    assert_eq!(d["status"], "active", "{d}");
+    let list = ok(&s, "GET", &format!("{base}?all=true"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    sim.shutdown().await;
+}
+
+/// A line from the WinBox stand-in.
+async fn line(r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut l))
+        .await
+        .unwrap()
+        .unwrap();
+    l.trim_end().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn winbox_access_ends_at_the_gateway_on_its_moved_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(&config, "grant_min = \"1s\"\n").unwrap();
+    let sim = sim::RouterHandle::start(sim::RouterOptions::new(
+        "gw-wb",
+        "127.0.31.4".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let s = start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let router = register(&s, &sim, "gw-wb").await;
+    let base = format!("/api/routers/{router}/transient-access");
+    let at = |secs: i64| {
+        let t = chrono::Utc::now() + chrono::TimeDelta::seconds(secs);
+        chrono::DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+    };
+    let grant = ok(
+        &s,
+        "POST",
+        &format!("{base}?wait=true"),
+        Some(json!({ "type": "winbox", "allow_from": "127.0.0.1", "expires_at": at(3).to_rfc3339() })),
+    )
+    .await;
+    assert_eq!(grant["status"], "active", "{grant}");
+    let id = grant["id"].as_str().unwrap().to_owned();
+    let creds = ok(&s, "GET", &format!("{base}/{id}/credentials"), None).await;
+    let user = creds["username"].as_str().unwrap().to_owned();
+    assert_eq!(
+        creds["winbox_url"],
+        format!("winbox://{user}@127.0.0.1:{}", creds["port"])
+    );
+    // The WinBox port (the sim's stand-in) through the gateway, with the issued login.
+    let port = u16::try_from(creds["port"].as_u64().unwrap()).unwrap();
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (r, mut w) = conn.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    assert!(line(&mut r).await.ends_with("gw-wb"));
+    w.write_all(format!("login {user} {}\n", creds["password"].as_str().unwrap()).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(line(&mut r).await, "ok gw-wb");
+
+    // Moved later: the session outlives the first end and stops at the new one, at the
+    // gateway, within a second.
+    let end = at(5);
+    ok(
+        &s,
+        "PATCH",
+        &format!("{base}/{id}"),
+        Some(json!({ "expires_at": end.to_rfc3339() })),
+    )
+    .await;
+    let mut whoami = 0;
+    let died = loop {
+        if w.write_all(b"whoami\n").await.is_err() {
+            break chrono::Utc::now();
+        }
+        let mut l = String::new();
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncBufReadExt::read_line(&mut r, &mut l),
+        )
+        .await
+        .unwrap()
+        {
+            Ok(n) if n > 0 => {
+                assert_eq!(l.trim_end(), user);
+                whoami += 1;
+            }
+            _ => break chrono::Utc::now(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let late = died - end;
+    assert!(
+        late >= chrono::TimeDelta::milliseconds(-20) && late < chrono::TimeDelta::seconds(1),
+        "ended {late} after its end"
+    );
+    assert!(whoami > 10, "the session ran until its moved end");
+    let conns = ok(&s, "GET", &format!("{base}/{id}/connections"), None).await;
+    eventually("the connection recorded as expired", async || {
+        let c = ok(&s, "GET", &format!("{base}/{id}/connections"), None).await;
+        c[0]["end_reason"] == "expired"
+    })
+    .await;
+    assert_eq!(conns.as_array().unwrap().len(), 1, "{conns}");
+    eventually("the grant expired", async || {
+        ok(&s, "GET", &format!("{base}/{id}"), None).await["status"] == "expired"
+    })
+    .await;
     sim.shutdown().await;
 }

@@ -87,12 +87,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The event task and how to tell it to stop.
+type EventTask = (oneshot::Sender<()>, JoinHandle<()>);
+
 /// The gateway of `postern server`: cheap to clone, every clone drives the same one.
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
     shared: Arc<Shared>,
-    events: Arc<Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>>,
+    events: Arc<Mutex<Option<EventTask>>>,
 }
 
 impl std::fmt::Debug for GatewayPlane {
@@ -237,9 +240,14 @@ impl GatewayPlane {
                 .map(LiveGrant::Forward),
         );
         let mut specs = Vec::new();
+        let now = Utc::now();
         for grant in &grants {
             let key = gateway_key(grant.key());
-            let (_, router_id, ..) = record_parts(grant);
+            let (_, router_id, _, _, expires_at) = record_parts(grant);
+            if expires_at <= now {
+                // Ended while no gateway ran: the orchestrator expires it now.
+                continue;
+            }
             let Some(router) = routers.get(&router_id) else {
                 tracing::warn!(grant = %key, "start-up: the grant's router is gone");
                 continue;
@@ -310,8 +318,16 @@ impl GatewayPlane {
 
     async fn open_now(&self, grant: LiveGrant) {
         let key = gateway_key(grant.key());
-        if matches!(lock(&self.shared.notes).get(&key), Some(Note::Ended(_))) {
-            return;
+        {
+            let mut notes = lock(&self.shared.notes);
+            match notes.get(&key) {
+                Some(Note::Ended(_)) => return,
+                // A new attempt: an earlier failure no longer settles it.
+                Some(Note::Failed(_)) => {
+                    notes.remove(&key);
+                }
+                _ => {}
+            }
         }
         let (_, router_id, _, _, expires_at) = record_parts(&grant);
         let router = match self.shared.store.get_router_any_org(router_id).await {
@@ -346,8 +362,14 @@ impl GatewayPlane {
                 return;
             }
         }
-        // What arrived while the listener was being opened.
-        let note = lock(&self.shared.notes).get(&key).copied();
+        // What arrived while the listener was being opened (a new end is used once).
+        let note = {
+            let mut notes = lock(&self.shared.notes);
+            match notes.get(&key).copied() {
+                Some(Note::Deadline(..)) => notes.remove(&key),
+                other => other,
+            }
+        };
         match note {
             Some(Note::Ended(_)) => {
                 // Its port and bookkeeping go with the `GrantClosed` event.
@@ -650,5 +672,185 @@ async fn record_events(
         if let Err(e) = shared.handle(event).await {
             tracing::error!(error = %e, "could not record a gateway event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator::DataPlane as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A store with one SSH access grant, active, whose router's SSH port is an echo
+    /// service; the gateway plane over it.
+    async fn fixture(
+        dir: &std::path::Path,
+    ) -> (store::Store, GatewayPlane, store::TransientAccess) {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = c.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let config = ServerConfig {
+            data_dir: dir.to_owned(),
+            ..ServerConfig::default()
+        };
+        let store = crate::bootstrap::open_store(&config).await.unwrap();
+        let org = store.create_organisation("o").await.unwrap();
+        let region = store.find_region_by_name("local").await.unwrap().unwrap();
+        let router = store
+            .create_router(store::NewRouter {
+                org_id: org.id,
+                site_name: None,
+                region_id: region.id,
+                name: "r".into(),
+                tunnel_address: IpAddr::from([127, 0, 0, 1]),
+                api_port: 8728,
+                ssh_port: echo_port,
+                winbox_port: 8291,
+                username: "admin".into(),
+                password: "x".into(),
+            })
+            .await
+            .unwrap();
+        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let grant = store
+            .create_access(store::NewAccess {
+                org_id: org.id,
+                router_id: router.id,
+                access_type: AccessType::Ssh,
+                access: domain::AccessLevel::Full,
+                allow_rfc1918: false,
+                allow_from: domain::AllowFrom::parse(
+                    "127.0.0.1",
+                    &domain::Policy { lab_mode: true },
+                )
+                .unwrap(),
+                username: "u".into(),
+                password: "p".into(),
+                expires_at: now + chrono::TimeDelta::minutes(30),
+                created_by: "test".into(),
+                region_id: region.id,
+                entry_point: "127.0.0.1".into(),
+                port_candidates: plane.port_candidates(region.id).unwrap(),
+                audit: store::NewAudit {
+                    org_id: org.id,
+                    at: now,
+                    actor: "test".into(),
+                    actor_address: None,
+                    action: "access.create".into(),
+                    target: None,
+                    details: serde_json::json!({}),
+                },
+                job: None,
+            })
+            .await
+            .unwrap();
+        for (from, to) in [
+            (GrantStatus::Requested, GrantStatus::Provisioning),
+            (GrantStatus::Provisioning, GrantStatus::Active),
+        ] {
+            store
+                .transition_access(grant.id, &[from], to, now, None)
+                .await
+                .unwrap();
+        }
+        let grant = store.get_access(org.id, router.id, grant.id).await.unwrap();
+        (store, plane, grant)
+    }
+
+    async fn settle(plane: &GatewayPlane, key: orchestrator::GrantKey) {
+        for _ in 0..200 {
+            if plane.settled(key) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never settled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_forwards_records_and_a_close_during_the_open_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, plane, grant) = fixture(dir.path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+            .await
+            .unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+        // Live: listed with its counts so far.
+        for _ in 0..200 {
+            if plane.live_counts(key).values().any(|v| *v == (4, 4)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            plane.live_counts(key).into_values().collect::<Vec<_>>(),
+            [(4, 4)]
+        );
+        drop(c);
+        // Revoked: the port closes, the connection is recorded, first use set.
+        plane.close(key, orchestrator::EndReason::Revoked);
+        for _ in 0..200 {
+            if plane.gateway().grants().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(plane.gateway().grants().is_empty());
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+                .await
+                .is_err()
+        );
+        plane.shutdown().await;
+        let rows = store
+            .list_connections(
+                grant.org_id,
+                grant.router_id,
+                store::GrantKind::Access,
+                &grant.id.to_string(),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].bytes_from_client, rows[0].bytes_to_client), (4, 4));
+        assert!(rows[0].ended_at.is_some());
+        let again = store
+            .get_access(grant.org_id, grant.router_id, grant.id)
+            .await
+            .unwrap();
+        assert_eq!(again.authorized_at, Some(rows[0].started_at));
+
+        // Another store and plane: open and close at once. The close is noted before the
+        // open's task has its listener, and none is left.
+        let (_, plane, grant) = fixture(dir.path().join("b").as_path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        plane.close(key, orchestrator::EndReason::Revoked);
+        settle(&plane, key).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(plane.gateway().grants().is_empty());
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+                .await
+                .is_err()
+        );
+        plane.shutdown().await;
     }
 }

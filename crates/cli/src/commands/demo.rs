@@ -86,6 +86,9 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let shutdown = super::server::shutdown_signal()?;
     let (listener, fell_back) = bind(args.listen).await?;
     let listen = listener.local_addr()?;
+    if fell_back {
+        tracing::warn!("{DEFAULT_LISTEN} is taken: the demo listens on {listen} instead");
+    }
     let config = ServerConfig::load(
         None,
         std::env::vars(),
