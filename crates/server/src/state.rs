@@ -37,6 +37,8 @@ pub struct AppState {
     /// The orchestrator running in this process, if any: created grants' jobs run at
     /// once, revoke goes through it (gateway first, then the router).
     pub orchestrator: Option<orchestrator::Orchestrator>,
+    /// The portal's terminal sessions running in this process.
+    pub terminals: crate::terminal::Terminals,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             tokens: TokenCache::default(),
             lists: ListCache::default(),
             orchestrator: None,
+            terminals: crate::terminal::Terminals::default(),
         }
     }
 

@@ -214,6 +214,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "sessions",
             include_str!("../migrations/sqlite/0010_sessions.sql"),
         ),
+        // 40: the terminal's sessions and recordings (a number clear of other branches).
+        migration(
+            40,
+            "terminal recordings",
+            include_str!("../migrations/sqlite/0040_terminal_recordings.sql"),
+        ),
     ])
 }
 
@@ -245,6 +251,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             10,
             "sessions",
             include_str!("../migrations/postgres/0010_sessions.sql"),
+        ),
+        // 40: the terminal's sessions and recordings (a number clear of other branches).
+        migration(
+            40,
+            "terminal recordings",
+            include_str!("../migrations/postgres/0040_terminal_recordings.sql"),
         ),
     ])
 }

@@ -13,6 +13,7 @@
 //! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
 //!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `terminals`: the portal's terminal sessions and their asciicast recordings.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
 //! - [`StoreError`].
@@ -112,6 +113,7 @@ pub mod records;
 mod routers;
 pub mod secret;
 mod sessions;
+mod terminals;
 
 use std::fmt;
 use std::str::FromStr;
@@ -127,6 +129,7 @@ pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
+pub use terminals::{NewTerminalSession, TerminalSession};
 
 use db::Pool;
 use secret::Cipher;

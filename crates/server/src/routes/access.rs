@@ -157,6 +157,29 @@ pub async fn access_post(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
+    let grant = create(&state, &caller, &router, req, query.wait.unwrap_or(false)).await?;
+    let now = state.now();
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/api/routers/{}/transient-access/{}",
+        router.id, grant.id
+    )) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+}
+
+/// Creates transient access on `router` for `caller` (validated, recorded with its audit
+/// entry and `access.create` job, the orchestrator woken); with `wait`, polls until the
+/// grant is `active` or `failed` (at most `create_wait`). The API's POST and the portal
+/// (its Terminal button) share it.
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    req: CreateAccess,
+    wait: bool,
+) -> Result<store::TransientAccess, ApiError> {
     let now = state.now();
     let mut checks = Checks::default();
     let access = access_level(&req, &mut checks);
@@ -165,14 +188,14 @@ pub async fn access_post(
         .map(Into::into)
         .unwrap_or(AccessType::Winbox);
     let expires_at = resolve_expiry(
-        &state,
+        state,
         &mut checks,
         now,
         req.expire_after_minutes,
         req.expires_at.as_deref(),
     );
     let allow_from = resolve_allow_from(
-        &state,
+        state,
         &mut checks,
         req.allow_from.as_deref(),
         caller.address,
@@ -203,7 +226,7 @@ pub async fn access_post(
             entry_point: region.entry_point.clone(),
             port_candidates: port_candidates(region.port_min, region.port_max),
             audit: audit(
-                &caller,
+                caller,
                 now,
                 "access.create",
                 Some(format!("router:{}", router.id)),
@@ -216,16 +239,16 @@ pub async fn access_post(
                     "expires_at": timestamp(expires_at),
                 }),
             ),
-            job: Some(new_job(&caller, router.id, "access.create", now)),
+            job: Some(new_job(caller, router.id, "access.create", now)),
         })
         .await?;
     state.lists.invalidate(router.id);
-    super::common::grant_created(&state).await;
-    let grant = if query.wait.unwrap_or(false) {
+    super::common::grant_created(state).await;
+    let grant = if wait {
         let (store, org, id) = (state.store.clone(), caller.org_id, grant.id);
         let initial = grant.clone();
         super::common::wait_until_settled(
-            &state,
+            state,
             || {
                 let store = store.clone();
                 async move {
@@ -240,15 +263,7 @@ pub async fn access_post(
     } else {
         grant
     };
-    let now = state.now();
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!(
-        "/api/routers/{}/transient-access/{}",
-        router.id, grant.id
-    )) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+    Ok(grant)
 }
 
 /// One transient access grant.
