@@ -39,6 +39,7 @@ const CLOSE_POLICY: u16 = 1008;
 
 /// What the WebSocket handler checked before the upgrade: who, which router, which
 /// grant (its terminal session claimed), and the browser's terminal size.
+#[derive(Debug, Clone)]
 pub struct Ticket {
     pub caller: Caller,
     pub router: store::Router,
@@ -134,6 +135,12 @@ pub async fn run(
         .await;
     drop(socket);
     finish(&state, &ticket, &ending, fingerprint).await;
+}
+
+/// Ends a session whose WebSocket never opened: recorded as such, the access revoked.
+pub async fn abandoned(state: AppState, ticket: Ticket) {
+    let ending = Ending::normal("the browser never connected");
+    finish(&state, &ticket, &ending, Arc::new(Mutex::new(None))).await;
 }
 
 /// Waits for the grant to be active, then logs in to the router and opens a shell.
@@ -295,8 +302,11 @@ async fn pump(
                     return Ending::normal("closed in the browser");
                 }
             }
-            _ = stopping.wait_for(|s| *s) => {
-                return Ending::normal("the server is shutting down");
+            changed = stopping.changed() => {
+                let stop = changed.is_err() || *stopping.borrow();
+                if stop {
+                    return Ending::normal("the server is shutting down");
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-pub use bridge::{Ticket, run};
+pub use bridge::{Ticket, abandoned, run};
 
 /// At most this many terminal sessions at once per server process.
 pub const MAX_SESSIONS: usize = 64;
