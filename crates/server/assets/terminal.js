@@ -158,11 +158,10 @@
     return { header: header, events: events };
   }
 
-  function clock(s) {
-    s = Math.floor(s);
-    var m = Math.floor(s / 60);
-    s = s % 60;
-    return m + ":" + (s < 10 ? "0" + s : s);
+  function clock(t) {
+    var m = Math.floor(t / 60);
+    var s = (t - m * 60).toFixed(1);
+    return m + ":" + (t - m * 60 < 10 ? "0" + s : s);
   }
 
   function replay(section) {
@@ -181,7 +180,7 @@
       term.open(screen);
       index = 0;
       position = 0;
-      time.textContent = "0:00";
+      time.textContent = clock(0);
     }
     function rate() { return Number(speed && speed.value) || 1; }
     function step() {
@@ -231,7 +230,7 @@
         var end = cast.events.length ? cast.events[cast.events.length - 1][0] : 0;
         cast.duration = end;
         reset();
-        time.textContent = "0:00 / " + clock(end);
+        time.textContent = clock(0) + " / " + clock(end);
         play.disabled = false;
         play.addEventListener("click", toggle);
         restart.addEventListener("click", function () {

@@ -91,7 +91,7 @@ pub async fn overview(
         .map(|s| SessionRow {
             who: s.created_by,
             started: s.started_at.map_or_else(|| "not opened".into(), human),
-            ended: s.ended_at.map_or_else(|| "running".into(), |at| human(at)),
+            ended: s.ended_at.map_or_else(|| "running".into(), human),
             reason: s.end_reason.unwrap_or_default(),
             size: kib(s.size),
             replay: urls::recording(site.id, s.access_id),
