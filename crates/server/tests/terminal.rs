@@ -510,6 +510,14 @@ async fn a_terminal_runs_a_command_on_the_router_is_recorded_and_revoked_when_cl
     // Replayable from the site: the Overview lists it, the replay page loads it.
     let overview = w.page(&format!("/sites/{}", w.site), &cookie).await;
     assert!(overview.contains(&format!("/sites/{}/recordings/{id}", w.site)));
+    let ended = w.page(&format!("/sites/{}/access", w.site), &cookie).await;
+    assert!(
+        ended.contains(&format!(
+            r#"<a href="/sites/{}/recordings/{id}">Recording</a>"#,
+            w.site
+        )),
+        "the grant's row links its recording"
+    );
     let replay = w
         .page(&format!("/sites/{}/recordings/{id}", w.site), &cookie)
         .await;

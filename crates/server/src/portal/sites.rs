@@ -290,6 +290,8 @@ struct GrantRow {
     expires: String,
     ended: String,
     reason: String,
+    /// The replay of its terminal session, for grants the Terminal button made.
+    recording: Option<String>,
 }
 
 #[derive(Template)]
@@ -333,6 +335,7 @@ fn row(
         expires: human(expires),
         ended: ended.map_or_else(String::new, human),
         reason: reason.unwrap_or_default().to_owned(),
+        recording: None,
     }
 }
 
@@ -388,6 +391,13 @@ pub async fn site_access_get(
     let mut rows = Vec::new();
     let mut statuses = Vec::new();
     if let Some(r) = &router {
+        let recorded: std::collections::HashSet<domain::AccessId> = state
+            .store
+            .list_terminal_sessions(signed.caller.org_id, r.id, 500)
+            .await?
+            .into_iter()
+            .map(|s| s.access_id)
+            .collect();
         for g in state
             .store
             .list_access(signed.caller.org_id, r.id, Some(ENDED_SHOWN))
@@ -405,21 +415,22 @@ pub async fn site_access_get(
                 if g.allow_rfc1918 { " + RFC1918" } else { "" }
             );
             statuses.push(g.status);
-            rows.push((
-                !g.status.is_final(),
-                row(
-                    what.into(),
-                    detail,
-                    format!("{}:{}", g.entry_point, g.port),
-                    g.status,
-                    &g.created_by,
-                    g.created_at,
-                    g.authorized_at,
-                    g.expires_at,
-                    g.ended_at,
-                    g.failure_reason.as_deref(),
-                ),
-            ));
+            let mut line = row(
+                what.into(),
+                detail,
+                format!("{}:{}", g.entry_point, g.port),
+                g.status,
+                &g.created_by,
+                g.created_at,
+                g.authorized_at,
+                g.expires_at,
+                g.ended_at,
+                g.failure_reason.as_deref(),
+            );
+            if recorded.contains(&g.id) {
+                line.recording = Some(urls::recording(site.id, g.id));
+            }
+            rows.push((!g.status.is_final(), line));
         }
     }
     let (live, ended) = split(rows);

@@ -182,6 +182,17 @@ pub async fn terminal_post(
                     at: state.now(),
                 })
                 .await?;
+            tokio::spawn(terminal::revoke_unopened(
+                state.clone(),
+                terminal::Ticket {
+                    caller: signed.caller.clone(),
+                    router: router.clone(),
+                    access_id: grant.id,
+                    cols: DEFAULT_SIZE.0,
+                    rows: DEFAULT_SIZE.1,
+                },
+                terminal::OPEN_WITHIN,
+            ));
             panel.username = grant.username.clone();
             panel.ws = Some(urls::terminal_ws(site.id, grant.id));
             if !is_htmx(&headers) {

@@ -143,6 +143,25 @@ pub async fn abandoned(state: AppState, ticket: Ticket) {
     finish(&state, &ticket, &ending, Arc::new(Mutex::new(None))).await;
 }
 
+/// Ends a session that no browser opened within `within` of the button being pressed
+/// (the page was closed, the script did not load): claimed here, so a late browser is
+/// refused rather than racing, recorded as never connected, the access revoked.
+pub async fn revoke_unopened(state: AppState, ticket: Ticket, within: Duration) {
+    tokio::time::sleep(within).await;
+    let now = state.now();
+    match state
+        .store
+        .start_terminal_session(ticket.access_id, now, ticket.cols, ticket.rows)
+        .await
+    {
+        Ok(true) => abandoned(state, ticket).await,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(access_id = %ticket.access_id, error = %e, "cannot check an unopened terminal")
+        }
+    }
+}
+
 /// Waits for the grant to be active, then logs in to the router and opens a shell.
 async fn connect(
     state: &AppState,

@@ -24,10 +24,12 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-pub use bridge::{Ticket, abandoned, run};
+pub use bridge::{Ticket, abandoned, revoke_unopened, run};
 
 /// At most this many terminal sessions at once per server process.
 pub const MAX_SESSIONS: usize = 64;
+/// A terminal no browser opened this long after its button was pressed is ended.
+pub const OPEN_WITHIN: Duration = Duration::from_secs(120);
 /// A recording stops (and its session ends) at this size.
 pub const RECORDING_CAP: usize = 8 * 1024 * 1024;
 
