@@ -355,6 +355,8 @@ pub struct GrantRow {
     details_url: String,
     revoke_url: String,
     live: bool,
+    /// The replay of its terminal session, for grants the Terminal button made.
+    recording: Option<String>,
 }
 
 #[derive(Template)]
@@ -436,6 +438,7 @@ impl Common {
             details_url: String::new(),
             revoke_url: String::new(),
             live: self.status.is_live(),
+            recording: None,
         }
     }
 }
@@ -529,13 +532,29 @@ async fn rows(
             .into_iter()
             .map(|g| forward_row(site, g))
             .collect(),
-        _ => state
-            .store
-            .list_access(org, r.id, Some(ENDED_SHOWN))
-            .await?
-            .into_iter()
-            .map(|g| access_row(site, g))
-            .collect(),
+        _ => {
+            let recorded: std::collections::HashSet<AccessId> = state
+                .store
+                .list_terminal_sessions(org, r.id, 500)
+                .await?
+                .into_iter()
+                .map(|s| s.access_id)
+                .collect();
+            state
+                .store
+                .list_access(org, r.id, Some(ENDED_SHOWN))
+                .await?
+                .into_iter()
+                .map(|g| {
+                    let id = g.id;
+                    let (status, mut row) = access_row(site, g);
+                    if recorded.contains(&id) {
+                        row.recording = Some(urls::recording(site, id));
+                    }
+                    (status, row)
+                })
+                .collect()
+        }
     })
 }
 

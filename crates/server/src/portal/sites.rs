@@ -211,6 +211,8 @@ impl Fact {
 struct Overview {
     facts: Vec<Fact>,
     has_router: bool,
+    /// The Terminal button and the recorded sessions (`portal::terminal`).
+    terminal: String,
 }
 
 /// `GET /sites/{id}`: the Overview tab.
@@ -223,7 +225,9 @@ pub async fn site_get(
     let (site, router) = load(&state, &signed, &site_id).await?;
     let now = state.now();
     let mut facts = Vec::new();
+    let mut terminal = String::new();
     if let Some(r) = &router {
+        terminal = super::terminal::overview(&state, &signed, &site, r).await?;
         let region = state.store.get_region(r.region_id).await?;
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
         let org = signed.caller.org_id;
@@ -283,6 +287,7 @@ pub async fn site_get(
     let panel = Overview {
         has_router: router.is_some(),
         facts,
+        terminal,
     }
     .render()?;
     respond(

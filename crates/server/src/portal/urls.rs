@@ -19,6 +19,11 @@ pub const USERS: &str = "/users";
 pub const TOKENS: &str = "/tokens";
 pub const AUDIT: &str = "/audit";
 pub const ASSET: &str = "/assets/{hash}/{name}";
+pub const SITE_TERMINAL: &str = "/sites/{site_id}/terminal";
+pub const TERMINAL: &str = "/sites/{site_id}/terminal/{access_id}";
+pub const TERMINAL_WS: &str = "/sites/{site_id}/terminal/{access_id}/ws";
+pub const RECORDING: &str = "/sites/{site_id}/recordings/{access_id}";
+pub const RECORDING_CAST: &str = "/sites/{site_id}/recordings/{access_id}/cast";
 
 pub fn site(id: SiteId) -> String {
     format!("/sites/{id}")
@@ -50,6 +55,26 @@ pub fn site_forward(site: SiteId, grant: ForwardId) -> String {
 
 pub fn site_forward_revoke(site: SiteId, grant: ForwardId) -> String {
     format!("/sites/{site}/forwards/{grant}/revoke")
+}
+
+pub fn site_terminal(id: SiteId) -> String {
+    format!("/sites/{id}/terminal")
+}
+
+pub fn terminal(site: SiteId, access: AccessId) -> String {
+    format!("/sites/{site}/terminal/{access}")
+}
+
+pub fn terminal_ws(site: SiteId, access: AccessId) -> String {
+    format!("/sites/{site}/terminal/{access}/ws")
+}
+
+pub fn recording(site: SiteId, access: AccessId) -> String {
+    format!("/sites/{site}/recordings/{access}")
+}
+
+pub fn recording_cast(site: SiteId, access: AccessId) -> String {
+    format!("/sites/{site}/recordings/{access}/cast")
 }
 
 /// The URL of an embedded asset, with its content hash (cached for a year).

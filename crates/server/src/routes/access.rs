@@ -129,12 +129,36 @@ pub async fn access_post(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
-    let grant = super::grants::create_access(&state, &caller, &router, &req).await?;
-    let grant = if query.wait.unwrap_or(false) {
+    let grant = create(&state, &caller, &router, req, query.wait.unwrap_or(false)).await?;
+    let now = state.now();
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/api/routers/{}/transient-access/{}",
+        router.id, grant.id
+    )) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+}
+
+/// Creates transient access on `router` for `caller` through the one create path
+/// ([`super::grants::create_access`]: validated, recorded with its audit entry and
+/// `access.create` job, the orchestrator woken); with `wait`, polls until the grant is
+/// `active` or `failed` (at most `create_wait`). The API's POST and the portal's Terminal
+/// button use it; the portal's Add form calls `create_access` itself (it does not wait).
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    req: CreateAccess,
+    wait: bool,
+) -> Result<store::TransientAccess, ApiError> {
+    let grant = super::grants::create_access(state, caller, router, &req).await?;
+    let grant = if wait {
         let (store, org, id) = (state.store.clone(), caller.org_id, grant.id);
         let initial = grant.clone();
         super::common::wait_until_settled(
-            &state,
+            state,
             || {
                 let store = store.clone();
                 async move {
@@ -149,15 +173,7 @@ pub async fn access_post(
     } else {
         grant
     };
-    let now = state.now();
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!(
-        "/api/routers/{}/transient-access/{}",
-        router.id, grant.id
-    )) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+    Ok(grant)
 }
 
 /// One transient access grant.
