@@ -518,7 +518,7 @@ test("Revoke asks first, then the grant moves to Ended", async () => {
   const ended = page.locator("table.ended tbody tr", { hasText: grant.username });
   await ended.waitFor();
   await ended.locator(".badge.revoked").waitFor({ timeout: 15000 });
-  assert.match(await ended.innerText(), /early/);
+  assert.match(await ended.innerText(), /before its end/);
   await shot(page, "25-access-revoked");
   const after = await api("GET", `/api/routers/${routerId}/transient-access/${grant.id}`);
   assert.ok(["closing", "revoked"].includes(after.status), after.status);
