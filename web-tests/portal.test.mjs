@@ -569,7 +569,8 @@ test("the Orchestration Log shows each job and its lines", async () => {
   await page.waitForURL(/\/jobs$/);
   const jobs = page.locator("ul.jobs > li");
   await jobs.first().waitFor();
-  const kinds = await jobs.locator("summary strong").allInnerTexts();
+  const kinds = await jobs.locator("summary code.kind").allInnerTexts();
+  assert.match((await jobs.locator("summary strong").allInnerTexts()).join("|"), /Set up transient access/);
   assert.ok(kinds.includes("access.create"), kinds.join(", "));
   assert.ok(kinds.includes("forward.create"), kinds.join(", "));
   // Newest first: the last thing done (the forward's revoke) heads the list.
