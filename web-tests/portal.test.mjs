@@ -366,6 +366,8 @@ test("Add transient access with the defaults, then its Credentials", async () =>
   // The router is set up within seconds; the list follows by itself.
   await row.locator(".badge.active").waitFor({ timeout: 15000 });
   assert.match(await row.locator("time.countdown").innerText(), /^1 h 5\d min$|^2 h 00 min$/);
+  const wrap = page.locator("#grants-list .table-wrap").first();
+  assert.ok(await wrap.evaluate((e) => e.scrollWidth <= e.clientWidth), "the list fits a laptop screen, actions included");
   await shot(page, "21-access-created");
 
   await row.getByRole("button", { name: `Credentials of ${username}` }).click();
