@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try Postern on this machine: a server, its gateway and three sim routers, with
+    /// an admin login, an API token and an SSH example printed.
+    Demo(commands::demo::Args),
     /// Run the control plane: API, orchestrator and in-process gateway.
     Server(commands::server::Args),
     /// Administer a data directory (tokens, …) without going through the API.
@@ -31,6 +34,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => commands::demo::run(args),
         Command::Server(args) => commands::server::run(args),
         Command::Admin(cmd) => commands::admin::run(cmd),
         Command::Sim(args) => run_async(commands::sim::run(args)),

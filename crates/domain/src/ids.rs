@@ -88,6 +88,8 @@ id!(/// A transient port forward.
     ForwardId, "forward id");
 id!(/// A router job of the orchestration log.
     JobId, "job id");
+id!(/// A connection through the gateway, as recorded in the store.
+    ConnectionRecordId, "connection id");
 
 #[cfg(test)]
 mod tests {

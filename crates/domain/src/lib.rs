@@ -49,7 +49,10 @@ pub mod ids;
 pub mod kinds;
 pub mod rules;
 
-pub use ids::{AccessId, ForwardId, JobId, OrgId, RegionId, RouterId, SiteId, TokenId, UserId};
+pub use ids::{
+    AccessId, ConnectionRecordId, ForwardId, JobId, OrgId, RegionId, RouterId, SiteId, TokenId,
+    UserId,
+};
 pub use kinds::{AccessLevel, AccessType, GrantStatus, JobState, Role, RouterStatus};
 pub use rules::{AllowFrom, DstAddress, Limits, Policy, ValidationError};
 

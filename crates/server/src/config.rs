@@ -53,6 +53,10 @@ pub struct RegionConfig {
     /// users' `address=` is limited to it. `local` defaults to 127.0.0.1.
     #[serde(default)]
     pub tunnel_source: Option<IpAddr>,
+    /// Where this process's gateway listens for the region's entry ports: by default the
+    /// entry point when it is an IP address, else every address (0.0.0.0).
+    #[serde(default)]
+    pub gateway_bind: Option<IpAddr>,
 }
 
 impl RegionConfig {
@@ -64,7 +68,17 @@ impl RegionConfig {
             port_min: 49152,
             port_max: 65535,
             tunnel_source: Some(IpAddr::from([127, 0, 0, 1])),
+            gateway_bind: None,
         }
+    }
+
+    /// The address the gateway binds this region's entry ports on.
+    pub fn bind_address(&self) -> IpAddr {
+        self.gateway_bind.unwrap_or_else(|| {
+            self.entry_point
+                .parse()
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        })
     }
 }
 
@@ -119,6 +133,9 @@ pub struct ServerConfig {
     pub create_wait: Duration,
     /// How often the orchestrator compares every router with the grants.
     pub reconcile_interval: Duration,
+    /// How long a gateway port stays unused after its grant ends before it is handed
+    /// out again.
+    pub port_cooldown: Duration,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +158,7 @@ impl Default for ServerConfig {
             list_cache: true,
             create_wait: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
+            port_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -168,6 +186,7 @@ struct FileConfig {
     list_cache: Option<bool>,
     create_wait: Option<String>,
     reconcile_interval: Option<String>,
+    port_cooldown: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -246,6 +265,9 @@ impl ServerConfig {
         if let Some(s) = f.reconcile_interval {
             self.reconcile_interval = parse_duration("reconcile_interval", &s)?;
         }
+        if let Some(s) = f.port_cooldown {
+            self.port_cooldown = parse_duration("port_cooldown", &s)?;
+        }
         Ok(())
     }
 
@@ -276,6 +298,7 @@ impl ServerConfig {
             "GRANT_DEFAULT" => self.grant_limits.default = parse_duration(&key, value)?,
             "CREATE_WAIT" => self.create_wait = parse_duration(&key, value)?,
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
+            "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "TRUSTED_PROXIES" => {
                 self.trusted_proxies = value
                     .split(',')

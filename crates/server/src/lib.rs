@@ -6,6 +6,8 @@
 //! - [`config`]: `ServerConfig` from defaults, a TOML file, `POSTERN_*` variables and flags.
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
+//! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
+//!   entry-port candidates, the start-up rebuild, its events into the store.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
 //! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
@@ -37,6 +39,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cache;
 pub mod config;
+pub mod dataplane;
 pub mod docs;
 pub mod dto;
 pub mod error;

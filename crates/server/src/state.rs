@@ -39,6 +39,9 @@ pub struct AppState {
     pub orchestrator: Option<orchestrator::Orchestrator>,
     /// The portal's terminal sessions running in this process.
     pub terminals: crate::terminal::Terminals,
+    /// The gateway running in this process, if any: entry-port candidates skip what it
+    /// cannot use, `?wait=true` waits for its listener, connections show live counts.
+    pub gateway: Option<crate::dataplane::GatewayPlane>,
 }
 
 impl AppState {
@@ -52,12 +55,19 @@ impl AppState {
             lists: ListCache::default(),
             orchestrator: None,
             terminals: crate::terminal::Terminals::default(),
+            gateway: None,
         }
     }
 
     /// With the orchestrator this process runs.
     pub fn with_orchestrator(mut self, orchestrator: orchestrator::Orchestrator) -> Self {
         self.orchestrator = Some(orchestrator);
+        self
+    }
+
+    /// With the gateway this process runs.
+    pub fn with_gateway(mut self, gateway: crate::dataplane::GatewayPlane) -> Self {
+        self.gateway = Some(gateway);
         self
     }
 

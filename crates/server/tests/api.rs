@@ -140,6 +140,7 @@ impl TestServer {
                 port_min: opts.ports.0,
                 port_max: opts.ports.1,
                 tunnel_source: None,
+                gateway_bind: None,
             }],
             ..ServerConfig::default()
         };
@@ -1902,6 +1903,14 @@ const ROUTES: &[(&str, &str)] = &[
     (
         "get",
         "/api/routers/{router_id}/transient-access/{id}/credentials",
+    ),
+    (
+        "get",
+        "/api/routers/{router_id}/transient-access/{id}/connections",
+    ),
+    (
+        "get",
+        "/api/routers/{router_id}/transient-forwarding/{id}/connections",
     ),
     ("get", "/api/audit"),
     ("get", "/api/tokens"),

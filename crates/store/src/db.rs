@@ -214,6 +214,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "sessions",
             include_str!("../migrations/sqlite/0010_sessions.sql"),
         ),
+        // 20: connections through the gateway (a number far from other branches' next ones).
+        migration(
+            20,
+            "connections",
+            include_str!("../migrations/sqlite/0020_connections.sql"),
+        ),
         // 40: the terminal's sessions and recordings (a number clear of other branches).
         migration(
             40,
@@ -251,6 +257,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             10,
             "sessions",
             include_str!("../migrations/postgres/0010_sessions.sql"),
+        ),
+        // 20: connections through the gateway (a number far from other branches' next ones).
+        migration(
+            20,
+            "connections",
+            include_str!("../migrations/postgres/0020_connections.sql"),
         ),
         // 40: the terminal's sessions and recordings (a number clear of other branches).
         migration(

@@ -13,6 +13,8 @@
 //! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
 //!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `connections`: connections through the gateway per grant (source, times, bytes
+//!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
@@ -104,6 +106,7 @@
 )]
 
 mod accounts;
+mod connections;
 mod db;
 mod error;
 mod grants;
@@ -124,6 +127,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Mutex;
 
+pub use connections::{Connection, ConnectionEnd, GrantKind, NewConnection};
 pub use error::{Result, StoreError};
 pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
 pub use records::*;

@@ -1827,3 +1827,6 @@ async fn leasing(ctx: &Ctx) {
 }
 
 both!(job_leasing, leasing);
+
+#[path = "suites/connections.rs"]
+mod connection_suite;

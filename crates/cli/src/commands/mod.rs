@@ -1,5 +1,6 @@
 //! One module per subcommand: each parses its arguments and calls into the crates.
 
 pub mod admin;
+pub mod demo;
 pub mod server;
 pub mod sim;

@@ -1,6 +1,7 @@
 //! `postern server`: loads the configuration, opens the store, creates the first admin on
 //! a fresh data directory (printing its password once), starts the orchestrator (router
-//! jobs, expiry, reconciler), and serves the API until Ctrl-C or SIGTERM.
+//! jobs, expiry, reconciler) and the in-process gateway (every active grant's entry port
+//! reopened from the store), and serves the API until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-fn init_logs(format: LogFormat) {
+pub fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -87,6 +88,29 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "postern server listening"
     );
+    run_parts(config, store, listener, shutdown, || {}).await
+}
+
+/// Runs everything of a server on a store already open and a listener already bound:
+/// the in-process gateway (its listeners rebuilt from the store first), the
+/// orchestrator and the API, until `shutdown`; then stops them in turn. `ready` is
+/// called once all of it is up, before requests are served.
+pub async fn run_parts(
+    config: ServerConfig,
+    store: store::Store,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let gateway =
+        server::dataplane::GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .context("starting the gateway")?;
+    // Before the orchestrator runs, so the rebuild sees every active grant as it is.
+    gateway
+        .rebuild()
+        .await
+        .context("rebuilding the gateway's listeners")?;
     let orchestrator = orchestrator::Orchestrator::new(
         store.clone(),
         orchestrator::Config {
@@ -94,17 +118,19 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             ..orchestrator::Config::default()
         },
         Arc::new(orchestrator::SystemClock),
-        // The in-process gateway plugs in here once it exists.
-        Arc::new(orchestrator::LoggingDataPlane),
+        Arc::new(gateway.clone()),
     );
     tracing::info!(worker = orchestrator.owner(), "orchestrator starting");
     let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
     let jobs = tokio::spawn(orchestrator.clone().run(jobs_stopped));
     let state = server::AppState::new(store, config, Arc::new(server::SystemClock))
-        .with_orchestrator(orchestrator);
+        .with_orchestrator(orchestrator)
+        .with_gateway(gateway.clone());
+    ready();
     let served = server::run(listener, state, shutdown).await;
     let _ = stop_jobs.send(true);
     let _ = jobs.await;
+    gateway.shutdown().await;
     served?;
     tracing::info!("postern server stopped");
     Ok(())
@@ -119,7 +145,7 @@ fn store_kind(store: &store::Store) -> &'static str {
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed now, before the server says
 /// it is listening, so a signal sent right after that line is never missed.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

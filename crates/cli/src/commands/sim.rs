@@ -56,6 +56,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         version: args.routeros_version,
         ..FleetOptions::default()
     };
+    // Installed before the lines are printed, so a signal sent right after them is
+    // never missed.
+    let stop = super::server::shutdown_signal()?;
     let fleet = Fleet::start(args.routers, args.base_address, options)
         .await
         .context("starting the sim fleet")?;
@@ -83,21 +86,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    wait_for_signal().await?;
+    stop.await;
     fleet.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
     Ok(())
 }

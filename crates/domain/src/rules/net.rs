@@ -303,6 +303,19 @@ impl DstAddress {
         Self::check(addr)
     }
 
+    /// Validates operator input under a deployment policy: lab mode also accepts a
+    /// loopback device (a service on the router's own machine, as the demo and the
+    /// end-to-end tests run them behind a sim router).
+    pub fn parse_with(s: &str, policy: &Policy) -> Result<Self, ValidationError> {
+        let addr: IpAddr = s
+            .parse()
+            .map_err(|_| ValidationError::new("dst_address", "not an IP address"))?;
+        if policy.lab_mode && addr.is_loopback() {
+            return Ok(Self(addr));
+        }
+        Self::check(addr)
+    }
+
     /// Validates an address already parsed.
     pub fn check(addr: IpAddr) -> Result<Self, ValidationError> {
         match classify(addr) {
@@ -513,6 +526,24 @@ mod tests {
         ];
         for &(input, expected) in rows {
             check_dst(input, expected);
+        }
+        // Lab mode lets loopback devices in, and nothing else it refuses.
+        let lab = Policy { lab_mode: true };
+        for (input, ok) in [
+            ("127.0.31.50", true),
+            ("::1", true),
+            ("192.168.88.43", true),
+            ("169.254.0.1", false),
+            ("0.0.0.0", false),
+            ("224.0.0.5", false),
+            ("printer", false),
+        ] {
+            assert_eq!(DstAddress::parse_with(input, &lab).is_ok(), ok, "{input}");
+            assert_eq!(
+                DstAddress::parse_with(input, &PUBLIC).ok(),
+                DstAddress::parse(input).ok(),
+                "{input}"
+            );
         }
     }
 

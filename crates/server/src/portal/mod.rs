@@ -8,7 +8,9 @@
 //!   throttle.
 //! - [`assets`]: htmx, xterm.js, the stylesheet and script, embedded at build time.
 //! - [`error`]: `PortalError`, rendered as a page.
-//! - `login`, `sites`, `admin`: the handlers, by page area, named `<page>_<method>`.
+//! - `login`, `sites`, `grants`, `admin`: the handlers, by page area, named
+//!   `<page>_<method>` (`grants`: the Transient Access and Forwarding tabs and their
+//!   forms, which go through the API's own code in `routes::grants`).
 //! - `terminal`: the Terminal button, the terminal's WebSocket, recordings and replay.
 //!
 //! Routes are split into a public router (login, assets) and a guarded one whose every
@@ -20,6 +22,7 @@ pub mod session;
 pub mod urls;
 
 mod admin;
+mod grants;
 mod login;
 mod sites;
 mod terminal;
@@ -47,8 +50,21 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(urls::LOGOUT, post(login::logout_post))
         .route(urls::SITES, get(sites::sites_get))
         .route(urls::SITE, get(sites::site_get))
-        .route(urls::SITE_ACCESS, get(sites::site_access_get))
-        .route(urls::SITE_FORWARDS, get(sites::site_forwards_get))
+        .route(
+            urls::SITE_ACCESS,
+            get(grants::site_access_get).post(grants::site_access_post),
+        )
+        .route(
+            urls::SITE_FORWARDS,
+            get(grants::site_forwards_get).post(grants::site_forwards_post),
+        )
+        .route(
+            urls::SITE_ACCESS_CREDENTIALS,
+            post(grants::access_credentials_post),
+        )
+        .route(urls::SITE_ACCESS_REVOKE, post(grants::access_revoke_post))
+        .route(urls::SITE_FORWARD, get(grants::forward_get))
+        .route(urls::SITE_FORWARD_REVOKE, post(grants::forward_revoke_post))
         .route(urls::SITE_JOBS, get(sites::site_jobs_get))
         .route(urls::USERS, get(admin::users_get))
         .route(urls::TOKENS, get(admin::tokens_get))

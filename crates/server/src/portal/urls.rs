@@ -1,7 +1,7 @@
 //! Every portal URL in one place: the route patterns the router mounts and the functions
 //! that build links to them, so a page never spells a path by hand.
 
-use domain::{AccessId, SiteId};
+use domain::{AccessId, ForwardId, SiteId};
 
 pub const ROOT: &str = "/";
 pub const LOGIN: &str = "/login";
@@ -11,6 +11,10 @@ pub const SITE: &str = "/sites/{site_id}";
 pub const SITE_ACCESS: &str = "/sites/{site_id}/access";
 pub const SITE_FORWARDS: &str = "/sites/{site_id}/forwards";
 pub const SITE_JOBS: &str = "/sites/{site_id}/jobs";
+pub const SITE_ACCESS_CREDENTIALS: &str = "/sites/{site_id}/access/{grant_id}/credentials";
+pub const SITE_ACCESS_REVOKE: &str = "/sites/{site_id}/access/{grant_id}/revoke";
+pub const SITE_FORWARD: &str = "/sites/{site_id}/forwards/{grant_id}";
+pub const SITE_FORWARD_REVOKE: &str = "/sites/{site_id}/forwards/{grant_id}/revoke";
 pub const USERS: &str = "/users";
 pub const TOKENS: &str = "/tokens";
 pub const AUDIT: &str = "/audit";
@@ -55,6 +59,22 @@ pub fn recording(site: SiteId, access: AccessId) -> String {
 
 pub fn recording_cast(site: SiteId, access: AccessId) -> String {
     format!("/sites/{site}/recordings/{access}/cast")
+}
+
+pub fn site_access_credentials(site: SiteId, grant: AccessId) -> String {
+    format!("/sites/{site}/access/{grant}/credentials")
+}
+
+pub fn site_access_revoke(site: SiteId, grant: AccessId) -> String {
+    format!("/sites/{site}/access/{grant}/revoke")
+}
+
+pub fn site_forward(site: SiteId, grant: ForwardId) -> String {
+    format!("/sites/{site}/forwards/{grant}")
+}
+
+pub fn site_forward_revoke(site: SiteId, grant: ForwardId) -> String {
+    format!("/sites/{site}/forwards/{grant}/revoke")
 }
 
 /// The URL of an embedded asset, with its content hash (cached for a year).

@@ -234,6 +234,17 @@ pub fn port_candidates(min: u16, max: u16) -> Vec<u16> {
     out
 }
 
+/// Entry-port candidates for a create in `region`: from this process's gateway when it
+/// serves the region (skipping ports live or cooling down there and ports it cannot
+/// bind; none left makes the store's 409), else drawn from the region's range.
+pub fn entry_port_candidates(state: &AppState, region: &store::Region) -> Vec<u16> {
+    state
+        .gateway
+        .as_ref()
+        .and_then(|g| g.port_candidates(region.id))
+        .unwrap_or_else(|| port_candidates(region.port_min, region.port_max))
+}
+
 /// An audit entry by this caller.
 pub fn audit(
     caller: &Caller,
@@ -387,10 +398,29 @@ pub async fn grant_created(state: &AppState) {
     }
 }
 
-/// For `?wait=true`: polls the grant until it leaves `requested`/`provisioning` or the
-/// configured wait passes, and returns it as it is then.
+/// A grant record that names its grant.
+pub trait GrantRecord {
+    fn grant_key(&self) -> orchestrator::GrantKey;
+}
+
+impl GrantRecord for store::TransientAccess {
+    fn grant_key(&self) -> orchestrator::GrantKey {
+        orchestrator::GrantKey::Access(self.id)
+    }
+}
+
+impl GrantRecord for store::TransientForward {
+    fn grant_key(&self) -> orchestrator::GrantKey {
+        orchestrator::GrantKey::Forward(self.id)
+    }
+}
+
+/// For `?wait=true`: polls the grant until it leaves `requested`/`provisioning` (and,
+/// once active, until this process's gateway listens on its port) or the configured
+/// wait passes, and returns it as it is then.
 pub async fn wait_until_settled<T, F, Fut>(state: &AppState, mut read: F, initial: T) -> T
 where
+    T: GrantRecord,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<(T, domain::GrantStatus)>>,
 {
@@ -402,7 +432,14 @@ where
         match read().await {
             Some((grant, status)) => {
                 last = grant;
-                if !matches!(status, Requested | Provisioning) {
+                let listening = || {
+                    status != domain::GrantStatus::Active
+                        || state
+                            .gateway
+                            .as_ref()
+                            .is_none_or(|g| g.settled(last.grant_key()))
+                };
+                if !matches!(status, Requested | Provisioning) && listening() {
                     return last;
                 }
             }

@@ -5,7 +5,9 @@
 pub(crate) mod access;
 mod admin;
 pub(crate) mod common;
+mod connections;
 mod forwards;
+pub(crate) mod grants;
 mod routers;
 mod system;
 
@@ -77,6 +79,8 @@ fn described() -> OpenApiRouter<AppState> {
             access::access_delete
         ))
         .routes(routes!(access::access_credentials_get))
+        .routes(routes!(connections::access_connections_get))
+        .routes(routes!(connections::forward_connections_get))
         .routes(routes!(routers::routers_list, routers::routers_post))
         .routes(routes!(
             routers::router_get,

@@ -1,0 +1,856 @@
+//! The in-process gateway: the orchestrator's [`orchestrator::DataPlane`] hook backed by
+//! the `gateway` crate, the entry-port proposals a create offers the store, the
+//! start-up rebuild of every active grant's listener, and the task that turns the
+//! gateway's events into the store's connections, `authorized_at` and audit entries.
+//!
+//! The hook is synchronous and must not block, while opening a grant needs its router
+//! from the store: `open` spawns that work. So that a revoke or a new end arriving while
+//! an open is still under way is never lost, `close` and `set_deadline` leave a note
+//! (under one lock) that the opening task reads once its listener is up: an open that
+//! finds its grant ended closes it at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::{AccessType, ConnectionRecordId, GrantStatus, OrgId, RegionId, RouterId};
+use gateway::{ConnectionId, Event, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange};
+use orchestrator::LiveGrant;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+
+/// How many ports a create offers the store from a large range.
+const CANDIDATES: usize = 64;
+/// Below this many ports, every free one is offered.
+const SMALL_RANGE: usize = 256;
+/// Refused connections audited per grant per minute; beyond, only counted in the log.
+const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
+/// Notes older than this are forgotten (an open is never pending that long).
+const NOTE_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Why the gateway could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("region {name}: {message}")]
+    Region { name: String, message: String },
+}
+
+/// One region this process serves: where it binds and which ports it hands out.
+struct Region {
+    bind: IpAddr,
+    ports: Mutex<PortAllocator>,
+}
+
+/// What the event task needs to know of an open grant.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    org: OrgId,
+    router: RouterId,
+    region: RegionId,
+    port: u16,
+}
+
+/// What happened to a grant while its open may still be under way.
+#[derive(Debug, Clone, Copy)]
+enum Note {
+    Ended(Instant),
+    Deadline(Instant, DateTime<Utc>),
+    Failed(Instant),
+}
+
+impl Note {
+    fn at(&self) -> Instant {
+        match self {
+            Note::Ended(at) | Note::Deadline(at, _) | Note::Failed(at) => *at,
+        }
+    }
+}
+
+struct Shared {
+    store: store::Store,
+    regions: HashMap<RegionId, Region>,
+    grants: Mutex<HashMap<GrantKey, Meta>>,
+    notes: Mutex<HashMap<GrantKey, Note>>,
+    /// Live connections and the store rows they are recorded under.
+    live: Mutex<HashMap<ConnectionId, ConnectionRecordId>>,
+    /// Refusals audited per grant in the current minute.
+    refusals: Mutex<HashMap<GrantKey, (Instant, u32)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The event task and how to tell it to stop.
+type EventTask = (oneshot::Sender<()>, JoinHandle<()>);
+
+/// The gateway of `postern server`: cheap to clone, every clone drives the same one.
+#[derive(Clone)]
+pub struct GatewayPlane {
+    gateway: Gateway,
+    shared: Arc<Shared>,
+    events: Arc<Mutex<Option<EventTask>>>,
+}
+
+impl std::fmt::Debug for GatewayPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayPlane")
+            .field("grants", &self.gateway.grants().len())
+            .finish()
+    }
+}
+
+/// The gateway's own key for the orchestrator's.
+pub fn gateway_key(key: orchestrator::GrantKey) -> GrantKey {
+    match key {
+        orchestrator::GrantKey::Access(id) => GrantKey::Access(id),
+        orchestrator::GrantKey::Forward(id) => GrantKey::Forward(id),
+    }
+}
+
+fn kind(key: GrantKey) -> (&'static str, String) {
+    match key {
+        GrantKey::Access(id) => ("access", id.to_string()),
+        GrantKey::Forward(id) => ("forward", id.to_string()),
+    }
+}
+
+/// The address a grant's connections go to: the router's tunnel address and its SSH or
+/// WinBox port (as stored for the router), or for a forward its dst-nat port there.
+pub fn target(grant: &LiveGrant, router: &store::Router) -> SocketAddr {
+    let port = match grant {
+        LiveGrant::Access(a) => match a.access_type {
+            AccessType::Ssh => router.ssh_port,
+            AccessType::Winbox => router.winbox_port,
+        },
+        LiveGrant::Forward(f) => f.router_port,
+    };
+    SocketAddr::new(router.tunnel_address, port)
+}
+
+fn sources(grant: &LiveGrant) -> gateway::SourcePolicy {
+    match grant {
+        LiveGrant::Access(a) => gateway::SourcePolicy::new([a.allow_from], a.allow_rfc1918),
+        LiveGrant::Forward(f) => gateway::SourcePolicy::new([f.allow_from], false),
+    }
+}
+
+fn record_parts(grant: &LiveGrant) -> (OrgId, RouterId, RegionId, u16, DateTime<Utc>) {
+    match grant {
+        LiveGrant::Access(a) => (a.org_id, a.router_id, a.region_id, a.port, a.expires_at),
+        LiveGrant::Forward(f) => (f.org_id, f.router_id, f.region_id, f.port, f.expires_at),
+    }
+}
+
+impl GatewayPlane {
+    /// A gateway for the regions `config` names (each must exist in the store, as
+    /// `bootstrap::open_store` makes sure), with its event task running. Connections a
+    /// previous run left recorded as live are ended first ("gateway restarted").
+    pub async fn start(
+        store: store::Store,
+        config: &ServerConfig,
+        gateway_config: gateway::Config,
+    ) -> Result<GatewayPlane, DataPlaneError> {
+        let mut regions = HashMap::new();
+        for r in &config.regions {
+            let stored = store.find_region_by_name(&r.name).await?.ok_or_else(|| {
+                DataPlaneError::Region {
+                    name: r.name.clone(),
+                    message: "not in the store".into(),
+                }
+            })?;
+            let range = PortRange::new(stored.port_min, stored.port_max).map_err(|e| {
+                DataPlaneError::Region {
+                    name: r.name.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            regions.insert(
+                stored.id,
+                Region {
+                    bind: r.bind_address(),
+                    ports: Mutex::new(PortAllocator::new(range, config.port_cooldown)),
+                },
+            );
+        }
+        let ended = store
+            .end_open_connections(Utc::now(), "gateway restarted")
+            .await?;
+        if ended > 0 {
+            tracing::info!(
+                connections = ended,
+                "ended connections a previous run left open"
+            );
+        }
+        let (gateway, rx) = Gateway::new(gateway_config);
+        let shared = Arc::new(Shared {
+            store,
+            regions,
+            grants: Mutex::new(HashMap::new()),
+            notes: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(record_events(shared.clone(), rx, stopped));
+        Ok(GatewayPlane {
+            gateway,
+            shared,
+            events: Arc::new(Mutex::new(Some((stop, task)))),
+        })
+    }
+
+    /// The gateway itself.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Opens the listener of every active grant in the store (`Gateway::reconcile`), so
+    /// a restart keeps access working. Call before the orchestrator starts. Returns how
+    /// many listen.
+    pub async fn rebuild(&self) -> Result<usize, DataPlaneError> {
+        let store = &self.shared.store;
+        let routers: HashMap<RouterId, store::Router> = store
+            .list_all_routers()
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        let mut grants: Vec<LiveGrant> = Vec::new();
+        grants.extend(
+            store
+                .list_live_access()
+                .await?
+                .into_iter()
+                .filter(|g| g.status == GrantStatus::Active)
+                .map(LiveGrant::Access),
+        );
+        grants.extend(
+            store
+                .list_live_forwards()
+                .await?
+                .into_iter()
+                .filter(|g| g.status == GrantStatus::Active)
+                .map(LiveGrant::Forward),
+        );
+        let mut specs = Vec::new();
+        let now = Utc::now();
+        for grant in &grants {
+            let key = gateway_key(grant.key());
+            let (_, router_id, _, _, expires_at) = record_parts(grant);
+            if expires_at <= now {
+                // Ended while no gateway ran: the orchestrator expires it now.
+                continue;
+            }
+            let Some(router) = routers.get(&router_id) else {
+                tracing::warn!(grant = %key, "start-up: the grant's router is gone");
+                continue;
+            };
+            match self.prepare(grant, router) {
+                Ok(spec) => specs.push(spec),
+                Err(why) => tracing::warn!(grant = %key, "start-up: not opened: {why}"),
+            }
+        }
+        let report = self.gateway.reconcile(specs).await;
+        for (key, e) in &report.failed {
+            tracing::error!(grant = %key, error = %e, "start-up: the grant's port could not open");
+            self.forget(*key);
+        }
+        tracing::info!(
+            listening = report.opened.len(),
+            failed = report.failed.len(),
+            "gateway rebuilt from the store"
+        );
+        Ok(report.opened.len())
+    }
+
+    /// The spec of a grant's listener, its bookkeeping done (port reserved, meta kept).
+    fn prepare(&self, grant: &LiveGrant, router: &store::Router) -> Result<ForwardSpec, String> {
+        let key = gateway_key(grant.key());
+        let (org, router_id, region_id, port, expires_at) = record_parts(grant);
+        let region = self
+            .shared
+            .regions
+            .get(&region_id)
+            .ok_or_else(|| "its region is not served by this process".to_owned())?;
+        let now = Instant::now();
+        // The store settled the port; the allocator only learns it is live.
+        let _ = lock(&region.ports).reserve(port, now);
+        lock(&self.shared.grants).insert(
+            key,
+            Meta {
+                org,
+                router: router_id,
+                region: region_id,
+                port,
+            },
+        );
+        Ok(ForwardSpec {
+            key,
+            listen: SocketAddr::new(region.bind, port),
+            target: target(grant, router),
+            sources: sources(grant),
+            deadline: Some(self.gateway.deadline_for(expires_at)),
+        })
+    }
+
+    /// Drops a grant's bookkeeping and releases its port (idempotent).
+    fn forget(&self, key: GrantKey) {
+        let meta = lock(&self.shared.grants).remove(&key);
+        if let Some(meta) = meta {
+            self.shared.release(meta);
+        }
+    }
+
+    fn note(&self, key: GrantKey, note: Note) {
+        let mut notes = lock(&self.shared.notes);
+        if notes.len() > 4096 {
+            notes.retain(|_, n| n.at().elapsed() < NOTE_LIFETIME);
+        }
+        notes.insert(key, note);
+    }
+
+    async fn open_now(&self, grant: LiveGrant) {
+        let key = gateway_key(grant.key());
+        {
+            let mut notes = lock(&self.shared.notes);
+            match notes.get(&key) {
+                Some(Note::Ended(_)) => return,
+                // A new attempt: an earlier failure no longer settles it.
+                Some(Note::Failed(_)) => {
+                    notes.remove(&key);
+                }
+                _ => {}
+            }
+        }
+        let (_, router_id, _, _, expires_at) = record_parts(&grant);
+        let router = match self.shared.store.get_router_any_org(router_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(grant = %key, error = %e, "cannot open the grant's port: its router cannot be read");
+                self.note(key, Note::Failed(Instant::now()));
+                return;
+            }
+        };
+        let spec = match self.prepare(&grant, &router) {
+            Ok(spec) => spec,
+            Err(why) => {
+                tracing::error!(grant = %key, "cannot open the grant's port: {why}");
+                self.note(key, Note::Failed(Instant::now()));
+                return;
+            }
+        };
+        match self.gateway.open(spec).await {
+            Ok(open) => {
+                tracing::info!(grant = %key, listen = %open.listen, "entry port listening");
+            }
+            Err(gateway::Error::AlreadyOpen { .. }) => {
+                let _ = self
+                    .gateway
+                    .set_deadline(key, Some(self.gateway.deadline_for(expires_at)));
+            }
+            Err(e) => {
+                tracing::error!(grant = %key, error = %e, "cannot open the grant's port");
+                self.forget(key);
+                self.note(key, Note::Failed(Instant::now()));
+                return;
+            }
+        }
+        // What arrived while the listener was being opened (a new end is used once).
+        let note = {
+            let mut notes = lock(&self.shared.notes);
+            match notes.get(&key).copied() {
+                Some(Note::Deadline(..)) => notes.remove(&key),
+                other => other,
+            }
+        };
+        match note {
+            Some(Note::Ended(_)) => {
+                // Its port and bookkeeping go with the `GrantClosed` event.
+                let _ = self.gateway.close(key, gateway::EndReason::Revoked).await;
+            }
+            Some(Note::Deadline(_, at)) => {
+                let _ = self
+                    .gateway
+                    .set_deadline(key, Some(self.gateway.deadline_for(at)));
+            }
+            Some(Note::Failed(_)) | None => {}
+        }
+    }
+
+    /// Whether a grant's port is settled: listening, or known not to be coming (ended,
+    /// or its open failed). `?wait=true` waits for this as well as for `active`.
+    pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
+        let key = gateway_key(key);
+        self.gateway.grant(key).is_ok()
+            || matches!(
+                lock(&self.shared.notes).get(&key),
+                Some(Note::Ended(_) | Note::Failed(_))
+            )
+    }
+
+    /// Entry-port candidates for a create in `region`: free in this gateway (neither
+    /// live nor cooling down) and bindable now, in random order. `None` when this
+    /// process does not serve the region (the caller draws from the range itself);
+    /// empty when nothing is free, which the store reports as a conflict.
+    pub fn port_candidates(&self, region: RegionId) -> Option<Vec<u16>> {
+        let served = self.shared.regions.get(&region)?;
+        let now = Instant::now();
+        let mut ports = lock(&served.ports);
+        let n = if ports.range().len() <= SMALL_RANGE {
+            ports.range().len()
+        } else {
+            CANDIDATES
+        };
+        let drawn = ports.candidates(n, now).unwrap_or_default();
+        drop(ports);
+        Some(
+            drawn
+                .into_iter()
+                .filter(|p| bindable(SocketAddr::new(served.bind, *p)))
+                .collect(),
+        )
+    }
+
+    /// Byte counts so far of a grant's live connections, by their store rows.
+    pub fn live_counts(
+        &self,
+        key: orchestrator::GrantKey,
+    ) -> HashMap<ConnectionRecordId, (u64, u64)> {
+        let Ok(conns) = self.gateway.connections(gateway_key(key)) else {
+            return HashMap::new();
+        };
+        let live = lock(&self.shared.live);
+        conns
+            .into_iter()
+            .filter_map(|c| live.get(&c.id).map(|row| (*row, (c.bytes_in, c.bytes_out))))
+            .collect()
+    }
+
+    /// Closes every listener and connection, records their ends, stops the event task.
+    pub async fn shutdown(&self) {
+        let report = self.gateway.shutdown().await;
+        tracing::info!(
+            grants = report.grants,
+            connections = report.connections_killed,
+            "gateway stopped"
+        );
+        let events = lock(&self.events).take();
+        if let Some((stop, task)) = events {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// Whether a listener could be bound at `addr` now (as the gateway binds: SO_REUSEADDR,
+/// so a port whose old connections linger in TIME_WAIT counts as free).
+fn bindable(addr: SocketAddr) -> bool {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(1)
+        })
+        .is_ok()
+}
+
+impl orchestrator::DataPlane for GatewayPlane {
+    fn open(&self, grant: &LiveGrant) {
+        let plane = self.clone();
+        let grant = grant.clone();
+        tokio::spawn(async move { plane.open_now(grant).await });
+    }
+
+    fn set_deadline(&self, key: orchestrator::GrantKey, expires_at: DateTime<Utc>) {
+        let key = gateway_key(key);
+        let deadline = Some(self.gateway.deadline_for(expires_at));
+        // Under the notes' lock, so an open under way either sees the note or its
+        // listener is already there to take the deadline.
+        let mut notes = lock(&self.shared.notes);
+        if self.gateway.set_deadline(key, deadline).is_err() {
+            notes.insert(key, Note::Deadline(Instant::now(), expires_at));
+        }
+    }
+
+    fn close(&self, key: orchestrator::GrantKey, reason: orchestrator::EndReason) {
+        let key = gateway_key(key);
+        self.note(key, Note::Ended(Instant::now()));
+        let reason = match reason {
+            orchestrator::EndReason::Expired => gateway::EndReason::Expired,
+            orchestrator::EndReason::Revoked => gateway::EndReason::Revoked,
+            orchestrator::EndReason::Failed => {
+                gateway::EndReason::Error("provisioning failed".into())
+            }
+        };
+        let plane = self.clone();
+        tokio::spawn(async move {
+            if let Ok(report) = plane.gateway.close(key, reason).await {
+                tracing::info!(
+                    grant = %key,
+                    reason = %report.reason,
+                    killed = report.connections_killed,
+                    "entry port closed"
+                );
+            }
+            // Its port and bookkeeping go with the `GrantClosed` event, after the
+            // events of its connections.
+        });
+    }
+}
+
+impl Shared {
+    fn release(&self, meta: Meta) {
+        if let Some(region) = self.regions.get(&meta.region) {
+            lock(&region.ports).release(meta.port, Instant::now());
+        }
+    }
+
+    /// Whether this refusal is audited (a scanner must not flood the audit log).
+    fn audit_refusal(&self, key: GrantKey) -> bool {
+        let mut refusals = lock(&self.refusals);
+        let now = Instant::now();
+        refusals.retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(60));
+        let entry = refusals.entry(key).or_insert((now, 0));
+        entry.1 += 1;
+        entry.1 <= REFUSALS_AUDITED_PER_MINUTE
+    }
+
+    async fn handle(&self, event: Event) -> Result<(), store::StoreError> {
+        let key = event.key();
+        let meta = lock(&self.grants).get(&key).copied();
+        let (kind, id) = kind(key);
+        match event {
+            Event::ConnectionRefused {
+                source,
+                at,
+                refusal,
+                ..
+            } => {
+                tracing::warn!(grant = %key, %source, %refusal, "connection refused");
+                if let Some(meta) = meta
+                    && self.audit_refusal(key)
+                {
+                    self.store
+                        .append_audit(store::NewAudit {
+                            org_id: meta.org,
+                            at,
+                            actor: "gateway".into(),
+                            actor_address: Some(source.ip()),
+                            action: format!("{kind}.connection_refused"),
+                            target: Some(format!("{kind}:{id}")),
+                            details: serde_json::json!({
+                                "source": source.to_string(),
+                                "reason": refusal.to_string(),
+                                "router_id": meta.router.to_string(),
+                            }),
+                        })
+                        .await?;
+                }
+            }
+            Event::ConnectionOpened {
+                id: conn,
+                source,
+                at,
+                first,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
+                let Some(meta) = meta else { return Ok(()) };
+                let row = ConnectionRecordId::new();
+                lock(&self.live).insert(conn, row);
+                self.store
+                    .record_connection(store::NewConnection {
+                        id: row,
+                        org_id: meta.org,
+                        router_id: meta.router,
+                        grant_kind: grant_kind(key),
+                        grant_id: id,
+                        source,
+                        started_at: at,
+                        end: None,
+                    })
+                    .await?;
+                if first {
+                    match key {
+                        GrantKey::Access(id) => self.store.set_access_authorized(id, at).await?,
+                        GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await?,
+                    };
+                }
+            }
+            Event::ConnectionClosed {
+                id: conn,
+                source,
+                started_at,
+                at,
+                bytes_in,
+                bytes_out,
+                reason,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = %conn, bytes_in, bytes_out, %reason, "connection ended");
+                let end = store::ConnectionEnd {
+                    at,
+                    bytes_from_client: bytes_in,
+                    bytes_to_client: bytes_out,
+                    reason: reason.to_string(),
+                };
+                let row = lock(&self.live).remove(&conn);
+                match (row, meta) {
+                    (Some(row), _) => self.store.end_connection(row, end).await?,
+                    // Its opening was never recorded (the event was dropped).
+                    (None, Some(meta)) => {
+                        self.store
+                            .record_connection(store::NewConnection {
+                                id: ConnectionRecordId::new(),
+                                org_id: meta.org,
+                                router_id: meta.router,
+                                grant_kind: grant_kind(key),
+                                grant_id: id,
+                                source,
+                                started_at,
+                                end: Some(end),
+                            })
+                            .await?;
+                    }
+                    (None, None) => {}
+                }
+            }
+            Event::GrantClosed {
+                reason,
+                connections_killed,
+                ..
+            } => {
+                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the gateway");
+                let meta = lock(&self.grants).remove(&key);
+                if let Some(meta) = meta {
+                    self.release(meta);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn grant_kind(key: GrantKey) -> store::GrantKind {
+    match key {
+        GrantKey::Access(_) => store::GrantKind::Access,
+        GrantKey::Forward(_) => store::GrantKind::Forward,
+    }
+}
+
+/// Writes the gateway's events to the store, one at a time, until told to stop; then
+/// what is already queued.
+async fn record_events(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Event>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event {
+                Some(e) => e,
+                None => return,
+            },
+            _ = &mut stop => break,
+        };
+        if let Err(e) = shared.handle(event).await {
+            tracing::error!(error = %e, "could not record a gateway event");
+        }
+    }
+    while let Ok(event) = rx.try_recv() {
+        if let Err(e) = shared.handle(event).await {
+            tracing::error!(error = %e, "could not record a gateway event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator::DataPlane as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A store with one SSH access grant, active, whose router's SSH port is an echo
+    /// service; the gateway plane over it.
+    async fn fixture(
+        dir: &std::path::Path,
+    ) -> (store::Store, GatewayPlane, store::TransientAccess) {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = c.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let config = ServerConfig {
+            data_dir: dir.to_owned(),
+            ..ServerConfig::default()
+        };
+        let store = crate::bootstrap::open_store(&config).await.unwrap();
+        let org = store.create_organisation("o").await.unwrap();
+        let region = store.find_region_by_name("local").await.unwrap().unwrap();
+        let router = store
+            .create_router(store::NewRouter {
+                org_id: org.id,
+                site_name: None,
+                region_id: region.id,
+                name: "r".into(),
+                tunnel_address: IpAddr::from([127, 0, 0, 1]),
+                api_port: 8728,
+                ssh_port: echo_port,
+                winbox_port: 8291,
+                username: "admin".into(),
+                password: "x".into(),
+            })
+            .await
+            .unwrap();
+        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let grant = store
+            .create_access(store::NewAccess {
+                org_id: org.id,
+                router_id: router.id,
+                access_type: AccessType::Ssh,
+                access: domain::AccessLevel::Full,
+                allow_rfc1918: false,
+                allow_from: domain::AllowFrom::parse(
+                    "127.0.0.1",
+                    &domain::Policy { lab_mode: true },
+                )
+                .unwrap(),
+                username: "u".into(),
+                password: "p".into(),
+                expires_at: now + chrono::TimeDelta::minutes(30),
+                created_by: "test".into(),
+                region_id: region.id,
+                entry_point: "127.0.0.1".into(),
+                port_candidates: plane.port_candidates(region.id).unwrap(),
+                audit: store::NewAudit {
+                    org_id: org.id,
+                    at: now,
+                    actor: "test".into(),
+                    actor_address: None,
+                    action: "access.create".into(),
+                    target: None,
+                    details: serde_json::json!({}),
+                },
+                job: None,
+            })
+            .await
+            .unwrap();
+        for (from, to) in [
+            (GrantStatus::Requested, GrantStatus::Provisioning),
+            (GrantStatus::Provisioning, GrantStatus::Active),
+        ] {
+            store
+                .transition_access(grant.id, &[from], to, now, None)
+                .await
+                .unwrap();
+        }
+        let grant = store.get_access(org.id, router.id, grant.id).await.unwrap();
+        (store, plane, grant)
+    }
+
+    async fn settle(plane: &GatewayPlane, key: orchestrator::GrantKey) {
+        for _ in 0..200 {
+            if plane.settled(key) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never settled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_forwards_records_and_a_close_during_the_open_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, plane, grant) = fixture(dir.path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+            .await
+            .unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+        // Live: listed with its counts so far.
+        for _ in 0..200 {
+            if plane.live_counts(key).values().any(|v| *v == (4, 4)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            plane.live_counts(key).into_values().collect::<Vec<_>>(),
+            [(4, 4)]
+        );
+        drop(c);
+        // Revoked: the port closes, the connection is recorded, first use set.
+        plane.close(key, orchestrator::EndReason::Revoked);
+        for _ in 0..200 {
+            if plane.gateway().grants().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(plane.gateway().grants().is_empty());
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+                .await
+                .is_err()
+        );
+        plane.shutdown().await;
+        let rows = store
+            .list_connections(
+                grant.org_id,
+                grant.router_id,
+                store::GrantKind::Access,
+                &grant.id.to_string(),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].bytes_from_client, rows[0].bytes_to_client), (4, 4));
+        assert!(rows[0].ended_at.is_some());
+        let again = store
+            .get_access(grant.org_id, grant.router_id, grant.id)
+            .await
+            .unwrap();
+        assert_eq!(again.authorized_at, Some(rows[0].started_at));
+
+        // Another store and plane: open and close at once. The close is noted before the
+        // open's task has its listener, and none is left.
+        let (_, plane, grant) = fixture(dir.path().join("b").as_path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        plane.close(key, orchestrator::EndReason::Revoked);
+        settle(&plane, key).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(plane.gateway().grants().is_empty());
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+                .await
+                .is_err()
+        );
+        plane.shutdown().await;
+    }
+}

@@ -1,0 +1,202 @@
+//! Connections through the gateway: one row per forwarded connection of a grant, written
+//! when it opens (`ended_at` empty while it is live) and completed when it ends with the
+//! bytes each way and how it ended. The gateway's events feed it; the API lists it.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use domain::{ConnectionRecordId, OrgId, RouterId};
+
+use crate::Store;
+use crate::db::{Get, db, ms, opt_ms, trunc};
+use crate::error::{Result, StoreError};
+
+/// Which kind of grant a connection belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    Access,
+    Forward,
+}
+
+impl GrantKind {
+    /// `access` or `forward`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Access => "access",
+            GrantKind::Forward => "forward",
+        }
+    }
+}
+
+/// A connection as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: ConnectionRecordId,
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub grant_id: String,
+    pub source: SocketAddr,
+    pub started_at: DateTime<Utc>,
+    /// `None` while the connection is live.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Client → target.
+    pub bytes_from_client: u64,
+    /// Target → client.
+    pub bytes_to_client: u64,
+    /// How it ended, in words (`finished`, `revoked`, `expired`, …).
+    pub end_reason: Option<String>,
+}
+
+/// Input of `record_connection`: a connection that just opened, or (when its opening was
+/// never recorded) one already over.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub id: ConnectionRecordId,
+    pub org_id: OrgId,
+    pub router_id: RouterId,
+    pub grant_kind: GrantKind,
+    pub grant_id: String,
+    pub source: SocketAddr,
+    pub started_at: DateTime<Utc>,
+    pub end: Option<ConnectionEnd>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone)]
+pub struct ConnectionEnd {
+    pub at: DateTime<Utc>,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub reason: String,
+}
+
+fn connection_from(r: &impl Get) -> Result<Connection> {
+    let count = |col: &str| -> Result<u64> {
+        let n = r.int(col)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} is negative: {n}")))
+    };
+    Ok(Connection {
+        id: r.parse("id")?,
+        org_id: r.parse("org_id")?,
+        router_id: r.parse("router_id")?,
+        grant_id: r.text("grant_id")?,
+        source: r.parse("source_address")?,
+        started_at: r.time("started_at")?,
+        ended_at: r.opt_time("ended_at")?,
+        bytes_from_client: count("bytes_from_client")?,
+        bytes_to_client: count("bytes_to_client")?,
+        end_reason: r.opt_text("end_reason")?,
+    })
+}
+
+/// Byte counts as the database keeps them (BIGINT), saturating.
+fn bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Records a connection (live, or already ended when `end` is given).
+    pub async fn record_connection(&self, new: NewConnection) -> Result<Connection> {
+        let _writer = self.sqlite_writer().await;
+        let end = new.end.as_ref();
+        db!(self, |p, pg| {
+            sqlx::query(
+                "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
+                 started_at, ended_at, bytes_from_client, bytes_to_client, end_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(new.id.to_string())
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.grant_kind.as_str())
+            .bind(&new.grant_id)
+            .bind(new.source.to_string())
+            .bind(ms(new.started_at))
+            .bind(opt_ms(end.map(|e| e.at)))
+            .bind(bigint(end.map_or(0, |e| e.bytes_from_client)))
+            .bind(bigint(end.map_or(0, |e| e.bytes_to_client)))
+            .bind(end.map(|e| e.reason.clone()))
+            .execute(p)
+            .await?;
+        });
+        Ok(Connection {
+            id: new.id,
+            org_id: new.org_id,
+            router_id: new.router_id,
+            grant_id: new.grant_id,
+            source: new.source,
+            started_at: trunc(new.started_at),
+            ended_at: end.map(|e| trunc(e.at)),
+            bytes_from_client: end.map_or(0, |e| e.bytes_from_client),
+            bytes_to_client: end.map_or(0, |e| e.bytes_to_client),
+            end_reason: end.map(|e| e.reason.clone()),
+        })
+    }
+
+    /// Completes a recorded connection; `NotFound` if there is no such row.
+    pub async fn end_connection(&self, id: ConnectionRecordId, end: ConnectionEnd) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
+        let changed = db!(self, |p, pg| {
+            sqlx::query(
+                "UPDATE connections SET ended_at = $2, bytes_from_client = $3, bytes_to_client = $4, \
+                 end_reason = $5 WHERE id = $1",
+            )
+            .bind(id.to_string())
+            .bind(ms(end.at))
+            .bind(bigint(end.bytes_from_client))
+            .bind(bigint(end.bytes_to_client))
+            .bind(&end.reason)
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Ends every connection still recorded as live, as of `at` with `reason`: at
+    /// start-up, for connections of a gateway that stopped without reporting them.
+    /// Returns how many.
+    pub async fn end_open_connections(&self, at: DateTime<Utc>, reason: &str) -> Result<u64> {
+        let _writer = self.sqlite_writer().await;
+        Ok(db!(self, |p, pg| {
+            sqlx::query(
+                "UPDATE connections SET ended_at = $1, end_reason = $2 WHERE ended_at IS NULL",
+            )
+            .bind(ms(at))
+            .bind(reason)
+            .execute(p)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// The connections of one grant of `org`'s router, newest first, at most `limit`.
+    pub async fn list_connections(
+        &self,
+        org: OrgId,
+        router_id: RouterId,
+        kind: GrantKind,
+        grant_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Connection>> {
+        db!(self, |p, pg| {
+            let rows = sqlx::query(
+                "SELECT id, org_id, router_id, grant_id, source_address, started_at, ended_at, \
+                 bytes_from_client, bytes_to_client, end_reason FROM connections \
+                 WHERE grant_id = $1 AND org_id = $2 AND router_id = $3 AND grant_kind = $4 \
+                 ORDER BY started_at DESC, id DESC LIMIT $5",
+            )
+            .bind(grant_id)
+            .bind(org.to_string())
+            .bind(router_id.to_string())
+            .bind(kind.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(connection_from).collect()
+        })
+    }
+}
