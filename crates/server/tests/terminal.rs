@@ -627,8 +627,10 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
         .err()
         .unwrap();
     assert_eq!(refused.0, 404);
-    // A viewer may not press the button.
+    // A viewer is not offered the button, and may not press it.
     let (victor, victor_csrf) = w.sign_in("victor").await;
+    let site_page = w.page(&format!("/sites/{}", w.site), &victor).await;
+    assert!(!site_page.contains("terminal-open"));
     let (status, _) = w.press_terminal(w.site, &victor, &victor_csrf).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Without the CSRF token, the button is refused.
