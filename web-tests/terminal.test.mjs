@@ -1,7 +1,6 @@
 // The terminal in a real browser: Debian's chromium driven by playwright-core, against
-// a real `postern server` (lab mode, temporary data directory, free port; its
-// orchestrator creates the SSH access on the router) and a real sim router (`postern
-// sim` on a 127.x address). Presses Terminal on the site's Overview, types
+// `postern demo` (a real server whose orchestrator creates the SSH access on a real sim
+// router on a 127.x address). Presses Terminal on the site's Overview, types
 // `/system identity print` into xterm.js, sees the router's identity, leaves the
 // terminal with the keyboard (Ctrl+]) and closes it, sees the access revoked, then
 // replays the recording. Screenshots under target/web-screenshots/. Any console error
@@ -11,9 +10,8 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -24,7 +22,7 @@ const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = resolve(process.env.POSTERN_SCREENSHOTS || join(root, "target/web-screenshots"));
 
 const children = [];
-let dataDir, browser, baseUrl, adminPassword, token, siteName, identity, routerId;
+let browser, baseUrl, adminPassword, token, siteName, identity, routerId;
 
 /** Starts a process and resolves with the first stdout/stderr line `pick` accepts. */
 function startAndRead(args, pick, what) {
@@ -65,57 +63,30 @@ async function api(method, path, body) {
 
 before(async () => {
   mkdirSync(shots, { recursive: true });
-  dataDir = mkdtempSync(join(tmpdir(), "postern-web-terminal-"));
-  const simAddress = `127.1.${2 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}`;
-  const sim = await startAndRead(
-    ["sim", "--routers", "1", "--base-address", simAddress, "--api-port", "0", "--api-tls-port", "0",
-      "--winbox-port", "0", "--ssh-port", "0", "--admin-password", "sim-admin-pw"],
+  // `postern demo`: the server (with its orchestrator and gateway) and a sim router on a
+  // 127.x block of its own, every port picked by the kernel, in lab mode over a
+  // temporary data directory it removes at exit; one JSON line once everything listens.
+  const base = `127.${1 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}.1`;
+  const demo = await startAndRead(
+    ["demo", "--json", "--listen", "127.0.0.1:0", "--routers", "1", "--base-address", base],
     (line) => {
       try {
         const v = JSON.parse(line);
-        return v.api_port ? v : undefined;
+        return v.portal_url ? v : undefined;
       } catch {
         return undefined;
       }
     },
-    "postern sim",
+    "postern demo",
   );
-  const router = sim.value;
-  identity = router.identity;
-
-  let password;
-  const server = await startAndRead(
-    ["server", "--listen", "127.0.0.1:0", "--log-format", "json", "--lab-mode", "--data-dir", dataDir],
-    (line) => {
-      const m = line.match(/with password (\S+)/);
-      if (m) password = m[1];
-      try {
-        const v = JSON.parse(line);
-        return v.fields && v.fields.listen ? v.fields.listen : undefined;
-      } catch {
-        return undefined;
-      }
-    },
-    "postern server",
-  );
-  baseUrl = `http://${server.value}`;
-  assert.ok(password, "the first start printed the admin password");
-  adminPassword = password;
-  token = execFileSync(bin, ["admin", "create-token", "--data-dir", dataDir, "--role", "admin", "--name", "web-tests"], {
-    encoding: "utf8",
-  }).trim();
-  siteName = "Terminal Office";
-  const created = await api("POST", "/api/routers", {
-    name: "term-01",
-    site: siteName,
-    tunnel_address: router.address,
-    username: "admin",
-    password: "sim-admin-pw",
-    api_port: router.api_port,
-    ssh_port: router.ssh_port,
-    winbox_port: router.winbox_port,
-  });
-  routerId = created.id;
+  const d = demo.value;
+  baseUrl = d.portal_url.replace(/\/$/, "");
+  adminPassword = d.admin_password;
+  token = d.api_token;
+  routerId = d.routers[0].id;
+  identity = d.routers[0].name;
+  const sites = await api("GET", "/api/sites");
+  siteName = sites.find((s) => s.router && s.router.id === routerId).name;
   browser = await chromium.launch({
     executablePath: chromiumPath,
     headless: true,
@@ -137,7 +108,6 @@ after(async () => {
       });
     }
   }
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
 async function newPage(width = 1280, height = 900) {

@@ -1,5 +1,5 @@
 //! Postern's HTTP API (JSON, OpenAPI 3, Swagger UI), its authentication and authorisation.
-//! The only crate that knows HTTP; the portal and the SSH terminal bridge join it later.
+//! The only crate that knows HTTP; it also serves the portal and the SSH terminal bridge.
 //!
 //! # Layout
 //!

@@ -627,8 +627,10 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
         .err()
         .unwrap();
     assert_eq!(refused.0, 404);
-    // A viewer may not press the button.
+    // A viewer is not offered the button, and may not press it.
     let (victor, victor_csrf) = w.sign_in("victor").await;
+    let site_page = w.page(&format!("/sites/{}", w.site), &victor).await;
+    assert!(!site_page.contains("terminal-open"));
     let (status, _) = w.press_terminal(w.site, &victor, &victor_csrf).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Without the CSRF token, the button is refused.
@@ -693,5 +695,58 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
     let _ = ws.send(Message::Binary(vec![b'x'; 70 * 1024].into())).await;
     screen.read(&mut ws, None).await;
     w.until_status(id2, domain::GrantStatus::Revoked).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_ends_its_terminals_and_revokes_their_access() {
+    let mut w = World::start("branch-80", "127.80.0.2").await;
+    let (cookie, csrf) = w.sign_in("alice").await;
+    // Without htmx, the button leads to the terminal's own page.
+    let resp = w
+        .http
+        .post(format!("{}/sites/{}/terminal", w.base, w.site))
+        .header("cookie", format!("postern_session={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let page_path = resp.headers()["location"].to_str().unwrap().to_owned();
+    let page = w.page(&page_path, &cookie).await;
+    let path = format!("{page_path}/ws");
+    assert!(page.contains(&format!(r#"data-ws="{path}""#)), "{page}");
+    let id: domain::AccessId = page_path.split('/').nth(4).unwrap().parse().unwrap();
+
+    let mut ws = w
+        .connect(&path, Some(&cookie), Some(&w.base))
+        .await
+        .unwrap();
+    let mut screen = Screen::new();
+    screen.read(&mut ws, Some("@branch-80] > ")).await;
+    // The page no longer offers the used terminal.
+    assert!(!w.page(&page_path, &cookie).await.contains("data-ws="));
+    // Stop the server: the terminal is told, closed, and its access revoked.
+    let _ = w.shutdown.take().unwrap().send(());
+    screen.read(&mut ws, None).await;
+    assert_eq!(
+        screen.ended().as_deref(),
+        Some("the server is shutting down")
+    );
+    w.task.take().unwrap().await.unwrap().unwrap();
+    let status = w.access(id).await.status;
+    assert!(
+        matches!(
+            status,
+            domain::GrantStatus::Closing | domain::GrantStatus::Revoked
+        ),
+        "{status:?}"
+    );
+    let session = w.store.get_terminal_session(w.org, id).await.unwrap();
+    assert_eq!(
+        session.end_reason.as_deref(),
+        Some("the server is shutting down")
+    );
     w.stop().await;
 }

@@ -121,6 +121,8 @@ struct SitePage {
     status: &'static str,
     tabs: Vec<Tab>,
     panel: String,
+    /// The site's actions at the top right: the Terminal button (`portal::terminal`).
+    actions: String,
 }
 
 #[derive(Template)]
@@ -178,6 +180,7 @@ pub(super) fn respond(
         status: router.map_or("unknown", |r| status_word(r.status)),
         tabs,
         panel,
+        actions: super::terminal::button(signed, site.id, router.is_some())?,
     })
 }
 

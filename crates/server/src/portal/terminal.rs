@@ -71,12 +71,30 @@ struct SessionRow {
 #[template(path = "site_terminal_partial.html")]
 struct Launch {
     can_write: bool,
-    post_url: String,
-    csrf: String,
     sessions: Vec<SessionRow>,
 }
 
-/// The Overview's terminal block: the button and the site's recorded sessions.
+#[derive(Template)]
+#[template(path = "site_terminal_button_partial.html")]
+struct Button {
+    post_url: String,
+    csrf: String,
+}
+
+/// The site page's Terminal button (top right, on every tab): for a site with a router,
+/// to roles that may write.
+pub fn button(signed: &Signed, site: SiteId, has_router: bool) -> Result<String, PortalError> {
+    if !has_router || !signed.caller.role.can_write() {
+        return Ok(String::new());
+    }
+    Ok(Button {
+        post_url: urls::site_terminal(site),
+        csrf: signed.csrf.clone(),
+    }
+    .render()?)
+}
+
+/// The Overview's terminal block: what the button does and the site's recorded sessions.
 pub async fn overview(
     state: &AppState,
     signed: &Signed,
@@ -100,8 +118,6 @@ pub async fn overview(
         .collect();
     Ok(Launch {
         can_write: signed.caller.role.can_write(),
-        post_url: urls::site_terminal(site.id),
-        csrf: signed.csrf.clone(),
         sessions,
     }
     .render()?)
@@ -157,7 +173,13 @@ pub async fn terminal_post(
         expires_at: None,
     };
     let created =
-        crate::routes::access::create(&state, &signed.caller, &router, request, true).await;
+        match crate::routes::grants::create_access(&state, &signed.caller, &router, &request).await
+        {
+            Ok(grant) => {
+                Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await)
+            }
+            Err(e) => Err(e),
+        };
     let mut panel = Panel {
         router: router.name.clone(),
         username: String::new(),

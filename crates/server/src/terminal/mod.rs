@@ -83,9 +83,4 @@ impl Terminals {
             tracing::warn!("terminal sessions still open at shutdown");
         }
     }
-
-    /// How many sessions are open.
-    pub fn open(&self) -> usize {
-        (self.max as usize).saturating_sub(self.slots.available_permits())
-    }
 }
