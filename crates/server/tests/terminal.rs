@@ -750,3 +750,27 @@ async fn stopping_the_server_ends_its_terminals_and_revokes_their_access() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_whose_recording_cannot_be_stored_ends() {
+    let w = World::start("branch-81", "127.81.0.2").await;
+    let (cookie, csrf) = w.sign_in("alice").await;
+    let (path, _) = w.terminal(&cookie, &csrf).await;
+    let mut ws = w
+        .connect(&path, Some(&cookie), Some(&w.base))
+        .await
+        .unwrap();
+    let mut screen = Screen::new();
+    screen.read(&mut ws, Some("@branch-81] > ")).await;
+    // The database goes away: the next chunk cannot be written, so the session ends
+    // rather than run unrecorded.
+    w.store.close().await;
+    ws.send(Message::Binary(b"/system identity print\r".to_vec().into()))
+        .await
+        .unwrap();
+    screen.read(&mut ws, None).await;
+    assert_eq!(
+        screen.ended().as_deref(),
+        Some("the recording could not be stored")
+    );
+}
