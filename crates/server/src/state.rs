@@ -37,11 +37,11 @@ pub struct AppState {
     /// The orchestrator running in this process, if any: created grants' jobs run at
     /// once, revoke goes through it (gateway first, then the router).
     pub orchestrator: Option<orchestrator::Orchestrator>,
-    /// The portal's terminal sessions running in this process.
-    pub terminals: crate::terminal::Terminals,
     /// The gateway running in this process, if any: entry-port candidates skip what it
     /// cannot use, `?wait=true` waits for its listener, connections show live counts.
     pub gateway: Option<crate::dataplane::GatewayPlane>,
+    /// The portal's terminal sessions running in this process.
+    pub terminals: crate::terminal::Terminals,
 }
 
 impl AppState {
@@ -54,8 +54,8 @@ impl AppState {
             tokens: TokenCache::default(),
             lists: ListCache::default(),
             orchestrator: None,
-            terminals: crate::terminal::Terminals::default(),
             gateway: None,
+            terminals: crate::terminal::Terminals::default(),
         }
     }
 

@@ -307,6 +307,8 @@ pub async fn site_get(
 struct JobRow {
     id: String,
     kind: String,
+    /// What the job does, in words.
+    title: &'static str,
     state: &'static str,
     open: bool,
     created: String,
@@ -322,6 +324,19 @@ struct Jobs {
     running: bool,
     has_router: bool,
     jobs: Vec<JobRow>,
+}
+
+/// What a job kind does, for people (the kind itself is shown beside it).
+fn job_title(kind: &str) -> &'static str {
+    match kind {
+        "access.create" => "Set up transient access",
+        "access.update" => "Move transient access's end",
+        "access.end" => "Remove transient access",
+        "forward.create" => "Set up a transient forward",
+        "forward.update" => "Move a transient forward's end",
+        "forward.end" => "Remove a transient forward",
+        _ => "Router job",
+    }
 }
 
 /// `GET /sites/{id}/jobs`: the Orchestration Log tab; while a job runs the log polls
@@ -347,6 +362,7 @@ pub async fn site_jobs_get(
             let unfinished = matches!(job.state, JobState::Pending | JobState::Running);
             jobs.push(JobRow {
                 id: job.id.to_string(),
+                title: job_title(&job.kind),
                 kind: job.kind.replace('_', " "),
                 state: job.state.as_str(),
                 open: unfinished,

@@ -173,13 +173,7 @@ pub async fn terminal_post(
         expires_at: None,
     };
     let created =
-        match crate::routes::grants::create_access(&state, &signed.caller, &router, &request).await
-        {
-            Ok(grant) => {
-                Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await)
-            }
-            Err(e) => Err(e),
-        };
+        crate::routes::access::create(&state, &signed.caller, &router, request, true).await;
     let mut panel = Panel {
         router: router.name.clone(),
         username: String::new(),

@@ -41,6 +41,22 @@ pub fn site_jobs(id: SiteId) -> String {
     format!("/sites/{id}/jobs")
 }
 
+pub fn site_access_credentials(site: SiteId, grant: AccessId) -> String {
+    format!("/sites/{site}/access/{grant}/credentials")
+}
+
+pub fn site_access_revoke(site: SiteId, grant: AccessId) -> String {
+    format!("/sites/{site}/access/{grant}/revoke")
+}
+
+pub fn site_forward(site: SiteId, grant: ForwardId) -> String {
+    format!("/sites/{site}/forwards/{grant}")
+}
+
+pub fn site_forward_revoke(site: SiteId, grant: ForwardId) -> String {
+    format!("/sites/{site}/forwards/{grant}/revoke")
+}
+
 pub fn site_terminal(id: SiteId) -> String {
     format!("/sites/{id}/terminal")
 }
@@ -59,22 +75,6 @@ pub fn recording(site: SiteId, access: AccessId) -> String {
 
 pub fn recording_cast(site: SiteId, access: AccessId) -> String {
     format!("/sites/{site}/recordings/{access}/cast")
-}
-
-pub fn site_access_credentials(site: SiteId, grant: AccessId) -> String {
-    format!("/sites/{site}/access/{grant}/credentials")
-}
-
-pub fn site_access_revoke(site: SiteId, grant: AccessId) -> String {
-    format!("/sites/{site}/access/{grant}/revoke")
-}
-
-pub fn site_forward(site: SiteId, grant: ForwardId) -> String {
-    format!("/sites/{site}/forwards/{grant}")
-}
-
-pub fn site_forward_revoke(site: SiteId, grant: ForwardId) -> String {
-    format!("/sites/{site}/forwards/{grant}/revoke")
 }
 
 /// The URL of an embedded asset, with its content hash (cached for a year).
