@@ -14,7 +14,6 @@ use domain::{AccessId, GrantStatus};
 use russh::ChannelMsg;
 use russh::client::{self, Handle, Msg};
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::asciicast::{CAP_NOTICE, Recorder};
@@ -90,12 +89,7 @@ impl client::Handler for Client {
 }
 
 /// Runs one session to its end. `_slot` is this session's place under the process's cap.
-pub async fn run(
-    state: AppState,
-    ticket: Ticket,
-    mut socket: WebSocket,
-    _slot: OwnedSemaphorePermit,
-) {
+pub async fn run(state: AppState, ticket: Ticket, mut socket: WebSocket, _slot: super::Slot) {
     let started = Instant::now();
     let title = format!(
         "{} ({}) by {}",
