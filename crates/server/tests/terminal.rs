@@ -627,6 +627,15 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
         .err()
         .unwrap();
     assert_eq!(refused.0, 404);
+    let page = w
+        .get(&format!("/sites/{}/terminal/{id}", w.site), &carol)
+        .await;
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    // Recordings are the organisation's: carol may replay alice's.
+    let replay = w
+        .get(&format!("/sites/{}/recordings/{id}", w.site), &carol)
+        .await;
+    assert_eq!(replay.status(), StatusCode::OK);
     // A viewer is not offered the button, and may not press it.
     let (victor, victor_csrf) = w.sign_in("victor").await;
     let site_page = w.page(&format!("/sites/{}", w.site), &victor).await;
