@@ -627,6 +627,15 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
         .err()
         .unwrap();
     assert_eq!(refused.0, 404);
+    let page = w
+        .get(&format!("/sites/{}/terminal/{id}", w.site), &carol)
+        .await;
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    // Recordings are the organisation's: carol may replay alice's.
+    let replay = w
+        .get(&format!("/sites/{}/recordings/{id}", w.site), &carol)
+        .await;
+    assert_eq!(replay.status(), StatusCode::OK);
     // A viewer is not offered the button, and may not press it.
     let (victor, victor_csrf) = w.sign_in("victor").await;
     let site_page = w.page(&format!("/sites/{}", w.site), &victor).await;
@@ -749,4 +758,28 @@ async fn stopping_the_server_ends_its_terminals_and_revokes_their_access() {
         Some("the server is shutting down")
     );
     w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_whose_recording_cannot_be_stored_ends() {
+    let w = World::start("branch-81", "127.81.0.2").await;
+    let (cookie, csrf) = w.sign_in("alice").await;
+    let (path, _) = w.terminal(&cookie, &csrf).await;
+    let mut ws = w
+        .connect(&path, Some(&cookie), Some(&w.base))
+        .await
+        .unwrap();
+    let mut screen = Screen::new();
+    screen.read(&mut ws, Some("@branch-81] > ")).await;
+    // The database goes away: the next chunk cannot be written, so the session ends
+    // rather than run unrecorded.
+    w.store.close().await;
+    ws.send(Message::Binary(b"/system identity print\r".to_vec().into()))
+        .await
+        .unwrap();
+    screen.read(&mut ws, None).await;
+    assert_eq!(
+        screen.ended().as_deref(),
+        Some("the recording could not be stored")
+    );
 }

@@ -173,13 +173,7 @@ pub async fn terminal_post(
         expires_at: None,
     };
     let created =
-        match crate::routes::grants::create_access(&state, &signed.caller, &router, &request).await
-        {
-            Ok(grant) => {
-                Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await)
-            }
-            Err(e) => Err(e),
-        };
+        crate::routes::access::create(&state, &signed.caller, &router, request, true).await;
     let mut panel = Panel {
         router: router.name.clone(),
         username: String::new(),
@@ -358,10 +352,11 @@ pub async fn terminal_ws_get(
         Ok(s) => s,
         Err(why) => return Ok((StatusCode::BAD_REQUEST, why).into_response()),
     };
-    let Some(slot) = state.terminals.slot() else {
+    let user = format!("{}/{}", signed.caller.org_id, signed.caller.actor);
+    let Some(slot) = state.terminals.slot(&user) else {
         return Ok((
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many terminals are open on this server; try again later",
+            "too many terminals are open (4 per user at most): close one and try again",
         )
             .into_response());
     };

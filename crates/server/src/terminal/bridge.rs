@@ -14,7 +14,6 @@ use domain::{AccessId, GrantStatus};
 use russh::ChannelMsg;
 use russh::client::{self, Handle, Msg};
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::asciicast::{CAP_NOTICE, Recorder};
@@ -90,12 +89,7 @@ impl client::Handler for Client {
 }
 
 /// Runs one session to its end. `_slot` is this session's place under the process's cap.
-pub async fn run(
-    state: AppState,
-    ticket: Ticket,
-    mut socket: WebSocket,
-    _slot: OwnedSemaphorePermit,
-) {
+pub async fn run(state: AppState, ticket: Ticket, mut socket: WebSocket, _slot: super::Slot) {
     let started = Instant::now();
     let title = format!(
         "{} ({}) by {}",
@@ -123,7 +117,7 @@ pub async fn run(
         Err(ending) => ending,
     };
     recorder.finish(started.elapsed());
-    flush(&state, ticket.access_id, &mut recorder).await;
+    let _ = flush(&state, ticket.access_id, &mut recorder).await;
     let _ = socket
         .send(Message::Text(protocol::end(&ending.reason).into()))
         .await;
@@ -305,8 +299,10 @@ async fn pump(
                     if socket.send(Message::Binary(data)).await.is_err() {
                         return Ending::normal("closed in the browser");
                     }
-                    if recorder.pending_len() >= FLUSH_SIZE {
-                        flush(state, ticket.access_id, recorder).await;
+                    if recorder.pending_len() >= FLUSH_SIZE
+                        && flush(state, ticket.access_id, recorder).await.is_err()
+                    {
+                        return unrecorded();
                     }
                 }
                 Some(ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. }) => {}
@@ -315,7 +311,11 @@ async fn pump(
                 }
                 Some(_) => {}
             },
-            _ = flush_tick.tick() => flush(state, ticket.access_id, recorder).await,
+            _ = flush_tick.tick() => {
+                if flush(state, ticket.access_id, recorder).await.is_err() {
+                    return unrecorded();
+                }
+            }
             _ = ping_tick.tick() => {
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     return Ending::normal("closed in the browser");
@@ -347,16 +347,23 @@ async fn full(socket: &mut WebSocket) -> Ending {
     Ending::normal("the recording reached its size limit")
 }
 
-/// Writes what the recorder holds to the store (a failure is logged; the session goes on).
-async fn flush(state: &AppState, access_id: AccessId, recorder: &mut Recorder) {
-    if let Some((seq, text)) = recorder.take_chunk()
-        && let Err(e) = state
-            .store
-            .append_terminal_chunk(access_id, seq, &text)
-            .await
-    {
-        tracing::error!(%access_id, seq, error = %e, "cannot store a terminal recording chunk");
-    }
+/// Writes what the recorder holds to the store. A failure is logged and ends the
+/// session: a terminal is not left running unrecorded.
+async fn flush(state: &AppState, access_id: AccessId, recorder: &mut Recorder) -> Result<(), ()> {
+    let Some((seq, text)) = recorder.take_chunk() else {
+        return Ok(());
+    };
+    state
+        .store
+        .append_terminal_chunk(access_id, seq, &text)
+        .await
+        .map_err(|e| {
+            tracing::error!(%access_id, seq, error = %e, "cannot store a terminal recording chunk");
+        })
+}
+
+fn unrecorded() -> Ending {
+    Ending::normal("the recording could not be stored")
 }
 
 /// After both sides are closed: the session's end in the store, the access revoked if
