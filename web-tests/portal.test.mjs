@@ -1,16 +1,17 @@
-// The portal in a real browser: Debian's chromium driven by playwright-core, against a
-// real `postern server` (lab mode, temporary data directory, free port) and a real sim
-// router (`postern sim` on a 127.x address). Signs in, reads Sites, opens every tab of
-// the site, the admin pages, and signs out, saving a screenshot of each screen under
-// target/web-screenshots/. Any console error or page error fails the test.
+// The portal in a real browser: Debian's chromium driven by playwright-core, against
+// `postern demo` (server, in-process gateway and sim routers; lab mode, temporary data
+// directory, free ports). Signs in, reads Sites, opens every tab of the site, adds
+// transient access with the defaults and reads its Credentials, logs in through the
+// gateway with OpenSSH (`sshpass`) using an SSH grant's, revokes, adds a forward, reads
+// the orchestration log, the admin pages, and signs out, saving a screenshot of each
+// screen under target/web-screenshots/. Any console error or page error fails the test.
 //
 // Run: POSTERN_BIN=target/debug/postern node --test web-tests/
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn, execFile } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -21,7 +22,7 @@ const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = resolve(process.env.POSTERN_SCREENSHOTS || join(root, "target/web-screenshots"));
 
 const children = [];
-let dataDir, browser, routerAddress, baseUrl, adminPassword, token, siteName;
+let browser, routerAddress, baseUrl, adminPassword, token, siteName, routerId;
 
 /** Starts a process and resolves with the first stdout/stderr line `pick` accepts. */
 function startAndRead(args, env, pick, what) {
@@ -64,67 +65,36 @@ async function api(method, path, body) {
 
 before(async () => {
   mkdirSync(shots, { recursive: true });
-  dataDir = mkdtempSync(join(tmpdir(), "postern-web-"));
 
-  // A sim router on its own 127.x address, every port picked by the kernel.
-  const simAddress = `127.0.${2 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}`;
-  const sim = await startAndRead(
-    ["sim", "--routers", "1", "--base-address", simAddress, "--api-port", "0", "--api-tls-port", "0",
-      "--winbox-port", "0", "--ssh-port", "0", "--admin-password", "sim-admin-pw"],
+  // `postern demo`: the server, its in-process gateway and sim routers (on a 127.x block
+  // of their own, every port picked by the kernel), in lab mode over a temporary data
+  // directory it removes at exit. It prints one JSON line once everything listens.
+  const base = `127.${1 + Math.floor(Math.random() * 200)}.${1 + Math.floor(Math.random() * 250)}.1`;
+  const demo = await startAndRead(
+    ["demo", "--json", "--listen", "127.0.0.1:0", "--routers", "2", "--base-address", base],
     {},
     (line) => {
       try {
         const v = JSON.parse(line);
-        return v.api_port ? v : undefined;
+        return v.portal_url ? v : undefined;
       } catch {
         return undefined;
       }
     },
-    "postern sim",
+    "postern demo",
   );
-  const router = sim.value;
-  routerAddress = router.address;
+  const d = demo.value;
+  baseUrl = d.portal_url.replace(/\/$/, "");
+  adminPassword = d.admin_password;
+  assert.equal(d.admin_user, "admin");
+  token = d.api_token;
+  routerId = d.routers[0].id;
+  routerAddress = d.routers[0].tunnel_address;
+  const sites = await api("GET", "/api/sites");
+  siteName = sites.find((s) => s.router && s.router.id === routerId).name;
 
-  // The server: first start prints the admin's password on stdout; the log (JSON, on
-  // stderr) says where it listens.
-  let password;
-  const server = await startAndRead(
-    ["server", "--listen", "127.0.0.1:0", "--log-format", "json", "--lab-mode", "--data-dir", dataDir],
-    {},
-    (line) => {
-      const m = line.match(/with password (\S+)/);
-      if (m) password = m[1];
-      try {
-        const v = JSON.parse(line);
-        return v.fields && v.fields.listen ? v.fields.listen : undefined;
-      } catch {
-        return undefined;
-      }
-    },
-    "postern server",
-  );
-  baseUrl = `http://${server.value}`;
-  // The password line comes before the listen line.
-  assert.ok(password, "the first start printed the admin password");
-  adminPassword = password;
-
-  token = execFileSync(bin, ["admin", "create-token", "--data-dir", dataDir, "--role", "admin", "--name", "web-tests"], {
-    encoding: "utf8",
-  }).trim();
-
-  siteName = "Branch Office";
-  const created = await api("POST", "/api/routers", {
-    name: "branch-01",
-    site: siteName,
-    tunnel_address: router.address,
-    username: "admin",
-    password: "sim-admin-pw",
-    api_port: router.api_port,
-    ssh_port: router.ssh_port,
-    winbox_port: router.winbox_port,
-  });
   // One live access (from loopback: lab mode) so the lists and the log have something.
-  await api("POST", `/api/routers/${created.id}/transient-access`, {
+  await api("POST", `/api/routers/${routerId}/transient-access`, {
     type: "winbox",
     allow_from: "127.0.0.1/32",
     expire_after_minutes: 120,
@@ -153,7 +123,6 @@ after(async () => {
       });
     }
   }
-  for (const d of [dataDir]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
 /** A fresh page that fails the test on any console error or uncaught error. */
@@ -163,6 +132,15 @@ async function newPage(width = 1280, height = 860) {
   const problems = [];
   page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
   page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  if (process.env.DEBUG_CSP) {
+    await page.addInitScript(() => {
+      document.addEventListener("securitypolicyviolation", (e) => {
+        const t = e.target;
+        console.log("CSP", e.violatedDirective, e.sample, t && t.outerHTML ? t.outerHTML.slice(0, 300) : String(t), e.sourceFile, e.lineNumber);
+      });
+    });
+    page.on("console", (m) => { if (m.text().startsWith("CSP")) console.error(m.text()); });
+  }
   return { page, problems, context };
 }
 
@@ -223,7 +201,7 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   assert.equal(await page.evaluate(() => window.posternMark), "same page", "htmx swapped the tab in");
   const active = page.locator("table.list").first();
   assert.match(await active.innerText(), /WinBox/);
-  assert.match(await active.innerText(), /admin|token:web-tests/);
+  assert.match(await active.innerText(), /admin|token:demo/);
   // The countdown is live: it reads "1 h 59 min" or so, not the raw time.
   await page.waitForTimeout(1200);
   assert.match(await page.locator("time.countdown").first().innerText(), /^1 h 5\d min$|^2 h 00 min$/);
@@ -271,7 +249,7 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   }
   const audit = await page.locator("table.list").innerText();
   assert.match(audit, /session\.login/);
-  assert.match(await page.locator("body").innerText(), /web-tests|admin/);
+  assert.match(await page.locator("body").innerText(), /token:demo|admin/);
 
   // A phone-sized screen.
   await page.setViewportSize({ width: 390, height: 844 });
@@ -338,5 +316,347 @@ test("a form without the session's CSRF token is refused", async () => {
   assert.match(page.url(), /\/sites$/);
   // Chromium logs the refused request itself as a console error: that one is expected.
   assert.deepEqual(problems.filter((p) => !p.includes("403")), []);
+  await context.close();
+});
+
+/** Signs in and opens the site's tab `tab` ("Transient Access", …) through the UI. */
+async function openTab(page, tab) {
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  await page.getByRole("link", { name: siteName }).click();
+  await page.getByRole("heading", { name: siteName }).waitFor();
+  await page.getByRole("link", { name: tab }).click();
+  await page.getByRole("heading", { name: "Active" }).waitFor();
+}
+
+/** The live row of the grant whose row mentions `text`. */
+function liveRow(page, text) {
+  return page.locator("#grants-list table.list:not(.ended) tbody tr", { hasText: text });
+}
+
+test("Add transient access with the defaults, then its Credentials", async () => {
+  const { page, problems, context } = await newPage();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: baseUrl });
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  // Every option, with the reference's defaults.
+  assert.equal(await page.getByLabel("Full access", { exact: true }).isChecked(), true);
+  assert.equal(await page.getByLabel("Allow RFC 1918").isChecked(), false);
+  assert.equal(await page.getByLabel("Allow from").inputValue(), "127.0.0.1", "the visitor's own address");
+  assert.equal(await page.getByLabel("Validity").inputValue(), "120");
+  assert.match(await page.getByLabel("Validity").locator("option:checked").innerText(), /^2 hours$/);
+  assert.equal(await page.getByLabel("WinBox").isChecked(), true);
+  assert.equal(await page.getByLabel("SSH").isChecked(), false);
+  // The level below full access shows only when full access is off.
+  assert.equal(await page.getByLabel("Level without full access").isVisible(), false);
+  await page.getByLabel("Full access", { exact: true }).uncheck();
+  assert.equal(await page.getByLabel("Level without full access").isVisible(), true);
+  await page.getByLabel("Full access", { exact: true }).check();
+  await shot(page, "20-access-add-form");
+
+  await page.getByRole("button", { name: "Create access" }).click();
+  const notice = page.getByRole("status");
+  await notice.waitFor();
+  const username = (await notice.innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  const row = liveRow(page, username);
+  await row.waitFor();
+  assert.match(await row.innerText(), /WinBox · full/);
+  assert.match(await row.innerText(), /not yet used/);
+  assert.match(await row.innerText(), /from 127\.0\.0\.1\/32/);
+  // The router is set up within seconds; the list follows by itself.
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  assert.match(await row.locator("time.countdown").innerText(), /^1 h 5\d min$|^2 h 00 min$/);
+  const wrap = page.locator("#grants-list .table-wrap").first();
+  assert.ok(await wrap.evaluate((e) => e.scrollWidth <= e.clientWidth), "the list fits a laptop screen, actions included");
+  await shot(page, "21-access-created");
+
+  await row.getByRole("button", { name: `Credentials of ${username}` }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  const text = await dialog.innerText();
+  assert.match(text, new RegExp(`Credentials of ${username}`));
+  const values = await dialog.locator("dd code").allInnerTexts();
+  assert.equal(values.length, 3, text);
+  const [endpoint, user, password] = values;
+  assert.match(endpoint, /^[^:]+:\d+$/);
+  assert.equal(user, username);
+  assert.match(password, /^[A-Za-z0-9]{24}$/);
+  const port = endpoint.split(":").pop();
+  const grants = await api("GET", `/api/routers/${routerId}/transient-access`);
+  const grant = grants.find((g) => g.username === username);
+  assert.equal(String(grant.port), port, "the endpoint's port is the grant's");
+  assert.equal(
+    await dialog.getByRole("link", { name: "Open in WinBox" }).getAttribute("href"),
+    `winbox://${username}@${endpoint}`,
+  );
+  await dialog.getByRole("button", { name: "Copy Password" }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), password);
+  await dialog.getByRole("button", { name: "Copy Username" }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), username);
+  await shot(page, "22-access-credentials");
+  // The phone sees the same dialog.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, "23-access-credentials-phone");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  // The password leaves the page with the dialog.
+  await page.waitForFunction(() => document.getElementById("dialog-body").textContent === "");
+  // Reading them was audited, as through the API.
+  const audit = await api("GET", "/api/audit");
+  const reads = (audit.items || audit).filter((e) => e.action === "access.credentials.read" && e.target === `access:${grant.id}`);
+  assert.equal(reads.length, 1, JSON.stringify(reads));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("a refused Add form says what is wrong next to the field", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  await page.getByLabel("Allow from").fill("203.0.113.0/8");
+  await page.getByLabel("SSH").check();
+  await page.getByRole("button", { name: "Create access" }).click();
+  const input = page.getByLabel("Allow from");
+  await page.locator("#allow_from-error").waitFor();
+  assert.equal(await input.getAttribute("aria-invalid"), "true");
+  assert.match(await page.locator("#allow_from-error").innerText(), /\/24/);
+  // What was typed is kept, and the field in error has the focus.
+  assert.equal(await input.inputValue(), "203.0.113.0/8");
+  assert.equal(await page.getByLabel("SSH").isChecked(), true);
+  assert.equal(await page.evaluate(() => document.activeElement.id), "allow_from");
+  await shot(page, "24-access-refused");
+  // Chromium logs the 422 itself as a console error: that one is expected.
+  assert.deepEqual(problems.filter((p) => !p.includes("422")), []);
+  await context.close();
+});
+
+/** Runs `command` on the router through the gateway with OpenSSH; { code, out }. */
+function ssh(host, port, user, password, command) {
+  return new Promise((ok) => {
+    execFile(
+      "sshpass",
+      ["-e", "ssh", "-p", String(port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no",
+        "-o", "ConnectTimeout=5", "-o", "NumberOfPasswordPrompts=1",
+        `${user}@${host}`, command],
+      { env: { ...process.env, SSHPASS: password }, timeout: 20000 },
+      (err, stdout, stderr) => ok({ code: err ? (err.code ?? 1) : 0, out: stdout + stderr }),
+    );
+  });
+}
+
+test("an SSH access from the form logs in through the gateway, until revoked", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  await page.getByText("Add transient access").click();
+  await page.getByLabel("SSH").check();
+  await page.getByRole("button", { name: "Create access" }).click();
+  const username = (await page.getByRole("status").innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  const row = liveRow(page, username);
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  assert.match(await row.innerText(), /SSH · full/);
+  await row.getByRole("button", { name: `Credentials of ${username}` }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  const [endpoint, user, password, command] = await dialog.locator("dd code").allInnerTexts();
+  assert.equal(user, username);
+  const [host, port] = [endpoint.slice(0, endpoint.lastIndexOf(":")), endpoint.slice(endpoint.lastIndexOf(":") + 1)];
+  assert.equal(command, `ssh -p ${port} ${username}@${host}`);
+  assert.equal(await dialog.getByRole("link", { name: "Open in WinBox" }).count(), 0, "no WinBox link for SSH");
+  await shot(page, "40-ssh-credentials");
+  await page.keyboard.press("Escape");
+
+  // The credentials shown log in, through the gateway's port, to the router itself.
+  let result;
+  for (let i = 0; i < 10; i++) {
+    result = await ssh(host, port, user, password, "/system identity print");
+    if (result.code === 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(result.code, 0, result.out);
+  assert.match(result.out, /name:/, result.out);
+  // The first use is recorded (by the gateway) and shown.
+  let first = null;
+  for (let i = 0; i < 40 && !first; i++) {
+    const grants = await api("GET", `/api/routers/${routerId}/transient-access`);
+    first = grants.find((g) => g.username === username).authorized_at;
+    if (!first) await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.ok(first, "authorized_at is set by the first login");
+  await page.reload();
+  const used = liveRow(page, username);
+  await used.waitFor();
+  assert.doesNotMatch(await used.innerText(), /not yet used/, "the first use is shown once it happened");
+
+  page.once("dialog", (d) => d.accept());
+  await used.getByRole("button", { name: `Revoke ${username}` }).click();
+  await used.waitFor({ state: "detached" });
+  const after = await ssh(host, port, user, password, "/system identity print");
+  assert.notEqual(after.code, 0, `a revoked login no longer works: ${after.out}`);
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("Revoke asks first, then the grant moves to Ended", async () => {
+  const grant = await api("POST", `/api/routers/${routerId}/transient-access`, {
+    type: "ssh", allow_from: "127.0.0.1/32", expire_after_minutes: 60,
+  });
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  const row = liveRow(page, grant.username);
+  await row.waitFor();
+  // Declining the question changes nothing.
+  page.once("dialog", (d) => d.dismiss());
+  await row.getByRole("button", { name: `Revoke ${grant.username}` }).click();
+  await page.waitForTimeout(300);
+  assert.equal(await row.count(), 1);
+  page.once("dialog", (d) => {
+    assert.match(d.message(), new RegExp(`Revoke ${grant.username}`));
+    d.accept();
+  });
+  await row.getByRole("button", { name: `Revoke ${grant.username}` }).click();
+  await row.waitFor({ state: "detached" });
+  const ended = page.locator("table.ended tbody tr", { hasText: grant.username });
+  await ended.waitFor();
+  await ended.locator(".badge.revoked").waitFor({ timeout: 15000 });
+  assert.match(await ended.innerText(), /before its end/);
+  await shot(page, "25-access-revoked");
+  const after = await api("GET", `/api/routers/${routerId}/transient-access/${grant.id}`);
+  assert.ok(["closing", "revoked"].includes(after.status), after.status);
+  assert.equal(after.revoked_early, true);
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("Add a transient forward, see its Details, revoke it", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Forwarding");
+  await page.getByText("Add transient forward").click();
+  assert.equal(await page.getByLabel("Masquerade").isChecked(), false);
+  assert.equal(await page.getByLabel("Allow from").inputValue(), "127.0.0.1");
+  assert.equal(await page.getByLabel("Validity").inputValue(), "120");
+  await page.getByLabel("Destination address").fill("192.168.88.43");
+  await page.getByLabel("Destination port").fill("8080");
+  await page.getByLabel("Masquerade").check();
+  await shot(page, "26-forward-add-form");
+  await page.getByRole("button", { name: "Create forward" }).click();
+  await page.getByRole("status").waitFor();
+  const row = liveRow(page, "192.168.88.43:8080");
+  await row.waitFor();
+  assert.match(await row.innerText(), /masquerade/);
+  await row.locator(".badge.active").waitFor({ timeout: 15000 });
+  await shot(page, "27-forward-created");
+  await row.getByRole("link", { name: /Details of/ }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  assert.match(await dialog.innerText(), /forwarded to 192\.168\.88\.43:8080/);
+  await shot(page, "28-forward-details");
+  await dialog.getByRole("link", { name: "Close" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  page.once("dialog", (d) => d.accept());
+  await row.getByRole("button", { name: /Revoke/ }).click();
+  await row.waitFor({ state: "detached" });
+  await page.locator("table.ended tbody tr", { hasText: "192.168.88.43:8080" }).waitFor();
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("the Orchestration Log shows each job and its lines", async () => {
+  const { page, problems, context } = await newPage();
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  await page.getByRole("link", { name: siteName }).click();
+  await page.getByRole("link", { name: "Orchestration Log" }).click();
+  await page.waitForURL(/\/jobs$/);
+  const jobs = page.locator("ul.jobs > li");
+  await jobs.first().waitFor();
+  const kinds = await jobs.locator("summary code.kind").allInnerTexts();
+  assert.match((await jobs.locator("summary strong").allInnerTexts()).join("|"), /Set up transient access/);
+  assert.ok(kinds.includes("access.create"), kinds.join(", "));
+  assert.ok(kinds.includes("forward.create"), kinds.join(", "));
+  // Newest first: the last thing done (the forward's revoke) heads the list.
+  assert.equal(kinds[0], "forward.end", kinds.join(", "));
+  const first = jobs.first().locator("details");
+  if ((await first.getAttribute("open")) === null) await first.locator("summary").click();
+  await first.locator("ol.lines li").first().waitFor();
+  assert.match(await first.locator("ol.lines").innerText(), /completed|connected/);
+  await shot(page, "29-jobs");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("on a phone (390×844) every screen fits the width", async () => {
+  const { page, problems, context } = await newPage(390, 844);
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  const fits = async (what) => {
+    const [scroll, client] = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+    assert.ok(scroll <= client, `${what}: ${scroll} px wide in ${client}`);
+  };
+  await fits("sites");
+  await page.getByRole("link", { name: siteName }).click();
+  await page.locator(".facts").waitFor();
+  await fits("overview");
+  await shot(page, "30-overview-phone");
+  await page.getByRole("link", { name: "Transient Access" }).click();
+  await page.getByText("Add transient access").click();
+  await page.getByRole("button", { name: "Create access" }).waitFor();
+  await fits("access");
+  await shot(page, "31-access-form-phone");
+  await page.getByRole("link", { name: "Transient Forwarding" }).click();
+  await page.getByText("Add transient forward").click();
+  await page.getByRole("button", { name: "Create forward" }).waitFor();
+  await fits("forwards");
+  await shot(page, "32-forwards-phone");
+  await page.getByRole("link", { name: "Orchestration Log" }).click();
+  await page.locator("ul.jobs").waitFor();
+  await fits("jobs");
+  await shot(page, "33-jobs-phone");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("keyboard alone: add access, open its Credentials, close them", async () => {
+  const { page, problems, context } = await newPage();
+  await openTab(page, "Transient Access");
+  /** Tabs until the focused element's text or label matches `re`. */
+  const tabTo = async (re) => {
+    for (let i = 0; i < 60; i++) {
+      await page.keyboard.press("Tab");
+      const name = await page.evaluate(() => {
+        const a = document.activeElement;
+        return (a.getAttribute("aria-label") || (a.labels && a.labels[0] && a.labels[0].textContent) || a.textContent || "").trim();
+      });
+      if (re.test(name)) return name;
+    }
+    throw new Error(`never reached ${re}`);
+  };
+  await tabTo(/^Add transient access$/);
+  await page.keyboard.press("Enter");
+  // A radio group is one stop: the arrows choose within it.
+  await tabTo(/^WinBox$/);
+  await page.keyboard.press("ArrowRight");
+  assert.equal(await page.getByLabel("SSH").isChecked(), true);
+  await tabTo(/^Allow from$/);
+  assert.equal(await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle), "solid");
+  await tabTo(/^Create access$/);
+  await page.keyboard.press("Enter");
+  const username = (await page.getByRole("status").innerText()).match(/postern-[a-z0-9]{8}/)[0];
+  assert.match(await liveRow(page, username).innerText(), /SSH · full/);
+  await tabTo(new RegExp(`^Credentials of ${username}$`));
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  assert.match(await page.evaluate(() => document.activeElement.textContent), /Copy/, "focus moves into the dialog");
+  await shot(page, "41-keyboard-credentials");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(
+    await page.evaluate(() => document.activeElement.getAttribute("aria-label")),
+    `Credentials of ${username}`,
+    "focus returns to the button",
+  );
+  assert.deepEqual(problems, []);
   await context.close();
 });

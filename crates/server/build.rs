@@ -78,6 +78,16 @@ fn portal_assets(manifest: &std::path::Path, out: &std::path::Path) {
             "text/javascript; charset=utf-8",
             own.join("portal.js"),
         ),
+        (
+            "terminal.css",
+            "text/css; charset=utf-8",
+            own.join("terminal.css"),
+        ),
+        (
+            "terminal.js",
+            "text/javascript; charset=utf-8",
+            own.join("terminal.js"),
+        ),
     ];
     let mut code =
         String::from("pub const PORTAL_ASSETS: &[(&str, &str, &str, Option<&[u8]>)] = &[\n");

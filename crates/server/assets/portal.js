@@ -44,3 +44,68 @@
     shown = {};
   });
 })();
+
+// Credentials and details open in a <dialog>; copy buttons; after a refused form, the
+// first field in error takes the focus.
+(function () {
+  "use strict";
+  function dialog() { return document.getElementById("dialog"); }
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var target = e.detail.target;
+    if (target && target.id === "dialog-body") {
+      var d = dialog();
+      if (d && !d.open) d.showModal();
+      var first = target.querySelector("button, a[href]");
+      if (first) first.focus();
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function (e) {
+    // The swapped element may be gone (outerHTML): look in the page, after a post.
+    var config = e.detail.requestConfig;
+    if (!config || config.verb !== "post") return;
+    var bad = document.querySelector("form [aria-invalid=true]");
+    if (bad) bad.focus();
+  });
+  document.addEventListener("close", function (e) {
+    // The login leaves the page when the dialog closes.
+    if (e.target && e.target.id === "dialog") {
+      var body = document.getElementById("dialog-body");
+      if (body) body.textContent = "";
+    }
+  }, true);
+  function copied(button, ok) {
+    var words = button.textContent;
+    button.textContent = ok ? "Copied" : "Select and copy";
+    setTimeout(function () { button.textContent = words; }, 1500);
+  }
+  function fallbackCopy(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "offscreen";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (err) { ok = false; }
+    document.body.removeChild(area);
+    return ok;
+  }
+  document.addEventListener("click", function (e) {
+    var el = e.target && e.target.closest ? e.target.closest("button.copy, .close-dialog") : null;
+    if (!el) return;
+    if (el.classList.contains("close-dialog")) {
+      var d = dialog();
+      if (d && d.open) { e.preventDefault(); d.close(); }
+      return;
+    }
+    var text = el.getAttribute("data-copy") || "";
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(
+        function () { copied(el, true); },
+        function () { copied(el, fallbackCopy(text)); }
+      );
+    } else {
+      copied(el, fallbackCopy(text));
+    }
+  });
+})();

@@ -1,5 +1,5 @@
 //! Postern's HTTP API (JSON, OpenAPI 3, Swagger UI), its authentication and authorisation.
-//! The only crate that knows HTTP; the portal and the SSH terminal bridge join it later.
+//! The only crate that knows HTTP; it also serves the portal and the SSH terminal bridge.
 //!
 //! # Layout
 //!
@@ -19,6 +19,8 @@
 //! - [`metrics`]: Prometheus counters and latency histograms.
 //! - [`listen`]: the connection-capped listener and [`serve`].
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
+//! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
+//!   recordings.
 //!
 //! **Architecture Invariant:** every guarded handler takes a [`auth::Caller`] and reaches
 //! data only through the caller's organisation; another organisation's row is a 404.
@@ -48,6 +50,7 @@ pub mod portal;
 pub mod render;
 mod routes;
 pub mod state;
+pub mod terminal;
 
 use std::future::Future;
 
@@ -84,7 +87,17 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let max = state.config.max_connections;
     let idle = state.config.idle_timeout;
-    listen::serve(listener, max, idle, app(state), shutdown).await
+    // Upgraded connections (terminals) outlive the HTTP drain: end them when it starts,
+    // and give them a moment to revoke their access and close their recordings.
+    let terminals = state.terminals.clone();
+    let stop_terminals = terminals.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop_terminals.stop();
+    };
+    let served = listen::serve(listener, max, idle, app(state), shutdown).await;
+    terminals.shutdown(std::time::Duration::from_secs(5)).await;
+    served
 }
 
 pub use listen::serve;

@@ -40,6 +40,8 @@ pub struct AppState {
     /// The gateway running in this process, if any: entry-port candidates skip what it
     /// cannot use, `?wait=true` waits for its listener, connections show live counts.
     pub gateway: Option<crate::dataplane::GatewayPlane>,
+    /// The portal's terminal sessions running in this process.
+    pub terminals: crate::terminal::Terminals,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             lists: ListCache::default(),
             orchestrator: None,
             gateway: None,
+            terminals: crate::terminal::Terminals::default(),
         }
     }
 

@@ -84,6 +84,8 @@ impl Portal {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_owned(),
+            // The test may speak as a proxy, to be a visitor from a public address.
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
@@ -583,5 +585,644 @@ async fn assets_are_embedded_with_a_content_hash_and_cached_for_a_year() {
         let start = page.find("/assets/").unwrap();
         assert!(page[start..].contains("htmx.min.js"));
     }
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------- grant tabs
+
+impl Portal {
+    /// The router of the signed-in organisation's site.
+    async fn router_of(&self, org: domain::OrgId, site: domain::SiteId) -> store::Router {
+        let (_, routers) = self.store.get_site(org, site).await.unwrap();
+        routers.into_iter().next().unwrap()
+    }
+
+    /// The CSRF token of `who`'s session, read from a page.
+    async fn csrf(&self, cookie: &str) -> String {
+        let (_, _, page) = self.get("/sites", Some(cookie), HeaderMap::new()).await;
+        csrf_of(&page)
+    }
+
+    async fn actions(&self, org: domain::OrgId) -> Vec<String> {
+        self.store
+            .list_audit(org, store::Page::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect()
+    }
+}
+
+/// An HTML page's text of the element with `id` (its opening tag on).
+fn around<'a>(page: &'a str, id: &str) -> &'a str {
+    let at = page
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("no #{id} in {page}"));
+    let start = page[..at].rfind('<').unwrap();
+    let end = page[at..].find('>').unwrap() + at + 1;
+    &page[start..end]
+}
+
+#[tokio::test]
+async fn the_add_form_starts_with_the_references_defaults() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let (status, _, page) = p
+        .get(
+            &format!("/sites/{}/access", p.site),
+            Some(&alice),
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Add transient access"));
+    assert!(around(&page, "full_access").contains(" checked"));
+    assert!(!around(&page, "allow_rfc1918").contains(" checked"));
+    // Loopback cannot be used outside lab mode: the field starts empty and says why.
+    assert!(around(&page, "allow_from").contains(r#"value="""#));
+    assert!(page.contains("Your address as Postern sees it (127.0.0.1) cannot be used"));
+    // A visitor from a public address starts with theirs.
+    let (_, _, public) = p
+        .get(
+            &format!("/sites/{}/access", p.site),
+            Some(&alice),
+            headers(&[("x-forwarded-for", "198.51.100.23")]),
+        )
+        .await;
+    assert!(around(&public, "allow_from").contains(r#"value="198.51.100.23""#));
+    assert!(!public.contains("Your address as Postern sees it"));
+    assert!(page.contains(r#"<option value="120" selected>2 hours</option>"#));
+    assert!(page.contains(r#"value="winbox" checked"#));
+    assert!(!page.contains(r#"value="ssh" checked"#));
+    // Only durations within the limits (10 min to 1 day by default).
+    assert!(page.contains(r#"<option value="10">10 minutes</option>"#));
+    assert!(page.contains(r#"<option value="1440">1 day</option>"#));
+    assert!(!page.contains(r#"value="10080""#));
+    // Every input has a label.
+    for id in [
+        "full_access",
+        "access",
+        "allow_rfc1918",
+        "allow_from",
+        "expire_after_minutes",
+    ] {
+        assert!(
+            page.contains(&format!(r#"for="{id}""#))
+                || page.contains(&format!(
+                    r#"<label class="switch"><input type="checkbox" name="{id}""#
+                )),
+            "{id} has no label"
+        );
+    }
+    let (_, _, page) = p
+        .get(
+            &format!("/sites/{}/forwards", p.site),
+            Some(&alice),
+            HeaderMap::new(),
+        )
+        .await;
+    assert!(page.contains("Add transient forward"));
+    assert!(!around(&page, "masquerade").contains(" checked"));
+    assert!(around(&page, "dst_address").contains(r#"value="""#));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn adding_access_is_the_apis_create_csrf_protected_and_audited() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let url = format!("/sites/{}/access", p.site);
+    let router = p.router_of(p.org, p.site).await;
+    let form = [
+        ("type", "ssh"),
+        ("full_access", "on"),
+        ("access", "read"),
+        ("allow_from", "198.51.100.7"),
+        ("expire_after_minutes", "120"),
+    ];
+    // Without the token, with a forged one, or from another site: refused, nothing made.
+    let (status, ..) = p.post(&url, Some(&alice), &form, HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, ..) = p
+        .post(
+            &url,
+            Some(&alice),
+            &form,
+            headers(&[("x-csrf-token", "forged")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, ..) = p
+        .post(
+            &url,
+            Some(&alice),
+            &form,
+            headers(&[("x-csrf-token", &csrf), ("origin", "http://evil.example")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        p.store
+            .list_access(p.org, router.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A plain form post: created, then back to the tab.
+    let mut with_csrf = form.to_vec();
+    with_csrf.push(("csrf", &csrf));
+    let (status, location, _, _) = p
+        .post(&url, Some(&alice), &with_csrf, HeaderMap::new())
+        .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, url.as_str())
+    );
+    let grants = p.store.list_access(p.org, router.id, None).await.unwrap();
+    assert_eq!(grants.len(), 1);
+    let g = &grants[0];
+    assert_eq!(g.access_type, domain::AccessType::Ssh);
+    assert_eq!(g.access, domain::AccessLevel::Full);
+    assert_eq!(g.allow_from.to_string(), "198.51.100.7/32");
+    assert!(!g.allow_rfc1918);
+    assert_eq!(g.created_by, "alice");
+    assert_eq!(g.expires_at - g.created_at, TimeDelta::hours(2));
+    assert_eq!(g.status, domain::GrantStatus::Requested);
+    assert_eq!(p.actions(p.org).await[0], "access.create");
+    let audit = p
+        .store
+        .list_audit(p.org, store::Page::default())
+        .await
+        .unwrap();
+    assert_eq!(audit[0].actor, "alice");
+    assert_eq!(audit[0].details["username"], g.username.as_str());
+
+    // Through htmx: the panel, with the new grant listed and a fresh form; full access
+    // off means the level chosen below it.
+    let (status, _, _, panel) = p
+        .post(
+            &url,
+            Some(&alice),
+            &[
+                ("type", "winbox"),
+                ("access", "write"),
+                ("allow_rfc1918", "on"),
+                ("allow_from", "198.51.100.0/24"),
+                ("expire_after_minutes", "30"),
+            ],
+            headers(&[
+                ("hx-request", "true"),
+                ("hx-target", "grant-panel"),
+                ("x-csrf-token", &csrf),
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        panel.trim_start().starts_with(r#"<div id="grant-panel">"#),
+        "{panel}"
+    );
+    let grants = p.store.list_access(p.org, router.id, None).await.unwrap();
+    assert_eq!(grants.len(), 2);
+    let new = grants.iter().find(|x| x.id != g.id).unwrap();
+    assert_eq!(new.access, domain::AccessLevel::Write);
+    assert!(new.allow_rfc1918);
+    assert_eq!(new.expires_at - new.created_at, TimeDelta::minutes(30));
+    assert!(panel.contains(&format!("Transient access {} created", new.username)));
+    assert!(panel.contains(&new.username) && panel.contains(&g.username));
+    assert!(panel.contains("WinBox · write") && panel.contains("SSH · full"));
+    assert!(panel.contains("not yet used"));
+    assert!(panel.contains("198.51.100.0/24 + RFC 1918"));
+    assert!(
+        panel.contains(r#"hx-trigger="every 2s""#),
+        "requested grants: the list polls"
+    );
+    assert!(
+        around(&panel, "allow_from").contains(r#"value="""#),
+        "a fresh form"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_form_keeps_what_was_typed_and_names_each_bad_field() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    let before = p.actions(p.org).await.len();
+    let (status, _, _, page) = p
+        .post(
+            &format!("/sites/{}/access", p.site),
+            Some(&alice),
+            &[
+                ("csrf", &csrf),
+                ("type", "ssh"),
+                ("allow_from", "10.0.0.0/8"),
+                ("expire_after_minutes", "5"),
+            ],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("<html"), "a plain post gets the whole page");
+    let input = around(&page, "allow_from");
+    assert!(input.contains(r#"aria-invalid="true""#), "{input}");
+    assert!(input.contains(r#"value="10.0.0.0/8""#), "{input}");
+    assert!(
+        input.contains("allow_from-error"),
+        "described by its error: {input}"
+    );
+    assert!(page.contains(r#"id="allow_from-error""#));
+    assert!(around(&page, "expire_after_minutes").contains(r#"aria-invalid="true""#));
+    assert!(page.contains(r#"id="expire_after_minutes-error""#));
+    assert!(
+        page.contains(r#"value="ssh" checked"#),
+        "the choice is kept"
+    );
+    assert!(
+        page.contains("<details class=\"add\" open>"),
+        "the form stays open"
+    );
+    assert!(
+        p.store
+            .list_access(p.org, router.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(p.actions(p.org).await.len(), before, "nothing audited");
+
+    // A forward's port that is not a number, and one out of range, through htmx.
+    for port in ["http", "70000"] {
+        let (status, _, _, panel) = p
+            .post(
+                &format!("/sites/{}/forwards", p.site),
+                Some(&alice),
+                &[
+                    ("dst_address", "192.168.88.43"),
+                    ("dst_port", port),
+                    ("allow_from", "198.51.100.7"),
+                    ("expire_after_minutes", "60"),
+                ],
+                headers(&[
+                    ("hx-request", "true"),
+                    ("hx-target", "grant-panel"),
+                    ("x-csrf-token", &csrf),
+                ]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{port}");
+        assert!(!panel.contains("<html"));
+        assert!(
+            around(&panel, "dst_port").contains(r#"aria-invalid="true""#),
+            "{port}"
+        );
+        assert!(around(&panel, "dst_address").contains(r#"value="192.168.88.43""#));
+        assert!(!around(&panel, "dst_address").contains("aria-invalid"));
+    }
+    assert!(
+        p.store
+            .list_forwards(p.org, router.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_and_revoke_go_through_the_apis_code() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    p.post(
+        &format!("/sites/{}/access", p.site),
+        Some(&alice),
+        &[
+            ("csrf", &csrf),
+            ("type", "winbox"),
+            ("full_access", "on"),
+            ("allow_from", "198.51.100.7"),
+            ("expire_after_minutes", "60"),
+        ],
+        HeaderMap::new(),
+    )
+    .await;
+    let g = p.store.list_access(p.org, router.id, None).await.unwrap()[0].clone();
+    let password = p.store.access_password(g.id).await.unwrap();
+    let creds = format!("/sites/{}/access/{}/credentials", p.site, g.id);
+
+    // A GET does not reveal them (reading is recorded, so it is a POST with the token).
+    let (status, ..) = p.get(&creds, Some(&alice), HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, ..) = p.post(&creds, Some(&alice), &[], HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _, dialog) = p
+        .post(
+            &creds,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!dialog.contains("<html"), "a fragment for the dialog");
+    assert!(dialog.contains(password.expose()));
+    assert!(dialog.contains(&g.username));
+    assert!(dialog.contains(&format!("{}:{}", g.entry_point, g.port)));
+    assert!(dialog.contains(&format!(
+        r#"href="winbox://{}@{}:{}""#,
+        g.username, g.entry_point, g.port
+    )));
+    assert_eq!(dialog.matches("class=\"button small copy\"").count(), 3);
+    let reads = p
+        .actions(p.org)
+        .await
+        .into_iter()
+        .filter(|a| a == "access.credentials.read")
+        .count();
+    assert_eq!(reads, 1, "audited as through the API");
+    // A plain post gets a page.
+    let (status, _, _, page) = p
+        .post(&creds, Some(&alice), &[("csrf", &csrf)], HeaderMap::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<html") && page.contains(password.expose()));
+
+    // Revoke: the list, without the grant among the live ones.
+    let revoke = format!("/sites/{}/access/{}/revoke", p.site, g.id);
+    let (status, ..) = p.post(&revoke, Some(&alice), &[], HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        p.store
+            .get_access(p.org, router.id, g.id)
+            .await
+            .unwrap()
+            .status
+            .is_live()
+    );
+    let (status, _, _, list) = p
+        .post(
+            &revoke,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.trim_start().starts_with(r#"<div id="grants-list""#),
+        "{list}"
+    );
+    let after = p.store.get_access(p.org, router.id, g.id).await.unwrap();
+    assert_eq!(after.status, domain::GrantStatus::Revoked);
+    assert!(after.revoked_early);
+    let ended = &list[list.find("<h2>Ended</h2>").unwrap()..];
+    assert!(ended.contains(&g.username) && ended.contains("revoked"));
+    assert!(!list[..list.find("<h2>Ended</h2>").unwrap()].contains(&g.username));
+    assert!(p.actions(p.org).await.contains(&"access.revoke".to_owned()));
+    // Revoking again changes nothing; the login of an ended grant is refused.
+    let (status, location, ..) = p
+        .post(&revoke, Some(&alice), &[("csrf", &csrf)], HeaderMap::new())
+        .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (
+            StatusCode::SEE_OTHER,
+            format!("/sites/{}/access", p.site).as_str()
+        )
+    );
+    let (status, _, _, body) = p
+        .post(
+            &creds,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.contains("no longer work") && !body.contains(password.expose()));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn forwards_are_added_shown_and_revoked() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    let (status, ..) = p
+        .post(
+            &format!("/sites/{}/forwards", p.site),
+            Some(&alice),
+            &[
+                ("csrf", &csrf),
+                ("dst_address", "192.168.88.43"),
+                ("dst_port", "443"),
+                ("masquerade", "on"),
+                ("allow_from", "198.51.100.7"),
+                ("expire_after_minutes", "240"),
+            ],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let f = p.store.list_forwards(p.org, router.id, None).await.unwrap()[0].clone();
+    assert_eq!(f.dst_address.to_string(), "192.168.88.43");
+    assert_eq!(f.dst_port, 443);
+    assert!(f.masquerade);
+    assert_eq!(f.expires_at - f.created_at, TimeDelta::hours(4));
+    assert_eq!(p.actions(p.org).await[0], "forward.create");
+    let (status, _, details) = p
+        .get(
+            &format!("/sites/{}/forwards/{}", p.site, f.id),
+            Some(&alice),
+            headers(&[("hx-request", "true")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(details.contains(&format!(
+        "Connections from 198.51.100.7/32 to {}:{} are forwarded to 192.168.88.43:443",
+        f.entry_point, f.port
+    )));
+    let (status, ..) = p
+        .post(
+            &format!("/sites/{}/forwards/{}/revoke", p.site, f.id),
+            Some(&alice),
+            &[("csrf", &csrf)],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let after = p.store.get_forward(p.org, router.id, f.id).await.unwrap();
+    assert_eq!(after.status, domain::GrantStatus::Revoked);
+    assert!(
+        p.actions(p.org)
+            .await
+            .contains(&"forward.revoke".to_owned())
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn viewers_may_look_but_not_add_reveal_or_revoke() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let alice_csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    p.post(
+        &format!("/sites/{}/access", p.site),
+        Some(&alice),
+        &[("csrf", &alice_csrf), ("allow_from", "198.51.100.7")],
+        HeaderMap::new(),
+    )
+    .await;
+    let g = p.store.list_access(p.org, router.id, None).await.unwrap()[0].clone();
+
+    let victor = p.sign_in("victor").await;
+    let csrf = p.csrf(&victor).await;
+    let (status, _, page) = p
+        .get(
+            &format!("/sites/{}/access", p.site),
+            Some(&victor),
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&g.username), "viewers see the grants");
+    assert!(!page.contains("Add transient access"));
+    assert!(!page.contains(">Credentials<") && !page.contains(">Revoke<"));
+    assert!(page.contains("may look but not change"));
+    let (status, ..) = p
+        .post(
+            &format!("/sites/{}/access", p.site),
+            Some(&victor),
+            &[("csrf", &csrf), ("allow_from", "198.51.100.7")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for action in ["credentials", "revoke"] {
+        let (status, _, _, body) = p
+            .post(
+                &format!("/sites/{}/access/{}/{action}", p.site, g.id),
+                Some(&victor),
+                &[("csrf", &csrf)],
+                HeaderMap::new(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}");
+        assert!(!body.contains(p.store.access_password(g.id).await.unwrap().expose()));
+    }
+    let (status, ..) = p
+        .post(
+            &format!("/sites/{}/forwards", p.site),
+            Some(&victor),
+            &[
+                ("csrf", &csrf),
+                ("dst_address", "192.168.88.43"),
+                ("dst_port", "443"),
+                ("allow_from", "198.51.100.7"),
+            ],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        p.store
+            .list_access(p.org, router.id, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        p.store
+            .list_forwards(p.org, router.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        p.store
+            .get_access(p.org, router.id, g.id)
+            .await
+            .unwrap()
+            .status
+            .is_live(),
+        "still live"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn another_organisations_grant_is_not_found() {
+    let p = Portal::start().await;
+    let bob = p.sign_in("bob").await;
+    let bob_csrf = p.csrf(&bob).await;
+    let (status, ..) = p
+        .post(
+            &format!("/sites/{}/access", p.other_site),
+            Some(&bob),
+            &[("csrf", &bob_csrf), ("allow_from", "198.51.100.9")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, page) = p
+        .get(
+            &format!("/sites/{}/access", p.other_site),
+            Some(&bob),
+            HeaderMap::new(),
+        )
+        .await;
+    let start = page.find("/access/").unwrap() + "/access/".len();
+    let grant_id: String = page[start..].chars().take(36).collect();
+    let _: domain::AccessId = grant_id.parse().unwrap();
+
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    for site in [p.other_site, p.site] {
+        for action in ["credentials", "revoke"] {
+            let (status, _, _, body) = p
+                .post(
+                    &format!("/sites/{site}/access/{grant_id}/{action}"),
+                    Some(&alice),
+                    &[("csrf", &csrf)],
+                    HeaderMap::new(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{site} {action}");
+            assert!(body.contains("Not found"));
+        }
+        let (status, ..) = p
+            .post(
+                &format!("/sites/{site}/access"),
+                Some(&alice),
+                &[("csrf", &csrf), ("allow_from", "198.51.100.7")],
+                HeaderMap::new(),
+            )
+            .await;
+        let expected = if site == p.site {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(status, expected, "{site}");
+    }
+    // Bob's grant is untouched.
+    let (_, _, page) = p
+        .get(
+            &format!("/sites/{}/access", p.other_site),
+            Some(&bob),
+            HeaderMap::new(),
+        )
+        .await;
+    assert!(page.contains(">requested<"), "still live");
     p.stop().await;
 }

@@ -220,6 +220,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "connections",
             include_str!("../migrations/sqlite/0020_connections.sql"),
         ),
+        // 40: the terminal's sessions and recordings (a number clear of other branches).
+        migration(
+            40,
+            "terminal recordings",
+            include_str!("../migrations/sqlite/0040_terminal_recordings.sql"),
+        ),
     ])
 }
 
@@ -257,6 +263,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             20,
             "connections",
             include_str!("../migrations/postgres/0020_connections.sql"),
+        ),
+        // 40: the terminal's sessions and recordings (a number clear of other branches).
+        migration(
+            40,
+            "terminal recordings",
+            include_str!("../migrations/postgres/0040_terminal_recordings.sql"),
         ),
     ])
 }

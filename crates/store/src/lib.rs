@@ -15,6 +15,7 @@
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
+//! - `terminals`: the portal's terminal sessions and their asciicast recordings.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
 //! - [`StoreError`].
@@ -115,6 +116,7 @@ pub mod records;
 mod routers;
 pub mod secret;
 mod sessions;
+mod terminals;
 
 use std::fmt;
 use std::str::FromStr;
@@ -131,6 +133,7 @@ pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
+pub use terminals::{NewTerminalSession, TerminalSession};
 
 use db::Pool;
 use secret::Cipher;

@@ -1674,6 +1674,9 @@ both!(router_delete_races_grant_end, delete_races_end);
 // Portal sessions, in a file of their own.
 #[path = "suites/sessions.rs"]
 mod sessions_suite;
+// Terminal sessions and recordings, likewise.
+#[path = "suites/terminals.rs"]
+mod terminals_suite;
 
 /// Job leasing: one running job per router, in creation order; leases lapse and are
 /// taken over; a lost lease cannot finish; back-off, hastening, superseding.

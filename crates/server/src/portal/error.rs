@@ -18,6 +18,9 @@ pub enum PortalError {
     /// The role may not see this page.
     #[error("not allowed")]
     NotAllowed,
+    /// A form body that is not a form.
+    #[error("unreadable form")]
+    BadForm,
     /// Absent or in another organisation: the same on purpose.
     #[error("not found")]
     NotFound,
@@ -29,6 +32,22 @@ impl From<store::StoreError> for PortalError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::NotFound => Self::NotFound,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What the API's shared code refused, as a page: its fields are shown in forms before
+/// this is reached, so here a refusal is a whole page.
+impl From<crate::error::ApiError> for PortalError {
+    fn from(e: crate::error::ApiError) -> Self {
+        use crate::error::ApiError;
+        match e {
+            ApiError::Forbidden(_) => Self::NotAllowed,
+            ApiError::NotFound(_) => Self::NotFound,
+            ApiError::Validation(_)
+            | ApiError::PayloadTooLarge
+            | ApiError::UnsupportedMediaType(_) => Self::BadForm,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -66,7 +85,12 @@ impl IntoResponse for PortalError {
             Self::NotAllowed => (
                 StatusCode::FORBIDDEN,
                 "Not allowed",
-                "Your role does not give access to this page.",
+                "Your role does not allow this.",
+            ),
+            Self::BadForm => (
+                StatusCode::BAD_REQUEST,
+                "This form could not be read",
+                "Go back, reload the page and try again.",
             ),
             Self::NotFound => (
                 StatusCode::NOT_FOUND,

@@ -8,7 +8,10 @@
 //!   throttle.
 //! - [`assets`]: htmx, xterm.js, the stylesheet and script, embedded at build time.
 //! - [`error`]: `PortalError`, rendered as a page.
-//! - `login`, `sites`, `admin`: the handlers, by page area, named `<page>_<method>`.
+//! - `login`, `sites`, `grants`, `admin`: the handlers, by page area, named
+//!   `<page>_<method>` (`grants`: the Transient Access and Forwarding tabs and their
+//!   forms, which go through the API's own code in `routes::grants`).
+//! - `terminal`: the Terminal button, the terminal's WebSocket, recordings and replay.
 //!
 //! Routes are split into a public router (login, assets) and a guarded one whose every
 //! route needs a live session; both pass the CSRF guard and get the security headers.
@@ -19,8 +22,10 @@ pub mod session;
 pub mod urls;
 
 mod admin;
+mod grants;
 mod login;
 mod sites;
+mod terminal;
 
 use askama::Template;
 use axum::Router;
@@ -45,12 +50,30 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(urls::LOGOUT, post(login::logout_post))
         .route(urls::SITES, get(sites::sites_get))
         .route(urls::SITE, get(sites::site_get))
-        .route(urls::SITE_ACCESS, get(sites::site_access_get))
-        .route(urls::SITE_FORWARDS, get(sites::site_forwards_get))
+        .route(
+            urls::SITE_ACCESS,
+            get(grants::site_access_get).post(grants::site_access_post),
+        )
+        .route(
+            urls::SITE_FORWARDS,
+            get(grants::site_forwards_get).post(grants::site_forwards_post),
+        )
+        .route(
+            urls::SITE_ACCESS_CREDENTIALS,
+            post(grants::access_credentials_post),
+        )
+        .route(urls::SITE_ACCESS_REVOKE, post(grants::access_revoke_post))
+        .route(urls::SITE_FORWARD, get(grants::forward_get))
+        .route(urls::SITE_FORWARD_REVOKE, post(grants::forward_revoke_post))
         .route(urls::SITE_JOBS, get(sites::site_jobs_get))
         .route(urls::USERS, get(admin::users_get))
         .route(urls::TOKENS, get(admin::tokens_get))
         .route(urls::AUDIT, get(admin::audit_get))
+        .route(urls::SITE_TERMINAL, post(terminal::terminal_post))
+        .route(urls::TERMINAL, get(terminal::terminal_get))
+        .route(urls::TERMINAL_WS, get(terminal::terminal_ws_get))
+        .route(urls::RECORDING, get(terminal::recording_get))
+        .route(urls::RECORDING_CAST, get(terminal::recording_cast_get))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_signed,
@@ -77,16 +100,23 @@ async fn require_signed(State(state): State<AppState>, req: Request, next: Next)
 /// no caching of pages.
 async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/assets/");
+    let nonce = session::cookie_token(req.headers()).map(|t| style_nonce(&session::hash(t)));
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; \
-             base-uri 'none'",
-        ),
+    // xterm.js adds <style> elements for its colours and sizes; `terminal.js` gives them
+    // the session's style nonce, which no inline style in a page can guess.
+    let styles = nonce.map_or_else(
+        || "style-src 'self'".to_owned(),
+        |n| format!("style-src 'self' 'nonce-{n}'"),
     );
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; {styles}; img-src 'self' data:; \
+         connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+         base-uri 'none'"
+    );
+    if let Ok(policy) = HeaderValue::from_str(&policy) {
+        h.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
@@ -100,6 +130,16 @@ async fn security_headers(req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
+}
+
+/// The nonce a signed-in session's pages allow `<style>` elements with (xterm.js makes
+/// them): derived from the session's id hash, so the header and the page agree without
+/// a lookup, and unknown to anyone who cannot read the session's pages.
+pub fn style_nonce(id_hash: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("postern style nonce:{id_hash}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest.get(..18).unwrap_or_default())
 }
 
 /// What the base layout shows: who is signed in, which nav entry is current, the asset
@@ -116,6 +156,8 @@ pub struct Layout {
     pub js: String,
     /// The server's clock, so countdowns do not depend on the browser's.
     pub now: String,
+    /// The session's nonce for `<style>` elements made by scripts (see [`style_nonce`]).
+    pub style_nonce: String,
     pub urls: Nav,
 }
 
@@ -154,8 +196,14 @@ impl Layout {
             htmx: urls::asset("htmx.min.js"),
             js: urls::asset("portal.js"),
             now: iso(state.now()),
+            style_nonce: style_nonce(&signed.id_hash),
             urls: NAV,
         }
+    }
+
+    /// The URL of an embedded asset (for pages that load more than the layout does).
+    pub fn asset(&self, name: &str) -> String {
+        urls::asset(name)
     }
 }
 

@@ -8,16 +8,15 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Redirect, Response};
-use chrono::{DateTime, Utc};
-use domain::{GrantStatus, JobState, RouterStatus, SiteId};
+use domain::{JobState, RouterStatus, SiteId};
 
 use super::error::PortalError;
 use super::session::Signed;
-use super::{Layout, ago, human, hx_target, is_htmx, iso, render, urls};
+use super::{Layout, ago, human, hx_target, is_htmx, render, urls};
 use crate::state::AppState;
 
 /// How many ended grants a tab shows below the live ones, newest first.
-const ENDED_SHOWN: store::Page = store::Page {
+pub(super) const ENDED_SHOWN: store::Page = store::Page {
     limit: 50,
     offset: 0,
 };
@@ -93,7 +92,7 @@ pub async fn sites_get(
             name: site.name,
             identity: router
                 .and_then(|r| r.identity.clone())
-                .unwrap_or_else(|| "—".into()),
+                .unwrap_or_else(|| NOT_REPORTED.into()),
             region: router
                 .and_then(|r| regions.get(&r.region_id).cloned())
                 .unwrap_or_else(|| "—".into()),
@@ -122,6 +121,8 @@ struct SitePage {
     status: &'static str,
     tabs: Vec<Tab>,
     panel: String,
+    /// The site's actions at the top right: the Terminal button (`portal::terminal`).
+    actions: String,
 }
 
 #[derive(Template)]
@@ -132,7 +133,7 @@ struct SiteBody {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Which {
+pub(super) enum Which {
     Overview,
     Access,
     Forwards,
@@ -160,7 +161,7 @@ fn tabs(site: SiteId, open: Which) -> Vec<Tab> {
 }
 
 /// The whole page, or for htmx the tabs and the panel.
-fn respond(
+pub(super) fn respond(
     state: &AppState,
     signed: &Signed,
     headers: &HeaderMap,
@@ -179,10 +180,12 @@ fn respond(
         status: router.map_or("unknown", |r| status_word(r.status)),
         tabs,
         panel,
+        actions: super::terminal::button(signed, site.id, router.is_some())?,
     })
 }
 
-async fn load(
+/// The site (within the caller's organisation) and its router.
+pub(super) async fn load(
     state: &AppState,
     signed: &Signed,
     site_id: &str,
@@ -192,9 +195,18 @@ async fn load(
     Ok((site, routers.into_iter().next()))
 }
 
+/// What a router fact reads before the router has reported it.
+const NOT_REPORTED: &str = "not reported yet";
+
 struct Fact {
     label: &'static str,
     value: String,
+}
+
+impl Fact {
+    fn missing(&self) -> bool {
+        self.value == NOT_REPORTED
+    }
 }
 
 #[derive(Template)]
@@ -202,6 +214,8 @@ struct Fact {
 struct Overview {
     facts: Vec<Fact>,
     has_router: bool,
+    /// The Terminal button and the recorded sessions (`portal::terminal`).
+    terminal: String,
 }
 
 /// `GET /sites/{id}`: the Overview tab.
@@ -214,10 +228,14 @@ pub async fn site_get(
     let (site, router) = load(&state, &signed, &site_id).await?;
     let now = state.now();
     let mut facts = Vec::new();
+    let mut terminal = String::new();
     if let Some(r) = &router {
+        terminal = super::terminal::overview(&state, &signed, &site, r).await?;
         let region = state.store.get_region(r.region_id).await?;
-        let or_unknown =
-            |v: &Option<String>| v.clone().unwrap_or_else(|| "not reported yet".into());
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
+        let org = signed.caller.org_id;
+        let live_access = state.store.list_access(org, r.id, None).await?.len();
+        let live_forwards = state.store.list_forwards(org, r.id, None).await?.len();
         facts = vec![
             Fact {
                 label: "Router",
@@ -236,6 +254,11 @@ pub async fn site_get(
                 value: or_unknown(&r.board_name),
             },
             Fact {
+                label: "Uptime",
+                // The router record does not carry it yet.
+                value: NOT_REPORTED.into(),
+            },
+            Fact {
                 label: "Status",
                 value: status_word(r.status).into(),
             },
@@ -250,15 +273,24 @@ pub async fn site_get(
             Fact {
                 label: "Last seen",
                 value: r.last_seen_at.map_or_else(
-                    || "never".into(),
+                    || NOT_REPORTED.into(),
                     |at| format!("{} ({})", ago(now, at), human(at)),
                 ),
+            },
+            Fact {
+                label: "Live transient access",
+                value: live_access.to_string(),
+            },
+            Fact {
+                label: "Live transient forwards",
+                value: live_forwards.to_string(),
             },
         ];
     }
     let panel = Overview {
         has_router: router.is_some(),
         facts,
+        terminal,
     }
     .render()?;
     respond(
@@ -272,233 +304,11 @@ pub async fn site_get(
     )
 }
 
-/// A grant as the lists show it.
-struct GrantRow {
-    what: String,
-    detail: String,
-    endpoint: String,
-    status: &'static str,
-    created_by: String,
-    created: String,
-    first_used: String,
-    expires_iso: String,
-    expires: String,
-    ended: String,
-    reason: String,
-}
-
-#[derive(Template)]
-#[template(path = "site_grants_partial.html")]
-struct Grants {
-    kind: &'static str,
-    /// Where the list re-fetches itself from, and how often (`None`: it does not).
-    url: String,
-    poll: Option<&'static str>,
-    has_router: bool,
-    live: Vec<GrantRow>,
-    ended: Vec<GrantRow>,
-}
-
-fn grant_status(s: GrantStatus) -> &'static str {
-    s.as_str()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn row(
-    what: String,
-    detail: String,
-    endpoint: String,
-    status: GrantStatus,
-    created_by: &str,
-    created: DateTime<Utc>,
-    authorized: Option<DateTime<Utc>>,
-    expires: DateTime<Utc>,
-    ended: Option<DateTime<Utc>>,
-    reason: Option<&str>,
-) -> GrantRow {
-    GrantRow {
-        what,
-        detail,
-        endpoint,
-        status: grant_status(status),
-        created_by: created_by.to_owned(),
-        created: human(created),
-        first_used: authorized.map_or_else(|| "not yet".into(), human),
-        expires_iso: iso(expires),
-        expires: human(expires),
-        ended: ended.map_or_else(String::new, human),
-        reason: reason.unwrap_or_default().to_owned(),
-    }
-}
-
-/// How often a grant list refreshes itself: every 2 s while a grant is on its way up or
-/// down, every 30 s while one is live (so an expired one moves to "Ended"), else never.
-fn poll_every(statuses: &[GrantStatus]) -> Option<&'static str> {
-    use GrantStatus::*;
-    if statuses
-        .iter()
-        .any(|s| matches!(s, Requested | Provisioning | Closing))
-    {
-        Some("every 2s")
-    } else if statuses.contains(&Active) {
-        Some("every 30s")
-    } else {
-        None
-    }
-}
-
-/// The list alone for its own poll; else the tab (fragment or page).
-fn respond_grants(
-    state: &AppState,
-    signed: &Signed,
-    headers: &HeaderMap,
-    site: &store::Site,
-    router: Option<&store::Router>,
-    open: Which,
-    panel: Grants,
-) -> Result<Response, PortalError> {
-    if is_htmx(headers) && hx_target(headers) == Some("grants-list") {
-        return render(&panel);
-    }
-    let panel = panel.render()?;
-    respond(state, signed, headers, site, router, open, panel)
-}
-
-fn split(rows: Vec<(bool, GrantRow)>) -> (Vec<GrantRow>, Vec<GrantRow>) {
-    let (live, ended): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(live, _)| *live);
-    (
-        live.into_iter().map(|(_, r)| r).collect(),
-        ended.into_iter().map(|(_, r)| r).collect(),
-    )
-}
-
-/// `GET /sites/{id}/access`: the Transient Access tab.
-pub async fn site_access_get(
-    State(state): State<AppState>,
-    signed: Signed,
-    Path(site_id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, PortalError> {
-    let (site, router) = load(&state, &signed, &site_id).await?;
-    let mut rows = Vec::new();
-    let mut statuses = Vec::new();
-    if let Some(r) = &router {
-        for g in state
-            .store
-            .list_access(signed.caller.org_id, r.id, Some(ENDED_SHOWN))
-            .await?
-        {
-            let what = match g.access_type {
-                domain::AccessType::Winbox => "WinBox",
-                domain::AccessType::Ssh => "SSH",
-            };
-            let detail = format!(
-                "{} access, user {}, from {}{}",
-                g.access.as_str(),
-                g.username,
-                g.allow_from,
-                if g.allow_rfc1918 { " + RFC1918" } else { "" }
-            );
-            statuses.push(g.status);
-            rows.push((
-                !g.status.is_final(),
-                row(
-                    what.into(),
-                    detail,
-                    format!("{}:{}", g.entry_point, g.port),
-                    g.status,
-                    &g.created_by,
-                    g.created_at,
-                    g.authorized_at,
-                    g.expires_at,
-                    g.ended_at,
-                    g.failure_reason.as_deref(),
-                ),
-            ));
-        }
-    }
-    let (live, ended) = split(rows);
-    let panel = Grants {
-        kind: "access",
-        url: urls::site_access(site.id),
-        poll: poll_every(&statuses),
-        has_router: router.is_some(),
-        live,
-        ended,
-    };
-    respond_grants(
-        &state,
-        &signed,
-        &headers,
-        &site,
-        router.as_ref(),
-        Which::Access,
-        panel,
-    )
-}
-
-/// `GET /sites/{id}/forwards`: the Transient Forwarding tab.
-pub async fn site_forwards_get(
-    State(state): State<AppState>,
-    signed: Signed,
-    Path(site_id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, PortalError> {
-    let (site, router) = load(&state, &signed, &site_id).await?;
-    let mut rows = Vec::new();
-    let mut statuses = Vec::new();
-    if let Some(r) = &router {
-        for g in state
-            .store
-            .list_forwards(signed.caller.org_id, r.id, Some(ENDED_SHOWN))
-            .await?
-        {
-            let detail = format!(
-                "from {}{}",
-                g.allow_from,
-                if g.masquerade { ", masquerade" } else { "" }
-            );
-            statuses.push(g.status);
-            rows.push((
-                !g.status.is_final(),
-                row(
-                    format!("{}:{}", g.dst_address, g.dst_port),
-                    detail,
-                    format!("{}:{}", g.entry_point, g.port),
-                    g.status,
-                    &g.created_by,
-                    g.created_at,
-                    g.authorized_at,
-                    g.expires_at,
-                    g.ended_at,
-                    g.failure_reason.as_deref(),
-                ),
-            ));
-        }
-    }
-    let (live, ended) = split(rows);
-    let panel = Grants {
-        kind: "forwards",
-        url: urls::site_forwards(site.id),
-        poll: poll_every(&statuses),
-        has_router: router.is_some(),
-        live,
-        ended,
-    };
-    respond_grants(
-        &state,
-        &signed,
-        &headers,
-        &site,
-        router.as_ref(),
-        Which::Forwards,
-        panel,
-    )
-}
-
 struct JobRow {
     id: String,
     kind: String,
+    /// What the job does, in words.
+    title: &'static str,
     state: &'static str,
     open: bool,
     created: String,
@@ -514,6 +324,19 @@ struct Jobs {
     running: bool,
     has_router: bool,
     jobs: Vec<JobRow>,
+}
+
+/// What a job kind does, for people (the kind itself is shown beside it).
+fn job_title(kind: &str) -> &'static str {
+    match kind {
+        "access.create" => "Set up transient access",
+        "access.update" => "Move transient access's end",
+        "access.end" => "Remove transient access",
+        "forward.create" => "Set up a transient forward",
+        "forward.update" => "Move a transient forward's end",
+        "forward.end" => "Remove a transient forward",
+        _ => "Router job",
+    }
 }
 
 /// `GET /sites/{id}/jobs`: the Orchestration Log tab; while a job runs the log polls
@@ -539,11 +362,17 @@ pub async fn site_jobs_get(
             let unfinished = matches!(job.state, JobState::Pending | JobState::Running);
             jobs.push(JobRow {
                 id: job.id.to_string(),
+                title: job_title(&job.kind),
                 kind: job.kind.replace('_', " "),
                 state: job.state.as_str(),
                 open: unfinished,
                 created: human(job.created_at),
-                attempts: format!("{}/{}", job.attempts, job.max_attempts),
+                // A clean-up (max 0) is retried until it succeeds: no "of n".
+                attempts: if job.max_attempts == 0 {
+                    format!("attempt {}", job.attempts)
+                } else {
+                    format!("attempt {} of {}", job.attempts, job.max_attempts)
+                },
                 error: job.last_error.unwrap_or_default(),
                 lines: lines
                     .into_iter()

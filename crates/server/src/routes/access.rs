@@ -6,25 +6,20 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::{AccessId, AccessLevel, AccessType, RouterId};
-use serde_json::json;
+use domain::{AccessId, RouterId};
 
 use super::common::{
-    Checks, audit, ended_window, expiry_moved, grant_list, is_expired, json_body, load_router,
-    new_job, not_found_as, requested_expiry, resolve_allow_from, resolve_expiry,
+    ended_window, expiry_moved, grant_list, is_expired, json_body, load_router, not_found_as,
+    requested_expiry,
 };
-use crate::auth::{Caller, ListCaller, random_alnum};
+use crate::auth::{Caller, ListCaller};
 use crate::dto::{
-    AccessLevelDto, AccessView, CreateAccess, CreateQuery, CredentialsView, GrantListQuery,
-    UpdateExpiry, timestamp,
+    AccessView, CreateAccess, CreateQuery, CredentialsView, GrantListQuery, UpdateExpiry, timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
 use crate::render::{self, Prerendered};
 use crate::state::AppState;
-
-/// Length of generated passwords: 24 letters and digits, about 143 bits.
-const PASSWORD_LEN: usize = 24;
 
 pub fn view(a: &store::TransientAccess, now: DateTime<Utc>) -> AccessView {
     AccessView {
@@ -59,29 +54,6 @@ async fn load(
         .await
         .map_err(|e| not_found_as(e, "transient access"))?;
     Ok((router, access))
-}
-
-/// The access level a create asks for, from `access` and/or `full_access`.
-fn access_level(req: &CreateAccess, checks: &mut Checks) -> AccessLevel {
-    let from_flag = req.full_access.map(|full| {
-        if full {
-            AccessLevelDto::Full
-        } else {
-            AccessLevelDto::Read
-        }
-    });
-    match (req.access, from_flag) {
-        (Some(a), Some(f)) if a != f => {
-            checks.push(
-                "full_access",
-                "contradicts access: give one of them, or make them agree",
-            );
-            a.into()
-        }
-        (Some(a), _) => a.into(),
-        (None, Some(f)) => f.into(),
-        (None, None) => AccessLevel::Full,
-    }
 }
 
 /// Lists the router's live transient access grants (`?all=true`: ended ones too).
@@ -157,75 +129,36 @@ pub async fn access_post(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
+    let grant = create(&state, &caller, &router, req, query.wait.unwrap_or(false)).await?;
     let now = state.now();
-    let mut checks = Checks::default();
-    let access = access_level(&req, &mut checks);
-    let access_type: AccessType = req
-        .access_type
-        .map(Into::into)
-        .unwrap_or(AccessType::Winbox);
-    let expires_at = resolve_expiry(
-        &state,
-        &mut checks,
-        now,
-        req.expire_after_minutes,
-        req.expires_at.as_deref(),
-    );
-    let allow_from = resolve_allow_from(
-        &state,
-        &mut checks,
-        req.allow_from.as_deref(),
-        caller.address,
-    );
-    checks.finish()?;
-    let (Some(expires_at), Some(allow_from)) = (expires_at, allow_from) else {
-        return Err(ApiError::Internal(
-            "validation passed without values".into(),
-        ));
-    };
-    let allow_rfc1918 = req.allow_rfc1918.unwrap_or(false);
-    let region = state.store.get_region(router.region_id).await?;
-    let username = format!("postern-{}", random_alnum(8, true));
-    let grant = state
-        .store
-        .create_access(store::NewAccess {
-            org_id: caller.org_id,
-            router_id: router.id,
-            access_type,
-            access,
-            allow_rfc1918,
-            allow_from,
-            username: username.clone(),
-            password: random_alnum(PASSWORD_LEN, false),
-            expires_at,
-            created_by: caller.actor.clone(),
-            region_id: region.id,
-            entry_point: region.entry_point.clone(),
-            port_candidates: super::common::entry_port_candidates(&state, &region),
-            audit: audit(
-                &caller,
-                now,
-                "access.create",
-                Some(format!("router:{}", router.id)),
-                json!({
-                    "type": access_type.as_str(),
-                    "access": access.as_str(),
-                    "username": username,
-                    "allow_from": allow_from.to_string(),
-                    "allow_rfc1918": allow_rfc1918,
-                    "expires_at": timestamp(expires_at),
-                }),
-            ),
-            job: Some(new_job(&caller, router.id, "access.create", now)),
-        })
-        .await?;
-    state.lists.invalidate(router.id);
-    super::common::grant_created(&state).await;
-    let grant = if query.wait.unwrap_or(false) {
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!(
+        "/api/routers/{}/transient-access/{}",
+        router.id, grant.id
+    )) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+}
+
+/// Creates transient access on `router` for `caller` through the one create path
+/// ([`super::grants::create_access`]: validated, recorded with its audit entry and
+/// `access.create` job, the orchestrator woken); with `wait`, polls until the grant is
+/// `active` or `failed` (at most `create_wait`). The API's POST and the portal's Terminal
+/// button use it; the portal's Add form calls `create_access` itself (it does not wait).
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    req: CreateAccess,
+    wait: bool,
+) -> Result<store::TransientAccess, ApiError> {
+    let grant = super::grants::create_access(state, caller, router, &req).await?;
+    let grant = if wait {
         let (store, org, id) = (state.store.clone(), caller.org_id, grant.id);
         let initial = grant.clone();
         super::common::wait_until_settled(
-            &state,
+            state,
             || {
                 let store = store.clone();
                 async move {
@@ -240,15 +173,7 @@ pub async fn access_post(
     } else {
         grant
     };
-    let now = state.now();
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!(
-        "/api/routers/{}/transient-access/{}",
-        router.id, grant.id
-    )) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
+    Ok(grant)
 }
 
 /// One transient access grant.
@@ -293,58 +218,9 @@ pub async fn access_credentials_get(
 ) -> Result<Json<CredentialsView>, ApiError> {
     caller.require_write()?;
     let (_, grant) = load(&state, &caller, &router_id, &id).await?;
-    if !grant.status.is_live() {
-        return Err(ApiError::Conflict(format!(
-            "the grant is {}: its credentials no longer work",
-            grant.status.as_str()
-        )));
-    }
-    let password = state.store.access_password(grant.id).await?;
-    state
-        .store
-        .append_audit(audit(
-            &caller,
-            state.now(),
-            "access.credentials.read",
-            Some(format!("access:{}", grant.id)),
-            json!({ "username": grant.username }),
-        ))
-        .await?;
-    let (winbox_url, ssh_command) = match grant.access_type {
-        AccessType::Winbox => (
-            Some(format!(
-                "winbox://{}@{}:{}",
-                grant.username,
-                host_for_url(&grant.entry_point),
-                grant.port
-            )),
-            None,
-        ),
-        AccessType::Ssh => (
-            None,
-            Some(format!(
-                "ssh -p {} {}@{}",
-                grant.port, grant.username, grant.entry_point
-            )),
-        ),
-    };
-    Ok(Json(CredentialsView {
-        username: grant.username.clone(),
-        password: password.expose().to_owned(),
-        entry_point: grant.entry_point.clone(),
-        port: grant.port,
-        winbox_url,
-        ssh_command,
-    }))
-}
-
-/// An IPv6 literal needs brackets in a URL's authority.
-fn host_for_url(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
+    Ok(Json(
+        super::grants::credentials(&state, &caller, &grant).await?,
+    ))
 }
 
 /// Extends or shortens a live grant.
@@ -415,16 +291,13 @@ pub async fn access_delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require_write()?;
     let (router, grant) = load(&state, &caller, &router_id, &id).await?;
-    if !grant.status.is_live() {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    let now = state.now();
-    super::common::revoke(
+    super::grants::revoke_grant(
         &state,
         &caller,
-        super::common::Grant::Access(grant.id),
+        super::grants::Grant::Access(grant.id),
+        grant.status,
         router.id,
-        now,
+        state.now(),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

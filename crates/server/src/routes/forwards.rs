@@ -6,12 +6,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::{DstAddress, ForwardId, RouterId};
-use serde_json::json;
+use domain::{ForwardId, RouterId};
 
 use super::common::{
-    Checks, audit, ended_window, expiry_moved, grant_list, is_expired, json_body, load_router,
-    new_job, not_found_as, port_candidates, requested_expiry, resolve_allow_from, resolve_expiry,
+    ended_window, expiry_moved, grant_list, is_expired, json_body, load_router, not_found_as,
+    requested_expiry,
 };
 use crate::auth::{Caller, ListCaller};
 use crate::dto::{
@@ -128,69 +127,7 @@ pub async fn forwards_post(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
-    let now = state.now();
-    let mut checks = Checks::default();
-    let expires_at = resolve_expiry(
-        &state,
-        &mut checks,
-        now,
-        req.expire_after_minutes,
-        req.expires_at.as_deref(),
-    );
-    let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
-    let dst_address = checks.take(DstAddress::parse_with(&req.dst_address, &state.policy()));
-    let allow_from = resolve_allow_from(
-        &state,
-        &mut checks,
-        req.allow_from.as_deref(),
-        caller.address,
-    );
-    checks.finish()?;
-    let (Some(expires_at), Some(dst_port), Some(dst_address), Some(allow_from)) =
-        (expires_at, dst_port, dst_address, allow_from)
-    else {
-        return Err(ApiError::Internal(
-            "validation passed without values".into(),
-        ));
-    };
-    let region = state.store.get_region(router.region_id).await?;
-    let masquerade = req.masquerade.unwrap_or(false);
-    let forward = state
-        .store
-        .create_forward(store::NewForward {
-            org_id: caller.org_id,
-            router_id: router.id,
-            dst_address: dst_address.addr(),
-            dst_port,
-            masquerade,
-            allow_from,
-            expires_at,
-            created_by: caller.actor.clone(),
-            region_id: region.id,
-            entry_point: region.entry_point.clone(),
-            port_candidates: super::common::entry_port_candidates(&state, &region),
-            router_port_candidates: port_candidates(
-                state.config.forward_port_min,
-                state.config.forward_port_max,
-            ),
-            audit: audit(
-                &caller,
-                now,
-                "forward.create",
-                Some(format!("router:{}", router.id)),
-                json!({
-                    "dst_address": dst_address.to_string(),
-                    "dst_port": dst_port,
-                    "allow_from": allow_from.to_string(),
-                    "masquerade": masquerade,
-                    "expires_at": timestamp(expires_at),
-                }),
-            ),
-            job: Some(new_job(&caller, router.id, "forward.create", now)),
-        })
-        .await?;
-    state.lists.invalidate(router.id);
-    super::common::grant_created(&state).await;
+    let forward = super::grants::create_forward(&state, &caller, &router, &req).await?;
     let forward = if query.wait.unwrap_or(false) {
         let (store, org, id) = (state.store.clone(), caller.org_id, forward.id);
         let initial = forward.clone();
@@ -311,16 +248,13 @@ pub async fn forward_delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require_write()?;
     let (router, forward) = load(&state, &caller, &router_id, &id).await?;
-    if !forward.status.is_live() {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    let now = state.now();
-    super::common::revoke(
+    super::grants::revoke_grant(
         &state,
         &caller,
-        super::common::Grant::Forward(forward.id),
+        super::grants::Grant::Forward(forward.id),
+        forward.status,
         router.id,
-        now,
+        state.now(),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -2,11 +2,12 @@
 //! unguarded `/healthz`, `/metrics` and the API docs. Handlers are grouped by area and
 //! named `<area>_<method>`.
 
-mod access;
+pub(crate) mod access;
 mod admin;
-mod common;
+pub(crate) mod common;
 mod connections;
 mod forwards;
+pub(crate) mod grants;
 mod routers;
 mod system;
 
