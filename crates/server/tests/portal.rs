@@ -84,6 +84,8 @@ impl Portal {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_owned(),
+            // The test may speak as a proxy, to be a visitor from a public address.
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
@@ -637,8 +639,19 @@ async fn the_add_form_starts_with_the_references_defaults() {
     assert!(page.contains("Add transient access"));
     assert!(around(&page, "full_access").contains(" checked"));
     assert!(!around(&page, "allow_rfc1918").contains(" checked"));
-    // The visitor's own address (here the test's loopback).
-    assert!(around(&page, "allow_from").contains(r#"value="127.0.0.1""#));
+    // Loopback cannot be used outside lab mode: the field starts empty and says why.
+    assert!(around(&page, "allow_from").contains(r#"value="""#));
+    assert!(page.contains("Your address as Postern sees it (127.0.0.1) cannot be used"));
+    // A visitor from a public address starts with theirs.
+    let (_, _, public) = p
+        .get(
+            &format!("/sites/{}/access", p.site),
+            Some(&alice),
+            headers(&[("x-forwarded-for", "198.51.100.23")]),
+        )
+        .await;
+    assert!(around(&public, "allow_from").contains(r#"value="198.51.100.23""#));
+    assert!(!public.contains("Your address as Postern sees it"));
     assert!(page.contains(r#"<option value="120" selected>2 hours</option>"#));
     assert!(page.contains(r#"value="winbox" checked"#));
     assert!(!page.contains(r#"value="ssh" checked"#));
@@ -788,7 +801,7 @@ async fn adding_access_is_the_apis_create_csrf_protected_and_audited() {
         "requested grants: the list polls"
     );
     assert!(
-        around(&panel, "allow_from").contains(r#"value="127.0.0.1""#),
+        around(&panel, "allow_from").contains(r#"value="""#),
         "a fresh form"
     );
     p.stop().await;

@@ -90,6 +90,28 @@ fn validity_default(state: &AppState) -> String {
     }
 }
 
+/// The visitor's own address as Allow from starts with, or, when the rules refuse it
+/// (a private address outside lab mode), nothing and a note saying why.
+fn own_address(state: &AppState, signed: &Signed) -> (String, String) {
+    let addr = match signed.caller.address {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(signed.caller.address, std::net::IpAddr::V4),
+        other => other,
+    };
+    match domain::AllowFrom::from_addr(addr, &state.policy()) {
+        Ok(_) => (addr.to_string(), String::new()),
+        Err(e) => (
+            String::new(),
+            format!(
+                "Your address as Postern sees it ({addr}) cannot be used ({}): give the \
+                 public address or network you will connect from.",
+                e.message
+            ),
+        ),
+    }
+}
+
 /// Field errors by input name, and one for the form as a whole.
 #[derive(Default)]
 pub struct Errors {
@@ -187,6 +209,8 @@ struct AccessFormView {
     e: Errors,
     /// Whether the form shows open (after an error).
     open: bool,
+    /// Why Allow from does not start with the visitor's address, if it does not.
+    allow_note: String,
 }
 
 /// The Add form of the Transient Forwarding tab.
@@ -217,6 +241,7 @@ struct ForwardFormView {
     validity: Vec<Choice>,
     e: Errors,
     open: bool,
+    allow_note: String,
 }
 
 /// A minutes field as the API takes it; text that is not a number is a field error.
@@ -250,7 +275,7 @@ impl AccessForm {
             full_access: Some("on".into()),
             access: "read".into(),
             allow_rfc1918: None,
-            allow_from: signed.caller.address.to_string(),
+            allow_from: own_address(state, signed).0,
             expire_after_minutes: validity_default(state),
         }
     }
@@ -300,7 +325,7 @@ impl ForwardForm {
             dst_address: String::new(),
             dst_port: String::new(),
             masquerade: None,
-            allow_from: signed.caller.address.to_string(),
+            allow_from: own_address(state, signed).0,
             expire_after_minutes: validity_default(state),
         }
     }
@@ -354,9 +379,9 @@ pub struct GrantRow {
     credentials_url: String,
     details_url: String,
     revoke_url: String,
+    /// The replay of its terminal session, for access the Terminal button made.
+    recording_url: Option<String>,
     live: bool,
-    /// The replay of its terminal session, for grants the Terminal button made.
-    recording: Option<String>,
 }
 
 #[derive(Template)]
@@ -437,8 +462,8 @@ impl Common {
             credentials_url: String::new(),
             details_url: String::new(),
             revoke_url: String::new(),
+            recording_url: None,
             live: self.status.is_live(),
-            recording: None,
         }
     }
 }
@@ -533,7 +558,7 @@ async fn rows(
             .map(|g| forward_row(site, g))
             .collect(),
         _ => {
-            let recorded: std::collections::HashSet<AccessId> = state
+            let recorded: std::collections::HashSet<domain::AccessId> = state
                 .store
                 .list_terminal_sessions(org, r.id, 500)
                 .await?
@@ -546,11 +571,11 @@ async fn rows(
                 .await?
                 .into_iter()
                 .map(|g| {
-                    let id = g.id;
+                    let recording = recorded
+                        .contains(&g.id)
+                        .then(|| urls::recording(site, g.id));
                     let (status, mut row) = access_row(site, g);
-                    if recorded.contains(&id) {
-                        row.recording = Some(urls::recording(site, id));
-                    }
+                    row.recording_url = recording;
                     (status, row)
                 })
                 .collect()
@@ -613,6 +638,7 @@ async fn tab(
         return render(&list);
     }
     let open = errors.any();
+    let allow_note = own_address(state, signed).1;
     let form = match form {
         AnyForm::Access(f) => AccessFormView {
             url: urls::site_access(site.id),
@@ -621,6 +647,7 @@ async fn tab(
             f,
             e: errors,
             open,
+            allow_note,
         }
         .render()?,
         AnyForm::Forward(f) => ForwardFormView {
@@ -630,6 +657,7 @@ async fn tab(
             f,
             e: errors,
             open,
+            allow_note,
         }
         .render()?,
     };
