@@ -170,7 +170,7 @@ test("Terminal: run /system identity print on the router, close, replay the reco
     return color;
   });
   assert.equal(red, "rgb(255, 107, 107)");
-  await shot(page, "20-terminal");
+  await shot(page, "40-terminal");
 
   // The access is the admin's own SSH grant, listed like any other.
   const live = await api("GET", `/api/routers/${routerId}/transient-access`);
@@ -202,7 +202,7 @@ test("Terminal: run /system identity print on the router, close, replay the reco
   await page.getByRole("heading", { name: "Terminal recording" }).waitFor();
   await page.locator(".replay[data-done]").waitFor({ timeout: 20000 });
   await waitForScreen(page, ".replay", new RegExp(`name: ${identity}`), "the replay");
-  await shot(page, "21-terminal-replay");
+  await shot(page, "41-terminal-replay");
   // The .cast file is asciicast v2.
   const cast = await page.evaluate(async () => {
     const a = document.querySelector(".replay-bar a[download]");
@@ -227,7 +227,7 @@ test("Terminal on a phone-sized screen", async () => {
   await page.getByRole("link", { name: siteName }).click();
   await page.getByRole("button", { name: "Terminal" }).click();
   await waitForScreen(page, "#terminal-dock", /\] > /, "the router's prompt");
-  await shot(page, "22-terminal-phone");
+  await shot(page, "42-terminal-phone");
   await page.getByRole("button", { name: "Close" }).click();
   await page.locator("#terminal-dock .terminal-panel").waitFor({ state: "detached" });
   assert.deepEqual(problems, []);

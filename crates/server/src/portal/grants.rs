@@ -379,9 +379,9 @@ pub struct GrantRow {
     credentials_url: String,
     details_url: String,
     revoke_url: String,
-    live: bool,
     /// The replay of its terminal session, for access the Terminal button made.
-    recording: Option<String>,
+    recording_url: Option<String>,
+    live: bool,
 }
 
 #[derive(Template)]
@@ -462,8 +462,8 @@ impl Common {
             credentials_url: String::new(),
             details_url: String::new(),
             revoke_url: String::new(),
+            recording_url: None,
             live: self.status.is_live(),
-            recording: None,
         }
     }
 }
@@ -558,7 +558,7 @@ async fn rows(
             .map(|g| forward_row(site, g))
             .collect(),
         _ => {
-            let recorded: std::collections::HashSet<AccessId> = state
+            let recorded: std::collections::HashSet<domain::AccessId> = state
                 .store
                 .list_terminal_sessions(org, r.id, 500)
                 .await?
@@ -571,11 +571,11 @@ async fn rows(
                 .await?
                 .into_iter()
                 .map(|g| {
-                    let id = g.id;
+                    let recording = recorded
+                        .contains(&g.id)
+                        .then(|| urls::recording(site, g.id));
                     let (status, mut row) = access_row(site, g);
-                    if recorded.contains(&id) {
-                        row.recording = Some(urls::recording(site, id));
-                    }
+                    row.recording_url = recording;
                     (status, row)
                 })
                 .collect()

@@ -173,7 +173,13 @@ pub async fn terminal_post(
         expires_at: None,
     };
     let created =
-        crate::routes::access::create(&state, &signed.caller, &router, request, true).await;
+        match crate::routes::grants::create_access(&state, &signed.caller, &router, &request).await
+        {
+            Ok(grant) => {
+                Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await)
+            }
+            Err(e) => Err(e),
+        };
     let mut panel = Panel {
         router: router.name.clone(),
         username: String::new(),

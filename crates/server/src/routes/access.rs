@@ -129,7 +129,12 @@ pub async fn access_post(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
-    let grant = create(&state, &caller, &router, req, query.wait.unwrap_or(false)).await?;
+    let grant = super::grants::create_access(&state, &caller, &router, &req).await?;
+    let grant = if query.wait.unwrap_or(false) {
+        settled(&state, caller.org_id, grant).await
+    } else {
+        grant
+    };
     let now = state.now();
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!(
@@ -141,39 +146,27 @@ pub async fn access_post(
     Ok((StatusCode::CREATED, headers, Json(view(&grant, now))))
 }
 
-/// Creates transient access on `router` for `caller` through the one create path
-/// ([`super::grants::create_access`]: validated, recorded with its audit entry and
-/// `access.create` job, the orchestrator woken); with `wait`, polls until the grant is
-/// `active` or `failed` (at most `create_wait`). The API's POST and the portal's Terminal
-/// button use it; the portal's Add form calls `create_access` itself (it does not wait).
-pub(crate) async fn create(
+/// For `?wait=true` (and the portal's Terminal button): the grant once it is `active` or
+/// `failed`, or as it is when the configured wait runs out.
+pub(crate) async fn settled(
     state: &AppState,
-    caller: &Caller,
-    router: &store::Router,
-    req: CreateAccess,
-    wait: bool,
-) -> Result<store::TransientAccess, ApiError> {
-    let grant = super::grants::create_access(state, caller, router, &req).await?;
-    let grant = if wait {
-        let (store, org, id) = (state.store.clone(), caller.org_id, grant.id);
-        let initial = grant.clone();
-        super::common::wait_until_settled(
-            state,
-            || {
-                let store = store.clone();
-                async move {
-                    let g = store.get_access(org, router.id, id).await.ok()?;
-                    let status = g.status;
-                    Some((g, status))
-                }
-            },
-            initial,
-        )
-        .await
-    } else {
-        grant
-    };
-    Ok(grant)
+    org: domain::OrgId,
+    grant: store::TransientAccess,
+) -> store::TransientAccess {
+    let (store, router_id, id) = (state.store.clone(), grant.router_id, grant.id);
+    super::common::wait_until_settled(
+        state,
+        || {
+            let store = store.clone();
+            async move {
+                let g = store.get_access(org, router_id, id).await.ok()?;
+                let status = g.status;
+                Some((g, status))
+            }
+        },
+        grant,
+    )
+    .await
 }
 
 /// One transient access grant.
