@@ -22,7 +22,8 @@
 //! - `worker`: claiming jobs, leases and heartbeats, back-off, giving up.
 //! - `handlers`: what each job kind does on the router, idempotently.
 //! - `connections`: one API client per router, reused, dropped when broken.
-//! - `joblog`: the orchestration log of an attempt.
+//! - `joblog`: the orchestration log: lines numbered per attempt, batched, durable
+//!   within a few milliseconds.
 //! - `expiry`: the expiry timer and sweep.
 //! - `reconcile`: drift between routers and grants, found and repaired.
 //! - [`dataplane`]: the hook to the gateway ([`DataPlane`]).
@@ -96,6 +97,9 @@ pub struct Config {
     pub default_tunnel_source: Option<IpAddr>,
     /// Install a scheduler entry on the router that ends the grant at expiry by itself.
     pub router_self_expiry: bool,
+    /// The longest a job log line waits to be written when no attempt's end carries it
+    /// (lines are batched, many per write).
+    pub log_flush_delay: Duration,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             create_attempts: 8,
             default_tunnel_source: None,
             router_self_expiry: true,
+            log_flush_delay: Duration::from_millis(5),
         }
     }
 }
@@ -130,6 +135,7 @@ pub(crate) struct Inner {
     pub jobs_wake: Notify,
     pub expiry_wake: Notify,
     pub conns: connections::Connections,
+    pub log_buffer: joblog::LogBuffer,
     offline: Mutex<HashSet<RouterId>>,
     executions: AtomicU64,
 }
@@ -285,6 +291,7 @@ impl Orchestrator {
                 jobs_wake: Notify::new(),
                 expiry_wake: Notify::new(),
                 conns: connections::Connections::default(),
+                log_buffer: joblog::LogBuffer::default(),
                 offline: Mutex::new(HashSet::new()),
                 executions: AtomicU64::new(0),
             }),
@@ -324,10 +331,15 @@ impl Orchestrator {
         };
         let expiry = tokio::spawn(expiry::run(inner.clone(), shutdown.clone()));
         let reconciler = tokio::spawn(reconcile::run(inner.clone(), shutdown.clone()));
+        // The log's flusher outlives the attempts, so their last lines are written.
+        let (flushed, flush_stop) = watch::channel(false);
+        let flusher = tokio::spawn(joblog::flusher(inner.clone(), flush_stop));
         worker::dispatcher(inner.clone(), shutdown).await;
         let _ = expiry.await;
         let _ = reconciler.await;
         let _ = listener.await;
+        let _ = flushed.send(true);
+        let _ = flusher.await;
     }
 
     /// A job was queued (by the server, with a grant): run it now. Call after the

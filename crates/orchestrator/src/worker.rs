@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::{AccessId, ForwardId, GrantStatus};
-use store::{Job, JobOutcome};
+use store::{AttemptEnd, GrantMove, Job, JobOutcome, MoveLine};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Inner;
 use crate::dataplane::{EndReason, GrantKey};
 use crate::error::Error;
-use crate::handlers;
+use crate::handlers::{self, Done};
 use crate::joblog::JobLog;
 
 /// The delay before attempt `attempts + 1`: base × 2^(attempts-1), capped.
@@ -145,10 +145,10 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
 /// worker goes on with it in the same slot, without another claim).
 async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Job> {
     let inner = inner.clone();
-    let log = JobLog::new(Some(job.id), inner.clock.clone());
+    // The attempt's first lines were written with the claim (see `intro`).
+    let log = JobLog::new(&inner, job.id, job.log_seq);
     let started = Instant::now();
     let owner = inner.config.owner.clone();
-    // The attempt's first lines were written with the claim (see `intro`).
     for line in intro(&owner, &job, job.started_at.unwrap_or(job.created_at)) {
         tracing::info!(job = %job.id, "{line}");
     }
@@ -187,45 +187,93 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Job> {
             ))),
         },
         _ = heartbeat => {
+            // The lines go with the next write (or the flusher's).
             log.line("lease lost: another worker has taken this job over; stopping this attempt");
-            log.flush(&inner.store).await;
             inner.wake_jobs().await;
             return None;
         }
     };
     let elapsed = started.elapsed().as_millis();
-    let outcome = match result {
-        Ok(()) => {
-            log.line(format!("completed in {elapsed} ms"));
-            JobOutcome::Completed
-        }
+    let (outcome, done) = match result {
+        Ok(done) => (JobOutcome::Completed, done),
         Err(e) => {
             if matches!(e, Error::Unreachable(_)) {
                 inner.conns.drop_router(job.router_id);
                 inner.mark_offline(job.router_id);
             }
-            failed_attempt(&inner, &job, &log, e, elapsed).await
+            let outcome = failed_attempt(&inner, &job, &log, e, elapsed).await;
+            (outcome, Done::Nothing)
         }
     };
+    // The grant's move is recorded with the job's end; its line reads before "completed".
+    let (grant_move, live) = match done {
+        Done::Nothing => (None, None),
+        Done::Activate(grant) if grant.status() == GrantStatus::Active => {
+            log.line(format!("the grant ({}) is active", grant.key()));
+            (None, Some(grant))
+        }
+        Done::Activate(grant) => {
+            let key = grant.key();
+            let moved = GrantMove {
+                grant: key.into(),
+                from: vec![GrantStatus::Provisioning],
+                to: GrantStatus::Active,
+                line: Some(MoveLine {
+                    seq: log.reserve(),
+                    moved: format!("the grant ({key}) is active"),
+                    // Ended meanwhile: its end job (queued after this one) removes what
+                    // we made.
+                    refused: format!("the grant ({key}) did not become active: "),
+                }),
+            };
+            (Some(moved), Some(grant))
+        }
+        Done::End(key, to) => {
+            let moved = GrantMove {
+                grant: key.into(),
+                from: vec![GrantStatus::Closing],
+                to,
+                line: Some(MoveLine {
+                    seq: log.reserve(),
+                    moved: format!("the grant ({key}) is now {to}"),
+                    refused: format!("the grant ({key}): "),
+                }),
+            };
+            (Some(moved), None)
+        }
+    };
+    if outcome == JobOutcome::Completed {
+        log.line(format!("completed in {elapsed} ms"));
+    }
     let now = inner.clock.now();
-    let lines = log.take();
     let opening = |next: &Job| intro(&owner, next, now);
-    let next = match inner
+    let buffer = &inner.log_buffer;
+    let ended = inner
         .store
-        .finish_job_and_claim_next(
+        .end_attempt(
             job.id,
-            job.router_id,
             &owner,
             now,
             outcome,
-            &lines,
-            inner.config.lease,
-            &opening,
+            grant_move.as_ref(),
+            &|| buffer.take(),
+            Some((job.router_id, inner.config.lease, &opening)),
         )
-        .await
-    {
-        Ok((true, next)) => next,
-        Ok((false, _)) => {
+        .await;
+    let next = match ended {
+        Ok(AttemptEnd {
+            recorded: true,
+            grant,
+            next,
+        }) => {
+            let moved = grant.map(|g| g.is_ok()).unwrap_or(true);
+            if let (Some(mut live), true) = (live, moved) {
+                live.set_status(GrantStatus::Active);
+                inner.dataplane.open(&live);
+            }
+            next
+        }
+        Ok(_) => {
             tracing::warn!(job = %job.id, "the job's lease was lost before it ended");
             None
         }

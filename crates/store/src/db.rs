@@ -5,6 +5,8 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -42,8 +44,73 @@ macro_rules! db {
 }
 pub(crate) use db;
 
+/// SQLite's one writer: an in-process lock every write takes, and counters of its use
+/// (how many writes, how long they queued for it and held it).
+#[derive(Default)]
+pub(crate) struct Writer {
+    lock: Arc<Mutex<()>>,
+    writes: AtomicU64,
+    waited_ns: AtomicU64,
+    held_ns: AtomicU64,
+}
+
+/// The writer, held until dropped.
+pub(crate) struct WriterGuard {
+    _guard: OwnedMutexGuard<()>,
+    since: Instant,
+    writer: Arc<Writer>,
+}
+
+impl Writer {
+    pub(crate) async fn lock(self: &Arc<Self>) -> WriterGuard {
+        let asked = Instant::now();
+        let guard = self.lock.clone().lock_owned().await;
+        let since = Instant::now();
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.waited_ns
+            .fetch_add(nanos(since - asked), Ordering::Relaxed);
+        WriterGuard {
+            _guard: guard,
+            since,
+            writer: self.clone(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            writes: self.writes.load(Ordering::Relaxed),
+            waited: Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            held: Duration::from_nanos(self.held_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.writer
+            .held_ns
+            .fetch_add(nanos(self.since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How SQLite's writer has been used since the store was opened (all zero on
+/// PostgreSQL, whose writers do not queue in the process).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Write transactions and single writing statements.
+    pub writes: u64,
+    /// Time spent queueing for the writer, summed over writes.
+    pub waited: Duration,
+    /// Time the writer was held, summed over writes.
+    pub held: Duration,
+}
+
 /// A write transaction and, on SQLite, the in-process writer lock it holds.
-pub(crate) type WriteTx<DB> = (Option<OwnedMutexGuard<()>>, Transaction<'static, DB>);
+pub(crate) type WriteTx<DB> = (Option<WriterGuard>, Transaction<'static, DB>);
 
 /// A pool that can start a transaction that will write.
 pub(crate) trait WritePool {
@@ -53,14 +120,14 @@ pub(crate) trait WritePool {
     /// busy handler. The guard must live as long as the transaction.
     fn begin_write(
         &self,
-        lock: &Arc<Mutex<()>>,
+        lock: &Arc<Writer>,
     ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
 }
 
 impl WritePool for SqlitePool {
     type Db = Sqlite;
-    async fn begin_write(&self, lock: &Arc<Mutex<()>>) -> Result<WriteTx<Sqlite>> {
-        let guard = lock.clone().lock_owned().await;
+    async fn begin_write(&self, lock: &Arc<Writer>) -> Result<WriteTx<Sqlite>> {
+        let guard = lock.lock().await;
         let tx = self.begin_with("BEGIN IMMEDIATE").await?;
         Ok((Some(guard), tx))
     }
@@ -68,7 +135,7 @@ impl WritePool for SqlitePool {
 
 impl WritePool for PgPool {
     type Db = Postgres;
-    async fn begin_write(&self, _lock: &Arc<Mutex<()>>) -> Result<WriteTx<Postgres>> {
+    async fn begin_write(&self, _lock: &Arc<Writer>) -> Result<WriteTx<Postgres>> {
         Ok((None, self.begin().await?))
     }
 }

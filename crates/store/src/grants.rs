@@ -145,12 +145,16 @@ fn forward_from(r: &impl Get) -> Result<TransientForward> {
 }
 
 /// What a transition writes besides the status.
-struct Ending {
-    ended_at: Option<i64>,
-    revoked_early: bool,
+pub(crate) struct Ending {
+    pub(crate) ended_at: Option<i64>,
+    pub(crate) revoked_early: bool,
 }
 
-fn check_transition(current: GrantStatus, from: &[GrantStatus], to: GrantStatus) -> Result<()> {
+pub(crate) fn check_transition(
+    current: GrantStatus,
+    from: &[GrantStatus],
+    to: GrantStatus,
+) -> Result<()> {
     if !from.contains(&current) || !current.can_become(to) {
         return Err(StoreError::Conflict(format!(
             "the grant is {current}; it cannot become {to} now"
@@ -160,13 +164,85 @@ fn check_transition(current: GrantStatus, from: &[GrantStatus], to: GrantStatus)
 }
 
 /// A closing before expiry, or a revocation, is an early end.
-fn ending(to: GrantStatus, at: DateTime<Utc>, expires_at: i64) -> Ending {
+pub(crate) fn ending(to: GrantStatus, at: DateTime<Utc>, expires_at: i64) -> Ending {
     Ending {
         ended_at: to.is_final().then(|| ms(at)),
         revoked_early: to == GrantStatus::Revoked
             || (to == GrantStatus::Closing && ms(at) < expires_at),
     }
 }
+
+/// Inside transaction `$tx`, moves grant `$id` (text) of `$table` from a status in
+/// `$from` to `$to` if `GrantStatus::can_become` allows it: a final status sets
+/// `ended_at` and releases its ports (`$extra_release` too, when not empty); `revoked`,
+/// or `closing` before `expires_at`, sets `revoked_early`; `$reason` is kept as
+/// `failure_reason`. Locks the grant's row first on PostgreSQL (the lock order is a
+/// grant before its router, and before its jobs). Evaluates to `Result<GrantStatus>`:
+/// the status it had, `Conflict` or `NotFound` (database errors return from the
+/// enclosing function).
+macro_rules! move_grant {
+    ($tx:ident, $pg:ident, $table:literal, $extra_release:literal, $id:expr, $from:expr, $to:expr, $at:expr, $reason:expr) => {{
+        let id: String = $id;
+        let from: &[GrantStatus] = $from;
+        let to: GrantStatus = $to;
+        let at: DateTime<Utc> = $at;
+        let reason: Option<String> = $reason;
+        let current = if $pg {
+            concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1 FOR UPDATE")
+        } else {
+            concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1")
+        };
+        let row = sqlx::query(current)
+            .bind(&id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let checked = match &row {
+            None => Err(StoreError::NotFound),
+            Some(row) => {
+                let status: GrantStatus = $crate::db::Get::parse(row, "status")?;
+                $crate::grants::check_transition(status, from, to)
+                    .map(|()| (status, $crate::db::Get::int(row, "expires_at")))
+            }
+        };
+        match checked {
+            Err(e) => Err(e),
+            Ok((status, expires_at)) => {
+                let end = $crate::grants::ending(to, at, expires_at?);
+                let row = sqlx::query(concat!(
+                    "UPDATE ", $table, " SET status = $2, ended_at = COALESCE($3, ended_at), \
+                     revoked_early = (revoked_early OR $4), failure_reason = COALESCE($5, failure_reason) \
+                     WHERE id = $1 AND status = $6"
+                ))
+                .bind(&id)
+                .bind(to.as_str())
+                .bind(end.ended_at)
+                .bind(end.revoked_early)
+                .bind(reason)
+                .bind(status.as_str())
+                .execute(&mut *$tx)
+                .await?;
+                if row.rows_affected() != 1 {
+                    Err(StoreError::Conflict("the grant changed meanwhile; try again".into()))
+                } else {
+                    if to.is_final() {
+                        sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
+                            .bind(&id)
+                            .execute(&mut *$tx)
+                            .await?;
+                        if !$extra_release.is_empty() {
+                            sqlx::query($extra_release)
+                                .bind(&id)
+                                .execute(&mut *$tx)
+                                .await?;
+                        }
+                    }
+                    Ok(status)
+                }
+            }
+        }
+    }};
+}
+pub(crate) use move_grant;
 
 /// Generates the methods that are the same for both kinds of grant.
 macro_rules! grant_methods {
@@ -303,47 +379,7 @@ macro_rules! grant_methods {
             ) -> Result<$record> {
                 db!(self, |p, pg| {
                     let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-                    let current = if pg {
-                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1 FOR UPDATE")
-                    } else {
-                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1")
-                    };
-                    let row = sqlx::query(current)
-                        .bind(id.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .ok_or(StoreError::NotFound)?;
-                    let status: GrantStatus = row.parse("status")?;
-                    check_transition(status, from, to)?;
-                    let end = ending(to, at, row.int("expires_at")?);
-                    let row = sqlx::query(concat!(
-                        "UPDATE ", $table, " SET status = $2, ended_at = COALESCE($3, ended_at), \
-                         revoked_early = (revoked_early OR $4), failure_reason = COALESCE($5, failure_reason) \
-                         WHERE id = $1 AND status = $6"
-                    ))
-                    .bind(id.to_string())
-                    .bind(to.as_str())
-                    .bind(end.ended_at)
-                    .bind(end.revoked_early)
-                    .bind(reason)
-                    .bind(status.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    if row.rows_affected() != 1 {
-                        return Err(StoreError::Conflict("the grant changed meanwhile; try again".into()));
-                    }
-                    if to.is_final() {
-                        sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
-                            .bind(id.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                        if !$extra_release.is_empty() {
-                            sqlx::query($extra_release)
-                                .bind(id.to_string())
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
+                    move_grant!(tx, pg, $table, $extra_release, id.to_string(), from, to, at, reason)?;
                     let row = sqlx::query($select!("WHERE id = $1"))
                         .bind(id.to_string())
                         .fetch_one(&mut *tx)

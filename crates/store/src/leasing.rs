@@ -7,12 +7,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{JobId, RegionId, RouterId};
+use domain::{AccessId, ForwardId, GrantStatus, JobId, RegionId, RouterId};
 use sqlx::postgres::PgListener;
 
 use crate::Store;
 use crate::db::{Get, Pool, WritePool, db, ms};
 use crate::error::{Result, StoreError};
+use crate::grants::move_grant;
 use crate::records::{Job, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
@@ -59,7 +60,7 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.run_after, j.seq LIMIT";
+    ORDER BY j.run_after, j.seq LIMIT $2";
 
 /// The same, for one router (`$2`): its head, if it may run now.
 const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
@@ -69,65 +70,174 @@ const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
     ORDER BY j.seq LIMIT 1";
 
-/// Leases the selected `$rows` (each with an `id` column) to `$owner` until `$until`
-/// inside transaction `$tx`, appending `$intro`'s lines; evaluates to the leased jobs.
-macro_rules! lease_rows {
-    ($tx:ident, $rows:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
-        let rows = $rows;
+/// Log lines per `INSERT` statement (4 parameters each, well under both backends' limits).
+const LINES_PER_STATEMENT: usize = 200;
+
+/// A line of a job's log with its number: whoever writes a job's lines numbers them
+/// (a claim continues from the job's `log_seq`, a worker from its claim's), so lines
+/// written by different transactions, in any order, still read in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub job_id: JobId,
+    pub seq: u32,
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// A grant, by kind and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantRef {
+    Access(AccessId),
+    Forward(ForwardId),
+}
+
+/// A life-cycle move of a grant made in the transaction that ends a job's attempt (so a
+/// grant becomes `active` as its creation job completes, in one write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantMove {
+    pub grant: GrantRef,
+    pub from: Vec<GrantStatus>,
+    pub to: GrantStatus,
+    /// The job's log line saying how it went, written in the same transaction.
+    pub line: Option<MoveLine>,
+}
+
+/// The log line of a [`GrantMove`]: `moved`, or `refused` followed by the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveLine {
+    pub seq: u32,
+    pub moved: String,
+    pub refused: String,
+}
+
+/// How recording the end of an attempt went.
+#[derive(Debug)]
+pub struct AttemptEnd {
+    /// The lease still held and the end is recorded; false: nothing changed (the
+    /// lines were written all the same: they tell what this worker did).
+    pub recorded: bool,
+    /// The grant's move when one was asked and the end recorded: the status it had,
+    /// or why it could not move (it had changed meanwhile).
+    pub grant: Option<std::result::Result<GrantStatus, String>>,
+    /// The router's next job, leased to the same owner in the same transaction.
+    pub next: Option<Job>,
+}
+
+/// The lines that open an attempt of a job just leased.
+pub type Intro<'a> = &'a (dyn Fn(&Job) -> Vec<String> + Send + Sync);
+
+/// Log lines to write, asked for once the transaction holds the writer (so they are
+/// taken as late as possible, and lines of other jobs can ride along).
+pub type Lines<'a> = &'a (dyn Fn() -> Vec<LogLine> + Send + Sync);
+
+/// The `INSERT` of `n` log lines (numbered by their writer; a line whose job is gone,
+/// or whose number is taken, is skipped rather than failing the transaction).
+fn lines_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO job_lines (job_id, seq, at, message) \
+         SELECT column1, column2, column3, column4 FROM (VALUES ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let b = i * 4;
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+    }
+    sql.push_str(
+        ") AS v WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column1) \
+         ON CONFLICT (job_id, seq) DO NOTHING",
+    );
+    sql
+}
+
+/// Inserts `$lines: &[LogLine]` in transaction `$tx`, a few hundred per statement.
+macro_rules! insert_lines {
+    ($tx:ident, $lines:expr) => {{
+        let lines: &[LogLine] = $lines;
+        for chunk in lines.chunks(LINES_PER_STATEMENT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(lines_sql(chunk.len())));
+            for line in chunk {
+                query = query
+                    .bind(line.job_id.to_string())
+                    .bind(i64::from(line.seq))
+                    .bind(ms(line.at))
+                    .bind(line.message.clone());
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+/// Leases the jobs `$select` (a claimable-jobs tail with `$1` now and `$2` a limit or
+/// router) names to `$owner` until `$until` in one statement, inside transaction `$tx`;
+/// a creation job's grant goes from `requested` to `provisioning` with it (skipped if
+/// another transaction holds the grant: the worker then moves it itself). Evaluates to
+/// the leased jobs, `log_seq` after their intro, and the lines `$intro` opens each
+/// attempt with, for the caller to insert.
+macro_rules! lease {
+    ($tx:ident, $pg:ident, $select:expr, $bind2:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
         let owner: &str = $owner;
         let until: DateTime<Utc> = $until;
         let now: DateTime<Utc> = $now;
-        let mut ids = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id = row.text("id")?;
-                let changed = sqlx::query(
-                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
-                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(ms(until))
-                .bind(ms(now))
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    continue;
+        let sql = if $pg {
+            format!(
+                "WITH next AS MATERIALIZED (SELECT j.id {} FOR UPDATE OF j SKIP LOCKED) \
+                 UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
+                 WHERE id IN (SELECT id FROM next) RETURNING {}",
+                $select,
+                crate::jobs::job_columns!()
+            )
+        } else {
+            format!(
+                "UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
+                 WHERE id IN (SELECT j.id {}) RETURNING {}",
+                $select,
+                crate::jobs::job_columns!()
+            )
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ms(now))
+            .bind($bind2)
+            .bind(owner)
+            .bind(ms(until))
+            .fetch_all(&mut *$tx)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut lines = Vec::new();
+        for row in rows {
+            let mut job = crate::jobs::job_from(&row)?;
+            if let Some(grant) = job.kind.strip_suffix(".create").and(job.payload.get("grant_id")).and_then(|g| g.as_str()) {
+                let table = if job.kind.starts_with("access.") {
+                    Some(if $pg {
+                        "UPDATE transient_access SET status = 'provisioning' WHERE id = \
+                         (SELECT id FROM transient_access WHERE id = $1 AND status = 'requested' FOR UPDATE SKIP LOCKED)"
+                    } else {
+                        "UPDATE transient_access SET status = 'provisioning' WHERE id = $1 AND status = 'requested'"
+                    })
+                } else if job.kind.starts_with("forward.") {
+                    Some(if $pg {
+                        "UPDATE transient_forwards SET status = 'provisioning' WHERE id = \
+                         (SELECT id FROM transient_forwards WHERE id = $1 AND status = 'requested' FOR UPDATE SKIP LOCKED)"
+                    } else {
+                        "UPDATE transient_forwards SET status = 'provisioning' WHERE id = $1 AND status = 'requested'"
+                    })
+                } else {
+                    None
+                };
+                if let Some(sql) = table {
+                    sqlx::query(sql).bind(grant.to_owned()).execute(&mut *$tx).await?;
                 }
-                let row = sqlx::query(
-                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
-                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
-                     last_error FROM jobs WHERE id = $1",
-                )
-                .bind(&id)
-                .fetch_one(&mut *$tx)
-                .await?;
-                let job = crate::jobs::job_from(&row)?;
-                let lines = ($intro)(&job);
-                if !lines.is_empty() {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
-                    )
-                    .bind(&id)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                    let mut seq = row.int("seq")?;
-                    for message in lines {
-                        seq += 1;
-                        sqlx::query(
-                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(&id)
-                        .bind(seq)
-                        .bind(ms(now))
-                        .bind(message)
-                        .execute(&mut *$tx)
-                        .await?;
-                    }
-                }
-                ids.push(job);
             }
-        ids
+            for message in ($intro)(&job) {
+                job.log_seq += 1;
+                lines.push(LogLine { job_id: job.id, seq: job.log_seq, at: now, message });
+            }
+            jobs.push(job);
+        }
+        (jobs, lines)
     }};
 }
 
@@ -151,7 +261,8 @@ impl Store {
     /// Like [`claim_job`](Self::claim_job) for up to `limit` jobs (each the head of a
     /// different router's queue) in one transaction, which also appends the log lines
     /// `intro` gives for each claimed job (so the start of an attempt is on record
-    /// without a write of its own).
+    /// without a write of its own) and moves each creation job's grant from `requested`
+    /// to `provisioning`.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -161,23 +272,23 @@ impl Store {
         intro: impl Fn(&Job) -> Vec<String>,
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let ids = db!(self, |p, pg| {
+        let jobs = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let select = if pg {
-                format!("SELECT j.id {CLAIMABLE} $2 FOR UPDATE OF j SKIP LOCKED")
-            } else {
-                format!("SELECT j.id {CLAIMABLE} $2")
-            };
-            let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-                .bind(ms(now))
-                .bind(i64::from(limit.max(1)))
-                .fetch_all(&mut *tx)
-                .await?;
-            let ids = lease_rows!(tx, rows, owner, until, now, &intro);
+            let (jobs, lines) = lease!(
+                tx,
+                pg,
+                CLAIMABLE,
+                i64::from(limit.max(1)),
+                owner,
+                until,
+                now,
+                &intro
+            );
+            insert_lines!(tx, &lines);
             tx.commit().await?;
-            ids
+            jobs
         });
-        Ok(ids)
+        Ok(jobs)
     }
 
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
@@ -212,9 +323,8 @@ impl Store {
             .await
     }
 
-    /// [`finish_job`](Self::finish_job) that also appends the attempt's remaining log
-    /// lines in the same transaction (written even if the lease was lost: they tell
-    /// what this worker did).
+    /// [`finish_job`](Self::finish_job) that also appends lines to the job's log in the
+    /// same transaction, numbered after its existing ones.
     pub async fn finish_job_with_lines(
         &self,
         id: JobId,
@@ -223,53 +333,40 @@ impl Store {
         outcome: JobOutcome,
         lines: &[(DateTime<Utc>, String)],
     ) -> Result<bool> {
+        let from = self.get_job(id).await?.log_seq;
+        let numbered: Vec<LogLine> = lines
+            .iter()
+            .zip(from + 1..)
+            .map(|((at, message), seq)| LogLine {
+                job_id: id,
+                seq,
+                at: *at,
+                message: message.clone(),
+            })
+            .collect();
         Ok(self
-            .finish_job_inner(id, owner, now, outcome, lines, None)
+            .end_attempt(id, owner, now, outcome, None, &|| numbered.clone(), None)
             .await?
-            .0)
+            .recorded)
     }
 
-    /// [`finish_job_with_lines`](Self::finish_job_with_lines), then, in the same
-    /// transaction, leases to `owner` the next job of the same router if it may run now
-    /// (with `intro`'s lines): a worker goes on with a router's queue without another
-    /// claim. The job is `None` when the lease was lost or nothing may run.
+    /// Ends `owner`'s attempt at a running job in one transaction: the job's new state,
+    /// the log lines `lines` gives (asked for once the writer is held; written even if
+    /// the lease was lost), the grant's move when asked (`grant`; only if the lease
+    /// held), and, with `next` (the router, a lease and its `intro`), the lease of the
+    /// router's next job if it may run now, so a worker goes on with a router's queue
+    /// without another claim. One write per attempt on the hot path.
     #[allow(clippy::too_many_arguments)]
-    pub async fn finish_job_and_claim_next(
-        &self,
-        id: JobId,
-        router_id: RouterId,
-        owner: &str,
-        now: DateTime<Utc>,
-        outcome: JobOutcome,
-        lines: &[(DateTime<Utc>, String)],
-        lease: Duration,
-        intro: &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
-    ) -> Result<(bool, Option<Job>)> {
-        self.finish_job_inner(
-            id,
-            owner,
-            now,
-            outcome,
-            lines,
-            Some((router_id, lease, intro)),
-        )
-        .await
-    }
-
-    #[allow(clippy::type_complexity)]
-    async fn finish_job_inner(
+    pub async fn end_attempt(
         &self,
         id: JobId,
         owner: &str,
         now: DateTime<Utc>,
         outcome: JobOutcome,
-        lines: &[(DateTime<Utc>, String)],
-        next: Option<(
-            RouterId,
-            Duration,
-            &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
-        )>,
-    ) -> Result<(bool, Option<Job>)> {
+        grant: Option<&GrantMove>,
+        lines: Lines<'_>,
+        next: Option<(RouterId, Duration, Intro<'_>)>,
+    ) -> Result<AttemptEnd> {
         let (state, run_after, finished, error) = match outcome {
             JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
             JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
@@ -277,29 +374,100 @@ impl Store {
                 ("pending", Some(ms(run_after)), None, Some(error))
             }
         };
-        let changed = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            if !lines.is_empty() {
-                let row = sqlx::query(
-                    "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
-                )
-                .bind(id.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-                let mut seq = row.int("seq")?;
-                for (at, message) in lines {
-                    seq += 1;
-                    sqlx::query(
-                        "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(id.to_string())
-                    .bind(seq)
-                    .bind(ms(*at))
-                    .bind(message)
-                    .execute(&mut *tx)
+        let (recorded, moved, claimed) = db!(self, |p, pg| {
+            let (guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            // The grant first: its row is locked before the job's (lock order).
+            let moved = match grant {
+                None => None,
+                Some(m)
+                    if m.to != GrantStatus::Closing
+                        && m.from.iter().all(|f| f.can_become(m.to)) =>
+                {
+                    // One statement in the common case (no `expires_at` needed).
+                    let end = crate::grants::ending(m.to, now, 0);
+                    let (table, release) = match m.grant {
+                        GrantRef::Access(_) => ("transient_access", None),
+                        GrantRef::Forward(_) => (
+                            "transient_forwards",
+                            Some("DELETE FROM router_ports WHERE grant_id = $1"),
+                        ),
+                    };
+                    let grant_id = match m.grant {
+                        GrantRef::Access(g) => g.to_string(),
+                        GrantRef::Forward(g) => g.to_string(),
+                    };
+                    let from: Vec<String> =
+                        m.from.iter().map(|f| format!("'{}'", f.as_str())).collect();
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE {table} SET status = $2, ended_at = COALESCE($3, ended_at), \
+                         revoked_early = (revoked_early OR $4) WHERE id = $1 AND status IN ({}) \
+                         RETURNING id",
+                        from.join(", ")
+                    )))
+                    .bind(&grant_id)
+                    .bind(m.to.as_str())
+                    .bind(end.ended_at)
+                    .bind(end.revoked_early)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    if row.is_some() {
+                        if m.to.is_final() {
+                            sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
+                                .bind(&grant_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            if let Some(release) = release {
+                                sqlx::query(release)
+                                    .bind(&grant_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                        Some(Ok(m.from.first().copied().unwrap_or(m.to)))
+                    } else {
+                        // Say why: it changed meanwhile, or is gone.
+                        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "SELECT status FROM {table} WHERE id = $1"
+                        )))
+                        .bind(&grant_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        Some(match row {
+                            None => Err(StoreError::NotFound),
+                            Some(row) => {
+                                let status: GrantStatus = row.parse("status")?;
+                                crate::grants::check_transition(status, &m.from, m.to).and(Err(
+                                    StoreError::Conflict("the grant changed meanwhile".into()),
+                                ))
+                            }
+                        })
+                    }
                 }
-            }
+                Some(m) => Some(match m.grant {
+                    GrantRef::Access(g) => move_grant!(
+                        tx,
+                        pg,
+                        "transient_access",
+                        "",
+                        g.to_string(),
+                        &m.from,
+                        m.to,
+                        now,
+                        None
+                    ),
+                    GrantRef::Forward(g) => move_grant!(
+                        tx,
+                        pg,
+                        "transient_forwards",
+                        "DELETE FROM router_ports WHERE grant_id = $1",
+                        g.to_string(),
+                        &m.from,
+                        m.to,
+                        now,
+                        None
+                    ),
+                }),
+            };
             let changed = sqlx::query(
                 "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
                  finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
@@ -310,32 +478,80 @@ impl Store {
             .bind(state)
             .bind(run_after)
             .bind(finished)
-            .bind(error)
+            .bind(error.clone())
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if changed != 1 {
+                // Not ours any more: nothing changes but the lines.
+                tx.rollback().await?;
+                drop(guard);
+                self.write_lines(lines).await?;
+                return Ok(AttemptEnd {
+                    recorded: false,
+                    grant: None,
+                    next: None,
+                });
+            }
+            let mut written = lines();
+            if let (Some(m), Some(result)) = (grant, &moved)
+                && let Some(line) = &m.line
+            {
+                written.push(LogLine {
+                    job_id: id,
+                    seq: line.seq,
+                    at: now,
+                    message: match result {
+                        Ok(_) => line.moved.clone(),
+                        Err(e) => format!("{}{e}", line.refused),
+                    },
+                });
+            }
             let mut claimed = None;
-            if let (1, Some((router_id, lease, intro))) = (changed, next) {
+            if let Some((router_id, lease, intro)) = next {
                 let until =
                     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-                let select = if pg {
-                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER} FOR UPDATE OF j SKIP LOCKED")
-                } else {
-                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER}")
-                };
-                let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-                    .bind(ms(now))
-                    .bind(router_id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                claimed = lease_rows!(tx, rows, owner, until, now, intro)
-                    .into_iter()
-                    .next();
+                let (jobs, lines) = lease!(
+                    tx,
+                    pg,
+                    CLAIMABLE_ON_ROUTER,
+                    router_id.to_string(),
+                    owner,
+                    until,
+                    now,
+                    intro
+                );
+                claimed = jobs.into_iter().next();
+                written.extend(lines);
             }
+            // This attempt's lines, those of other attempts waiting, and the next one's
+            // opening lines: one statement.
+            insert_lines!(tx, &written);
             tx.commit().await?;
-            (changed, claimed)
+            (true, moved, claimed)
         });
-        Ok((changed.0 == 1, changed.1))
+        Ok(AttemptEnd {
+            recorded,
+            grant: moved.map(|m| m.map_err(|e| e.to_string())),
+            next: claimed,
+        })
+    }
+
+    /// Writes the log lines `lines` gives, in one transaction (asked for once the writer
+    /// is held, so lines queued meanwhile go too); nothing when there are none.
+    /// Returns how many were given.
+    pub async fn write_lines(&self, lines: Lines<'_>) -> Result<usize> {
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let lines = lines();
+            if lines.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            insert_lines!(tx, &lines);
+            tx.commit().await?;
+            Ok(lines.len())
+        })
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a

@@ -120,10 +120,13 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Mutex;
 
+pub use db::WriteStats;
 pub use error::{Result, StoreError};
-pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
+pub use leasing::{
+    AttemptEnd, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobListener, JobOutcome, Lines, LogLine,
+    MoveLine,
+};
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
@@ -176,7 +179,7 @@ struct Inner {
     pool: Pool,
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
-    write_lock: Arc<Mutex<()>>,
+    write_lock: Arc<db::Writer>,
 }
 
 impl fmt::Debug for Store {
@@ -241,7 +244,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 cipher,
-                write_lock: Arc::new(Mutex::new(())),
+                write_lock: Arc::new(db::Writer::default()),
             }),
         })
     }
@@ -249,9 +252,9 @@ impl Store {
     /// On SQLite, the in-process writer lock, for a write of a single statement: writers
     /// then queue in order instead of polling in SQLite's busy handler. `None` on
     /// PostgreSQL. Never held across another write (it is not reentrant).
-    pub(crate) async fn sqlite_writer(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) async fn sqlite_writer(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.clone().lock_owned().await),
+            Pool::Sqlite(_) => Some(self.inner.write_lock.lock().await),
             Pool::Postgres(_) => None,
         }
     }
@@ -278,6 +281,11 @@ impl Store {
     }
 
     /// The pool's open connections and how many of them are idle, for metrics.
+    /// How SQLite's one writer has been used so far (for benchmarks and metrics).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.write_lock.stats()
+    }
+
     pub fn pool_connections(&self) -> (u32, usize) {
         match &self.inner.pool {
             Pool::Sqlite(p) => (p.size(), p.num_idle()),

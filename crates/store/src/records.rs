@@ -277,6 +277,10 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The number of the last line of its log when this record was read (lines are
+    /// numbered 1, 2, … across attempts; 0 when there is none): a worker numbers the
+    /// lines it adds from here.
+    pub log_seq: u32,
 }
 
 /// Input of `create_job` (state `pending`, no attempts yet).
