@@ -62,13 +62,19 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
     ORDER BY j.run_after, j.seq LIMIT $2";
 
-/// The same, for one router (`$2`): its head, if it may run now.
-const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
+/// The jobs of one router (`$2`) that may run now, in order, as one batch: each one
+/// due (pending, or running with a lapsed lease) and every earlier unfinished job of the
+/// router in the batch too. Only taken by the worker that has just finished the
+/// router's running job (whose row it holds), so no other worker holds any of them;
+/// PostgreSQL waits for (rather than skips) a row another transaction is changing, so
+/// a job is never taken before an earlier one.
+const BATCH_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
     AND j.state IN ('pending', 'running') AND j.run_after <= $1 \
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
-        AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.seq LIMIT 1";
+        AND e.state IN ('pending', 'running') AND e.seq < j.seq \
+        AND NOT (e.run_after <= $1 AND (e.state = 'pending' OR e.lease_expires_at < $1))) \
+    ORDER BY j.seq LIMIT 16";
 
 /// Log lines per `INSERT` statement (4 parameters each, well under both backends' limits).
 const LINES_PER_STATEMENT: usize = 200;
@@ -110,17 +116,27 @@ pub struct MoveLine {
     pub refused: String,
 }
 
-/// How recording the end of an attempt went.
+/// How one attempt ended, to record.
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    pub job: JobId,
+    pub outcome: JobOutcome,
+    /// The grant's move, made with it.
+    pub grant: Option<GrantMove>,
+}
+
+/// How recording the end of attempts went.
 #[derive(Debug)]
 pub struct AttemptEnd {
-    /// The lease still held and the end is recorded; false: nothing changed (the
+    /// The leases still held and the ends are recorded; false: nothing changed (the
     /// lines were written all the same: they tell what this worker did).
     pub recorded: bool,
-    /// The grant's move when one was asked and the end recorded: the status it had,
-    /// or why it could not move (it had changed meanwhile).
-    pub grant: Option<std::result::Result<GrantStatus, String>>,
-    /// The router's next job, leased to the same owner in the same transaction.
-    pub next: Option<Job>,
+    /// Per end (when recorded), its grant's move when one was asked: the status it
+    /// had, or why it could not move (it had changed meanwhile).
+    pub grants: Vec<Option<std::result::Result<GrantStatus, String>>>,
+    /// The router's next jobs, in order, leased to the same owner in the same
+    /// transaction (the first with its opening lines written).
+    pub next: Vec<Job>,
 }
 
 /// The lines that open an attempt of a job just leased.
@@ -176,24 +192,25 @@ macro_rules! insert_lines {
 /// the leased jobs, `log_seq` after their intro, and the lines `$intro` opens each
 /// attempt with, for the caller to insert.
 macro_rules! lease {
-    ($tx:ident, $pg:ident, $select:expr, $bind2:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
+    ($tx:ident, $pg:ident, $select:expr, $pg_lock:expr, $bind2:expr, $owner:expr, $until:expr, $now:expr, $intro:expr, $first_only:expr) => {{
         let owner: &str = $owner;
         let until: DateTime<Utc> = $until;
         let now: DateTime<Utc> = $now;
         let sql = if $pg {
             format!(
-                "WITH next AS MATERIALIZED (SELECT j.id {} FOR UPDATE OF j SKIP LOCKED) \
+                "WITH next AS MATERIALIZED (SELECT j.id {} {}) \
                  UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
                  attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
-                 WHERE id IN (SELECT id FROM next) RETURNING {}",
+                 WHERE id IN (SELECT id FROM next) RETURNING {}, seq",
                 $select,
+                $pg_lock,
                 crate::jobs::job_columns!()
             )
         } else {
             format!(
                 "UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
                  attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
-                 WHERE id IN (SELECT j.id {}) RETURNING {}",
+                 WHERE id IN (SELECT j.id {}) RETURNING {}, seq",
                 $select,
                 crate::jobs::job_columns!()
             )
@@ -207,8 +224,13 @@ macro_rules! lease {
             .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut lines = Vec::new();
-        for row in rows {
-            let mut job = crate::jobs::job_from(&row)?;
+        let mut rows = rows
+            .iter()
+            .map(|row| Ok((row.int("seq")?, row)))
+            .collect::<Result<Vec<_>>>()?;
+        rows.sort_by_key(|(seq, _)| *seq);
+        for (i, (_, row)) in rows.into_iter().enumerate() {
+            let mut job = crate::jobs::job_from(row)?;
             if let Some(grant) = job.kind.strip_suffix(".create").and(job.payload.get("grant_id")).and_then(|g| g.as_str()) {
                 let table = if job.kind.starts_with("access.") {
                     Some(if $pg {
@@ -231,7 +253,9 @@ macro_rules! lease {
                     sqlx::query(sql).bind(grant.to_owned()).execute(&mut *$tx).await?;
                 }
             }
-            for message in ($intro)(&job) {
+            let first_only: bool = $first_only;
+            let opening = if i == 0 || !first_only { ($intro)(&job) } else { Vec::new() };
+            for message in opening {
                 job.log_seq += 1;
                 lines.push(LogLine { job_id: job.id, seq: job.log_seq, at: now, message });
             }
@@ -278,11 +302,13 @@ impl Store {
                 tx,
                 pg,
                 CLAIMABLE,
+                "FOR UPDATE OF j SKIP LOCKED",
                 i64::from(limit.max(1)),
                 owner,
                 until,
                 now,
-                &intro
+                &intro,
+                false
             );
             insert_lines!(tx, &lines);
             tx.commit().await?;
@@ -350,12 +376,8 @@ impl Store {
             .recorded)
     }
 
-    /// Ends `owner`'s attempt at a running job in one transaction: the job's new state,
-    /// the log lines `lines` gives (asked for once the writer is held; written even if
-    /// the lease was lost), the grant's move when asked (`grant`; only if the lease
-    /// held), and, with `next` (the router, a lease and its `intro`), the lease of the
-    /// router's next job if it may run now, so a worker goes on with a router's queue
-    /// without another claim. One write per attempt on the hot path.
+    /// Ends `owner`'s attempt at a running job in one transaction: see
+    /// [`end_attempts`](Self::end_attempts).
     #[allow(clippy::too_many_arguments)]
     pub async fn end_attempt(
         &self,
@@ -367,172 +389,226 @@ impl Store {
         lines: Lines<'_>,
         next: Option<(RouterId, Duration, Intro<'_>)>,
     ) -> Result<AttemptEnd> {
-        let (state, run_after, finished, error) = match outcome {
-            JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
-            JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
-            JobOutcome::Retry { run_after, error } => {
-                ("pending", Some(ms(run_after)), None, Some(error))
-            }
-        };
-        let (recorded, moved, claimed) = db!(self, |p, pg| {
+        let ends = [JobEnd {
+            job: id,
+            outcome,
+            grant: grant.cloned(),
+        }];
+        self.end_attempts(owner, now, &ends, &[], lines, next).await
+    }
+
+    /// Ends `owner`'s attempts at running jobs (a batch of one router's, in order) in one
+    /// transaction: each job's new state and its grant's move when asked; `released`
+    /// jobs (leased but not run: an earlier one must be retried first) go back to
+    /// `pending` as they were; the log lines `lines` gives (asked for once the writer is
+    /// held; written even if a lease was lost); and, with `next` (the router, a lease
+    /// and its `intro`, given to the first), the lease of the router's jobs that may run
+    /// now (up to 16, in order), so a worker goes on with a router's queue without
+    /// another claim. All or nothing: if any lease was lost, nothing changes but the
+    /// lines. One write per batch on the hot path.
+    pub async fn end_attempts(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        ends: &[JobEnd],
+        released: &[JobId],
+        lines: Lines<'_>,
+        next: Option<(RouterId, Duration, Intro<'_>)>,
+    ) -> Result<AttemptEnd> {
+        let (recorded, moves, claimed) = db!(self, |p, pg| {
             let (guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            // The grant first: its row is locked before the job's (lock order).
-            let moved = match grant {
-                None => None,
-                Some(m)
-                    if m.to != GrantStatus::Closing
-                        && m.from.iter().all(|f| f.can_become(m.to)) =>
-                {
-                    // One statement in the common case (no `expires_at` needed).
-                    let end = crate::grants::ending(m.to, now, 0);
-                    let (table, release) = match m.grant {
-                        GrantRef::Access(_) => ("transient_access", None),
-                        GrantRef::Forward(_) => (
-                            "transient_forwards",
-                            Some("DELETE FROM router_ports WHERE grant_id = $1"),
-                        ),
-                    };
-                    let grant_id = match m.grant {
-                        GrantRef::Access(g) => g.to_string(),
-                        GrantRef::Forward(g) => g.to_string(),
-                    };
-                    let from: Vec<String> =
-                        m.from.iter().map(|f| format!("'{}'", f.as_str())).collect();
-                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "UPDATE {table} SET status = $2, ended_at = COALESCE($3, ended_at), \
-                         revoked_early = (revoked_early OR $4) WHERE id = $1 AND status IN ({}) \
-                         RETURNING id",
-                        from.join(", ")
-                    )))
-                    .bind(&grant_id)
-                    .bind(m.to.as_str())
-                    .bind(end.ended_at)
-                    .bind(end.revoked_early)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if row.is_some() {
-                        if m.to.is_final() {
-                            sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
-                                .bind(&grant_id)
-                                .execute(&mut *tx)
-                                .await?;
-                            if let Some(release) = release {
-                                sqlx::query(release)
+            let mut written = Vec::new();
+            let mut moves = Vec::with_capacity(ends.len());
+            let mut lost = false;
+            for end in ends {
+                // The grant first: its row is locked before the job's (lock order).
+                let moved = match &end.grant {
+                    None => None,
+                    Some(m)
+                        if m.to != GrantStatus::Closing
+                            && m.from.iter().all(|f| f.can_become(m.to)) =>
+                    {
+                        // One statement in the common case (no `expires_at` needed).
+                        let ending = crate::grants::ending(m.to, now, 0);
+                        let (table, release) = match m.grant {
+                            GrantRef::Access(_) => ("transient_access", None),
+                            GrantRef::Forward(_) => (
+                                "transient_forwards",
+                                Some("DELETE FROM router_ports WHERE grant_id = $1"),
+                            ),
+                        };
+                        let grant_id = match m.grant {
+                            GrantRef::Access(g) => g.to_string(),
+                            GrantRef::Forward(g) => g.to_string(),
+                        };
+                        let from: Vec<String> =
+                            m.from.iter().map(|f| format!("'{}'", f.as_str())).collect();
+                        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "UPDATE {table} SET status = $2, ended_at = COALESCE($3, ended_at), \
+                             revoked_early = (revoked_early OR $4) WHERE id = $1 AND status IN ({}) \
+                             RETURNING id",
+                            from.join(", ")
+                        )))
+                        .bind(&grant_id)
+                        .bind(m.to.as_str())
+                        .bind(ending.ended_at)
+                        .bind(ending.revoked_early)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if row.is_some() {
+                            if m.to.is_final() {
+                                sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
                                     .bind(&grant_id)
                                     .execute(&mut *tx)
                                     .await?;
+                                if let Some(release) = release {
+                                    sqlx::query(release)
+                                        .bind(&grant_id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                }
                             }
+                            Some(Ok(m.from.first().copied().unwrap_or(m.to)))
+                        } else {
+                            // Say why: it changed meanwhile, or is gone.
+                            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "SELECT status FROM {table} WHERE id = $1"
+                            )))
+                            .bind(&grant_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            Some(match row {
+                                None => Err(StoreError::NotFound),
+                                Some(row) => {
+                                    let status: GrantStatus = row.parse("status")?;
+                                    crate::grants::check_transition(status, &m.from, m.to).and(Err(
+                                        StoreError::Conflict("the grant changed meanwhile".into()),
+                                    ))
+                                }
+                            })
                         }
-                        Some(Ok(m.from.first().copied().unwrap_or(m.to)))
-                    } else {
-                        // Say why: it changed meanwhile, or is gone.
-                        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "SELECT status FROM {table} WHERE id = $1"
-                        )))
-                        .bind(&grant_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        Some(match row {
-                            None => Err(StoreError::NotFound),
-                            Some(row) => {
-                                let status: GrantStatus = row.parse("status")?;
-                                crate::grants::check_transition(status, &m.from, m.to).and(Err(
-                                    StoreError::Conflict("the grant changed meanwhile".into()),
-                                ))
-                            }
-                        })
                     }
+                    Some(m) => Some(match m.grant {
+                        GrantRef::Access(g) => move_grant!(
+                            tx,
+                            pg,
+                            "transient_access",
+                            "",
+                            g.to_string(),
+                            &m.from,
+                            m.to,
+                            now,
+                            None
+                        ),
+                        GrantRef::Forward(g) => move_grant!(
+                            tx,
+                            pg,
+                            "transient_forwards",
+                            "DELETE FROM router_ports WHERE grant_id = $1",
+                            g.to_string(),
+                            &m.from,
+                            m.to,
+                            now,
+                            None
+                        ),
+                    }),
+                };
+                let (state, run_after, finished, error) = match &end.outcome {
+                    JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
+                    JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e.clone())),
+                    JobOutcome::Retry { run_after, error } => {
+                        ("pending", Some(ms(*run_after)), None, Some(error.clone()))
+                    }
+                };
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
+                     finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
+                     lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                )
+                .bind(end.job.to_string())
+                .bind(owner)
+                .bind(state)
+                .bind(run_after)
+                .bind(finished)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    lost = true;
+                    break;
                 }
-                Some(m) => Some(match m.grant {
-                    GrantRef::Access(g) => move_grant!(
-                        tx,
-                        pg,
-                        "transient_access",
-                        "",
-                        g.to_string(),
-                        &m.from,
-                        m.to,
-                        now,
-                        None
-                    ),
-                    GrantRef::Forward(g) => move_grant!(
-                        tx,
-                        pg,
-                        "transient_forwards",
-                        "DELETE FROM router_ports WHERE grant_id = $1",
-                        g.to_string(),
-                        &m.from,
-                        m.to,
-                        now,
-                        None
-                    ),
-                }),
-            };
-            let changed = sqlx::query(
-                "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
-                 finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
-                 lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-            )
-            .bind(id.to_string())
-            .bind(owner)
-            .bind(state)
-            .bind(run_after)
-            .bind(finished)
-            .bind(error.clone())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed != 1 {
+                if let (Some(m), Some(result)) = (&end.grant, &moved)
+                    && let Some(line) = &m.line
+                {
+                    written.push(LogLine {
+                        job_id: end.job,
+                        seq: line.seq,
+                        at: now,
+                        message: match result {
+                            Ok(_) => line.moved.clone(),
+                            Err(e) => format!("{}{e}", line.refused),
+                        },
+                    });
+                }
+                moves.push(moved.map(|m| m.map_err(|e| e.to_string())));
+            }
+            for id in released {
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                     attempts = attempts - 1, \
+                     started_at = CASE WHEN attempts <= 1 THEN NULL ELSE started_at END \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                )
+                .bind(id.to_string())
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    lost = true;
+                }
+            }
+            if lost {
                 // Not ours any more: nothing changes but the lines.
                 tx.rollback().await?;
                 drop(guard);
                 self.write_lines(lines).await?;
                 return Ok(AttemptEnd {
                     recorded: false,
-                    grant: None,
-                    next: None,
+                    grants: Vec::new(),
+                    next: Vec::new(),
                 });
             }
-            let mut written = lines();
-            if let (Some(m), Some(result)) = (grant, &moved)
-                && let Some(line) = &m.line
-            {
-                written.push(LogLine {
-                    job_id: id,
-                    seq: line.seq,
-                    at: now,
-                    message: match result {
-                        Ok(_) => line.moved.clone(),
-                        Err(e) => format!("{}{e}", line.refused),
-                    },
-                });
-            }
-            let mut claimed = None;
+            written.extend(lines());
+            let mut claimed = Vec::new();
             if let Some((router_id, lease, intro)) = next {
                 let until =
                     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
                 let (jobs, lines) = lease!(
                     tx,
                     pg,
-                    CLAIMABLE_ON_ROUTER,
+                    BATCH_ON_ROUTER,
+                    "FOR UPDATE OF j",
                     router_id.to_string(),
                     owner,
                     until,
                     now,
-                    intro
+                    intro,
+                    true
                 );
-                claimed = jobs.into_iter().next();
+                claimed = jobs;
                 written.extend(lines);
             }
-            // This attempt's lines, those of other attempts waiting, and the next one's
-            // opening lines: one statement.
+            // These attempts' lines, those of other attempts waiting, and the next
+            // one's opening lines: one statement.
             insert_lines!(tx, &written);
             tx.commit().await?;
-            (true, moved, claimed)
+            (true, moves, claimed)
         });
         Ok(AttemptEnd {
             recorded,
-            grant: moved.map(|m| m.map_err(|e| e.to_string())),
+            grants: moves,
             next: claimed,
         })
     }

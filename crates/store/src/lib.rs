@@ -124,8 +124,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use db::WriteStats;
 pub use error::{Result, StoreError};
 pub use leasing::{
-    AttemptEnd, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobListener, JobOutcome, Lines, LogLine,
-    MoveLine,
+    AttemptEnd, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines,
+    LogLine, MoveLine,
 };
 pub use records::*;
 pub use secret::Secret;
