@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use domain::JobId;
 use store::LogLine;
@@ -21,22 +22,31 @@ use crate::clock::Clock;
 /// The lines of this process's attempts, waiting to be written.
 #[derive(Default)]
 pub(crate) struct LogBuffer {
-    lines: Mutex<Vec<LogLine>>,
+    /// The lines, and when the first of them was queued.
+    lines: Mutex<(Vec<LogLine>, Option<Instant>)>,
     queued: Notify,
 }
 
 impl LogBuffer {
     fn push(&self, line: LogLine) {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(line);
-        self.queued.notify_one();
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.0.push(line);
+        if lines.1.is_none() {
+            lines.1 = Some(Instant::now());
+            self.queued.notify_one();
+        }
     }
 
     /// Every line waiting, taken out (by the write that will carry them).
     pub(crate) fn take(&self) -> Vec<LogLine> {
-        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.1 = None;
+        std::mem::take(&mut lines.0)
+    }
+
+    /// When the oldest waiting line was queued.
+    fn oldest(&self) -> Option<Instant> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 }
 
@@ -50,10 +60,21 @@ pub(crate) async fn flusher(inner: Arc<Inner>, mut shutdown: watch::Receiver<boo
             _ = shutdown.changed() => true,
         };
         if !stopping {
-            // Let lines gather (and an attempt's end carry them, at no cost).
-            tokio::time::sleep(inner.config.log_flush_delay).await;
+            // Let lines gather, and an attempt's end carry them at no cost: write only
+            // what has waited `log_flush_delay` (ends take every line, so while jobs
+            // end often this write is never needed).
+            let delay = inner.config.log_flush_delay;
+            while let Some(oldest) = buffer.oldest() {
+                let waited = oldest.elapsed();
+                if waited >= delay {
+                    break;
+                }
+                tokio::time::sleep(delay - waited).await;
+            }
         }
-        if let Err(e) = inner.store.write_lines(&|| buffer.take()).await {
+        if buffer.oldest().is_some()
+            && let Err(e) = inner.store.write_lines(&|| buffer.take()).await
+        {
             tracing::warn!(error = %e, "could not write job log lines");
         }
         if stopping || *shutdown.borrow() {

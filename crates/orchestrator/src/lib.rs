@@ -228,8 +228,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Ends a live grant: `closing`, the data plane closed, the router clean-up queued.
-    /// False if it was not live (already ending or ended).
+    /// Ends a live grant: `closing`, its pending creation superseded and the router
+    /// clean-up queued, in one write; then the data plane closed and the job run. False
+    /// if it was not live (already ending or ended).
     pub(crate) async fn end_grant(&self, key: GrantKey, reason: EndReason) -> Result<bool> {
         let now = self.clock.now();
         let live = [
@@ -237,26 +238,31 @@ impl Inner {
             GrantStatus::Provisioning,
             GrantStatus::Active,
         ];
-        let moved = match key {
-            GrantKey::Access(id) => self
-                .store
-                .transition_access(id, &live, GrantStatus::Closing, now, None)
-                .await
-                .map(|g| (g.org_id, g.router_id)),
-            GrantKey::Forward(id) => self
-                .store
-                .transition_forward(id, &live, GrantStatus::Closing, now, None)
-                .await
-                .map(|g| (g.org_id, g.router_id)),
-        };
-        let (org, router) = match moved {
-            Ok(ids) => ids,
+        let closed = self
+            .store
+            .close_grant(
+                key.into(),
+                &live,
+                now,
+                (
+                    ".create",
+                    "superseded: the grant ended before its creation ran",
+                ),
+                &store::ClosingJob {
+                    kind: format!("{}.end", key.kind()),
+                    payload: serde_json::json!({ "reason": reason.as_str() }),
+                    max_attempts: 0,
+                },
+            )
+            .await;
+        match closed {
+            Ok(_) => {}
             Err(store::StoreError::Conflict(_)) => return Ok(false),
             Err(e) => return Err(e.into()),
-        };
-        // The gateway first: access ends there whatever the router's state.
+        }
+        // The gateway at once: access ends there whatever the router's state.
         self.dataplane.close(key, reason);
-        self.queue_end(org, router, key, reason).await?;
+        self.wake_jobs().await;
         Ok(true)
     }
 }

@@ -36,6 +36,12 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
                 break;
             }
             let now = inner.clock.now();
+            // A read first: a claim is a write, not to be spent on finding nothing.
+            match inner.store.has_claimable_job(now).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => tracing::warn!(error = %e, "could not look for jobs"),
+            }
             // Up to one job per free slot, in one transaction.
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match inner
@@ -47,6 +53,7 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
             {
                 Ok(jobs) if jobs.is_empty() => break,
                 Ok(jobs) => {
+                    let all = jobs.len() >= free;
                     for job in jobs {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             // Cannot happen (only this loop takes slots); the lease
@@ -54,6 +61,10 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
                             break;
                         };
                         tokio::spawn(run_job(inner.clone(), job, permit));
+                    }
+                    if !all {
+                        // Every job that could run was taken.
+                        break;
                     }
                 }
                 Err(e) => {

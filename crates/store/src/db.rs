@@ -46,9 +46,17 @@ pub(crate) use db;
 
 /// SQLite's one writer: an in-process lock every write takes, and counters of its use
 /// (how many writes, how long they queued for it and held it).
+///
+/// Two classes of writes: *urgent* ones (the orchestrator's leases and the ends of its
+/// jobs, the log) queue for the writer directly; the others first pass `gate` one at a
+/// time, so at most one of them is ever queued ahead of an urgent one. A burst of API
+/// writes then delays a job's end by one write, not by the whole burst: work under way
+/// finishes before new work is let in, and each new grant's job starts as soon as its
+/// own creation is written.
 #[derive(Default)]
 pub(crate) struct Writer {
     lock: Arc<Mutex<()>>,
+    gate: Mutex<()>,
     writes: AtomicU64,
     waited_ns: AtomicU64,
     held_ns: AtomicU64,
@@ -62,9 +70,24 @@ pub(crate) struct WriterGuard {
 }
 
 impl Writer {
+    /// The writer, for an ordinary write.
     pub(crate) async fn lock(self: &Arc<Self>) -> WriterGuard {
         let asked = Instant::now();
+        let guard = {
+            let _turn = self.gate.lock().await;
+            self.lock.clone().lock_owned().await
+        };
+        self.held_from(asked, guard)
+    }
+
+    /// The writer, for an urgent write (queued ahead of all but one ordinary write).
+    pub(crate) async fn lock_urgent(self: &Arc<Self>) -> WriterGuard {
+        let asked = Instant::now();
         let guard = self.lock.clone().lock_owned().await;
+        self.held_from(asked, guard)
+    }
+
+    fn held_from(self: &Arc<Self>, asked: Instant, guard: OwnedMutexGuard<()>) -> WriterGuard {
         let since = Instant::now();
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.waited_ns
@@ -122,6 +145,12 @@ pub(crate) trait WritePool {
         &self,
         lock: &Arc<Writer>,
     ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
+
+    /// [`begin_write`](Self::begin_write) for an urgent write (see [`Writer`]).
+    fn begin_urgent(
+        &self,
+        lock: &Arc<Writer>,
+    ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
 }
 
 impl WritePool for SqlitePool {
@@ -131,11 +160,21 @@ impl WritePool for SqlitePool {
         let tx = self.begin_with("BEGIN IMMEDIATE").await?;
         Ok((Some(guard), tx))
     }
+
+    async fn begin_urgent(&self, lock: &Arc<Writer>) -> Result<WriteTx<Sqlite>> {
+        let guard = lock.lock_urgent().await;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((Some(guard), tx))
+    }
 }
 
 impl WritePool for PgPool {
     type Db = Postgres;
     async fn begin_write(&self, _lock: &Arc<Writer>) -> Result<WriteTx<Postgres>> {
+        Ok((None, self.begin().await?))
+    }
+
+    async fn begin_urgent(&self, _lock: &Arc<Writer>) -> Result<WriteTx<Postgres>> {
         Ok((None, self.begin().await?))
     }
 }

@@ -7,14 +7,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{AccessId, ForwardId, GrantStatus, JobId, RegionId, RouterId};
+use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RegionId, RouterId};
 use sqlx::postgres::PgListener;
 
 use crate::Store;
 use crate::db::{Get, Pool, WritePool, db, ms};
 use crate::error::{Result, StoreError};
 use crate::grants::move_grant;
-use crate::records::{Job, Router};
+use crate::records::{Job, NewJob, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
 pub const JOBS_CHANNEL: &str = "postern_jobs";
@@ -114,6 +114,14 @@ pub struct MoveLine {
     pub seq: u32,
     pub moved: String,
     pub refused: String,
+}
+
+/// The clean-up job [`Store::close_grant`] queues (`grant_id` is added to its payload).
+#[derive(Debug, Clone)]
+pub struct ClosingJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: u32,
 }
 
 /// How one attempt ended, to record.
@@ -297,7 +305,7 @@ impl Store {
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let jobs = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let (jobs, lines) = lease!(
                 tx,
                 pg,
@@ -317,10 +325,22 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Whether a job may be claimed now (a read: a claim is a write).
+    pub async fn has_claimable_job(&self, now: DateTime<Utc>) -> Result<bool> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT j.id {CLAIMABLE}")))
+                .bind(ms(now))
+                .bind(1_i64)
+                .fetch_optional(p)
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
     /// (another worker took the job after it lapsed, or it finished).
     pub async fn renew_lease(&self, id: JobId, owner: &str, until: DateTime<Utc>) -> Result<bool> {
-        let _writer = self.sqlite_writer().await;
+        let _writer = self.sqlite_writer_urgent().await;
         let changed = db!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 \
@@ -416,7 +436,7 @@ impl Store {
         next: Option<(RouterId, Duration, Intro<'_>)>,
     ) -> Result<AttemptEnd> {
         let (recorded, moves, claimed) = db!(self, |p, pg| {
-            let (guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let (guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let mut written = Vec::new();
             let mut moves = Vec::with_capacity(ends.len());
             let mut lost = false;
@@ -618,7 +638,7 @@ impl Store {
     /// Returns how many were given.
     pub async fn write_lines(&self, lines: Lines<'_>) -> Result<usize> {
         db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let lines = lines();
             if lines.is_empty() {
                 tx.rollback().await?;
@@ -627,6 +647,93 @@ impl Store {
             insert_lines!(tx, &lines);
             tx.commit().await?;
             Ok(lines.len())
+        })
+    }
+
+    /// Ends a live grant in one transaction: `closing` (a compare-and-set from one of
+    /// `from`), its pending jobs whose kind ends with `supersede.0` completed with
+    /// `supersede.1` as `last_error`, and `job` (its clean-up) queued. Returns the
+    /// grant's organisation and router; `Conflict` (and nothing changed) if it was not
+    /// in `from`.
+    pub async fn close_grant(
+        &self,
+        grant: GrantRef,
+        from: &[GrantStatus],
+        at: DateTime<Utc>,
+        supersede: (&str, &str),
+        job: &ClosingJob,
+    ) -> Result<(OrgId, RouterId)> {
+        let grant_id = match grant {
+            GrantRef::Access(g) => g.to_string(),
+            GrantRef::Forward(g) => g.to_string(),
+        };
+        let job_id = JobId::new();
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            match grant {
+                GrantRef::Access(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_access",
+                    "",
+                    grant_id.clone(),
+                    from,
+                    GrantStatus::Closing,
+                    at,
+                    None
+                ),
+                GrantRef::Forward(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_forwards",
+                    "DELETE FROM router_ports WHERE grant_id = $1",
+                    grant_id.clone(),
+                    from,
+                    GrantStatus::Closing,
+                    at,
+                    None
+                ),
+            }?;
+            let table = match grant {
+                GrantRef::Access(_) => {
+                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
+                }
+                GrantRef::Forward(_) => {
+                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
+                }
+            };
+            let row = sqlx::query(table)
+                .bind(&grant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let org: OrgId = row.parse("org_id")?;
+            let router: RouterId = row.parse("router_id")?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
+                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
+            )
+            .bind(&grant_id)
+            .bind(format!("%{}", supersede.0))
+            .bind(ms(at))
+            .bind(supersede.1)
+            .execute(&mut *tx)
+            .await?;
+            let mut payload = job.payload.clone();
+            if let serde_json::Value::Object(map) = &mut payload {
+                map.insert("grant_id".into(), grant_id.clone().into());
+            }
+            let new = NewJob {
+                org_id: org,
+                router_id: router,
+                kind: job.kind.clone(),
+                payload,
+                max_attempts: job.max_attempts,
+                run_after: at,
+                created_at: at,
+            };
+            crate::jobs::insert_job!(&mut *tx, job_id, &new);
+            tx.commit().await?;
+            Ok((org, router))
         })
     }
 

@@ -124,8 +124,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use db::WriteStats;
 pub use error::{Result, StoreError};
 pub use leasing::{
-    AttemptEnd, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines,
-    LogLine, MoveLine,
+    AttemptEnd, ClosingJob, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener,
+    JobOutcome, Lines, LogLine, MoveLine,
 };
 pub use records::*;
 pub use secret::Secret;
@@ -252,6 +252,14 @@ impl Store {
     /// On SQLite, the in-process writer lock, for a write of a single statement: writers
     /// then queue in order instead of polling in SQLite's busy handler. `None` on
     /// PostgreSQL. Never held across another write (it is not reentrant).
+    /// SQLite's writer for an urgent write (see `db::Writer`).
+    pub(crate) async fn sqlite_writer_urgent(&self) -> Option<db::WriterGuard> {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Some(self.inner.write_lock.lock_urgent().await),
+            Pool::Postgres(_) => None,
+        }
+    }
+
     pub(crate) async fn sqlite_writer(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
             Pool::Sqlite(_) => Some(self.inner.write_lock.lock().await),
