@@ -141,7 +141,8 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn mark_offline(&self, id: RouterId) {
+    /// A router did not answer: probed until it does; recorded offline.
+    pub(crate) async fn mark_offline(self: &Arc<Self>, id: RouterId) {
         let added = self
             .offline
             .lock()
@@ -149,6 +150,7 @@ impl Inner {
             .insert(id);
         if added {
             tracing::info!(router = %id, "router unreachable; probing it until it answers");
+            connections::store_offline(self, id).await;
         }
     }
 

@@ -289,7 +289,7 @@ async fn attempt(
         Err(e) => {
             if matches!(e, Error::Unreachable(_)) {
                 inner.conns.drop_router(job.router_id);
-                inner.mark_offline(job.router_id);
+                inner.mark_offline(job.router_id).await;
             }
             let outcome = failed_attempt(inner, job, log, e, elapsed).await;
             (outcome, Done::Nothing)

@@ -320,6 +320,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "sessions",
             include_str!("../migrations/sqlite/0010_sessions.sql"),
         ),
+        // 30: router facts (numbers 20 and 40 are the gateway's and the terminal's).
+        migration(
+            30,
+            "router facts",
+            include_str!("../migrations/sqlite/0030_router_facts.sql"),
+        ),
     ])
 }
 
@@ -351,6 +357,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             10,
             "sessions",
             include_str!("../migrations/postgres/0010_sessions.sql"),
+        ),
+        // 30: router facts (numbers 20 and 40 are the gateway's and the terminal's).
+        migration(
+            30,
+            "router facts",
+            include_str!("../migrations/postgres/0030_router_facts.sql"),
         ),
     ])
 }

@@ -90,7 +90,7 @@
 //! - `Debug` of `User`, `NewUser`, `NewRouter`, `RouterPatch`, `NewAccess` shows
 //!   `<redacted>` for passwords and password hashes.
 //! - `RouterFacts` fields are `status` (always set) and `identity`, `routeros_version`,
-//!   `board_name`, `last_seen_at` (`None` leaves the stored value).
+//!   `board_name`, `uptime`, `last_seen_at` (`None` leaves the stored value).
 
 #![cfg_attr(
     test,

@@ -467,6 +467,7 @@ async fn routers(ctx: &Ctx) {
             identity: Some("MikroTik".into()),
             routeros_version: Some("7.16.1".into()),
             board_name: Some("RB5009".into()),
+            uptime: Some("1d2h3m4s".into()),
             last_seen_at: Some(t(1)),
         },
     )
@@ -479,6 +480,7 @@ async fn routers(ctx: &Ctx) {
             identity: None,
             routeros_version: None,
             board_name: None,
+            uptime: None,
             last_seen_at: None,
         },
     )
@@ -487,6 +489,8 @@ async fn routers(ctx: &Ctx) {
     let got = s.get_router(w.org, r.id).await.unwrap();
     assert_eq!(got.status, RouterStatus::Offline);
     assert_eq!(got.routeros_version.as_deref(), Some("7.16.1"));
+    assert_eq!(got.uptime.as_deref(), Some("1d2h3m4s"));
+    assert_eq!(got.board_name.as_deref(), Some("RB5009"));
     assert_eq!(got.last_seen_at, Some(t(1)));
     assert!(is_not_found(
         s.set_router_facts(
@@ -496,6 +500,7 @@ async fn routers(ctx: &Ctx) {
                 identity: None,
                 routeros_version: None,
                 board_name: None,
+                uptime: None,
                 last_seen_at: None
             }
         )
