@@ -113,8 +113,11 @@ async fn create(
 /// 250 µs: a hundred tasks each polling would load the 2 cores being measured.
 #[derive(Default)]
 struct Watcher {
-    waiting: std::sync::Mutex<Vec<(usize, String, bool, tokio::sync::oneshot::Sender<()>)>>,
+    waiting: std::sync::Mutex<Vec<Waiting>>,
 }
+
+/// A router, a user name, whether it should be there, and whom to tell.
+type Waiting = (usize, String, bool, tokio::sync::oneshot::Sender<()>);
 
 impl Watcher {
     fn start(env: Arc<Env>) -> (Arc<Watcher>, tokio::task::JoinHandle<()>) {

@@ -97,7 +97,7 @@ pub(crate) enum Done {
     Nothing,
     /// The grant is on the router: `provisioning` → `active` (an active grant stays
     /// so), then the data plane is told.
-    Activate(LiveGrant),
+    Activate(Box<LiveGrant>),
     /// The router holds nothing of the grant any more: `closing` → this final status.
     End(GrantKey, GrantStatus),
 }
@@ -190,7 +190,7 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Do
     );
     user?;
     schedule?;
-    Ok(Done::Activate(LiveGrant::Access(grant)))
+    Ok(Done::Activate(Box::new(LiveGrant::Access(grant))))
 }
 
 async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Done> {
@@ -238,7 +238,7 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<D
     );
     nat?;
     schedule?;
-    Ok(Done::Activate(LiveGrant::Forward(grant)))
+    Ok(Done::Activate(Box::new(LiveGrant::Forward(grant))))
 }
 
 /// Makes `postern-full`, `postern-write` and `postern-read` exist (once per connection).

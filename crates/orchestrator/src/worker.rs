@@ -300,7 +300,7 @@ async fn attempt(
         Done::Nothing => (None, None),
         Done::Activate(grant) if grant.status() == GrantStatus::Active => {
             log.line(format!("the grant ({}) is active", grant.key()));
-            (None, Some(grant))
+            (None, Some(*grant))
         }
         Done::Activate(grant) => {
             let key = grant.key();
@@ -316,7 +316,7 @@ async fn attempt(
                     refused: format!("the grant ({key}) did not become active: "),
                 }),
             };
-            (Some(moved), Some(grant))
+            (Some(moved), Some(*grant))
         }
         Done::End(key, to) => {
             let moved = GrantMove {
