@@ -408,7 +408,9 @@ async fn bench() {
         .map(|(g, r)| (g.username.clone(), (*r, g.expires_at)))
         .collect();
     let mut lateness = Vec::new();
+    let mut latest: Option<(Duration, String)> = None;
     let mut early = 0;
+    let writes_before = env.store.write_stats();
     while !pending.is_empty() {
         let gone: Vec<String> = pending
             .iter()
@@ -421,7 +423,12 @@ async fn bench() {
         for name in gone {
             let (_, at) = pending.remove(&name).unwrap();
             match (now - at).to_std() {
-                Ok(d) => lateness.push(d),
+                Ok(d) => {
+                    if latest.as_ref().is_none_or(|(l, _)| d > *l) {
+                        latest = Some((d, name.clone()));
+                    }
+                    lateness.push(d)
+                }
                 Err(_) => {
                     early += 1;
                     println!("early: {name} gone at {now}, expires at {at}");
@@ -432,6 +439,49 @@ async fn bench() {
     }
     println!("users removed before expires_at: {early}");
     summary("expiry lateness (1,000 grants within 30 s)", lateness);
+    write_stats(
+        "1,000 expiries",
+        writes_before,
+        env.store.write_stats(),
+        1000,
+    );
+    if let (Some((late, name)), true) = (latest, std::env::var_os("BENCH_TIMELINE").is_some()) {
+        let (g, r) = grants.iter().find(|(g, _)| g.username == name).unwrap();
+        println!(
+            "  the latest ({:.1} ms), on router r{r}: its jobs, from expires_at:",
+            late.as_secs_f64() * 1e3
+        );
+        let jobs = env
+            .store
+            .list_jobs(
+                env.org,
+                g.router_id,
+                store::Page {
+                    limit: 40,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        for (job, lines) in jobs.iter().rev() {
+            if job.payload["grant_id"].as_str() != Some(&g.id.to_string()) {
+                continue;
+            }
+            println!(
+                "    job {} {} created {:+} ms",
+                job.kind,
+                job.id,
+                (job.created_at - g.expires_at).num_milliseconds()
+            );
+            for l in lines {
+                println!(
+                    "      {:+} ms {}",
+                    (l.at - g.expires_at).num_milliseconds(),
+                    l.message
+                );
+            }
+        }
+    }
     let _ = stop.send(true);
     let _ = task.await;
 }
