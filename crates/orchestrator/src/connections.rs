@@ -112,7 +112,12 @@ pub(crate) async fn connect(
         scheduler_allowed: Mutex::new(None),
         facts_at: Mutex::new(Some(Instant::now())),
     });
-    store_facts(inner, router.id, &resource, identity.ok()).await;
+    // Recorded off the job's path (an ordinary write, queued behind the API's).
+    {
+        let inner = inner.clone();
+        let id = router.id;
+        tokio::spawn(async move { store_facts(&inner, id, &resource, identity.ok()).await });
+    }
     inner
         .conns
         .entries

@@ -347,6 +347,16 @@ async fn a_grant_reaches_the_router_and_leaves_it_at_expiry() {
     })
     .await;
     // What the router says of itself is on its record, for the portal's Overview.
+    until(Duration::from_secs(3), "the router's facts", || async {
+        let r = w
+            .ctx
+            .store
+            .get_router(w.org, w.routers[0].id)
+            .await
+            .unwrap();
+        r.identity.is_some()
+    })
+    .await;
     let router = w
         .ctx
         .store
@@ -523,6 +533,20 @@ async fn a_router_offline_at_creation_gets_the_user_when_it_returns() {
     );
     assert!(has(&log, "attempt 2"), "{}", log.join("\n"));
     assert!(has(&log, "completed in"), "{}", log.join("\n"));
+    until(
+        Duration::from_secs(3),
+        "the router online again",
+        || async {
+            let r = w
+                .ctx
+                .store
+                .get_router(w.org, w.routers[0].id)
+                .await
+                .unwrap();
+            r.status == domain::RouterStatus::Online
+        },
+    )
+    .await;
     let router = w
         .ctx
         .store
