@@ -519,14 +519,7 @@ impl Store {
         let expires_at = trunc(new.expires_at);
         let port = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
-                .bind(new.router_id.to_string())
-                .bind(new.org_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if router.is_none() {
-                return Err(StoreError::NotFound);
-            }
+            // The router is checked to be the organisation's by the grant's insert.
             let port = claim_gateway_port!(
                 tx,
                 new.region_id.to_string(),
@@ -534,11 +527,12 @@ impl Store {
                 id.to_string()
             )
             .ok_or_else(|| no_port("gateway"))?;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
                  allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
                  created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
             )
             .bind(id.to_string())
             .bind(new.org_id.to_string())
@@ -558,7 +552,11 @@ impl Store {
             .bind(ms(expires_at))
             .execute(&mut *tx)
             .await
-            .map_err(router_gone)?;
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 let job = &naming_grant(job, &id.to_string());
@@ -616,14 +614,7 @@ impl Store {
         let expires_at = trunc(new.expires_at);
         let (port, router_port) = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
-                .bind(new.router_id.to_string())
-                .bind(new.org_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if router.is_none() {
-                return Err(StoreError::NotFound);
-            }
+            // The router is checked to be the organisation's by the grant's insert.
             let port = claim_gateway_port!(
                 tx,
                 new.region_id.to_string(),
@@ -640,11 +631,12 @@ impl Store {
                 id.to_string()
             )
             .ok_or_else(|| no_port("router"))?;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO transient_forwards (id, org_id, router_id, region_id, dst_address, dst_port, \
                  masquerade, allow_from, port, router_port, entry_point, status, created_by, created_at, \
                  expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
             )
             .bind(id.to_string())
             .bind(new.org_id.to_string())
@@ -663,7 +655,11 @@ impl Store {
             .bind(ms(expires_at))
             .execute(&mut *tx)
             .await
-            .map_err(router_gone)?;
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 let job = &naming_grant(job, &id.to_string());
