@@ -835,51 +835,6 @@ impl Store {
         }
     }
 
-    /// Appends several lines to a job's log in one transaction, numbered after the
-    /// existing ones. Returns the number of the last.
-    pub async fn append_job_lines(
-        &self,
-        job_id: JobId,
-        lines: &[(DateTime<Utc>, String)],
-    ) -> Result<u32> {
-        if lines.is_empty() {
-            return Ok(0);
-        }
-        db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let lock = if pg {
-                "SELECT id FROM jobs WHERE id = $1 FOR UPDATE"
-            } else {
-                "SELECT id FROM jobs WHERE id = $1"
-            };
-            sqlx::query(lock)
-                .bind(job_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let row =
-                sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1")
-                    .bind(job_id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let mut seq = row.int("seq")?;
-            for (at, message) in lines {
-                seq += 1;
-                sqlx::query(
-                    "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(job_id.to_string())
-                .bind(seq)
-                .bind(ms(*at))
-                .bind(message)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            u32::try_from(seq).map_err(|_| StoreError::Corrupt(format!("job_lines.seq: {seq}")))
-        })
-    }
-
     /// Whether a grant has an unfinished job whose kind ends with `kind_suffix`.
     pub async fn has_open_grant_job(&self, grant_id: &str, kind_suffix: &str) -> Result<bool> {
         db!(self, |p, pg| {
