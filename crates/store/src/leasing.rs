@@ -1,7 +1,10 @@
-//! Job leasing for the orchestrator: claiming the next runnable job (at most one running
+//! Job leasing for the orchestrator: claiming the next runnable jobs (at most one running
 //! job per router, in creation order; `FOR UPDATE SKIP LOCKED` on PostgreSQL, the writer
-//! lock on SQLite), lease renewal, finishing, superseding a grant's pending creation, and
-//! the wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
+//! lock on SQLite) in the statement that selects them, lease renewal, ending attempts
+//! (with their grant's move, their log lines and the lease of the router's next batch,
+//! in one transaction), ending a grant in one transaction (closing, superseding its
+//! pending creation, queuing its clean-up), log lines numbered by their writer, and the
+//! wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -10,8 +10,11 @@
 //! - `grants`: transient access and transient forwards, gateway-port allocation, the
 //!   grant life cycle as compare-and-set transitions.
 //! - `jobs`: router jobs with their log lines, and the append-only audit log.
-//! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
-//!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
+//! - `leasing`: claiming jobs (one running per router, in order, a router's due jobs as
+//!   one batch), leases, ending attempts and grants in one write each, numbered log
+//!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
+//! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
+//!   [`WriteStats`].
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
