@@ -443,8 +443,9 @@ impl Store {
             let mut written = Vec::new();
             let mut moves = Vec::with_capacity(ends.len());
             let mut lost = false;
+            // Every grant first, then the jobs: grants' rows are locked before jobs'
+            // (lock order, as `delete_router` takes them).
             for end in ends {
-                // The grant first: its row is locked before the job's (lock order).
                 let moved = match &end.grant {
                     None => None,
                     Some(m)
@@ -536,6 +537,9 @@ impl Store {
                         ),
                     }),
                 };
+                moves.push(moved);
+            }
+            for (end, moved) in ends.iter().zip(&moves) {
                 let (state, run_after, finished, error) = match &end.outcome {
                     JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
                     JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e.clone())),
@@ -561,7 +565,7 @@ impl Store {
                     lost = true;
                     break;
                 }
-                if let (Some(m), Some(result)) = (&end.grant, &moved)
+                if let (Some(m), Some(result)) = (&end.grant, moved)
                     && let Some(line) = &m.line
                 {
                     written.push(LogLine {
@@ -574,8 +578,11 @@ impl Store {
                         },
                     });
                 }
-                moves.push(moved.map(|m| m.map_err(|e| e.to_string())));
             }
+            let moves: Vec<_> = moves
+                .into_iter()
+                .map(|m| m.map(|m| m.map_err(|e| e.to_string())))
+                .collect();
             for id in released {
                 let changed = sqlx::query(
                     "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
