@@ -1,6 +1,7 @@
 //! `postern server` killed with SIGKILL in the middle of a router job: after a restart
 //! on the same data directory the job is taken up again once its lease lapses, and it
-//! completes exactly once (one user on the router, nothing lost, nothing doubled).
+//! completes exactly once (one user on the router, nothing lost, nothing doubled), and
+//! the log keeps what the killed attempt did.
 
 #![allow(
     clippy::unwrap_used,
@@ -163,6 +164,27 @@ async fn a_server_killed_mid_job_resumes_it_after_restart_exactly_once() {
         .find(|(j, _)| j.kind == "access.create")
         .unwrap();
     assert_eq!(create.0.state, domain::JobState::Running, "killed mid-job");
+    // The killed attempt's lines up to its last few milliseconds are on record: the
+    // connection, and the commands it had sent and had answers to (each command takes
+    // 150 ms here, so these were all logged well before the kill).
+    let killed: Vec<&str> = create.1.iter().map(|l| l.message.as_str()).collect();
+    let text = killed.join("\n");
+    assert!(
+        text.contains("connected to router branch at 127.0.21.2"),
+        "{text}"
+    );
+    assert!(text.contains("sent /user/group/print: ok"), "{text}");
+    assert!(
+        text.contains("sent /user/group/add name=postern-read"),
+        "{text}"
+    );
+    assert!(!text.contains("completed in"), "{text}");
+    let seqs: Vec<u32> = create.1.iter().map(|l| l.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u32).collect::<Vec<_>>(),
+        "numbered in order"
+    );
 
     let (mut server, addr) = start(&data);
     let grant_path = format!("/api/routers/{router_id}/transient-access/{grant_id}");
@@ -212,7 +234,10 @@ async fn a_server_killed_mid_job_resumes_it_after_restart_exactly_once() {
         .collect();
     let text = lines.join("\n");
     assert!(text.contains("express execution requested"), "{text}");
-    assert!(text.contains("attempt 2 of 8 started by worker"), "{text}");
+    // Attempt 1's lines, then attempt 2's, in order.
+    let connected = text.find("connected to router branch").unwrap();
+    let second = text.find("attempt 2 of 8 started by worker").unwrap();
+    assert!(connected < second, "{text}");
     assert!(
         text.contains("is already on the router: nothing to add"),
         "{text}"

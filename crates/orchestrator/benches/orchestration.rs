@@ -9,7 +9,9 @@
 //!    against `expires_at` (router self-expiry off, so Postern's own timer is measured);
 //!    target within 1 s.
 //!
-//! Run: `cargo bench -p postern-orchestrator --bench orchestration` (bounded to 4 min).
+//! Run: `cargo bench -p postern-orchestrator --bench orchestration` (bounded to 4 min);
+//! with `BENCH_TIMELINE=1` it also prints the log of the slowest creation's router, as
+//! times from the first of its jobs: where a grant waited.
 
 #![allow(
     clippy::unwrap_used,
@@ -105,6 +107,55 @@ async fn create(
         })
         .await
         .unwrap()
+}
+
+/// Watches the routers for users coming (or going) in one task that scans every
+/// 250 µs: a hundred tasks each polling would load the 2 cores being measured.
+#[derive(Default)]
+struct Watcher {
+    waiting: std::sync::Mutex<Vec<Waiting>>,
+}
+
+/// A router, a user name, whether it should be there, and whom to tell.
+type Waiting = (usize, String, bool, tokio::sync::oneshot::Sender<()>);
+
+impl Watcher {
+    fn start(env: Arc<Env>) -> (Arc<Watcher>, tokio::task::JoinHandle<()>) {
+        let watcher = Arc::new(Watcher::default());
+        let w = watcher.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                {
+                    let mut waiting = w.waiting.lock().unwrap();
+                    let mut i = 0;
+                    while i < waiting.len() {
+                        let (router, name, present, _) = &waiting[i];
+                        if user_exists(&env, *router, name) == *present {
+                            let (_, _, _, tx) = waiting.swap_remove(i);
+                            let _ = tx.send(());
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                if Arc::strong_count(&w) == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_micros(250)).await;
+            }
+        });
+        (watcher, task)
+    }
+
+    /// Until user `name` is on `router` (`present`) or gone from it.
+    async fn until(&self, router: usize, name: &str, present: bool) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap()
+            .push((router, name.to_owned(), present, tx));
+        rx.await.unwrap();
+    }
 }
 
 fn user_exists(env: &Env, router: usize, name: &str) -> bool {
@@ -227,19 +278,20 @@ async fn bench() {
         alone.push(t0.elapsed());
     }
     summary("create -> user on router (one at a time)", alone);
+    let writes_before = env.store.write_stats();
+    let (watcher, watching) = Watcher::start(env.clone());
     let mut tasks = Vec::new();
     for i in 0..100 {
         let env = env.clone();
         let orch = orch.clone();
+        let watcher = watcher.clone();
         tasks.push(tokio::spawn(async move {
             let router = i % ROUTERS;
             let t0 = Instant::now();
             let g = create(&env, i, router, chrono::Duration::minutes(30)).await;
             let recorded = t0.elapsed();
             orch.jobs_queued().await;
-            while !user_exists(&env, router, &g.username) {
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            }
+            watcher.until(router, &g.username, true).await;
             (t0.elapsed(), g, router, recorded)
         }));
     }
@@ -259,6 +311,29 @@ async fn bench() {
         "  of which: committed -> user on router",
         created.iter().map(|c| c.0 - c.3).collect(),
     );
+    // Let the last jobs end, then count the writes the 100 grants cost.
+    for (_, g, _, _) in &created {
+        while env
+            .store
+            .get_access(env.org, g.router_id, g.id)
+            .await
+            .unwrap()
+            .status
+            != domain::GrantStatus::Active
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write_stats(
+        "100 concurrent creations",
+        writes_before,
+        env.store.write_stats(),
+        100,
+    );
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        timeline(&env, &created).await;
+    }
 
     // Live API sessions of each user.
     let mut sessions = Vec::new();
@@ -270,25 +345,37 @@ async fn bench() {
         sessions.push(client);
     }
     let mut tasks = Vec::new();
+    let writes_before = env.store.write_stats();
     for ((_, g, router, _), session) in created.into_iter().zip(sessions) {
-        let env = env.clone();
         let orch = orch.clone();
+        let watcher = watcher.clone();
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             assert!(orch.revoke(GrantKey::Access(g.id)).await.unwrap());
-            while user_exists(&env, router, &g.username) || !session.is_closed() {
-                tokio::time::sleep(Duration::from_micros(500)).await;
+            // The sessions are logged out before the user is removed.
+            watcher.until(router, &g.username, false).await;
+            while !session.is_closed() {
+                tokio::time::sleep(Duration::from_micros(250)).await;
             }
             t0.elapsed()
         }));
     }
+    drop(watcher);
     let mut revoked = Vec::new();
     for t in tasks {
         revoked.push(t.await.unwrap());
     }
+    let _ = watching.await;
     summary(
         "revoke -> sessions ended and user gone (100 concurrent)",
         revoked,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_stats(
+        "100 concurrent revokes",
+        writes_before,
+        env.store.write_stats(),
+        100,
     );
     let _ = stop.send(true);
     let _ = task.await;
@@ -321,7 +408,9 @@ async fn bench() {
         .map(|(g, r)| (g.username.clone(), (*r, g.expires_at)))
         .collect();
     let mut lateness = Vec::new();
+    let mut latest: Option<(Duration, String)> = None;
     let mut early = 0;
+    let writes_before = env.store.write_stats();
     while !pending.is_empty() {
         let gone: Vec<String> = pending
             .iter()
@@ -334,7 +423,12 @@ async fn bench() {
         for name in gone {
             let (_, at) = pending.remove(&name).unwrap();
             match (now - at).to_std() {
-                Ok(d) => lateness.push(d),
+                Ok(d) => {
+                    if latest.as_ref().is_none_or(|(l, _)| d > *l) {
+                        latest = Some((d, name.clone()));
+                    }
+                    lateness.push(d)
+                }
                 Err(_) => {
                     early += 1;
                     println!("early: {name} gone at {now}, expires at {at}");
@@ -345,8 +439,113 @@ async fn bench() {
     }
     println!("users removed before expires_at: {early}");
     summary("expiry lateness (1,000 grants within 30 s)", lateness);
+    write_stats(
+        "1,000 expiries",
+        writes_before,
+        env.store.write_stats(),
+        1000,
+    );
+    if let (Some((late, name)), true) = (latest, std::env::var_os("BENCH_TIMELINE").is_some()) {
+        let (g, r) = grants.iter().find(|(g, _)| g.username == name).unwrap();
+        println!(
+            "  the latest ({:.1} ms), on router r{r}: its jobs, from expires_at:",
+            late.as_secs_f64() * 1e3
+        );
+        let jobs = env
+            .store
+            .list_jobs(
+                env.org,
+                g.router_id,
+                store::Page {
+                    limit: 40,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        for (job, lines) in jobs.iter().rev() {
+            if job.payload["grant_id"].as_str() != Some(&g.id.to_string()) {
+                continue;
+            }
+            println!(
+                "    job {} {} created {:+} ms",
+                job.kind,
+                job.id,
+                (job.created_at - g.expires_at).num_milliseconds()
+            );
+            for l in lines {
+                println!(
+                    "      {:+} ms {}",
+                    (l.at - g.expires_at).num_milliseconds(),
+                    l.message
+                );
+            }
+        }
+    }
     let _ = stop.send(true);
     let _ = task.await;
+}
+
+/// The SQLite writer's use between two readings, per grant.
+fn write_stats(what: &str, before: store::WriteStats, after: store::WriteStats, grants: u64) {
+    let writes = after.writes - before.writes;
+    let held = after.held - before.held;
+    let waited = after.waited - before.waited;
+    println!(
+        "  writes for {what}: {writes} ({:.1} per grant), writer held {:.1} ms in all ({:.0} µs per write), queued for it {:.1} ms in all",
+        writes as f64 / grants as f64,
+        held.as_secs_f64() * 1e3,
+        held.as_secs_f64() * 1e6 / writes.max(1) as f64,
+        waited.as_secs_f64() * 1e3,
+    );
+}
+
+/// The log of the slowest creation's router, as times from the first job's creation:
+/// where a grant queued.
+async fn timeline(env: &Env, created: &[(Duration, store::TransientAccess, usize, Duration)]) {
+    let Some((took, slowest, router, _)) = created.iter().max_by_key(|c| c.0) else {
+        return;
+    };
+    println!(
+        "  the slowest ({:.1} ms), on router r{router}, and the jobs before it:",
+        took.as_secs_f64() * 1e3
+    );
+    let mut jobs = env
+        .store
+        .list_jobs(
+            env.org,
+            slowest.router_id,
+            store::Page {
+                limit: 6,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    jobs.reverse();
+    let Some(origin) = jobs.iter().map(|(j, _)| j.created_at).min() else {
+        return;
+    };
+    for (job, lines) in &jobs {
+        let grant = job.payload["grant_id"].as_str().unwrap_or("-");
+        let mark = if grant == slowest.id.to_string() {
+            " <- slowest"
+        } else {
+            ""
+        };
+        println!(
+            "    job {} created +{} ms{mark}",
+            job.id,
+            (job.created_at - origin).num_milliseconds()
+        );
+        for l in lines {
+            println!(
+                "      +{:>4} ms {}",
+                (l.at - origin).num_milliseconds(),
+                l.message
+            );
+        }
+    }
 }
 
 fn main() {

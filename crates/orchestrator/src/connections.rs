@@ -1,6 +1,9 @@
 //! Connections to routers: one logged-in API client per router, made on first use with
 //! the management credentials from the store, reused by every job, and dropped when it
-//! breaks. Connect and command timeouts come from the orchestrator's config.
+//! breaks. Connect and command timeouts come from the orchestrator's config. Each new
+//! connection (and the reconciler's scan, at most every 10 s) records the router's
+//! facts: identity, RouterOS version, board, uptime, last seen; an unreachable router
+//! is recorded offline.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,8 @@ pub(crate) struct RouterConn {
     pub groups_ready: AtomicBool,
     /// Whether device-mode allows the scheduler, once asked.
     pub scheduler_allowed: Mutex<Option<bool>>,
+    /// When the router's facts were last read through this connection.
+    facts_at: Mutex<Option<Instant>>,
 }
 
 /// The per-router client cache.
@@ -75,12 +80,16 @@ pub(crate) async fn connect(
                 "cannot reach router {} at {address}: {e}",
                 router.name
             ));
-            inner.mark_offline(router.id);
+            inner.mark_offline(router.id).await;
             return Err(Error::Unreachable(e.to_string()));
         }
     };
-    let version = match routeros::api::system::resource(&client).await {
-        Ok(resource) => resource.version.unwrap_or_else(|| "unknown".into()),
+    let (resource, identity) = tokio::join!(
+        routeros::api::system::resource(&client),
+        routeros::api::system::identity(&client),
+    );
+    let resource = match resource {
+        Ok(resource) => resource,
         Err(e) => {
             log.line(format!(
                 "router {} at {address} accepted the login but /system/resource/print failed: {e}",
@@ -89,6 +98,7 @@ pub(crate) async fn connect(
             return Err(Error::from_router(e));
         }
     };
+    let version = resource.version.clone().unwrap_or_else(|| "unknown".into());
     log.line(format!(
         "connected to router {} at {address} as {} (RouterOS {version}) in {} ms",
         router.name,
@@ -100,7 +110,14 @@ pub(crate) async fn connect(
         version,
         groups_ready: AtomicBool::new(false),
         scheduler_allowed: Mutex::new(None),
+        facts_at: Mutex::new(Some(Instant::now())),
     });
+    // Recorded off the job's path (an ordinary write, queued behind the API's).
+    {
+        let inner = inner.clone();
+        let id = router.id;
+        tokio::spawn(async move { store_facts(&inner, id, &resource, identity.ok()).await });
+    }
     inner
         .conns
         .entries
@@ -109,6 +126,65 @@ pub(crate) async fn connect(
         .insert(router.id, conn.clone());
     inner.mark_online(router.id).await;
     Ok(conn)
+}
+
+/// Records what the router says of itself (identity, RouterOS version, board, uptime)
+/// and that it was seen now, for the portal's Overview.
+async fn store_facts(
+    inner: &Arc<Inner>,
+    id: RouterId,
+    resource: &routeros::api::system::Resource,
+    identity: Option<String>,
+) {
+    let facts = store::RouterFacts {
+        status: domain::RouterStatus::Online,
+        identity,
+        routeros_version: resource.version.clone(),
+        board_name: resource.board_name.clone(),
+        uptime: resource.uptime.clone(),
+        last_seen_at: Some(inner.clock.now()),
+    };
+    if let Err(e) = inner.store.set_router_facts(id, facts).await {
+        tracing::warn!(router = %id, error = %e, "could not record the router's facts");
+    }
+}
+
+/// Reads and records the router's facts again (the reconciler's periodic scan), unless
+/// this connection did within `FACTS_EVERY`.
+pub(crate) async fn refresh_facts(inner: &Arc<Inner>, id: RouterId, conn: &RouterConn) {
+    {
+        let mut at = conn.facts_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| t.elapsed() < FACTS_EVERY) {
+            return;
+        }
+        *at = Some(Instant::now());
+    }
+    let (resource, identity) = tokio::join!(
+        routeros::api::system::resource(&conn.client),
+        routeros::api::system::identity(&conn.client),
+    );
+    match resource {
+        Ok(resource) => store_facts(inner, id, &resource, identity.ok()).await,
+        Err(e) => tracing::debug!(router = %id, error = %e, "could not read the router's facts"),
+    }
+}
+
+/// How often a connection's router facts are read again.
+const FACTS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records that a router did not answer (its other facts stay as last seen).
+pub(crate) async fn store_offline(inner: &Arc<Inner>, id: RouterId) {
+    let facts = store::RouterFacts {
+        status: domain::RouterStatus::Offline,
+        identity: None,
+        routeros_version: None,
+        board_name: None,
+        uptime: None,
+        last_seen_at: None,
+    };
+    if let Err(e) = inner.store.set_router_facts(id, facts).await {
+        tracing::warn!(router = %id, error = %e, "could not record the router as offline");
+    }
 }
 
 impl RouterConn {

@@ -36,6 +36,15 @@ impl GrantKey {
     }
 }
 
+impl From<GrantKey> for store::GrantRef {
+    fn from(key: GrantKey) -> Self {
+        match key {
+            GrantKey::Access(id) => store::GrantRef::Access(id),
+            GrantKey::Forward(id) => store::GrantRef::Forward(id),
+        }
+    }
+}
+
 impl std::fmt::Display for GrantKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.kind(), self.id())
@@ -84,6 +93,20 @@ impl LiveGrant {
         match self {
             LiveGrant::Access(a) => GrantKey::Access(a.id),
             LiveGrant::Forward(f) => GrantKey::Forward(f.id),
+        }
+    }
+
+    pub fn status(&self) -> domain::GrantStatus {
+        match self {
+            LiveGrant::Access(a) => a.status,
+            LiveGrant::Forward(f) => f.status,
+        }
+    }
+
+    pub(crate) fn set_status(&mut self, status: domain::GrantStatus) {
+        match self {
+            LiveGrant::Access(a) => a.status = status,
+            LiveGrant::Forward(f) => f.status = status,
         }
     }
 }

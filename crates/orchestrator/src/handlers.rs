@@ -90,20 +90,34 @@ pub(crate) async fn step<T>(
     }
 }
 
+/// What a handler's success leaves to the end of the attempt, which records it in the
+/// same transaction as the job's completion.
+pub(crate) enum Done {
+    /// Nothing more.
+    Nothing,
+    /// The grant is on the router: `provisioning` → `active` (an active grant stays
+    /// so), then the data plane is told.
+    Activate(Box<LiveGrant>),
+    /// The router holds nothing of the grant any more: `closing` → this final status.
+    End(GrantKey, GrantStatus),
+}
+
 /// Runs a job's handler.
-pub(crate) async fn run(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+pub(crate) async fn run(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Done> {
     match job.kind.as_str() {
         "access.create" | "access.update" => access_create(inner, job, log).await,
         "forward.create" | "forward.update" => forward_create(inner, job, log).await,
         "access.end" | "access.delete" => grant_end(inner, job, log, true).await,
         "forward.end" | "forward.delete" => grant_end(inner, job, log, false).await,
-        "router.reconcile" => crate::reconcile::run_job(inner, job, log).await,
+        "router.reconcile" => crate::reconcile::run_job(inner, job, log)
+            .await
+            .map(|()| Done::Nothing),
         "noop" => {
             log.line(format!(
                 "nothing to do; run by worker {}",
                 inner.config.owner
             ));
-            Ok(())
+            Ok(Done::Nothing)
         }
         other => Err(Error::Permanent(format!("unknown job kind {other:?}"))),
     }
@@ -128,28 +142,24 @@ fn not_found_is_permanent(e: store::StoreError) -> Error {
     }
 }
 
-async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Done> {
     let id: AccessId = payload_id(job)?;
-    let mut grant = inner
-        .store
-        .get_access(job.org_id, job.router_id, id)
-        .await
-        .map_err(not_found_is_permanent)?;
+    let (grant, router) = tokio::join!(
+        inner.store.get_access(job.org_id, job.router_id, id),
+        inner.store.get_router_any_org(job.router_id),
+    );
+    let mut grant = grant.map_err(not_found_is_permanent)?;
     if !grant.status.is_live() {
         log.line(format!(
             "transient access {id} is {}: nothing to create",
             grant.status
         ));
-        return Ok(());
+        return Ok(Done::Nothing);
     }
-    // `provisioning` is recorded alongside the router work, not before it.
-    let requested = grant.status == GrantStatus::Requested;
-    let provisioning = async {
-        if !requested {
-            return None;
-        }
+    if grant.status == GrantStatus::Requested {
+        // The claim moves it; not when another transaction held the grant then.
         let now = inner.clock.now();
-        inner
+        if let Ok(g) = inner
             .store
             .transition_access(
                 id,
@@ -159,13 +169,16 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
                 None,
             )
             .await
-            .ok()
-    };
-    let work = async {
-        let router = inner.store.get_router_any_org(job.router_id).await?;
-        let conn = connections::connect(inner, &router, log).await?;
-        ensure_groups(&conn, log).await?;
-        ensure_user(inner, &conn, &grant, log).await?;
+        {
+            grant = g;
+        }
+    }
+    let conn = connections::connect(inner, &router?, log).await?;
+    ensure_groups(&conn, log).await?;
+    // The user and the self-expiry entry are independent: their commands go out
+    // together on the connection (each under its own tag).
+    let (user, schedule) = tokio::join!(
+        ensure_user(inner, &conn, &grant, log),
         ensure_schedule(
             inner,
             &conn,
@@ -174,29 +187,25 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()
             Some(&grant.username),
             log,
         )
-        .await
-    };
-    let (moved, done) = tokio::join!(provisioning, work);
-    done?;
-    if let Some(g) = moved {
-        grant = g;
-    }
-    activate(inner, LiveGrant::Access(grant), log).await
+    );
+    user?;
+    schedule?;
+    Ok(Done::Activate(Box::new(LiveGrant::Access(grant))))
 }
 
-async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<()> {
+async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Done> {
     let id: ForwardId = payload_id(job)?;
-    let mut grant = inner
-        .store
-        .get_forward(job.org_id, job.router_id, id)
-        .await
-        .map_err(not_found_is_permanent)?;
+    let (grant, router) = tokio::join!(
+        inner.store.get_forward(job.org_id, job.router_id, id),
+        inner.store.get_router_any_org(job.router_id),
+    );
+    let mut grant = grant.map_err(not_found_is_permanent)?;
     if !grant.status.is_live() {
         log.line(format!(
             "transient forward {id} is {}: nothing to create",
             grant.status
         ));
-        return Ok(());
+        return Ok(Done::Nothing);
     }
     if grant.status == GrantStatus::Requested {
         let now = inner.clock.now();
@@ -214,52 +223,22 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<(
             grant = g;
         }
     }
-    let router = inner.store.get_router_any_org(job.router_id).await?;
+    let router = router?;
     let conn = connections::connect(inner, &router, log).await?;
-    ensure_nat(&conn, &router, &grant, log).await?;
-    ensure_schedule(
-        inner,
-        &conn,
-        GrantKey::Forward(id),
-        grant.expires_at,
-        None,
-        log,
-    )
-    .await?;
-    activate(inner, LiveGrant::Forward(grant), log).await
-}
-
-/// Provisioning → active (an active grant stays so), and the data plane is told.
-async fn activate(inner: &Arc<Inner>, grant: LiveGrant, log: &JobLog) -> Result<()> {
-    let now = inner.clock.now();
-    let key = grant.key();
-    let from = [GrantStatus::Provisioning];
-    let moved = match &grant {
-        LiveGrant::Access(g) if g.status != GrantStatus::Active => inner
-            .store
-            .transition_access(g.id, &from, GrantStatus::Active, now, None)
-            .await
-            .map(LiveGrant::Access),
-        LiveGrant::Forward(f) if f.status != GrantStatus::Active => inner
-            .store
-            .transition_forward(f.id, &from, GrantStatus::Active, now, None)
-            .await
-            .map(LiveGrant::Forward),
-        _ => Ok(grant.clone()),
-    };
-    match moved {
-        Ok(active) => {
-            log.line(format!("the grant ({key}) is active"));
-            inner.dataplane.open(&active);
-            Ok(())
-        }
-        Err(store::StoreError::Conflict(why)) => {
-            // Ended meanwhile: its end job (queued after this one) removes what we made.
-            log.line(format!("the grant ({key}) did not become active: {why}"));
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (nat, schedule) = tokio::join!(
+        ensure_nat(&conn, &router, &grant, log),
+        ensure_schedule(
+            inner,
+            &conn,
+            GrantKey::Forward(id),
+            grant.expires_at,
+            None,
+            log,
+        )
+    );
+    nat?;
+    schedule?;
+    Ok(Done::Activate(Box::new(LiveGrant::Forward(grant))))
 }
 
 /// Makes `postern-full`, `postern-write` and `postern-read` exist (once per connection).
@@ -687,8 +666,8 @@ async fn remove_schedule(conn: &RouterConn, key: GrantKey, log: &JobLog) -> Resu
     Ok(())
 }
 
-/// Ends a grant on the router, then records its final status.
-async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) -> Result<()> {
+/// Ends a grant on the router; its final status is recorded with the job's end.
+async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) -> Result<Done> {
     let reason = job
         .payload
         .get("reason")
@@ -696,51 +675,43 @@ async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) ->
         .and_then(EndReason::parse)
         .unwrap_or(EndReason::Revoked);
     let router = inner.store.get_router_any_org(job.router_id).await?;
-    let conn = connections::connect(inner, &router, log).await?;
     let key = if access {
         let id: AccessId = payload_id(job)?;
-        let grant = inner
-            .store
-            .get_access(job.org_id, job.router_id, id)
-            .await
-            .map_err(not_found_is_permanent)?;
+        let (grant, conn) = tokio::join!(
+            inner.store.get_access(job.org_id, job.router_id, id),
+            connections::connect(inner, &router, log),
+        );
+        let (grant, conn) = (grant.map_err(not_found_is_permanent)?, conn?);
         let key = GrantKey::Access(id);
-        remove_user(&conn, &key.tag(), &grant.username, log).await?;
+        let tag = key.tag();
+        let (user, schedule) = tokio::join!(
+            remove_user(&conn, &tag, &grant.username, log),
+            remove_schedule(&conn, key, log),
+        );
+        user?;
+        schedule?;
         key
     } else {
         let id: ForwardId = payload_id(job)?;
+        let conn = connections::connect(inner, &router, log).await?;
         let key = GrantKey::Forward(id);
-        remove_nat(&conn, &key.tag(), log).await?;
+        let tag = key.tag();
+        let (nat, schedule) = tokio::join!(
+            remove_nat(&conn, &tag, log),
+            remove_schedule(&conn, key, log),
+        );
+        nat?;
+        schedule?;
         key
     };
-    remove_schedule(&conn, key, log).await?;
-    let final_status = match reason {
-        EndReason::Expired => GrantStatus::Expired,
-        EndReason::Revoked => GrantStatus::Revoked,
+    match reason {
+        EndReason::Expired => Ok(Done::End(key, GrantStatus::Expired)),
+        EndReason::Revoked => Ok(Done::End(key, GrantStatus::Revoked)),
         EndReason::Failed => {
             log.line(format!(
                 "the router holds nothing of the failed grant ({key})"
             ));
-            return Ok(());
+            Ok(Done::Nothing)
         }
-    };
-    let now = inner.clock.now();
-    let moved = match key {
-        GrantKey::Access(id) => inner
-            .store
-            .transition_access(id, &[GrantStatus::Closing], final_status, now, None)
-            .await
-            .map(|_| ()),
-        GrantKey::Forward(id) => inner
-            .store
-            .transition_forward(id, &[GrantStatus::Closing], final_status, now, None)
-            .await
-            .map(|_| ()),
-    };
-    match moved {
-        Ok(()) => log.line(format!("the grant ({key}) is now {final_status}")),
-        Err(store::StoreError::Conflict(why)) => log.line(format!("the grant ({key}): {why}")),
-        Err(e) => return Err(e.into()),
     }
-    Ok(())
 }

@@ -22,7 +22,8 @@
 //! - `worker`: claiming jobs, leases and heartbeats, back-off, giving up.
 //! - `handlers`: what each job kind does on the router, idempotently.
 //! - `connections`: one API client per router, reused, dropped when broken.
-//! - `joblog`: the orchestration log of an attempt.
+//! - `joblog`: the orchestration log: lines numbered per attempt, batched, durable
+//!   within a few milliseconds.
 //! - `expiry`: the expiry timer and sweep.
 //! - `reconcile`: drift between routers and grants, found and repaired.
 //! - [`dataplane`]: the hook to the gateway ([`DataPlane`]).
@@ -96,6 +97,9 @@ pub struct Config {
     pub default_tunnel_source: Option<IpAddr>,
     /// Install a scheduler entry on the router that ends the grant at expiry by itself.
     pub router_self_expiry: bool,
+    /// The longest a job log line waits to be written when no attempt's end carries it
+    /// (lines are batched, many per write).
+    pub log_flush_delay: Duration,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             create_attempts: 8,
             default_tunnel_source: None,
             router_self_expiry: true,
+            log_flush_delay: Duration::from_millis(5),
         }
     }
 }
@@ -130,12 +135,14 @@ pub(crate) struct Inner {
     pub jobs_wake: Notify,
     pub expiry_wake: Notify,
     pub conns: connections::Connections,
+    pub log_buffer: joblog::LogBuffer,
     offline: Mutex<HashSet<RouterId>>,
     executions: AtomicU64,
 }
 
 impl Inner {
-    pub(crate) fn mark_offline(&self, id: RouterId) {
+    /// A router did not answer: probed until it does; recorded offline.
+    pub(crate) async fn mark_offline(self: &Arc<Self>, id: RouterId) {
         let added = self
             .offline
             .lock()
@@ -143,6 +150,7 @@ impl Inner {
             .insert(id);
         if added {
             tracing::info!(router = %id, "router unreachable; probing it until it answers");
+            connections::store_offline(self, id).await;
         }
     }
 
@@ -222,8 +230,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Ends a live grant: `closing`, the data plane closed, the router clean-up queued.
-    /// False if it was not live (already ending or ended).
+    /// Ends a live grant: `closing`, its pending creation superseded and the router
+    /// clean-up queued, in one write; then the data plane closed and the job run. False
+    /// if it was not live (already ending or ended).
     pub(crate) async fn end_grant(&self, key: GrantKey, reason: EndReason) -> Result<bool> {
         let now = self.clock.now();
         let live = [
@@ -231,26 +240,31 @@ impl Inner {
             GrantStatus::Provisioning,
             GrantStatus::Active,
         ];
-        let moved = match key {
-            GrantKey::Access(id) => self
-                .store
-                .transition_access(id, &live, GrantStatus::Closing, now, None)
-                .await
-                .map(|g| (g.org_id, g.router_id)),
-            GrantKey::Forward(id) => self
-                .store
-                .transition_forward(id, &live, GrantStatus::Closing, now, None)
-                .await
-                .map(|g| (g.org_id, g.router_id)),
-        };
-        let (org, router) = match moved {
-            Ok(ids) => ids,
+        let closed = self
+            .store
+            .close_grant(
+                key.into(),
+                &live,
+                now,
+                (
+                    ".create",
+                    "superseded: the grant ended before its creation ran",
+                ),
+                &store::ClosingJob {
+                    kind: format!("{}.end", key.kind()),
+                    payload: serde_json::json!({ "reason": reason.as_str() }),
+                    max_attempts: 0,
+                },
+            )
+            .await;
+        match closed {
+            Ok(_) => {}
             Err(store::StoreError::Conflict(_)) => return Ok(false),
             Err(e) => return Err(e.into()),
-        };
-        // The gateway first: access ends there whatever the router's state.
+        }
+        // The gateway at once: access ends there whatever the router's state.
         self.dataplane.close(key, reason);
-        self.queue_end(org, router, key, reason).await?;
+        self.wake_jobs().await;
         Ok(true)
     }
 }
@@ -285,6 +299,7 @@ impl Orchestrator {
                 jobs_wake: Notify::new(),
                 expiry_wake: Notify::new(),
                 conns: connections::Connections::default(),
+                log_buffer: joblog::LogBuffer::default(),
                 offline: Mutex::new(HashSet::new()),
                 executions: AtomicU64::new(0),
             }),
@@ -324,10 +339,15 @@ impl Orchestrator {
         };
         let expiry = tokio::spawn(expiry::run(inner.clone(), shutdown.clone()));
         let reconciler = tokio::spawn(reconcile::run(inner.clone(), shutdown.clone()));
+        // The log's flusher outlives the attempts, so their last lines are written.
+        let (flushed, flush_stop) = watch::channel(false);
+        let flusher = tokio::spawn(joblog::flusher(inner.clone(), flush_stop));
         worker::dispatcher(inner.clone(), shutdown).await;
         let _ = expiry.await;
         let _ = reconciler.await;
         let _ = listener.await;
+        let _ = flushed.send(true);
+        let _ = flusher.await;
     }
 
     /// A job was queued (by the server, with a grant): run it now. Call after the

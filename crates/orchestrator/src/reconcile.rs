@@ -292,8 +292,9 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
 /// Scans one router; on drift queues a reconcile job (unless one is queued). Returns
 /// the drift found.
 pub(crate) async fn check_router(inner: &Arc<Inner>, router: &store::Router) -> Result<usize> {
-    let log = JobLog::new(None, inner.clock.clone());
+    let log = JobLog::detached(inner.clock.clone());
     let conn = connections::connect(inner, router, &log).await?;
+    connections::refresh_facts(inner, router.id, &conn).await;
     let drift = match scan(inner, router, &conn, &log).await {
         Ok(d) => d,
         Err(e) => {

@@ -4,16 +4,17 @@
 //! or failed (a creation that gives up fails its grant and queues the clean-up).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::{AccessId, ForwardId, GrantStatus};
-use store::{Job, JobOutcome};
+use store::{AttemptEnd, GrantMove, Job, JobEnd, JobOutcome, MoveLine};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Inner;
-use crate::dataplane::{EndReason, GrantKey};
+use crate::dataplane::{EndReason, GrantKey, LiveGrant};
 use crate::error::Error;
-use crate::handlers;
+use crate::handlers::{self, Done};
 use crate::joblog::JobLog;
 
 /// The delay before attempt `attempts + 1`: base × 2^(attempts-1), capped.
@@ -35,6 +36,12 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
                 break;
             }
             let now = inner.clock.now();
+            // A read first: a claim is a write, not to be spent on finding nothing.
+            match inner.store.has_claimable_job(now).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => tracing::warn!(error = %e, "could not look for jobs"),
+            }
             // Up to one job per free slot, in one transaction.
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match inner
@@ -46,6 +53,7 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
             {
                 Ok(jobs) if jobs.is_empty() => break,
                 Ok(jobs) => {
+                    let all = jobs.len() >= free;
                     for job in jobs {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             // Cannot happen (only this loop takes slots); the lease
@@ -53,6 +61,10 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>, mut shutdown: watch::Receiver<
                             break;
                         };
                         tokio::spawn(run_job(inner.clone(), job, permit));
+                    }
+                    if !all {
+                        // Every job that could run was taken.
+                        break;
                     }
                 }
                 Err(e) => {
@@ -133,111 +145,206 @@ fn intro(owner: &str, job: &Job, now: chrono::DateTime<chrono::Utc>) -> Vec<Stri
     }
 }
 
-/// Runs one attempt of a leased job and records how it ended.
+/// Runs a leased job, then the router's further jobs leased as it ended, batch by batch.
 async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
-    let mut next = Some(job);
-    while let Some(job) = next.take() {
-        next = attempt(&inner, job).await;
+    let mut batch = vec![job];
+    while !batch.is_empty() {
+        batch = run_batch(&inner, batch).await;
     }
 }
 
-/// One attempt; returns the router's next job when it could be leased at once (the
-/// worker goes on with it in the same slot, without another claim).
-async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Job> {
-    let inner = inner.clone();
-    let log = JobLog::new(Some(job.id), inner.clock.clone());
-    let started = Instant::now();
+/// Runs a batch of one router's leased jobs, one at a time in order (stopping at one to
+/// be retried: the later ones wait for it), then records their ends in one write, which
+/// also leases the router's jobs that may run next: returned.
+async fn run_batch(inner: &Arc<Inner>, batch: Vec<Job>) -> Vec<Job> {
+    let Some(router_id) = batch.first().map(|j| j.router_id) else {
+        return Vec::new();
+    };
     let owner = inner.config.owner.clone();
-    // The attempt's first lines were written with the claim (see `intro`).
-    for line in intro(&owner, &job, job.started_at.unwrap_or(job.created_at)) {
-        tracing::info!(job = %job.id, "{line}");
-    }
-    inner.count_execution();
-    let heartbeat = {
-        let inner = inner.clone();
-        let id = job.id;
-        async move {
-            loop {
-                tokio::time::sleep(inner.config.heartbeat).await;
-                let until = inner.clock.now()
-                    + chrono::Duration::from_std(inner.config.lease)
-                        .unwrap_or(chrono::Duration::seconds(15));
-                match inner
-                    .store
-                    .renew_lease(id, &inner.config.owner, until)
-                    .await
-                {
-                    Ok(true) => {}
+    let logs: Vec<JobLog> = batch
+        .iter()
+        .map(|j| JobLog::new(inner, j.id, j.log_seq))
+        .collect();
+    let current = AtomicUsize::new(0);
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(inner.config.heartbeat).await;
+            let until = inner.clock.now()
+                + chrono::Duration::from_std(inner.config.lease)
+                    .unwrap_or(chrono::Duration::seconds(15));
+            for job in &batch {
+                match inner.store.renew_lease(job.id, &owner, until).await {
+                    // Lost, or ended: the attempts that are left stop.
                     Ok(false) => return,
-                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
+                    Ok(true) => {}
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "lease renewal failed"),
                 }
             }
         }
     };
-    let attempt = tokio::time::timeout(
-        inner.config.attempt_timeout,
-        handlers::run(&inner, &job, &log),
-    );
-    let result = tokio::select! {
-        r = attempt => match r {
+    let work = async {
+        let mut ends = Vec::with_capacity(batch.len());
+        for (i, (job, log)) in batch.iter().zip(&logs).enumerate() {
+            current.store(i, Ordering::Relaxed);
+            let (end, live, retry) = attempt(inner, job, log, i == 0).await;
+            ends.push((end, live));
+            if retry {
+                break;
+            }
+        }
+        ends
+    };
+    let ends = tokio::select! {
+        ends = work => ends,
+        _ = heartbeat => {
+            // The lines go with the next write (or the flusher's).
+            if let Some(log) = logs.get(current.load(Ordering::Relaxed)) {
+                log.line("lease lost: another worker has taken this job over; stopping this attempt");
+            }
+            inner.wake_jobs().await;
+            return Vec::new();
+        }
+    };
+    let released: Vec<_> = batch.iter().skip(ends.len()).map(|j| j.id).collect();
+    let (ends, lives): (Vec<_>, Vec<_>) = ends.into_iter().unzip();
+    let now = inner.clock.now();
+    let opening = |next: &Job| intro(&owner, next, now);
+    let buffer = &inner.log_buffer;
+    let recorded = inner
+        .store
+        .end_attempts(
+            &owner,
+            now,
+            &ends,
+            &released,
+            &|| buffer.take(),
+            Some((router_id, inner.config.lease, &opening)),
+        )
+        .await;
+    let next = match recorded {
+        Ok(AttemptEnd {
+            recorded: true,
+            grants,
+            next,
+        }) => {
+            for (live, moved) in lives.into_iter().zip(grants) {
+                let moved = moved.map(|g| g.is_ok()).unwrap_or(true);
+                if let (Some(mut live), true) = (live, moved) {
+                    live.set_status(GrantStatus::Active);
+                    inner.dataplane.open(&live);
+                }
+            }
+            next
+        }
+        Ok(_) => {
+            tracing::warn!(router = %router_id, "the jobs' lease was lost before they ended");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(router = %router_id, error = %e, "could not record the jobs' end");
+            Vec::new()
+        }
+    };
+    if next.is_empty() {
+        inner.wake_jobs().await;
+    }
+    next
+}
+
+/// One attempt of a leased job: how it ended (to record), the grant to open on the data
+/// plane once recorded, and whether it is to be retried (so later jobs wait).
+async fn attempt(
+    inner: &Arc<Inner>,
+    job: &Job,
+    log: &JobLog,
+    first: bool,
+) -> (JobEnd, Option<LiveGrant>, bool) {
+    let owner = &inner.config.owner;
+    if first {
+        // Written with the lease (see `intro`).
+        for line in intro(owner, job, job.started_at.unwrap_or(job.created_at)) {
+            tracing::info!(job = %job.id, "{line}");
+        }
+    } else {
+        // Leased with the batch, started now.
+        for line in intro(owner, job, inner.clock.now()) {
+            log.line(line);
+        }
+    }
+    let started = Instant::now();
+    inner.count_execution();
+    let result =
+        match tokio::time::timeout(inner.config.attempt_timeout, handlers::run(inner, job, log))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(Error::Unreachable(format!(
                 "the attempt took longer than {} s",
                 inner.config.attempt_timeout.as_secs()
             ))),
-        },
-        _ = heartbeat => {
-            log.line("lease lost: another worker has taken this job over; stopping this attempt");
-            log.flush(&inner.store).await;
-            inner.wake_jobs().await;
-            return None;
-        }
-    };
+        };
     let elapsed = started.elapsed().as_millis();
-    let outcome = match result {
-        Ok(()) => {
-            log.line(format!("completed in {elapsed} ms"));
-            JobOutcome::Completed
-        }
+    let (outcome, done) = match result {
+        Ok(done) => (JobOutcome::Completed, done),
         Err(e) => {
             if matches!(e, Error::Unreachable(_)) {
                 inner.conns.drop_router(job.router_id);
-                inner.mark_offline(job.router_id);
+                inner.mark_offline(job.router_id).await;
             }
-            failed_attempt(&inner, &job, &log, e, elapsed).await
+            let outcome = failed_attempt(inner, job, log, e, elapsed).await;
+            (outcome, Done::Nothing)
         }
     };
-    let now = inner.clock.now();
-    let lines = log.take();
-    let opening = |next: &Job| intro(&owner, next, now);
-    let next = match inner
-        .store
-        .finish_job_and_claim_next(
-            job.id,
-            job.router_id,
-            &owner,
-            now,
-            outcome,
-            &lines,
-            inner.config.lease,
-            &opening,
-        )
-        .await
-    {
-        Ok((true, next)) => next,
-        Ok((false, _)) => {
-            tracing::warn!(job = %job.id, "the job's lease was lost before it ended");
-            None
+    // The grant's move is recorded with the job's end; its line reads before "completed".
+    let (grant, live) = match done {
+        Done::Nothing => (None, None),
+        Done::Activate(grant) if grant.status() == GrantStatus::Active => {
+            log.line(format!("the grant ({}) is active", grant.key()));
+            (None, Some(*grant))
         }
-        Err(e) => {
-            tracing::warn!(job = %job.id, error = %e, "could not record the job's end");
-            None
+        Done::Activate(grant) => {
+            let key = grant.key();
+            let moved = GrantMove {
+                grant: key.into(),
+                from: vec![GrantStatus::Provisioning],
+                to: GrantStatus::Active,
+                line: Some(MoveLine {
+                    seq: log.reserve(),
+                    moved: format!("the grant ({key}) is active"),
+                    // Ended meanwhile: its end job (queued after this one) removes what
+                    // we made.
+                    refused: format!("the grant ({key}) did not become active: "),
+                }),
+            };
+            (Some(moved), Some(*grant))
+        }
+        Done::End(key, to) => {
+            let moved = GrantMove {
+                grant: key.into(),
+                from: vec![GrantStatus::Closing],
+                to,
+                line: Some(MoveLine {
+                    seq: log.reserve(),
+                    moved: format!("the grant ({key}) is now {to}"),
+                    refused: format!("the grant ({key}): "),
+                }),
+            };
+            (Some(moved), None)
         }
     };
-    if next.is_none() {
-        inner.wake_jobs().await;
+    if outcome == JobOutcome::Completed {
+        log.line(format!("completed in {elapsed} ms"));
     }
-    next
+    let retry = matches!(outcome, JobOutcome::Retry { .. });
+    (
+        JobEnd {
+            job: job.id,
+            outcome,
+            grant,
+        },
+        live,
+        retry,
+    )
 }
 
 /// Decides what a failed attempt leads to, and logs it.

@@ -346,6 +346,39 @@ async fn a_grant_reaches_the_router_and_leaves_it_at_expiry() {
         w.status(&g).await == GrantStatus::Active
     })
     .await;
+    // What the router says of itself is on its record, for the portal's Overview.
+    until(Duration::from_secs(3), "the router's facts", || async {
+        let r = w
+            .ctx
+            .store
+            .get_router(w.org, w.routers[0].id)
+            .await
+            .unwrap();
+        r.identity.is_some()
+    })
+    .await;
+    let router = w
+        .ctx
+        .store
+        .get_router(w.org, w.routers[0].id)
+        .await
+        .unwrap();
+    assert_eq!(router.status, domain::RouterStatus::Online);
+    assert_eq!(router.identity.as_deref(), Some("r0"));
+    assert!(
+        router
+            .routeros_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("7.18.2")),
+        "{router:?}"
+    );
+    assert_eq!(router.board_name.as_deref(), Some("CHR"));
+    assert!(
+        router.uptime.as_deref().is_some_and(|u| u.ends_with('s')),
+        "{router:?}"
+    );
+    let seen = router.last_seen_at.expect("last seen");
+    assert!((Utc::now() - seen).num_seconds().abs() < 10, "{seen}");
     // The read group is really read-only.
     {
         let state = w.sims[0].router().state();
@@ -471,6 +504,13 @@ async fn a_router_offline_at_creation_gets_the_user_when_it_returns() {
     })
     .await;
     assert_eq!(w.status(&g).await, GrantStatus::Provisioning);
+    let router = w
+        .ctx
+        .store
+        .get_router(w.org, w.routers[0].id)
+        .await
+        .unwrap();
+    assert_eq!(router.status, domain::RouterStatus::Offline);
     w.sims[0].faults().set_offline(false);
     until(Duration::from_secs(5), "the user on the router", || async {
         w.user_on(0, &g.username).is_some()
@@ -493,6 +533,28 @@ async fn a_router_offline_at_creation_gets_the_user_when_it_returns() {
     );
     assert!(has(&log, "attempt 2"), "{}", log.join("\n"));
     assert!(has(&log, "completed in"), "{}", log.join("\n"));
+    until(
+        Duration::from_secs(3),
+        "the router online again",
+        || async {
+            let r = w
+                .ctx
+                .store
+                .get_router(w.org, w.routers[0].id)
+                .await
+                .unwrap();
+            r.status == domain::RouterStatus::Online
+        },
+    )
+    .await;
+    let router = w
+        .ctx
+        .store
+        .get_router(w.org, w.routers[0].id)
+        .await
+        .unwrap();
+    assert_eq!(router.status, domain::RouterStatus::Online);
+    assert_eq!(router.identity.as_deref(), Some("r0"));
     w.stop().await;
 }
 

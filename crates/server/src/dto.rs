@@ -234,9 +234,14 @@ pub struct RouterView {
     pub username: String,
     /// unknown, online or offline.
     pub status: String,
+    /// What the router says of itself (`/system/identity`, `/system/resource`), as of
+    /// `last_seen_at`: recorded by the orchestrator on each new connection and at most
+    /// every minute by the reconciler; absent until it first connected.
     pub identity: Option<String>,
     pub routeros_version: Option<String>,
     pub board_name: Option<String>,
+    /// As the router printed it at `last_seen_at`, such as `1w2d3h4m5s`.
+    pub uptime: Option<String>,
     #[schema(format = DateTime)]
     pub last_seen_at: Option<String>,
     #[schema(format = DateTime)]

@@ -5,6 +5,8 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -42,8 +44,96 @@ macro_rules! db {
 }
 pub(crate) use db;
 
+/// SQLite's one writer: an in-process lock every write takes, and counters of its use
+/// (how many writes, how long they queued for it and held it).
+///
+/// Two classes of writes: *urgent* ones (the orchestrator's leases and the ends of its
+/// jobs, the log) queue for the writer directly; the others first pass `gate` one at a
+/// time, so at most one of them is ever queued ahead of an urgent one. A burst of API
+/// writes then delays a job's end by one write, not by the whole burst: work under way
+/// finishes before new work is let in, and each new grant's job starts as soon as its
+/// own creation is written.
+#[derive(Default)]
+pub(crate) struct Writer {
+    lock: Arc<Mutex<()>>,
+    gate: Mutex<()>,
+    writes: AtomicU64,
+    waited_ns: AtomicU64,
+    held_ns: AtomicU64,
+}
+
+/// The writer, held until dropped.
+pub(crate) struct WriterGuard {
+    _guard: OwnedMutexGuard<()>,
+    since: Instant,
+    writer: Arc<Writer>,
+}
+
+impl Writer {
+    /// The writer, for an ordinary write.
+    pub(crate) async fn lock(self: &Arc<Self>) -> WriterGuard {
+        let asked = Instant::now();
+        let guard = {
+            let _turn = self.gate.lock().await;
+            self.lock.clone().lock_owned().await
+        };
+        self.held_from(asked, guard)
+    }
+
+    /// The writer, for an urgent write (queued ahead of all but one ordinary write).
+    pub(crate) async fn lock_urgent(self: &Arc<Self>) -> WriterGuard {
+        let asked = Instant::now();
+        let guard = self.lock.clone().lock_owned().await;
+        self.held_from(asked, guard)
+    }
+
+    fn held_from(self: &Arc<Self>, asked: Instant, guard: OwnedMutexGuard<()>) -> WriterGuard {
+        let since = Instant::now();
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.waited_ns
+            .fetch_add(nanos(since - asked), Ordering::Relaxed);
+        WriterGuard {
+            _guard: guard,
+            since,
+            writer: self.clone(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            writes: self.writes.load(Ordering::Relaxed),
+            waited: Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            held: Duration::from_nanos(self.held_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.writer
+            .held_ns
+            .fetch_add(nanos(self.since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How SQLite's writer has been used since the store was opened (all zero on
+/// PostgreSQL, whose writers do not queue in the process).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Write transactions and single writing statements.
+    pub writes: u64,
+    /// Time spent queueing for the writer, summed over writes.
+    pub waited: Duration,
+    /// Time the writer was held, summed over writes.
+    pub held: Duration,
+}
+
 /// A write transaction and, on SQLite, the in-process writer lock it holds.
-pub(crate) type WriteTx<DB> = (Option<OwnedMutexGuard<()>>, Transaction<'static, DB>);
+pub(crate) type WriteTx<DB> = (Option<WriterGuard>, Transaction<'static, DB>);
 
 /// A pool that can start a transaction that will write.
 pub(crate) trait WritePool {
@@ -53,14 +143,26 @@ pub(crate) trait WritePool {
     /// busy handler. The guard must live as long as the transaction.
     fn begin_write(
         &self,
-        lock: &Arc<Mutex<()>>,
+        lock: &Arc<Writer>,
+    ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
+
+    /// [`begin_write`](Self::begin_write) for an urgent write (see [`Writer`]).
+    fn begin_urgent(
+        &self,
+        lock: &Arc<Writer>,
     ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
 }
 
 impl WritePool for SqlitePool {
     type Db = Sqlite;
-    async fn begin_write(&self, lock: &Arc<Mutex<()>>) -> Result<WriteTx<Sqlite>> {
-        let guard = lock.clone().lock_owned().await;
+    async fn begin_write(&self, lock: &Arc<Writer>) -> Result<WriteTx<Sqlite>> {
+        let guard = lock.lock().await;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((Some(guard), tx))
+    }
+
+    async fn begin_urgent(&self, lock: &Arc<Writer>) -> Result<WriteTx<Sqlite>> {
+        let guard = lock.lock_urgent().await;
         let tx = self.begin_with("BEGIN IMMEDIATE").await?;
         Ok((Some(guard), tx))
     }
@@ -68,7 +170,11 @@ impl WritePool for SqlitePool {
 
 impl WritePool for PgPool {
     type Db = Postgres;
-    async fn begin_write(&self, _lock: &Arc<Mutex<()>>) -> Result<WriteTx<Postgres>> {
+    async fn begin_write(&self, _lock: &Arc<Writer>) -> Result<WriteTx<Postgres>> {
+        Ok((None, self.begin().await?))
+    }
+
+    async fn begin_urgent(&self, _lock: &Arc<Writer>) -> Result<WriteTx<Postgres>> {
         Ok((None, self.begin().await?))
     }
 }
@@ -220,6 +326,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "connections",
             include_str!("../migrations/sqlite/0020_connections.sql"),
         ),
+        // 30: router facts (numbers 20 and 40 are the gateway's and the terminal's).
+        migration(
+            30,
+            "router facts",
+            include_str!("../migrations/sqlite/0030_router_facts.sql"),
+        ),
         // 40: the terminal's sessions and recordings (a number clear of other branches).
         migration(
             40,
@@ -263,6 +375,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             20,
             "connections",
             include_str!("../migrations/postgres/0020_connections.sql"),
+        ),
+        // 30: router facts (numbers 20 and 40 are the gateway's and the terminal's).
+        migration(
+            30,
+            "router facts",
+            include_str!("../migrations/postgres/0030_router_facts.sql"),
         ),
         // 40: the terminal's sessions and recordings (a number clear of other branches).
         migration(

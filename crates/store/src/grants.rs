@@ -145,12 +145,16 @@ fn forward_from(r: &impl Get) -> Result<TransientForward> {
 }
 
 /// What a transition writes besides the status.
-struct Ending {
-    ended_at: Option<i64>,
-    revoked_early: bool,
+pub(crate) struct Ending {
+    pub(crate) ended_at: Option<i64>,
+    pub(crate) revoked_early: bool,
 }
 
-fn check_transition(current: GrantStatus, from: &[GrantStatus], to: GrantStatus) -> Result<()> {
+pub(crate) fn check_transition(
+    current: GrantStatus,
+    from: &[GrantStatus],
+    to: GrantStatus,
+) -> Result<()> {
     if !from.contains(&current) || !current.can_become(to) {
         return Err(StoreError::Conflict(format!(
             "the grant is {current}; it cannot become {to} now"
@@ -160,13 +164,85 @@ fn check_transition(current: GrantStatus, from: &[GrantStatus], to: GrantStatus)
 }
 
 /// A closing before expiry, or a revocation, is an early end.
-fn ending(to: GrantStatus, at: DateTime<Utc>, expires_at: i64) -> Ending {
+pub(crate) fn ending(to: GrantStatus, at: DateTime<Utc>, expires_at: i64) -> Ending {
     Ending {
         ended_at: to.is_final().then(|| ms(at)),
         revoked_early: to == GrantStatus::Revoked
             || (to == GrantStatus::Closing && ms(at) < expires_at),
     }
 }
+
+/// Inside transaction `$tx`, moves grant `$id` (text) of `$table` from a status in
+/// `$from` to `$to` if `GrantStatus::can_become` allows it: a final status sets
+/// `ended_at` and releases its ports (`$extra_release` too, when not empty); `revoked`,
+/// or `closing` before `expires_at`, sets `revoked_early`; `$reason` is kept as
+/// `failure_reason`. Locks the grant's row first on PostgreSQL (the lock order is a
+/// grant before its router, and before its jobs). Evaluates to `Result<GrantStatus>`:
+/// the status it had, `Conflict` or `NotFound` (database errors return from the
+/// enclosing function).
+macro_rules! move_grant {
+    ($tx:ident, $pg:ident, $table:literal, $extra_release:literal, $id:expr, $from:expr, $to:expr, $at:expr, $reason:expr) => {{
+        let id: String = $id;
+        let from: &[GrantStatus] = $from;
+        let to: GrantStatus = $to;
+        let at: DateTime<Utc> = $at;
+        let reason: Option<String> = $reason;
+        let current = if $pg {
+            concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1 FOR UPDATE")
+        } else {
+            concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1")
+        };
+        let row = sqlx::query(current)
+            .bind(&id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let checked = match &row {
+            None => Err(StoreError::NotFound),
+            Some(row) => {
+                let status: GrantStatus = $crate::db::Get::parse(row, "status")?;
+                $crate::grants::check_transition(status, from, to)
+                    .map(|()| (status, $crate::db::Get::int(row, "expires_at")))
+            }
+        };
+        match checked {
+            Err(e) => Err(e),
+            Ok((status, expires_at)) => {
+                let end = $crate::grants::ending(to, at, expires_at?);
+                let row = sqlx::query(concat!(
+                    "UPDATE ", $table, " SET status = $2, ended_at = COALESCE($3, ended_at), \
+                     revoked_early = (revoked_early OR $4), failure_reason = COALESCE($5, failure_reason) \
+                     WHERE id = $1 AND status = $6"
+                ))
+                .bind(&id)
+                .bind(to.as_str())
+                .bind(end.ended_at)
+                .bind(end.revoked_early)
+                .bind(reason)
+                .bind(status.as_str())
+                .execute(&mut *$tx)
+                .await?;
+                if row.rows_affected() != 1 {
+                    Err(StoreError::Conflict("the grant changed meanwhile; try again".into()))
+                } else {
+                    if to.is_final() {
+                        sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
+                            .bind(&id)
+                            .execute(&mut *$tx)
+                            .await?;
+                        if !$extra_release.is_empty() {
+                            sqlx::query($extra_release)
+                                .bind(&id)
+                                .execute(&mut *$tx)
+                                .await?;
+                        }
+                    }
+                    Ok(status)
+                }
+            }
+        }
+    }};
+}
+pub(crate) use move_grant;
 
 /// Generates the methods that are the same for both kinds of grant.
 macro_rules! grant_methods {
@@ -303,47 +379,7 @@ macro_rules! grant_methods {
             ) -> Result<$record> {
                 db!(self, |p, pg| {
                     let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-                    let current = if pg {
-                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1 FOR UPDATE")
-                    } else {
-                        concat!("SELECT status, expires_at FROM ", $table, " WHERE id = $1")
-                    };
-                    let row = sqlx::query(current)
-                        .bind(id.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .ok_or(StoreError::NotFound)?;
-                    let status: GrantStatus = row.parse("status")?;
-                    check_transition(status, from, to)?;
-                    let end = ending(to, at, row.int("expires_at")?);
-                    let row = sqlx::query(concat!(
-                        "UPDATE ", $table, " SET status = $2, ended_at = COALESCE($3, ended_at), \
-                         revoked_early = (revoked_early OR $4), failure_reason = COALESCE($5, failure_reason) \
-                         WHERE id = $1 AND status = $6"
-                    ))
-                    .bind(id.to_string())
-                    .bind(to.as_str())
-                    .bind(end.ended_at)
-                    .bind(end.revoked_early)
-                    .bind(reason)
-                    .bind(status.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    if row.rows_affected() != 1 {
-                        return Err(StoreError::Conflict("the grant changed meanwhile; try again".into()));
-                    }
-                    if to.is_final() {
-                        sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
-                            .bind(id.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                        if !$extra_release.is_empty() {
-                            sqlx::query($extra_release)
-                                .bind(id.to_string())
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
+                    move_grant!(tx, pg, $table, $extra_release, id.to_string(), from, to, at, reason)?;
                     let row = sqlx::query($select!("WHERE id = $1"))
                         .bind(id.to_string())
                         .fetch_one(&mut *tx)
@@ -483,14 +519,7 @@ impl Store {
         let expires_at = trunc(new.expires_at);
         let port = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
-                .bind(new.router_id.to_string())
-                .bind(new.org_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if router.is_none() {
-                return Err(StoreError::NotFound);
-            }
+            // The router is checked to be the organisation's by the grant's insert.
             let port = claim_gateway_port!(
                 tx,
                 new.region_id.to_string(),
@@ -498,11 +527,12 @@ impl Store {
                 id.to_string()
             )
             .ok_or_else(|| no_port("gateway"))?;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
                  allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
                  created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
             )
             .bind(id.to_string())
             .bind(new.org_id.to_string())
@@ -522,7 +552,11 @@ impl Store {
             .bind(ms(expires_at))
             .execute(&mut *tx)
             .await
-            .map_err(router_gone)?;
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 let job = &naming_grant(job, &id.to_string());
@@ -580,14 +614,7 @@ impl Store {
         let expires_at = trunc(new.expires_at);
         let (port, router_port) = db!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let router = sqlx::query("SELECT id FROM routers WHERE id = $1 AND org_id = $2")
-                .bind(new.router_id.to_string())
-                .bind(new.org_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if router.is_none() {
-                return Err(StoreError::NotFound);
-            }
+            // The router is checked to be the organisation's by the grant's insert.
             let port = claim_gateway_port!(
                 tx,
                 new.region_id.to_string(),
@@ -604,11 +631,12 @@ impl Store {
                 id.to_string()
             )
             .ok_or_else(|| no_port("router"))?;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO transient_forwards (id, org_id, router_id, region_id, dst_address, dst_port, \
                  masquerade, allow_from, port, router_port, entry_point, status, created_by, created_at, \
                  expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
             )
             .bind(id.to_string())
             .bind(new.org_id.to_string())
@@ -627,7 +655,11 @@ impl Store {
             .bind(ms(expires_at))
             .execute(&mut *tx)
             .await
-            .map_err(router_gone)?;
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
             insert_audit!(&mut *tx, &new.audit);
             if let Some(job) = &new.job {
                 let job = &naming_grant(job, &id.to_string());

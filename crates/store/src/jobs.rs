@@ -65,13 +65,20 @@ macro_rules! insert_job {
 }
 pub(crate) use insert_job;
 
+/// The columns `job_from` reads, as a select list of table `jobs` (also a `RETURNING`
+/// list): `log_seq` is the number of the job's last log line.
+macro_rules! job_columns {
+    () => {
+        "id, org_id, router_id, kind, payload, state, attempts, max_attempts, run_after, \
+         lease_owner, lease_expires_at, created_at, started_at, finished_at, last_error, \
+         (SELECT COALESCE(MAX(l.seq), 0) FROM job_lines l WHERE l.job_id = jobs.id) AS log_seq"
+    };
+}
+pub(crate) use job_columns;
+
 macro_rules! job_sql {
     ($tail:literal) => {
-        concat!(
-            "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, run_after, \
-             lease_owner, lease_expires_at, created_at, started_at, finished_at, last_error FROM jobs ",
-            $tail
-        )
+        concat!("SELECT ", job_columns!(), " FROM jobs ", $tail)
     };
 }
 
@@ -92,6 +99,7 @@ pub(crate) fn job_from(r: &impl Get) -> Result<Job> {
         started_at: r.opt_time("started_at")?,
         finished_at: r.opt_time("finished_at")?,
         last_error: r.opt_text("last_error")?,
+        log_seq: r.count("log_seq")?,
     })
 }
 
@@ -134,6 +142,7 @@ pub(crate) fn job_record(id: JobId, new: &NewJob) -> Job {
         started_at: None,
         finished_at: None,
         last_error: None,
+        log_seq: 0,
     }
 }
 

@@ -1,19 +1,23 @@
-//! Job leasing for the orchestrator: claiming the next runnable job (at most one running
+//! Job leasing for the orchestrator: claiming the next runnable jobs (at most one running
 //! job per router, in creation order; `FOR UPDATE SKIP LOCKED` on PostgreSQL, the writer
-//! lock on SQLite), lease renewal, finishing, superseding a grant's pending creation, and
-//! the wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
+//! lock on SQLite) in the statement that selects them, lease renewal, ending attempts
+//! (with their grant's move, their log lines and the lease of the router's next batch,
+//! in one transaction), ending a grant in one transaction (closing, superseding its
+//! pending creation, queuing its clean-up), log lines numbered by their writer, and the
+//! wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{JobId, RegionId, RouterId};
+use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RegionId, RouterId};
 use sqlx::postgres::PgListener;
 
 use crate::Store;
 use crate::db::{Get, Pool, WritePool, db, ms};
 use crate::error::{Result, StoreError};
-use crate::records::{Job, Router};
+use crate::grants::move_grant;
+use crate::records::{Job, NewJob, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
 pub const JOBS_CHANNEL: &str = "postern_jobs";
@@ -59,75 +63,216 @@ const CLAIMABLE: &str = "FROM jobs j WHERE j.state IN ('pending', 'running') AND
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
         AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.run_after, j.seq LIMIT";
+    ORDER BY j.run_after, j.seq LIMIT $2";
 
-/// The same, for one router (`$2`): its head, if it may run now.
-const CLAIMABLE_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
+/// The jobs of one router (`$2`) that may run now, in order, as one batch: each one
+/// due (pending, or running with a lapsed lease) and every earlier unfinished job of the
+/// router in the batch too. Only taken by the worker that has just finished the
+/// router's running job (whose row it holds), so no other worker holds any of them;
+/// PostgreSQL waits for (rather than skips) a row another transaction is changing, so
+/// a job is never taken before an earlier one.
+const BATCH_ON_ROUTER: &str = "FROM jobs j WHERE j.router_id = $2 \
     AND j.state IN ('pending', 'running') AND j.run_after <= $1 \
     AND (j.state = 'pending' OR j.lease_expires_at < $1) \
     AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = j.router_id \
-        AND e.state IN ('pending', 'running') AND e.seq < j.seq) \
-    ORDER BY j.seq LIMIT 1";
+        AND e.state IN ('pending', 'running') AND e.seq < j.seq \
+        AND NOT (e.run_after <= $1 AND (e.state = 'pending' OR e.lease_expires_at < $1))) \
+    ORDER BY j.seq LIMIT 16";
 
-/// Leases the selected `$rows` (each with an `id` column) to `$owner` until `$until`
-/// inside transaction `$tx`, appending `$intro`'s lines; evaluates to the leased jobs.
-macro_rules! lease_rows {
-    ($tx:ident, $rows:expr, $owner:expr, $until:expr, $now:expr, $intro:expr) => {{
-        let rows = $rows;
+/// Log lines per `INSERT` statement (4 parameters each, well under both backends' limits).
+const LINES_PER_STATEMENT: usize = 200;
+
+/// A line of a job's log with its number: whoever writes a job's lines numbers them
+/// (a claim continues from the job's `log_seq`, a worker from its claim's), so lines
+/// written by different transactions, in any order, still read in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub job_id: JobId,
+    pub seq: u32,
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// A grant, by kind and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantRef {
+    Access(AccessId),
+    Forward(ForwardId),
+}
+
+/// A life-cycle move of a grant made in the transaction that ends a job's attempt (so a
+/// grant becomes `active` as its creation job completes, in one write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantMove {
+    pub grant: GrantRef,
+    pub from: Vec<GrantStatus>,
+    pub to: GrantStatus,
+    /// The job's log line saying how it went, written in the same transaction.
+    pub line: Option<MoveLine>,
+}
+
+/// The log line of a [`GrantMove`]: `moved`, or `refused` followed by the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveLine {
+    pub seq: u32,
+    pub moved: String,
+    pub refused: String,
+}
+
+/// The clean-up job [`Store::close_grant`] queues (`grant_id` is added to its payload).
+#[derive(Debug, Clone)]
+pub struct ClosingJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: u32,
+}
+
+/// How one attempt ended, to record.
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    pub job: JobId,
+    pub outcome: JobOutcome,
+    /// The grant's move, made with it.
+    pub grant: Option<GrantMove>,
+}
+
+/// How recording the end of attempts went.
+#[derive(Debug)]
+pub struct AttemptEnd {
+    /// The leases still held and the ends are recorded; false: nothing changed (the
+    /// lines were written all the same: they tell what this worker did).
+    pub recorded: bool,
+    /// Per end (when recorded), its grant's move when one was asked: the status it
+    /// had, or why it could not move (it had changed meanwhile).
+    pub grants: Vec<Option<std::result::Result<GrantStatus, String>>>,
+    /// The router's next jobs, in order, leased to the same owner in the same
+    /// transaction (the first with its opening lines written).
+    pub next: Vec<Job>,
+}
+
+/// The lines that open an attempt of a job just leased.
+pub type Intro<'a> = &'a (dyn Fn(&Job) -> Vec<String> + Send + Sync);
+
+/// Log lines to write, asked for once the transaction holds the writer (so they are
+/// taken as late as possible, and lines of other jobs can ride along).
+pub type Lines<'a> = &'a (dyn Fn() -> Vec<LogLine> + Send + Sync);
+
+/// The `INSERT` of `n` log lines (numbered by their writer; a line whose job is gone,
+/// or whose number is taken, is skipped rather than failing the transaction).
+fn lines_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO job_lines (job_id, seq, at, message) \
+         SELECT column1, column2, column3, column4 FROM (VALUES ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let b = i * 4;
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+    }
+    sql.push_str(
+        ") AS v WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column1) \
+         ON CONFLICT (job_id, seq) DO NOTHING",
+    );
+    sql
+}
+
+/// Inserts `$lines: &[LogLine]` in transaction `$tx`, a few hundred per statement.
+macro_rules! insert_lines {
+    ($tx:ident, $lines:expr) => {{
+        let lines: &[LogLine] = $lines;
+        for chunk in lines.chunks(LINES_PER_STATEMENT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(lines_sql(chunk.len())));
+            for line in chunk {
+                query = query
+                    .bind(line.job_id.to_string())
+                    .bind(i64::from(line.seq))
+                    .bind(ms(line.at))
+                    .bind(line.message.clone());
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+/// Leases the jobs `$select` (a claimable-jobs tail with `$1` now and `$2` a limit or
+/// router) names to `$owner` until `$until` in one statement, inside transaction `$tx`;
+/// a creation job's grant goes from `requested` to `provisioning` with it (skipped if
+/// another transaction holds the grant: the worker then moves it itself). Evaluates to
+/// the leased jobs, `log_seq` after their intro, and the lines `$intro` opens each
+/// attempt with, for the caller to insert.
+macro_rules! lease {
+    ($tx:ident, $pg:ident, $select:expr, $pg_lock:expr, $bind2:expr, $owner:expr, $until:expr, $now:expr, $intro:expr, $first_only:expr) => {{
         let owner: &str = $owner;
         let until: DateTime<Utc> = $until;
         let now: DateTime<Utc> = $now;
-        let mut ids = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id = row.text("id")?;
-                let changed = sqlx::query(
-                    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3, \
-                     attempts = attempts + 1, started_at = COALESCE(started_at, $4) WHERE id = $1",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(ms(until))
-                .bind(ms(now))
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    continue;
+        let sql = if $pg {
+            format!(
+                "WITH next AS MATERIALIZED (SELECT j.id {} {}) \
+                 UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
+                 WHERE id IN (SELECT id FROM next) RETURNING {}, seq",
+                $select,
+                $pg_lock,
+                crate::jobs::job_columns!()
+            )
+        } else {
+            format!(
+                "UPDATE jobs SET state = 'running', lease_owner = $3, lease_expires_at = $4, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
+                 WHERE id IN (SELECT j.id {}) RETURNING {}, seq",
+                $select,
+                crate::jobs::job_columns!()
+            )
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ms(now))
+            .bind($bind2)
+            .bind(owner)
+            .bind(ms(until))
+            .fetch_all(&mut *$tx)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut lines = Vec::new();
+        let mut rows = rows
+            .iter()
+            .map(|row| Ok((row.int("seq")?, row)))
+            .collect::<Result<Vec<_>>>()?;
+        rows.sort_by_key(|(seq, _)| *seq);
+        for (i, (_, row)) in rows.into_iter().enumerate() {
+            let mut job = crate::jobs::job_from(row)?;
+            if let Some(grant) = job.kind.strip_suffix(".create").and(job.payload.get("grant_id")).and_then(|g| g.as_str()) {
+                let table = if job.kind.starts_with("access.") {
+                    Some(if $pg {
+                        "UPDATE transient_access SET status = 'provisioning' WHERE id = \
+                         (SELECT id FROM transient_access WHERE id = $1 AND status = 'requested' FOR UPDATE SKIP LOCKED)"
+                    } else {
+                        "UPDATE transient_access SET status = 'provisioning' WHERE id = $1 AND status = 'requested'"
+                    })
+                } else if job.kind.starts_with("forward.") {
+                    Some(if $pg {
+                        "UPDATE transient_forwards SET status = 'provisioning' WHERE id = \
+                         (SELECT id FROM transient_forwards WHERE id = $1 AND status = 'requested' FOR UPDATE SKIP LOCKED)"
+                    } else {
+                        "UPDATE transient_forwards SET status = 'provisioning' WHERE id = $1 AND status = 'requested'"
+                    })
+                } else {
+                    None
+                };
+                if let Some(sql) = table {
+                    sqlx::query(sql).bind(grant.to_owned()).execute(&mut *$tx).await?;
                 }
-                let row = sqlx::query(
-                    "SELECT id, org_id, router_id, kind, payload, state, attempts, max_attempts, \
-                     run_after, lease_owner, lease_expires_at, created_at, started_at, finished_at, \
-                     last_error FROM jobs WHERE id = $1",
-                )
-                .bind(&id)
-                .fetch_one(&mut *$tx)
-                .await?;
-                let job = crate::jobs::job_from(&row)?;
-                let lines = ($intro)(&job);
-                if !lines.is_empty() {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
-                    )
-                    .bind(&id)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                    let mut seq = row.int("seq")?;
-                    for message in lines {
-                        seq += 1;
-                        sqlx::query(
-                            "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(&id)
-                        .bind(seq)
-                        .bind(ms(now))
-                        .bind(message)
-                        .execute(&mut *$tx)
-                        .await?;
-                    }
-                }
-                ids.push(job);
             }
-        ids
+            let first_only: bool = $first_only;
+            let opening = if i == 0 || !first_only { ($intro)(&job) } else { Vec::new() };
+            for message in opening {
+                job.log_seq += 1;
+                lines.push(LogLine { job_id: job.id, seq: job.log_seq, at: now, message });
+            }
+            jobs.push(job);
+        }
+        (jobs, lines)
     }};
 }
 
@@ -151,7 +296,8 @@ impl Store {
     /// Like [`claim_job`](Self::claim_job) for up to `limit` jobs (each the head of a
     /// different router's queue) in one transaction, which also appends the log lines
     /// `intro` gives for each claimed job (so the start of an attempt is on record
-    /// without a write of its own).
+    /// without a write of its own) and moves each creation job's grant from `requested`
+    /// to `provisioning`.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -161,29 +307,43 @@ impl Store {
         intro: impl Fn(&Job) -> Vec<String>,
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let ids = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let select = if pg {
-                format!("SELECT j.id {CLAIMABLE} $2 FOR UPDATE OF j SKIP LOCKED")
-            } else {
-                format!("SELECT j.id {CLAIMABLE} $2")
-            };
-            let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-                .bind(ms(now))
-                .bind(i64::from(limit.max(1)))
-                .fetch_all(&mut *tx)
-                .await?;
-            let ids = lease_rows!(tx, rows, owner, until, now, &intro);
+        let jobs = db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
+            let (jobs, lines) = lease!(
+                tx,
+                pg,
+                CLAIMABLE,
+                "FOR UPDATE OF j SKIP LOCKED",
+                i64::from(limit.max(1)),
+                owner,
+                until,
+                now,
+                &intro,
+                false
+            );
+            insert_lines!(tx, &lines);
             tx.commit().await?;
-            ids
+            jobs
         });
-        Ok(ids)
+        Ok(jobs)
+    }
+
+    /// Whether a job may be claimed now (a read: a claim is a write).
+    pub async fn has_claimable_job(&self, now: DateTime<Utc>) -> Result<bool> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT j.id {CLAIMABLE}")))
+                .bind(ms(now))
+                .bind(1_i64)
+                .fetch_optional(p)
+                .await?;
+            Ok(row.is_some())
+        })
     }
 
     /// Extends `owner`'s lease of a running job to `until`; false if the lease was lost
     /// (another worker took the job after it lapsed, or it finished).
     pub async fn renew_lease(&self, id: JobId, owner: &str, until: DateTime<Utc>) -> Result<bool> {
-        let _writer = self.sqlite_writer().await;
+        let _writer = self.sqlite_writer_urgent().await;
         let changed = db!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 \
@@ -212,9 +372,8 @@ impl Store {
             .await
     }
 
-    /// [`finish_job`](Self::finish_job) that also appends the attempt's remaining log
-    /// lines in the same transaction (written even if the lease was lost: they tell
-    /// what this worker did).
+    /// [`finish_job`](Self::finish_job) that also appends lines to the job's log in the
+    /// same transaction, numbered after its existing ones.
     pub async fn finish_job_with_lines(
         &self,
         id: JobId,
@@ -223,119 +382,369 @@ impl Store {
         outcome: JobOutcome,
         lines: &[(DateTime<Utc>, String)],
     ) -> Result<bool> {
+        let from = self.get_job(id).await?.log_seq;
+        let numbered: Vec<LogLine> = lines
+            .iter()
+            .zip(from + 1..)
+            .map(|((at, message), seq)| LogLine {
+                job_id: id,
+                seq,
+                at: *at,
+                message: message.clone(),
+            })
+            .collect();
         Ok(self
-            .finish_job_inner(id, owner, now, outcome, lines, None)
+            .end_attempt(id, owner, now, outcome, None, &|| numbered.clone(), None)
             .await?
-            .0)
+            .recorded)
     }
 
-    /// [`finish_job_with_lines`](Self::finish_job_with_lines), then, in the same
-    /// transaction, leases to `owner` the next job of the same router if it may run now
-    /// (with `intro`'s lines): a worker goes on with a router's queue without another
-    /// claim. The job is `None` when the lease was lost or nothing may run.
+    /// Ends `owner`'s attempt at a running job in one transaction: see
+    /// [`end_attempts`](Self::end_attempts).
     #[allow(clippy::too_many_arguments)]
-    pub async fn finish_job_and_claim_next(
+    pub async fn end_attempt(
         &self,
         id: JobId,
-        router_id: RouterId,
         owner: &str,
         now: DateTime<Utc>,
         outcome: JobOutcome,
-        lines: &[(DateTime<Utc>, String)],
-        lease: Duration,
-        intro: &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
-    ) -> Result<(bool, Option<Job>)> {
-        self.finish_job_inner(
-            id,
-            owner,
-            now,
+        grant: Option<&GrantMove>,
+        lines: Lines<'_>,
+        next: Option<(RouterId, Duration, Intro<'_>)>,
+    ) -> Result<AttemptEnd> {
+        let ends = [JobEnd {
+            job: id,
             outcome,
-            lines,
-            Some((router_id, lease, intro)),
-        )
-        .await
+            grant: grant.cloned(),
+        }];
+        self.end_attempts(owner, now, &ends, &[], lines, next).await
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn finish_job_inner(
+    /// Ends `owner`'s attempts at running jobs (a batch of one router's, in order) in one
+    /// transaction: each job's new state and its grant's move when asked; `released`
+    /// jobs (leased but not run: an earlier one must be retried first) go back to
+    /// `pending` as they were; the log lines `lines` gives (asked for once the writer is
+    /// held; written even if a lease was lost); and, with `next` (the router, a lease
+    /// and its `intro`, given to the first), the lease of the router's jobs that may run
+    /// now (up to 16, in order), so a worker goes on with a router's queue without
+    /// another claim. All or nothing: if any lease was lost, nothing changes but the
+    /// lines. One write per batch on the hot path.
+    pub async fn end_attempts(
         &self,
-        id: JobId,
         owner: &str,
         now: DateTime<Utc>,
-        outcome: JobOutcome,
-        lines: &[(DateTime<Utc>, String)],
-        next: Option<(
-            RouterId,
-            Duration,
-            &(dyn Fn(&Job) -> Vec<String> + Send + Sync),
-        )>,
-    ) -> Result<(bool, Option<Job>)> {
-        let (state, run_after, finished, error) = match outcome {
-            JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
-            JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e)),
-            JobOutcome::Retry { run_after, error } => {
-                ("pending", Some(ms(run_after)), None, Some(error))
+        ends: &[JobEnd],
+        released: &[JobId],
+        lines: Lines<'_>,
+        next: Option<(RouterId, Duration, Intro<'_>)>,
+    ) -> Result<AttemptEnd> {
+        let (recorded, moves, claimed) = db!(self, |p, pg| {
+            let (guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
+            let mut written = Vec::new();
+            let mut moves = Vec::with_capacity(ends.len());
+            let mut lost = false;
+            // Every grant first, then the jobs: grants' rows are locked before jobs'
+            // (lock order, as `delete_router` takes them).
+            for end in ends {
+                let moved = match &end.grant {
+                    None => None,
+                    Some(m)
+                        if m.to != GrantStatus::Closing
+                            && m.from.iter().all(|f| f.can_become(m.to)) =>
+                    {
+                        // One statement in the common case (no `expires_at` needed).
+                        let ending = crate::grants::ending(m.to, now, 0);
+                        let (table, release) = match m.grant {
+                            GrantRef::Access(_) => ("transient_access", None),
+                            GrantRef::Forward(_) => (
+                                "transient_forwards",
+                                Some("DELETE FROM router_ports WHERE grant_id = $1"),
+                            ),
+                        };
+                        let grant_id = match m.grant {
+                            GrantRef::Access(g) => g.to_string(),
+                            GrantRef::Forward(g) => g.to_string(),
+                        };
+                        let from: Vec<String> =
+                            m.from.iter().map(|f| format!("'{}'", f.as_str())).collect();
+                        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "UPDATE {table} SET status = $2, ended_at = COALESCE($3, ended_at), \
+                             revoked_early = (revoked_early OR $4) WHERE id = $1 AND status IN ({}) \
+                             RETURNING id",
+                            from.join(", ")
+                        )))
+                        .bind(&grant_id)
+                        .bind(m.to.as_str())
+                        .bind(ending.ended_at)
+                        .bind(ending.revoked_early)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if row.is_some() {
+                            if m.to.is_final() {
+                                sqlx::query("DELETE FROM gateway_ports WHERE grant_id = $1")
+                                    .bind(&grant_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                if let Some(release) = release {
+                                    sqlx::query(release)
+                                        .bind(&grant_id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                }
+                            }
+                            Some(Ok(m.from.first().copied().unwrap_or(m.to)))
+                        } else {
+                            // Say why: it changed meanwhile, or is gone.
+                            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "SELECT status FROM {table} WHERE id = $1"
+                            )))
+                            .bind(&grant_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            Some(match row {
+                                None => Err(StoreError::NotFound),
+                                Some(row) => {
+                                    let status: GrantStatus = row.parse("status")?;
+                                    crate::grants::check_transition(status, &m.from, m.to).and(Err(
+                                        StoreError::Conflict("the grant changed meanwhile".into()),
+                                    ))
+                                }
+                            })
+                        }
+                    }
+                    Some(m) => Some(match m.grant {
+                        GrantRef::Access(g) => move_grant!(
+                            tx,
+                            pg,
+                            "transient_access",
+                            "",
+                            g.to_string(),
+                            &m.from,
+                            m.to,
+                            now,
+                            None
+                        ),
+                        GrantRef::Forward(g) => move_grant!(
+                            tx,
+                            pg,
+                            "transient_forwards",
+                            "DELETE FROM router_ports WHERE grant_id = $1",
+                            g.to_string(),
+                            &m.from,
+                            m.to,
+                            now,
+                            None
+                        ),
+                    }),
+                };
+                moves.push(moved);
             }
-        };
-        let changed = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            if !lines.is_empty() {
-                let row = sqlx::query(
-                    "SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1",
+            for (end, moved) in ends.iter().zip(&moves) {
+                let (state, run_after, finished, error) = match &end.outcome {
+                    JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
+                    JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e.clone())),
+                    JobOutcome::Retry { run_after, error } => {
+                        ("pending", Some(ms(*run_after)), None, Some(error.clone()))
+                    }
+                };
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
+                     finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
+                     lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
                 )
-                .bind(id.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-                let mut seq = row.int("seq")?;
-                for (at, message) in lines {
-                    seq += 1;
-                    sqlx::query(
-                        "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(id.to_string())
-                    .bind(seq)
-                    .bind(ms(*at))
-                    .bind(message)
-                    .execute(&mut *tx)
-                    .await?;
+                .bind(end.job.to_string())
+                .bind(owner)
+                .bind(state)
+                .bind(run_after)
+                .bind(finished)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    lost = true;
+                    break;
+                }
+                if let (Some(m), Some(result)) = (&end.grant, moved)
+                    && let Some(line) = &m.line
+                {
+                    written.push(LogLine {
+                        job_id: end.job,
+                        seq: line.seq,
+                        at: now,
+                        message: match result {
+                            Ok(_) => line.moved.clone(),
+                            Err(e) => format!("{}{e}", line.refused),
+                        },
+                    });
                 }
             }
-            let changed = sqlx::query(
-                "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
-                 finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
-                 lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-            )
-            .bind(id.to_string())
-            .bind(owner)
-            .bind(state)
-            .bind(run_after)
-            .bind(finished)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let mut claimed = None;
-            if let (1, Some((router_id, lease, intro))) = (changed, next) {
+            let moves: Vec<_> = moves
+                .into_iter()
+                .map(|m| m.map(|m| m.map_err(|e| e.to_string())))
+                .collect();
+            for id in released {
+                let changed = sqlx::query(
+                    "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                     attempts = attempts - 1, \
+                     started_at = CASE WHEN attempts <= 1 THEN NULL ELSE started_at END \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                )
+                .bind(id.to_string())
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed != 1 {
+                    lost = true;
+                }
+            }
+            if lost {
+                // Not ours any more: nothing changes but the lines.
+                tx.rollback().await?;
+                drop(guard);
+                self.write_lines(lines).await?;
+                return Ok(AttemptEnd {
+                    recorded: false,
+                    grants: Vec::new(),
+                    next: Vec::new(),
+                });
+            }
+            written.extend(lines());
+            let mut claimed = Vec::new();
+            if let Some((router_id, lease, intro)) = next {
                 let until =
                     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-                let select = if pg {
-                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER} FOR UPDATE OF j SKIP LOCKED")
-                } else {
-                    format!("SELECT j.id {CLAIMABLE_ON_ROUTER}")
-                };
-                let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-                    .bind(ms(now))
-                    .bind(router_id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                claimed = lease_rows!(tx, rows, owner, until, now, intro)
-                    .into_iter()
-                    .next();
+                let (jobs, lines) = lease!(
+                    tx,
+                    pg,
+                    BATCH_ON_ROUTER,
+                    "FOR UPDATE OF j",
+                    router_id.to_string(),
+                    owner,
+                    until,
+                    now,
+                    intro,
+                    true
+                );
+                claimed = jobs;
+                written.extend(lines);
             }
+            // These attempts' lines, those of other attempts waiting, and the next
+            // one's opening lines: one statement.
+            insert_lines!(tx, &written);
             tx.commit().await?;
-            (changed, claimed)
+            (true, moves, claimed)
         });
-        Ok((changed.0 == 1, changed.1))
+        Ok(AttemptEnd {
+            recorded,
+            grants: moves,
+            next: claimed,
+        })
+    }
+
+    /// Writes the log lines `lines` gives, in one transaction (asked for once the writer
+    /// is held, so lines queued meanwhile go too); nothing when there are none.
+    /// Returns how many were given.
+    pub async fn write_lines(&self, lines: Lines<'_>) -> Result<usize> {
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
+            let lines = lines();
+            if lines.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            insert_lines!(tx, &lines);
+            tx.commit().await?;
+            Ok(lines.len())
+        })
+    }
+
+    /// Ends a live grant in one transaction: `closing` (a compare-and-set from one of
+    /// `from`), its pending jobs whose kind ends with `supersede.0` completed with
+    /// `supersede.1` as `last_error`, and `job` (its clean-up) queued. Returns the
+    /// grant's organisation and router; `Conflict` (and nothing changed) if it was not
+    /// in `from`.
+    pub async fn close_grant(
+        &self,
+        grant: GrantRef,
+        from: &[GrantStatus],
+        at: DateTime<Utc>,
+        supersede: (&str, &str),
+        job: &ClosingJob,
+    ) -> Result<(OrgId, RouterId)> {
+        let grant_id = match grant {
+            GrantRef::Access(g) => g.to_string(),
+            GrantRef::Forward(g) => g.to_string(),
+        };
+        let job_id = JobId::new();
+        db!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            match grant {
+                GrantRef::Access(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_access",
+                    "",
+                    grant_id.clone(),
+                    from,
+                    GrantStatus::Closing,
+                    at,
+                    None
+                ),
+                GrantRef::Forward(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_forwards",
+                    "DELETE FROM router_ports WHERE grant_id = $1",
+                    grant_id.clone(),
+                    from,
+                    GrantStatus::Closing,
+                    at,
+                    None
+                ),
+            }?;
+            let table = match grant {
+                GrantRef::Access(_) => {
+                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
+                }
+                GrantRef::Forward(_) => {
+                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
+                }
+            };
+            let row = sqlx::query(table)
+                .bind(&grant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let org: OrgId = row.parse("org_id")?;
+            let router: RouterId = row.parse("router_id")?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
+                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
+            )
+            .bind(&grant_id)
+            .bind(format!("%{}", supersede.0))
+            .bind(ms(at))
+            .bind(supersede.1)
+            .execute(&mut *tx)
+            .await?;
+            let mut payload = job.payload.clone();
+            if let serde_json::Value::Object(map) = &mut payload {
+                map.insert("grant_id".into(), grant_id.clone().into());
+            }
+            let new = NewJob {
+                org_id: org,
+                router_id: router,
+                kind: job.kind.clone(),
+                payload,
+                max_attempts: job.max_attempts,
+                run_after: at,
+                created_at: at,
+            };
+            crate::jobs::insert_job!(&mut *tx, job_id, &new);
+            tx.commit().await?;
+            Ok((org, router))
+        })
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a
@@ -434,51 +843,6 @@ impl Store {
             }
             Pool::Sqlite(_) => Ok(None),
         }
-    }
-
-    /// Appends several lines to a job's log in one transaction, numbered after the
-    /// existing ones. Returns the number of the last.
-    pub async fn append_job_lines(
-        &self,
-        job_id: JobId,
-        lines: &[(DateTime<Utc>, String)],
-    ) -> Result<u32> {
-        if lines.is_empty() {
-            return Ok(0);
-        }
-        db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            let lock = if pg {
-                "SELECT id FROM jobs WHERE id = $1 FOR UPDATE"
-            } else {
-                "SELECT id FROM jobs WHERE id = $1"
-            };
-            sqlx::query(lock)
-                .bind(job_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let row =
-                sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM job_lines WHERE job_id = $1")
-                    .bind(job_id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let mut seq = row.int("seq")?;
-            for (at, message) in lines {
-                seq += 1;
-                sqlx::query(
-                    "INSERT INTO job_lines (job_id, seq, at, message) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(job_id.to_string())
-                .bind(seq)
-                .bind(ms(*at))
-                .bind(message)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            u32::try_from(seq).map_err(|_| StoreError::Corrupt(format!("job_lines.seq: {seq}")))
-        })
     }
 
     /// Whether a grant has an unfinished job whose kind ends with `kind_suffix`.

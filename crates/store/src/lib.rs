@@ -10,8 +10,11 @@
 //! - `grants`: transient access and transient forwards, gateway-port allocation, the
 //!   grant life cycle as compare-and-set transitions.
 //! - `jobs`: router jobs with their log lines, and the append-only audit log.
-//! - `leasing`: claiming jobs (one running per router, in order), leases, superseding,
-//!   `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
+//! - `leasing`: claiming jobs (one running per router, in order, a router's due jobs as
+//!   one batch), leases, ending attempts and grants in one write each, numbered log
+//!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
+//! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
+//!   [`WriteStats`].
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -93,7 +96,7 @@
 //! - `Debug` of `User`, `NewUser`, `NewRouter`, `RouterPatch`, `NewAccess` shows
 //!   `<redacted>` for passwords and password hashes.
 //! - `RouterFacts` fields are `status` (always set) and `identity`, `routeros_version`,
-//!   `board_name`, `last_seen_at` (`None` leaves the stored value).
+//!   `board_name`, `uptime`, `last_seen_at` (`None` leaves the stored value).
 
 #![cfg_attr(
     test,
@@ -125,11 +128,14 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Mutex;
 
 pub use connections::{Connection, ConnectionEnd, GrantKind, NewConnection};
+pub use db::WriteStats;
 pub use error::{Result, StoreError};
-pub use leasing::{JOBS_CHANNEL, JobListener, JobOutcome};
+pub use leasing::{
+    AttemptEnd, ClosingJob, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener,
+    JobOutcome, Lines, LogLine, MoveLine,
+};
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
@@ -183,7 +189,7 @@ struct Inner {
     pool: Pool,
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
-    write_lock: Arc<Mutex<()>>,
+    write_lock: Arc<db::Writer>,
 }
 
 impl fmt::Debug for Store {
@@ -248,7 +254,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 cipher,
-                write_lock: Arc::new(Mutex::new(())),
+                write_lock: Arc::new(db::Writer::default()),
             }),
         })
     }
@@ -256,9 +262,17 @@ impl Store {
     /// On SQLite, the in-process writer lock, for a write of a single statement: writers
     /// then queue in order instead of polling in SQLite's busy handler. `None` on
     /// PostgreSQL. Never held across another write (it is not reentrant).
-    pub(crate) async fn sqlite_writer(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    /// SQLite's writer for an urgent write (see `db::Writer`).
+    pub(crate) async fn sqlite_writer_urgent(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.clone().lock_owned().await),
+            Pool::Sqlite(_) => Some(self.inner.write_lock.lock_urgent().await),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    pub(crate) async fn sqlite_writer(&self) -> Option<db::WriterGuard> {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Some(self.inner.write_lock.lock().await),
             Pool::Postgres(_) => None,
         }
     }
@@ -285,6 +299,11 @@ impl Store {
     }
 
     /// The pool's open connections and how many of them are idle, for metrics.
+    /// How SQLite's one writer has been used so far (for benchmarks and metrics).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.write_lock.stats()
+    }
+
     pub fn pool_connections(&self) -> (u32, usize) {
         match &self.inner.pool {
             Pool::Sqlite(p) => (p.size(), p.num_idle()),

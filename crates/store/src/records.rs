@@ -117,6 +117,8 @@ pub struct Router {
     pub identity: Option<String>,
     pub routeros_version: Option<String>,
     pub board_name: Option<String>,
+    /// As the router printed it when last seen (`1w2d3h4m5s`).
+    pub uptime: Option<String>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -159,6 +161,7 @@ pub struct RouterFacts {
     pub identity: Option<String>,
     pub routeros_version: Option<String>,
     pub board_name: Option<String>,
+    pub uptime: Option<String>,
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
@@ -277,6 +280,10 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The number of the last line of its log when this record was read (lines are
+    /// numbered 1, 2, … across attempts; 0 when there is none): a worker numbers the
+    /// lines it adds from here.
+    pub log_seq: u32,
 }
 
 /// Input of `create_job` (state `pending`, no attempts yet).

@@ -24,8 +24,8 @@ macro_rules! router_sql {
     ($tail:literal) => {
         concat!(
             "SELECT id, org_id, site_id, region_id, name, tunnel_address, api_port, ssh_port, \
-             winbox_port, username, status, identity, routeros_version, board_name, last_seen_at, \
-             created_at, updated_at FROM routers ",
+             winbox_port, username, status, identity, routeros_version, board_name, uptime, \
+             last_seen_at, created_at, updated_at FROM routers ",
             $tail
         )
     };
@@ -67,6 +67,7 @@ pub(crate) fn router_from(r: &impl Get) -> Result<Router> {
         identity: r.opt_text("identity")?,
         routeros_version: r.opt_text("routeros_version")?,
         board_name: r.opt_text("board_name")?,
+        uptime: r.opt_text("uptime")?,
         last_seen_at: r.opt_time("last_seen_at")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
@@ -396,7 +397,8 @@ impl Store {
                 "UPDATE routers SET status = $2, identity = COALESCE($3, identity), \
                  routeros_version = COALESCE($4, routeros_version), \
                  board_name = COALESCE($5, board_name), \
-                 last_seen_at = COALESCE($6, last_seen_at) WHERE id = $1",
+                 last_seen_at = COALESCE($6, last_seen_at), uptime = COALESCE($7, uptime) \
+                 WHERE id = $1",
             )
             .bind(id.to_string())
             .bind(facts.status.as_str())
@@ -404,6 +406,7 @@ impl Store {
             .bind(facts.routeros_version)
             .bind(facts.board_name)
             .bind(opt_ms(facts.last_seen_at))
+            .bind(facts.uptime)
             .execute(p)
             .await?
             .rows_affected()

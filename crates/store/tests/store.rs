@@ -467,6 +467,7 @@ async fn routers(ctx: &Ctx) {
             identity: Some("MikroTik".into()),
             routeros_version: Some("7.16.1".into()),
             board_name: Some("RB5009".into()),
+            uptime: Some("1d2h3m4s".into()),
             last_seen_at: Some(t(1)),
         },
     )
@@ -479,6 +480,7 @@ async fn routers(ctx: &Ctx) {
             identity: None,
             routeros_version: None,
             board_name: None,
+            uptime: None,
             last_seen_at: None,
         },
     )
@@ -487,6 +489,8 @@ async fn routers(ctx: &Ctx) {
     let got = s.get_router(w.org, r.id).await.unwrap();
     assert_eq!(got.status, RouterStatus::Offline);
     assert_eq!(got.routeros_version.as_deref(), Some("7.16.1"));
+    assert_eq!(got.uptime.as_deref(), Some("1d2h3m4s"));
+    assert_eq!(got.board_name.as_deref(), Some("RB5009"));
     assert_eq!(got.last_seen_at, Some(t(1)));
     assert!(is_not_found(
         s.set_router_facts(
@@ -496,6 +500,7 @@ async fn routers(ctx: &Ctx) {
                 identity: None,
                 routeros_version: None,
                 board_name: None,
+                uptime: None,
                 last_seen_at: None
             }
         )
@@ -1830,3 +1835,211 @@ both!(job_leasing, leasing);
 
 #[path = "suites/connections.rs"]
 mod connection_suite;
+/// A finished job leases its router's due jobs as one batch, in order, the first with
+/// its opening lines; a creation's grant moves with its lease and with its end; jobs
+/// of a batch left unrun go back as they were; lines numbered by their writer read in
+/// order whichever transaction wrote them.
+async fn batches(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let now = Utc::now();
+    let lease = std::time::Duration::from_secs(15);
+    let grant = s
+        .create_access(new_access(&w, &[40101], false))
+        .await
+        .unwrap();
+    let create = s
+        .create_job(NewJob {
+            kind: "access.create".into(),
+            payload: json!({ "grant_id": grant.id.to_string() }),
+            ..new_job(w.org, w.router.id, now)
+        })
+        .await
+        .unwrap();
+    let b = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let c = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let later = s
+        .create_job(new_job(w.org, w.router.id, now + TimeDelta::seconds(60)))
+        .await
+        .unwrap();
+    let intro = |j: &Job| vec![format!("started {}", j.attempts)];
+    let first = s.claim_jobs("w1", now, lease, 10, intro).await.unwrap();
+    assert_eq!(first.iter().map(|j| j.id).collect::<Vec<_>>(), [create.id]);
+    assert_eq!(first[0].log_seq, 1, "its opening line");
+    let g = s.get_access(w.org, w.router.id, grant.id).await.unwrap();
+    assert_eq!(g.status, GrantStatus::Provisioning, "moved with the lease");
+    // Its end: the grant active, a line from "another attempt" riding along, and the
+    // router's due jobs (b, c; not the one due later) leased in order.
+    let move_line = MoveLine {
+        seq: 3,
+        moved: "active".into(),
+        refused: "not active: ".into(),
+    };
+    let lines = vec![LogLine {
+        job_id: create.id,
+        seq: 2,
+        at: now,
+        message: "connected".into(),
+    }];
+    let ended = s
+        .end_attempt(
+            create.id,
+            "w1",
+            now,
+            JobOutcome::Completed,
+            Some(&GrantMove {
+                grant: GrantRef::Access(grant.id),
+                from: vec![GrantStatus::Provisioning],
+                to: GrantStatus::Active,
+                line: Some(move_line),
+            }),
+            &|| lines.clone(),
+            Some((w.router.id, lease, &intro)),
+        )
+        .await
+        .unwrap();
+    assert!(ended.recorded);
+    assert!(matches!(
+        ended.grants.as_slice(),
+        [Some(Ok(GrantStatus::Provisioning))]
+    ));
+    assert_eq!(
+        ended.next.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [b.id, c.id]
+    );
+    assert!(ended.next.iter().all(|j| j.state == JobState::Running));
+    let g = s.get_access(w.org, w.router.id, grant.id).await.unwrap();
+    assert_eq!(g.status, GrantStatus::Active);
+    // b is retried: c, leased with it but not run, goes back as it was; nothing of
+    // the router may run before b.
+    let retry_at = now + TimeDelta::seconds(5);
+    let ended = s
+        .end_attempts(
+            "w1",
+            now,
+            &[JobEnd {
+                job: b.id,
+                outcome: JobOutcome::Retry {
+                    run_after: retry_at,
+                    error: "router unreachable".into(),
+                },
+                grant: None,
+            }],
+            &[c.id],
+            &Vec::new,
+            Some((w.router.id, lease, &intro)),
+        )
+        .await
+        .unwrap();
+    assert!(ended.recorded && ended.next.is_empty());
+    let c_now = s.get_job(c.id).await.unwrap();
+    assert_eq!(
+        (
+            c_now.state,
+            c_now.attempts,
+            c_now.started_at,
+            c_now.lease_owner
+        ),
+        (JobState::Pending, 0, None, None)
+    );
+    assert!(s.claim_job("w2", now, lease).await.unwrap().is_none());
+    // Once b is due, another worker takes it; its end leases c and then the one due
+    // later only when it is due.
+    let b2 = s.claim_job("w2", retry_at, lease).await.unwrap().unwrap();
+    assert_eq!((b2.id, b2.attempts), (b.id, 2));
+    let ended = s
+        .end_attempt(
+            b.id,
+            "w2",
+            retry_at,
+            JobOutcome::Completed,
+            None,
+            &Vec::new,
+            Some((w.router.id, lease, &intro)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.next.iter().map(|j| j.id).collect::<Vec<_>>(), [c.id]);
+    // A lost lease records nothing but the lines.
+    let lost = s
+        .end_attempt(
+            c.id,
+            "w1",
+            retry_at,
+            JobOutcome::Completed,
+            None,
+            &Vec::new,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!lost.recorded);
+    assert_eq!(s.get_job(c.id).await.unwrap().state, JobState::Running);
+    assert_eq!(s.get_job(later.id).await.unwrap().state, JobState::Pending);
+    let jobs = s
+        .list_jobs(w.org, w.router.id, Page::default())
+        .await
+        .unwrap();
+    let (_, lines) = jobs.iter().find(|(j, _)| j.id == create.id).unwrap();
+    let texts: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(texts, ["started 1", "connected", "active"]);
+    // Ending a grant is one write: closing, its pending creation superseded, its
+    // clean-up queued.
+    let other = s
+        .create_access(new_access(&w, &[40102], false))
+        .await
+        .unwrap();
+    let pending_create = s
+        .create_job(NewJob {
+            kind: "access.create".into(),
+            payload: json!({ "grant_id": other.id.to_string() }),
+            ..new_job(w.org, w.router.id, now)
+        })
+        .await
+        .unwrap();
+    let (org, router) = s
+        .close_grant(
+            GrantRef::Access(other.id),
+            &[GrantStatus::Requested, GrantStatus::Active],
+            now,
+            (".create", "superseded"),
+            &ClosingJob {
+                kind: "access.end".into(),
+                payload: json!({ "reason": "revoked" }),
+                max_attempts: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((org, router), (w.org, w.router.id));
+    let superseded = s.get_job(pending_create.id).await.unwrap();
+    assert_eq!(superseded.state, JobState::Completed);
+    assert_eq!(superseded.last_error.as_deref(), Some("superseded"));
+    assert!(
+        s.has_open_grant_job(&other.id.to_string(), ".end")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        s.close_grant(
+            GrantRef::Access(other.id),
+            &[GrantStatus::Requested, GrantStatus::Active],
+            now,
+            (".create", "superseded"),
+            &ClosingJob {
+                kind: "access.end".into(),
+                payload: json!({}),
+                max_attempts: 0,
+            },
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+both!(job_batches, batches);

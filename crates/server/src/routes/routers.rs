@@ -36,6 +36,7 @@ pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
         identity: r.identity.clone(),
         routeros_version: r.routeros_version.clone(),
         board_name: r.board_name.clone(),
+        uptime: r.uptime.clone(),
         last_seen_at: r.last_seen_at.map(timestamp),
         created_at: timestamp(r.created_at),
         updated_at: timestamp(r.updated_at),
