@@ -255,8 +255,12 @@ pub async fn site_get(
             },
             Fact {
                 label: "Uptime",
-                // The router record does not carry it yet.
-                value: NOT_REPORTED.into(),
+                // As the router reported it when last seen.
+                value: match (&r.uptime, r.last_seen_at) {
+                    (Some(uptime), Some(at)) => format!("{uptime} (at {})", human(at)),
+                    (Some(uptime), None) => uptime.clone(),
+                    _ => NOT_REPORTED.into(),
+                },
             },
             Fact {
                 label: "Status",
