@@ -129,12 +129,14 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
         for (i, &addr) in bulk_e.iter().enumerate() {
             let b = bulk_run(addr, middles[i]);
             eprintln!(
-                "  {:<8} {:6.2} Gb/s   CPU s/GiB: writer {:.3}  middle {:.3}  sink {:.3}  sink reads {:.0} KiB  (machine busy {:.2} of {} CPUs)",
+                "  {:<8} {:6.2} Gb/s   CPU s/GiB: writer {:.3}  middle {:.3}  sink {:.3}  waited {:.3}  wall {:.3}  sink reads {:.0} KiB  (machine busy {:.2} of {} CPUs)",
                 names[i],
                 b.gbps,
                 b.writer,
                 b.middle,
                 b.sink,
+                b.waited,
+                b.wall,
                 b.sink_read_kib,
                 b.machine_busy,
                 cpus()
@@ -162,13 +164,15 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
     }
     gw.stop();
     drop(socats);
-    let cpu: Vec<[f64; 4]> = bulk
+    let cpu: Vec<[f64; 6]> = bulk
         .iter()
         .map(|runs| {
             [
                 median(runs.iter().map(|b| b.writer).collect()),
                 median(runs.iter().map(|b| b.middle).collect()),
                 median(runs.iter().map(|b| b.sink).collect()),
+                median(runs.iter().map(|b| b.waited).collect()),
+                median(runs.iter().map(|b| b.wall).collect()),
                 median(runs.iter().map(|b| b.machine_busy).collect()),
             ]
         })
@@ -230,7 +234,9 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
         ("    CPU s/GiB: writer", 0),
         ("    CPU s/GiB: forwarder", 1),
         ("    CPU s/GiB: sink", 2),
-        ("    machine CPUs busy (all processes)", 3),
+        ("    s/GiB runnable, waiting for a CPU", 3),
+        ("    s/GiB wall clock", 4),
+        ("    machine CPUs busy (all processes)", 5),
     ] {
         print!("{what:<40}");
         for c in &cpu {
@@ -292,8 +298,8 @@ fn tune(spec: &str) {
         }
     }
     println!(
-        "{:<24}{:>10}{:>12}{:>8}{:>8}{:>8}{:>8}",
-        "path", "Gb/s", "min-max", "ratio", "writer", "middle", "sink"
+        "{:<24}{:>10}{:>12}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}",
+        "path", "Gb/s", "min-max", "ratio", "writer", "middle", "sink", "waited", "wall"
     );
     for (i, r) in runs.iter().enumerate() {
         let label = if i == 0 { "direct" } else { &variants[i - 1].0 };
@@ -302,12 +308,14 @@ fn tune(spec: &str) {
         let hi = g.iter().copied().fold(0.0, f64::max);
         let ratio = median((0..rounds).map(|k| r[k].gbps / runs[0][k].gbps).collect());
         println!(
-            "{label:<24}{:>10.2}{:>12}{ratio:>8.3}{:>8.3}{:>8.3}{:>8.3}",
+            "{label:<24}{:>10.2}{:>12}{ratio:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}",
             median(g),
             format!("{lo:.1}-{hi:.1}"),
             median(r.iter().map(|b| b.writer).collect()),
             median(r.iter().map(|b| b.middle).collect()),
             median(r.iter().map(|b| b.sink).collect()),
+            median(r.iter().map(|b| b.waited).collect()),
+            median(r.iter().map(|b| b.wall).collect()),
         );
     }
 }
@@ -543,7 +551,7 @@ fn std_sink() -> SocketAddr {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                let start = thread_cpu_ns();
+                let start = thread_sched();
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut reads = 0;
                 while let Ok(n) = s.read(&mut buf) {
@@ -552,7 +560,9 @@ fn std_sink() -> SocketAddr {
                     }
                     reads += 1;
                 }
-                SINK_CPU_NS.store(thread_cpu_ns() - start, Ordering::SeqCst);
+                let end = thread_sched();
+                SINK_CPU_NS.store(end.0 - start.0, Ordering::SeqCst);
+                SINK_WAIT_NS.store(end.1 - start.1, Ordering::SeqCst);
                 SINK_READS.store(reads, Ordering::SeqCst);
                 let _ = s.write_all(b"k");
             });
@@ -610,30 +620,37 @@ async fn tokio_echo() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// CPU time of the sink thread of the last bulk transfer, in nanoseconds.
 static SINK_CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// Time the sink thread of the last bulk transfer was runnable but waiting for a CPU.
+static SINK_WAIT_NS: AtomicU64 = AtomicU64::new(0);
 /// How many reads the sink of the last bulk transfer made.
 static SINK_READS: AtomicU64 = AtomicU64::new(0);
 
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`; with
-/// `CONFIG_IRQ_TIME_ACCOUNTING` off, softirq work done in the thread's context counts).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// (ran, waited) nanoseconds of a task: time on a CPU, and time runnable but waiting
+/// for one (`schedstat`; with `CONFIG_IRQ_TIME_ACCOUNTING` off, softirq work done in
+/// the task's context counts as its own).
+fn schedstat(path: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut f = text
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0));
+    (f.next().unwrap_or(0), f.next().unwrap_or(0))
 }
 
-/// CPU nanoseconds of every thread of process `pid`, plus its reaped children's (ticks).
-fn process_cpu_ns(pid: u32) -> u64 {
-    let mut ns = 0;
+fn thread_sched() -> (u64, u64) {
+    schedstat("/proc/thread-self/schedstat")
+}
+
+/// (ran, waited) nanoseconds of every thread of process `pid`, plus the CPU time of its
+/// reaped children (ticks; socat forks one child per connection).
+fn process_sched(pid: u32) -> (u64, u64) {
+    let (mut ran, mut waited) = (0, 0);
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
-            ns += std::fs::read_to_string(t.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let (r, w) = schedstat(&t.path().join("schedstat").to_string_lossy());
+            ran += r;
+            waited += w;
         }
     }
-    // socat forks one child per connection: its time lands in cutime + cstime once reaped.
     let tick_ns = 1e9 / 100.0;
     let children = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -647,7 +664,7 @@ fn process_cpu_ns(pid: u32) -> u64 {
             Some(f.get(14)? + f.get(15)?)
         })
         .unwrap_or(0);
-    ns + (children as f64 * tick_ns) as u64
+    (ran + (children as f64 * tick_ns) as u64, waited)
 }
 
 fn cpus() -> f64 {
@@ -676,6 +693,11 @@ struct Bulk {
     writer: f64,
     middle: f64,
     sink: f64,
+    /// Seconds per GiB that the three parties together were runnable but waiting for a
+    /// CPU (other processes' load, or each other).
+    waited: f64,
+    /// Wall-clock seconds per GiB.
+    wall: f64,
     /// The sink's average read, in KiB.
     sink_read_kib: f64,
     /// CPUs the whole machine kept busy during the transfer (everyone's, not just ours).
@@ -685,22 +707,25 @@ struct Bulk {
 /// 1 GiB written to a sink, from the first byte to the sink's acknowledgement; `middle` is
 /// the forwarding process (the gateway or socat), if any.
 fn bulk_run(addr: SocketAddr, middle: Option<u32>) -> Bulk {
-    let m0 = middle.map_or(0, process_cpu_ns);
+    let m0 = middle.map_or((0, 0), process_sched);
     let (busy0, idle0) = machine_jiffies();
-    let w0 = thread_cpu_ns();
+    let w0 = thread_sched();
     let gbps = bulk_gbps(addr);
-    let writer = thread_cpu_ns() - w0;
+    let w1 = thread_sched();
     let (busy1, idle1) = machine_jiffies();
     // Let socat reap its child so the child's time is counted.
     std::thread::sleep(Duration::from_millis(100));
-    let m1 = middle.map_or(0, process_cpu_ns);
+    let m1 = middle.map_or((0, 0), process_sched);
     let gib = BULK as f64 / (1u64 << 30) as f64;
     let per_gib = |ns: u64| ns as f64 / 1e9 / gib;
+    let waited = (w1.1 - w0.1) + m1.1.saturating_sub(m0.1) + SINK_WAIT_NS.load(Ordering::SeqCst);
     Bulk {
         gbps,
-        writer: per_gib(writer),
-        middle: per_gib(m1.saturating_sub(m0)),
+        writer: per_gib(w1.0 - w0.0),
+        middle: per_gib(m1.0.saturating_sub(m0.0)),
         sink: per_gib(SINK_CPU_NS.load(Ordering::SeqCst)),
+        waited: per_gib(waited),
+        wall: 8.0 / gbps,
         sink_read_kib: BULK as f64 / 1024.0 / SINK_READS.load(Ordering::SeqCst).max(1) as f64,
         machine_busy: cpus() * (busy1 - busy0) as f64
             / ((busy1 - busy0) + (idle1 - idle0)).max(1) as f64,
