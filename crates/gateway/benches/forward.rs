@@ -289,20 +289,31 @@ fn tune(spec: &str) {
         .iter()
         .map(|(_, vars)| GatewayChild::spawn_with(&[std_sink()], vars))
         .collect();
-    let mut runs: Vec<Vec<Bulk>> = vec![Vec::new(); variants.len() + 1];
+    let socat = socat_available().then(|| spawn_socat(std_sink()));
+    let mut runs: Vec<Vec<Bulk>> = vec![Vec::new(); variants.len() + 2];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         runs[0].push(bulk_run(direct, None));
         for (i, gw) in gws.iter().enumerate() {
             runs[i + 1].push(bulk_run(gw.listen[0], Some(gw.child.id())));
         }
+        if let Some((child, addr)) = &socat {
+            runs[variants.len() + 1].push(bulk_run(*addr, Some(child.0.id())));
+        }
+    }
+    if socat.is_none() {
+        runs.pop();
     }
     println!(
         "{:<24}{:>10}{:>12}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}",
         "path", "Gb/s", "min-max", "ratio", "writer", "middle", "sink", "waited", "wall"
     );
     for (i, r) in runs.iter().enumerate() {
-        let label = if i == 0 { "direct" } else { &variants[i - 1].0 };
+        let label = match i {
+            0 => "direct",
+            i if i > variants.len() => "socat",
+            i => &variants[i - 1].0,
+        };
         let g: Vec<f64> = r.iter().map(|b| b.gbps).collect();
         let lo = g.iter().copied().fold(f64::MAX, f64::min);
         let hi = g.iter().copied().fold(0.0, f64::max);
@@ -525,6 +536,13 @@ fn spawn_socat(target: SocketAddr) -> (Reaped, SocketAddr) {
         .port();
     let child = Reaped(
         Command::new("socat")
+            // For tuning: `POSTERN_BENCH_SOCAT_OPTS="-b 262144"` (socat's default
+            // buffer is 8 KiB).
+            .args(
+                std::env::var("POSTERN_BENCH_SOCAT_OPTS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
             .arg(format!("TCP:{target}"))
             .stdout(Stdio::null())
