@@ -10,6 +10,13 @@
 //! The gateway runs in a child process (this binary re-executed with `--serve-gateway`),
 //! so its memory is its own and it competes for the CPUs as socat does. Clients and
 //! targets run in this process. Run: `cargo bench -p postern-gateway --bench forward`.
+//!
+//! Each bulk round also reports CPU seconds per GiB of the writer, the process in the
+//! middle and the sink, and the time they waited for a CPU (`schedstat`), so a ratio can
+//! be explained by cost rather than guessed at. Knobs for tuning: `POSTERN_BENCH_ROUNDS`,
+//! `POSTERN_BENCH_BULK_ONLY`, `POSTERN_BENCH_VARIANTS` (direct against gateway children
+//! with different environments, interleaved), `POSTERN_BENCH_PIPE_SIZE` (0: no growth),
+//! `POSTERN_BENCH_COPY`, `POSTERN_BENCH_CURRENT_THREAD`, `POSTERN_BENCH_SOCAT_OPTS`.
 
 #![allow(
     clippy::unwrap_used,
