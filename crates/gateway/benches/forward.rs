@@ -10,6 +10,13 @@
 //! The gateway runs in a child process (this binary re-executed with `--serve-gateway`),
 //! so its memory is its own and it competes for the CPUs as socat does. Clients and
 //! targets run in this process. Run: `cargo bench -p postern-gateway --bench forward`.
+//!
+//! Each bulk round also reports CPU seconds per GiB of the writer, the process in the
+//! middle and the sink, and the time they waited for a CPU (`schedstat`), so a ratio can
+//! be explained by cost rather than guessed at. Knobs for tuning: `POSTERN_BENCH_ROUNDS`,
+//! `POSTERN_BENCH_BULK_ONLY`, `POSTERN_BENCH_VARIANTS` (direct against gateway children
+//! with different environments, interleaved), `POSTERN_BENCH_PIPE_SIZE` (0: no growth),
+//! `POSTERN_BENCH_COPY`, `POSTERN_BENCH_CURRENT_THREAD`, `POSTERN_BENCH_SOCAT_OPTS`.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,7 +29,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use postern_gateway::{Config, ForwardSpec, Gateway, GrantKey, SourcePolicy};
@@ -58,10 +65,16 @@ fn main() {
     if !socat {
         println!("socat: not installed");
     }
+    if let Ok(variants) = std::env::var("POSTERN_BENCH_VARIANTS") {
+        tune(&variants);
+        return;
+    }
     if std::env::var("POSTERN_BENCH_ONLY_IDLE").is_err() {
         paths(&rt, socat);
     }
-    idle(&rt);
+    if std::env::var("POSTERN_BENCH_BULK_ONLY").is_err() {
+        idle(&rt);
+    }
     println!("(whole run: {:.0} s)", started.elapsed().as_secs_f64());
 }
 
@@ -71,11 +84,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// (a), (b), (c): direct, forward and socat, interleaved over `ROUNDS` rounds; medians.
+/// (a), (b), (c): direct, forward and socat, interleaved over several rounds (5 unless
+/// `POSTERN_BENCH_ROUNDS` says otherwise); medians. Every path uses the same writer (one
+/// thread, 256 KiB writes) and the same sink (one thread, 256 KiB reads).
 fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
-    const ROUNDS: usize = 3;
-    // For tuning: `POSTERN_BENCH_BULK_ONLY=1` skips (b) and (c).
+    // For tuning: `POSTERN_BENCH_BULK_ONLY=1` skips (b), (c) and (d);
+    // `POSTERN_BENCH_ROUNDS=n` changes the number of rounds.
     let bulk_only = std::env::var("POSTERN_BENCH_BULK_ONLY").is_ok();
+    let rounds: usize = std::env::var("POSTERN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let names: &[&str] = if socat {
         &["direct", "forward", "socat"]
     } else {
@@ -99,15 +118,37 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
     let bulk_e = entries(&bulk_t, 0);
     let ping_e = entries(&ping_t, 1);
     let conn_e = entries(&conn_t, 2);
+    // The process in the middle of each bulk path, for its CPU time.
+    let middles: Vec<Option<u32>> = (0..names.len())
+        .map(|i| match i {
+            1 => Some(gw.child.id()),
+            2 => socats.first().map(|c: &Reaped| c.0.id()),
+            _ => None,
+        })
+        .collect();
 
     let mut bulk = vec![Vec::new(); names.len()];
     let mut p50 = vec![Vec::new(); names.len()];
     let mut p99 = vec![Vec::new(); names.len()];
     let mut rates = vec![Vec::new(); names.len()];
-    for round in 0..ROUNDS {
-        eprintln!("round {}/{ROUNDS}", round + 1);
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
         for (i, &addr) in bulk_e.iter().enumerate() {
-            bulk[i].push(bulk_gbps(addr));
+            let b = bulk_run(addr, middles[i]);
+            eprintln!(
+                "  {:<8} {:6.2} Gb/s   CPU s/GiB: writer {:.3}  middle {:.3}  sink {:.3}  waited {:.3}  wall {:.3}  sink reads {:.0} KiB  (machine busy {:.2} of {} CPUs)",
+                names[i],
+                b.gbps,
+                b.writer,
+                b.middle,
+                b.sink,
+                b.waited,
+                b.wall,
+                b.sink_read_kib,
+                b.machine_busy,
+                cpus()
+            );
+            bulk[i].push(b);
         }
         for (i, &addr) in ping_e.iter().enumerate() {
             if bulk_only {
@@ -130,7 +171,39 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
     }
     gw.stop();
     drop(socats);
-    let bulk: Vec<f64> = bulk.into_iter().map(median).collect();
+    let cpu: Vec<[f64; 6]> = bulk
+        .iter()
+        .map(|runs| {
+            [
+                median(runs.iter().map(|b| b.writer).collect()),
+                median(runs.iter().map(|b| b.middle).collect()),
+                median(runs.iter().map(|b| b.sink).collect()),
+                median(runs.iter().map(|b| b.waited).collect()),
+                median(runs.iter().map(|b| b.wall).collect()),
+                median(runs.iter().map(|b| b.machine_busy).collect()),
+            ]
+        })
+        .collect();
+    let spread: Vec<(f64, f64)> = bulk
+        .iter()
+        .map(|runs| {
+            let g = runs.iter().map(|b| b.gbps);
+            (g.clone().fold(f64::MAX, f64::min), g.fold(0.0, f64::max))
+        })
+        .collect();
+    // The ratio of each round (same round, back to back), then its median.
+    let ratio = |i: usize| {
+        median(
+            (0..rounds)
+                .map(|r| bulk[i][r].gbps / bulk[0][r].gbps)
+                .collect(),
+        )
+    };
+    let round_ratios: Vec<f64> = (1..names.len()).map(ratio).collect();
+    let bulk: Vec<f64> = bulk
+        .into_iter()
+        .map(|runs| median(runs.iter().map(|b| b.gbps).collect()))
+        .collect();
     let p50: Vec<f64> = p50.into_iter().map(median).collect();
     let p99: Vec<f64> = p99.into_iter().map(median).collect();
     let rates: Vec<f64> = rates.into_iter().map(median).collect();
@@ -153,6 +226,31 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
         println!("{:>16}{:>16}", ratio(1), ratio(2));
     };
     row("(a) bulk 1 GiB", &bulk, "Gb/s");
+    print!("{:<40}", "    min-max over rounds");
+    for (lo, hi) in &spread {
+        print!("{:>14}", format!("{lo:.1}-{hi:.1}"));
+    }
+    println!();
+    print!("{:<40}", "    median of per-round ratios");
+    print!("{:>14}", "");
+    for r in &round_ratios {
+        print!("{:>14}", format!("{r:.3}"));
+    }
+    println!();
+    for (what, k) in [
+        ("    CPU s/GiB: writer", 0),
+        ("    CPU s/GiB: forwarder", 1),
+        ("    CPU s/GiB: sink", 2),
+        ("    s/GiB runnable, waiting for a CPU", 3),
+        ("    s/GiB wall clock", 4),
+        ("    machine CPUs busy (all processes)", 5),
+    ] {
+        print!("{what:<40}");
+        for c in &cpu {
+            print!("{:>14}", format!("{:.3}", c[k]));
+        }
+        println!();
+    }
     row("(b) 1-byte ping-pong RTT p50", &p50, "us");
     row("(b) 1-byte ping-pong RTT p99", &p99, "us");
     row("(c) connect+echo+close, 64 at once", &rates, "c/s");
@@ -167,6 +265,75 @@ fn paths(rt: &tokio::runtime::Runtime, socat: bool) {
             "added latency through socat:       p50 {:+.1} us, p99 {:+.1} us",
             s50 - p50[0],
             s99 - p99[0]
+        );
+    }
+}
+
+/// For tuning: bulk only, direct against one gateway child per variant, interleaved in
+/// each round. `POSTERN_BENCH_VARIANTS="label:VAR=value VAR2=value|label2:..."`; each
+/// variant's gateway child runs with those environment variables set.
+fn tune(spec: &str) {
+    let rounds: usize = std::env::var("POSTERN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let variants: Vec<(String, Vec<(String, String)>)> = spec
+        .split('|')
+        .map(|v| {
+            let (label, vars) = v.split_once(':').unwrap_or((v, ""));
+            let vars = vars
+                .split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            (label.to_string(), vars)
+        })
+        .collect();
+    let direct = std_sink();
+    let gws: Vec<GatewayChild> = variants
+        .iter()
+        .map(|(_, vars)| GatewayChild::spawn_with(&[std_sink()], vars))
+        .collect();
+    let socat = socat_available().then(|| spawn_socat(std_sink()));
+    let mut runs: Vec<Vec<Bulk>> = vec![Vec::new(); variants.len() + 2];
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        runs[0].push(bulk_run(direct, None));
+        for (i, gw) in gws.iter().enumerate() {
+            runs[i + 1].push(bulk_run(gw.listen[0], Some(gw.child.id())));
+        }
+        if let Some((child, addr)) = &socat {
+            runs[variants.len() + 1].push(bulk_run(*addr, Some(child.0.id())));
+        }
+    }
+    if socat.is_none() {
+        runs.pop();
+    }
+    println!(
+        "{:<24}{:>10}{:>12}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}",
+        "path", "Gb/s", "min-max", "ratio", "writer", "middle", "sink", "waited", "wall"
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let label = match i {
+            0 => "direct",
+            i if i > variants.len() => "socat",
+            i => &variants[i - 1].0,
+        };
+        let g: Vec<f64> = r.iter().map(|b| b.gbps).collect();
+        let lo = g.iter().copied().fold(f64::MAX, f64::min);
+        let hi = g.iter().copied().fold(0.0, f64::max);
+        let ratio = median((0..rounds).map(|k| r[k].gbps / runs[0][k].gbps).collect());
+        println!(
+            "{label:<24}{:>10.2}{:>12}{ratio:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}",
+            median(g),
+            format!("{lo:.1}-{hi:.1}"),
+            median(r.iter().map(|b| b.writer).collect()),
+            median(r.iter().map(|b| b.middle).collect()),
+            median(r.iter().map(|b| b.sink).collect()),
+            median(r.iter().map(|b| b.waited).collect()),
+            median(r.iter().map(|b| b.wall).collect()),
         );
     }
 }
@@ -203,11 +370,18 @@ fn idle(rt: &tokio::runtime::Runtime) {
 /// The gateway child: `--serve-gateway TARGET...` opens one forward per target and prints
 /// each listen address, then serves until its stdin closes.
 fn serve_gateway(targets: &[String]) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = if std::env::var("POSTERN_BENCH_CURRENT_THREAD").is_ok() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async {
         let config = Config {
             max_connections: 100_000,
@@ -218,9 +392,12 @@ fn serve_gateway(targets: &[String]) {
             } else {
                 postern_gateway::TransferMode::Splice
             },
-            pipe_size: std::env::var("POSTERN_BENCH_PIPE_SIZE")
-                .ok()
-                .and_then(|v| v.parse().ok()),
+            // For tuning: `POSTERN_BENCH_PIPE_SIZE=0` keeps pipes at the kernel's default.
+            pipe_size: match std::env::var("POSTERN_BENCH_PIPE_SIZE").map(|v| v.parse()) {
+                Ok(Ok(0)) => None,
+                Ok(Ok(n)) => Some(n),
+                _ => Config::default().pipe_size,
+            },
             ..Config::default()
         };
         let (gw, mut events) = Gateway::new(config);
@@ -255,7 +432,12 @@ struct GatewayChild {
 
 impl GatewayChild {
     fn spawn(targets: &[SocketAddr]) -> Self {
+        Self::spawn_with(targets, &[])
+    }
+
+    fn spawn_with(targets: &[SocketAddr], vars: &[(String, String)]) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .arg("--serve-gateway")
             .args(targets.iter().map(|t| t.to_string()))
             .stdin(Stdio::piped())
@@ -361,6 +543,13 @@ fn spawn_socat(target: SocketAddr) -> (Reaped, SocketAddr) {
         .port();
     let child = Reaped(
         Command::new("socat")
+            // For tuning: `POSTERN_BENCH_SOCAT_OPTS="-b 262144"` (socat's default
+            // buffer is 8 KiB).
+            .args(
+                std::env::var("POSTERN_BENCH_SOCAT_OPTS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
             .arg(format!("TCP:{target}"))
             .stdout(Stdio::null())
@@ -387,12 +576,19 @@ fn std_sink() -> SocketAddr {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
+                let start = thread_sched();
                 let mut buf = vec![0u8; 256 * 1024];
+                let mut reads = 0;
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
+                    reads += 1;
                 }
+                let end = thread_sched();
+                SINK_CPU_NS.store(end.0 - start.0, Ordering::SeqCst);
+                SINK_WAIT_NS.store(end.1 - start.1, Ordering::SeqCst);
+                SINK_READS.store(reads, Ordering::SeqCst);
                 let _ = s.write_all(b"k");
             });
         }
@@ -445,6 +641,120 @@ async fn tokio_echo() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// CPU time of the sink thread of the last bulk transfer, in nanoseconds.
+static SINK_CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// Time the sink thread of the last bulk transfer was runnable but waiting for a CPU.
+static SINK_WAIT_NS: AtomicU64 = AtomicU64::new(0);
+/// How many reads the sink of the last bulk transfer made.
+static SINK_READS: AtomicU64 = AtomicU64::new(0);
+
+/// (ran, waited) nanoseconds of a task: time on a CPU, and time runnable but waiting
+/// for one (`schedstat`; with `CONFIG_IRQ_TIME_ACCOUNTING` off, softirq work done in
+/// the task's context counts as its own).
+fn schedstat(path: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut f = text
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0));
+    (f.next().unwrap_or(0), f.next().unwrap_or(0))
+}
+
+fn thread_sched() -> (u64, u64) {
+    schedstat("/proc/thread-self/schedstat")
+}
+
+/// (ran, waited) nanoseconds of every thread of process `pid`, plus the CPU time of its
+/// reaped children (ticks; socat forks one child per connection).
+fn process_sched(pid: u32) -> (u64, u64) {
+    let (mut ran, mut waited) = (0, 0);
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let (r, w) = schedstat(&t.path().join("schedstat").to_string_lossy());
+            ran += r;
+            waited += w;
+        }
+    }
+    let tick_ns = 1e9 / 100.0;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit(')').next()?.to_string();
+            let f: Vec<u64> = after
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            // Fields 16 and 17 of stat (cutime, cstime) are 14 and 15 after the name.
+            Some(f.get(14)? + f.get(15)?)
+        })
+        .unwrap_or(0);
+    (ran + (children as f64 * tick_ns) as u64, waited)
+}
+
+fn cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// Busy and idle jiffies of the whole machine (`/proc/stat`).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let idle = f.get(3).unwrap_or(&0) + f.get(4).unwrap_or(&0);
+    (f.iter().sum::<u64>() - idle, idle)
+}
+
+/// One bulk transfer: rate, and CPU seconds per GiB of each party.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bulk {
+    gbps: f64,
+    writer: f64,
+    middle: f64,
+    sink: f64,
+    /// Seconds per GiB that the three parties together were runnable but waiting for a
+    /// CPU (other processes' load, or each other).
+    waited: f64,
+    /// Wall-clock seconds per GiB.
+    wall: f64,
+    /// The sink's average read, in KiB.
+    sink_read_kib: f64,
+    /// CPUs the whole machine kept busy during the transfer (everyone's, not just ours).
+    machine_busy: f64,
+}
+
+/// 1 GiB written to a sink, from the first byte to the sink's acknowledgement; `middle` is
+/// the forwarding process (the gateway or socat), if any.
+fn bulk_run(addr: SocketAddr, middle: Option<u32>) -> Bulk {
+    let m0 = middle.map_or((0, 0), process_sched);
+    let (busy0, idle0) = machine_jiffies();
+    let w0 = thread_sched();
+    let gbps = bulk_gbps(addr);
+    let w1 = thread_sched();
+    let (busy1, idle1) = machine_jiffies();
+    // Let socat reap its child so the child's time is counted.
+    std::thread::sleep(Duration::from_millis(100));
+    let m1 = middle.map_or((0, 0), process_sched);
+    let gib = BULK as f64 / (1u64 << 30) as f64;
+    let per_gib = |ns: u64| ns as f64 / 1e9 / gib;
+    let waited = (w1.1 - w0.1) + m1.1.saturating_sub(m0.1) + SINK_WAIT_NS.load(Ordering::SeqCst);
+    Bulk {
+        gbps,
+        writer: per_gib(w1.0 - w0.0),
+        middle: per_gib(m1.0.saturating_sub(m0.0)),
+        sink: per_gib(SINK_CPU_NS.load(Ordering::SeqCst)),
+        waited: per_gib(waited),
+        wall: 8.0 / gbps,
+        sink_read_kib: BULK as f64 / 1024.0 / SINK_READS.load(Ordering::SeqCst).max(1) as f64,
+        machine_busy: cpus() * (busy1 - busy0) as f64
+            / ((busy1 - busy0) + (idle1 - idle0)).max(1) as f64,
+    }
 }
 
 /// Gb/s for 1 GiB written to a sink, from the first byte to the sink's acknowledgement.

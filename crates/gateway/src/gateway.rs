@@ -63,8 +63,13 @@ pub struct Config {
     pub event_capacity: usize,
     /// Splice or copy.
     pub transfer: TransferMode,
-    /// Pipe size asked for each pipe of the splice pool (`None`: the kernel's default,
-    /// 64 KiB). Pipes are borrowed per burst, so this costs nothing per idle connection.
+    /// The size a splice pipe grows to once a read fills half of it (bulk traffic);
+    /// `None` keeps every pipe at the kernel's default (64 KiB). Pipes start at the
+    /// default, are borrowed per burst and go back to the pool shrunk to the default, so
+    /// this costs nothing per idle connection. The kernel caps it at
+    /// `/proc/sys/fs/pipe-max-size` (1 MiB by default) and, for an unprivileged user
+    /// over its pipe quota (`pipe-user-pages-soft`), refuses it: the pipe then stays as
+    /// it is.
     pub pipe_size: Option<usize>,
     /// How long a killed connection's task has to finish before it is aborted.
     pub kill_grace: Duration,
@@ -82,7 +87,7 @@ impl Default for Config {
             max_connections: 16384,
             event_capacity: 4096,
             transfer: TransferMode::default(),
-            pipe_size: None,
+            pipe_size: Some(1 << 20),
             kill_grace: Duration::from_millis(50),
             backlog: 1024,
             clock: Arc::new(SystemClock),
