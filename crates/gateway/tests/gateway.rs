@@ -273,7 +273,11 @@ async fn revoke_kills_a_live_connection_within_100ms() {
     let (target, _) = echo_target().await;
     let (gw, mut rx) = Gateway::new(Config::default());
     let key = access();
-    let open = gw.open(spec(key, target, &["127.0.0.1/32"])).await.unwrap();
+    // An address of its own, so that once the port is free no other test's socket
+    // (the kernel hands out freed ports again) can answer the check at the end.
+    let mut own = spec(key, target, &["127.0.0.1/32"]);
+    own.listen = "127.0.0.61:0".parse().unwrap();
+    let open = gw.open(own).await.unwrap();
     let mut s = connect_from("127.0.0.1", open.listen).await.unwrap();
     echo_once(&mut s, b"session").await;
 
@@ -323,6 +327,8 @@ async fn deadline_closes_the_grant_by_itself() {
     let (gw, mut rx) = Gateway::new(Config::default());
     let key = GrantKey::Forward(ForwardId::new());
     let mut s = spec(key, target, &["127.0.0.1/32"]);
+    // An address of its own: see revoke_kills_a_live_connection_within_100ms.
+    s.listen = "127.0.0.62:0".parse().unwrap();
     let deadline = Instant::now() + Duration::from_millis(300);
     s.deadline = Some(deadline);
     let open = gw.open(s).await.unwrap();
