@@ -15,6 +15,8 @@
 //!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
 //!   [`WriteStats`].
+//! - `creates`: group commit of grant creations on SQLite (creates queued for the
+//!   writer together share one transaction, a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -110,6 +112,7 @@
 
 mod accounts;
 mod connections;
+mod creates;
 mod db;
 mod error;
 mod grants;
@@ -190,6 +193,8 @@ struct Inner {
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
     write_lock: Arc<db::Writer>,
+    /// SQLite's grant creations waiting to be committed together.
+    creates: creates::Creates,
 }
 
 impl fmt::Debug for Store {
@@ -255,6 +260,7 @@ impl Store {
                 pool,
                 cipher,
                 write_lock: Arc::new(db::Writer::default()),
+                creates: creates::Creates::default(),
             }),
         })
     }
