@@ -1164,6 +1164,52 @@ async fn grouped_creates(ctx: &Ctx) {
 }
 both!(grouped_creates_answer_each_caller, grouped_creates);
 
+/// Callers that go away while their creates are queued (a closed HTTP request) do not
+/// fail the others': each create is whole or absent, and the store goes on.
+async fn abandoned_creates(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let tasks: Vec<_> = (0..30u16)
+        .map(|i| {
+            let s = s.clone();
+            let n = new_access(&w, &[40020 + i], true);
+            tokio::spawn(async move { s.create_access(n).await })
+        })
+        .collect();
+    for (i, task) in tasks.iter().enumerate() {
+        if i % 3 == 1 {
+            task.abort();
+        }
+    }
+    let mut answered = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(created) => {
+                created.unwrap();
+                answered += 1;
+            }
+            Err(e) => assert!(e.is_cancelled() && i % 3 == 1, "create {i}: {e}"),
+        }
+    }
+    assert!(
+        answered >= 20,
+        "only {answered} of the kept creates were answered"
+    );
+    let grants = ctx.count("transient_access").await;
+    assert!(grants >= answered);
+    for table in ["gateway_ports", "audit_log", "jobs"] {
+        assert_eq!(
+            ctx.count(table).await,
+            grants,
+            "{table}: a half-made create"
+        );
+    }
+    s.create_access(new_access(&w, &[40090], false))
+        .await
+        .unwrap();
+}
+both!(abandoned_creates_leave_the_others_whole, abandoned_creates);
+
 async fn delete_router_rules(ctx: &Ctx) {
     use GrantStatus::*;
     let s = &ctx.store;
