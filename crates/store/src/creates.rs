@@ -125,13 +125,34 @@ async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Create, R
 }
 
 /// The batch's transaction: every create's own outcome, or the error that failed the
-/// whole transaction (a savepoint that could not be taken or undone, or the commit).
+/// whole transaction (a savepoint that could not be taken or undone, or the commit),
+/// rolled back before the writer is let go.
 async fn write_all(
     pool: &SqlitePool,
     _guard: &WriterGuard,
     creates: &[&Create],
 ) -> Result<Vec<Result<Claimed>>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    match write_each(&mut tx, creates).await {
+        Ok(outcomes) => {
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+        Err(e) => {
+            // The error is what the callers need; a failed rollback is left to the
+            // connection's own (sqlx rolls back a dropped transaction).
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Every create in a savepoint of its own: a create that fails is rolled back to it
+/// alone. `Err` only when a savepoint could not be taken or undone.
+async fn write_each(
+    tx: &mut sqlx::SqliteConnection,
+    creates: &[&Create],
+) -> Result<Vec<Result<Claimed>>> {
     let mut outcomes = Vec::with_capacity(creates.len());
     for create in creates {
         // Savepoints of the same name stack; `ROLLBACK TO` undoes back to the latest,
@@ -141,11 +162,11 @@ async fn write_all(
             .execute(&mut *tx)
             .await?;
         let outcome = match create {
-            Create::Access(row) => write_access_sqlite(&mut tx, row).await.map(|port| Claimed {
+            Create::Access(row) => write_access_sqlite(tx, row).await.map(|port| Claimed {
                 port,
                 router_port: 0,
             }),
-            Create::Forward(row) => write_forward_sqlite(&mut tx, row)
+            Create::Forward(row) => write_forward_sqlite(tx, row)
                 .await
                 .map(|(port, router_port)| Claimed { port, router_port }),
         };
@@ -156,6 +177,5 @@ async fn write_all(
         }
         outcomes.push(outcome);
     }
-    tx.commit().await?;
     Ok(outcomes)
 }
