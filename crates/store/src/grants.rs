@@ -3,12 +3,14 @@
 //! life cycle as compare-and-set transitions that release ports at final states.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
-use crate::db::{Get, WritePool, db, ms, trunc};
+use crate::creates::Create;
+use crate::db::{Get, Pool, WritePool, db, ms, trunc};
 use crate::error::{Result, StoreError};
 use crate::jobs::{insert_audit, insert_job};
 use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
@@ -476,6 +478,135 @@ fn no_port(what: &str) -> StoreError {
     StoreError::Conflict(format!("no free {what} port among the candidates"))
 }
 
+/// A transient access ready to be written: its id made, its password sealed, its times
+/// truncated to what is stored.
+pub(crate) struct AccessRow {
+    pub(crate) id: AccessId,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) new: NewAccess,
+}
+
+/// A transient forward ready to be written.
+pub(crate) struct ForwardRow {
+    pub(crate) id: ForwardId,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
+    pub(crate) new: NewForward,
+}
+
+/// Generates, for one backend's connection type, the writes of a grant's creation:
+/// its port rows, the grant, its audit entry and its first job, inside a transaction
+/// (or savepoint) the caller opened and ends. On an error the caller rolls it back.
+macro_rules! grant_writers {
+    ($conn:ty, $access:ident, $forward:ident) => {
+        /// Writes a transient access; the gateway port it took.
+        pub(crate) async fn $access(tx: &mut $conn, a: &AccessRow) -> Result<u16> {
+            let new = &a.new;
+            let id = a.id.to_string();
+            // The router is checked to be the organisation's by the grant's insert.
+            let port = claim_gateway_port!(tx, new.region_id.to_string(), &new.port_candidates, &id)
+                .ok_or_else(|| no_port("gateway"))?;
+            let inserted = sqlx::query(
+                "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
+                 allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
+                 created_at, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
+            )
+            .bind(&id)
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.region_id.to_string())
+            .bind(new.access_type.as_str())
+            .bind(new.access.as_str())
+            .bind(new.allow_rfc1918)
+            .bind(new.allow_from.to_string())
+            .bind(&new.username)
+            .bind(&a.sealed)
+            .bind(i64::from(port))
+            .bind(&new.entry_point)
+            .bind(GrantStatus::Requested.as_str())
+            .bind(&new.created_by)
+            .bind(ms(a.created_at))
+            .bind(ms(a.expires_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
+            insert_audit!(&mut *tx, &new.audit);
+            if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id);
+                insert_job!(&mut *tx, JobId::new(), job);
+            }
+            Ok(port)
+        }
+
+        /// Writes a transient forward; the gateway port and the router port it took.
+        pub(crate) async fn $forward(tx: &mut $conn, f: &ForwardRow) -> Result<(u16, u16)> {
+            let new = &f.new;
+            let id = f.id.to_string();
+            let port = claim_gateway_port!(tx, new.region_id.to_string(), &new.port_candidates, &id)
+                .ok_or_else(|| no_port("gateway"))?;
+            let router_port = claim_port!(
+                tx,
+                "SELECT port FROM router_ports WHERE router_id = $1",
+                "INSERT INTO router_ports (router_id, port, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                new.router_id.to_string(),
+                &new.router_port_candidates,
+                &id
+            )
+            .ok_or_else(|| no_port("router"))?;
+            let inserted = sqlx::query(
+                "INSERT INTO transient_forwards (id, org_id, router_id, region_id, dst_address, dst_port, \
+                 masquerade, allow_from, port, router_port, entry_point, status, created_by, created_at, \
+                 expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
+            )
+            .bind(&id)
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.region_id.to_string())
+            .bind(new.dst_address.to_string())
+            .bind(i64::from(new.dst_port))
+            .bind(new.masquerade)
+            .bind(new.allow_from.to_string())
+            .bind(i64::from(port))
+            .bind(i64::from(router_port))
+            .bind(&new.entry_point)
+            .bind(GrantStatus::Requested.as_str())
+            .bind(&new.created_by)
+            .bind(ms(f.created_at))
+            .bind(ms(f.expires_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(router_gone)?
+            .rows_affected();
+            if inserted != 1 {
+                return Err(StoreError::NotFound);
+            }
+            insert_audit!(&mut *tx, &new.audit);
+            if let Some(job) = &new.job {
+                let job = &naming_grant(job, &id);
+                insert_job!(&mut *tx, JobId::new(), job);
+            }
+            Ok((port, router_port))
+        }
+    };
+}
+
+grant_writers!(
+    sqlx::SqliteConnection,
+    write_access_sqlite,
+    write_forward_sqlite
+);
+grant_writers!(sqlx::PgConnection, write_access_pg, write_forward_pg);
+
 impl Store {
     /// The router's grants version (`None` if it is not in `org`) and whether `token`
     /// still exists, in one statement: a server that caches grant lists reads this on
@@ -508,63 +639,42 @@ impl Store {
     /// Records a transient access grant (status `requested`) with the first free gateway
     /// port among `port_candidates`, its audit entry and its first job, in one
     /// transaction: on any failure nothing is left. `NotFound` if the router is not in
-    /// the org; `Conflict` if no candidate port is free. The password is encrypted.
+    /// the org; `Conflict` if no candidate port is free. The password is encrypted. On
+    /// SQLite, creates queued for the writer together are committed together (see
+    /// `creates`), each still all or nothing and answered only once committed.
     pub async fn create_access(&self, new: NewAccess) -> Result<TransientAccess> {
         let id = AccessId::new();
         let sealed =
             self.inner
                 .cipher
                 .seal(Slot::AccessPassword, &id.to_string(), &new.password)?;
-        let created_at = trunc(new.audit.at);
-        let expires_at = trunc(new.expires_at);
-        let port = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            // The router is checked to be the organisation's by the grant's insert.
-            let port = claim_gateway_port!(
-                tx,
-                new.region_id.to_string(),
-                &new.port_candidates,
-                id.to_string()
-            )
-            .ok_or_else(|| no_port("gateway"))?;
-            let inserted = sqlx::query(
-                "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
-                 allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
-                 created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
-                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
-            )
-            .bind(id.to_string())
-            .bind(new.org_id.to_string())
-            .bind(new.router_id.to_string())
-            .bind(new.region_id.to_string())
-            .bind(new.access_type.as_str())
-            .bind(new.access.as_str())
-            .bind(new.allow_rfc1918)
-            .bind(new.allow_from.to_string())
-            .bind(&new.username)
-            .bind(sealed)
-            .bind(i64::from(port))
-            .bind(&new.entry_point)
-            .bind(GrantStatus::Requested.as_str())
-            .bind(&new.created_by)
-            .bind(ms(created_at))
-            .bind(ms(expires_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(router_gone)?
-            .rows_affected();
-            if inserted != 1 {
-                return Err(StoreError::NotFound);
-            }
-            insert_audit!(&mut *tx, &new.audit);
-            if let Some(job) = &new.job {
-                let job = &naming_grant(job, &id.to_string());
-                insert_job!(&mut *tx, JobId::new(), job);
-            }
-            tx.commit().await?;
-            port
+        let row = Arc::new(AccessRow {
+            id,
+            created_at: trunc(new.audit.at),
+            expires_at: trunc(new.expires_at),
+            sealed,
+            new,
         });
+        let port = match &self.inner.pool {
+            Pool::Sqlite(pool) => {
+                self.group_commit(pool, Create::Access(row.clone()))
+                    .await?
+                    .port
+            }
+            Pool::Postgres(pool) => {
+                let (_guard, mut tx) = pool.begin_write(&self.inner.write_lock).await?;
+                let port = write_access_pg(&mut tx, &row).await?;
+                tx.commit().await?;
+                port
+            }
+        };
+        let AccessRow {
+            id,
+            created_at,
+            expires_at,
+            ref new,
+            ..
+        } = *row;
         Ok(TransientAccess {
             id,
             org_id: new.org_id,
@@ -574,11 +684,11 @@ impl Store {
             access: new.access,
             allow_rfc1918: new.allow_rfc1918,
             allow_from: new.allow_from,
-            username: new.username,
+            username: new.username.clone(),
             port,
-            entry_point: new.entry_point,
+            entry_point: new.entry_point.clone(),
             status: GrantStatus::Requested,
-            created_by: new.created_by,
+            created_by: new.created_by.clone(),
             created_at,
             expires_at,
             authorized_at: None,
@@ -607,67 +717,34 @@ impl Store {
     /// Records a transient forward (status `requested`) with the first free gateway port
     /// and the first free router dst-nat port among the candidates, its audit entry and
     /// its first job, in one transaction. `NotFound` if the router is not in the org;
-    /// `Conflict` if no candidate port is free.
+    /// `Conflict` if no candidate port is free. Grouped on SQLite as `create_access` is.
     pub async fn create_forward(&self, new: NewForward) -> Result<TransientForward> {
-        let id = ForwardId::new();
-        let created_at = trunc(new.audit.at);
-        let expires_at = trunc(new.expires_at);
-        let (port, router_port) = db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            // The router is checked to be the organisation's by the grant's insert.
-            let port = claim_gateway_port!(
-                tx,
-                new.region_id.to_string(),
-                &new.port_candidates,
-                id.to_string()
-            )
-            .ok_or_else(|| no_port("gateway"))?;
-            let router_port = claim_port!(
-                tx,
-                "SELECT port FROM router_ports WHERE router_id = $1",
-                "INSERT INTO router_ports (router_id, port, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                new.router_id.to_string(),
-                &new.router_port_candidates,
-                id.to_string()
-            )
-            .ok_or_else(|| no_port("router"))?;
-            let inserted = sqlx::query(
-                "INSERT INTO transient_forwards (id, org_id, router_id, region_id, dst_address, dst_port, \
-                 masquerade, allow_from, port, router_port, entry_point, status, created_by, created_at, \
-                 expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
-                 WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
-            )
-            .bind(id.to_string())
-            .bind(new.org_id.to_string())
-            .bind(new.router_id.to_string())
-            .bind(new.region_id.to_string())
-            .bind(new.dst_address.to_string())
-            .bind(i64::from(new.dst_port))
-            .bind(new.masquerade)
-            .bind(new.allow_from.to_string())
-            .bind(i64::from(port))
-            .bind(i64::from(router_port))
-            .bind(&new.entry_point)
-            .bind(GrantStatus::Requested.as_str())
-            .bind(&new.created_by)
-            .bind(ms(created_at))
-            .bind(ms(expires_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(router_gone)?
-            .rows_affected();
-            if inserted != 1 {
-                return Err(StoreError::NotFound);
-            }
-            insert_audit!(&mut *tx, &new.audit);
-            if let Some(job) = &new.job {
-                let job = &naming_grant(job, &id.to_string());
-                insert_job!(&mut *tx, JobId::new(), job);
-            }
-            tx.commit().await?;
-            (port, router_port)
+        let row = Arc::new(ForwardRow {
+            id: ForwardId::new(),
+            created_at: trunc(new.audit.at),
+            expires_at: trunc(new.expires_at),
+            new,
         });
+        let (port, router_port) = match &self.inner.pool {
+            Pool::Sqlite(pool) => {
+                let claimed = self
+                    .group_commit(pool, Create::Forward(row.clone()))
+                    .await?;
+                (claimed.port, claimed.router_port)
+            }
+            Pool::Postgres(pool) => {
+                let (_guard, mut tx) = pool.begin_write(&self.inner.write_lock).await?;
+                let ports = write_forward_pg(&mut tx, &row).await?;
+                tx.commit().await?;
+                ports
+            }
+        };
+        let ForwardRow {
+            id,
+            created_at,
+            expires_at,
+            ref new,
+        } = *row;
         Ok(TransientForward {
             id,
             org_id: new.org_id,
@@ -679,9 +756,9 @@ impl Store {
             allow_from: new.allow_from,
             port,
             router_port,
-            entry_point: new.entry_point,
+            entry_point: new.entry_point.clone(),
             status: GrantStatus::Requested,
-            created_by: new.created_by,
+            created_by: new.created_by.clone(),
             created_at,
             expires_at,
             authorized_at: None,

@@ -15,6 +15,8 @@
 //!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
 //!   [`WriteStats`].
+//! - `creates`: group commit of grant creations on SQLite (creates queued for the
+//!   writer together share one transaction, a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -40,7 +42,9 @@
 //! SQLite has one writer at a time: every write takes an in-process lock first (write
 //! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
 //! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
-//! another process on the same file. Reads never wait (WAL).
+//! another process on the same file. Reads never wait (WAL). Grant creations queued for
+//! the writer together share one transaction, a savepoint each (`creates`), so a burst
+//! of creates costs a few writer turns, not one each.
 //!
 //! # Rules the database enforces
 //!
@@ -49,7 +53,8 @@
 //!   final (`expired`, `revoked`, `failed`). A `closing` grant still holds its port, as
 //!   the gateway may still be closing it. Two concurrent creates can never share a port.
 //!   Forwards' router dst-nat ports likewise (`router_ports`, per router).
-//! - A grant, its port rows, its audit entry and its first job are one transaction: a
+//! - A grant, its port rows, its audit entry and its first job are one transaction (on
+//!   SQLite, one savepoint of a grouped transaction, answered after its `COMMIT`): a
 //!   failure at any step leaves nothing.
 //! - A router is deleted only without live grants, checked in the deleting transaction
 //!   under a row lock; its ended grants and jobs go with it (its audit entries stay).
@@ -110,6 +115,7 @@
 
 mod accounts;
 mod connections;
+mod creates;
 mod db;
 mod error;
 mod grants;
@@ -190,6 +196,8 @@ struct Inner {
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
     write_lock: Arc<db::Writer>,
+    /// SQLite's grant creations waiting to be committed together.
+    creates: creates::Creates,
 }
 
 impl fmt::Debug for Store {
@@ -255,6 +263,7 @@ impl Store {
                 pool,
                 cipher,
                 write_lock: Arc::new(db::Writer::default()),
+                creates: creates::Creates::default(),
             }),
         })
     }

@@ -1020,6 +1020,196 @@ async fn no_half_made(ctx: &Ctx) {
 }
 both!(failed_create_leaves_nothing, no_half_made);
 
+/// What each of the grouped creates should get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Port(u16),
+    OneOf,
+    Gone,
+}
+
+/// 50 creates at once, some bound to fail: on SQLite they are committed in a few
+/// grouped transactions (a savepoint each), on PostgreSQL side by side; either way each
+/// caller gets its own answer, no port is shared, a failed create leaves nothing and a
+/// successful one has its audit entry and job.
+async fn grouped_creates(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let before = s.write_stats();
+    let mut tasks = Vec::new();
+    for i in 0..50u16 {
+        let s = s.clone();
+        let (new, expect) = match i {
+            // Ports of their own.
+            0..30 => (
+                Either::A(new_access(&w, &[40020 + i], true)),
+                Expect::Port(40020 + i),
+            ),
+            // Six want the same only port: one gets it.
+            30..36 => (Either::A(new_access(&w, &[40060], true)), Expect::OneOf),
+            // A router that does not exist.
+            36..40 => {
+                let mut n = new_access(&w, &[40070 + i - 36], true);
+                n.router_id = RouterId::new();
+                n.job.as_mut().unwrap().router_id = n.router_id;
+                (Either::A(n), Expect::Gone)
+            }
+            // A job for another organisation's router: fails after its port was claimed.
+            40..44 => {
+                let mut n = new_access(&w, &[40080 + i - 40], true);
+                n.job.as_mut().unwrap().router_id = w.foreign.id;
+                (Either::A(n), Expect::Gone)
+            }
+            // Six forwards with ports of their own but one router port: one gets it.
+            _ => (
+                Either::F(new_forward(&w, &[40090 + i - 44], &[50000])),
+                Expect::OneOf,
+            ),
+        };
+        let mut new = new;
+        let details = json!({ "i": i });
+        match &mut new {
+            Either::A(n) => n.audit.details = details,
+            Either::F(n) => n.audit.details = details,
+        }
+        tasks.push((
+            i,
+            expect,
+            tokio::spawn(async move {
+                match new {
+                    Either::A(n) => s.create_access(n).await.map(|g| (g.id.to_string(), g.port)),
+                    Either::F(n) => s
+                        .create_forward(n)
+                        .await
+                        .map(|g| (g.id.to_string(), g.port)),
+                }
+            }),
+        ));
+    }
+    let mut made = Vec::new();
+    let mut one_of: [(u32, u32); 2] = [(0, 0); 2];
+    for (i, expect, task) in tasks {
+        let got = task.await.unwrap();
+        match (expect, got) {
+            (Expect::Port(want), Ok((id, port))) => {
+                assert_eq!(port, want, "create {i}");
+                made.push((i, id, port));
+            }
+            (Expect::OneOf, Ok((id, port))) => {
+                one_of[usize::from(i >= 44)].0 += 1;
+                made.push((i, id, port));
+            }
+            (Expect::OneOf, Err(StoreError::Conflict(msg))) => {
+                assert!(msg.contains("port"), "create {i}: {msg}");
+                one_of[usize::from(i >= 44)].1 += 1;
+            }
+            (Expect::Gone, Err(StoreError::NotFound)) => {}
+            (expect, got) => panic!("create {i}: expected {expect:?}, got {got:?}"),
+        }
+    }
+    let writes = s.write_stats().writes - before.writes;
+    assert_eq!(one_of, [(1, 5), (1, 5)], "one winner per contested port");
+    assert_eq!(made.len(), 32);
+    let ports: HashSet<u16> = made.iter().map(|(_, _, p)| *p).collect();
+    assert_eq!(ports.len(), made.len(), "a port was given twice");
+
+    // Exactly the successful creates left rows, each with its audit entry and job.
+    assert_eq!(ctx.count("gateway_ports").await, 32);
+    assert_eq!(ctx.count("router_ports").await, 1);
+    assert_eq!(ctx.count("transient_access").await, 31);
+    assert_eq!(ctx.count("transient_forwards").await, 1);
+    assert_eq!(ctx.count("jobs").await, 32);
+    let audited: HashSet<u64> = s
+        .list_audit(
+            w.org,
+            Page {
+                limit: 1000,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.details.get("i").and_then(|i| i.as_u64()))
+        .collect();
+    let expected: HashSet<u64> = made.iter().map(|(i, _, _)| u64::from(*i)).collect();
+    assert_eq!(audited, expected);
+    for (i, id, _) in &made {
+        assert!(
+            s.has_open_grant_job(id, "").await.unwrap(),
+            "create {i} has no job"
+        );
+    }
+    // A failed create's port was not kept: the others' ports are free.
+    for port in [40070, 40080, 40081, 40082, 40083] {
+        assert_eq!(
+            s.create_access(new_access(&w, &[port], false))
+                .await
+                .unwrap()
+                .port,
+            port
+        );
+    }
+
+    match s.backend() {
+        Backend::Sqlite => {
+            eprintln!("50 grouped creates: {writes} write transactions");
+            assert!(
+                writes < 25,
+                "50 creates took {writes} write transactions: not grouped"
+            );
+        }
+        Backend::Postgres => assert_eq!(writes, 0, "PostgreSQL's writers are not counted"),
+    }
+}
+both!(grouped_creates_answer_each_caller, grouped_creates);
+
+/// Callers that go away while their creates are queued (a closed HTTP request) do not
+/// fail the others': each create is whole or absent, and the store goes on.
+async fn abandoned_creates(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let tasks: Vec<_> = (0..30u16)
+        .map(|i| {
+            let s = s.clone();
+            let n = new_access(&w, &[40020 + i], true);
+            tokio::spawn(async move { s.create_access(n).await })
+        })
+        .collect();
+    for (i, task) in tasks.iter().enumerate() {
+        if i % 3 == 1 {
+            task.abort();
+        }
+    }
+    let mut answered = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(created) => {
+                created.unwrap();
+                answered += 1;
+            }
+            Err(e) => assert!(e.is_cancelled() && i % 3 == 1, "create {i}: {e}"),
+        }
+    }
+    assert!(
+        answered >= 20,
+        "only {answered} of the kept creates were answered"
+    );
+    let grants = ctx.count("transient_access").await;
+    assert!(grants >= answered);
+    for table in ["gateway_ports", "audit_log", "jobs"] {
+        assert_eq!(
+            ctx.count(table).await,
+            grants,
+            "{table}: a half-made create"
+        );
+    }
+    s.create_access(new_access(&w, &[40090], false))
+        .await
+        .unwrap();
+}
+both!(abandoned_creates_leave_the_others_whole, abandoned_creates);
+
 async fn delete_router_rules(ctx: &Ctx) {
     use GrantStatus::*;
     let s = &ctx.store;

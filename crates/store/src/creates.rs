@@ -1,0 +1,181 @@
+//! Group commit of grant creations on SQLite. A create queues its row here, then waits
+//! for SQLite's one writer (an ordinary write, see `db::Writer`); whichever waiting
+//! create gets the writer first takes every create queued by then (up to
+//! [`MAX_BATCH`]) and writes them in one transaction, each inside its own savepoint: a
+//! create that fails (no free port, router gone, a job for a router that is not the
+//! org's) is rolled back to its savepoint alone and gets its own error, as if it had
+//! run by itself. One `COMMIT` ends the batch, and only then is each create answered;
+//! if the commit fails, every create of the batch gets the error and nothing of it is
+//! left. A burst of 100 creates then costs a few writer turns instead of 100.
+//!
+//! The batch runs in a task of its own that holds the writer until every create is
+//! answered: a caller that goes away (a closed HTTP request) does not abort the others'
+//! transaction, and a create whose caller went away before its batch began is skipped.
+//! PostgreSQL does not come here: its writers run side by side.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sqlx::SqlitePool;
+use tokio::sync::oneshot;
+
+use crate::Store;
+use crate::db::WriterGuard;
+use crate::error::{Result, StoreError};
+use crate::grants::{AccessRow, ForwardRow, write_access_sqlite, write_forward_sqlite};
+
+/// The most creates one transaction takes.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// A create to write.
+pub(crate) enum Create {
+    Access(Arc<AccessRow>),
+    Forward(Arc<ForwardRow>),
+}
+
+/// The ports a create took (`router_port` is 0 for a transient access).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimed {
+    pub(crate) port: u16,
+    pub(crate) router_port: u16,
+}
+
+type Reply = oneshot::Sender<Result<Claimed>>;
+
+/// The creates waiting for the writer.
+#[derive(Default)]
+pub(crate) struct Creates {
+    queue: Mutex<VecDeque<(Create, Reply)>>,
+}
+
+impl Creates {
+    fn push(&self, create: Create, reply: Reply) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((create, reply));
+    }
+
+    /// Up to [`MAX_BATCH`] queued creates whose callers still wait, oldest first.
+    fn take(&self) -> Vec<(Create, Reply)> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some((create, reply)) = queue.pop_front() else {
+                break;
+            };
+            if !reply.is_closed() {
+                batch.push((create, reply));
+            }
+        }
+        batch
+    }
+}
+
+impl Store {
+    /// Queues `create` and waits for its answer, leading a batch if this caller gets
+    /// the writer before another batch took its create.
+    pub(crate) async fn group_commit(&self, pool: &SqlitePool, create: Create) -> Result<Claimed> {
+        let creates = &self.inner.creates;
+        let (reply, mut answer) = oneshot::channel();
+        creates.push(create, reply);
+        tokio::select! {
+            biased;
+            answered = &mut answer => return answered.map_err(|_| lost())?,
+            guard = self.inner.write_lock.lock() => {
+                let batch = creates.take();
+                if !batch.is_empty() {
+                    tokio::spawn(write_batch(pool.clone(), guard, batch));
+                }
+            }
+        }
+        answer.await.map_err(|_| lost())?
+    }
+}
+
+/// A batch task ended without answering (it panicked, or the runtime is shutting down).
+fn lost() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
+}
+
+/// Writes `batch` in one transaction, a savepoint each, and answers every create once
+/// the transaction is committed (or failed). Holds the writer until then.
+async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Create, Reply)>) {
+    let creates: Vec<&Create> = batch.iter().map(|(c, _)| c).collect();
+    match write_all(&pool, &guard, &creates).await {
+        Ok(outcomes) => {
+            for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            let told = e.to_string();
+            let mut first = Some(e);
+            for (_, reply) in batch {
+                let error = first.take().unwrap_or_else(|| {
+                    StoreError::Database(sqlx::Error::Protocol(format!(
+                        "the grouped transaction failed: {told}"
+                    )))
+                });
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+    drop(guard);
+}
+
+/// The batch's transaction: every create's own outcome, or the error that failed the
+/// whole transaction (a savepoint that could not be taken or undone, or the commit),
+/// rolled back before the writer is let go.
+async fn write_all(
+    pool: &SqlitePool,
+    _guard: &WriterGuard,
+    creates: &[&Create],
+) -> Result<Vec<Result<Claimed>>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    match write_each(&mut tx, creates).await {
+        Ok(outcomes) => {
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+        Err(e) => {
+            // The error is what the callers need; a failed rollback is left to the
+            // connection's own (sqlx rolls back a dropped transaction).
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Every create in a savepoint of its own: a create that fails is rolled back to it
+/// alone. `Err` only when a savepoint could not be taken or undone.
+async fn write_each(
+    tx: &mut sqlx::SqliteConnection,
+    creates: &[&Create],
+) -> Result<Vec<Result<Claimed>>> {
+    let mut outcomes = Vec::with_capacity(creates.len());
+    for create in creates {
+        // Savepoints of the same name stack; `ROLLBACK TO` undoes back to the latest,
+        // this create's own. A successful one's is left for the `COMMIT` to release: one
+        // statement less per create.
+        sqlx::query("SAVEPOINT grouped_create")
+            .execute(&mut *tx)
+            .await?;
+        let outcome = match create {
+            Create::Access(row) => write_access_sqlite(tx, row).await.map(|port| Claimed {
+                port,
+                router_port: 0,
+            }),
+            Create::Forward(row) => write_forward_sqlite(tx, row)
+                .await
+                .map(|(port, router_port)| Claimed { port, router_port }),
+        };
+        if outcome.is_err() {
+            sqlx::query("ROLLBACK TO grouped_create")
+                .execute(&mut *tx)
+                .await?;
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
