@@ -11,6 +11,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { connect } from "node:net";
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -177,6 +178,13 @@ test("Terminal: run /system identity print on the router, close, replay the reco
   const ssh = live.filter((g) => g.type === "ssh");
   assert.equal(ssh.length, 1);
   assert.equal(ssh[0].status, "active");
+  // The server itself connects to the router: the gateway opens no entry port for it.
+  const refused = await new Promise((ok) => {
+    const socket = connect({ host: "127.0.0.1", port: ssh[0].port });
+    socket.on("connect", () => { socket.destroy(); ok(false); });
+    socket.on("error", (e) => ok(e.code === "ECONNREFUSED"));
+  });
+  assert.ok(refused, `the terminal's entry port ${ssh[0].port} should not listen`);
 
   // Keyboard: Ctrl+] leaves the terminal for its Close button; Enter closes it.
   await page.keyboard.press("Control+]");

@@ -95,6 +95,7 @@ async fn create(
                 target: None,
                 details: json!({}),
             },
+            terminal: false,
             job: Some(store::NewJob {
                 org_id: env.org,
                 router_id: r.id,

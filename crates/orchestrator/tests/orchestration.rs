@@ -171,6 +171,7 @@ impl World {
                     target: None,
                     details: json!({}),
                 },
+                terminal: false,
                 job: Some(store::NewJob {
                     org_id: self.org,
                     router_id: router.id,

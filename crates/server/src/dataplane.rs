@@ -228,7 +228,7 @@ impl GatewayPlane {
                 .list_live_access()
                 .await?
                 .into_iter()
-                .filter(|g| g.status == GrantStatus::Active)
+                .filter(|g| g.status == GrantStatus::Active && !g.terminal)
                 .map(LiveGrant::Access),
         );
         grants.extend(
@@ -467,6 +467,13 @@ fn bindable(addr: SocketAddr) -> bool {
 
 impl orchestrator::DataPlane for GatewayPlane {
     fn open(&self, grant: &LiveGrant) {
+        if let LiveGrant::Access(a) = grant
+            && a.terminal
+        {
+            // The server's own terminal connects to the router: no entry port.
+            tracing::debug!(grant = %grant.key(), "terminal access: no entry port");
+            return;
+        }
         let plane = self.clone();
         let grant = grant.clone();
         tokio::spawn(async move { plane.open_now(grant).await });
@@ -750,6 +757,7 @@ mod tests {
                     target: None,
                     details: serde_json::json!({}),
                 },
+                terminal: false,
                 job: None,
             })
             .await

@@ -338,6 +338,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "terminal recordings",
             include_str!("../migrations/sqlite/0040_terminal_recordings.sql"),
         ),
+        // 50: which transient access the portal's Terminal made.
+        migration(
+            50,
+            "terminal grants",
+            include_str!("../migrations/sqlite/0050_terminal_grants.sql"),
+        ),
     ])
 }
 
@@ -387,6 +393,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             40,
             "terminal recordings",
             include_str!("../migrations/postgres/0040_terminal_recordings.sql"),
+        ),
+        // 50: which transient access the portal's Terminal made.
+        migration(
+            50,
+            "terminal grants",
+            include_str!("../migrations/postgres/0050_terminal_grants.sql"),
         ),
     ])
 }

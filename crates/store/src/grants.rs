@@ -81,7 +81,7 @@ macro_rules! access_sql {
         concat!(
             "SELECT id, org_id, router_id, region_id, access_type, access, allow_rfc1918, allow_from, \
              username, port, entry_point, status, created_by, created_at, expires_at, authorized_at, \
-             ended_at, revoked_early, failure_reason FROM transient_access ",
+             ended_at, revoked_early, failure_reason, terminal FROM transient_access ",
             $tail
         )
     };
@@ -119,6 +119,7 @@ fn access_from(r: &impl Get) -> Result<TransientAccess> {
         ended_at: r.opt_time("ended_at")?,
         revoked_early: r.flag("revoked_early")?,
         failure_reason: r.opt_text("failure_reason")?,
+        terminal: r.flag("terminal")?,
     })
 }
 
@@ -511,8 +512,8 @@ macro_rules! grant_writers {
             let inserted = sqlx::query(
                 "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
                  allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
-                 created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 created_at, expires_at, terminal) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
                  WHERE EXISTS (SELECT 1 FROM routers WHERE id = $3 AND org_id = $2)",
             )
             .bind(&id)
@@ -531,6 +532,7 @@ macro_rules! grant_writers {
             .bind(&new.created_by)
             .bind(ms(a.created_at))
             .bind(ms(a.expires_at))
+            .bind(new.terminal)
             .execute(&mut *tx)
             .await
             .map_err(router_gone)?
@@ -695,6 +697,7 @@ impl Store {
             ended_at: None,
             revoked_early: false,
             failure_reason: None,
+            terminal: new.terminal,
         })
     }
 

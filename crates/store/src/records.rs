@@ -189,6 +189,9 @@ pub struct TransientAccess {
     pub ended_at: Option<DateTime<Utc>>,
     pub revoked_early: bool,
     pub failure_reason: Option<String>,
+    /// Made by the portal's Terminal: the server connects to the router itself, and the
+    /// gateway opens no entry port for it.
+    pub terminal: bool,
 }
 
 /// Input of `create_access`.
@@ -213,6 +216,8 @@ pub struct NewAccess {
     pub audit: NewAudit,
     /// The first job, written in the same transaction.
     pub job: Option<NewJob>,
+    /// For the portal's Terminal: no gateway entry port is opened for it.
+    pub terminal: bool,
 }
 
 /// A transient port forward: a gateway port to a LAN device through a router dst-nat.

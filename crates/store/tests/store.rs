@@ -146,6 +146,7 @@ fn new_access(w: &World, ports: &[u16], job: bool) -> NewAccess {
         entry_point: w.region.entry_point.clone(),
         port_candidates: ports.to_vec(),
         audit: audit(w.org, "transient_access.create", t(0)),
+        terminal: false,
         job: job.then(|| new_job(w.org, w.router.id, t(0))),
     }
 }

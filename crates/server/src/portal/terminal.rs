@@ -172,14 +172,17 @@ pub async fn terminal_post(
         expire_after_minutes: None,
         expires_at: None,
     };
-    let created =
-        match crate::routes::grants::create_access(&state, &signed.caller, &router, &request).await
-        {
-            Ok(grant) => {
-                Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await)
-            }
-            Err(e) => Err(e),
-        };
+    let created = match crate::routes::grants::create_terminal_access(
+        &state,
+        &signed.caller,
+        &router,
+        &request,
+    )
+    .await
+    {
+        Ok(grant) => Ok(crate::routes::access::settled(&state, signed.caller.org_id, grant).await),
+        Err(e) => Err(e),
+    };
     let mut panel = Panel {
         router: router.name.clone(),
         username: String::new(),

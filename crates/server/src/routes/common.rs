@@ -401,11 +401,19 @@ pub async fn grant_created(state: &AppState) {
 /// A grant record that names its grant.
 pub trait GrantRecord {
     fn grant_key(&self) -> orchestrator::GrantKey;
+    /// Whether the gateway opens an entry port for it (not for the Terminal's access).
+    fn has_entry_port(&self) -> bool {
+        true
+    }
 }
 
 impl GrantRecord for store::TransientAccess {
     fn grant_key(&self) -> orchestrator::GrantKey {
         orchestrator::GrantKey::Access(self.id)
+    }
+
+    fn has_entry_port(&self) -> bool {
+        !self.terminal
     }
 }
 
@@ -434,6 +442,7 @@ where
                 last = grant;
                 let listening = || {
                     status != domain::GrantStatus::Active
+                        || !last.has_entry_port()
                         || state
                             .gateway
                             .as_ref()

@@ -55,6 +55,27 @@ pub async fn create_access(
     router: &store::Router,
     req: &CreateAccess,
 ) -> Result<store::TransientAccess, ApiError> {
+    create(state, caller, router, req, false).await
+}
+
+/// As [`create_access`], for the portal's Terminal: the server connects to the router
+/// itself, so the gateway opens no entry port for this grant.
+pub async fn create_terminal_access(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    req: &CreateAccess,
+) -> Result<store::TransientAccess, ApiError> {
+    create(state, caller, router, req, true).await
+}
+
+async fn create(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    req: &CreateAccess,
+    terminal: bool,
+) -> Result<store::TransientAccess, ApiError> {
     caller.require_write()?;
     let now = state.now();
     let mut checks = Checks::default();
@@ -113,9 +134,11 @@ pub async fn create_access(
                     "allow_from": allow_from.to_string(),
                     "allow_rfc1918": allow_rfc1918,
                     "expires_at": timestamp(expires_at),
+                    "terminal": terminal,
                 }),
             ),
             job: Some(new_job(caller, router.id, "access.create", now)),
+            terminal,
         })
         .await?;
     state.lists.invalidate(router.id);
