@@ -17,6 +17,12 @@
 //! `POSTERN_BENCH_BULK_ONLY`, `POSTERN_BENCH_VARIANTS` (direct against gateway children
 //! with different environments, interleaved), `POSTERN_BENCH_PIPE_SIZE` (0: no growth),
 //! `POSTERN_BENCH_COPY`, `POSTERN_BENCH_CURRENT_THREAD`, `POSTERN_BENCH_SOCAT_OPTS`.
+//!
+//! With `POSTERN_BENCH_VARIANTS`, two minimal forwarders also run in the same rounds, as
+//! the ceiling for any userspace forwarder on the machine: no checks, no tokio, one
+//! blocking OS thread per direction, either `splice` through a pipe grown to 1 MiB
+//! ("raw splice") or a plain read/write copy through 256 KiB ("raw copy")
+//! (`POSTERN_BENCH_RAW=splice,copy` by default; empty for none).
 
 #![allow(
     clippy::unwrap_used,
@@ -47,6 +53,10 @@ fn main() {
     raise_nofile(200_000);
     if let Some(i) = args.iter().position(|a| a == "--serve-gateway") {
         serve_gateway(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--serve-raw") {
+        serve_raw(&args[i + 1..]);
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -296,31 +306,38 @@ fn tune(spec: &str) {
         .iter()
         .map(|(_, vars)| GatewayChild::spawn_with(&[std_sink()], vars))
         .collect();
+    let raws: Vec<(String, GatewayChild)> = std::env::var("POSTERN_BENCH_RAW")
+        .unwrap_or_else(|_| "splice,copy".into())
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| (format!("raw {m}"), GatewayChild::spawn_raw(m, std_sink())))
+        .collect();
     let socat = socat_available().then(|| spawn_socat(std_sink()));
-    let mut runs: Vec<Vec<Bulk>> = vec![Vec::new(); variants.len() + 2];
+    let mut labels: Vec<String> = vec!["direct".into()];
+    labels.extend(variants.iter().map(|(l, _)| l.clone()));
+    labels.extend(raws.iter().map(|(l, _)| l.clone()));
+    let middles: Vec<&GatewayChild> = gws.iter().chain(raws.iter().map(|(_, c)| c)).collect();
+    let mut runs: Vec<Vec<Bulk>> = vec![Vec::new(); middles.len() + 2];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         runs[0].push(bulk_run(direct, None));
-        for (i, gw) in gws.iter().enumerate() {
+        for (i, gw) in middles.iter().enumerate() {
             runs[i + 1].push(bulk_run(gw.listen[0], Some(gw.child.id())));
         }
         if let Some((child, addr)) = &socat {
-            runs[variants.len() + 1].push(bulk_run(*addr, Some(child.0.id())));
+            runs[middles.len() + 1].push(bulk_run(*addr, Some(child.0.id())));
         }
     }
     if socat.is_none() {
         runs.pop();
     }
+    labels.push("socat".into());
     println!(
         "{:<24}{:>10}{:>12}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}",
         "path", "Gb/s", "min-max", "ratio", "writer", "middle", "sink", "waited", "wall"
     );
     for (i, r) in runs.iter().enumerate() {
-        let label = match i {
-            0 => "direct",
-            i if i > variants.len() => "socat",
-            i => &variants[i - 1].0,
-        };
+        let label = &labels[i];
         let g: Vec<f64> = r.iter().map(|b| b.gbps).collect();
         let lo = g.iter().copied().fold(f64::MAX, f64::min);
         let hi = g.iter().copied().fold(0.0, f64::max);
@@ -425,6 +442,95 @@ fn serve_gateway(targets: &[String]) {
     });
 }
 
+/// The ceiling: `--serve-raw MODE TARGET` forwards every connection to `TARGET` with no
+/// checks and no runtime, one blocking thread per direction, `MODE` `splice` (through a
+/// pipe grown to 1 MiB) or `copy` (256 KiB buffer). Prints its listen address, then
+/// serves until its stdin closes. Pump threads are kept for the next connection, so
+/// their CPU time stays readable in `/proc/<pid>/task`.
+fn serve_raw(args: &[String]) {
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    let splice = match args[0].as_str() {
+        "splice" => true,
+        "copy" => false,
+        other => panic!("unknown raw mode {other}"),
+    };
+    let target: SocketAddr = args[1].parse().unwrap();
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    println!("ready");
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    type Job = (StdStream, StdStream);
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let idle = Arc::new(AtomicUsize::new(0));
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        let Ok(upstream) = StdStream::connect(target) else {
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let jobs = [
+            (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+            (upstream, client),
+        ];
+        for job in jobs {
+            if idle.load(Ordering::SeqCst) == 0 {
+                let (rx, idle) = (rx.clone(), idle.clone());
+                idle.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    loop {
+                        let next = rx.lock().unwrap().recv();
+                        let Ok((from, to)) = next else { return };
+                        idle.fetch_sub(1, Ordering::SeqCst);
+                        raw_pump(splice, &from, &to);
+                        idle.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            tx.send(job).unwrap();
+        }
+    }
+}
+
+/// One direction until end of stream, then a half-close.
+fn raw_pump(splice: bool, from: &StdStream, mut to: &StdStream) {
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with};
+    if splice {
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let _ = fcntl_setpipe_size(&w, 1 << 20);
+        'outer: loop {
+            let Ok(n) = rustix::pipe::splice(from, None, &w, None, 1 << 20, SpliceFlags::MOVE)
+            else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                match rustix::pipe::splice(&r, None, to, None, left, SpliceFlags::MOVE) {
+                    Ok(m) if m > 0 => left -= m,
+                    _ => break 'outer,
+                }
+            }
+        }
+    } else {
+        let mut from = from;
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
 struct GatewayChild {
     child: Child,
     listen: Vec<SocketAddr>,
@@ -436,10 +542,25 @@ impl GatewayChild {
     }
 
     fn spawn_with(targets: &[SocketAddr], vars: &[(String, String)]) -> Self {
+        let mut args = vec!["--serve-gateway".to_string()];
+        args.extend(targets.iter().map(|t| t.to_string()));
+        Self::spawn_args(&args, vars, targets.len())
+    }
+
+    /// The ceiling forwarder (`serve_raw`) in a child process.
+    fn spawn_raw(mode: &str, target: SocketAddr) -> Self {
+        let args = [
+            "--serve-raw".to_string(),
+            mode.to_string(),
+            target.to_string(),
+        ];
+        Self::spawn_args(&args, &[], 1)
+    }
+
+    fn spawn_args(args: &[String], vars: &[(String, String)], listens: usize) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .envs(vars.iter().map(|(k, v)| (k, v)))
-            .arg("--serve-gateway")
-            .args(targets.iter().map(|t| t.to_string()))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -453,7 +574,7 @@ impl GatewayChild {
             }
             listen.push(line.parse().unwrap());
         }
-        assert_eq!(listen.len(), targets.len(), "gateway child failed to start");
+        assert_eq!(listen.len(), listens, "forwarder child failed to start");
         Self { child, listen }
     }
 
