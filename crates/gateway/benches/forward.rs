@@ -22,9 +22,7 @@
 //! the ceiling for any userspace forwarder on the machine: no checks, no tokio, one
 //! blocking OS thread per direction, either `splice` through a pipe grown to 1 MiB
 //! ("raw splice") or a plain read/write copy through 256 KiB ("raw copy")
-//! (`POSTERN_BENCH_RAW=splice,copy` by default; empty for none). `sockmap` adds a
-//! kernel forwarder (a BPF sockmap verdict program, root only; an experiment: it has no
-//! backpressure, and its end-of-stream detection hung some runs). For placement
+//! (`POSTERN_BENCH_RAW=splice,copy` by default; empty for none). For placement
 //! experiments, `POSTERN_BENCH_PIN_WRITER`, `POSTERN_BENCH_PIN_SINK` and
 //! `POSTERN_BENCH_PIN_MIDDLE` pin the writer, the sink and the forwarder children to CPUs
 //! (`taskset -c` lists). Columns: CPU seconds per GiB of writer, middle and sink, the
@@ -465,12 +463,10 @@ fn serve_raw(args: &[String]) {
     let mode = match args[0].as_str() {
         "splice" => Raw::Splice,
         "copy" => Raw::Copy,
-        "sockmap" => Raw::Sockmap,
         other => panic!("unknown raw mode {other}"),
     };
     let target: SocketAddr = args[1].parse().unwrap();
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let sockmap = (mode == Raw::Sockmap).then(sockmap::SockMap::new);
     println!("{}", listener.local_addr().unwrap());
     println!("ready");
     std::thread::spawn(|| {
@@ -488,23 +484,13 @@ fn serve_raw(args: &[String]) {
         };
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        if let Some(map) = &sockmap {
-            map.pair(&client, &upstream);
-        }
-        // With the sockmap, the kernel moves client → target; the way back (the sink's
-        // one-byte acknowledgement) is copied.
-        let back = if mode == Raw::Sockmap {
-            Raw::Copy
-        } else {
-            mode
-        };
         let jobs = [
             (
                 mode,
                 client.try_clone().unwrap(),
                 upstream.try_clone().unwrap(),
             ),
-            (back, upstream, client),
+            (mode, upstream, client),
         ];
         for job in jobs {
             if idle.load(Ordering::SeqCst) == 0 {
@@ -528,9 +514,6 @@ fn serve_raw(args: &[String]) {
 enum Raw {
     Splice,
     Copy,
-    /// The kernel forwards (a sockmap verdict program redirects each socket's data to the
-    /// other's egress); the thread only waits for end of stream to pass the half-close.
-    Sockmap,
 }
 
 /// One direction until end of stream, then a half-close.
@@ -553,11 +536,6 @@ fn raw_pump(mode: Raw, from: &StdStream, mut to: &StdStream) {
                 }
             }
         }
-    } else if mode == Raw::Sockmap {
-        // One thread for both ways: the kernel's way, then the copied way back.
-        sockmap::wait_end(from, to);
-        let _ = to.shutdown(std::net::Shutdown::Write);
-        return raw_pump(Raw::Copy, to, from);
     } else {
         let mut from = from;
         let mut buf = vec![0u8; 256 * 1024];
@@ -683,177 +661,6 @@ fn socat_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The kernel-forwarding ceiling: a `BPF_MAP_TYPE_SOCKMAP` of two sockets and an
-/// `SK_SKB` verdict program that sends what arrives on one to the other's egress. Needs
-/// `CAP_BPF` and `CAP_NET_ADMIN`; client → target only, one connection at a time (the bench's bulk runs are
-/// sequential). Raw `bpf(2)` calls, so this bench module allows `unsafe`.
-#[allow(unsafe_code)]
-mod sockmap {
-    use std::io;
-    use std::net::TcpStream;
-    use std::os::fd::AsRawFd;
-
-    unsafe extern "C" {
-        fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
-        fn getsockopt(fd: i32, level: i32, name: i32, value: *mut u8, len: *mut u32) -> i32;
-    }
-
-    const IPPROTO_TCP: i32 = 6;
-    const TCP_INFO: i32 = 11;
-
-    const TCP_CLOSE_WAIT: u8 = 8;
-
-    fn tcp_state(s: &TcpStream) -> Option<u8> {
-        tcp_info(s).map(|i| i[0])
-    }
-
-    /// `tcp_info`'s `(bytes_acked, bytes_received)` of a socket.
-    fn tcp_bytes(s: &TcpStream) -> (u64, u64) {
-        let Some(info) = tcp_info(s) else {
-            return (0, 0);
-        };
-        let field = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().unwrap());
-        (field(120), field(128))
-    }
-
-    fn tcp_info(s: &TcpStream) -> Option<[u8; 232]> {
-        let mut info = [0u8; 232];
-        let mut len = info.len() as u32;
-        // SAFETY: `info` has room for `len` bytes; the kernel writes at most that.
-        let r = unsafe {
-            getsockopt(
-                s.as_raw_fd(),
-                IPPROTO_TCP,
-                TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        (r == 0 && len >= 136).then_some(info)
-    }
-
-    /// Waits until `from` has received its peer's FIN (its state is `CLOSE_WAIT`),
-    /// looking every millisecond without reading or polling (either took data from, or
-    /// stalled, the verdict program here), then until the target has acknowledged every
-    /// byte `from` received. The redirect queues without limit (no backpressure: a fast
-    /// writer got 1 GiB accepted while the sink had half of it), so "the send queue is
-    /// empty" does not mean everything is through.
-    pub fn wait_end(from: &TcpStream, to: &TcpStream) {
-        while tcp_state(from) != Some(TCP_CLOSE_WAIT) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // `bytes_received` counts the FIN, `bytes_acked` the SYN.
-        let received = tcp_bytes(from).1;
-        while tcp_bytes(to).0 < received && tcp_state(to).is_some() {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-    }
-
-    const SYS_BPF: std::ffi::c_long = 321; // x86_64
-    const MAP_CREATE: std::ffi::c_long = 0;
-    const MAP_UPDATE_ELEM: std::ffi::c_long = 2;
-    const PROG_LOAD: std::ffi::c_long = 5;
-    const PROG_ATTACH: std::ffi::c_long = 8;
-    const MAP_TYPE_SOCKMAP: u32 = 15;
-    const PROG_TYPE_SK_SKB: u32 = 14;
-    const SK_SKB_VERDICT: u32 = 38;
-    const SK_SKB_STREAM_VERDICT: u32 = 5;
-    const FUNC_SK_REDIRECT_MAP: i32 = 52;
-
-    fn bpf(cmd: std::ffi::c_long, attr: &mut [u8; 144]) -> io::Result<i32> {
-        // SAFETY: `attr` is a zeroed, 144-byte `union bpf_attr` filled for `cmd`; every
-        // pointer in it refers to memory alive for the call.
-        let r = unsafe { syscall(SYS_BPF, cmd, attr.as_mut_ptr(), attr.len()) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as i32)
-        }
-    }
-
-    fn put(attr: &mut [u8; 144], at: usize, bytes: &[u8]) {
-        attr[at..at + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-        u64::from(code)
-            | u64::from(dst | (src << 4)) << 8
-            | u64::from(off as u16) << 16
-            | u64::from(imm as u32) << 32
-    }
-
-    pub struct SockMap {
-        /// The client socket, with the verdict program.
-        from: i32,
-        /// The upstream socket, the redirect's target (no program: its data, the way
-        /// back, is read as usual).
-        to: i32,
-    }
-
-    fn map_of_one() -> i32 {
-        let mut a = [0u8; 144];
-        put(&mut a, 0, &MAP_TYPE_SOCKMAP.to_ne_bytes());
-        put(&mut a, 4, &4u32.to_ne_bytes());
-        put(&mut a, 8, &4u32.to_ne_bytes());
-        put(&mut a, 12, &1u32.to_ne_bytes());
-        bpf(MAP_CREATE, &mut a).expect("sockmap: map create (needs CAP_BPF)")
-    }
-
-    impl SockMap {
-        pub fn new() -> Self {
-            let (from, to) = (map_of_one(), map_of_one());
-            // return sk_redirect_map(skb, to, 0, 0)
-            let prog: Vec<u64> = vec![
-                insn(0x18, 2, 1, 0, to), // r2 = map (ld_imm64, pseudo fd)
-                0,
-                insn(0xb7, 3, 0, 0, 0),                    // r3 = 0 (key)
-                insn(0xb7, 4, 0, 0, 0),                    // r4 = 0 (egress)
-                insn(0x85, 0, 0, 0, FUNC_SK_REDIRECT_MAP), // call
-                insn(0x95, 0, 0, 0, 0),                    // exit
-            ];
-            let licence = c"MIT";
-            let mut log = vec![0u8; 65536];
-            let mut a = [0u8; 144];
-            put(&mut a, 0, &PROG_TYPE_SK_SKB.to_ne_bytes());
-            put(&mut a, 4, &(prog.len() as u32).to_ne_bytes());
-            put(&mut a, 8, &(prog.as_ptr() as u64).to_ne_bytes());
-            put(&mut a, 16, &(licence.as_ptr() as u64).to_ne_bytes());
-            put(&mut a, 24, &1u32.to_ne_bytes());
-            put(&mut a, 28, &(log.len() as u32).to_ne_bytes());
-            put(&mut a, 32, &(log.as_mut_ptr() as u64).to_ne_bytes());
-            let prog_fd = bpf(PROG_LOAD, &mut a).unwrap_or_else(|e| {
-                let end = log.iter().position(|&b| b == 0).unwrap_or(0);
-                panic!(
-                    "sockmap: prog load: {e}: {}",
-                    String::from_utf8_lossy(&log[..end])
-                )
-            });
-            let attach = |kind: u32| {
-                let mut a = [0u8; 144];
-                put(&mut a, 0, &(from as u32).to_ne_bytes());
-                put(&mut a, 4, &(prog_fd as u32).to_ne_bytes());
-                put(&mut a, 8, &kind.to_ne_bytes());
-                bpf(PROG_ATTACH, &mut a)
-            };
-            attach(SK_SKB_VERDICT)
-                .or_else(|_| attach(SK_SKB_STREAM_VERDICT))
-                .expect("sockmap: attach verdict");
-            Self { from, to }
-        }
-
-        pub fn pair(&self, client: &TcpStream, upstream: &TcpStream) {
-            for (map, s) in [(self.to, upstream), (self.from, client)] {
-                let (key, fd) = (0u32, s.as_raw_fd() as u32);
-                let mut a = [0u8; 144];
-                put(&mut a, 0, &(map as u32).to_ne_bytes());
-                put(&mut a, 8, &(&key as *const u32 as u64).to_ne_bytes());
-                put(&mut a, 16, &(&fd as *const u32 as u64).to_ne_bytes());
-                bpf(MAP_UPDATE_ELEM, &mut a).expect("sockmap: update");
-            }
-        }
-    }
 }
 
 /// For the placement experiment: pins this thread (or, with `process`, this whole
