@@ -8,6 +8,14 @@
 //! an open is still under way is never lost, `close` and `set_deadline` leave a note
 //! (under one lock) that the opening task reads once its listener is up: an open that
 //! finds its grant ended closes it at once.
+//!
+//! Ends are never lost: the gateway's queue always keeps them (only openings and
+//! refusals are dropped when this task falls behind, and a closing event alone makes a
+//! complete row); a row whose end could not be written is ended with its grant's reason
+//! when the grant's listener closes. Each row names this process's gateway run
+//! ([`crate::runs`]): a heartbeat keeps the run registered, and at start-up and on each
+//! heartbeat the rows of runs that are gone (and rows from before owners) are ended as
+//! "gateway stopped", never those of another live server on the same database.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +23,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{AccessType, ConnectionRecordId, GrantStatus, OrgId, RegionId, RouterId};
-use gateway::{ConnectionId, Event, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange};
+use domain::{
+    AccessType, ConnectionRecordId, GatewayRunId, GrantStatus, OrgId, RegionId, RouterId,
+};
+use gateway::{
+    ConnectionId, Event, Events, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange,
+};
 use orchestrator::LiveGrant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
+use crate::runs::{self, Process};
 
 /// How many ports a create offers the store from a large range.
 const CANDIDATES: usize = 64;
@@ -31,6 +44,10 @@ const SMALL_RANGE: usize = 256;
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
 /// Notes older than this are forgotten (an open is never pending that long).
 const NOTE_LIFETIME: Duration = Duration::from_secs(600);
+/// Another host's run is gone once unseen for this many heartbeats.
+const HEARTBEATS_TO_GONE: u32 = 4;
+/// How the rows of a gateway run that is gone end.
+const GONE_REASON: &str = "gateway stopped";
 
 /// Why the gateway could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +91,17 @@ impl Note {
 
 struct Shared {
     store: store::Store,
+    /// This process's gateway run, the owner of the rows it writes.
+    run: GatewayRunId,
+    process: Process,
+    started_at: DateTime<Utc>,
+    heartbeat: Duration,
     regions: HashMap<RegionId, Region>,
     grants: Mutex<HashMap<GrantKey, Meta>>,
     notes: Mutex<HashMap<GrantKey, Note>>,
-    /// Live connections and the store rows they are recorded under.
-    live: Mutex<HashMap<ConnectionId, ConnectionRecordId>>,
+    /// Live connections, their grants and the store rows they are recorded under; an
+    /// entry stays until its end is written.
+    live: Mutex<HashMap<ConnectionId, (GrantKey, ConnectionRecordId)>>,
     /// Refusals audited per grant in the current minute.
     refusals: Mutex<HashMap<GrantKey, (Instant, u32)>>,
 }
@@ -87,15 +110,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The event task and how to tell it to stop.
-type EventTask = (oneshot::Sender<()>, JoinHandle<()>);
+/// A background task (the event recorder, the heartbeat) and how to tell it to stop.
+type Task = (oneshot::Sender<()>, JoinHandle<()>);
 
 /// The gateway of `postern server`: cheap to clone, every clone drives the same one.
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
     shared: Arc<Shared>,
-    events: Arc<Mutex<Option<EventTask>>>,
+    tasks: Arc<Mutex<Vec<Task>>>,
 }
 
 impl std::fmt::Debug for GatewayPlane {
@@ -150,8 +173,9 @@ fn record_parts(grant: &LiveGrant) -> (OrgId, RouterId, RegionId, u16, DateTime<
 
 impl GatewayPlane {
     /// A gateway for the regions `config` names (each must exist in the store, as
-    /// `bootstrap::open_store` makes sure), with its event task running. Connections a
-    /// previous run left recorded as live are ended first ("gateway restarted").
+    /// `bootstrap::open_store` makes sure), with its event task and heartbeat running,
+    /// registered as a new gateway run. Connections that runs now gone left recorded as
+    /// live are ended first ("gateway stopped"); another live server's are not.
     pub async fn start(
         store: store::Store,
         config: &ServerConfig,
@@ -179,36 +203,42 @@ impl GatewayPlane {
                 },
             );
         }
-        let ended = store
-            .end_open_connections(Utc::now(), "gateway restarted")
-            .await?;
-        if ended > 0 {
-            tracing::info!(
-                connections = ended,
-                "ended connections a previous run left open"
-            );
-        }
-        let (gateway, rx) = Gateway::new(gateway_config);
+        let started_at = Utc::now();
         let shared = Arc::new(Shared {
             store,
+            run: GatewayRunId::new(),
+            process: Process::current(),
+            started_at,
+            heartbeat: config.gateway_heartbeat,
             regions,
             grants: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         });
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(record_events(shared.clone(), rx, stopped));
+        shared.alive(started_at).await?;
+        tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
+        shared.sweep(started_at, true).await?;
+        let (gateway, rx) = Gateway::new(gateway_config);
+        let (stop_events, events_stopped) = oneshot::channel();
+        let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
+        let (stop_beat, beat_stopped) = oneshot::channel();
+        let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
         Ok(GatewayPlane {
             gateway,
             shared,
-            events: Arc::new(Mutex::new(Some((stop, task)))),
+            tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
         })
     }
 
     /// The gateway itself.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
+    }
+
+    /// This process's gateway run, the owner of the connection rows it writes.
+    pub fn run(&self) -> GatewayRunId {
+        self.shared.run
     }
 
     /// Opens the listener of every active grant in the store (`Gateway::reconcile`), so
@@ -429,11 +459,15 @@ impl GatewayPlane {
         let live = lock(&self.shared.live);
         conns
             .into_iter()
-            .filter_map(|c| live.get(&c.id).map(|row| (*row, (c.bytes_in, c.bytes_out))))
+            .filter_map(|c| {
+                live.get(&c.id)
+                    .map(|(_, row)| (*row, (c.bytes_in, c.bytes_out)))
+            })
             .collect()
     }
 
-    /// Closes every listener and connection, records their ends, stops the event task.
+    /// Closes every listener and connection, records their ends, stops the event task
+    /// and the heartbeat, and unregisters the run.
     pub async fn shutdown(&self) {
         let report = self.gateway.shutdown().await;
         tracing::info!(
@@ -441,10 +475,23 @@ impl GatewayPlane {
             connections = report.connections_killed,
             "gateway stopped"
         );
-        let events = lock(&self.events).take();
-        if let Some((stop, task)) = events {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        if tasks.is_empty() {
+            return;
+        }
+        for (stop, task) in tasks {
             let _ = stop.send(());
             let _ = task.await;
+        }
+        // Every end is written; a row that could not be is an orphan now, ended by the
+        // sweep below or by the next server's.
+        let store = &self.shared.store;
+        let forgotten = store.forget_gateway_run(self.shared.run).await;
+        let orphans = store
+            .end_orphaned_connections(Utc::now(), GONE_REASON)
+            .await;
+        if let Err(e) = forgotten.and(orphans) {
+            tracing::error!(error = %e, "could not unregister the gateway run");
         }
     }
 }
@@ -517,6 +564,48 @@ impl orchestrator::DataPlane for GatewayPlane {
 }
 
 impl Shared {
+    /// Registers the run, or renews its heartbeat (re-registering it if another server
+    /// judged it gone during a long pause).
+    async fn alive(&self, now: DateTime<Utc>) -> Result<(), store::StoreError> {
+        self.store
+            .record_gateway_run(&store::GatewayRun {
+                id: self.run,
+                process: self.process.to_record(),
+                started_at: self.started_at,
+                seen_at: now,
+            })
+            .await
+    }
+
+    /// Forgets the runs that are gone and ends the live rows no registered run owns
+    /// (always at start-up, for rows from before owners; else only when a run was
+    /// forgotten). Returns how many rows it ended.
+    async fn sweep(&self, now: DateTime<Utc>, always: bool) -> Result<u64, store::StoreError> {
+        let stale_after = self.heartbeat * HEARTBEATS_TO_GONE;
+        let mut forgot = false;
+        for run in self.store.list_gateway_runs().await? {
+            if run.id == self.run || !runs::gone(&self.process, &run, now, stale_after) {
+                continue;
+            }
+            tracing::info!(run = %run.id, process = %run.process, seen_at = %run.seen_at, "gateway run gone");
+            forgot |= self.store.forget_gateway_run(run.id).await?;
+        }
+        if !(always || forgot) {
+            return Ok(0);
+        }
+        let ended = self
+            .store
+            .end_orphaned_connections(now, GONE_REASON)
+            .await?;
+        if ended > 0 {
+            tracing::info!(
+                connections = ended,
+                "ended connections of gateway runs that are gone"
+            );
+        }
+        Ok(ended)
+    }
+
     fn release(&self, meta: Meta) {
         if let Some(region) = self.regions.get(&meta.region) {
             lock(&region.ports).release(meta.port, Instant::now());
@@ -575,10 +664,11 @@ impl Shared {
                 tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
                 let Some(meta) = meta else { return Ok(()) };
                 let row = ConnectionRecordId::new();
-                lock(&self.live).insert(conn, row);
+                lock(&self.live).insert(conn, (key, row));
                 self.store
                     .record_connection(store::NewConnection {
                         id: row,
+                        gateway_run: self.run,
                         org_id: meta.org,
                         router_id: meta.router,
                         grant_kind: grant_kind(key),
@@ -612,28 +702,42 @@ impl Shared {
                     bytes_to_client: bytes_out,
                     reason: reason.to_string(),
                 };
-                let row = lock(&self.live).remove(&conn);
-                match (row, meta) {
-                    (Some(row), _) => self.store.end_connection(row, end).await?,
-                    // Its opening was never recorded (the event was dropped).
-                    (None, Some(meta)) => {
-                        self.store
-                            .record_connection(store::NewConnection {
-                                id: ConnectionRecordId::new(),
-                                org_id: meta.org,
-                                router_id: meta.router,
-                                grant_kind: grant_kind(key),
-                                grant_id: id,
-                                source,
-                                started_at,
-                                end: Some(end),
-                            })
-                            .await?;
-                    }
-                    (None, None) => {}
-                }
+                let row = lock(&self.live).get(&conn).map(|(_, row)| *row);
+                let written = match row {
+                    Some(row) => match self.store.end_connection(row, end.clone()).await {
+                        // Its opening could not be written: the whole row now.
+                        Err(store::StoreError::NotFound) => None,
+                        other => Some(other),
+                    },
+                    None => None,
+                };
+                let written = match (written, meta) {
+                    (Some(done), _) => done,
+                    // Its opening was never recorded (dropped, or not written).
+                    (None, Some(meta)) => self
+                        .store
+                        .record_connection(store::NewConnection {
+                            id: row.unwrap_or_else(ConnectionRecordId::new),
+                            gateway_run: self.run,
+                            org_id: meta.org,
+                            router_id: meta.router,
+                            grant_kind: grant_kind(key),
+                            grant_id: id,
+                            source,
+                            started_at,
+                            end: Some(end),
+                        })
+                        .await
+                        .map(|_| ()),
+                    // Its grant's close already ended its row, if it had one.
+                    (None, None) => Ok(()),
+                };
+                // Kept on failure: the grant's close then ends the row.
+                written?;
+                lock(&self.live).remove(&conn);
             }
             Event::GrantClosed {
+                at,
                 reason,
                 connections_killed,
                 ..
@@ -642,6 +746,27 @@ impl Shared {
                 let meta = lock(&self.grants).remove(&key);
                 if let Some(meta) = meta {
                     self.release(meta);
+                }
+                // Rows whose end was not written (or not yet reported): none of the
+                // grant's connections is open any more.
+                let unended = {
+                    let mut live = lock(&self.live);
+                    let before = live.len();
+                    live.retain(|_, (k, _)| *k != key);
+                    before - live.len()
+                };
+                if unended > 0 {
+                    let n = self
+                        .store
+                        .end_grant_connections(
+                            self.run,
+                            grant_kind(key),
+                            &id,
+                            at,
+                            &reason.to_string(),
+                        )
+                        .await?;
+                    tracing::warn!(grant = %key, connections = n, "ended connections whose end was not recorded");
                 }
             }
         }
@@ -656,13 +781,25 @@ fn grant_kind(key: GrantKey) -> store::GrantKind {
     }
 }
 
+/// Keeps the run registered and ends the rows of runs that are gone, every heartbeat,
+/// until told to stop.
+async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(shared.heartbeat) => {}
+        }
+        let now = Utc::now();
+        let beat = shared.alive(now).await;
+        if let Err(e) = beat.and(shared.sweep(now, false).await.map(|_| ())) {
+            tracing::error!(error = %e, "gateway heartbeat failed");
+        }
+    }
+}
+
 /// Writes the gateway's events to the store, one at a time, until told to stop; then
 /// what is already queued.
-async fn record_events(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Event>,
-    mut stop: oneshot::Receiver<()>,
-) {
+async fn record_events(shared: Arc<Shared>, mut rx: Events, mut stop: oneshot::Receiver<()>) {
     loop {
         let event = tokio::select! {
             event = rx.recv() => match event {
@@ -675,7 +812,7 @@ async fn record_events(
             tracing::error!(error = %e, "could not record a gateway event");
         }
     }
-    while let Ok(event) = rx.try_recv() {
+    while let Some(event) = rx.try_recv() {
         if let Err(e) = shared.handle(event).await {
             tracing::error!(error = %e, "could not record a gateway event");
         }

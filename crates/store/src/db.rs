@@ -344,6 +344,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "terminal grants",
             include_str!("../migrations/sqlite/0050_terminal_grants.sql"),
         ),
+        // 60: which gateway run owns each connection, and the runs alive.
+        migration(
+            60,
+            "connection owners",
+            include_str!("../migrations/sqlite/0060_connection_owners.sql"),
+        ),
     ])
 }
 
@@ -399,6 +405,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             50,
             "terminal grants",
             include_str!("../migrations/postgres/0050_terminal_grants.sql"),
+        ),
+        // 60: which gateway run owns each connection, and the runs alive.
+        migration(
+            60,
+            "connection owners",
+            include_str!("../migrations/postgres/0060_connection_owners.sql"),
         ),
     ])
 }

@@ -135,7 +135,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use connections::{Connection, ConnectionEnd, GrantKind, NewConnection};
+pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConnection};
 pub use db::WriteStats;
 pub use error::{Result, StoreError};
 pub use leasing::{
