@@ -830,6 +830,13 @@ mod tests {
     async fn fixture(
         dir: &std::path::Path,
     ) -> (store::Store, GatewayPlane, store::TransientAccess) {
+        fixture_with(dir, gateway::Config::default()).await
+    }
+
+    async fn fixture_with(
+        dir: &std::path::Path,
+        gateway_config: gateway::Config,
+    ) -> (store::Store, GatewayPlane, store::TransientAccess) {
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo_port = echo.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -862,7 +869,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+        let plane = GatewayPlane::start(store.clone(), &config, gateway_config)
             .await
             .unwrap();
         let now = Utc::now();
@@ -997,5 +1004,143 @@ mod tests {
                 .is_err()
         );
         plane.shutdown().await;
+    }
+
+    /// Waits until `check` holds (5 s at most).
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_end_is_lost_when_the_recorder_falls_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for one droppable event: the recorder, writing each event to SQLite,
+        // falls behind at once.
+        let (store, plane, grant) = fixture_with(
+            dir.path(),
+            gateway::Config {
+                event_capacity: 1,
+                ..gateway::Config::default()
+            },
+        )
+        .await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        let gkey = gateway_key(key);
+        let live = |n: usize| {
+            let plane = plane.clone();
+            move || {
+                plane
+                    .gateway()
+                    .grant(gkey)
+                    .is_ok_and(|g| g.connections == n)
+            }
+        };
+        // 40 connections at once, each echoing a byte, then all closed together: 40
+        // ends in one burst. Then 10 more, still open when the grant is revoked.
+        let mut conns = Vec::new();
+        for _ in 0..40 {
+            conns.push(echo_one(grant.port).await);
+        }
+        until("40 live", live(40)).await;
+        drop(conns);
+        until("none live", live(0)).await;
+        let mut open = Vec::new();
+        for _ in 0..10 {
+            open.push(echo_one(grant.port).await);
+        }
+        until("10 live", live(10)).await;
+        plane.close(key, orchestrator::EndReason::Revoked);
+        until("the grant closed", || plane.gateway().grants().is_empty()).await;
+        assert!(
+            plane.gateway().events_dropped() > 0,
+            "the queue never overflowed"
+        );
+
+        // What an operator sees through the API.
+        let config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ..ServerConfig::default()
+        };
+        let state = crate::AppState::new(store.clone(), config, Arc::new(crate::SystemClock))
+            .with_gateway(plane.clone());
+        let secret = crate::auth::generate_token();
+        store
+            .create_api_token(store::NewApiToken {
+                org_id: grant.org_id,
+                name: "t".into(),
+                role: domain::Role::Viewer,
+                token_hash: crate::auth::hash_token(&secret),
+                created_by: None,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/routers/{}/transient-access/{}/connections",
+            listener.local_addr().unwrap(),
+            grant.router_id,
+            grant.id
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let mut list = Vec::new();
+        for _ in 0..400 {
+            list = http
+                .get(&url)
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap();
+            if list.len() == 50 && list.iter().all(|c| !c["ended_at"].is_null()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ended = |reason: &str| {
+            list.iter()
+                .filter(|c| {
+                    c["end_reason"] == reason
+                        && c["bytes_from_client"] == 1
+                        && c["bytes_to_client"] == 1
+                        && c["source_address"] == "127.0.0.1"
+                        && c["source_port"].as_u64().is_some_and(|p| p > 0)
+                })
+                .count()
+        };
+        assert_eq!(
+            (list.len(), ended("finished"), ended("revoked")),
+            (50, 40, 10),
+            "{list:#?}"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        plane.shutdown().await;
+        drop(open);
+    }
+
+    /// A connection through the grant's port that has echoed one byte.
+    async fn echo_one(port: u16) -> tokio::net::TcpStream {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut back = [0u8; 1];
+        c.read_exact(&mut back).await.unwrap();
+        c
     }
 }
