@@ -10,7 +10,7 @@ use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
 use crate::creates::Create;
-use crate::db::{Get, Pool, WritePool, db, ms, trunc};
+use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
 use crate::jobs::{insert_audit, insert_job};
 use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
@@ -342,7 +342,7 @@ macro_rules! grant_methods {
                 expires_at: DateTime<Utc>,
             ) -> Result<$record> {
                 let _writer = self.sqlite_writer().await;
-                let changed = db!(self, |p, pg| {
+                let changed = db_write!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET expires_at = $4 WHERE id = $1 AND org_id = $2 \
                          AND router_id = $3 AND status IN ('requested', 'provisioning', 'active')"
@@ -380,7 +380,7 @@ macro_rules! grant_methods {
                 at: DateTime<Utc>,
                 reason: Option<String>,
             ) -> Result<$record> {
-                db!(self, |p, pg| {
+                db_write!(self, |p, pg| {
                     let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
                     move_grant!(tx, pg, $table, $extra_release, id.to_string(), from, to, at, reason)?;
                     let row = sqlx::query($select!("WHERE id = $1"))
@@ -396,7 +396,7 @@ macro_rules! grant_methods {
             #[doc = concat!("Records when a ", $kind, " was first used; true if set now, false if it already was.")]
             pub async fn $set_authorized(&self, id: $id, at: DateTime<Utc>) -> Result<bool> {
                 let _writer = self.sqlite_writer().await;
-                let changed = db!(self, |p, pg| {
+                let changed = db_write!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET authorized_at = $2 WHERE id = $1 AND authorized_at IS NULL"
                     ))
@@ -658,8 +658,8 @@ impl Store {
             new,
         });
         let port = match &self.inner.pool {
-            Pool::Sqlite(pool) => {
-                self.group_commit(pool, Create::Access(row.clone()))
+            Pool::Sqlite { write, .. } => {
+                self.group_commit(write, Create::Access(row.clone()))
                     .await?
                     .port
             }
@@ -729,9 +729,9 @@ impl Store {
             new,
         });
         let (port, router_port) = match &self.inner.pool {
-            Pool::Sqlite(pool) => {
+            Pool::Sqlite { write, .. } => {
                 let claimed = self
-                    .group_commit(pool, Create::Forward(row.clone()))
+                    .group_commit(write, Create::Forward(row.clone()))
                     .await?;
                 (claimed.port, claimed.router_port)
             }

@@ -14,7 +14,7 @@ use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RegionId, RouterId}
 use sqlx::postgres::PgListener;
 
 use crate::Store;
-use crate::db::{Get, Pool, WritePool, db, ms};
+use crate::db::{Get, Pool, WritePool, db, db_write, ms};
 use crate::error::{Result, StoreError};
 use crate::grants::move_grant;
 use crate::records::{Job, NewJob, Router};
@@ -307,7 +307,7 @@ impl Store {
         intro: impl Fn(&Job) -> Vec<String>,
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let jobs = db!(self, |p, pg| {
+        let jobs = db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let (jobs, lines) = lease!(
                 tx,
@@ -344,7 +344,7 @@ impl Store {
     /// (another worker took the job after it lapsed, or it finished).
     pub async fn renew_lease(&self, id: JobId, owner: &str, until: DateTime<Utc>) -> Result<bool> {
         let _writer = self.sqlite_writer_urgent().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 \
                  AND state = 'running'",
@@ -438,7 +438,7 @@ impl Store {
         lines: Lines<'_>,
         next: Option<(RouterId, Duration, Intro<'_>)>,
     ) -> Result<AttemptEnd> {
-        let (recorded, moves, claimed) = db!(self, |p, pg| {
+        let (recorded, moves, claimed) = db_write!(self, |p, pg| {
             let (guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let mut written = Vec::new();
             let mut moves = Vec::with_capacity(ends.len());
@@ -647,7 +647,7 @@ impl Store {
     /// is held, so lines queued meanwhile go too); nothing when there are none.
     /// Returns how many were given.
     pub async fn write_lines(&self, lines: Lines<'_>) -> Result<usize> {
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let lines = lines();
             if lines.is_empty() {
@@ -678,7 +678,7 @@ impl Store {
             GrantRef::Forward(g) => g.to_string(),
         };
         let job_id = JobId::new();
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             match grant {
                 GrantRef::Access(_) => move_grant!(
@@ -758,7 +758,7 @@ impl Store {
         reason: &str,
     ) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
                  WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
@@ -777,7 +777,7 @@ impl Store {
     /// back-off). Returns how many.
     pub async fn hasten_jobs(&self, router_id: RouterId, now: DateTime<Utc>) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET run_after = $2 WHERE router_id = $1 AND state = 'pending' \
                  AND run_after > $2",
@@ -841,7 +841,7 @@ impl Store {
                 listener.listen(JOBS_CHANNEL).await?;
                 Ok(Some(JobListener { listener }))
             }
-            Pool::Sqlite(_) => Ok(None),
+            Pool::Sqlite { .. } => Ok(None),
         }
     }
 
@@ -906,7 +906,7 @@ impl Store {
         source: Option<IpAddr>,
     ) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE regions SET tunnel_source = $2 WHERE id = $1")
                 .bind(id.to_string())
                 .bind(source.map(|s| s.to_string()))

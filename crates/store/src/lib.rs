@@ -42,7 +42,10 @@
 //! SQLite has one writer at a time: every write takes an in-process lock first (write
 //! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
 //! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
-//! another process on the same file. Reads never wait (WAL). Grant creations queued for
+//! another process on the same file. The lock's holder writes on a connection of its
+//! own (a pool of one, `db_write!`), never queueing for a connection behind readers;
+//! the read pool's connections are `query_only`, so a write that skipped the lock
+//! fails instead of slipping past it. Reads never wait (WAL). Grant creations queued for
 //! the writer together share one transaction, a savepoint each (`creates`), so a burst
 //! of creates costs a few writer turns, not one each.
 //!
@@ -250,13 +253,25 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
+            // The writer first: it migrates. One connection, kept open, handed only to
+            // the holder of the writer lock (so it needs no test before each use).
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options.clone())
+                .await?;
+            db::sqlite_migrator().run(&write).await?;
+            // Readers cannot write: a write that forgot the writer fails loudly.
+            let read = SqlitePoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
+                .connect_with(options.pragma("query_only", "ON"))
                 .await?;
-            db::sqlite_migrator().run(&pool).await?;
-            Pool::Sqlite(pool)
+            Pool::Sqlite { read, write }
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -268,20 +283,21 @@ impl Store {
         })
     }
 
-    /// On SQLite, the in-process writer lock, for a write of a single statement: writers
-    /// then queue in order instead of polling in SQLite's busy handler. `None` on
-    /// PostgreSQL. Never held across another write (it is not reentrant).
-    /// SQLite's writer for an urgent write (see `db::Writer`).
+    /// SQLite's writer for an urgent write of a single statement (see `db::Writer`).
     pub(crate) async fn sqlite_writer_urgent(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.lock_urgent().await),
+            Pool::Sqlite { .. } => Some(self.inner.write_lock.lock_urgent().await),
             Pool::Postgres(_) => None,
         }
     }
 
+    /// On SQLite, the in-process writer lock, for a write of a single statement (run in
+    /// `db_write!`, on the writer connection): writers then queue in order instead of
+    /// polling in SQLite's busy handler. `None` on PostgreSQL. Never held across another
+    /// write (it is not reentrant).
     pub(crate) async fn sqlite_writer(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.lock().await),
+            Pool::Sqlite { .. } => Some(self.inner.write_lock.lock().await),
             Pool::Postgres(_) => None,
         }
     }
@@ -289,7 +305,7 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         match self.inner.pool {
-            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Sqlite { .. } => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
     }
@@ -297,7 +313,7 @@ impl Store {
     /// Whether the database answers (`SELECT 1`), for health checks.
     pub async fn ping(&self) -> Result<()> {
         match &self.inner.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite { read: p, .. } => {
                 sqlx::query("SELECT 1").execute(p).await?;
             }
             Pool::Postgres(p) => {
@@ -307,15 +323,15 @@ impl Store {
         Ok(())
     }
 
-    /// The pool's open connections and how many of them are idle, for metrics.
     /// How SQLite's one writer has been used so far (for benchmarks and metrics).
     pub fn write_stats(&self) -> WriteStats {
         self.inner.write_lock.stats()
     }
 
+    /// The read pool's open connections and how many of them are idle, for metrics.
     pub fn pool_connections(&self) -> (u32, usize) {
         match &self.inner.pool {
-            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Sqlite { read: p, .. } => (p.size(), p.num_idle()),
             Pool::Postgres(p) => (p.size(), p.num_idle()),
         }
     }
@@ -324,7 +340,10 @@ impl Store {
     /// afterwards.
     pub async fn close(&self) {
         match &self.inner.pool {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
             Pool::Postgres(p) => p.close().await,
         }
     }
