@@ -284,6 +284,8 @@ impl std::fmt::Debug for Orchestrator {
 }
 
 impl Orchestrator {
+    /// An orchestrator working through `store`'s orchestrator connections
+    /// ([`store::Store::for_orchestrator`]), so API requests never hold it up.
     pub fn new(
         store: store::Store,
         config: Config,
@@ -292,7 +294,7 @@ impl Orchestrator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: store.for_orchestrator(),
                 clock,
                 config,
                 dataplane,

@@ -34,7 +34,7 @@ pub(crate) enum Pool {
 /// types, executors and transactions are each backend's own.
 macro_rules! db {
     ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
-        match &$store.inner.pool {
+        match $store.pool() {
             $crate::db::Pool::Sqlite { read: $pool, .. } => {
                 #[allow(unused_variables)]
                 let $pg = false;
@@ -56,7 +56,7 @@ pub(crate) use db;
 /// PostgreSQL the same pool as reads.
 macro_rules! db_write {
     ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
-        match &$store.inner.pool {
+        match $store.pool() {
             $crate::db::Pool::Sqlite { write: $pool, .. } => {
                 #[allow(unused_variables)]
                 let $pg = false;

@@ -657,7 +657,7 @@ impl Store {
             sealed,
             new,
         });
-        let port = match &self.inner.pool {
+        let port = match self.pool() {
             Pool::Sqlite { write, .. } => {
                 self.group_commit(write, Create::Access(row.clone()))
                     .await?
@@ -728,7 +728,7 @@ impl Store {
             expires_at: trunc(new.expires_at),
             new,
         });
-        let (port, router_port) = match &self.inner.pool {
+        let (port, router_port) = match self.pool() {
             Pool::Sqlite { write, .. } => {
                 let claimed = self
                     .group_commit(write, Create::Forward(row.clone()))

@@ -823,7 +823,7 @@ impl Store {
     /// Tells every process listening on this PostgreSQL store that a job was queued
     /// (`NOTIFY`); nothing on SQLite (one process per file).
     pub async fn notify_jobs(&self) -> Result<()> {
-        if let Pool::Postgres(p) = &self.inner.pool {
+        if let Pool::Postgres(p) = self.pool() {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(JOBS_CHANNEL)
                 .execute(p)
@@ -835,7 +835,7 @@ impl Store {
     /// A subscription to [`notify_jobs`](Self::notify_jobs) on PostgreSQL; `None` on
     /// SQLite.
     pub async fn job_listener(&self) -> Result<Option<JobListener>> {
-        match &self.inner.pool {
+        match self.pool() {
             Pool::Postgres(p) => {
                 let mut listener = PgListener::connect_with(p).await?;
                 listener.listen(JOBS_CHANNEL).await?;
