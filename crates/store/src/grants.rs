@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
-use crate::creates::Create;
 use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
+use crate::grouped::Write;
 use crate::jobs::{insert_audit, insert_job};
 use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
 use crate::secret::{Secret, Slot};
@@ -643,7 +643,7 @@ impl Store {
     /// transaction: on any failure nothing is left. `NotFound` if the router is not in
     /// the org; `Conflict` if no candidate port is free. The password is encrypted. On
     /// SQLite, creates queued for the writer together are committed together (see
-    /// `creates`), each still all or nothing and answered only once committed.
+    /// `grouped`), each still all or nothing and answered only once committed.
     pub async fn create_access(&self, new: NewAccess) -> Result<TransientAccess> {
         let id = AccessId::new();
         let sealed =
@@ -659,8 +659,9 @@ impl Store {
         });
         let port = match self.pool() {
             Pool::Sqlite { write, .. } => {
-                self.group_commit(write, Create::Access(row.clone()))
+                self.group_commit(write, Write::Access(row.clone()))
                     .await?
+                    .claimed()?
                     .port
             }
             Pool::Postgres(pool) => {
@@ -731,8 +732,9 @@ impl Store {
         let (port, router_port) = match self.pool() {
             Pool::Sqlite { write, .. } => {
                 let claimed = self
-                    .group_commit(write, Create::Forward(row.clone()))
-                    .await?;
+                    .group_commit(write, Write::Forward(row.clone()))
+                    .await?
+                    .claimed()?;
                 (claimed.port, claimed.router_port)
             }
             Pool::Postgres(pool) => {

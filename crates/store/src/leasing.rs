@@ -7,6 +7,7 @@
 //! wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +18,8 @@ use crate::Store;
 use crate::db::{Get, Pool, WritePool, db, db_write, ms};
 use crate::error::{Result, StoreError};
 use crate::grants::move_grant;
-use crate::records::{Job, NewJob, Router};
+use crate::grouped::Write;
+use crate::records::{Job, NewAudit, NewJob, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
 pub const JOBS_CHANNEL: &str = "postern_jobs";
@@ -275,6 +277,101 @@ macro_rules! lease {
         (jobs, lines)
     }};
 }
+
+/// A grant to end, as [`Store::close_grant`] was asked.
+pub(crate) struct CloseRow {
+    grant: GrantRef,
+    from: Vec<GrantStatus>,
+    at: DateTime<Utc>,
+    supersede: (String, String),
+    job: ClosingJob,
+    audit: Option<NewAudit>,
+}
+
+/// Generates, for one backend's connection type, the writes of [`Store::close_grant`]
+/// inside a transaction (or savepoint) the caller opened and ends; on an error the
+/// caller rolls it back.
+macro_rules! grant_closer {
+    ($conn:ty, $name:ident, $pg:expr) => {
+        /// Closes a grant: its organisation and router.
+        pub(crate) async fn $name(tx: &mut $conn, c: &CloseRow) -> Result<(OrgId, RouterId)> {
+            let pg: bool = $pg;
+            let grant_id = match c.grant {
+                GrantRef::Access(g) => g.to_string(),
+                GrantRef::Forward(g) => g.to_string(),
+            };
+            match c.grant {
+                GrantRef::Access(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_access",
+                    "",
+                    grant_id.clone(),
+                    &c.from,
+                    GrantStatus::Closing,
+                    c.at,
+                    None
+                ),
+                GrantRef::Forward(_) => move_grant!(
+                    tx,
+                    pg,
+                    "transient_forwards",
+                    "DELETE FROM router_ports WHERE grant_id = $1",
+                    grant_id.clone(),
+                    &c.from,
+                    GrantStatus::Closing,
+                    c.at,
+                    None
+                ),
+            }?;
+            let table = match c.grant {
+                GrantRef::Access(_) => {
+                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
+                }
+                GrantRef::Forward(_) => {
+                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
+                }
+            };
+            let row = sqlx::query(table)
+                .bind(&grant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let org: OrgId = row.parse("org_id")?;
+            let router: RouterId = row.parse("router_id")?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
+                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
+            )
+            .bind(&grant_id)
+            .bind(format!("%{}", c.supersede.0))
+            .bind(ms(c.at))
+            .bind(&c.supersede.1)
+            .execute(&mut *tx)
+            .await?;
+            let mut payload = c.job.payload.clone();
+            if let serde_json::Value::Object(map) = &mut payload {
+                map.insert("grant_id".into(), grant_id.clone().into());
+            }
+            let new = NewJob {
+                org_id: org,
+                router_id: router,
+                kind: c.job.kind.clone(),
+                payload,
+                max_attempts: c.job.max_attempts,
+                run_after: c.at,
+                created_at: c.at,
+            };
+            crate::jobs::insert_job!(&mut *tx, JobId::new(), &new);
+            if let Some(audit) = &c.audit {
+                crate::jobs::insert_audit!(&mut *tx, audit);
+            }
+            Ok((org, router))
+        }
+    };
+}
+
+grant_closer!(sqlx::SqliteConnection, close_grant_sqlite, false);
+grant_closer!(sqlx::PgConnection, close_grant_pg, true);
 
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
@@ -662,9 +759,11 @@ impl Store {
 
     /// Ends a live grant in one transaction: `closing` (a compare-and-set from one of
     /// `from`), its pending jobs whose kind ends with `supersede.0` completed with
-    /// `supersede.1` as `last_error`, and `job` (its clean-up) queued. Returns the
-    /// grant's organisation and router; `Conflict` (and nothing changed) if it was not
-    /// in `from`.
+    /// `supersede.1` as `last_error`, `job` (its clean-up) queued, and `audit` appended
+    /// when given (a revoke's entry). Returns the grant's organisation and router;
+    /// `Conflict` (and nothing changed, no audit entry either) if it was not in `from`.
+    /// On SQLite, closes and creates queued for the writer together are committed
+    /// together, a savepoint each (see `grouped`).
     pub async fn close_grant(
         &self,
         grant: GrantRef,
@@ -672,79 +771,27 @@ impl Store {
         at: DateTime<Utc>,
         supersede: (&str, &str),
         job: &ClosingJob,
+        audit: Option<&NewAudit>,
     ) -> Result<(OrgId, RouterId)> {
-        let grant_id = match grant {
-            GrantRef::Access(g) => g.to_string(),
-            GrantRef::Forward(g) => g.to_string(),
-        };
-        let job_id = JobId::new();
-        db_write!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            match grant {
-                GrantRef::Access(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_access",
-                    "",
-                    grant_id.clone(),
-                    from,
-                    GrantStatus::Closing,
-                    at,
-                    None
-                ),
-                GrantRef::Forward(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_forwards",
-                    "DELETE FROM router_ports WHERE grant_id = $1",
-                    grant_id.clone(),
-                    from,
-                    GrantStatus::Closing,
-                    at,
-                    None
-                ),
-            }?;
-            let table = match grant {
-                GrantRef::Access(_) => {
-                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
-                }
-                GrantRef::Forward(_) => {
-                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
-                }
-            };
-            let row = sqlx::query(table)
-                .bind(&grant_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let org: OrgId = row.parse("org_id")?;
-            let router: RouterId = row.parse("router_id")?;
-            sqlx::query(
-                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
-                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
-            )
-            .bind(&grant_id)
-            .bind(format!("%{}", supersede.0))
-            .bind(ms(at))
-            .bind(supersede.1)
-            .execute(&mut *tx)
-            .await?;
-            let mut payload = job.payload.clone();
-            if let serde_json::Value::Object(map) = &mut payload {
-                map.insert("grant_id".into(), grant_id.clone().into());
+        let row = Arc::new(CloseRow {
+            grant,
+            from: from.to_vec(),
+            at,
+            supersede: (supersede.0.to_owned(), supersede.1.to_owned()),
+            job: job.clone(),
+            audit: audit.cloned(),
+        });
+        match self.pool() {
+            Pool::Sqlite { write, .. } => {
+                self.group_commit(write, Write::Close(row)).await?.closed()
             }
-            let new = NewJob {
-                org_id: org,
-                router_id: router,
-                kind: job.kind.clone(),
-                payload,
-                max_attempts: job.max_attempts,
-                run_after: at,
-                created_at: at,
-            };
-            crate::jobs::insert_job!(&mut *tx, job_id, &new);
-            tx.commit().await?;
-            Ok((org, router))
-        })
+            Pool::Postgres(pool) => {
+                let (_guard, mut tx) = pool.begin_write(&self.inner.write_lock).await?;
+                let closed = close_grant_pg(&mut tx, &row).await?;
+                tx.commit().await?;
+                Ok(closed)
+            }
+        }
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a

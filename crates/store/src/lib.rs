@@ -15,8 +15,8 @@
 //!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
 //!   [`WriteStats`].
-//! - `creates`: group commit of grant creations on SQLite (creates queued for the
-//!   writer together share one transaction, a savepoint each).
+//! - `grouped`: group commit of grant creations and closes on SQLite (those queued
+//!   for the writer together share one transaction, a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -55,9 +55,9 @@
 //! [`Store::for_orchestrator`] handles use for their reads (and on PostgreSQL their
 //! writes), so API requests never hold the orchestrator up; and on SQLite the writer's
 //! one connection, shared by both (on PostgreSQL one more in the orchestrator's pool
-//! for its `LISTEN`). 12 connections in all by default. Grant creations queued for
-//! the writer together share one transaction, a savepoint each (`creates`), so a burst
-//! of creates costs a few writer turns, not one each.
+//! for its `LISTEN`). 12 connections in all by default. Grant creations and closes
+//! queued for the writer together share one transaction, a savepoint each (`grouped`),
+//! so a burst of creates or revokes costs a few writer turns, not one each.
 //!
 //! # Rules the database enforces
 //!
@@ -128,10 +128,10 @@
 
 mod accounts;
 mod connections;
-mod creates;
 mod db;
 mod error;
 mod grants;
+mod grouped;
 mod jobs;
 mod leasing;
 pub mod records;
@@ -228,8 +228,8 @@ struct Inner {
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
     write_lock: Arc<db::Writer>,
-    /// SQLite's grant creations waiting to be committed together.
-    creates: creates::Creates,
+    /// SQLite's grant creations and closes waiting to be committed together.
+    grouped: grouped::Queue,
 }
 
 impl fmt::Debug for Store {
@@ -330,7 +330,7 @@ impl Store {
                 orchestrator,
                 cipher,
                 write_lock: Arc::new(db::Writer::default()),
-                creates: creates::Creates::default(),
+                grouped: grouped::Queue::default(),
             }),
             lane: Lane::Api,
         })
