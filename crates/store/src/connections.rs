@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use domain::{ConnectionRecordId, GatewayRunId, OrgId, RouterId};
 
 use crate::Store;
-use crate::db::{Get, db, ms, opt_ms, trunc};
+use crate::db::{Get, db, db_write, ms, opt_ms, trunc};
 use crate::error::{Result, StoreError};
 
 /// Which kind of grant a connection belongs to.
@@ -116,7 +116,7 @@ impl Store {
     pub async fn record_connection(&self, new: NewConnection) -> Result<Connection> {
         let _writer = self.sqlite_writer().await;
         let end = new.end.as_ref();
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
                  started_at, ended_at, bytes_from_client, bytes_to_client, end_reason, gateway_run_id) \
@@ -154,7 +154,7 @@ impl Store {
     /// Completes a recorded connection; `NotFound` if there is no such row.
     pub async fn end_connection(&self, id: ConnectionRecordId, end: ConnectionEnd) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE connections SET ended_at = $2, bytes_from_client = $3, bytes_to_client = $4, \
                  end_reason = $5 WHERE id = $1",
@@ -186,7 +186,7 @@ impl Store {
         reason: &str,
     ) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE connections SET ended_at = $1, end_reason = $2 \
                  WHERE ended_at IS NULL AND gateway_run_id = $3 AND grant_id = $4 AND grant_kind = $5",
