@@ -12,7 +12,8 @@
 //! Ends are never lost: the gateway's queue always keeps them (only openings and
 //! refusals are dropped when this task falls behind, and a closing event alone makes a
 //! complete row); a row whose end could not be written is ended with its grant's reason
-//! when the grant's listener closes. Each row names this process's gateway run
+//! when the grant's listener closes. What has queued while a write ran is written in
+//! one transaction (`Store::record_connections`). Each row names this process's gateway run
 //! ([`crate::runs`]): a heartbeat keeps the run registered, and at start-up and on each
 //! heartbeat the rows of runs that are gone (and rows from before owners) are ended as
 //! "gateway stopped", never those of another live server on the same database.
@@ -654,88 +655,8 @@ impl Shared {
                         .await?;
                 }
             }
-            Event::ConnectionOpened {
-                id: conn,
-                source,
-                at,
-                first,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
-                let Some(meta) = meta else { return Ok(()) };
-                let row = ConnectionRecordId::new();
-                lock(&self.live).insert(conn, (key, row));
-                self.store
-                    .record_connection(store::NewConnection {
-                        id: row,
-                        gateway_run: self.run,
-                        org_id: meta.org,
-                        router_id: meta.router,
-                        grant_kind: grant_kind(key),
-                        grant_id: id,
-                        source,
-                        started_at: at,
-                        end: None,
-                    })
-                    .await?;
-                if first {
-                    match key {
-                        GrantKey::Access(id) => self.store.set_access_authorized(id, at).await?,
-                        GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await?,
-                    };
-                }
-            }
-            Event::ConnectionClosed {
-                id: conn,
-                source,
-                started_at,
-                at,
-                bytes_in,
-                bytes_out,
-                reason,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = %conn, bytes_in, bytes_out, %reason, "connection ended");
-                let end = store::ConnectionEnd {
-                    at,
-                    bytes_from_client: bytes_in,
-                    bytes_to_client: bytes_out,
-                    reason: reason.to_string(),
-                };
-                let row = lock(&self.live).get(&conn).map(|(_, row)| *row);
-                let written = match row {
-                    Some(row) => match self.store.end_connection(row, end.clone()).await {
-                        // Its opening could not be written: the whole row now.
-                        Err(store::StoreError::NotFound) => None,
-                        other => Some(other),
-                    },
-                    None => None,
-                };
-                let written = match (written, meta) {
-                    (Some(done), _) => done,
-                    // Its opening was never recorded (dropped, or not written).
-                    (None, Some(meta)) => self
-                        .store
-                        .record_connection(store::NewConnection {
-                            id: row.unwrap_or_else(ConnectionRecordId::new),
-                            gateway_run: self.run,
-                            org_id: meta.org,
-                            router_id: meta.router,
-                            grant_kind: grant_kind(key),
-                            grant_id: id,
-                            source,
-                            started_at,
-                            end: Some(end),
-                        })
-                        .await
-                        .map(|_| ()),
-                    // Its grant's close already ended its row, if it had one.
-                    (None, None) => Ok(()),
-                };
-                // Kept on failure: the grant's close then ends the row.
-                written?;
-                lock(&self.live).remove(&conn);
-            }
+            // Staged into a batch by `stage`.
+            Event::ConnectionOpened { .. } | Event::ConnectionClosed { .. } => {}
             Event::GrantClosed {
                 at,
                 reason,
@@ -774,6 +695,157 @@ impl Shared {
     }
 }
 
+/// Connection rows waiting to be written together, and what follows their write.
+#[derive(Default)]
+struct Batch {
+    /// Each row, and for an end the connection it ends (its `live` entry goes once the
+    /// end is written).
+    rows: Vec<(store::NewConnection, Option<ConnectionId>)>,
+    /// First uses to record: `authorized_at`.
+    authorized: Vec<(GrantKey, DateTime<Utc>)>,
+}
+
+impl Shared {
+    /// Stages a connection's opening or end (logged now, written by `flush`); hands any
+    /// other event back.
+    fn stage(&self, event: Event, batch: &mut Batch) -> Option<Event> {
+        let key = event.key();
+        match event {
+            Event::ConnectionOpened {
+                id: conn,
+                source,
+                at,
+                first,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
+                let meta = lock(&self.grants).get(&key).copied()?;
+                let row = ConnectionRecordId::new();
+                lock(&self.live).insert(conn, (key, row));
+                batch
+                    .rows
+                    .push((self.row(key, meta, row, source, at, None), None));
+                if first {
+                    batch.authorized.push((key, at));
+                }
+                None
+            }
+            Event::ConnectionClosed {
+                id: conn,
+                source,
+                started_at,
+                at,
+                bytes_in,
+                bytes_out,
+                reason,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = %conn, bytes_in, bytes_out, %reason, "connection ended");
+                // No meta: its grant's close already ended its row, if it had one.
+                let meta = lock(&self.grants).get(&key).copied()?;
+                // No row: its opening was dropped; the end writes the whole row.
+                let row = lock(&self.live)
+                    .get(&conn)
+                    .map_or_else(ConnectionRecordId::new, |(_, row)| *row);
+                let end = store::ConnectionEnd {
+                    at,
+                    bytes_from_client: bytes_in,
+                    bytes_to_client: bytes_out,
+                    reason: reason.to_string(),
+                };
+                batch.rows.push((
+                    self.row(key, meta, row, source, started_at, Some(end)),
+                    Some(conn),
+                ));
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    fn row(
+        &self,
+        key: GrantKey,
+        meta: Meta,
+        id: ConnectionRecordId,
+        source: SocketAddr,
+        started_at: DateTime<Utc>,
+        end: Option<store::ConnectionEnd>,
+    ) -> store::NewConnection {
+        store::NewConnection {
+            id,
+            gateway_run: self.run,
+            org_id: meta.org,
+            router_id: meta.router,
+            grant_kind: grant_kind(key),
+            grant_id: kind(key).1,
+            source,
+            started_at,
+            end,
+        }
+    }
+
+    /// Writes the staged rows in one transaction (one at a time if that fails, so one
+    /// bad row sinks no other), then the first uses. A row whose end could not be
+    /// written keeps its `live` entry: its grant's close ends it.
+    async fn flush(&self, batch: &mut Batch) {
+        let rows = std::mem::take(&mut batch.rows);
+        if !rows.is_empty() {
+            let all: Vec<store::NewConnection> = rows.iter().map(|(r, _)| r.clone()).collect();
+            let written: Vec<Option<ConnectionId>> = match self.store.record_connections(&all).await
+            {
+                Ok(()) => rows.into_iter().map(|(_, conn)| conn).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = all.len(), "could not record connections together; one at a time");
+                    let mut done = Vec::new();
+                    for (row, conn) in rows {
+                        match self
+                            .store
+                            .record_connections(std::slice::from_ref(&row))
+                            .await
+                        {
+                            Ok(()) => done.push(conn),
+                            Err(e) => {
+                                tracing::error!(error = %e, connection = %row.id, "could not record a connection")
+                            }
+                        }
+                    }
+                    done
+                }
+            };
+            let mut live = lock(&self.live);
+            for conn in written.into_iter().flatten() {
+                live.remove(&conn);
+            }
+        }
+        for (key, at) in std::mem::take(&mut batch.authorized) {
+            let set = match key {
+                GrantKey::Access(id) => self.store.set_access_authorized(id, at).await,
+                GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await,
+            };
+            if let Err(e) = set {
+                tracing::error!(grant = %key, error = %e, "could not record the grant's first use");
+            }
+        }
+    }
+
+    /// Records a run of events: connection rows together, other events in their place.
+    async fn record(&self, events: Vec<Event>) {
+        let mut batch = Batch::default();
+        for event in events {
+            let Some(other) = self.stage(event, &mut batch) else {
+                continue;
+            };
+            // What came before is written first (a grant's close ends what is left).
+            self.flush(&mut batch).await;
+            if let Err(e) = self.handle(other).await {
+                tracing::error!(error = %e, "could not record a gateway event");
+            }
+        }
+        self.flush(&mut batch).await;
+    }
+}
+
 fn grant_kind(key: GrantKey) -> store::GrantKind {
     match key {
         GrantKey::Access(_) => store::GrantKind::Access,
@@ -797,25 +869,41 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
-/// Writes the gateway's events to the store, one at a time, until told to stop; then
-/// what is already queued.
+/// Most events recorded in one go (their connection rows in one transaction).
+const BATCH: usize = 256;
+
+/// What is queued now, up to `BATCH` events after `first`.
+fn take_queued(rx: &mut Events, first: Option<Event>) -> Vec<Event> {
+    let mut events: Vec<Event> = first.into_iter().collect();
+    while events.len() < BATCH
+        && let Some(e) = rx.try_recv()
+    {
+        events.push(e);
+    }
+    events
+}
+
+/// Writes the gateway's events to the store until told to stop, then what is already
+/// queued: whatever has queued up while the last write ran is written together, so a
+/// burst of connections costs a few transactions, not two per connection.
 async fn record_events(shared: Arc<Shared>, mut rx: Events, mut stop: oneshot::Receiver<()>) {
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             event = rx.recv() => match event {
                 Some(e) => e,
                 None => return,
             },
             _ = &mut stop => break,
         };
-        if let Err(e) = shared.handle(event).await {
-            tracing::error!(error = %e, "could not record a gateway event");
-        }
+        let events = take_queued(&mut rx, Some(first));
+        shared.record(events).await;
     }
-    while let Some(event) = rx.try_recv() {
-        if let Err(e) = shared.handle(event).await {
-            tracing::error!(error = %e, "could not record a gateway event");
+    loop {
+        let events = take_queued(&mut rx, None);
+        if events.is_empty() {
+            return;
         }
+        shared.record(events).await;
     }
 }
 

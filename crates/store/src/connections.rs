@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use domain::{ConnectionRecordId, GatewayRunId, OrgId, RouterId};
 
 use crate::Store;
-use crate::db::{Get, db, db_write, ms, opt_ms, trunc};
+use crate::db::{Get, WritePool as _, db, db_write, ms, opt_ms, trunc};
 use crate::error::{Result, StoreError};
 
 /// Which kind of grant a connection belongs to.
@@ -151,6 +151,47 @@ impl Store {
         })
     }
 
+    /// Writes several connections in one transaction, in order: each is inserted, or,
+    /// if its row exists and it carries an end, completed with that end (an opening
+    /// the caller never wrote is no obstacle). The gateway's recorder writes what it
+    /// has queued this way, one writer turn for many events.
+    pub async fn record_connections(&self, rows: &[NewConnection]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        db_write!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            for new in rows {
+                let end = new.end.as_ref();
+                sqlx::query(
+                    "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
+                     started_at, ended_at, bytes_from_client, bytes_to_client, end_reason, gateway_run_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, \
+                     bytes_from_client = excluded.bytes_from_client, \
+                     bytes_to_client = excluded.bytes_to_client, end_reason = excluded.end_reason \
+                     WHERE excluded.ended_at IS NOT NULL",
+                )
+                .bind(new.id.to_string())
+                .bind(new.org_id.to_string())
+                .bind(new.router_id.to_string())
+                .bind(new.grant_kind.as_str())
+                .bind(&new.grant_id)
+                .bind(new.source.to_string())
+                .bind(ms(new.started_at))
+                .bind(opt_ms(end.map(|e| e.at)))
+                .bind(bigint(end.map_or(0, |e| e.bytes_from_client)))
+                .bind(bigint(end.map_or(0, |e| e.bytes_to_client)))
+                .bind(end.map(|e| e.reason.clone()))
+                .bind(new.gateway_run.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Completes a recorded connection; `NotFound` if there is no such row.
     pub async fn end_connection(&self, id: ConnectionRecordId, end: ConnectionEnd) -> Result<()> {
         let _writer = self.sqlite_writer().await;
@@ -207,7 +248,7 @@ impl Store {
     /// `reason`. Returns how many.
     pub async fn end_orphaned_connections(&self, at: DateTime<Utc>, reason: &str) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE connections SET ended_at = $1, end_reason = $2 WHERE ended_at IS NULL \
                  AND (gateway_run_id IS NULL \
@@ -224,7 +265,7 @@ impl Store {
     /// Registers a gateway run, or renews its heartbeat (`seen_at`) if it is registered.
     pub async fn record_gateway_run(&self, run: &GatewayRun) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO gateway_runs (id, process, started_at, seen_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
@@ -264,7 +305,7 @@ impl Store {
     /// orphans for `end_orphaned_connections`. Returns whether it was registered.
     pub async fn forget_gateway_run(&self, id: GatewayRunId) -> Result<bool> {
         let _writer = self.sqlite_writer().await;
-        let n = db!(self, |p, pg| {
+        let n = db_write!(self, |p, pg| {
             sqlx::query("DELETE FROM gateway_runs WHERE id = $1")
                 .bind(id.to_string())
                 .execute(p)

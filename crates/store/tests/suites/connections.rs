@@ -106,6 +106,42 @@ async fn connections(ctx: &Ctx) {
         );
     }
 
+    // In one transaction: an opening, its end, and an end whose opening was never
+    // written; an opening again does not undo an end.
+    let batch_grant = AccessId::new().to_string();
+    let mut opened = new("198.51.100.20:5", 3, None);
+    opened.grant_id = batch_grant.clone();
+    let mut closed = opened.clone();
+    closed.end = Some(ConnectionEnd {
+        at: t(4),
+        bytes_from_client: 7,
+        bytes_to_client: 8,
+        reason: "finished".into(),
+    });
+    let mut unseen = closed.clone();
+    unseen.id = domain::ConnectionRecordId::new();
+    s.record_connections(&[opened.clone(), closed, unseen, opened.clone()])
+        .await
+        .unwrap();
+    s.record_connections(&[]).await.unwrap();
+    let list = s
+        .list_connections(w.org, w.router.id, GrantKind::Access, &batch_grant, 10)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for c in &list {
+        assert_eq!(
+            (
+                c.ended_at,
+                c.bytes_from_client,
+                c.bytes_to_client,
+                c.end_reason.as_deref()
+            ),
+            (Some(t(4)), 7, 8, Some("finished")),
+            "{c:?}"
+        );
+    }
+
     // Runs: registered, renewed, listed.
     let other_run = domain::GatewayRunId::new();
     for (id, at) in [(run, 6), (other_run, 6), (run, 8)] {
