@@ -12,7 +12,9 @@
 //! servers provision their grant through (registered with the echo's port as its SSH
 //! port). Rounds go round-robin over the paths; medians are printed, with, for the
 //! servers, how long after a round's last connection closed the API showed all of the
-//! round's newest 500 connections ended (how far the recorder lags behind).
+//! round's newest 500 connections ended (how far the recorder lags behind), and the CPU
+//! time the gateway's process spent per connection (from the round's start until every
+//! end was recorded, so the recording's work counts; `/proc/<pid>/stat`).
 //!
 //! Run: `cargo bench -p postern-cli --bench recording` (`POSTERN_BENCH_ROUNDS`, default 5;
 //! `POSTERN_BENCH_CONNS` per round, default 10,000; `POSTERN_BENCH_BIN`, the `postern`
@@ -113,8 +115,10 @@ async fn run(rounds: usize, conns: usize) {
         "postern server (recorded, info log)",
         "postern server (recorded, warn log)",
     ];
+    let pids = [child.0.id(), logged._child.0.id(), quiet._child.0.id()];
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut lags: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for (i, name) in names.iter().enumerate() {
             let server = match i {
@@ -123,22 +127,36 @@ async fn run(rounds: usize, conns: usize) {
                 _ => None,
             };
             let addr = server.map_or(alone, |s| s.entry);
+            let before = cpu_ns(pids[i]);
             let rate = conn_rate(addr, conns).await;
             let lag = match server {
                 Some(s) => s.recorded_lag().await.as_secs_f64() * 1000.0,
                 None => 0.0,
             };
-            eprintln!("round {round}: {name}: {rate:.0} connections/s, recorder lag {lag:.0} ms");
+            // Until every end is recorded: the recording's work included.
+            let us = cpu_ns(pids[i]).saturating_sub(before) as f64 / 1000.0 / conns as f64;
+            eprintln!(
+                "round {round}: {name}: {rate:.0} connections/s, {us:.1} CPU-µs each, recorder lag {lag:.0} ms"
+            );
             rates[i].push(rate);
             lags[i].push(lag);
+            cpu[i].push(us);
         }
     }
     println!(
         "\nconnect + 1-byte echo + close, {CONCURRENCY} at once, {conns} per round, {rounds} rounds (medians):"
     );
-    let base = median(rates[0].clone());
     for (i, name) in names.iter().enumerate() {
         let r = median(rates[i].clone());
+        // Per round, against the gateway alone in the same round.
+        let ratio = median(
+            rates[i]
+                .iter()
+                .zip(&rates[0])
+                .map(|(x, base)| x / base)
+                .collect(),
+        );
+        let us = median(cpu[i].clone());
         let lo = rates[i].iter().copied().fold(f64::MAX, f64::min);
         let hi = rates[i].iter().copied().fold(0.0, f64::max);
         let lag = if i == 0 {
@@ -151,8 +169,7 @@ async fn run(rounds: usize, conns: usize) {
             )
         };
         println!(
-            "  {name:<38} {r:>8.0}/s ({lo:.0}-{hi:.0}), {:.2} of the gateway alone{lag}",
-            r / base
+            "  {name:<38} {r:>8.0}/s ({lo:.0}-{hi:.0}), {ratio:.2} of the gateway alone (per round); {us:.1} CPU-µs per connection in the process{lag}"
         );
     }
     drop(logged);
@@ -415,6 +432,21 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// CPU time of process `pid` so far, threads that ended included, in nanoseconds
+/// (`utime + stime` of `/proc/<pid>/stat`, in ticks of 10 ms).
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    // Fields 14 and 15 of the line are 11 and 12 after the name.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10_000_000
 }
 
 fn cpu_model() -> String {
