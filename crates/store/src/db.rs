@@ -372,6 +372,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "terminal grants",
             include_str!("../migrations/sqlite/0050_terminal_grants.sql"),
         ),
+        // 60: a router's unfinished jobs, for the claim.
+        migration(
+            60,
+            "open jobs index",
+            include_str!("../migrations/sqlite/0060_open_jobs_index.sql"),
+        ),
     ])
 }
 
@@ -427,6 +433,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             50,
             "terminal grants",
             include_str!("../migrations/postgres/0050_terminal_grants.sql"),
+        ),
+        // 60: a router's unfinished jobs, for the claim.
+        migration(
+            60,
+            "open jobs index",
+            include_str!("../migrations/postgres/0060_open_jobs_index.sql"),
         ),
     ])
 }

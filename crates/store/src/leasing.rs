@@ -968,3 +968,47 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    /// SQLite's plan for `sql` (`$1` now, `$2` as given).
+    async fn plan(store: &Store, sql: &str, second: &str) -> String {
+        db!(store, |p, pg| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(0_i64)
+                .bind(second.to_owned())
+                .fetch_all(p)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.text("detail").unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// The claim's "no earlier unfinished job of the router" check, and a router's
+    /// batch, read the router's unfinished jobs through the partial index (migration
+    /// 60), never stepping over its finished ones.
+    #[tokio::test]
+    async fn claims_read_only_unfinished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        let store = Store::open(&url, &StoreConfig::new([1; 32])).await.unwrap();
+        let claim = plan(&store, &format!("SELECT j.id {CLAIMABLE}"), "1").await;
+        eprintln!("claim:\n{claim}");
+        assert!(
+            claim.contains("CORRELATED SCALAR SUBQUERY")
+                && claim.contains("jobs_open_router_seq (router_id=? AND seq<?)"),
+            "{claim}"
+        );
+        let batch = plan(&store, &format!("SELECT j.id {BATCH_ON_ROUTER}"), "r").await;
+        eprintln!("batch:\n{batch}");
+        assert!(!batch.contains("jobs_router_seq"), "{batch}");
+        assert!(batch.contains("jobs_open_router_seq"), "{batch}");
+        store.close().await;
+    }
+}
