@@ -372,11 +372,17 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "terminal grants",
             include_str!("../migrations/sqlite/0050_terminal_grants.sql"),
         ),
-        // 60: which gateway run owns each connection, and the runs alive.
+        // 60: a router's unfinished jobs, for the claim.
         migration(
             60,
+            "open jobs index",
+            include_str!("../migrations/sqlite/0060_open_jobs_index.sql"),
+        ),
+        // 70: which gateway run owns each connection, and the runs alive.
+        migration(
+            70,
             "connection owners",
-            include_str!("../migrations/sqlite/0060_connection_owners.sql"),
+            include_str!("../migrations/sqlite/0070_connection_owners.sql"),
         ),
     ])
 }
@@ -434,11 +440,17 @@ pub(crate) fn postgres_migrator() -> Migrator {
             "terminal grants",
             include_str!("../migrations/postgres/0050_terminal_grants.sql"),
         ),
-        // 60: which gateway run owns each connection, and the runs alive.
+        // 60: a router's unfinished jobs, for the claim.
         migration(
             60,
+            "open jobs index",
+            include_str!("../migrations/postgres/0060_open_jobs_index.sql"),
+        ),
+        // 70: which gateway run owns each connection, and the runs alive.
+        migration(
+            70,
             "connection owners",
-            include_str!("../migrations/postgres/0060_connection_owners.sql"),
+            include_str!("../migrations/postgres/0070_connection_owners.sql"),
         ),
     ])
 }

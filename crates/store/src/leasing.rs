@@ -292,50 +292,52 @@ pub(crate) struct CloseRow {
 /// inside a transaction (or savepoint) the caller opened and ends; on an error the
 /// caller rolls it back.
 macro_rules! grant_closer {
-    ($conn:ty, $name:ident, $pg:expr) => {
+    ($conn:ty, $name:ident) => {
         /// Closes a grant: its organisation and router.
         pub(crate) async fn $name(tx: &mut $conn, c: &CloseRow) -> Result<(OrgId, RouterId)> {
-            let pg: bool = $pg;
             let grant_id = match c.grant {
                 GrantRef::Access(g) => g.to_string(),
                 GrantRef::Forward(g) => g.to_string(),
             };
-            match c.grant {
-                GrantRef::Access(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_access",
-                    "",
-                    grant_id.clone(),
-                    &c.from,
-                    GrantStatus::Closing,
-                    c.at,
-                    None
-                ),
-                GrantRef::Forward(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_forwards",
-                    "DELETE FROM router_ports WHERE grant_id = $1",
-                    grant_id.clone(),
-                    &c.from,
-                    GrantStatus::Closing,
-                    c.at,
-                    None
-                ),
-            }?;
+            // One statement in the common case: the compare-and-set, with what the
+            // rest needs. `closing` is not final: no port is released.
             let table = match c.grant {
-                GrantRef::Access(_) => {
-                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
-                }
-                GrantRef::Forward(_) => {
-                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
-                }
+                GrantRef::Access(_) => "transient_access",
+                GrantRef::Forward(_) => "transient_forwards",
             };
-            let row = sqlx::query(table)
+            let from: Vec<String> = c
+                .from
+                .iter()
+                .filter(|f| f.can_become(GrantStatus::Closing))
+                .map(|f| format!("'{}'", f.as_str()))
+                .collect();
+            let row = if from.is_empty() {
+                None
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET status = 'closing', \
+                     revoked_early = (revoked_early OR $2 < expires_at) \
+                     WHERE id = $1 AND status IN ({}) RETURNING org_id, router_id",
+                    from.join(", ")
+                )))
                 .bind(&grant_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                .bind(ms(c.at))
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            let Some(row) = row else {
+                // Say why: it is not live (or changed meanwhile), or is gone.
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT status FROM {table} WHERE id = $1"
+                )))
+                .bind(&grant_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+                let status: GrantStatus = row.parse("status")?;
+                crate::grants::check_transition(status, &c.from, GrantStatus::Closing)?;
+                return Err(StoreError::Conflict("the grant changed meanwhile".into()));
+            };
             let org: OrgId = row.parse("org_id")?;
             let router: RouterId = row.parse("router_id")?;
             sqlx::query(
@@ -370,8 +372,8 @@ macro_rules! grant_closer {
     };
 }
 
-grant_closer!(sqlx::SqliteConnection, close_grant_sqlite, false);
-grant_closer!(sqlx::PgConnection, close_grant_pg, true);
+grant_closer!(sqlx::SqliteConnection, close_grant_sqlite);
+grant_closer!(sqlx::PgConnection, close_grant_pg);
 
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
@@ -966,5 +968,49 @@ impl Store {
         } else {
             Err(StoreError::NotFound)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    /// SQLite's plan for `sql` (`$1` now, `$2` as given).
+    async fn plan(store: &Store, sql: &str, second: &str) -> String {
+        db!(store, |p, pg| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(0_i64)
+                .bind(second.to_owned())
+                .fetch_all(p)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.text("detail").unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// The claim's "no earlier unfinished job of the router" check, and a router's
+    /// batch, read the router's unfinished jobs through the partial index (migration
+    /// 60), never stepping over its finished ones.
+    #[tokio::test]
+    async fn claims_read_only_unfinished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        let store = Store::open(&url, &StoreConfig::new([1; 32])).await.unwrap();
+        let claim = plan(&store, &format!("SELECT j.id {CLAIMABLE}"), "1").await;
+        eprintln!("claim:\n{claim}");
+        assert!(
+            claim.contains("CORRELATED SCALAR SUBQUERY")
+                && claim.contains("jobs_open_router_seq (router_id=? AND seq<?)"),
+            "{claim}"
+        );
+        let batch = plan(&store, &format!("SELECT j.id {BATCH_ON_ROUTER}"), "r").await;
+        eprintln!("batch:\n{batch}");
+        assert!(!batch.contains("jobs_router_seq"), "{batch}");
+        assert!(batch.contains("jobs_open_router_seq"), "{batch}");
+        store.close().await;
     }
 }
