@@ -19,9 +19,9 @@ use crate::error::{Result, StoreError};
 
 /// The connection pools of the backend in use.
 pub(crate) enum Pool {
-    /// `read` serves reads (its connections are `query_only`); `write` is SQLite's one
-    /// writer connection, used only by whoever holds the writer lock (`Writer`), so a
-    /// writer never queues for a connection behind readers.
+    /// `read` serves reads (its connections are `query_only`); `write` is SQLite's
+    /// writer's (two connections, one in use at a time), used only by whoever holds the
+    /// writer lock (`Writer`), so a writer never queues for a connection behind readers.
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,

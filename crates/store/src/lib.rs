@@ -43,7 +43,8 @@
 //! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
 //! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
 //! another process on the same file. The lock's holder writes on a connection of its
-//! own (a pool of one, `db_write!`), never queueing for a connection behind readers;
+//! own (a pool of two, one write at a time, `db_write!`), never queueing for a
+//! connection behind readers;
 //! the read pool's connections are `query_only`, so a write that skipped the lock
 //! fails instead of slipping past it. Reads never wait (WAL).
 //!
@@ -54,8 +55,9 @@
 //! [`StoreConfig::orchestrator_connections`] (3, opened on first use), which
 //! [`Store::for_orchestrator`] handles use for their reads (and on PostgreSQL their
 //! writes), so API requests never hold the orchestrator up; and on SQLite the writer's
-//! one connection, shared by both (on PostgreSQL one more in the orchestrator's pool
-//! for its `LISTEN`). 12 connections in all by default. Grant creations and closes
+//! two connections (one in use at a time), shared by both (on PostgreSQL one more in
+//! the orchestrator's pool for its `LISTEN`). 13 connections in all by default on
+//! SQLite, 12 on PostgreSQL. Grant creations and closes
 //! queued for the writer together share one transaction, a savepoint each (`grouped`),
 //! so a burst of creates or revokes costs a few writer turns, not one each.
 //!
@@ -290,16 +292,20 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true);
-                // The writer first: it migrates. One connection, kept open, handed only to
-                // the holder of the writer lock (so it needs no test before each use).
+                // The writer first: it migrates. Used only by the holder of the writer lock, so
+                // one write at a time; two connections, kept open, so the next holder never waits
+                // for the last one's connection to be returned (sqlx returns a connection in a task
+                // of its own that pings it first). Every write's statements are prepared on
+                // them, so each keeps more than a reader does (sqlx's default of 100 would have the
+                // log lines' inserts, one per number of lines, evict the creates' and the leases').
                 let write = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
+                    .max_connections(2)
+                    .min_connections(2)
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options.clone())
+                    .connect_with(options.clone().statement_cache_capacity(1024))
                     .await?;
                 db::sqlite_migrator().run(&write).await?;
                 // Readers cannot write: a write that forgot the writer fails loudly.
