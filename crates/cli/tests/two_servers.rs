@@ -1,6 +1,8 @@
 //! Two `postern server` processes on one PostgreSQL (a throwaway cluster the store's test
 //! harness starts): grants created through either are each provisioned exactly once,
-//! by whichever process claims the job first (woken by LISTEN/NOTIFY).
+//! by whichever process claims the job first (woken by LISTEN/NOTIFY); a server that
+//! starts leaves the other's live connections live, and ends them once that one is
+//! gone.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,6 +26,11 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
 fn start(data: &std::path::Path, url: &str) -> (Child, String) {
+    start_env(data, url, &[])
+}
+
+/// The same with more environment variables.
+fn start_env(data: &std::path::Path, url: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "server",
@@ -40,6 +47,7 @@ fn start(data: &std::path::Path, url: &str) -> (Child, String) {
         .env_remove("POSTERN_LISTEN")
         .env_remove("POSTERN_DATA_DIR")
         .env_remove("POSTERN_DATABASE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -217,4 +225,114 @@ async fn two_servers_on_one_postgres_provision_each_grant_exactly_once() {
     a.wait().unwrap();
     b.wait().unwrap();
     fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_server_leaves_the_others_live_connections_and_ends_them_once_it_is_gone() {
+    use tokio::io::AsyncReadExt as _;
+
+    let Some(ctx) = harness::Ctx::new(harness::Db::Postgres).await else {
+        return;
+    };
+    ctx.store.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sim = sim::RouterHandle::start(sim::RouterOptions::new(
+        "two-gw",
+        "127.0.23.60".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let beat = [("POSTERN_GATEWAY_HEARTBEAT", "1s")];
+    let (mut a, addr_a) = start_env(&data, &ctx.url, &beat);
+    let out = Command::new(BIN)
+        .args(["admin", "create-token", "--role", "admin", "--name", "t"])
+        .args(["--database-url", &ctx.url, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let router = call(
+        &addr_a,
+        &token,
+        "POST",
+        "/api/routers",
+        Some(json!({
+            "name": "two-gw",
+            "tunnel_address": sim.address().to_string(),
+            "api_port": sim.api_addr.port(),
+            "ssh_port": sim.ssh_addr.port(),
+            "username": "admin",
+            "password": sim.admin_password,
+        })),
+    )
+    .await;
+    let router = router["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/routers/{router}/transient-access");
+    let grant = call(
+        &addr_a,
+        &token,
+        "POST",
+        &format!("{base}?wait=true"),
+        Some(json!({ "type": "ssh", "allow_from": "127.0.0.1", "expire_after_minutes": 30 })),
+    )
+    .await;
+    assert_eq!(grant["status"], "active", "{grant}");
+    let port = u16::try_from(grant["port"].as_u64().unwrap()).unwrap();
+    let path = format!("{base}/{}/connections", grant["id"].as_str().unwrap());
+
+    // A live connection through A's gateway (the router's SSH banner comes back).
+    let mut live = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut banner = [0u8; 4];
+    live.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"SSH-");
+    let listed = async |addr: &str| -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let list = call(addr, &token, "GET", &path, None).await;
+            let list = list.as_array().unwrap().clone();
+            if !list.is_empty() || started.elapsed() > Duration::from_secs(10) {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let list = listed(&addr_a).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0]["ended_at"].is_null(), "{list:?}");
+
+    // B starts on the same database and beats a few times: A's connection stays live.
+    let (mut b, addr_b) = start_env(&data, &ctx.url, &beat);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let list = listed(&addr_b).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(
+        list[0]["ended_at"].is_null(),
+        "B ended A's live connection: {list:?}"
+    );
+
+    // A dies (SIGKILL): B sees it gone and ends what A left live.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let started = Instant::now();
+    let ended = loop {
+        let list = listed(&addr_b).await;
+        if !list[0]["ended_at"].is_null() {
+            break list;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A's connection never ended: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended[0]["end_reason"], "gateway stopped", "{ended:?}");
+    eprintln!("ended {:?} after A was killed", started.elapsed());
+    b.kill().unwrap();
+    b.wait().unwrap();
+    drop(live);
+    sim.shutdown().await;
 }

@@ -90,6 +90,9 @@ id!(/// A router job of the orchestration log.
     JobId, "job id");
 id!(/// A connection through the gateway, as recorded in the store.
     ConnectionRecordId, "connection id");
+id!(/// One run of a gateway (a `postern server` process): the owner of the connections
+    /// it records.
+    GatewayRunId, "gateway run id");
 
 #[cfg(test)]
 mod tests {

@@ -2,14 +2,20 @@
 //! and grants that ended. The caller turns these into audit entries, `authorized_at`
 //! (the first allowed connection) and the connections list of the API.
 //!
-//! Events go to a bounded `tokio::sync::mpsc` channel. The data path never waits for the
-//! reader: when the channel is full the event is dropped and counted
-//! ([`crate::Gateway::events_dropped`]); what matters most is also kept in the gateway's
-//! state ([`crate::GrantInfo::first_connection_at`], [`crate::Gateway::connections`]).
+//! Events go, in the order they happen, to one queue ([`Events`]) that the data path
+//! never waits on. Ends are never lost: `ConnectionClosed`, `GrantClosed` and a grant's
+//! first `ConnectionOpened` (its `authorized_at`) are always queued. The others, other
+//! openings and refusals, count against `event_capacity`: beyond it they are dropped and
+//! counted ([`crate::Gateway::events_dropped`]), so a reader that falls behind costs
+//! memory only for ends (one per connection that closed, a few hundred bytes each),
+//! while a flood of refused sources costs nothing. A closing event carries everything
+//! of its connection (source, start, bytes, reason), so the reader can record a
+//! connection whose opening it never saw.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -140,31 +146,89 @@ impl Event {
     }
 }
 
-/// The sending side: never waits, drops and counts when full.
+impl Event {
+    /// Whether the event may be dropped when the reader falls behind: refusals and
+    /// openings but a grant's first. Ends never are.
+    pub fn droppable(&self) -> bool {
+        match self {
+            Event::ConnectionRefused { .. } => true,
+            Event::ConnectionOpened { first, .. } => !first,
+            Event::ConnectionClosed { .. } | Event::GrantClosed { .. } => false,
+        }
+    }
+}
+
+/// The sending side: never waits; drops and counts droppable events beyond capacity.
 #[derive(Debug)]
 pub(crate) struct EventSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Droppable events in the queue now.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     dropped: AtomicU64,
 }
 
+/// The receiving side of a gateway's events, in the order they happened.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<Event>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Events {
+    /// The next event; `None` once the gateway is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let event = self.rx.try_recv().ok()?;
+        Some(self.taken(event))
+    }
+
+    /// Events queued now, ends included.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event is queued now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    fn taken(&self, event: Event) -> Event {
+        if event.droppable() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        event
+    }
+}
+
 impl EventSink {
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub(crate) fn new(capacity: usize) -> (Self, Events) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let sink = Self {
             tx,
+            queued: queued.clone(),
+            capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
         };
-        (sink, rx)
+        (sink, Events { rx, queued })
     }
 
     pub(crate) fn emit(&self, event: Event) {
-        match self.tx.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            // Nobody listens: nothing to count.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let droppable = event.droppable();
+        if droppable && self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.send(event).is_err() && droppable {
+            // Nobody listens: nothing to count, nothing queued.
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -178,26 +242,49 @@ mod tests {
     use super::*;
     use domain::AccessId;
 
+    fn refused(key: GrantKey) -> Event {
+        Event::ConnectionRefused {
+            key,
+            source: "127.0.0.1:1".parse().unwrap(),
+            at: Utc::now(),
+            refusal: Refusal::SourceNotAllowed,
+        }
+    }
+
     #[test]
-    fn full_channel_drops_and_counts_without_blocking() {
+    fn a_full_queue_drops_and_counts_refusals_but_never_ends() {
         let (sink, mut rx) = EventSink::new(2);
         let key = GrantKey::Access(AccessId::new());
-        let event = Event::GrantClosed {
+        let closed = Event::GrantClosed {
             key,
             at: Utc::now(),
             reason: EndReason::Revoked,
             connections_killed: 0,
         };
         for _ in 0..5 {
-            sink.emit(event.clone());
+            sink.emit(refused(key));
+        }
+        for _ in 0..3 {
+            sink.emit(closed.clone());
         }
         assert_eq!(sink.dropped(), 3);
-        assert_eq!(rx.try_recv().unwrap().key(), key);
-        assert_eq!(rx.try_recv().unwrap(), event);
-        assert!(rx.try_recv().is_err());
-        drop(rx);
-        sink.emit(event);
+        assert_eq!(rx.len(), 5);
+        assert!(matches!(
+            rx.try_recv(),
+            Some(Event::ConnectionRefused { .. })
+        ));
+        // Taking a droppable event makes room for one more.
+        sink.emit(refused(key));
         assert_eq!(sink.dropped(), 3);
+        sink.emit(refused(key));
+        assert_eq!(sink.dropped(), 4);
+        let rest: Vec<Event> = std::iter::from_fn(|| rx.try_recv()).collect();
+        assert_eq!(rest.iter().filter(|e| !e.droppable()).count(), 3);
+        assert_eq!(rest.len(), 5);
+        assert!(rx.is_empty());
+        drop(rx);
+        sink.emit(refused(key));
+        assert_eq!(sink.dropped(), 4);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
 use crate::conn::{self, Counters, Pumps};
-use crate::event::{ConnectionId, EndReason, Event, EventSink, Refusal, Transfer};
+use crate::event::{ConnectionId, EndReason, Event, EventSink, Events, Refusal, Transfer};
 use crate::{Error, ForwardSpec, GrantKey, SourcePolicy};
 
 /// How allowed connections move their bytes.
@@ -59,7 +59,8 @@ pub struct Config {
     pub max_connections_per_grant: usize,
     /// Live forwarded connections of the whole gateway.
     pub max_connections: usize,
-    /// Room in the event channel; events beyond are dropped and counted.
+    /// Room in the event queue for droppable events (refusals, openings but a grant's
+    /// first); beyond, they are dropped and counted. Ends are always queued.
     pub event_capacity: usize,
     /// Splice or copy.
     pub transfer: TransferMode,
@@ -228,7 +229,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Gateway {
     /// A gateway and the receiving end of its events.
-    pub fn new(config: Config) -> (Gateway, mpsc::Receiver<Event>) {
+    pub fn new(config: Config) -> (Gateway, Events) {
         let (events, rx) = EventSink::new(config.event_capacity);
         let root = CancellationToken::new();
         let inner = Arc::new(Inner {
@@ -354,7 +355,7 @@ impl Gateway {
         grants.iter().map(|g| g.info()).collect()
     }
 
-    /// Events dropped because the channel was full.
+    /// Droppable events dropped because the queue held `event_capacity` of them.
     pub fn events_dropped(&self) -> u64 {
         self.inner.events.dropped()
     }

@@ -8,7 +8,7 @@
 //! ([`Gateway::close`]) or the grant's own deadline closes the listener and kills every
 //! live connection of the grant; the deadline fires inside the gateway, so access ends
 //! here first whether or not anyone else is running. What happens is reported as
-//! [`Event`]s on a bounded channel that never blocks the data path.
+//! [`Event`]s on a queue that never blocks the data path and never loses an end.
 //!
 //! **Architecture invariant:** `gateway` never touches the database. It knows grants only
 //! as [`GrantKey`]s with a listen address, a target, sources and a deadline; the caller
@@ -23,7 +23,8 @@
 //!   live one, a cool-down before reuse; time is a parameter.
 //! - [`spec`]: what to open: [`GrantKey`], [`ForwardSpec`], [`SourcePolicy`].
 //! - [`event`]: [`Event`], [`EndReason`], [`Refusal`], [`ConnectionId`], and the
-//!   drop-and-count sink behind the channel.
+//!   queue ([`Events`]) that drops and counts refusals and openings when its reader
+//!   falls behind, but never an end.
 //! - [`gateway`]: the [`Gateway`] handle: `open`, `close`, `set_deadline`, `connections`,
 //!   `reconcile`, `shutdown`; the accept loop, the deadline timer and the kill.
 //! - `conn`: one forwarded connection: connect with a timeout, pump both ways, count.
@@ -55,7 +56,7 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use clock::{Clock, SystemClock};
-pub use event::{ConnectionId, EndReason, Event, Refusal, Transfer};
+pub use event::{ConnectionId, EndReason, Event, Events, Refusal, Transfer};
 pub use gateway::{
     CloseReport, Config, ConnectionInfo, Gateway, GrantInfo, OpenForward, ReconcileReport,
     ShutdownReport, TransferMode,

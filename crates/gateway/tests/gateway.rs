@@ -21,7 +21,6 @@ use postern_gateway::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -122,7 +121,7 @@ async fn wait_closed(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// The next event matching `pred`, skipping others.
-async fn next_event(rx: &mut mpsc::Receiver<Event>, pred: impl Fn(&Event) -> bool) -> Event {
+async fn next_event(rx: &mut postern_gateway::Events, pred: impl Fn(&Event) -> bool) -> Event {
     timeout(WAIT, async {
         loop {
             let e = rx.recv().await.expect("event channel closed");
@@ -571,20 +570,55 @@ async fn connection_cap_refuses_the_extra_one() {
 }
 
 #[tokio::test]
-async fn a_full_event_channel_never_blocks_forwarding() {
+async fn a_full_event_queue_never_blocks_forwarding_and_never_loses_an_end() {
     let (target, _) = echo_target().await;
     let config = Config {
         event_capacity: 1,
         ..Config::default()
     };
-    let (gw, _rx) = Gateway::new(config);
+    // Nobody reads while the connections come and go.
+    let (gw, mut rx) = Gateway::new(config);
     let key = access();
     let open = gw.open(spec(key, target, &["127.0.0.1/32"])).await.unwrap();
     for i in 0..5u8 {
         let mut c = connect_from("127.0.0.1", open.listen).await.unwrap();
         echo_once(&mut c, &[i]).await;
     }
-    assert!(gw.events_dropped() >= 4, "{}", gw.events_dropped());
+    let mut refused = connect_from("127.0.0.9", open.listen).await.unwrap();
+    assert!(wait_closed(&mut refused).await.is_empty());
+    gw.close(key, EndReason::Revoked).await.unwrap();
+    // The first opening is kept (authorized_at), one more fits, the rest are dropped;
+    // every end is there.
+    assert_eq!(gw.events_dropped(), 4);
+    let mut events = Vec::new();
+    while let Some(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let closed = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::ConnectionClosed {
+                    bytes_in: 1,
+                    bytes_out: 1,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(closed, 5, "{events:?}");
+    assert!(
+        matches!(events.last(), Some(Event::GrantClosed { .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.first(),
+            Some(Event::ConnectionOpened { first: true, .. })
+        ),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]

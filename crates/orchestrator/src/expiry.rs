@@ -55,7 +55,7 @@ pub(crate) async fn sweep(inner: &Arc<Inner>, recover: bool) -> Option<DateTime<
         Err(e) => tracing::warn!(error = %e, "expiry sweep could not list transient forwards"),
     }
     for key in due {
-        if let Err(e) = inner.end_grant(key, EndReason::Expired).await {
+        if let Err(e) = inner.end_grant(key, EndReason::Expired, None).await {
             tracing::warn!(grant = %key, error = %e, "could not end an expired grant");
         }
     }

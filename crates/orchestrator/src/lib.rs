@@ -230,10 +230,16 @@ impl Inner {
         Ok(())
     }
 
-    /// Ends a live grant: `closing`, its pending creation superseded and the router
-    /// clean-up queued, in one write; then the data plane closed and the job run. False
-    /// if it was not live (already ending or ended).
-    pub(crate) async fn end_grant(&self, key: GrantKey, reason: EndReason) -> Result<bool> {
+    /// Ends a live grant: `closing`, its pending creation superseded, the router
+    /// clean-up queued and `audit` appended, in one write; then the data plane closed
+    /// and the job run. False (and no audit entry) if it was not live (already ending or
+    /// ended).
+    pub(crate) async fn end_grant(
+        &self,
+        key: GrantKey,
+        reason: EndReason,
+        audit: Option<&store::NewAudit>,
+    ) -> Result<bool> {
         let now = self.clock.now();
         let live = [
             GrantStatus::Requested,
@@ -255,6 +261,7 @@ impl Inner {
                     payload: serde_json::json!({ "reason": reason.as_str() }),
                     max_attempts: 0,
                 },
+                audit,
             )
             .await;
         match closed {
@@ -284,6 +291,8 @@ impl std::fmt::Debug for Orchestrator {
 }
 
 impl Orchestrator {
+    /// An orchestrator working through `store`'s orchestrator connections
+    /// ([`store::Store::for_orchestrator`]), so API requests never hold it up.
     pub fn new(
         store: store::Store,
         config: Config,
@@ -292,7 +301,7 @@ impl Orchestrator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: store.for_orchestrator(),
                 clock,
                 config,
                 dataplane,
@@ -393,7 +402,15 @@ impl Orchestrator {
     /// queued and run at once; the grant becomes `revoked` when the router is clean.
     /// False if the grant was not live.
     pub async fn revoke(&self, key: GrantKey) -> Result<bool> {
-        self.inner.end_grant(key, EndReason::Revoked).await
+        self.inner.end_grant(key, EndReason::Revoked, None).await
+    }
+
+    /// [`revoke`](Self::revoke) that appends the revoke's `audit` entry in the same
+    /// write (none when the grant was not live).
+    pub async fn revoke_audited(&self, key: GrantKey, audit: &store::NewAudit) -> Result<bool> {
+        self.inner
+            .end_grant(key, EndReason::Revoked, Some(audit))
+            .await
     }
 
     /// Compares one router with the grants now; on drift a reconcile job is queued.

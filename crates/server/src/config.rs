@@ -136,6 +136,11 @@ pub struct ServerConfig {
     /// How long a gateway port stays unused after its grant ends before it is handed
     /// out again.
     pub port_cooldown: Duration,
+    /// How often the in-process gateway tells the store its run is alive and looks for
+    /// runs that are gone (whose live connections it then ends). A run on another host
+    /// is gone once unseen for four of these: every server of one database should use
+    /// the same value.
+    pub gateway_heartbeat: Duration,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +164,7 @@ impl Default for ServerConfig {
             create_wait: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
+            gateway_heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -187,6 +193,7 @@ struct FileConfig {
     create_wait: Option<String>,
     reconcile_interval: Option<String>,
     port_cooldown: Option<String>,
+    gateway_heartbeat: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -268,6 +275,9 @@ impl ServerConfig {
         if let Some(s) = f.port_cooldown {
             self.port_cooldown = parse_duration("port_cooldown", &s)?;
         }
+        if let Some(s) = f.gateway_heartbeat {
+            self.gateway_heartbeat = parse_duration("gateway_heartbeat", &s)?;
+        }
         Ok(())
     }
 
@@ -299,6 +309,7 @@ impl ServerConfig {
             "CREATE_WAIT" => self.create_wait = parse_duration(&key, value)?,
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
+            "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
             "TRUSTED_PROXIES" => {
                 self.trusted_proxies = value
                     .split(',')
@@ -353,6 +364,9 @@ impl ServerConfig {
         }
         if self.reconcile_interval.is_zero() {
             return Err(invalid("reconcile_interval", "must be at least 1s"));
+        }
+        if self.gateway_heartbeat.is_zero() {
+            return Err(invalid("gateway_heartbeat", "must be at least 1s"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -503,11 +517,19 @@ port_max = 40010
         assert_eq!(r.bind_address().to_string(), "10.0.0.5");
         let c = ServerConfig::load(
             None,
-            env(&[("POSTERN_PORT_COOLDOWN", "5s")]),
+            env(&[
+                ("POSTERN_PORT_COOLDOWN", "5s"),
+                ("POSTERN_GATEWAY_HEARTBEAT", "2s"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.port_cooldown, Duration::from_secs(5));
+        assert_eq!(c.gateway_heartbeat, Duration::from_secs(2));
+        assert_eq!(
+            ServerConfig::default().gateway_heartbeat,
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //! an open is still under way is never lost, `close` and `set_deadline` leave a note
 //! (under one lock) that the opening task reads once its listener is up: an open that
 //! finds its grant ended closes it at once.
+//!
+//! Ends are never lost: the gateway's queue always keeps them (only openings and
+//! refusals are dropped when this task falls behind, and a closing event alone makes a
+//! complete row); a row whose end could not be written is ended with its grant's reason
+//! when the grant's listener closes. What has queued while a write ran is written in
+//! one transaction (`Store::record_connections`). Each row names this process's gateway run
+//! ([`crate::runs`]): a heartbeat keeps the run registered, and at start-up and on each
+//! heartbeat the rows of runs that are gone (and rows from before owners) are ended as
+//! "gateway stopped", never those of another live server on the same database.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +24,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{AccessType, ConnectionRecordId, GrantStatus, OrgId, RegionId, RouterId};
-use gateway::{ConnectionId, Event, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange};
+use domain::{
+    AccessType, ConnectionRecordId, GatewayRunId, GrantStatus, OrgId, RegionId, RouterId,
+};
+use gateway::{
+    ConnectionId, Event, Events, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange,
+};
 use orchestrator::LiveGrant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
+use crate::runs::{self, Process};
 
 /// How many ports a create offers the store from a large range.
 const CANDIDATES: usize = 64;
@@ -31,6 +45,10 @@ const SMALL_RANGE: usize = 256;
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
 /// Notes older than this are forgotten (an open is never pending that long).
 const NOTE_LIFETIME: Duration = Duration::from_secs(600);
+/// Another host's run is gone once unseen for this many heartbeats.
+const HEARTBEATS_TO_GONE: u32 = 4;
+/// How the rows of a gateway run that is gone end.
+const GONE_REASON: &str = "gateway stopped";
 
 /// Why the gateway could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +92,17 @@ impl Note {
 
 struct Shared {
     store: store::Store,
+    /// This process's gateway run, the owner of the rows it writes.
+    run: GatewayRunId,
+    process: Process,
+    started_at: DateTime<Utc>,
+    heartbeat: Duration,
     regions: HashMap<RegionId, Region>,
     grants: Mutex<HashMap<GrantKey, Meta>>,
     notes: Mutex<HashMap<GrantKey, Note>>,
-    /// Live connections and the store rows they are recorded under.
-    live: Mutex<HashMap<ConnectionId, ConnectionRecordId>>,
+    /// Live connections, their grants and the store rows they are recorded under; an
+    /// entry stays until its end is written.
+    live: Mutex<HashMap<ConnectionId, (GrantKey, ConnectionRecordId)>>,
     /// Refusals audited per grant in the current minute.
     refusals: Mutex<HashMap<GrantKey, (Instant, u32)>>,
 }
@@ -87,15 +111,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The event task and how to tell it to stop.
-type EventTask = (oneshot::Sender<()>, JoinHandle<()>);
+/// A background task (the event recorder, the heartbeat) and how to tell it to stop.
+type Task = (oneshot::Sender<()>, JoinHandle<()>);
 
 /// The gateway of `postern server`: cheap to clone, every clone drives the same one.
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
     shared: Arc<Shared>,
-    events: Arc<Mutex<Option<EventTask>>>,
+    tasks: Arc<Mutex<Vec<Task>>>,
 }
 
 impl std::fmt::Debug for GatewayPlane {
@@ -150,8 +174,9 @@ fn record_parts(grant: &LiveGrant) -> (OrgId, RouterId, RegionId, u16, DateTime<
 
 impl GatewayPlane {
     /// A gateway for the regions `config` names (each must exist in the store, as
-    /// `bootstrap::open_store` makes sure), with its event task running. Connections a
-    /// previous run left recorded as live are ended first ("gateway restarted").
+    /// `bootstrap::open_store` makes sure), with its event task and heartbeat running,
+    /// registered as a new gateway run. Connections that runs now gone left recorded as
+    /// live are ended first ("gateway stopped"); another live server's are not.
     pub async fn start(
         store: store::Store,
         config: &ServerConfig,
@@ -179,36 +204,42 @@ impl GatewayPlane {
                 },
             );
         }
-        let ended = store
-            .end_open_connections(Utc::now(), "gateway restarted")
-            .await?;
-        if ended > 0 {
-            tracing::info!(
-                connections = ended,
-                "ended connections a previous run left open"
-            );
-        }
-        let (gateway, rx) = Gateway::new(gateway_config);
+        let started_at = Utc::now();
         let shared = Arc::new(Shared {
             store,
+            run: GatewayRunId::new(),
+            process: Process::current(),
+            started_at,
+            heartbeat: config.gateway_heartbeat,
             regions,
             grants: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         });
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(record_events(shared.clone(), rx, stopped));
+        shared.alive(started_at).await?;
+        tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
+        shared.sweep(started_at, true).await?;
+        let (gateway, rx) = Gateway::new(gateway_config);
+        let (stop_events, events_stopped) = oneshot::channel();
+        let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
+        let (stop_beat, beat_stopped) = oneshot::channel();
+        let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
         Ok(GatewayPlane {
             gateway,
             shared,
-            events: Arc::new(Mutex::new(Some((stop, task)))),
+            tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
         })
     }
 
     /// The gateway itself.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
+    }
+
+    /// This process's gateway run, the owner of the connection rows it writes.
+    pub fn run(&self) -> GatewayRunId {
+        self.shared.run
     }
 
     /// Opens the listener of every active grant in the store (`Gateway::reconcile`), so
@@ -429,11 +460,15 @@ impl GatewayPlane {
         let live = lock(&self.shared.live);
         conns
             .into_iter()
-            .filter_map(|c| live.get(&c.id).map(|row| (*row, (c.bytes_in, c.bytes_out))))
+            .filter_map(|c| {
+                live.get(&c.id)
+                    .map(|(_, row)| (*row, (c.bytes_in, c.bytes_out)))
+            })
             .collect()
     }
 
-    /// Closes every listener and connection, records their ends, stops the event task.
+    /// Closes every listener and connection, records their ends, stops the event task
+    /// and the heartbeat, and unregisters the run.
     pub async fn shutdown(&self) {
         let report = self.gateway.shutdown().await;
         tracing::info!(
@@ -441,10 +476,23 @@ impl GatewayPlane {
             connections = report.connections_killed,
             "gateway stopped"
         );
-        let events = lock(&self.events).take();
-        if let Some((stop, task)) = events {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        if tasks.is_empty() {
+            return;
+        }
+        for (stop, task) in tasks {
             let _ = stop.send(());
             let _ = task.await;
+        }
+        // Every end is written; a row that could not be is an orphan now, ended by the
+        // sweep below or by the next server's.
+        let store = &self.shared.store;
+        let forgotten = store.forget_gateway_run(self.shared.run).await;
+        let orphans = store
+            .end_orphaned_connections(Utc::now(), GONE_REASON)
+            .await;
+        if let Err(e) = forgotten.and(orphans) {
+            tracing::error!(error = %e, "could not unregister the gateway run");
         }
     }
 }
@@ -517,6 +565,48 @@ impl orchestrator::DataPlane for GatewayPlane {
 }
 
 impl Shared {
+    /// Registers the run, or renews its heartbeat (re-registering it if another server
+    /// judged it gone during a long pause).
+    async fn alive(&self, now: DateTime<Utc>) -> Result<(), store::StoreError> {
+        self.store
+            .record_gateway_run(&store::GatewayRun {
+                id: self.run,
+                process: self.process.to_record(),
+                started_at: self.started_at,
+                seen_at: now,
+            })
+            .await
+    }
+
+    /// Forgets the runs that are gone and ends the live rows no registered run owns
+    /// (always at start-up, for rows from before owners; else only when a run was
+    /// forgotten). Returns how many rows it ended.
+    async fn sweep(&self, now: DateTime<Utc>, always: bool) -> Result<u64, store::StoreError> {
+        let stale_after = self.heartbeat * HEARTBEATS_TO_GONE;
+        let mut forgot = false;
+        for run in self.store.list_gateway_runs().await? {
+            if run.id == self.run || !runs::gone(&self.process, &run, now, stale_after) {
+                continue;
+            }
+            tracing::info!(run = %run.id, process = %run.process, seen_at = %run.seen_at, "gateway run gone");
+            forgot |= self.store.forget_gateway_run(run.id).await?;
+        }
+        if !(always || forgot) {
+            return Ok(0);
+        }
+        let ended = self
+            .store
+            .end_orphaned_connections(now, GONE_REASON)
+            .await?;
+        if ended > 0 {
+            tracing::info!(
+                connections = ended,
+                "ended connections of gateway runs that are gone"
+            );
+        }
+        Ok(ended)
+    }
+
     fn release(&self, meta: Meta) {
         if let Some(region) = self.regions.get(&meta.region) {
             lock(&region.ports).release(meta.port, Instant::now());
@@ -565,6 +655,62 @@ impl Shared {
                         .await?;
                 }
             }
+            // Staged into a batch by `stage`.
+            Event::ConnectionOpened { .. } | Event::ConnectionClosed { .. } => {}
+            Event::GrantClosed {
+                at,
+                reason,
+                connections_killed,
+                ..
+            } => {
+                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the gateway");
+                let meta = lock(&self.grants).remove(&key);
+                if let Some(meta) = meta {
+                    self.release(meta);
+                }
+                // Rows whose end was not written (or not yet reported): none of the
+                // grant's connections is open any more.
+                let unended = {
+                    let mut live = lock(&self.live);
+                    let before = live.len();
+                    live.retain(|_, (k, _)| *k != key);
+                    before - live.len()
+                };
+                if unended > 0 {
+                    let n = self
+                        .store
+                        .end_grant_connections(
+                            self.run,
+                            grant_kind(key),
+                            &id,
+                            at,
+                            &reason.to_string(),
+                        )
+                        .await?;
+                    tracing::warn!(grant = %key, connections = n, "ended connections whose end was not recorded");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connection rows waiting to be written together, and what follows their write.
+#[derive(Default)]
+struct Batch {
+    /// Each row, and for an end the connection it ends (its `live` entry goes once the
+    /// end is written).
+    rows: Vec<(store::NewConnection, Option<ConnectionId>)>,
+    /// First uses to record: `authorized_at`.
+    authorized: Vec<(GrantKey, DateTime<Utc>)>,
+}
+
+impl Shared {
+    /// Stages a connection's opening or end (logged now, written by `flush`); hands any
+    /// other event back.
+    fn stage(&self, event: Event, batch: &mut Batch) -> Option<Event> {
+        let key = event.key();
+        match event {
             Event::ConnectionOpened {
                 id: conn,
                 source,
@@ -573,27 +719,16 @@ impl Shared {
                 ..
             } => {
                 tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
-                let Some(meta) = meta else { return Ok(()) };
+                let meta = lock(&self.grants).get(&key).copied()?;
                 let row = ConnectionRecordId::new();
-                lock(&self.live).insert(conn, row);
-                self.store
-                    .record_connection(store::NewConnection {
-                        id: row,
-                        org_id: meta.org,
-                        router_id: meta.router,
-                        grant_kind: grant_kind(key),
-                        grant_id: id,
-                        source,
-                        started_at: at,
-                        end: None,
-                    })
-                    .await?;
+                lock(&self.live).insert(conn, (key, row));
+                batch
+                    .rows
+                    .push((self.row(key, meta, row, source, at, None), None));
                 if first {
-                    match key {
-                        GrantKey::Access(id) => self.store.set_access_authorized(id, at).await?,
-                        GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await?,
-                    };
+                    batch.authorized.push((key, at));
                 }
+                None
             }
             Event::ConnectionClosed {
                 id: conn,
@@ -606,46 +741,108 @@ impl Shared {
                 ..
             } => {
                 tracing::info!(grant = %key, %source, connection = %conn, bytes_in, bytes_out, %reason, "connection ended");
+                // No meta: its grant's close already ended its row, if it had one.
+                let meta = lock(&self.grants).get(&key).copied()?;
+                // No row: its opening was dropped; the end writes the whole row.
+                let row = lock(&self.live)
+                    .get(&conn)
+                    .map_or_else(ConnectionRecordId::new, |(_, row)| *row);
                 let end = store::ConnectionEnd {
                     at,
                     bytes_from_client: bytes_in,
                     bytes_to_client: bytes_out,
                     reason: reason.to_string(),
                 };
-                let row = lock(&self.live).remove(&conn);
-                match (row, meta) {
-                    (Some(row), _) => self.store.end_connection(row, end).await?,
-                    // Its opening was never recorded (the event was dropped).
-                    (None, Some(meta)) => {
-                        self.store
-                            .record_connection(store::NewConnection {
-                                id: ConnectionRecordId::new(),
-                                org_id: meta.org,
-                                router_id: meta.router,
-                                grant_kind: grant_kind(key),
-                                grant_id: id,
-                                source,
-                                started_at,
-                                end: Some(end),
-                            })
-                            .await?;
-                    }
-                    (None, None) => {}
-                }
+                batch.rows.push((
+                    self.row(key, meta, row, source, started_at, Some(end)),
+                    Some(conn),
+                ));
+                None
             }
-            Event::GrantClosed {
-                reason,
-                connections_killed,
-                ..
-            } => {
-                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the gateway");
-                let meta = lock(&self.grants).remove(&key);
-                if let Some(meta) = meta {
-                    self.release(meta);
+            other => Some(other),
+        }
+    }
+
+    fn row(
+        &self,
+        key: GrantKey,
+        meta: Meta,
+        id: ConnectionRecordId,
+        source: SocketAddr,
+        started_at: DateTime<Utc>,
+        end: Option<store::ConnectionEnd>,
+    ) -> store::NewConnection {
+        store::NewConnection {
+            id,
+            gateway_run: self.run,
+            org_id: meta.org,
+            router_id: meta.router,
+            grant_kind: grant_kind(key),
+            grant_id: kind(key).1,
+            source,
+            started_at,
+            end,
+        }
+    }
+
+    /// Writes the staged rows in one transaction (one at a time if that fails, so one
+    /// bad row sinks no other), then the first uses. A row whose end could not be
+    /// written keeps its `live` entry: its grant's close ends it.
+    async fn flush(&self, batch: &mut Batch) {
+        let rows = std::mem::take(&mut batch.rows);
+        if !rows.is_empty() {
+            let all: Vec<store::NewConnection> = rows.iter().map(|(r, _)| r.clone()).collect();
+            let written: Vec<Option<ConnectionId>> = match self.store.record_connections(&all).await
+            {
+                Ok(()) => rows.into_iter().map(|(_, conn)| conn).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = all.len(), "could not record connections together; one at a time");
+                    let mut done = Vec::new();
+                    for (row, conn) in rows {
+                        match self
+                            .store
+                            .record_connections(std::slice::from_ref(&row))
+                            .await
+                        {
+                            Ok(()) => done.push(conn),
+                            Err(e) => {
+                                tracing::error!(error = %e, connection = %row.id, "could not record a connection")
+                            }
+                        }
+                    }
+                    done
                 }
+            };
+            let mut live = lock(&self.live);
+            for conn in written.into_iter().flatten() {
+                live.remove(&conn);
             }
         }
-        Ok(())
+        for (key, at) in std::mem::take(&mut batch.authorized) {
+            let set = match key {
+                GrantKey::Access(id) => self.store.set_access_authorized(id, at).await,
+                GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await,
+            };
+            if let Err(e) = set {
+                tracing::error!(grant = %key, error = %e, "could not record the grant's first use");
+            }
+        }
+    }
+
+    /// Records a run of events: connection rows together, other events in their place.
+    async fn record(&self, events: Vec<Event>) {
+        let mut batch = Batch::default();
+        for event in events {
+            let Some(other) = self.stage(event, &mut batch) else {
+                continue;
+            };
+            // What came before is written first (a grant's close ends what is left).
+            self.flush(&mut batch).await;
+            if let Err(e) = self.handle(other).await {
+                tracing::error!(error = %e, "could not record a gateway event");
+            }
+        }
+        self.flush(&mut batch).await;
     }
 }
 
@@ -656,29 +853,57 @@ fn grant_kind(key: GrantKey) -> store::GrantKind {
     }
 }
 
-/// Writes the gateway's events to the store, one at a time, until told to stop; then
-/// what is already queued.
-async fn record_events(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Event>,
-    mut stop: oneshot::Receiver<()>,
-) {
+/// Keeps the run registered and ends the rows of runs that are gone, every heartbeat,
+/// until told to stop.
+async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     loop {
-        let event = tokio::select! {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(shared.heartbeat) => {}
+        }
+        let now = Utc::now();
+        let beat = shared.alive(now).await;
+        if let Err(e) = beat.and(shared.sweep(now, false).await.map(|_| ())) {
+            tracing::error!(error = %e, "gateway heartbeat failed");
+        }
+    }
+}
+
+/// Most events recorded in one go (their connection rows in one transaction).
+const BATCH: usize = 256;
+
+/// What is queued now, up to `BATCH` events after `first`.
+fn take_queued(rx: &mut Events, first: Option<Event>) -> Vec<Event> {
+    let mut events: Vec<Event> = first.into_iter().collect();
+    while events.len() < BATCH
+        && let Some(e) = rx.try_recv()
+    {
+        events.push(e);
+    }
+    events
+}
+
+/// Writes the gateway's events to the store until told to stop, then what is already
+/// queued: whatever has queued up while the last write ran is written together, so a
+/// burst of connections costs a few transactions, not two per connection.
+async fn record_events(shared: Arc<Shared>, mut rx: Events, mut stop: oneshot::Receiver<()>) {
+    loop {
+        let first = tokio::select! {
             event = rx.recv() => match event {
                 Some(e) => e,
                 None => return,
             },
             _ = &mut stop => break,
         };
-        if let Err(e) = shared.handle(event).await {
-            tracing::error!(error = %e, "could not record a gateway event");
-        }
+        let events = take_queued(&mut rx, Some(first));
+        shared.record(events).await;
     }
-    while let Ok(event) = rx.try_recv() {
-        if let Err(e) = shared.handle(event).await {
-            tracing::error!(error = %e, "could not record a gateway event");
+    loop {
+        let events = take_queued(&mut rx, None);
+        if events.is_empty() {
+            return;
         }
+        shared.record(events).await;
     }
 }
 
@@ -692,6 +917,13 @@ mod tests {
     /// service; the gateway plane over it.
     async fn fixture(
         dir: &std::path::Path,
+    ) -> (store::Store, GatewayPlane, store::TransientAccess) {
+        fixture_with(dir, gateway::Config::default()).await
+    }
+
+    async fn fixture_with(
+        dir: &std::path::Path,
+        gateway_config: gateway::Config,
     ) -> (store::Store, GatewayPlane, store::TransientAccess) {
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo_port = echo.local_addr().unwrap().port();
@@ -725,7 +957,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+        let plane = GatewayPlane::start(store.clone(), &config, gateway_config)
             .await
             .unwrap();
         let now = Utc::now();
@@ -860,5 +1092,143 @@ mod tests {
                 .is_err()
         );
         plane.shutdown().await;
+    }
+
+    /// Waits until `check` holds (5 s at most).
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_end_is_lost_when_the_recorder_falls_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for one droppable event: the recorder, writing each event to SQLite,
+        // falls behind at once.
+        let (store, plane, grant) = fixture_with(
+            dir.path(),
+            gateway::Config {
+                event_capacity: 1,
+                ..gateway::Config::default()
+            },
+        )
+        .await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        let gkey = gateway_key(key);
+        let live = |n: usize| {
+            let plane = plane.clone();
+            move || {
+                plane
+                    .gateway()
+                    .grant(gkey)
+                    .is_ok_and(|g| g.connections == n)
+            }
+        };
+        // 40 connections at once, each echoing a byte, then all closed together: 40
+        // ends in one burst. Then 10 more, still open when the grant is revoked.
+        let mut conns = Vec::new();
+        for _ in 0..40 {
+            conns.push(echo_one(grant.port).await);
+        }
+        until("40 live", live(40)).await;
+        drop(conns);
+        until("none live", live(0)).await;
+        let mut open = Vec::new();
+        for _ in 0..10 {
+            open.push(echo_one(grant.port).await);
+        }
+        until("10 live", live(10)).await;
+        plane.close(key, orchestrator::EndReason::Revoked);
+        until("the grant closed", || plane.gateway().grants().is_empty()).await;
+        assert!(
+            plane.gateway().events_dropped() > 0,
+            "the queue never overflowed"
+        );
+
+        // What an operator sees through the API.
+        let config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ..ServerConfig::default()
+        };
+        let state = crate::AppState::new(store.clone(), config, Arc::new(crate::SystemClock))
+            .with_gateway(plane.clone());
+        let secret = crate::auth::generate_token();
+        store
+            .create_api_token(store::NewApiToken {
+                org_id: grant.org_id,
+                name: "t".into(),
+                role: domain::Role::Viewer,
+                token_hash: crate::auth::hash_token(&secret),
+                created_by: None,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/routers/{}/transient-access/{}/connections",
+            listener.local_addr().unwrap(),
+            grant.router_id,
+            grant.id
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let mut list = Vec::new();
+        for _ in 0..400 {
+            list = http
+                .get(&url)
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap();
+            if list.len() == 50 && list.iter().all(|c| !c["ended_at"].is_null()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ended = |reason: &str| {
+            list.iter()
+                .filter(|c| {
+                    c["end_reason"] == reason
+                        && c["bytes_from_client"] == 1
+                        && c["bytes_to_client"] == 1
+                        && c["source_address"] == "127.0.0.1"
+                        && c["source_port"].as_u64().is_some_and(|p| p > 0)
+                })
+                .count()
+        };
+        assert_eq!(
+            (list.len(), ended("finished"), ended("revoked")),
+            (50, 40, 10),
+            "{list:#?}"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        plane.shutdown().await;
+        drop(open);
+    }
+
+    /// A connection through the grant's port that has echoed one byte.
+    async fn echo_one(port: u16) -> tokio::net::TcpStream {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut back = [0u8; 1];
+        c.read_exact(&mut back).await.unwrap();
+        c
     }
 }

@@ -8,6 +8,7 @@
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
 //! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
 //!   entry-port candidates, the start-up rebuild, its events into the store.
+//! - [`runs`]: which gateway run owns which connections, and when another run is gone.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
 //! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod portal;
 pub mod render;
 mod routes;
+pub mod runs;
 pub mod state;
 pub mod terminal;
 

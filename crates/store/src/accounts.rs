@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::{OrgId, Role, TokenId, UserId};
 
 use crate::Store;
-use crate::db::{Get, db, ms, now, opt_ms, trunc};
+use crate::db::{Get, db, db_write, ms, now, opt_ms, trunc};
 use crate::error::{Result, StoreError};
 use crate::records::{ApiToken, NewApiToken, NewUser, Organisation, User};
 
@@ -61,7 +61,7 @@ impl Store {
             name: name.to_owned(),
             created_at: now(),
         };
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query("INSERT INTO organisations (id, name, created_at) VALUES ($1, $2, $3)")
                 .bind(org.id.to_string())
                 .bind(&org.name)
@@ -135,7 +135,7 @@ impl Store {
             disabled: false,
             created_at: now(),
         };
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO users (id, org_id, username, role, password_hash, disabled, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -198,7 +198,7 @@ impl Store {
     /// Changes a user's role.
     pub async fn set_user_role(&self, org: OrgId, id: UserId, role: Role) -> Result<User> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE users SET role = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
                 .bind(org.to_string())
@@ -216,7 +216,7 @@ impl Store {
     /// Disables or enables a user.
     pub async fn set_user_disabled(&self, org: OrgId, id: UserId, disabled: bool) -> Result<User> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE users SET disabled = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
                 .bind(org.to_string())
@@ -234,7 +234,7 @@ impl Store {
     /// Changes a user's password hash.
     pub async fn set_user_password_hash(&self, org: OrgId, id: UserId, hash: &str) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
                 .bind(org.to_string())
@@ -252,7 +252,7 @@ impl Store {
     /// Deletes a user (tokens it created stay, with `created_by` cleared).
     pub async fn delete_user(&self, org: OrgId, id: UserId) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("DELETE FROM users WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
                 .bind(org.to_string())
@@ -280,7 +280,7 @@ impl Store {
             expires_at: new.expires_at.map(trunc),
             last_used_at: None,
         };
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO api_tokens (id, org_id, name, role, token_hash, created_by, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -331,7 +331,7 @@ impl Store {
     /// Records a use of a token.
     pub async fn touch_api_token(&self, id: TokenId, at: DateTime<Utc>) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
                 .bind(id.to_string())
                 .bind(ms(at))
@@ -359,7 +359,7 @@ impl Store {
     /// Deletes (revokes) a token.
     pub async fn delete_api_token(&self, org: OrgId, id: TokenId) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND org_id = $2")
                 .bind(id.to_string())
                 .bind(org.to_string())

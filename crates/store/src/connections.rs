@@ -1,14 +1,19 @@
 //! Connections through the gateway: one row per forwarded connection of a grant, written
 //! when it opens (`ended_at` empty while it is live) and completed when it ends with the
 //! bytes each way and how it ended. The gateway's events feed it; the API lists it.
+//!
+//! Each row names the gateway run that recorded it (one per `postern server` process),
+//! and `gateway_runs` holds the runs alive with their last heartbeat, so a server ends
+//! only the live rows of runs that are gone (`end_orphaned_connections`), never those
+//! of another server on the same database.
 
 use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
-use domain::{ConnectionRecordId, OrgId, RouterId};
+use domain::{ConnectionRecordId, GatewayRunId, OrgId, RouterId};
 
 use crate::Store;
-use crate::db::{Get, db, ms, opt_ms, trunc};
+use crate::db::{Get, WritePool as _, db, db_write, ms, opt_ms, trunc};
 use crate::error::{Result, StoreError};
 
 /// Which kind of grant a connection belongs to.
@@ -52,6 +57,8 @@ pub struct Connection {
 #[derive(Debug, Clone)]
 pub struct NewConnection {
     pub id: ConnectionRecordId,
+    /// The gateway run that forwards it.
+    pub gateway_run: GatewayRunId,
     pub org_id: OrgId,
     pub router_id: RouterId,
     pub grant_kind: GrantKind,
@@ -59,6 +66,16 @@ pub struct NewConnection {
     pub source: SocketAddr,
     pub started_at: DateTime<Utc>,
     pub end: Option<ConnectionEnd>,
+}
+
+/// One run of a gateway, as registered: who it is and when it last said it was alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRun {
+    pub id: GatewayRunId,
+    /// Which process runs it, in the gateway's own words (opaque to the store).
+    pub process: String,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
 }
 
 /// How a connection ended.
@@ -99,11 +116,11 @@ impl Store {
     pub async fn record_connection(&self, new: NewConnection) -> Result<Connection> {
         let _writer = self.sqlite_writer().await;
         let end = new.end.as_ref();
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
-                 started_at, ended_at, bytes_from_client, bytes_to_client, end_reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 started_at, ended_at, bytes_from_client, bytes_to_client, end_reason, gateway_run_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(new.id.to_string())
             .bind(new.org_id.to_string())
@@ -116,6 +133,7 @@ impl Store {
             .bind(bigint(end.map_or(0, |e| e.bytes_from_client)))
             .bind(bigint(end.map_or(0, |e| e.bytes_to_client)))
             .bind(end.map(|e| e.reason.clone()))
+            .bind(new.gateway_run.to_string())
             .execute(p)
             .await?;
         });
@@ -133,10 +151,51 @@ impl Store {
         })
     }
 
+    /// Writes several connections in one transaction, in order: each is inserted, or,
+    /// if its row exists and it carries an end, completed with that end (an opening
+    /// the caller never wrote is no obstacle). The gateway's recorder writes what it
+    /// has queued this way, one writer turn for many events.
+    pub async fn record_connections(&self, rows: &[NewConnection]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        db_write!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            for new in rows {
+                let end = new.end.as_ref();
+                sqlx::query(
+                    "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
+                     started_at, ended_at, bytes_from_client, bytes_to_client, end_reason, gateway_run_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, \
+                     bytes_from_client = excluded.bytes_from_client, \
+                     bytes_to_client = excluded.bytes_to_client, end_reason = excluded.end_reason \
+                     WHERE excluded.ended_at IS NOT NULL",
+                )
+                .bind(new.id.to_string())
+                .bind(new.org_id.to_string())
+                .bind(new.router_id.to_string())
+                .bind(new.grant_kind.as_str())
+                .bind(&new.grant_id)
+                .bind(new.source.to_string())
+                .bind(ms(new.started_at))
+                .bind(opt_ms(end.map(|e| e.at)))
+                .bind(bigint(end.map_or(0, |e| e.bytes_from_client)))
+                .bind(bigint(end.map_or(0, |e| e.bytes_to_client)))
+                .bind(end.map(|e| e.reason.clone()))
+                .bind(new.gateway_run.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Completes a recorded connection; `NotFound` if there is no such row.
     pub async fn end_connection(&self, id: ConnectionRecordId, end: ConnectionEnd) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE connections SET ended_at = $2, bytes_from_client = $3, bytes_to_client = $4, \
                  end_reason = $5 WHERE id = $1",
@@ -156,14 +215,44 @@ impl Store {
         Ok(())
     }
 
-    /// Ends every connection still recorded as live, as of `at` with `reason`: at
-    /// start-up, for connections of a gateway that stopped without reporting them.
+    /// Ends the connections of one grant that `run` still records as live, as of `at`
+    /// with `reason` (the grant's listener closed: none of them can still be open).
     /// Returns how many.
-    pub async fn end_open_connections(&self, at: DateTime<Utc>, reason: &str) -> Result<u64> {
+    pub async fn end_grant_connections(
+        &self,
+        run: GatewayRunId,
+        kind: GrantKind,
+        grant_id: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
-                "UPDATE connections SET ended_at = $1, end_reason = $2 WHERE ended_at IS NULL",
+                "UPDATE connections SET ended_at = $1, end_reason = $2 \
+                 WHERE ended_at IS NULL AND gateway_run_id = $3 AND grant_id = $4 AND grant_kind = $5",
+            )
+            .bind(ms(at))
+            .bind(reason)
+            .bind(run.to_string())
+            .bind(grant_id)
+            .bind(kind.as_str())
+            .execute(p)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Ends every connection still recorded as live whose gateway run is not registered
+    /// (it was forgotten as gone, or the row predates owners), as of `at` with
+    /// `reason`. Returns how many.
+    pub async fn end_orphaned_connections(&self, at: DateTime<Utc>, reason: &str) -> Result<u64> {
+        let _writer = self.sqlite_writer().await;
+        Ok(db_write!(self, |p, pg| {
+            sqlx::query(
+                "UPDATE connections SET ended_at = $1, end_reason = $2 WHERE ended_at IS NULL \
+                 AND (gateway_run_id IS NULL \
+                      OR gateway_run_id NOT IN (SELECT id FROM gateway_runs))",
             )
             .bind(ms(at))
             .bind(reason)
@@ -171,6 +260,59 @@ impl Store {
             .await?
             .rows_affected()
         }))
+    }
+
+    /// Registers a gateway run, or renews its heartbeat (`seen_at`) if it is registered.
+    pub async fn record_gateway_run(&self, run: &GatewayRun) -> Result<()> {
+        let _writer = self.sqlite_writer().await;
+        db_write!(self, |p, pg| {
+            sqlx::query(
+                "INSERT INTO gateway_runs (id, process, started_at, seen_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+            )
+            .bind(run.id.to_string())
+            .bind(&run.process)
+            .bind(ms(run.started_at))
+            .bind(ms(run.seen_at))
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Every registered gateway run.
+    pub async fn list_gateway_runs(&self) -> Result<Vec<GatewayRun>> {
+        db!(self, |p, pg| {
+            let rows = sqlx::query(
+                "SELECT id, process, started_at, seen_at FROM gateway_runs ORDER BY started_at",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GatewayRun {
+                        id: r.parse("id")?,
+                        process: r.text("process")?,
+                        started_at: r.time("started_at")?,
+                        seen_at: r.time("seen_at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Forgets a gateway run (it stopped, or is judged gone); its live rows become
+    /// orphans for `end_orphaned_connections`. Returns whether it was registered.
+    pub async fn forget_gateway_run(&self, id: GatewayRunId) -> Result<bool> {
+        let _writer = self.sqlite_writer().await;
+        let n = db_write!(self, |p, pg| {
+            sqlx::query("DELETE FROM gateway_runs WHERE id = $1")
+                .bind(id.to_string())
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
     }
 
     /// The connections of one grant of `org`'s router, newest first, at most `limit`.

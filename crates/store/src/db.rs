@@ -17,19 +17,25 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::{Result, StoreError};
 
-/// The connection pool of the backend in use.
+/// The connection pools of the backend in use.
 pub(crate) enum Pool {
-    Sqlite(SqlitePool),
+    /// `read` serves reads (its connections are `query_only`); `write` is SQLite's
+    /// writer's (two connections, one in use at a time), used only by whoever holds the
+    /// writer lock (`Writer`), so a writer never queues for a connection behind readers.
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the backend's pool and `$pg` to whether it is
-/// PostgreSQL. The body is written once and compiled once per backend, so row types,
-/// executors and transactions are each backend's own.
+/// Runs `$body` with `$pool` bound to the backend's pool for reads and `$pg` to whether
+/// it is PostgreSQL. The body is written once and compiled once per backend, so row
+/// types, executors and transactions are each backend's own.
 macro_rules! db {
     ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
-        match &$store.inner.pool {
-            $crate::db::Pool::Sqlite($pool) => {
+        match $store.pool() {
+            $crate::db::Pool::Sqlite { read: $pool, .. } => {
                 #[allow(unused_variables)]
                 let $pg = false;
                 $body
@@ -43,6 +49,28 @@ macro_rules! db {
     };
 }
 pub(crate) use db;
+
+/// [`db!`] for a write: on SQLite `$pool` is the writer connection, which the caller
+/// must use only while it holds the writer lock (`sqlite_writer()` for a statement,
+/// `begin_write`/`begin_urgent` for a transaction, which take it themselves); on
+/// PostgreSQL the same pool as reads.
+macro_rules! db_write {
+    ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
+        match $store.pool() {
+            $crate::db::Pool::Sqlite { write: $pool, .. } => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                $body
+            }
+            $crate::db::Pool::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use db_write;
 
 /// SQLite's one writer: an in-process lock every write takes, and counters of its use
 /// (how many writes, how long they queued for it and held it).
@@ -344,6 +372,18 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "terminal grants",
             include_str!("../migrations/sqlite/0050_terminal_grants.sql"),
         ),
+        // 60: a router's unfinished jobs, for the claim.
+        migration(
+            60,
+            "open jobs index",
+            include_str!("../migrations/sqlite/0060_open_jobs_index.sql"),
+        ),
+        // 70: which gateway run owns each connection, and the runs alive.
+        migration(
+            70,
+            "connection owners",
+            include_str!("../migrations/sqlite/0070_connection_owners.sql"),
+        ),
     ])
 }
 
@@ -399,6 +439,18 @@ pub(crate) fn postgres_migrator() -> Migrator {
             50,
             "terminal grants",
             include_str!("../migrations/postgres/0050_terminal_grants.sql"),
+        ),
+        // 60: a router's unfinished jobs, for the claim.
+        migration(
+            60,
+            "open jobs index",
+            include_str!("../migrations/postgres/0060_open_jobs_index.sql"),
+        ),
+        // 70: which gateway run owns each connection, and the runs alive.
+        migration(
+            70,
+            "connection owners",
+            include_str!("../migrations/postgres/0070_connection_owners.sql"),
         ),
     ])
 }

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
-use crate::creates::Create;
-use crate::db::{Get, Pool, WritePool, db, ms, trunc};
+use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
+use crate::grouped::Write;
 use crate::jobs::{insert_audit, insert_job};
 use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
 use crate::secret::{Secret, Slot};
@@ -342,7 +342,7 @@ macro_rules! grant_methods {
                 expires_at: DateTime<Utc>,
             ) -> Result<$record> {
                 let _writer = self.sqlite_writer().await;
-                let changed = db!(self, |p, pg| {
+                let changed = db_write!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET expires_at = $4 WHERE id = $1 AND org_id = $2 \
                          AND router_id = $3 AND status IN ('requested', 'provisioning', 'active')"
@@ -380,7 +380,7 @@ macro_rules! grant_methods {
                 at: DateTime<Utc>,
                 reason: Option<String>,
             ) -> Result<$record> {
-                db!(self, |p, pg| {
+                db_write!(self, |p, pg| {
                     let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
                     move_grant!(tx, pg, $table, $extra_release, id.to_string(), from, to, at, reason)?;
                     let row = sqlx::query($select!("WHERE id = $1"))
@@ -396,7 +396,7 @@ macro_rules! grant_methods {
             #[doc = concat!("Records when a ", $kind, " was first used; true if set now, false if it already was.")]
             pub async fn $set_authorized(&self, id: $id, at: DateTime<Utc>) -> Result<bool> {
                 let _writer = self.sqlite_writer().await;
-                let changed = db!(self, |p, pg| {
+                let changed = db_write!(self, |p, pg| {
                     sqlx::query(concat!(
                         "UPDATE ", $table, " SET authorized_at = $2 WHERE id = $1 AND authorized_at IS NULL"
                     ))
@@ -643,7 +643,7 @@ impl Store {
     /// transaction: on any failure nothing is left. `NotFound` if the router is not in
     /// the org; `Conflict` if no candidate port is free. The password is encrypted. On
     /// SQLite, creates queued for the writer together are committed together (see
-    /// `creates`), each still all or nothing and answered only once committed.
+    /// `grouped`), each still all or nothing and answered only once committed.
     pub async fn create_access(&self, new: NewAccess) -> Result<TransientAccess> {
         let id = AccessId::new();
         let sealed =
@@ -657,10 +657,11 @@ impl Store {
             sealed,
             new,
         });
-        let port = match &self.inner.pool {
-            Pool::Sqlite(pool) => {
-                self.group_commit(pool, Create::Access(row.clone()))
+        let port = match self.pool() {
+            Pool::Sqlite { write, .. } => {
+                self.group_commit(write, Write::Access(row.clone()))
                     .await?
+                    .claimed()?
                     .port
             }
             Pool::Postgres(pool) => {
@@ -728,11 +729,12 @@ impl Store {
             expires_at: trunc(new.expires_at),
             new,
         });
-        let (port, router_port) = match &self.inner.pool {
-            Pool::Sqlite(pool) => {
+        let (port, router_port) = match self.pool() {
+            Pool::Sqlite { write, .. } => {
                 let claimed = self
-                    .group_commit(pool, Create::Forward(row.clone()))
-                    .await?;
+                    .group_commit(write, Write::Forward(row.clone()))
+                    .await?
+                    .claimed()?;
                 (claimed.port, claimed.router_port)
             }
             Pool::Postgres(pool) => {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use domain::{JobId, JobState, OrgId, RouterId};
 
 use crate::Store;
-use crate::db::{Get, db, ms, trunc};
+use crate::db::{Get, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
 use crate::records::{AuditEntry, Job, JobLine, NewAudit, NewJob, Page};
 
@@ -151,7 +151,7 @@ impl Store {
     pub async fn create_job(&self, new: NewJob) -> Result<Job> {
         let _writer = self.sqlite_writer().await;
         let id = JobId::new();
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             insert_job!(p, id, &new);
         });
         Ok(job_record(id, &new))
@@ -180,7 +180,7 @@ impl Store {
         // Two concurrent appends may pick the same number (PostgreSQL); the primary key
         // refuses one, which tries again.
         for _ in 0..5 {
-            let inserted = db!(self, |p, pg| {
+            let inserted = db_write!(self, |p, pg| {
                 sqlx::query(
                     "INSERT INTO job_lines (job_id, seq, at, message) \
                      SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM job_lines WHERE job_id = $1 \
@@ -259,7 +259,7 @@ impl Store {
     /// Appends to the audit log (there is no way to change or remove an entry).
     pub async fn append_audit(&self, new: NewAudit) -> Result<AuditEntry> {
         let _writer = self.sqlite_writer().await;
-        let id = db!(self, |p, pg| { insert_audit!(p, &new) });
+        let id = db_write!(self, |p, pg| { insert_audit!(p, &new) });
         Ok(AuditEntry {
             id,
             org_id: new.org_id,

@@ -7,6 +7,7 @@
 //! wake-up channel between processes (PostgreSQL `LISTEN`/`NOTIFY`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,10 +15,11 @@ use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RegionId, RouterId}
 use sqlx::postgres::PgListener;
 
 use crate::Store;
-use crate::db::{Get, Pool, WritePool, db, ms};
+use crate::db::{Get, Pool, WritePool, db, db_write, ms};
 use crate::error::{Result, StoreError};
 use crate::grants::move_grant;
-use crate::records::{Job, NewJob, Router};
+use crate::grouped::Write;
+use crate::records::{Job, NewAudit, NewJob, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
 pub const JOBS_CHANNEL: &str = "postern_jobs";
@@ -276,6 +278,103 @@ macro_rules! lease {
     }};
 }
 
+/// A grant to end, as [`Store::close_grant`] was asked.
+pub(crate) struct CloseRow {
+    grant: GrantRef,
+    from: Vec<GrantStatus>,
+    at: DateTime<Utc>,
+    supersede: (String, String),
+    job: ClosingJob,
+    audit: Option<NewAudit>,
+}
+
+/// Generates, for one backend's connection type, the writes of [`Store::close_grant`]
+/// inside a transaction (or savepoint) the caller opened and ends; on an error the
+/// caller rolls it back.
+macro_rules! grant_closer {
+    ($conn:ty, $name:ident) => {
+        /// Closes a grant: its organisation and router.
+        pub(crate) async fn $name(tx: &mut $conn, c: &CloseRow) -> Result<(OrgId, RouterId)> {
+            let grant_id = match c.grant {
+                GrantRef::Access(g) => g.to_string(),
+                GrantRef::Forward(g) => g.to_string(),
+            };
+            // One statement in the common case: the compare-and-set, with what the
+            // rest needs. `closing` is not final: no port is released.
+            let table = match c.grant {
+                GrantRef::Access(_) => "transient_access",
+                GrantRef::Forward(_) => "transient_forwards",
+            };
+            let from: Vec<String> = c
+                .from
+                .iter()
+                .filter(|f| f.can_become(GrantStatus::Closing))
+                .map(|f| format!("'{}'", f.as_str()))
+                .collect();
+            let row = if from.is_empty() {
+                None
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET status = 'closing', \
+                     revoked_early = (revoked_early OR $2 < expires_at) \
+                     WHERE id = $1 AND status IN ({}) RETURNING org_id, router_id",
+                    from.join(", ")
+                )))
+                .bind(&grant_id)
+                .bind(ms(c.at))
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            let Some(row) = row else {
+                // Say why: it is not live (or changed meanwhile), or is gone.
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT status FROM {table} WHERE id = $1"
+                )))
+                .bind(&grant_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+                let status: GrantStatus = row.parse("status")?;
+                crate::grants::check_transition(status, &c.from, GrantStatus::Closing)?;
+                return Err(StoreError::Conflict("the grant changed meanwhile".into()));
+            };
+            let org: OrgId = row.parse("org_id")?;
+            let router: RouterId = row.parse("router_id")?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
+                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
+            )
+            .bind(&grant_id)
+            .bind(format!("%{}", c.supersede.0))
+            .bind(ms(c.at))
+            .bind(&c.supersede.1)
+            .execute(&mut *tx)
+            .await?;
+            let mut payload = c.job.payload.clone();
+            if let serde_json::Value::Object(map) = &mut payload {
+                map.insert("grant_id".into(), grant_id.clone().into());
+            }
+            let new = NewJob {
+                org_id: org,
+                router_id: router,
+                kind: c.job.kind.clone(),
+                payload,
+                max_attempts: c.job.max_attempts,
+                run_after: c.at,
+                created_at: c.at,
+            };
+            crate::jobs::insert_job!(&mut *tx, JobId::new(), &new);
+            if let Some(audit) = &c.audit {
+                crate::jobs::insert_audit!(&mut *tx, audit);
+            }
+            Ok((org, router))
+        }
+    };
+}
+
+grant_closer!(sqlx::SqliteConnection, close_grant_sqlite);
+grant_closer!(sqlx::PgConnection, close_grant_pg);
+
 impl Store {
     /// Leases the next runnable job to `owner` until `now + lease`: state `running`, one
     /// more attempt. `None` when nothing may run now. Two workers (or processes) never
@@ -307,7 +406,7 @@ impl Store {
         intro: impl Fn(&Job) -> Vec<String>,
     ) -> Result<Vec<Job>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let jobs = db!(self, |p, pg| {
+        let jobs = db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let (jobs, lines) = lease!(
                 tx,
@@ -344,7 +443,7 @@ impl Store {
     /// (another worker took the job after it lapsed, or it finished).
     pub async fn renew_lease(&self, id: JobId, owner: &str, until: DateTime<Utc>) -> Result<bool> {
         let _writer = self.sqlite_writer_urgent().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 \
                  AND state = 'running'",
@@ -438,7 +537,7 @@ impl Store {
         lines: Lines<'_>,
         next: Option<(RouterId, Duration, Intro<'_>)>,
     ) -> Result<AttemptEnd> {
-        let (recorded, moves, claimed) = db!(self, |p, pg| {
+        let (recorded, moves, claimed) = db_write!(self, |p, pg| {
             let (guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let mut written = Vec::new();
             let mut moves = Vec::with_capacity(ends.len());
@@ -647,7 +746,7 @@ impl Store {
     /// is held, so lines queued meanwhile go too); nothing when there are none.
     /// Returns how many were given.
     pub async fn write_lines(&self, lines: Lines<'_>) -> Result<usize> {
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_urgent(&self.inner.write_lock).await?;
             let lines = lines();
             if lines.is_empty() {
@@ -662,9 +761,11 @@ impl Store {
 
     /// Ends a live grant in one transaction: `closing` (a compare-and-set from one of
     /// `from`), its pending jobs whose kind ends with `supersede.0` completed with
-    /// `supersede.1` as `last_error`, and `job` (its clean-up) queued. Returns the
-    /// grant's organisation and router; `Conflict` (and nothing changed) if it was not
-    /// in `from`.
+    /// `supersede.1` as `last_error`, `job` (its clean-up) queued, and `audit` appended
+    /// when given (a revoke's entry). Returns the grant's organisation and router;
+    /// `Conflict` (and nothing changed, no audit entry either) if it was not in `from`.
+    /// On SQLite, closes and creates queued for the writer together are committed
+    /// together, a savepoint each (see `grouped`).
     pub async fn close_grant(
         &self,
         grant: GrantRef,
@@ -672,79 +773,27 @@ impl Store {
         at: DateTime<Utc>,
         supersede: (&str, &str),
         job: &ClosingJob,
+        audit: Option<&NewAudit>,
     ) -> Result<(OrgId, RouterId)> {
-        let grant_id = match grant {
-            GrantRef::Access(g) => g.to_string(),
-            GrantRef::Forward(g) => g.to_string(),
-        };
-        let job_id = JobId::new();
-        db!(self, |p, pg| {
-            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
-            match grant {
-                GrantRef::Access(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_access",
-                    "",
-                    grant_id.clone(),
-                    from,
-                    GrantStatus::Closing,
-                    at,
-                    None
-                ),
-                GrantRef::Forward(_) => move_grant!(
-                    tx,
-                    pg,
-                    "transient_forwards",
-                    "DELETE FROM router_ports WHERE grant_id = $1",
-                    grant_id.clone(),
-                    from,
-                    GrantStatus::Closing,
-                    at,
-                    None
-                ),
-            }?;
-            let table = match grant {
-                GrantRef::Access(_) => {
-                    "SELECT org_id, router_id FROM transient_access WHERE id = $1"
-                }
-                GrantRef::Forward(_) => {
-                    "SELECT org_id, router_id FROM transient_forwards WHERE id = $1"
-                }
-            };
-            let row = sqlx::query(table)
-                .bind(&grant_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let org: OrgId = row.parse("org_id")?;
-            let router: RouterId = row.parse("router_id")?;
-            sqlx::query(
-                "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
-                 WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
-            )
-            .bind(&grant_id)
-            .bind(format!("%{}", supersede.0))
-            .bind(ms(at))
-            .bind(supersede.1)
-            .execute(&mut *tx)
-            .await?;
-            let mut payload = job.payload.clone();
-            if let serde_json::Value::Object(map) = &mut payload {
-                map.insert("grant_id".into(), grant_id.clone().into());
+        let row = Arc::new(CloseRow {
+            grant,
+            from: from.to_vec(),
+            at,
+            supersede: (supersede.0.to_owned(), supersede.1.to_owned()),
+            job: job.clone(),
+            audit: audit.cloned(),
+        });
+        match self.pool() {
+            Pool::Sqlite { write, .. } => {
+                self.group_commit(write, Write::Close(row)).await?.closed()
             }
-            let new = NewJob {
-                org_id: org,
-                router_id: router,
-                kind: job.kind.clone(),
-                payload,
-                max_attempts: job.max_attempts,
-                run_after: at,
-                created_at: at,
-            };
-            crate::jobs::insert_job!(&mut *tx, job_id, &new);
-            tx.commit().await?;
-            Ok((org, router))
-        })
+            Pool::Postgres(pool) => {
+                let (_guard, mut tx) = pool.begin_write(&self.inner.write_lock).await?;
+                let closed = close_grant_pg(&mut tx, &row).await?;
+                tx.commit().await?;
+                Ok(closed)
+            }
+        }
     }
 
     /// Completes the pending jobs of a grant whose kind ends with `kind_suffix` (e.g. a
@@ -758,7 +807,7 @@ impl Store {
         reason: &str,
     ) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET state = 'completed', finished_at = $3, last_error = $4 \
                  WHERE grant_id = $1 AND state = 'pending' AND kind LIKE $2",
@@ -777,7 +826,7 @@ impl Store {
     /// back-off). Returns how many.
     pub async fn hasten_jobs(&self, router_id: RouterId, now: DateTime<Utc>) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        Ok(db!(self, |p, pg| {
+        Ok(db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE jobs SET run_after = $2 WHERE router_id = $1 AND state = 'pending' \
                  AND run_after > $2",
@@ -823,7 +872,7 @@ impl Store {
     /// Tells every process listening on this PostgreSQL store that a job was queued
     /// (`NOTIFY`); nothing on SQLite (one process per file).
     pub async fn notify_jobs(&self) -> Result<()> {
-        if let Pool::Postgres(p) = &self.inner.pool {
+        if let Pool::Postgres(p) = self.pool() {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(JOBS_CHANNEL)
                 .execute(p)
@@ -835,13 +884,13 @@ impl Store {
     /// A subscription to [`notify_jobs`](Self::notify_jobs) on PostgreSQL; `None` on
     /// SQLite.
     pub async fn job_listener(&self) -> Result<Option<JobListener>> {
-        match &self.inner.pool {
+        match self.pool() {
             Pool::Postgres(p) => {
                 let mut listener = PgListener::connect_with(p).await?;
                 listener.listen(JOBS_CHANNEL).await?;
                 Ok(Some(JobListener { listener }))
             }
-            Pool::Sqlite(_) => Ok(None),
+            Pool::Sqlite { .. } => Ok(None),
         }
     }
 
@@ -906,7 +955,7 @@ impl Store {
         source: Option<IpAddr>,
     ) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query("UPDATE regions SET tunnel_source = $2 WHERE id = $1")
                 .bind(id.to_string())
                 .bind(source.map(|s| s.to_string()))
@@ -919,5 +968,49 @@ impl Store {
         } else {
             Err(StoreError::NotFound)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    /// SQLite's plan for `sql` (`$1` now, `$2` as given).
+    async fn plan(store: &Store, sql: &str, second: &str) -> String {
+        db!(store, |p, pg| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(0_i64)
+                .bind(second.to_owned())
+                .fetch_all(p)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.text("detail").unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// The claim's "no earlier unfinished job of the router" check, and a router's
+    /// batch, read the router's unfinished jobs through the partial index (migration
+    /// 60), never stepping over its finished ones.
+    #[tokio::test]
+    async fn claims_read_only_unfinished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        let store = Store::open(&url, &StoreConfig::new([1; 32])).await.unwrap();
+        let claim = plan(&store, &format!("SELECT j.id {CLAIMABLE}"), "1").await;
+        eprintln!("claim:\n{claim}");
+        assert!(
+            claim.contains("CORRELATED SCALAR SUBQUERY")
+                && claim.contains("jobs_open_router_seq (router_id=? AND seq<?)"),
+            "{claim}"
+        );
+        let batch = plan(&store, &format!("SELECT j.id {BATCH_ON_ROUTER}"), "r").await;
+        eprintln!("batch:\n{batch}");
+        assert!(!batch.contains("jobs_router_seq"), "{batch}");
+        assert!(batch.contains("jobs_open_router_seq"), "{batch}");
+        store.close().await;
     }
 }

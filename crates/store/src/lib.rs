@@ -15,8 +15,8 @@
 //!   lines, superseding, `LISTEN`/`NOTIFY` wake-ups; regions' tunnel source address.
 //! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
 //!   [`WriteStats`].
-//! - `creates`: group commit of grant creations on SQLite (creates queued for the
-//!   writer together share one transaction, a savepoint each).
+//! - `grouped`: group commit of grant creations and closes on SQLite (those queued
+//!   for the writer together share one transaction, a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -42,9 +42,24 @@
 //! SQLite has one writer at a time: every write takes an in-process lock first (write
 //! transactions then `BEGIN IMMEDIATE`), so writers queue in order instead of failing
 //! on a stale snapshot or polling in SQLite's busy handler; the 5 s busy timeout covers
-//! another process on the same file. Reads never wait (WAL). Grant creations queued for
-//! the writer together share one transaction, a savepoint each (`creates`), so a burst
-//! of creates costs a few writer turns, not one each.
+//! another process on the same file. The lock's holder writes on a connection of its
+//! own (a pool of two, one write at a time, `db_write!`), never queueing for a
+//! connection behind readers;
+//! the read pool's connections are `query_only`, so a write that skipped the lock
+//! fails instead of slipping past it. Reads never wait (WAL).
+//!
+//! # Connections
+//!
+//! A store opens, per process: the pool of [`StoreConfig::max_connections`] (8) that
+//! every handle but the orchestrator's uses; the orchestrator's own pool of
+//! [`StoreConfig::orchestrator_connections`] (3, opened on first use), which
+//! [`Store::for_orchestrator`] handles use for their reads (and on PostgreSQL their
+//! writes), so API requests never hold the orchestrator up; and on SQLite the writer's
+//! two connections (one in use at a time), shared by both (on PostgreSQL one more in
+//! the orchestrator's pool for its `LISTEN`). 13 connections in all by default on
+//! SQLite, 12 on PostgreSQL. Grant creations and closes
+//! queued for the writer together share one transaction, a savepoint each (`grouped`),
+//! so a burst of creates or revokes costs a few writer turns, not one each.
 //!
 //! # Rules the database enforces
 //!
@@ -115,10 +130,10 @@
 
 mod accounts;
 mod connections;
-mod creates;
 mod db;
 mod error;
 mod grants;
+mod grouped;
 mod jobs;
 mod leasing;
 pub mod records;
@@ -135,7 +150,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use connections::{Connection, ConnectionEnd, GrantKind, NewConnection};
+pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConnection};
 pub use db::WriteStats;
 pub use error::{Result, StoreError};
 pub use leasing::{
@@ -162,16 +177,22 @@ pub enum Backend {
 pub struct StoreConfig {
     /// The AES-256-GCM key for secrets at rest.
     pub secret_key: [u8; 32],
-    /// Pool size.
+    /// The pool's size for everything but the orchestrator (the API, the portal, the
+    /// gateway's events).
     pub max_connections: u32,
+    /// The orchestrator's own pool's size (its handle: [`Store::for_orchestrator`]), so
+    /// its reads (and on PostgreSQL its writes) never queue behind API requests. On
+    /// PostgreSQL one more connection is opened for its `LISTEN`.
+    pub orchestrator_connections: u32,
 }
 
 impl StoreConfig {
-    /// A config with this key and 8 connections.
+    /// A config with this key, 8 connections, and 3 for the orchestrator.
     pub fn new(secret_key: [u8; 32]) -> Self {
         Self {
             secret_key,
             max_connections: 8,
+            orchestrator_connections: 3,
         }
     }
 }
@@ -181,6 +202,7 @@ impl fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("secret_key", &"<redacted>")
             .field("max_connections", &self.max_connections)
+            .field("orchestrator_connections", &self.orchestrator_connections)
             .finish()
     }
 }
@@ -189,21 +211,34 @@ impl fmt::Debug for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Whose connections this handle uses.
+    lane: Lane,
+}
+
+/// Whose connections a [`Store`] handle uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Api,
+    Orchestrator,
 }
 
 struct Inner {
+    /// Everyone's but the orchestrator's.
     pool: Pool,
+    /// The orchestrator's (on SQLite sharing the writer connection with `pool`).
+    orchestrator: Pool,
     cipher: Cipher,
     /// Serialises SQLite write transactions (see the crate doc).
     write_lock: Arc<db::Writer>,
-    /// SQLite's grant creations waiting to be committed together.
-    creates: creates::Creates,
+    /// SQLite's grant creations and closes waiting to be committed together.
+    grouped: grouped::Queue,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
             .field("backend", &self.backend())
+            .field("lane", &self.lane)
             .finish()
     }
 }
@@ -215,73 +250,132 @@ impl Store {
     pub async fn open(url: &str, config: &StoreConfig) -> Result<Store> {
         let cipher = Cipher::new(&config.secret_key)?;
         let max = config.max_connections.max(1);
-        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
-                .await?;
-            db::postgres_migrator().run(&pool).await?;
-            Pool::Postgres(pool)
-        } else {
-            let options = if url.starts_with("sqlite:") {
-                let options = SqliteConnectOptions::from_str(url)
+        let orchestrator_max = config.orchestrator_connections.max(1);
+        let (pool, orchestrator) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let options = PgConnectOptions::from_str(url)
                     .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
-                // Without an explicit `mode=`, create the file on first start.
-                if url.contains("mode=") {
-                    options
-                } else {
-                    options.create_if_missing(true)
-                }
-            } else if url.contains("://") || url.is_empty() {
-                return Err(StoreError::InvalidUrl(format!(
-                    "{:?} is neither a sqlite:// nor a postgres:// url",
-                    url.split("://").next().unwrap_or_default()
-                )));
+                let pool = PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options.clone())
+                    .await?;
+                db::postgres_migrator().run(&pool).await?;
+                // Opened on first use: a store that runs no orchestrator opens none.
+                let orchestrator = PgPoolOptions::new()
+                    .max_connections(orchestrator_max + 1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options);
+                (Pool::Postgres(pool), Pool::Postgres(orchestrator))
             } else {
-                SqliteConnectOptions::new()
-                    .filename(url)
-                    .create_if_missing(true)
+                let options = if url.starts_with("sqlite:") {
+                    let options = SqliteConnectOptions::from_str(url)
+                        .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+                    // Without an explicit `mode=`, create the file on first start.
+                    if url.contains("mode=") {
+                        options
+                    } else {
+                        options.create_if_missing(true)
+                    }
+                } else if url.contains("://") || url.is_empty() {
+                    return Err(StoreError::InvalidUrl(format!(
+                        "{:?} is neither a sqlite:// nor a postgres:// url",
+                        url.split("://").next().unwrap_or_default()
+                    )));
+                } else {
+                    SqliteConnectOptions::new()
+                        .filename(url)
+                        .create_if_missing(true)
+                };
+                let options = options
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                // The writer first: it migrates. Used only by the holder of the writer lock, so
+                // one write at a time; two connections, kept open, so the next holder never waits
+                // for the last one's connection to be returned (sqlx returns a connection in a task
+                // of its own that pings it first). Every write's statements are prepared on
+                // them, so each keeps more than a reader does (sqlx's default of 100 would have the
+                // log lines' inserts, one per number of lines, evict the creates' and the leases').
+                let write = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .min_connections(2)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .test_before_acquire(false)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options.clone().statement_cache_capacity(1024))
+                    .await?;
+                db::sqlite_migrator().run(&write).await?;
+                // Readers cannot write: a write that forgot the writer fails loudly.
+                let options = options.pragma("query_only", "ON");
+                let read = SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options.clone())
+                    .await?;
+                let orchestrator = SqlitePoolOptions::new()
+                    .max_connections(orchestrator_max)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options);
+                (
+                    Pool::Sqlite {
+                        read,
+                        write: write.clone(),
+                    },
+                    Pool::Sqlite {
+                        read: orchestrator,
+                        write,
+                    },
+                )
             };
-            let options = options
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
-                .await?;
-            db::sqlite_migrator().run(&pool).await?;
-            Pool::Sqlite(pool)
-        };
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
+                orchestrator,
                 cipher,
                 write_lock: Arc::new(db::Writer::default()),
-                creates: creates::Creates::default(),
+                grouped: grouped::Queue::default(),
             }),
+            lane: Lane::Api,
         })
     }
 
-    /// On SQLite, the in-process writer lock, for a write of a single statement: writers
-    /// then queue in order instead of polling in SQLite's busy handler. `None` on
-    /// PostgreSQL. Never held across another write (it is not reentrant).
-    /// SQLite's writer for an urgent write (see `db::Writer`).
+    /// This store, through the orchestrator's own connections
+    /// ([`StoreConfig::orchestrator_connections`]): the handle the orchestrator works
+    /// with, so its reads (and on PostgreSQL its writes) never queue for a connection
+    /// behind API requests. SQLite's writer stays one, shared.
+    pub fn for_orchestrator(&self) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            lane: Lane::Orchestrator,
+        }
+    }
+
+    /// The pools this handle uses.
+    pub(crate) fn pool(&self) -> &Pool {
+        match self.lane {
+            Lane::Api => &self.inner.pool,
+            Lane::Orchestrator => &self.inner.orchestrator,
+        }
+    }
+
+    /// SQLite's writer for an urgent write of a single statement (see `db::Writer`).
     pub(crate) async fn sqlite_writer_urgent(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.lock_urgent().await),
+            Pool::Sqlite { .. } => Some(self.inner.write_lock.lock_urgent().await),
             Pool::Postgres(_) => None,
         }
     }
 
+    /// On SQLite, the in-process writer lock, for a write of a single statement (run in
+    /// `db_write!`, on the writer connection): writers then queue in order instead of
+    /// polling in SQLite's busy handler. `None` on PostgreSQL. Never held across another
+    /// write (it is not reentrant).
     pub(crate) async fn sqlite_writer(&self) -> Option<db::WriterGuard> {
         match self.inner.pool {
-            Pool::Sqlite(_) => Some(self.inner.write_lock.lock().await),
+            Pool::Sqlite { .. } => Some(self.inner.write_lock.lock().await),
             Pool::Postgres(_) => None,
         }
     }
@@ -289,15 +383,15 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         match self.inner.pool {
-            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Sqlite { .. } => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
     }
 
     /// Whether the database answers (`SELECT 1`), for health checks.
     pub async fn ping(&self) -> Result<()> {
-        match &self.inner.pool {
-            Pool::Sqlite(p) => {
+        match self.pool() {
+            Pool::Sqlite { read: p, .. } => {
                 sqlx::query("SELECT 1").execute(p).await?;
             }
             Pool::Postgres(p) => {
@@ -307,15 +401,16 @@ impl Store {
         Ok(())
     }
 
-    /// The pool's open connections and how many of them are idle, for metrics.
     /// How SQLite's one writer has been used so far (for benchmarks and metrics).
     pub fn write_stats(&self) -> WriteStats {
         self.inner.write_lock.stats()
     }
 
+    /// The read pool's open connections and how many of them are idle, for metrics
+    /// (this handle's: the orchestrator's pool for [`for_orchestrator`](Self::for_orchestrator)).
     pub fn pool_connections(&self) -> (u32, usize) {
-        match &self.inner.pool {
-            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+        match self.pool() {
+            Pool::Sqlite { read: p, .. } => (p.size(), p.num_idle()),
             Pool::Postgres(p) => (p.size(), p.num_idle()),
         }
     }
@@ -324,7 +419,14 @@ impl Store {
     /// afterwards.
     pub async fn close(&self) {
         match &self.inner.pool {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pool::Postgres(p) => p.close().await,
+        }
+        match &self.inner.orchestrator {
+            Pool::Sqlite { read, .. } => read.close().await,
             Pool::Postgres(p) => p.close().await,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use domain::{OrgId, RegionId, RouterId, RouterStatus, SiteId};
 
 use crate::Store;
-use crate::db::{Get, WritePool, db, ms, now, opt_ms};
+use crate::db::{Get, WritePool, db, db_write, ms, now, opt_ms};
 use crate::error::{Result, StoreError};
 use crate::records::{NewRegion, NewRouter, Region, Router, RouterFacts, RouterPatch, Site};
 use crate::secret::{Secret, Slot};
@@ -102,7 +102,7 @@ impl Store {
                 new.port_min, new.port_max
             )));
         }
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let row = sqlx::query(
                 "INSERT INTO regions (id, name, entry_point, port_min, port_max, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
@@ -171,7 +171,7 @@ impl Store {
             self.inner
                 .cipher
                 .seal(Slot::RouterPassword, &id.to_string(), &new.password)?;
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             sqlx::query(
                 "INSERT INTO sites (id, org_id, name, created_at) VALUES ($1, $2, $3, $4) \
@@ -269,7 +269,7 @@ impl Store {
             })
             .transpose()?;
         let name = patch.name.clone().unwrap_or_default();
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE routers SET name = COALESCE($3, name), \
                  tunnel_address = COALESCE($4, tunnel_address), api_port = COALESCE($5, api_port), \
@@ -304,7 +304,7 @@ impl Store {
     /// grants (checked in the same transaction, under a row lock on PostgreSQL). Its
     /// site stays.
     pub async fn delete_router(&self, org: OrgId, id: RouterId) -> Result<()> {
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             if pg {
                 // Lock order: a grant's row, then its router's. A grant transition holds
@@ -392,7 +392,7 @@ impl Store {
     /// Records what Postern learnt from a router.
     pub async fn set_router_facts(&self, id: RouterId, facts: RouterFacts) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        let changed = db!(self, |p, pg| {
+        let changed = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE routers SET status = $2, identity = COALESCE($3, identity), \
                  routeros_version = COALESCE($4, routeros_version), \

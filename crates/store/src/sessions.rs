@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use domain::{OrgId, UserId};
 
 use crate::Store;
-use crate::db::{Get, db, ms, trunc};
+use crate::db::{Get, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
 
 /// A portal session as stored.
@@ -83,7 +83,7 @@ impl Store {
             last_seen_at: trunc(new.at),
             expires_at: trunc(new.expires_at),
         };
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO sessions (id_hash, user_id, org_id, csrf_token, created_at, last_seen_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -119,7 +119,7 @@ impl Store {
     /// Notes activity on a session (for its idle limit).
     pub async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
                 .bind(ms(at))
                 .bind(id_hash)
@@ -132,7 +132,7 @@ impl Store {
     /// Ends a session; true if there was one.
     pub async fn delete_session(&self, id_hash: &str) -> Result<bool> {
         let _writer = self.sqlite_writer().await;
-        let n = db!(self, |p, pg| {
+        let n = db_write!(self, |p, pg| {
             sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
                 .bind(id_hash)
                 .execute(p)
@@ -150,7 +150,7 @@ impl Store {
         idle_before: DateTime<Utc>,
     ) -> Result<u64> {
         let _writer = self.sqlite_writer().await;
-        let n = db!(self, |p, pg| {
+        let n = db_write!(self, |p, pg| {
             sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
                 .bind(ms(now))
                 .bind(ms(idle_before))

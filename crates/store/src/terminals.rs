@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use domain::{AccessId, OrgId, RouterId};
 
 use crate::Store;
-use crate::db::{Get, WritePool as _, db, ms, trunc};
+use crate::db::{Get, WritePool as _, db, db_write, ms, trunc};
 use crate::error::{Result, StoreError};
 
 /// A terminal session as stored (its recording aside).
@@ -103,7 +103,7 @@ impl Store {
             size: 0,
             end_reason: None,
         };
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "INSERT INTO terminal_sessions (access_id, org_id, router_id, created_by, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -169,7 +169,7 @@ impl Store {
         height: u16,
     ) -> Result<bool> {
         let _writer = self.sqlite_writer().await;
-        let n = db!(self, |p, pg| {
+        let n = db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE terminal_sessions SET started_at = $2, width = $3, height = $4 \
                  WHERE access_id = $1 AND started_at IS NULL",
@@ -194,7 +194,7 @@ impl Store {
         data: &str,
     ) -> Result<()> {
         let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
             let n =
                 sqlx::query("UPDATE terminal_sessions SET size = size + $2 WHERE access_id = $1")
@@ -226,7 +226,7 @@ impl Store {
         reason: &str,
     ) -> Result<()> {
         let _writer = self.sqlite_writer().await;
-        db!(self, |p, pg| {
+        db_write!(self, |p, pg| {
             sqlx::query(
                 "UPDATE terminal_sessions SET ended_at = $2, end_reason = $3 \
                  WHERE access_id = $1 AND ended_at IS NULL",

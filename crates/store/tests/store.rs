@@ -1211,6 +1211,175 @@ async fn abandoned_creates(ctx: &Ctx) {
 }
 both!(abandoned_creates_leave_the_others_whole, abandoned_creates);
 
+/// A close as a revoke makes it: from any live status, with the revoke's audit entry.
+async fn revoke(s: &Store, id: AccessId, org: OrgId, i: u16) -> Result<(OrgId, RouterId)> {
+    let mut entry = audit(org, "access.revoke", t(5));
+    entry.details = json!({ "close": i });
+    s.close_grant(
+        GrantRef::Access(id),
+        &[
+            GrantStatus::Requested,
+            GrantStatus::Provisioning,
+            GrantStatus::Active,
+        ],
+        t(5),
+        (".create", "superseded"),
+        &ClosingJob {
+            kind: "access.end".into(),
+            payload: json!({ "reason": "revoked" }),
+            max_attempts: 0,
+        },
+        Some(&entry),
+    )
+    .await
+}
+
+/// The `close` numbers of the audit entries of closes.
+async fn closes_audited(s: &Store, org: OrgId) -> HashSet<u64> {
+    s.list_audit(
+        org,
+        Page {
+            limit: 1000,
+            offset: 0,
+        },
+    )
+    .await
+    .unwrap()
+    .iter()
+    .filter_map(|a| a.details.get("close").and_then(|i| i.as_u64()))
+    .collect()
+}
+
+/// 30 revokes at once, creates among them, one of a grant already ending: on SQLite
+/// they are committed in a few grouped transactions with the creates (a savepoint
+/// each); either way that one gets `Conflict` and leaves no trace (no audit entry, no
+/// second clean-up job), every other is closing with its clean-up job and its audit
+/// entry, written in the same transaction.
+async fn grouped_closes(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut grants = Vec::new();
+    for i in 0..30u16 {
+        grants.push(
+            s.create_access(new_access(&w, &[40000 + i], true))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Already ending: its close must be refused.
+    revoke(s, grants[7], w.org, 7).await.unwrap();
+    let before = s.write_stats();
+    let mut tasks = Vec::new();
+    for (i, id) in grants.iter().enumerate() {
+        let s = s.clone();
+        let (id, org) = (*id, w.org);
+        tasks.push(tokio::spawn(async move {
+            revoke(&s, id, org, 100 + i as u16).await
+        }));
+    }
+    let mut creates = Vec::new();
+    for i in 0..10u16 {
+        let s = s.clone();
+        let n = new_access(&w, &[40050 + i], true);
+        creates.push(tokio::spawn(async move { s.create_access(n).await }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        match (i, task.await.unwrap()) {
+            (7, Err(StoreError::Conflict(_))) => {}
+            (7, got) => panic!("close of an ending grant: {got:?}"),
+            (_, Ok((org, router))) => assert_eq!((org, router), (w.org, w.router.id)),
+            (i, Err(e)) => panic!("close {i}: {e}"),
+        }
+    }
+    for task in creates {
+        task.await.unwrap().unwrap();
+    }
+    let writes = s.write_stats().writes - before.writes;
+    for (i, id) in grants.iter().enumerate() {
+        let g = s.get_access(w.org, w.router.id, *id).await.unwrap();
+        assert_eq!(g.status, GrantStatus::Closing, "grant {i}");
+        assert!(g.revoked_early, "grant {i}");
+        assert!(
+            s.has_open_grant_job(&id.to_string(), ".end").await.unwrap(),
+            "grant {i} has no clean-up job"
+        );
+    }
+    // One audit entry per close that happened: grant 7's first, none for its refusal.
+    let expected: HashSet<u64> = (0..30u64)
+        .filter(|i| *i != 7)
+        .map(|i| 100 + i)
+        .chain([7])
+        .collect();
+    assert_eq!(closes_audited(s, w.org).await, expected);
+    // 30 creations' jobs + 10 more, and one clean-up per grant: none twice.
+    assert_eq!(ctx.count("jobs").await, 30 + 10 + 30);
+    match s.backend() {
+        Backend::Sqlite => {
+            eprintln!("30 grouped closes and 10 creates: {writes} write transactions");
+            assert!(
+                writes < 20,
+                "30 closes and 10 creates took {writes} write transactions: not grouped"
+            );
+        }
+        Backend::Postgres => assert_eq!(writes, 0, "PostgreSQL's writers are not counted"),
+    }
+}
+both!(grouped_closes_answer_each_caller, grouped_closes);
+
+/// Revokes whose callers go away while queued: each close is whole (closing, clean-up
+/// job, audit entry) or absent, and an absent one can still be made.
+async fn abandoned_closes(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut grants = Vec::new();
+    for i in 0..30u16 {
+        grants.push(
+            s.create_access(new_access(&w, &[40000 + i], false))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let tasks: Vec<_> = grants
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let s = s.clone();
+            let (id, org) = (*id, w.org);
+            tokio::spawn(async move { revoke(&s, id, org, i as u16).await })
+        })
+        .collect();
+    for (i, task) in tasks.iter().enumerate() {
+        if i % 3 == 1 {
+            task.abort();
+        }
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(closed) => {
+                closed.unwrap();
+            }
+            Err(e) => assert!(e.is_cancelled() && i % 3 == 1, "close {i}: {e}"),
+        }
+    }
+    let audited = closes_audited(s, w.org).await;
+    for (i, id) in grants.iter().enumerate() {
+        let status = s.get_access(w.org, w.router.id, *id).await.unwrap().status;
+        let job = s.has_open_grant_job(&id.to_string(), ".end").await.unwrap();
+        let entry = audited.contains(&(i as u64));
+        match status {
+            GrantStatus::Closing => assert!(job && entry, "close {i}: half made"),
+            GrantStatus::Requested => {
+                assert!(i % 3 == 1 && !job && !entry, "close {i}: half made");
+                revoke(s, *id, w.org, i as u16).await.unwrap();
+            }
+            other => panic!("close {i}: {other}"),
+        }
+    }
+}
+both!(abandoned_closes_leave_the_others_whole, abandoned_closes);
+
 async fn delete_router_rules(ctx: &Ctx) {
     use GrantStatus::*;
     let s = &ctx.store;
@@ -2205,6 +2374,7 @@ async fn batches(ctx: &Ctx) {
                 payload: json!({ "reason": "revoked" }),
                 max_attempts: 0,
             },
+            None,
         )
         .await
         .unwrap();
@@ -2228,6 +2398,7 @@ async fn batches(ctx: &Ctx) {
                 payload: json!({}),
                 max_attempts: 0,
             },
+            None,
         )
         .await,
         Err(StoreError::Conflict(_))

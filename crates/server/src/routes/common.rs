@@ -478,24 +478,21 @@ pub async fn revoke(
             format!("{}.revoke", grant.kind()),
             grant.target(),
         );
+        // The grant's end and its audit entry: one write.
+        let entry = audit(
+            caller,
+            now,
+            &action,
+            Some(target),
+            serde_json::json!({ "router_id": router_id.to_string() }),
+        );
         let revoked = o
-            .revoke(key)
+            .revoke_audited(key, &entry)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !revoked {
-            return Ok(());
+        if revoked {
+            state.lists.invalidate(router_id);
         }
-        state.lists.invalidate(router_id);
-        state
-            .store
-            .append_audit(audit(
-                caller,
-                now,
-                &action,
-                Some(target),
-                serde_json::json!({ "router_id": router_id.to_string() }),
-            ))
-            .await?;
         return Ok(());
     }
     use domain::GrantStatus::{Active, Closing, Provisioning, Requested, Revoked};

@@ -1,6 +1,7 @@
 //! `/api/routers/{router_id}/transient-access/{id}/connections` and the same under
-//! `transient-forwarding`: the connections made through a grant's entry port (source,
-//! start, end, bytes each way, how it ended), live ones with their counts so far.
+//! `transient-forwarding`: the connections made through a grant's entry port (source
+//! address and port, start, end, bytes each way, how it ended), live ones with their
+//! counts so far.
 
 use axum::Json;
 use axum::extract::State;
@@ -22,8 +23,10 @@ const LIMIT: u32 = 500;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionView {
     pub id: String,
-    /// The client's address and port, as the gateway saw it.
+    /// The client's IP address (IPv4 or IPv6, no port), as the gateway saw it.
     pub source_address: String,
+    /// The client's TCP source port.
+    pub source_port: u16,
     /// RFC 3339, UTC, milliseconds.
     pub started_at: String,
     /// `null` while the connection is live.
@@ -33,7 +36,8 @@ pub struct ConnectionView {
     /// Bytes the router or device sent back to the client (so far, while live).
     pub bytes_to_client: u64,
     /// How it ended: `finished` (both sides closed), `revoked`, `expired`, `shutdown`,
-    /// `target unreachable`, `error: …`, `gateway restarted`; `null` while live.
+    /// `target unreachable`, `error: …`, `gateway stopped` (the server that carried it
+    /// stopped without recording its end); `null` while live.
     pub end_reason: Option<String>,
 }
 
@@ -69,7 +73,8 @@ async fn list(
             };
             ConnectionView {
                 id: c.id.to_string(),
-                source_address: c.source.to_string(),
+                source_address: c.source.ip().to_canonical().to_string(),
+                source_port: c.source.port(),
                 started_at: millis(c.started_at),
                 ended_at: c.ended_at.map(millis),
                 bytes_from_client: from_client,

@@ -1,21 +1,23 @@
-//! Group commit of grant creations on SQLite. A create queues its row here, then waits
-//! for SQLite's one writer (an ordinary write, see `db::Writer`); whichever waiting
-//! create gets the writer first takes every create queued by then (up to
-//! [`MAX_BATCH`]) and writes them in one transaction, each inside its own savepoint: a
-//! create that fails (no free port, router gone, a job for a router that is not the
-//! org's) is rolled back to its savepoint alone and gets its own error, as if it had
-//! run by itself. One `COMMIT` ends the batch, and only then is each create answered;
-//! if the commit fails, every create of the batch gets the error and nothing of it is
-//! left. A burst of 100 creates then costs a few writer turns instead of 100.
+//! Group commit on SQLite of grant creations and closes (a revoke, an expiry). A write
+//! queues its row here, then waits for SQLite's one writer (an ordinary write, see
+//! `db::Writer`); whichever waiting write gets the writer first takes every write queued
+//! by then (up to [`MAX_BATCH`]) and writes them in one transaction, each inside its own
+//! savepoint: one that fails (no free port, router gone, a job for a router that is not
+//! the org's, a grant already ending) is rolled back to its savepoint alone and gets its
+//! own error, as if it had run by itself. One `COMMIT` ends the batch, and only then is
+//! each write answered; if the commit fails, every write of the batch gets the error and
+//! nothing of it is left. A burst of 100 creates or revokes then costs a few writer
+//! turns instead of 100.
 //!
-//! The batch runs in a task of its own that holds the writer until every create is
+//! The batch runs in a task of its own that holds the writer until every write is
 //! answered: a caller that goes away (a closed HTTP request) does not abort the others'
-//! transaction, and a create whose caller went away before its batch began is skipped.
+//! transaction, and a write whose caller went away before its batch began is skipped.
 //! PostgreSQL does not come here: its writers run side by side.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use domain::{OrgId, RouterId};
 use sqlx::SqlitePool;
 use tokio::sync::oneshot;
 
@@ -23,14 +25,48 @@ use crate::Store;
 use crate::db::WriterGuard;
 use crate::error::{Result, StoreError};
 use crate::grants::{AccessRow, ForwardRow, write_access_sqlite, write_forward_sqlite};
+use crate::leasing::{CloseRow, close_grant_sqlite};
 
-/// The most creates one transaction takes.
+/// The most writes one transaction takes.
 pub(crate) const MAX_BATCH: usize = 64;
 
-/// A create to write.
-pub(crate) enum Create {
+/// A write to group.
+pub(crate) enum Write {
     Access(Arc<AccessRow>),
     Forward(Arc<ForwardRow>),
+    Close(Arc<CloseRow>),
+}
+
+/// What a grouped write did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Written {
+    /// A create, and the ports it took.
+    Created(Claimed),
+    /// A close, and the grant's organisation and router.
+    Closed(OrgId, RouterId),
+}
+
+impl Written {
+    pub(crate) fn claimed(self) -> Result<Claimed> {
+        match self {
+            Written::Created(c) => Ok(c),
+            Written::Closed(..) => Err(mismatch()),
+        }
+    }
+
+    pub(crate) fn closed(self) -> Result<(OrgId, RouterId)> {
+        match self {
+            Written::Closed(org, router) => Ok((org, router)),
+            Written::Created(_) => Err(mismatch()),
+        }
+    }
+}
+
+/// A write answered with another kind's outcome (a bug, never a panic).
+fn mismatch() -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(
+        "a grouped write got another kind's answer".into(),
+    ))
 }
 
 /// The ports a create took (`router_port` is 0 for a transient access).
@@ -40,24 +76,24 @@ pub(crate) struct Claimed {
     pub(crate) router_port: u16,
 }
 
-type Reply = oneshot::Sender<Result<Claimed>>;
+type Reply = oneshot::Sender<Result<Written>>;
 
-/// The creates waiting for the writer.
+/// The writes waiting for the writer.
 #[derive(Default)]
-pub(crate) struct Creates {
-    queue: Mutex<VecDeque<(Create, Reply)>>,
+pub(crate) struct Queue {
+    queue: Mutex<VecDeque<(Write, Reply)>>,
 }
 
-impl Creates {
-    fn push(&self, create: Create, reply: Reply) {
+impl Queue {
+    fn push(&self, create: Write, reply: Reply) {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push_back((create, reply));
     }
 
-    /// Up to [`MAX_BATCH`] queued creates whose callers still wait, oldest first.
-    fn take(&self) -> Vec<(Create, Reply)> {
+    /// Up to [`MAX_BATCH`] queued writes whose callers still wait, oldest first.
+    fn take(&self) -> Vec<(Write, Reply)> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
@@ -74,9 +110,9 @@ impl Creates {
 
 impl Store {
     /// Queues `create` and waits for its answer, leading a batch if this caller gets
-    /// the writer before another batch took its create.
-    pub(crate) async fn group_commit(&self, pool: &SqlitePool, create: Create) -> Result<Claimed> {
-        let creates = &self.inner.creates;
+    /// the writer before another batch took its write. `pool` is the writer's.
+    pub(crate) async fn group_commit(&self, pool: &SqlitePool, create: Write) -> Result<Written> {
+        let creates = &self.inner.grouped;
         let (reply, mut answer) = oneshot::channel();
         creates.push(create, reply);
         tokio::select! {
@@ -98,10 +134,10 @@ fn lost() -> StoreError {
     StoreError::Database(sqlx::Error::WorkerCrashed)
 }
 
-/// Writes `batch` in one transaction, a savepoint each, and answers every create once
+/// Writes `batch` in one transaction, a savepoint each, and answers every write once
 /// the transaction is committed (or failed). Holds the writer until then.
-async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Create, Reply)>) {
-    let creates: Vec<&Create> = batch.iter().map(|(c, _)| c).collect();
+async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Write, Reply)>) {
+    let creates: Vec<&Write> = batch.iter().map(|(c, _)| c).collect();
     match write_all(&pool, &guard, &creates).await {
         Ok(outcomes) => {
             for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
@@ -124,14 +160,14 @@ async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Create, R
     drop(guard);
 }
 
-/// The batch's transaction: every create's own outcome, or the error that failed the
+/// The batch's transaction: every write's own outcome, or the error that failed the
 /// whole transaction (a savepoint that could not be taken or undone, or the commit),
 /// rolled back before the writer is let go.
 async fn write_all(
     pool: &SqlitePool,
     _guard: &WriterGuard,
-    creates: &[&Create],
-) -> Result<Vec<Result<Claimed>>> {
+    creates: &[&Write],
+) -> Result<Vec<Result<Written>>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     match write_each(&mut tx, creates).await {
         Ok(outcomes) => {
@@ -147,28 +183,33 @@ async fn write_all(
     }
 }
 
-/// Every create in a savepoint of its own: a create that fails is rolled back to it
-/// alone. `Err` only when a savepoint could not be taken or undone.
+/// Every write in a savepoint of its own: one that fails is rolled back to it alone.
+/// `Err` only when a savepoint could not be taken or undone.
 async fn write_each(
     tx: &mut sqlx::SqliteConnection,
-    creates: &[&Create],
-) -> Result<Vec<Result<Claimed>>> {
+    creates: &[&Write],
+) -> Result<Vec<Result<Written>>> {
     let mut outcomes = Vec::with_capacity(creates.len());
     for create in creates {
         // Savepoints of the same name stack; `ROLLBACK TO` undoes back to the latest,
-        // this create's own. A successful one's is left for the `COMMIT` to release: one
-        // statement less per create.
+        // this write's own. A successful one's is left for the `COMMIT` to release: one
+        // statement less per write.
         sqlx::query("SAVEPOINT grouped_create")
             .execute(&mut *tx)
             .await?;
         let outcome = match create {
-            Create::Access(row) => write_access_sqlite(tx, row).await.map(|port| Claimed {
-                port,
-                router_port: 0,
+            Write::Access(row) => write_access_sqlite(tx, row).await.map(|port| {
+                Written::Created(Claimed {
+                    port,
+                    router_port: 0,
+                })
             }),
-            Create::Forward(row) => write_forward_sqlite(tx, row)
+            Write::Forward(row) => write_forward_sqlite(tx, row)
                 .await
-                .map(|(port, router_port)| Claimed { port, router_port }),
+                .map(|(port, router_port)| Written::Created(Claimed { port, router_port })),
+            Write::Close(row) => close_grant_sqlite(tx, row)
+                .await
+                .map(|(org, router)| Written::Closed(org, router)),
         };
         if outcome.is_err() {
             sqlx::query("ROLLBACK TO grouped_create")
