@@ -85,8 +85,10 @@
 //! # Differences from notes/STORE_API.md (what the server codes against)
 //!
 //! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path; a SQLite
-//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8.
-//!   `Store::close()` closes the pool.
+//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8
+//!   and `orchestrator_connections` to 8. `Store::close()` closes the pools.
+//! - `close_grant` takes the revoke's audit entry (`Option<&NewAudit>`), written in its
+//!   transaction; `Store::for_orchestrator()` is the orchestrator's handle.
 //! - `StoreError` has `Migrate` and `InvalidUrl` too.
 //! - Records are in [`records`] and re-exported at the root. `AuditEntry::id` is an
 //!   `i64` increasing in append order. Grants carry `region_id`.
