@@ -52,12 +52,13 @@
 //!
 //! A store opens, per process: the pool of [`StoreConfig::max_connections`] (8) that
 //! every handle but the orchestrator's uses; the orchestrator's own pool of
-//! [`StoreConfig::orchestrator_connections`] (3, opened on first use), which
+//! [`StoreConfig::orchestrator_connections`] (8, opened on first use: as many as
+//! the orchestrator had when it shared the pool, since its jobs read a lot), which
 //! [`Store::for_orchestrator`] handles use for their reads (and on PostgreSQL their
 //! writes), so API requests never hold the orchestrator up; and on SQLite the writer's
 //! two connections (one in use at a time), shared by both (on PostgreSQL one more in
-//! the orchestrator's pool for its `LISTEN`). 13 connections in all by default on
-//! SQLite, 12 on PostgreSQL. Grant creations and closes
+//! the orchestrator's pool for its `LISTEN`). 18 connections in all by default on
+//! SQLite, 17 on PostgreSQL. Grant creations and closes
 //! queued for the writer together share one transaction, a savepoint each (`grouped`),
 //! so a burst of creates or revokes costs a few writer turns, not one each.
 //!
@@ -84,8 +85,10 @@
 //! # Differences from notes/STORE_API.md (what the server codes against)
 //!
 //! - `Store::open(url, &StoreConfig)`: the url may also be a bare file path; a SQLite
-//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8.
-//!   `Store::close()` closes the pool.
+//!   file is created if missing unless the url sets `mode=`. `StoreConfig::new(key)` sets `max_connections` to 8
+//!   and `orchestrator_connections` to 8. `Store::close()` closes the pools.
+//! - `close_grant` takes the revoke's audit entry (`Option<&NewAudit>`), written in its
+//!   transaction; `Store::for_orchestrator()` is the orchestrator's handle.
 //! - `StoreError` has `Migrate` and `InvalidUrl` too.
 //! - Records are in [`records`] and re-exported at the root. `AuditEntry::id` is an
 //!   `i64` increasing in append order. Grants carry `region_id`.
@@ -187,12 +190,12 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// A config with this key, 8 connections, and 3 for the orchestrator.
+    /// A config with this key, 8 connections, and 8 for the orchestrator.
     pub fn new(secret_key: [u8; 32]) -> Self {
         Self {
             secret_key,
             max_connections: 8,
-            orchestrator_connections: 3,
+            orchestrator_connections: 8,
         }
     }
 }
