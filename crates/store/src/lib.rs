@@ -295,6 +295,16 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true);
+                // Into WAL on one connection before any pool opens several at once: changing
+                // into WAL takes an exclusive lock that SQLite does not wait for, and sqlx
+                // opens a pool's `min_connections` from two tasks at once, so on a new file
+                // one of them could fail with "database is locked". Once the file is in WAL
+                // (a lasting setting), opening takes no such lock.
+                {
+                    use sqlx::Connection as _;
+                    let first = sqlx::SqliteConnection::connect_with(&options).await?;
+                    first.close().await?;
+                }
                 // The writer first: it migrates. Used only by the holder of the writer lock, so
                 // one write at a time; two connections, kept open, so the next holder never waits
                 // for the last one's connection to be returned (sqlx returns a connection in a task
