@@ -4,7 +4,8 @@
 //! the router comes back through the bridge; closing the terminal (either side) revokes
 //! the access on the router; the recording is valid asciicast v2 with what was shown.
 //! And the refusals: no session, another site's page (`Origin`), another organisation's
-//! or another user's terminal, a second connection, a viewer, hostile messages.
+//! or another user's terminal, a second connection, a viewer, hostile messages. And a
+//! terminal ends with the portal session that opened it: logout, expiry, deletion.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
@@ -30,6 +32,22 @@ type Ws =
 
 const PASSWORD: &str = "correct horse battery";
 
+/// The server's clock: the real time, plus what a test moves it on by.
+#[derive(Default)]
+struct Ahead(AtomicI64);
+
+impl Ahead {
+    fn advance(&self, by: chrono::TimeDelta) {
+        self.0.fetch_add(by.num_seconds(), Ordering::SeqCst);
+    }
+}
+
+impl server::Clock for Ahead {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::TimeDelta::seconds(self.0.load(Ordering::SeqCst))
+    }
+}
+
 struct World {
     base: String,
     addr: SocketAddr,
@@ -40,6 +58,7 @@ struct World {
     other_site: domain::SiteId,
     router: store::Router,
     sim: sim::RouterHandle,
+    clock: Arc<Ahead>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop_jobs: tokio::sync::watch::Sender<bool>,
@@ -129,8 +148,9 @@ impl World {
         let jobs = tokio::spawn(orch.clone().run(jobs_stopped));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = server::AppState::new(store.clone(), config, Arc::new(server::SystemClock))
-            .with_orchestrator(orch);
+        let clock = Arc::new(Ahead::default());
+        let state =
+            server::AppState::new(store.clone(), config, clock.clone()).with_orchestrator(orch);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, state, async {
             let _ = rx.await;
@@ -149,6 +169,7 @@ impl World {
             other_site,
             router,
             sim,
+            clock,
             shutdown: Some(tx),
             task: Some(task),
             stop_jobs,
@@ -782,4 +803,143 @@ async fn a_terminal_whose_recording_cannot_be_stored_ends() {
         screen.ended().as_deref(),
         Some("the recording could not be stored")
     );
+}
+
+/// Reads `ws` until it closes, within `within`; how the terminal said it ended.
+async fn ended_within(ws: &mut Ws, within: Duration) -> Option<String> {
+    let mut screen = Screen::new();
+    tokio::time::timeout(within, screen.read(ws, None))
+        .await
+        .unwrap_or_else(|_| panic!("still open after {within:?}; notes: {:?}", screen.notes));
+    screen.ended()
+}
+
+/// Opens a terminal of the session `cookie` and waits for its prompt: the socket, the
+/// access id and the router login it uses.
+async fn open_terminal(w: &World, cookie: &str, csrf: &str) -> (Ws, domain::AccessId, String) {
+    let (path, id) = w.terminal(cookie, csrf).await;
+    let mut ws = w.connect(&path, Some(cookie), Some(&w.base)).await.unwrap();
+    Screen::new().read(&mut ws, Some("] > ")).await;
+    let login = w.access(id).await.username;
+    assert!(w.sim_has_user(&login));
+    (ws, id, login)
+}
+
+/// The terminal ended with `reason`: its session's end stored, its access revoked on
+/// the router, and both ends audited.
+async fn ended_and_revoked(w: &World, id: domain::AccessId, login: &str, reason: &str) {
+    w.until_status(id, domain::GrantStatus::Revoked).await;
+    assert!(!w.sim_has_user(login), "{login} is still on the router");
+    let session = w.store.get_terminal_session(w.org, id).await.unwrap();
+    assert_eq!(session.end_reason.as_deref(), Some(reason));
+    let audit = w
+        .store
+        .list_audit(
+            w.org,
+            store::Page {
+                limit: 200,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let target = format!("access:{id}");
+    let end = audit
+        .iter()
+        .find(|e| e.action == "terminal.end" && e.target.as_deref() == Some(target.as_str()))
+        .expect("a terminal.end entry");
+    assert_eq!(end.details["reason"], reason);
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "access.revoke" && e.target.as_deref() == Some(target.as_str())),
+        "the revoke is audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_ends_every_terminal_of_that_session_and_revokes_its_access() {
+    let w = World::start("branch-82", "127.82.0.2").await;
+    let (cookie, csrf) = w.sign_in("alice").await;
+    let (mut first, first_id, first_login) = open_terminal(&w, &cookie, &csrf).await;
+    let (mut second, second_id, second_login) = open_terminal(&w, &cookie, &csrf).await;
+    // The same user signed in elsewhere: that session's terminal is not touched.
+    let (other_cookie, other_csrf) = w.sign_in("alice").await;
+    let (mut other, other_id, _) = open_terminal(&w, &other_cookie, &other_csrf).await;
+
+    // Log out from another tab: the session's form post with its CSRF token.
+    let resp = w
+        .http
+        .post(format!("{}/logout", w.base))
+        .header("cookie", format!("postern_session={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &w.base)
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/login");
+
+    for ws in [&mut first, &mut second] {
+        assert_eq!(
+            ended_within(ws, Duration::from_secs(5)).await.as_deref(),
+            Some("signed out of the portal")
+        );
+    }
+    ended_and_revoked(&w, first_id, &first_login, "signed out of the portal").await;
+    ended_and_revoked(&w, second_id, &second_login, "signed out of the portal").await;
+
+    // The other session's terminal still runs commands.
+    other
+        .send(Message::Binary(b"/system identity print\r".to_vec().into()))
+        .await
+        .unwrap();
+    Screen::new()
+        .read(&mut other, Some("name: branch-82"))
+        .await;
+    assert!(w.access(other_id).await.status.is_live());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_ends_when_its_portal_session_expires_or_is_deleted() {
+    let w = World::start("branch-83", "127.83.0.2").await;
+    let within = server::terminal::SESSION_CHECK + Duration::from_secs(3);
+
+    // Deletion: the session's row goes (as a logout in another server process does).
+    let (cookie, csrf) = w.sign_in("alice").await;
+    let (mut ws, id, login) = open_terminal(&w, &cookie, &csrf).await;
+    assert!(
+        w.store
+            .delete_session(&server::portal::session::hash(&cookie))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ended_within(&mut ws, within).await.as_deref(),
+        Some("the portal session ended")
+    );
+    ended_and_revoked(&w, id, &login, "the portal session ended").await;
+
+    // Expiry: an idle session passes its idle limit while its terminal is open. (Last:
+    // the server's clock is then ahead of the orchestrator's.)
+    let (cookie, csrf) = w.sign_in("alice").await;
+    let (mut ws, id, login) = open_terminal(&w, &cookie, &csrf).await;
+    w.clock
+        .advance(server::portal::session::IDLE + chrono::TimeDelta::minutes(1));
+    assert_eq!(
+        ended_within(&mut ws, within).await.as_deref(),
+        Some("the portal session ended")
+    );
+    ended_and_revoked(&w, id, &login, "the portal session ended").await;
+    assert!(
+        w.store
+            .find_session(&server::portal::session::hash(&cookie))
+            .await
+            .unwrap()
+            .is_none(),
+        "the expired session is gone"
+    );
+    w.stop().await;
 }

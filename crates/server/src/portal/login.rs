@@ -158,6 +158,9 @@ pub async fn logout_post(
     let signed = Signed::from_request_parts(&mut parts, &state).await?;
     let https = session::over_https(&state, &parts.extensions, &parts.headers);
     state.store.delete_session(&signed.id_hash).await?;
+    // The session's open terminals end now (those of other processes at their next
+    // check of the session).
+    state.terminals.end_session(&signed.id_hash);
     audit(
         &state,
         signed.caller.org_id,

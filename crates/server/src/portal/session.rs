@@ -145,25 +145,35 @@ async fn lookup(
     state: &AppState,
     token: &str,
 ) -> Result<Option<(store::Session, store::User)>, PortalError> {
-    let id_hash = hash(token);
-    let Some(session) = state.store.find_session(&id_hash).await? else {
+    Ok(live(state, &hash(token), true).await?)
+}
+
+/// The session with this hash if it is still live (not logged out, not past its idle
+/// or absolute limit, its user not disabled or deleted), touched when `used`; an ended
+/// one is deleted. Sign-in checks and the terminal's periodic check share this rule.
+pub async fn live(
+    state: &AppState,
+    id_hash: &str,
+    used: bool,
+) -> Result<Option<(store::Session, store::User)>, store::StoreError> {
+    let Some(session) = state.store.find_session(id_hash).await? else {
         return Ok(None);
     };
     let now = state.now();
     if session.expires_at <= now || session.last_seen_at + IDLE <= now {
-        state.store.delete_session(&id_hash).await?;
+        state.store.delete_session(id_hash).await?;
         return Ok(None);
     }
     let user = match state.store.get_user(session.org_id, session.user_id).await {
         Ok(u) if !u.disabled => u,
         Ok(_) | Err(store::StoreError::NotFound) => {
-            state.store.delete_session(&id_hash).await?;
+            state.store.delete_session(id_hash).await?;
             return Ok(None);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    if now - session.last_seen_at >= TOUCH_EVERY {
-        state.store.touch_session(&id_hash, now).await?;
+    if used && now - session.last_seen_at >= TOUCH_EVERY {
+        state.store.touch_session(id_hash, now).await?;
     }
     Ok(Some((session, user)))
 }

@@ -212,6 +212,7 @@ pub async fn terminal_post(
                 terminal::Ticket {
                     caller: signed.caller.clone(),
                     router: router.clone(),
+                    session: signed.id_hash.clone(),
                     access_id: grant.id,
                     cols: DEFAULT_SIZE.0,
                     rows: DEFAULT_SIZE.1,
@@ -393,6 +394,7 @@ pub async fn terminal_ws_get(
         .await?;
     let ticket = terminal::Ticket {
         caller: signed.caller.clone(),
+        session: signed.id_hash.clone(),
         router,
         access_id: session.access_id,
         cols,

@@ -2,7 +2,7 @@
 //! connects to the router's SSH port with its login, asks for a pty of the browser's
 //! size and a shell, then pumps keystrokes one way and output the other (recording the
 //! output and resizes), until the browser closes, the shell exits, the grant ends, the
-//! recording is full or the server stops. Then it closes both sides, stores the end of
+//! recording is full, the portal session that opened it ends or the server stops. Then it closes both sides, stores the end of
 //! the recording and revokes the access through the API's revoke path.
 
 use std::net::SocketAddr;
@@ -14,10 +14,11 @@ use domain::{AccessId, GrantStatus};
 use russh::ChannelMsg;
 use russh::client::{self, Handle, Msg};
 use serde_json::json;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::asciicast::{CAP_NOTICE, Recorder};
-use super::{RECORDING_CAP, protocol};
+use super::{RECORDING_CAP, SESSION_CHECK, protocol};
 use crate::auth::Caller;
 use crate::routes::common::{self, Grant};
 use crate::state::AppState;
@@ -36,11 +37,13 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 
-/// What the WebSocket handler checked before the upgrade: who, which router, which
-/// grant (its terminal session claimed), and the browser's terminal size.
+/// What the WebSocket handler checked before the upgrade: who (and the portal session,
+/// by hash, whose end ends the terminal), which router, which grant (its terminal
+/// session claimed), and the browser's terminal size.
 #[derive(Debug, Clone)]
 pub struct Ticket {
     pub caller: Caller,
+    pub session: String,
     pub router: store::Router,
     pub access_id: AccessId,
     pub cols: u16,
@@ -262,6 +265,14 @@ async fn pump(
     started: Instant,
 ) -> Ending {
     let mut stopping = state.terminals.stopping();
+    let mut logouts = state.terminals.logouts();
+    let mut logouts_open = true;
+    // The first tick is at once: the session may have ended while the router connected.
+    let mut session_tick = tokio::time::interval(SESSION_CHECK);
+    // Whether the browser sent anything since the last check (the session is in use).
+    let mut used = false;
+    // Failed checks in a row.
+    let mut unchecked = 0u8;
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     let mut ping_tick = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     loop {
@@ -271,6 +282,7 @@ async fn pump(
                     return Ending::normal("closed in the browser");
                 }
                 Some(Ok(Message::Binary(bytes))) => {
+                    used = true;
                     if bytes.len() > protocol::MAX_MESSAGE {
                         return refused("input larger than 64 KiB");
                     }
@@ -280,6 +292,7 @@ async fn pump(
                 }
                 Some(Ok(Message::Text(text))) => match protocol::control(text.as_str()) {
                     Ok(protocol::Control::Resize { cols, rows }) => {
+                        used = true;
                         let _ = channel
                             .window_change(u32::from(cols), u32::from(rows), 0, 0)
                             .await;
@@ -321,6 +334,29 @@ async fn pump(
                     return Ending::normal("closed in the browser");
                 }
             }
+            _ = session_tick.tick() => {
+                match crate::portal::session::live(state, &ticket.session, used).await {
+                    Ok(Some(_)) => (used, unchecked) = (false, 0),
+                    Ok(None) => return Ending::normal("the portal session ended"),
+                    // One failure may pass (a busy database); the next ends the terminal.
+                    Err(e) => {
+                        tracing::error!(access_id = %ticket.access_id, error = %e, "cannot check a terminal's portal session");
+                        unchecked += 1;
+                        if unchecked >= 2 {
+                            return Ending::normal("the portal session could not be checked");
+                        }
+                    }
+                }
+            }
+            logout = logouts.recv(), if logouts_open => match logout {
+                Ok(hash) if hash == ticket.session => {
+                    return Ending::normal("signed out of the portal");
+                }
+                Ok(_) => {}
+                // Missed logouts: the store says whether this one was among them.
+                Err(broadcast::error::RecvError::Lagged(_)) => session_tick.reset_immediately(),
+                Err(broadcast::error::RecvError::Closed) => logouts_open = false,
+            },
             changed = stopping.changed() => {
                 let stop = changed.is_err() || *stopping.borrow();
                 if stop {

@@ -7,8 +7,13 @@
 //! - [`protocol`]: the messages over the WebSocket, checked (the browser is not trusted).
 //! - [`asciicast`]: the recording format, sans I/O.
 //! - `bridge`: one session: wait for the grant, connect, pump both ways, end.
-//! - [`Terminals`]: the sessions of this process: a cap, and the end of them all at
-//!   shutdown.
+//! - [`Terminals`]: the sessions of this process: a cap, the end of them all at
+//!   shutdown, and the end of a portal session's own at its logout.
+//!
+//! A terminal lives no longer than the portal session that opened it: logout ends the
+//! session's terminals in this process at once, and every terminal checks its session
+//! in the store every [`SESSION_CHECK`] (logout in another process, expiry, a disabled
+//! user), ending when it is no longer live.
 //!
 //! The router's host key is not pinned: Postern has no record of it, and the bridge
 //! reaches the router over its management tunnel, whose own authentication is what
@@ -23,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 
 pub use bridge::{Ticket, abandoned, revoke_unopened, run};
 
@@ -36,6 +41,11 @@ pub const MAX_PER_USER: usize = 4;
 pub const OPEN_WITHIN: Duration = Duration::from_secs(120);
 /// A recording stops (and its session ends) at this size.
 pub const RECORDING_CAP: usize = 8 * 1024 * 1024;
+/// A running terminal checks that its portal session is still live this often.
+pub const SESSION_CHECK: Duration = Duration::from_secs(3);
+/// Logouts not yet seen by every terminal before older ones are dropped (a terminal
+/// that misses some checks its session in the store instead).
+const LOGOUTS_QUEUED: usize = 64;
 
 /// The terminal sessions this process runs: a slot each, and a signal that ends them.
 #[derive(Clone)]
@@ -45,6 +55,8 @@ pub struct Terminals {
     /// Open sessions per user key (organisation and user name).
     users: Arc<Mutex<HashMap<String, usize>>>,
     stop: Arc<watch::Sender<bool>>,
+    /// The hashes of portal sessions logged out in this process.
+    logouts: broadcast::Sender<String>,
 }
 
 /// A session's place: under the process's cap and its user's; given back when dropped.
@@ -81,6 +93,7 @@ impl Terminals {
             max,
             users: Arc::default(),
             stop: Arc::new(watch::channel(false).0),
+            logouts: broadcast::channel(LOGOUTS_QUEUED).0,
         }
     }
 
@@ -112,6 +125,17 @@ impl Terminals {
     /// Tells every session to end (each revokes its access and closes its recording).
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// The portal sessions logged out from now on, by hash.
+    pub fn logouts(&self) -> broadcast::Receiver<String> {
+        self.logouts.subscribe()
+    }
+
+    /// Tells the terminals of the portal session `id_hash` to end (it was logged out).
+    pub fn end_session(&self, id_hash: &str) {
+        // No receiver means no terminal is running: nothing to tell.
+        let _ = self.logouts.send(id_hash.to_owned());
     }
 
     /// Ends every session and waits up to `grace` for them.
