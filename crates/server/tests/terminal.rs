@@ -926,8 +926,25 @@ async fn a_terminal_ends_when_its_portal_session_expires_or_is_deleted() {
     // the server's clock is then ahead of the orchestrator's.)
     let (cookie, csrf) = w.sign_in("alice").await;
     let (mut ws, id, login) = open_terminal(&w, &cookie, &csrf).await;
-    w.clock
-        .advance(server::portal::session::IDLE + chrono::TimeDelta::minutes(1));
+    // Typing in the terminal is using the session: it does not go idle meanwhile.
+    let idle = server::portal::session::IDLE;
+    w.clock.advance(idle - chrono::TimeDelta::minutes(10));
+    ws.send(Message::Binary(b"/system identity print\r".to_vec().into()))
+        .await
+        .unwrap();
+    let mut screen = Screen::new();
+    screen.read(&mut ws, Some("name: branch-83")).await;
+    tokio::time::sleep(within).await;
+    w.clock.advance(chrono::TimeDelta::minutes(20));
+    tokio::time::sleep(within).await;
+    ws.send(Message::Binary(b"/system identity print\r".to_vec().into()))
+        .await
+        .unwrap();
+    screen
+        .read_until(&mut ws, |t| t.matches("name: branch-83").count() == 2)
+        .await;
+    // Left idle past the limit, it ends.
+    w.clock.advance(idle + chrono::TimeDelta::minutes(1));
     assert_eq!(
         ended_within(&mut ws, within).await.as_deref(),
         Some("the portal session ended")
