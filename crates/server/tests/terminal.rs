@@ -899,6 +899,32 @@ async fn logging_out_ends_every_terminal_of_that_session_and_revokes_its_access(
         .read(&mut other, Some("name: branch-82"))
         .await;
     assert!(w.access(other_id).await.status.is_live());
+    // When that session logs out, its terminal ends, and one it made but never
+    // opened is revoked too.
+    let (_, unopened) = w.terminal(&other_cookie, &other_csrf).await;
+    let resp = w
+        .http
+        .post(format!("{}/logout", w.base))
+        .header("cookie", format!("postern_session={other_cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &w.base)
+        .body(format!("csrf={other_csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    w.until_status(unopened, domain::GrantStatus::Revoked).await;
+    let session = w.store.get_terminal_session(w.org, unopened).await.unwrap();
+    assert_eq!(
+        session.end_reason.as_deref(),
+        Some("the browser never connected")
+    );
+    assert_eq!(
+        ended_within(&mut other, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("signed out of the portal")
+    );
     w.stop().await;
 }
 

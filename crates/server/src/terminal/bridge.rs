@@ -141,10 +141,26 @@ pub async fn abandoned(state: AppState, ticket: Ticket) {
 }
 
 /// Ends a session that no browser opened within `within` of the button being pressed
-/// (the page was closed, the script did not load): claimed here, so a late browser is
-/// refused rather than racing, recorded as never connected, the access revoked.
+/// (the page was closed, the script did not load), or sooner when the portal session
+/// that pressed it logs out: claimed here, so a late browser is refused rather than
+/// racing, recorded as never connected, the access revoked.
 pub async fn revoke_unopened(state: AppState, ticket: Ticket, within: Duration) {
-    tokio::time::sleep(within).await;
+    let mut logouts = state.terminals.logouts();
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            logout = logouts.recv() => match logout {
+                Ok(hash) if hash == ticket.session => break,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    deadline.as_mut().await;
+                    break;
+                }
+            },
+        }
+    }
     let now = state.now();
     match state
         .store
