@@ -2,8 +2,9 @@
 //! connects to the router's SSH port with its login, asks for a pty of the browser's
 //! size and a shell, then pumps keystrokes one way and output the other (recording the
 //! output and resizes), until the browser closes, the shell exits, the grant ends, the
-//! recording is full, the portal session that opened it ends or the server stops. Then it closes both sides, stores the end of
-//! the recording and revokes the access through the API's revoke path.
+//! recording is full, the portal session that opened it ends or the server stops. Then
+//! it closes both sides, stores the end of the recording and revokes the access through
+//! the API's revoke path.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
