@@ -112,31 +112,11 @@ fn bigint(n: u64) -> i64 {
 }
 
 impl Store {
-    /// Records a connection (live, or already ended when `end` is given).
+    /// Records a connection (live, or already ended when `end` is given): one row of
+    /// [`record_connections`](Self::record_connections).
     pub async fn record_connection(&self, new: NewConnection) -> Result<Connection> {
-        let _writer = self.sqlite_writer().await;
+        self.record_connections(std::slice::from_ref(&new)).await?;
         let end = new.end.as_ref();
-        db_write!(self, |p, pg| {
-            sqlx::query(
-                "INSERT INTO connections (id, org_id, router_id, grant_kind, grant_id, source_address, \
-                 started_at, ended_at, bytes_from_client, bytes_to_client, end_reason, gateway_run_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(new.id.to_string())
-            .bind(new.org_id.to_string())
-            .bind(new.router_id.to_string())
-            .bind(new.grant_kind.as_str())
-            .bind(&new.grant_id)
-            .bind(new.source.to_string())
-            .bind(ms(new.started_at))
-            .bind(opt_ms(end.map(|e| e.at)))
-            .bind(bigint(end.map_or(0, |e| e.bytes_from_client)))
-            .bind(bigint(end.map_or(0, |e| e.bytes_to_client)))
-            .bind(end.map(|e| e.reason.clone()))
-            .bind(new.gateway_run.to_string())
-            .execute(p)
-            .await?;
-        });
         Ok(Connection {
             id: new.id,
             org_id: new.org_id,
