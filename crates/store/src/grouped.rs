@@ -166,10 +166,10 @@ async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Write, Re
 async fn write_all(
     pool: &SqlitePool,
     _guard: &WriterGuard,
-    creates: &[&Write],
+    writes: &[&Write],
 ) -> Result<Vec<Result<Written>>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    match write_each(&mut tx, creates).await {
+    match write_each(&mut tx, writes).await {
         Ok(outcomes) => {
             tx.commit().await?;
             Ok(outcomes)
@@ -187,17 +187,17 @@ async fn write_all(
 /// `Err` only when a savepoint could not be taken or undone.
 async fn write_each(
     tx: &mut sqlx::SqliteConnection,
-    creates: &[&Write],
+    writes: &[&Write],
 ) -> Result<Vec<Result<Written>>> {
-    let mut outcomes = Vec::with_capacity(creates.len());
-    for create in creates {
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
         // Savepoints of the same name stack; `ROLLBACK TO` undoes back to the latest,
         // this write's own. A successful one's is left for the `COMMIT` to release: one
         // statement less per write.
-        sqlx::query("SAVEPOINT grouped_create")
+        sqlx::query("SAVEPOINT grouped_write")
             .execute(&mut *tx)
             .await?;
-        let outcome = match create {
+        let outcome = match write {
             Write::Access(row) => write_access_sqlite(tx, row).await.map(|port| {
                 Written::Created(Claimed {
                     port,
@@ -212,7 +212,7 @@ async fn write_each(
                 .map(|(org, router)| Written::Closed(org, router)),
         };
         if outcome.is_err() {
-            sqlx::query("ROLLBACK TO grouped_create")
+            sqlx::query("ROLLBACK TO grouped_write")
                 .execute(&mut *tx)
                 .await?;
         }
