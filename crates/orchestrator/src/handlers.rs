@@ -156,8 +156,9 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Do
         ));
         return Ok(Done::Nothing);
     }
-    if grant.status == GrantStatus::Requested {
-        // The claim moves it; not when another transaction held the grant then.
+    // The lease moves it (not when another transaction held the grant then); for a
+    // job run behind a leased one, the end of its attempt does.
+    if grant.status == GrantStatus::Requested && job.lease_owner.is_some() {
         let now = inner.clock.now();
         if let Ok(g) = inner
             .store
@@ -207,7 +208,7 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<D
         ));
         return Ok(Done::Nothing);
     }
-    if grant.status == GrantStatus::Requested {
+    if grant.status == GrantStatus::Requested && job.lease_owner.is_some() {
         let now = inner.clock.now();
         if let Ok(g) = inner
             .store

@@ -4,7 +4,6 @@
 //! or failed (a creation that gives up fails its grant and queues the clean-up).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::{AccessId, ForwardId, GrantStatus};
@@ -153,19 +152,25 @@ async fn run_job(inner: Arc<Inner>, job: Job, _slot: OwnedSemaphorePermit) {
     }
 }
 
+/// The most jobs a worker runs behind a leased one before it records their ends.
+const RUN_BEHIND: u32 = 16;
+
 /// Runs a batch of one router's leased jobs, one at a time in order (stopping at one to
-/// be retried: the later ones wait for it), then records their ends in one write, which
-/// also leases the router's jobs that may run next: returned.
+/// be retried: the later ones wait for it); then, while the batch's lease keeps every
+/// other worker off the router, the jobs queued behind it (up to [`RUN_BEHIND`], read
+/// rather than leased: a job is on the router without waiting for a write). Records
+/// all their ends in one write, which also leases the router's jobs that may run next:
+/// returned.
 async fn run_batch(inner: &Arc<Inner>, batch: Vec<Job>) -> Vec<Job> {
     let Some(router_id) = batch.first().map(|j| j.router_id) else {
         return Vec::new();
     };
     let owner = inner.config.owner.clone();
-    let logs: Vec<JobLog> = batch
-        .iter()
-        .map(|j| JobLog::new(inner, j.id, j.log_seq))
-        .collect();
-    let current = AtomicUsize::new(0);
+    // The log of the job being run, for the line saying the lease was lost.
+    let current: std::sync::Mutex<Option<Arc<JobLog>>> = std::sync::Mutex::new(None);
+    let set_current = |log: &Arc<JobLog>| {
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(log.clone());
+    };
     let heartbeat = async {
         loop {
             tokio::time::sleep(inner.config.heartbeat).await;
@@ -184,12 +189,50 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Job>) -> Vec<Job> {
     };
     let work = async {
         let mut ends = Vec::with_capacity(batch.len());
-        for (i, (job, log)) in batch.iter().zip(&logs).enumerate() {
-            current.store(i, Ordering::Relaxed);
-            let (end, live, retry) = attempt(inner, job, log, i == 0).await;
+        let mut retry = false;
+        for (i, job) in batch.iter().enumerate() {
+            let log = Arc::new(JobLog::new(inner, job.id, job.log_seq));
+            set_current(&log);
+            let (end, live, again) = attempt(inner, job, &log, i == 0).await;
             ends.push((end, live));
-            if retry {
+            if again {
+                retry = true;
                 break;
+            }
+        }
+        let mut ran = 0;
+        let mut last = batch.last().map(|j| j.id);
+        while let (false, Some(after)) = (retry, last) {
+            if ran >= RUN_BEHIND {
+                break;
+            }
+            let behind = match inner
+                .store
+                .queued_behind(router_id, after, inner.clock.now(), RUN_BEHIND - ran)
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(router = %router_id, error = %e, "could not read the jobs queued behind");
+                    Vec::new()
+                }
+            };
+            last = behind.last().map(|j| j.id);
+            for mut job in behind {
+                ran += 1;
+                // This attempt, as a lease would have counted it.
+                job.attempts += 1;
+                let started = inner.clock.now();
+                job.started_at.get_or_insert(started);
+                let log = Arc::new(JobLog::new(inner, job.id, job.log_seq));
+                set_current(&log);
+                let (mut end, live, again) = attempt(inner, &job, &log, false).await;
+                end.behind = Some(started);
+                ends.push((end, live));
+                if again {
+                    retry = true;
+                    break;
+                }
             }
         }
         ends
@@ -198,14 +241,15 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Job>) -> Vec<Job> {
         ends = work => ends,
         _ = heartbeat => {
             // The lines go with the next write (or the flusher's).
-            if let Some(log) = logs.get(current.load(Ordering::Relaxed)) {
+            if let Some(log) = current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 log.line("lease lost: another worker has taken this job over; stopping this attempt");
             }
             inner.wake_jobs().await;
             return Vec::new();
         }
     };
-    let released: Vec<_> = batch.iter().skip(ends.len()).map(|j| j.id).collect();
+    let leased_ended = ends.iter().filter(|(e, _)| e.behind.is_none()).count();
+    let released: Vec<_> = batch.iter().skip(leased_ended).map(|j| j.id).collect();
     let (ends, lives): (Vec<_>, Vec<_>) = ends.into_iter().unzip();
     let now = inner.clock.now();
     let opening = |next: &Job| intro(&owner, next, now);
@@ -341,6 +385,7 @@ async fn attempt(
             job: job.id,
             outcome,
             grant,
+            behind: None,
         },
         live,
         retry,

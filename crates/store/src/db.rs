@@ -3,6 +3,7 @@
 //! of either backend, write transactions, embedded migrations, and the column
 //! conversions (unix milliseconds, text ids).
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -283,6 +284,29 @@ macro_rules! impl_get {
 }
 impl_get!(SqliteRow);
 impl_get!(PgRow);
+
+/// The parameters of a `VALUES` list of `rows` rows of `width` each: `($1, $2), ($3, $4)`
+/// on PostgreSQL, `(?, ?), (?, ?)` on SQLite. (sqlx looks each numbered SQLite
+/// parameter up by its name, which costs time in the number of parameters: a list of
+/// a thousand numbered ones is slow to bind.)
+pub(crate) fn values_list(rows: usize, width: usize, pg: bool) -> String {
+    let mut sql = String::with_capacity(rows * width * if pg { 6 } else { 3 });
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..width {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            if pg {
+                let _ = write!(sql, "${}", row * width + col + 1);
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
 
 /// A time as stored: unix milliseconds.
 pub(crate) fn ms(at: DateTime<Utc>) -> i64 {

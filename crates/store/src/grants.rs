@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RouterId, TokenId};
 
 use crate::Store;
-use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc};
+use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc, values_list};
 use crate::error::{Result, StoreError};
 use crate::grouped::Write;
 use crate::jobs::{insert_audit, insert_job};
@@ -608,6 +608,192 @@ grant_writers!(
     write_forward_sqlite
 );
 grant_writers!(sqlx::PgConnection, write_access_pg, write_forward_pg);
+
+/// Writes several transient accesses at once on SQLite, for a group commit: one
+/// statement each for all their ports, grants, audit entries and jobs, however many
+/// there are. SQLite's writer pays most for each statement's hand-over to its worker
+/// thread, so a burst of creates costs a few statements instead of five each.
+///
+/// Only the common case is written here: the grant gets its first candidate port, its
+/// router is its organisation's, and its job (if any) is for that router. Each other one
+/// is `None`, with nothing of it left written, for the caller to write alone (which
+/// tries the further candidates, or says what is wrong). On an error some rows may be
+/// written: the caller rolls back to a savepoint taken before.
+pub(crate) async fn write_accesses_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    rows: &[&AccessRow],
+) -> Result<Vec<Option<u16>>> {
+    /// A grant this path takes: its place in `rows`, its row and id, the port it asks.
+    struct Taken<'a> {
+        at: usize,
+        row: &'a AccessRow,
+        id: String,
+        port: u16,
+    }
+    let mut taken: Vec<Taken> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(at, row)| {
+            let new = &row.new;
+            let port = new.port_candidates.first().copied().filter(|p| *p != 0)?;
+            let job_is_its_routers = new
+                .job
+                .as_ref()
+                .is_none_or(|j| j.router_id == new.router_id && j.org_id == new.org_id);
+            job_is_its_routers.then(|| Taken {
+                at,
+                row,
+                id: row.id.to_string(),
+                port,
+            })
+        })
+        .collect();
+    let mut written: Vec<Option<u16>> = vec![None; rows.len()];
+    if taken.is_empty() {
+        return Ok(written);
+    }
+
+    // Their ports: a port another grant holds (or one of this batch asked first) is
+    // skipped here, and that grant goes the long way.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO gateway_ports (region_id, port, grant_id) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING grant_id",
+        values_list(taken.len(), 3, false)
+    )))
+    .persistent(false);
+    for t in &taken {
+        query = query
+            .bind(t.row.new.region_id.to_string())
+            .bind(i64::from(t.port))
+            .bind(&t.id);
+    }
+    let ported: HashSet<String> = query
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.text("grant_id"))
+        .collect::<Result<_>>()?;
+    taken.retain(|t| ported.contains(&t.id));
+    if taken.is_empty() {
+        return Ok(written);
+    }
+
+    // The grants, each only if its router is its organisation's.
+    const GRANT_COLUMNS: usize = 17;
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO transient_access (id, org_id, router_id, region_id, access_type, access, \
+         allow_rfc1918, allow_from, username, password, port, entry_point, status, created_by, \
+         created_at, expires_at, terminal) \
+         SELECT {} FROM (VALUES {}) AS v \
+         WHERE EXISTS (SELECT 1 FROM routers r WHERE r.id = v.column3 AND r.org_id = v.column2) \
+         RETURNING id",
+        (1..=GRANT_COLUMNS)
+            .map(|c| format!("column{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        values_list(taken.len(), GRANT_COLUMNS, false)
+    )))
+    .persistent(false);
+    for t in &taken {
+        let new = &t.row.new;
+        query = query
+            .bind(&t.id)
+            .bind(new.org_id.to_string())
+            .bind(new.router_id.to_string())
+            .bind(new.region_id.to_string())
+            .bind(new.access_type.as_str())
+            .bind(new.access.as_str())
+            .bind(new.allow_rfc1918)
+            .bind(new.allow_from.to_string())
+            .bind(&new.username)
+            .bind(&t.row.sealed)
+            .bind(i64::from(t.port))
+            .bind(&new.entry_point)
+            .bind(GrantStatus::Requested.as_str())
+            .bind(&new.created_by)
+            .bind(ms(t.row.created_at))
+            .bind(ms(t.row.expires_at))
+            .bind(new.terminal);
+    }
+    let inserted: HashSet<String> = query
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.text("id"))
+        .collect::<Result<_>>()?;
+    let (done, refused): (Vec<Taken>, Vec<Taken>) =
+        taken.into_iter().partition(|t| inserted.contains(&t.id));
+    if !refused.is_empty() {
+        // Their routers are not their organisations': the long way says so. Their
+        // ports go back.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM gateway_ports WHERE grant_id IN {}",
+            values_list(1, refused.len(), false)
+        )))
+        .persistent(false);
+        for t in &refused {
+            query = query.bind(&t.id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    if done.is_empty() {
+        return Ok(written);
+    }
+
+    // Their audit entries and jobs.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_log (org_id, at, actor, actor_address, action, target, details) \
+         VALUES {}",
+        values_list(done.len(), 7, false)
+    )))
+    .persistent(false);
+    for t in &done {
+        let audit = &t.row.new.audit;
+        query = query
+            .bind(audit.org_id.to_string())
+            .bind(ms(audit.at))
+            .bind(&audit.actor)
+            .bind(audit.actor_address.map(|a| a.to_string()))
+            .bind(&audit.action)
+            .bind(&audit.target)
+            .bind(audit.details.to_string());
+    }
+    query.execute(&mut *tx).await?;
+    let jobs: Vec<(&Taken, crate::records::NewJob)> = done
+        .iter()
+        .filter_map(|t| Some((t, naming_grant(t.row.new.job.as_ref()?, &t.id))))
+        .collect();
+    if !jobs.is_empty() {
+        // In the batch's order: each router's jobs run in the order they were made.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO jobs (id, org_id, router_id, kind, payload, state, attempts, \
+             max_attempts, run_after, created_at, grant_id) VALUES {}",
+            values_list(jobs.len(), 11, false)
+        )))
+        .persistent(false);
+        for (t, job) in &jobs {
+            query = query
+                .bind(JobId::new().to_string())
+                .bind(job.org_id.to_string())
+                .bind(job.router_id.to_string())
+                .bind(&job.kind)
+                .bind(job.payload.to_string())
+                .bind(domain::JobState::Pending.as_str())
+                .bind(0_i64)
+                .bind(i64::from(job.max_attempts))
+                .bind(ms(job.run_after))
+                .bind(ms(job.created_at))
+                .bind(&t.id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    for t in done {
+        if let Some(slot) = written.get_mut(t.at) {
+            *slot = Some(t.port);
+        }
+    }
+    Ok(written)
+}
 
 impl Store {
     /// The router's grants version (`None` if it is not in `org`) and whether `token`

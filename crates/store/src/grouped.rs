@@ -24,7 +24,9 @@ use tokio::sync::oneshot;
 use crate::Store;
 use crate::db::WriterGuard;
 use crate::error::{Result, StoreError};
-use crate::grants::{AccessRow, ForwardRow, write_access_sqlite, write_forward_sqlite};
+use crate::grants::{
+    AccessRow, ForwardRow, write_access_sqlite, write_accesses_sqlite, write_forward_sqlite,
+};
 use crate::leasing::{CloseRow, close_grant_sqlite};
 
 /// The most writes one transaction takes.
@@ -183,14 +185,53 @@ async fn write_all(
     }
 }
 
-/// Every write in a savepoint of its own: one that fails is rolled back to it alone.
-/// `Err` only when a savepoint could not be taken or undone.
+/// The batch's creations of transient access first, all at once when there are several
+/// (`write_accesses_sqlite`: a few statements in all); then every other write, and every
+/// creation that could not be written that way, in a savepoint of its own: one that
+/// fails is rolled back to it alone. `Err` only when a savepoint could not be taken or
+/// undone.
 async fn write_each(
     tx: &mut sqlx::SqliteConnection,
     writes: &[&Write],
 ) -> Result<Vec<Result<Written>>> {
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
+    let mut outcomes: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
+    let accesses: Vec<(usize, &AccessRow)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Access(row) => Some((i, &**row)),
+            _ => None,
+        })
+        .collect();
+    if accesses.len() > 1 {
+        sqlx::query("SAVEPOINT grouped_accesses")
+            .execute(&mut *tx)
+            .await?;
+        let rows: Vec<&AccessRow> = accesses.iter().map(|(_, row)| *row).collect();
+        match write_accesses_sqlite(tx, &rows).await {
+            Ok(written) => {
+                for ((i, _), port) in accesses.iter().zip(written) {
+                    if let (Some(slot), Some(port)) = (outcomes.get_mut(*i), port) {
+                        *slot = Some(Ok(Written::Created(Claimed {
+                            port,
+                            router_port: 0,
+                        })));
+                    }
+                }
+            }
+            // A constraint the batch broke (one of its rows, or a row deleted meanwhile):
+            // each is written alone below and meets it alone.
+            Err(_) => {
+                sqlx::query("ROLLBACK TO grouped_accesses")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    for (write, slot) in writes.iter().zip(outcomes.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
         // Savepoints of the same name stack; `ROLLBACK TO` undoes back to the latest,
         // this write's own. A successful one's is left for the `COMMIT` to release: one
         // statement less per write.
@@ -216,7 +257,7 @@ async fn write_each(
                 .execute(&mut *tx)
                 .await?;
         }
-        outcomes.push(outcome);
+        *slot = Some(outcome);
     }
-    Ok(outcomes)
+    Ok(outcomes.into_iter().flatten().collect())
 }

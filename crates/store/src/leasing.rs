@@ -136,6 +136,12 @@ pub struct JobEnd {
     pub outcome: JobOutcome,
     /// The grant's move, made with it.
     pub grant: Option<GrantMove>,
+    /// `None` for a job run under its own lease. `Some(started)` for one run without a
+    /// lease of its own, behind a leased job of the same router (see
+    /// [`Store::queued_behind`]): still pending in the database, its attempt is
+    /// counted as its end is recorded. One no longer pending by then (a revoke
+    /// superseded it meanwhile) is left as it is.
+    pub behind: Option<DateTime<Utc>>,
 }
 
 /// How recording the end of attempts went.
@@ -161,31 +167,22 @@ pub type Lines<'a> = &'a (dyn Fn() -> Vec<LogLine> + Send + Sync);
 
 /// The `INSERT` of `n` log lines (numbered by their writer; a line whose job is gone,
 /// or whose number is taken, is skipped rather than failing the transaction).
-fn lines_sql(n: usize) -> String {
-    let mut sql = String::from(
+fn lines_sql(n: usize, pg: bool) -> String {
+    format!(
         "INSERT INTO job_lines (job_id, seq, at, message) \
-         SELECT column1, column2, column3, column4 FROM (VALUES ",
-    );
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let b = i * 4;
-        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-    }
-    sql.push_str(
-        ") AS v WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column1) \
+         SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v \
+         WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column1) \
          ON CONFLICT (job_id, seq) DO NOTHING",
-    );
-    sql
+        crate::db::values_list(n, 4, pg)
+    )
 }
 
 /// Inserts `$lines: &[LogLine]` in transaction `$tx`, a few hundred per statement.
 macro_rules! insert_lines {
-    ($tx:ident, $lines:expr) => {{
+    ($tx:ident, $pg:ident, $lines:expr) => {{
         let lines: &[LogLine] = $lines;
         for chunk in lines.chunks(LINES_PER_STATEMENT) {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(lines_sql(chunk.len())));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(lines_sql(chunk.len(), $pg)));
             for line in chunk {
                 query = query
                     .bind(line.job_id.to_string())
@@ -420,11 +417,46 @@ impl Store {
                 &intro,
                 false
             );
-            insert_lines!(tx, &lines);
+            insert_lines!(tx, pg, &lines);
             tx.commit().await?;
             jobs
         });
         Ok(jobs)
+    }
+
+    /// The jobs of `router_id` queued behind job `after` that may run now, in order (up
+    /// to `limit`): pending and due, stopping at the first that is not. A read, for the
+    /// worker holding the lease of `after` (or of a job before it): while a router has
+    /// a running job no worker claims any other of its jobs, so that worker may run
+    /// these without a lease of their own and record them with its own end
+    /// ([`JobEnd::behind`]).
+    pub async fn queued_behind(
+        &self,
+        router_id: RouterId,
+        after: JobId,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
+        db!(self, |p, pg| {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                crate::jobs::job_columns!(),
+                " FROM jobs WHERE router_id = $1 AND state = 'pending' AND run_after <= $2 \
+                 AND seq > (SELECT seq FROM jobs WHERE id = $3) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.router_id = $1 \
+                     AND e.state IN ('pending', 'running') \
+                     AND e.seq > (SELECT seq FROM jobs WHERE id = $3) AND e.seq < jobs.seq \
+                     AND NOT (e.state = 'pending' AND e.run_after <= $2)) \
+                 ORDER BY seq LIMIT $4"
+            ))
+            .bind(router_id.to_string())
+            .bind(ms(now))
+            .bind(after.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(crate::jobs::job_from).collect()
+        })
     }
 
     /// Whether a job may be claimed now (a read: a claim is a write).
@@ -515,6 +547,7 @@ impl Store {
             job: id,
             outcome,
             grant: grant.cloned(),
+            behind: None,
         }];
         self.end_attempts(owner, now, &ends, &[], lines, next).await
     }
@@ -543,7 +576,33 @@ impl Store {
             let mut moves = Vec::with_capacity(ends.len());
             let mut lost = false;
             // Every grant first, then the jobs: grants' rows are locked before jobs'
-            // (lock order, as `delete_router` takes them).
+            // (lock order, as `delete_router` takes them). A grant whose creation ran
+            // behind a leased job is still `requested`: it was `provisioning` while it
+            // ran, recorded now, before its move.
+            for (table, access) in [("transient_access", true), ("transient_forwards", false)] {
+                let ids: Vec<String> = ends
+                    .iter()
+                    .filter(|e| e.behind.is_some())
+                    .filter_map(|e| match e.grant.as_ref()?.grant {
+                        GrantRef::Access(g) if access => Some(g.to_string()),
+                        GrantRef::Forward(g) if !access => Some(g.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET status = 'provisioning' WHERE id IN ({}) \
+                     AND status = 'requested'",
+                    list.join(", ")
+                )));
+                for id in &ids {
+                    query = query.bind(id);
+                }
+                query.execute(&mut *tx).await?;
+            }
             for end in ends {
                 let moved = match &end.grant {
                     None => None,
@@ -646,23 +705,41 @@ impl Store {
                         ("pending", Some(ms(*run_after)), None, Some(error.clone()))
                     }
                 };
-                let changed = sqlx::query(
-                    "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
-                     finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
-                     lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-                )
-                .bind(end.job.to_string())
-                .bind(owner)
-                .bind(state)
-                .bind(run_after)
-                .bind(finished)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    lost = true;
-                    break;
+                if let Some(started) = end.behind {
+                    // Still pending, behind our lease; unless superseded meanwhile.
+                    sqlx::query(
+                        "UPDATE jobs SET state = $2, run_after = COALESCE($3, run_after), \
+                         finished_at = $4, last_error = COALESCE($5, last_error), \
+                         attempts = attempts + 1, started_at = COALESCE(started_at, $6) \
+                         WHERE id = $1 AND state = 'pending'",
+                    )
+                    .bind(end.job.to_string())
+                    .bind(state)
+                    .bind(run_after)
+                    .bind(finished)
+                    .bind(error)
+                    .bind(ms(started))
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    let changed = sqlx::query(
+                        "UPDATE jobs SET state = $3, run_after = COALESCE($4, run_after), \
+                         finished_at = $5, last_error = COALESCE($6, last_error), lease_owner = NULL, \
+                         lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                    )
+                    .bind(end.job.to_string())
+                    .bind(owner)
+                    .bind(state)
+                    .bind(run_after)
+                    .bind(finished)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed != 1 {
+                        lost = true;
+                        break;
+                    }
                 }
                 if let (Some(m), Some(result)) = (&end.grant, moved)
                     && let Some(line) = &m.line
@@ -731,7 +808,7 @@ impl Store {
             }
             // These attempts' lines, those of other attempts waiting, and the next
             // one's opening lines: one statement.
-            insert_lines!(tx, &written);
+            insert_lines!(tx, pg, &written);
             tx.commit().await?;
             (true, moves, claimed)
         });
@@ -753,7 +830,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(0);
             }
-            insert_lines!(tx, &lines);
+            insert_lines!(tx, pg, &lines);
             tx.commit().await?;
             Ok(lines.len())
         })

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::{
     AccessId, AccessLevel, AccessType, AllowFrom, ForwardId, GrantStatus, JobId, JobState, OrgId,
-    Policy, Role, RouterId, RouterStatus, SiteId, TokenId, UserId,
+    Policy, RegionId, Role, RouterId, RouterStatus, SiteId, TokenId, UserId,
 };
 use harness::{Ctx, Db, KEY};
 use postern_store::*;
@@ -2290,6 +2290,7 @@ async fn batches(ctx: &Ctx) {
                     error: "router unreachable".into(),
                 },
                 grant: None,
+                behind: None,
             }],
             &[c.id],
             &Vec::new,
@@ -2405,3 +2406,254 @@ async fn batches(ctx: &Ctx) {
     ));
 }
 both!(job_batches, batches);
+
+/// `at` as stored: whole milliseconds.
+fn ms_only(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap()
+}
+
+/// While a worker holds a router's running job, it reads the jobs queued behind it
+/// (due ones, in order, up to one not yet due) and records their ends with its own:
+/// each counted as one attempt, a creation's grant through `provisioning` to `active`,
+/// one to retry back to `pending`, and one a revoke superseded meanwhile left as the
+/// revoke made it.
+async fn run_behind(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let now = Utc::now();
+    let lease = std::time::Duration::from_secs(15);
+    let head = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let mut creates = Vec::new();
+    for port in [40111, 40112] {
+        let grant = s
+            .create_access(new_access(&w, &[port], false))
+            .await
+            .unwrap();
+        let job = s
+            .create_job(NewJob {
+                kind: "access.create".into(),
+                payload: json!({ "grant_id": grant.id.to_string() }),
+                ..new_job(w.org, w.router.id, now)
+            })
+            .await
+            .unwrap();
+        creates.push((grant, job));
+    }
+    let retried = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let later = s
+        .create_job(new_job(w.org, w.router.id, now + TimeDelta::seconds(60)))
+        .await
+        .unwrap();
+    let after_later = s
+        .create_job(new_job(w.org, w.router.id, now))
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_jobs("w1", now, lease, 10, |_| Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [head.id]);
+    // Nothing else of the router can be claimed while its head runs.
+    assert!(s.claim_job("w2", now, lease).await.unwrap().is_none());
+
+    let behind = s
+        .queued_behind(w.router.id, head.id, now, 16)
+        .await
+        .unwrap();
+    let ids: Vec<_> = behind.iter().map(|j| j.id).collect();
+    assert_eq!(
+        ids,
+        [creates[0].1.id, creates[1].1.id, retried.id],
+        "in order, stopping at the one not yet due"
+    );
+    assert!(
+        behind
+            .iter()
+            .all(|j| j.state == JobState::Pending && j.attempts == 0)
+    );
+    assert_eq!(
+        s.queued_behind(w.router.id, head.id, now, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.queued_behind(w.router.id, retried.id, now, 16)
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "the one not yet due holds back those after it"
+    );
+
+    // The second creation is revoked while it runs.
+    let superseded = &creates[1];
+    s.close_grant(
+        GrantRef::Access(superseded.0.id),
+        &[GrantStatus::Requested],
+        now,
+        (".create", "superseded"),
+        &ClosingJob {
+            kind: "access.end".into(),
+            payload: json!({}),
+            max_attempts: 0,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let activate = |g: AccessId| GrantMove {
+        grant: GrantRef::Access(g),
+        from: vec![GrantStatus::Provisioning],
+        to: GrantStatus::Active,
+        line: None,
+    };
+    let started = now + TimeDelta::milliseconds(3);
+    let retry_at = now + TimeDelta::seconds(5);
+    let ended = s
+        .end_attempts(
+            "w1",
+            now,
+            &[
+                JobEnd {
+                    job: head.id,
+                    outcome: JobOutcome::Completed,
+                    grant: None,
+                    behind: None,
+                },
+                JobEnd {
+                    job: creates[0].1.id,
+                    outcome: JobOutcome::Completed,
+                    grant: Some(activate(creates[0].0.id)),
+                    behind: Some(started),
+                },
+                JobEnd {
+                    job: superseded.1.id,
+                    outcome: JobOutcome::Completed,
+                    grant: Some(activate(superseded.0.id)),
+                    behind: Some(started),
+                },
+                JobEnd {
+                    job: retried.id,
+                    outcome: JobOutcome::Retry {
+                        run_after: retry_at,
+                        error: "router unreachable".into(),
+                    },
+                    grant: None,
+                    behind: Some(started),
+                },
+            ],
+            &[],
+            &Vec::new,
+            Some((w.router.id, lease, &|_: &Job| Vec::new())),
+        )
+        .await
+        .unwrap();
+    assert!(ended.recorded);
+    assert!(
+        ended.next.is_empty(),
+        "the retried job holds the router's queue"
+    );
+    assert!(matches!(
+        ended.grants.as_slice(),
+        [
+            None,
+            Some(Ok(GrantStatus::Provisioning)),
+            Some(Err(_)),
+            None
+        ]
+    ));
+    let g = s
+        .get_access(w.org, w.router.id, creates[0].0.id)
+        .await
+        .unwrap();
+    assert_eq!(g.status, GrantStatus::Active);
+    let g = s
+        .get_access(w.org, w.router.id, superseded.0.id)
+        .await
+        .unwrap();
+    assert_eq!(g.status, GrantStatus::Closing, "the revoke's, not ours");
+
+    let job = s.get_job(creates[0].1.id).await.unwrap();
+    assert_eq!(
+        (
+            job.state,
+            job.attempts,
+            job.started_at,
+            job.lease_owner.is_none()
+        ),
+        (JobState::Completed, 1, Some(ms_only(started)), true)
+    );
+    let job = s.get_job(superseded.1.id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.last_error.as_deref()),
+        (JobState::Completed, 0, Some("superseded"))
+    );
+    let job = s.get_job(retried.id).await.unwrap();
+    assert_eq!(
+        (
+            job.state,
+            job.attempts,
+            job.run_after,
+            job.last_error.as_deref()
+        ),
+        (
+            JobState::Pending,
+            1,
+            ms_only(retry_at),
+            Some("router unreachable")
+        )
+    );
+    assert_eq!(s.get_job(later.id).await.unwrap().state, JobState::Pending);
+    assert_eq!(
+        s.get_job(after_later.id).await.unwrap().state,
+        JobState::Pending
+    );
+}
+both!(jobs_run_behind_a_leased_one, run_behind);
+
+/// A grouped batch of creates in which one breaks a constraint (a region that does not
+/// exist): the batch's all-at-once write fails, and each create is written alone, the
+/// broken one failing by itself.
+async fn batch_with_a_broken_create(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let mut tasks = Vec::new();
+    for i in 0..10u16 {
+        let s = s.clone();
+        let mut new = new_access(&w, &[40200 + i], true);
+        if i == 4 {
+            new.region_id = RegionId::new();
+        }
+        tasks.push(tokio::spawn(async move { s.create_access(new).await }));
+    }
+    let mut ports = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match (i, task.await.unwrap()) {
+            (4, got) => assert!(got.is_err(), "the broken create succeeded"),
+            (_, got) => ports.push(got.unwrap().port),
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        (0..10u16)
+            .filter(|i| *i != 4)
+            .map(|i| 40200 + i)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(ctx.count("transient_access").await, 9);
+    assert_eq!(ctx.count("gateway_ports").await, 9);
+    assert_eq!(ctx.count("jobs").await, 9);
+}
+both!(
+    a_broken_create_fails_alone_in_its_batch,
+    batch_with_a_broken_create
+);
