@@ -171,8 +171,22 @@ impl PortAllocator {
 
     /// Up to `n` distinct free ports in random order, without marking them: proposals for
     /// a store that settles uniqueness itself. Fewer than `n` when fewer are free; an
-    /// error when none is.
+    /// error when none is. Drawn at random while most of the range is free (a create
+    /// asks for a few dozen among thousands: scanning the range each time cost more
+    /// than the rest of the request); from the list of free ports when it is crowded.
     pub fn candidates(&mut self, n: usize, now: Instant) -> Result<Vec<u16>, Error> {
+        if n.saturating_mul(4) <= self.range.len() {
+            let mut drawn: Vec<u16> = Vec::with_capacity(n);
+            for _ in 0..n.saturating_mul(4) {
+                let port = self.rng.random_range(self.range.first..=self.range.last);
+                if self.is_free(port, now) && !drawn.contains(&port) {
+                    drawn.push(port);
+                    if drawn.len() == n {
+                        return Ok(drawn);
+                    }
+                }
+            }
+        }
         self.prune(now);
         let mut free = self.free_ports(now);
         if free.is_empty() {
@@ -336,6 +350,39 @@ mod tests {
         // Releasing a port that is not live is harmless and does not cool it.
         a.release(60006, now);
         assert!(a.is_free(60006, now));
+    }
+
+    #[test]
+    fn candidates_from_a_large_range_are_drawn_free_distinct_and_spread() {
+        let t0 = Instant::now();
+        let mut a =
+            PortAllocator::with_seed(PortRange::new(40000, 40999).unwrap(), DEFAULT_COOLDOWN, 3);
+        // Every even port live, ports 40001..40100 cooling.
+        for port in (40000..=40999u16).step_by(2) {
+            a.reserve(port, t0).unwrap();
+        }
+        for port in (40001..40100u16).step_by(2) {
+            a.reserve(port, t0).unwrap();
+            a.release(port, t0);
+        }
+        let mut seen = HashSet::new();
+        for _ in 0..50 {
+            let c = a.candidates(64, t0).unwrap();
+            assert_eq!(c.len(), 64);
+            assert!(c.iter().all(|p| p % 2 == 1 && *p >= 40101), "{c:?}");
+            assert_eq!(c.iter().collect::<HashSet<_>>().len(), 64);
+            seen.extend(c);
+        }
+        // Random, not the same few: most of the 450 free ports come up.
+        assert!(seen.len() > 400, "{} distinct", seen.len());
+        // Crowded (fewer free than asked for four times over): every free one.
+        let mut b = small(60000, 60300, 60);
+        for port in 60000..=60290u16 {
+            b.reserve(port, t0).unwrap();
+        }
+        let mut c = b.candidates(64, t0).unwrap();
+        c.sort_unstable();
+        assert_eq!(c, (60291..=60300).collect::<Vec<_>>());
     }
 
     #[test]

@@ -41,6 +41,9 @@ use crate::runs::{self, Process};
 const CANDIDATES: usize = 64;
 /// Below this many ports, every free one is offered.
 const SMALL_RANGE: usize = 256;
+/// How many of a large range's drawn candidates are offered to the store: the first
+/// this many found bindable, checked in order.
+const BINDABLE_CANDIDATES: usize = 16;
 /// Refused connections audited per grant per minute; beyond, only counted in the log.
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
 /// Notes older than this are forgotten (an open is never pending that long).
@@ -434,17 +437,20 @@ impl GatewayPlane {
         let served = self.shared.regions.get(&region)?;
         let now = Instant::now();
         let mut ports = lock(&served.ports);
-        let n = if ports.range().len() <= SMALL_RANGE {
-            ports.range().len()
+        let (n, offered) = if ports.range().len() <= SMALL_RANGE {
+            (ports.range().len(), usize::MAX)
         } else {
-            CANDIDATES
+            (CANDIDATES, BINDABLE_CANDIDATES)
         };
         let drawn = ports.candidates(n, now).unwrap_or_default();
         drop(ports);
+        // From a large range the store takes the first it holds free (nearly always the
+        // first): checking all 64 cost four system calls each on every create.
         Some(
             drawn
                 .into_iter()
                 .filter(|p| bindable(SocketAddr::new(served.bind, *p)))
+                .take(offered)
                 .collect(),
         )
     }
