@@ -29,21 +29,20 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gateway::{Config, ForwardSpec, Gateway, GrantKey, SourcePolicy};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The `postern` binary: the one cargo built, or `POSTERN_BENCH_BIN` (a copy, safe from
-/// other builds sharing the target directory).
-fn bin() -> String {
-    std::env::var("POSTERN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_postern").into())
-}
+use common::Reaped;
+
+mod common;
+
 const CONCURRENCY: usize = 64;
 
 fn main() {
@@ -63,11 +62,11 @@ fn main() {
     println!(
         "machine: {} CPUs, {}; load average at start: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        loadavg()
+        common::cpu_model(),
+        common::loadavg()
     );
     rt.block_on(run(rounds, conns));
-    println!("load average at end: {}", loadavg());
+    println!("load average at end: {}", common::loadavg());
 }
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -115,7 +114,7 @@ async fn run(rounds: usize, conns: usize) {
         "postern server (recorded, info log)",
         "postern server (recorded, warn log)",
     ];
-    let pids = [child.0.id(), logged._child.0.id(), quiet._child.0.id()];
+    let pids = [child.0.id(), logged.server.pid(), quiet.server.pid()];
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut lags: [Vec<f64>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
@@ -127,14 +126,14 @@ async fn run(rounds: usize, conns: usize) {
                 _ => None,
             };
             let addr = server.map_or(alone, |s| s.entry);
-            let before = cpu_ns(pids[i]);
+            let before = common::cpu_ns(pids[i]);
             let rate = conn_rate(addr, conns).await;
             let lag = match server {
                 Some(s) => s.recorded_lag().await.as_secs_f64() * 1000.0,
                 None => 0.0,
             };
             // Until every end is recorded: the recording's work included.
-            let us = cpu_ns(pids[i]).saturating_sub(before) as f64 / 1000.0 / conns as f64;
+            let us = common::cpu_ns(pids[i]).saturating_sub(before) as f64 / 1000.0 / conns as f64;
             eprintln!(
                 "round {round}: {name}: {rate:.0} connections/s, {us:.1} CPU-µs each, recorder lag {lag:.0} ms"
             );
@@ -279,21 +278,9 @@ fn serve_gateway(target: SocketAddr) {
     });
 }
 
-/// A child process killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A `postern server` with one active SSH access grant whose target is the echo.
 struct Server {
-    _child: Reaped,
-    api: String,
-    token: String,
+    server: common::Server,
     connections: String,
     entry: SocketAddr,
 }
@@ -305,63 +292,8 @@ impl Server {
         sim: &sim::RouterHandle,
         echo_port: u16,
     ) -> Self {
-        let mut child = Command::new(bin())
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--lab-mode",
-                "--data-dir",
-            ])
-            .arg(data)
-            .env_remove("POSTERN_LISTEN")
-            .env_remove("POSTERN_DATA_DIR")
-            .env_remove("POSTERN_DATABASE_URL")
-            .env("POSTERN_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads (and drops) the whole log, as a log collector would.
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && let Some(a) = v["fields"]["listen"].as_str()
-                {
-                    let _ = tx.send(a.to_owned());
-                }
-            }
-        });
-        let child = Reaped(child);
-        let api = rx.recv_timeout(Duration::from_secs(30)).expect("listening");
-        let out = Command::new(bin())
-            .args([
-                "admin",
-                "create-token",
-                "--role",
-                "admin",
-                "--name",
-                "bench",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let mut s = Server {
-            _child: child,
-            api,
-            token,
-            connections: String::new(),
-            entry: "127.0.0.1:0".parse().unwrap(),
-        };
-        let router = s
+        let server = common::Server::start(data, log);
+        let router = server
             .call(
                 "POST",
                 "/api/routers",
@@ -379,7 +311,7 @@ impl Server {
             "/api/routers/{}/transient-access",
             router["id"].as_str().unwrap()
         );
-        let grant = s
+        let grant = server
             .call(
                 "POST",
                 &format!("{base}?wait=true"),
@@ -387,40 +319,21 @@ impl Server {
             )
             .await;
         assert_eq!(grant["status"], "active", "{grant}");
-        s.entry = SocketAddr::from((
-            [127, 0, 0, 1],
-            u16::try_from(grant["port"].as_u64().unwrap()).unwrap(),
-        ));
-        s.connections = format!("{base}/{}/connections", grant["id"].as_str().unwrap());
-        s
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let client = reqwest::Client::new();
-        let url = format!("http://{}{path}", self.api);
-        let req = match method {
-            "POST" => client.post(url),
-            _ => client.get(url),
+        Server {
+            server,
+            entry: SocketAddr::from((
+                [127, 0, 0, 1],
+                u16::try_from(grant["port"].as_u64().unwrap()).unwrap(),
+            )),
+            connections: format!("{base}/{}/connections", grant["id"].as_str().unwrap()),
         }
-        .bearer_auth(&self.token);
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(b.to_string()),
-            None => req,
-        };
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{method} {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap()
     }
 
     /// How long until the API shows the newest 500 connections all ended.
     async fn recorded_lag(&self) -> Duration {
         let start = Instant::now();
         loop {
-            let list = self.call("GET", &self.connections, None).await;
+            let list = self.server.call("GET", &self.connections, None).await;
             let list = list.as_array().unwrap();
             if !list.is_empty() && list.iter().all(|c| !c["ended_at"].is_null()) {
                 return start.elapsed();
@@ -432,37 +345,4 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-/// CPU time of process `pid` so far, threads that ended included, in nanoseconds
-/// (`utime + stime` of `/proc/<pid>/stat`, in ticks of 10 ms).
-fn cpu_ns(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    // Fields 14 and 15 of the line are 11 and 12 after the name.
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10_000_000
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
