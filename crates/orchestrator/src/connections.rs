@@ -21,10 +21,16 @@ use crate::joblog::JobLog;
 pub(crate) struct RouterConn {
     pub client: Client,
     pub version: String,
+    /// The router's name and API address when connected (for the log).
+    name: String,
+    address: std::net::SocketAddr,
     /// Postern's groups were found or made on this connection.
     pub groups_ready: AtomicBool,
     /// Whether device-mode allows the scheduler, once asked.
     pub scheduler_allowed: Mutex<Option<bool>>,
+    /// The router's clock offset from UTC and whether its dates are in RouterOS 7's
+    /// form, and when they were read (see `handlers::router_clock_offset`).
+    pub clock: Mutex<Option<(Instant, chrono::Duration, bool)>>,
     /// When the router's facts were last read through this connection.
     facts_at: Mutex<Option<Instant>>,
 }
@@ -52,6 +58,24 @@ impl Connections {
             conn.client.close();
         }
     }
+}
+
+/// Router `id`'s connection: the open one (without reading the router), else the
+/// router is read and connected to. Logged either way.
+pub(crate) async fn connect_to(
+    inner: &Arc<Inner>,
+    id: RouterId,
+    log: &JobLog,
+) -> Result<Arc<RouterConn>> {
+    if let Some(conn) = inner.conns.cached(id) {
+        log.line(format!(
+            "using the open connection to router {} at {} (RouterOS {})",
+            conn.name, conn.address, conn.version
+        ));
+        return Ok(conn);
+    }
+    let router = inner.store.get_router_any_org(id).await?;
+    connect(inner, &router, log).await
 }
 
 /// The router's connection, opened now if there is none; logged either way.
@@ -108,8 +132,11 @@ pub(crate) async fn connect(
     let conn = Arc::new(RouterConn {
         client,
         version,
+        name: router.name.clone(),
+        address,
         groups_ready: AtomicBool::new(false),
         scheduler_allowed: Mutex::new(None),
+        clock: Mutex::new(None),
         facts_at: Mutex::new(Some(Instant::now())),
     });
     // Recorded off the job's path (an ordinary write, queued behind the API's).

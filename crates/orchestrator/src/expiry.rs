@@ -1,7 +1,8 @@
-//! Expiry: one timer armed at the earliest `expires_at` among live grants (re-read from
-//! the store at start-up and whenever a grant is created or changed), backed by a
-//! periodic sweep. A grant that is due goes `closing`, its data plane closes, and its
-//! router clean-up job is queued; that job's success makes it `expired`.
+//! Expiry: one timer armed at the earliest `expires_at` among live grants (asked of the
+//! store at start-up and whenever a grant is created or changed: an index lookup, not a
+//! read of every live grant), backed by a periodic sweep. A grant that is due goes
+//! `closing`, its data plane closes, and its router clean-up job is queued; that job's
+//! success makes it `expired`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,12 @@ use crate::Inner;
 use crate::dataplane::{EndReason, GrantKey};
 
 /// Ends every due grant; returns the next expiry among the others. At start-up
-/// (`recover`), a closing grant with no clean-up job (the process died between the two)
-/// gets one.
+/// (`recover`, reading every live and closing grant), a closing grant with no clean-up
+/// job (the process died between the two) gets one.
 pub(crate) async fn sweep(inner: &Arc<Inner>, recover: bool) -> Option<DateTime<Utc>> {
+    if !recover {
+        return end_due(inner).await;
+    }
     let now = inner.clock.now();
     let mut next: Option<DateTime<Utc>> = None;
     let mut due = Vec::new();
@@ -78,6 +82,27 @@ pub(crate) async fn sweep(inner: &Arc<Inner>, recover: bool) -> Option<DateTime<
                     tracing::warn!(grant = %key, error = %e, "could not check for a clean-up job")
                 }
             }
+        }
+    }
+    next
+}
+
+/// Ends every due grant; returns the next expiry among the others.
+async fn end_due(inner: &Arc<Inner>) -> Option<DateTime<Utc>> {
+    let (due, next) = match inner.store.expiring(inner.clock.now()).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "expiry could not read the grants due");
+            return None;
+        }
+    };
+    for grant in due {
+        let key = match grant {
+            store::GrantRef::Access(id) => GrantKey::Access(id),
+            store::GrantRef::Forward(id) => GrantKey::Forward(id),
+        };
+        if let Err(e) = inner.end_grant(key, EndReason::Expired, None).await {
+            tracing::warn!(grant = %key, error = %e, "could not end an expired grant");
         }
     }
     next

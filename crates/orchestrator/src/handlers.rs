@@ -144,11 +144,11 @@ fn not_found_is_permanent(e: store::StoreError) -> Error {
 
 async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Done> {
     let id: AccessId = payload_id(job)?;
-    let (grant, router) = tokio::join!(
-        inner.store.get_access(job.org_id, job.router_id, id),
-        inner.store.get_router_any_org(job.router_id),
-    );
-    let mut grant = grant.map_err(not_found_is_permanent)?;
+    let (mut grant, password, source) = inner
+        .store
+        .access_to_make(job.org_id, job.router_id, id)
+        .await
+        .map_err(not_found_is_permanent)?;
     if !grant.status.is_live() {
         log.line(format!(
             "transient access {id} is {}: nothing to create",
@@ -174,12 +174,16 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Do
             grant = g;
         }
     }
-    let conn = connections::connect(inner, &router?, log).await?;
+    let conn = connections::connect_to(inner, job.router_id, log).await?;
     ensure_groups(&conn, log).await?;
     // The user and the self-expiry entry are independent: their commands go out
     // together on the connection (each under its own tag).
+    let known = Known {
+        password,
+        addresses: addresses_from(inner, source, &grant),
+    };
     let (user, schedule) = tokio::join!(
-        ensure_user(inner, &conn, &grant, log),
+        ensure_user(inner, &conn, &grant, Some(known), log),
         ensure_schedule(
             inner,
             &conn,
@@ -279,49 +283,62 @@ pub(crate) async fn user_addresses(
     grant: &store::TransientAccess,
 ) -> Result<Vec<String>> {
     let source = match inner.store.region_tunnel_source(grant.region_id).await {
-        Ok(s) => s.or(inner.config.default_tunnel_source),
-        Err(store::StoreError::NotFound) => inner.config.default_tunnel_source,
+        Ok(s) => s,
+        Err(store::StoreError::NotFound) => None,
         Err(e) => return Err(e.into()),
     };
+    Ok(addresses_from(inner, source, grant))
+}
+
+/// The addresses a temporary user may log in from, given its region's tunnel source:
+/// that address (or the configured default), and the RFC 1918 ranges when allowed.
+fn addresses_from(
+    inner: &Arc<Inner>,
+    region_source: Option<std::net::IpAddr>,
+    grant: &store::TransientAccess,
+) -> Vec<String> {
     let mut addresses = Vec::new();
-    if let Some(source) = source {
+    if let Some(source) = region_source.or(inner.config.default_tunnel_source) {
         let bits = if source.is_ipv4() { 32 } else { 128 };
         addresses.push(format!("{source}/{bits}"));
     }
     if grant.allow_rfc1918 {
         addresses.extend(RFC1918.iter().map(|s| s.to_string()));
     }
-    Ok(addresses)
+    addresses
 }
 
-/// Adds the grant's user unless a user with its tag is there already.
+/// What adding a user takes besides its grant, when the caller has read it already.
+pub(crate) struct Known {
+    pub password: store::Secret,
+    pub addresses: Vec<String>,
+}
+
+/// Adds the grant's user unless a user with its tag is there already. Its password and
+/// addresses are `known`, or read here.
 pub(crate) async fn ensure_user(
     inner: &Arc<Inner>,
     conn: &RouterConn,
     grant: &store::TransientAccess,
+    known: Option<Known>,
     log: &JobLog,
 ) -> Result<()> {
     let tag = GrantKey::Access(grant.id).tag();
-    let found = step(
-        log,
-        &format!("/user/print ?comment={tag}"),
-        api::user::print(&conn.client, &Filter::comment(&tag)),
-    )
-    .await?;
-    if found.iter().any(|u| u.name == grant.username) {
-        log.line(format!(
-            "user {} is already on the router: nothing to add",
-            grant.username
-        ));
-        return Ok(());
-    }
-    let addresses = user_addresses(inner, grant).await?;
+    let Known {
+        password,
+        addresses,
+    } = match known {
+        Some(known) => known,
+        None => Known {
+            password: inner.store.access_password(grant.id).await?,
+            addresses: user_addresses(inner, grant).await?,
+        },
+    };
     if addresses.is_empty() {
         log.line(
             "the region has no tunnel source address configured: the user is not limited by address",
         );
     }
-    let password = inner.store.access_password(grant.id).await?;
     let group = group_for(grant.access);
     let new = api::user::NewUser {
         name: grant.username.clone(),
@@ -336,16 +353,29 @@ pub(crate) async fn ensure_user(
         grant.username,
         addresses.join(",")
     );
-    match step(log, &what, api::user::add(&conn.client, &new)).await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            if e.to_string().contains("group") {
-                // Our groups went away under us: look again next time.
-                conn.set_groups_ready(false);
-            }
-            Err(e)
-        }
+    // Added at once (the common case, one round trip); if the router refuses, a user
+    // of this grant may be there already (an earlier attempt made it): looked for then.
+    let Err(refused) = step(log, &what, api::user::add(&conn.client, &new)).await else {
+        return Ok(());
+    };
+    let found = step(
+        log,
+        &format!("/user/print ?comment={tag}"),
+        api::user::print(&conn.client, &Filter::comment(&tag)),
+    )
+    .await?;
+    if found.iter().any(|u| u.name == grant.username) {
+        log.line(format!(
+            "user {} is already on the router: nothing to add",
+            grant.username
+        ));
+        return Ok(());
     }
+    if refused.to_string().contains("group") {
+        // Our groups went away under us: look again next time.
+        conn.set_groups_ready(false);
+    }
+    Err(refused)
 }
 
 /// Adds a forward's dst-nat rule (and masquerade rule when asked) unless there.
@@ -442,14 +472,27 @@ pub(crate) async fn scheduler_allowed(conn: &RouterConn, log: &JobLog) -> Result
     Ok(allowed)
 }
 
+/// How long a router's measured clock offset is used before it is read again: a burst
+/// of grants on one router reads it once, and a clock that is set meanwhile is seen
+/// within a second.
+const CLOCK_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How far the router's wall clock is ahead of UTC here (its time zone plus any skew),
-/// from `/system/clock print`. Writing the scheduler's start in the router's own clock
-/// this way is right whatever its time zone, and survives a skewed clock.
+/// from `/system/clock print` (read at most [`CLOCK_FRESH`] ago on this connection).
+/// Writing the scheduler's start in the router's own clock this way is right whatever
+/// its time zone, and survives a skewed clock.
 async fn router_clock_offset(
     conn: &RouterConn,
     now: DateTime<Utc>,
     log: &JobLog,
 ) -> Result<(ChronoDuration, bool)> {
+    let known = *conn.clock.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, offset, v7)) = known
+        && at.elapsed() < CLOCK_FRESH
+    {
+        return Ok((offset, v7));
+    }
+    let asked = Instant::now();
     let response = step(
         log,
         "/system/clock/print",
@@ -462,7 +505,9 @@ async fn router_clock_offset(
         .ok_or_else(|| Error::Router("/system/clock/print returned nothing".into()))?;
     let (local, v7) = parse_router_clock(item)
         .ok_or_else(|| Error::Router("/system/clock/print: unreadable date or time".into()))?;
-    Ok((local - now.naive_utc(), v7))
+    let offset = local - now.naive_utc();
+    *conn.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some((asked, offset, v7));
+    Ok((offset, v7))
 }
 
 /// The router's local date and time, and whether the date is in RouterOS 7's form.
@@ -514,31 +559,6 @@ pub(crate) async fn ensure_schedule(
     let time = local.format("%H:%M:%S").to_string();
     let name = schedule_name(key);
     let tag = key.tag();
-    let existing = step(
-        log,
-        &format!("/system/scheduler/print ?name={name}"),
-        api::scheduler::print(&conn.client, &Filter::name(&name)),
-    )
-    .await?;
-    for entry in &existing {
-        if entry.start_date.as_deref() == Some(date.as_str())
-            && entry.start_time.as_deref() == Some(time.as_str())
-        {
-            log.line(format!(
-                "scheduler entry {name} already ends the grant at {date} {time}"
-            ));
-            return Ok(());
-        }
-        step(
-            log,
-            &format!(
-                "/system/scheduler/remove .id={} (its time is stale)",
-                entry.id
-            ),
-            api::scheduler::remove(&conn.client, &entry.id),
-        )
-        .await?;
-    }
     let mut script = Vec::new();
     if let Some(user) = username {
         script.push(format!(
@@ -558,15 +578,45 @@ pub(crate) async fn ensure_schedule(
         comment: Some(tag.clone()),
         policy: Vec::new(),
     };
-    step(
+    let what = format!(
+        "/system/scheduler/add name={name} start-date={date} start-time={time} comment={tag} (router clock {:+} s from UTC)",
+        offset.num_seconds()
+    );
+    // Added at once (the common case, one round trip); if the router refuses, an entry
+    // of that name is there already (an earlier attempt's, or one for an older end):
+    // kept if it ends the grant at this time, else replaced.
+    let Err(refused) = step(log, &what, api::scheduler::add(&conn.client, &entry)).await else {
+        return Ok(());
+    };
+    let existing = step(
         log,
-        &format!(
-            "/system/scheduler/add name={name} start-date={date} start-time={time} comment={tag} (router clock {:+} s from UTC)",
-            offset.num_seconds()
-        ),
-        api::scheduler::add(&conn.client, &entry),
+        &format!("/system/scheduler/print ?name={name}"),
+        api::scheduler::print(&conn.client, &Filter::name(&name)),
     )
     .await?;
+    if existing.is_empty() {
+        return Err(refused);
+    }
+    for old in &existing {
+        if old.start_date.as_deref() == Some(date.as_str())
+            && old.start_time.as_deref() == Some(time.as_str())
+        {
+            log.line(format!(
+                "scheduler entry {name} already ends the grant at {date} {time}"
+            ));
+            return Ok(());
+        }
+        step(
+            log,
+            &format!(
+                "/system/scheduler/remove .id={} (its time is stale)",
+                old.id
+            ),
+            api::scheduler::remove(&conn.client, &old.id),
+        )
+        .await?;
+    }
+    step(log, &what, api::scheduler::add(&conn.client, &entry)).await?;
     Ok(())
 }
 
@@ -675,12 +725,11 @@ async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) ->
         .and_then(|r| r.as_str())
         .and_then(EndReason::parse)
         .unwrap_or(EndReason::Revoked);
-    let router = inner.store.get_router_any_org(job.router_id).await?;
     let key = if access {
         let id: AccessId = payload_id(job)?;
         let (grant, conn) = tokio::join!(
             inner.store.get_access(job.org_id, job.router_id, id),
-            connections::connect(inner, &router, log),
+            connections::connect_to(inner, job.router_id, log),
         );
         let (grant, conn) = (grant.map_err(not_found_is_permanent)?, conn?);
         let key = GrantKey::Access(id);
@@ -694,7 +743,7 @@ async fn grant_end(inner: &Arc<Inner>, job: &Job, log: &JobLog, access: bool) ->
         key
     } else {
         let id: ForwardId = payload_id(job)?;
-        let conn = connections::connect(inner, &router, log).await?;
+        let conn = connections::connect_to(inner, job.router_id, log).await?;
         let key = GrantKey::Forward(id);
         let tag = key.tag();
         let (nat, schedule) = tokio::join!(

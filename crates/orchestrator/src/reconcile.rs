@@ -270,7 +270,7 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
             }
             Drift::MissingUser(g) => {
                 handlers::ensure_groups(&conn, log).await?;
-                handlers::ensure_user(inner, &conn, &g, log).await?;
+                handlers::ensure_user(inner, &conn, &g, None, log).await?;
             }
             Drift::MissingNat(g) => {
                 handlers::ensure_nat(&conn, &router, &g, log).await?;

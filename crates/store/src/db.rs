@@ -408,6 +408,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "connection owners",
             include_str!("../migrations/sqlite/0070_connection_owners.sql"),
         ),
+        // 80: live grants by their end, for the expiry timer.
+        migration(
+            80,
+            "live expiry index",
+            include_str!("../migrations/sqlite/0080_live_expiry_index.sql"),
+        ),
     ])
 }
 
@@ -475,6 +481,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             70,
             "connection owners",
             include_str!("../migrations/postgres/0070_connection_owners.sql"),
+        ),
+        // 80: live grants by their end, for the expiry timer.
+        migration(
+            80,
+            "live expiry index",
+            include_str!("../migrations/postgres/0080_live_expiry_index.sql"),
         ),
     ])
 }

@@ -904,6 +904,52 @@ impl Store {
             .open(Slot::AccessPassword, &id.to_string(), &sealed)
     }
 
+    /// What making a transient access's user on its router takes, in one read: the grant
+    /// (of a router of `org`), its password, and its region's tunnel source address
+    /// (`None` when unset, or when the region is gone).
+    pub async fn access_to_make(
+        &self,
+        org: OrgId,
+        router_id: RouterId,
+        id: AccessId,
+    ) -> Result<(TransientAccess, Secret, Option<std::net::IpAddr>)> {
+        let found = db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT id, org_id, router_id, region_id, access_type, access, allow_rfc1918, \
+                 allow_from, username, port, entry_point, status, created_by, created_at, \
+                 expires_at, authorized_at, ended_at, revoked_early, failure_reason, terminal, \
+                 password, (SELECT r.tunnel_source FROM regions r \
+                 WHERE r.id = transient_access.region_id) AS tunnel_source \
+                 FROM transient_access WHERE id = $1 AND org_id = $2 AND router_id = $3",
+            )
+            .bind(id.to_string())
+            .bind(org.to_string())
+            .bind(router_id.to_string())
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                Ok::<_, StoreError>((
+                    access_from(&r)?,
+                    r.bytes("password")?,
+                    r.opt_text("tunnel_source")?,
+                ))
+            })
+            .transpose()?
+        });
+        let (grant, sealed, source) = found.ok_or(StoreError::NotFound)?;
+        let password = self
+            .inner
+            .cipher
+            .open(Slot::AccessPassword, &id.to_string(), &sealed)?;
+        let source = source
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("regions.tunnel_source: {t:?}")))
+            })
+            .transpose()?;
+        Ok((grant, password, source))
+    }
+
     /// Records a transient forward (status `requested`) with the first free gateway port
     /// and the first free router dst-nat port among the candidates, its audit entry and
     /// its first job, in one transaction. `NotFound` if the router is not in the org;

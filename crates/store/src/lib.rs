@@ -321,15 +321,19 @@ impl Store {
                     .connect_with(options.clone().statement_cache_capacity(1024))
                     .await?;
                 db::sqlite_migrator().run(&write).await?;
-                // Readers cannot write: a write that forgot the writer fails loudly.
+                // Readers cannot write: a write that forgot the writer fails loudly. Not
+                // pinged when taken from the pool (a file cannot hang up; the ping is one
+                // more hand-over to the connection's thread on every read).
                 let options = options.pragma("query_only", "ON");
                 let read = SqlitePoolOptions::new()
                     .max_connections(max)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options.clone())
                     .await?;
                 let orchestrator = SqlitePoolOptions::new()
                     .max_connections(orchestrator_max)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with(options);
                 (

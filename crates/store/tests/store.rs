@@ -2619,6 +2619,70 @@ async fn run_behind(ctx: &Ctx) {
 }
 both!(jobs_run_behind_a_leased_one, run_behind);
 
+/// The expiry timer's question: which live grants are due at `now` (access and
+/// forwards; not closing or ended ones), and the next end among the others.
+async fn expiring(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    assert_eq!(s.expiring(t(0)).await.unwrap(), (Vec::new(), None));
+    let mut access = Vec::new();
+    for (i, ends) in [10, 20, 30, 40].into_iter().enumerate() {
+        let mut n = new_access(&w, &[40300 + i as u16], false);
+        n.expires_at = t(ends);
+        access.push(s.create_access(n).await.unwrap());
+    }
+    let mut f = new_forward(&w, &[40310], &[50310]);
+    f.expires_at = t(15);
+    let forward = s.create_forward(f).await.unwrap();
+    // One active, one closing (revoked meanwhile): only live ones count.
+    s.transition_access(
+        access[1].id,
+        &[GrantStatus::Requested],
+        GrantStatus::Provisioning,
+        t(1),
+        None,
+    )
+    .await
+    .unwrap();
+    s.transition_access(
+        access[1].id,
+        &[GrantStatus::Provisioning],
+        GrantStatus::Active,
+        t(1),
+        None,
+    )
+    .await
+    .unwrap();
+    s.transition_access(
+        access[2].id,
+        &[GrantStatus::Requested],
+        GrantStatus::Closing,
+        t(1),
+        None,
+    )
+    .await
+    .unwrap();
+
+    let (due, next) = s.expiring(t(5)).await.unwrap();
+    assert!(due.is_empty());
+    assert_eq!(next, Some(t(10)));
+    let (due, next) = s.expiring(t(20)).await.unwrap();
+    let due: HashSet<GrantRef> = due.into_iter().collect();
+    assert_eq!(
+        due,
+        HashSet::from([
+            GrantRef::Access(access[0].id),
+            GrantRef::Access(access[1].id),
+            GrantRef::Forward(forward.id),
+        ])
+    );
+    assert_eq!(next, Some(t(40)), "the closing one (30) is not waited for");
+    let (due, next) = s.expiring(t(50)).await.unwrap();
+    assert_eq!(due.len(), 4);
+    assert_eq!(next, None);
+}
+both!(expiry_asks_only_for_live_grants, expiring);
+
 /// A grouped batch of creates in which one breaks a constraint (a region that does not
 /// exist): the batch's all-at-once write fails, and each create is written alone, the
 /// broken one failing by itself.

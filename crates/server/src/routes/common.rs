@@ -423,9 +423,9 @@ impl GrantRecord for store::TransientForward {
     }
 }
 
-/// For `?wait=true`: polls the grant until it leaves `requested`/`provisioning` (and,
-/// once active, until this process's gateway listens on its port) or the configured
-/// wait passes, and returns it as it is then.
+/// For `?wait=true`: waits until the grant leaves `requested`/`provisioning` (and, once
+/// active, until this process's gateway listens on its port) or the configured wait
+/// passes, and returns it as it is then.
 pub async fn wait_until_settled<T, F, Fut>(state: &AppState, mut read: F, initial: T) -> T
 where
     T: GrantRecord,
@@ -434,9 +434,26 @@ where
 {
     use domain::GrantStatus::{Provisioning, Requested};
     let deadline = tokio::time::Instant::now() + state.config.create_wait;
+    // This process's gateway knows at once when a grant it serves is open (recorded
+    // active) or ended: until then the store is read only every 50 ms (a grant another
+    // process made active, or one this gateway does not serve), not every 5 ms for
+    // each waiting request.
+    let key = initial.grant_key();
+    let watched = initial.has_entry_port() && state.gateway.is_some();
     let mut last = initial;
+    let mut tick: u64 = 0;
     loop {
+        tick += 1;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let news = !watched
+            || tick.is_multiple_of(10)
+            || state.gateway.as_ref().is_some_and(|g| g.settled(key));
+        if !news {
+            if tokio::time::Instant::now() >= deadline {
+                return last;
+            }
+            continue;
+        }
         match read().await {
             Some((grant, status)) => {
                 last = grant;
