@@ -165,8 +165,9 @@ async fn a_server_killed_mid_job_resumes_it_after_restart_exactly_once() {
         .unwrap();
     assert_eq!(create.0.state, domain::JobState::Running, "killed mid-job");
     // The killed attempt's lines up to its last few milliseconds are on record: the
-    // connection, and the commands it had sent and had answers to (each command takes
-    // 150 ms here, so these were all logged well before the kill).
+    // connection, and the commands it had sent and had answers to more than a few
+    // milliseconds before the kill (each command takes 150 ms here; the last group's
+    // answer came just before the user's add, which the kill follows within a poll).
     let killed: Vec<&str> = create.1.iter().map(|l| l.message.as_str()).collect();
     let text = killed.join("\n");
     assert!(
@@ -175,7 +176,7 @@ async fn a_server_killed_mid_job_resumes_it_after_restart_exactly_once() {
     );
     assert!(text.contains("sent /user/group/print: ok"), "{text}");
     assert!(
-        text.contains("sent /user/group/add name=postern-read"),
+        text.contains("sent /user/group/add name=postern-write"),
         "{text}"
     );
     assert!(!text.contains("completed in"), "{text}");
