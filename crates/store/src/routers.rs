@@ -228,6 +228,44 @@ impl Store {
         router.ok_or(StoreError::NotFound)
     }
 
+    /// A router of `org` with its region, in one read (what a grant's creation needs).
+    pub async fn get_router_with_region(
+        &self,
+        org: OrgId,
+        id: RouterId,
+    ) -> Result<(Router, Region)> {
+        let found = db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT r.id, r.org_id, r.site_id, r.region_id, r.name, r.tunnel_address, \
+                 r.api_port, r.ssh_port, r.winbox_port, r.username, r.status, r.identity, \
+                 r.routeros_version, r.board_name, r.uptime, r.last_seen_at, r.created_at, \
+                 r.updated_at, g.name AS region_name, g.entry_point AS region_entry_point, \
+                 g.port_min AS region_port_min, g.port_max AS region_port_max, \
+                 g.created_at AS region_created_at \
+                 FROM routers r JOIN regions g ON g.id = r.region_id \
+                 WHERE r.id = $1 AND r.org_id = $2",
+            )
+            .bind(id.to_string())
+            .bind(org.to_string())
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                let router = router_from(&r)?;
+                let region = Region {
+                    id: router.region_id,
+                    name: r.text("region_name")?,
+                    entry_point: r.text("region_entry_point")?,
+                    port_min: r.port("region_port_min")?,
+                    port_max: r.port("region_port_max")?,
+                    created_at: r.time("region_created_at")?,
+                };
+                Ok::<_, StoreError>((router, region))
+            })
+            .transpose()?
+        });
+        found.ok_or(StoreError::NotFound)
+    }
+
     /// A router of any organisation (for the orchestrator, which acts for all).
     pub async fn get_router_any_org(&self, id: RouterId) -> Result<Router> {
         let router = db!(self, |p, pg| {

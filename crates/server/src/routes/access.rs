@@ -128,8 +128,13 @@ pub async fn access_post(
     ApiJson(req): ApiJson<CreateAccess>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_write()?;
-    let router = load_router(&state, &caller, &router_id).await?;
-    let grant = super::grants::create_access(&state, &caller, &router, &req).await?;
+    let id: domain::RouterId = crate::extract::parse_id(&router_id, "router")?;
+    let (router, region) = state
+        .store
+        .get_router_with_region(caller.org_id, id)
+        .await
+        .map_err(|e| super::common::not_found_as(e, "router"))?;
+    let grant = super::grants::create_access_in(&state, &caller, &router, region, &req).await?;
     let grant = if query.wait.unwrap_or(false) {
         settled(&state, caller.org_id, grant).await
     } else {

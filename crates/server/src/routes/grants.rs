@@ -55,7 +55,19 @@ pub async fn create_access(
     router: &store::Router,
     req: &CreateAccess,
 ) -> Result<store::TransientAccess, ApiError> {
-    create(state, caller, router, req, false).await
+    create(state, caller, router, None, req, false).await
+}
+
+/// As [`create_access`], with the router's region already read (with the router, in
+/// one read: `Store::get_router_with_region`).
+pub async fn create_access_in(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    region: store::Region,
+    req: &CreateAccess,
+) -> Result<store::TransientAccess, ApiError> {
+    create(state, caller, router, Some(region), req, false).await
 }
 
 /// As [`create_access`], for the portal's Terminal: the server connects to the router
@@ -66,13 +78,14 @@ pub async fn create_terminal_access(
     router: &store::Router,
     req: &CreateAccess,
 ) -> Result<store::TransientAccess, ApiError> {
-    create(state, caller, router, req, true).await
+    create(state, caller, router, None, req, true).await
 }
 
 async fn create(
     state: &AppState,
     caller: &Caller,
     router: &store::Router,
+    region: Option<store::Region>,
     req: &CreateAccess,
     terminal: bool,
 ) -> Result<store::TransientAccess, ApiError> {
@@ -104,7 +117,10 @@ async fn create(
         ));
     };
     let allow_rfc1918 = req.allow_rfc1918.unwrap_or(false);
-    let region = state.store.get_region(router.region_id).await?;
+    let region = match region {
+        Some(region) => region,
+        None => state.store.get_region(router.region_id).await?,
+    };
     let username = format!("postern-{}", random_alnum(8, true));
     let grant = state
         .store
