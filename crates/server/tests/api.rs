@@ -2496,6 +2496,58 @@ async fn deleted_tokens_stop_working_at_once_everywhere(db: Db) {
     s.stop().await;
 }
 
+/// Creating a grant confirms a cached token in the router's own read: a token another
+/// process deleted is refused at once (the router known or not), and nothing is made;
+/// a viewer's token is refused with 403.
+async fn a_deleted_token_cannot_create(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let other = s.other_process().await;
+    let router = s.router(&s.a.operator, "r").await;
+    let org = s
+        .store
+        .find_api_token_by_hash(&server::auth::hash_token(&s.a.operator))
+        .await
+        .unwrap()
+        .unwrap()
+        .org_id;
+    let secret = token(&s.store, org, domain::Role::Operator, "short-lived").await;
+    let path = format!("/api/routers/{router}/transient-access");
+    let body = json!({ "allow_from": "203.0.113.9", "expire_after_minutes": 30 });
+    // Made, and the token cached.
+    for _ in 0..2 {
+        let (status, made) = s
+            .call(Method::POST, &path, Some(&secret), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{made}");
+    }
+    let (_, viewer) = s
+        .call(Method::POST, &path, Some(&s.a.viewer), Some(body.clone()))
+        .await;
+    assert_eq!(viewer["status"], 403, "{viewer}");
+    let record = other
+        .find_api_token_by_hash(&server::auth::hash_token(&secret))
+        .await
+        .unwrap()
+        .unwrap();
+    other
+        .delete_api_token(record.org_id, record.id)
+        .await
+        .unwrap();
+    let unknown = format!("/api/routers/{}/transient-access", domain::RouterId::new());
+    for path in [&path, &unknown] {
+        let (status, refused) = s
+            .call(Method::POST, path, Some(&secret), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {refused}");
+    }
+    let (_, list) = s.call(Method::GET, &path, Some(&s.a.operator), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    other.close().await;
+    s.stop().await;
+}
+
 /// `?all=true` adds ended grants, newest first, a window of them at a time.
 async fn all_pages_ended_grants(db: Db) {
     let Some(s) = TestServer::start(db).await else {
@@ -2589,6 +2641,7 @@ on_both_databases!(
     lists_show_changes_by_other_processes_at_once,
     expiry_fields_are_computed_per_request,
     deleted_tokens_stop_working_at_once_everywhere,
+    a_deleted_token_cannot_create,
     all_pages_ended_grants,
     me_and_regions_tell_a_client_where_it_stands,
     concurrent_creates_never_share_a_port_and_a_full_range_is_409,

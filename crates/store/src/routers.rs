@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use domain::{OrgId, RegionId, RouterId, RouterStatus, SiteId};
+use domain::{OrgId, RegionId, RouterId, RouterStatus, SiteId, TokenId};
 
 use crate::Store;
 use crate::db::{Get, WritePool, db, db_write, ms, now, opt_ms};
@@ -228,42 +228,59 @@ impl Store {
         router.ok_or(StoreError::NotFound)
     }
 
-    /// A router of `org` with its region, in one read (what a grant's creation needs).
+    /// A router of `org` with its region (`None` when the router is not `org`'s), and
+    /// whether API token `token` still exists (true when none is asked), in one read in
+    /// the common case (what a grant's creation through the API needs first).
     pub async fn get_router_with_region(
         &self,
         org: OrgId,
         id: RouterId,
-    ) -> Result<(Router, Region)> {
-        let found = db!(self, |p, pg| {
+        token: Option<TokenId>,
+    ) -> Result<(Option<(Router, Region)>, bool)> {
+        let token = token.map(|t| t.to_string());
+        db!(self, |p, pg| {
             let row = sqlx::query(
                 "SELECT r.id, r.org_id, r.site_id, r.region_id, r.name, r.tunnel_address, \
                  r.api_port, r.ssh_port, r.winbox_port, r.username, r.status, r.identity, \
                  r.routeros_version, r.board_name, r.uptime, r.last_seen_at, r.created_at, \
                  r.updated_at, g.name AS region_name, g.entry_point AS region_entry_point, \
                  g.port_min AS region_port_min, g.port_max AS region_port_max, \
-                 g.created_at AS region_created_at \
+                 g.created_at AS region_created_at, \
+                 (SELECT COUNT(*) FROM api_tokens t WHERE t.id = $3) AS tokens \
                  FROM routers r JOIN regions g ON g.id = r.region_id \
                  WHERE r.id = $1 AND r.org_id = $2",
             )
             .bind(id.to_string())
             .bind(org.to_string())
+            .bind(token.clone().unwrap_or_default())
             .fetch_optional(p)
             .await?;
-            row.map(|r| {
-                let router = router_from(&r)?;
-                let region = Region {
-                    id: router.region_id,
-                    name: r.text("region_name")?,
-                    entry_point: r.text("region_entry_point")?,
-                    port_min: r.port("region_port_min")?,
-                    port_max: r.port("region_port_max")?,
-                    created_at: r.time("region_created_at")?,
+            let Some(r) = row else {
+                // No router: the token is asked on its own (a 404 or a 401, rarely).
+                let exists = match &token {
+                    None => true,
+                    Some(t) => {
+                        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE id = $1")
+                            .bind(t)
+                            .fetch_one(p)
+                            .await?;
+                        row.int("n")? > 0
+                    }
                 };
-                Ok::<_, StoreError>((router, region))
-            })
-            .transpose()?
-        });
-        found.ok_or(StoreError::NotFound)
+                return Ok((None, exists));
+            };
+            let router = router_from(&r)?;
+            let region = Region {
+                id: router.region_id,
+                name: r.text("region_name")?,
+                entry_point: r.text("region_entry_point")?,
+                port_min: r.port("region_port_min")?,
+                port_max: r.port("region_port_max")?,
+                created_at: r.time("region_created_at")?,
+            };
+            let exists = token.is_none() || r.int("tokens")? > 0;
+            Ok((Some((router, region)), exists))
+        })
     }
 
     /// A router of any organisation (for the orchestrator, which acts for all).

@@ -122,18 +122,22 @@ pub async fn access_list(
 )]
 pub async fn access_post(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: ListCaller,
     ApiPath(router_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<CreateQuery>,
     ApiJson(req): ApiJson<CreateAccess>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_write()?;
     let id: domain::RouterId = crate::extract::parse_id(&router_id, "router")?;
-    let (router, region) = state
+    // One read: the router, its region, and whether the caller's cached token still
+    // exists (as a list confirms it).
+    let (found, token_exists) = state
         .store
-        .get_router_with_region(caller.org_id, id)
-        .await
-        .map_err(|e| super::common::not_found_as(e, "router"))?;
+        .get_router_with_region(caller.org_id(), id, caller.token_to_confirm())
+        .await?;
+    let caller = caller.confirm(token_exists, &state)?;
+    caller.require_write()?;
+    let (router, region) =
+        found.ok_or_else(|| not_found_as(store::StoreError::NotFound, "router"))?;
     let grant = super::grants::create_access_in(&state, &caller, &router, region, &req).await?;
     let grant = if query.wait.unwrap_or(false) {
         settled(&state, caller.org_id, grant).await
