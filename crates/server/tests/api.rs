@@ -2496,9 +2496,9 @@ async fn deleted_tokens_stop_working_at_once_everywhere(db: Db) {
     s.stop().await;
 }
 
-/// Creating a grant confirms a cached token in the router's own read: a token another
-/// process deleted is refused at once (the router known or not), and nothing is made;
-/// a viewer's token is refused with 403.
+/// Creating a grant (access or forward) confirms a cached token in the router's own
+/// read: a token another process deleted is refused at once (the router known or not),
+/// and nothing is made; a viewer's token is refused with 403.
 async fn a_deleted_token_cannot_create(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
@@ -2542,8 +2542,33 @@ async fn a_deleted_token_cannot_create(db: Db) {
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {refused}");
     }
+    // A forward's create confirms it the same way.
+    let forwards = format!("/api/routers/{router}/transient-forwarding");
+    let forward = json!({
+        "dst_address": "192.168.88.10",
+        "dst_port": 22,
+        "allow_from": "203.0.113.9",
+        "expire_after_minutes": 30
+    });
+    let (status, refused) = s
+        .call(
+            Method::POST,
+            &forwards,
+            Some(&secret),
+            Some(forward.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    let (status, made) = s
+        .call(Method::POST, &forwards, Some(&s.a.operator), Some(forward))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
     let (_, list) = s.call(Method::GET, &path, Some(&s.a.operator), None).await;
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let (_, list) = s
+        .call(Method::GET, &forwards, Some(&s.a.operator), None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     other.close().await;
     s.stop().await;
 }

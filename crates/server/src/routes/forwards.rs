@@ -120,14 +120,24 @@ pub async fn forwards_list(
 )]
 pub async fn forwards_post(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: ListCaller,
     ApiPath(router_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<CreateQuery>,
     ApiJson(req): ApiJson<CreateForward>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let id: RouterId = parse_id(&router_id, "router")?;
+    // One read: the router, its region, and whether the caller's cached token still
+    // exists (as a list confirms it).
+    let (found, token_exists) = state
+        .store
+        .get_router_with_region(caller.org_id(), id, caller.token_to_confirm())
+        .await?;
+    let caller = caller.confirm(token_exists, &state)?;
     caller.require_write()?;
-    let router = load_router(&state, &caller, &router_id).await?;
-    let forward = super::grants::create_forward(&state, &caller, &router, &req).await?;
+    let (router, region) =
+        found.ok_or_else(|| not_found_as(store::StoreError::NotFound, "router"))?;
+    let forward =
+        super::grants::create_forward_in(&state, &caller, &router, Some(region), &req).await?;
     let forward = if query.wait.unwrap_or(false) {
         let (store, org, id) = (state.store.clone(), caller.org_id, forward.id);
         let initial = forward.clone();

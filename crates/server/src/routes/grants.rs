@@ -171,6 +171,17 @@ pub async fn create_forward(
     router: &store::Router,
     req: &CreateForward,
 ) -> Result<store::TransientForward, ApiError> {
+    create_forward_in(state, caller, router, None, req).await
+}
+
+/// As [`create_forward`], with the router's region already read when `region` is given.
+pub async fn create_forward_in(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+    region: Option<store::Region>,
+    req: &CreateForward,
+) -> Result<store::TransientForward, ApiError> {
     caller.require_write()?;
     let now = state.now();
     let mut checks = Checks::default();
@@ -197,7 +208,10 @@ pub async fn create_forward(
             "validation passed without values".into(),
         ));
     };
-    let region = state.store.get_region(router.region_id).await?;
+    let region = match region {
+        Some(region) => region,
+        None => state.store.get_region(router.region_id).await?,
+    };
     let masquerade = req.masquerade.unwrap_or(false);
     let forward = state
         .store
