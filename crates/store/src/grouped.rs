@@ -1,13 +1,16 @@
 //! Group commit on SQLite of grant creations and closes (a revoke, an expiry). A write
 //! queues its row here, then waits for SQLite's one writer (an ordinary write, see
 //! `db::Writer`); whichever waiting write gets the writer first takes every write queued
-//! by then (up to [`MAX_BATCH`]) and writes them in one transaction, each inside its own
-//! savepoint: one that fails (no free port, router gone, a job for a router that is not
-//! the org's, a grant already ending) is rolled back to its savepoint alone and gets its
-//! own error, as if it had run by itself. One `COMMIT` ends the batch, and only then is
-//! each write answered; if the commit fails, every write of the batch gets the error and
-//! nothing of it is left. A burst of 100 creates or revokes then costs a few writer
-//! turns instead of 100.
+//! by then (up to [`MAX_BATCH`]) and writes them in one transaction. The batch's
+//! transient-access creations are written first, all at once (a few multi-row
+//! statements, `grants::write_accesses_sqlite`: SQLite's writer pays for each
+//! statement's hand-over to its worker thread, not for the rows); every other write, and
+//! every creation that path leaves out, goes inside its own savepoint: one that fails (no
+//! free port, router gone, a job for a router that is not the org's, a grant already
+//! ending) is rolled back to its savepoint alone and gets its own error, as if it had run
+//! by itself. One `COMMIT` ends the batch, and only then is each write answered; if the
+//! commit fails, every write of the batch gets the error and nothing of it is left. A
+//! burst of 100 creates or revokes then costs a few writer turns instead of 100.
 //!
 //! The batch runs in a task of its own that holds the writer until every write is
 //! answered: a caller that goes away (a closed HTTP request) does not abort the others'
@@ -136,7 +139,7 @@ fn lost() -> StoreError {
     StoreError::Database(sqlx::Error::WorkerCrashed)
 }
 
-/// Writes `batch` in one transaction, a savepoint each, and answers every write once
+/// Writes `batch` in one transaction (see [`write_each`]), and answers every write once
 /// the transaction is committed (or failed). Holds the writer until then.
 async fn write_batch(pool: SqlitePool, guard: WriterGuard, batch: Vec<(Write, Reply)>) {
     let creates: Vec<&Write> = batch.iter().map(|(c, _)| c).collect();

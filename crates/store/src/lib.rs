@@ -16,7 +16,8 @@
 //! - `db::Writer`: SQLite's writer lock, urgent (orchestrator) and ordinary writes, and
 //!   [`WriteStats`].
 //! - `grouped`: group commit of grant creations and closes on SQLite (those queued
-//!   for the writer together share one transaction, a savepoint each).
+//!   for the writer together share one transaction: transient-access creations in a
+//!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -59,8 +60,8 @@
 //! two connections (one in use at a time), shared by both (on PostgreSQL one more in
 //! the orchestrator's pool for its `LISTEN`). 18 connections in all by default on
 //! SQLite, 17 on PostgreSQL. Grant creations and closes
-//! queued for the writer together share one transaction, a savepoint each (`grouped`),
-//! so a burst of creates or revokes costs a few writer turns, not one each.
+//! queued for the writer together share one transaction (`grouped`), so a burst of
+//! creates or revokes costs a few writer turns, not one each.
 //!
 //! # Rules the database enforces
 //!
