@@ -76,12 +76,21 @@ macro_rules! claim_gateway_port {
     };
 }
 
+/// The columns `access_from` reads, as a select list of table `transient_access`.
+macro_rules! access_columns {
+    () => {
+        "id, org_id, router_id, region_id, access_type, access, allow_rfc1918, allow_from, \
+         username, port, entry_point, status, created_by, created_at, expires_at, authorized_at, \
+         ended_at, revoked_early, failure_reason, terminal"
+    };
+}
+
 macro_rules! access_sql {
     ($tail:literal) => {
         concat!(
-            "SELECT id, org_id, router_id, region_id, access_type, access, allow_rfc1918, allow_from, \
-             username, port, entry_point, status, created_by, created_at, expires_at, authorized_at, \
-             ended_at, revoked_early, failure_reason, terminal FROM transient_access ",
+            "SELECT ",
+            access_columns!(),
+            " FROM transient_access ",
             $tail
         )
     };
@@ -914,14 +923,13 @@ impl Store {
         id: AccessId,
     ) -> Result<(TransientAccess, Secret, Option<std::net::IpAddr>)> {
         let found = db!(self, |p, pg| {
-            let row = sqlx::query(
-                "SELECT id, org_id, router_id, region_id, access_type, access, allow_rfc1918, \
-                 allow_from, username, port, entry_point, status, created_by, created_at, \
-                 expires_at, authorized_at, ended_at, revoked_early, failure_reason, terminal, \
-                 password, (SELECT r.tunnel_source FROM regions r \
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                access_columns!(),
+                ", password, (SELECT r.tunnel_source FROM regions r \
                  WHERE r.id = transient_access.region_id) AS tunnel_source \
-                 FROM transient_access WHERE id = $1 AND org_id = $2 AND router_id = $3",
-            )
+                 FROM transient_access WHERE id = $1 AND org_id = $2 AND router_id = $3"
+            ))
             .bind(id.to_string())
             .bind(org.to_string())
             .bind(router_id.to_string())

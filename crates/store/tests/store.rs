@@ -2635,33 +2635,16 @@ async fn expiring(ctx: &Ctx) {
     f.expires_at = t(15);
     let forward = s.create_forward(f).await.unwrap();
     // One active, one closing (revoked meanwhile): only live ones count.
-    s.transition_access(
-        access[1].id,
-        &[GrantStatus::Requested],
-        GrantStatus::Provisioning,
-        t(1),
-        None,
-    )
-    .await
-    .unwrap();
-    s.transition_access(
-        access[1].id,
-        &[GrantStatus::Provisioning],
-        GrantStatus::Active,
-        t(1),
-        None,
-    )
-    .await
-    .unwrap();
-    s.transition_access(
-        access[2].id,
-        &[GrantStatus::Requested],
-        GrantStatus::Closing,
-        t(1),
-        None,
-    )
-    .await
-    .unwrap();
+    use GrantStatus::{Active, Closing, Provisioning, Requested};
+    for (g, from, to) in [
+        (&access[1], Requested, Provisioning),
+        (&access[1], Provisioning, Active),
+        (&access[2], Requested, Closing),
+    ] {
+        s.transition_access(g.id, &[from], to, t(1), None)
+            .await
+            .unwrap();
+    }
 
     let (due, next) = s.expiring(t(5)).await.unwrap();
     assert!(due.is_empty());
