@@ -157,11 +157,8 @@ impl<'a> Checker<'a> {
         let mut current: Vec<String> = if global || absolute {
             Vec::new()
         } else {
-            match path.clone() {
-                Some(p) => p,
-                // After a mistake in a path nothing relative can be checked.
-                None => return None,
-            }
+            // After a mistake in a path nothing relative can be checked.
+            path.clone()?
         };
         let mut node = self.node(&current);
         for (i, t) in toks.iter().enumerate() {
