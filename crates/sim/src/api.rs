@@ -232,6 +232,7 @@ impl Conn {
                 .collect(),
             queries: words.queries.iter().map(|q| text(q)).collect(),
         };
+        self.router.record(&req);
         let drop_point = self.router.faults().drop_commands();
         if drop_point == Some(DropPoint::BeforeApply) {
             return false;
