@@ -237,13 +237,8 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
                 let sessions = api::active::print(&conn.client, &Filter::name(&name))
                     .await
                     .unwrap_or_default();
-                for s in sessions {
-                    step(
-                        log,
-                        &format!("/user/active/request-logout .id={}", s.id),
-                        api::active::request_logout(&conn.client, &s.id),
-                    )
-                    .await?;
+                for s in &sessions {
+                    handlers::end_session(&conn, s, log).await?;
                 }
                 step(
                     log,
