@@ -79,9 +79,12 @@ pub(crate) async fn step<T>(
             log.line(format!(
                 "sent {what}: the router answered !trap \"{message}\""
             ));
-            Err(Error::Router(format!(
-                "the router refused {what}: {message}"
-            )))
+            let text = format!("the router refused {what}: {message}");
+            if crate::error::is_refusal(&message) {
+                Err(Error::Refused(text))
+            } else {
+                Err(Error::Router(text))
+            }
         }
         Err(e) => {
             log.line(format!("sent {what}: failed: {e}"));
@@ -646,7 +649,7 @@ pub(crate) async fn end_session(
     );
     match step(log, &what, api::active::remove(&conn.client, &session.id)).await {
         Ok(()) => Ok(()),
-        Err(Error::Router(_)) => {
+        Err(Error::Router(_) | Error::Refused(_)) => {
             log.line(format!(
                 "the {} session of {} could not be ended on the router; the gateway has already cut every connection that came through it, so the user's removal goes on",
                 session.via.as_deref().unwrap_or("unknown"),

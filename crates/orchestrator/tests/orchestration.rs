@@ -1312,3 +1312,61 @@ async fn every_sentence_and_script_postern_sends_is_routeros_7s() {
     }
     w.stop().await;
 }
+
+/// A clean-up the router refuses as unknown is not retried for ever in silence: the
+/// job ends `stuck` with the router's words after one attempt, the grant stays
+/// `closing` (its user on the router), and the reconciler neither removes the user
+/// nor calls the router matched while the job is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_up_the_router_refuses_as_unknown_is_stuck_not_looped() {
+    let mut config = fast_config();
+    config.reconcile_interval = Duration::from_secs(3600);
+    let w = world(Db::Sqlite, 1, 27, config).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    w.sims[0].faults().set_missing_command("/user/remove");
+    assert!(w.orch.revoke(GrantKey::Access(g.id)).await.unwrap());
+    let end_job = || async {
+        w.store()
+            .list_jobs(w.org, w.routers[0].id, store::Page::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(j, _)| j.kind == "access.end")
+    };
+    until(Duration::from_secs(5), "the clean-up stuck", || async {
+        end_job()
+            .await
+            .is_some_and(|(j, _)| j.state == domain::JobState::Stuck)
+    })
+    .await;
+    // Not retried: still one attempt after several back-off periods.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (job, lines) = end_job().await.unwrap();
+    assert_eq!(job.state, domain::JobState::Stuck);
+    assert_eq!(job.attempts, 1);
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no such command or directory (remove)")),
+        "{:?}",
+        job.last_error
+    );
+    let text: Vec<_> = lines.iter().map(|l| l.message.clone()).collect();
+    assert!(
+        has(&text, "stuck after 1 attempt(s)"),
+        "{}",
+        text.join("\n")
+    );
+    assert_eq!(w.status(&g).await, GrantStatus::Closing);
+    assert!(w.user_on(0, &g.username).is_some());
+    assert_eq!(w.store().count_stuck_jobs().await.unwrap(), 1);
+    // The reconciler sees no drift to repair (the closing grant backs its user) and
+    // removes nothing.
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 0);
+    assert!(w.user_on(0, &g.username).is_some());
+    w.stop().await;
+}

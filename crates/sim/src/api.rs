@@ -241,7 +241,15 @@ impl Conn {
             self.listen(tag, &caller).await;
             return true;
         }
-        let result = menu::execute(&self.router, &caller, &req);
+        let result = if self.router.faults().is_missing(&path) {
+            let verb = path.rsplit('/').next().unwrap_or_default();
+            Err(Trap {
+                message: format!("no such command or directory ({verb})"),
+                category: Some(0),
+            })
+        } else {
+            menu::execute(&self.router, &caller, &req)
+        };
         if drop_point == Some(DropPoint::AfterApply) {
             return false;
         }
