@@ -173,7 +173,7 @@ struct Conn {
 
 impl Conn {
     /// The token that ends this connection now: the session's once logged in (so
-    /// `request-logout` cuts it), the connection's before.
+    /// `/user/active remove` would cut it, were it not refused for API sessions), the connection's before.
     fn session_cut(&self) -> CancellationToken {
         self.session
             .as_ref()

@@ -308,7 +308,7 @@ impl Router {
 
     /// Checks a login for `via` from `from` and, if it passes, registers the session.
     ///
-    /// `token` ends the session's connection; `request-logout` cancels it.
+    /// `token` ends the session's connection; `/user/active remove` cancels it.
     pub fn login(
         &self,
         name: &str,
@@ -375,7 +375,7 @@ impl Router {
         })
     }
 
-    /// Ends the session with `/user/active` id `id`, as `request-logout` does. Returns
+    /// Ends the session with `/user/active` id `id`, as `/user/active remove` does. Returns
     /// whether there was one.
     pub fn logout(&self, id: u32) -> bool {
         let token = {
