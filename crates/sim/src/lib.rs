@@ -116,7 +116,8 @@
 //!   6.49 router.
 //! - `/system/device-mode`: 7.13 and later, and 6.49.8 and later (MikroTik's
 //!   device-mode page prints `allowed-versions: 7.13+,6.49.8+`); mode `home` by default
-//!   on home devices shipped with 7.17 or later (same page). Older routers answer
+//!   on home devices shipped with 7.17 or later, and the mode that allows everything
+//!   named `advanced` from 7.17, `enterprise` before (same page). Older routers answer
 //!   `no such command or directory (device-mode)`.
 //! - Dates: 6.x prints and takes `nov/22/2026` (MikroTik's v3/v4 manuals: `mmm/DD/YYYY`),
 //!   7.x `2026-11-22` (7.21.4's `start-date` is `Year-Month-Day`). The change came

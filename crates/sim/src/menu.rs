@@ -460,7 +460,7 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             "print" => {
                 need(caller, &["read"])?;
                 let mode = router.state().device_mode;
-                print_single(req, mode.properties())?
+                print_single(req, mode.properties(router.version_triple()))?
             }
             "update" => {
                 need(caller, &["write", "policy"])?;

@@ -322,11 +322,17 @@ impl DeviceMode {
         self == DeviceMode::Advanced
     }
 
-    /// The `print` of `/system/device-mode`.
-    pub fn properties(self) -> Vec<(String, String)> {
+    /// The `print` of `/system/device-mode` on a router of `version`: before 7.17 the
+    /// mode that allows everything was called `enterprise` (MikroTik's device-mode page:
+    /// "Advanced (previously called enterprise)").
+    pub fn properties(self, version: (u32, u32, u32)) -> Vec<(String, String)> {
         let home = self == DeviceMode::Home;
         let yn = |allowed: bool| if allowed { "yes" } else { "no" }.to_string();
-        let mut out = vec![("mode".to_string(), self.name().to_string())];
+        let name = match self {
+            DeviceMode::Advanced if version < (7, 17, 0) => "enterprise",
+            _ => self.name(),
+        };
+        let mut out = vec![("mode".to_string(), name.to_string())];
         for (feature, in_home) in DEVICE_MODE_FEATURES {
             out.push((feature.to_string(), yn(!home || in_home)));
         }

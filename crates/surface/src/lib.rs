@@ -333,19 +333,25 @@ impl<'a> Command<'a> {
         self.node.get("u").and_then(Value::as_u64).unwrap_or(0)
     }
 
-    /// The values an argument may take when the database lists them all.
+    /// The values an argument may take, when the database's list can be trusted to be
+    /// all of them. Its `x` mark cannot always: `mtu` (`auto`), `vrf` (`main`) and
+    /// `chain` (jump targets are named by users) are marked complete yet take other
+    /// values, and typed ones (`t`) take comma lists and `!` negations. So: booleans
+    /// (`no`/`yes`), and marked lists of two or more plain names with no type.
     pub fn closed_values(&self, name: &str) -> Option<Vec<&'a str>> {
         let arg = self.arg(name)?;
-        if arg.get("x").and_then(Value::as_u64) != Some(1) {
-            return None;
+        let values: Vec<&'a str> = arg
+            .get("e")?
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if values == ["no", "yes"] {
+            return Some(values);
         }
-        Some(
-            arg.get("e")?
-                .as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .collect(),
-        )
+        let marked = arg.get("x").and_then(Value::as_u64) == Some(1);
+        let typed = arg.get("t").is_some();
+        (marked && !typed && values.len() >= 2 && name != "chain").then_some(values)
     }
 
     /// The values the database lists for an argument (complete or not).

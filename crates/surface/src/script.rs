@@ -342,4 +342,29 @@ mod tests {
         assert!(findings("/interface/wireguard/add name=wg0 listen-port=13231").is_empty());
         assert!(findings("# a comment\n:log info \"hello\"").is_empty());
     }
+
+    /// What an onboarding script writes (WireGuard, address, firewall, fetch, import,
+    /// variables, :if) reads clean; a wrong parameter in it does not.
+    #[test]
+    fn an_onboarding_like_script() {
+        let script = r#"/interface wireguard add name=postern listen-port=13231 comment="postern"
+/interface wireguard peers add interface=postern public-key="abc=" endpoint-address=1.2.3.4 endpoint-port=51820 allowed-address=100.64.0.1/32 persistent-keepalive=25s
+/ip address add address=100.64.0.2/10 interface=postern
+/ip firewall filter add chain=input action=accept src-address=100.64.0.1 protocol=tcp dst-port=8728,22,8291 place-before=0 comment="postern"
+{
+:local pub [/interface wireguard get [find name="postern"] public-key]
+/tool fetch url="https://x/y" http-method=post http-data="key=$pub" output=none check-certificate=yes-without-crl
+}
+:if ([:len [/user find name="postern"]] = 0) do={ /user add name=postern group=full password="x" }
+/import file-name=x.rsc
+/ip firewall nat
+add chain=dstnat action=dst-nat protocol=tcp in-interface=postern src-address=100.64.0.1 dst-port=30000 to-addresses=10.0.0.5 to-ports=22
+/system scheduler add name=s start-date=2026-11-22 start-time=12:00:00 policy=read,write,policy,test on-event="/user remove [find name="x"]""#;
+        assert_eq!(findings(script), Vec::<String>::new());
+        let f = findings("/ip firewall filter add chain=input action=accept disabled=maybe");
+        assert!(f[0].contains("disabled=maybe"), "{f:?}");
+        assert!(findings("/interface wireguard add name=wg0 mtu=1420").is_empty());
+        let f = findings("/interface wireguard peers add interface=wg0 keepalive=25s");
+        assert!(f[0].contains("keepalive"), "{f:?}");
+    }
 }
