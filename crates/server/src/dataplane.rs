@@ -418,6 +418,40 @@ impl GatewayPlane {
         }
     }
 
+    /// The router was moved (address or ports changed): every live grant of it that
+    /// listens here forwards its new connections to the router's new place.
+    pub async fn router_moved(&self, router: &store::Router) {
+        let store = &self.shared.store;
+        let (access, forwards) = tokio::join!(store.list_live_access(), store.list_live_forwards());
+        let mut grants: Vec<LiveGrant> = Vec::new();
+        match access {
+            Ok(list) => grants.extend(
+                list.into_iter()
+                    .filter(|g| g.router_id == router.id)
+                    .map(LiveGrant::Access),
+            ),
+            Err(e) => {
+                tracing::error!(router = %router.id, error = %e, "cannot list the moved router's grants")
+            }
+        }
+        match forwards {
+            Ok(list) => grants.extend(
+                list.into_iter()
+                    .filter(|g| g.router_id == router.id)
+                    .map(LiveGrant::Forward),
+            ),
+            Err(e) => {
+                tracing::error!(router = %router.id, error = %e, "cannot list the moved router's forwards")
+            }
+        }
+        for grant in &grants {
+            let key = gateway_key(grant.key());
+            // Not listening here (a terminal grant, or not open yet: an open reads the
+            // router afresh) is fine.
+            let _ = self.gateway.set_target(key, target(grant, router));
+        }
+    }
+
     /// Whether a grant's port is settled: listening, or known not to be coming (ended,
     /// or its open failed). `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {

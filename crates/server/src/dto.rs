@@ -185,8 +185,10 @@ pub struct GrantListQuery {
 pub struct CreateRouter {
     #[schema(example = "branch-01")]
     pub name: String,
-    /// Where the router answers through its management tunnel.
-    #[schema(example = "10.255.0.2")]
+    /// Where the router's API, SSH and WinBox answer: a publicly routed address
+    /// (loopback and private addresses only when the server runs in lab mode; shared,
+    /// link-local and other special ranges never). Only admins may register a router.
+    #[schema(example = "203.0.113.2")]
     pub tunnel_address: String,
     /// Its management login.
     #[schema(example = "postern")]
@@ -205,14 +207,22 @@ pub struct CreateRouter {
     pub site: Option<String>,
 }
 
-/// Changes to a router: any subset of the fields.
+/// Changes to a router: any subset of the fields. Changing where it is reached
+/// (`tunnel_address`, `api_port`, `ssh_port`, `winbox_port`) is for admins only; the open
+/// management connection is dropped and live grants' entry ports forward to the new
+/// place. The audit entry records each changed field's old and new value.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRouter {
     pub name: Option<String>,
+    /// As when registering: publicly routed, loopback and private only in lab mode.
+    /// Changing it requires `password` in the same request.
     pub tunnel_address: Option<String>,
     pub username: Option<String>,
+    /// The management password; required whenever `tunnel_address` or `api_port`
+    /// changes, so the stored one is never sent to a new place.
     pub password: Option<String>,
+    /// Changing it requires `password` in the same request.
     pub api_port: Option<i64>,
     pub ssh_port: Option<i64>,
     pub winbox_port: Option<i64>,

@@ -793,10 +793,23 @@ fn validate(
                     return Err(Trap::invalid(key));
                 }
             }
+            // Interfaces are named, and a name the router does not have is refused.
+            for key in ["in-interface", "out-interface"] {
+                if let Some(i) = props.get(key)
+                    && !i.is_empty()
+                    && !crate::nat::INTERFACES.contains(&i.strip_prefix('!').unwrap_or(i))
+                {
+                    return Err(Trap::new(format!(
+                        "input does not match any value of {key}"
+                    )));
+                }
+            }
             for key in [
                 "comment",
                 "to-addresses",
                 "to-ports",
+                "in-interface",
+                "out-interface",
                 "src-address",
                 "dst-address",
                 "dst-port",
