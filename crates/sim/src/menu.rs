@@ -406,6 +406,16 @@ fn table_command(
         });
     }
     need(caller, write_policies(kind))?;
+    if kind == TableKind::Scheduler
+        && let Some(p) = req.get("policy")
+    {
+        // An entry runs with its policies, so a user who could give one more than its
+        // own would have them all (a `write` user would be `full`): refused.
+        let asked = Policies::parse(p).ok_or_else(|| Trap::invalid("policy"))?;
+        if !asked.within(caller.policies) {
+            return Err(Trap::permissions());
+        }
+    }
     let out = match verb {
         "add" => add(router, caller, kind, req)?,
         "set" => set(router, kind, req)?,
@@ -613,10 +623,12 @@ fn defaults(
             default("start-time", clock::format_time(now));
             default("interval", "0s".into());
             default("on-event", String::new());
-            default(
-                "policy",
-                "ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon".into(),
-            );
+            // RouterOS's default; never more than the adding user has.
+            let policy =
+                Policies::parse("ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon")
+                    .unwrap_or_default()
+                    .and(caller.policies);
+            default("policy", policy.granted());
             default("disabled", "false".into());
             default("run-count", "0".into());
             default("owner", caller.user.clone());

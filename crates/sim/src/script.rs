@@ -190,7 +190,12 @@ pub fn path_of(words: &[String]) -> String {
 }
 
 /// Resolves `[find …]` in `path`'s menu into comma-separated ids.
-fn find_ids(router: &Router, path: &str, conds: &[(String, String)]) -> Result<String, String> {
+fn find_ids(
+    router: &Router,
+    caller: &Caller,
+    path: &str,
+    conds: &[(String, String)],
+) -> Result<String, String> {
     let print = match path.rsplit_once('/') {
         Some((menu, _)) => format!("{menu}/print"),
         None => return Err("bad path".into()),
@@ -199,7 +204,8 @@ fn find_ids(router: &Router, path: &str, conds: &[(String, String)]) -> Result<S
     for (k, v) in conds {
         req = req.query(&format!("?{k}={v}"));
     }
-    let out = menu::execute(router, &Caller::system(), &req).map_err(|t| t.message)?;
+    // `find` reads, so it needs the `read` policy like a `print`.
+    let out = menu::execute(router, caller, &req).map_err(|t| t.message)?;
     let ids: Vec<String> = out
         .rows
         .into_iter()
@@ -230,7 +236,7 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, St
     for t in tokens.iter().skip(words.len()) {
         match t {
             Token::Find(conds) | Token::Pair(_, Value::Find(conds)) => {
-                let ids = find_ids(router, &path, conds)?;
+                let ids = find_ids(router, caller, &path, conds)?;
                 if ids.is_empty() {
                     // `remove [find …]` with no match does nothing, without an error.
                     return Ok(true);
