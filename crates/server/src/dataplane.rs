@@ -1126,6 +1126,56 @@ mod tests {
         plane.shutdown().await;
     }
 
+    /// Issue 13, finding 1: a moved router's live grants kept forwarding to its old
+    /// address. Now new connections go to the new place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_moved_routers_live_grant_forwards_to_its_new_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, plane, grant) = fixture(dir.path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        // The router's new SSH service says who it is.
+        let moved_to = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new_port = moved_to.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = moved_to.accept().await {
+                let _ = c.write_all(b"new place").await;
+            }
+        });
+        let router = store
+            .update_router(
+                grant.org_id,
+                grant.router_id,
+                store::RouterPatch {
+                    ssh_port: Some(new_port),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        plane.router_moved(&router).await;
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+            .await
+            .unwrap();
+        let mut got = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"new place");
+        assert_eq!(
+            plane
+                .gateway()
+                .grant(gateway_key(key))
+                .unwrap()
+                .target
+                .port(),
+            new_port
+        );
+        plane.shutdown().await;
+    }
+
     /// Waits until `check` holds (5 s at most).
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
         for _ in 0..1000 {
