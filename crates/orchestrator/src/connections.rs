@@ -127,9 +127,24 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
     let address = std::net::SocketAddr::new(router.tunnel_address, router.api_port);
     let started = Instant::now();
     let password = inner.store.router_password(router.id).await?;
-    let config = ClientConfig::new(address.to_string(), &router.username, password.expose())
+    let mut config = ClientConfig::new(address.to_string(), &router.username, password.expose())
         .with_connect_timeout(inner.config.connect_timeout)
         .with_command_timeout(inner.config.command_timeout);
+    // API-SSL: the pinned certificate, or on first use whatever the router presents,
+    // pinned below and kept (a later different one is refused).
+    let first_use = router.api_tls && router.api_tls_fingerprint.is_none();
+    if router.api_tls {
+        let mode = match &router.api_tls_fingerprint {
+            Some(pin) => routeros::TlsMode::pinned_sha256(pin).map_err(|_| {
+                Error::Permanent(format!(
+                    "router {}'s pinned certificate fingerprint is unreadable",
+                    router.name
+                ))
+            })?,
+            None => routeros::TlsMode::InsecureAcceptAnyCertificate,
+        };
+        config = config.with_tls(mode);
+    }
     let client = match Client::connect(&config).await {
         Ok(client) => client,
         Err(e) => {
@@ -143,6 +158,30 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
             return Err(Error::Unreachable(why));
         }
     };
+    if first_use && let Some(presented) = client.peer_certificate() {
+        let pin = presented.to_string();
+        match inner.store.pin_router_certificate(router.id, &pin).await {
+            Ok(true) => log.line(format!(
+                "pinned router {}'s API-SSL certificate on first use: SHA-256 {pin}",
+                router.name
+            )),
+            Ok(false) => {
+                // Pinned meanwhile (another connection's first contact): this one is
+                // kept only if it met the same certificate.
+                let now = inner.store.get_router_any_org(router.id).await?;
+                if now.api_tls_fingerprint.as_deref() != Some(pin.as_str()) {
+                    client.close();
+                    return Err(Error::Unreachable(
+                        "the router's certificate is not the one pinned meanwhile".into(),
+                    ));
+                }
+            }
+            Err(e) => {
+                client.close();
+                return Err(e.into());
+            }
+        }
+    }
     let (resource, identity) = tokio::join!(
         routeros::api::system::resource(&client),
         routeros::api::system::identity(&client),

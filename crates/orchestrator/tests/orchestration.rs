@@ -90,6 +90,8 @@ async fn world(db: Db, n: usize, base: u8, config: Config) -> Option<World> {
                 api_port: sim.api_addr.port(),
                 ssh_port: sim.ssh_addr.port(),
                 winbox_port: sim.winbox_addr.port(),
+                api_tls: false,
+                api_tls_fingerprint: None,
                 username: "admin".into(),
                 password: sim.admin_password.clone(),
             })
@@ -773,6 +775,8 @@ async fn two_workers_on_one_postgres_never_run_a_job_twice() {
                     api_port: 1,
                     ssh_port: 1,
                     winbox_port: 1,
+                    api_tls: false,
+                    api_tls_fingerprint: None,
                     username: "admin".into(),
                     password: "pw".into(),
                 })
@@ -1539,6 +1543,88 @@ async fn a_changed_router_is_connected_to_afresh() {
     assert!(
         w.user_on(0, &second.username).is_none(),
         "made at the old place"
+    );
+    w.stop().await;
+}
+
+/// Issue 13, finding 1: API-SSL with the router's certificate pinned on first use and
+/// then kept: a router moved to a peer with another certificate is not logged in to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_ssl_pins_the_certificate_on_first_use_and_keeps_it() {
+    let w = world(Db::Sqlite, 2, 26, fast_config()).await.unwrap();
+    let id = w.routers[0].id;
+    let tls_port = |i: usize| w.sims[i].api_tls_addr.port();
+    w.store()
+        .update_router(
+            w.org,
+            id,
+            store::RouterPatch {
+                api_tls: Some(true),
+                api_port: Some(tls_port(0)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.orch.router_changed(id);
+    let first = w.access(0, Duration::from_secs(600), false).await;
+    until(
+        Duration::from_secs(5),
+        "the grant active over API-SSL",
+        || async { w.status(&first).await == GrantStatus::Active },
+    )
+    .await;
+    let pinned = w
+        .store()
+        .get_router(w.org, id)
+        .await
+        .unwrap()
+        .api_tls_fingerprint;
+    let want = routeros::CertFingerprint::from_hex(&w.sims[0].tls.fingerprint_sha256)
+        .unwrap()
+        .to_string();
+    assert_eq!(pinned.as_deref(), Some(want.as_str()));
+    // (The pin is logged by whichever connection made it first: the job's, or the
+    // reconciler's scan, whose log is its own.)
+    // Moved to a peer with another certificate (sim 1, with the right password even):
+    // the pin is kept and the login never happens.
+    w.store()
+        .update_router(
+            w.org,
+            id,
+            store::RouterPatch {
+                tunnel_address: Some(w.sims[1].api_tls_addr.ip()),
+                api_port: Some(tls_port(1)),
+                password: Some(w.sims[1].admin_password.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.orch.router_changed(id);
+    let second = w.access_with(0, Duration::from_secs(600), false, 1).await;
+    until(Duration::from_secs(8), "the grant failed", || async {
+        w.status(&second).await == GrantStatus::Failed
+    })
+    .await;
+    assert!(w.user_on(1, &second.username).is_none());
+    assert_eq!(
+        w.store()
+            .get_router(w.org, id)
+            .await
+            .unwrap()
+            .api_tls_fingerprint
+            .as_deref(),
+        Some(want.as_str()),
+        "the pin was replaced"
+    );
+    let log = w.log(0).await;
+    let moved_to = format!("connected to router r0 at {}", w.sims[1].api_tls_addr);
+    assert!(!has(&log, &moved_to), "{}", log.join("\n"));
+    assert!(
+        has(&log, "no RouterOS API answered as expected"),
+        "{}",
+        log.join("\n")
     );
     w.stop().await;
 }

@@ -984,6 +984,8 @@ mod tests {
                 api_port: 8728,
                 ssh_port: echo_port,
                 winbox_port: 8291,
+                api_tls: false,
+                api_tls_fingerprint: None,
                 username: "admin".into(),
                 password: "x".into(),
             })

@@ -1791,6 +1791,65 @@ async fn only_admins_move_a_router_and_only_with_its_password_again(db: Db) {
         renamed["details"]["changed"]["name"],
         json!({"old": "r", "new": "renamed"})
     );
+    // API-SSL: a pin in either spelling is shown canonically, 8729 by default; turning
+    // it off (or changing the pin) is a move like the others.
+    let (status, tls) = s
+        .call(
+            Method::POST,
+            "/api/routers",
+            Some(&s.a.admin),
+            Some(json!({"name": "tls", "tunnel_address": "203.0.113.8", "username": "u", "password": "p",
+                        "api_tls_fingerprint": "AB".repeat(32)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{tls}");
+    assert_eq!(tls["api_tls"], true);
+    assert_eq!(tls["api_port"], 8729);
+    assert_eq!(tls["api_tls_fingerprint"], vec!["ab"; 32].join(":"));
+    let tls_one = format!("/api/routers/{}", tls["id"].as_str().unwrap());
+    let (status, _) = s
+        .call(
+            Method::PATCH,
+            &tls_one,
+            Some(&s.a.operator),
+            Some(json!({"api_tls": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for (body, want) in [
+        (json!({"api_tls": false}), "password"),
+        (json!({"api_tls_fingerprint": "cd".repeat(32)}), "password"),
+        (
+            json!({"api_tls_fingerprint": "nope", "password": "p"}),
+            "api_tls_fingerprint",
+        ),
+        (
+            json!({"api_tls": false, "api_tls_fingerprint": "cd".repeat(32), "password": "p"}),
+            "api_tls",
+        ),
+    ] {
+        let (status, got) = s
+            .call(
+                Method::PATCH,
+                &tls_one,
+                Some(&s.a.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {got}");
+        assert_eq!(field(&got), want, "{body} → {got}");
+    }
+    let (status, off) = s
+        .call(
+            Method::PATCH,
+            &tls_one,
+            Some(&s.a.admin),
+            Some(json!({"api_tls": false, "password": "p"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{off}");
+    assert_eq!(off["api_tls"], false);
+    assert!(off["api_tls_fingerprint"].is_null(), "{off}");
     s.stop().await;
 }
 

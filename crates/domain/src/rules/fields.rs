@@ -147,6 +147,25 @@ pub fn router_address(s: &str, policy: &super::Policy) -> Result<IpAddr, Validat
     }
 }
 
+/// The SHA-256 fingerprint of a router's API-SSL certificate (field
+/// `api_tls_fingerprint`): 64 hex digits, with or without `:` between bytes (as
+/// `openssl x509 -fingerprint -sha256` prints them), in either case. Shown canonically:
+/// lowercase, bytes separated by `:`.
+pub fn tls_fingerprint(s: &str) -> Result<String, ValidationError> {
+    let digits: String = s.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ValidationError::new(
+            "api_tls_fingerprint",
+            "must be the certificate's SHA-256: 64 hex digits, optionally separated by ':'",
+        ));
+    }
+    let lower = digits.to_ascii_lowercase();
+    let pairs: Vec<&str> = (0..32)
+        .filter_map(|i| lower.get(i * 2..i * 2 + 2))
+        .collect();
+    Ok(pairs.join(":"))
+}
+
 /// A gateway's public host name or address (field `entry_point`): an IP address or a DNS
 /// name of letters, digits and hyphens in labels of 1..=63, at most 253 characters.
 pub fn entry_point(s: &str) -> Result<String, ValidationError> {
@@ -231,6 +250,26 @@ mod tests {
             Ok("alice@example.org".to_owned()),
         );
         check(username("al ice"), Err(("username", "letters, digits")));
+    }
+
+    #[test]
+    fn tls_fingerprints_in_either_spelling() {
+        let plain = "AB".repeat(32);
+        let canonical = vec!["ab"; 32].join(":");
+        check(tls_fingerprint(&plain), Ok(canonical.clone()));
+        check(tls_fingerprint(&canonical), Ok(canonical.clone()));
+        for bad in [
+            "",
+            "ab",
+            &"ab".repeat(31),
+            &"ab".repeat(33),
+            &format!("g{}", &plain[1..]),
+        ] {
+            check(
+                tls_fingerprint(bad),
+                Err(("api_tls_fingerprint", "64 hex digits")),
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
         api_port: r.api_port,
         ssh_port: r.ssh_port,
         winbox_port: r.winbox_port,
+        api_tls: r.api_tls,
+        api_tls_fingerprint: r.api_tls_fingerprint.clone(),
         username: r.username.clone(),
         status: r.status.as_str().to_owned(),
         identity: r.identity.clone(),
@@ -123,9 +125,17 @@ pub async fn routers_post(
     ));
     let username = checks.take(domain::rules::routeros_username(&req.username));
     check_password(&mut checks, &req.password);
+    let fingerprint = match &req.api_tls_fingerprint {
+        Some(f) => checks.take(domain::rules::tls_fingerprint(f)).map(Some),
+        None => Some(None),
+    };
+    let api_tls = req.api_tls.unwrap_or(req.api_tls_fingerprint.is_some());
+    if !api_tls && req.api_tls_fingerprint.is_some() {
+        checks.push("api_tls", "a pinned certificate needs api_tls");
+    }
     let api_port = checks.take(domain::rules::port(
         "api_port",
-        req.api_port.unwrap_or(8728),
+        req.api_port.unwrap_or(if api_tls { 8729 } else { 8728 }),
     ));
     let ssh_port = checks.take(domain::rules::port("ssh_port", req.ssh_port.unwrap_or(22)));
     let winbox_port = checks.take(domain::rules::port(
@@ -147,6 +157,7 @@ pub async fn routers_post(
         Some(winbox_port),
         Some(site_name),
         Some(region),
+        Some(api_tls_fingerprint),
     ) = (
         name,
         tunnel_address,
@@ -156,6 +167,7 @@ pub async fn routers_post(
         winbox_port,
         site,
         region,
+        fingerprint,
     )
     else {
         return Err(ApiError::Internal(
@@ -174,6 +186,8 @@ pub async fn routers_post(
             api_port,
             ssh_port,
             winbox_port,
+            api_tls,
+            api_tls_fingerprint,
             username,
             password: req.password,
         })
@@ -251,7 +265,9 @@ pub async fn router_patch(
     let moves = req.tunnel_address.is_some()
         || req.api_port.is_some()
         || req.ssh_port.is_some()
-        || req.winbox_port.is_some();
+        || req.winbox_port.is_some()
+        || req.api_tls.is_some()
+        || req.api_tls_fingerprint.is_some();
     if moves {
         caller.require_admin()?;
     }
@@ -284,14 +300,32 @@ pub async fn router_patch(
             .await?
             .map(|g| g.id);
     }
+    match (req.api_tls, &req.api_tls_fingerprint) {
+        (Some(false), Some(_)) => checks.push("api_tls", "a pinned certificate needs api_tls"),
+        (Some(false), None) => {
+            patch.api_tls = Some(false);
+            patch.api_tls_fingerprint = Some(None);
+        }
+        (tls, Some(f)) => {
+            patch.api_tls = tls.or(Some(true));
+            patch.api_tls_fingerprint = checks.take(domain::rules::tls_fingerprint(f)).map(Some);
+        }
+        (Some(true), None) => patch.api_tls = Some(true),
+        (None, None) => {}
+    }
     let login_moves = patch
         .tunnel_address
         .is_some_and(|a| a != router.tunnel_address)
-        || patch.api_port.is_some_and(|p| p != router.api_port);
+        || patch.api_port.is_some_and(|p| p != router.api_port)
+        || patch.api_tls.is_some_and(|t| t != router.api_tls)
+        || patch
+            .api_tls_fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != router.api_tls_fingerprint);
     if login_moves && req.password.is_none() {
         checks.push(
             "password",
-            "the management password must be given again when tunnel_address or api_port changes",
+            "the management password must be given again when tunnel_address, api_port or API-SSL changes",
         );
     }
     checks.finish()?;
@@ -314,6 +348,8 @@ pub async fn router_patch(
         .await?;
     let reached_elsewhere = updated.tunnel_address != router.tunnel_address
         || updated.api_port != router.api_port
+        || updated.api_tls != router.api_tls
+        || updated.api_tls_fingerprint != router.api_tls_fingerprint
         || updated.ssh_port != router.ssh_port
         || updated.winbox_port != router.winbox_port
         || updated.username != router.username
@@ -361,6 +397,12 @@ fn changes(old: &store::Router, new: &store::Router, password: bool) -> serde_js
         "winbox_port",
         old.winbox_port.to_string(),
         new.winbox_port.to_string(),
+    );
+    field("api_tls", old.api_tls.to_string(), new.api_tls.to_string());
+    field(
+        "api_tls_fingerprint",
+        old.api_tls_fingerprint.clone().unwrap_or_default(),
+        new.api_tls_fingerprint.clone().unwrap_or_default(),
     );
     field("username", old.username.clone(), new.username.clone());
     field(
