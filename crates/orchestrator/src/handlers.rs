@@ -704,13 +704,10 @@ pub(crate) async fn self_expiry_refusal(
             "no self-expiry entry for a write grant (a write user could edit it); expiry relies on Postern",
         ));
     }
-    let others = inner
+    if inner
         .store
-        .list_access(grant.org_id, grant.router_id, None)
-        .await?;
-    if others
-        .iter()
-        .any(|g| g.access == AccessLevel::Write && !g.status.is_final())
+        .router_has_unfinished_write_access(grant.router_id)
+        .await?
     {
         return Ok(Some(
             "no self-expiry entry while a write grant is live on this router (its user could edit it); expiry relies on Postern",

@@ -109,6 +109,15 @@ impl std::fmt::Display for Drift {
     }
 }
 
+/// A live grant whose self-expiry entry the scan checks: what Postern writes for it.
+struct LiveEntry {
+    key: GrantKey,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    /// The access grant (its entry removes this user); `None` for a forward.
+    user: Option<Box<store::TransientAccess>>,
+    active: bool,
+}
+
 /// Whether a `postern:` tag is one of a grant (not a group), and its `kind:id` key.
 fn grant_tag(comment: Option<&str>) -> Option<&str> {
     let rest = comment?.strip_prefix("postern:")?;
@@ -131,15 +140,7 @@ pub(crate) async fn scan(
     let mut active_access = Vec::new();
     let mut active_forwards = Vec::new();
     // What each live grant's entry must hold, by tag.
-    let mut live: HashMap<
-        String,
-        (
-            GrantKey,
-            chrono::DateTime<chrono::Utc>,
-            Option<Box<store::TransientAccess>>,
-            bool,
-        ),
-    > = HashMap::new();
+    let mut live: HashMap<String, LiveEntry> = HashMap::new();
     // While a write grant is live here, no access grant may have an entry (its user
     // could edit it: `handlers::self_expiry_refusal`).
     let mut write_live = false;
@@ -150,12 +151,12 @@ pub(crate) async fn scan(
             let key = GrantKey::Access(g.id);
             live.insert(
                 key.tag(),
-                (
+                LiveEntry {
                     key,
-                    g.expires_at,
-                    Some(Box::new(g.clone())),
-                    g.status == GrantStatus::Active,
-                ),
+                    expires_at: g.expires_at,
+                    user: Some(Box::new(g.clone())),
+                    active: g.status == GrantStatus::Active,
+                },
             );
             if g.status == GrantStatus::Active {
                 active_access.push(g);
@@ -168,7 +169,12 @@ pub(crate) async fn scan(
             let key = GrantKey::Forward(g.id);
             live.insert(
                 key.tag(),
-                (key, g.expires_at, None, g.status == GrantStatus::Active),
+                LiveEntry {
+                    key,
+                    expires_at: g.expires_at,
+                    user: None,
+                    active: g.status == GrantStatus::Active,
+                },
             );
             if g.status == GrantStatus::Active {
                 active_forwards.push(g);
@@ -236,7 +242,13 @@ pub(crate) async fn scan(
             });
             continue;
         }
-        let Some((gkey, expires_at, user, active)) = live.get(&format!("postern:{key}")) else {
+        let Some(LiveEntry {
+            key: gkey,
+            expires_at,
+            user,
+            active,
+        }) = live.get(&format!("postern:{key}"))
+        else {
             continue;
         };
         if user.is_some() && write_live {

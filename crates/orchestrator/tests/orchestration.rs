@@ -1203,8 +1203,8 @@ async fn a_write_user_cannot_turn_a_self_expiry_entry_into_a_full_user() {
                     "on-event",
                     "/user add name=evil group=full password=evil-password-1",
                 )
-                .attr("start-date", &soon.format("%Y-%m-%d").to_string())
-                .attr("start-time", &soon.format("%H:%M:%S").to_string()),
+                .attr("start-date", soon.format("%Y-%m-%d").to_string())
+                .attr("start-time", soon.format("%H:%M:%S").to_string()),
         )
         .await
         .unwrap();
