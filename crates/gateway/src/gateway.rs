@@ -200,7 +200,8 @@ struct Grant {
     /// The address asked for (port 0 allowed) and the one bound.
     requested: SocketAddr,
     listen: SocketAddr,
-    target: SocketAddr,
+    /// Where new connections go; moved by [`Gateway::set_target`].
+    target: Mutex<SocketAddr>,
     sources: SourcePolicy,
     opened_at: DateTime<Utc>,
     deadline: watch::Sender<Option<Instant>>,
@@ -271,7 +272,7 @@ impl Gateway {
             key,
             requested: spec.listen,
             listen,
-            target: spec.target,
+            target: Mutex::new(spec.target),
             sources: spec.sources,
             opened_at: self.inner.config.clock.now(),
             deadline: watch::Sender::new(spec.deadline),
@@ -291,7 +292,7 @@ impl Gateway {
         }
         let task = tokio::spawn(accept_loop(self.inner.clone(), grant.clone(), listener));
         *lock(&grant.listener_task) = Some(task);
-        tracing::info!(%key, %listen, target = %grant.target, "grant listener open");
+        tracing::info!(%key, %listen, target = %grant.target(), "grant listener open");
         Ok(OpenForward { key, listen })
     }
 
@@ -302,6 +303,15 @@ impl Gateway {
             .end(key, reason, true)
             .await
             .ok_or(Error::NotFound { key })
+    }
+
+    /// Moves where a grant's new connections go (its router was moved); connections
+    /// already forwarded keep theirs.
+    pub fn set_target(&self, key: GrantKey, target: SocketAddr) -> Result<(), Error> {
+        let grant = self.inner.grant(key)?;
+        *lock(&grant.target) = target;
+        tracing::info!(%key, %target, "grant target moved");
+        Ok(())
     }
 
     /// Moves a grant's deadline (extend or shorten; `None` removes it). A deadline
@@ -378,7 +388,7 @@ impl Gateway {
             let existing = lock(&self.inner.grants).get(&key).cloned();
             if let Some(grant) = existing {
                 if grant.requested == spec.listen
-                    && grant.target == spec.target
+                    && grant.target() == spec.target
                     && grant.sources == spec.sources
                 {
                     grant.deadline.send_replace(spec.deadline);
@@ -476,11 +486,15 @@ impl Inner {
 }
 
 impl Grant {
+    fn target(&self) -> SocketAddr {
+        *lock(&self.target)
+    }
+
     fn info(&self) -> GrantInfo {
         GrantInfo {
             key: self.key,
             listen: self.listen,
-            target: self.target,
+            target: self.target(),
             deadline: *self.deadline.borrow(),
             opened_at: self.opened_at,
             first_connection_at: self.first_at.get().copied(),
@@ -665,7 +679,8 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
     let grant = guard.grant.clone();
     let inner = guard.inner.clone();
     let timeout = inner.config.connect_timeout;
-    let connect = tokio::time::timeout(timeout, TcpStream::connect(grant.target));
+    let target = grant.target();
+    let connect = tokio::time::timeout(timeout, TcpStream::connect(target));
     let upstream = tokio::select! {
         biased;
         () = grant.token.cancelled() => {
@@ -675,12 +690,12 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
         connected = connect => match connected {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
-                tracing::warn!(key = %grant.key, target = %grant.target, error = %e, "target unreachable");
+                tracing::warn!(key = %grant.key, %target, error = %e, "target unreachable");
                 guard.reason = Some(EndReason::TargetUnreachable);
                 return;
             }
             Err(_) => {
-                tracing::warn!(key = %grant.key, target = %grant.target, "target connect timed out");
+                tracing::warn!(key = %grant.key, %target, "target connect timed out");
                 guard.reason = Some(EndReason::TargetUnreachable);
                 return;
             }

@@ -239,6 +239,8 @@ async fn bench() {
                     api_port: r.api_addr.port(),
                     ssh_port: r.ssh_addr.port(),
                     winbox_port: r.winbox_addr.port(),
+                    api_tls: false,
+                    api_tls_fingerprint: None,
                     username: "admin".into(),
                     password: r.admin_password.clone(),
                 })

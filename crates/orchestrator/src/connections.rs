@@ -6,7 +6,6 @@
 //! is recorded offline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,8 +23,9 @@ pub(crate) struct RouterConn {
     /// The router's name and API address when connected (for the log).
     name: String,
     address: std::net::SocketAddr,
-    /// Postern's groups were found or made on this connection.
-    pub groups_ready: AtomicBool,
+    /// The router's `updated_at` when connected: a router changed since (by any
+    /// process) is connected to afresh.
+    router_updated_at: chrono::DateTime<chrono::Utc>,
     /// Whether device-mode allows the scheduler, once asked.
     pub scheduler_allowed: Mutex<Option<bool>>,
     /// The router's clock offset from UTC and whether its dates are in RouterOS 7's
@@ -39,12 +39,29 @@ pub(crate) struct RouterConn {
 #[derive(Default)]
 pub(crate) struct Connections {
     entries: Mutex<HashMap<RouterId, Arc<RouterConn>>>,
+    /// How many times each router was changed in this process: a connection opened
+    /// across a change is not kept.
+    changes: Mutex<HashMap<RouterId, u64>>,
 }
 
 impl Connections {
     fn cached(&self, id: RouterId) -> Option<Arc<RouterConn>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.get(&id).filter(|c| !c.client.is_closed()).cloned()
+    }
+
+    fn changes(&self, id: RouterId) -> u64 {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.get(&id).copied().unwrap_or(0)
+    }
+
+    /// The router changed: its connection goes, and one being opened is not kept.
+    pub(crate) fn router_changed(&self, id: RouterId) {
+        {
+            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            *changes.entry(id).or_insert(0) += 1;
+        }
+        self.drop_router(id);
     }
 
     /// Forgets a router's connection (it broke, or the router changed).
@@ -74,40 +91,97 @@ pub(crate) async fn connect_to(
         ));
         return Ok(conn);
     }
-    let router = inner.store.get_router_any_org(id).await?;
-    connect(inner, &router, log).await
+    open(inner, id, log).await
 }
 
-/// The router's connection, opened now if there is none; logged either way.
+/// The router's connection, opened now if there is none (or the router changed since it
+/// was opened, as `router` shows); logged either way.
 pub(crate) async fn connect(
     inner: &Arc<Inner>,
     router: &store::Router,
     log: &JobLog,
 ) -> Result<Arc<RouterConn>> {
-    let address = std::net::SocketAddr::new(router.tunnel_address, router.api_port);
     if let Some(conn) = inner.conns.cached(router.id) {
+        if conn.router_updated_at == router.updated_at {
+            log.line(format!(
+                "using the open connection to router {} at {} (RouterOS {})",
+                router.name, conn.address, conn.version
+            ));
+            return Ok(conn);
+        }
         log.line(format!(
-            "using the open connection to router {} at {address} (RouterOS {})",
-            router.name, conn.version
+            "router {} changed since its connection was opened: connecting afresh",
+            router.name
         ));
-        return Ok(conn);
+        inner.conns.drop_router(router.id);
     }
+    open(inner, router.id, log).await
+}
+
+/// Opens a connection to router `id` as the store holds it now (address, port, login
+/// read together, so a change is never half seen).
+async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<RouterConn>> {
+    let changes = inner.conns.changes(id);
+    let router = inner.store.get_router_any_org(id).await?;
+    let router = &router;
+    let address = std::net::SocketAddr::new(router.tunnel_address, router.api_port);
     let started = Instant::now();
     let password = inner.store.router_password(router.id).await?;
-    let config = ClientConfig::new(address.to_string(), &router.username, password.expose())
+    let mut config = ClientConfig::new(address.to_string(), &router.username, password.expose())
         .with_connect_timeout(inner.config.connect_timeout)
         .with_command_timeout(inner.config.command_timeout);
+    // API-SSL: the pinned certificate, or on first use whatever the router presents,
+    // pinned below and kept (a later different one is refused).
+    let first_use = router.api_tls && router.api_tls_fingerprint.is_none();
+    if router.api_tls {
+        let mode = match &router.api_tls_fingerprint {
+            Some(pin) => routeros::TlsMode::pinned_sha256(pin).map_err(|_| {
+                Error::Permanent(format!(
+                    "router {}'s pinned certificate fingerprint is unreadable",
+                    router.name
+                ))
+            })?,
+            None => routeros::TlsMode::InsecureAcceptAnyCertificate,
+        };
+        config = config.with_tls(mode);
+    }
     let client = match Client::connect(&config).await {
         Ok(client) => client,
         Err(e) => {
+            tracing::warn!(router = %router.id, %address, error = %e, "cannot connect to the router");
+            let why = crate::error::neutral(&e);
             log.line(format!(
-                "cannot reach router {} at {address}: {e}",
+                "cannot reach router {} at {address}: {why}",
                 router.name
             ));
             inner.mark_offline(router.id).await;
-            return Err(Error::Unreachable(e.to_string()));
+            return Err(Error::Unreachable(why));
         }
     };
+    if first_use && let Some(presented) = client.peer_certificate() {
+        let pin = presented.to_string();
+        match inner.store.pin_router_certificate(router.id, &pin).await {
+            Ok(true) => log.line(format!(
+                "pinned router {}'s API-SSL certificate on first use: SHA-256 {pin}",
+                router.name
+            )),
+            Ok(false) => {
+                // Pinned meanwhile (another connection's first contact): this one is
+                // kept only if it met the same certificate.
+                let now = inner.store.get_router_any_org(router.id).await?;
+                if now.api_tls_fingerprint.as_deref() != Some(pin.as_str()) {
+                    client.close();
+                    return Err(Error::Unreachable(
+                        "the router's certificate is not the one pinned meanwhile".into(),
+                    ));
+                }
+            }
+            Err(e) => {
+                client.close();
+                return Err(e.into());
+            }
+        }
+    }
     let (resource, identity) = tokio::join!(
         routeros::api::system::resource(&client),
         routeros::api::system::identity(&client),
@@ -115,9 +189,11 @@ pub(crate) async fn connect(
     let resource = match resource {
         Ok(resource) => resource,
         Err(e) => {
+            tracing::warn!(router = %router.id, %address, error = %e, "/system/resource/print failed after the login");
             log.line(format!(
-                "router {} at {address} accepted the login but /system/resource/print failed: {e}",
-                router.name
+                "router {} at {address} accepted the login but /system/resource/print failed: {}",
+                router.name,
+                crate::error::neutral(&e)
             ));
             return Err(Error::from_router(e));
         }
@@ -134,7 +210,7 @@ pub(crate) async fn connect(
         version,
         name: router.name.clone(),
         address,
-        groups_ready: AtomicBool::new(false),
+        router_updated_at: router.updated_at,
         scheduler_allowed: Mutex::new(None),
         clock: Mutex::new(None),
         facts_at: Mutex::new(Some(Instant::now())),
@@ -145,12 +221,26 @@ pub(crate) async fn connect(
         let id = router.id;
         tokio::spawn(async move { store_facts(&inner, id, &resource, identity.ok()).await });
     }
-    inner
-        .conns
-        .entries
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(router.id, conn.clone());
+    {
+        let mut entries = inner
+            .conns
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if inner.conns.changes(router.id) != changes {
+            // Changed while this connection was being made: it goes to the old place.
+            drop(entries);
+            conn.client.close();
+            log.line(format!(
+                "router {} changed while connecting: the connection is not kept",
+                router.name
+            ));
+            return Err(Error::Unreachable(
+                "the router changed while connecting".into(),
+            ));
+        }
+        entries.insert(router.id, conn.clone());
+    }
     inner.mark_online(router.id).await;
     Ok(conn)
 }
@@ -215,11 +305,8 @@ pub(crate) async fn store_offline(inner: &Arc<Inner>, id: RouterId) {
 }
 
 impl RouterConn {
-    pub(crate) fn groups_ready(&self) -> bool {
-        self.groups_ready.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_groups_ready(&self, ready: bool) {
-        self.groups_ready.store(ready, Ordering::Relaxed);
+    /// The router's name when connected.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 }

@@ -24,9 +24,10 @@ pub enum Error {
 
 impl Error {
     /// A routeros error, classified: connection problems are `Unreachable`.
+    /// Its words are [`neutral`]'s: what the peer said is never repeated.
     pub fn from_router(e: routeros::Error) -> Self {
         if e.is_connection_error() || matches!(e, routeros::Error::Timeout(_)) {
-            Error::Unreachable(e.to_string())
+            Error::Unreachable(neutral(&e))
         } else if let routeros::Error::Trap { message, .. } = &e {
             let text = format!("the router refused: {message}");
             if is_refusal(message) {
@@ -35,7 +36,7 @@ impl Error {
                 Error::Router(text)
             }
         } else {
-            Error::Router(e.to_string())
+            Error::Router(neutral(&e))
         }
     }
 
@@ -62,6 +63,35 @@ pub fn is_refusal(message: &str) -> bool {
         "ambiguous value",
     ];
     WORDS.iter().any(|w| message.contains(w))
+}
+
+/// A routeros error in words that repeat nothing the peer said nor how its connection
+/// failed, for the job log and a job's last error, which operators read: a "router" at
+/// an address of someone's choosing must not turn them into a port scanner
+/// (`connection refused` against `protocol error … (103 bytes left over)`). A
+/// RouterOS `!trap` message is the router's own and stays; the details go to the
+/// server's log (`tracing`), which only the people running Postern read.
+pub fn neutral(e: &routeros::Error) -> String {
+    use routeros::Error as E;
+    match e {
+        E::Connect { .. }
+        | E::ConnectTimeout { .. }
+        | E::Tls { .. }
+        | E::Io(_)
+        | E::Decode(_)
+        | E::Protocol(_)
+        | E::ConnectionLost { .. }
+        | E::Fatal { .. } => "no RouterOS API answered as expected".into(),
+        E::Login { .. } => "the router refused the login".into(),
+        E::Trap { message, .. } => format!("the router refused: {message}"),
+        E::Timeout(after) => format!("the command timed out after {after:?}"),
+        E::Cancelled => "the command was cancelled".into(),
+        E::TlsConfig(_) => "the router's TLS settings cannot be used".into(),
+        E::Encode(_) => "the command could not be encoded".into(),
+        E::MissingProperty(_) | E::InvalidProperty { .. } => {
+            "the router's answer was not understood".into()
+        }
+    }
 }
 
 /// The orchestrator's result.

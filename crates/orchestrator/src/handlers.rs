@@ -87,7 +87,11 @@ pub(crate) async fn step<T>(
             }
         }
         Err(e) => {
-            log.line(format!("sent {what}: failed: {e}"));
+            tracing::info!(error = %e, "router command failed: {what}");
+            log.line(format!(
+                "sent {what}: failed: {}",
+                crate::error::neutral(&e)
+            ));
             Err(Error::from_router(e))
         }
     }
@@ -179,25 +183,41 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Do
     }
     let conn = connections::connect_to(inner, job.router_id, log).await?;
     ensure_groups(&conn, log).await?;
-    // The user and the self-expiry entry are independent: their commands go out
-    // together on the connection (each under its own tag).
     let known = Known {
         password,
         addresses: addresses_from(inner, source, &grant),
     };
-    let (user, schedule) = tokio::join!(
-        ensure_user(inner, &conn, &grant, Some(known), log),
+    if grant.access == AccessLevel::Write {
+        // No entry that removes users may stand on a router where a write user can
+        // edit it (see `self_expiry_refusal`): other grants' entries go first.
+        remove_user_entries(inner, &conn, log).await?;
+        ensure_user(inner, &conn, &grant, Some(known), log).await?;
         ensure_schedule(
             inner,
             &conn,
             GrantKey::Access(id),
             grant.expires_at,
-            Some(&grant.username),
+            Some(&grant),
             log,
         )
-    );
-    user?;
-    schedule?;
+        .await?;
+    } else {
+        // The user and the self-expiry entry are independent: their commands go out
+        // together on the connection (each under its own tag).
+        let (user, schedule) = tokio::join!(
+            ensure_user(inner, &conn, &grant, Some(known), log),
+            ensure_schedule(
+                inner,
+                &conn,
+                GrantKey::Access(id),
+                grant.expires_at,
+                Some(&grant),
+                log,
+            )
+        );
+        user?;
+        schedule?;
+    }
     Ok(Done::Activate(Box::new(LiveGrant::Access(grant))))
 }
 
@@ -233,8 +253,14 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<D
     }
     let router = router?;
     let conn = connections::connect(inner, &router, log).await?;
+    let source = match inner.store.region_tunnel_source(grant.region_id).await {
+        Ok(s) => s,
+        Err(store::StoreError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    }
+    .or(inner.config.default_tunnel_source);
     let (nat, schedule) = tokio::join!(
-        ensure_nat(&conn, &router, &grant, log),
+        ensure_nat(&conn, &router, &grant, source, log),
         ensure_schedule(
             inner,
             &conn,
@@ -249,17 +275,92 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<D
     Ok(Done::Activate(Box::new(LiveGrant::Forward(grant))))
 }
 
-/// Makes `postern-full`, `postern-write` and `postern-read` exist (once per connection).
-pub(crate) async fn ensure_groups(conn: &RouterConn, log: &JobLog) -> Result<()> {
-    if conn.groups_ready() {
-        return Ok(());
+/// The policies a group grants, as a sorted set: what RouterOS lists without `!`
+/// (it prints the ones it denies as `!name`).
+fn granted(policy: &[String]) -> std::collections::BTreeSet<&str> {
+    policy
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty() && !p.starts_with('!'))
+        .collect()
+}
+
+/// A Postern group found on the router whose policies are not exactly Postern's.
+#[derive(Debug, Clone)]
+pub struct GroupDrift {
+    pub id: api::ItemId,
+    pub name: &'static str,
+    pub found: String,
+    pub wanted: &'static str,
+}
+
+impl std::fmt::Display for GroupDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "group {} has policy {} instead of Postern's {}",
+            self.name, self.found, self.wanted
+        )
     }
+}
+
+/// Postern's groups among `groups` whose policies differ from Postern's.
+pub(crate) fn group_drift(groups: &[api::group::Group]) -> Vec<GroupDrift> {
+    let mut out = Vec::new();
+    for (name, _, policy) in GROUPS {
+        let wanted: Vec<String> = policy.split(',').map(str::to_owned).collect();
+        for g in groups.iter().filter(|g| g.name == name) {
+            if granted(&g.policy) != granted(&wanted) {
+                out.push(GroupDrift {
+                    id: g.id.clone(),
+                    name,
+                    found: {
+                        let found: Vec<&str> = granted(&g.policy).into_iter().collect();
+                        found.join(",")
+                    },
+                    wanted: policy,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Sets a drifted group's policies back to Postern's (the server's log says so; the
+/// caller has written the drift in the job's).
+pub(crate) async fn repair_group(
+    conn: &RouterConn,
+    drift: &GroupDrift,
+    log: &JobLog,
+) -> Result<()> {
+    tracing::warn!(router = %conn.name(), group = drift.name, found = %drift.found, "a Postern group's policies drifted; setting them back");
+    let wanted: Vec<String> = drift.wanted.split(',').map(str::to_owned).collect();
+    step(
+        log,
+        &format!(
+            "/user/group/set .id={} policy={} ({})",
+            drift.id, drift.wanted, drift.name
+        ),
+        api::group::set_policy(&conn.client, &drift.id, &wanted),
+    )
+    .await
+}
+
+/// Makes `postern-full`, `postern-write` and `postern-read` exist with exactly Postern's
+/// policies. Run before every user is added (one `print`): a group is trusted by what
+/// it grants, never by its name, so a group someone widened (a full user can) is set
+/// back before a user is put in it.
+pub(crate) async fn ensure_groups(conn: &RouterConn, log: &JobLog) -> Result<()> {
     let groups = step(
         log,
         "/user/group/print",
         api::group::print(&conn.client, &Filter::all()),
     )
     .await?;
+    for drift in group_drift(&groups) {
+        log.line(format!("drift: {drift}"));
+        repair_group(conn, &drift, log).await?;
+    }
     for (name, tag, policy) in GROUPS {
         if groups.iter().any(|g| g.name == name) {
             continue;
@@ -276,7 +377,6 @@ pub(crate) async fn ensure_groups(conn: &RouterConn, log: &JobLog) -> Result<()>
         )
         .await?;
     }
-    conn.set_groups_ready(true);
     Ok(())
 }
 
@@ -374,21 +474,45 @@ pub(crate) async fn ensure_user(
         ));
         return Ok(());
     }
-    if refused.to_string().contains("group") {
-        // Our groups went away under us: look again next time.
-        conn.set_groups_ready(false);
-    }
     Err(refused)
 }
 
-/// Adds a forward's dst-nat rule (and masquerade rule when asked) unless there.
+/// Adds a forward's dst-nat rule (and masquerade rule when asked) unless there. Both
+/// match only what comes from the gateway: `src-address=` the region's tunnel source
+/// (the address routers see gateway connections come from), and `in-interface=` the
+/// router's tunnel interface where it has one (a router reached directly has none
+/// Postern knows of, so the source is what narrows it then). So a host on the router's
+/// LAN, or anyone else who can reach its address, does not reach the device through
+/// the rule. The masquerade rule is narrowed the same way (after dst-nat, the
+/// connection still comes from the gateway's address).
 pub(crate) async fn ensure_nat(
     conn: &RouterConn,
     router: &store::Router,
     grant: &store::TransientForward,
+    source: Option<std::net::IpAddr>,
     log: &JobLog,
 ) -> Result<()> {
     let tag = GrantKey::Forward(grant.id).tag();
+    let src_address = source.map(|s| s.to_string());
+    // Routers are reached directly at `tunnel_address` today; a tunnelled router's
+    // WireGuard interface name goes here once the store records it.
+    let in_interface: Option<String> = None;
+    if src_address.is_none() {
+        log.line(
+            "the region has no tunnel source address configured: the forward's NAT rules are not limited by source",
+        );
+    }
+    let narrowing = format!(
+        "{}{}",
+        src_address
+            .as_deref()
+            .map(|s| format!(" src-address={s}"))
+            .unwrap_or_default(),
+        in_interface
+            .as_deref()
+            .map(|i| format!(" in-interface={i}"))
+            .unwrap_or_default(),
+    );
     let found = step(
         log,
         &format!("/ip/firewall/nat/print ?comment={tag}"),
@@ -402,6 +526,8 @@ pub(crate) async fn ensure_nat(
             chain: "dstnat".into(),
             action: "dst-nat".into(),
             protocol: Some("tcp".into()),
+            src_address: src_address.clone(),
+            in_interface: in_interface.clone(),
             dst_address: Some(router.tunnel_address.to_string()),
             dst_port: Some(grant.router_port.to_string()),
             to_addresses: Some(grant.dst_address.to_string()),
@@ -412,7 +538,7 @@ pub(crate) async fn ensure_nat(
         step(
             log,
             &format!(
-                "/ip/firewall/nat/add chain=dstnat action=dst-nat protocol=tcp dst-address={} dst-port={} to-addresses={} to-ports={} comment={tag}",
+                "/ip/firewall/nat/add chain=dstnat action=dst-nat protocol=tcp{narrowing} dst-address={} dst-port={} to-addresses={} to-ports={} comment={tag}",
                 router.tunnel_address, grant.router_port, grant.dst_address, grant.dst_port
             ),
             api::nat::add(&conn.client, &rule),
@@ -430,15 +556,20 @@ pub(crate) async fn ensure_nat(
                 chain: "srcnat".into(),
                 action: "masquerade".into(),
                 protocol: Some("tcp".into()),
+                src_address: src_address.clone(),
                 dst_address: Some(grant.dst_address.to_string()),
                 dst_port: Some(grant.dst_port.to_string()),
                 comment: Some(tag.clone()),
                 ..Default::default()
             };
+            let src = src_address
+                .as_deref()
+                .map(|s| format!(" src-address={s}"))
+                .unwrap_or_default();
             step(
                 log,
                 &format!(
-                    "/ip/firewall/nat/add chain=srcnat action=masquerade protocol=tcp dst-address={} dst-port={} comment={tag}",
+                    "/ip/firewall/nat/add chain=srcnat action=masquerade protocol=tcp{src} dst-address={} dst-port={} comment={tag}",
                     grant.dst_address, grant.dst_port
                 ),
                 api::nat::add(&conn.client, &rule),
@@ -524,17 +655,122 @@ pub fn parse_router_clock(item: &Item) -> Option<(NaiveDateTime, bool)> {
     Some((d.and_time(time), false))
 }
 
+/// The policies a self-expiry entry runs with: exactly what its script needs.
+/// RouterOS runs a scheduler entry's `on-event` with the entry's `policy` (all of
+/// `ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon` when none is
+/// given, which is how a write user could once turn Postern's entry into a full user).
+/// Removing a user needs `policy` with `write` ("user management"), finding it `read`;
+/// removing NAT rules and the entry itself `read` and `write`.
+pub const ENTRY_POLICY_USER: &str = "read,write,policy";
+/// See [`ENTRY_POLICY_USER`].
+pub const ENTRY_POLICY_NAT: &str = "read,write";
+
+/// A grant's self-expiry entry as Postern writes it: its `on-event` script and policy.
+pub fn entry_script(key: GrantKey, username: Option<&str>) -> (String, &'static str) {
+    let name = schedule_name(key);
+    let tag = key.tag();
+    let mut script = Vec::new();
+    let policy = if let Some(user) = username {
+        script.extend(end_sessions_script(user));
+        script.push(format!("/user remove [find comment=\"{tag}\"]"));
+        ENTRY_POLICY_USER
+    } else {
+        script.push(format!("/ip firewall nat remove [find comment=\"{tag}\"]"));
+        ENTRY_POLICY_NAT
+    };
+    script.push(format!("/system scheduler remove [find name=\"{name}\"]"));
+    (script.join("\n"), policy)
+}
+
+/// Whether an entry on the router is the one Postern writes for its grant: the same
+/// script and the same policies (what the router prints without `!`).
+pub fn entry_matches(entry: &api::scheduler::Schedule, script: &str, policy: &str) -> bool {
+    let wanted: Vec<String> = policy.split(',').map(str::to_owned).collect();
+    entry.on_event.as_deref() == Some(script) && granted(&entry.policy) == granted(&wanted)
+}
+
+/// Why an access grant gets no self-expiry entry, if it does not: its entry removes a
+/// user, so it carries `policy`, and whether RouterOS lets a `write` user (who may edit
+/// scheduler entries but not users) rewrite the script of an entry with more policies
+/// than its own is not documented. So such an entry never stands on a router while a
+/// write user of Postern's may be there: a `write` grant gets none, and while one is
+/// live on the router other access grants get none either (the reconciler puts them
+/// back once it has ended). Expiry then relies on Postern alone, as under device-mode.
+pub(crate) async fn self_expiry_refusal(
+    inner: &Arc<Inner>,
+    grant: &store::TransientAccess,
+) -> Result<Option<&'static str>> {
+    if grant.access == AccessLevel::Write {
+        return Ok(Some(
+            "no self-expiry entry for a write grant (a write user could edit it); expiry relies on Postern",
+        ));
+    }
+    if inner
+        .store
+        .router_has_unfinished_write_access(grant.router_id)
+        .await?
+    {
+        return Ok(Some(
+            "no self-expiry entry while a write grant is live on this router (its user could edit it); expiry relies on Postern",
+        ));
+    }
+    Ok(None)
+}
+
+/// Removes every access grant's self-expiry entry from the router (a write grant is
+/// about to put a user there who could edit them); the reconciler adds them back once
+/// no write grant is live.
+pub(crate) async fn remove_user_entries(
+    inner: &Arc<Inner>,
+    conn: &RouterConn,
+    log: &JobLog,
+) -> Result<()> {
+    if !inner.config.router_self_expiry {
+        return Ok(());
+    }
+    let entries = step(
+        log,
+        "/system/scheduler/print",
+        api::scheduler::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    for e in entries.iter().filter(|e| {
+        e.comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with("postern:access:"))
+    }) {
+        step(
+            log,
+            &format!(
+                "/system/scheduler/remove .id={} ({}: a write user may edit scheduler entries)",
+                e.id, e.name
+            ),
+            api::scheduler::remove(&conn.client, &e.id),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Adds (or moves) the entry that ends the grant on the router itself at its expiry,
-/// when device-mode allows the scheduler and the config asks for it.
+/// when device-mode allows the scheduler, the config asks for it, and (for an access
+/// grant, `user`) [`self_expiry_refusal`] does not refuse it. The entry carries only
+/// the policies its script needs.
 pub(crate) async fn ensure_schedule(
     inner: &Arc<Inner>,
     conn: &RouterConn,
     key: GrantKey,
     expires_at: DateTime<Utc>,
-    username: Option<&str>,
+    user: Option<&store::TransientAccess>,
     log: &JobLog,
 ) -> Result<()> {
     if !inner.config.router_self_expiry {
+        return Ok(());
+    }
+    if let Some(grant) = user
+        && let Some(why) = self_expiry_refusal(inner, grant).await?
+    {
+        log.line(why);
         return Ok(());
     }
     if !scheduler_allowed(conn, log).await? {
@@ -562,30 +798,23 @@ pub(crate) async fn ensure_schedule(
     let time = local.format("%H:%M:%S").to_string();
     let name = schedule_name(key);
     let tag = key.tag();
-    let mut script = Vec::new();
-    if let Some(user) = username {
-        script.extend(end_sessions_script(user));
-        script.push(format!("/user remove [find comment=\"{tag}\"]"));
-    } else {
-        script.push(format!("/ip firewall nat remove [find comment=\"{tag}\"]"));
-    }
-    script.push(format!("/system scheduler remove [find name=\"{name}\"]"));
+    let (script, policy) = entry_script(key, user.map(|g| g.username.as_str()));
     let entry = api::scheduler::NewSchedule {
         name: name.clone(),
         start_date: Some(date.clone()),
         start_time: Some(time.clone()),
         interval: None,
-        on_event: script.join("\n"),
+        on_event: script.clone(),
         comment: Some(tag.clone()),
-        policy: Vec::new(),
+        policy: policy.split(',').map(str::to_owned).collect(),
     };
     let what = format!(
-        "/system/scheduler/add name={name} start-date={date} start-time={time} comment={tag} (router clock {:+} s from UTC)",
+        "/system/scheduler/add name={name} start-date={date} start-time={time} policy={policy} comment={tag} (router clock {:+} s from UTC)",
         offset.num_seconds()
     );
     // Added at once (the common case, one round trip); if the router refuses, an entry
     // of that name is there already (an earlier attempt's, or one for an older end):
-    // kept if it ends the grant at this time, else replaced.
+    // kept if it is Postern's entry ending the grant at this time, else replaced.
     let Err(refused) = step(log, &what, api::scheduler::add(&conn.client, &entry)).await else {
         return Ok(());
     };
@@ -601,6 +830,7 @@ pub(crate) async fn ensure_schedule(
     for old in &existing {
         if old.start_date.as_deref() == Some(date.as_str())
             && old.start_time.as_deref() == Some(time.as_str())
+            && entry_matches(old, &script, policy)
         {
             log.line(format!(
                 "scheduler entry {name} already ends the grant at {date} {time}"
@@ -610,7 +840,7 @@ pub(crate) async fn ensure_schedule(
         step(
             log,
             &format!(
-                "/system/scheduler/remove .id={} (its time is stale)",
+                "/system/scheduler/remove .id={} (its time, script or policy is not Postern's)",
                 old.id
             ),
             api::scheduler::remove(&conn.client, &old.id),

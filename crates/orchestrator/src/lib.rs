@@ -413,6 +413,14 @@ impl Orchestrator {
             .await
     }
 
+    /// A router's address, ports or login changed: its open connection is dropped at
+    /// once (commands in flight on it fail and their jobs retry), and a connection being
+    /// opened meanwhile is not kept. The next job connects afresh with what the store
+    /// holds then. Other processes notice through the router's `updated_at`.
+    pub fn router_changed(&self, id: RouterId) {
+        self.inner.conns.router_changed(id);
+    }
+
     /// Compares one router with the grants now; on drift a reconcile job is queued.
     /// Returns how many differences were found.
     pub async fn reconcile_router(&self, id: RouterId) -> Result<usize> {

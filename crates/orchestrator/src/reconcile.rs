@@ -43,12 +43,27 @@ pub enum Drift {
     /// An active forward whose dst-nat rule is missing.
     MissingNat(Box<store::TransientForward>),
     /// An active grant without its self-expiry scheduler entry (where device-mode
-    /// allows the scheduler).
+    /// allows the scheduler and nothing refuses it one).
     MissingSchedule {
         key: GrantKey,
         expires_at: chrono::DateTime<chrono::Utc>,
-        username: Option<String>,
+        user: Option<Box<store::TransientAccess>>,
     },
+    /// A live grant's entry whose script or policy is not what Postern wrote (someone
+    /// edited it): removed, and written again for an active grant.
+    AlteredSchedule {
+        id: ItemId,
+        name: String,
+        key: GrantKey,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        user: Option<Box<store::TransientAccess>>,
+        active: bool,
+    },
+    /// An access grant's entry where none may stand (a write grant is live on the
+    /// router, or it is a write grant's own).
+    UnwantedSchedule { id: ItemId, name: String },
+    /// One of Postern's groups with policies other than Postern's.
+    Group(handlers::GroupDrift),
 }
 
 impl std::fmt::Display for Drift {
@@ -81,8 +96,26 @@ impl std::fmt::Display for Drift {
                 f,
                 "{key} is active but its self-expiry scheduler entry is missing on the router"
             ),
+            Drift::AlteredSchedule { name, key, .. } => write!(
+                f,
+                "scheduler entry {name} of {key} has a script or policy Postern did not write"
+            ),
+            Drift::UnwantedSchedule { name, .. } => write!(
+                f,
+                "scheduler entry {name} removes a user but a write grant is live on the router"
+            ),
+            Drift::Group(g) => write!(f, "{g}"),
         }
     }
+}
+
+/// A live grant whose self-expiry entry the scan checks: what Postern writes for it.
+struct LiveEntry {
+    key: GrantKey,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    /// The access grant (its entry removes this user); `None` for a forward.
+    user: Option<Box<store::TransientAccess>>,
+    active: bool,
 }
 
 /// Whether a `postern:` tag is one of a grant (not a group), and its `kind:id` key.
@@ -106,9 +139,25 @@ pub(crate) async fn scan(
     let mut backed: HashMap<String, GrantStatus> = HashMap::new();
     let mut active_access = Vec::new();
     let mut active_forwards = Vec::new();
+    // What each live grant's entry must hold, by tag.
+    let mut live: HashMap<String, LiveEntry> = HashMap::new();
+    // While a write grant is live here, no access grant may have an entry (its user
+    // could edit it: `handlers::self_expiry_refusal`).
+    let mut write_live = false;
     for g in inner.store.list_live_access().await? {
         if g.router_id == router.id {
             backed.insert(format!("access:{}", g.id), g.status);
+            write_live |= g.access == domain::AccessLevel::Write;
+            let key = GrantKey::Access(g.id);
+            live.insert(
+                key.tag(),
+                LiveEntry {
+                    key,
+                    expires_at: g.expires_at,
+                    user: Some(Box::new(g.clone())),
+                    active: g.status == GrantStatus::Active,
+                },
+            );
             if g.status == GrantStatus::Active {
                 active_access.push(g);
             }
@@ -117,6 +166,16 @@ pub(crate) async fn scan(
     for g in inner.store.list_live_forwards().await? {
         if g.router_id == router.id {
             backed.insert(format!("forward:{}", g.id), g.status);
+            let key = GrantKey::Forward(g.id);
+            live.insert(
+                key.tag(),
+                LiveEntry {
+                    key,
+                    expires_at: g.expires_at,
+                    user: None,
+                    active: g.status == GrantStatus::Active,
+                },
+            );
             if g.status == GrantStatus::Active {
                 active_forwards.push(g);
             }
@@ -140,7 +199,16 @@ pub(crate) async fn scan(
         api::scheduler::print(&conn.client, &Filter::all()),
     )
     .await?;
-    let mut drift = Vec::new();
+    let groups = step(
+        log,
+        "/user/group/print",
+        api::group::print(&conn.client, &Filter::all()),
+    )
+    .await?;
+    let mut drift: Vec<Drift> = handlers::group_drift(&groups)
+        .into_iter()
+        .map(Drift::Group)
+        .collect();
     for u in &users {
         if let Some(key) = grant_tag(u.comment.as_deref())
             && !backed.contains_key(key)
@@ -163,13 +231,43 @@ pub(crate) async fn scan(
         }
     }
     for e in &entries {
-        if let Some(key) = grant_tag(e.comment.as_deref())
-            && !backed.contains_key(key)
-        {
+        let Some(key) = grant_tag(e.comment.as_deref()) else {
+            continue;
+        };
+        if !backed.contains_key(key) {
             drift.push(Drift::OrphanSchedule {
                 id: e.id.clone(),
                 name: e.name.clone(),
                 tag: format!("postern:{key}"),
+            });
+            continue;
+        }
+        let Some(LiveEntry {
+            key: gkey,
+            expires_at,
+            user,
+            active,
+        }) = live.get(&format!("postern:{key}"))
+        else {
+            continue;
+        };
+        if user.is_some() && write_live {
+            drift.push(Drift::UnwantedSchedule {
+                id: e.id.clone(),
+                name: e.name.clone(),
+            });
+            continue;
+        }
+        let (script, policy) =
+            handlers::entry_script(*gkey, user.as_ref().map(|u| u.username.as_str()));
+        if !handlers::entry_matches(e, &script, policy) {
+            drift.push(Drift::AlteredSchedule {
+                id: e.id.clone(),
+                name: e.name.clone(),
+                key: *gkey,
+                expires_at: *expires_at,
+                user: user.clone(),
+                active: *active,
             });
         }
     }
@@ -182,12 +280,12 @@ pub(crate) async fn scan(
                 .iter()
                 .any(|e| e.comment.as_deref() == Some(tag.as_str()))
         };
-        for g in &active_access {
+        for g in active_access.iter().filter(|_| !write_live) {
             if !has_entry(GrantKey::Access(g.id)) {
                 drift.push(Drift::MissingSchedule {
                     key: GrantKey::Access(g.id),
                     expires_at: g.expires_at,
-                    username: Some(g.username.clone()),
+                    user: Some(Box::new(g.clone())),
                 });
             }
         }
@@ -196,7 +294,7 @@ pub(crate) async fn scan(
                 drift.push(Drift::MissingSchedule {
                     key: GrantKey::Forward(g.id),
                     expires_at: g.expires_at,
-                    username: None,
+                    user: None,
                 });
             }
         }
@@ -288,15 +386,52 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
                 handlers::ensure_user(inner, &conn, &g, None, log).await?;
             }
             Drift::MissingNat(g) => {
-                handlers::ensure_nat(&conn, &router, &g, log).await?;
+                let source = match inner.store.region_tunnel_source(g.region_id).await {
+                    Ok(s) => s,
+                    Err(store::StoreError::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                }
+                .or(inner.config.default_tunnel_source);
+                handlers::ensure_nat(&conn, &router, &g, source, log).await?;
             }
             Drift::MissingSchedule {
                 key,
                 expires_at,
-                username,
+                user,
             } => {
-                handlers::ensure_schedule(inner, &conn, key, expires_at, username.as_deref(), log)
+                handlers::ensure_schedule(inner, &conn, key, expires_at, user.as_deref(), log)
                     .await?;
+            }
+            Drift::AlteredSchedule {
+                id,
+                name,
+                key,
+                expires_at,
+                user,
+                active,
+            } => {
+                tracing::warn!(router = %router.name, entry = %name, "a self-expiry entry was altered on the router; replacing it");
+                step(
+                    log,
+                    &format!("/system/scheduler/remove .id={id} ({name}: altered)"),
+                    api::scheduler::remove(&conn.client, &id),
+                )
+                .await?;
+                if active {
+                    handlers::ensure_schedule(inner, &conn, key, expires_at, user.as_deref(), log)
+                        .await?;
+                }
+            }
+            Drift::UnwantedSchedule { id, name } => {
+                step(
+                    log,
+                    &format!("/system/scheduler/remove .id={id} ({name})"),
+                    api::scheduler::remove(&conn.client, &id),
+                )
+                .await?;
+            }
+            Drift::Group(g) => {
+                handlers::repair_group(&conn, &g, log).await?;
             }
         }
     }

@@ -265,6 +265,18 @@ pub mod group {
     pub async fn print(client: &Client, filter: &Filter) -> Result<Vec<Group>, Error> {
         super::print(client, MENU, filter, Group::from_item).await
     }
+
+    /// `/user/group/set =.id=… =policy=…`: the group's policies become exactly these.
+    pub async fn set_policy(client: &Client, id: &ItemId, policy: &[String]) -> Result<(), Error> {
+        client
+            .call(
+                Command::new("/user/group/set")
+                    .attr(".id", id.as_str())
+                    .attr("policy", policy.join(",")),
+            )
+            .await
+            .map(|_| ())
+    }
 }
 
 /// `/user/active`: print and remove (RouterOS 7 has no `request-logout`).
@@ -327,6 +339,8 @@ pub mod nat {
         pub action: String,
         pub protocol: Option<String>,
         pub src_address: Option<String>,
+        /// The interface the packet came in by (`in-interface=`).
+        pub in_interface: Option<String>,
         pub dst_address: Option<String>,
         pub dst_port: Option<String>,
         pub to_addresses: Option<String>,
@@ -379,6 +393,7 @@ pub mod nat {
         for (key, value) in [
             ("protocol", &rule.protocol),
             ("src-address", &rule.src_address),
+            ("in-interface", &rule.in_interface),
             ("dst-address", &rule.dst_address),
             ("dst-port", &rule.dst_port),
             ("to-addresses", &rule.to_addresses),

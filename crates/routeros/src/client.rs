@@ -48,7 +48,7 @@ use crate::connection::{Connection, SentenceReader, SentenceWriter};
 use crate::error::Error;
 use crate::item::{Item, Response};
 use crate::message::{Attributes, Command, Reply, ReplyKind, TrapCategory};
-use crate::tls::{self, TlsMode};
+use crate::tls::{self, CertFingerprint, TlsMode};
 
 /// How long connecting, the TLS handshake and the login may take unless told otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -314,6 +314,8 @@ struct Inner {
     writer: mpsc::UnboundedSender<Bytes>,
     next_tag: AtomicU64,
     command_timeout: Duration,
+    /// The certificate the router presented over TLS (set once, before the login).
+    peer_certificate: std::sync::OnceLock<CertFingerprint>,
 }
 
 impl Drop for Inner {
@@ -368,7 +370,24 @@ impl Client {
                 address: config.address.clone(),
                 source,
             })?;
-        Self::handshake(stream, config).await
+        let presented = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| CertFingerprint::of_der(cert.as_ref()));
+        let client = Self::handshake(stream, config).await?;
+        if let Some(fingerprint) = presented {
+            let _ = client.inner.peer_certificate.set(fingerprint);
+        }
+        Ok(client)
+    }
+
+    /// The SHA-256 fingerprint of the certificate the router presented, on a TLS
+    /// connection: what to pin after a first contact made with
+    /// [`TlsMode::InsecureAcceptAnyCertificate`].
+    pub fn peer_certificate(&self) -> Option<CertFingerprint> {
+        self.inner.peer_certificate.get().copied()
     }
 
     /// Logs in over an already open stream (a tunnel, an in-memory pipe) and starts the
@@ -402,6 +421,7 @@ impl Client {
                 writer: tx,
                 next_tag: AtomicU64::new(1),
                 command_timeout,
+                peer_certificate: std::sync::OnceLock::new(),
             }),
         }
     }

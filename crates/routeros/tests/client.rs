@@ -714,6 +714,7 @@ async fn typed_helpers_send_routeros_spellings_and_parse_replies() {
         to_addresses: Some("192.168.88.10".into()),
         to_ports: Some("443".into()),
         src_address: Some("100.64.0.1".into()),
+        in_interface: None,
         comment: Some("fwd".into()),
         disabled: false,
     };

@@ -418,6 +418,40 @@ impl GatewayPlane {
         }
     }
 
+    /// The router was moved (address or ports changed): every live grant of it that
+    /// listens here forwards its new connections to the router's new place.
+    pub async fn router_moved(&self, router: &store::Router) {
+        let store = &self.shared.store;
+        let (access, forwards) = tokio::join!(store.list_live_access(), store.list_live_forwards());
+        let mut grants: Vec<LiveGrant> = Vec::new();
+        match access {
+            Ok(list) => grants.extend(
+                list.into_iter()
+                    .filter(|g| g.router_id == router.id)
+                    .map(LiveGrant::Access),
+            ),
+            Err(e) => {
+                tracing::error!(router = %router.id, error = %e, "cannot list the moved router's grants")
+            }
+        }
+        match forwards {
+            Ok(list) => grants.extend(
+                list.into_iter()
+                    .filter(|g| g.router_id == router.id)
+                    .map(LiveGrant::Forward),
+            ),
+            Err(e) => {
+                tracing::error!(router = %router.id, error = %e, "cannot list the moved router's forwards")
+            }
+        }
+        for grant in &grants {
+            let key = gateway_key(grant.key());
+            // Not listening here (a terminal grant, or not open yet: an open reads the
+            // router afresh) is fine.
+            let _ = self.gateway.set_target(key, target(grant, router));
+        }
+    }
+
     /// Whether a grant's port is settled: listening, or known not to be coming (ended,
     /// or its open failed). `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
@@ -950,6 +984,8 @@ mod tests {
                 api_port: 8728,
                 ssh_port: echo_port,
                 winbox_port: 8291,
+                api_tls: false,
+                api_tls_fingerprint: None,
                 username: "admin".into(),
                 password: "x".into(),
             })
@@ -1088,6 +1124,56 @@ mod tests {
             tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
                 .await
                 .is_err()
+        );
+        plane.shutdown().await;
+    }
+
+    /// Issue 13, finding 1: a moved router's live grants kept forwarding to its old
+    /// address. Now new connections go to the new place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_moved_routers_live_grant_forwards_to_its_new_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, plane, grant) = fixture(dir.path()).await;
+        let key = orchestrator::GrantKey::Access(grant.id);
+        plane.open(&LiveGrant::Access(grant.clone()));
+        settle(&plane, key).await;
+        // The router's new SSH service says who it is.
+        let moved_to = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new_port = moved_to.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = moved_to.accept().await {
+                let _ = c.write_all(b"new place").await;
+            }
+        });
+        let router = store
+            .update_router(
+                grant.org_id,
+                grant.router_id,
+                store::RouterPatch {
+                    ssh_port: Some(new_port),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        plane.router_moved(&router).await;
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+            .await
+            .unwrap();
+        let mut got = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"new place");
+        assert_eq!(
+            plane
+                .gateway()
+                .grant(gateway_key(key))
+                .unwrap()
+                .target
+                .port(),
+            new_port
         );
         plane.shutdown().await;
     }

@@ -185,37 +185,61 @@ pub struct GrantListQuery {
 pub struct CreateRouter {
     #[schema(example = "branch-01")]
     pub name: String,
-    /// Where the router answers through its management tunnel.
-    #[schema(example = "10.255.0.2")]
+    /// Where the router's API, SSH and WinBox answer: a publicly routed address
+    /// (loopback and private addresses only when the server runs in lab mode; shared,
+    /// link-local and other special ranges never). Only admins may register a router.
+    #[schema(example = "203.0.113.2")]
     pub tunnel_address: String,
     /// Its management login.
     #[schema(example = "postern")]
     pub username: String,
     /// Its management password (stored encrypted, never returned).
     pub password: String,
-    /// Default 8728.
+    /// Default 8728, or 8729 with `api_tls`.
     pub api_port: Option<i64>,
     /// Default 22.
     pub ssh_port: Option<i64>,
     /// Default 8291.
     pub winbox_port: Option<i64>,
+    /// Reach the API over TLS (API-SSL). Default false; true when
+    /// `api_tls_fingerprint` is given.
+    pub api_tls: Option<bool>,
+    /// The SHA-256 of the router's certificate (64 hex digits, `:` between bytes
+    /// allowed). Without it, the certificate the router presents on the first
+    /// connection is pinned and kept: a later different one is refused.
+    pub api_tls_fingerprint: Option<String>,
     /// Region name (default: the first configured region).
     pub region: Option<String>,
     /// Site name (default: the router's name; created when absent).
     pub site: Option<String>,
 }
 
-/// Changes to a router: any subset of the fields.
+/// Changes to a router: any subset of the fields. Changing where and how it is reached
+/// (`tunnel_address`, `api_port`, `ssh_port`, `winbox_port`, `api_tls`,
+/// `api_tls_fingerprint`) is for admins only; the open
+/// management connection is dropped and live grants' entry ports forward to the new
+/// place. The audit entry records each changed field's old and new value.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRouter {
     pub name: Option<String>,
+    /// As when registering: publicly routed, loopback and private only in lab mode.
+    /// Changing it requires `password` in the same request.
     pub tunnel_address: Option<String>,
     pub username: Option<String>,
+    /// The management password; required whenever `tunnel_address` or `api_port`
+    /// changes, so the stored one is never sent to a new place.
     pub password: Option<String>,
+    /// Changing it requires `password` in the same request.
     pub api_port: Option<i64>,
     pub ssh_port: Option<i64>,
     pub winbox_port: Option<i64>,
+    /// API-SSL on or off (admins only, with `password`). Turning it off forgets the
+    /// pinned certificate.
+    pub api_tls: Option<bool>,
+    /// Pins this certificate instead (admins only, with `password`; implies
+    /// `api_tls`).
+    pub api_tls_fingerprint: Option<String>,
     pub region: Option<String>,
 }
 
@@ -231,6 +255,10 @@ pub struct RouterView {
     pub api_port: u16,
     pub ssh_port: u16,
     pub winbox_port: u16,
+    /// Whether the API is reached over TLS (API-SSL).
+    pub api_tls: bool,
+    /// The pinned certificate's SHA-256 (absent until the first connection pins it).
+    pub api_tls_fingerprint: Option<String>,
     pub username: String,
     /// unknown, online or offline.
     pub status: String,

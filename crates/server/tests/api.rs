@@ -252,7 +252,7 @@ impl TestServer {
                 Some(token),
                 Some(json!({
                     "name": name,
-                    "tunnel_address": "10.255.0.2",
+                    "tunnel_address": "203.0.113.2",
                     "username": "postern",
                     "password": "s3cret-router-pass"
                 })),
@@ -321,7 +321,7 @@ async fn reference_sample_request_gives_every_reference_key_with_its_type(db: Db
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "branch-01").await;
+    let router = s.router(&s.a.admin, "branch-01").await;
     let (status, body) = s.forward(&s.a.operator, &router, valid_forward()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let reference: Value = serde_json::from_str(REFERENCE_RESPONSE).unwrap();
@@ -391,7 +391,7 @@ async fn forward_validation_boundaries_both_sides(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let base = valid_forward();
     // (body, expected status, field named when 422)
     let rows: Vec<(Value, u16, &str)> = vec![
@@ -606,7 +606,7 @@ async fn access_create_options_and_defaults(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let base = json!({"allow_from": "203.0.113.0/24"});
     let (status, body) = s.access(&s.a.operator, &router, base.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -722,7 +722,7 @@ async fn access_create_options_and_defaults(db: Db) {
     else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let (status, got) = s.access(&s.a.operator, &router, json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{got}");
     assert_eq!(got["allow_only_cidr"], "127.0.0.1/32");
@@ -754,7 +754,7 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let (_, grant) = s
         .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9"}))
         .await;
@@ -867,7 +867,7 @@ async fn delete_is_204_revokes_and_repeats_harmlessly(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     for kind in ["transient-forwarding", "transient-access"] {
         let body = if kind == "transient-access" {
             json!({"allow_from": "198.51.100.0/24"})
@@ -947,7 +947,7 @@ async fn patch_extends_and_shortens_within_limits(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     for kind in ["transient-forwarding", "transient-access"] {
         let body = if kind == "transient-access" {
             json!({"allow_from": "198.51.100.0/24", "expire_after_minutes": 60})
@@ -1052,7 +1052,7 @@ async fn limits_are_configuration_so_a_test_may_allow_seconds(db: Db) {
     else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let soon = (Utc::now() + chrono::TimeDelta::seconds(5)).to_rfc3339();
     let body = json!({"dst_port": 22, "dst_address": "10.0.0.1", "allow_from": "198.51.100.1", "expires_at": soon});
     let (status, got) = s.forward(&s.a.operator, &router, body).await;
@@ -1096,7 +1096,7 @@ fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
             Method::POST,
             "/api/routers",
             Some(
-                json!({"name": "x", "tunnel_address": "10.0.0.1", "username": "u", "password": "p"}),
+                json!({"name": "x", "tunnel_address": "203.0.113.1", "username": "u", "password": "p"}),
             ),
         ),
         (Method::GET, "/api/routers/{r}", None),
@@ -1179,7 +1179,7 @@ fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
 
 /// Org A's objects: a router with a forward and an access grant, a token and a user.
 async fn org_a_objects(s: &TestServer) -> Vec<(&'static str, String)> {
-    let r = s.router(&s.a.operator, "target").await;
+    let r = s.router(&s.a.admin, "target").await;
     let (_, f) = s.forward(&s.a.operator, &r, valid_forward()).await;
     let (_, a) = s
         .access(&s.a.operator, &r, json!({"allow_from": "198.51.100.0/24"}))
@@ -1271,7 +1271,8 @@ async fn viewers_cannot_write_and_operators_cannot_administer(db: Db) {
     for (method, path, body) in guarded_routes() {
         let admin_only = path.starts_with("/api/audit")
             || path.starts_with("/api/tokens")
-            || path.starts_with("/api/users");
+            || path.starts_with("/api/users")
+            || (method == Method::POST && path == "/api/routers");
         let writes = method != Method::GET || path.ends_with("/credentials");
         let path = fill(path, &ids);
         let (status, got) = s
@@ -1379,7 +1380,7 @@ async fn malformed_input_is_4xx_never_5xx(db: Db) {
     else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let forwards = format!("/api/routers/{router}/transient-forwarding");
     let json_ct = Some("application/json");
     // (body, expected status, field named)
@@ -1505,9 +1506,9 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
         .call(
             Method::POST,
             "/api/routers",
-            Some(&s.a.operator),
+            Some(&s.a.admin),
             Some(json!({
-                "name": "hq", "tunnel_address": "10.255.0.9", "username": "admin",
+                "name": "hq", "tunnel_address": "203.0.113.9", "username": "admin",
                 "password": "very-secret-pass", "site": "Headquarters"
             })),
         )
@@ -1523,16 +1524,11 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
     let one = format!("/api/routers/{id}");
     // The same name again, or a second router in the same site: 409.
     for body in [
-        json!({"name": "hq", "tunnel_address": "10.255.0.10", "username": "a", "password": "p"}),
-        json!({"name": "hq-b", "tunnel_address": "10.255.0.10", "username": "a", "password": "p", "site": "Headquarters"}),
+        json!({"name": "hq", "tunnel_address": "203.0.113.10", "username": "a", "password": "p"}),
+        json!({"name": "hq-b", "tunnel_address": "203.0.113.10", "username": "a", "password": "p", "site": "Headquarters"}),
     ] {
         let (status, got) = s
-            .call(
-                Method::POST,
-                "/api/routers",
-                Some(&s.a.operator),
-                Some(body),
-            )
+            .call(Method::POST, "/api/routers", Some(&s.a.admin), Some(body))
             .await;
         assert_eq!(status, StatusCode::CONFLICT, "{got}");
     }
@@ -1541,19 +1537,37 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
         .call(
             Method::POST,
             "/api/routers",
-            Some(&s.b.operator),
-            Some(json!({"name": "hq", "tunnel_address": "10.255.0.10", "username": "a", "password": "p"})),
+            Some(&s.b.admin),
+            Some(json!({"name": "hq", "tunnel_address": "203.0.113.10", "username": "a", "password": "p"})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
 
     // Validation of router fields, both sides.
-    let good = json!({"name": "n", "tunnel_address": "10.0.0.1", "username": "u", "password": "p"});
+    let good =
+        json!({"name": "n", "tunnel_address": "203.0.113.1", "username": "u", "password": "p"});
     for (extra, want, want_field) in [
         (json!({"name": ""}), 422, "name"),
         (json!({"name": "x".repeat(64)}), 201, ""),
         (json!({"name": "x".repeat(65)}), 422, "name"),
         (json!({"tunnel_address": "nope"}), 422, "tunnel_address"),
+        // Outside lab mode the server's own machine and networks are not routers.
+        (
+            json!({"tunnel_address": "127.0.0.5"}),
+            422,
+            "tunnel_address",
+        ),
+        (json!({"tunnel_address": "10.0.0.1"}), 422, "tunnel_address"),
+        (
+            json!({"tunnel_address": "100.64.0.2"}),
+            422,
+            "tunnel_address",
+        ),
+        (
+            json!({"tunnel_address": "::ffff:127.0.0.1"}),
+            422,
+            "tunnel_address",
+        ),
         (json!({"username": "has space"}), 422, "username"),
         (json!({"password": ""}), 422, "password"),
         (json!({"api_port": 0}), 422, "api_port"),
@@ -1583,7 +1597,7 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
             .call(
                 Method::POST,
                 "/api/routers",
-                Some(&s.a.operator),
+                Some(&s.a.admin),
                 Some(body.clone()),
             )
             .await;
@@ -1597,7 +1611,7 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
         .call(
             Method::PATCH,
             &one,
-            Some(&s.a.operator),
+            Some(&s.a.admin),
             Some(json!({"name": "hq-2", "password": "new-secret-pass", "api_port": 8729})),
         )
         .await;
@@ -1609,7 +1623,7 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
         .call(
             Method::PATCH,
             &one,
-            Some(&s.a.operator),
+            Some(&s.a.admin),
             Some(json!({"api_port": 0})),
         )
         .await;
@@ -1647,9 +1661,7 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
 
     // A live grant blocks delete.
     let (_, grant) = s.forward(&s.a.operator, id, valid_forward()).await;
-    let (status, got) = s
-        .call(Method::DELETE, &one, Some(&s.a.operator), None)
-        .await;
+    let (status, got) = s.call(Method::DELETE, &one, Some(&s.a.admin), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{got}");
     let (status, _) = s
         .call(
@@ -1658,16 +1670,14 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
                 "{one}/transient-forwarding/{}",
                 grant["id"].as_str().unwrap()
             ),
-            Some(&s.a.operator),
+            Some(&s.a.admin),
             None,
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, got) = s
-        .call(Method::DELETE, &one, Some(&s.a.operator), None)
-        .await;
+    let (status, got) = s.call(Method::DELETE, &one, Some(&s.a.admin), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{got}");
-    let (status, _) = s.call(Method::GET, &one, Some(&s.a.operator), None).await;
+    let (status, _) = s.call(Method::GET, &one, Some(&s.a.admin), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let actions = audit_actions(&s, &s.a.admin).await;
     for a in ["router.create", "router.update", "router.delete"] {
@@ -1676,11 +1686,178 @@ async fn routers_crud_never_show_the_password_and_refuse_delete_while_live(db: D
     s.stop().await;
 }
 
+/// Issue 13, findings 1 and 11: an operator moved a router to a listener of its own
+/// (`127.0.0.5:18728`) and the orchestrator logged in there with the router's real
+/// password; an operator could also register "routers" anywhere to probe the network.
+/// Now registering and moving a router are an admin's, a new address or API port needs
+/// the password typed again, addresses follow `allow_from`'s classes, and the audit
+/// entry holds the old and new values.
+async fn only_admins_move_a_router_and_only_with_its_password_again(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let id = s.router(&s.a.admin, "r").await;
+    let one = format!("/api/routers/{id}");
+    let (status, got) = s
+        .call(
+            Method::POST,
+            "/api/routers",
+            Some(&s.a.operator),
+            Some(json!({"name": "probe", "tunnel_address": "203.0.113.77", "username": "u", "password": "p"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{got}");
+    assert_eq!(got["detail"], "only an admin may do this", "{got}");
+    for body in [
+        json!({"tunnel_address": "203.0.113.5", "password": "p"}),
+        json!({"api_port": 18728}),
+        json!({"ssh_port": 2222}),
+        json!({"winbox_port": 18291}),
+    ] {
+        let (status, got) = s
+            .call(Method::PATCH, &one, Some(&s.a.operator), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "operator {body} → {got}");
+    }
+    let (status, got) = s
+        .call(
+            Method::PATCH,
+            &one,
+            Some(&s.a.operator),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an operator may still rename: {got}"
+    );
+    for (body, want) in [
+        (
+            json!({"tunnel_address": "127.0.0.5", "api_port": 18728, "password": "p"}),
+            "tunnel_address",
+        ),
+        (json!({"tunnel_address": "203.0.113.5"}), "password"),
+        (json!({"api_port": 18728}), "password"),
+    ] {
+        let (status, got) = s
+            .call(Method::PATCH, &one, Some(&s.a.admin), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {got}");
+        assert_eq!(field(&got), want, "{body} → {got}");
+    }
+    let (status, got) = s
+        .call(
+            Method::PATCH,
+            &one,
+            Some(&s.a.admin),
+            Some(json!({"tunnel_address": "203.0.113.5", "api_port": 18728, "password": "typed-again"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["tunnel_address"], "203.0.113.5");
+    let (_, audit) = s
+        .call(Method::GET, "/api/audit?limit=500", Some(&s.a.admin), None)
+        .await;
+    let moved = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["action"] == "router.update"
+                && e["details"]["changed"].get("tunnel_address").is_some()
+        })
+        .unwrap_or_else(|| panic!("{audit}"));
+    let changed = &moved["details"]["changed"];
+    assert_eq!(
+        changed["tunnel_address"],
+        json!({"old": "203.0.113.2", "new": "203.0.113.5"}),
+        "{moved}"
+    );
+    assert_eq!(
+        changed["api_port"],
+        json!({"old": "8728", "new": "18728"}),
+        "{moved}"
+    );
+    assert_eq!(changed["password"], "changed", "{moved}");
+    assert!(!moved.to_string().contains("typed-again"), "{moved}");
+    let renamed = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "router.update" && e["details"]["changed"].get("name").is_some())
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(
+        renamed["details"]["changed"]["name"],
+        json!({"old": "r", "new": "renamed"})
+    );
+    // API-SSL: a pin in either spelling is shown canonically, 8729 by default; turning
+    // it off (or changing the pin) is a move like the others.
+    let (status, tls) = s
+        .call(
+            Method::POST,
+            "/api/routers",
+            Some(&s.a.admin),
+            Some(json!({"name": "tls", "tunnel_address": "203.0.113.8", "username": "u", "password": "p",
+                        "api_tls_fingerprint": "AB".repeat(32)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{tls}");
+    assert_eq!(tls["api_tls"], true);
+    assert_eq!(tls["api_port"], 8729);
+    assert_eq!(tls["api_tls_fingerprint"], vec!["ab"; 32].join(":"));
+    let tls_one = format!("/api/routers/{}", tls["id"].as_str().unwrap());
+    let (status, _) = s
+        .call(
+            Method::PATCH,
+            &tls_one,
+            Some(&s.a.operator),
+            Some(json!({"api_tls": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for (body, want) in [
+        (json!({"api_tls": false}), "password"),
+        (json!({"api_tls_fingerprint": "cd".repeat(32)}), "password"),
+        (
+            json!({"api_tls_fingerprint": "nope", "password": "p"}),
+            "api_tls_fingerprint",
+        ),
+        (
+            json!({"api_tls": false, "api_tls_fingerprint": "cd".repeat(32), "password": "p"}),
+            "api_tls",
+        ),
+    ] {
+        let (status, got) = s
+            .call(
+                Method::PATCH,
+                &tls_one,
+                Some(&s.a.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {got}");
+        assert_eq!(field(&got), want, "{body} → {got}");
+    }
+    let (status, off) = s
+        .call(
+            Method::PATCH,
+            &tls_one,
+            Some(&s.a.admin),
+            Some(json!({"api_tls": false, "password": "p"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{off}");
+    assert_eq!(off["api_tls"], false);
+    assert!(off["api_tls_fingerprint"].is_null(), "{off}");
+    s.stop().await;
+}
+
 async fn jobs_are_the_orchestration_log_newest_first_and_paged(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     s.forward(&s.a.operator, &router, valid_forward()).await;
     s.access(
         &s.a.operator,
@@ -2135,7 +2312,7 @@ async fn concurrent_creates_never_share_a_port_and_a_full_range_is_409(db: Db) {
     else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let s = Arc::new(s);
     let tasks: Vec<_> = (0..30)
         .map(|i| {
@@ -2264,7 +2441,7 @@ async fn lists_show_changes_by_other_processes_at_once(db: Db) {
         return;
     };
     let other = s.other_process().await;
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let router_id: domain::RouterId = router.parse().unwrap();
     let forwards = format!("/api/routers/{router}/transient-forwarding");
     let access = format!("/api/routers/{router}/transient-access");
@@ -2400,7 +2577,7 @@ async fn expiry_fields_are_computed_per_request(db: Db) {
     let Some(s) = TestServer::start_with(db, opts).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let (status, f) = s.forward(&s.a.operator, &router, valid_forward()).await;
     assert_eq!(status, StatusCode::CREATED, "{f}");
     let list = format!("/api/routers/{router}/transient-forwarding");
@@ -2443,7 +2620,7 @@ async fn deleted_tokens_stop_working_at_once_everywhere(db: Db) {
         return;
     };
     let other = s.other_process().await;
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let paths = [
         format!("/api/routers/{router}/transient-forwarding"),
         format!("/api/routers/{router}/transient-access"),
@@ -2504,7 +2681,7 @@ async fn a_deleted_token_cannot_create(db: Db) {
         return;
     };
     let other = s.other_process().await;
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let org = s
         .store
         .find_api_token_by_hash(&server::auth::hash_token(&s.a.operator))
@@ -2578,7 +2755,7 @@ async fn all_pages_ended_grants(db: Db) {
     let Some(s) = TestServer::start(db).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let list = format!("/api/routers/{router}/transient-forwarding");
     let mut made = Vec::new();
     for port in [1001, 1002, 1003, 1004] {
@@ -2682,6 +2859,7 @@ on_both_databases!(
     missing_or_bad_credentials_are_401_with_one_body,
     malformed_input_is_4xx_never_5xx,
     routers_crud_never_show_the_password_and_refuse_delete_while_live,
+    only_admins_move_a_router_and_only_with_its_password_again,
     jobs_are_the_orchestration_log_newest_first_and_paged,
     admins_manage_tokens_and_users,
     openapi_document_describes_every_route_and_each_is_served,

@@ -71,6 +71,8 @@ async fn router(store: &store::Store, org: domain::OrgId, name: &str) -> domain:
             api_port: 8728,
             ssh_port: 22,
             winbox_port: 8291,
+            api_tls: false,
+            api_tls_fingerprint: None,
             username: "postern".into(),
             password: "router-secret".into(),
         })

@@ -111,6 +111,8 @@ impl World {
                 api_port: sim.api_addr.port(),
                 ssh_port: sim.ssh_addr.port(),
                 winbox_port: sim.winbox_addr.port(),
+                api_tls: false,
+                api_tls_fingerprint: None,
                 username: "admin".into(),
                 password: sim.admin_password.clone(),
             })
@@ -126,6 +128,8 @@ impl World {
                 api_port: 8728,
                 ssh_port: 22,
                 winbox_port: 8291,
+                api_tls: false,
+                api_tls_fingerprint: None,
                 username: "postern".into(),
                 password: "router-secret".into(),
             })

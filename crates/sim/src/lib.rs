@@ -105,6 +105,13 @@
 //! - Scripts are compiled before they run: a command the router lacks stops the whole
 //!   script before its first line (`bad command name`), as RouterOS resolves commands
 //!   while compiling (routeros-lsp's probes).
+//! - A scheduler entry's script runs with the entry's `policy` (RouterOS's default list
+//!   when none is given, within the adding user's policies); giving an entry a policy
+//!   the user lacks is `not enough permissions (9)`. Editing other fields of an entry
+//!   with more policies than the editor's is allowed: RouterOS's rule is not documented,
+//!   so the sim takes the worst case. `[find …]` in a script needs `read`.
+//! - NAT rules: `src-address` and `in-interface` match (the sim's one interface is
+//!   `ether1`; other names are refused as RouterOS refuses an interface it lacks).
 //! - Device-mode `home` refuses `/system/scheduler/add` and stops entries from running;
 //!   `/system/device-mode/update` is refused over the API (it needs a button press).
 //!

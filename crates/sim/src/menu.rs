@@ -640,6 +640,16 @@ fn table_command(
         });
     }
     need(caller, write_policies(kind))?;
+    if kind == TableKind::Scheduler
+        && let Some(p) = req.get("policy")
+    {
+        // An entry runs with its policies, so a user who could give one more than its
+        // own would have them all (a `write` user would be `full`): refused.
+        let asked = Policies::parse(p).ok_or_else(|| Trap::invalid("policy"))?;
+        if !asked.within(caller.policies) {
+            return Err(Trap::permissions());
+        }
+    }
     let out = match verb {
         "add" => add(router, caller, kind, req)?,
         "set" => set(router, kind, req)?,
@@ -866,10 +876,12 @@ fn defaults(
             default("start-time", clock::format_time(now));
             default("interval", "0s".into());
             default("on-event", String::new());
-            default(
-                "policy",
-                "ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon".into(),
-            );
+            // RouterOS's default; never more than the adding user has.
+            let policy =
+                Policies::parse("ftp,reboot,read,write,policy,test,password,sniff,sensitive,romon")
+                    .unwrap_or_default()
+                    .and(caller.policies);
+            default("policy", policy.granted());
             default("disabled", "false".into());
             default("run-count", "0".into());
             default("owner", caller.user.clone());
@@ -1058,10 +1070,23 @@ fn validate(
                     return Err(Trap::invalid(key));
                 }
             }
+            // Interfaces are named, and a name the router does not have is refused.
+            for key in ["in-interface", "out-interface"] {
+                if let Some(i) = props.get(key)
+                    && !i.is_empty()
+                    && !crate::nat::INTERFACES.contains(&i.strip_prefix('!').unwrap_or(i))
+                {
+                    return Err(Trap::new(format!(
+                        "input does not match any value of {key}"
+                    )));
+                }
+            }
             for key in [
                 "comment",
                 "to-addresses",
                 "to-ports",
+                "in-interface",
+                "out-interface",
                 "src-address",
                 "dst-address",
                 "dst-port",
@@ -1172,6 +1197,77 @@ mod tests {
             parse_path("/user//print").unwrap_err().message,
             "no such command prefix"
         );
+    }
+
+    #[test]
+    fn a_write_user_cannot_give_a_scheduler_entry_more_than_it_has() {
+        let r = Router::new(crate::router::RouterConfig::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "pw",
+        ));
+        let writer = Caller {
+            user: "w".into(),
+            policies: Policies::parse("local,ssh,read,write,test,api").unwrap(),
+        };
+        let add = |policy: Option<&str>, name: &str| {
+            let mut req = Request::new("/system/scheduler/add")
+                .attr("name", name)
+                .attr("on-event", "/user add name=evil group=full");
+            if let Some(p) = policy {
+                req = req.attr("policy", p);
+            }
+            execute(&r, &writer, &req)
+        };
+        assert_eq!(
+            add(Some("read,write,policy"), "a").unwrap_err().message,
+            "not enough permissions (9)"
+        );
+        add(Some("read,write"), "b").unwrap();
+        // With no policy given, the entry gets RouterOS's default within the user's own.
+        add(None, "c").unwrap();
+        let state = r.state();
+        let c = state.scheduler.by_name("c").unwrap();
+        assert_eq!(c.props["policy"], "read,write,test");
+        let b = state.scheduler.by_name("b").unwrap().id_string();
+        drop(state);
+        let raise = Request::new("/system/scheduler/set")
+            .attr(".id", &b)
+            .attr("policy", "read,write,policy,sensitive");
+        assert_eq!(
+            execute(&r, &writer, &raise).unwrap_err().message,
+            "not enough permissions (9)"
+        );
+    }
+
+    #[test]
+    fn nat_interfaces_are_named_and_only_ether1_sees_traffic() {
+        let r = Router::new(crate::router::RouterConfig::new(
+            "r",
+            "127.0.0.1".parse().unwrap(),
+            "pw",
+        ));
+        let rule = |iface: &str| {
+            Request::new("/ip/firewall/nat/add")
+                .attr("chain", "dstnat")
+                .attr("action", "dst-nat")
+                .attr("protocol", "tcp")
+                .attr("dst-port", "30000")
+                .attr("to-addresses", "192.168.88.10")
+                .attr("in-interface", iface)
+        };
+        let e = execute(&r, &Caller::system(), &rule("wg-nowhere")).unwrap_err();
+        assert_eq!(e.message, "input does not match any value of in-interface");
+        for (iface, forwards) in [("ether1", true), ("!ether1", false)] {
+            execute(&r, &Caller::system(), &rule(iface)).unwrap();
+            let state = r.state();
+            let item = state.nat.items.last().unwrap();
+            assert_eq!(
+                crate::nat::forward_of(item, "127.0.0.1".parse().unwrap()).is_some(),
+                forwards,
+                "{iface}"
+            );
+        }
     }
 
     #[test]

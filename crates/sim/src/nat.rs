@@ -2,8 +2,10 @@
 //! dst-port=P to-addresses=A [to-ports=Q]` rule whose `dst-address` is empty or the
 //! router's address makes the sim listen on the router's address, port P, and forward
 //! each TCP connection to A:Q (Q defaults to P). `src-address` restricts who may connect
-//! (others are closed at once, as if dropped). Only the first matching rule for a port
-//! counts, as in RouterOS's rule order.
+//! (others are closed at once, as if dropped). `in-interface` names one of the sim's
+//! [`INTERFACES`]: every connection arrives on `ether1` (the sim has one address), so a
+//! rule for another interface (or `!ether1`) matches nothing. Only the first matching
+//! rule for a port counts, as in RouterOS's rule order.
 //!
 //! Removing or disabling a rule closes its listener **and** the connections it
 //! forwarded. A real router keeps established connections alive through conntrack
@@ -20,6 +22,13 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::AddressList;
 use crate::router::Router;
 use crate::state::Item;
+
+/// The sim's interfaces, as a CHR's: `ether1`, where every connection to its address
+/// arrives.
+pub const INTERFACES: &[&str] = &["ether1"];
+
+/// The one interface connections to the sim arrive on.
+const ARRIVAL: &str = "ether1";
 
 /// What one rule forwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +78,15 @@ pub fn forward_of(item: &Item, router_addr: IpAddr) -> Option<Forward> {
         return None;
     }
     let port: u16 = dst_port.parse().ok()?;
+    if let Some(i) = item.get("in-interface") {
+        let matches = match i.strip_prefix('!') {
+            Some(name) => name != ARRIVAL,
+            None => i == ARRIVAL,
+        };
+        if !matches {
+            return None;
+        }
+    }
     if let Some(dst) = item.get("dst-address") {
         let host = dst.strip_suffix("/32").unwrap_or(dst);
         if host.parse::<IpAddr>().ok()? != router_addr {

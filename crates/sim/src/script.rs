@@ -194,7 +194,12 @@ pub fn path_of(words: &[String]) -> String {
 }
 
 /// Resolves `[find …]` in `path`'s menu into comma-separated ids.
-fn find_ids(router: &Router, path: &str, conds: &[(String, String)]) -> Result<String, String> {
+fn find_ids(
+    router: &Router,
+    caller: &Caller,
+    path: &str,
+    conds: &[(String, String)],
+) -> Result<String, String> {
     let print = match path.rsplit_once('/') {
         Some((menu, _)) => format!("{menu}/print"),
         None => return Err("bad path".into()),
@@ -203,7 +208,8 @@ fn find_ids(router: &Router, path: &str, conds: &[(String, String)]) -> Result<S
     for (k, v) in conds {
         req = req.query(&format!("?{k}={v}"));
     }
-    let out = menu::execute(router, &Caller::system(), &req).map_err(|t| t.message)?;
+    // `find` reads, so it needs the `read` policy like a `print`.
+    let out = menu::execute(router, caller, &req).map_err(|t| t.message)?;
     let ids: Vec<String> = out
         .rows
         .into_iter()
@@ -236,7 +242,7 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, St
     for t in tokens.iter().skip(words.len()) {
         match t {
             Token::Find(conds) | Token::Pair(_, Value::Find(conds)) => {
-                let ids = find_ids(router, &path, conds)?;
+                let ids = find_ids(router, caller, &path, conds)?;
                 if ids.is_empty() {
                     // `remove [find …]` with no match does nothing, without an error.
                     return Ok(true);
@@ -386,7 +392,7 @@ fn run_script(router: &Router, caller: &Caller, script: &str) -> Result<(), Stri
             }
         }
         if let Some(each) = foreach(&line) {
-            let ids = find_ids(router, &each.path, &each.conds)?;
+            let ids = find_ids(router, caller, &each.path, &each.conds)?;
             for id in ids.split(',').filter(|i| !i.is_empty()) {
                 let body = each.body.replace(&format!("${}", each.var), id);
                 run_script(router, caller, &body)?;

@@ -61,6 +61,16 @@ impl Policies {
         Self::bit(name).is_some_and(|b| self.0 & b != 0)
     }
 
+    /// The granted ones alone, comma-separated (as a scheduler entry's `policy`).
+    pub fn granted(self) -> String {
+        POLICY_NAMES
+            .iter()
+            .filter(|p| self.has(p))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// As RouterOS prints a group's `policy`: granted ones, then the others with `!`.
     pub fn render(self) -> String {
         let granted = POLICY_NAMES
@@ -72,6 +82,16 @@ impl Policies {
             .filter(|p| !self.has(p))
             .map(|p| format!("!{p}"));
         granted.chain(denied).collect::<Vec<_>>().join(",")
+    }
+
+    /// Whether every policy of `self` is also in `other`.
+    pub fn within(self, other: Policies) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// The policies in both.
+    pub fn and(self, other: Policies) -> Policies {
+        Policies(self.0 & other.0)
     }
 
     pub fn without(self, names: &[&str]) -> Policies {

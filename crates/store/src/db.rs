@@ -414,6 +414,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "live expiry index",
             include_str!("../migrations/sqlite/0080_live_expiry_index.sql"),
         ),
+        // 95: API-SSL and its pinned certificate (a number clear of other branches).
+        migration(
+            95,
+            "router api tls",
+            include_str!("../migrations/sqlite/0095_router_api_tls.sql"),
+        ),
     ])
 }
 
@@ -487,6 +493,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             80,
             "live expiry index",
             include_str!("../migrations/postgres/0080_live_expiry_index.sql"),
+        ),
+        // 95: API-SSL and its pinned certificate (a number clear of other branches).
+        migration(
+            95,
+            "router api tls",
+            include_str!("../migrations/postgres/0095_router_api_tls.sql"),
         ),
     ])
 }

@@ -961,6 +961,22 @@ impl Store {
         })
     }
 
+    /// Whether a `write` access grant not yet final (its user may be on the router) is
+    /// on router `router_id`: while one is, no user-removing self-expiry entry may
+    /// stand there. One indexed read of at most one row.
+    pub async fn router_has_unfinished_write_access(&self, router_id: RouterId) -> Result<bool> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT id FROM transient_access WHERE router_id = $1 AND access = 'write' \
+                 AND status IN ('requested', 'provisioning', 'active', 'closing') LIMIT 1",
+            )
+            .bind(router_id.to_string())
+            .fetch_optional(p)
+            .await?;
+            Ok(row.is_some())
+        })
+    }
+
     /// Tells every process listening on this PostgreSQL store that a job was queued
     /// (`NOTIFY`); nothing on SQLite (one process per file).
     pub async fn notify_jobs(&self) -> Result<()> {

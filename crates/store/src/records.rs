@@ -112,6 +112,11 @@ pub struct Router {
     pub api_port: u16,
     pub ssh_port: u16,
     pub winbox_port: u16,
+    /// The API is reached over TLS (API-SSL), with the certificate pinned below.
+    pub api_tls: bool,
+    /// The SHA-256 of the router's certificate, as `CertFingerprint` prints it; with
+    /// `api_tls` and none yet, the first connection's is pinned and kept.
+    pub api_tls_fingerprint: Option<String>,
     pub username: String,
     pub status: RouterStatus,
     pub identity: Option<String>,
@@ -136,6 +141,8 @@ pub struct NewRouter {
     pub api_port: u16,
     pub ssh_port: u16,
     pub winbox_port: u16,
+    pub api_tls: bool,
+    pub api_tls_fingerprint: Option<String>,
     pub username: String,
     /// Plaintext; encrypted before it reaches the database.
     pub password: String,
@@ -149,6 +156,9 @@ pub struct RouterPatch {
     pub api_port: Option<u16>,
     pub ssh_port: Option<u16>,
     pub winbox_port: Option<u16>,
+    pub api_tls: Option<bool>,
+    /// `Some(None)` forgets the pin (the next connection pins afresh).
+    pub api_tls_fingerprint: Option<Option<String>>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub region_id: Option<RegionId>,
@@ -418,6 +428,8 @@ impl fmt::Debug for NewRouter {
             .field("api_port", &self.api_port)
             .field("ssh_port", &self.ssh_port)
             .field("winbox_port", &self.winbox_port)
+            .field("api_tls", &self.api_tls)
+            .field("api_tls_fingerprint", &self.api_tls_fingerprint)
             .field("username", &self.username)
             .field("password", &REDACTED)
             .finish()
@@ -432,6 +444,8 @@ impl fmt::Debug for RouterPatch {
             .field("api_port", &self.api_port)
             .field("ssh_port", &self.ssh_port)
             .field("winbox_port", &self.winbox_port)
+            .field("api_tls", &self.api_tls)
+            .field("api_tls_fingerprint", &self.api_tls_fingerprint)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("region_id", &self.region_id)
@@ -496,6 +510,8 @@ mod tests {
             api_port: 8728,
             ssh_port: 22,
             winbox_port: 8291,
+            api_tls: false,
+            api_tls_fingerprint: None,
             username: "admin".into(),
             password: "router-secret".into(),
         };

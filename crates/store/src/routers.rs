@@ -24,8 +24,9 @@ macro_rules! router_sql {
     ($tail:literal) => {
         concat!(
             "SELECT id, org_id, site_id, region_id, name, tunnel_address, api_port, ssh_port, \
-             winbox_port, username, status, identity, routeros_version, board_name, uptime, \
-             last_seen_at, created_at, updated_at FROM routers ",
+             winbox_port, api_tls, api_tls_fingerprint, username, status, identity, \
+             routeros_version, board_name, uptime, last_seen_at, created_at, updated_at \
+             FROM routers ",
             $tail
         )
     };
@@ -62,6 +63,8 @@ pub(crate) fn router_from(r: &impl Get) -> Result<Router> {
         api_port: r.port("api_port")?,
         ssh_port: r.port("ssh_port")?,
         winbox_port: r.port("winbox_port")?,
+        api_tls: r.flag("api_tls")?,
+        api_tls_fingerprint: r.opt_text("api_tls_fingerprint")?,
         username: r.text("username")?,
         status: r.parse("status")?,
         identity: r.opt_text("identity")?,
@@ -191,8 +194,9 @@ impl Store {
             let site_id: String = site.text("id")?;
             sqlx::query(
                 "INSERT INTO routers (id, org_id, site_id, region_id, name, tunnel_address, api_port, \
-                 ssh_port, winbox_port, username, password, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+                 ssh_port, winbox_port, username, password, status, created_at, updated_at, \
+                 api_tls, api_tls_fingerprint) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
             )
             .bind(id.to_string())
             .bind(new.org_id.to_string())
@@ -207,6 +211,8 @@ impl Store {
             .bind(sealed)
             .bind(RouterStatus::Unknown.as_str())
             .bind(ms(at))
+            .bind(new.api_tls)
+            .bind(&new.api_tls_fingerprint)
             .execute(&mut *tx)
             .await
             .map_err(|e| router_conflict(e, &new.name, &site_name))?;
@@ -241,7 +247,8 @@ impl Store {
         db!(self, |p, pg| {
             let row = sqlx::query(
                 "SELECT r.id, r.org_id, r.site_id, r.region_id, r.name, r.tunnel_address, \
-                 r.api_port, r.ssh_port, r.winbox_port, r.username, r.status, r.identity, \
+                 r.api_port, r.ssh_port, r.winbox_port, r.api_tls, r.api_tls_fingerprint, \
+                 r.username, r.status, r.identity, \
                  r.routeros_version, r.board_name, r.uptime, r.last_seen_at, r.created_at, \
                  r.updated_at, g.name AS region_name, g.entry_point AS region_entry_point, \
                  g.port_min AS region_port_min, g.port_max AS region_port_max, \
@@ -330,7 +337,9 @@ impl Store {
                  tunnel_address = COALESCE($4, tunnel_address), api_port = COALESCE($5, api_port), \
                  ssh_port = COALESCE($6, ssh_port), winbox_port = COALESCE($7, winbox_port), \
                  username = COALESCE($8, username), password = COALESCE($9, password), \
-                 region_id = COALESCE($10, region_id), updated_at = $11 \
+                 region_id = COALESCE($10, region_id), updated_at = $11, \
+                 api_tls = COALESCE($12, api_tls), \
+                 api_tls_fingerprint = CASE WHEN $13 THEN $14 ELSE api_tls_fingerprint END \
                  WHERE id = $1 AND org_id = $2",
             )
             .bind(id.to_string())
@@ -344,6 +353,9 @@ impl Store {
             .bind(sealed)
             .bind(patch.region_id.map(|r| r.to_string()))
             .bind(ms(now()))
+            .bind(patch.api_tls)
+            .bind(patch.api_tls_fingerprint.is_some())
+            .bind(patch.api_tls_fingerprint.clone().flatten())
             .execute(p)
             .await
             .map_err(|e| router_conflict(e, &name, ""))?
@@ -426,6 +438,25 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Pins the certificate a router's API-SSL presented on first use: only when it
+    /// uses TLS and has no pin yet (false otherwise: someone pinned or changed it
+    /// meanwhile). `updated_at` stays, so the connection that learnt it is kept.
+    pub async fn pin_router_certificate(&self, id: RouterId, fingerprint: &str) -> Result<bool> {
+        let _writer = self.sqlite_writer().await;
+        let changed = db_write!(self, |p, pg| {
+            sqlx::query(
+                "UPDATE routers SET api_tls_fingerprint = $2 \
+                 WHERE id = $1 AND api_tls AND api_tls_fingerprint IS NULL",
+            )
+            .bind(id.to_string())
+            .bind(fingerprint)
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        Ok(changed == 1)
     }
 
     /// A router's management password, decrypted (any organisation: for the

@@ -96,6 +96,8 @@ fn new_router(org: OrgId, region: &Region, name: &str, password: &str) -> NewRou
         api_port: 8728,
         ssh_port: 22,
         winbox_port: 8291,
+        api_tls: false,
+        api_tls_fingerprint: None,
         username: "admin".into(),
         password: password.into(),
     }

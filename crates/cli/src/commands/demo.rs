@@ -249,6 +249,8 @@ async fn register(
                         api_port: r.api_addr.port(),
                         ssh_port: r.ssh_addr.port(),
                         winbox_port: r.winbox_addr.port(),
+                        api_tls: false,
+                        api_tls_fingerprint: None,
                         username: "admin".into(),
                         password: r.admin_password.clone(),
                     })

@@ -121,6 +121,51 @@ pub fn tunnel_address(s: &str) -> Result<IpAddr, ValidationError> {
     }
 }
 
+/// Where a directly reached router is registered (field `tunnel_address`): what
+/// [`tunnel_address`] accepts, and like `allow_from` only a publicly routed address
+/// unless `policy.lab_mode` lets loopback and private ones in. Postern sends the router's
+/// management password there, so an address on the server's own machine or network is
+/// a lab's choice, never an operator's; shared (100.64.0.0/10), link-local and other
+/// special ranges are refused outright (a tunnelled router's address is Postern's to
+/// assign, never typed).
+pub fn router_address(s: &str, policy: &super::Policy) -> Result<IpAddr, ValidationError> {
+    let addr = tunnel_address(s)?;
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    };
+    match classify(addr) {
+        AddressClass::Public => Ok(addr),
+        AddressClass::Private | AddressClass::Loopback if policy.lab_mode => Ok(addr),
+        class => Err(ValidationError::new(
+            "tunnel_address",
+            format!(
+                "{addr} is {}; only publicly routed addresses are allowed (loopback and private ones in lab mode)",
+                class.describe()
+            ),
+        )),
+    }
+}
+
+/// The SHA-256 fingerprint of a router's API-SSL certificate (field
+/// `api_tls_fingerprint`): 64 hex digits, with or without `:` between bytes (as
+/// `openssl x509 -fingerprint -sha256` prints them), in either case. Shown canonically:
+/// lowercase, bytes separated by `:`.
+pub fn tls_fingerprint(s: &str) -> Result<String, ValidationError> {
+    let digits: String = s.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ValidationError::new(
+            "api_tls_fingerprint",
+            "must be the certificate's SHA-256: 64 hex digits, optionally separated by ':'",
+        ));
+    }
+    let lower = digits.to_ascii_lowercase();
+    let pairs: Vec<&str> = (0..32)
+        .filter_map(|i| lower.get(i * 2..i * 2 + 2))
+        .collect();
+    Ok(pairs.join(":"))
+}
+
 /// A gateway's public host name or address (field `entry_point`): an IP address or a DNS
 /// name of letters, digits and hyphens in labels of 1..=63, at most 253 characters.
 pub fn entry_point(s: &str) -> Result<String, ValidationError> {
@@ -205,6 +250,64 @@ mod tests {
             Ok("alice@example.org".to_owned()),
         );
         check(username("al ice"), Err(("username", "letters, digits")));
+    }
+
+    #[test]
+    fn tls_fingerprints_in_either_spelling() {
+        let plain = "AB".repeat(32);
+        let canonical = vec!["ab"; 32].join(":");
+        check(tls_fingerprint(&plain), Ok(canonical.clone()));
+        check(tls_fingerprint(&canonical), Ok(canonical.clone()));
+        for bad in [
+            "",
+            "ab",
+            &"ab".repeat(31),
+            &"ab".repeat(33),
+            &format!("g{}", &plain[1..]),
+        ] {
+            check(
+                tls_fingerprint(bad),
+                Err(("api_tls_fingerprint", "64 hex digits")),
+            );
+        }
+    }
+
+    #[test]
+    fn router_addresses_obey_the_allow_from_classes() {
+        let public = crate::rules::Policy { lab_mode: false };
+        let lab = crate::rules::Policy { lab_mode: true };
+        let rows: &[(&crate::rules::Policy, &str, Result<&str, &str>)] = &[
+            (&public, "203.0.113.7", Ok("203.0.113.7")),
+            (&public, "2001:db8::7", Ok("2001:db8::7")),
+            (&public, "127.0.0.5", Err("a loopback address")),
+            (&public, "::1", Err("a loopback address")),
+            (&public, "::ffff:127.0.0.5", Err("a loopback address")),
+            (&public, "10.0.0.1", Err("a private address")),
+            (&public, "192.168.88.1", Err("a private address")),
+            (&public, "fd00::1", Err("a private address")),
+            (&public, "100.64.0.2", Err("shared address space")),
+            (&public, "169.254.1.1", Err("link-local")),
+            (&public, "0.0.0.0", Err("unspecified")),
+            (&lab, "127.0.0.5", Ok("127.0.0.5")),
+            (&lab, "::ffff:127.0.0.5", Ok("127.0.0.5")),
+            (&lab, "10.0.0.1", Ok("10.0.0.1")),
+            (&lab, "100.64.0.2", Err("shared address space")),
+            (&lab, "169.254.1.1", Err("link-local")),
+        ];
+        for (policy, input, want) in rows {
+            match (router_address(input, policy), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got.to_string(), *w, "{input}"),
+                (Err(e), Err(w)) => {
+                    assert_eq!(e.field, "tunnel_address", "{input}");
+                    assert!(
+                        e.message.contains(w),
+                        "{input}: {:?} lacks {w:?}",
+                        e.message
+                    );
+                }
+                (got, want) => panic!("{input} ({policy:?}): got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ pub mod net;
 
 pub use expiry::{Limits, resolve_expiry, time_to_expire};
 pub use fields::{
-    entry_point, org_name, port, router_name, routeros_username, site_name, token_name,
-    tunnel_address, username,
+    entry_point, org_name, port, router_address, router_name, routeros_username, site_name,
+    tls_fingerprint, token_name, tunnel_address, username,
 };
 pub use net::{AddressClass, AllowFrom, DstAddress, classify, dst_port};
 

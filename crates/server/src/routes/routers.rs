@@ -31,6 +31,8 @@ pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
         api_port: r.api_port,
         ssh_port: r.ssh_port,
         winbox_port: r.winbox_port,
+        api_tls: r.api_tls,
+        api_tls_fingerprint: r.api_tls_fingerprint.clone(),
         username: r.username.clone(),
         status: r.status.as_str().to_owned(),
         identity: r.identity.clone(),
@@ -102,7 +104,7 @@ pub async fn routers_list(
     responses(
         (status = 201, description = "Created", body = RouterView),
         (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Viewers may not create", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only admins may register a router", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A router of that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
     )
@@ -112,15 +114,28 @@ pub async fn routers_post(
     caller: Caller,
     ApiJson(req): ApiJson<CreateRouter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require_write()?;
+    // Registering a directly reached router points the server at an address of the
+    // caller's choosing, with a login: an admin's act.
+    caller.require_admin()?;
     let mut checks = Checks::default();
     let name = checks.take(domain::rules::router_name(&req.name));
-    let tunnel_address = checks.take(domain::rules::tunnel_address(&req.tunnel_address));
+    let tunnel_address = checks.take(domain::rules::router_address(
+        &req.tunnel_address,
+        &state.policy(),
+    ));
     let username = checks.take(domain::rules::routeros_username(&req.username));
     check_password(&mut checks, &req.password);
+    let fingerprint = match &req.api_tls_fingerprint {
+        Some(f) => checks.take(domain::rules::tls_fingerprint(f)).map(Some),
+        None => Some(None),
+    };
+    let api_tls = req.api_tls.unwrap_or(req.api_tls_fingerprint.is_some());
+    if !api_tls && req.api_tls_fingerprint.is_some() {
+        checks.push("api_tls", "a pinned certificate needs api_tls");
+    }
     let api_port = checks.take(domain::rules::port(
         "api_port",
-        req.api_port.unwrap_or(8728),
+        req.api_port.unwrap_or(if api_tls { 8729 } else { 8728 }),
     ));
     let ssh_port = checks.take(domain::rules::port("ssh_port", req.ssh_port.unwrap_or(22)));
     let winbox_port = checks.take(domain::rules::port(
@@ -142,6 +157,7 @@ pub async fn routers_post(
         Some(winbox_port),
         Some(site_name),
         Some(region),
+        Some(api_tls_fingerprint),
     ) = (
         name,
         tunnel_address,
@@ -151,6 +167,7 @@ pub async fn routers_post(
         winbox_port,
         site,
         region,
+        fingerprint,
     )
     else {
         return Err(ApiError::Internal(
@@ -169,6 +186,8 @@ pub async fn routers_post(
             api_port,
             ssh_port,
             winbox_port,
+            api_tls,
+            api_tls_fingerprint,
             username,
             password: req.password,
         })
@@ -226,10 +245,10 @@ pub async fn router_get(
     responses(
         (status = 200, description = "The router as changed", body = RouterView),
         (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Viewers may not change", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers may not change a router; only admins may change where it is reached (tunnel_address and ports)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+        (status = 422, description = "Invalid field, or `password` missing while `tunnel_address` or `api_port` changes", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn router_patch(
@@ -240,13 +259,25 @@ pub async fn router_patch(
 ) -> Result<Json<RouterView>, ApiError> {
     caller.require_write()?;
     let router = load_router(&state, &caller, &router_id).await?;
+    // Where the router is reached (its address and ports) is an admin's to change, and
+    // where the management login goes (address, API port) only with that password typed
+    // again: the stored one is never sent to a new place on an operator's word.
+    let moves = req.tunnel_address.is_some()
+        || req.api_port.is_some()
+        || req.ssh_port.is_some()
+        || req.winbox_port.is_some()
+        || req.api_tls.is_some()
+        || req.api_tls_fingerprint.is_some();
+    if moves {
+        caller.require_admin()?;
+    }
     let mut checks = Checks::default();
     let mut patch = store::RouterPatch::default();
     if let Some(n) = &req.name {
         patch.name = checks.take(domain::rules::router_name(n));
     }
     if let Some(t) = &req.tunnel_address {
-        patch.tunnel_address = checks.take(domain::rules::tunnel_address(t));
+        patch.tunnel_address = checks.take(domain::rules::router_address(t, &state.policy()));
     }
     if let Some(u) = &req.username {
         patch.username = checks.take(domain::rules::routeros_username(u));
@@ -269,21 +300,36 @@ pub async fn router_patch(
             .await?
             .map(|g| g.id);
     }
+    match (req.api_tls, &req.api_tls_fingerprint) {
+        (Some(false), Some(_)) => checks.push("api_tls", "a pinned certificate needs api_tls"),
+        (Some(false), None) => {
+            patch.api_tls = Some(false);
+            patch.api_tls_fingerprint = Some(None);
+        }
+        (tls, Some(f)) => {
+            patch.api_tls = tls.or(Some(true));
+            patch.api_tls_fingerprint = checks.take(domain::rules::tls_fingerprint(f)).map(Some);
+        }
+        (Some(true), None) => patch.api_tls = Some(true),
+        (None, None) => {}
+    }
+    let login_moves = patch
+        .tunnel_address
+        .is_some_and(|a| a != router.tunnel_address)
+        || patch.api_port.is_some_and(|p| p != router.api_port)
+        || patch.api_tls.is_some_and(|t| t != router.api_tls)
+        || patch
+            .api_tls_fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != router.api_tls_fingerprint);
+    if login_moves && req.password.is_none() {
+        checks.push(
+            "password",
+            "the management password must be given again when tunnel_address, api_port or API-SSL changes",
+        );
+    }
     checks.finish()?;
     let now = state.now();
-    let changed: Vec<&str> = [
-        ("name", req.name.is_some()),
-        ("tunnel_address", req.tunnel_address.is_some()),
-        ("username", req.username.is_some()),
-        ("password", req.password.is_some()),
-        ("api_port", req.api_port.is_some()),
-        ("ssh_port", req.ssh_port.is_some()),
-        ("winbox_port", req.winbox_port.is_some()),
-        ("region", req.region.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
     let updated = state
         .store
         .update_router(caller.org_id, router.id, patch)
@@ -297,11 +343,77 @@ pub async fn router_patch(
             now,
             "router.update",
             Some(format!("router:{}", router.id)),
-            json!({ "changed": changed }),
+            json!({ "changed": changes(&router, &updated, req.password.is_some()) }),
         ))
         .await?;
+    let reached_elsewhere = updated.tunnel_address != router.tunnel_address
+        || updated.api_port != router.api_port
+        || updated.api_tls != router.api_tls
+        || updated.api_tls_fingerprint != router.api_tls_fingerprint
+        || updated.ssh_port != router.ssh_port
+        || updated.winbox_port != router.winbox_port
+        || updated.username != router.username
+        || req.password.is_some();
+    if reached_elsewhere {
+        // The open management connection goes (it was made to the old place or with
+        // the old login), and the live grants' entry ports forward to the new place.
+        if let Some(orchestrator) = &state.orchestrator {
+            orchestrator.router_changed(router.id);
+        }
+        if let Some(gateway) = &state.gateway {
+            gateway.router_moved(&updated).await;
+        }
+    }
     let region = state.store.get_region(updated.region_id).await?;
     Ok(Json(view(&updated, std::slice::from_ref(&region))))
+}
+
+/// What a change did, field by field with the old and the new value (the password only
+/// as changed, never its value), for the audit entry.
+fn changes(old: &store::Router, new: &store::Router, password: bool) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut field = |name: &str, before: String, after: String| {
+        if before != after {
+            out.insert(name.to_owned(), json!({ "old": before, "new": after }));
+        }
+    };
+    field("name", old.name.clone(), new.name.clone());
+    field(
+        "tunnel_address",
+        old.tunnel_address.to_string(),
+        new.tunnel_address.to_string(),
+    );
+    field(
+        "api_port",
+        old.api_port.to_string(),
+        new.api_port.to_string(),
+    );
+    field(
+        "ssh_port",
+        old.ssh_port.to_string(),
+        new.ssh_port.to_string(),
+    );
+    field(
+        "winbox_port",
+        old.winbox_port.to_string(),
+        new.winbox_port.to_string(),
+    );
+    field("api_tls", old.api_tls.to_string(), new.api_tls.to_string());
+    field(
+        "api_tls_fingerprint",
+        old.api_tls_fingerprint.clone().unwrap_or_default(),
+        new.api_tls_fingerprint.clone().unwrap_or_default(),
+    );
+    field("username", old.username.clone(), new.username.clone());
+    field(
+        "region",
+        old.region_id.to_string(),
+        new.region_id.to_string(),
+    );
+    if password {
+        out.insert("password".to_owned(), json!("changed"));
+    }
+    serde_json::Value::Object(out)
 }
 
 /// Removes a router; refused (409) while it has live grants.
