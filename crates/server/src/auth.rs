@@ -98,6 +98,23 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may read secrets: grants' credentials and terminal recordings
+    /// (which hold what the router printed). Admins and operators; never viewers.
+    pub fn may_read_credentials(&self) -> bool {
+        self.role.can_write()
+    }
+
+    /// Refuses a caller who may not read credentials or recordings.
+    pub fn require_credentials(&self) -> Result<(), ApiError> {
+        if self.may_read_credentials() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this role may not read credentials or recordings",
+            ))
+        }
+    }
+
     /// Refuses a caller who is not an admin.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.role.is_admin() {

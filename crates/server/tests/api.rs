@@ -520,6 +520,17 @@ async fn forward_validation_boundaries_both_sides(db: Db) {
             422,
             "allow_from",
         ),
+        // 6to4 around 127.0.0.1, and IPv6 for this region's IPv4-only entry point.
+        (
+            with(base.clone(), "allow_from", json!("2002:7f00:1::1")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("2001:db8::1")),
+            422,
+            "allow_from",
+        ),
         // No allow_from: the caller's address (loopback here) is not publicly routed.
         (without(base.clone(), "allow_from"), 422, "allow_from"),
         (with(base.clone(), "masquerade", json!(true)), 201, ""),
@@ -535,6 +546,19 @@ async fn forward_validation_boundaries_both_sides(db: Db) {
                 "{got}"
             );
         }
+    }
+
+    // The refusals say why: the embedded address, the entry point's family.
+    for (given, says) in [
+        (
+            "2002:7f00:1::1",
+            "6to4 address (2002::/16) around 127.0.0.1",
+        ),
+        ("2001:db8::1", "takes IPv4 connections only"),
+    ] {
+        let body = with(base.clone(), "allow_from", json!(given));
+        let (_, got) = s.forward(&s.a.operator, &router, body).await;
+        assert!(got.to_string().contains(says), "{given} → {got}");
     }
 
     // expires_at: within the limits, on both sides, and not together with minutes.
@@ -2081,6 +2105,17 @@ async fn health_metrics_and_docs_are_served(db: Db) {
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    // A page that sends the visitor's token: no framing, scripts from here only.
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    for part in [
+        "script-src 'self';",
+        "frame-ancestors 'none'",
+        "default-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
     if server::docs::embedded() {
         assert!(html.contains("swagger-ui-bundle.js"), "{html}");
@@ -2091,6 +2126,7 @@ async fn health_metrics_and_docs_are_served(db: Db) {
             .await
             .unwrap();
         assert_eq!(js.status(), StatusCode::OK);
+        assert_eq!(js.headers()["x-content-type-options"], "nosniff");
         assert!(js.bytes().await.unwrap().len() > 100_000);
         let css = s
             .http

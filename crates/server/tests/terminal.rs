@@ -663,6 +663,21 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
     assert!(!site_page.contains("terminal-open"));
     let (status, _) = w.press_terminal(w.site, &victor, &victor_csrf).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nor may a viewer replay or download a recording (it holds what the router
+    // printed): refused, and not linked from the Overview or the grant's row.
+    for p in [
+        format!("/sites/{}/recordings/{id}", w.site),
+        format!("/sites/{}/recordings/{id}/cast", w.site),
+    ] {
+        let resp = w.get(&p, &victor).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{p}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("\"version\""), "{p}: {body}");
+    }
+    let overview = w.page(&format!("/sites/{}", w.site), &victor).await;
+    assert!(!overview.contains("/recordings/"), "{overview}");
+    let access = w.page(&format!("/sites/{}/access", w.site), &victor).await;
+    assert!(!access.contains("/recordings/"), "{access}");
     // Without the CSRF token, the button is refused.
     let (status, _) = w.press_terminal(w.site, &carol, "wrong").await;
     assert_eq!(status, StatusCode::FORBIDDEN);

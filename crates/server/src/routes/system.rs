@@ -1,13 +1,15 @@
-//! Unguarded routes: `/healthz`, `/metrics` (Prometheus) and `/api/openapi.json`.
+//! Unguarded routes: `/healthz`, `/metrics` (Prometheus, behind its own token) and
+//! `/api/openapi.json`.
 
 use std::sync::OnceLock;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::dto::Health;
+use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Liveness and database reachability.
@@ -47,21 +49,34 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Request counts and latencies in the Prometheus text format.
+/// Request counts and latencies in the Prometheus text format. Served here only when
+/// `metrics_token` is configured, and then only to a request bearing it; otherwise on
+/// the separate `metrics_listen` listener alone (see SECURITY.md).
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "system",
-    security(()),
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
+    security(("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "`metrics_token` is configured and the request does not bear it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No `metrics_token` is configured: metrics are served only on `metrics_listen`, if set", body = Problem, content_type = "application/problem+json")
+    )
 )]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(secret) = &state.config.metrics_token else {
+        return ApiError::NotFound("route").into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    if !given.is_some_and(|t| secret.matches(t)) {
+        return ApiError::Unauthorized.into_response();
+    }
+    crate::metrics::exposition(State(state)).await
 }
 
 /// The OpenAPI 3 document of this API.
