@@ -61,6 +61,80 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
+/// Password hashing, bounded: argon2id takes 19 MiB and tens of milliseconds a hash, so
+/// at most `max` run at once; others wait in a queue of at most [`Hashing::QUEUE`] for
+/// up to `wait`, and beyond either are refused ([`ApiError::Busy`], 503) rather than
+/// piling up memory. Sign-ins, password changes and user creation all pass here.
+#[derive(Clone)]
+pub struct Hashing {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most_running: Arc<std::sync::atomic::AtomicUsize>,
+    wait: std::time::Duration,
+}
+
+const BUSY: &str = "the server is busy checking passwords: try again in a few seconds";
+
+impl Hashing {
+    /// The longest queue of hashes waiting for a slot.
+    pub const QUEUE: usize = 64;
+
+    pub fn new(max: usize, wait: std::time::Duration) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            waiting: Arc::default(),
+            running: Arc::default(),
+            most_running: Arc::default(),
+            wait,
+        }
+    }
+
+    /// The most hashes that ever ran at once in this process (for tests and metrics).
+    pub fn most_running(&self) -> usize {
+        self.most_running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if self.waiting.fetch_add(1, SeqCst) >= Self::QUEUE {
+            self.waiting.fetch_sub(1, SeqCst);
+            return Err(ApiError::Busy(BUSY));
+        }
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, SeqCst);
+        let Ok(Ok(permit)) = permit else {
+            return Err(ApiError::Busy(BUSY));
+        };
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most_running.fetch_max(now, Relaxed);
+        let running = self.running.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let out = work();
+            running.fetch_sub(1, SeqCst);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?;
+        Ok(out)
+    }
+
+    /// [`hash_password`], bounded.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// [`verify_password`], bounded.
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
+        self.run(move || verify_password(&password, &hash)).await
+    }
+}
+
 /// A random string from a CSPRNG over letters and digits.
 pub fn random_alnum(len: usize, lowercase_only: bool) -> String {
     const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

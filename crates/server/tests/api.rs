@@ -1834,6 +1834,18 @@ async fn admins_manage_tokens_and_users(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Names are per organisation (issue 13, finding 10): another tenant's "alice" is
+    // its own, and its creation tells nothing of this one's.
+    let (status, theirs) = s
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.b.admin),
+            Some(json!({"username": "alice", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{theirs}");
+    assert_ne!(theirs["id"], user["id"]);
     let (status, got) = s
         .call(
             Method::POST,

@@ -80,7 +80,7 @@ async fn user(store: &store::Store, org: domain::OrgId, name: &str, role: domain
 
 impl World {
     /// A server (lab mode: loopback visitors are allowed) with its orchestrator, a sim
-    /// router `identity` at `address` in organisation "alpha" (users alice, carol and the
+    /// router `identity` at `address` in organisation "default" (users alice, carol and the
     /// viewer victor), and organisation "beta" (bob) with a router of its own.
     async fn start(identity: &str, address: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -90,7 +90,7 @@ impl World {
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
-        let org = store.create_organisation("alpha").await.unwrap().id;
+        let org = store.create_organisation("default").await.unwrap().id;
         let other = store.create_organisation("beta").await.unwrap().id;
         user(&store, org, "alice", domain::Role::Admin).await;
         user(&store, org, "carol", domain::Role::Admin).await;
@@ -199,8 +199,10 @@ impl World {
             .post(format!("{}/login", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(format!(
-                "username={username}&password={}",
-                PASSWORD.replace(' ', "+")
+                "username={username}&password={}&organisation={}",
+                PASSWORD.replace(' ', "+"),
+                // bob is organisation "beta"'s; the others "default"'s.
+                if username == "bob" { "beta" } else { "" }
             ))
             .send()
             .await
