@@ -106,6 +106,9 @@ async fn token(store: &store::Store, org: domain::OrgId, role: domain::Role, nam
     secret
 }
 
+/// The test servers' `metrics_token`.
+const METRICS_TOKEN: &str = "metrics-token-for-tests-only";
+
 async fn org(store: &store::Store, name: &str) -> (domain::OrgId, Org) {
     let o = store.create_organisation(name).await.unwrap();
     let org = Org {
@@ -134,6 +137,7 @@ impl TestServer {
             body_limit_bytes: opts.body_limit,
             max_connections: opts.max_connections,
             idle_timeout: opts.idle,
+            metrics_token: Some(server::config::Secret::new(METRICS_TOKEN)),
             regions: vec![RegionConfig {
                 name: "local".into(),
                 entry_point: "us-east1.example.net".into(),
@@ -2056,7 +2060,8 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
             .send()
             .await
             .unwrap();
-        let want = if path.starts_with("/api/") {
+        // `/metrics` wants its own token.
+        let want = if path.starts_with("/api/") || path == "/metrics" {
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
@@ -2081,12 +2086,28 @@ async fn health_metrics_and_docs_are_served(db: Db) {
     s.call(Method::GET, "/api/routers", Some(&s.a.viewer), None)
         .await;
     s.call(Method::GET, "/api/routers", None, None).await;
+    // /metrics wants its own token (not an API token: an admin's is refused too).
+    for auth in [
+        None,
+        Some("wrong-token-of-some-length"),
+        Some(s.a.admin.as_str()),
+    ] {
+        let mut req = s.http.get(format!("{}/metrics", s.base));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
     let resp = s
         .http
         .get(format!("{}/metrics", s.base))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     assert!(
         resp.headers()["content-type"]
             .to_str()
@@ -2110,6 +2131,13 @@ async fn health_metrics_and_docs_are_served(db: Db) {
         text.contains(r#"postern_http_request_duration_seconds_count{route="/api/routers"} 2"#),
         "{text}"
     );
+    for line in [
+        r#"postern_http_connections_refused_total{reason="per_address_limit"} 0"#,
+        r#"postern_logins_refused_total{reason="busy"} 0"#,
+        "postern_http_connections_open ",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let page = s
         .http
         .get(format!("{}/api/docs", s.base))
