@@ -208,12 +208,15 @@ fn verify_in(memory: &mut Vec<argon2::Block>, password: &str, hash: &str) -> boo
     if memory.len() < blocks {
         memory.resize(blocks, argon2::Block::default());
     }
+    let Some(memory) = memory.get_mut(..blocks) else {
+        return false;
+    };
     let mut out = vec![0u8; expected.as_bytes().len()];
     let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
         password.as_bytes(),
         salt,
         &mut out,
-        &mut memory[..blocks],
+        memory,
     );
     // Compared in time that depends only on the length.
     computed.is_ok()
