@@ -661,6 +661,65 @@ port_max = 40010
     }
 
     #[test]
+    fn hardening_settings_have_safe_defaults_and_layers() {
+        let c = ServerConfig::default();
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections_per_address, 64);
+        assert_eq!(c.max_concurrent_hashes, 4);
+        assert!(c.public_hosts.is_empty());
+        assert_eq!((c.metrics_token.clone(), c.metrics_listen), (None, None));
+        let c = ServerConfig::load(
+            None,
+            env(&[
+                (
+                    "POSTERN_PUBLIC_HOSTS",
+                    "postern.example.net, ops.example.net:8443",
+                ),
+                ("POSTERN_METRICS_TOKEN", "sixteen-chars-at-least"),
+                ("POSTERN_METRICS_LISTEN", "127.0.0.1:9464"),
+                ("POSTERN_HEADER_TIMEOUT", "3s"),
+                ("POSTERN_MAX_CONNECTIONS_PER_ADDRESS", "8"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.public_hosts,
+            ["postern.example.net", "ops.example.net:8443"]
+        );
+        assert!(
+            c.metrics_token
+                .as_ref()
+                .unwrap()
+                .matches("sixteen-chars-at-least")
+        );
+        assert!(
+            !c.metrics_token
+                .as_ref()
+                .unwrap()
+                .matches("sixteen-chars-at-leas")
+        );
+        // The token never reaches a log through `Debug`.
+        assert!(!format!("{c:?}").contains("sixteen"));
+        assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+        assert_eq!(c.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_connections_per_address, 8);
+        for (key, value, says) in [
+            ("POSTERN_METRICS_TOKEN", "short", "16 characters"),
+            (
+                "POSTERN_PUBLIC_HOSTS",
+                "https://x.example/",
+                "not a host name",
+            ),
+            ("POSTERN_MAX_CONNECTIONS_PER_ADDRESS", "0", "at least 1"),
+        ] {
+            let e =
+                ServerConfig::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(says), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = ServerConfig::load(
             None,

@@ -39,6 +39,7 @@ use crate::state::AppState;
                        request's headers must arrive within `header_timeout` (10 s).",
         license(name = "MIT OR Apache-2.0")
     ),
+    paths(system::login_doc),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(

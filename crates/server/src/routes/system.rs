@@ -94,3 +94,38 @@ pub async fn openapi_json() -> Response {
     );
     response
 }
+
+/// The portal's sign-in form, as the OpenAPI document describes it (the route itself is
+/// the portal's, `portal::login`).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SignIn {
+    /// The user's name, unique within its organisation.
+    username: String,
+    password: String,
+    /// The organisation's name; empty or absent means `default` (or the only one).
+    organisation: Option<String>,
+}
+
+/// Signs in to the portal: a session cookie for the pages (the API itself takes bearer
+/// tokens only). Before any password is checked, attempts are throttled per client
+/// address and per (organisation, username, address): after 5 failures for a user (30
+/// from an address) each further one doubles the wait, from 2 s up to 15 minutes (429).
+/// At most `max_concurrent_hashes` passwords are checked at once; a sign-in that cannot
+/// start within `hash_queue_wait` is refused (503).
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "system",
+    security(()),
+    request_body(content = SignIn, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: the session cookie is set, and the browser is sent to /sites"),
+        (status = 401, description = "Wrong organisation, username or password: one answer for all, as an HTML page", content_type = "text/html"),
+        (status = 403, description = "Sent from another site's page (`Sec-Fetch-Site: cross-site` or a foreign `Origin`)", content_type = "text/html"),
+        (status = 429, description = "Throttled: too many failures from this address, or for this user from it; `Retry-After` gives the seconds to wait", content_type = "text/html"),
+        (status = 503, description = "Too many passwords being checked at once; `Retry-After: 5`", content_type = "text/html")
+    )
+)]
+#[allow(dead_code)]
+pub async fn login_doc() {}
