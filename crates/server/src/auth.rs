@@ -61,6 +61,178 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
+/// Password hashing, bounded: argon2id takes 19 MiB and tens of milliseconds a hash, so
+/// hashes run on `max` threads of their own and nowhere else; others wait in a queue of
+/// at most [`Hashing::QUEUE`] for up to `wait`, and beyond either are refused
+/// ([`ApiError::Busy`], 503) rather than piling up memory. Sign-ins and user creation
+/// pass here.
+///
+/// Why threads of their own rather than tokio's blocking pool: the allocator keeps
+/// freed memory per thread (glibc's arenas), so 19 MiB hashed once on each of dozens
+/// of pool threads stays resident on each; a fixed few threads keep it to a fixed few
+/// times 19 MiB (the flood test measured 650 MiB of peak growth on the pool, with four
+/// hashes at once).
+#[derive(Clone)]
+pub struct Hashing {
+    permits: Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most_running: Arc<std::sync::atomic::AtomicUsize>,
+    wait: std::time::Duration,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+const BUSY: &str = "the server is busy checking passwords: try again in a few seconds";
+
+impl Hashing {
+    /// The longest queue of hashes waiting for a slot.
+    pub const QUEUE: usize = 64;
+
+    /// Starts `max` hashing threads; they end when the last clone is dropped.
+    pub fn new(max: usize, wait: std::time::Duration) -> Self {
+        let max = max.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(max);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..max {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("postern-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a password hashing thread");
+            }
+        }
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            jobs,
+            waiting: Arc::default(),
+            running: Arc::default(),
+            most_running: Arc::default(),
+            wait,
+        }
+    }
+
+    /// The most hashes that ever ran at once in this process (for tests and metrics).
+    pub fn most_running(&self) -> usize {
+        self.most_running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `work` on a hashing thread once a slot is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if self.waiting.fetch_add(1, SeqCst) >= Self::QUEUE {
+            self.waiting.fetch_sub(1, SeqCst);
+            return Err(ApiError::Busy(BUSY));
+        }
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, SeqCst);
+        let Ok(Ok(permit)) = permit else {
+            return Err(ApiError::Busy(BUSY));
+        };
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most_running.fetch_max(now, Relaxed);
+        let running = self.running.clone();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = work();
+            running.fetch_sub(1, SeqCst);
+            drop(permit);
+            let _ = done.send(out);
+        });
+        // A permit means a thread is free (as many permits as threads), so this does not
+        // block; a send fails only if the threads are gone.
+        self.jobs
+            .try_send(job)
+            .map_err(|_| ApiError::Internal("password hashing threads are gone".into()))?;
+        result
+            .await
+            .map_err(|_| ApiError::Internal("a password hashing job was lost".into()))
+    }
+
+    /// [`hash_password`], bounded.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// [`verify_password`], bounded, in the hashing thread's own reused memory.
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
+        self.run(move || MEMORY.with(|m| verify_in(&mut m.borrow_mut(), &password, &hash)))
+            .await
+    }
+}
+
+/// The most memory a stored hash's parameters may ask a verification for (64 MiB, in
+/// 1 KiB blocks); a hash asking more never matches.
+const MAX_VERIFY_BLOCKS: usize = 64 * 1024;
+
+/// Verifies `password` against the PHC `hash` in `memory`, which is grown once to what
+/// the hash's parameters need and then reused, so a hashing thread holds one buffer for
+/// its life instead of allocating 19 MiB per attempt. A malformed hash never matches.
+fn verify_in(memory: &mut Vec<argon2::Block>, password: &str, hash: &str) -> bool {
+    let Ok(parsed) = argon2::PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if blocks > MAX_VERIFY_BLOCKS {
+        return false;
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let Some(memory) = memory.get_mut(..blocks) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.as_bytes().len()];
+    let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut out,
+        memory,
+    );
+    // Compared in time that depends only on the length.
+    computed.is_ok()
+        && out.len() == expected.as_bytes().len()
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+thread_local! {
+    /// A hashing thread's argon2 memory (see [`verify_in`]).
+    static MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A random string from a CSPRNG over letters and digits.
 pub fn random_alnum(len: usize, lowercase_only: bool) -> String {
     const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -95,6 +267,23 @@ impl Caller {
             Ok(())
         } else {
             Err(ApiError::Forbidden("this role may only read"))
+        }
+    }
+
+    /// Whether the caller may read secrets: grants' credentials and terminal recordings
+    /// (which hold what the router printed). Admins and operators; never viewers.
+    pub fn may_read_credentials(&self) -> bool {
+        self.role.can_write()
+    }
+
+    /// Refuses a caller who may not read credentials or recordings.
+    pub fn require_credentials(&self) -> Result<(), ApiError> {
+        if self.may_read_credentials() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this role may not read credentials or recordings",
+            ))
         }
     }
 
@@ -340,5 +529,15 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong", &h));
         assert!(!verify_password("x", "not a hash"));
+        // The hashing threads' verification agrees, reusing one buffer.
+        let mut memory = Vec::new();
+        assert!(verify_in(&mut memory, "correct horse", &h));
+        let len = memory.len();
+        assert_eq!(len, 19 * 1024);
+        assert!(!verify_in(&mut memory, "wrong", &h));
+        assert_eq!(memory.len(), len);
+        assert!(!verify_in(&mut memory, "x", "not a hash"));
+        let greedy = h.replace("m=19456", "m=1048576");
+        assert!(!verify_in(&mut memory, "correct horse", &greedy));
     }
 }

@@ -67,15 +67,94 @@ pub fn secret_key(path: &Path) -> Result<[u8; 32], BootstrapError> {
     Ok(key)
 }
 
-/// Opens the store the configuration names (creating the data directory for SQLite) and
-/// makes sure every configured region exists.
-pub async fn open_store(config: &ServerConfig) -> Result<store::Store, BootstrapError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| BootstrapError::DataDir {
-        path: config.data_dir.display().to_string(),
+/// Makes the data directory (0700) if it is absent, and brings it and the files in it
+/// (database, WAL, shared memory, key) to 0700 and 0600 if they are looser, whatever the
+/// umask: they hold the secret key and every sealed secret. Returns one note per path it
+/// had to tighten (each also logged as a warning), or that it could not.
+pub fn secure_data_dir(dir: &Path) -> Result<Vec<String>, BootstrapError> {
+    let failed = |source| BootstrapError::DataDir {
+        path: dir.display().to_string(),
         source,
-    })?;
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(failed)?;
+    let mut notes = Vec::new();
+    #[cfg(unix)]
+    {
+        tighten(dir, 0o700, &mut notes);
+        for entry in std::fs::read_dir(dir).map_err(failed)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                tighten(&entry.path(), 0o600, &mut notes);
+            }
+        }
+    }
+    Ok(notes)
+}
+
+/// Sets `path`'s mode to `mode` if group or others have any access, with a warning.
+#[cfg(unix)]
+fn tighten(path: &Path, mode: u32, notes: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let was = meta.permissions().mode() & 0o777;
+    if was & 0o077 == 0 {
+        return;
+    }
+    let note = match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Ok(()) => format!(
+            "{} was {was:o}, open to other users: set to {mode:o}",
+            path.display()
+        ),
+        Err(e) => format!(
+            "{} is {was:o}, open to other users, and could not be set to {mode:o}: {e}",
+            path.display()
+        ),
+    };
+    tracing::warn!("data directory: {note}");
+    notes.push(note);
+}
+
+/// Creates an empty file readable by its owner alone, unless it exists (SQLite then
+/// gives its WAL and shared-memory files the database file's mode).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the store the configuration names (creating the data directory for SQLite) and
+/// makes sure every configured region exists. The data directory and its files are
+/// checked, and tightened, before and after the database opens ([`secure_data_dir`]).
+pub async fn open_store(config: &ServerConfig) -> Result<store::Store, BootstrapError> {
+    secure_data_dir(&config.data_dir)?;
+    if config.database_url.is_none() {
+        create_private(&config.data_dir.join("postern.db")).map_err(|source| {
+            BootstrapError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
+        })?;
+    }
     let key = secret_key(&config.secret_key_path())?;
     let store = store::Store::open(&config.database_url(), &store::StoreConfig::new(key)).await?;
+    secure_data_dir(&config.data_dir)?;
     for region in &config.regions {
         domain::rules::entry_point(&region.entry_point)
             .map_err(|e| BootstrapError::Invalid(format!("region {}: {e}", region.name)))?;
@@ -190,6 +269,67 @@ pub async fn create_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Under umask 022 (files 0644, directories 0755 by default), a fresh data directory
+    /// and everything SQLite writes in it are still private; a looser one from before is
+    /// tightened with a note.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_directory_and_its_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("data");
+        let config = ServerConfig {
+            data_dir: dir.clone(),
+            ..ServerConfig::default()
+        };
+        let store = open_store(&config).await.unwrap();
+        let org = store.create_organisation("o").await.unwrap();
+        store
+            .create_user(store::NewUser {
+                org_id: org.id,
+                username: "u".into(),
+                role: Role::Admin,
+                password_hash: "x".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for name in [
+            "postern.db",
+            "postern.db-wal",
+            "postern.db-shm",
+            "secret.key",
+        ] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        store.close().await;
+
+        // A directory left open by an older version or a careless copy.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["postern.db", "secret.key"] {
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        let notes = secure_data_dir(&dir).unwrap();
+        rustix::process::umask(old);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("secret.key was 644")),
+            "{notes:?}"
+        );
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("postern.db")), 0o600);
+        assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert!(secure_data_dir(&dir).unwrap().is_empty());
+    }
 
     #[test]
     fn secret_key_is_made_once_with_mode_0600() {

@@ -82,6 +82,32 @@ impl RegionConfig {
     }
 }
 
+/// A secret from the configuration: compared, never printed (`Debug` shows its length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// Whether `given` is this secret, in time that depends only on the lengths.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest as _, Sha256};
+        let (a, b) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(given));
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} characters)", self.0.len())
+    }
+}
+
 /// Limits on a grant's life; durations so that a test server can allow seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantLimits {
@@ -126,6 +152,28 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A connection with no byte read or written for this long is closed.
     pub idle_timeout: Duration,
+    /// A request's headers must arrive whole within this long of its first byte (and a
+    /// new connection's first request within this long of the accept), however slowly
+    /// they trickle: else the connection is closed.
+    pub header_timeout: Duration,
+    /// Connections served at once from one client address; more are closed at once
+    /// (counted in `/metrics`). Trusted proxies are exempt.
+    pub max_connections_per_address: usize,
+    /// Password hashes (argon2id, 19 MiB each) computed at once for sign-ins; others
+    /// queue.
+    pub max_concurrent_hashes: usize,
+    /// How long a sign-in waits in that queue before it is refused with 503.
+    pub hash_queue_wait: Duration,
+    /// The host names (optionally `name:port`) the server is reached by, through a proxy
+    /// or directly: a request whose `Host` names any other is refused (421), so a DNS
+    /// rebinding page cannot talk to the server. IP addresses and `localhost` are always
+    /// accepted.
+    pub public_hosts: Vec<String>,
+    /// When set, `/metrics` on the main listener needs `Authorization: Bearer <it>`.
+    pub metrics_token: Option<Secret>,
+    /// When set, a second listener here serves `/metrics` (and `/healthz`) alone, with no
+    /// token. With neither, `/metrics` is not served (404).
+    pub metrics_listen: Option<SocketAddr>,
     /// Reuse grant lists while their router's grants version stands (see `cache`); off
     /// only to measure.
     pub list_cache: bool,
@@ -160,6 +208,13 @@ impl Default for ServerConfig {
             body_limit_bytes: 64 * 1024,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_address: 64,
+            max_concurrent_hashes: 4,
+            hash_queue_wait: Duration::from_secs(5),
+            public_hosts: Vec::new(),
+            metrics_token: None,
+            metrics_listen: None,
             list_cache: true,
             create_wait: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
@@ -189,6 +244,13 @@ struct FileConfig {
     body_limit_bytes: Option<usize>,
     max_connections: Option<usize>,
     idle_timeout: Option<String>,
+    header_timeout: Option<String>,
+    max_connections_per_address: Option<usize>,
+    max_concurrent_hashes: Option<usize>,
+    hash_queue_wait: Option<String>,
+    public_hosts: Option<Vec<String>>,
+    metrics_token: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     list_cache: Option<bool>,
     create_wait: Option<String>,
     reconcile_interval: Option<String>,
@@ -266,6 +328,24 @@ impl ServerConfig {
         if let Some(s) = f.idle_timeout {
             self.idle_timeout = parse_duration("idle_timeout", &s)?;
         }
+        if let Some(s) = f.header_timeout {
+            self.header_timeout = parse_duration("header_timeout", &s)?;
+        }
+        set(
+            &mut self.max_connections_per_address,
+            f.max_connections_per_address,
+        );
+        set(&mut self.max_concurrent_hashes, f.max_concurrent_hashes);
+        if let Some(s) = f.hash_queue_wait {
+            self.hash_queue_wait = parse_duration("hash_queue_wait", &s)?;
+        }
+        set(&mut self.public_hosts, f.public_hosts);
+        if let Some(t) = f.metrics_token {
+            self.metrics_token = Some(Secret::new(t));
+        }
+        if f.metrics_listen.is_some() {
+            self.metrics_listen = f.metrics_listen;
+        }
         if let Some(s) = f.create_wait {
             self.create_wait = parse_duration("create_wait", &s)?;
         }
@@ -310,6 +390,32 @@ impl ServerConfig {
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
+            "HEADER_TIMEOUT" => self.header_timeout = parse_duration(&key, value)?,
+            "IDLE_TIMEOUT" => self.idle_timeout = parse_duration(&key, value)?,
+            "HASH_QUEUE_WAIT" => self.hash_queue_wait = parse_duration(&key, value)?,
+            "MAX_CONNECTIONS" => {
+                self.max_connections = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_CONNECTIONS_PER_ADDRESS" => {
+                self.max_connections_per_address = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_CONCURRENT_HASHES" => {
+                self.max_concurrent_hashes = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "PUBLIC_HOSTS" => {
+                self.public_hosts = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            "METRICS_TOKEN" => {
+                self.metrics_token = Some(value).filter(|v| !v.is_empty()).map(Secret::new)
+            }
+            "METRICS_LISTEN" => {
+                self.metrics_listen = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+            }
             "TRUSTED_PROXIES" => {
                 self.trusted_proxies = value
                     .split(',')
@@ -370,6 +476,28 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid("max_connections_per_address", "must be at least 1"));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(invalid("header_timeout", "must be at least 1s"));
+        }
+        if self.max_concurrent_hashes == 0 {
+            return Err(invalid("max_concurrent_hashes", "must be at least 1"));
+        }
+        if let Some(t) = &self.metrics_token
+            && t.0.len() < 16
+        {
+            return Err(invalid("metrics_token", "must be at least 16 characters"));
+        }
+        for h in &self.public_hosts {
+            if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+                return Err(invalid(
+                    "public_hosts",
+                    &format!("{h:?} is not a host name (like postern.example.com)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -530,6 +658,65 @@ port_max = 40010
             ServerConfig::default().gateway_heartbeat,
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn hardening_settings_have_safe_defaults_and_layers() {
+        let c = ServerConfig::default();
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections_per_address, 64);
+        assert_eq!(c.max_concurrent_hashes, 4);
+        assert!(c.public_hosts.is_empty());
+        assert_eq!((c.metrics_token.clone(), c.metrics_listen), (None, None));
+        let c = ServerConfig::load(
+            None,
+            env(&[
+                (
+                    "POSTERN_PUBLIC_HOSTS",
+                    "postern.example.net, ops.example.net:8443",
+                ),
+                ("POSTERN_METRICS_TOKEN", "sixteen-chars-at-least"),
+                ("POSTERN_METRICS_LISTEN", "127.0.0.1:9464"),
+                ("POSTERN_HEADER_TIMEOUT", "3s"),
+                ("POSTERN_MAX_CONNECTIONS_PER_ADDRESS", "8"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.public_hosts,
+            ["postern.example.net", "ops.example.net:8443"]
+        );
+        assert!(
+            c.metrics_token
+                .as_ref()
+                .unwrap()
+                .matches("sixteen-chars-at-least")
+        );
+        assert!(
+            !c.metrics_token
+                .as_ref()
+                .unwrap()
+                .matches("sixteen-chars-at-leas")
+        );
+        // The token never reaches a log through `Debug`.
+        assert!(!format!("{c:?}").contains("sixteen"));
+        assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+        assert_eq!(c.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_connections_per_address, 8);
+        for (key, value, says) in [
+            ("POSTERN_METRICS_TOKEN", "short", "16 characters"),
+            (
+                "POSTERN_PUBLIC_HOSTS",
+                "https://x.example/",
+                "not a host name",
+            ),
+            ("POSTERN_MAX_CONNECTIONS_PER_ADDRESS", "0", "at least 1"),
+        ] {
+            let e =
+                ServerConfig::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(says), "{key}: {e}");
+        }
     }
 
     #[test]

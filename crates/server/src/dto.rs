@@ -29,8 +29,12 @@ pub struct CreateForward {
     /// The device's address: private (RFC 1918) or publicly routed.
     #[schema(example = "192.168.88.43")]
     pub dst_address: String,
-    /// Who may connect: an address or a CIDR between /24 and /32, publicly routed.
-    /// Defaults to the caller's own address.
+    /// Who may connect: an address or a CIDR, IPv4 /24 to /32 or IPv6 /48 to /128,
+    /// publicly routed (documentation ranges count; loopback and private only in lab
+    /// mode). IPv6 forms around a non-public IPv4 address are refused (6to4 2002::/16,
+    /// Teredo 2001::/32, whose ranges must be one /128, NAT64 64:ff9b::/32, IPv4-mapped
+    /// is read as its IPv4 address), and so is any IPv6 source when the router's entry
+    /// point takes IPv4 only. Defaults to the caller's own address.
     #[schema(example = "198.51.100.0/24")]
     pub allow_from: Option<String>,
     /// Add a masquerade rule, for devices that do not route through the router.
@@ -99,7 +103,12 @@ pub struct CreateAccess {
     pub full_access: Option<bool>,
     /// Also accept connections from private (RFC 1918) addresses (default false).
     pub allow_rfc1918: Option<bool>,
-    /// Who may connect (default: the caller's own address).
+    /// Who may connect: an address or a CIDR, IPv4 /24 to /32 or IPv6 /48 to /128,
+    /// publicly routed (documentation ranges count; loopback and private only in lab
+    /// mode). IPv6 forms around a non-public IPv4 address are refused (6to4 2002::/16,
+    /// Teredo 2001::/32, whose ranges must be one /128, NAT64 64:ff9b::/32, IPv4-mapped
+    /// is read as its IPv4 address), and so is any IPv6 source when the router's entry
+    /// point takes IPv4 only. Defaults to the caller's own address.
     #[schema(example = "198.51.100.0/24")]
     pub allow_from: Option<String>,
     #[schema(example = 120)]

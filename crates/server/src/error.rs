@@ -56,6 +56,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(&'static str),
+    /// A bounded resource (password hashing) stayed full: try again shortly (503 with
+    /// `Retry-After`).
+    #[error("{0}")]
+    Busy(&'static str),
     /// A fault of ours: logged with its cause, shown as a bare 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +79,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +93,7 @@ impl ApiError {
             Self::Validation(_) => "urn:postern:problem:validation",
             Self::PayloadTooLarge => "urn:postern:problem:too-large",
             Self::UnsupportedMediaType(_) => "urn:postern:problem:media-type",
+            Self::Busy(_) => "urn:postern:problem:busy",
             Self::Internal(_) => "about:blank",
         }
     }
@@ -140,6 +146,11 @@ pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()

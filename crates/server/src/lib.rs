@@ -18,7 +18,9 @@
 //! - `routes`: the URL map and the handlers, grouped by area.
 //! - [`docs`]: Swagger UI, embedded at build time.
 //! - [`metrics`]: Prometheus counters and latency histograms.
-//! - [`listen`]: the connection-capped listener and [`serve`].
+//! - [`listen`]: the connection-capped listener (per address too, header deadline) and
+//!   [`serve`].
+//! - [`hosts`]: the `Host` check against the configured public names (DNS rebinding).
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
 //!   recordings.
@@ -45,6 +47,7 @@ pub mod docs;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod hosts;
 pub mod listen;
 pub mod metrics;
 pub mod portal;
@@ -70,9 +73,22 @@ pub fn app(state: AppState) -> Router {
         .merge(portal::router(state.clone()))
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hosts::host_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))
+        .with_state(state)
+}
+
+/// What the separate metrics listener (`metrics_listen`) serves: `/metrics` and
+/// `/healthz`, nothing else.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics::exposition))
+        .route("/healthz", axum::routing::get(routes::healthz))
         .with_state(state)
 }
 
@@ -87,19 +103,53 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let max = state.config.max_connections;
-    let idle = state.config.idle_timeout;
+    let limits = listen::Limits::from_config(&state.config);
+    let stats = state.metrics.connections.clone();
     // Upgraded connections (terminals) outlive the HTTP drain: end them when it starts,
     // and give them a moment to revoke their access and close their recordings.
     let terminals = state.terminals.clone();
     let stop_terminals = terminals.clone();
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         stop_terminals.stop();
+        let _ = stopping.send(true);
     };
-    let served = listen::serve(listener, max, idle, app(state), shutdown).await;
+    let metrics = match state.config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(listen = %listener.local_addr()?, "metrics listening");
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(serve_metrics(
+                listener,
+                state.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let served = listen::serve(listener, limits, stats, app(state), shutdown).await;
     terminals.shutdown(std::time::Duration::from_secs(5)).await;
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
     served
+}
+
+/// Serves [`metrics_app`] on its own listener until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = listen::Limits {
+        max: 16,
+        ..listen::Limits::from_config(&state.config)
+    };
+    let stats = state.metrics.connections.clone();
+    listen::serve(listener, limits, stats, metrics_app(state), shutdown).await
 }
 
 pub use listen::serve;

@@ -1,13 +1,16 @@
-//! Serving: a listener that caps how many connections are served at once and closes
-//! connections idle too long (so silent or trickling clients cannot hold every slot), and
+//! Serving: a listener that caps how many connections are served at once, and from one
+//! client address, and closes connections that are idle too long or take too long to
+//! send a request's headers (so silent or trickling clients cannot hold every slot), and
 //! `serve`, which runs the app on a bound listener until the shutdown future resolves,
 //! then drains.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,36 +22,157 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-/// The peer of a connection, as the TCP socket saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// A TCP listener that accepts only while fewer than `max` connections are open; the
-/// others wait in the kernel's backlog.
-pub struct CappedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-    idle: Duration,
+/// How a listener limits its connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max: usize,
+    /// Connections at once from one address (IPv4) or one /64 (IPv6); more are closed.
+    pub per_address: usize,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle: Duration,
+    /// A request's headers must be complete this long after its first byte (a new
+    /// connection's, after the accept).
+    pub headers: Duration,
+    /// Peers exempt from the per-address cap (every connection of a reverse proxy
+    /// comes from it).
+    pub exempt: Vec<IpAddr>,
 }
 
-impl CappedListener {
-    /// At most `max` connections at once; one with no byte read or written for `idle` is
-    /// closed.
-    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
+impl Limits {
+    /// The limits a server's configuration sets.
+    pub fn from_config(c: &crate::config::ServerConfig) -> Self {
         Self {
-            inner,
-            permits: Arc::new(Semaphore::new(max.max(1))),
-            idle,
+            max: c.max_connections,
+            per_address: c.max_connections_per_address,
+            idle: c.idle_timeout,
+            headers: c.header_timeout,
+            exempt: c.trusted_proxies.clone(),
         }
     }
 }
 
-/// A connection holding its slot until it is dropped, closed when idle too long.
+/// What the listeners refused or cut, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Closed at accept: their address already had its share of connections.
+    pub refused_per_address: AtomicU64,
+    /// Closed because a request's headers did not arrive in time.
+    pub header_timeouts: AtomicU64,
+    /// Closed because nothing moved for the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Open now.
+    pub open: AtomicU64,
+}
+
+/// The key the per-address cap counts under: the IPv4 address, or the IPv6 /64 (one
+/// host usually holds a whole /64).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
+/// Connections open per address.
+#[derive(Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts a connection from `key` unless it already has `max`.
+    fn admit(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.open.lock()
+            && let Some(n) = open.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The peer of a connection, as the TCP socket saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A TCP listener that accepts only while fewer than `max` connections are open (the
+/// others wait in the kernel's backlog), and closes at once a connection from an address
+/// that already has `per_address`.
+pub struct CappedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+    per_address: Arc<PerAddress>,
+    stats: Arc<ConnectionStats>,
+}
+
+impl CappedListener {
+    pub fn new(inner: TcpListener, limits: Limits, stats: Arc<ConnectionStats>) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(limits.max.max(1))),
+            limits,
+            per_address: Arc::default(),
+            stats,
+        }
+    }
+}
+
+/// Where a connection is in its current request, as far as its deadlines care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request's headers: the header deadline runs.
+    Headers,
+    /// Headers read; the request is being served (body, handler, response).
+    Serving,
+    /// A response went out: the next byte read starts another request.
+    Responded,
+    /// Switched protocols (a WebSocket): only the idle timeout applies.
+    Upgraded,
+}
+
+/// A connection holding its slots until it is dropped, closed when idle too long or when
+/// a request's headers take too long.
 pub struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<AddressSlot>,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    headers: Duration,
+    header_deadline: Pin<Box<Sleep>>,
+    phase: Phase,
+    /// The last bytes read while in `Headers`, to find the blank line that ends them
+    /// across reads (`\n\n` or `\n\r\n`).
+    tail: [u8; 2],
+    stats: Arc<ConnectionStats>,
 }
 
 impl CappedStream {
@@ -57,16 +181,70 @@ impl CappedStream {
         self.deadline.as_mut().reset(next);
     }
 
+    /// Follows the request through the bytes just read.
+    fn read_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Responded {
+            self.phase = Phase::Headers;
+            self.tail = [0, 0];
+            let next = Instant::now() + self.headers;
+            self.header_deadline.as_mut().reset(next);
+        }
+        if self.phase != Phase::Headers {
+            return;
+        }
+        for &b in bytes {
+            let ends = b == b'\n' && (self.tail[1] == b'\n' || self.tail == *b"\n\r");
+            self.tail = [self.tail[1], b];
+            if ends {
+                self.phase = Phase::Serving;
+                return;
+            }
+        }
+    }
+
+    /// Follows the response through the bytes about to be written.
+    fn wrote_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.phase == Phase::Upgraded {
+            return;
+        }
+        if bytes.starts_with(b"HTTP/1.1 101 ") {
+            self.phase = Phase::Upgraded;
+        } else if bytes.starts_with(b"HTTP/1.1 1") {
+            // 100 Continue: the request's body follows.
+        } else if self.phase == Phase::Serving {
+            self.phase = Phase::Responded;
+        }
+    }
+
     /// After an inner poll returned `Pending`: fails the connection if it has been idle
-    /// past its deadline (the timer wakes the task when it fires).
-    fn check_idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+    /// past its deadline, or its request's headers are late (the timers wake the task).
+    fn check_deadlines<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.phase == Phase::Headers && self.header_deadline.as_mut().poll(cx).is_ready() {
+            self.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "connection idle too long",
-            ))),
+                "request headers too slow",
+            )));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle too long",
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Drop for CappedStream {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -83,13 +261,39 @@ impl Listener for CappedListener {
             };
             match self.inner.accept().await {
                 Ok((stream, peer)) => {
+                    let slot = if self.limits.exempt.contains(&peer.ip()) {
+                        None
+                    } else {
+                        match self
+                            .per_address
+                            .admit(address_key(peer.ip()), self.limits.per_address)
+                        {
+                            Some(slot) => Some(slot),
+                            None => {
+                                // Its address has its share: closed before a byte is
+                                // read, and its permit goes back at once.
+                                self.stats
+                                    .refused_per_address
+                                    .fetch_add(1, Ordering::Relaxed);
+                                drop(stream);
+                                continue;
+                            }
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
+                    self.stats.open.fetch_add(1, Ordering::Relaxed);
                     return (
                         CappedStream {
                             stream,
                             _permit: permit,
-                            idle: self.idle,
-                            deadline: Box::pin(tokio::time::sleep(self.idle)),
+                            _slot: slot,
+                            idle: self.limits.idle,
+                            deadline: Box::pin(tokio::time::sleep(self.limits.idle)),
+                            headers: self.limits.headers,
+                            header_deadline: Box::pin(tokio::time::sleep(self.limits.headers)),
+                            phase: Phase::Headers,
+                            tail: [0, 0],
+                            stats: self.stats.clone(),
                         },
                         ClientAddr(peer),
                     );
@@ -122,12 +326,14 @@ impl AsyncRead for CappedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.progressed();
+                this.read_bytes(buf.filled().get(before..).unwrap_or_default());
                 Poll::Ready(r)
             }
-            Poll::Pending => this.check_idle(cx),
+            Poll::Pending => this.check_deadlines(cx),
         }
     }
 }
@@ -142,9 +348,12 @@ impl AsyncWrite for CappedStream {
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 this.progressed();
+                if let Ok(n) = &r {
+                    this.wrote_bytes(buf.get(..*n).unwrap_or_default());
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending => this.check_idle(cx),
+            Poll::Pending => this.check_deadlines(cx),
         }
     }
 
@@ -165,9 +374,15 @@ impl AsyncWrite for CappedStream {
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(r) => {
                 this.progressed();
+                if let Ok(n) = &r
+                    && *n > 0
+                    && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+                {
+                    this.wrote_bytes(first.get(..(*n).min(first.len())).unwrap_or_default());
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending => this.check_idle(cx),
+            Poll::Pending => this.check_deadlines(cx),
         }
     }
 
@@ -176,20 +391,48 @@ impl AsyncWrite for CappedStream {
     }
 }
 
-/// Serves `app` on `listener` (at most `max_connections` at once) until `shutdown`
-/// resolves; then stops accepting and waits for open requests to finish.
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves; then stops
+/// accepting and waits for open requests to finish. What the limits cut is counted in
+/// `stats`.
 pub async fn serve(
     listener: TcpListener,
-    max_connections: usize,
-    idle: Duration,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = CappedListener::new(listener, max_connections, idle);
+    let listener = CappedListener::new(listener, limits, stats);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_counted_by_host_or_slash_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_key(ip("198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(address_key(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2::9")),
+            address_key(ip("2001:db8:1:2:ffff::1"))
+        );
+        let table = Arc::new(PerAddress::default());
+        let a = table.admit(ip("192.0.2.1"), 2).unwrap();
+        let _b = table.admit(ip("192.0.2.1"), 2).unwrap();
+        assert!(table.admit(ip("192.0.2.1"), 2).is_none());
+        assert!(table.admit(ip("192.0.2.2"), 2).is_some());
+        drop(a);
+        assert!(table.admit(ip("192.0.2.1"), 2).is_some());
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +33,19 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
+    /// What the listeners refused or cut (`listen`).
+    pub connections: Arc<crate::listen::ConnectionStats>,
+    /// Sign-ins refused before any password was checked (`portal::login`).
+    pub logins: Arc<LoginStats>,
+}
+
+/// Sign-ins the login's bounds refused.
+#[derive(Debug, Default)]
+pub struct LoginStats {
+    /// Refused by the per-address or per-(user, address) throttle.
+    pub throttled: AtomicU64,
+    /// Refused because the password-hashing queue stayed full (503).
+    pub busy: AtomicU64,
 }
 
 impl Metrics {
@@ -57,6 +71,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_connections(&mut out);
         let Ok(inner) = self.inner.lock() else {
             return out;
         };
@@ -104,10 +119,76 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn render_connections(&self, out: &mut String) {
+        let c = &self.connections;
+        let counter = |out: &mut String, name: &str, help: &str, rows: &[(&str, &AtomicU64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (reason, n) in rows {
+                let _ = writeln!(
+                    out,
+                    "{name}{{reason=\"{reason}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        };
+        counter(
+            out,
+            "postern_http_connections_refused_total",
+            "Connections closed at accept, by reason.",
+            &[("per_address_limit", &c.refused_per_address)],
+        );
+        counter(
+            out,
+            "postern_http_connections_timed_out_total",
+            "Connections closed for being too slow, by reason.",
+            &[("headers", &c.header_timeouts), ("idle", &c.idle_timeouts)],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP postern_http_connections_open Connections open now.\n\
+             # TYPE postern_http_connections_open gauge\n\
+             postern_http_connections_open {}",
+            c.open.load(Ordering::Relaxed)
+        );
+        counter(
+            out,
+            "postern_logins_refused_total",
+            "Sign-ins refused before a password was checked, by reason.",
+            &[
+                ("throttled", &self.logins.throttled),
+                ("busy", &self.logins.busy),
+            ],
+        );
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// `/metrics` itself: the text exposition (the main listener's route checks the token
+/// first; the metrics listener serves this as it is).
+pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut text = state.metrics.render();
+    // Jobs the router refused as unknown or invalid: not retried, to be acted on.
+    if let Ok(stuck) = state.store.count_stuck_jobs().await {
+        text.push_str(
+            "# HELP postern_router_jobs_stuck Router jobs stopped because the router refused a command as unknown or invalid.\n",
+        );
+        text.push_str("# TYPE postern_router_jobs_stuck gauge\n");
+        text.push_str(&format!("postern_router_jobs_stuck {stuck}\n"));
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Middleware: times each request and records it under its route template (never the raw

@@ -42,11 +42,16 @@ pub struct AppState {
     pub gateway: Option<crate::dataplane::GatewayPlane>,
     /// The portal's terminal sessions running in this process.
     pub terminals: crate::terminal::Terminals,
+    /// Password hashing, bounded (`max_concurrent_hashes`, `hash_queue_wait`).
+    pub hashing: crate::auth::Hashing,
 }
 
 impl AppState {
     pub fn new(store: store::Store, config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
+        let hashing =
+            crate::auth::Hashing::new(config.max_concurrent_hashes, config.hash_queue_wait);
         Self {
+            hashing,
             store,
             config: Arc::new(config),
             clock,

@@ -106,6 +106,9 @@ async fn token(store: &store::Store, org: domain::OrgId, role: domain::Role, nam
     secret
 }
 
+/// The test servers' `metrics_token`.
+const METRICS_TOKEN: &str = "metrics-token-for-tests-only";
+
 async fn org(store: &store::Store, name: &str) -> (domain::OrgId, Org) {
     let o = store.create_organisation(name).await.unwrap();
     let org = Org {
@@ -134,6 +137,7 @@ impl TestServer {
             body_limit_bytes: opts.body_limit,
             max_connections: opts.max_connections,
             idle_timeout: opts.idle,
+            metrics_token: Some(server::config::Secret::new(METRICS_TOKEN)),
             regions: vec![RegionConfig {
                 name: "local".into(),
                 entry_point: "us-east1.example.net".into(),
@@ -520,6 +524,17 @@ async fn forward_validation_boundaries_both_sides(db: Db) {
             422,
             "allow_from",
         ),
+        // 6to4 around 127.0.0.1, and IPv6 for this region's IPv4-only entry point.
+        (
+            with(base.clone(), "allow_from", json!("2002:7f00:1::1")),
+            422,
+            "allow_from",
+        ),
+        (
+            with(base.clone(), "allow_from", json!("2001:db8::1")),
+            422,
+            "allow_from",
+        ),
         // No allow_from: the caller's address (loopback here) is not publicly routed.
         (without(base.clone(), "allow_from"), 422, "allow_from"),
         (with(base.clone(), "masquerade", json!(true)), 201, ""),
@@ -535,6 +550,19 @@ async fn forward_validation_boundaries_both_sides(db: Db) {
                 "{got}"
             );
         }
+    }
+
+    // The refusals say why: the embedded address, the entry point's family.
+    for (given, says) in [
+        (
+            "2002:7f00:1::1",
+            "6to4 address (2002::/16) around 127.0.0.1",
+        ),
+        ("2001:db8::1", "takes IPv4 connections only"),
+    ] {
+        let body = with(base.clone(), "allow_from", json!(given));
+        let (_, got) = s.forward(&s.a.operator, &router, body).await;
+        assert!(got.to_string().contains(says), "{given} → {got}");
     }
 
     // expires_at: within the limits, on both sides, and not together with minutes.
@@ -1987,6 +2015,18 @@ async fn admins_manage_tokens_and_users(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Names are per organisation (issue 13, finding 10): another tenant's "alice" is
+    // its own, and its creation tells nothing of this one's.
+    let (status, theirs) = s
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.b.admin),
+            Some(json!({"username": "alice", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{theirs}");
+    assert_ne!(theirs["id"], user["id"]);
     let (status, got) = s
         .call(
             Method::POST,
@@ -2099,6 +2139,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/users/{user_id}"),
     ("get", "/healthz"),
     ("get", "/metrics"),
+    ("post", "/login"),
 ];
 
 async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
@@ -2197,7 +2238,8 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
             .send()
             .await
             .unwrap();
-        let want = if path.starts_with("/api/") {
+        // `/metrics` wants its own token; an empty sign-in is refused.
+        let want = if path.starts_with("/api/") || path == "/metrics" || path == "/login" {
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
@@ -2222,12 +2264,28 @@ async fn health_metrics_and_docs_are_served(db: Db) {
     s.call(Method::GET, "/api/routers", Some(&s.a.viewer), None)
         .await;
     s.call(Method::GET, "/api/routers", None, None).await;
+    // /metrics wants its own token (not an API token: an admin's is refused too).
+    for auth in [
+        None,
+        Some("wrong-token-of-some-length"),
+        Some(s.a.admin.as_str()),
+    ] {
+        let mut req = s.http.get(format!("{}/metrics", s.base));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
     let resp = s
         .http
         .get(format!("{}/metrics", s.base))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     assert!(
         resp.headers()["content-type"]
             .to_str()
@@ -2251,6 +2309,13 @@ async fn health_metrics_and_docs_are_served(db: Db) {
         text.contains(r#"postern_http_request_duration_seconds_count{route="/api/routers"} 2"#),
         "{text}"
     );
+    for line in [
+        r#"postern_http_connections_refused_total{reason="per_address_limit"} 0"#,
+        r#"postern_logins_refused_total{reason="busy"} 0"#,
+        "postern_http_connections_open ",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let page = s
         .http
         .get(format!("{}/api/docs", s.base))
@@ -2258,6 +2323,17 @@ async fn health_metrics_and_docs_are_served(db: Db) {
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    // A page that sends the visitor's token: no framing, scripts from here only.
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    for part in [
+        "script-src 'self';",
+        "frame-ancestors 'none'",
+        "default-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
     if server::docs::embedded() {
         assert!(html.contains("swagger-ui-bundle.js"), "{html}");
@@ -2268,6 +2344,7 @@ async fn health_metrics_and_docs_are_served(db: Db) {
             .await
             .unwrap();
         assert_eq!(js.status(), StatusCode::OK);
+        assert_eq!(js.headers()["x-content-type-options"], "nosniff");
         assert!(js.bytes().await.unwrap().len() > 100_000);
         let css = s
             .http

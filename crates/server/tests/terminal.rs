@@ -80,7 +80,7 @@ async fn user(store: &store::Store, org: domain::OrgId, name: &str, role: domain
 
 impl World {
     /// A server (lab mode: loopback visitors are allowed) with its orchestrator, a sim
-    /// router `identity` at `address` in organisation "alpha" (users alice, carol and the
+    /// router `identity` at `address` in organisation "default" (users alice, carol and the
     /// viewer victor), and organisation "beta" (bob) with a router of its own.
     async fn start(identity: &str, address: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -90,7 +90,7 @@ impl World {
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
-        let org = store.create_organisation("alpha").await.unwrap().id;
+        let org = store.create_organisation("default").await.unwrap().id;
         let other = store.create_organisation("beta").await.unwrap().id;
         user(&store, org, "alice", domain::Role::Admin).await;
         user(&store, org, "carol", domain::Role::Admin).await;
@@ -203,8 +203,10 @@ impl World {
             .post(format!("{}/login", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(format!(
-                "username={username}&password={}",
-                PASSWORD.replace(' ', "+")
+                "username={username}&password={}&organisation={}",
+                PASSWORD.replace(' ', "+"),
+                // bob is organisation "beta"'s; the others "default"'s.
+                if username == "bob" { "beta" } else { "" }
             ))
             .send()
             .await
@@ -667,6 +669,21 @@ async fn terminals_are_refused_to_strangers_and_hostile_messages_end_them() {
     assert!(!site_page.contains("terminal-open"));
     let (status, _) = w.press_terminal(w.site, &victor, &victor_csrf).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nor may a viewer replay or download a recording (it holds what the router
+    // printed): refused, and not linked from the Overview or the grant's row.
+    for p in [
+        format!("/sites/{}/recordings/{id}", w.site),
+        format!("/sites/{}/recordings/{id}/cast", w.site),
+    ] {
+        let resp = w.get(&p, &victor).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{p}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("\"version\""), "{p}: {body}");
+    }
+    let overview = w.page(&format!("/sites/{}", w.site), &victor).await;
+    assert!(!overview.contains("/recordings/"), "{overview}");
+    let access = w.page(&format!("/sites/{}/access", w.site), &victor).await;
+    assert!(!access.contains("/recordings/"), "{access}");
     // Without the CSRF token, the button is refused.
     let (status, _) = w.press_terminal(w.site, &carol, "wrong").await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -122,8 +122,8 @@ impl Store {
         u64::try_from(n).map_err(|_| StoreError::Corrupt("negative count".into()))
     }
 
-    /// Creates a user; `Conflict` if the username is taken (usernames are global, as
-    /// they are what people log in with).
+    /// Creates a user; `Conflict` if the username is taken in its organisation
+    /// (usernames are per organisation: another tenant's names are never revealed).
     pub async fn create_user(&self, new: NewUser) -> Result<User> {
         let _writer = self.sqlite_writer().await;
         let user = User {
@@ -156,19 +156,54 @@ impl Store {
         Ok(user)
     }
 
-    /// The user with this login name, in any organisation.
-    pub async fn find_user_by_username(&self, username: &str) -> Result<Option<User>> {
+    /// The user of `org` with this login name.
+    pub async fn find_user(&self, org: OrgId, username: &str) -> Result<Option<User>> {
         if username.contains('\0') {
             // PostgreSQL refuses NUL in text; such a name cannot exist.
             return Ok(None);
         }
         db!(self, |p, pg| {
-            let row = sqlx::query(user_sql!("WHERE username = $1"))
+            let row = sqlx::query(user_sql!("WHERE org_id = $1 AND username = $2"))
+                .bind(org.to_string())
                 .bind(username)
                 .fetch_optional(p)
                 .await?;
             row.map(|r| user_from(&r)).transpose()
         })
+    }
+
+    /// The organisation with this name (the oldest, should two share it), for sign-in.
+    pub async fn find_organisation_by_name(&self, name: &str) -> Result<Option<Organisation>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT id, name, created_at FROM organisations WHERE name = $1 \
+                 ORDER BY created_at, id LIMIT 1",
+            )
+            .bind(name)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| -> Result<Organisation> {
+                Ok(Organisation {
+                    id: r.parse("id")?,
+                    name: r.text("name")?,
+                    created_at: r.time("created_at")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    /// The organisation a sign-in that names none means: the one named "default"
+    /// (first start makes it), or else the only one, if there is exactly one.
+    pub async fn default_organisation(&self) -> Result<Option<Organisation>> {
+        if let Some(org) = self.find_organisation_by_name("default").await? {
+            return Ok(Some(org));
+        }
+        let mut all = self.list_organisations().await?;
+        Ok(if all.len() == 1 { all.pop() } else { None })
     }
 
     /// A user of `org`.

@@ -343,6 +343,22 @@ fn migration(version: i64, description: &'static str, sql: &'static str) -> Migr
     )
 }
 
+/// A migration that opens its own transaction (SQLite's table rebuilds, which need
+/// foreign keys off, and that pragma does nothing inside a transaction).
+fn migration_outside_transaction(
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+) -> Migration {
+    Migration::new(
+        version,
+        description.into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        true,
+    )
+}
+
 /// SQLite's migrations, embedded from `migrations/sqlite`.
 pub(crate) fn sqlite_migrator() -> Migrator {
     Migrator::with_migrations(vec![
@@ -419,6 +435,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             95,
             "router api tls",
             include_str!("../migrations/sqlite/0095_router_api_tls.sql"),
+        ),
+        // 100: usernames unique per organisation (a number clear of other branches').
+        migration_outside_transaction(
+            100,
+            "usernames per organisation",
+            include_str!("../migrations/sqlite/0100_usernames_per_organisation.sql"),
         ),
     ])
 }
@@ -499,6 +521,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             95,
             "router api tls",
             include_str!("../migrations/postgres/0095_router_api_tls.sql"),
+        ),
+        // 100: usernames unique per organisation.
+        migration(
+            100,
+            "usernames per organisation",
+            include_str!("../migrations/postgres/0100_usernames_per_organisation.sql"),
         ),
     ])
 }

@@ -223,9 +223,11 @@ async fn accounts(ctx: &Ctx) {
         })
         .await
         .unwrap();
+    // Names are per organisation: taken in its own, free in another (whose answer
+    // says nothing of this one's names).
     let msg = conflict(
         s.create_user(NewUser {
-            org_id: other.id,
+            org_id: org.id,
             username: "alice".into(),
             role: Role::Viewer,
             password_hash: "h".into(),
@@ -233,12 +235,41 @@ async fn accounts(ctx: &Ctx) {
         .await,
     );
     assert!(msg.contains("alice"), "{msg}");
-    assert_eq!(s.count_users().await.unwrap(), 2);
+    let other_alice = s
+        .create_user(NewUser {
+            org_id: other.id,
+            username: "alice".into(),
+            role: Role::Viewer,
+            password_hash: "h".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.count_users().await.unwrap(), 3);
 
-    let found = s.find_user_by_username("alice").await.unwrap().unwrap();
+    let found = s.find_user(org.id, "alice").await.unwrap().unwrap();
     assert_eq!(found, alice);
     assert!(!found.disabled);
-    assert!(s.find_user_by_username("carol").await.unwrap().is_none());
+    assert_eq!(
+        s.find_user(other.id, "alice").await.unwrap().unwrap(),
+        other_alice
+    );
+    assert!(s.find_user(other.id, "bob").await.unwrap().is_none());
+    assert!(s.find_user(org.id, "carol").await.unwrap().is_none());
+    assert_eq!(
+        s.find_organisation_by_name("globex").await.unwrap(),
+        Some(other.clone())
+    );
+    assert!(
+        s.find_organisation_by_name("GLOBEX")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Neither is "default" and there are two: a sign-in must name its organisation.
+    assert_eq!(s.default_organisation().await.unwrap(), None);
+    let default = s.create_organisation("default").await.unwrap();
+    assert_eq!(s.default_organisation().await.unwrap(), Some(default));
+    s.delete_user(other.id, other_alice.id).await.unwrap();
     assert_eq!(s.get_user(org.id, bob.id).await.unwrap(), bob);
     let names: Vec<_> = s
         .list_users(org.id)
@@ -1688,7 +1719,8 @@ both!(ports_first_free_in_candidate_order, port_order);
 
 async fn hostile_text(ctx: &Ctx) {
     let s = &ctx.store;
-    assert!(s.find_user_by_username("a\0b").await.unwrap().is_none());
+    assert!(s.find_user(OrgId::new(), "a\0b").await.unwrap().is_none());
+    assert!(s.find_organisation_by_name("a\0b").await.unwrap().is_none());
     assert!(s.find_api_token_by_hash("\0").await.unwrap().is_none());
     assert!(s.find_region_by_name("eu\0").await.unwrap().is_none());
     // Text is bound, never spliced into SQL.
@@ -1706,17 +1738,95 @@ async fn hostile_text(ctx: &Ctx) {
     .await
     .unwrap();
     assert_eq!(
-        s.find_user_by_username(name)
-            .await
-            .unwrap()
-            .unwrap()
-            .username,
+        s.find_user(org.id, name).await.unwrap().unwrap().username,
         name
     );
     assert_eq!(s.get_organisation(org.id).await.unwrap().name, org.name);
     assert_eq!(s.count_users().await.unwrap(), 1);
 }
 both!(hostile_text_is_harmless, hostile_text);
+
+/// SQLite's migration 100 rebuilds `users`: on a database from before it, users,
+/// sessions and tokens survive with their links, and a name may then exist once per
+/// organisation.
+#[tokio::test]
+async fn sqlite_users_rebuild_keeps_sessions_and_tokens() {
+    use sqlx::{Connection as _, Executor as _, Row as _};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    c.execute("PRAGMA foreign_keys = ON").await.unwrap();
+    let mut before = Vec::new();
+    for entry in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        before.push(path);
+    }
+    before.sort();
+    let (upgrade, earlier) = before.split_last().unwrap();
+    assert!(upgrade.ends_with("0100_usernames_per_organisation.sql"));
+    for path in earlier {
+        c.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(
+            std::fs::read_to_string(path).unwrap(),
+        )))
+        .await
+        .unwrap();
+    }
+    c.execute(sqlx::raw_sql(
+        "INSERT INTO organisations VALUES ('o1', 'default', 1), ('o2', 'beta', 2); \
+         INSERT INTO users VALUES ('u1', 'o1', 'admin', 'admin', 'h', FALSE, 1); \
+         INSERT INTO sessions (id_hash, user_id, org_id, csrf_token, created_at, last_seen_at, expires_at) \
+             VALUES ('s1', 'u1', 'o1', 'c', 1, 1, 9); \
+         INSERT INTO api_tokens (id, org_id, name, role, token_hash, created_by, created_at) \
+             VALUES ('t1', 'o1', 'ci', 'admin', 'x', 'u1', 1);",
+    ))
+    .await
+    .unwrap();
+    c.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(
+        std::fs::read_to_string(upgrade).unwrap(),
+    )))
+    .await
+    .unwrap();
+    let count = |sql: &'static str| sqlx::query(sql);
+    let n: i64 = count("SELECT COUNT(*) FROM sessions WHERE user_id = 'u1'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the session survived the rebuild");
+    let by: Option<String> = count("SELECT created_by FROM api_tokens WHERE id = 't1'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by.as_deref(), Some("u1"), "the token still names its maker");
+    let broken = count("PRAGMA foreign_key_check")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert!(broken.is_empty());
+    // The same name in another organisation is now allowed, twice in one is not.
+    c.execute("INSERT INTO users VALUES ('u2', 'o2', 'admin', 'admin', 'h', FALSE, 2)")
+        .await
+        .unwrap();
+    assert!(
+        c.execute("INSERT INTO users VALUES ('u3', 'o1', 'admin', 'admin', 'h', FALSE, 3)")
+            .await
+            .is_err()
+    );
+    // Foreign keys are on again, and point at the new table: deleting a user ends its
+    // sessions and unlinks its tokens.
+    c.execute("DELETE FROM users WHERE id = 'u1'")
+        .await
+        .unwrap();
+    let n: i64 = count("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
 
 #[tokio::test]
 async fn sqlite_file_uses_wal() {

@@ -177,10 +177,14 @@ async fn admin_password(store: &store::Store) -> anyhow::Result<String> {
     if let Some(admin) = server::bootstrap::first_start(store).await? {
         return Ok(admin.password);
     }
-    let user = store
-        .find_user_by_username("admin")
+    let org = store
+        .default_organisation()
         .await?
-        .context("this data directory has users but no `admin`")?;
+        .context("this data directory has users but no organisation \"default\"")?;
+    let user = store
+        .find_user(org.id, "admin")
+        .await?
+        .context("this data directory has users but no `admin` in organisation \"default\"")?;
     let password = server::auth::random_alnum(20, false);
     let hash = {
         let p = password.clone();

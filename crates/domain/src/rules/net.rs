@@ -30,6 +30,9 @@ pub enum AddressClass {
     Broadcast,
     /// Any other special-purpose range, described by the text.
     Reserved(&'static str),
+    /// An IPv6 form that carries an IPv4 address which is not publicly routed (6to4
+    /// around 127.0.0.1, Teredo through a private server): `form` names the form.
+    Embeds { form: &'static str, v4: Ipv4Addr },
 }
 
 impl AddressClass {
@@ -44,6 +47,19 @@ impl AddressClass {
             AddressClass::Unspecified => "the unspecified address",
             AddressClass::Broadcast => "the broadcast address",
             AddressClass::Reserved(what) => what,
+            AddressClass::Embeds { form, .. } => form,
+        }
+    }
+
+    /// A phrase for messages that also names an embedded IPv4 address and its class:
+    /// "a 6to4 address (2002::/16) around 127.0.0.1, a loopback address".
+    pub fn explain(self) -> String {
+        match self {
+            AddressClass::Embeds { form, v4 } => format!(
+                "{form} around {v4}, {}",
+                classify(IpAddr::V4(v4)).describe()
+            ),
+            other => other.describe().to_owned(),
         }
     }
 }
@@ -105,8 +121,68 @@ pub fn classify(addr: IpAddr) -> AddressClass {
     }
 }
 
+/// Where an IPv6 form carries an IPv4 address: the form's prefix, the bit offset of the
+/// IPv4 address in the IPv6 one, and the mask it is XORed with (Teredo obscures its
+/// client's address). A form may carry two (Teredo's server and client).
+struct Embedding {
+    prefix: (Ipv6Addr, u8),
+    form: &'static str,
+    at: &'static [(u32, u32)],
+}
+
+/// IPv6 forms that embed an IPv4 address (RFC 3056, RFC 6052, RFC 4380). Routed, they
+/// reach whatever the IPv4 address reaches, so they are as public as it is. IPv4-mapped
+/// (`::ffff:0:0/96`) is classed as its IPv4 address instead, and the NAT64 and
+/// IPv4-compatible forms lie outside 2000::/3, which is refused whatever they carry.
+const V6_EMBEDDINGS: &[Embedding] = &[
+    Embedding {
+        prefix: (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16),
+        form: "a 6to4 address (2002::/16)",
+        at: &[(16, 0)],
+    },
+    Embedding {
+        prefix: (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32),
+        form: "a Teredo address (2001::/32)",
+        at: &[(32, 0), (96, u32::MAX)],
+    },
+];
+
+/// Special-purpose IPv6 ranges refused with words of their own, most specific first.
+const V6_RANGES: &[((Ipv6Addr, u8), AddressClass)] = &[(
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 32),
+    AddressClass::Reserved(
+        "a NAT64 address (64:ff9b::/96 or 64:ff9b:1::/48): name the IPv4 source instead",
+    ),
+)];
+
+fn in_v6(addr: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    u128::from(addr) & mask == u128::from(net) & mask
+}
+
+/// The IPv4 address `a` carries at bit `offset`, un-XORed with `xor`.
+fn v4_at(a: Ipv6Addr, offset: u32, xor: u32) -> Ipv4Addr {
+    let bits = u128::from(a).checked_shl(offset).unwrap_or(0) >> 96;
+    Ipv4Addr::from(u32::try_from(bits).unwrap_or(0) ^ xor)
+}
+
+/// The first IPv4 address `a` carries that is not publicly routed, with its form.
+fn embedded_non_public(a: Ipv6Addr) -> Option<AddressClass> {
+    let e = V6_EMBEDDINGS.iter().find(|e| in_v6(a, e.prefix))?;
+    e.at.iter()
+        .map(|&(offset, xor)| v4_at(a, offset, xor))
+        .find(|v4| classify(IpAddr::V4(*v4)) != AddressClass::Public)
+        .map(|v4| AddressClass::Embeds { form: e.form, v4 })
+}
+
 fn classify_v6(a: Ipv6Addr) -> AddressClass {
     let first = a.segments()[0];
+    if let Some(class) = embedded_non_public(a) {
+        return class;
+    }
+    if let Some((_, class)) = V6_RANGES.iter().find(|(range, _)| in_v6(a, *range)) {
+        return *class;
+    }
     if a.is_unspecified() {
         AddressClass::Unspecified
     } else if a.is_loopback() {
@@ -174,15 +250,50 @@ impl AllowFrom {
 
     fn check_class(net: IpNet, policy: &Policy) -> Result<(), ValidationError> {
         // Every refused range is at least as wide as the narrowest prefix we accept, so
-        // the class of the network address is the class of the whole network.
-        match classify(net.network()) {
-            AddressClass::Public => Ok(()),
-            AddressClass::Private | AddressClass::Loopback if policy.lab_mode => Ok(()),
-            class => Err(ValidationError::new(
+        // the class of the network address is the class of the whole network; but for
+        // the IPv6 forms that embed IPv4 addresses, so is the last address (a Teredo
+        // client's address sits in the low bits a /48 leaves open).
+        let refused = |class: AddressClass| {
+            ValidationError::new(
                 ALLOW_FROM,
                 format!(
                     "{net} is {}; only publicly routed sources are allowed",
-                    class.describe()
+                    class.explain()
+                ),
+            )
+        };
+        if let IpNet::V6(v6) = net {
+            let teredo = V6_EMBEDDINGS.iter().find(|e| e.at.len() > 1);
+            if v6.prefix_len() < 128 && teredo.is_some_and(|e| in_v6(v6.network(), e.prefix)) {
+                return Err(ValidationError::new(
+                    ALLOW_FROM,
+                    format!(
+                        "{net} is a range of Teredo addresses (2001::/32), each around an \
+                         IPv4 address of its own; name one address (/128)"
+                    ),
+                ));
+            }
+        }
+        for addr in [net.network(), net.broadcast()] {
+            match classify(addr) {
+                AddressClass::Public => {}
+                AddressClass::Private | AddressClass::Loopback if policy.lab_mode => {}
+                class => return Err(refused(class)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an IPv6 network for an entry point that takes IPv4 only (`entry_point`
+    /// names it in the message): such a grant could never be used.
+    pub fn require_ipv4(self, entry_point: &str) -> Result<Self, ValidationError> {
+        match self.0 {
+            IpNet::V4(_) => Ok(self),
+            IpNet::V6(_) => Err(ValidationError::new(
+                ALLOW_FROM,
+                format!(
+                    "{} is IPv6, but the entry point {entry_point} takes IPv4 connections only",
+                    self.0
                 ),
             )),
         }
@@ -459,6 +570,91 @@ mod tests {
             (LAB, "224.0.0.1", Err("multicast")),
             (LAB, "100.64.0.1", Err("shared address space")),
             (LAB, "10.0.0.0/23", Err("between /24 and /32")),
+            // IPv6 forms that carry a non-public IPv4 address: 6to4 (its IPv4 address
+            // in bits 16-47), Teredo (server in bits 32-63, client XORed in the last 32),
+            // NAT64 (refused whatever it carries), IPv4-compatible, IPv4-mapped.
+            (
+                PUBLIC,
+                "2002:7f00:1::1",
+                Err("a 6to4 address (2002::/16) around 127.0.0.1, a loopback address"),
+            ),
+            (
+                PUBLIC,
+                "2002:7f00:1::/48",
+                Err("6to4 address (2002::/16) around 127.0.0.1"),
+            ),
+            (
+                PUBLIC,
+                "2002:c0a8:101::/48",
+                Err("around 192.168.1.1, a private address"),
+            ),
+            (
+                PUBLIC,
+                "2002:a00:1::1",
+                Err("around 10.0.0.1, a private address"),
+            ),
+            (
+                PUBLIC,
+                "2002:a9fe:1::1",
+                Err("around 169.254.0.1, a link-local"),
+            ),
+            (
+                PUBLIC,
+                "2002:6440:1::1",
+                Err("around 100.64.0.1, shared address space"),
+            ),
+            (
+                PUBLIC,
+                "2002::1",
+                Err("around 0.0.0.0, the unspecified address"),
+            ),
+            (PUBLIC, "2002:c633:6407::/48", Ok("2002:c633:6407::/48")),
+            (PUBLIC, "2002:808:808::1", Ok("2002:808:808::1/128")),
+            (
+                LAB,
+                "2002:7f00:1::1",
+                Err("6to4 address (2002::/16) around 127.0.0.1"),
+            ),
+            (
+                PUBLIC,
+                "2001:0:a00:1::3fff:fffe",
+                Err("a Teredo address (2001::/32) around 10.0.0.1, a private address"),
+            ),
+            (
+                PUBLIC,
+                "2001:0:c633:6401::80ff:fffe",
+                Err("Teredo address (2001::/32) around 127.0.0.1"),
+            ),
+            (
+                PUBLIC,
+                "2001:0:c633:6401::3ccc:9bf8",
+                Ok("2001:0:c633:6401::3ccc:9bf8/128"),
+            ),
+            (
+                PUBLIC,
+                "2001:0:c633:6401::/64",
+                Err("name one address (/128)"),
+            ),
+            (PUBLIC, "2001:db8:1::/48", Ok("2001:db8:1::/48")),
+            (
+                PUBLIC,
+                "64:ff9b::a00:1",
+                Err("a NAT64 address (64:ff9b::/96"),
+            ),
+            (PUBLIC, "64:ff9b::808:808", Err("NAT64 address")),
+            (PUBLIC, "64:ff9b:1::a00:1", Err("NAT64 address")),
+            (LAB, "64:ff9b::7f00:1", Err("NAT64 address")),
+            (PUBLIC, "::127.0.0.1", Err("not a global unicast address")),
+            (
+                PUBLIC,
+                "::ffff:127.0.0.1",
+                Err("127.0.0.1/32 is a loopback address"),
+            ),
+            (
+                PUBLIC,
+                "::ffff:0:a00:1",
+                Err("not a global unicast address"),
+            ),
         ];
         for &(policy, input, expected) in rows {
             check(policy, input, expected);
@@ -481,6 +677,34 @@ mod tests {
         let own = AllowFrom::from_addr("::ffff:203.0.113.5".parse().unwrap(), &PUBLIC).unwrap();
         assert_eq!(own.to_string(), "203.0.113.5/32");
         assert!(AllowFrom::from_addr("127.0.0.1".parse().unwrap(), &PUBLIC).is_err());
+    }
+
+    #[test]
+    fn allow_from_for_an_ipv4_only_entry_point() {
+        let rows: &[(&str, Result<&str, &str>)] = &[
+            ("198.51.100.7", Ok("198.51.100.7/32")),
+            ("::ffff:198.51.100.7", Ok("198.51.100.7/32")),
+            (
+                "2001:db8::1",
+                Err("2001:db8::1/128 is IPv6, but the entry point 192.0.2.1 takes IPv4"),
+            ),
+            ("2001:db8::/48", Err("is IPv6")),
+        ];
+        for &(input, expected) in rows {
+            let got = AllowFrom::parse(input, &PUBLIC)
+                .and_then(|a| a.require_ipv4("192.0.2.1"))
+                .map(|a| a.to_string());
+            match (got, expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
+                (Err(e), Err(want)) => {
+                    assert_eq!(e.field, "allow_from");
+                    assert!(e.message.contains(want), "{input}: {}", e.message);
+                }
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+        let lab = AllowFrom::parse("::1", &LAB).unwrap();
+        assert!(lab.require_ipv4("127.0.0.1").is_err());
     }
 
     fn check_dst(input: &str, expected: Result<&str, &str>) {

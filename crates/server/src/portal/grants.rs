@@ -549,6 +549,7 @@ async fn rows(
         return Ok(Vec::new());
     };
     let org = signed.caller.org_id;
+    let may_replay = signed.caller.may_read_credentials();
     Ok(match kind {
         Which::Forwards => state
             .store
@@ -571,8 +572,7 @@ async fn rows(
                 .await?
                 .into_iter()
                 .map(|g| {
-                    let recording = recorded
-                        .contains(&g.id)
+                    let recording = (may_replay && recorded.contains(&g.id))
                         .then(|| urls::recording(site, g.id));
                     let (status, mut row) = access_row(site, g);
                     row.recording_url = recording;

@@ -1,8 +1,15 @@
-//! Signing in and out: the login form, the argon2id check (the same work whether or not
-//! the user exists), the session cookie, and the audit entries.
+//! Signing in and out: the login form, the throttle (checked before any hashing), the
+//! argon2id check (bounded by [`crate::auth::Hashing`], the same work whether or not the
+//! user exists), the session cookie, and the audit entries.
+//!
+//! A user is named by organisation and username: usernames are unique per organisation.
+//! The form's Organisation field may be left empty for organisation `default` (made at
+//! first start; or the only organisation, when there is one alone), so a single-tenant
+//! installation signs in with the username alone.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use askama::Template;
 use axum::extract::{FromRequest as _, FromRequestParts as _, Request, State};
@@ -12,9 +19,9 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::error::PortalError;
-use super::session::{self, Signed, Throttle};
+use super::session::{self, Signed, Throttle, Verdict};
 use super::{render, urls};
-use crate::auth::{hash_password, verify_password};
+use crate::auth::hash_password;
 use crate::state::AppState;
 
 /// The longest username or password the form takes.
@@ -26,15 +33,17 @@ struct LoginPage {
     css: String,
     action: &'static str,
     username: String,
-    error: Option<&'static str>,
+    organisation: String,
+    error: Option<String>,
 }
 
 impl LoginPage {
-    fn new(username: String, error: Option<&'static str>) -> Self {
+    fn new(username: String, organisation: String, error: Option<String>) -> Self {
         Self {
             css: urls::asset("portal.css"),
             action: urls::LOGIN,
             username,
+            organisation,
             error,
         }
     }
@@ -45,6 +54,8 @@ impl LoginPage {
 pub struct LoginForm {
     username: String,
     password: String,
+    /// Empty: organisation `default` (or the only one).
+    organisation: String,
 }
 
 /// `GET /login`: the form, or the sites for someone already signed in.
@@ -56,7 +67,7 @@ pub async fn login_get(
     if Signed::from_request_parts(&mut parts, &state).await.is_ok() {
         return Ok(Redirect::to(urls::SITES).into_response());
     }
-    render(&LoginPage::new(String::new(), None))
+    render(&LoginPage::new(String::new(), String::new(), None))
 }
 
 /// A hash to verify against when the user does not exist, so both cases cost the same.
@@ -65,9 +76,12 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("postern dummy password").unwrap_or_default())
 }
 
-const FAILED: &str = "Wrong username or password (after repeated failures, wait a few minutes).";
+const FAILED: &str = "Wrong username or password (or organisation).";
 
-/// `POST /login`: checks the password and opens a session.
+/// `POST /login`: checks the password and opens a session. Refused with 401 (wrong
+/// organisation, username or password: one message), 429 (throttled: this address, or
+/// this user from this address, failed too often; `Retry-After`) or 503 (too many
+/// passwords being checked at once; `Retry-After`).
 pub async fn login_post(
     State(state): State<AppState>,
     Extension(throttle): Extension<Throttle>,
@@ -81,28 +95,81 @@ pub async fn login_post(
         Err(_) => LoginForm::default(),
     };
     let username = form.username.trim().to_owned();
-    let fail = |username: String| -> Result<Response, PortalError> {
-        let page = LoginPage::new(username, Some(FAILED));
-        Ok((StatusCode::UNAUTHORIZED, render(&page)?).into_response())
+    let org_name = form.organisation.trim().to_owned();
+    let refuse = |status: StatusCode, message: String, retry: Option<u64>| {
+        let page = LoginPage::new(
+            username.chars().take(MAX_FIELD).collect(),
+            org_name.chars().take(MAX_FIELD).collect(),
+            Some(message),
+        );
+        let mut res = (status, render(&page)?).into_response();
+        if let Some(secs) = retry
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Ok::<_, PortalError>(res)
     };
-    if username.is_empty() || username.len() > MAX_FIELD || form.password.len() > MAX_FIELD {
-        return fail(username.chars().take(MAX_FIELD).collect());
+    if username.is_empty()
+        || username.len() > MAX_FIELD
+        || form.password.len() > MAX_FIELD
+        || org_name.len() > MAX_FIELD
+    {
+        return refuse(StatusCode::UNAUTHORIZED, FAILED.to_owned(), None);
     }
-    let allowed = throttle.allows(address, &username);
-    let user = state.store.find_user_by_username(&username).await?;
+    // Who is meant: cheap reads, before the throttle and the hash.
+    let org = if org_name.is_empty() {
+        state.store.default_organisation().await?
+    } else {
+        state.store.find_organisation_by_name(&org_name).await?
+    };
+    let org_key = org.as_ref().map_or_else(
+        || format!("?{}", org_name.to_lowercase()),
+        |o| o.id.to_string(),
+    );
+    let user = match &org {
+        Some(o) => state.store.find_user(o.id, &username).await?,
+        None => None,
+    };
+    if let Verdict::Wait(wait) = throttle.check(address, &org_key, &username, Instant::now()) {
+        state
+            .metrics
+            .logins
+            .throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let secs = wait.as_secs().max(1);
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many failed sign-ins from your address: try again in {secs} s."),
+            Some(secs),
+        );
+    }
     let hash = user
         .as_ref()
         .filter(|u| !u.disabled)
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    let password = form.password;
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let matches = match state.hashing.verify(form.password, hash).await {
+        Ok(m) => m,
+        Err(crate::error::ApiError::Busy(_)) => {
+            state
+                .metrics
+                .logins
+                .busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is busy checking passwords: try again in a few seconds.".to_owned(),
+                Some(5),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let refused_before = throttle.take_refused(address, &org_key, &username);
     let user = match user {
-        Some(u) if matches && allowed && !u.disabled => u,
+        Some(u) if matches && !u.disabled => u,
         other => {
-            throttle.failed(address, &username);
+            throttle.failed(address, &org_key, &username, Instant::now());
             if let Some(u) = other {
                 audit(
                     &state,
@@ -110,13 +177,14 @@ pub async fn login_post(
                     &u.username,
                     address,
                     "session.login_failed",
+                    refused_before,
                 )
                 .await?;
             }
-            return fail(username);
+            return refuse(StatusCode::UNAUTHORIZED, FAILED.to_owned(), None);
         }
     };
-    throttle.succeeded(&username);
+    throttle.succeeded(address, &org_key, &username);
     let token = session::random_token();
     let now = state.now();
     state
@@ -141,6 +209,7 @@ pub async fn login_post(
         &user.username,
         address,
         "session.login",
+        refused_before,
     )
     .await?;
     let mut res = Redirect::to(urls::SITES).into_response();
@@ -167,6 +236,7 @@ pub async fn logout_post(
         &signed.username,
         signed.caller.address,
         "session.logout",
+        0,
     )
     .await?;
     let mut res = Redirect::to(urls::LOGIN).into_response();
@@ -175,13 +245,21 @@ pub async fn logout_post(
     Ok(res)
 }
 
+/// One audit entry; `throttled` is how many attempts for this user from this address
+/// the throttle refused since the last entry (counted here, never one entry each).
 async fn audit(
     state: &AppState,
     org_id: domain::OrgId,
     actor: &str,
     address: IpAddr,
     action: &str,
+    throttled: u32,
 ) -> Result<(), PortalError> {
+    let details = if throttled > 0 {
+        serde_json::json!({ "via": "portal", "throttled_attempts": throttled })
+    } else {
+        serde_json::json!({ "via": "portal" })
+    };
     state
         .store
         .append_audit(store::NewAudit {
@@ -191,7 +269,7 @@ async fn audit(
             actor_address: Some(address),
             action: action.to_owned(),
             target: None,
-            details: serde_json::json!({ "via": "portal" }),
+            details,
         })
         .await?;
     Ok(())

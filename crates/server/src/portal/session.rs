@@ -39,9 +39,6 @@ pub const IDLE: TimeDelta = TimeDelta::minutes(60);
 pub const ABSOLUTE: TimeDelta = TimeDelta::hours(12);
 /// `last_seen_at` is written at most this often.
 const TOUCH_EVERY: TimeDelta = TimeDelta::seconds(60);
-/// Failed sign-ins allowed per address and per username in [`THROTTLE_WINDOW`].
-const THROTTLE_FAILURES: u32 = 10;
-const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The largest form body the CSRF guard reads.
 const FORM_LIMIT: usize = 64 * 1024;
 
@@ -276,53 +273,151 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
         .await
 }
 
-/// Counts failed sign-ins per address and per username; past the limit, sign-in is
-/// refused (with the same message as a wrong password) until the window passes.
+/// Failed sign-ins allowed from one (user, address) before back-off starts.
+const FREE_PER_USER: u32 = 5;
+/// Failed sign-ins allowed from one address, whatever the names, before back-off.
+const FREE_PER_ADDRESS: u32 = 30;
+/// The first back-off; each further failure doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Failures older than this (since the last one) are forgotten.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The most keys the throttle keeps; beyond it, forgotten ones are swept and new keys
+/// are not recorded (so a flood cannot grow it without bound).
+const THROTTLE_KEYS: usize = 100_000;
+
+/// One key's record: failures in the window, the last one, and sign-ins refused by
+/// the back-off since the last audited attempt (counted, not each audited).
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    failures: u32,
+    last: Instant,
+    refused: u32,
+}
+
+impl Record {
+    /// When the next attempt is allowed, if back-off applies after `free` failures.
+    fn next_allowed(&self, free: u32) -> Option<Instant> {
+        let over = self.failures.checked_sub(free)?;
+        let factor = 1u32.checked_shl(over.min(20)).unwrap_or(u32::MAX);
+        let wait = FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF);
+        Some(self.last + wait)
+    }
+}
+
+/// The sign-in throttle, per process: failures are counted per address (IPv6 by /64) and
+/// per (organisation, username, address), never per username alone, so nobody can lock
+/// another person out from their own address. Past a few failures, each further one
+/// doubles the wait before the next attempt (2 s, 4 s, … up to 15 min); a refused
+/// attempt checks no password, costs no hash, and is counted rather than audited.
 #[derive(Clone, Default)]
 pub struct Throttle {
-    inner: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
+    inner: Arc<Mutex<HashMap<String, Record>>>,
+}
+
+/// What the throttle says of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused: try again after this long.
+    Wait(Duration),
 }
 
 impl Throttle {
-    fn keys(address: IpAddr, username: &str) -> [String; 2] {
-        [
-            format!("ip:{address}"),
-            format!("user:{}", username.to_lowercase()),
-        ]
-    }
-
-    /// Whether another attempt is allowed now.
-    pub fn allows(&self, address: IpAddr, username: &str) -> bool {
-        let Ok(map) = self.inner.lock() else {
-            return false;
-        };
-        Self::keys(address, username).iter().all(|k| {
-            map.get(k).is_none_or(|(n, since)| {
-                *n < THROTTLE_FAILURES || since.elapsed() >= THROTTLE_WINDOW
-            })
-        })
-    }
-
-    /// Notes a failure.
-    pub fn failed(&self, address: IpAddr, username: &str) {
-        if let Ok(mut map) = self.inner.lock() {
-            if map.len() > 100_000 {
-                map.retain(|_, (_, since)| since.elapsed() < THROTTLE_WINDOW);
-            }
-            for k in Self::keys(address, username) {
-                let entry = map.entry(k).or_insert((0, Instant::now()));
-                if entry.1.elapsed() >= THROTTLE_WINDOW {
-                    *entry = (0, Instant::now());
-                }
-                entry.0 = entry.0.saturating_add(1);
-            }
+    fn address_key(address: IpAddr) -> String {
+        match address {
+            IpAddr::V4(a) => format!("ip:{a}"),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => format!("ip:{v4}"),
+                None => format!(
+                    "ip:{}/64",
+                    std::net::Ipv6Addr::from(u128::from(a) & (u128::MAX << 64))
+                ),
+            },
         }
     }
 
-    /// Forgets the username's failures after a success.
-    pub fn succeeded(&self, username: &str) {
+    fn keys(address: IpAddr, org: &str, username: &str) -> [(String, u32); 2] {
+        let ip = Self::address_key(address);
+        [
+            (
+                format!(
+                    "user:{}\u{0}{}\u{0}{ip}",
+                    org.to_lowercase(),
+                    username.to_lowercase()
+                ),
+                FREE_PER_USER,
+            ),
+            (ip, FREE_PER_ADDRESS),
+        ]
+    }
+
+    /// Whether an attempt from `address` for `username` of `org` may check a password
+    /// now, at `now`. A refusal is counted on the user's record.
+    pub fn check(&self, address: IpAddr, org: &str, username: &str, now: Instant) -> Verdict {
+        let Ok(mut map) = self.inner.lock() else {
+            return Verdict::Wait(FIRST_BACKOFF);
+        };
+        let keys = Self::keys(address, org, username);
+        let until = keys
+            .iter()
+            .filter_map(|(k, free)| map.get(k).and_then(|r| r.next_allowed(*free)))
+            .max();
+        match until {
+            Some(at) if at > now => {
+                if let Some((user_key, _)) = keys.first()
+                    && let Some(r) = map.get_mut(user_key)
+                {
+                    r.refused = r.refused.saturating_add(1);
+                }
+                Verdict::Wait(at - now)
+            }
+            _ => Verdict::Allowed,
+        }
+    }
+
+    /// Notes a failed attempt at `now`.
+    pub fn failed(&self, address: IpAddr, org: &str, username: &str, now: Instant) {
+        let Ok(mut map) = self.inner.lock() else {
+            return;
+        };
+        if map.len() >= THROTTLE_KEYS {
+            map.retain(|_, r| now.saturating_duration_since(r.last) < THROTTLE_WINDOW);
+        }
+        for (k, _) in Self::keys(address, org, username) {
+            if map.len() >= THROTTLE_KEYS && !map.contains_key(&k) {
+                continue;
+            }
+            let r = map.entry(k).or_insert(Record {
+                failures: 0,
+                last: now,
+                refused: 0,
+            });
+            if now.saturating_duration_since(r.last) >= THROTTLE_WINDOW {
+                r.failures = 0;
+            }
+            r.failures = r.failures.saturating_add(1);
+            r.last = now;
+        }
+    }
+
+    /// Takes the number of attempts refused for this (user, address) since the last
+    /// call, for the audit entry of the attempt that is let through.
+    pub fn take_refused(&self, address: IpAddr, org: &str, username: &str) -> u32 {
+        let Ok(mut map) = self.inner.lock() else {
+            return 0;
+        };
+        let [(user_key, _), _] = Self::keys(address, org, username);
+        map.get_mut(&user_key)
+            .map_or(0, |r| std::mem::take(&mut r.refused))
+    }
+
+    /// Forgets this (user, address)'s failures after a success (the address's own count
+    /// stays: one good account must not reset the guessing of others).
+    pub fn succeeded(&self, address: IpAddr, org: &str, username: &str) {
         if let Ok(mut map) = self.inner.lock() {
-            map.remove(&format!("user:{}", username.to_lowercase()));
+            let [(user_key, _), _] = Self::keys(address, org, username);
+            map.remove(&user_key);
         }
     }
 }
@@ -372,16 +467,74 @@ mod tests {
     }
 
     #[test]
-    fn the_throttle_stops_after_repeated_failures() {
+    fn the_throttle_backs_off_per_user_and_address_and_never_locks_others_out() {
         let t = Throttle::default();
-        let ip = IpAddr::from([192, 0, 2, 1]);
-        for _ in 0..THROTTLE_FAILURES {
-            assert!(t.allows(ip, "Alice"));
-            t.failed(ip, "alice");
+        let attacker = IpAddr::from([192, 0, 2, 1]);
+        let owner = IpAddr::from([198, 51, 100, 7]);
+        let mut now = Instant::now();
+        // Free failures, then back-off: 2 s after the sixth, doubling.
+        for _ in 0..FREE_PER_USER {
+            assert_eq!(t.check(attacker, "default", "Admin", now), Verdict::Allowed);
+            t.failed(attacker, "default", "admin", now);
         }
-        assert!(!t.allows(ip, "ALICE"));
-        assert!(!t.allows(IpAddr::from([192, 0, 2, 2]), "alice"));
-        assert!(!t.allows(ip, "bob"));
-        assert!(t.allows(IpAddr::from([192, 0, 2, 2]), "bob"));
+        assert_eq!(
+            t.check(attacker, "default", "ADMIN", now),
+            Verdict::Wait(Duration::from_secs(2))
+        );
+        // The owner, elsewhere, is not locked out; nor is another user of that address.
+        assert_eq!(t.check(owner, "default", "admin", now), Verdict::Allowed);
+        assert_eq!(t.check(attacker, "default", "bob", now), Verdict::Allowed);
+        // Nor the same name in another organisation.
+        assert_eq!(t.check(attacker, "beta", "admin", now), Verdict::Allowed);
+        now += Duration::from_secs(2);
+        assert_eq!(t.check(attacker, "default", "admin", now), Verdict::Allowed);
+        t.failed(attacker, "default", "admin", now);
+        assert_eq!(
+            t.check(attacker, "default", "admin", now),
+            Verdict::Wait(Duration::from_secs(4))
+        );
+        for _ in 0..30 {
+            t.failed(attacker, "default", "admin", now);
+        }
+        assert_eq!(
+            t.check(attacker, "default", "admin", now),
+            Verdict::Wait(MAX_BACKOFF)
+        );
+        // Refusals are counted once taken, for one audit entry.
+        assert_eq!(t.take_refused(attacker, "default", "admin"), 3);
+        assert_eq!(t.take_refused(attacker, "default", "admin"), 0);
+        // The window forgets.
+        now += THROTTLE_WINDOW;
+        assert_eq!(t.check(attacker, "default", "admin", now), Verdict::Allowed);
+        t.failed(attacker, "default", "admin", now);
+        assert_eq!(t.check(attacker, "default", "admin", now), Verdict::Allowed);
+    }
+
+    #[test]
+    fn one_address_spraying_names_is_throttled_by_address() {
+        let t = Throttle::default();
+        let sprayer: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let now = Instant::now();
+        for i in 0..FREE_PER_ADDRESS {
+            let name = format!("user{i}");
+            assert_eq!(t.check(sprayer, "default", &name, now), Verdict::Allowed);
+            t.failed(sprayer, "default", &name, now);
+        }
+        // A new name from the same /64 waits; another address does not.
+        assert!(matches!(
+            t.check(neighbour, "default", "fresh", now),
+            Verdict::Wait(_)
+        ));
+        assert_eq!(
+            t.check(IpAddr::from([192, 0, 2, 9]), "default", "fresh", now),
+            Verdict::Allowed
+        );
+        // A success resets the user's record, never the address's.
+        t.succeeded(sprayer, "default", "user0");
+        assert!(matches!(
+            t.check(sprayer, "default", "user0", now),
+            Verdict::Wait(_)
+        ));
     }
 }

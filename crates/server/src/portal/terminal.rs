@@ -47,6 +47,11 @@ async fn session_of(
     access_id: &str,
 ) -> Result<store::TerminalSession, PortalError> {
     let id: AccessId = access_id.parse().map_err(|_| PortalError::NotFound)?;
+    // Recordings hold what the router printed (exports, sometimes typed secrets): only
+    // the roles that may read credentials may replay or download them.
+    if !signed.caller.may_read_credentials() {
+        return Err(PortalError::NotAllowed);
+    }
     let session = state
         .store
         .get_terminal_session(signed.caller.org_id, id)
@@ -71,6 +76,8 @@ struct SessionRow {
 #[template(path = "site_terminal_partial.html")]
 struct Launch {
     can_write: bool,
+    /// Whether the visitor may replay and download recordings (not viewers).
+    may_replay: bool,
     sessions: Vec<SessionRow>,
 }
 
@@ -116,8 +123,10 @@ pub async fn overview(
             cast: urls::recording_cast(site.id, s.access_id),
         })
         .collect();
+    let may_replay = signed.caller.may_read_credentials();
     Ok(Launch {
         can_write: signed.caller.role.can_write(),
+        may_replay,
         sessions,
     }
     .render()?)

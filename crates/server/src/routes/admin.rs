@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::common::{Checks, audit, not_found_as};
 use super::routers::page;
-use crate::auth::{Caller, generate_token, hash_password, hash_token, random_alnum};
+use crate::auth::{Caller, generate_token, hash_token, random_alnum};
 use crate::dto::{
     AuditView, CreateToken, CreateUser, NewTokenView, NewUserView, PageQuery, TokenView,
     UpdateUser, UserView, timestamp,
@@ -236,8 +236,9 @@ pub async fn users_list(
         (status = 201, description = "Created", body = NewUserView),
         (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Admins only", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The user name is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")
+        (status = 409, description = "The user name is taken in this organisation (names are per organisation)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many passwords are being hashed at once; `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn users_post(
@@ -264,12 +265,7 @@ pub async fn users_post(
     };
     let generated = req.password.is_none();
     let password = req.password.unwrap_or_else(|| random_alnum(20, false));
-    let password_hash = {
-        let p = password.clone();
-        tokio::task::spawn_blocking(move || hash_password(&p))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-    };
+    let password_hash = state.hashing.hash(password.clone()).await?;
     let now = state.now();
     let user = state
         .store

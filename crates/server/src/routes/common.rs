@@ -188,17 +188,41 @@ pub fn resolve_expiry(
     ))
 }
 
-/// `allow_from` as given, or the caller's own address.
+/// Whether the region's gateway takes IPv4 connections only: its entry point is an IPv4
+/// address, or this server's gateway binds the region on an IPv4 address (the default
+/// for a host-name entry point is 0.0.0.0). An IPv6 `allow_from` could never be used.
+pub fn ipv4_only(state: &AppState, region: &store::Region) -> bool {
+    match region.entry_point.parse::<IpAddr>() {
+        Ok(ip) => ip.is_ipv4(),
+        Err(_) => state
+            .config
+            .regions
+            .iter()
+            .find(|r| r.name == region.name)
+            .is_some_and(|r| r.bind_address().is_ipv4()),
+    }
+}
+
+/// `allow_from` as given, or the caller's own address; IPv6 is refused when the
+/// region's entry point takes IPv4 only.
 pub fn resolve_allow_from(
     state: &AppState,
     checks: &mut Checks,
     given: Option<&str>,
     caller: IpAddr,
+    region: &store::Region,
 ) -> Option<AllowFrom> {
     let policy = state.policy();
+    let family = |a: AllowFrom| {
+        if ipv4_only(state, region) {
+            a.require_ipv4(&region.entry_point)
+        } else {
+            Ok(a)
+        }
+    };
     match given {
-        Some(s) => checks.take(AllowFrom::parse(s, &policy)),
-        None => match AllowFrom::from_addr(caller, &policy) {
+        Some(s) => checks.take(AllowFrom::parse(s, &policy).and_then(family)),
+        None => match AllowFrom::from_addr(caller, &policy).and_then(family) {
             Ok(a) => Some(a),
             Err(e) => {
                 checks.push(

@@ -104,11 +104,16 @@ async fn create(
         req.expire_after_minutes,
         req.expires_at.as_deref(),
     );
+    let region = match region {
+        Some(region) => region,
+        None => state.store.get_region(router.region_id).await?,
+    };
     let allow_from = resolve_allow_from(
         state,
         &mut checks,
         req.allow_from.as_deref(),
         caller.address,
+        &region,
     );
     checks.finish()?;
     let (Some(expires_at), Some(allow_from)) = (expires_at, allow_from) else {
@@ -117,10 +122,6 @@ async fn create(
         ));
     };
     let allow_rfc1918 = req.allow_rfc1918.unwrap_or(false);
-    let region = match region {
-        Some(region) => region,
-        None => state.store.get_region(router.region_id).await?,
-    };
     let username = format!("postern-{}", random_alnum(8, true));
     let grant = state
         .store
@@ -194,11 +195,16 @@ pub async fn create_forward_in(
     );
     let dst_port = checks.take(domain::rules::dst_port(req.dst_port));
     let dst_address = checks.take(DstAddress::parse_with(&req.dst_address, &state.policy()));
+    let region = match region {
+        Some(region) => region,
+        None => state.store.get_region(router.region_id).await?,
+    };
     let allow_from = resolve_allow_from(
         state,
         &mut checks,
         req.allow_from.as_deref(),
         caller.address,
+        &region,
     );
     checks.finish()?;
     let (Some(expires_at), Some(dst_port), Some(dst_address), Some(allow_from)) =
@@ -207,10 +213,6 @@ pub async fn create_forward_in(
         return Err(ApiError::Internal(
             "validation passed without values".into(),
         ));
-    };
-    let region = match region {
-        Some(region) => region,
-        None => state.store.get_region(router.region_id).await?,
     };
     let masquerade = req.masquerade.unwrap_or(false);
     let forward = state
@@ -259,7 +261,7 @@ pub async fn credentials(
     caller: &Caller,
     grant: &store::TransientAccess,
 ) -> Result<CredentialsView, ApiError> {
-    caller.require_write()?;
+    caller.require_credentials()?;
     if !grant.status.is_live() {
         return Err(ApiError::Conflict(format!(
             "the grant is {}: its credentials no longer work",

@@ -11,6 +11,8 @@ pub(crate) mod grants;
 mod routers;
 mod system;
 
+pub(crate) use system::healthz;
+
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -28,9 +30,16 @@ use crate::state::AppState;
         title = "Postern API",
         description = "Just-in-time remote access to MikroTik routers behind NAT: transient \
                        access (WinBox, SSH) and transient port forwarding, with their routers, \
-                       sites, orchestration log and audit log.",
+                       sites, orchestration log and audit log.\n\n\
+                       Every route but `/healthz` refuses a `Host` header that names neither \
+                       an IP address, `localhost`, nor one of the server's configured \
+                       `public_hosts` with 421 Misdirected Request (DNS rebinding). \
+                       Connections are limited per client address \
+                       (`max_connections_per_address`, more are closed at once) and a \
+                       request's headers must arrive within `header_timeout` (10 s).",
         license(name = "MIT OR Apache-2.0")
     ),
+    paths(system::login_doc),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
@@ -56,6 +65,17 @@ impl Modify for BearerAuth {
                     .bearer_format("pst_…")
                     .description(Some(
                         "An API token from `postern admin create-token` or POST /api/tokens",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The server's `metrics_token` (configuration), for `/metrics` alone",
                     ))
                     .build(),
             ),
@@ -114,13 +134,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Every route, for the OpenAPI document's own route and the docs page.
 pub fn router() -> Router<AppState> {
     let (api, _) = parts();
+    let docs = Router::new()
+        .route("/api/docs", axum::routing::get(crate::docs::index))
+        .route("/api/docs/", axum::routing::get(crate::docs::index))
+        .route("/api/docs/{file}", axum::routing::get(crate::docs::asset))
+        .route_layer(axum::middleware::from_fn(crate::docs::headers));
     api.route(
         "/api/openapi.json",
         axum::routing::get(system::openapi_json),
     )
-    .route("/api/docs", axum::routing::get(crate::docs::index))
-    .route("/api/docs/", axum::routing::get(crate::docs::index))
-    .route("/api/docs/{file}", axum::routing::get(crate::docs::asset))
+    .merge(docs)
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
 }
