@@ -564,7 +564,11 @@ pub(crate) async fn ensure_schedule(
     let tag = key.tag();
     let mut script = Vec::new();
     if let Some(user) = username {
-        script.extend(end_sessions_script(user));
+        // RouterOS 6 has no `/user active remove`; a script naming it would not compile
+        // there and so would remove nothing: its script only removes the user.
+        if v7 {
+            script.extend(end_sessions_script(user));
+        }
         script.push(format!("/user remove [find comment=\"{tag}\"]"));
     } else {
         script.push(format!("/ip firewall nat remove [find comment=\"{tag}\"]"));
