@@ -644,6 +644,16 @@ async fn router_clock_offset(
     Ok((offset, v7))
 }
 
+/// Whether the router speaks RouterOS 7 (its clock's date form, read as
+/// [`router_clock_offset`] reads it, so usually from the connection's cache).
+pub(crate) async fn router_is_v7(
+    inner: &Arc<Inner>,
+    conn: &RouterConn,
+    log: &JobLog,
+) -> Result<bool> {
+    Ok(router_clock_offset(conn, inner.clock.now(), log).await?.1)
+}
+
 /// The router's local date and time, and whether the date is in RouterOS 7's form.
 pub fn parse_router_clock(item: &Item) -> Option<(NaiveDateTime, bool)> {
     let date = item.get_str("date")?;
@@ -666,12 +676,17 @@ pub const ENTRY_POLICY_USER: &str = "read,write,policy";
 pub const ENTRY_POLICY_NAT: &str = "read,write";
 
 /// A grant's self-expiry entry as Postern writes it: its `on-event` script and policy.
-pub fn entry_script(key: GrantKey, username: Option<&str>) -> (String, &'static str) {
+///
+/// RouterOS 6 (`v7` false) has no `/user active remove`; a script naming it would not
+/// compile there and so would remove nothing: its script only removes the user.
+pub fn entry_script(key: GrantKey, username: Option<&str>, v7: bool) -> (String, &'static str) {
     let name = schedule_name(key);
     let tag = key.tag();
     let mut script = Vec::new();
     let policy = if let Some(user) = username {
-        script.extend(end_sessions_script(user));
+        if v7 {
+            script.extend(end_sessions_script(user));
+        }
         script.push(format!("/user remove [find comment=\"{tag}\"]"));
         ENTRY_POLICY_USER
     } else {
@@ -798,7 +813,7 @@ pub(crate) async fn ensure_schedule(
     let time = local.format("%H:%M:%S").to_string();
     let name = schedule_name(key);
     let tag = key.tag();
-    let (script, policy) = entry_script(key, user.map(|g| g.username.as_str()));
+    let (script, policy) = entry_script(key, user.map(|g| g.username.as_str()), v7);
     let entry = api::scheduler::NewSchedule {
         name: name.clone(),
         start_date: Some(date.clone()),

@@ -230,6 +230,8 @@ pub(crate) async fn scan(
             });
         }
     }
+    // Read once, and only when an entry is to be compared.
+    let mut v7: Option<bool> = None;
     for e in &entries {
         let Some(key) = grant_tag(e.comment.as_deref()) else {
             continue;
@@ -258,8 +260,12 @@ pub(crate) async fn scan(
             });
             continue;
         }
+        let v7 = match v7 {
+            Some(v7) => v7,
+            None => *v7.insert(handlers::router_is_v7(inner, conn, log).await?),
+        };
         let (script, policy) =
-            handlers::entry_script(*gkey, user.as_ref().map(|u| u.username.as_str()));
+            handlers::entry_script(*gkey, user.as_ref().map(|u| u.username.as_str()), v7);
         if !handlers::entry_matches(e, &script, policy) {
             drift.push(Drift::AlteredSchedule {
                 id: e.id.clone(),

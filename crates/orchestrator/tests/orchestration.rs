@@ -57,6 +57,17 @@ fn fast_config() -> Config {
 /// A store with one org and region (tunnel source 127.0.0.1), `n` sim routers
 /// registered, and a running orchestrator.
 async fn world(db: Db, n: usize, base: u8, config: Config) -> Option<World> {
+    world_of(db, n, base, config, None).await
+}
+
+/// [`world`] with sim routers claiming RouterOS `version` (default: the sim's).
+async fn world_of(
+    db: Db,
+    n: usize,
+    base: u8,
+    config: Config,
+    version: Option<&str>,
+) -> Option<World> {
     let ctx = Ctx::new(db).await?;
     let store = ctx.store.clone();
     let org = store.create_organisation("acme").await.unwrap().id;
@@ -77,9 +88,11 @@ async fn world(db: Db, n: usize, base: u8, config: Config) -> Option<World> {
     let mut routers = Vec::new();
     for i in 0..n {
         let address = format!("127.0.{base}.{}", i + 2).parse().unwrap();
-        let sim = RouterHandle::start(RouterOptions::new(&format!("r{i}"), address))
-            .await
-            .unwrap();
+        let mut options = RouterOptions::new(&format!("r{i}"), address);
+        if let Some(v) = version {
+            options.version = v.into();
+        }
+        let sim = RouterHandle::start(options).await.unwrap();
         // Every sentence the router receives is kept and checked at `stop`.
         sim.router().record_commands();
         let router = store
@@ -1592,6 +1605,64 @@ async fn a_write_user_cannot_turn_a_self_expiry_entry_into_a_full_user() {
                 .by_name(&reader_entry)
                 .is_some()
         },
+    )
+    .await;
+    w.stop().await;
+}
+
+/// On RouterOS 6 (no `/user active remove`) the self-expiry script only removes the
+/// user: a script naming a command the router lacks would not compile there and would
+/// remove nothing. The revoke path logs that sessions could not be ended and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_routeros_6_the_self_expiry_script_still_removes_the_user() {
+    let mut w = world_of(Db::Sqlite, 1, 28, fast_config(), Some("6.49.10"))
+        .await
+        .unwrap();
+    // A revoke there: the session cannot be ended on the router (no such command),
+    // which is logged, and the user goes all the same.
+    let other = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the other grant active", || async {
+        w.status(&other).await == GrantStatus::Active
+    })
+    .await;
+    let _other_winbox = winbox_login(&w.sims[0], &other.username, "S3cret-temporary-pw").await;
+    assert!(w.orch.revoke(GrantKey::Access(other.id)).await.unwrap());
+    until(
+        Duration::from_secs(5),
+        "the other grant revoked",
+        || async { w.status(&other).await == GrantStatus::Revoked },
+    )
+    .await;
+    assert!(w.user_on(0, &other.username).is_none());
+    let log = w.settled_log(0).await;
+    assert!(
+        has(&log, "no such command or directory (remove)")
+            && has(&log, "could not be ended on the router"),
+        "{}",
+        log.join("\n")
+    );
+    // The self-expiry entry, with Postern down.
+    let g = w.access(0, Duration::from_secs(3), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    w.stop_orchestrator().await;
+    let scripts = scripts_sent(&w.sims);
+    assert!(
+        !scripts.is_empty() && scripts.iter().all(|s| !s.contains("/user active")),
+        "{scripts:?}"
+    );
+    until(
+        Duration::from_secs(8),
+        "the router to remove the user",
+        || async { w.user_on(0, &g.username).is_none() },
+    )
+    .await;
+    until(
+        Duration::from_secs(3),
+        "the entry to remove itself",
+        || async { w.sims[0].router().state().scheduler.items.is_empty() },
     )
     .await;
     w.stop().await;
