@@ -176,6 +176,11 @@ text_enum!(
         Completed = "completed",
         /// Gave up after its attempts.
         Failed = "failed",
+        /// Stopped without retrying: the router refused a command as unknown or
+        /// invalid (its words are the job's `last_error`), which another attempt of
+        /// the same commands cannot change. Shown until someone acts; a restart of the
+        /// orchestrator queues a stuck clean-up once more.
+        Stuck = "stuck",
     }
 );
 

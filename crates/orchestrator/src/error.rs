@@ -12,6 +12,11 @@ pub enum Error {
     /// The router refused a command (its `!trap` message) or answered oddly.
     #[error("{0}")]
     Router(String),
+    /// The router refused a command as one it does not have or cannot take (unknown
+    /// command or parameter, invalid value): the same commands will be refused again,
+    /// so the job is not retried but shown as stuck, with the router's words.
+    #[error("{0}")]
+    Refused(String),
     /// The job cannot succeed whatever the number of attempts (bad payload, unknown kind).
     #[error("{0}")]
     Permanent(String),
@@ -24,7 +29,12 @@ impl Error {
         if e.is_connection_error() || matches!(e, routeros::Error::Timeout(_)) {
             Error::Unreachable(neutral(&e))
         } else if let routeros::Error::Trap { message, .. } = &e {
-            Error::Router(format!("the router refused: {message}"))
+            let text = format!("the router refused: {message}");
+            if is_refusal(message) {
+                Error::Refused(text)
+            } else {
+                Error::Router(text)
+            }
         } else {
             Error::Router(neutral(&e))
         }
@@ -63,6 +73,25 @@ pub fn neutral(e: &routeros::Error) -> String {
             "the router's answer was not understood".into()
         }
     }
+}
+
+/// Whether a router's `!trap` message says the command itself is wrong for this
+/// router (RouterOS's words for an unknown menu or command, an unknown parameter, a
+/// value it cannot take, a script it cannot compile), rather than something that may
+/// pass another time (an item not there yet, a busy router).
+pub fn is_refusal(message: &str) -> bool {
+    // Not "input does not match any value of …": the values it means may come (a
+    // group Postern makes again), so that one is retried.
+    const WORDS: [&str; 7] = [
+        "no such command",
+        "unknown parameter",
+        "invalid value",
+        "expected end of command",
+        "bad command name",
+        "missing value(s) of argument",
+        "ambiguous value",
+    ];
+    WORDS.iter().any(|w| message.contains(w))
 }
 
 /// The orchestrator's result.

@@ -79,9 +79,12 @@ pub(crate) async fn step<T>(
             log.line(format!(
                 "sent {what}: the router answered !trap \"{message}\""
             ));
-            Err(Error::Router(format!(
-                "the router refused {what}: {message}"
-            )))
+            let text = format!("the router refused {what}: {message}");
+            if crate::error::is_refusal(&message) {
+                Err(Error::Refused(text))
+            } else {
+                Err(Error::Router(text))
+            }
         }
         Err(e) => {
             tracing::info!(error = %e, "router command failed: {what}");
@@ -668,9 +671,7 @@ pub fn entry_script(key: GrantKey, username: Option<&str>) -> (String, &'static 
     let tag = key.tag();
     let mut script = Vec::new();
     let policy = if let Some(user) = username {
-        script.push(format!(
-            "/user active request-logout [find name=\"{user}\"]"
-        ));
+        script.extend(end_sessions_script(user));
         script.push(format!("/user remove [find comment=\"{tag}\"]"));
         ENTRY_POLICY_USER
     } else {
@@ -850,6 +851,46 @@ pub(crate) async fn ensure_schedule(
     Ok(())
 }
 
+/// The lines of a self-expiry script that end a user's live sessions: each session on
+/// its own, a refusal caught, so neither a session RouterOS will not end (it refuses
+/// API and REST API ones with `action failed (6)`) nor any other stops the user's own
+/// removal on the next line.
+pub fn end_sessions_script(user: &str) -> Vec<String> {
+    vec![format!(
+        ":foreach s in=[/user active find where name=\"{user}\"] do={{ :do {{ /user active remove $s }} on-error={{ :log warning \"postern: a session of {user} could not be ended\" }} }}"
+    )]
+}
+
+/// Ends one live session (`/user/active/remove`). A router that refuses (RouterOS
+/// refuses API and REST API sessions with `action failed (6)`; RouterOS 6 has no such
+/// command) does not stop the clean-up: the gateway has already cut every connection
+/// that came through it, so this is logged and the user's removal goes on. A lost
+/// connection still fails the attempt.
+pub(crate) async fn end_session(
+    conn: &RouterConn,
+    session: &api::active::ActiveUser,
+    log: &JobLog,
+) -> Result<()> {
+    let what = format!(
+        "/user/active/remove .id={} ({} session from {})",
+        session.id,
+        session.via.as_deref().unwrap_or("a"),
+        session.address.as_deref().unwrap_or("an unknown address")
+    );
+    match step(log, &what, api::active::remove(&conn.client, &session.id)).await {
+        Ok(()) => Ok(()),
+        Err(Error::Router(_) | Error::Refused(_)) => {
+            log.line(format!(
+                "the {} session of {} could not be ended on the router; the gateway has already cut every connection that came through it, so the user's removal goes on",
+                session.via.as_deref().unwrap_or("unknown"),
+                session.name
+            ));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Logs out a user's sessions and removes its tagged user.
 pub(crate) async fn remove_user(
     conn: &RouterConn,
@@ -864,17 +905,7 @@ pub(crate) async fn remove_user(
     )
     .await?;
     for session in &sessions {
-        step(
-            log,
-            &format!(
-                "/user/active/request-logout .id={} ({} session from {})",
-                session.id,
-                session.via.as_deref().unwrap_or("a"),
-                session.address.as_deref().unwrap_or("an unknown address")
-            ),
-            api::active::request_logout(&conn.client, &session.id),
-        )
-        .await?;
+        end_session(conn, session, log).await?;
     }
     if sessions.is_empty() {
         log.line(format!("user {username} has no active session"));

@@ -324,8 +324,28 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
     let router = inner.store.get_router_any_org(job.router_id).await?;
     let conn = connections::connect(inner, &router, log).await?;
     let drift = scan(inner, &router, &conn, log).await?;
+    // A stuck clean-up is not repaired here: the reconciler would send the router the
+    // same refused command. It is said, so "matches" never hides it.
+    let stuck = inner.store.stuck_jobs(router.id).await?;
+    for job in &stuck {
+        log.line(format!(
+            "not repaired here: job {} ({}) is stuck: {}",
+            job.id,
+            job.kind,
+            job.last_error
+                .as_deref()
+                .unwrap_or("the router refused a command")
+        ));
+    }
     if drift.is_empty() {
-        log.line("no drift: the router matches the live grants");
+        if stuck.is_empty() {
+            log.line("no drift: the router matches the live grants");
+        } else {
+            log.line(format!(
+                "no other drift; {} stuck job(s) keep what they were to remove on the router",
+                stuck.len()
+            ));
+        }
         return Ok(());
     }
     for d in drift {
@@ -335,13 +355,8 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
                 let sessions = api::active::print(&conn.client, &Filter::name(&name))
                     .await
                     .unwrap_or_default();
-                for s in sessions {
-                    step(
-                        log,
-                        &format!("/user/active/request-logout .id={}", s.id),
-                        api::active::request_logout(&conn.client, &s.id),
-                    )
-                    .await?;
+                for s in &sessions {
+                    handlers::end_session(&conn, s, log).await?;
                 }
                 step(
                     log,
@@ -420,7 +435,14 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
             }
         }
     }
-    log.line("the router matches the live grants again");
+    if stuck.is_empty() {
+        log.line("the router matches the live grants again");
+    } else {
+        log.line(format!(
+            "repaired; {} stuck job(s) keep what they were to remove on the router",
+            stuck.len()
+        ));
+    }
     Ok(())
 }
 

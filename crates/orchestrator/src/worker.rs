@@ -408,8 +408,21 @@ async fn failed_attempt(
         ));
         return JobOutcome::Completed;
     }
+    if let Error::Refused(words) = &error
+        && !creating
+    {
+        // The same commands would be refused again: not retried every minute for ever
+        // but shown as stuck (the job, the router's page, /metrics), with the router's
+        // words. A creation so refused fails its grant below instead.
+        log.line(format!(
+            "stuck after {} attempt(s): {words}; not retried, as the router will refuse the same command again (a restart of Postern queues a stuck clean-up once more)",
+            job.attempts
+        ));
+        tracing::warn!(job = %job.id, router = %job.router_id, error = %words, "job stuck: the router refuses a command");
+        return JobOutcome::Stuck(words.clone());
+    }
     let exhausted = job.max_attempts > 0 && job.attempts >= job.max_attempts;
-    if error.is_permanent() || exhausted {
+    if error.is_permanent() || matches!(error, Error::Refused(_)) || exhausted {
         log.line(format!(
             "failed after {} attempt(s) in {elapsed} ms: {error}",
             job.attempts

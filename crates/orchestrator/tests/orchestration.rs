@@ -80,6 +80,8 @@ async fn world(db: Db, n: usize, base: u8, config: Config) -> Option<World> {
         let sim = RouterHandle::start(RouterOptions::new(&format!("r{i}"), address))
             .await
             .unwrap();
+        // Every sentence the router receives is kept and checked at `stop`.
+        sim.router().record_commands();
         let router = store
             .create_router(store::NewRouter {
                 org_id: org,
@@ -319,10 +321,71 @@ impl World {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let sent = check_surface(&self.sims);
+        assert!(sent > 0, "the sims recorded no sentence");
         for sim in self.sims {
             sim.shutdown().await;
         }
     }
+}
+
+/// The scripts written onto the sims: every scheduler entry's `on-event`.
+fn scripts_sent(sims: &[RouterHandle]) -> Vec<String> {
+    let mut out: Vec<String> = sims
+        .iter()
+        .flat_map(|s| s.router().received())
+        .filter(|r| r.path.starts_with("/system/scheduler/"))
+        .flat_map(|r| r.attrs.into_iter())
+        .filter(|(k, _)| k == "on-event")
+        .map(|(_, v)| v)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Holds every sentence the sims received (from the orchestrator, its reconciler and
+/// handlers, and the tests' own clients) and every script written onto them against
+/// RouterOS 7.21.4's command database; returns how many sentences there were. The
+/// scripts are also written to `$POSTERN_ROUTEROS_SCRIPTS` when set, for
+/// `routeros-lsp check --strict` (`.ci/run`).
+fn check_surface(sims: &[RouterHandle]) -> usize {
+    let db = surface::Database::routeros_7().unwrap();
+    let mut wrong = Vec::new();
+    let mut count = 0;
+    for sim in sims {
+        for req in sim.router().received() {
+            count += 1;
+            let mut words = vec![req.path.clone()];
+            words.extend(req.attrs.iter().map(|(k, v)| format!("={k}={v}")));
+            words.extend(req.queries.iter().cloned());
+            if let Err(f) = db.check_sentence(&words) {
+                wrong.push(f.to_string());
+            }
+        }
+    }
+    for script in scripts_sent(sims) {
+        wrong.extend(
+            db.check_script(&script)
+                .iter()
+                .map(|f| format!("script: {f}")),
+        );
+        if let Some(dir) = std::env::var_os("POSTERN_ROUTEROS_SCRIPTS") {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            script.hash(&mut h);
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{:016x}.rsc", h.finish())), &script).unwrap();
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "sent to a router but not in RouterOS {}'s command database:\n{}",
+        db.version(),
+        wrong.join("\n")
+    );
+    count
 }
 
 /// Polls `check` every 10 ms until it holds or `within` passes.
@@ -460,14 +523,18 @@ async fn a_grant_reaches_the_router_and_leaves_it_at_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_logs_out_a_live_session_and_removes_the_user() {
+async fn revoke_ends_a_live_session_and_removes_the_user_even_where_the_router_refuses() {
+    use tokio::io::AsyncBufReadExt;
     let w = world(Db::Sqlite, 1, 12, fast_config()).await.unwrap();
     let g = w.access(0, Duration::from_secs(600), false).await;
     until(Duration::from_secs(5), "the grant active", || async {
         w.status(&g).await == GrantStatus::Active
     })
     .await;
-    // The temporary user logs in over the API, from 127.0.0.1 (its allowed address).
+    // The temporary user logs in through the WinBox port and over the API, from
+    // 127.0.0.1 (its allowed address).
+    let mut winbox = winbox_login(&w.sims[0], &g.username, "S3cret-temporary-pw").await;
+    let mut line = String::new();
     let session = Client::connect(&ClientConfig::new(
         w.sims[0].api_addr.to_string(),
         &g.username,
@@ -482,10 +549,12 @@ async fn revoke_logs_out_a_live_session_and_removes_the_user() {
         w.user_on(0, &g.username).is_none()
     })
     .await;
-    until(Duration::from_secs(3), "the session ended", || async {
-        session.is_closed()
-    })
-    .await;
+    // The WinBox session is ended on the router ...
+    let n = tokio::time::timeout(Duration::from_secs(3), winbox.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the WinBox session was not ended: {line}");
     assert!(started.elapsed() < Duration::from_secs(2));
     until(Duration::from_secs(3), "the grant revoked", || async {
         w.status(&g).await == GrantStatus::Revoked
@@ -499,10 +568,20 @@ async fn revoke_logs_out_a_live_session_and_removes_the_user() {
     assert!(revoked.revoked_early);
     let log = w.settled_log(0).await;
     assert!(
-        has(&log, "sent /user/active/request-logout"),
+        has(&log, "sent /user/active/remove") && has(&log, "(winbox session from"),
         "{}",
         log.join("\n")
     );
+    // ... the API one RouterOS refuses to end (`action failed (6)`): logged, and the
+    // user's removal went on (the gateway cuts such connections in production).
+    assert!(
+        has(&log, "action failed (6)")
+            && has(&log, "session of")
+            && has(&log, "could not be ended on the router"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(!session.is_closed());
     assert!(has(&log, "is now revoked"), "{}", log.join("\n"));
     // Revoking again does nothing.
     assert!(!w.orch.revoke(GrantKey::Access(g.id)).await.unwrap());
@@ -1500,7 +1579,13 @@ async fn job_logs_never_repeat_what_a_non_routeros_peer_said() {
         !reason.contains("SSH-2.0") && !reason.contains("protocol error"),
         "{reason}"
     );
-    w.stop().await;
+    // The sims were never spoken to (both routers point elsewhere): stopped without
+    // `stop`'s check that they received sentences.
+    let _ = w.stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), w.task).await;
+    for sim in w.sims {
+        sim.shutdown().await;
+    }
 }
 
 /// Issue 13, finding 1: a router moved elsewhere kept its open connection (and so
@@ -1626,5 +1711,248 @@ async fn api_ssl_pins_the_certificate_on_first_use_and_keeps_it() {
         "{}",
         log.join("\n")
     );
+    w.stop().await;
+}
+
+impl World {
+    /// Stops the orchestrator alone (Postern down), leaving the sims running.
+    async fn stop_orchestrator(&mut self) {
+        let _ = self.stop.send(true);
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+}
+
+/// Logs in through the sim's WinBox port; the reader ends (0 bytes) when the session
+/// is ended on the router.
+async fn winbox_login(
+    sim: &RouterHandle,
+    user: &str,
+    password: &str,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(sim.winbox_addr)
+        .await
+        .unwrap();
+    let mut r = BufReader::new(stream);
+    r.get_mut()
+        .write_all(format!("login {user} {password}\n").as_bytes())
+        .await
+        .unwrap();
+    // A banner first, then the answer to the login.
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        if line.starts_with("ok") {
+            return r;
+        }
+    }
+    panic!("WinBox-port login refused: {line}");
+}
+
+/// The router-side fail-closed expiry: with Postern down, the self-expiry entry ends
+/// the user's WinBox session, goes on past the API session RouterOS refuses to end,
+/// removes the user and then itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_expiry_script_removes_the_user_while_postern_is_down() {
+    use tokio::io::AsyncBufReadExt;
+    let mut w = world(Db::Sqlite, 1, 25, fast_config()).await.unwrap();
+    let g = w.access(0, Duration::from_secs(3), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    let mut winbox = winbox_login(&w.sims[0], &g.username, "S3cret-temporary-pw").await;
+    let api_session = Client::connect(&ClientConfig::new(
+        w.sims[0].api_addr.to_string(),
+        &g.username,
+        "S3cret-temporary-pw",
+    ))
+    .await
+    .unwrap();
+    assert!(api::system::identity(&api_session).await.is_ok());
+    w.stop_orchestrator().await;
+    until(
+        Duration::from_secs(8),
+        "the router to remove the user",
+        || async { w.user_on(0, &g.username).is_none() },
+    )
+    .await;
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), winbox.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the WinBox session was not ended: {line}");
+    until(
+        Duration::from_secs(3),
+        "the entry to remove itself",
+        || async { w.sims[0].router().state().scheduler.items.is_empty() },
+    )
+    .await;
+    // RouterOS refuses to end API sessions: the script went on past it.
+    assert!(!api_session.is_closed());
+    w.stop().await;
+}
+
+/// What Postern sends a router, end to end (a user with sessions, a forward with
+/// masquerade, revoke, expiry, the reconciler's repairs), exists in RouterOS 7.21.4's
+/// command database (checked at `stop`, as in every test here), and the scripts pass
+/// `routeros-lsp check --strict` when the CI venv is at hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sentence_and_script_postern_sends_is_routeros_7s() {
+    let w = world(Db::Sqlite, 1, 26, fast_config()).await.unwrap();
+    let a = w.access(0, Duration::from_secs(600), true).await;
+    let short = w.access(0, Duration::from_secs(2), false).await;
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let f = w.forward(0, backend.local_addr().unwrap(), true).await;
+    until(Duration::from_secs(5), "the grants active", || async {
+        w.status(&a).await == GrantStatus::Active && w.status(&short).await == GrantStatus::Active
+    })
+    .await;
+    let _winbox = winbox_login(&w.sims[0], &a.username, "S3cret-temporary-pw").await;
+    // Drift: a planted tagged user the reconciler removes.
+    w.sims[0]
+        .router()
+        .run(
+            &sim::Caller::system(),
+            &sim::menu::Request::new("/user/add")
+                .attr("name", "planted")
+                .attr("group", "read")
+                .attr("password", "x")
+                .attr(
+                    "comment",
+                    "postern:access:00000000-0000-0000-0000-000000000000",
+                ),
+        )
+        .unwrap();
+    w.orch.reconcile_router(w.routers[0].id).await.ok();
+    until(
+        Duration::from_secs(8),
+        "expiry, and the planted user gone",
+        || async {
+            w.status(&short).await == GrantStatus::Expired && w.user_on(0, "planted").is_none()
+        },
+    )
+    .await;
+    assert!(w.orch.revoke(GrantKey::Access(a.id)).await.unwrap());
+    assert!(w.orch.revoke(GrantKey::Forward(f.id)).await.unwrap());
+    until(Duration::from_secs(5), "the grants revoked", || async {
+        w.status(&a).await == GrantStatus::Revoked
+    })
+    .await;
+    let _ = w.settled_log(0).await;
+    let sent: Vec<String> = w.sims[0]
+        .router()
+        .received()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    for path in [
+        "/user/group/add",
+        "/user/add",
+        "/user/active/print",
+        "/user/active/remove",
+        "/system/scheduler/add",
+        "/ip/firewall/nat/add",
+        "/ip/firewall/nat/remove",
+        "/user/remove",
+    ] {
+        assert!(
+            sent.iter().any(|p| p == path),
+            "{path} never sent: {sent:?}"
+        );
+    }
+    let scripts = scripts_sent(&w.sims);
+    assert!(scripts.len() >= 3, "{scripts:?}");
+    if let Some(python) = std::env::var_os("POSTERN_PYTHON") {
+        for script in &scripts {
+            let mut child = std::process::Command::new(&python)
+                .args(["-m", "routeros_lsp", "check", "--strict", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "routeros-lsp check --strict refused the script:\n{script}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "POSTERN_PYTHON must name the CI venv's python"
+        );
+    }
+    w.stop().await;
+}
+
+/// A clean-up the router refuses as unknown is not retried for ever in silence: the
+/// job ends `stuck` with the router's words after one attempt, the grant stays
+/// `closing` (its user on the router), and the reconciler neither removes the user
+/// nor calls the router matched while the job is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_up_the_router_refuses_as_unknown_is_stuck_not_looped() {
+    let mut config = fast_config();
+    config.reconcile_interval = Duration::from_secs(3600);
+    let w = world(Db::Sqlite, 1, 27, config).await.unwrap();
+    let g = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&g).await == GrantStatus::Active
+    })
+    .await;
+    w.sims[0].faults().set_missing_command("/user/remove");
+    assert!(w.orch.revoke(GrantKey::Access(g.id)).await.unwrap());
+    let end_job = || async {
+        w.store()
+            .list_jobs(w.org, w.routers[0].id, store::Page::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(j, _)| j.kind == "access.end")
+    };
+    until(Duration::from_secs(5), "the clean-up stuck", || async {
+        end_job()
+            .await
+            .is_some_and(|(j, _)| j.state == domain::JobState::Stuck)
+    })
+    .await;
+    // Not retried: still one attempt after several back-off periods.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (job, lines) = end_job().await.unwrap();
+    assert_eq!(job.state, domain::JobState::Stuck);
+    assert_eq!(job.attempts, 1);
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no such command or directory (remove)")),
+        "{:?}",
+        job.last_error
+    );
+    let text: Vec<_> = lines.iter().map(|l| l.message.clone()).collect();
+    assert!(
+        has(&text, "stuck after 1 attempt(s)"),
+        "{}",
+        text.join("\n")
+    );
+    assert_eq!(w.status(&g).await, GrantStatus::Closing);
+    assert!(w.user_on(0, &g.username).is_some());
+    assert_eq!(w.store().count_stuck_jobs().await.unwrap(), 1);
+    // The reconciler sees no drift to repair (the closing grant backs its user) and
+    // removes nothing.
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 0);
+    assert!(w.user_on(0, &g.username).is_some());
     w.stop().await;
 }

@@ -279,7 +279,7 @@ pub mod group {
     }
 }
 
-/// `/user/active`: print and `request-logout`.
+/// `/user/active`: print and remove (RouterOS 7 has no `request-logout`).
 pub mod active {
     use super::*;
 
@@ -316,12 +316,11 @@ pub mod active {
         super::print(client, MENU, filter, ActiveUser::from_item).await
     }
 
-    /// `/user/active/request-logout =.id=…`: ends that session.
-    pub async fn request_logout(client: &Client, id: &ItemId) -> Result<(), Error> {
-        client
-            .call(Command::new("/user/active/request-logout").attr(".id", id.as_str()))
-            .await
-            .map(|_| ())
+    /// `/user/active/remove =.id=…`: ends that session. RouterOS refuses it for some
+    /// sessions (`action failed (6)`, seen for API and REST API ones); RouterOS 6 has
+    /// no such command.
+    pub async fn remove(client: &Client, id: &ItemId) -> Result<(), Error> {
+        super::remove(client, MENU, id).await
     }
 }
 

@@ -801,7 +801,7 @@ async fn active_sessions_resource_and_device_mode() {
                 ]),
                 words(&["!done"]),
             ],
-            "/user/active/request-logout" => {
+            "/user/active/remove" => {
                 assert_eq!(attr(w, ".id"), Some("*A2"));
                 vec![words(&["!done"])]
             }
@@ -841,9 +841,7 @@ async fn active_sessions_resource_and_device_mode() {
     assert_eq!(active[1].via.as_deref(), Some("ssh"));
     assert_eq!(active[0].address.as_deref(), Some("100.64.0.1"));
     assert_eq!(active[0].when.as_deref(), Some("2026-11-22 12:00:00"));
-    api::active::request_logout(&client, &active[1].id)
-        .await
-        .unwrap();
+    api::active::remove(&client, &active[1].id).await.unwrap();
 
     let r = api::system::resource(&client).await.unwrap();
     assert_eq!(r.version.as_deref(), Some("7.18.2 (stable)"));

@@ -316,7 +316,9 @@ pub struct JobView {
     pub id: String,
     #[schema(example = "access.create")]
     pub kind: String,
-    /// pending, running, completed or failed.
+    /// pending, running, completed, failed, or stuck (the router refused a command as
+    /// unknown or invalid: not retried; `last_error` holds the router's words).
+    #[schema(example = "pending")]
     pub state: String,
     pub attempts: i64,
     pub max_attempts: i64,

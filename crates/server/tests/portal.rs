@@ -515,6 +515,56 @@ async fn pages_are_scoped_by_organisation_and_role() {
             || log.contains("waiting for &lt;the router&gt;"),
         "lines are escaped: {log}"
     );
+    // A job the router refused as unknown is stuck: the Overview says so with the
+    // router's words, the log shows its state, and /metrics counts it.
+    let claimed = p
+        .store
+        .claim_job(
+            "portal-test",
+            now + TimeDelta::hours(2),
+            std::time::Duration::from_secs(15),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, job.id);
+    let words = "the router refused /user/remove .id=*5: no such command or directory (remove)";
+    assert!(
+        p.store
+            .finish_job(
+                job.id,
+                "portal-test",
+                now + TimeDelta::hours(2),
+                store::JobOutcome::Stuck(words.into()),
+            )
+            .await
+            .unwrap()
+    );
+    let (_, _, overview) = p
+        .get(
+            &format!("/sites/{}", p.site),
+            Some(&alice),
+            HeaderMap::new(),
+        )
+        .await;
+    assert!(
+        overview.contains("Stuck on the router")
+            && overview.contains("no such command or directory (remove)"),
+        "{overview}"
+    );
+    let (_, _, log) = p
+        .get(
+            &format!("/sites/{}/jobs", p.site),
+            Some(&alice),
+            headers(&[("hx-request", "true"), ("hx-target", "jobs-log")]),
+        )
+        .await;
+    assert!(
+        log.contains(r#"<span class="badge stuck">stuck</span>"#),
+        "{log}"
+    );
+    let (_, _, metrics) = p.get("/metrics", None, HeaderMap::new()).await;
+    assert!(metrics.contains("postern_router_jobs_stuck 1"), "{metrics}");
     let (_, _, list) = p
         .get(
             &format!("/sites/{}/forwards", p.site),

@@ -173,7 +173,7 @@ struct Conn {
 
 impl Conn {
     /// The token that ends this connection now: the session's once logged in (so
-    /// `request-logout` cuts it), the connection's before.
+    /// `/user/active remove` would cut it, were it not refused for API sessions), the connection's before.
     fn session_cut(&self) -> CancellationToken {
         self.session
             .as_ref()
@@ -232,6 +232,7 @@ impl Conn {
                 .collect(),
             queries: words.queries.iter().map(|q| text(q)).collect(),
         };
+        self.router.record(&req);
         let drop_point = self.router.faults().drop_commands();
         if drop_point == Some(DropPoint::BeforeApply) {
             return false;
@@ -240,7 +241,15 @@ impl Conn {
             self.listen(tag, &caller).await;
             return true;
         }
-        let result = menu::execute(&self.router, &caller, &req);
+        let result = if self.router.faults().is_missing(&path) {
+            let verb = path.rsplit('/').next().unwrap_or_default();
+            Err(Trap {
+                message: format!("no such command or directory ({verb})"),
+                category: Some(0),
+            })
+        } else {
+            menu::execute(&self.router, &caller, &req)
+        };
         if drop_point == Some(DropPoint::AfterApply) {
             return false;
         }

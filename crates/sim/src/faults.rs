@@ -26,6 +26,9 @@ pub struct Faults {
     drop_point: AtomicU8,
     /// Cancelled when the router goes offline; every connection's token is a child.
     epoch: Mutex<CancellationToken>,
+    /// Commands answered as a router without them answers (`no such command or
+    /// directory`), as an older or newer RouterOS may lack what a client sends.
+    missing: Mutex<Vec<String>>,
 }
 
 impl Default for Faults {
@@ -35,6 +38,7 @@ impl Default for Faults {
             offline: AtomicBool::new(false),
             drop_point: AtomicU8::new(0),
             epoch: Mutex::new(CancellationToken::new()),
+            missing: Mutex::new(Vec::new()),
         }
     }
 }
@@ -93,10 +97,32 @@ impl Faults {
             .child_token()
     }
 
+    /// Answers the API command `path` (`/user/remove`) as a RouterOS without it would:
+    /// `no such command or directory (remove)`.
+    pub fn set_missing_command(&self, path: &str) {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_string());
+    }
+
+    /// Whether `path` is one of the commands made missing.
+    pub fn is_missing(&self, path: &str) -> bool {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|p| p == path)
+    }
+
     /// Clears every fault.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
         self.set_offline(false);
         self.set_drop_commands(None);
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

@@ -36,7 +36,10 @@
 //! - Time: `handle.clock().advance(d)`; the scheduler wakes when a manual clock moves,
 //!   and [`RouterHandle::run_scheduler`] runs what is due at once.
 //! - Faults: `handle.faults().set_latency(d)`, `.set_offline(true)`,
-//!   `.set_drop_commands(Some(DropPoint::AfterApply))`, `.clear()`.
+//!   `.set_drop_commands(Some(DropPoint::AfterApply))`, `.set_missing_command("/user/remove")`
+//!   (answered as a router without it), `.clear()`.
+//! - Commands received: `handle.router().record_commands()` then `.received()` (every
+//!   API command, as sent), to hold what a client sends against a command database.
 //! - Stop: `handle.shutdown().await` (or `fleet.shutdown().await`) closes every
 //!   listener and connection, dst-nat forward and the scheduler.
 //!
@@ -68,30 +71,75 @@
 //! - Messages: `invalid user name or password (6)` (for every login refusal alike:
 //!   wrong password, disabled, address or policy), `not enough permissions (9)`,
 //!   `failure: user with the same name already exists`, `no such item`,
-//!   `input does not match any value of group`, `no such command or directory (x)` and
-//!   `no such command prefix` (category 0). Failures of a command carry no category, as
-//!   RouterOS sends them; only unknown commands (0) and interruptions (2) have one.
+//!   `input does not match any value of group`, `invalid value for argument x`,
+//!   `unknown parameter`, `no such command or directory (x)` and `no such command
+//!   prefix` (category 0). Failures of a command carry no category, as RouterOS sends
+//!   them; only unknown commands (0) and interruptions (2) have one. Sources: MikroTik's
+//!   REST API manual (`no such command or directory (remove)`); users of real routers
+//!   quoting the API's `!trap` (GideonLeGrange/mikrotik-java #15 and #36 and
+//!   mdshemul48/mikro-routeros #1: `unknown parameter`, with no name;
+//!   ansible-collections/community.routeros #440, RouterOS 7.20.6: `invalid value for
+//!   argument interface`, `input does not match any value of interface`).
+//! - **The command surface is a real router's.** [`menu::surface`] lists every command
+//!   the sim implements with the parameters it takes, [`menu::execute`] refuses anything
+//!   outside it before a command runs, and `tests/sim/surface.rs` holds the list (and
+//!   each listed value and printed property) against RouterOS 7.21.4's command database
+//!   (`postern-surface`, dumped from a real CHR).
 //! - Before login, RouterOS 7 answers other commands with `!trap =message=not logged
 //!   in` and keeps the connection; a router configured as 6.x sends `!fatal` and closes.
 //! - Built-in groups `read` (*1), `write` (*2), `full` (*3) with RouterOS's policies:
 //!   `read` keeps reboot, sniff and sensitive; `write` lacks only policy. Changing users
 //!   or groups needs `write` and `policy`.
 //! - A user's `address=` list and its group's `api`/`ssh`/`winbox` policy are checked at
-//!   login on every service; `request-logout` ends API, SSH and 8291 sessions at once;
-//!   removing a user leaves its sessions alone.
+//!   login on every service; removing a user leaves its sessions alone (MikroTik does
+//!   not document that it ends them).
+//! - `/user/active` has `print` and `remove` (RouterOS 7.21.4's dump lists add, find,
+//!   get, print and remove; no `request-logout`, which the sim refuses as unknown).
+//!   `remove` ends SSH and 8291 sessions at once and refuses API ones with `action
+//!   failed (6)` (ending none of the command's sessions then), as measured on real
+//!   routers: RouterOS 7.24 and 7.24.1 refuse `via=api` and `via=rest-api` rows
+//!   (SecOps-7/MikroDash, its RouterOS users page), 7.23.2 refuses the REST rows
+//!   (danikf/tik4net's REST notes, which cite the MikroTik forum for the same error).
+//!   Whether several sessions in one `remove` are ended up to the refused one is not
+//!   known, so Postern removes them one at a time.
+//! - Scripts are compiled before they run: a command the router lacks stops the whole
+//!   script before its first line (`bad command name`), as RouterOS resolves commands
+//!   while compiling (routeros-lsp's probes).
 //! - A scheduler entry's script runs with the entry's `policy` (RouterOS's default list
 //!   when none is given, within the adding user's policies); giving an entry a policy
 //!   the user lacks is `not enough permissions (9)`. Editing other fields of an entry
 //!   with more policies than the editor's is allowed: RouterOS's rule is not documented,
 //!   so the sim takes the worst case. `[find …]` in a script needs `read`.
 //! - NAT rules: `src-address` and `in-interface` match (the sim's one interface is
-//!   `ether1`; other names are refused as RouterOS refuses an interface it lacks).
+//!   `ether1`; other names are refused with `input does not match any value of interface`).
 //! - Device-mode `home` refuses `/system/scheduler/add` and stops entries from running;
 //!   `/system/device-mode/update` is refused over the API (it needs a button press).
 //!
+//! Versions (`version` of [`RouterOptions`], `--routeros-version`):
+//! - `/user active remove`: RouterOS 7 only. RouterOS 6's manuals document only
+//!   `/user active print` there (MikroTik's v2.9 to v4 manuals; nothing newer says
+//!   otherwise, and public scripts skip ending sessions on 6.x), so a 6.49 router has
+//!   no way to end a session and Postern logs that it could not. Not confirmed on a
+//!   6.49 router.
+//! - `/system/device-mode`: 7.13 and later, and 6.49.8 and later (MikroTik's
+//!   device-mode page prints `allowed-versions: 7.13+,6.49.8+`); mode `home` by default
+//!   on home devices shipped with 7.17 or later, and the mode that allows everything
+//!   named `advanced` from 7.17, `enterprise` before (same page). Older routers answer
+//!   `no such command or directory (device-mode)`.
+//! - Dates: 6.x prints and takes `nov/22/2026` (MikroTik's v3/v4 manuals: `mmm/DD/YYYY`),
+//!   7.x `2026-11-22` (7.21.4's `start-date` is `Year-Month-Day`). The change came
+//!   within 7.x (7.10 as MikroTik's changelog is remembered, not confirmed here); the
+//!   sim switches at 7.0.
+//! - `!empty` for an empty `print`: 7.18 and later (MikroTik's API manual, "Reply word";
+//!   socialwifi/RouterOS-api #103).
+//! - WireGuard and `/interface/wireguard`: RouterOS 7 only (RouterOS 6 has none). The
+//!   sim has no WireGuard menu yet; the tunnel's issue adds it, behind `menu::available`.
+//! - Before 6.43 login is the MD5 challenge only.
+//!
 //! What is simplified:
 //! - Menus: only those above, and `/system/clock print` (the sim keeps UTC: `gmt-offset=+00:00`);
-//!   other paths are `no such command or directory`.
+//!   other paths are `no such command or directory`, including real ones the sim does
+//!   not implement (a subset of the real surface, never more).
 //!   Messages the sim had to choose without a RouterOS to ask (missing required
 //!   properties: `failure: <key> not specified`; default group removal; dst-port
 //!   without tcp/udp) are close, not guaranteed identical.
@@ -100,8 +148,9 @@
 //! - The WinBox port is a **line-based stand-in** ([`winbox`]), not the WinBox protocol.
 //! - dst-nat forwards TCP on single ports only, and removing or disabling a rule closes
 //!   the connections it forwarded (a real router keeps them through conntrack).
-//! - Scheduler scripts: only the removal commands Postern installs, no scripting
-//!   language; times are UTC; `start-time=startup` never runs.
+//! - Scheduler scripts: only the removal commands Postern installs, `:do … on-error`
+//!   and `:foreach v in=[… find …] do={…}`, no other scripting language; times are UTC;
+//!   `start-time=startup` never runs.
 //! - `/user/active/listen` reports new sessions and ended ones (`=.dead=yes`) only.
 
 #![cfg_attr(

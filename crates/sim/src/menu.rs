@@ -2,9 +2,15 @@
 //! error messages. Every service (API, SSH console, scheduler scripts) runs commands
 //! through [`execute`], so they all see and change the same state the same way.
 //!
+//! [`surface`] lists every command the sim implements with the parameters it accepts;
+//! [`execute`] refuses anything outside it before a command runs (`no such command or
+//! directory (x)`, `unknown parameter`), so the list is exactly what the sim accepts and
+//! a test can hold it against a real router's command database. Which menus and
+//! commands a router has depends on its version ([`available`]).
+//!
 //! Permissions follow RouterOS: `print` needs the `read` policy; `add`, `set`, `remove`,
-//! `enable`, `disable` and `request-logout` need `write`, and changing users or groups
-//! also needs `policy`. A refusal is `not enough permissions (9)`.
+//! `enable` and `disable` need `write`, and changing users or groups also needs
+//! `policy`. A refusal is `not enough permissions (9)`.
 
 use std::collections::BTreeMap;
 
@@ -76,8 +82,10 @@ impl Trap {
         Trap::new("not enough permissions (9)")
     }
 
-    fn unknown_parameter(name: &str) -> Trap {
-        Trap::new(format!("unknown parameter {name}"))
+    /// RouterOS names no parameter in this message (librouteros' and mikrotik-java's
+    /// users quote it as `unknown parameter`).
+    fn unknown_parameter() -> Trap {
+        Trap::new("unknown parameter")
     }
 
     fn invalid(name: &str) -> Trap {
@@ -164,6 +172,228 @@ pub fn parse_path(path: &str) -> Result<(Menu, String), Trap> {
     }
 }
 
+/// Menus and commands that older RouterOS versions lack: the path, and whether a
+/// version `(major, minor, patch)` has it. Sources are in the crate's `# Fidelity`.
+type Has = fn((u32, u32, u32)) -> bool;
+
+const SINCE: &[(&str, Has)] = &[
+    // `/system/device-mode`: 7.13 and later, and 6.49.8 and later in 6.x (its
+    // `allowed-versions: 7.13+,6.49.8+`).
+    ("system/device-mode", |v| {
+        v >= (7, 13, 0) || ((6, 49, 8)..(7, 0, 0)).contains(&v)
+    }),
+    // `/user/active remove` is RouterOS 7's; 6.x documents only `print` there.
+    ("user/active/remove", |v| v >= (7, 0, 0)),
+];
+
+/// Whether a router of `version` has the menu or command at `path` (`system/device-mode`,
+/// `user/active/remove`, without the leading `/`).
+pub fn available(version: (u32, u32, u32), path: &str) -> bool {
+    SINCE
+        .iter()
+        .filter(|(p, _)| path == *p || path.starts_with(&format!("{p}/")))
+        .all(|(_, has)| has(version))
+}
+
+/// Splits a command's path as [`parse_path`] does, with the refusals of a router of
+/// this version for what it does not have yet.
+pub fn resolve(router: &Router, path: &str) -> Result<(Menu, String), Trap> {
+    let (menu, verb) = parse_path(path)?;
+    let version = router.version_triple();
+    let bare = path.trim_start_matches('/');
+    if !available(version, bare) {
+        // The first segment the version lacks is the one RouterOS names.
+        let mut prefix = String::new();
+        for segment in bare.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+            if !available(version, &prefix) {
+                return Err(Trap::missing(segment));
+            }
+        }
+        return Err(Trap::missing(&verb));
+    }
+    if !menu_verbs(menu).contains(&verb.as_str()) {
+        return Err(Trap::missing(&verb));
+    }
+    Ok((menu, verb))
+}
+
+/// The commands of a menu.
+fn menu_verbs(menu: Menu) -> &'static [&'static str] {
+    match menu {
+        Menu::Table(kind) => verbs(kind),
+        Menu::Identity => &["print", "set"],
+        Menu::Resource | Menu::Clock => &["print"],
+        Menu::DeviceMode => &["print", "update"],
+    }
+}
+
+/// One command the sim implements, as a test holds it against a real router's command
+/// database: its API path, the attributes it accepts (`.id` stands for the item
+/// numbers, `.proplist` is the API's), the values it knows for some of them, and, for
+/// `print`, the properties its rows may show (what queries and `.proplist` name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub path: String,
+    pub params: Vec<&'static str>,
+    pub values: Vec<(&'static str, Vec<&'static str>)>,
+    pub properties: Vec<&'static str>,
+}
+
+const BOOLEAN: &[&str] = &["yes", "no", "true", "false"];
+
+fn table_params(kind: TableKind, verb: &str) -> Vec<&'static str> {
+    let writable = kind
+        .schema()
+        .fields
+        .iter()
+        .filter(|(_, a)| matches!(a, Access::ReadWrite | Access::Secret))
+        .map(|(n, _)| *n);
+    match verb {
+        "print" => PRINT_FLAGS.to_vec(),
+        "add" if kind == TableKind::Nat => writable.chain(["place-before"]).collect(),
+        "add" => writable.collect(),
+        "set" => writable.chain([".id", "numbers"]).collect(),
+        _ => vec![".id", "numbers"],
+    }
+}
+
+fn spec(router: &Router, path: &str, menu: Menu, verb: &'static str) -> CommandSpec {
+    let (params, properties) = match menu {
+        Menu::Table(kind) => (
+            table_params(kind, verb),
+            kind.schema()
+                .fields
+                .iter()
+                .filter(|(_, a)| *a != Access::Secret)
+                .map(|(n, _)| *n)
+                .collect(),
+        ),
+        Menu::Identity if verb == "set" => (vec!["name"], vec![]),
+        Menu::DeviceMode if verb == "update" => (
+            std::iter::once("mode")
+                .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| *f))
+                .collect(),
+            vec![],
+        ),
+        _ => {
+            // A single-item menu's properties are what its `print` shows.
+            let out = execute(
+                router,
+                &Caller::system(),
+                &Request::new(&format!("/{path}/print")),
+            );
+            let props = out
+                .map(|o| {
+                    o.rows
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(k, _)| property_name(&k))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (SINGLE_PRINT_FLAGS.to_vec(), props)
+        }
+    };
+    let mut values: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    if matches!(verb, "add" | "set") {
+        for p in &params {
+            match *p {
+                "disabled" | "log" => values.push((p, BOOLEAN.to_vec())),
+                "action" => values.push((p, NAT_ACTIONS.to_vec())),
+                "protocol" => values.push((p, PROTOCOLS.to_vec())),
+                "policy" => values.push((p, crate::state::POLICY_NAMES.to_vec())),
+                _ => {}
+            }
+        }
+    }
+    CommandSpec {
+        path: format!("/{path}/{verb}"),
+        params,
+        values,
+        properties,
+    }
+}
+
+/// The `'static` name of a property a single-item menu prints.
+fn property_name(name: &str) -> Option<&'static str> {
+    const NAMES: &[&str] = &[
+        "name",
+        "uptime",
+        "version",
+        "build-time",
+        "factory-software",
+        "free-memory",
+        "total-memory",
+        "cpu",
+        "cpu-count",
+        "cpu-frequency",
+        "cpu-load",
+        "free-hdd-space",
+        "total-hdd-space",
+        "architecture-name",
+        "board-name",
+        "platform",
+        "time",
+        "date",
+        "time-zone-autodetect",
+        "time-zone-name",
+        "gmt-offset",
+        "dst-active",
+        "mode",
+        "container",
+    ];
+    NAMES
+        .iter()
+        .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| f))
+        .find(|n| **n == name)
+        .copied()
+}
+
+/// Every command a router of this one's version implements, with what it accepts.
+pub fn surface(router: &Router) -> Vec<CommandSpec> {
+    let version = router.version_triple();
+    let mut out = Vec::new();
+    for (path, menu) in MENUS {
+        if !available(version, path) {
+            continue;
+        }
+        for verb in menu_verbs(*menu) {
+            if available(version, &format!("{path}/{verb}")) {
+                out.push(spec(router, path, *menu, verb));
+            }
+        }
+    }
+    out
+}
+
+/// Refuses a command outside the router's surface: a verb its menu lacks (`no such
+/// command or directory (verb)`) or a parameter the command does not take.
+fn check_surface(menu: Menu, verb: &str, req: &Request) -> Result<(), Trap> {
+    if !menu_verbs(menu).contains(&verb) {
+        return Err(Trap::missing(verb));
+    }
+    let params = match menu {
+        Menu::Table(kind) => table_params(kind, verb),
+        Menu::Identity if verb == "set" => vec!["name"],
+        Menu::DeviceMode if verb == "update" => std::iter::once("mode")
+            .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| *f))
+            .collect(),
+        _ => SINGLE_PRINT_FLAGS.to_vec(),
+    };
+    match req
+        .attrs
+        .iter()
+        .find(|(k, _)| !params.contains(&k.as_str()))
+    {
+        Some(_) => Err(Trap::unknown_parameter()),
+        None => Ok(()),
+    }
+}
+
 fn need(caller: &Caller, policies: &[&str]) -> Result<(), Trap> {
     if policies.iter().all(|p| caller.policies.has(p)) {
         Ok(())
@@ -174,7 +404,8 @@ fn need(caller: &Caller, policies: &[&str]) -> Result<(), Trap> {
 
 /// Runs one command as `caller`.
 pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcome, Trap> {
-    let (menu, verb) = parse_path(&req.path)?;
+    let (menu, verb) = resolve(router, &req.path)?;
+    check_surface(menu, &verb, req)?;
     let out = match menu {
         Menu::Table(kind) => table_command(router, caller, kind, &verb, req)?,
         Menu::Identity => match verb.as_str() {
@@ -229,7 +460,7 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             "print" => {
                 need(caller, &["read"])?;
                 let mode = router.state().device_mode;
-                print_single(req, mode.properties())?
+                print_single(req, mode.properties(router.version_triple()))?
             }
             "update" => {
                 need(caller, &["write", "policy"])?;
@@ -270,18 +501,21 @@ fn resource(router: &Router) -> Vec<(String, String)> {
     .collect()
 }
 
+/// What a table's `print` takes besides queries (every one of the sim's tables has these
+/// in RouterOS 7.21.4; `.proplist` is the API's).
 const PRINT_FLAGS: &[&str] = &[
     ".proplist",
     "count-only",
     "detail",
     "terse",
-    "brief",
     "without-paging",
-    "stats",
     "show-ids",
     "value-list",
     "as-value",
 ];
+
+/// What a single item's `print` (`/system/identity`, `/system/clock` …) takes.
+const SINGLE_PRINT_FLAGS: &[&str] = &[".proplist", "as-value", "without-paging"];
 
 fn proplist(req: &Request) -> Option<Vec<String>> {
     req.get(".proplist")
@@ -300,8 +534,8 @@ fn apply_proplist(
 
 fn print_single(req: &Request, row: Vec<(String, String)>) -> Result<Outcome, Trap> {
     for (k, _) in &req.attrs {
-        if !PRINT_FLAGS.contains(&k.as_str()) {
-            return Err(Trap::unknown_parameter(k));
+        if !SINGLE_PRINT_FLAGS.contains(&k.as_str()) {
+            return Err(Trap::unknown_parameter());
         }
     }
     Ok(Outcome {
@@ -314,7 +548,7 @@ fn print_single(req: &Request, row: Vec<(String, String)>) -> Result<Outcome, Tr
 fn only_params(req: &Request, allowed: &[&str]) -> Result<(), Trap> {
     for (k, _) in &req.attrs {
         if !allowed.contains(&k.as_str()) {
-            return Err(Trap::unknown_parameter(k));
+            return Err(Trap::unknown_parameter());
         }
     }
     Ok(())
@@ -363,7 +597,7 @@ fn verbs(kind: TableKind) -> &'static [&'static str] {
             &["print", "add", "set", "remove", "enable", "disable"]
         }
         TableKind::Groups => &["print", "add", "set", "remove"],
-        TableKind::Active => &["print", "request-logout"],
+        TableKind::Active => &["print", "remove"],
     }
 }
 
@@ -381,7 +615,7 @@ fn table_command(
         need(caller, &["read"])?;
         for (k, _) in &req.attrs {
             if !PRINT_FLAGS.contains(&k.as_str()) {
-                return Err(Trap::unknown_parameter(k));
+                return Err(Trap::unknown_parameter());
             }
         }
         let query = Query::parse(&req.queries).map_err(|e| Trap::new(e.to_string()))?;
@@ -419,6 +653,7 @@ fn table_command(
     let out = match verb {
         "add" => add(router, caller, kind, req)?,
         "set" => set(router, kind, req)?,
+        "remove" if kind == TableKind::Active => end_sessions(router, req)?,
         "remove" => remove(router, kind, req)?,
         "enable" | "disable" => {
             only_params(req, &[".id", "numbers"])?;
@@ -432,18 +667,36 @@ fn table_command(
             }
             Outcome::default()
         }
-        "request-logout" => {
-            only_params(req, &[".id", "numbers"])?;
-            let ids = targets(&router.state(), kind, req)?;
-            for id in ids {
-                router.logout(id);
-            }
-            Outcome::default()
-        }
         v => return Err(Trap::missing(v)),
     };
     changed(router, kind);
     Ok(out)
+}
+
+/// `/user/active remove`: ends sessions. RouterOS refuses it for API and REST API
+/// sessions (`action failed (6)`, measured on 7.23 and 7.24); the sim refuses the whole
+/// command then and ends none of them.
+fn end_sessions(router: &Router, req: &Request) -> Result<Outcome, Trap> {
+    only_params(req, &[".id", "numbers"])?;
+    let ids = {
+        let state = router.state();
+        let ids = targets(&state, TableKind::Active, req)?;
+        let refused = ids.iter().any(|id| {
+            state
+                .active
+                .get(*id)
+                .and_then(|s| s.get("via"))
+                .is_some_and(|via| via == "api" || via == "rest-api")
+        });
+        if refused {
+            return Err(Trap::new("action failed (6)"));
+        }
+        ids
+    };
+    for id in ids {
+        router.logout(id);
+    }
+    Ok(Outcome::default())
 }
 
 fn changed(router: &Router, kind: TableKind) {
@@ -490,7 +743,7 @@ fn writable(kind: TableKind, req: &Request, skip: &[&str]) -> Result<Vec<(String
         }
         match schema.access(k) {
             Some(Access::ReadWrite | Access::Secret) => out.push((k.clone(), v.clone())),
-            _ => return Err(Trap::unknown_parameter(k)),
+            _ => return Err(Trap::unknown_parameter()),
         }
     }
     Ok(out)
@@ -713,8 +966,20 @@ const NAT_ACTIONS: &[&str] = &[
 ];
 
 const PROTOCOLS: &[&str] = &[
-    "tcp", "udp", "icmp", "icmpv6", "gre", "esp", "ah", "ipip", "ipv6", "sctp", "udp-lite", "dccp",
-    "igmp", "ospf",
+    "tcp",
+    "udp",
+    "icmp",
+    "icmpv6",
+    "gre",
+    "ipsec-esp",
+    "ipsec-ah",
+    "ipip",
+    "ipv6-encap",
+    "sctp",
+    "udp-lite",
+    "dccp",
+    "igmp",
+    "ospf",
 ];
 
 /// Checks and normalises an item's properties after `add` or `set`.
@@ -811,9 +1076,7 @@ fn validate(
                     && !i.is_empty()
                     && !crate::nat::INTERFACES.contains(&i.strip_prefix('!').unwrap_or(i))
                 {
-                    return Err(Trap::new(format!(
-                        "input does not match any value of {key}"
-                    )));
+                    return Err(Trap::new("input does not match any value of interface"));
                 }
             }
             for key in [
@@ -992,7 +1255,7 @@ mod tests {
                 .attr("in-interface", iface)
         };
         let e = execute(&r, &Caller::system(), &rule("wg-nowhere")).unwrap_err();
-        assert_eq!(e.message, "input does not match any value of in-interface");
+        assert_eq!(e.message, "input does not match any value of interface");
         for (iface, forwards) in [("ether1", true), ("!ether1", false)] {
             execute(&r, &Caller::system(), &rule(iface)).unwrap();
             let state = r.state();

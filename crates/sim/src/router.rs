@@ -57,6 +57,13 @@ pub fn version_major_minor(version: &str) -> (u32, u32) {
     (major, minor)
 }
 
+/// `major.minor.patch` of a version string such as `6.49.10 (long-term)`.
+pub fn version_triple(version: &str) -> (u32, u32, u32) {
+    let mut it = version.split(['.', ' ']);
+    let mut next = || it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (next(), next(), next())
+}
+
 /// The service a session came through, as `/user/active` prints it in `via`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -133,6 +140,8 @@ pub(crate) struct Inner {
     pub nat: Mutex<Forwarder>,
     /// Cancelled when the router shuts down: ends dst-nat listeners and the scheduler.
     pub shutdown: CancellationToken,
+    /// Every command the API received, once a test asked to keep them.
+    pub received: Mutex<Option<Vec<crate::menu::Request>>>,
 }
 
 /// A handle on one router; clones share it.
@@ -162,6 +171,7 @@ impl Router {
                 scheduler_wake: Notify::new(),
                 nat: Mutex::new(Forwarder::default()),
                 shutdown: CancellationToken::new(),
+                received: Mutex::new(None),
                 config,
             }),
         }
@@ -199,6 +209,43 @@ impl Router {
     /// with `!fatal` and a closed connection.
     pub fn is_v7(&self) -> bool {
         version_major_minor(&self.inner.config.version).0 >= 7
+    }
+
+    /// The router's version as `(major, minor, patch)`.
+    pub fn version_triple(&self) -> (u32, u32, u32) {
+        version_triple(&self.inner.config.version)
+    }
+
+    /// Starts keeping every command the API service receives (see [`Router::received`]).
+    pub fn record_commands(&self) {
+        let mut r = self
+            .inner
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        r.get_or_insert_with(Vec::new);
+    }
+
+    /// The commands the API service received since [`Router::record_commands`], in
+    /// order, as sent (path, attributes, queries; `.tag` aside).
+    pub fn received(&self) -> Vec<crate::menu::Request> {
+        self.inner
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn record(&self, req: &crate::menu::Request) {
+        let mut r = self
+            .inner
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = r.as_mut() {
+            list.push(req.clone());
+        }
     }
 
     /// Whether the router's version is older than `major.minor`.
@@ -261,7 +308,7 @@ impl Router {
 
     /// Checks a login for `via` from `from` and, if it passes, registers the session.
     ///
-    /// `token` ends the session's connection; `request-logout` cancels it.
+    /// `token` ends the session's connection; `/user/active remove` cancels it.
     pub fn login(
         &self,
         name: &str,
@@ -328,7 +375,7 @@ impl Router {
         })
     }
 
-    /// Ends the session with `/user/active` id `id`, as `request-logout` does. Returns
+    /// Ends the session with `/user/active` id `id`, as `/user/active remove` does. Returns
     /// whether there was one.
     pub fn logout(&self, id: u32) -> bool {
         let token = {

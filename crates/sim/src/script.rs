@@ -1,13 +1,17 @@
 //! The scripts Postern installs in scheduler entries, run as RouterOS would run them:
 //! `/user remove [find name="x"]`, `/ip firewall nat remove [find comment="…"]`,
-//! `/system scheduler remove [find name="…"]`, `/user active request-logout [find …]`,
-//! separated by `;` or new lines. Paths may use spaces or slashes. A `[find …]` takes
-//! `key="value"` conditions (and-ed, `where` allowed); no match means nothing to do, as
-//! on RouterOS. Commands the sim does not know are logged and skipped.
+//! `/system scheduler remove [find name="…"]`, separated by `;` or new lines. Paths may
+//! use spaces or slashes. A `[find …]` takes `key="value"` conditions (and-ed, `where`
+//! allowed); no match means nothing to do, as on RouterOS.
+//!
+//! A script is compiled before it runs, as RouterOS does: a command the router does not
+//! have (`bad command name`) stops the whole script before its first line runs, so a
+//! script with one unknown command removes nothing.
 //!
 //! `:do { … } on-error={ … }` runs its body (errors caught when `on-error` is there),
-//! and `:log` lines are ignored. This is not a RouterOS scripting language interpreter:
-//! no variables, `:if`, `:foreach`.
+//! `:foreach v in=[/menu find …] do={ … }` runs its body once per item with `$v` its
+//! `.id`, and `:log` lines are ignored. This is not a RouterOS scripting language
+//! interpreter: no other variables, no `:if`, no expressions.
 
 use crate::menu::{self, Request};
 use crate::router::{Caller, Router};
@@ -217,9 +221,11 @@ fn find_ids(
 /// Runs one command line as `caller`. `Ok(false)` when it was skipped as unknown.
 pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, String> {
     let tokens = tokenize(line).ok_or_else(|| format!("cannot parse {line:?}"))?;
+    // The path's words; an item's `.id` (`*1A`, what `:foreach` hands its body) after
+    // them is the command's unnamed argument.
     let words: Vec<String> = tokens
         .iter()
-        .take_while(|t| matches!(t, Token::Word(_)))
+        .take_while(|t| matches!(t, Token::Word(w) if !w.starts_with('*')))
         .filter_map(|t| match t {
             Token::Word(w) => Some(w.clone()),
             _ => None,
@@ -229,7 +235,7 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, St
         return Ok(false);
     }
     let path = path_of(&words);
-    if menu::parse_path(&path).is_err() {
+    if menu::resolve(router, &path).is_err() {
         return Ok(false);
     }
     let mut req = Request::new(&path);
@@ -244,6 +250,7 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> Result<bool, St
                 req = req.attr(".id", &ids);
             }
             Token::Pair(k, Value::Text(v)) => req = req.attr(k, v),
+            Token::Word(w) if w.starts_with('*') => req = req.attr(".id", w),
             Token::Word(w) => return Err(format!("unexpected word {w:?}")),
         }
     }
@@ -281,6 +288,100 @@ fn do_block(line: &str) -> Option<(&str, bool)> {
     None
 }
 
+/// `:foreach v in=[/menu find k="x"] do={ body }`: the variable, the menu's path,
+/// the conditions and the body.
+struct Foreach<'a> {
+    var: &'a str,
+    path: String,
+    conds: Vec<(String, String)>,
+    body: &'a str,
+}
+
+/// The block that starts `text` (`[…]` or `{…}`, nested ones and quotes inside): its
+/// inside and what follows it.
+fn block(text: &str, open: char, close: char) -> Option<(&str, &str)> {
+    let inner = text.strip_prefix(open)?;
+    let mut depth = 1usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == open && !quoted => depth += 1,
+            c if c == close && !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((inner.get(..i)?, inner.get(i + 1..)?));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn foreach(line: &str) -> Option<Foreach<'_>> {
+    let rest = line.strip_prefix(":foreach")?.trim_start();
+    let (var, rest) = rest.split_once(char::is_whitespace)?;
+    let rest = rest.trim_start().strip_prefix("in=")?;
+    let (list, rest) = block(rest, '[', ']')?;
+    let (body, _) = block(rest.trim_start().strip_prefix("do=")?, '{', '}')?;
+    // `/user active find name="x"`: path words up to `find`, then conditions.
+    let toks = raw_tokens(list.trim());
+    let at = toks.iter().position(|t| t == "find")?;
+    let path = path_of(toks.get(..at)?);
+    let conds = parse_find(&format!("[find {}]", toks.get(at + 1..)?.join(" ")))?;
+    Some(Foreach {
+        var,
+        path: format!("{path}/find"),
+        conds,
+        body,
+    })
+}
+
+/// Checks every command of a script before it runs, as RouterOS compiles a script
+/// first: `Err` names the first command this router does not have.
+pub fn compile(router: &Router, script: &str) -> Result<(), String> {
+    for line in split_commands(script) {
+        if let Some((body, _)) = do_block(&line) {
+            compile(router, body)?;
+            continue;
+        }
+        if let Some(each) = foreach(&line) {
+            menu::resolve(router, &each.path.replace("/find", "/print"))
+                .map_err(|t| format!("bad command name ({})", t.message))?;
+            compile(router, each.body)?;
+            continue;
+        }
+        if line.starts_with(":log") || line.starts_with('#') {
+            continue;
+        }
+        let tokens = tokenize(&line).ok_or_else(|| format!("cannot parse {line:?}"))?;
+        let words: Vec<String> = tokens
+            .iter()
+            .take_while(
+                |t| matches!(t, Token::Word(w) if !w.starts_with('*') && !w.starts_with('$')),
+            )
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect();
+        let path = path_of(&words);
+        if words.first().is_none_or(|w| !w.starts_with('/'))
+            || menu::resolve(router, &path).is_err()
+        {
+            return Err(format!("bad command name in {line:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a script; `Err` when a command failed (which stops the script, as on RouterOS).
 fn run_script(router: &Router, caller: &Caller, script: &str) -> Result<(), String> {
     for line in split_commands(script) {
@@ -290,14 +391,20 @@ fn run_script(router: &Router, caller: &Caller, script: &str) -> Result<(), Stri
                 _ => continue,
             }
         }
+        if let Some(each) = foreach(&line) {
+            let ids = find_ids(router, caller, &each.path, &each.conds)?;
+            for id in ids.split(',').filter(|i| !i.is_empty()) {
+                let body = each.body.replace(&format!("${}", each.var), id);
+                run_script(router, caller, &body)?;
+            }
+            continue;
+        }
         if line.starts_with(":log") || line.starts_with('#') {
             continue;
         }
         match run_line(router, caller, &line) {
             Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(command = %line, "script command not supported by the sim, skipped")
-            }
+            Ok(false) => return Err(format!("bad command name in {line:?}")),
             Err(e) => {
                 tracing::warn!(command = %line, error = %e, "script command failed");
                 return Err(e);
@@ -307,10 +414,15 @@ fn run_script(router: &Router, caller: &Caller, script: &str) -> Result<(), Stri
     Ok(())
 }
 
-/// Runs a whole script, command after command: a failing command stops the script (as
-/// RouterOS does) unless it is inside `:do { … } on-error={ … }`; an unknown one is
-/// logged and skipped; `:log` lines and comments are ignored.
+/// Runs a whole script, command after command, once it compiles (a command the router
+/// does not have stops it before anything runs): a failing command stops the script
+/// (as RouterOS does) unless it is inside `:do { … } on-error={ … }`; `:log` lines and
+/// comments are ignored.
 pub fn run(router: &Router, caller: &Caller, script: &str) {
+    if let Err(e) = compile(router, script) {
+        tracing::warn!(error = %e, "script not run: it does not compile on this router");
+        return;
+    }
     let _ = run_script(router, caller, script);
 }
 

@@ -301,6 +301,26 @@ impl TableKind {
     }
 }
 
+/// The features device-mode controls, in `print` order, and whether mode `home`
+/// keeps them.
+pub const DEVICE_MODE_FEATURES: [(&str, bool); 15] = [
+    ("scheduler", false),
+    ("socks", false),
+    ("fetch", false),
+    ("pptp", true),
+    ("l2tp", true),
+    ("bandwidth-test", false),
+    ("traffic-gen", false),
+    ("sniffer", false),
+    ("ipsec", true),
+    ("romon", false),
+    ("proxy", false),
+    ("hotspot", false),
+    ("smb", true),
+    ("email", true),
+    ("zerotier", false),
+];
+
 /// `/system/device-mode`: what the owner allowed with physical access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceMode {
@@ -322,28 +342,18 @@ impl DeviceMode {
         self == DeviceMode::Advanced
     }
 
-    /// The `print` of `/system/device-mode`.
-    pub fn properties(self) -> Vec<(String, String)> {
+    /// The `print` of `/system/device-mode` on a router of `version`: before 7.17 the
+    /// mode that allows everything was called `enterprise` (MikroTik's device-mode page:
+    /// "Advanced (previously called enterprise)").
+    pub fn properties(self, version: (u32, u32, u32)) -> Vec<(String, String)> {
         let home = self == DeviceMode::Home;
         let yn = |allowed: bool| if allowed { "yes" } else { "no" }.to_string();
-        let mut out = vec![("mode".to_string(), self.name().to_string())];
-        for (feature, in_home) in [
-            ("scheduler", false),
-            ("socks", false),
-            ("fetch", false),
-            ("pptp", true),
-            ("l2tp", true),
-            ("bandwidth-test", false),
-            ("traffic-gen", false),
-            ("sniffer", false),
-            ("ipsec", true),
-            ("romon", false),
-            ("proxy", false),
-            ("hotspot", false),
-            ("smb", true),
-            ("email", true),
-            ("zerotier", false),
-        ] {
+        let name = match self {
+            DeviceMode::Advanced if version < (7, 17, 0) => "enterprise",
+            _ => self.name(),
+        };
+        let mut out = vec![("mode".to_string(), name.to_string())];
+        for (feature, in_home) in DEVICE_MODE_FEATURES {
             out.push((feature.to_string(), yn(!home || in_home)));
         }
         out.push(("container".into(), "no".into()));

@@ -1,7 +1,7 @@
 //! A stand-in on the WinBox port (8291). **This is not the WinBox protocol**, nor any
 //! part of it: it is a line-based login that lets a test prove that a user's
 //! credentials, `address=` list and `winbox` policy work through a forward, and that
-//! `request-logout` ends the session.
+//! `/user/active remove` ends the session.
 //!
 //! The exchange, one line each way, `\n`-terminated:
 //!

@@ -169,6 +169,20 @@ impl Store {
         job.ok_or(StoreError::NotFound)
     }
 
+    /// A router's stuck jobs (the router refused a command as unknown or invalid),
+    /// oldest first.
+    pub async fn stuck_jobs(&self, router_id: RouterId) -> Result<Vec<Job>> {
+        db!(self, |p, pg| {
+            let rows = sqlx::query(job_sql!(
+                "WHERE router_id = $1 AND state = 'stuck' ORDER BY created_at"
+            ))
+            .bind(router_id.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(job_from).collect::<Result<Vec<_>>>()
+        })
+    }
+
     /// Appends a line to a job's log; returns its sequence number (1, 2, …).
     pub async fn append_job_line(
         &self,

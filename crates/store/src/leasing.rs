@@ -31,6 +31,9 @@ pub enum JobOutcome {
     Completed,
     /// Given up; the reason is kept as `last_error`.
     Failed(String),
+    /// Stopped, not to be retried: the router refused a command as unknown or invalid
+    /// (its words kept as `last_error`).
+    Stuck(String),
     /// Back to `pending` until `run_after`; the error is kept as `last_error`.
     Retry {
         run_after: DateTime<Utc>,
@@ -701,6 +704,7 @@ impl Store {
                 let (state, run_after, finished, error) = match &end.outcome {
                     JobOutcome::Completed => ("completed", None, Some(ms(now)), None),
                     JobOutcome::Failed(e) => ("failed", None, Some(ms(now)), Some(e.clone())),
+                    JobOutcome::Stuck(e) => ("stuck", None, Some(ms(now)), Some(e.clone())),
                     JobOutcome::Retry { run_after, error } => {
                         ("pending", Some(ms(*run_after)), None, Some(error.clone()))
                     }
@@ -929,6 +933,17 @@ impl Store {
             row.opt_int("at")?
         });
         Ok(at.and_then(DateTime::from_timestamp_millis))
+    }
+
+    /// How many jobs are stuck (the router refused a command as unknown or invalid),
+    /// every organisation's, for `/metrics`.
+    pub async fn count_stuck_jobs(&self) -> Result<u64> {
+        db!(self, |p, pg| {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'stuck'")
+                .fetch_one(p)
+                .await?;
+            Ok(u64::try_from(row.int("n")?).unwrap_or(0))
+        })
     }
 
     /// Whether a router has an unfinished job of `kind`.

@@ -2706,3 +2706,48 @@ both!(
     a_broken_create_fails_alone_in_its_batch,
     batch_with_a_broken_create
 );
+
+/// A job the router refused as unknown or invalid ends `stuck`: out of the router's
+/// queue (the next job runs), the router's words kept, counted for `/metrics`, and not
+/// an open job of its grant (so a restart queues the clean-up once more).
+async fn stuck_jobs(ctx: &Ctx) {
+    let s = &ctx.store;
+    let w = world(s).await;
+    let lease = std::time::Duration::from_secs(15);
+    let a = s
+        .create_job(new_job(w.org, w.router.id, t(0)))
+        .await
+        .unwrap();
+    let b = s
+        .create_job(new_job(w.org, w.router.id, t(0)))
+        .await
+        .unwrap();
+    assert_eq!(s.count_stuck_jobs().await.unwrap(), 0);
+    let first = s.claim_job("w1", t(1), lease).await.unwrap().unwrap();
+    assert_eq!(first.id, a.id);
+    let words = "the router refused /user/active/request-logout: no such command or directory (request-logout)";
+    assert!(
+        s.finish_job(a.id, "w1", t(1), JobOutcome::Stuck(words.into()))
+            .await
+            .unwrap()
+    );
+    let stuck = s.get_job(a.id).await.unwrap();
+    assert_eq!(stuck.state, JobState::Stuck);
+    assert_eq!(stuck.last_error.as_deref(), Some(words));
+    assert!(stuck.finished_at.is_some());
+    assert_eq!(s.count_stuck_jobs().await.unwrap(), 1);
+    // Not retried: the next claim is the router's next job.
+    let next = s.claim_job("w1", t(2), lease).await.unwrap().unwrap();
+    assert_eq!(next.id, b.id);
+    assert!(
+        s.finish_job(b.id, "w1", t(2), JobOutcome::Completed)
+            .await
+            .unwrap()
+    );
+    assert!(s.claim_job("w1", t(3), lease).await.unwrap().is_none());
+    assert_eq!(s.get_job(a.id).await.unwrap().state, JobState::Stuck);
+}
+both!(
+    a_stuck_job_leaves_the_queue_with_the_routers_words,
+    stuck_jobs
+);

@@ -214,6 +214,8 @@ impl Fact {
 struct Overview {
     facts: Vec<Fact>,
     has_router: bool,
+    /// Jobs the router refused as unknown or invalid: (what, the router's words).
+    stuck: Vec<(String, String)>,
     /// The Terminal button and the recorded sessions (`portal::terminal`).
     terminal: String,
 }
@@ -229,8 +231,21 @@ pub async fn site_get(
     let now = state.now();
     let mut facts = Vec::new();
     let mut terminal = String::new();
+    let mut stuck = Vec::new();
     if let Some(r) = &router {
         terminal = super::terminal::overview(&state, &signed, &site, r).await?;
+        stuck = state
+            .store
+            .stuck_jobs(r.id)
+            .await?
+            .into_iter()
+            .map(|j| {
+                (
+                    format!("{} ({})", job_title(&j.kind), human(j.created_at)),
+                    j.last_error.unwrap_or_default(),
+                )
+            })
+            .collect();
         let region = state.store.get_region(r.region_id).await?;
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| NOT_REPORTED.into());
         let org = signed.caller.org_id;
@@ -294,6 +309,7 @@ pub async fn site_get(
     let panel = Overview {
         has_router: router.is_some(),
         facts,
+        stuck,
         terminal,
     }
     .render()?;

@@ -47,7 +47,8 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Request counts and latencies in the Prometheus text format.
+/// Request counts and latencies, and the number of stuck router jobs, in the Prometheus
+/// text format.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -56,7 +57,16 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    // Jobs the router refused as unknown or invalid: not retried, to be acted on.
+    if let Ok(stuck) = state.store.count_stuck_jobs().await {
+        text.push_str(
+            "# HELP postern_router_jobs_stuck Router jobs stopped because the router refused a command as unknown or invalid.\n",
+        );
+        text.push_str("# TYPE postern_router_jobs_stuck gauge\n");
+        text.push_str(&format!("postern_router_jobs_stuck {stuck}\n"));
+    }
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

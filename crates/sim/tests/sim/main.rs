@@ -19,4 +19,5 @@ mod nat;
 mod perf;
 mod scheduler;
 mod ssh;
+mod surface;
 mod winbox;

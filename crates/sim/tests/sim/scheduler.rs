@@ -51,7 +51,7 @@ async fn expiry_entry_removes_the_user_its_nat_rules_and_itself() {
         "=comment=unrelated",
     ])
     .await;
-    let script = "/user remove [find name=\"tmp-1\"]; /ip firewall nat remove [find comment=\"postern:forward:7\"]\n/frobnicate the router\n/system scheduler remove [find name=\"postern-expiry-7\"]";
+    let script = "/user remove [find name=\"tmp-1\"]; /ip firewall nat remove [find comment=\"postern:forward:7\"]\n/system scheduler remove [find name=\"postern-expiry-7\"]";
     api.ok(&[
         "/system/scheduler/add",
         "=name=postern-expiry-7",
@@ -163,5 +163,98 @@ async fn home_device_mode_stops_entries() {
     clock.advance(Duration::from_secs(120));
     assert_eq!(r.run_scheduler(), 0);
     assert!(r.router().state().users.by_name("x").is_some());
+    r.shutdown().await;
+}
+
+/// RouterOS compiles a script before running it: one command it does not have (here
+/// `request-logout`, gone from RouterOS 7) and nothing of the script runs.
+#[tokio::test]
+async fn a_script_with_a_command_the_router_lacks_runs_nothing() {
+    let clock = Clock::manual(at("2026-11-22", "12:00:00"));
+    let r = router_with(|o| o.clock = clock.clone()).await;
+    let mut api = Raw::admin(r.api_addr).await;
+    add_user(&mut api, "tmp-2", "read", "t", &[]).await;
+    let script = "/user active request-logout [find name=\"tmp-2\"]\n/user remove [find name=\"tmp-2\"]\n/system scheduler remove [find name=\"e\"]";
+    api.ok(&[
+        "/system/scheduler/add",
+        "=name=e",
+        "=start-date=2026-11-22",
+        "=start-time=12:00:10",
+        &format!("=on-event={script}"),
+    ])
+    .await;
+    clock.advance(Duration::from_secs(10));
+    r.run_scheduler();
+    let router = r.router().clone();
+    eventually("the entry to run", move || {
+        router.state().scheduler.items[0].get("run-count") == Some("1")
+    })
+    .await;
+    assert!(r.router().state().users.by_name("tmp-2").is_some());
+    assert_eq!(r.router().state().scheduler.items.len(), 1);
+    r.shutdown().await;
+}
+
+/// The session loop Postern writes: each session removed on its own, a refusal
+/// (`action failed (6)` for an API session) caught, and the user removed after.
+#[tokio::test]
+async fn a_foreach_ends_each_session_it_may_and_the_user_goes() {
+    use tokio::io::AsyncWriteExt;
+    let clock = Clock::manual(at("2026-11-22", "12:00:00"));
+    let r = router_with(|o| o.clock = clock.clone()).await;
+    let mut api = Raw::admin(r.api_addr).await;
+    add_user(&mut api, "tmp-3", "full", "t", &[]).await;
+    let mut by_api = Raw::connect(r.api_addr).await;
+    by_api.login_ok("tmp-3", "t").await;
+    let mut winbox = tokio::net::TcpStream::connect(r.winbox_addr).await.unwrap();
+    winbox.write_all(b"login tmp-3 t\n").await.unwrap();
+    let router = r.router().clone();
+    eventually("two sessions", move || {
+        router
+            .state()
+            .active
+            .items
+            .iter()
+            .filter(|s| s.get("name") == Some("tmp-3"))
+            .count()
+            == 2
+    })
+    .await;
+    let script = ":foreach s in=[/user active find where name=\"tmp-3\"] do={ :do { /user active remove $s } on-error={} }\n/user remove [find name=\"tmp-3\"]\n/system scheduler remove [find name=\"e\"]";
+    api.ok(&[
+        "/system/scheduler/add",
+        "=name=e",
+        "=start-date=2026-11-22",
+        "=start-time=12:00:10",
+        &format!("=on-event={script}"),
+    ])
+    .await;
+    clock.advance(Duration::from_secs(10));
+    r.run_scheduler();
+    let router = r.router().clone();
+    eventually("the entry to run and remove itself", move || {
+        router.state().scheduler.items.is_empty()
+    })
+    .await;
+    {
+        let state = r.router().state();
+        assert!(
+            state.users.by_name("tmp-3").is_none(),
+            "the user is removed"
+        );
+        let left: Vec<_> = state
+            .active
+            .items
+            .iter()
+            .filter(|s| s.get("name") == Some("tmp-3"))
+            .map(|s| s.get("via").unwrap().to_string())
+            .collect();
+        assert_eq!(
+            left,
+            ["api"],
+            "the WinBox session is ended, the API one refused"
+        );
+        assert!(state.scheduler.items.is_empty());
+    }
     r.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! SSH: password login with address and policy checks, the console (russh client and
-//! OpenSSH), exec requests, write refusals, request-logout.
+//! OpenSSH), exec requests, write refusals, /user/active remove.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,7 +204,7 @@ async fn ssh_login_checks_password_address_policy_and_disabled() {
 }
 
 #[tokio::test]
-async fn request_logout_disconnects_an_ssh_session() {
+async fn removing_the_session_disconnects_an_ssh_session() {
     let r = router().await;
     let mut api = Raw::admin(r.api_addr).await;
     add_user(&mut api, "temp", "full", "t", &[]).await;
@@ -215,7 +215,7 @@ async fn request_logout_disconnects_an_ssh_session() {
     // Removing the user leaves the session alone.
     api.ok(&["/user/remove", "=numbers=temp"]).await;
     assert_eq!(exec(&h, "/system identity print").await.1, Some(0));
-    api.ok(&["/user/active/request-logout", &format!("=.id={id}")])
+    api.ok(&["/user/active/remove", &format!("=.id={id}")])
         .await;
     let gone = tokio::time::timeout(TIMEOUT, async {
         while !h.is_closed() {
@@ -344,7 +344,7 @@ async fn openssh_client_exec_interactive_and_logout() {
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("[admin@sim-1] > "), "{screen}");
     assert!(screen.contains("name=admin group=full"), "{screen}");
-    // request-logout ends a live OpenSSH session.
+    // /user/active remove ends a live OpenSSH session.
     let mut api = Raw::admin(r.api_addr).await;
     let child = openssh(&r, "admin", "pw", &["-tt"])
         .stdin(std::process::Stdio::piped())
@@ -370,7 +370,7 @@ async fn openssh_client_exec_interactive_and_logout() {
     )
     .unwrap()
     .to_string();
-    api.ok(&["/user/active/request-logout", &format!("=.id={id}")])
+    api.ok(&["/user/active/remove", &format!("=.id={id}")])
         .await;
     let status = tokio::task::spawn_blocking(move || {
         let mut child = child;
@@ -385,7 +385,10 @@ async fn openssh_client_exec_interactive_and_logout() {
     })
     .await
     .unwrap();
-    assert!(status.is_some(), "ssh did not exit after request-logout");
+    assert!(
+        status.is_some(),
+        "ssh did not exit after /user/active remove"
+    );
     assert_eq!(ssh_sessions(), 0);
     r.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! The WinBox-port stand-in: line login with address and policy checks, /user/active,
-//! request-logout.
+//! /user/active remove.
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -86,7 +86,7 @@ async fn winbox_policy_address_and_three_strikes() {
 }
 
 #[tokio::test]
-async fn request_logout_closes_the_winbox_session() {
+async fn removing_the_session_closes_the_winbox_session() {
     let r = router().await;
     let mut api = Raw::admin(r.api_addr).await;
     add_user(&mut api, "tech", "read", "t", &[]).await;
@@ -104,7 +104,7 @@ async fn request_logout_closes_the_winbox_session() {
         Some("tech"),
         "removing the user keeps the session"
     );
-    api.ok(&["/user/active/request-logout", &format!("=numbers={id}")])
+    api.ok(&["/user/active/remove", &format!("=numbers={id}")])
         .await;
     assert_eq!(w.read().await, None);
     r.shutdown().await;
