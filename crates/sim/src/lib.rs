@@ -111,7 +111,7 @@
 //!   with more policies than the editor's is allowed: RouterOS's rule is not documented,
 //!   so the sim takes the worst case. `[find …]` in a script needs `read`.
 //! - NAT rules: `src-address` and `in-interface` match (the sim's one interface is
-//!   `ether1`; other names are refused as RouterOS refuses an interface it lacks).
+//!   `ether1`; other names are refused with `input does not match any value of interface`).
 //! - Device-mode `home` refuses `/system/scheduler/add` and stops entries from running;
 //!   `/system/device-mode/update` is refused over the API (it needs a button press).
 //!
