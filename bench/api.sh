@@ -60,7 +60,9 @@ TOML
 db_args=()
 if [ "$database" != sqlite ]; then db_args=(--database-url "$database"); fi
 
-POSTERN_LOG=info "$bin" server --data-dir "$dir/data" --listen 127.0.0.1:0 --log-format json \
+# wrk is one address standing for many clients: lift the per-address connection cap.
+POSTERN_MAX_CONNECTIONS_PER_ADDRESS=1024 POSTERN_LOG=info "$bin" server \
+  --data-dir "$dir/data" --listen 127.0.0.1:0 --log-format json \
   --config "$dir/postern.toml" "${db_args[@]}" >"$dir/stdout" 2>"$dir/stderr" &
 pid=$!
 addr=

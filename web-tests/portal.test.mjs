@@ -169,6 +169,28 @@ test("a wrong password is refused with one message", async () => {
   await context.close();
 });
 
+test("the API docs render under their own content security policy", async () => {
+  const { page, problems, context } = await newPage();
+  const violations = [];
+  await page.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  page.on("console", (m) => { if (m.text().startsWith("CSP violation")) violations.push(m.text()); });
+  const response = await page.goto(baseUrl + "/api/docs");
+  const headers = response.headers();
+  assert.match(headers["content-security-policy"], /script-src 'self';/);
+  assert.equal(headers["x-frame-options"], "DENY");
+  // Swagger UI (scripts from the server alone) fetched the document and rendered it.
+  await page.getByRole("heading", { name: /Postern API/ }).first().waitFor();
+  await page.getByText("/api/routers/{router_id}/transient-access", { exact: true }).first().waitFor();
+  await shot(page, "00-api-docs");
+  assert.deepEqual(violations, []);
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test("sign in, Sites, every tab of the site, the admin pages, sign out", async () => {
   const { page, problems, context } = await newPage();
   await signIn(page);

@@ -52,6 +52,9 @@ impl Server {
             .env_remove("POSTERN_DATA_DIR")
             .env_remove("POSTERN_DATABASE_URL")
             .env("POSTERN_LOG", log)
+            // The benchmark's one client stands for many operators: 100 requests at once
+            // from one address, over the per-address cap a real client meets.
+            .env("POSTERN_MAX_CONNECTIONS_PER_ADDRESS", "1024")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
