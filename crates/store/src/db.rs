@@ -414,6 +414,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "live expiry index",
             include_str!("../migrations/sqlite/0080_live_expiry_index.sql"),
         ),
+        // 130: one-time WinBox tickets (a number clear of other branches' next ones).
+        migration(
+            130,
+            "winbox tickets",
+            include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
+        ),
     ])
 }
 
@@ -487,6 +493,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             80,
             "live expiry index",
             include_str!("../migrations/postgres/0080_live_expiry_index.sql"),
+        ),
+        // 130: one-time WinBox tickets (a number clear of other branches' next ones).
+        migration(
+            130,
+            "winbox tickets",
+            include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
         ),
     ])
 }
