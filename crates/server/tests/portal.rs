@@ -935,10 +935,19 @@ async fn credentials_and_revoke_go_through_the_apis_code() {
     assert!(dialog.contains(password.expose()));
     assert!(dialog.contains(&g.username));
     assert!(dialog.contains(&format!("{}:{}", g.entry_point, g.port)));
-    assert!(dialog.contains(&format!(
-        r#"href="winbox://{}@{}:{}""#,
-        g.username, g.entry_point, g.port
-    )));
+    // "Open in WinBox" holds a one-time ticket for the launcher, never the password;
+    // the launcher's instructions are given, and copying stays for those without it.
+    let link = format!(
+        r#"href="winbox://{}:{}?user={}&amp;ticket=wbt_"#,
+        g.entry_point, g.port, g.username
+    );
+    assert!(dialog.contains(&link), "{dialog}");
+    let href = dialog.split(r#"href="winbox://"#).nth(1).unwrap();
+    let href = href.split('"').next().unwrap();
+    assert!(href.contains("&amp;server=http%3A%2F%2F"), "{href}");
+    assert!(!href.contains(password.expose()));
+    assert!(dialog.contains("postern-launcher install"));
+    assert!(dialog.contains("Windows") && dialog.contains("macOS") && dialog.contains("Linux"));
     assert_eq!(dialog.matches("class=\"button small copy\"").count(), 3);
     let reads = p
         .actions(p.org)
