@@ -386,7 +386,11 @@ async fn a_portal_link_starts_winbox_once_and_hostile_links_start_nothing() {
     links.push((hostile::overlong(&server, &ticket), "longer than 2048"));
     for (hostile_link, why) in &links {
         let output = open(&script, &home, hostile_link);
-        assert_eq!(output.status.code(), Some(1), "{hostile_link:?}: {output:?}");
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{hostile_link:?}: {output:?}"
+        );
         let line = one_line(&output);
         assert!(line.contains(why), "{hostile_link:?}: {line}");
         assert!(!line.contains(&ticket), "{line}");
@@ -531,5 +535,9 @@ fn a_bad_command_line_is_one_line_and_exit_2() {
     }
     let help = Command::new(launcher_bin()).arg("--help").output().unwrap();
     assert!(help.status.success());
-    assert!(String::from_utf8(help.stdout).unwrap().contains("postern-launcher open"));
+    assert!(
+        String::from_utf8(help.stdout)
+            .unwrap()
+            .contains("postern-launcher open")
+    );
 }

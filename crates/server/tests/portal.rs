@@ -944,7 +944,10 @@ async fn credentials_and_revoke_go_through_the_apis_code() {
         .unwrap()
         .replace("&#38;", "&")
         .replace("&amp;", "&");
-    let link = format!("{}:{}?user={}&ticket=wbt_", g.entry_point, g.port, g.username);
+    let link = format!(
+        "{}:{}?user={}&ticket=wbt_",
+        g.entry_point, g.port, g.username
+    );
     assert!(href.starts_with(&link), "{href}");
     assert!(href.contains("&server=http%3A%2F%2F"), "{href}");
     assert!(!href.contains(password.expose()));
