@@ -865,6 +865,8 @@ struct Detail {
     link: Option<(String, String)>,
     /// Whether to say how to get and install the WinBox launcher.
     launcher: bool,
+    /// Builds of the launcher on offer: (link, file name).
+    downloads: Vec<(String, String)>,
     back: String,
 }
 
@@ -945,6 +947,7 @@ pub async fn access_credentials_post(
                 lines: Vec::new(),
                 link: None,
                 launcher: false,
+                downloads: Vec::new(),
                 back,
             };
             return Ok((
@@ -1004,6 +1007,11 @@ pub async fn access_credentials_post(
         ),
         lines,
         launcher: c.winbox_url.is_some(),
+        downloads: if c.winbox_url.is_some() {
+            super::launcher::downloads(&state)
+        } else {
+            Vec::new()
+        },
         link: c.winbox_url.map(|url| (url, "Open in WinBox".to_owned())),
         back,
     };
@@ -1081,6 +1089,7 @@ pub async fn forward_get(
         ],
         link: None,
         launcher: false,
+        downloads: Vec::new(),
         back: urls::site_forwards(site.id),
     };
     detail_response(&state, &signed, &headers, detail)
