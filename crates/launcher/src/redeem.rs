@@ -30,7 +30,9 @@ pub enum RedeemError {
     CaFile(String, String),
     #[error("the Postern server {0} sent an answer the launcher cannot read: {1}")]
     Protocol(String, &'static str),
-    #[error("the Postern server refused the ticket: {0}")]
+    #[error(
+        "the Postern server refused the ticket: {0} (a link works once, within a minute: open a fresh one from Postern)"
+    )]
     Refused(String),
     #[error("the Postern server's answer does not match the link: {0}")]
     Mismatch(&'static str),
