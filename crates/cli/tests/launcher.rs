@@ -289,6 +289,8 @@ async fn read_line(r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_portal_link_starts_winbox_once_and_hostile_links_start_nothing() {
+    // Built before any ticket is issued: a build on a busy machine can outlast one.
+    launcher_bin();
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
