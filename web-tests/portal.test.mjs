@@ -410,10 +410,13 @@ test("Add transient access with the defaults, then its Credentials", async () =>
   const grants = await api("GET", `/api/routers/${routerId}/transient-access`);
   const grant = grants.find((g) => g.username === username);
   assert.equal(String(grant.port), port, "the endpoint's port is the grant's");
-  assert.equal(
-    await dialog.getByRole("link", { name: "Open in WinBox" }).getAttribute("href"),
-    `winbox://${username}@${endpoint}`,
-  );
+  // The link holds a one-time ticket for the launcher, never the password; how to get
+  // the launcher is said, and copying stays.
+  const href = await dialog.getByRole("link", { name: "Open in WinBox" }).getAttribute("href");
+  assert.ok(href.startsWith(`winbox://${endpoint}?user=${username}&ticket=wbt_`), href);
+  assert.match(href, /&server=http%3A%2F%2F[0-9.]+%3A\d+$/);
+  assert.ok(!href.includes(password), "no password in the link");
+  assert.match(await dialog.locator("details.launcher summary").innerText(), /launcher/);
   await dialog.getByRole("button", { name: "Copy Password" }).click();
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), password);
   await dialog.getByRole("button", { name: "Copy Username" }).click();

@@ -147,8 +147,13 @@ pub struct CredentialsView {
     pub password: String,
     pub entry_point: String,
     pub port: u16,
-    /// `winbox://user@entry_point:port` for WinBox grants; null for SSH.
-    #[schema(example = "winbox://postern-k3x9q2mz@127.0.0.1:49159")]
+    /// For WinBox grants, the link `postern-launcher` opens:
+    /// `winbox://entry_point:port?user=…&ticket=…&server=…`, with a one-time ticket (fresh
+    /// on each read, redeemable once within 60 s at `POST /api/winbox/redeem` of `server`,
+    /// this server as the request reached it) instead of the password; null for SSH.
+    #[schema(
+        example = "winbox://127.0.0.1:49159?user=postern-k3x9q2mz&ticket=wbt_3q2-7wAbCdEfGhIjKlMnOpQrStUvWxYz0123456789A&server=http%3A%2F%2F127.0.0.1%3A8080"
+    )]
     pub winbox_url: Option<String>,
     /// `ssh -p port user@entry_point` for SSH grants; null for WinBox.
     pub ssh_command: Option<String>,

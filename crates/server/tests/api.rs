@@ -796,14 +796,17 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited(db: Db) {
     let password = creds["password"].as_str().unwrap();
     assert!(password.len() >= 24, "{password}");
     assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()));
-    assert_eq!(
-        creds["winbox_url"],
-        format!(
-            "winbox://{}@us-east1.example.net:{}",
-            grant["username"].as_str().unwrap(),
-            grant["port"]
-        )
+    // The link holds a one-time ticket and this server's origin, never the password.
+    let url = creds["winbox_url"].as_str().unwrap();
+    let prefix = format!(
+        "winbox://us-east1.example.net:{}?user={}&ticket=wbt_",
+        grant["port"],
+        grant["username"].as_str().unwrap()
     );
+    assert!(url.starts_with(&prefix), "{url}");
+    let origin = s.base.replace(':', "%3A").replace('/', "%2F");
+    assert!(url.ends_with(&format!("&server={origin}")), "{url}");
+    assert!(!url.contains(password));
     // A second grant gets a different password.
     let (_, other) = s
         .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9"}))
@@ -846,8 +849,9 @@ async fn credentials_are_given_to_writers_and_every_read_is_audited(db: Db) {
             .unwrap()
             .contains(other["id"].as_str().unwrap())
     );
-    // Newest first.
-    assert_eq!(entries[0]["action"], "access.credentials.read");
+    // Newest first: the read, then the WinBox ticket it issued.
+    assert_eq!(entries[0]["action"], "access.winbox_ticket.issue");
+    assert_eq!(entries[1]["action"], "access.credentials.read");
 
     // An SSH grant gets an ssh command, not a winbox link.
     let (_, ssh) = s
@@ -2091,6 +2095,7 @@ async fn admins_manage_tokens_and_users(db: Db) {
 
 /// Every (method, path) the API has; the OpenAPI document must list exactly these.
 const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/winbox/redeem"),
     ("get", "/api/routers"),
     ("post", "/api/routers"),
     ("get", "/api/routers/{router_id}"),
@@ -2238,8 +2243,11 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
             .send()
             .await
             .unwrap();
-        // `/metrics` wants its own token; an empty sign-in is refused.
-        let want = if path.starts_with("/api/") || path == "/metrics" || path == "/login" {
+        let want = if path == "/api/winbox/redeem" {
+            // Open: the ticket is the credential, and no body is no ticket.
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else if path.starts_with("/api/") || path == "/metrics" || path == "/login" {
+            // `/metrics` wants its own token; an empty sign-in is refused.
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
@@ -2896,6 +2904,198 @@ async fn all_pages_ended_grants(db: Db) {
     s.stop().await;
 }
 
+/// The ticket of a `winbox_url`.
+fn ticket_of(url: &str) -> String {
+    let rest = url.split("ticket=").nth(1).unwrap();
+    rest.split('&').next().unwrap().to_owned()
+}
+
+/// One-time WinBox tickets: a fresh one on each credentials read; redeemed once, with no
+/// other credential, for the grant's login; refused after use, after 60 s, once the
+/// grant ended or its asker is gone, each refusal the same 404; audited throughout.
+async fn winbox_tickets_are_single_use_bound_and_audited(db: Db) {
+    let start = DateTime::parse_from_rfc3339("2030-06-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let clock = Arc::new(TestClock(std::sync::Mutex::new(start)));
+    let opts = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let Some(s) = TestServer::start_with(db, opts).await else {
+        return;
+    };
+    let router = s.router(&s.a.operator, "r").await;
+    let (_, grant) = s
+        .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9"}))
+        .await;
+    let path = format!(
+        "/api/routers/{router}/transient-access/{}/credentials",
+        grant["id"].as_str().unwrap()
+    );
+    let read = || async {
+        let (status, creds) = s.call(Method::GET, &path, Some(&s.a.operator), None).await;
+        assert_eq!(status, StatusCode::OK, "{creds}");
+        creds
+    };
+    let redeem = |ticket: String| {
+        let http = s.http.clone();
+        let url = format!("{}/api/winbox/redeem", s.base);
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({ "ticket": ticket }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let cache = resp
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, cache, resp.text().await.unwrap())
+        }
+    };
+
+    let creds = read().await;
+    let first = ticket_of(creds["winbox_url"].as_str().unwrap());
+    let again = read().await;
+    let second = ticket_of(again["winbox_url"].as_str().unwrap());
+    assert_ne!(first, second, "each read issues a fresh ticket");
+
+    // Redeemed with no other credential, for the grant's login, not cached.
+    let (status, cache, body) = redeem(first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+    let login: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(login["host"], "us-east1.example.net");
+    assert_eq!(login["port"], grant["port"]);
+    assert_eq!(login["user"], grant["username"]);
+    assert_eq!(login["password"], creds["password"]);
+    assert_eq!(login["expires_at"], grant["expires_at"]);
+
+    let mut refusals = Vec::new();
+    let mut refuse = |(status, _, body): (StatusCode, Option<String>, String), what: &str| {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
+        refusals.push(body);
+    };
+    // Used: refused.
+    refuse(redeem(first.clone()).await, "used");
+    // Unknown and malformed: the same answer.
+    refuse(redeem(format!("wbt_{}", "A".repeat(43))).await, "unknown");
+    refuse(redeem("garbage".into()).await, "malformed");
+    refuse(redeem(server::auth::generate_token()).await, "an API token");
+    // Expired: 60 s after it was issued.
+    clock.advance(chrono::TimeDelta::seconds(60));
+    refuse(redeem(second).await, "expired");
+    // At 59 s it still works.
+    let third = ticket_of(read().await["winbox_url"].as_str().unwrap());
+    clock.advance(chrono::TimeDelta::seconds(59));
+    let (status, _, body) = redeem(third).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Eight at once: one login.
+    let racing = ticket_of(read().await["winbox_url"].as_str().unwrap());
+    let results = futures::future::join_all((0..8).map(|_| redeem(racing.clone()))).await;
+    let won = results.iter().filter(|r| r.0 == StatusCode::OK).count();
+    assert_eq!(won, 1, "{results:?}");
+
+    // Bound to whoever asked: a ticket of a token deleted since is refused.
+    let (org, _) = (s.store.list_organisations().await.unwrap()[0].id, ());
+    let secret = server::auth::generate_token();
+    let temp = s
+        .store
+        .create_api_token(store::NewApiToken {
+            org_id: org,
+            name: "temp".into(),
+            role: domain::Role::Operator,
+            token_hash: server::auth::hash_token(&secret),
+            created_by: None,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let (status, temp_creds) = s.call(Method::GET, &path, Some(&secret), None).await;
+    assert_eq!(status, StatusCode::OK, "{temp_creds}");
+    s.store.delete_api_token(org, temp.id).await.unwrap();
+    refuse(
+        redeem(ticket_of(temp_creds["winbox_url"].as_str().unwrap())).await,
+        "asker deleted",
+    );
+
+    // Bound to the grant: refused once it is revoked.
+    let pending = ticket_of(read().await["winbox_url"].as_str().unwrap());
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &path.replace("/credentials", ""),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    refuse(redeem(pending).await, "grant revoked");
+
+    refusals.dedup();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "every refusal looks the same: {refusals:?}"
+    );
+    let problem: Value = serde_json::from_str(&refusals[0]).unwrap();
+    assert_eq!(problem["detail"], "WinBox ticket not found");
+
+    // A body that is not {"ticket": string} is a problem naming the field.
+    let (status, problem) = s
+        .call(
+            Method::POST,
+            "/api/winbox/redeem",
+            None,
+            Some(json!({"ticket": 7})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("ticket"),
+        "{problem}"
+    );
+
+    // Audited: issued, redeemed (as the asker, from the launcher's address), refused.
+    let entries = {
+        let (_, body) = s
+            .call(Method::GET, "/api/audit?limit=500", Some(&s.a.admin), None)
+            .await;
+        body
+    };
+    let count = |action: &str| {
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count()
+    };
+    assert_eq!(count("access.winbox_ticket.issue"), 6);
+    assert_eq!(count("access.winbox_ticket.redeem"), 3);
+    // Used, expired, seven racers, asker deleted, grant revoked (unknown ones have no
+    // organisation to be audited in).
+    assert_eq!(count("access.winbox_ticket.refused"), 11);
+    let redeemed = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "access.winbox_ticket.redeem")
+        .unwrap();
+    assert_eq!(redeemed["actor"], "token:ops");
+    assert_eq!(redeemed["actor_address"], "127.0.0.1");
+    assert!(
+        !entries
+            .to_string()
+            .contains(creds["password"].as_str().unwrap())
+    );
+    s.stop().await;
+}
+
 /// Runs each test above on SQLite and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -2928,6 +3128,7 @@ on_both_databases!(
     forward_validation_boundaries_both_sides,
     access_create_options_and_defaults,
     credentials_are_given_to_writers_and_every_read_is_audited,
+    winbox_tickets_are_single_use_bound_and_audited,
     delete_is_204_revokes_and_repeats_harmlessly,
     patch_extends_and_shortens_within_limits,
     limits_are_configuration_so_a_test_may_allow_seconds,

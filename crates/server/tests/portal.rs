@@ -1089,10 +1089,24 @@ async fn credentials_and_revoke_go_through_the_apis_code() {
     assert!(dialog.contains(password.expose()));
     assert!(dialog.contains(&g.username));
     assert!(dialog.contains(&format!("{}:{}", g.entry_point, g.port)));
-    assert!(dialog.contains(&format!(
-        r#"href="winbox://{}@{}:{}""#,
-        g.username, g.entry_point, g.port
-    )));
+    // "Open in WinBox" holds a one-time ticket for the launcher, never the password;
+    // the launcher's instructions are given, and copying stays for those without it.
+    let href = dialog.split(r#"href="winbox://"#).nth(1).unwrap();
+    let href = href
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    let link = format!(
+        "{}:{}?user={}&ticket=wbt_",
+        g.entry_point, g.port, g.username
+    );
+    assert!(href.starts_with(&link), "{href}");
+    assert!(href.contains("&server=http%3A%2F%2F"), "{href}");
+    assert!(!href.contains(password.expose()));
+    assert!(dialog.contains("postern-launcher install"));
+    assert!(dialog.contains("Windows") && dialog.contains("macOS") && dialog.contains("Linux"));
     assert_eq!(dialog.matches("class=\"button small copy\"").count(), 3);
     let reads = p
         .actions(p.org)
@@ -1378,5 +1392,97 @@ async fn another_organisations_grant_is_not_found() {
         )
         .await;
     assert!(page.contains(">requested<"), "still live");
+    p.stop().await;
+}
+
+/// Builds of the WinBox launcher put in the data directory's `launcher/` are offered in a
+/// WinBox grant's Credentials dialog and served, as downloads, to signed-in users only;
+/// nothing else of the data directory is reachable that way.
+#[tokio::test]
+async fn launcher_builds_are_offered_for_download() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    p.post(
+        &format!("/sites/{}/access", p.site),
+        Some(&alice),
+        &[
+            ("csrf", &csrf),
+            ("type", "winbox"),
+            ("allow_from", "198.51.100.7"),
+            ("expire_after_minutes", "60"),
+        ],
+        HeaderMap::new(),
+    )
+    .await;
+    let g = p.store.list_access(p.org, router.id, None).await.unwrap()[0].clone();
+    let creds = format!("/sites/{}/access/{}/credentials", p.site, g.id);
+    let dialog = || {
+        p.post(
+            &creds,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+    };
+    // None yet: the dialog says where an administrator puts them.
+    assert!(dialog().await.3.contains("under <code>launcher/</code>"));
+
+    let folder = p._dir.path().join("launcher");
+    std::fs::create_dir_all(&folder).unwrap();
+    let build = b"\x7fELF pretend launcher";
+    std::fs::write(
+        folder.join("postern-launcher-x86_64-unknown-linux-gnu"),
+        build,
+    )
+    .unwrap();
+    std::fs::write(folder.join("notes.txt"), "not a build").unwrap();
+    let text = dialog().await.3;
+    assert!(
+        text.contains(r#"<a href="/launcher/postern-launcher-x86_64-unknown-linux-gnu" download>"#),
+        "{text}"
+    );
+    assert!(!text.contains("notes.txt"));
+
+    let resp = p
+        .http
+        .get(format!(
+            "{}/launcher/postern-launcher-x86_64-unknown-linux-gnu",
+            p.base
+        ))
+        .header("cookie", format!("postern_session={alice}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        header(resp.headers(), "content-disposition"),
+        "attachment; filename=\"postern-launcher-x86_64-unknown-linux-gnu\""
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), build);
+
+    // Signed out: the login page. Anything else of the data directory: not found.
+    let (status, location, _) = p
+        .get(
+            "/launcher/postern-launcher-x86_64-unknown-linux-gnu",
+            None,
+            HeaderMap::new(),
+        )
+        .await;
+    assert!(
+        status.is_redirection() && location.contains("/login"),
+        "{status} {location}"
+    );
+    for path in [
+        "/launcher/notes.txt",
+        "/launcher/secret.key",
+        "/launcher/postern-launcher-missing",
+        "/launcher/..%2Fsecret.key",
+        "/launcher/postern-launcher%2F..%2F..%2Fsecret.key",
+    ] {
+        let (status, ..) = p.get(path, Some(&alice), HeaderMap::new()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
     p.stop().await;
 }

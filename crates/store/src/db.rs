@@ -442,6 +442,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "usernames per organisation",
             include_str!("../migrations/sqlite/0100_usernames_per_organisation.sql"),
         ),
+        // 130: one-time WinBox tickets (a number clear of other branches' next ones).
+        migration(
+            130,
+            "winbox tickets",
+            include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
+        ),
     ])
 }
 
@@ -527,6 +533,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             100,
             "usernames per organisation",
             include_str!("../migrations/postgres/0100_usernames_per_organisation.sql"),
+        ),
+        // 130: one-time WinBox tickets (a number clear of other branches' next ones).
+        migration(
+            130,
+            "winbox tickets",
+            include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
         ),
     ])
 }

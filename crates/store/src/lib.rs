@@ -19,6 +19,7 @@
 //!   for the writer together share one transaction: transient-access creations in a
 //!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.
@@ -145,6 +146,7 @@ mod routers;
 pub mod secret;
 mod sessions;
 mod terminals;
+mod tickets;
 
 use std::fmt;
 use std::str::FromStr;
@@ -165,6 +167,7 @@ pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
 pub use terminals::{NewTerminalSession, TerminalSession};
+pub use tickets::{NewWinboxTicket, TicketUse, WinboxTicket};
 
 use db::Pool;
 use secret::Cipher;

@@ -59,7 +59,7 @@ fn session_from(r: &impl Get) -> Result<Session> {
 
 /// Whether text looks like a stored hash (64 lowercase hex digits): anything else is
 /// refused before it reaches SQL.
-fn is_hash(text: &str) -> bool {
+pub(crate) fn is_hash(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

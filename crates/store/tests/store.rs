@@ -2154,6 +2154,9 @@ mod sessions_suite;
 // Terminal sessions and recordings, likewise.
 #[path = "suites/terminals.rs"]
 mod terminals_suite;
+// One-time WinBox tickets, likewise.
+#[path = "suites/tickets.rs"]
+mod tickets_suite;
 
 /// Job leasing: one running job per router, in creation order; leases lapse and are
 /// taken over; a lost lease cannot finish; back-off, hastening, superseding.

@@ -863,6 +863,10 @@ struct Detail {
     lines: Vec<Line>,
     /// A link to follow (`winbox://…`), with its words.
     link: Option<(String, String)>,
+    /// Whether to say how to get and install the WinBox launcher.
+    launcher: bool,
+    /// Builds of the launcher on offer: (link, file name).
+    downloads: Vec<(String, String)>,
     back: String,
 }
 
@@ -929,11 +933,12 @@ pub async fn access_credentials_post(
     State(state): State<AppState>,
     signed: Signed,
     Path((site_id, grant_id)): Path<(String, String)>,
+    origin: crate::routes::winbox::RequestOrigin,
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
     let (site, _, grant) = load_access(&state, &signed, &site_id, &grant_id).await?;
     let back = urls::site_access(site.id);
-    let c = match api::credentials(&state, &signed.caller, &grant).await {
+    let c = match api::credentials(&state, &signed.caller, &grant, &origin).await {
         Ok(c) => c,
         Err(ApiError::Conflict(message)) => {
             let detail = Detail {
@@ -941,6 +946,8 @@ pub async fn access_credentials_post(
                 intro: format!("{message}."),
                 lines: Vec::new(),
                 link: None,
+                launcher: false,
+                downloads: Vec::new(),
                 back,
             };
             return Ok((
@@ -982,8 +989,9 @@ pub async fn access_credentials_post(
     let (kind, how) = match grant.access_type {
         domain::AccessType::Winbox => (
             "WinBox",
-            "Paste them into WinBox's login (Connect To, Login, Password), or open the link \
-             with Postern's WinBox launcher.",
+            "Open in WinBox starts WinBox logged in, through Postern's launcher (the link \
+             works once, for a minute: it holds a ticket, not the password). Without the \
+             launcher, copy them into WinBox's login (Connect To, Login, Password).",
         ),
         domain::AccessType::Ssh => (
             "SSH",
@@ -998,6 +1006,12 @@ pub async fn access_credentials_post(
             grant.allow_from
         ),
         lines,
+        launcher: c.winbox_url.is_some(),
+        downloads: if c.winbox_url.is_some() {
+            super::launcher::downloads(&state)
+        } else {
+            Vec::new()
+        },
         link: c.winbox_url.map(|url| (url, "Open in WinBox".to_owned())),
         back,
     };
@@ -1074,6 +1088,8 @@ pub async fn forward_get(
             },
         ],
         link: None,
+        launcher: false,
+        downloads: Vec::new(),
         back: urls::site_forwards(site.id),
     };
     detail_response(&state, &signed, &headers, detail)

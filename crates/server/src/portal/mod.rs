@@ -12,6 +12,8 @@
 //!   `<page>_<method>` (`grants`: the Transient Access and Forwarding tabs and their
 //!   forms, which go through the API's own code in `routes::grants`).
 //! - `terminal`: the Terminal button, the terminal's WebSocket, recordings and replay.
+//! - `launcher`: builds of the WinBox launcher offered for download (from the data
+//!   directory's `launcher/`).
 //!
 //! Routes are split into a public router (login, assets) and a guarded one whose every
 //! route needs a live session; both pass the CSRF guard and get the security headers.
@@ -23,6 +25,7 @@ pub mod urls;
 
 mod admin;
 mod grants;
+mod launcher;
 mod login;
 mod sites;
 mod terminal;
@@ -74,6 +77,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(urls::TERMINAL_WS, get(terminal::terminal_ws_get))
         .route(urls::RECORDING, get(terminal::recording_get))
         .route(urls::RECORDING_CAST, get(terminal::recording_cast_get))
+        .route(urls::LAUNCHER_FILE, get(launcher::launcher_file_get))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_signed,

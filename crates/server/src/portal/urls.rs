@@ -24,6 +24,12 @@ pub const TERMINAL: &str = "/sites/{site_id}/terminal/{access_id}";
 pub const TERMINAL_WS: &str = "/sites/{site_id}/terminal/{access_id}/ws";
 pub const RECORDING: &str = "/sites/{site_id}/recordings/{access_id}";
 pub const RECORDING_CAST: &str = "/sites/{site_id}/recordings/{access_id}/cast";
+pub const LAUNCHER_FILE: &str = "/launcher/{file}";
+
+/// A build of the WinBox launcher (the name is checked by `launcher` first).
+pub fn launcher_file(name: &str) -> String {
+    format!("/launcher/{name}")
+}
 
 pub fn site(id: SiteId) -> String {
     format!("/sites/{id}")

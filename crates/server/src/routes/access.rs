@@ -206,7 +206,7 @@ pub async fn access_get(
     tag = "transient-access",
     params(("router_id" = String, Path, description = "Router id"), ("id" = String, Path, description = "Grant id")),
     responses(
-        (status = 200, description = "Username, password, entry point, port and link", body = CredentialsView),
+        (status = 200, description = "Username, password, entry point, port and link (a WinBox grant's `winbox_url` holds a fresh one-time ticket, audited as `access.winbox_ticket.issue`)", body = CredentialsView),
         (status = 401, description = "No or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Viewers may not read credentials", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found in your organisation", body = Problem, content_type = "application/problem+json"),
@@ -216,12 +216,13 @@ pub async fn access_get(
 pub async fn access_credentials_get(
     State(state): State<AppState>,
     caller: Caller,
+    origin: super::winbox::RequestOrigin,
     ApiPath((router_id, id)): ApiPath<(String, String)>,
 ) -> Result<Json<CredentialsView>, ApiError> {
     caller.require_write()?;
     let (_, grant) = load(&state, &caller, &router_id, &id).await?;
     Ok(Json(
-        super::grants::credentials(&state, &caller, &grant).await?,
+        super::grants::credentials(&state, &caller, &grant, &origin).await?,
     ))
 }
 

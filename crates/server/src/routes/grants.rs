@@ -255,11 +255,13 @@ pub async fn create_forward_in(
 }
 
 /// The login of a live access grant, audited (`access.credentials.read`). Viewers may
-/// not read it (403); an ended grant's is refused (409).
+/// not read it (403); an ended grant's is refused (409). A WinBox grant's `winbox_url`
+/// carries a fresh one-time ticket for the launcher, redeemed at `origin`.
 pub async fn credentials(
     state: &AppState,
     caller: &Caller,
     grant: &store::TransientAccess,
+    origin: &super::winbox::RequestOrigin,
 ) -> Result<CredentialsView, ApiError> {
     caller.require_credentials()?;
     if !grant.status.is_live() {
@@ -281,12 +283,7 @@ pub async fn credentials(
         .await?;
     let (winbox_url, ssh_command) = match grant.access_type {
         AccessType::Winbox => (
-            Some(format!(
-                "winbox://{}@{}:{}",
-                grant.username,
-                host_for_url(&grant.entry_point),
-                grant.port
-            )),
+            Some(super::winbox::issue(state, caller, grant, origin).await?),
             None,
         ),
         AccessType::Ssh => (
@@ -305,15 +302,6 @@ pub async fn credentials(
         winbox_url,
         ssh_command,
     })
-}
-
-/// An IPv6 literal needs brackets in a URL's authority.
-fn host_for_url(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
 }
 
 /// Revokes a grant of `router_id` found within the caller's organisation (audited as

@@ -10,6 +10,7 @@ mod forwards;
 pub(crate) mod grants;
 mod routers;
 mod system;
+pub(crate) mod winbox;
 
 pub(crate) use system::healthz;
 
@@ -99,6 +100,7 @@ fn described() -> OpenApiRouter<AppState> {
             access::access_delete
         ))
         .routes(routes!(access::access_credentials_get))
+        .routes(routes!(winbox::winbox_redeem_post))
         .routes(routes!(connections::access_connections_get))
         .routes(routes!(connections::forward_connections_get))
         .routes(routes!(routers::routers_list, routers::routers_post))
