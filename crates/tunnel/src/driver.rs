@@ -132,6 +132,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the driver: a stream moved bytes, a dial began, a stream closed.
     wake: Notify,
+    /// Wakes dials waiting for a peer's session: a peer confirmed a new one.
+    handshake: Notify,
     epoch: Instant,
     stopped: AtomicBool,
     stream_buffer: usize,
@@ -201,6 +203,7 @@ impl Tunnel {
                     stats: TunnelStats::default(),
                 }),
                 wake: Notify::new(),
+                handshake: Notify::new(),
                 epoch,
                 stopped: AtomicBool::new(false),
                 stream_buffer: config.stream_buffer,
@@ -291,14 +294,31 @@ impl Tunnel {
     /// (a gateway just restarted, a router just enrolled) is waited for, not refused.
     pub async fn dial(&self, address: Ipv4Addr, port: u16) -> Result<TunnelStream, TunnelError> {
         let remote = SocketAddrV4::new(address, port);
+        let deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
+        // Wait for the peer's session before the SYN: a SYN sent into no session would
+        // only be retried on TCP's backoff (1, 2, 4, 8, 16 s), long after the handshake.
+        loop {
+            let handshake = self.shared.handshake.notified();
+            tokio::pin!(handshake);
+            handshake.as_mut().enable();
+            {
+                let st = self.lock();
+                if self.shared.stopped.load(Ordering::Acquire) {
+                    return Err(TunnelError::Shutdown);
+                }
+                if !st.table.has_address(address) {
+                    return Err(TunnelError::NoPeer(address));
+                }
+                if st.table.has_session(address) {
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, handshake).await.is_err() {
+                return Err(TunnelError::ConnectTimeout(remote));
+            }
+        }
         let handle = {
             let mut st = self.lock();
-            if self.shared.stopped.load(Ordering::Acquire) {
-                return Err(TunnelError::Shutdown);
-            }
-            if !st.table.has_address(address) {
-                return Err(TunnelError::NoPeer(address));
-            }
             if st.streams >= self.shared.max_streams {
                 st.stats.streams_refused += 1;
                 return Err(TunnelError::TooManyStreams {
@@ -314,7 +334,7 @@ impl Tunnel {
             remote,
         };
         let established = poll_fn(|cx| stream.poll_established(cx));
-        match tokio::time::timeout(self.shared.connect_timeout, established).await {
+        match tokio::time::timeout_at(deadline, established).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => Err(e),
             Err(_) => {
@@ -376,6 +396,7 @@ impl Tunnel {
             }
             let now = Instant::now();
             let mut st = self.lock();
+            let sessions = st.table.counters().sessions;
             for _ in 0..RECV_BATCH {
                 match socket.try_recv_from(&mut rx) {
                     Ok((len, from)) => {
@@ -399,6 +420,9 @@ impl Tunnel {
                 next_timer = now + TIMER_TICK;
             }
             st.poll_stack(epoch, now, socket, &mut out);
+            if st.table.counters().sessions != sessions {
+                self.shared.handshake.notify_waiters();
+            }
         }
     }
 }

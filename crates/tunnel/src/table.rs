@@ -82,8 +82,11 @@ pub enum Received<'a> {
 /// counter here, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
-    /// Handshake responses sent: sessions made.
+    /// Handshake responses sent.
     pub handshakes: u64,
+    /// Sessions the peer confirmed with its first packet after the handshake: from then
+    /// on the gateway can send to it.
+    pub sessions: u64,
     /// Cookie replies sent because handshakes came faster than the limit.
     pub cookie_replies: u64,
     /// Datagrams that were not WireGuard, failed a MAC, failed to decrypt, or replayed.
@@ -127,11 +130,23 @@ struct Peer {
     tunn: Box<Tunn>,
     endpoint: Option<SocketAddr>,
     last_handshake: Option<Instant>,
+    /// A handshake was answered and the peer's first packet on it is still to come.
+    unconfirmed: bool,
     rx_bytes: u64,
     tx_bytes: u64,
 }
 
 impl Peer {
+    /// The peer's first authenticated packet after a handshake confirms the session.
+    fn authenticated(&mut self, from: SocketAddr, len: usize, counters: &mut Counters) {
+        self.endpoint = Some(from);
+        self.rx_bytes += len as u64;
+        if self.unconfirmed {
+            self.unconfirmed = false;
+            counters.sessions += 1;
+        }
+    }
+
     fn stats(&self) -> PeerStats {
         PeerStats {
             public_key: self.key,
@@ -271,6 +286,7 @@ impl PeerTable {
                 tunn: Box::new(tunn),
                 endpoint: None,
                 last_handshake: None,
+                unconfirmed: false,
                 rx_bytes: 0,
                 tx_bytes: 0,
             },
@@ -295,6 +311,15 @@ impl PeerTable {
 
     pub fn all_stats(&self) -> Vec<PeerStats> {
         self.peers.values().map(Peer::stats).collect()
+    }
+
+    /// Whether the peer at this address can be sent to now: it has handshaken, confirmed
+    /// the session, and has an endpoint.
+    pub fn has_session(&self, address: Ipv4Addr) -> bool {
+        self.by_address
+            .get(&address)
+            .and_then(|index| self.peers.get(index))
+            .is_some_and(|p| p.endpoint.is_some() && p.tunn.time_since_last_handshake().is_some())
     }
 
     /// Whether some peer holds this tunnel address.
@@ -385,8 +410,7 @@ impl PeerTable {
         match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::Done => {
                 // A keepalive: authenticated, so the peer is where it came from.
-                peer.endpoint = Some(from);
-                peer.rx_bytes += datagram.len() as u64;
+                peer.authenticated(from, datagram.len(), &mut self.counters);
                 Received::Nothing
             }
             TunnResult::WriteToNetwork(reply) => {
@@ -394,6 +418,7 @@ impl PeerTable {
                     Some(MSG_HANDSHAKE_RESPONSE) => {
                         peer.endpoint = Some(from);
                         peer.last_handshake = Some(now);
+                        peer.unconfirmed = true;
                         peer.rx_bytes += datagram.len() as u64;
                         peer.tx_bytes += reply.len() as u64;
                         self.counters.handshakes += 1;
@@ -407,8 +432,7 @@ impl PeerTable {
                 }
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
-                peer.endpoint = Some(from);
-                peer.rx_bytes += datagram.len() as u64;
+                peer.authenticated(from, datagram.len(), &mut self.counters);
                 if source != peer.address {
                     self.counters.wrong_source += 1;
                     return Received::Nothing;
@@ -424,8 +448,7 @@ impl PeerTable {
             }
             TunnResult::WriteToTunnelV6(..) => {
                 // Peers hold one IPv4 address; IPv6 inside the tunnel is never theirs.
-                peer.endpoint = Some(from);
-                peer.rx_bytes += datagram.len() as u64;
+                peer.authenticated(from, datagram.len(), &mut self.counters);
                 self.counters.wrong_source += 1;
                 Received::Nothing
             }
@@ -647,6 +670,8 @@ mod tests {
         assert_eq!(stats.endpoint, Some(addr(4000)));
         assert_eq!(stats.last_handshake, Some(now));
         assert_eq!(t.counters().handshakes, 1);
+        assert_eq!(t.counters().sessions, 1);
+        assert!(t.has_session(ROUTER));
 
         let mut out = vec![0; 2048];
         let up = r.send_packet(&ipv4(ROUTER, GATEWAY, b"hello"));
