@@ -45,6 +45,10 @@ pub struct Lab {
     pub router_ip: Ipv4Addr,
     pub wg_if: String,
     wireguard: Option<Child>,
+    /// The baseline's second namespace and processes, when made.
+    extra_ns: Vec<String>,
+    extra_children: Vec<Child>,
+    tag: String,
     dir: PathBuf,
     /// The router's public key, made by `wg genkey` inside the lab.
     pub router_public: String,
@@ -92,6 +96,9 @@ impl Lab {
             router_ip: Ipv4Addr::from(base + 2),
             wg_if: format!("ptwg{tag}"),
             wireguard: None,
+            extra_ns: Vec::new(),
+            extra_children: Vec::new(),
+            tag: tag.clone(),
             dir,
             router_public: String::new(),
         };
@@ -159,6 +166,7 @@ impl Lab {
             .args(["netns", "exec", &self.ns, "wireguard-go", "-f", &self.wg_if])
             .env("LOG_LEVEL", "error")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("wireguard-go starts");
         self.wireguard = Some(child);
@@ -192,6 +200,75 @@ impl Lab {
             "persistent-keepalive",
             "25",
         ]);
+    }
+
+    /// The baseline: a second namespace joined to the router's by its own veth pair, with
+    /// `wireguard-go` as the gateway's end too, at tunnel address `baseline_addr`, which
+    /// the router admits as a second peer. Returns the namespace's name.
+    pub fn add_baseline_gateway(&mut self, baseline_addr: Ipv4Addr, router_addr: Ipv4Addr) -> String {
+        let ns = format!("{}-g", self.ns);
+        let tag = self.tag.clone();
+        let (gw_veth, router_veth, wg_if) = (format!("ptbg{tag}"), format!("ptbr{tag}"), format!("ptwb{tag}"));
+        ip(&["netns", "add", &ns]);
+        self.extra_ns.push(ns.clone());
+        let in_ns = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &ns]).args(args));
+        // 10.255.x/30 inside two private namespaces: nothing else sees these addresses.
+        ip(&["link", "add", &gw_veth, "netns", &ns, "type", "veth", "peer", "name", &router_veth, "netns", &self.ns]);
+        in_ns(&["ip", "addr", "add", "10.255.0.1/30", "dev", &gw_veth]);
+        in_ns(&["ip", "link", "set", &gw_veth, "up"]);
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        self.exec(&["ip", "addr", "add", "10.255.0.2/30", "dev", &router_veth]);
+        self.exec(&["ip", "link", "set", &router_veth, "up"]);
+
+        let key_file = self.dir.join("baseline.key");
+        std::fs::write(&key_file, in_ns(&["wg", "genkey"]).stdout).unwrap();
+        let public = run(Command::new("wg").arg("pubkey").stdin(std::fs::File::open(&key_file).unwrap()));
+        let public = String::from_utf8(public.stdout).unwrap().trim().to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "wireguard-go", "-f", &wg_if])
+            .env("LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wireguard-go starts");
+        self.extra_children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ip")
+            .args(["netns", "exec", &ns, "wg", "show", &wg_if])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "wireguard-go did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let router_public = self.router_public.clone();
+        in_ns(&["ip", "addr", "add", &format!("{baseline_addr}/10"), "dev", &wg_if]);
+        in_ns(&["ip", "link", "set", &wg_if, "up"]);
+        in_ns(&[
+            "wg", "set", &wg_if,
+            "private-key", key_file.to_str().unwrap(),
+            "peer", &router_public,
+            "endpoint", &format!("10.255.0.2:{ROUTER_LISTEN_PORT}"),
+            "allowed-ips", &format!("{router_addr}/32"),
+            "persistent-keepalive", "25",
+        ]);
+        self.exec(&["wg", "set", &self.wg_if, "peer", &public, "allowed-ips", &format!("{baseline_addr}/32")]);
+        ns
+    }
+
+    /// Runs `make` on a thread that entered namespace `ns`.
+    pub fn inside_ns<T: Send + 'static>(ns: &str, make: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                .expect("setns");
+            make()
+        })
+        .join()
+        .unwrap()
     }
 
     /// Moves the router's WireGuard socket to another port: what a NAT remapping looks
@@ -257,7 +334,7 @@ impl Drop for ChildGuard {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.wireguard.take() {
+        for mut child in self.wireguard.take().into_iter().chain(self.extra_children.drain(..)) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -269,6 +346,10 @@ impl Drop for Lab {
                 .status();
         };
         quiet(&["netns", "del", &self.ns]);
+        for ns in &self.extra_ns {
+            quiet(&["netns", "del", ns]);
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/ptwb{}.sock", self.tag));
         quiet(&["link", "del", &self.host_veth]);
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.wg_if));
         let _ = std::fs::remove_dir_all(&self.dir);
