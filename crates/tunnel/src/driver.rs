@@ -494,6 +494,7 @@ impl State {
             tcp::SocketBuffer::new(vec![0; buffer]),
         );
         socket.set_nagle_enabled(false);
+        socket.set_congestion_control(congestion_control());
         socket.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
         socket.set_keep_alive(Some(smoltcp::time::Duration::from_secs(25)));
         socket.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
@@ -683,6 +684,14 @@ impl Drop for TunnelStream {
         st.streams = st.streams.saturating_sub(1);
         drop(st);
         self.shared.wake.notify_one();
+    }
+}
+
+fn congestion_control() -> tcp::CongestionControl {
+    match std::env::var("POSTERN_TUNNEL_CC").as_deref() {
+        Ok("none") => tcp::CongestionControl::None,
+        Ok("reno") => tcp::CongestionControl::Reno,
+        _ => tcp::CongestionControl::Cubic,
     }
 }
 
