@@ -12,7 +12,12 @@
 //! `cargo bench -p postern-tunnel --bench tunnel` (env: `ROUNDS`, `MIB` per stream,
 //! `PINGS`, `PEERS`; `ONLY=peers` or `ONLY=stream` for one part).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[path = "../tests/support/lab.rs"]
 mod lab;
@@ -32,7 +37,10 @@ const ECHO_PORT: u16 = 7;
 const CHUNK: usize = 256 * 1024;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -41,14 +49,11 @@ fn main() {
         peers::gateway_child(&args[2..]);
         return;
     }
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful either.
     let only = std::env::var("ONLY").unwrap_or_default();
     println!("machine: {} cores, {}", nproc(), cpu_model());
     println!("load average at start: {}", load());
-    if only.is_empty() || only == "stream" {
-        if lab::can_run() {
-            stream_bench();
-        }
+    if (only.is_empty() || only == "stream") && lab::can_run() {
+        stream_bench();
     }
     if only.is_empty() || only == "peers" {
         peers::bench(env("PEERS", 10_000));
@@ -209,7 +214,14 @@ fn stream_bench() {
         .unwrap();
     let mut lab = lab::Lab::new();
     let key = PrivateKey::generate().unwrap();
-    let tunnel = Tunnel::new(TunnelConfig::new(key.clone(), GATEWAY, "100.64.0.0/10".parse().unwrap())).unwrap();
+    let mut config = TunnelConfig::new(key.clone(), GATEWAY, "100.64.0.0/10".parse().unwrap());
+    config.stream_send_buffer = env("SEND_KIB", config.stream_send_buffer >> 10) << 10;
+    println!(
+        "stream buffers: send {} KiB, receive {} KiB",
+        config.stream_send_buffer >> 10,
+        config.stream_recv_buffer >> 10
+    );
+    let tunnel = Tunnel::new(config).unwrap();
     let socket = runtime.block_on(async { bind_udp(SocketAddr::from((lab.host_ip, 0))).unwrap() });
     let gateway_udp = socket.local_addr().unwrap();
     let driver = tunnel.clone();
@@ -222,7 +234,12 @@ fn stream_bench() {
             .await
             .unwrap();
     });
-    lab.start_router(&key.public_key().to_base64(), gateway_udp, &format!("{ROUTER}/10"), GATEWAY);
+    lab.start_router(
+        &key.public_key().to_base64(),
+        gateway_udp,
+        &format!("{ROUTER}/10"),
+        GATEWAY,
+    );
     let router: PublicKey = lab.router_public.parse().unwrap();
     tunnel.upsert_peer(router, ROUTER).unwrap();
     let baseline_ns = lab.add_baseline_gateway(BASELINE, ROUTER);
@@ -233,7 +250,10 @@ fn stream_bench() {
         lab::Lab::inside_ns(&baseline_ns, move || {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                match TcpStream::connect_timeout(&SocketAddr::from((ROUTER, port)), Duration::from_secs(2)) {
+                match TcpStream::connect_timeout(
+                    &SocketAddr::from((ROUTER, port)),
+                    Duration::from_secs(2),
+                ) {
                     Ok(conn) => return conn,
                     Err(e) if Instant::now() > deadline => panic!("baseline connect: {e}"),
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -254,7 +274,9 @@ fn stream_bench() {
     for round in 0..rounds {
         let b = kernel_stream(baseline_connect(SINK_PORT), bytes);
         let o = runtime.block_on(async {
-            match tokio::time::timeout(Duration::from_secs(120), tunnel_stream(&tunnel, bytes)).await {
+            match tokio::time::timeout(Duration::from_secs(120), tunnel_stream(&tunnel, bytes))
+                .await
+            {
                 Ok(o) => o,
                 Err(_) => panic!("the tunnel stream stalled: {:?}", tunnel.stats()),
             }
@@ -290,6 +312,13 @@ fn stream_bench() {
     );
     let stats = tunnel.stats();
     println!("  tunnel counters: {stats:?}");
+    let snmp = lab.exec(&["cat", "/proc/net/snmp"]).stdout;
+    let snmp = String::from_utf8_lossy(&snmp);
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    println!(
+        "  the router's UDP counters (wireguard-go's socket): {}",
+        udp.join(" / ")
+    );
     let _ = stop.send(());
     runtime.block_on(task).unwrap();
 }
@@ -328,7 +357,8 @@ mod peers {
             let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
             println!("{}", socket.local_addr().unwrap());
             let driver = tunnel.clone();
-            let task = tokio::spawn(async move { driver.run(socket, std::future::pending()).await });
+            let task =
+                tokio::spawn(async move { driver.run(socket, std::future::pending()).await });
             let _ = task.await;
         });
     }
@@ -348,8 +378,14 @@ mod peers {
         let after = stat.rsplit(')').next().unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ")".
-        fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        fields
+            .get(11)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
     }
 
     pub fn bench(n: usize) {
@@ -372,7 +408,12 @@ mod peers {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(list.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(list.as_bytes())
+            .unwrap();
         let mut out = child.stdout.take().unwrap();
         let mut read_line = || {
             let mut line = Vec::new();
@@ -422,7 +463,9 @@ mod peers {
             // initiation replaced).
             let batch_end = (sent + 256).min(n);
             for i in sent..batch_end {
-                if let TunnResult::WriteToNetwork(init) = tunns[i].format_handshake_initiation(&mut buf, false) {
+                if let TunnResult::WriteToNetwork(init) =
+                    tunns[i].format_handshake_initiation(&mut buf, false)
+                {
                     let _ = sockets[i % 16].send_to(init, gateway);
                 }
             }
@@ -432,8 +475,12 @@ mod peers {
                 while let Ok((len, _)) = s.recv_from(&mut rbuf) {
                     got = true;
                     let receiver = u32::from_le_bytes(rbuf[8..12].try_into().unwrap()) >> 8;
-                    let Some(&i) = by_index.get(&receiver) else { continue };
-                    if let TunnResult::WriteToNetwork(keepalive) = tunns[i].decapsulate(None, &rbuf[..len], &mut buf) {
+                    let Some(&i) = by_index.get(&receiver) else {
+                        continue;
+                    };
+                    if let TunnResult::WriteToNetwork(keepalive) =
+                        tunns[i].decapsulate(None, &rbuf[..len], &mut buf)
+                    {
                         let _ = s.send_to(keepalive, gateway);
                         if !done[i] {
                             done[i] = true;
@@ -447,7 +494,9 @@ mod peers {
                 if last_retry.elapsed() > Duration::from_secs(5) {
                     last_retry = Instant::now();
                     for i in (0..n).filter(|&i| !done[i]) {
-                        if let TunnResult::WriteToNetwork(init) = tunns[i].format_handshake_initiation(&mut buf, true) {
+                        if let TunnResult::WriteToNetwork(init) =
+                            tunns[i].format_handshake_initiation(&mut buf, true)
+                        {
                             let _ = sockets[i % 16].send_to(init, gateway);
                         }
                     }

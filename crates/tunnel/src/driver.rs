@@ -56,8 +56,14 @@ pub struct TunnelConfig {
     pub handshakes_per_second: u64,
     /// Streams open at once; one more is refused and counted.
     pub max_streams: usize,
-    /// Each stream's receive and send buffer, in bytes (its TCP window).
-    pub stream_buffer: usize,
+    /// Each stream's send buffer, in bytes: what it may have in flight. 64 KiB by
+    /// default: larger bursts overrun a userspace peer's socket buffer (`wireguard-go`'s
+    /// default 208 KiB), and smoltcp recovers from loss by going back N, with a 1 s
+    /// minimum RTO. The cost: one stream's upload is capped near 64 KiB per round trip
+    /// (about 5 Mb/s at 100 ms).
+    pub stream_send_buffer: usize,
+    /// Each stream's receive buffer, in bytes: the window it offers the peer.
+    pub stream_recv_buffer: usize,
     /// The tunnel's MTU: 1420, as WireGuard's default on a 1500-byte path.
     pub mtu: usize,
     pub connect_timeout: Duration,
@@ -74,7 +80,8 @@ impl TunnelConfig {
             max_peers: 65_536,
             handshakes_per_second: 2_000,
             max_streams: 4_096,
-            stream_buffer: 256 * 1024,
+            stream_send_buffer: 64 * 1024,
+            stream_recv_buffer: 256 * 1024,
             mtu: 1420,
             connect_timeout: Duration::from_secs(10),
             queue_packets: 4_096,
@@ -136,7 +143,7 @@ struct Shared {
     handshake: Notify,
     epoch: Instant,
     stopped: AtomicBool,
-    stream_buffer: usize,
+    buffers: (usize, usize),
     max_streams: usize,
     connect_timeout: Duration,
 }
@@ -151,6 +158,14 @@ struct State {
     next_port: u16,
     /// Sockets whose stream was dropped, with when: removed once closed, reset after `LINGER`.
     detached: Vec<(SocketHandle, Instant)>,
+    /// The running driver's socket: streams send through it directly, without waking
+    /// the driver (one task hop less per write).
+    socket: Option<Arc<UdpSocket>>,
+    /// The buffer datagrams are encrypted into on the way out.
+    out: Vec<u8>,
+    /// When the driver will next wake by itself; a stream that needs it sooner wakes it.
+    deadline: Instant,
+    epoch: Instant,
     streams: usize,
     stats: TunnelStats,
 }
@@ -165,7 +180,7 @@ impl Tunnel {
         if !(576..=65_535).contains(&config.mtu) {
             return Err(TunnelError::Config("the MTU is between 576 and 65535"));
         }
-        if config.stream_buffer < 4096 {
+        if config.stream_send_buffer < 4096 || config.stream_recv_buffer < 4096 {
             return Err(TunnelError::Config(
                 "a stream buffer is at least 4096 bytes",
             ));
@@ -199,6 +214,15 @@ impl Tunnel {
                     ports: HashMap::new(),
                     next_port,
                     detached: Vec::new(),
+                    socket: None,
+                    out: vec![
+                        0;
+                        config.mtu
+                            + crate::table::DATA_OVERHEAD
+                            + crate::table::MIN_OUT_BUFFER
+                    ],
+                    deadline: epoch,
+                    epoch,
                     streams: 0,
                     stats: TunnelStats::default(),
                 }),
@@ -206,7 +230,7 @@ impl Tunnel {
                 handshake: Notify::new(),
                 epoch,
                 stopped: AtomicBool::new(false),
-                stream_buffer: config.stream_buffer,
+                buffers: (config.stream_recv_buffer, config.stream_send_buffer),
                 max_streams: config.max_streams,
                 connect_timeout: config.connect_timeout,
             }),
@@ -325,7 +349,7 @@ impl Tunnel {
                     limit: self.shared.max_streams,
                 });
             }
-            st.open_socket(remote, self.shared.stream_buffer)?
+            st.open_socket(remote, self.shared.buffers)?
         };
         self.shared.wake.notify_one();
         let stream = TunnelStream {
@@ -351,6 +375,8 @@ impl Tunnel {
         socket: UdpSocket,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), TunnelError> {
+        let socket = Arc::new(socket);
+        self.lock().socket = Some(Arc::clone(&socket));
         let result = self.run_inner(&socket, shutdown).await;
         self.shared.stopped.store(true, Ordering::Release);
         let mut st = self.lock();
@@ -359,8 +385,8 @@ impl Tunnel {
             st.sockets.get_mut::<tcp::Socket>(handle).abort();
         }
         // Send the resets, so the peers' ends learn at once.
-        let mut out = vec![0u8; MAX_DATAGRAM];
-        st.poll_stack(self.shared.epoch, Instant::now(), &socket, &mut out);
+        st.flush(Instant::now());
+        st.socket = None;
         result
     }
 
@@ -384,7 +410,8 @@ impl Tunnel {
                 let stack = iface
                     .poll_delay(smol_time(epoch, now), sockets)
                     .map(|d| now + Duration::from_micros(d.total_micros()));
-                stack.map_or(next_timer, |s| s.min(next_timer))
+                st.deadline = stack.map_or(next_timer, |s| s.min(next_timer));
+                st.deadline
             };
             sleep.as_mut().reset(deadline.into());
             tokio::select! {
@@ -419,7 +446,7 @@ impl Tunnel {
                 st.reap(now);
                 next_timer = now + TIMER_TICK;
             }
-            st.poll_stack(epoch, now, socket, &mut out);
+            st.poll_stack(now, socket);
             if st.table.counters().sessions != sessions {
                 self.shared.handshake.notify_waiters();
             }
@@ -456,17 +483,40 @@ impl State {
         }
     }
 
+    /// From a stream: lets the stack send what the stream gave it, through the driver's
+    /// socket, and wakes the driver if the stack's next timer is due before it wakes.
+    fn flush_from_stream(&mut self, wake: &Notify) {
+        let now = Instant::now();
+        self.flush(now);
+        let next = self
+            .iface
+            .poll_delay(smol_time(self.epoch, now), &self.sockets)
+            .map(|d| now + Duration::from_micros(d.total_micros()));
+        if next.is_some_and(|next| next < self.deadline) {
+            wake.notify_one();
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        if let Some(socket) = self.socket.clone() {
+            self.poll_stack(now, &socket);
+        }
+    }
+
     /// Lets smoltcp take in what arrived and emit what it wants to send, then encrypts
     /// and sends that.
-    fn poll_stack(&mut self, epoch: Instant, now: Instant, socket: &UdpSocket, out: &mut [u8]) {
+    fn poll_stack(&mut self, now: Instant, socket: &UdpSocket) {
         let State {
             iface,
             device,
             sockets,
             table,
             stats,
+            out,
+            epoch,
             ..
         } = self;
+        let epoch = *epoch;
         loop {
             iface.poll(smol_time(epoch, now), device, sockets);
             let mut sent = false;
@@ -486,12 +536,12 @@ impl State {
     fn open_socket(
         &mut self,
         remote: SocketAddrV4,
-        buffer: usize,
+        (recv, send): (usize, usize),
     ) -> Result<SocketHandle, TunnelError> {
         let port = self.free_port()?;
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; buffer]),
-            tcp::SocketBuffer::new(vec![0; buffer]),
+            tcp::SocketBuffer::new(vec![0; recv]),
+            tcp::SocketBuffer::new(vec![0; send]),
         );
         socket.set_nagle_enabled(false);
         socket.set_congestion_control(congestion_control());
@@ -626,9 +676,8 @@ impl AsyncRead for TunnelStream {
             }
             Ok(n) => {
                 buf.advance(n);
-                drop(st);
-                // The window opened: the driver may owe the peer a window update.
-                self.shared.wake.notify_one();
+                // The window opened: the peer may be owed a window update.
+                st.flush_from_stream(&self.shared.wake);
                 Poll::Ready(Ok(()))
             }
             Err(tcp::RecvError::Finished) => Poll::Ready(Ok(())),
@@ -653,8 +702,7 @@ impl AsyncWrite for TunnelStream {
                 Poll::Pending
             }
             Ok(n) => {
-                drop(st);
-                self.shared.wake.notify_one();
+                st.flush_from_stream(&self.shared.wake);
                 Poll::Ready(Ok(n))
             }
             Err(tcp::SendError::InvalidState) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),

@@ -205,15 +205,36 @@ impl Lab {
     /// The baseline: a second namespace joined to the router's by its own veth pair, with
     /// `wireguard-go` as the gateway's end too, at tunnel address `baseline_addr`, which
     /// the router admits as a second peer. Returns the namespace's name.
-    pub fn add_baseline_gateway(&mut self, baseline_addr: Ipv4Addr, router_addr: Ipv4Addr) -> String {
+    pub fn add_baseline_gateway(
+        &mut self,
+        baseline_addr: Ipv4Addr,
+        router_addr: Ipv4Addr,
+    ) -> String {
         let ns = format!("{}-g", self.ns);
         let tag = self.tag.clone();
-        let (gw_veth, router_veth, wg_if) = (format!("ptbg{tag}"), format!("ptbr{tag}"), format!("ptwb{tag}"));
+        let (gw_veth, router_veth, wg_if) = (
+            format!("ptbg{tag}"),
+            format!("ptbr{tag}"),
+            format!("ptwb{tag}"),
+        );
         ip(&["netns", "add", &ns]);
         self.extra_ns.push(ns.clone());
         let in_ns = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &ns]).args(args));
         // 10.255.x/30 inside two private namespaces: nothing else sees these addresses.
-        ip(&["link", "add", &gw_veth, "netns", &ns, "type", "veth", "peer", "name", &router_veth, "netns", &self.ns]);
+        ip(&[
+            "link",
+            "add",
+            &gw_veth,
+            "netns",
+            &ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &router_veth,
+            "netns",
+            &self.ns,
+        ]);
         in_ns(&["ip", "addr", "add", "10.255.0.1/30", "dev", &gw_veth]);
         in_ns(&["ip", "link", "set", &gw_veth, "up"]);
         in_ns(&["ip", "link", "set", "lo", "up"]);
@@ -222,7 +243,9 @@ impl Lab {
 
         let key_file = self.dir.join("baseline.key");
         std::fs::write(&key_file, in_ns(&["wg", "genkey"]).stdout).unwrap();
-        let public = run(Command::new("wg").arg("pubkey").stdin(std::fs::File::open(&key_file).unwrap()));
+        let public = run(Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::fs::File::open(&key_file).unwrap()));
         let public = String::from_utf8(public.stdout).unwrap().trim().to_string();
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, "wireguard-go", "-f", &wg_if])
@@ -244,17 +267,39 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         let router_public = self.router_public.clone();
-        in_ns(&["ip", "addr", "add", &format!("{baseline_addr}/10"), "dev", &wg_if]);
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{baseline_addr}/10"),
+            "dev",
+            &wg_if,
+        ]);
         in_ns(&["ip", "link", "set", &wg_if, "up"]);
         in_ns(&[
-            "wg", "set", &wg_if,
-            "private-key", key_file.to_str().unwrap(),
-            "peer", &router_public,
-            "endpoint", &format!("10.255.0.2:{ROUTER_LISTEN_PORT}"),
-            "allowed-ips", &format!("{router_addr}/32"),
-            "persistent-keepalive", "25",
+            "wg",
+            "set",
+            &wg_if,
+            "private-key",
+            key_file.to_str().unwrap(),
+            "peer",
+            &router_public,
+            "endpoint",
+            &format!("10.255.0.2:{ROUTER_LISTEN_PORT}"),
+            "allowed-ips",
+            &format!("{router_addr}/32"),
+            "persistent-keepalive",
+            "25",
         ]);
-        self.exec(&["wg", "set", &self.wg_if, "peer", &public, "allowed-ips", &format!("{baseline_addr}/32")]);
+        self.exec(&[
+            "wg",
+            "set",
+            &self.wg_if,
+            "peer",
+            &public,
+            "allowed-ips",
+            &format!("{baseline_addr}/32"),
+        ]);
         ns
     }
 
@@ -263,8 +308,11 @@ impl Lab {
         let path = format!("/var/run/netns/{ns}");
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-                .expect("setns");
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
             make()
         })
         .join()
@@ -334,7 +382,12 @@ impl Drop for ChildGuard {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for mut child in self.wireguard.take().into_iter().chain(self.extra_children.drain(..)) {
+        for mut child in self
+            .wireguard
+            .take()
+            .into_iter()
+            .chain(self.extra_children.drain(..))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
