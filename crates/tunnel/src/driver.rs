@@ -32,8 +32,8 @@ use crate::error::{PeerError, TunnelError};
 use crate::key::{PrivateKey, PublicKey};
 use crate::table::{Counters, PeerStats, PeerTable, Received, TableConfig};
 
-/// How often WireGuard's timers run over all peers.
-const TIMER_TICK: Duration = Duration::from_millis(500);
+/// How often WireGuard's timers run over all peers (they count whole seconds).
+const TIMER_TICK: Duration = Duration::from_secs(1);
 /// At most this many datagrams are read before the stack is polled.
 const RECV_BATCH: usize = 128;
 /// The ephemeral ports of streams the gateway opens.
