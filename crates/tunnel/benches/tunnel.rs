@@ -270,7 +270,7 @@ fn stream_bench() {
         "\none TCP stream, {} MiB to a sink behind wireguard-go, {rounds} rounds alternating:",
         bytes >> 20
     );
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let (mut ours, mut base, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let b = kernel_stream(baseline_connect(SINK_PORT), bytes);
         let o = runtime.block_on(async {
@@ -281,14 +281,19 @@ fn stream_bench() {
                 Err(_) => panic!("the tunnel stream stalled: {:?}", tunnel.stats()),
             }
         });
-        println!("  round {round}: postern tunnel {o:.0} Mb/s, wireguard-go both ends {b:.0} Mb/s");
+        println!(
+            "  round {round}: postern tunnel {o:.0} Mb/s, wireguard-go both ends {b:.0} Mb/s, ratio {:.2}",
+            o / b
+        );
+        ratios.push(o / b);
         ours.push(o);
         base.push(b);
     }
     let (o, b) = (median(&mut ours), median(&mut base));
     println!(
-        "  median: postern tunnel {o:.0} Mb/s, baseline {b:.0} Mb/s, ratio {:.2}",
-        o / b
+        "  median: postern tunnel {o:.0} Mb/s, baseline {b:.0} Mb/s, ratio of medians {:.2}, median of per-round ratios {:.2}",
+        o / b,
+        median(&mut ratios)
     );
 
     println!("\n1-byte ping-pong, {pings} round trips each:");

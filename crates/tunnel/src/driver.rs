@@ -667,6 +667,9 @@ impl AsyncRead for TunnelStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         let mut st = self.shared.lock();
         let socket = st.sockets.get_mut::<tcp::Socket>(self.handle);
         match socket.recv_slice(buf.initialize_unfilled()) {
