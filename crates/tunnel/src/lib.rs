@@ -43,3 +43,36 @@ pub use driver::{Tunnel, TunnelConfig, TunnelStats, TunnelStream, bind_udp};
 pub use error::{KeyError, PeerError, TunnelError};
 pub use key::{PrivateKey, PublicKey};
 pub use table::{Counters, PeerStats, PeerTable, Received, TableConfig};
+
+#[cfg(test)]
+mod tests {
+    /// STYLE.md: each module opens with a `//!` comment and the root's `# Layout` names it.
+    #[test]
+    fn modules_have_a_header_and_a_place_in_the_layout() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let root = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+        let (_, layout) = root
+            .split_once("# Layout")
+            .expect("lib.rs has a # Layout section");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("//!"),
+                "{} has no //! header",
+                path.display()
+            );
+            let module = path.file_stem().unwrap().to_str().unwrap();
+            if module != "lib" {
+                assert!(
+                    layout.contains(&format!("`{module}`"))
+                        || layout.contains(&format!("[`{module}`]")),
+                    "the layout does not mention {module}"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 5);
+    }
+}
