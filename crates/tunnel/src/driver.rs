@@ -112,6 +112,8 @@ pub struct PeerStatus {
     pub address: Ipv4Addr,
     pub endpoint: Option<SocketAddr>,
     pub last_handshake_at: Option<SystemTime>,
+    /// The last authenticated datagram, keepalives included.
+    pub last_seen_at: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
 }
@@ -290,13 +292,13 @@ impl Tunnel {
 
     fn status(&self, stats: PeerStats) -> PeerStatus {
         let (now, wall) = (Instant::now(), SystemTime::now());
+        let to_wall = |t: Instant| wall.checked_sub(now.saturating_duration_since(t));
         PeerStatus {
             public_key: stats.public_key,
             address: stats.address,
             endpoint: stats.endpoint,
-            last_handshake_at: stats
-                .last_handshake
-                .and_then(|t| wall.checked_sub(now.saturating_duration_since(t))),
+            last_handshake_at: stats.last_handshake.and_then(to_wall),
+            last_seen_at: stats.last_seen.and_then(to_wall),
             rx_bytes: stats.rx_bytes,
             tx_bytes: stats.tx_bytes,
         }

@@ -39,7 +39,7 @@ pub mod error;
 pub mod key;
 pub mod table;
 
-pub use driver::{Tunnel, TunnelConfig, TunnelStats, TunnelStream, bind_udp};
+pub use driver::{PeerStatus, Tunnel, TunnelConfig, TunnelStats, TunnelStream, bind_udp};
 pub use error::{KeyError, PeerError, TunnelError};
 pub use key::{PrivateKey, PublicKey};
 pub use table::{Counters, PeerStats, PeerTable, Received, TableConfig};

@@ -119,6 +119,9 @@ pub struct PeerStats {
     pub endpoint: Option<SocketAddr>,
     /// When the last handshake completed (the table's clock).
     pub last_handshake: Option<Instant>,
+    /// When the last authenticated datagram arrived, keepalives included: a router
+    /// keeping alive every 25 s is online while this is recent.
+    pub last_seen: Option<Instant>,
     /// Datagram bytes received and sent, handshakes and keepalives included (as `wg show`).
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -130,6 +133,7 @@ struct Peer {
     tunn: Box<Tunn>,
     endpoint: Option<SocketAddr>,
     last_handshake: Option<Instant>,
+    last_seen: Option<Instant>,
     /// A handshake was answered and the peer's first packet on it is still to come.
     unconfirmed: bool,
     rx_bytes: u64,
@@ -138,8 +142,15 @@ struct Peer {
 
 impl Peer {
     /// The peer's first authenticated packet after a handshake confirms the session.
-    fn authenticated(&mut self, from: SocketAddr, len: usize, counters: &mut Counters) {
+    fn authenticated(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        counters: &mut Counters,
+    ) {
         self.endpoint = Some(from);
+        self.last_seen = Some(now);
         self.rx_bytes += len as u64;
         if self.unconfirmed {
             self.unconfirmed = false;
@@ -153,6 +164,7 @@ impl Peer {
             address: self.address,
             endpoint: self.endpoint,
             last_handshake: self.last_handshake,
+            last_seen: self.last_seen,
             rx_bytes: self.rx_bytes,
             tx_bytes: self.tx_bytes,
         }
@@ -286,6 +298,7 @@ impl PeerTable {
                 tunn: Box::new(tunn),
                 endpoint: None,
                 last_handshake: None,
+                last_seen: None,
                 unconfirmed: false,
                 rx_bytes: 0,
                 tx_bytes: 0,
@@ -410,7 +423,7 @@ impl PeerTable {
         match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::Done => {
                 // A keepalive: authenticated, so the peer is where it came from.
-                peer.authenticated(from, datagram.len(), &mut self.counters);
+                peer.authenticated(now, from, datagram.len(), &mut self.counters);
                 Received::Nothing
             }
             TunnResult::WriteToNetwork(reply) => {
@@ -418,6 +431,7 @@ impl PeerTable {
                     Some(MSG_HANDSHAKE_RESPONSE) => {
                         peer.endpoint = Some(from);
                         peer.last_handshake = Some(now);
+                        peer.last_seen = Some(now);
                         peer.unconfirmed = true;
                         peer.rx_bytes += datagram.len() as u64;
                         peer.tx_bytes += reply.len() as u64;
@@ -432,7 +446,7 @@ impl PeerTable {
                 }
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
-                peer.authenticated(from, datagram.len(), &mut self.counters);
+                peer.authenticated(now, from, datagram.len(), &mut self.counters);
                 if source != peer.address {
                     self.counters.wrong_source += 1;
                     return Received::Nothing;
@@ -448,7 +462,7 @@ impl PeerTable {
             }
             TunnResult::WriteToTunnelV6(..) => {
                 // Peers hold one IPv4 address; IPv6 inside the tunnel is never theirs.
-                peer.authenticated(from, datagram.len(), &mut self.counters);
+                peer.authenticated(now, from, datagram.len(), &mut self.counters);
                 self.counters.wrong_source += 1;
                 Received::Nothing
             }
@@ -669,6 +683,7 @@ mod tests {
         let stats = t.stats(&r.public()).unwrap();
         assert_eq!(stats.endpoint, Some(addr(4000)));
         assert_eq!(stats.last_handshake, Some(now));
+        assert_eq!(stats.last_seen, Some(now));
         assert_eq!(t.counters().handshakes, 1);
         assert_eq!(t.counters().sessions, 1);
         assert!(t.has_session(ROUTER));

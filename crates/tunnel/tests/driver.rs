@@ -188,6 +188,7 @@ async fn a_router_handshakes_and_the_gateway_answers_its_ping() {
     let status = running.tunnel.peer(&router.key.public_key()).unwrap();
     assert_eq!(status.endpoint, Some(router.socket.local_addr().unwrap()));
     assert!(status.last_handshake_at.unwrap() >= before - Duration::from_secs(1));
+    assert!(status.last_seen_at.unwrap() >= status.last_handshake_at.unwrap());
     assert!(status.rx_bytes > 0 && status.tx_bytes > 0);
     let stats = running.tunnel.stats();
     assert_eq!((stats.table.handshakes, stats.table.sessions), (1, 1));
