@@ -169,6 +169,29 @@ async fn wireguard_go_router_roams_and_survives_a_gateway_restart() {
         "{status:?}"
     );
 
+    // What the gateway's entry ports will do: accept a kernel TCP connection, dial the
+    // router through the tunnel, and copy both ways.
+    let entry = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let entry_addr = entry.local_addr().unwrap();
+    let forwarder = running.tunnel.clone();
+    let forward = tokio::spawn(async move {
+        let (mut client, _) = entry.accept().await.unwrap();
+        let mut upstream = forwarder.dial(ROUTER, ECHO_PORT).await.unwrap();
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    });
+    let mut client = tokio::net::TcpStream::connect(entry_addr).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    client.write_all(&data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    client.read_exact(&mut back).await.unwrap();
+    assert!(back == data, "the forwarded echo differs");
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let (up, down) = forward.await.unwrap().unwrap();
+    assert_eq!((up, down), (200_000, 200_000));
+
     // Roaming: the router's source port changes. Its next packet (any traffic of its
     // own towards the gateway) moves the endpoint, and the open stream carries on.
     lab.change_listen_port(lab::ROUTER_LISTEN_PORT + 1);
