@@ -180,6 +180,11 @@ pub struct PeerTable {
     prefix: Ipv4Net,
     max_peers: usize,
     limiter: Arc<RateLimiter>,
+    /// Handed to every `Tunn`, whose `decapsulate` checks MAC1 again: it has no limit,
+    /// so it never refuses what `limiter` let through. Sharing it (rather than
+    /// boringtun's default of a limiter per peer) spares every peer a limiter and a
+    /// reset each timer tick, which was most of an idle gateway's CPU.
+    tunn_limiter: Arc<RateLimiter>,
     limiter_reset: Instant,
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
@@ -199,6 +204,7 @@ impl PeerTable {
         let start = u32::from_le_bytes(start);
         Self {
             limiter: Arc::new(RateLimiter::new(&public, config.handshakes_per_second)),
+            tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             limiter_reset: now,
             own_key: config.private_key.public_key(),
             private,
@@ -286,9 +292,7 @@ impl PeerTable {
             None,
             None,
             index,
-            // Each peer also has boringtun's own per-peer limiter (10 handshakes per
-            // second), behind the table-wide one above.
-            None,
+            Some(Arc::clone(&self.tunn_limiter)),
         );
         self.peers.insert(
             index,
