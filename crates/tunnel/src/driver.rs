@@ -9,7 +9,7 @@
 //! [`Tunnel::dial`] opens a [`TunnelStream`], a TCP connection to a peer's tunnel address
 //! that implements tokio's `AsyncRead` and `AsyncWrite`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -55,6 +55,8 @@ pub struct TunnelConfig {
     /// Handshakes per second over all peers before cookie replies.
     pub handshakes_per_second: u64,
     /// Streams open at once; one more is refused and counted.
+    /// Streams open or still closing at once (each holds its buffers until closed);
+    /// one more dial is refused and counted.
     pub max_streams: usize,
     /// Each stream's send buffer, in bytes: what it may have in flight. 64 KiB by
     /// default: larger bursts overrun a userspace peer's socket buffer (`wireguard-go`'s
@@ -95,7 +97,7 @@ pub struct TunnelStats {
     pub table: Counters,
     pub peers: usize,
     pub streams: usize,
-    /// Dials refused because `max_streams` were open.
+    /// Dials refused because `max_streams` were open or closing.
     pub streams_refused: u64,
     /// Decrypted packets dropped because the stack's queue was full.
     pub rx_queue_dropped: u64,
@@ -157,6 +159,7 @@ struct State {
     sockets: SocketSet<'static>,
     /// Local port of every socket in `sockets`.
     ports: HashMap<SocketHandle, u16>,
+    used_ports: HashSet<u16>,
     next_port: u16,
     /// Sockets whose stream was dropped, with when: removed once closed, reset after `LINGER`.
     detached: Vec<(SocketHandle, Instant)>,
@@ -214,6 +217,7 @@ impl Tunnel {
                     device,
                     sockets: SocketSet::new(Vec::new()),
                     ports: HashMap::new(),
+                    used_ports: HashSet::new(),
                     next_port,
                     detached: Vec::new(),
                     socket: None,
@@ -345,7 +349,7 @@ impl Tunnel {
         }
         let handle = {
             let mut st = self.lock();
-            if st.streams >= self.shared.max_streams {
+            if st.ports.len() >= self.shared.max_streams {
                 st.stats.streams_refused += 1;
                 return Err(TunnelError::TooManyStreams {
                     limit: self.shared.max_streams,
@@ -559,6 +563,7 @@ impl State {
             .map_err(|_| TunnelError::NoPeer(*remote.ip()))?;
         let handle = self.sockets.add(socket);
         self.ports.insert(handle, port);
+        self.used_ports.insert(port);
         self.streams += 1;
         Ok(handle)
     }
@@ -576,7 +581,7 @@ impl State {
             } else {
                 port + 1
             };
-            if !self.ports.values().any(|&p| p == port) {
+            if !self.used_ports.contains(&port) {
                 return Ok(port);
             }
         }
@@ -604,7 +609,9 @@ impl State {
             }
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 self.sockets.remove(handle);
-                self.ports.remove(&handle);
+                if let Some(port) = self.ports.remove(&handle) {
+                    self.used_ports.remove(&port);
+                }
                 self.detached.swap_remove(i);
             } else {
                 i += 1;

@@ -311,3 +311,42 @@ fn bad_configuration_is_refused() {
     tiny.mtu = 100;
     assert!(matches!(Tunnel::new(tiny), Err(TunnelError::Config(_))));
 }
+
+#[tokio::test]
+async fn streams_are_bounded_and_the_refusal_counted() {
+    let key = PrivateKey::generate().unwrap();
+    let mut config = config(&key);
+    config.max_streams = 2;
+    config.connect_timeout = Duration::from_secs(3);
+    let running = start(config);
+    let mut router = Router::new(&key, running.udp).await;
+    running
+        .tunnel
+        .upsert_peer(router.key.public_key(), ROUTER)
+        .unwrap();
+    router.handshake().await;
+
+    // The router never answers a SYN: two dials stay pending and hold their places.
+    let pending: Vec<_> = (0..2)
+        .map(|_| {
+            let tunnel = running.tunnel.clone();
+            tokio::spawn(async move { tunnel.dial(ROUTER, 22).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while running.tunnel.stats().streams < 2 {
+        assert!(Instant::now() < deadline, "the two dials did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let third = running.tunnel.dial(ROUTER, 22).await;
+    assert!(
+        matches!(third, Err(TunnelError::TooManyStreams { limit: 2 })),
+        "{third:?}"
+    );
+    assert_eq!(running.tunnel.stats().streams_refused, 1);
+    for dial in pending {
+        dial.abort();
+    }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
