@@ -375,14 +375,21 @@ impl Tunnel {
     }
 
     /// Runs the tunnel on `socket` until `shutdown` completes; then every stream is reset
-    /// and further dials are refused. Errors only if the socket fails.
+    /// and further dials are refused (a restarted gateway makes a new `Tunnel`). Errors
+    /// if the socket fails, or if this tunnel is already running.
     pub async fn run(
         &self,
         socket: UdpSocket,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), TunnelError> {
         let socket = Arc::new(socket);
-        self.lock().socket = Some(Arc::clone(&socket));
+        {
+            let mut st = self.lock();
+            if st.socket.is_some() {
+                return Err(TunnelError::Config("the tunnel is already running"));
+            }
+            st.socket = Some(Arc::clone(&socket));
+        }
         let result = self.run_inner(&socket, shutdown).await;
         self.shared.stopped.store(true, Ordering::Release);
         let mut st = self.lock();
@@ -439,8 +446,16 @@ impl Tunnel {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // An ICMP error for an earlier send (a peer gone): nothing to do.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    // An ICMP error for an earlier send (a peer gone), or a signal: nothing to do.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionRefused
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::HostUnreachable
+                                | io::ErrorKind::NetworkUnreachable
+                                | io::ErrorKind::Interrupted
+                        ) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
