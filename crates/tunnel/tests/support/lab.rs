@@ -75,15 +75,11 @@ impl Lab {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let seed = (pid.wrapping_mul(2_654_435_761)
-            ^ n.wrapping_mul(40_503)
-            ^ Instant::now().elapsed().subsec_nanos())
-        .wrapping_add(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos(),
-        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let seed = pid.wrapping_mul(2_654_435_761) ^ n.wrapping_mul(40_503) ^ nanos;
         let block = seed % (1 << 13); // 8192 /30 blocks in 198.18.0.0/15
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + block * 4;
         let tag = format!("{:x}{n}", pid & 0xffff);
