@@ -326,7 +326,8 @@ fn stream_bench() {
     let mut base = kernel_pings(baseline_connect(ECHO_PORT), pings);
     let row = |name: &str, t: &mut Vec<Duration>| {
         let (p50, p99) = (percentile(t, 0.5), percentile(t, 0.99));
-        println!("  {name:<28} p50 {p50:8.1} µs   p99 {p99:8.1} µs");
+        let (p90, p98) = (percentile(t, 0.9), percentile(t, 0.98));
+        println!("  {name:<28} p50 {p50:8.1} µs   p99 {p99:8.1} µs   (p90 {p90:.1}, p98 {p98:.1})");
         (p50, p99)
     };
     let d = row("direct (no WireGuard)", &mut direct);
