@@ -2925,7 +2925,7 @@ async fn winbox_tickets_are_single_use_bound_and_audited(db: Db) {
     let Some(s) = TestServer::start_with(db, opts).await else {
         return;
     };
-    let router = s.router(&s.a.operator, "r").await;
+    let router = s.router(&s.a.admin, "r").await;
     let (_, grant) = s
         .access(&s.a.operator, &router, json!({"allow_from": "203.0.113.9"}))
         .await;
