@@ -2704,3 +2704,6 @@ both!(
     a_broken_create_fails_alone_in_its_batch,
     batch_with_a_broken_create
 );
+
+#[path = "suites/upgrade.rs"]
+mod upgrade_suite;
