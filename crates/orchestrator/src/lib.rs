@@ -511,7 +511,7 @@ mod tidy {
             start(end, TimeDelta::hours(-2), false),
             at("nov/22/2026", "11:05:11")
         );
-        // Found by fuzzing (`routeros_reply`): a router whose clock says the year 262142
+        // Found writing the `routeros_reply` fuzz target: a router whose clock says 262142
         // made the worker panic on a date past the last one chrono holds. Such a clock,
         // or one past RouterOS's four-digit years, now gets no self-expiry entry.
         let mut a = Attributes::default();
