@@ -46,7 +46,8 @@ fuzz_target!(|data: &[u8]| {
         };
 
         let identity = client.call(Command::new("/system/identity/print"));
-        let users = user::print(&client, &Filter::all());
+        let everyone = Filter::all();
+        let users = user::print(&client, &everyone);
         let clock = client.call(Command::new("/system/clock/print"));
         let all = async { tokio::join!(identity, users, clock) };
         if tokio::time::timeout(HANG, all).await.is_err() {
