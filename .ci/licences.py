@@ -9,6 +9,7 @@ it and adds it to EXCEPTIONS with a reason. Run with --self-test to check the ev
 """
 import json
 import re
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ ALLOWED = {
     "MIT", "MIT-0", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "Zlib",
     "0BSD", "CC0-1.0", "Unlicense", "BSL-1.0", "Unicode-3.0", "Unicode-DFS-2016",
     "CDLA-Permissive-2.0",
+    # University of Illinois/NCSA: BSD-like (libFuzzer, through libfuzzer-sys in fuzz/).
+    "NCSA",
 }
 ALLOWED_EXCEPTIONS = {"LLVM-exception"}
 # name -> reason, for packages whose licence is fine but not written as SPDX.
@@ -113,23 +116,28 @@ def self_test():
 def main():
     if "--self-test" in sys.argv:
         return 0 if self_test() else 1
-    meta = json.loads(subprocess.check_output(
-        ["cargo", "metadata", "--format-version", "1", "--locked"]))
-    ours = set(meta["workspace_members"])
-    refused = []
-    for pkg in meta["packages"]:
-        if pkg["id"] in ours:
-            continue
-        expr = pkg.get("license") or ""
-        if pkg["name"] in EXCEPTIONS or acceptable(expr):
-            continue
-        refused.append(f"{pkg['name']} {pkg['version']}: {expr or 'no licence expression'}")
-    for line in refused:
-        print(f"licence refused: {line}")
-    count = len(meta["packages"]) - len(ours)
-    print(f"licences: {count - len(refused)} of {count} dependencies acceptable")
-    return 1 if refused else 0
-
+    # The workspace, and the fuzz crate outside it (its own Cargo.lock).
+    manifests = [m for m in ("Cargo.toml", "fuzz/Cargo.toml") if os.path.exists(m)]
+    failed = 0
+    for manifest in manifests:
+        meta = json.loads(subprocess.check_output(
+            ["cargo", "metadata", "--format-version", "1", "--locked",
+             "--manifest-path", manifest]))
+        ours = set(meta["workspace_members"])
+        refused = []
+        for pkg in meta["packages"]:
+            if pkg["id"] in ours:
+                continue
+            expr = pkg.get("license") or ""
+            if pkg["name"] in EXCEPTIONS or acceptable(expr):
+                continue
+            refused.append(f"{pkg['name']} {pkg['version']}: {expr or 'no licence expression'}")
+        for line in refused:
+            print(f"licence refused: {line}")
+        count = len(meta["packages"]) - len(ours)
+        print(f"licences ({manifest}): {count - len(refused)} of {count} dependencies acceptable")
+        failed = failed or bool(refused)
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())

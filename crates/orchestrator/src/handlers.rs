@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{
+    DateTime, Datelike as _, Duration as ChronoDuration, NaiveDate, NaiveDateTime, NaiveTime, Utc,
+};
 use domain::{AccessId, AccessLevel, ForwardId, GrantStatus};
 use routeros::api::{self, Filter};
 use routeros::{Command, Item};
@@ -767,6 +769,40 @@ pub(crate) async fn remove_user_entries(
     Ok(())
 }
 
+/// The self-expiry entry's `start-date` and `start-time` for a grant ending at
+/// `expires_at`, in the router's clock (`offset` from UTC, RouterOS 7's date form or 6's).
+/// The router prints whole seconds, so the measured offset may be up to 1 s short: one
+/// more second, then rounded up to a whole second, keeps the entry from ever running
+/// before the grant's end (it runs within 2 s after). Postern's own timer is the exact
+/// one; this is the backstop. `None` when the router's clock is so far off that the time
+/// is past the last date there is (a router's reply must not crash the worker) or not a
+/// four-digit year (RouterOS dates have four).
+pub fn schedule_start(
+    expires_at: DateTime<Utc>,
+    offset: ChronoDuration,
+    v7: bool,
+) -> Option<(String, String)> {
+    let local = expires_at
+        .naive_utc()
+        .checked_add_signed(offset)?
+        .checked_add_signed(ChronoDuration::seconds(1))?;
+    let frac = i64::from(local.and_utc().timestamp_subsec_nanos());
+    let local = if frac > 0 {
+        local.checked_add_signed(ChronoDuration::nanoseconds(1_000_000_000 - frac))?
+    } else {
+        local
+    };
+    if !(1970..=9999).contains(&local.year()) {
+        return None;
+    }
+    let date = if v7 {
+        local.format("%Y-%m-%d").to_string()
+    } else {
+        local.format("%b/%d/%Y").to_string().to_lowercase()
+    };
+    Some((date, local.format("%H:%M:%S").to_string()))
+}
+
 /// Adds (or moves) the entry that ends the grant on the router itself at its expiry,
 /// when device-mode allows the scheduler, the config asks for it, and (for an access
 /// grant, `user`) [`self_expiry_refusal`] does not refuse it. The entry carries only
@@ -794,23 +830,13 @@ pub(crate) async fn ensure_schedule(
     }
     let now = inner.clock.now();
     let (offset, v7) = router_clock_offset(conn, now, log).await?;
-    // The router prints whole seconds, so the measured offset may be up to 1 s short:
-    // one more second, then rounded up to a whole second, keeps the entry from ever
-    // running before the grant's end (it runs within 2 s after). Postern's own timer is
-    // the exact one; this is the backstop.
-    let local = expires_at.naive_utc() + offset + ChronoDuration::seconds(1);
-    let frac = i64::from(local.and_utc().timestamp_subsec_nanos());
-    let local = if frac > 0 {
-        local + ChronoDuration::nanoseconds(1_000_000_000 - frac)
-    } else {
-        local
+    let Some((date, time)) = schedule_start(expires_at, offset, v7) else {
+        log.line(format!(
+            "router clock {:+} s from UTC puts the grant's end outside the dates it can hold; expiry relies on Postern",
+            offset.num_seconds()
+        ));
+        return Ok(());
     };
-    let date = if v7 {
-        local.format("%Y-%m-%d").to_string()
-    } else {
-        local.format("%b/%d/%Y").to_string().to_lowercase()
-    };
-    let time = local.format("%H:%M:%S").to_string();
     let name = schedule_name(key);
     let tag = key.tag();
     let (script, policy) = entry_script(key, user.map(|g| g.username.as_str()), v7);

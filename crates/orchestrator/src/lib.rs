@@ -502,4 +502,33 @@ mod tidy {
         assert!(crate::handlers::parse_router_clock(&item("22.11.2026", "13:05:09")).is_none());
         assert!(crate::handlers::parse_router_clock(&item("2026-11-22", "25:00:00")).is_none());
     }
+
+    #[test]
+    fn self_expiry_start_in_the_router_clock() {
+        use chrono::{DateTime, TimeDelta, Utc};
+        use routeros::{Attributes, Item};
+        let start = crate::handlers::schedule_start;
+        let end: DateTime<Utc> = "2026-11-22T13:05:09.5Z".parse().unwrap();
+        let at = |date: &str, time: &str| Some((date.to_string(), time.to_string()));
+        // One second more, rounded up to a whole second; the router's offset applied.
+        assert_eq!(
+            start(end, TimeDelta::zero(), true),
+            at("2026-11-22", "13:05:11")
+        );
+        assert_eq!(
+            start(end, TimeDelta::hours(-2), false),
+            at("nov/22/2026", "11:05:11")
+        );
+        // Found writing the `routeros_reply` fuzz target: a router whose clock says 262142
+        // made the worker panic on a date past the last one chrono holds. Such a clock,
+        // or one past RouterOS's four-digit years, now gets no self-expiry entry.
+        let mut a = Attributes::default();
+        a.push("date", "+262142-12-31");
+        a.push("time", "23:59:59");
+        let (local, v7) = crate::handlers::parse_router_clock(&Item::new(a)).unwrap();
+        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        assert_eq!(start(end, local - now.naive_utc(), v7), None);
+        assert_eq!(start(end, TimeDelta::days(3_000_000), true), None);
+        assert_eq!(start(end, TimeDelta::days(-30_000), true), None);
+    }
 }

@@ -276,13 +276,30 @@ impl ServerConfig {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Overrides,
     ) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::from_text(file.zip(text.as_deref()), env, flags)
+    }
+
+    /// [`load`](Self::load) with the config file already read: its path (for messages)
+    /// and its text.
+    pub fn from_text(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let mut config = Self::default();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            let parsed: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        if let Some((path, text)) = file {
+            let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_owned(),
                 message: e.to_string().trim_end().to_owned(),
             })?;

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `ServerConfig` from defaults, a TOML file, `POSTERN_*` variables and flags.
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
+//! - [`backup`]: `postern admin backup` and `restore` of a data directory.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
 //! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
 //!   entry-port candidates, the start-up rebuild, its events into the store.
@@ -39,6 +40,7 @@
 )]
 
 pub mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod cache;
 pub mod config;

@@ -23,6 +23,8 @@
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.
+//! - [`maintenance`]: backups (a consistent copy of a live SQLite database) and the
+//!   databases of older versions that upgrade tests start from.
 //! - [`secret`]: AES-256-GCM for secrets at rest, and the redacting [`Secret`].
 //! - [`records`]: the records handed out and the inputs taken.
 //! - [`StoreError`].
@@ -141,6 +143,7 @@ mod grants;
 mod grouped;
 mod jobs;
 mod leasing;
+pub mod maintenance;
 pub mod records;
 mod routers;
 pub mod secret;

@@ -2864,3 +2864,6 @@ both!(
     a_stuck_job_leaves_the_queue_with_the_routers_words,
     stuck_jobs
 );
+
+#[path = "suites/upgrade.rs"]
+mod upgrade_suite;

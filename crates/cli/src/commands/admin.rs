@@ -1,5 +1,6 @@
 //! `postern admin …`: administration straight on a data directory, for scripts and first
-//! steps. `create-token` prints the new API token alone on standard output.
+//! steps. `create-token` prints the new API token alone on standard output; `backup`
+//! and `restore` copy a data directory out and back (`server::backup`).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,59 @@ use server::config::{Overrides, ServerConfig};
 pub enum Command {
     /// Make an API token and print it (alone) on standard output.
     CreateToken(CreateToken),
+    /// Copy the database (consistently, while servers run) and its key into a new
+    /// directory OUT, readable by its owner only.
+    Backup(BackupArgs),
+    /// Make a data directory from a backup (refused on a non-empty one without --force).
+    Restore(RestoreArgs),
+}
+
+/// Where the data directory is: the server's own options.
+#[derive(clap::Args)]
+pub struct Location {
+    /// The server's data directory [default: ./postern-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [default: SQLite in the data directory].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The server's TOML configuration file, if it has one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Location {
+    fn load(self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &Overrides {
+                data_dir: self.data_dir,
+                database_url: self.database_url,
+                ..Default::default()
+            },
+        )?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    location: Location,
+    /// The backup directory to make; it must not exist.
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    location: Location,
+    /// Replace the database and key of a data directory that is not empty (stop its
+    /// server first).
+    #[arg(long)]
+    force: bool,
+    /// The backup directory made by `postern admin backup`.
+    input: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -41,7 +95,50 @@ pub struct CreateToken {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::CreateToken(args) => create_token(args),
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
     }
+}
+
+fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let config = args.location.load()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let made = runtime.block_on(server::backup::backup(
+        &config,
+        &args.out,
+        chrono::Utc::now(),
+    ))?;
+    println!(
+        "backup of {} written to {}: {}",
+        config.data_dir.display(),
+        made.dir.display(),
+        made.manifest.files.join(", ")
+    );
+    if let Some(note) = made.note {
+        println!("note: {note}");
+    }
+    println!(
+        "note: secret.key decrypts every router password in the database: keep the backup \
+         where only its owner can read it, or the key apart from the database"
+    );
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let config = args.location.load()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let made = runtime.block_on(server::backup::restore(&config, &args.input, args.force))?;
+    println!(
+        "restored {} (made {} by Postern {}) into {}",
+        args.input.display(),
+        made.manifest.created_at.to_rfc3339(),
+        made.manifest.postern,
+        made.data_dir.display()
+    );
+    if let Some(note) = made.note {
+        println!("note: {note}");
+    }
+    Ok(())
 }
 
 fn create_token(args: CreateToken) -> anyhow::Result<()> {

@@ -46,8 +46,9 @@ pub fn size(cols: u32, rows: u32) -> Result<(u16, u16), Refused> {
 /// Parses a text frame from the browser.
 pub fn control(text: &str) -> Result<Control, Refused> {
     let wire: Wire = serde_json::from_str(text).map_err(|e| {
+        // serde_json's message may quote the browser's text: cut at a character's edge.
         let mut why = e.to_string();
-        why.truncate(120);
+        why.truncate(why.floor_char_boundary(120));
         Refused::Malformed(why)
     })?;
     match wire {
@@ -115,6 +116,14 @@ mod tests {
         check("resize 80 24", Err("not a known"));
         check("", Err("not a known"));
         check("[]", Err("not a known"));
+        // Found writing the `terminal_control` fuzz target: a message whose unknown type is
+        // long and not ASCII panicked when the refusal was cut to 120 bytes inside a
+        // character (serde_json quotes the type back).
+        for pad in 0..4 {
+            let kind = format!("{}{}", "x".repeat(pad), "é".repeat(80));
+            let msg = format!(r#"{{"type":"{kind}","cols":80,"rows":24}}"#);
+            check(&msg, Err("not a known"));
+        }
     }
 
     #[test]

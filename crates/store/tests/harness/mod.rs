@@ -40,42 +40,14 @@ pub struct Ctx {
 impl Ctx {
     /// A fresh, migrated store, or `None` when PostgreSQL is unavailable outside CI.
     pub async fn new(db: Db) -> Option<Ctx> {
-        match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("postern.db").display()
-                );
-                let store = Store::open(&url, &StoreConfig::new(KEY)).await.unwrap();
-                Some(Ctx {
-                    store,
-                    url,
-                    db,
-                    _dir: Some(dir),
-                })
-            }
-            Db::Postgres => {
-                let server = pg_server()?;
-                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = PgConnection::connect(&server.url("postgres"))
-                    .await
-                    .unwrap();
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                admin.close().await.unwrap();
-                let url = server.url(&name);
-                let store = Store::open(&url, &StoreConfig::new(KEY)).await.unwrap();
-                Some(Ctx {
-                    store,
-                    url,
-                    db,
-                    _dir: None,
-                })
-            }
-        }
+        let (url, dir) = empty_database(db).await?;
+        let store = Store::open(&url, &StoreConfig::new(KEY)).await.unwrap();
+        Some(Ctx {
+            store,
+            url,
+            db,
+            _dir: dir,
+        })
     }
 
     /// Opens the same database again with another key/config.
@@ -192,6 +164,34 @@ pub struct PgServer {
 impl PgServer {
     pub fn url(&self, db: &str) -> String {
         format!("{}/{db}{}", self.base, self.query)
+    }
+}
+
+/// The URL of a new, empty database (nothing migrated) and, for SQLite, the temporary
+/// directory that holds it; `None` when PostgreSQL is unavailable outside CI.
+pub async fn empty_database(db: Db) -> Option<(String, Option<tempfile::TempDir>)> {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("postern.db").display()
+            );
+            Some((url, Some(dir)))
+        }
+        Db::Postgres => {
+            let server = pg_server()?;
+            let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut admin = PgConnection::connect(&server.url("postgres"))
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            Some((server.url(&name), None))
+        }
     }
 }
 
