@@ -82,13 +82,19 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(
-        listen = %local,
-        database = %store_kind(&store),
-        data_dir = %config.data_dir.display(),
-        "postern server listening"
-    );
-    run_parts(config, store, listener, shutdown, || {}).await
+    let database = store_kind(&store);
+    let data_dir = config.data_dir.display().to_string();
+    // Said once everything is up (the gateway's listeners rebuilt from the store
+    // included), so whoever waits for this line may use every live grant at once.
+    let ready = move || {
+        tracing::info!(
+            listen = %local,
+            database,
+            data_dir,
+            "postern server listening"
+        );
+    };
+    run_parts(config, store, listener, shutdown, ready).await
 }
 
 /// Runs everything of a server on a store already open and a listener already bound:
