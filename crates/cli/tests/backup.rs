@@ -51,7 +51,9 @@ fn start(data: &Path) -> Running {
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(a) = v["fields"]["listen"].as_str() {
+            if v["fields"]["message"] == "postern server listening"
+                && let Some(a) = v["fields"]["listen"].as_str()
+            {
                 let _ = tx.send(a.to_owned());
             }
         }

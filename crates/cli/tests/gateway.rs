@@ -69,6 +69,7 @@ fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "postern server listening"
                 && let Some(a) = v["fields"]["listen"].as_str()
             {
                 let _ = tx.send(a.to_owned());

@@ -104,6 +104,7 @@ fn start(data: &Path) -> Server {
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "postern server listening"
                 && let Some(a) = v["fields"]["listen"].as_str()
             {
                 let _ = tx.send(a.to_owned());

@@ -48,7 +48,9 @@ fn start(data: &std::path::Path) -> Running {
         for line in stderr.lines().map_while(Result::ok) {
             let v: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
-            if let Some(a) = v["fields"]["listen"].as_str() {
+            if v["fields"]["message"] == "postern server listening"
+                && let Some(a) = v["fields"]["listen"].as_str()
+            {
                 let _ = tx.send(a.to_owned());
             }
         }
