@@ -81,6 +81,9 @@ async fn router(store: &store::Store, org: domain::OrgId, name: &str) -> domain:
         .site_id
 }
 
+/// The portal servers' `metrics_token` (`/metrics` is off without one).
+const METRICS_TOKEN: &str = "portal-metrics-token";
+
 impl Portal {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -88,6 +91,7 @@ impl Portal {
             data_dir: dir.path().to_owned(),
             // The test may speak as a proxy, to be a visitor from a public address.
             trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+            metrics_token: Some(server::config::Secret::new(METRICS_TOKEN)),
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
@@ -665,7 +669,13 @@ async fn pages_are_scoped_by_organisation_and_role() {
         log.contains(r#"<span class="badge stuck">stuck</span>"#),
         "{log}"
     );
-    let (_, _, metrics) = p.get("/metrics", None, HeaderMap::new()).await;
+    let (_, _, metrics) = p
+        .get(
+            "/metrics",
+            None,
+            headers(&[("authorization", &format!("Bearer {METRICS_TOKEN}"))]),
+        )
+        .await;
     assert!(metrics.contains("postern_router_jobs_stuck 1"), "{metrics}");
     let (_, _, list) = p
         .get(
