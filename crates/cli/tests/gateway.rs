@@ -12,7 +12,8 @@
     clippy::panic
 )]
 
-use std::io::{BufRead, BufReader};
+mod listening;
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,19 +65,7 @@ fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "postern server listening"
-                && let Some(a) = v["fields"]["listen"].as_str()
-            {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("listening");
+    let addr = listening::server_address(child.stderr.take().unwrap());
     let out = Command::new(BIN)
         .args(["admin", "create-token", "--role", "admin", "--name"])
         .arg(format!("t{}", rand_suffix()))

@@ -16,6 +16,8 @@
 #[path = "../../launcher/tests/common/hostile.rs"]
 mod hostile;
 
+mod listening;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -99,19 +101,7 @@ fn start(data: &Path) -> Server {
         let mut rest = Vec::new();
         let _ = stdout.read_to_end(&mut rest);
     });
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "postern server listening"
-                && let Some(a) = v["fields"]["listen"].as_str()
-            {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("listening");
+    let addr = listening::server_address(child.stderr.take().unwrap());
     let out = Command::new(BIN)
         .args([
             "admin",

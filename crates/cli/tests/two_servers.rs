@@ -17,7 +17,8 @@ extern crate store as postern_store;
 #[path = "../../store/tests/harness/mod.rs"]
 mod harness;
 
-use std::io::{BufRead, BufReader};
+mod listening;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,19 +53,7 @@ fn start_env(data: &std::path::Path, url: &str, env: &[(&str, &str)]) -> (Child,
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "postern server listening"
-                && let Some(a) = v["fields"]["listen"].as_str()
-            {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("listening");
+    let addr = listening::server_address(child.stderr.take().unwrap());
     (child, addr)
 }
 

@@ -1,0 +1,24 @@
+//! Waiting for a spawned `postern server --log-format json` to be ready: the address in
+//! its "postern server listening" line, logged once everything is up.
+
+use std::io::{BufRead, BufReader};
+use std::process::ChildStderr;
+use std::time::Duration;
+
+/// The API address the server logs when it is ready; its later log lines are read and
+/// dropped, so the pipe never fills.
+pub fn server_address(stderr: ChildStderr) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["fields"]["message"] == "postern server listening"
+                && let Some(a) = v["fields"]["listen"].as_str()
+            {
+                let _ = tx.send(a.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the server's listening line")
+}
