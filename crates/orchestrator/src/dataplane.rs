@@ -139,3 +139,92 @@ impl DataPlane for LoggingDataPlane {
         tracing::info!(grant = %key, reason = reason.as_str(), "data plane: close (no gateway wired)");
     }
 }
+
+/// What one process tells the others' gateways about a grant (PostgreSQL `NOTIFY`, see
+/// [`store::Store::notify_grants`]): several servers on one database each run a gateway,
+/// and the one that opened a grant's port may not be the one its revoke or new end
+/// reached. Text, so it reads in `pg_stat_activity` and logs: `close access:<id> revoked`
+/// or `deadline forward:<id> <unix ms>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantNote {
+    Close(GrantKey, EndReason),
+    Deadline(GrantKey, DateTime<Utc>),
+}
+
+impl GrantNote {
+    pub fn encode(self) -> String {
+        match self {
+            GrantNote::Close(key, reason) => {
+                format!("close {}:{} {}", key.kind(), key.id(), reason.as_str())
+            }
+            GrantNote::Deadline(key, at) => {
+                format!(
+                    "deadline {}:{} {}",
+                    key.kind(),
+                    key.id(),
+                    at.timestamp_millis()
+                )
+            }
+        }
+    }
+
+    /// `None` for anything else (another version's note, or noise on the channel).
+    pub fn decode(payload: &str) -> Option<Self> {
+        let mut words = payload.split(' ');
+        let (verb, grant, arg) = (words.next()?, words.next()?, words.next()?);
+        if words.next().is_some() {
+            return None;
+        }
+        let key = match grant.split_once(':')? {
+            ("access", id) => GrantKey::Access(id.parse().ok()?),
+            ("forward", id) => GrantKey::Forward(id.parse().ok()?),
+            _ => return None,
+        };
+        match verb {
+            "close" => Some(GrantNote::Close(key, EndReason::parse(arg)?)),
+            "deadline" => Some(GrantNote::Deadline(
+                key,
+                DateTime::from_timestamp_millis(arg.parse().ok()?)?,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Applies the note to this process's data plane (its own notes come back too: both
+    /// calls are idempotent).
+    pub fn apply(self, dataplane: &dyn DataPlane) {
+        match self {
+            GrantNote::Close(key, reason) => dataplane.close(key, reason),
+            GrantNote::Deadline(key, at) => dataplane.set_deadline(key, at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_notes_round_trip_and_noise_is_ignored() {
+        let key = GrantKey::Access(AccessId::new());
+        let at = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap();
+        for note in [
+            GrantNote::Close(key, EndReason::Revoked),
+            GrantNote::Deadline(GrantKey::Forward(ForwardId::new()), at),
+        ] {
+            assert_eq!(GrantNote::decode(&note.encode()), Some(note));
+        }
+        for noise in [
+            "",
+            "close",
+            "close access:not-a-uuid revoked",
+            "close router:00000000-0000-0000-0000-000000000000 revoked",
+            "open access:00000000-0000-0000-0000-000000000000 revoked",
+            "close access:00000000-0000-0000-0000-000000000000 sideways",
+            "deadline access:00000000-0000-0000-0000-000000000000 soon",
+            "close access:00000000-0000-0000-0000-000000000000 revoked extra",
+        ] {
+            assert_eq!(GrantNote::decode(noise), None, "{noise:?}");
+        }
+    }
+}

@@ -163,8 +163,8 @@ pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConne
 pub use db::WriteStats;
 pub use error::{Result, StoreError};
 pub use leasing::{
-    AttemptEnd, ClosingJob, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener,
-    JobOutcome, Lines, LogLine, MoveLine,
+    AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantListener, GrantMove, GrantRef, Intro,
+    JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines, LogLine, MoveLine,
 };
 pub use records::*;
 pub use secret::Secret;
