@@ -52,6 +52,10 @@ const NOTE_LIFETIME: Duration = Duration::from_secs(600);
 const HEARTBEATS_TO_GONE: u32 = 4;
 /// How the rows of a gateway run that is gone end.
 const GONE_REASON: &str = "gateway stopped";
+/// How often a gateway that shares PostgreSQL with other servers checks its open
+/// grants against the store: the backstop for a grant note it missed (sent before its
+/// `LISTEN` started, or while that connection was being made again).
+const ENDS_SWEEP: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -228,11 +232,17 @@ impl GatewayPlane {
         let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
         let (stop_beat, beat_stopped) = oneshot::channel();
         let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
-        Ok(GatewayPlane {
+        let plane = GatewayPlane {
             gateway,
             shared,
             tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
-        })
+        };
+        if plane.shared.store.backend() == store::Backend::Postgres {
+            let (stop_sweep, sweep_stopped) = oneshot::channel();
+            let sweep = tokio::spawn(ends_sweep(plane.clone(), sweep_stopped));
+            lock(&plane.tasks).push((stop_sweep, sweep));
+        }
+        Ok(plane)
     }
 
     /// The gateway itself.
@@ -897,6 +907,55 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
         let beat = shared.alive(now).await;
         if let Err(e) = beat.and(shared.sweep(now, false).await.map(|_| ())) {
             tracing::error!(error = %e, "gateway heartbeat failed");
+        }
+    }
+}
+
+/// Closes, every [`ENDS_SWEEP`], the open grants the store no longer has active: those
+/// another server ended while this one missed its note. The keys are taken before the
+/// store is read, and a grant is opened only once the store has it active, so a grant
+/// opened meanwhile is never taken for an ended one.
+async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
+    use orchestrator::DataPlane;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(ENDS_SWEEP) => {}
+        }
+        let open: Vec<GrantKey> = plane.gateway.grants().into_iter().map(|g| g.key).collect();
+        if open.is_empty() {
+            continue;
+        }
+        let store = &plane.shared.store;
+        let live = match tokio::try_join!(store.list_live_access(), store.list_live_forwards()) {
+            Ok((access, forwards)) => {
+                let mut live = HashMap::new();
+                for a in access {
+                    live.insert(GrantKey::Access(a.id), (a.status, a.expires_at));
+                }
+                for f in forwards {
+                    live.insert(GrantKey::Forward(f.id), (f.status, f.expires_at));
+                }
+                live
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: could not check open grants against the store");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for key in open {
+            let reason = match live.get(&key) {
+                Some((GrantStatus::Active, _)) => continue,
+                Some((_, expires_at)) if *expires_at <= now => orchestrator::EndReason::Expired,
+                _ => orchestrator::EndReason::Revoked,
+            };
+            tracing::info!(grant = %key, "gateway: the grant ended elsewhere; closing its port");
+            let key = match key {
+                GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
+                GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
+            };
+            plane.close(key, reason);
         }
     }
 }
