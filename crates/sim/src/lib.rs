@@ -55,7 +55,10 @@
 //! - [`ssh`]: SSH with a small RouterOS-like console ([`ssh::console`]).
 //! - [`winbox`]: the WinBox-port stand-in (8291), **not** the WinBox protocol.
 //! - [`nat`]: dst-nat rules applied for real (TCP forwarding).
-//! - [`scheduler`] and [`script`]: entries run when due, and the scripts Postern installs.
+//! - [`scheduler`]: entries run when due; [`script`]: the one interpreter of the
+//!   console, `/import` and scheduler entries (RouterOS's language, the part Postern's
+//!   scripts use), compiled against the router before it runs.
+//! - [`fetch`]: `/tool fetch`'s HTTP and HTTPS client, with the router's trust store.
 //! - [`faults`]: latency, offline, dropped connections.
 //! - [`clock`]: real or manual time; RouterOS's date, time and interval formats.
 //! - [`server`]: the accept loop all services share; [`addr`], [`net`]: helpers.
@@ -167,6 +170,7 @@ pub mod addr;
 pub mod api;
 pub mod clock;
 pub mod faults;
+pub mod fetch;
 pub mod fleet;
 pub mod menu;
 pub mod nat;
