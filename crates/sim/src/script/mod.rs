@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use crate::menu::{self, Menu, Request};
 use crate::router::{Caller, Router};
-use crate::state::TableKind;
 use parse::{BinOp, Block, Expr, Op, Part, Stmt, Word};
 
 /// A script value.
@@ -834,12 +833,10 @@ impl Run {
                 }
             };
             if verb == "find" {
-                let Menu::Table(kind) = menu else {
+                if !matches!(menu, Menu::Table(_)) {
                     return Err(ScriptError(format!("bad command name {verb}")));
-                };
-                return self
-                    .find(&api_path("print"), kind, words, scope, path)
-                    .await;
+                }
+                return self.find(&api_path("print"), words, scope, path).await;
             }
             let params = if verb == "get" {
                 vec!["number", "value-name"]
@@ -922,7 +919,6 @@ impl Run {
     fn find<'a>(
         &'a mut self,
         print: &'a str,
-        kind: TableKind,
         words: &'a [Word],
         scope: &'a mut Scope,
         cwd: &'a [String],
@@ -950,7 +946,6 @@ impl Run {
                 }
             }
             let out = menu::execute(&self.router, &self.caller, &Request::new(print))?;
-            let schema = kind.schema();
             let mut ids = Vec::new();
             for row in out.rows {
                 let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -974,7 +969,6 @@ impl Run {
                     ids.push(Val::Id(id.to_string()));
                 }
             }
-            let _ = schema;
             Ok(Val::Array(ids))
         })
     }

@@ -122,8 +122,9 @@ fn is_bare_char(c: char) -> bool {
     !c.is_whitespace() && !matches!(c, ';' | '"' | '[' | ']' | '{' | '}' | '(' | ')' | '$')
 }
 
+/// What a `$name` may hold (a name with other characters is written `$"a-b"`).
 fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 impl Parser<'_> {
@@ -178,13 +179,11 @@ impl Parser<'_> {
     /// Skips every kind of white space, new lines included (inside `( … )`).
     fn skip_all_blanks(&mut self) {
         while let Some(c) = self.peek() {
-            if c.is_whitespace() {
-                self.bump();
-            } else if c == '\\' && matches!(self.peek_at(1), Some('\n' | '\r')) {
-                self.bump();
-            } else {
+            let continued = c == '\\' && matches!(self.peek_at(1), Some('\n' | '\r'));
+            if !(c.is_whitespace() || continued) {
                 return;
             }
+            self.bump();
         }
     }
 
