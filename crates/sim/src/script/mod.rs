@@ -143,6 +143,8 @@ const GLOBALS: &[&str] = &[
 const MAX_STEPS: usize = 200_000;
 const MAX_OUTPUT: usize = 1 << 20;
 const MAX_IMPORT_DEPTH: usize = 8;
+/// How deeply blocks (and code values calling code values) may nest while running.
+const MAX_NESTING: usize = 100;
 /// The longest `:delay` one statement may ask.
 const MAX_DELAY: Duration = Duration::from_secs(600);
 
@@ -370,6 +372,7 @@ pub struct Run {
     pub output: String,
     steps: usize,
     imports: usize,
+    nesting: usize,
     /// Variables of `:global`.
     globals: HashMap<String, Val>,
 }
@@ -413,6 +416,7 @@ impl Run {
             output: String::new(),
             steps: 0,
             imports: 0,
+            nesting: 0,
             globals: HashMap::new(),
         }
     }
@@ -458,10 +462,15 @@ impl Run {
         cwd: &'a [String],
     ) -> Fut<'a, Result<Val, ScriptError>> {
         Box::pin(async move {
+            if self.nesting >= MAX_NESTING {
+                return Err(ScriptError("failure: script nested too deeply".into()));
+            }
+            self.nesting += 1;
             scope.frames.push(HashMap::new());
             let mut inner = cwd.to_vec();
             let out = self.block(block, scope, &mut inner).await;
             scope.frames.pop();
+            self.nesting -= 1;
             out
         })
     }
@@ -609,6 +618,10 @@ impl Run {
                         Some(w) => self.word_value(w, scope, cwd).await?,
                         None => match named("value") {
                             Some(e) => self.expr(e, scope, cwd).await?,
+                            // `:global f` declares it, keeping a value it has.
+                            None if name == "global" => {
+                                self.globals.get(&var).cloned().unwrap_or(Val::Nothing)
+                            }
                             None => Val::Nothing,
                         },
                     };

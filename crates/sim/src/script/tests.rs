@@ -132,3 +132,33 @@ fn scheduler_scripts_run_without_a_runtime() {
         Some("seen")
     );
 }
+
+#[tokio::test]
+async fn code_that_calls_itself_ends_with_an_error_not_a_crash() {
+    let r = router();
+    let (_, result) = run_text(
+        &r,
+        &Caller::system(),
+        ":global f [:parse \":global f; :put x; [\\$f]\"]; [$f]",
+        &mut vec![],
+    )
+    .await;
+    assert_eq!(
+        result,
+        Err(ScriptError("failure: script nested too deeply".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_routerboard_has_a_serial_number() {
+    let mut config = RouterConfig::new("r", "127.0.0.1".parse().unwrap(), "pw");
+    config.serial_number = Some("HD2087XKQ1".into());
+    config.board_name = "RB5009UG+S+".into();
+    let r = Router::new(config);
+    let out = run_ok(
+        &r,
+        ":put [/system routerboard get serial-number]; :put [/system resource get board-name]",
+    )
+    .await;
+    assert_eq!(out, "HD2087XKQ1\nRB5009UG+S+\n");
+}
