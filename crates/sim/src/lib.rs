@@ -129,7 +129,9 @@
 //!   ask: `failure: already have interface with such name` (as remembered from RouterOS
 //!   consoles), `failure: peer with such public key already exists`,
 //!   `failure: already have such address`, and `invalid value for argument x` for a key
-//!   that is not base64 of 32 bytes.
+//!   that is not base64 of 32 bytes. `private-key` and `preshared-key` are shown only
+//!   to users with the `sensitive` policy (RouterOS hides sensitive properties from
+//!   the others).
 //! - `/ip/address`: `address` without a prefix is `/32`; `network` defaults to the
 //!   address's network and may name the other end of a point-to-point address;
 //!   `interface` must exist (`ether1` or a WireGuard interface).

@@ -636,6 +636,9 @@ const PRINT_FLAGS: &[&str] = &[
     "as-value",
 ];
 
+/// Properties only users with the `sensitive` policy see.
+const SENSITIVE: &[&str] = &["private-key", "preshared-key"];
+
 /// What a single item's `print` (`/system/identity`, `/system/clock` …) takes.
 const SINGLE_PRINT_FLAGS: &[&str] = &[".proplist", "as-value", "without-paging"];
 
@@ -759,10 +762,19 @@ fn table_command(
             });
         }
         let props = proplist(req);
+        // Keys are shown only to users with the `sensitive` policy (RouterOS hides
+        // sensitive properties from the others).
+        let sensitive = caller.policies.has("sensitive");
         return Ok(Outcome {
             rows: items
                 .iter()
-                .map(|i| apply_proplist(row(i, kind.schema()), &props))
+                .map(|i| {
+                    let mut r = row(i, kind.schema());
+                    if !sensitive {
+                        r.retain(|(k, _)| !SENSITIVE.contains(&k.as_str()));
+                    }
+                    apply_proplist(r, &props)
+                })
                 .collect(),
             ret: None,
             is_print: true,

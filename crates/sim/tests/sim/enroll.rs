@@ -504,6 +504,19 @@ async fn wireguard_interfaces_make_their_own_keys_and_refuse_bad_ones() {
             "failure: peer with such public key already exists".into()
         ))
     );
+    // Keys are shown only with the `sensitive` policy.
+    let plain = postern_sim::Caller {
+        user: "viewer".into(),
+        policies: postern_sim::state::Policies::parse("read,api,test").unwrap(),
+    };
+    let (out, result) = postern_sim::script::run_text(
+        r.router(),
+        &plain,
+        ":put ([/interface wireguard get wg1 private-key] . \"|\" . [/interface wireguard get wg1 public-key])",
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!((out, result), (format!("|{public}\n"), Ok(())));
     // Over the API the new menus print with RouterOS's property names.
     let mut api = Raw::admin(r.api_addr).await;
     let rows = api.rows(&["/interface/wireguard/print", "?name=wg1"]).await;
