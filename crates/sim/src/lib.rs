@@ -112,8 +112,8 @@
 //!   Whether several sessions in one `remove` are ended up to the refused one is not
 //!   known, so Postern removes them one at a time.
 //! - Scripts are compiled before they run: a command the router lacks stops the whole
-//!   script before its first line (`bad command name x (line L column C)`; the sim's
-//!   column is the statement's), as RouterOS resolves commands while compiling
+//!   script before its first line (`bad command name x (line L column C)`, pointing at
+//!   the word), as RouterOS resolves commands while compiling
 //!   (routeros-lsp's probes), and so does a parameter the command lacks (`expected end
 //!   of command`, RouterOS's console words as remembered, not confirmed here). One
 //!   interpreter ([`script`]) runs the console, `/import` and scheduler entries.

@@ -166,11 +166,18 @@ enum Head {
     Value,
 }
 
-fn bad_command(name: &str, stmt: &Stmt) -> String {
-    format!(
-        "bad command name {name} (line {} column {})",
-        stmt.line, stmt.column
-    )
+/// Where word `word` of a statement starts.
+fn position(stmt: &Stmt, word: usize) -> (usize, usize) {
+    stmt.at
+        .get(word)
+        .copied()
+        .unwrap_or((stmt.line, stmt.column))
+}
+
+/// RouterOS's words for a command it does not have, pointing at the word.
+fn bad_command(name: &str, stmt: &Stmt, word: usize) -> String {
+    let (line, column) = position(stmt, word);
+    format!("bad command name {name} (line {line} column {column})")
 }
 
 /// Works out a statement's menu, verb or global command, in directory `cwd`.
@@ -181,11 +188,11 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
     let first = match first {
         Word::Bare(b) => b,
         Word::Value(_) => return Ok(Head::Value),
-        Word::Arg(k, _) => return Err(bad_command(k, stmt)),
+        Word::Arg(k, _) => return Err(bad_command(k, stmt, 0)),
     };
     if let Some(name) = first.strip_prefix(':') {
         if !GLOBALS.contains(&name) {
-            return Err(bad_command(name, stmt));
+            return Err(bad_command(name, stmt, 0));
         }
         return Ok(Head::Global(name.to_string()));
     }
@@ -218,32 +225,31 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
             if !(menu::is_directory(&joined) || menu::menu_at(&joined).is_some()) {
                 break;
             }
+            // A menu this router's version lacks (`/interface wireguard` on RouterOS
+            // 6), or `/system routerboard` on a CHR, is not there at all.
+            let lacking = !menu::available(router.version_triple(), &joined)
+                || (joined == "system/routerboard" && router.config().serial_number.is_none());
+            if lacking {
+                return Err(bad_command(&seg, stmt, word));
+            }
             path = next;
         }
         consumed = word + 1;
         iter.next();
     }
-    // Hide menus this router's version lacks (`/interface wireguard` on RouterOS 6).
     let joined = path.join("/");
-    if !joined.is_empty() && !menu::available(router.version_triple(), &joined) {
-        let last = path.last().cloned().unwrap_or_default();
-        return Err(bad_command(&last, stmt));
-    }
-    if joined.starts_with("system/routerboard") && router.config().serial_number.is_none() {
-        return Err(bad_command("routerboard", stmt));
-    }
     let Some((verb, word)) = iter.next() else {
         if stmt.words.len() > consumed {
-            return Err(bad_command(&joined, stmt));
+            return Err(bad_command(&joined, stmt, consumed));
         }
         return Ok(Head::Path(path));
     };
     // A verb must end its word (`/ip/address/add/x` is not a command).
     if iter.peek().is_some_and(|(_, w)| *w == word) {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     }
     let Some(menu) = menu::menu_at(&joined) else {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     };
     let extra: &[&str] = match menu {
         Menu::Table(_) => &["find", "get"],
@@ -264,7 +270,7 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
         format!("/{joined}/{real}")
     };
     if !known || menu::resolve(router, &full).is_err() {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     }
     Ok(Head::Command {
         path,
@@ -293,13 +299,13 @@ pub fn check(router: &Router, block: &Block, cwd: &[String]) -> Result<(), Strin
                 let rest = stmt.words.get(words..).unwrap_or_default();
                 if !matches!(verb.as_str(), "find" | "get") {
                     let params = menu::params(menu, &verb);
-                    for w in rest {
+                    for (i, w) in rest.iter().enumerate() {
                         if let Word::Arg(k, _) = w
                             && !params.contains(&k.as_str())
                         {
+                            let (line, column) = position(stmt, words + i);
                             return Err(format!(
-                                "expected end of command (line {} column {})",
-                                stmt.line, stmt.column
+                                "expected end of command (line {line} column {column})"
                             ));
                         }
                     }

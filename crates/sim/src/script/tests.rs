@@ -58,7 +58,7 @@ async fn an_unknown_command_anywhere_stops_the_script_before_it_runs() {
     assert_eq!(
         result,
         Err(ScriptError(
-            "bad command name frobnicate (line 2 column 18)".into()
+            "bad command name frobnicate (line 2 column 22)".into()
         ))
     );
     assert!(r.state().users.by_name("a").is_none());
@@ -73,7 +73,7 @@ async fn an_unknown_command_anywhere_stops_the_script_before_it_runs() {
     assert_eq!(
         result,
         Err(ScriptError(
-            "expected end of command (line 1 column 1)".into()
+            "expected end of command (line 1 column 18)".into()
         ))
     );
     // A CHR has no /system routerboard: naming it stops the script, even under on-error,

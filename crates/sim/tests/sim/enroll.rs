@@ -384,7 +384,7 @@ async fn console_errors_are_shown_and_stop_the_paste() {
     // A command the router lacks stops the whole line before anything runs.
     let screen = paste(&mut ch, "/user add name=z group=read; /ip route print\r", 1).await;
     assert!(
-        screen.contains("bad command name route (line 1 column 30)"),
+        screen.contains("bad command name route (line 1 column 34)"),
         "{screen}"
     );
     assert!(r.router().state().users.by_name("z").is_none());
@@ -416,7 +416,7 @@ async fn console_errors_are_shown_and_stop_the_paste() {
         ),
         (
             "/system routerboard print",
-            "bad command name routerboard (line 1 column 1)",
+            "bad command name routerboard (line 1 column 9)",
         ),
         (
             ":put [/system resource get nosuch]",
