@@ -689,3 +689,41 @@ async fn fetch_methods_headers_and_limits() {
     );
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_multi_line_paste_runs_once_its_brackets_close() {
+    let r = router().await;
+    let (_h, mut ch) = console(&r).await;
+    // Three lines, one statement: the console waits for the closing brace, then runs
+    // it once (one prompt for the whole paste).
+    let screen = paste(
+        &mut ch,
+        "# a comment with a { in it\r:if ([:len \"ab\"] = 2) do={\r  :put \"multi $[:len \"abc\"]\"\r}\r",
+        2,
+    )
+    .await;
+    assert!(screen.contains("multi 3\r\n"), "{screen:?}");
+    assert_eq!(screen.matches("multi 3").count(), 1, "{screen:?}");
+    // A path line moves the console; the prompt says where.
+    ch.data(&b"/ip firewall filter\r"[..]).await.unwrap();
+    let mut screen = String::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while !screen.contains("/ip firewall filter> ") {
+            match ch.wait().await {
+                Some(ChannelMsg::Data { data }) => screen.push_str(&String::from_utf8_lossy(&data)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{screen:?}"));
+    ch.data(&b"add chain=input action=drop comment=typed\r"[..])
+        .await
+        .unwrap();
+    eventually("the relative add ran", || {
+        r.router().state().filter.items.len() == 1
+    })
+    .await;
+    r.shutdown().await;
+}
