@@ -212,8 +212,8 @@
 //!   Values are compared leniently (`5` equals `"5"`). A scheduler entry's script that
 //!   waits (fetch, `:delay`) goes on in a task of its own. Times are UTC;
 //!   `start-time=startup` never runs.
-//! - `/tool/fetch` and `/import` over the API are refused (`failure: not supported over
-//!   the API by the sim`); the console and scripts have them.
+//! - `/tool/fetch` over the API answers one `!re` with its values (as `as-value` gives
+//!   them), not RouterOS's progress rows.
 //! - `/user/active/listen` reports new sessions and ended ones (`=.dead=yes`) only.
 
 #![cfg_attr(

@@ -532,11 +532,11 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             }
             v => return Err(Trap::missing(v)),
         },
-        // `/tool/fetch` and `/import` do I/O and run scripts: the script interpreter
-        // runs them ([`crate::script`]); over the API they are refused for now.
+        // `/tool/fetch` and `/import` do I/O and run scripts: the API and the script
+        // interpreter run them through [`crate::script`], never here.
         Menu::Tool | Menu::Root => {
             return Err(Trap::new(
-                "failure: not supported over the API by the sim; use the console",
+                "failure: this command runs through the script interpreter",
             ));
         }
         Menu::Clock => match verb.as_str() {

@@ -1361,6 +1361,53 @@ pub fn run(router: &Router, caller: &Caller, script: &str) {
     }
 }
 
+/// Runs an API sentence for a command that does I/O or runs a script (`/tool/fetch`,
+/// `/import`): its `!re` row (fetch's `status`, `downloaded`, …) or its `!trap`.
+pub async fn run_request(
+    router: &Router,
+    caller: &Caller,
+    req: &Request,
+) -> Result<menu::Outcome, menu::Trap> {
+    let (_, verb) = menu::check(router, req)?;
+    let named: Vec<(String, Val)> = req
+        .attrs
+        .iter()
+        .map(|(k, v)| (k.clone(), Val::Str(v.clone())))
+        .collect();
+    let mut run = Run::new(router, caller);
+    let result = match verb.as_str() {
+        "fetch" => {
+            let mut named = named;
+            // The API always answers with the values, never the console's lines.
+            if !named.iter().any(|(k, _)| k == "as-value") {
+                named.push(("as-value".into(), Val::Str(String::new())));
+            }
+            run.fetch(named).await
+        }
+        _ => run.import(named).await,
+    };
+    match result {
+        Ok(Val::Map(values)) => Ok(menu::Outcome {
+            rows: vec![
+                values
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Val::Time(d) => crate::clock::format_interval(d),
+                            other => other.text(),
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            ],
+            ret: None,
+            is_print: false,
+        }),
+        Ok(_) => Ok(menu::Outcome::default()),
+        Err(e) => Err(menu::Trap::new(e.0)),
+    }
+}
+
 /// Compiles and runs `text` as `caller`, starting in directory `cwd` (which path
 /// lines change): what the console does with a line. Returns what it printed and,
 /// if it stopped, why.

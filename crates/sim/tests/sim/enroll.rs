@@ -654,6 +654,25 @@ async fn fetch_methods_headers_and_limits() {
         last.headers.contains(&("x-two".into(), "2".into())),
         "{last:?}"
     );
+    // Over the API: one row with the values.
+    let mut api = Raw::admin(r.api_addr).await;
+    let url = format!("=url=http://{server}/api");
+    let rows = api
+        .rows(&[
+            "/tool/fetch",
+            &url,
+            "=http-method=post",
+            "=http-data=z",
+            "=output=user",
+        ])
+        .await;
+    assert_eq!(get(&rows[0], "status"), Some("finished"));
+    assert_eq!(get(&rows[0], "data"), Some("POST z"));
+    let url = format!("=url=http://{server}/big");
+    assert_eq!(
+        api.trap(&["/tool/fetch", &url, "=output=user"]).await.0,
+        "failure: max data size reached"
+    );
     // output=user keeps at most 64 KiB.
     let (_, result) = postern_sim::script::run_text(
         r.router(),
