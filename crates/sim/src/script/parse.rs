@@ -128,13 +128,12 @@ pub fn is_open(text: &str) -> bool {
 /// How deep brackets may nest (a hostile paste cannot exhaust the stack).
 const MAX_DEPTH: usize = 64;
 
-struct Parser<'a> {
+struct Parser {
     chars: Vec<char>,
     at: usize,
     line: usize,
     column: usize,
     depth: usize,
-    _text: &'a str,
 }
 
 /// Parses a whole script.
@@ -150,7 +149,6 @@ pub fn parse_at(text: &str, first_line: usize) -> Result<Block, SyntaxError> {
         line: first_line,
         column: 1,
         depth: 0,
-        _text: text,
     };
     let block = p.block(None)?;
     if p.peek().is_some() {
@@ -168,7 +166,7 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-impl Parser<'_> {
+impl Parser {
     fn error(&self) -> SyntaxError {
         SyntaxError {
             line: self.line,
