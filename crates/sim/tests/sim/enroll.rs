@@ -335,6 +335,29 @@ async fn the_pasted_line_enrols_the_router_and_a_second_paste_duplicates_nothing
         .collect();
     assert_eq!(posts.len(), 2);
     assert_eq!(posts[0], posts[1]);
+
+    // The line that removes everything Postern put on the router (peer, address,
+    // firewall, user before its group, interface), itself safe to paste twice.
+    let removal = ":do { /interface wireguard peers remove [find where comment=\"postern:peer\"]; /ip address remove [find where comment=\"postern:address\"]; /ip firewall filter remove [find where comment=\"postern:management\"]; /user remove [find where comment=\"postern:user\"]; /user group remove [find where comment=\"postern:group\"]; /interface wireguard remove [find where comment=\"postern:interface\"]; :put \"Postern: removed\" } on-error={ :put \"Postern: removal failed\" }\r";
+    assert!(
+        surface::Database::routeros_7()
+            .unwrap()
+            .check_script(removal)
+            .is_empty()
+    );
+    for _ in 0..2 {
+        let screen = paste(&mut ch, removal, 1).await;
+        assert!(screen.contains("\r\nPostern: removed\r\n"), "{screen}");
+    }
+    {
+        let s = r.router().state();
+        assert!(s.wireguard.items.is_empty() && s.wireguard_peers.items.is_empty());
+        assert!(s.addresses.items.is_empty());
+        assert_eq!(comments(&s.filter.items), ["defconf: drop all"]);
+        assert_eq!(comments(&s.users.items), ["system default user"]);
+        assert_eq!(s.groups.items.len(), 3);
+    }
+    assert!(r.router().wireguard().is_empty());
     r.shutdown().await;
 }
 
