@@ -62,6 +62,10 @@ pub struct RouterOptions {
     pub clock: Clock,
     /// See [`RouterConfig::empty_reply`].
     pub empty_reply: Option<bool>,
+    /// See [`RouterConfig::serial_number`] (`None`: a CHR, no `/system/routerboard`).
+    pub serial_number: Option<String>,
+    /// See [`RouterConfig::trust_pem`]: the CA certificates `/tool/fetch` trusts.
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl RouterOptions {
@@ -75,6 +79,8 @@ impl RouterOptions {
             board_name: "CHR".into(),
             clock: Clock::real(),
             empty_reply: None,
+            serial_number: None,
+            trust_pem: None,
         }
     }
 }
@@ -136,6 +142,8 @@ impl RouterHandle {
         config.board_name = options.board_name;
         config.clock = options.clock;
         config.empty_reply = options.empty_reply;
+        config.serial_number = options.serial_number;
+        config.trust_pem = options.trust_pem;
         let router = Router::new(config);
 
         let api = bind(options.address, options.ports.api).await?;
@@ -149,6 +157,26 @@ impl RouterHandle {
             local(&winbox)?,
             local(&ssh)?,
         );
+
+        // `/ip/service` shows the ports the services really listen on.
+        {
+            let mut state = router.state();
+            for (name, addr) in [
+                ("api", api_addr),
+                ("api-ssl", api_tls_addr),
+                ("winbox", winbox_addr),
+                ("ssh", ssh_addr),
+            ] {
+                if let Some(s) = state
+                    .services
+                    .items
+                    .iter_mut()
+                    .find(|i| i.get("name") == Some(name))
+                {
+                    s.set("port", addr.port().to_string());
+                }
+            }
+        }
 
         let tls = TlsIdentity::generate(&options.identity, options.address)?;
         let host_key = crate::ssh::generate_host_key();
@@ -237,6 +265,8 @@ pub struct FleetOptions {
     pub version: String,
     pub clock: Clock,
     pub empty_reply: Option<bool>,
+    /// See [`RouterOptions::trust_pem`].
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl Default for FleetOptions {
@@ -247,6 +277,7 @@ impl Default for FleetOptions {
             version: "7.18.2".into(),
             clock: Clock::real(),
             empty_reply: None,
+            trust_pem: None,
         }
     }
 }
@@ -281,6 +312,7 @@ impl Fleet {
             o.version = options.version.clone();
             o.clock = options.clock.clone();
             o.empty_reply = options.empty_reply;
+            o.trust_pem = options.trust_pem.clone();
             match RouterHandle::start(o).await {
                 Ok(r) => routers.push(r),
                 Err(e) => {

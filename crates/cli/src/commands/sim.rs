@@ -34,6 +34,11 @@ pub struct SimArgs {
     /// The RouterOS version the routers claim (7.18+ sends `!empty`).
     #[arg(long, default_value = "7.18.2")]
     pub routeros_version: String,
+    /// CA certificates (PEM) the routers' `/tool fetch` trusts with
+    /// `check-certificate=yes` or `yes-without-crl` (without it only
+    /// `check-certificate=no` fetches over https).
+    #[arg(long, value_name = "PEM")]
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         },
         admin_password: args.admin_password,
         version: args.routeros_version,
+        trust_pem: args.trust_pem,
         ..FleetOptions::default()
     };
     // Installed before the lines are printed, so a signal sent right after them is
