@@ -62,6 +62,12 @@ pub struct RouterOptions {
     pub clock: Clock,
     /// See [`RouterConfig::empty_reply`].
     pub empty_reply: Option<bool>,
+    /// Behind NAT: no TCP listener on `address` (the handle's addresses then have port
+    /// 0); reachable only through the WireGuard tunnel it builds ([`crate::wg`]).
+    pub behind_nat: bool,
+    /// Build the tunnel with Debian's `wireguard-go` instead of the userspace stack
+    /// (root only; see [`crate::wg::external`]).
+    pub wireguard_external: Option<crate::wg::external::Options>,
 }
 
 impl RouterOptions {
@@ -75,6 +81,8 @@ impl RouterOptions {
             board_name: "CHR".into(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
+            wireguard_external: None,
         }
     }
 }
@@ -104,6 +112,8 @@ pub struct RouterHandle {
     pub tls: TlsIdentity,
     /// The SSH host key's fingerprint, `SHA256:…`.
     pub ssh_fingerprint: String,
+    /// Whether the router opened no TCP listener (see [`RouterOptions::behind_nat`]).
+    pub behind_nat: bool,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,46 +146,62 @@ impl RouterHandle {
         config.board_name = options.board_name;
         config.clock = options.clock;
         config.empty_reply = options.empty_reply;
+        config.behind_nat = options.behind_nat;
         let router = Router::new(config);
-
-        let api = bind(options.address, options.ports.api).await?;
-        let api_tls = bind(options.address, options.ports.api_tls).await?;
-        let winbox = bind(options.address, options.ports.winbox).await?;
-        let ssh = bind(options.address, options.ports.ssh).await?;
-        let local = |l: &TcpListener| l.local_addr().map_err(Error::Io);
-        let (api_addr, api_tls_addr, winbox_addr, ssh_addr) = (
-            local(&api)?,
-            local(&api_tls)?,
-            local(&winbox)?,
-            local(&ssh)?,
-        );
 
         let tls = TlsIdentity::generate(&options.identity, options.address)?;
         let host_key = crate::ssh::generate_host_key();
         let ssh_fingerprint = crate::ssh::fingerprint(&host_key);
+        let ssh_config = crate::ssh::config(host_key);
+        crate::wg::set_services(
+            &router,
+            crate::wg::Services {
+                tls: tls.clone(),
+                ssh: ssh_config.clone(),
+            },
+        );
+        if let Some(external) = options.wireguard_external {
+            crate::wg::use_external(&router, external);
+        }
 
         let stop = CancellationToken::new();
         let on_stop = |t: &CancellationToken| {
             let t = t.clone();
             async move { t.cancelled().await }
         };
-        let tasks = vec![
-            tokio::spawn(crate::api::run(api, router.clone(), on_stop(&stop))),
-            tokio::spawn(crate::api::run_tls(
-                api_tls,
-                router.clone(),
-                tls.clone(),
-                on_stop(&stop),
-            )),
-            tokio::spawn(crate::winbox::run(winbox, router.clone(), on_stop(&stop))),
-            tokio::spawn(crate::ssh::run(
-                ssh,
-                router.clone(),
-                host_key,
-                on_stop(&stop),
-            )),
-            tokio::spawn(crate::scheduler::run(router.clone())),
-        ];
+        let mut tasks = vec![tokio::spawn(crate::scheduler::run(router.clone()))];
+        let unbound = SocketAddr::new(options.address, 0);
+        let (mut api_addr, mut api_tls_addr, mut winbox_addr, mut ssh_addr) =
+            (unbound, unbound, unbound, unbound);
+        if !options.behind_nat {
+            let api = bind(options.address, options.ports.api).await?;
+            let api_tls = bind(options.address, options.ports.api_tls).await?;
+            let winbox = bind(options.address, options.ports.winbox).await?;
+            let ssh = bind(options.address, options.ports.ssh).await?;
+            let local = |l: &TcpListener| l.local_addr().map_err(Error::Io);
+            (api_addr, api_tls_addr, winbox_addr, ssh_addr) = (
+                local(&api)?,
+                local(&api_tls)?,
+                local(&winbox)?,
+                local(&ssh)?,
+            );
+            tasks.extend([
+                tokio::spawn(crate::api::run(api, router.clone(), on_stop(&stop))),
+                tokio::spawn(crate::api::run_tls(
+                    api_tls,
+                    router.clone(),
+                    tls.clone(),
+                    on_stop(&stop),
+                )),
+                tokio::spawn(crate::winbox::run(winbox, router.clone(), on_stop(&stop))),
+                tokio::spawn(crate::ssh::run_with_config(
+                    ssh,
+                    router.clone(),
+                    ssh_config,
+                    on_stop(&stop),
+                )),
+            ]);
+        }
         Ok(RouterHandle {
             router,
             api_addr,
@@ -186,6 +212,7 @@ impl RouterHandle {
             password_generated,
             tls,
             ssh_fingerprint,
+            behind_nat: options.behind_nat,
             stop,
             tasks,
         })
@@ -210,6 +237,23 @@ impl RouterHandle {
 
     pub fn identity(&self) -> String {
         self.router.identity()
+    }
+
+    /// Builds (or rebuilds, or with `None` takes down) the router's WireGuard tunnel:
+    /// see [`crate::wg::configure`].
+    pub fn set_wireguard(&self, config: Option<crate::wg::WgConfig>) {
+        crate::wg::configure(&self.router, config);
+    }
+
+    /// The tunnel's peers and socket now (`None`: no tunnel).
+    pub fn wireguard_status(&self) -> Option<crate::wg::Status> {
+        crate::wg::status(&self.router)
+    }
+
+    /// A NAT mapping change: the tunnel's UDP source port changes now (see
+    /// [`crate::wg::rebind_udp`]). Returns whether a tunnel runs.
+    pub fn rebind_udp(&self) -> bool {
+        crate::wg::rebind_udp(&self.router)
     }
 
     /// Runs the scheduler entries that are due now (after moving a manual clock).
@@ -237,6 +281,8 @@ pub struct FleetOptions {
     pub version: String,
     pub clock: Clock,
     pub empty_reply: Option<bool>,
+    /// Every router behind NAT (see [`RouterOptions::behind_nat`]).
+    pub behind_nat: bool,
 }
 
 impl Default for FleetOptions {
@@ -247,6 +293,7 @@ impl Default for FleetOptions {
             version: "7.18.2".into(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
         }
     }
 }
@@ -281,6 +328,7 @@ impl Fleet {
             o.version = options.version.clone();
             o.clock = options.clock.clone();
             o.empty_reply = options.empty_reply;
+            o.behind_nat = options.behind_nat;
             match RouterHandle::start(o).await {
                 Ok(r) => routers.push(r),
                 Err(e) => {

@@ -179,6 +179,7 @@ pub mod server;
 pub mod ssh;
 pub mod state;
 pub mod tls;
+pub mod wg;
 pub mod winbox;
 
 use std::net::{Ipv4Addr, SocketAddr};

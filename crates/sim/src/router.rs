@@ -33,6 +33,9 @@ pub struct RouterConfig {
     /// Whether a `print` with no items sends `!empty` (before its `!done`). `None`:
     /// as the version does (7.18 and later).
     pub empty_reply: Option<bool>,
+    /// Behind NAT: no TCP listener on `address` at all (services and dst-nat alike); the
+    /// router is reachable only through the WireGuard tunnel it builds.
+    pub behind_nat: bool,
 }
 
 impl RouterConfig {
@@ -45,6 +48,7 @@ impl RouterConfig {
             admin_password: admin_password.to_string(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
         }
     }
 }
@@ -138,6 +142,8 @@ pub(crate) struct Inner {
     pub active_changed: watch::Sender<u64>,
     pub scheduler_wake: Notify,
     pub nat: Mutex<Forwarder>,
+    /// The router's WireGuard tunnel ([`crate::wg`]).
+    pub wg: Mutex<crate::wg::Slot>,
     /// Cancelled when the router shuts down: ends dst-nat listeners and the scheduler.
     pub shutdown: CancellationToken,
     /// Every command the API received, once a test asked to keep them.
@@ -170,6 +176,7 @@ impl Router {
                 active_changed: watch::channel(0).0,
                 scheduler_wake: Notify::new(),
                 nat: Mutex::new(Forwarder::default()),
+                wg: Mutex::new(crate::wg::Slot::default()),
                 shutdown: CancellationToken::new(),
                 received: Mutex::new(None),
                 config,
@@ -394,10 +401,17 @@ impl Router {
         }
     }
 
-    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler).
-    /// Listeners for API, SSH and 8291 stop with their own shutdown futures.
+    /// Whether the router sits behind NAT (no TCP listener on its address).
+    pub fn behind_nat(&self) -> bool {
+        self.inner.config.behind_nat
+    }
+
+    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler, the
+    /// WireGuard tunnel). Listeners for API, SSH and 8291 stop with their own shutdown
+    /// futures.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        crate::wg::stop(self);
         self.inner
             .nat
             .lock()

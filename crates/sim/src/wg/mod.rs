@@ -1,0 +1,814 @@
+//! The router's own WireGuard: the management tunnel its configuration asks for, built
+//! for real, so a router that sits behind NAT is reachable through it and through
+//! nothing else.
+//!
+//! Given a [`WgConfig`] (the router's private key and listen port, its tunnel address
+//! from `/ip address`, and its peers: public key, endpoint, allowed-address,
+//! persistent-keepalive), the router is the WireGuard **initiator**:
+//! - it binds a UDP socket on its own address (the listen port, or any free port if that
+//!   one is taken), sends a handshake initiation to each peer that has an endpoint, and
+//!   runs WireGuard's timers (boringtun's `noise::Tunn`): retries, re-keying, and the
+//!   persistent keepalive that keeps a NAT mapping open. When a handshake attempt gives
+//!   up (90 s without an answer) a peer with a keepalive starts again at its next
+//!   keepalive, as a real router sending keepalives does;
+//! - it follows a peer to the source of the peer's last authenticated datagram;
+//! - a userspace TCP/IP stack ([`stack`], smoltcp) holds the router's tunnel address and
+//!   accepts TCP on the API, API-SSL, SSH and WinBox ports ([`ServicePorts`]), handing
+//!   each connection ([`WgStream`]) to the same handlers the TCP listeners use, with the
+//!   peer's tunnel address as the client address (so `/user` `address=` sees the
+//!   gateway's tunnel address), and on the port of each dst-nat rule that applies to
+//!   the WireGuard interface, forwarding it over real TCP from the sim's host.
+//!
+//! [`configure`] applies a configuration (a change tears the tunnel down and builds it
+//! again); [`rebind_udp`] moves the UDP socket to a new source port, as a NAT mapping
+//! change (or the router roaming) looks from the gateway; [`status`] reports each peer's
+//! endpoint, last handshake and bytes. [`external`] is the other backend: Debian's
+//! `wireguard-go`, `wg` and `ip` in a network namespace.
+
+pub mod external;
+pub(crate) mod stack;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::AddressList;
+use crate::nat::Forward;
+use crate::router::Router;
+use crate::tls::TlsIdentity;
+
+pub use stream::WgStream;
+
+/// How often WireGuard's timers run.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Datagrams read before the stack is polled.
+const RECV_BATCH: usize = 64;
+/// The largest datagram there is.
+const MAX_DATAGRAM: usize = 65_536;
+/// How long a connection's handler gets to close by itself once the tunnel goes down.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A Curve25519 key (32 bytes). Debug output is redacted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key(pub [u8; 32]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// Reads the base64 form RouterOS and `wg` print (44 characters).
+    pub fn from_base64(text: &str) -> Option<Key> {
+        let bytes = STANDARD.decode(text.trim()).ok()?;
+        <[u8; 32]>::try_from(bytes.as_slice()).ok().map(Key)
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// A new private key from the OS-seeded CSPRNG, clamped as Curve25519 keys are.
+    pub fn generate_private() -> Key {
+        let mut bytes: [u8; 32] = rand::random();
+        if let Some(b) = bytes.first_mut() {
+            *b &= 248;
+        }
+        if let Some(b) = bytes.last_mut() {
+            *b = (*b & 127) | 64;
+        }
+        Key(bytes)
+    }
+
+    /// The public key of this private key.
+    pub fn public(&self) -> Key {
+        let secret = x25519::StaticSecret::from(self.0);
+        Key(*x25519::PublicKey::from(&secret).as_bytes())
+    }
+}
+
+/// A new private key and its public key, base64, as `/interface wireguard add` makes
+/// them.
+pub fn generate_keypair() -> (String, String) {
+    let private = Key::generate_private();
+    (private.to_base64(), private.public().to_base64())
+}
+
+/// The ports the router serves through the tunnel: RouterOS's own by default (the
+/// tunnel needs no privilege, unlike the sim's SSH listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePorts {
+    pub api: u16,
+    pub api_ssl: u16,
+    pub ssh: u16,
+    pub winbox: u16,
+}
+
+impl Default for ServicePorts {
+    fn default() -> Self {
+        ServicePorts {
+            api: 8728,
+            api_ssl: 8729,
+            ssh: 22,
+            winbox: 8291,
+        }
+    }
+}
+
+/// One peer of the router's WireGuard interface (`/interface wireguard peers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeerConfig {
+    pub public_key: Key,
+    /// `endpoint-address` and `endpoint-port`; `None`: the router waits to be contacted.
+    pub endpoint: Option<(String, u16)>,
+    /// `allowed-address`: whose packets are accepted from this peer, and where packets
+    /// to those addresses go.
+    pub allowed: AddressList,
+    /// `persistent-keepalive`, in seconds.
+    pub keepalive: Option<u16>,
+}
+
+/// What the router's WireGuard interface and its address ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgConfig {
+    /// The interface's name (`wireguard1`, `postern`): dst-nat rules with this
+    /// `in-interface` are served through the tunnel.
+    pub interface: String,
+    pub private_key: Key,
+    /// `listen-port`; 0 for any free port.
+    pub listen_port: u16,
+    /// The router's tunnel address (`/ip address address=`).
+    pub address: Ipv4Addr,
+    /// The other end (`network=` of a /32 address, the gateway's tunnel address): the
+    /// stack's default route points there.
+    pub network: Ipv4Addr,
+    pub mtu: u16,
+    pub peers: Vec<WgPeerConfig>,
+    pub ports: ServicePorts,
+}
+
+impl WgConfig {
+    /// One peer, RouterOS's defaults for the rest (listen port 13231, MTU 1420).
+    pub fn new(private_key: Key, address: Ipv4Addr, network: Ipv4Addr) -> WgConfig {
+        WgConfig {
+            interface: "wireguard1".into(),
+            private_key,
+            listen_port: 13231,
+            address,
+            network,
+            mtu: 1420,
+            peers: Vec::new(),
+            ports: ServicePorts::default(),
+        }
+    }
+}
+
+/// One peer as the tunnel sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub public_key: String,
+    /// Where its datagrams go (the configured endpoint, then wherever it was last heard
+    /// from).
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the session in use was made; `None` before the first handshake.
+    pub last_handshake: Option<Duration>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The tunnel as it runs now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The UDP socket's address (its source port is what a NAT would map).
+    pub local: Option<SocketAddr>,
+    pub peers: Vec<PeerStatus>,
+}
+
+impl Status {
+    /// Whether every peer has a session.
+    pub fn is_up(&self) -> bool {
+        !self.peers.is_empty() && self.peers.iter().all(|p| p.last_handshake.is_some())
+    }
+}
+
+/// What the service handlers need besides the router: the API-SSL certificate and the
+/// SSH server's configuration (host key).
+#[derive(Clone)]
+pub struct Services {
+    pub tls: TlsIdentity,
+    pub ssh: Arc<russh::server::Config>,
+}
+
+/// The router's WireGuard: what serves it and what runs.
+#[derive(Default)]
+pub(crate) struct Slot {
+    services: Option<Services>,
+    running: Option<Running>,
+    /// Set for the [`external`] backend.
+    external: Option<external::Options>,
+}
+
+struct Running {
+    config: WgConfig,
+    token: CancellationToken,
+    ctl: Arc<Ctl>,
+    external: Option<external::Running>,
+}
+
+/// Shared between the driver and whoever asks it something.
+#[derive(Default)]
+struct Ctl {
+    rebind: Notify,
+    nat_changed: Notify,
+    status: Mutex<Status>,
+}
+
+fn slot(router: &Router) -> std::sync::MutexGuard<'_, Slot> {
+    router.inner.wg.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gives the router what its tunnel's handlers need (done once it has a certificate and
+/// a host key).
+pub fn set_services(router: &Router, services: Services) {
+    slot(router).services = Some(services);
+}
+
+/// Makes the router build its tunnel with Debian's `wireguard-go` in a network
+/// namespace instead of the userspace stack (see [`external`]).
+pub fn use_external(router: &Router, options: external::Options) {
+    slot(router).external = Some(options);
+}
+
+/// Brings the tunnel in line with `config`: `None` takes it down; a changed one takes
+/// it down and builds it again; the same one leaves it alone. Outside a Tokio runtime,
+/// or before [`set_services`], it does nothing.
+pub fn configure(router: &Router, config: Option<WgConfig>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!("wireguard changed outside a Tokio runtime; tunnel not updated");
+        return;
+    }
+    let mut slot = slot(router);
+    if slot.running.as_ref().map(|r| &r.config) == config.as_ref() {
+        return;
+    }
+    if let Some(old) = slot.running.take() {
+        old.token.cancel();
+        drop(old.external);
+    }
+    let Some(config) = config else { return };
+    if router.shutdown_token().is_cancelled() {
+        return;
+    }
+    let Some(services) = slot.services.clone() else {
+        tracing::warn!("the router has no services yet; tunnel not started");
+        return;
+    };
+    let token = router.shutdown_token().child_token();
+    let ctl = Arc::new(Ctl::default());
+    let mut external = None;
+    if let Some(options) = slot.external.clone() {
+        match external::start(router, &config, &options, &services) {
+            Ok(r) => external = Some(r),
+            Err(e) => tracing::warn!(error = %e, "external wireguard failed to start"),
+        }
+    } else {
+        tokio::spawn(drive(
+            router.clone(),
+            services,
+            config.clone(),
+            Arc::clone(&ctl),
+            token.clone(),
+        ));
+    }
+    slot.running = Some(Running {
+        config,
+        token,
+        ctl,
+        external,
+    });
+}
+
+/// The configuration the tunnel runs with, if any.
+pub fn current(router: &Router) -> Option<WgConfig> {
+    slot(router).running.as_ref().map(|r| r.config.clone())
+}
+
+/// Moves the tunnel's UDP socket to a new source port at once (and sends a keepalive
+/// from it, as the packet that made the new NAT mapping): what a NAT mapping change or
+/// a roaming router looks like from the gateway. Returns whether a tunnel runs.
+pub fn rebind_udp(router: &Router) -> bool {
+    let slot = slot(router);
+    match &slot.running {
+        Some(r) if r.external.is_some() => {
+            r.external.as_ref().is_some_and(external::Running::rebind)
+        }
+        Some(r) => {
+            r.ctl.rebind.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// The tunnel's peers and socket now (`None`: no tunnel).
+pub fn status(router: &Router) -> Option<Status> {
+    let slot = slot(router);
+    let running = slot.running.as_ref()?;
+    if let Some(ext) = &running.external {
+        return Some(ext.status());
+    }
+    Some(
+        running
+            .ctl
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    )
+}
+
+/// The NAT table changed: the tunnel serves the new set of dst-nat ports.
+pub fn nat_changed(router: &Router) {
+    if let Some(r) = &slot(router).running {
+        r.ctl.nat_changed.notify_one();
+    }
+}
+
+/// Stops the tunnel (the router shuts down).
+pub(crate) fn stop(router: &Router) {
+    if let Some(r) = slot(router).running.take() {
+        r.token.cancel();
+    }
+}
+
+/// The dst-nat rules served through the tunnel: those whose `in-interface` is the
+/// WireGuard interface, or that name none, and whose `dst-address` (if any) is the
+/// router's tunnel address.
+fn forwards(router: &Router, config: &WgConfig) -> HashMap<u16, Forward> {
+    let mut out = HashMap::new();
+    let state = router.state();
+    for item in &state.nat.items {
+        if let Some(f) = crate::nat::forward_on(item, &config.interface, IpAddr::V4(config.address))
+        {
+            out.entry(f.port).or_insert(f);
+        }
+    }
+    out
+}
+
+/// What a port of the tunnel's stack serves.
+#[derive(Debug, Clone)]
+enum Service {
+    Api,
+    ApiSsl,
+    Ssh,
+    Winbox,
+    Forward(Forward),
+}
+
+fn service_for(
+    port: u16,
+    ports: &ServicePorts,
+    forwards: &HashMap<u16, Forward>,
+) -> Option<Service> {
+    // dst-nat happens before the router's own services see a packet.
+    if let Some(f) = forwards.get(&port) {
+        return Some(Service::Forward(f.clone()));
+    }
+    match port {
+        p if p == ports.api => Some(Service::Api),
+        p if p == ports.api_ssl => Some(Service::ApiSsl),
+        p if p == ports.ssh => Some(Service::Ssh),
+        p if p == ports.winbox => Some(Service::Winbox),
+        _ => None,
+    }
+}
+
+fn listening_ports(ports: &ServicePorts, forwards: &HashMap<u16, Forward>) -> Vec<u16> {
+    let mut v = vec![ports.api, ports.api_ssl, ports.ssh, ports.winbox];
+    v.extend(forwards.keys().copied());
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Serves one connection that came through the tunnel.
+async fn serve(
+    service: Service,
+    stream: WgStream,
+    peer: SocketAddr,
+    router: Router,
+    services: Services,
+    cut: CancellationToken,
+) {
+    match service {
+        Service::Api => crate::api::connection(stream, peer, router, cut).await,
+        Service::ApiSsl => {
+            crate::api::tls_connection(stream, peer, router, services.tls.acceptor(), cut).await
+        }
+        Service::Ssh => crate::ssh::connection(stream, peer, router, services.ssh, cut).await,
+        Service::Winbox => crate::winbox::connection(stream, peer, router, cut).await,
+        Service::Forward(f) => {
+            // `src-address=!net` matches everyone outside `net`.
+            if f.sources.allows(peer.ip()) == f.negate_sources {
+                return;
+            }
+            let mut stream = stream;
+            tokio::select! {
+                _ = cut.cancelled() => {}
+                r = async {
+                    let mut upstream = tokio::net::TcpStream::connect(f.to).await?;
+                    tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
+                } => if let Err(e) = r {
+                    tracing::debug!(error = %e, to = %f.to, "dst-nat forward through the tunnel ended");
+                },
+            }
+        }
+    }
+}
+
+struct Peer {
+    tunn: Tunn,
+    public: Key,
+    endpoint: Option<SocketAddr>,
+    allowed: AddressList,
+    keepalive: Option<u16>,
+    /// When a handshake was last started after the previous attempt gave up.
+    restarted: Option<Instant>,
+}
+
+fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let bind = |port| -> std::io::Result<UdpSocket> {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    };
+    match bind(port) {
+        Ok(s) => Ok(s),
+        Err(e) if port != 0 => {
+            tracing::debug!(port, error = %e, "wireguard listen port taken; using any");
+            bind(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn send(socket: &UdpSocket, to: Option<SocketAddr>, datagram: &[u8], offline: bool) {
+    if offline {
+        return;
+    }
+    if let Some(to) = to {
+        let _ = socket.try_send_to(datagram, to);
+    }
+}
+
+/// The driver: one task owns the UDP socket, the peers' `Tunn`s and the stack.
+async fn drive(
+    router: Router,
+    services: Services,
+    config: WgConfig,
+    ctl: Arc<Ctl>,
+    token: CancellationToken,
+) {
+    let secret = x25519::StaticSecret::from(config.private_key.0);
+    let mut peers = Vec::new();
+    for (i, p) in config.peers.iter().enumerate() {
+        let endpoint = match &p.endpoint {
+            Some((host, port)) => match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(mut addrs) => addrs.next(),
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "wireguard peer endpoint does not resolve");
+                    None
+                }
+            },
+            None => None,
+        };
+        let index = u32::try_from(i).unwrap_or(0) + 1;
+        peers.push(Peer {
+            tunn: Tunn::new(
+                secret.clone(),
+                x25519::PublicKey::from(p.public_key.0),
+                None,
+                p.keepalive.filter(|k| *k > 0),
+                index,
+                None,
+            ),
+            public: p.public_key,
+            endpoint,
+            allowed: p.allowed.clone(),
+            keepalive: p.keepalive.filter(|k| *k > 0),
+            restarted: None,
+        });
+    }
+    let mut socket = match bind_udp(router.address(), config.listen_port) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "wireguard cannot bind its udp socket");
+            return;
+        }
+    };
+    let mut forwards = forwards(&router, &config);
+    let shared = Arc::new(stack::Shared::new(
+        config.address,
+        config.network,
+        usize::from(config.mtu),
+        &listening_ports(&config.ports, &forwards),
+    ));
+    // Each dst-nat port's connections end when its rule goes.
+    let mut forward_tokens: HashMap<u16, CancellationToken> = HashMap::new();
+    let mut rx = vec![0u8; MAX_DATAGRAM];
+    let mut out = vec![0u8; MAX_DATAGRAM];
+
+    // The router initiates.
+    for p in &mut peers {
+        if let TunnResult::WriteToNetwork(d) = p.tunn.format_handshake_initiation(&mut out, false) {
+            send(&socket, p.endpoint, d, router.faults().is_offline());
+        }
+    }
+    let mut next_timer = Instant::now() + TIMER_TICK;
+    let sleep = tokio::time::sleep(TIMER_TICK);
+    tokio::pin!(sleep);
+    loop {
+        let now = Instant::now();
+        let delay = shared.lock().poll_delay(now);
+        let deadline = delay.map_or(next_timer, |d| (now + d).min(next_timer));
+        sleep.as_mut().reset(deadline.into());
+        let mut rebind = false;
+        let mut nat = false;
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            _ = ctl.rebind.notified() => rebind = true,
+            _ = ctl.nat_changed.notified() => nat = true,
+            r = socket.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "wireguard socket failed");
+                break;
+            },
+            _ = shared.wake.notified() => {}
+            _ = &mut sleep => {}
+        }
+        let offline = router.faults().is_offline();
+        let now = Instant::now();
+        if rebind {
+            match bind_udp(router.address(), 0) {
+                Ok(s) => {
+                    socket = s;
+                    // The packet that makes the new mapping.
+                    for p in &mut peers {
+                        if let TunnResult::WriteToNetwork(d) = p.tunn.encapsulate(&[], &mut out) {
+                            send(&socket, p.endpoint, d, offline);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "wireguard cannot rebind its udp socket"),
+            }
+        }
+        if nat {
+            let new = self::forwards(&router, &config);
+            forward_tokens.retain(|port, t| {
+                let keep = new.get(port) == forwards.get(port);
+                if !keep {
+                    t.cancel();
+                }
+                keep
+            });
+            if new != forwards {
+                forwards = new;
+                shared
+                    .lock()
+                    .set_ports(&listening_ports(&config.ports, &forwards));
+            }
+        }
+        for _ in 0..RECV_BATCH {
+            let (len, from) = match socket.try_recv_from(&mut rx) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            if offline {
+                continue;
+            }
+            let Some(datagram) = rx.get(..len) else {
+                continue;
+            };
+            on_datagram(&mut peers, from, datagram, &mut out, &socket, &shared);
+        }
+        if now >= next_timer {
+            for p in &mut peers {
+                match p.tunn.update_timers(&mut out) {
+                    TunnResult::WriteToNetwork(d) => send(&socket, p.endpoint, d, offline),
+                    TunnResult::Err(
+                        boringtun::noise::errors::WireGuardError::ConnectionExpired,
+                    ) => {
+                        // The attempt gave up; a router with a keepalive tries again at
+                        // its next keepalive (the keepalive is a packet to send).
+                        let Some(k) = p.keepalive else { continue };
+                        let due = p
+                            .restarted
+                            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(k.into()));
+                        if due {
+                            p.restarted = Some(now);
+                            if let TunnResult::WriteToNetwork(d) =
+                                p.tunn.format_handshake_initiation(&mut out, true)
+                            {
+                                send(&socket, p.endpoint, d, offline);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            shared.lock().reap(now);
+            next_timer = now + TIMER_TICK;
+        }
+        // Let the stack work, accept what it accepted, and encrypt what it emits.
+        loop {
+            let (ready, packets) = {
+                let mut st = shared.lock();
+                let ready = st.poll(now);
+                let mut packets = Vec::new();
+                while let Some(p) = st.device.pop_tx() {
+                    packets.push(p);
+                }
+                (ready, packets)
+            };
+            for (handle, port, peer) in ready {
+                let stream = WgStream {
+                    shared: Arc::clone(&shared),
+                    handle,
+                    peer,
+                };
+                let Some(service) = service_for(port, &config.ports, &forwards) else {
+                    continue;
+                };
+                let forward_token = match &service {
+                    Service::Forward(_) => Some(
+                        forward_tokens
+                            .entry(port)
+                            .or_insert_with(|| token.child_token())
+                            .clone(),
+                    ),
+                    _ => None,
+                };
+                spawn_connection(
+                    service,
+                    stream,
+                    peer,
+                    router.clone(),
+                    services.clone(),
+                    forward_token.unwrap_or_else(|| token.clone()),
+                );
+            }
+            if packets.is_empty() {
+                break;
+            }
+            for packet in packets {
+                let Some(dst) = packet
+                    .get(16..20)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(Ipv4Addr::from)
+                else {
+                    continue;
+                };
+                let Some(p) = peers.iter_mut().find(|p| p.allowed.allows(IpAddr::V4(dst))) else {
+                    continue;
+                };
+                if let TunnResult::WriteToNetwork(d) = p.tunn.encapsulate(&packet, &mut out) {
+                    send(&socket, p.endpoint, d, offline);
+                }
+            }
+        }
+        let status = Status {
+            local: socket.local_addr().ok(),
+            peers: peers
+                .iter()
+                .map(|p| {
+                    let (last, tx, rx, _, _) = p.tunn.stats();
+                    PeerStatus {
+                        public_key: p.public.to_base64(),
+                        endpoint: p.endpoint,
+                        last_handshake: last,
+                        rx_bytes: rx as u64,
+                        tx_bytes: tx as u64,
+                    }
+                })
+                .collect(),
+        };
+        *ctl.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+    // Down: reset every connection and tell the peers' stacks so.
+    let packets = {
+        let mut st = shared.lock();
+        st.abort_all();
+        let _ = st.poll(Instant::now());
+        let mut v = Vec::new();
+        while let Some(p) = st.device.pop_tx() {
+            v.push(p);
+        }
+        v
+    };
+    let offline = router.faults().is_offline();
+    for packet in packets {
+        let dst = packet
+            .get(16..20)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(Ipv4Addr::from);
+        if let Some(p) =
+            dst.and_then(|d| peers.iter_mut().find(|p| p.allowed.allows(IpAddr::V4(d))))
+            && let TunnResult::WriteToNetwork(d) = p.tunn.encapsulate(&packet, &mut out)
+        {
+            send(&socket, p.endpoint, d, offline);
+        }
+    }
+    *ctl.status.lock().unwrap_or_else(|e| e.into_inner()) = Status::default();
+}
+
+/// The peer a datagram is for: by the receiver index of a response, a cookie or data
+/// (each `Tunn` is made with its peer's index); an initiation is tried on each.
+fn on_datagram(
+    peers: &mut [Peer],
+    from: SocketAddr,
+    datagram: &[u8],
+    out: &mut [u8],
+    socket: &UdpSocket,
+    shared: &stack::Shared,
+) {
+    let index = match Tunn::parse_incoming_packet(datagram) {
+        Ok(Packet::HandshakeResponse(p)) => Some(p.receiver_idx),
+        Ok(Packet::PacketCookieReply(p)) => Some(p.receiver_idx),
+        Ok(Packet::PacketData(p)) => Some(p.receiver_idx),
+        Ok(Packet::HandshakeInit(_)) => None,
+        Err(_) => return,
+    };
+    let authenticated_kind = !matches!(
+        Tunn::parse_incoming_packet(datagram),
+        Ok(Packet::PacketCookieReply(_))
+    );
+    let candidates: Vec<usize> = match index {
+        Some(i) => usize::try_from((i >> 8).saturating_sub(1))
+            .ok()
+            .into_iter()
+            .collect(),
+        None => (0..peers.len()).collect(),
+    };
+    for i in candidates {
+        let Some(p) = peers.get_mut(i) else { continue };
+        match p.tunn.decapsulate(Some(from.ip()), datagram, out) {
+            TunnResult::Err(_) => continue,
+            TunnResult::Done => {}
+            TunnResult::WriteToNetwork(d) => {
+                let _ = socket.try_send_to(d, from);
+                // Packets queued while there was no session go now.
+                while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], out) {
+                    let _ = socket.try_send_to(d, from);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, source) => {
+                if p.allowed.allows(IpAddr::V4(source)) {
+                    shared.lock().device.push_rx(packet);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {}
+        }
+        if authenticated_kind {
+            // WireGuard follows a peer to where its last authenticated datagram came from.
+            p.endpoint = Some(from);
+        }
+        return;
+    }
+}
+
+fn spawn_connection(
+    service: Service,
+    stream: WgStream,
+    peer: SocketAddr,
+    router: Router,
+    services: Services,
+    down: CancellationToken,
+) {
+    let offline = router.faults().connection_token();
+    let cut = CancellationToken::new();
+    let handler = serve(service, stream, peer, router, services, cut.clone());
+    tokio::spawn(async move {
+        tokio::pin!(handler);
+        tokio::select! {
+            _ = &mut handler => return,
+            _ = down.cancelled() => {}
+            _ = offline.cancelled() => {}
+        }
+        // Let the handler close its side (an SSH session sends its disconnect).
+        cut.cancel();
+        let _ = tokio::time::timeout(CLOSE_GRACE, handler).await;
+    });
+}

@@ -1,0 +1,346 @@
+//! The router's own WireGuard tunnel, held against WireGuard written by others:
+//! Debian's `wireguard-go` as the gateway in a network namespace (root; skipped with a
+//! message otherwise), and, without root, what a router behind NAT refuses.
+//!
+//! Through the tunnel: the RouterOS API (raw sentences) and SSH (russh) log in, the
+//! client address the router sees is the gateway's tunnel address (a user limited to it
+//! logs in, one limited elsewhere does not), a dst-nat rule forwards over real TCP, and
+//! a NAT mapping change (the router's UDP source port moves) is followed by the gateway.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    dead_code
+)]
+
+#[path = "sim/common.rs"]
+mod common;
+#[path = "wireguard/lab.rs"]
+mod lab;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use postern_sim::addr::AddressList;
+use postern_sim::wg::{Key, WgConfig, WgPeerConfig};
+use postern_sim::{Ports, RouterHandle, RouterOptions};
+use russh::client;
+use russh::keys::{HashAlg, PublicKeyOrCertificate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_router_behind_nat_refuses_every_direct_connection() {
+    let ip = "127.0.0.1";
+    let ports = Ports {
+        api: free_port(ip),
+        api_tls: free_port(ip),
+        winbox: free_port(ip),
+        ssh: free_port(ip),
+    };
+    let r = router_with(|o| {
+        o.ports = ports;
+        o.behind_nat = true;
+    })
+    .await;
+    assert!(r.behind_nat);
+    assert_eq!(r.api_addr.port(), 0, "no API listener is reported");
+    for port in [ports.api, ports.api_tls, ports.winbox, ports.ssh] {
+        let e = tokio::net::TcpStream::connect((ip, port))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "port {port}"
+        );
+    }
+    // A dst-nat rule opens no listener on the router's address either.
+    let fwd = free_port(ip);
+    let rule = postern_sim::menu::Request::new("/ip/firewall/nat/add")
+        .attr("chain", "dstnat")
+        .attr("action", "dst-nat")
+        .attr("protocol", "tcp")
+        .attr("dst-port", &fwd.to_string())
+        .attr("to-addresses", "127.0.0.1")
+        .attr("to-ports", "9");
+    r.router()
+        .run(&postern_sim::Caller::system(), &rule)
+        .unwrap();
+    let e = tokio::net::TcpStream::connect((ip, fwd)).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    // No tunnel configured: nothing to rebind, no status.
+    assert!(!r.rebind_udp());
+    assert!(r.wireguard_status().is_none());
+    r.shutdown().await;
+}
+
+struct SshClient {
+    fingerprint: String,
+}
+
+impl client::Handler for SshClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                key.fingerprint(HashAlg::Sha256).to_string() == self.fingerprint
+            }
+            _ => false,
+        })
+    }
+}
+
+/// Logs in over `stream` and runs `command`; returns its output.
+async fn ssh_exec(
+    stream: tokio::net::TcpStream,
+    fingerprint: &str,
+    user: &str,
+    password: &str,
+    command: &str,
+) -> Result<String, String> {
+    let config = Arc::new(client::Config::default());
+    let handler = SshClient {
+        fingerprint: fingerprint.to_string(),
+    };
+    let mut h = client::connect_stream(config, stream, handler)
+        .await
+        .map_err(|e| e.to_string())?;
+    let auth = h
+        .authenticate_password(user, password)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !auth.success() {
+        return Err("denied".into());
+    }
+    let mut ch = h.channel_open_session().await.map_err(|e| e.to_string())?;
+    ch.exec(true, command).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no output".to_string())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The router's side of the tunnel as Postern's enrolment script configures it.
+fn router_config(key: Key, gateway_public: &str, endpoint: SocketAddr) -> WgConfig {
+    let mut c = WgConfig::new(key, ROUTER, GATEWAY);
+    c.interface = "postern".into();
+    c.listen_port = 0;
+    c.peers.push(WgPeerConfig {
+        public_key: Key::from_base64(gateway_public).unwrap(),
+        endpoint: Some((endpoint.ip().to_string(), endpoint.port())),
+        allowed: AddressList::parse(&format!("{GATEWAY}/32")).unwrap(),
+        keepalive: Some(25),
+    });
+    c
+}
+
+/// An echo server on our side, the target of a dst-nat rule.
+async fn echo_server(ip: Ipv4Addr) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = c.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_to_a_wireguard_go_gateway_carries_api_ssh_and_dst_nat_and_follows_a_rebind() {
+    if !lab::can_run() {
+        return;
+    }
+    let mut lab = lab::Lab::new();
+    let key = Key::generate_private();
+    lab.start_gateway(&format!("{GATEWAY}/10"), &key.public().to_base64(), ROUTER);
+    let mut o = RouterOptions::new("sim-nat", lab.host_ip.into());
+    o.admin_password = Some("pw".into());
+    o.behind_nat = true;
+    let r = RouterHandle::start(o).await.unwrap();
+    r.set_wireguard(Some(router_config(
+        key,
+        &lab.gateway_public,
+        SocketAddr::from((lab.gateway_ip, lab::GATEWAY_PORT)),
+    )));
+
+    // The router initiates; wireguard-go answers.
+    wait_for("the handshake", Duration::from_secs(15), || {
+        r.wireguard_status().is_some_and(|s| s.is_up())
+    })
+    .await;
+    assert!(lab.latest_handshake() > 0, "the gateway saw the handshake");
+    let local = r.wireguard_status().unwrap().local.unwrap();
+    assert_eq!(local.ip(), std::net::IpAddr::V4(lab.host_ip));
+    assert_eq!(lab.router_endpoint(), Some(local));
+
+    // Direct TCP to the router is refused: it sits behind NAT.
+    let e = tokio::net::TcpStream::connect((lab.host_ip, 8728))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    // The API through the tunnel, from the gateway's side.
+    let api = SocketAddr::from((ROUTER, 8728));
+    let mut admin = Raw::new(lab.connect(api).await.unwrap());
+    admin.login_ok("admin", "pw").await;
+    let rows = admin.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-nat"));
+    add_user(
+        &mut admin,
+        "postern",
+        "full",
+        "s3cret",
+        &[&format!("=address={GATEWAY}/32")],
+    )
+    .await;
+    add_user(
+        &mut admin,
+        "elsewhere",
+        "full",
+        "s3cret",
+        &["=address=10.9.9.9/32"],
+    )
+    .await;
+    // The router sees the gateway's tunnel address as the client's.
+    let active = admin.rows(&["/user/active/print"]).await;
+    assert!(
+        active
+            .iter()
+            .any(|a| get(a, "address") == Some(&GATEWAY.to_string())),
+        "{active:?}"
+    );
+    let mut c = Raw::new(lab.connect(api).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+    let mut c = Raw::new(lab.connect(api).await.unwrap());
+    let denied = c.login("elsewhere", "s3cret").await;
+    assert_eq!(
+        denied[0].message().as_deref(),
+        Some("invalid user name or password (6)")
+    );
+
+    // SSH through the tunnel, on RouterOS's port 22.
+    let ssh = lab.connect(SocketAddr::from((ROUTER, 22))).await.unwrap();
+    let out = ssh_exec(
+        ssh,
+        &r.ssh_fingerprint,
+        "postern",
+        "s3cret",
+        "/system identity print",
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("sim-nat"), "{out}");
+    let ssh = lab.connect(SocketAddr::from((ROUTER, 22))).await.unwrap();
+    let refused = ssh_exec(ssh, &r.ssh_fingerprint, "elsewhere", "s3cret", "/quit").await;
+    assert_eq!(refused, Err("denied".into()));
+
+    // WinBox-port stand-in and API-SSL answer there too.
+    let mut wb = lab.connect(SocketAddr::from((ROUTER, 8291))).await.unwrap();
+    wb.write_all(b"login postern s3cret\n").await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("ok sim-nat") {
+        let n = tokio::time::timeout(TIMEOUT, wb.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "winbox closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+
+    // A dst-nat rule is served through the tunnel, forwarding over real TCP.
+    let echo = echo_server(lab.host_ip).await;
+    admin
+        .ok(&[
+            "/ip/firewall/nat/add",
+            "=chain=dstnat",
+            "=action=dst-nat",
+            "=protocol=tcp",
+            "=dst-port=9000",
+            &format!("=to-addresses={}", echo.ip()),
+            &format!("=to-ports={}", echo.port()),
+        ])
+        .await;
+    let mut fwd = None;
+    for _ in 0..50 {
+        if let Ok(s) = lab.connect(SocketAddr::from((ROUTER, 9000))).await {
+            fwd = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut fwd = fwd.expect("the forward listens through the tunnel");
+    fwd.write_all(b"through the tunnel").await.unwrap();
+    let mut back = [0u8; 18];
+    tokio::time::timeout(TIMEOUT, fwd.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"through the tunnel");
+
+    // The NAT mapping changes: a new source port. The gateway follows it, and both the
+    // open session and new connections keep working.
+    assert!(r.rebind_udp());
+    wait_for("the new source port", Duration::from_secs(5), || {
+        r.wireguard_status()
+            .and_then(|s| s.local)
+            .is_some_and(|l| l != local)
+    })
+    .await;
+    let moved = r.wireguard_status().unwrap().local.unwrap();
+    wait_for("the gateway to follow", Duration::from_secs(10), || {
+        lab.router_endpoint() == Some(moved)
+    })
+    .await;
+    let rows = admin.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-nat"));
+    let mut c = Raw::new(lab.connect(api).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+
+    // Taking the tunnel down closes what came through it.
+    r.set_wireguard(None);
+    assert!(admin.closed().await, "the API session ends with the tunnel");
+    assert!(r.wireguard_status().is_none());
+    r.shutdown().await;
+}
