@@ -68,6 +68,10 @@ pub struct RouterOptions {
     /// Build the tunnel with Debian's `wireguard-go` instead of the userspace stack
     /// (root only; see [`crate::wg::external`]).
     pub wireguard_external: Option<crate::wg::external::Options>,
+    /// See [`RouterConfig::serial_number`] (`None`: a CHR, no `/system/routerboard`).
+    pub serial_number: Option<String>,
+    /// See [`RouterConfig::trust_pem`]: the CA certificates `/tool/fetch` trusts.
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl RouterOptions {
@@ -83,6 +87,8 @@ impl RouterOptions {
             empty_reply: None,
             behind_nat: false,
             wireguard_external: None,
+            serial_number: None,
+            trust_pem: None,
         }
     }
 }
@@ -147,6 +153,8 @@ impl RouterHandle {
         config.clock = options.clock;
         config.empty_reply = options.empty_reply;
         config.behind_nat = options.behind_nat;
+        config.serial_number = options.serial_number;
+        config.trust_pem = options.trust_pem;
         let router = Router::new(config);
 
         let tls = TlsIdentity::generate(&options.identity, options.address)?;
@@ -169,7 +177,10 @@ impl RouterHandle {
             let t = t.clone();
             async move { t.cancelled().await }
         };
-        let mut tasks = vec![tokio::spawn(crate::scheduler::run(router.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(crate::scheduler::run(router.clone())),
+            tokio::spawn(crate::wg::follow(router.clone())),
+        ];
         let unbound = SocketAddr::new(options.address, 0);
         let (mut api_addr, mut api_tls_addr, mut winbox_addr, mut ssh_addr) =
             (unbound, unbound, unbound, unbound);
@@ -201,6 +212,24 @@ impl RouterHandle {
                     on_stop(&stop),
                 )),
             ]);
+            // `/ip/service` shows the ports the services really listen on (behind NAT:
+            // RouterOS's defaults, which the tunnel serves).
+            let mut state = router.state();
+            for (name, addr) in [
+                ("api", api_addr),
+                ("api-ssl", api_tls_addr),
+                ("winbox", winbox_addr),
+                ("ssh", ssh_addr),
+            ] {
+                if let Some(s) = state
+                    .services
+                    .items
+                    .iter_mut()
+                    .find(|i| i.get("name") == Some(name))
+                {
+                    s.set("port", addr.port().to_string());
+                }
+            }
         }
         Ok(RouterHandle {
             router,
@@ -239,8 +268,10 @@ impl RouterHandle {
         self.router.identity()
     }
 
-    /// Builds (or rebuilds, or with `None` takes down) the router's WireGuard tunnel:
-    /// see [`crate::wg::configure`].
+    /// Builds (or rebuilds, or with `None` takes down) the router's WireGuard tunnel
+    /// directly, until the router's own configuration (`/interface/wireguard`, peers,
+    /// `/ip/address`) changes: see [`crate::wg::configure`]. A router follows its own
+    /// configuration by itself ([`crate::wg::follow`]).
     pub fn set_wireguard(&self, config: Option<crate::wg::WgConfig>) {
         crate::wg::configure(&self.router, config);
     }
@@ -283,6 +314,8 @@ pub struct FleetOptions {
     pub empty_reply: Option<bool>,
     /// Every router behind NAT (see [`RouterOptions::behind_nat`]).
     pub behind_nat: bool,
+    /// See [`RouterOptions::trust_pem`].
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl Default for FleetOptions {
@@ -294,6 +327,7 @@ impl Default for FleetOptions {
             clock: Clock::real(),
             empty_reply: None,
             behind_nat: false,
+            trust_pem: None,
         }
     }
 }
@@ -329,6 +363,7 @@ impl Fleet {
             o.clock = options.clock.clone();
             o.empty_reply = options.empty_reply;
             o.behind_nat = options.behind_nat;
+            o.trust_pem = options.trust_pem.clone();
             match RouterHandle::start(o).await {
                 Ok(r) => routers.push(r),
                 Err(e) => {

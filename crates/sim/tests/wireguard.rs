@@ -163,7 +163,9 @@ fn router_config(key: Key, gateway_public: &str, endpoint: SocketAddr) -> WgConf
     c.interface = "postern".into();
     c.listen_port = 0;
     c.peers.push(WgPeerConfig {
+        id: None,
         public_key: Key::from_base64(gateway_public).unwrap(),
+        preshared_key: None,
         endpoint: Some((endpoint.ip().to_string(), endpoint.port())),
         allowed: AddressList::parse(&format!("{GATEWAY}/32")).unwrap(),
         keepalive: Some(25),

@@ -129,7 +129,12 @@ impl Default for ServicePorts {
 /// One peer of the router's WireGuard interface (`/interface wireguard peers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WgPeerConfig {
+    /// Its `.id` in `/interface/wireguard/peers`, where the tunnel reports what it sees
+    /// of it (`last-handshake`, `rx`, `tx`, `current-endpoint-*`); `None` for a tunnel
+    /// configured directly.
+    pub id: Option<u32>,
     pub public_key: Key,
+    pub preshared_key: Option<Key>,
     /// `endpoint-address` and `endpoint-port`; `None`: the router waits to be contacted.
     pub endpoint: Option<(String, u16)>,
     /// `allowed-address`: whose packets are accepted from this peer, and where packets
@@ -150,6 +155,8 @@ pub struct WgConfig {
     pub listen_port: u16,
     /// The router's tunnel address (`/ip address address=`).
     pub address: Ipv4Addr,
+    /// Its prefix length (32 for RouterOS's `address=A/32 network=B`).
+    pub prefix: u8,
     /// The other end (`network=` of a /32 address, the gateway's tunnel address): the
     /// stack's default route points there.
     pub network: Ipv4Addr,
@@ -166,6 +173,7 @@ impl WgConfig {
             private_key,
             listen_port: 13231,
             address,
+            prefix: 32,
             network,
             mtu: 1420,
             peers: Vec::new(),
@@ -321,6 +329,100 @@ pub fn rebind_udp(router: &Router) -> bool {
     }
 }
 
+/// The tunnel the router's own configuration asks for: the first enabled WireGuard
+/// interface with an enabled IPv4 address and at least one enabled peer, with the
+/// ports of `/ip/service` (a disabled service is not served). `None`: no tunnel.
+pub fn config_from_state(router: &Router) -> Option<WgConfig> {
+    let (interfaces, ports) = {
+        let state = router.state();
+        let port = |name: &str| -> u16 {
+            state
+                .services
+                .items
+                .iter()
+                .find(|i| i.get("name") == Some(name))
+                .filter(|i| !i.is_disabled())
+                .map_or(0, |i| {
+                    i.get("port").and_then(|p| p.parse().ok()).unwrap_or(0)
+                })
+        };
+        let ports = ServicePorts {
+            api: port("api"),
+            api_ssl: port("api-ssl"),
+            ssh: port("ssh"),
+            winbox: port("winbox"),
+        };
+        (state.wireguard(), ports)
+    };
+    interfaces
+        .into_iter()
+        .filter(|i| !i.disabled)
+        .find_map(|i| {
+            let (address, prefix, network) =
+                i.addresses.iter().filter(|a| !a.disabled).find_map(|a| {
+                    let IpAddr::V4(address) = a.address else {
+                        return None;
+                    };
+                    let network = match a.network {
+                        Some(IpAddr::V4(n)) => n,
+                        _ => address,
+                    };
+                    Some((address, a.prefix, network))
+                })?;
+            let peers: Vec<WgPeerConfig> = i
+                .peers
+                .iter()
+                .filter(|p| !p.disabled)
+                .map(|p| WgPeerConfig {
+                    id: Some(p.id),
+                    public_key: Key(p.public_key),
+                    preshared_key: p.preshared_key.map(Key),
+                    endpoint: p.endpoint_address.clone().zip(p.endpoint_port),
+                    allowed: AddressList(p.allowed_address.clone()),
+                    keepalive: p
+                        .persistent_keepalive
+                        .map(|d| u16::try_from(d.as_secs()).unwrap_or(u16::MAX)),
+                })
+                .collect();
+            if peers.is_empty() {
+                return None;
+            }
+            Some(WgConfig {
+                interface: i.name,
+                private_key: Key(i.private_key),
+                listen_port: i.listen_port,
+                address,
+                prefix,
+                network,
+                mtu: i.mtu,
+                peers,
+                ports,
+            })
+        })
+}
+
+/// Keeps the tunnel in line with the router's configuration until it shuts down:
+/// rebuilds it whenever `/interface/wireguard`, its peers, `/ip/address` or
+/// `/ip/service` change (see [`config_from_state`]).
+pub async fn follow(router: Router) {
+    let mut changes = router.subscribe_wireguard();
+    let stop = router.shutdown_token();
+    // Only what the configuration asks for changes the tunnel: a tunnel configured
+    // directly ([`configure`]) stays until the router's own configuration changes.
+    let mut last = None;
+    loop {
+        let wanted = config_from_state(&router);
+        if wanted != last {
+            configure(&router, wanted.clone());
+            last = wanted;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// The tunnel's peers and socket now (`None`: no tunnel).
 pub fn status(router: &Router) -> Option<Status> {
     let slot = slot(router);
@@ -387,6 +489,7 @@ fn service_for(
         return Some(Service::Forward(f.clone()));
     }
     match port {
+        0 => None,
         p if p == ports.api => Some(Service::Api),
         p if p == ports.api_ssl => Some(Service::ApiSsl),
         p if p == ports.ssh => Some(Service::Ssh),
@@ -398,6 +501,8 @@ fn service_for(
 fn listening_ports(ports: &ServicePorts, forwards: &HashMap<u16, Forward>) -> Vec<u16> {
     let mut v = vec![ports.api, ports.api_ssl, ports.ssh, ports.winbox];
     v.extend(forwards.keys().copied());
+    // 0: a disabled service.
+    v.retain(|p| *p != 0);
     v.sort_unstable();
     v.dedup();
     v
@@ -441,6 +546,7 @@ async fn serve(
 struct Peer {
     tunn: Tunn,
     public: Key,
+    id: Option<u32>,
     endpoint: Option<SocketAddr>,
     allowed: AddressList,
     keepalive: Option<u16>,
@@ -499,12 +605,13 @@ async fn drive(
             tunn: Tunn::new(
                 secret.clone(),
                 x25519::PublicKey::from(p.public_key.0),
-                None,
+                p.preshared_key.map(|k| k.0),
                 p.keepalive.filter(|k| *k > 0),
                 index,
                 None,
             ),
             public: p.public_key,
+            id: p.id,
             endpoint,
             allowed: p.allowed.clone(),
             keepalive: p.keepalive.filter(|k| *k > 0),
@@ -521,6 +628,7 @@ async fn drive(
     let mut forwards = forwards(&router, &config);
     let shared = Arc::new(stack::Shared::new(
         config.address,
+        config.prefix,
         config.network,
         usize::from(config.mtu),
         &listening_ports(&config.ports, &forwards),
@@ -631,6 +739,20 @@ async fn drive(
             }
             shared.lock().reap(now);
             next_timer = now + TIMER_TICK;
+            for p in &peers {
+                if let Some(id) = p.id {
+                    let (last, tx, rx, _, _) = p.tunn.stats();
+                    router.set_peer_status(
+                        id,
+                        &crate::state::PeerStatus {
+                            current_endpoint: p.endpoint,
+                            last_handshake: last,
+                            rx: rx as u64,
+                            tx: tx as u64,
+                        },
+                    );
+                }
+            }
         }
         // Let the stack work, accept what it accepted, and encrypt what it emits.
         loop {

@@ -55,16 +55,22 @@ pub(crate) struct Stack {
 }
 
 impl Shared {
-    /// A stack at `address` (a /32, as RouterOS's `address=A network=B`), with a default
-    /// route through the tunnel, listening on `ports`.
-    pub(crate) fn new(address: Ipv4Addr, gateway: Ipv4Addr, mtu: usize, ports: &[u16]) -> Shared {
+    /// A stack at `address`/`prefix` (a /32, as RouterOS's `address=A network=B`), with
+    /// a default route through the tunnel towards `gateway`, listening on `ports`.
+    pub(crate) fn new(
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        mtu: usize,
+        ports: &[u16],
+    ) -> Shared {
         let epoch = Instant::now();
         let mut device = Device::new(mtu);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand::random();
         let mut iface = Interface::new(config, &mut device, smol_time(epoch, epoch));
         iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), 32));
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), prefix.min(32)));
         });
         let _ = iface.routes_mut().add_default_ipv4_route(gateway);
         let mut stack = Stack {
