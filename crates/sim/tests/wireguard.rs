@@ -346,3 +346,98 @@ async fn the_tunnel_to_a_wireguard_go_gateway_carries_api_ssh_and_dst_nat_and_fo
     assert!(r.wireguard_status().is_none());
     r.shutdown().await;
 }
+
+/// Runs a command on the router's console, as the pasted enrolment script does.
+fn console(r: &RouterHandle, path: &str, attrs: &[(&str, &str)]) -> postern_sim::menu::Outcome {
+    let mut req = postern_sim::menu::Request::new(path);
+    for (k, v) in attrs {
+        req = req.attr(k, v);
+    }
+    r.router()
+        .run(&postern_sim::Caller::system(), &req)
+        .unwrap_or_else(|t| panic!("{path}: {}", t.message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_builds_the_tunnel_its_menus_describe_and_drops_it_with_the_peer() {
+    if !lab::can_run() {
+        return;
+    }
+    let mut lab = lab::Lab::new();
+    let mut o = RouterOptions::new("sim-menu", lab.host_ip.into());
+    o.admin_password = Some("pw".into());
+    o.behind_nat = true;
+    let r = RouterHandle::start(o).await.unwrap();
+
+    // What the enrolment script does: the interface (the router makes its key), the
+    // address, then the peer last.
+    console(
+        &r,
+        "/interface/wireguard/add",
+        &[("name", "postern"), ("comment", "postern:wg")],
+    );
+    let public = r
+        .router()
+        .wireguard()
+        .first()
+        .map(|i| Key(i.public_key).to_base64())
+        .unwrap();
+    lab.start_gateway(&format!("{GATEWAY}/10"), &public, ROUTER);
+    console(
+        &r,
+        "/ip/address/add",
+        &[
+            ("address", &format!("{ROUTER}/32")),
+            ("network", &GATEWAY.to_string()),
+            ("interface", "postern"),
+        ],
+    );
+    assert!(r.wireguard_status().is_none(), "no peer, no tunnel");
+    console(
+        &r,
+        "/interface/wireguard/peers/add",
+        &[
+            ("interface", "postern"),
+            ("public-key", &lab.gateway_public),
+            ("endpoint-address", &lab.gateway_ip.to_string()),
+            ("endpoint-port", &lab::GATEWAY_PORT.to_string()),
+            ("allowed-address", &format!("{GATEWAY}/32")),
+            ("persistent-keepalive", "25s"),
+        ],
+    );
+    wait_for("the handshake", Duration::from_secs(15), || {
+        r.wireguard_status().is_some_and(|s| s.is_up())
+    })
+    .await;
+    // `peers print` shows what the tunnel saw.
+    wait_for(
+        "last-handshake in peers print",
+        Duration::from_secs(5),
+        || {
+            r.router()
+                .items(postern_sim::state::TableKind::WireguardPeers)
+                .first()
+                .is_some_and(|p| p.get("last-handshake").is_some())
+        },
+    )
+    .await;
+
+    // `/ip/service`'s API port (RouterOS's 8728 behind NAT) answers through the tunnel.
+    let mut c = Raw::new(lab.connect(SocketAddr::from((ROUTER, 8728))).await.unwrap());
+    c.login_ok("admin", "pw").await;
+
+    // Removing the peer takes the tunnel down and ends what came through it.
+    let peer = r
+        .router()
+        .items(postern_sim::state::TableKind::WireguardPeers)
+        .first()
+        .unwrap()
+        .id_string();
+    console(&r, "/interface/wireguard/peers/remove", &[(".id", &peer)]);
+    wait_for("the tunnel to go", Duration::from_secs(5), || {
+        r.wireguard_status().is_none()
+    })
+    .await;
+    assert!(c.closed().await, "the API session ends with the tunnel");
+    r.shutdown().await;
+}

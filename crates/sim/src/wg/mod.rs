@@ -554,23 +554,45 @@ struct Peer {
     restarted: Option<Instant>,
 }
 
-fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
-    let bind = |port| -> std::io::Result<UdpSocket> {
-        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
-    };
-    match bind(port) {
-        Ok(s) => Ok(s),
-        Err(e) if port != 0 => {
-            tracing::debug!(port, error = %e, "wireguard listen port taken; using any");
-            bind(0)
+/// The tunnel's UDP socket: tokio's half to wait for datagrams, and a clone of the
+/// std socket to send with (tokio's `try_send_to` refuses until the reactor has seen
+/// the socket writable, which would lose the first datagram of a new socket).
+struct Udp {
+    rx: UdpSocket,
+    tx: std::net::UdpSocket,
+}
+
+impl Udp {
+    fn bind(ip: IpAddr, port: u16) -> std::io::Result<Udp> {
+        let bind = |port| -> std::io::Result<Udp> {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+            s.set_nonblocking(true)?;
+            let tx = s.try_clone()?;
+            Ok(Udp {
+                rx: UdpSocket::from_std(s)?,
+                tx,
+            })
+        };
+        match bind(port) {
+            Ok(s) => Ok(s),
+            Err(e) if port != 0 => {
+                tracing::debug!(port, error = %e, "wireguard listen port taken; using any");
+                bind(0)
+            }
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tx.local_addr()
+    }
+
+    fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.tx.send_to(datagram, to)
     }
 }
 
-fn send(socket: &UdpSocket, to: Option<SocketAddr>, datagram: &[u8], offline: bool) {
+fn send(socket: &Udp, to: Option<SocketAddr>, datagram: &[u8], offline: bool) {
     if offline {
         return;
     }
@@ -618,7 +640,7 @@ async fn drive(
             restarted: None,
         });
     }
-    let mut socket = match bind_udp(router.address(), config.listen_port) {
+    let mut socket = match Udp::bind(router.address(), config.listen_port) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "wireguard cannot bind its udp socket");
@@ -659,7 +681,7 @@ async fn drive(
             _ = token.cancelled() => break,
             _ = ctl.rebind.notified() => rebind = true,
             _ = ctl.nat_changed.notified() => nat = true,
-            r = socket.readable() => if let Err(e) = r {
+            r = socket.rx.readable() => if let Err(e) = r {
                 tracing::warn!(error = %e, "wireguard socket failed");
                 break;
             },
@@ -669,7 +691,7 @@ async fn drive(
         let offline = router.faults().is_offline();
         let now = Instant::now();
         if rebind {
-            match bind_udp(router.address(), 0) {
+            match Udp::bind(router.address(), 0) {
                 Ok(s) => {
                     socket = s;
                     // The packet that makes the new mapping.
@@ -699,7 +721,7 @@ async fn drive(
             }
         }
         for _ in 0..RECV_BATCH {
-            let (len, from) = match socket.try_recv_from(&mut rx) {
+            let (len, from) = match socket.rx.try_recv_from(&mut rx) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => continue,
@@ -863,7 +885,7 @@ fn on_datagram(
     from: SocketAddr,
     datagram: &[u8],
     out: &mut [u8],
-    socket: &UdpSocket,
+    socket: &Udp,
     shared: &stack::Shared,
 ) {
     let index = match Tunn::parse_incoming_packet(datagram) {
