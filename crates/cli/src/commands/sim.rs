@@ -34,6 +34,17 @@ pub struct SimArgs {
     /// The RouterOS version the routers claim (7.18+ sends `!empty`).
     #[arg(long, default_value = "7.18.2")]
     pub routeros_version: String,
+    /// Put the routers behind NAT: they open no TCP port on their address at all (the
+    /// ports printed are 0) and are reachable only through the WireGuard tunnel each
+    /// builds once its configuration has a peer (what Postern's enrolment line sets
+    /// up). Inside the tunnel they serve RouterOS's ports (`/ip service`).
+    #[arg(long)]
+    pub behind_nat: bool,
+    /// Build each router's tunnel with Debian's wireguard-go, wg and ip (TUN device
+    /// `wgsim<N>` in this process's network namespace; needs root) instead of the
+    /// built-in userspace WireGuard.
+    #[arg(long)]
+    pub wireguard_external: bool,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -54,6 +65,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         },
         admin_password: args.admin_password,
         version: args.routeros_version,
+        behind_nat: args.behind_nat,
+        wireguard_external: args.wireguard_external,
         ..FleetOptions::default()
     };
     // Installed before the lines are printed, so a signal sent right after them is
@@ -76,6 +89,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
                 "admin_user": "admin",
                 "tls_fingerprint_sha256": r.tls.fingerprint_sha256,
                 "ssh_host_key": r.ssh_fingerprint,
+                "behind_nat": r.behind_nat,
             });
             if r.password_generated
                 && let Some(map) = line.as_object_mut()
