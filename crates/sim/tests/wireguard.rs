@@ -441,3 +441,89 @@ async fn the_router_builds_the_tunnel_its_menus_describe_and_drops_it_with_the_p
     assert!(c.closed().await, "the API session ends with the tunnel");
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_backend_runs_wireguard_go_with_the_routers_listeners_on_the_tunnel_address() {
+    if !lab::can_run() {
+        return;
+    }
+    let mut lab = lab::Lab::new();
+    // This backend's device and addresses live in the test's own namespace: addresses
+    // of their own, so that parallel tests do not collide.
+    let octet = (std::process::id() % 250) as u8 + 1;
+    let gateway = Ipv4Addr::new(100, 127, octet, 1);
+    let router = Ipv4Addr::new(100, 127, octet, 2);
+    let device = format!("pswx{}", std::process::id() % 100_000);
+    lab.cleanup_links.push(device.clone());
+    let key = Key::generate_private();
+    lab.start_gateway(&format!("{gateway}/24"), &key.public().to_base64(), router);
+
+    let mut o = RouterOptions::new("sim-ext", lab.host_ip.into());
+    o.admin_password = Some("pw".into());
+    o.behind_nat = true;
+    o.wireguard_external = Some(postern_sim::wg::external::Options {
+        device: device.clone(),
+        dir: std::env::temp_dir(),
+    });
+    let r = RouterHandle::start(o).await.unwrap();
+    let mut config = router_config(
+        key,
+        &lab.gateway_public,
+        SocketAddr::from((lab.gateway_ip, lab::GATEWAY_PORT)),
+    );
+    config.address = router;
+    config.network = gateway;
+    config.peers[0].allowed = AddressList::parse(&format!("{gateway}/32")).unwrap();
+    r.set_wireguard(Some(config));
+    wait_for("wg show to list the peer", Duration::from_secs(10), || {
+        r.wireguard_status().is_some_and(|s| !s.peers.is_empty())
+    })
+    .await;
+
+    // The first packet through the tunnel makes wireguard-go handshake.
+    let api = SocketAddr::from((router, 8728));
+    let mut admin = Raw::new(lab.connect(api).await.unwrap());
+    admin.login_ok("admin", "pw").await;
+    assert!(r.wireguard_status().unwrap().is_up());
+    add_user(
+        &mut admin,
+        "postern",
+        "full",
+        "s3cret",
+        &[&format!("=address={gateway}/32")],
+    )
+    .await;
+    let ssh = lab.connect(SocketAddr::from((router, 22))).await.unwrap();
+    let out = ssh_exec(
+        ssh,
+        &r.ssh_fingerprint,
+        "postern",
+        "s3cret",
+        "/system identity print",
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("sim-ext"), "{out}");
+
+    // A new source port; the gateway follows it.
+    let before = lab.router_endpoint().unwrap();
+    assert!(r.rebind_udp());
+    wait_for("the gateway to follow", Duration::from_secs(10), || {
+        lab.router_endpoint()
+            .is_some_and(|e| e.port() != before.port())
+    })
+    .await;
+    let mut c = Raw::new(lab.connect(api).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+
+    r.set_wireguard(None);
+    let gone = std::process::Command::new("ip")
+        .args(["link", "show", &device])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the device is deleted with the tunnel"
+    );
+    r.shutdown().await;
+}

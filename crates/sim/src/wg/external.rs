@@ -51,6 +51,9 @@ pub enum ExternalError {
 /// both and deletes the device.
 pub struct Running {
     device: String,
+    /// The tunnel address and the other end, for the packet a rebind sends.
+    address: std::net::Ipv4Addr,
+    network: std::net::Ipv4Addr,
     child: Mutex<Option<Child>>,
     key_file: PathBuf,
     stop: CancellationToken,
@@ -88,6 +91,8 @@ pub fn start(
         .spawn()?;
     let running = Running {
         device: device.clone(),
+        address: config.address,
+        network: config.network,
         child: Mutex::new(Some(child)),
         key_file: options.dir.join(format!("{device}.key")),
         stop: router.shutdown_token().child_token(),
@@ -194,10 +199,16 @@ fn write_key(path: &std::path::Path, key: &str) -> std::io::Result<()> {
 }
 
 impl Running {
-    /// Moves `wireguard-go`'s socket to another port (a NAT mapping change).
+    /// Moves `wireguard-go`'s socket to another port (a NAT mapping change), and sends a
+    /// datagram into the tunnel, the packet that makes the new mapping.
     pub fn rebind(&self) -> bool {
         let port = 20_000 + rand::random::<u16>() % 40_000;
-        run(&["wg", "set", &self.device, "listen-port", &port.to_string()]).is_ok()
+        let moved = run(&["wg", "set", &self.device, "listen-port", &port.to_string()]).is_ok();
+        // A packet into the tunnel, so the next datagram (from the new port) goes now.
+        if let Ok(s) = std::net::UdpSocket::bind((self.address, 0)) {
+            let _ = s.send_to(b"rebind", (self.network, 9));
+        }
+        moved
     }
 
     /// What `wg show DEVICE dump` says.
