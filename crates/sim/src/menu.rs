@@ -147,11 +147,28 @@ const MENUS: &[(&str, Menu)] = &[
     ("", Menu::Root),
 ];
 
-fn is_directory(prefix: &str) -> bool {
+/// Whether `prefix` (`ip/firewall`, no leading `/`) has menus under it.
+pub fn is_directory(prefix: &str) -> bool {
     !prefix.is_empty()
         && MENUS
             .iter()
             .any(|(m, _)| *m == prefix || m.starts_with(&format!("{prefix}/")))
+}
+
+/// The menu at `path` (`ip/firewall/filter`; `""` for the root's commands).
+pub fn menu_at(path: &str) -> Option<Menu> {
+    MENUS
+        .iter()
+        .find(|(m, _)| *m == path)
+        .map(|(_, menu)| *menu)
+}
+
+/// The parameters a command of a menu takes.
+pub fn params(menu: Menu, verb: &str) -> Vec<&'static str> {
+    match menu {
+        Menu::Table(kind) => table_params(kind, verb),
+        _ => single_params(menu, verb),
+    }
 }
 
 /// The API path of a command of menu `menu` (`""` for the root's).
@@ -256,7 +273,7 @@ pub fn resolve(router: &Router, path: &str) -> Result<(Menu, String), Trap> {
 }
 
 /// The commands of a menu.
-fn menu_verbs(menu: Menu) -> &'static [&'static str] {
+pub fn menu_verbs(menu: Menu) -> &'static [&'static str] {
     match menu {
         Menu::Table(kind) => verbs(kind),
         Menu::Identity => &["print", "set"],

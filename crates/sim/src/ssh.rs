@@ -129,7 +129,14 @@ struct ChannelState {
     line: Vec<u8>,
     pty: bool,
     shell: bool,
+    /// The console's directory (`/ip firewall filter` after such a path line).
+    cwd: Vec<String>,
+    /// Lines of a paste whose brackets or quotes are still open.
+    pending: String,
 }
+
+/// The longest line (or open multi-line paste) the console keeps.
+const MAX_LINE: usize = 64 * 1024;
 
 struct Handler {
     router: Router,
@@ -150,8 +157,27 @@ impl Handler {
             })
     }
 
-    fn prompt(&self) -> String {
-        format!("[{}@{}] > ", self.caller().user, self.router.identity())
+    fn prompt(&self, channel: ChannelId) -> String {
+        let cwd = self
+            .channels
+            .get(&channel)
+            .map(|c| c.cwd.as_slice())
+            .unwrap_or_default();
+        console::prompt(&self.caller().user, &self.router.identity(), cwd)
+    }
+
+    /// Runs console input on a channel, in its directory.
+    async fn run_console(&mut self, channel: ChannelId, text: &str) -> console::ConsoleOutput {
+        let mut cwd = self
+            .channels
+            .get_mut(&channel)
+            .map(|c| std::mem::take(&mut c.cwd))
+            .unwrap_or_default();
+        let out = console::run_line(&self.router, &self.caller(), text, &mut cwd).await;
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.cwd = cwd;
+        }
+        out
     }
 
     fn end_channel(session: &mut SshSession, channel: ChannelId) -> Result<(), russh::Error> {
@@ -230,7 +256,7 @@ impl russh::server::Handler for Handler {
         let banner = format!(
             "\r\n  MikroTik RouterOS {} (c) 1999-2025       https://www.mikrotik.com/\r\n  (postern-sim: a virtual router for tests)\r\n\r\n{}",
             self.router.version(),
-            self.prompt()
+            self.prompt(channel)
         );
         session.data(channel, banner.into_bytes())?;
         Ok(())
@@ -244,7 +270,7 @@ impl russh::server::Handler for Handler {
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let line = String::from_utf8_lossy(data).into_owned();
-        let out = console::run_line(&self.router, &self.caller(), &line);
+        let out = self.run_console(channel, &line).await;
         let mut text = out.output;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -296,7 +322,7 @@ impl russh::server::Handler for Handler {
                         }
                     }
                     0x04 if state.line.is_empty() => quit = true,
-                    b if b >= 0x20 && state.line.len() < 4096 => {
+                    b if (b >= 0x20 || b == b'\t') && state.line.len() < MAX_LINE => {
                         state.line.push(b);
                         if state.pty {
                             echo.push(b);
@@ -311,7 +337,19 @@ impl russh::server::Handler for Handler {
         }
         let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
         for line in lines {
-            let out = console::run_line(&self.router, &self.caller(), &line);
+            // A paste with open brackets or quotes goes on over the next lines.
+            let text = {
+                let state = self.channels.entry(channel).or_default();
+                if !state.pending.is_empty() {
+                    state.pending.push('\n');
+                }
+                state.pending.push_str(&line);
+                if console::is_open(&state.pending) && state.pending.len() < MAX_LINE {
+                    continue;
+                }
+                std::mem::take(&mut state.pending)
+            };
+            let out = self.run_console(channel, &text).await;
             let mut text = out.output;
             if !text.is_empty() && !text.ends_with('\n') {
                 text.push('\n');
@@ -322,7 +360,7 @@ impl russh::server::Handler for Handler {
                 }
                 return Self::end_channel(session, channel);
             }
-            text.push_str(&self.prompt());
+            text.push_str(&self.prompt(channel));
             let text = if pty { crlf(&text) } else { text };
             session.data(channel, text.into_bytes())?;
         }

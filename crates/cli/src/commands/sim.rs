@@ -45,6 +45,11 @@ pub struct SimArgs {
     /// built-in userspace WireGuard.
     #[arg(long)]
     pub wireguard_external: bool,
+    /// CA certificates (PEM) the routers' `/tool fetch` trusts with
+    /// `check-certificate=yes` or `yes-without-crl` (without it only
+    /// `check-certificate=no` fetches over https).
+    #[arg(long, value_name = "PEM")]
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -67,6 +72,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         version: args.routeros_version,
         behind_nat: args.behind_nat,
         wireguard_external: args.wireguard_external,
+        trust_pem: args.trust_pem,
         ..FleetOptions::default()
     };
     // Installed before the lines are printed, so a signal sent right after them is
