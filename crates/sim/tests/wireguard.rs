@@ -17,6 +17,8 @@
 
 #[path = "sim/common.rs"]
 mod common;
+#[path = "wireguard/gateway.rs"]
+mod gateway;
 #[path = "wireguard/lab.rs"]
 mod lab;
 
@@ -98,6 +100,88 @@ async fn a_router_behind_nat_refuses_every_direct_connection() {
     r.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boringtun_responder_reaches_the_router_only_through_its_tunnel_and_follows_a_rebind() {
+    let key = Key::generate_private();
+    let gw = gateway::Gateway::start("127.0.0.1:0", GATEWAY, 10, key.public().0, ROUTER).await;
+    let r = router_with(|o| {
+        o.identity = "sim-gw".into();
+        o.behind_nat = true;
+    })
+    .await;
+    let public = Key(gw.public).to_base64();
+    r.set_wireguard(Some(router_config(key, &public, gw.udp)));
+    wait_for("the handshake", Duration::from_secs(10), || {
+        r.wireguard_status().is_some_and(|s| s.is_up())
+    })
+    .await;
+    assert_eq!(gw.handshakes(), 1, "one initiation, answered");
+    let local = r.wireguard_status().unwrap().local.unwrap();
+    assert_eq!(gw.endpoint(), Some(local));
+
+    let mut admin = Raw::new(gw.dial(8728).await.unwrap());
+    admin.login_ok("admin", "pw").await;
+    add_user(
+        &mut admin,
+        "postern",
+        "full",
+        "s3cret",
+        &[&format!("=address={GATEWAY}/32")],
+    )
+    .await;
+    add_user(
+        &mut admin,
+        "elsewhere",
+        "full",
+        "s3cret",
+        &["=address=10.9.9.9/32"],
+    )
+    .await;
+    let mut c = Raw::new(gw.dial(8728).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+    let mut c = Raw::new(gw.dial(8728).await.unwrap());
+    let denied = c.login("elsewhere", "s3cret").await;
+    assert_eq!(
+        denied[0].message().as_deref(),
+        Some("invalid user name or password (6)")
+    );
+    let out = ssh_exec(
+        gw.dial(22).await.unwrap(),
+        &r.ssh_fingerprint,
+        "postern",
+        "s3cret",
+        "/system identity print",
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("sim-gw"), "{out}");
+    // A port the router does not serve is refused (RST from its stack).
+    assert!(gw.dial(8080).await.is_err());
+
+    // The NAT mapping changes; the responder follows the authenticated datagrams.
+    assert!(r.rebind_udp());
+    wait_for("the gateway to follow", Duration::from_secs(5), || {
+        let now = r.wireguard_status().and_then(|s| s.local);
+        now.is_some_and(|l| l != local) && gw.endpoint() == now
+    })
+    .await;
+    let rows = admin.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-gw"));
+    let mut c = Raw::new(gw.dial(8728).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+    assert_eq!(gw.handshakes(), 1, "roaming needs no new handshake");
+
+    // Offline: the router falls silent in the tunnel (a dial gets no answer), and is
+    // back once online again, on the same session.
+    r.faults().set_offline(true);
+    let e = gw.dial(8728).await.err().unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    r.faults().set_offline(false);
+    let mut c = Raw::new(gw.dial(8728).await.unwrap());
+    c.login_ok("postern", "s3cret").await;
+    r.shutdown().await;
+}
+
 struct SshClient {
     fingerprint: String,
 }
@@ -120,7 +204,7 @@ impl client::Handler for SshClient {
 
 /// Logs in over `stream` and runs `command`; returns its output.
 async fn ssh_exec(
-    stream: tokio::net::TcpStream,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     fingerprint: &str,
     user: &str,
     password: &str,
