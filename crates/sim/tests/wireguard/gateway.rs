@@ -181,7 +181,7 @@ impl Gateway {
             handle,
         };
         tokio::time::timeout(
-            Duration::from_secs(10),
+            Duration::from_secs(3),
             std::future::poll_fn(|cx| {
                 let mut st = stream.shared.lock();
                 let s = st.sockets.get_mut::<tcp::Socket>(stream.handle);
