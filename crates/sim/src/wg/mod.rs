@@ -956,3 +956,111 @@ fn spawn_connection(
         let _ = tokio::time::timeout(CLOSE_GRACE, handler).await;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::menu::Request;
+    use crate::router::{Caller, RouterConfig};
+
+    fn run(router: &Router, path: &str, attrs: &[(&str, &str)]) {
+        let mut req = Request::new(path);
+        for (k, v) in attrs {
+            req = req.attr(k, v);
+        }
+        router.run(&Caller::system(), &req).unwrap();
+    }
+
+    #[test]
+    fn keys_read_and_print_as_routeros_does() {
+        // RFC 7748's Alice.
+        let private = Key(hex::decode(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        )
+        .unwrap()
+        .try_into()
+        .unwrap());
+        assert_eq!(
+            hex::encode(private.public().0),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+        let text = private.to_base64();
+        assert_eq!(text.len(), 44);
+        assert_eq!(Key::from_base64(&text), Some(private));
+        assert_eq!(Key::from_base64("c2hvcnQ="), None);
+        assert_eq!(format!("{private:?}"), "Key(..)");
+        let (a, b) = generate_keypair();
+        assert_eq!(Key::from_base64(&a).unwrap().public().to_base64(), b);
+    }
+
+    #[test]
+    fn the_tunnel_is_what_the_menus_describe() {
+        let router = Router::new(RouterConfig::new("r", "127.0.0.1".parse().unwrap(), "pw"));
+        assert_eq!(config_from_state(&router), None);
+        run(&router, "/interface/wireguard/add", &[("name", "postern")]);
+        run(
+            &router,
+            "/ip/address/add",
+            &[
+                ("address", "100.64.0.7/32"),
+                ("network", "100.64.0.1"),
+                ("interface", "postern"),
+            ],
+        );
+        assert_eq!(config_from_state(&router), None, "no peer yet");
+        let gateway = Key::generate_private().public();
+        run(
+            &router,
+            "/interface/wireguard/peers/add",
+            &[
+                ("interface", "postern"),
+                ("public-key", &gateway.to_base64()),
+                ("endpoint-address", "gw.example"),
+                ("endpoint-port", "51820"),
+                ("allowed-address", "100.64.0.1/32"),
+                ("persistent-keepalive", "25s"),
+            ],
+        );
+        let c = config_from_state(&router).unwrap();
+        assert_eq!(c.interface, "postern");
+        assert_eq!(c.address, Ipv4Addr::new(100, 64, 0, 7));
+        assert_eq!(c.network, Ipv4Addr::new(100, 64, 0, 1));
+        assert_eq!(c.listen_port, 13231);
+        assert_eq!(c.ports, ServicePorts::default());
+        let p = &c.peers[0];
+        assert_eq!(p.public_key, gateway);
+        assert_eq!(p.endpoint, Some(("gw.example".to_string(), 51820)));
+        assert_eq!(p.keepalive, Some(25));
+        assert!(p.allowed.allows("100.64.0.1".parse().unwrap()));
+        assert!(!p.allowed.allows("100.64.0.2".parse().unwrap()));
+
+        // A disabled service is not served; a moved one is served on its new port.
+        run(
+            &router,
+            "/ip/service/set",
+            &[("numbers", "api"), ("disabled", "yes")],
+        );
+        run(
+            &router,
+            "/ip/service/set",
+            &[("numbers", "ssh"), ("port", "2200")],
+        );
+        let c = config_from_state(&router).unwrap();
+        assert_eq!((c.ports.api, c.ports.ssh), (0, 2200));
+        let ports = listening_ports(&c.ports, &HashMap::new());
+        assert_eq!(ports, vec![2200, 8291, 8729]);
+        assert!(service_for(0, &c.ports, &HashMap::new()).is_none());
+        assert!(matches!(
+            service_for(2200, &c.ports, &HashMap::new()),
+            Some(Service::Ssh)
+        ));
+
+        // Disabling the peer takes the tunnel down.
+        run(
+            &router,
+            "/interface/wireguard/peers/set",
+            &[("numbers", "*1"), ("disabled", "yes")],
+        );
+        assert_eq!(config_from_state(&router), None);
+    }
+}
