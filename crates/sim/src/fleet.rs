@@ -287,6 +287,11 @@ impl RouterHandle {
         crate::wg::rebind_udp(&self.router)
     }
 
+    /// Starts a new WireGuard handshake now (see [`crate::wg::rehandshake`]).
+    pub fn rehandshake(&self) -> bool {
+        crate::wg::rehandshake(&self.router)
+    }
+
     /// Runs the scheduler entries that are due now (after moving a manual clock).
     pub fn run_scheduler(&self) -> usize {
         crate::scheduler::tick(&self.router)

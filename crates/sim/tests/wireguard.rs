@@ -171,6 +171,16 @@ async fn a_boringtun_responder_reaches_the_router_only_through_its_tunnel_and_fo
     c.login_ok("postern", "s3cret").await;
     assert_eq!(gw.handshakes(), 1, "roaming needs no new handshake");
 
+    // A new handshake on demand (what a restarted gateway waits for); the open
+    // session carries on over the new keys.
+    assert!(r.rehandshake());
+    wait_for("the second handshake", Duration::from_secs(5), || {
+        gw.handshakes() == 2
+    })
+    .await;
+    let rows = admin.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-gw"));
+
     // Offline: the router falls silent in the tunnel (a dial gets no answer), and is
     // back once online again, on the same session.
     r.faults().set_offline(true);

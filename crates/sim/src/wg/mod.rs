@@ -238,6 +238,7 @@ struct Running {
 #[derive(Default)]
 struct Ctl {
     rebind: Notify,
+    rehandshake: Notify,
     nat_changed: Notify,
     status: Mutex<Status>,
 }
@@ -420,6 +421,20 @@ pub async fn follow(router: Router) {
             _ = stop.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
         }
+    }
+}
+
+/// Starts a new handshake with every peer now, as WireGuard does by itself when a
+/// session expires (at the latest 180 s after it was made, then at the next keepalive):
+/// what a test that restarts the gateway uses to not wait for that. Returns whether a
+/// userspace tunnel runs.
+pub fn rehandshake(router: &Router) -> bool {
+    match &slot(router).running {
+        Some(r) if r.external.is_none() => {
+            r.ctl.rehandshake.notify_one();
+            true
+        }
+        _ => false,
     }
 }
 
@@ -676,10 +691,12 @@ async fn drive(
         sleep.as_mut().reset(deadline.into());
         let mut rebind = false;
         let mut nat = false;
+        let mut rehandshake = false;
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
             _ = ctl.rebind.notified() => rebind = true,
+            _ = ctl.rehandshake.notified() => rehandshake = true,
             _ = ctl.nat_changed.notified() => nat = true,
             r = socket.rx.readable() => if let Err(e) = r {
                 tracing::warn!(error = %e, "wireguard socket failed");
@@ -702,6 +719,15 @@ async fn drive(
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "wireguard cannot rebind its udp socket"),
+            }
+        }
+        if rehandshake {
+            for p in &mut peers {
+                if let TunnResult::WriteToNetwork(d) =
+                    p.tunn.format_handshake_initiation(&mut out, true)
+                {
+                    send(&socket, p.endpoint, d, offline);
+                }
             }
         }
         if nat {
@@ -888,17 +914,13 @@ fn on_datagram(
     socket: &Udp,
     shared: &stack::Shared,
 ) {
-    let index = match Tunn::parse_incoming_packet(datagram) {
-        Ok(Packet::HandshakeResponse(p)) => Some(p.receiver_idx),
-        Ok(Packet::PacketCookieReply(p)) => Some(p.receiver_idx),
-        Ok(Packet::PacketData(p)) => Some(p.receiver_idx),
-        Ok(Packet::HandshakeInit(_)) => None,
+    let (index, kind) = match Tunn::parse_incoming_packet(datagram) {
+        Ok(Packet::HandshakeResponse(p)) => (Some(p.receiver_idx), 2),
+        Ok(Packet::PacketCookieReply(p)) => (Some(p.receiver_idx), 3),
+        Ok(Packet::PacketData(p)) => (Some(p.receiver_idx), 4),
+        Ok(Packet::HandshakeInit(_)) => (None, 1),
         Err(_) => return,
     };
-    let authenticated_kind = !matches!(
-        Tunn::parse_incoming_packet(datagram),
-        Ok(Packet::PacketCookieReply(_))
-    );
     let candidates: Vec<usize> = match index {
         Some(i) => usize::try_from((i >> 8).saturating_sub(1))
             .ok()
@@ -908,24 +930,30 @@ fn on_datagram(
     };
     for i in candidates {
         let Some(p) = peers.get_mut(i) else { continue };
-        match p.tunn.decapsulate(Some(from.ip()), datagram, out) {
+        // Whether the datagram proved to come from the peer (a cookie reply does not,
+        // nor does the cookie a flood of initiations is answered with).
+        let authenticated = match p.tunn.decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::Err(_) => continue,
-            TunnResult::Done => {}
+            TunnResult::Done => kind == 2 || kind == 4,
             TunnResult::WriteToNetwork(d) => {
+                // To an initiation: a handshake response (type 2), or a cookie.
+                let answered = kind != 1 || d.first() == Some(&2);
                 let _ = socket.try_send_to(d, from);
                 // Packets queued while there was no session go now.
                 while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], out) {
                     let _ = socket.try_send_to(d, from);
                 }
+                answered && kind != 3
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
                 if p.allowed.allows(IpAddr::V4(source)) {
                     shared.lock().device.push_rx(packet);
                 }
+                true
             }
-            TunnResult::WriteToTunnelV6(..) => {}
-        }
-        if authenticated_kind {
+            TunnResult::WriteToTunnelV6(..) => true,
+        };
+        if authenticated {
             // WireGuard follows a peer to where its last authenticated datagram came from.
             p.endpoint = Some(from);
         }
