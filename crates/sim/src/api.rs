@@ -1,5 +1,7 @@
 //! The RouterOS API service (8728, and 8729 over TLS): login, tagged commands, `/cancel`,
-//! `/quit`, `/user/active/listen`, and everything else through [`menu::execute`].
+//! `/quit`, `/user/active/listen`, `/tool/fetch` and `/import` (through the script
+//! interpreter, [`crate::script::run_request`]), and everything else through
+//! [`menu::execute`].
 //!
 //! Wire behaviour, as RouterOS does it:
 //! - Login: `/login =name= =password=` (6.43+), or the legacy challenge: `/login` alone
@@ -257,6 +259,8 @@ impl Conn {
                 message: format!("no such command or directory ({verb})"),
                 category: Some(0),
             })
+        } else if matches!(path.as_str(), "/tool/fetch" | "/import") {
+            crate::script::run_request(&self.router, &caller, &req).await
         } else {
             menu::execute(&self.router, &caller, &req)
         };

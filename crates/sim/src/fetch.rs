@@ -274,10 +274,17 @@ async fn fetch_inner(req: &FetchRequest) -> Result<FetchResponse, String> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|_| "failure: connection refused".to_string())?;
-    let host_header = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
+    // `Host` names the port only when it is not the scheme's own, as clients do.
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
     } else {
-        format!("{}:{}", url.host, url.port)
+        url.host.clone()
+    };
+    let default_port = if url.https { 443 } else { 80 };
+    let host_header = if url.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", url.port)
     };
     if url.https {
         let config = tls_config(req.check, req.trust_pem.as_deref())?;

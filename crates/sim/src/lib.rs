@@ -121,8 +121,8 @@
 //!   Whether several sessions in one `remove` are ended up to the refused one is not
 //!   known, so Postern removes them one at a time.
 //! - Scripts are compiled before they run: a command the router lacks stops the whole
-//!   script before its first line (`bad command name x (line L column C)`; the sim's
-//!   column is the statement's), as RouterOS resolves commands while compiling
+//!   script before its first line (`bad command name x (line L column C)`, pointing at
+//!   the word), as RouterOS resolves commands while compiling
 //!   (routeros-lsp's probes), and so does a parameter the command lacks (`expected end
 //!   of command`, RouterOS's console words as remembered, not confirmed here). One
 //!   interpreter ([`script`]) runs the console, `/import` and scheduler entries.
@@ -138,7 +138,9 @@
 //!   ask: `failure: already have interface with such name` (as remembered from RouterOS
 //!   consoles), `failure: peer with such public key already exists`,
 //!   `failure: already have such address`, and `invalid value for argument x` for a key
-//!   that is not base64 of 32 bytes.
+//!   that is not base64 of 32 bytes. `private-key` and `preshared-key` are shown only
+//!   to users with the `sensitive` policy (RouterOS hides sensitive properties from
+//!   the others).
 //! - `/ip/address`: `address` without a prefix is `/32`; `network` defaults to the
 //!   address's network and may name the other end of a point-to-point address;
 //!   `interface` must exist (`ether1` or a WireGuard interface).
@@ -243,8 +245,8 @@
 //!   Values are compared leniently (`5` equals `"5"`). A scheduler entry's script that
 //!   waits (fetch, `:delay`) goes on in a task of its own. Times are UTC;
 //!   `start-time=startup` never runs.
-//! - `/tool/fetch` and `/import` over the API are refused (`failure: not supported over
-//!   the API by the sim`); the console and scripts have them.
+//! - `/tool/fetch` over the API answers one `!re` with its values (as `as-value` gives
+//!   them), not RouterOS's progress rows.
 //! - `/user/active/listen` reports new sessions and ended ones (`=.dead=yes`) only.
 
 #![cfg_attr(

@@ -532,11 +532,11 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             }
             v => return Err(Trap::missing(v)),
         },
-        // `/tool/fetch` and `/import` do I/O and run scripts: the script interpreter
-        // runs them ([`crate::script`]); over the API they are refused for now.
+        // `/tool/fetch` and `/import` do I/O and run scripts: the API and the script
+        // interpreter run them through [`crate::script`], never here.
         Menu::Tool | Menu::Root => {
             return Err(Trap::new(
-                "failure: not supported over the API by the sim; use the console",
+                "failure: this command runs through the script interpreter",
             ));
         }
         Menu::Clock => match verb.as_str() {
@@ -635,6 +635,9 @@ const PRINT_FLAGS: &[&str] = &[
     "value-list",
     "as-value",
 ];
+
+/// Properties only users with the `sensitive` policy see.
+const SENSITIVE: &[&str] = &["private-key", "preshared-key"];
 
 /// What a single item's `print` (`/system/identity`, `/system/clock` …) takes.
 const SINGLE_PRINT_FLAGS: &[&str] = &[".proplist", "as-value", "without-paging"];
@@ -759,10 +762,19 @@ fn table_command(
             });
         }
         let props = proplist(req);
+        // Keys are shown only to users with the `sensitive` policy (RouterOS hides
+        // sensitive properties from the others).
+        let sensitive = caller.policies.has("sensitive");
         return Ok(Outcome {
             rows: items
                 .iter()
-                .map(|i| apply_proplist(row(i, kind.schema()), &props))
+                .map(|i| {
+                    let mut r = row(i, kind.schema());
+                    if !sensitive {
+                        r.retain(|(k, _)| !SENSITIVE.contains(&k.as_str()));
+                    }
+                    apply_proplist(r, &props)
+                })
                 .collect(),
             ret: None,
             is_print: true,

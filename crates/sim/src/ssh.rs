@@ -316,7 +316,9 @@ impl russh::server::Handler for Handler {
                         state.line.pop();
                     }
                     0x03 => {
+                        // Ctrl-C drops the line and any unfinished paste.
                         state.line.clear();
+                        state.pending.clear();
                         if state.pty {
                             echo.extend_from_slice(b"\r\n");
                         }

@@ -143,6 +143,8 @@ const GLOBALS: &[&str] = &[
 const MAX_STEPS: usize = 200_000;
 const MAX_OUTPUT: usize = 1 << 20;
 const MAX_IMPORT_DEPTH: usize = 8;
+/// How deeply blocks (and code values calling code values) may nest while running.
+const MAX_NESTING: usize = 100;
 /// The longest `:delay` one statement may ask.
 const MAX_DELAY: Duration = Duration::from_secs(600);
 
@@ -164,11 +166,18 @@ enum Head {
     Value,
 }
 
-fn bad_command(name: &str, stmt: &Stmt) -> String {
-    format!(
-        "bad command name {name} (line {} column {})",
-        stmt.line, stmt.column
-    )
+/// Where word `word` of a statement starts.
+fn position(stmt: &Stmt, word: usize) -> (usize, usize) {
+    stmt.at
+        .get(word)
+        .copied()
+        .unwrap_or((stmt.line, stmt.column))
+}
+
+/// RouterOS's words for a command it does not have, pointing at the word.
+fn bad_command(name: &str, stmt: &Stmt, word: usize) -> String {
+    let (line, column) = position(stmt, word);
+    format!("bad command name {name} (line {line} column {column})")
 }
 
 /// Works out a statement's menu, verb or global command, in directory `cwd`.
@@ -179,11 +188,11 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
     let first = match first {
         Word::Bare(b) => b,
         Word::Value(_) => return Ok(Head::Value),
-        Word::Arg(k, _) => return Err(bad_command(k, stmt)),
+        Word::Arg(k, _) => return Err(bad_command(k, stmt, 0)),
     };
     if let Some(name) = first.strip_prefix(':') {
         if !GLOBALS.contains(&name) {
-            return Err(bad_command(name, stmt));
+            return Err(bad_command(name, stmt, 0));
         }
         return Ok(Head::Global(name.to_string()));
     }
@@ -216,32 +225,31 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
             if !(menu::is_directory(&joined) || menu::menu_at(&joined).is_some()) {
                 break;
             }
+            // A menu this router's version lacks (`/interface wireguard` on RouterOS
+            // 6), or `/system routerboard` on a CHR, is not there at all.
+            let lacking = !menu::available(router.version_triple(), &joined)
+                || (joined == "system/routerboard" && router.config().serial_number.is_none());
+            if lacking {
+                return Err(bad_command(&seg, stmt, word));
+            }
             path = next;
         }
         consumed = word + 1;
         iter.next();
     }
-    // Hide menus this router's version lacks (`/interface wireguard` on RouterOS 6).
     let joined = path.join("/");
-    if !joined.is_empty() && !menu::available(router.version_triple(), &joined) {
-        let last = path.last().cloned().unwrap_or_default();
-        return Err(bad_command(&last, stmt));
-    }
-    if joined.starts_with("system/routerboard") && router.config().serial_number.is_none() {
-        return Err(bad_command("routerboard", stmt));
-    }
     let Some((verb, word)) = iter.next() else {
         if stmt.words.len() > consumed {
-            return Err(bad_command(&joined, stmt));
+            return Err(bad_command(&joined, stmt, consumed));
         }
         return Ok(Head::Path(path));
     };
     // A verb must end its word (`/ip/address/add/x` is not a command).
     if iter.peek().is_some_and(|(_, w)| *w == word) {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     }
     let Some(menu) = menu::menu_at(&joined) else {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     };
     let extra: &[&str] = match menu {
         Menu::Table(_) => &["find", "get"],
@@ -262,7 +270,7 @@ fn head(router: &Router, cwd: &[String], stmt: &Stmt) -> Result<Head, String> {
         format!("/{joined}/{real}")
     };
     if !known || menu::resolve(router, &full).is_err() {
-        return Err(bad_command(&verb, stmt));
+        return Err(bad_command(&verb, stmt, word));
     }
     Ok(Head::Command {
         path,
@@ -291,13 +299,13 @@ pub fn check(router: &Router, block: &Block, cwd: &[String]) -> Result<(), Strin
                 let rest = stmt.words.get(words..).unwrap_or_default();
                 if !matches!(verb.as_str(), "find" | "get") {
                     let params = menu::params(menu, &verb);
-                    for w in rest {
+                    for (i, w) in rest.iter().enumerate() {
                         if let Word::Arg(k, _) = w
                             && !params.contains(&k.as_str())
                         {
+                            let (line, column) = position(stmt, words + i);
                             return Err(format!(
-                                "expected end of command (line {} column {})",
-                                stmt.line, stmt.column
+                                "expected end of command (line {line} column {column})"
                             ));
                         }
                     }
@@ -370,6 +378,7 @@ pub struct Run {
     pub output: String,
     steps: usize,
     imports: usize,
+    nesting: usize,
     /// Variables of `:global`.
     globals: HashMap<String, Val>,
 }
@@ -413,6 +422,7 @@ impl Run {
             output: String::new(),
             steps: 0,
             imports: 0,
+            nesting: 0,
             globals: HashMap::new(),
         }
     }
@@ -458,10 +468,15 @@ impl Run {
         cwd: &'a [String],
     ) -> Fut<'a, Result<Val, ScriptError>> {
         Box::pin(async move {
+            if self.nesting >= MAX_NESTING {
+                return Err(ScriptError("failure: script nested too deeply".into()));
+            }
+            self.nesting += 1;
             scope.frames.push(HashMap::new());
             let mut inner = cwd.to_vec();
             let out = self.block(block, scope, &mut inner).await;
             scope.frames.pop();
+            self.nesting -= 1;
             out
         })
     }
@@ -609,6 +624,10 @@ impl Run {
                         Some(w) => self.word_value(w, scope, cwd).await?,
                         None => match named("value") {
                             Some(e) => self.expr(e, scope, cwd).await?,
+                            // `:global f` declares it, keeping a value it has.
+                            None if name == "global" => {
+                                self.globals.get(&var).cloned().unwrap_or(Val::Nothing)
+                            }
                             None => Val::Nothing,
                         },
                     };
@@ -1339,6 +1358,53 @@ pub fn run(router: &Router, caller: &Caller, script: &str) {
     let mut cx = std::task::Context::from_waker(waker);
     if fut.as_mut().poll(&mut cx).is_pending() {
         handle.spawn(fut);
+    }
+}
+
+/// Runs an API sentence for a command that does I/O or runs a script (`/tool/fetch`,
+/// `/import`): its `!re` row (fetch's `status`, `downloaded`, …) or its `!trap`.
+pub async fn run_request(
+    router: &Router,
+    caller: &Caller,
+    req: &Request,
+) -> Result<menu::Outcome, menu::Trap> {
+    let (_, verb) = menu::check(router, req)?;
+    let named: Vec<(String, Val)> = req
+        .attrs
+        .iter()
+        .map(|(k, v)| (k.clone(), Val::Str(v.clone())))
+        .collect();
+    let mut run = Run::new(router, caller);
+    let result = match verb.as_str() {
+        "fetch" => {
+            let mut named = named;
+            // The API always answers with the values, never the console's lines.
+            if !named.iter().any(|(k, _)| k == "as-value") {
+                named.push(("as-value".into(), Val::Str(String::new())));
+            }
+            run.fetch(named).await
+        }
+        _ => run.import(named).await,
+    };
+    match result {
+        Ok(Val::Map(values)) => Ok(menu::Outcome {
+            rows: vec![
+                values
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Val::Time(d) => crate::clock::format_interval(d),
+                            other => other.text(),
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            ],
+            ret: None,
+            is_print: false,
+        }),
+        Ok(_) => Ok(menu::Outcome::default()),
+        Err(e) => Err(menu::Trap::new(e.0)),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Stmt {
     pub words: Vec<Word>,
     pub line: usize,
     pub column: usize,
+    /// Where each word starts (line, column), for error messages.
+    pub at: Vec<(usize, usize)>,
 }
 
 /// A word of a command.
@@ -224,19 +226,24 @@ impl Parser<'_> {
     fn statement(&mut self, close: Option<char>) -> Result<Stmt, SyntaxError> {
         let (line, column) = (self.line, self.column);
         let mut words = Vec::new();
+        let mut at = Vec::new();
         loop {
             self.skip_blanks();
             match self.peek() {
                 None | Some(';' | '\n' | '\r') => break,
                 Some(c) if Some(c) == close => break,
                 Some(']' | '}' | ')') => return Err(self.error()),
-                Some(_) => words.push(self.word()?),
+                Some(_) => {
+                    at.push((self.line, self.column));
+                    words.push(self.word()?);
+                }
             }
         }
         Ok(Stmt {
             words,
             line,
             column,
+            at,
         })
     }
 

@@ -58,7 +58,7 @@ async fn an_unknown_command_anywhere_stops_the_script_before_it_runs() {
     assert_eq!(
         result,
         Err(ScriptError(
-            "bad command name frobnicate (line 2 column 18)".into()
+            "bad command name frobnicate (line 2 column 22)".into()
         ))
     );
     assert!(r.state().users.by_name("a").is_none());
@@ -73,7 +73,7 @@ async fn an_unknown_command_anywhere_stops_the_script_before_it_runs() {
     assert_eq!(
         result,
         Err(ScriptError(
-            "expected end of command (line 1 column 1)".into()
+            "expected end of command (line 1 column 18)".into()
         ))
     );
     // A CHR has no /system routerboard: naming it stops the script, even under on-error,
@@ -131,4 +131,95 @@ fn scheduler_scripts_run_without_a_runtime() {
         r.state().users.by_name("a").unwrap().get("comment"),
         Some("seen")
     );
+}
+
+#[tokio::test]
+async fn code_that_calls_itself_ends_with_an_error_not_a_crash() {
+    let r = router();
+    let (_, result) = run_text(
+        &r,
+        &Caller::system(),
+        ":global f [:parse \":global f; :put x; [\\$f]\"]; [$f]",
+        &mut vec![],
+    )
+    .await;
+    assert_eq!(
+        result,
+        Err(ScriptError("failure: script nested too deeply".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_routerboard_has_a_serial_number() {
+    let mut config = RouterConfig::new("r", "127.0.0.1".parse().unwrap(), "pw");
+    config.serial_number = Some("HD2087XKQ1".into());
+    config.board_name = "RB5009UG+S+".into();
+    let r = Router::new(config);
+    let out = run_ok(
+        &r,
+        ":put [/system routerboard get serial-number]; :put [/system resource get board-name]",
+    )
+    .await;
+    assert_eq!(out, "HD2087XKQ1\nRB5009UG+S+\n");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Whatever is pasted, the console parses, compiles and runs it to an answer: no
+    /// panic, no hang (waits are cut short here).
+    #[test]
+    fn any_text_gets_an_answer_not_a_panic(
+        text in "[\\[\\]{}()\"$:;=! a-z/\\\\.\n*0-9&|<>-]{0,160}"
+    ) {
+        let r = router();
+        let _ = parse::parse(&text);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                run_text(&r, &Caller::system(), &text, &mut Vec::new()),
+            )
+            .await;
+        });
+    }
+
+    /// Scripts made of the constructs the enrolment script uses, in any order.
+    #[test]
+    fn generated_scripts_get_an_answer_not_a_panic(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                ":local a \"x\"",
+                ":set a ($a . \"y\")",
+                ":put $a",
+                ":put [:len $a]",
+                ":put [:pick $a 0 1]",
+                ":if ([:len $a] > 1) do={ :put big } else={ :put small }",
+                ":do { :error \"e\" } on-error={ :put caught }",
+                "/ip firewall filter",
+                "add chain=input action=accept comment=p place-before=[:pick [find] 0]",
+                "/interface wireguard add comment=w",
+                ":local id [/interface wireguard find where comment=\"w\"]",
+                ":put [/interface wireguard get $id public-key]",
+                "/user remove [find name=\"nobody\"]",
+                ":put ($x->\"k\")",
+                ":error ([:tostr 1] . \"!\")",
+            ]),
+            0..12,
+        )
+    ) {
+        let r = router();
+        let text = parts.join("\n");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, result) = rt.block_on(run_text(&r, &Caller::system(), &text, &mut Vec::new()));
+        if let Err(e) = result {
+            proptest::prop_assert!(!e.0.is_empty());
+        }
+    }
 }

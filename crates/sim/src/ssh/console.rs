@@ -74,12 +74,24 @@ pub fn is_open(text: &str) -> bool {
     let mut depth = 0i64;
     let mut quoted = false;
     let mut escaped = false;
+    let mut comment = false;
+    let mut line_start = true;
     for c in text.chars() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                line_start = true;
+            }
+            continue;
+        }
         if escaped {
             escaped = false;
             continue;
         }
+        let at_start = line_start;
+        line_start = c == '\n' || (line_start && c.is_whitespace());
         match c {
+            '#' if at_start && !quoted => comment = true,
             '\\' => escaped = true,
             '"' => quoted = !quoted,
             '{' | '[' | '(' if !quoted => depth += 1,
@@ -209,5 +221,6 @@ mod tests {
         assert_eq!(r.state().filter.items.len(), 1);
         assert!(is_open(":if (1 = 1) do={"));
         assert!(!is_open(":put \"{\""));
+        assert!(!is_open("# a comment with a { in it\n:put x"));
     }
 }

@@ -384,7 +384,7 @@ async fn console_errors_are_shown_and_stop_the_paste() {
     // A command the router lacks stops the whole line before anything runs.
     let screen = paste(&mut ch, "/user add name=z group=read; /ip route print\r", 1).await;
     assert!(
-        screen.contains("bad command name route (line 1 column 30)"),
+        screen.contains("bad command name route (line 1 column 34)"),
         "{screen}"
     );
     assert!(r.router().state().users.by_name("z").is_none());
@@ -416,7 +416,7 @@ async fn console_errors_are_shown_and_stop_the_paste() {
         ),
         (
             "/system routerboard print",
-            "bad command name routerboard (line 1 column 1)",
+            "bad command name routerboard (line 1 column 9)",
         ),
         (
             ":put [/system resource get nosuch]",
@@ -504,6 +504,19 @@ async fn wireguard_interfaces_make_their_own_keys_and_refuse_bad_ones() {
             "failure: peer with such public key already exists".into()
         ))
     );
+    // Keys are shown only with the `sensitive` policy.
+    let plain = postern_sim::Caller {
+        user: "viewer".into(),
+        policies: postern_sim::state::Policies::parse("read,api,test").unwrap(),
+    };
+    let (out, result) = postern_sim::script::run_text(
+        r.router(),
+        &plain,
+        ":put ([/interface wireguard get wg1 private-key] . \"|\" . [/interface wireguard get wg1 public-key])",
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!((out, result), (format!("|{public}\n"), Ok(())));
     // Over the API the new menus print with RouterOS's property names.
     let mut api = Raw::admin(r.api_addr).await;
     let rows = api.rows(&["/interface/wireguard/print", "?name=wg1"]).await;
@@ -641,6 +654,25 @@ async fn fetch_methods_headers_and_limits() {
         last.headers.contains(&("x-two".into(), "2".into())),
         "{last:?}"
     );
+    // Over the API: one row with the values.
+    let mut api = Raw::admin(r.api_addr).await;
+    let url = format!("=url=http://{server}/api");
+    let rows = api
+        .rows(&[
+            "/tool/fetch",
+            &url,
+            "=http-method=post",
+            "=http-data=z",
+            "=output=user",
+        ])
+        .await;
+    assert_eq!(get(&rows[0], "status"), Some("finished"));
+    assert_eq!(get(&rows[0], "data"), Some("POST z"));
+    let url = format!("=url=http://{server}/big");
+    assert_eq!(
+        api.trap(&["/tool/fetch", &url, "=output=user"]).await.0,
+        "failure: max data size reached"
+    );
     // output=user keeps at most 64 KiB.
     let (_, result) = postern_sim::script::run_text(
         r.router(),
@@ -674,5 +706,43 @@ async fn fetch_methods_headers_and_limits() {
             "failure: connection refused".into()
         ))
     );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_multi_line_paste_runs_once_its_brackets_close() {
+    let r = router().await;
+    let (_h, mut ch) = console(&r).await;
+    // Three lines, one statement: the console waits for the closing brace, then runs
+    // it once (one prompt for the whole paste).
+    let screen = paste(
+        &mut ch,
+        "# a comment with a { in it\r:if ([:len \"ab\"] = 2) do={\r  :put \"multi $[:len \"abc\"]\"\r}\r",
+        2,
+    )
+    .await;
+    assert!(screen.contains("multi 3\r\n"), "{screen:?}");
+    assert_eq!(screen.matches("multi 3").count(), 1, "{screen:?}");
+    // A path line moves the console; the prompt says where.
+    ch.data(&b"/ip firewall filter\r"[..]).await.unwrap();
+    let mut screen = String::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while !screen.contains("/ip firewall filter> ") {
+            match ch.wait().await {
+                Some(ChannelMsg::Data { data }) => screen.push_str(&String::from_utf8_lossy(&data)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{screen:?}"));
+    ch.data(&b"add chain=input action=drop comment=typed\r"[..])
+        .await
+        .unwrap();
+    eventually("the relative add ran", || {
+        r.router().state().filter.items.len() == 1
+    })
+    .await;
     r.shutdown().await;
 }
