@@ -46,7 +46,11 @@
 //!   ([`wg::follow`]); `handle.set_wireguard(Some(WgConfig…))` sets a tunnel up
 //!   directly, `handle.wireguard_status()` shows its socket and each peer's endpoint,
 //!   last handshake and bytes, `handle.rebind_udp()` moves its UDP source port (a NAT
-//!   mapping change). `RouterOptions { behind_nat: true, .. }` opens no TCP listener.
+//!   mapping change), `handle.rehandshake()` starts a new handshake now (after a
+//!   gateway restart, rather than waiting for the session to expire).
+//!   `RouterOptions { behind_nat: true, .. }` opens no TCP listener;
+//!   `wireguard_external` uses `wireguard-go` (root). While offline (a fault) the tunnel
+//!   is silent.
 //! - Commands received: `handle.router().record_commands()` then `.received()` (every
 //!   API command, as sent), to hold what a client sends against a command database.
 //! - Stop: `handle.shutdown().await` (or `fleet.shutdown().await`) closes every
@@ -224,7 +228,10 @@
 //!   `behind_nat` is a switch (no TCP listener on the router's address) for the demo and
 //!   tests without root; a real NAT is made by the namespace tests. `rebind_udp` sends
 //!   a keepalive from the new port at once (the packet that makes the new mapping).
-//!   The `external` backend serves no dst-nat through the tunnel.
+//!   The `external` backend serves no dst-nat through the tunnel. After a gateway
+//!   restart the router re-handshakes when WireGuard's timers say so (its session
+//!   expires at most 180 s after it was made; the next keepalive then starts a
+//!   handshake), as a real router does; `rehandshake()` does it at once for tests.
 //! - Menus: only those above, and `/system/clock print` (the sim keeps UTC: `gmt-offset=+00:00`);
 //!   other paths are `no such command or directory`, including real ones the sim does
 //!   not implement (a subset of the real surface, never more).
