@@ -516,6 +516,30 @@ async fn the_router_builds_the_tunnel_its_menus_describe_and_drops_it_with_the_p
     )
     .await;
 
+    assert_eq!(
+        r.wireguard_status().unwrap().local.unwrap().port(),
+        13231,
+        "the interface's listen-port"
+    );
+
+    // Editing the peer rebuilds the tunnel, on the same port, and it comes up again.
+    let peer = r
+        .router()
+        .items(postern_sim::state::TableKind::WireguardPeers)
+        .first()
+        .unwrap()
+        .id_string();
+    console(
+        &r,
+        "/interface/wireguard/peers/set",
+        &[(".id", &peer), ("persistent-keepalive", "20s")],
+    );
+    wait_for("the rebuilt tunnel", Duration::from_secs(15), || {
+        r.wireguard_status()
+            .is_some_and(|s| s.is_up() && s.local.is_some_and(|l| l.port() == 13231))
+    })
+    .await;
+
     // `/ip/service`'s API port (RouterOS's 8728 behind NAT) answers through the tunnel.
     let mut c = Raw::new(lab.connect(SocketAddr::from((ROUTER, 8728))).await.unwrap());
     c.login_ok("admin", "pw").await;

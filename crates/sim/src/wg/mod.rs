@@ -578,16 +578,19 @@ struct Udp {
 }
 
 impl Udp {
+    fn bind_exact(ip: IpAddr, port: u16) -> std::io::Result<Udp> {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        s.set_nonblocking(true)?;
+        let tx = s.try_clone()?;
+        Ok(Udp {
+            rx: UdpSocket::from_std(s)?,
+            tx,
+        })
+    }
+
+    /// `port`, or any free port if that one is taken.
     fn bind(ip: IpAddr, port: u16) -> std::io::Result<Udp> {
-        let bind = |port| -> std::io::Result<Udp> {
-            let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-            s.set_nonblocking(true)?;
-            let tx = s.try_clone()?;
-            Ok(Udp {
-                rx: UdpSocket::from_std(s)?,
-                tx,
-            })
-        };
+        let bind = |port| Udp::bind_exact(ip, port);
         match bind(port) {
             Ok(s) => Ok(s),
             Err(e) if port != 0 => {
@@ -655,7 +658,20 @@ async fn drive(
             restarted: None,
         });
     }
-    let mut socket = match Udp::bind(router.address(), config.listen_port) {
+    // A tunnel being rebuilt may still hold the listen port for a moment.
+    let mut bound = Udp::bind_exact(router.address(), config.listen_port);
+    for _ in 0..25 {
+        if bound.is_ok() || config.listen_port == 0 || token.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bound = Udp::bind_exact(router.address(), config.listen_port);
+    }
+    let bound = match bound {
+        Ok(s) => Ok(s),
+        Err(_) => Udp::bind(router.address(), config.listen_port),
+    };
+    let mut socket = match bound {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "wireguard cannot bind its udp socket");
