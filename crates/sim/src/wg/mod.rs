@@ -12,7 +12,7 @@
 //!   up (90 s without an answer) a peer with a keepalive starts again at its next
 //!   keepalive, as a real router sending keepalives does;
 //! - it follows a peer to the source of the peer's last authenticated datagram;
-//! - a userspace TCP/IP stack ([`stack`], smoltcp) holds the router's tunnel address and
+//! - a userspace TCP/IP stack (`stack`, smoltcp) holds the router's tunnel address and
 //!   accepts TCP on the API, API-SSL, SSH and WinBox ports ([`ServicePorts`]), handing
 //!   each connection ([`WgStream`]) to the same handlers the TCP listeners use, with the
 //!   peer's tunnel address as the client address (so `/user` `address=` sees the
