@@ -181,6 +181,26 @@ async fn a_boringtun_responder_reaches_the_router_only_through_its_tunnel_and_fo
     let rows = admin.rows(&["/system/identity/print"]).await;
     assert_eq!(get(&rows[0], "name"), Some("sim-gw"));
 
+    // Hostile datagrams at the router's WireGuard port move nothing and break nothing:
+    // junk, a forged initiation, and "data" naming the gateway's session index.
+    let at = r.wireguard_status().unwrap().local.unwrap();
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut init = vec![0u8; 148];
+    init[0] = 1;
+    let mut data = vec![0u8; 64];
+    data[0] = 4;
+    data[4..8].copy_from_slice(&(1u32 << 8).to_le_bytes());
+    for d in [&b"junk"[..], &init, &data, &[0xff; 1500][..], &[][..]] {
+        for _ in 0..50 {
+            attacker.send_to(d, at).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = r.wireguard_status().unwrap();
+    assert_eq!(status.peers[0].endpoint, Some(gw.udp), "the endpoint stays");
+    let rows = admin.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-gw"));
+
     // Offline: the router falls silent in the tunnel (a dial gets no answer), and is
     // back once online again, on the same session.
     r.faults().set_offline(true);
