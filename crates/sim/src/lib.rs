@@ -170,9 +170,17 @@
 //!   `failure: SSL: ssl: no trusted CA certificate found (6)` are as users quote them
 //!   from real routers, not confirmed here. Refused in device-mode `home` (its `fetch`
 //!   feature) and without the `write` and `test` policies.
-//! - `/import file-name=x`: runs the file's script in a scope of its own and prints
-//!   `Script file loaded and executed successfully`; a failure inside stops it and the
-//!   script that imported it. `/file` lists what fetch wrote (`print`, `get`, `remove`).
+//! - `/import file-name=x`: runs the file line by line, each line (with what `;` puts on
+//!   it and the lines its open brackets span) compiled and run on its own in a scope
+//!   of its own, so a `:local` does not reach the next line (routeros-lsp's probes of
+//!   7.21.4: "in an imported file every line is a scope of its own"; a script body is
+//!   one scope); the first failing line stops the import and the lines before it stay
+//!   done; then `Script file loaded and executed successfully`. A failure stops the
+//!   script that imported it too. `/file` lists what fetch wrote (`print`, `get`,
+//!   `remove`).
+//! - `:set` of a name no `:local`/`:global` declared is refused (routeros-lsp:
+//!   `vars/set-undeclared`, from its device probes); the sim's words for it are its own.
+//!   Reading an undeclared name gives nothing, as RouterOS reads it empty.
 //! - A scheduler entry's script runs with the entry's `policy` (RouterOS's default list
 //!   when none is given, within the adding user's policies); giving an entry a policy
 //!   the user lacks is `not enough permissions (9)`. Editing other fields of an entry

@@ -16,8 +16,9 @@
 //! `= != < > <= >=`, `&& ||` (`and`, `or`), `!`, `+ -` and `->`; `"…$var…$[…]…"`
 //! interpolation; and on menus `print`, `find [where] k="v" …`, `get`, `add`
 //! (its value is the new `.id`), `set`, `remove`, `enable`, `disable`, `/tool fetch`
-//! ([`crate::fetch`]) and `/import file-name=`. A failing command stops the script
-//! unless a `:do … on-error` catches it.
+//! ([`crate::fetch`]) and `/import file-name=` (line by line, each line a scope of its
+//! own, as RouterOS 7 imports). A failing command stops the script unless a
+//! `:do … on-error` catches it.
 
 pub mod parse;
 
@@ -638,7 +639,18 @@ impl Run {
                         }
                         _ => {
                             if !scope.set(&var, value.clone()) {
-                                self.globals.insert(var, value);
+                                // RouterOS refuses `:set` of a name no `:local` or
+                                // `:global` before it declared (routeros-lsp's probes
+                                // of 7.21.4, `vars/set-undeclared`).
+                                match self.globals.get_mut(&var) {
+                                    Some(slot) => *slot = value,
+                                    None => {
+                                        return Err(ScriptError(format!(
+                                            "syntax error: {var} is not declared (line {} column {})",
+                                            stmt.line, stmt.column
+                                        )));
+                                    }
+                                }
                             }
                         }
                     }
@@ -1189,16 +1201,51 @@ impl Run {
             if self.imports >= MAX_IMPORT_DEPTH {
                 return Err(ScriptError("failure: import nested too deeply".into()));
             }
-            let block = compile(&self.router, &contents).map_err(ScriptError)?;
             self.imports += 1;
-            let mut scope = Scope::default();
-            scope.frames.push(HashMap::new());
-            let mut cwd = Vec::new();
-            let out = self.block(&block, &mut scope, &mut cwd).await;
+            let out = self.import_lines(&contents).await;
             self.imports -= 1;
             out?;
             self.print("\nScript file loaded and executed successfully\n");
             Ok(Val::Nothing)
+        })
+    }
+}
+
+impl Run {
+    /// Runs an imported file as RouterOS 7 does: line by line, each line (with what
+    /// `;` puts on it, and the lines its open brackets span) compiled and run on its
+    /// own, in a scope of its own (routeros-lsp's probes of 7.21.4: "in an imported
+    /// file every line is a scope of its own"), path lines carrying over. The first
+    /// line that fails stops the import; the lines before it stay done.
+    fn import_lines<'a>(&'a mut self, contents: &'a str) -> Fut<'a, Result<(), ScriptError>> {
+        Box::pin(async move {
+            let mut cwd = Vec::new();
+            let mut chunk = String::new();
+            let mut first_line = 1;
+            let lines: Vec<&str> = contents.split('\n').collect();
+            let count = lines.len();
+            for (i, line) in lines.into_iter().enumerate() {
+                if chunk.is_empty() {
+                    first_line = i + 1;
+                }
+                chunk.push_str(line.trim_end_matches('\r'));
+                chunk.push('\n');
+                let continued = line.trim_end().ends_with('\\');
+                if (continued || parse::is_open(&chunk)) && i + 1 < count {
+                    continue;
+                }
+                let text = std::mem::take(&mut chunk);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let block =
+                    parse::parse_at(&text, first_line).map_err(|e| ScriptError(e.to_string()))?;
+                check(&self.router, &block, &cwd).map_err(ScriptError)?;
+                let mut scope = Scope::default();
+                scope.frames.push(HashMap::new());
+                self.block(&block, &mut scope, &mut cwd).await?;
+            }
+            Ok(())
         })
     }
 }

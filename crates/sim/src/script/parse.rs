@@ -91,27 +91,64 @@ pub enum BinOp {
     Index,
 }
 
+/// Whether `text` leaves a quote or a bracket open (the console and `/import`
+/// then take the lines that close it too).
+pub fn is_open(text: &str) -> bool {
+    let mut depth = 0i64;
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut comment = false;
+    let mut line_start = true;
+    for c in text.chars() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                line_start = true;
+            }
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        let at_start = line_start;
+        line_start = c == '\n' || (line_start && c.is_whitespace());
+        match c {
+            '#' if at_start && !quoted => comment = true,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '{' | '[' | '(' if !quoted => depth += 1,
+            '}' | ']' | ')' if !quoted => depth -= 1,
+            _ => {}
+        }
+    }
+    quoted || depth > 0
+}
+
 /// How deep brackets may nest (a hostile paste cannot exhaust the stack).
 const MAX_DEPTH: usize = 64;
 
-struct Parser<'a> {
+struct Parser {
     chars: Vec<char>,
     at: usize,
     line: usize,
     column: usize,
     depth: usize,
-    _text: &'a str,
 }
 
 /// Parses a whole script.
 pub fn parse(text: &str) -> Result<Block, SyntaxError> {
+    parse_at(text, 1)
+}
+
+/// Parses text that starts on line `first_line` of a file (for error positions).
+pub fn parse_at(text: &str, first_line: usize) -> Result<Block, SyntaxError> {
     let mut p = Parser {
         chars: text.chars().collect(),
         at: 0,
-        line: 1,
+        line: first_line,
         column: 1,
         depth: 0,
-        _text: text,
     };
     let block = p.block(None)?;
     if p.peek().is_some() {
@@ -129,7 +166,7 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-impl Parser<'_> {
+impl Parser {
     fn error(&self) -> SyntaxError {
         SyntaxError {
             line: self.line,

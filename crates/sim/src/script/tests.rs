@@ -223,3 +223,34 @@ proptest::proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn an_imported_file_runs_line_by_line_each_line_a_scope_of_its_own() {
+    let r = router();
+    crate::fetch::write_file(
+        &r,
+        "a.rsc",
+        b":local a \"one\"; :put \"same line: $a\"\n:put \"next line: $a\"\n{\n  :local b 2\n  :put \"block: $b\"\n}\n/user add name=first group=read\n/user frobnicate\n/user add name=never group=read\n",
+    )
+    .unwrap();
+    let (out, result) = run_text(
+        &r,
+        &Caller::system(),
+        "/import file-name=a.rsc",
+        &mut vec![],
+    )
+    .await;
+    assert_eq!(out, "same line: one\nnext line: \nblock: 2\n");
+    // The line that does not compile stops the import there; the lines before stay done.
+    assert_eq!(
+        result,
+        Err(ScriptError(
+            "bad command name frobnicate (line 8 column 7)".into()
+        ))
+    );
+    assert!(r.state().users.by_name("first").is_some());
+    assert!(r.state().users.by_name("never").is_none());
+    // `:set` of a name nothing declared is refused.
+    let (_, result) = run_text(&r, &Caller::system(), ":set nobody 1", &mut vec![]).await;
+    assert!(result.unwrap_err().0.starts_with("syntax error"));
+}

@@ -71,35 +71,7 @@ pub(crate) fn format_table(kind: TableKind, rows: &[Vec<(String, String)>]) -> S
 /// Whether `text` leaves a quote or a bracket open (the console then waits for the
 /// lines that close it, as RouterOS's does for a pasted multi-line script).
 pub fn is_open(text: &str) -> bool {
-    let mut depth = 0i64;
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut comment = false;
-    let mut line_start = true;
-    for c in text.chars() {
-        if comment {
-            if c == '\n' {
-                comment = false;
-                line_start = true;
-            }
-            continue;
-        }
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        let at_start = line_start;
-        line_start = c == '\n' || (line_start && c.is_whitespace());
-        match c {
-            '#' if at_start && !quoted => comment = true,
-            '\\' => escaped = true,
-            '"' => quoted = !quoted,
-            '{' | '[' | '(' if !quoted => depth += 1,
-            '}' | ']' | ')' if !quoted => depth -= 1,
-            _ => {}
-        }
-    }
-    quoted || depth > 0
+    script::parse::is_open(text)
 }
 
 /// The prompt: `[admin@sim-1] > `, or with the current directory

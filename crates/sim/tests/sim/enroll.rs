@@ -95,28 +95,26 @@ async fn serve_one<R: tokio::io::AsyncBufRead + Unpin>(
 /// firewall before the router's rules, address, POST of the public key, peer last).
 fn enrol_script(server: SocketAddr, token: &str, gateway_key: &str) -> String {
     r#"# Postern enrolment for this router (RouterOS 7). Safe to run again: it finds
-# what it made by comment and repairs it.
+# what it made by comment and repairs it. One { } block: each line of an imported
+# file is a scope of its own, so the variables would not reach the next line.
+{
 :local gw "100.64.0.1"
 :local me "100.64.0.7"
 :local version [/system resource get version]
 :if ([:pick $version 0 2] != "7.") do={ :error "Postern: RouterOS 6 has no WireGuard" }
-/interface wireguard
-:local wg [find where comment="postern:interface"]
+:local wg [/interface wireguard find where comment="postern:interface"]
 :if ([:len $wg] = 0) do={ :set wg [/interface wireguard add name=postern comment="postern:interface"] }
 :local pub [/interface wireguard get $wg public-key]
-/user group
-:if ([:len [find where comment="postern:group"]] = 0) do={
+:if ([:len [/user group find where comment="postern:group"]] = 0) do={
     /user group add name=postern policy=read,write,policy,test,api,ssh,winbox,sensitive comment="postern:group"
 }
-/user
-:local u [find where comment="postern:user"]
+:local u [/user find where comment="postern:user"]
 :if ([:len $u] = 0) do={
     /user add name=postern group=postern password="s3cret-from-the-server" address=$gw comment="postern:user"
 } else={
     /user set $u group=postern password="s3cret-from-the-server" address=$gw
 }
-/ip firewall filter
-:if ([:len [find where comment="postern:management"]] = 0) do={
+:if ([:len [/ip firewall filter find where comment="postern:management"]] = 0) do={
     :local first [/ip firewall filter find]
     :if ([:len $first] > 0) do={
         /ip firewall filter add chain=input action=accept protocol=tcp src-address=$gw in-interface=postern dst-port=8728,8729,22,8291 comment="postern:management" place-before=[:pick $first 0]
@@ -124,8 +122,7 @@ fn enrol_script(server: SocketAddr, token: &str, gateway_key: &str) -> String {
         /ip firewall filter add chain=input action=accept protocol=tcp src-address=$gw in-interface=postern dst-port=8728,8729,22,8291 comment="postern:management"
     }
 }
-/ip address
-:if ([:len [find where comment="postern:address"]] = 0) do={
+:if ([:len [/ip address find where comment="postern:address"]] = 0) do={
     /ip address add address=($me . "/32") network=$gw interface=postern comment="postern:address"
 }
 :local serial ""
@@ -133,11 +130,11 @@ fn enrol_script(server: SocketAddr, token: &str, gateway_key: &str) -> String {
 :local json ("{\"public_key\":\"" . $pub . "\",\"identity\":\"" . [/system identity get name] . "\",\"version\":\"" . $version . "\",\"board\":\"" . [/system resource get board-name] . "\",\"serial\":\"" . $serial . "\",\"api_port\":" . [/ip service get api port] . ",\"ssh_port\":" . [/ip service get ssh port] . ",\"winbox_port\":" . [/ip service get winbox port] . "}")
 :local result [/tool fetch url="http://SERVER/enroll/TOKEN" http-method=post http-header-field="Content-Type: application/json" http-data=$json output=user as-value]
 :if (($result->"status") != "finished") do={ :error "Postern: the server did not take the enrolment" }
-/interface wireguard peers
-:if ([:len [find where comment="postern:peer"]] = 0) do={
+:if ([:len [/interface wireguard peers find where comment="postern:peer"]] = 0) do={
     /interface wireguard peers add interface=postern public-key="GATEWAY" endpoint-address=127.0.0.1 endpoint-port=51820 allowed-address=($gw . "/32") persistent-keepalive=25s comment="postern:peer"
 }
 :put "Postern: enrolled"
+}
 "#
     .replace("SERVER", &server.to_string())
     .replace("TOKEN", token)
@@ -208,9 +205,18 @@ async fn the_pasted_line_enrols_the_router_and_a_second_paste_duplicates_nothing
     let text = enrol_script(server, "t0k3n", &gateway_key);
     *script.lock().unwrap() = text.clone();
 
-    // Every command of the script exists, with those parameters, on RouterOS 7.21.4.
+    // Every command of the script exists, with those parameters, on RouterOS 7.21.4;
+    // `.ci/run` also checks it with `routeros-lsp check --strict`.
     let db = surface::Database::routeros_7().unwrap();
     assert_eq!(db.check_script(&text), Vec::new());
+    if let Some(dir) = std::env::var_os("POSTERN_ROUTEROS_SCRIPTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            std::path::Path::new(&dir).join("sim-enrolment-example.rsc"),
+            &text,
+        )
+        .unwrap();
+    }
 
     let r = router().await;
     // The router's own firewall, which Postern's rule must come before.
@@ -329,6 +335,29 @@ async fn the_pasted_line_enrols_the_router_and_a_second_paste_duplicates_nothing
         .collect();
     assert_eq!(posts.len(), 2);
     assert_eq!(posts[0], posts[1]);
+
+    // The line that removes everything Postern put on the router (peer, address,
+    // firewall, user before its group, interface), itself safe to paste twice.
+    let removal = ":do { /interface wireguard peers remove [find where comment=\"postern:peer\"]; /ip address remove [find where comment=\"postern:address\"]; /ip firewall filter remove [find where comment=\"postern:management\"]; /user remove [find where comment=\"postern:user\"]; /user group remove [find where comment=\"postern:group\"]; /interface wireguard remove [find where comment=\"postern:interface\"]; :put \"Postern: removed\" } on-error={ :put \"Postern: removal failed\" }\r";
+    assert!(
+        surface::Database::routeros_7()
+            .unwrap()
+            .check_script(removal)
+            .is_empty()
+    );
+    for _ in 0..2 {
+        let screen = paste(&mut ch, removal, 1).await;
+        assert!(screen.contains("\r\nPostern: removed\r\n"), "{screen}");
+    }
+    {
+        let s = r.router().state();
+        assert!(s.wireguard.items.is_empty() && s.wireguard_peers.items.is_empty());
+        assert!(s.addresses.items.is_empty());
+        assert_eq!(comments(&s.filter.items), ["defconf: drop all"]);
+        assert_eq!(comments(&s.users.items), ["system default user"]);
+        assert_eq!(s.groups.items.len(), 3);
+    }
+    assert!(r.router().wireguard().is_empty());
     r.shutdown().await;
 }
 
