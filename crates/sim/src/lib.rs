@@ -230,9 +230,10 @@
 //!   enabled IPv4 address and an enabled peer); IPv4 inside the tunnel, TCP only (no
 //!   ICMP beyond echo, no UDP services); the router forwards nothing between the tunnel
 //!   and other interfaces except dst-nat, and `/ip firewall filter` rules are kept, not
-//!   enforced, on it too. Any change to the interface, its peers, its address or
-//!   `/ip service` rebuilds the tunnel (a real router keeps sessions across a peer
-//!   edit). A handshake attempt that gave up (90 s) starts again at the next keepalive.
+//!   enforced, on it too. Any change to the interface, its peers or its address
+//!   rebuilds the tunnel, ending what came through it (a real router keeps sessions
+//!   across a peer edit); a change of `/ip service` alone moves the ports it serves
+//!   and keeps its sessions. A handshake attempt that gave up (90 s) starts again at the next keepalive.
 //!   `behind_nat` is a switch (no TCP listener on the router's address) for the demo and
 //!   tests without root; a real NAT is made by the namespace tests. `rebind_udp` sends
 //!   a keepalive from the new port at once (the packet that makes the new mapping).

@@ -620,6 +620,25 @@ async fn the_router_builds_the_tunnel_its_menus_describe_and_drops_it_with_the_p
     // `/ip/service`'s API port (RouterOS's 8728 behind NAT) answers through the tunnel.
     let mut c = Raw::new(lab.connect(SocketAddr::from((ROUTER, 8728))).await.unwrap());
     c.login_ok("admin", "pw").await;
+    // Moving a service through that very session keeps the session and the tunnel.
+    let handshakes = lab.latest_handshake();
+    c.ok(&["/ip/service/set", "=numbers=winbox", "=port=18291"])
+        .await;
+    let rows = c.rows(&["/system/identity/print"]).await;
+    assert_eq!(get(&rows[0], "name"), Some("sim-menu"));
+    let mut wb = None;
+    for _ in 0..50 {
+        if let Ok(s) = lab.connect(SocketAddr::from((ROUTER, 18291))).await {
+            wb = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut wb = wb.expect("winbox on its new port");
+    let mut banner = [0u8; 16];
+    wb.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"POSTERN-SIM WINB");
+    assert_eq!(lab.latest_handshake(), handshakes, "no new handshake");
 
     // Removing the peer takes the tunnel down and ends what came through it.
     let peer = r

@@ -20,7 +20,7 @@
 //!   the WireGuard interface, forwarding it over real TCP from the sim's host.
 //!
 //! [`configure`] applies a configuration (a change tears the tunnel down and builds it
-//! again); [`rebind_udp`] moves the UDP socket to a new source port, as a NAT mapping
+//! again, except one of `/ip service`'s ports alone, which the running tunnel follows); [`rebind_udp`] moves the UDP socket to a new source port, as a NAT mapping
 //! change (or the router roaming) looks from the gateway; [`status`] reports each peer's
 //! endpoint, last handshake and bytes. [`external`] is the other backend: Debian's
 //! `wireguard-go`, `wg` and `ip` in a network namespace.
@@ -240,6 +240,8 @@ struct Ctl {
     rebind: Notify,
     rehandshake: Notify,
     nat_changed: Notify,
+    /// `/ip service`'s ports, changed without rebuilding the tunnel.
+    ports: Mutex<Option<ServicePorts>>,
     status: Mutex<Status>,
 }
 
@@ -269,6 +271,20 @@ pub fn configure(router: &Router, config: Option<WgConfig>) {
     }
     let mut slot = slot(router);
     if slot.running.as_ref().map(|r| &r.config) == config.as_ref() {
+        return;
+    }
+    // Only `/ip service`'s ports moved: the running tunnel listens on the new ones
+    // (its sessions, such as the API connection that made the change, carry on).
+    if let (Some(running), Some(new)) = (slot.running.as_mut(), config.as_ref())
+        && running.external.is_none()
+        && (WgConfig {
+            ports: new.ports,
+            ..running.config.clone()
+        }) == *new
+    {
+        running.config.ports = new.ports;
+        *running.ctl.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(new.ports);
+        running.ctl.nat_changed.notify_one();
         return;
     }
     if let Some(old) = slot.running.take() {
@@ -679,12 +695,13 @@ async fn drive(
         }
     };
     let mut forwards = forwards(&router, &config);
+    let mut ports = config.ports;
     let shared = Arc::new(stack::Shared::new(
         config.address,
         config.prefix,
         config.network,
         usize::from(config.mtu),
-        &listening_ports(&config.ports, &forwards),
+        &listening_ports(&ports, &forwards),
     ));
     // Each dst-nat port's connections end when its rule goes.
     let mut forward_tokens: HashMap<u16, CancellationToken> = HashMap::new();
@@ -755,11 +772,16 @@ async fn drive(
                 }
                 keep
             });
-            if new != forwards {
+            let new_ports = ctl
+                .ports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or(ports);
+            if new != forwards || new_ports != ports {
                 forwards = new;
-                shared
-                    .lock()
-                    .set_ports(&listening_ports(&config.ports, &forwards));
+                ports = new_ports;
+                shared.lock().set_ports(&listening_ports(&ports, &forwards));
             }
         }
         for _ in 0..RECV_BATCH {
@@ -835,7 +857,7 @@ async fn drive(
                     handle,
                     peer,
                 };
-                let Some(service) = service_for(port, &config.ports, &forwards) else {
+                let Some(service) = service_for(port, &ports, &forwards) else {
                     continue;
                 };
                 let forward_token = match &service {
