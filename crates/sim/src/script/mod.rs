@@ -14,7 +14,7 @@
 //! `:len`, `:pick`, `:tostr`, `:tonum`, `:typeof`, `:log` (to the sim's log),
 //! `:parse` (a code value, compiled when it runs); expressions in `( … )` with `.`,
 //! `= != < > <= >=`, `&& ||` (`and`, `or`), `!`, `+ -` and `->`; `"…$var…$[…]…"`
-//! interpolation; and on menus `print`, `find [where] k="v" …`, `get`, `add`
+//! interpolation; and on menus `print [where …]`, `find [where] k="v" …`, `get`, `add`
 //! (its value is the new `.id`), `set`, `remove`, `enable`, `disable`, `/tool fetch`
 //! ([`crate::fetch`]) and `/import file-name=` (line by line, each line a scope of its
 //! own, as RouterOS 7 imports). A failing command stops the script unless a
@@ -300,7 +300,12 @@ pub fn check(router: &Router, block: &Block, cwd: &[String]) -> Result<(), Strin
                 let rest = stmt.words.get(words..).unwrap_or_default();
                 if !matches!(verb.as_str(), "find" | "get") {
                     let params = menu::params(menu, &verb);
-                    for (i, w) in rest.iter().enumerate() {
+                    // What follows `print … where` are conditions, not parameters.
+                    let end = rest
+                        .iter()
+                        .position(|w| verb == "print" && matches!(w, Word::Bare(b) if b == "where"))
+                        .unwrap_or(rest.len());
+                    for (i, w) in rest.iter().enumerate().take(end) {
                         if let Word::Arg(k, _) = w
                             && !params.contains(&k.as_str())
                         {
@@ -869,6 +874,20 @@ impl Run {
                 }
                 return self.find(&api_path("print"), words, scope, path).await;
             }
+            // `print … where k="v" …`: the rows `find` would give.
+            let where_at = words
+                .iter()
+                .position(|w| matches!(w, Word::Bare(b) if b == "where"));
+            let (words, only) = match where_at {
+                Some(i) if verb == "print" => {
+                    let conditions = words.get(i + 1..).unwrap_or_default();
+                    let found = self
+                        .find(&api_path("print"), conditions, scope, path)
+                        .await?;
+                    (words.get(..i).unwrap_or_default(), Some(found))
+                }
+                _ => (words, None),
+            };
             let params = if verb == "get" {
                 vec!["number", "value-name"]
             } else {
@@ -896,7 +915,17 @@ impl Run {
                     for (k, v) in &named {
                         req = req.attr(k, &v.arg());
                     }
-                    let out = menu::execute(&self.router, &self.caller, &req)?;
+                    let mut out = menu::execute(&self.router, &self.caller, &req)?;
+                    if let Some(Val::Array(ids)) = &only {
+                        let ids: Vec<String> = ids.iter().map(Val::text).collect();
+                        out.rows
+                            .retain(|r| r.iter().any(|(k, v)| k == ".id" && ids.contains(v)));
+                    }
+                    if let (Some(Val::Array(ids)), true) =
+                        (&only, named.iter().any(|(k, _)| k == "count-only"))
+                    {
+                        return Ok(Val::Num(ids.len() as i64));
+                    }
                     if named.iter().any(|(k, _)| k == "count-only") {
                         return Ok(out.ret.as_deref().map(Val::typed).unwrap_or(Val::Num(0)));
                     }

@@ -254,3 +254,15 @@ async fn an_imported_file_runs_line_by_line_each_line_a_scope_of_its_own() {
     let (_, result) = run_text(&r, &Caller::system(), ":set nobody 1", &mut vec![]).await;
     assert!(result.unwrap_err().0.starts_with("syntax error"));
 }
+
+#[tokio::test]
+async fn print_where_shows_only_the_matching_items() {
+    let r = router();
+    let out = run_ok(
+        &r,
+        "/ip firewall filter add chain=input action=drop comment=a; /ip firewall filter add chain=forward action=accept comment=b\n/ip firewall filter print where chain=forward\n:put [/ip firewall filter print count-only where comment=a]",
+    )
+    .await;
+    assert!(out.contains(";;; b") && !out.contains(";;; a"), "{out}");
+    assert!(out.ends_with("1\n"), "{out}");
+}
