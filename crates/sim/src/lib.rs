@@ -42,6 +42,15 @@
 //! - Faults: `handle.faults().set_latency(d)`, `.set_offline(true)`,
 //!   `.set_drop_commands(Some(DropPoint::AfterApply))`, `.set_missing_command("/user/remove")`
 //!   (answered as a router without it), `.clear()`.
+//! - WireGuard: a router follows its `/interface/wireguard` configuration by itself
+//!   ([`wg::follow`]); `handle.set_wireguard(Some(WgConfig…))` sets a tunnel up
+//!   directly, `handle.wireguard_status()` shows its socket and each peer's endpoint,
+//!   last handshake and bytes, `handle.rebind_udp()` moves its UDP source port (a NAT
+//!   mapping change), `handle.rehandshake()` starts a new handshake now (after a
+//!   gateway restart, rather than waiting for the session to expire).
+//!   `RouterOptions { behind_nat: true, .. }` opens no TCP listener;
+//!   `wireguard_external` uses `wireguard-go` (root). While offline (a fault) the tunnel
+//!   is silent.
 //! - Commands received: `handle.router().record_commands()` then `.received()` (every
 //!   API command, as sent), to hold what a client sends against a command database.
 //! - Stop: `handle.shutdown().await` (or `fleet.shutdown().await`) closes every
@@ -61,6 +70,10 @@
 //! - [`ssh`]: SSH with a small RouterOS-like console ([`ssh::console`]).
 //! - [`winbox`]: the WinBox-port stand-in (8291), **not** the WinBox protocol.
 //! - [`nat`]: dst-nat rules applied for real (TCP forwarding).
+//! - [`wg`]: the router's own WireGuard tunnel, built from its configuration: boringtun's
+//!   Noise as the initiator and a smoltcp stack on the tunnel address serving the same
+//!   handlers (`wg::stack`, [`wg::stream`]), or Debian's `wireguard-go`
+//!   ([`wg::external`]); a router `behind_nat` is reachable only through it.
 //! - [`scheduler`]: entries run when due; [`script`]: the one interpreter of the
 //!   console, `/import` and scheduler entries (RouterOS's language, the part Postern's
 //!   scripts use), compiled against the router before it runs.
@@ -198,8 +211,36 @@
 //! - WireGuard and `/interface/wireguard`: RouterOS 7 only (RouterOS 6 has none), behind
 //!   `menu::available`; the enrolment line on a 6.x sim runs its `else` branch.
 //! - Before 6.43 login is the MD5 challenge only.
+//! - The WireGuard tunnel ([`wg`]) is WireGuard for real (boringtun's Noise IK, the
+//!   protocol's timers: handshake retries every 5 s, re-keying after 120 s, sessions
+//!   rejected after 180 s, the persistent keepalive), so any WireGuard peer
+//!   interoperates (the tests use Debian's `wireguard-go` as the gateway). As on
+//!   RouterOS, the router initiates towards a peer with an endpoint, binds
+//!   `listen-port` (13231 by default), follows a peer to the source of its last
+//!   authenticated datagram, accepts only packets from a peer's `allowed-address` and
+//!   routes to the peer whose `allowed-address` holds the destination; its services
+//!   answer on the tunnel address on `/ip service`'s ports, a login through the tunnel
+//!   comes from the gateway's tunnel address (what `/user` `address=` checks), and
+//!   dst-nat rules whose `in-interface` is the WireGuard interface (or that name none)
+//!   forward what arrives through it. `peers print` shows `last-handshake`, `rx`, `tx`
+//!   and `current-endpoint-*` from the running tunnel.
 //!
 //! What is simplified:
+//! - WireGuard: one tunnel per router (the first enabled WireGuard interface with an
+//!   enabled IPv4 address and an enabled peer); IPv4 inside the tunnel, TCP only (no
+//!   ICMP beyond echo, no UDP services); the router forwards nothing between the tunnel
+//!   and other interfaces except dst-nat, and `/ip firewall filter` rules are kept, not
+//!   enforced, on it too. Any change to the interface, its peers or its address
+//!   rebuilds the tunnel, ending what came through it (a real router keeps sessions
+//!   across a peer edit); a change of `/ip service` alone moves the ports it serves
+//!   and keeps its sessions. A handshake attempt that gave up (90 s) starts again at the next keepalive.
+//!   `behind_nat` is a switch (no TCP listener on the router's address) for the demo and
+//!   tests without root; a real NAT is made by the namespace tests. `rebind_udp` sends
+//!   a keepalive from the new port at once (the packet that makes the new mapping).
+//!   The `external` backend serves no dst-nat through the tunnel. After a gateway
+//!   restart the router re-handshakes when WireGuard's timers say so (its session
+//!   expires at most 180 s after it was made; the next keepalive then starts a
+//!   handshake), as a real router does; `rehandshake()` does it at once for tests.
 //! - Menus: only those above, and `/system/clock print` (the sim keeps UTC: `gmt-offset=+00:00`);
 //!   other paths are `no such command or directory`, including real ones the sim does
 //!   not implement (a subset of the real surface, never more).
@@ -251,6 +292,7 @@ pub mod server;
 pub mod ssh;
 pub mod state;
 pub mod tls;
+pub mod wg;
 pub mod winbox;
 
 use std::net::{Ipv4Addr, SocketAddr};

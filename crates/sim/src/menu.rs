@@ -844,9 +844,11 @@ fn changed(router: &Router, kind: TableKind) {
     match kind {
         TableKind::Nat => crate::nat::reconcile(router),
         TableKind::Scheduler => router.wake_scheduler(),
-        TableKind::Wireguard | TableKind::WireguardPeers | TableKind::Addresses => {
-            router.wireguard_changed()
-        }
+        // The tunnel serves on `/ip/service`'s ports, so it hears of those too.
+        TableKind::Wireguard
+        | TableKind::WireguardPeers
+        | TableKind::Addresses
+        | TableKind::Services => router.wireguard_changed(),
         _ => {}
     }
 }

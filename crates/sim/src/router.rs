@@ -33,6 +33,9 @@ pub struct RouterConfig {
     /// Whether a `print` with no items sends `!empty` (before its `!done`). `None`:
     /// as the version does (7.18 and later).
     pub empty_reply: Option<bool>,
+    /// Behind NAT: no TCP listener on `address` at all (services and dst-nat alike); the
+    /// router is reachable only through the WireGuard tunnel it builds.
+    pub behind_nat: bool,
     /// `/system/routerboard`'s `serial-number`; `None` (the default) for a CHR-like
     /// router, which has no `/system/routerboard` at all.
     pub serial_number: Option<String>,
@@ -51,6 +54,7 @@ impl RouterConfig {
             admin_password: admin_password.to_string(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
             serial_number: None,
             trust_pem: None,
         }
@@ -147,6 +151,8 @@ pub(crate) struct Inner {
     pub wireguard_changed: watch::Sender<u64>,
     pub scheduler_wake: Notify,
     pub nat: Mutex<Forwarder>,
+    /// The router's WireGuard tunnel ([`crate::wg`]).
+    pub wg: Mutex<crate::wg::Slot>,
     /// Cancelled when the router shuts down: ends dst-nat listeners and the scheduler.
     pub shutdown: CancellationToken,
     /// Every command the API received, once a test asked to keep them.
@@ -180,6 +186,7 @@ impl Router {
                 wireguard_changed: watch::channel(0).0,
                 scheduler_wake: Notify::new(),
                 nat: Mutex::new(Forwarder::default()),
+                wg: Mutex::new(crate::wg::Slot::default()),
                 shutdown: CancellationToken::new(),
                 received: Mutex::new(None),
                 config,
@@ -451,10 +458,17 @@ impl Router {
         }
     }
 
-    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler).
-    /// Listeners for API, SSH and 8291 stop with their own shutdown futures.
+    /// Whether the router sits behind NAT (no TCP listener on its address).
+    pub fn behind_nat(&self) -> bool {
+        self.inner.config.behind_nat
+    }
+
+    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler, the
+    /// WireGuard tunnel). Listeners for API, SSH and 8291 stop with their own shutdown
+    /// futures.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        crate::wg::stop(self);
         self.inner
             .nat
             .lock()

@@ -40,7 +40,8 @@ pub fn fingerprint(key: &PrivateKey) -> String {
         .to_string()
 }
 
-fn config(host_key: PrivateKey) -> Arc<russh::server::Config> {
+/// The SSH server's configuration for a host key.
+pub fn config(host_key: PrivateKey) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-ROSSSH")),
         methods: MethodSet::from(&[MethodKind::Password][..]),
@@ -61,47 +62,66 @@ pub async fn run(
     host_key: PrivateKey,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let config = config(host_key);
+    run_with_config(listener, router, config(host_key), shutdown).await;
+}
+
+/// Serves SSH on `listener` with a server configuration made by [`config`].
+pub async fn run_with_config(
+    listener: TcpListener,
+    router: Router,
+    config: Arc<russh::server::Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let r = router.clone();
     crate::server::serve(listener, router, shutdown, move |stream, peer, cut| {
-        let config = config.clone();
-        let router = r.clone();
-        async move {
-            let token = cut.child_token();
-            let handler = Handler {
-                router,
-                peer,
-                token: token.clone(),
-                session: None,
-                channels: HashMap::new(),
-            };
-            let running = match russh::server::run_stream(config, stream, handler).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "ssh handshake failed");
-                    return;
-                }
-            };
-            let handle = running.handle();
-            tokio::pin!(running);
-            tokio::select! {
-                r = &mut running => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "ssh session ended with an error");
-                    }
-                }
-                _ = token.cancelled() => {
-                    let _ = handle
-                        .disconnect(russh::Disconnect::ByApplication, "logged out".into(), "en".into())
-                        .await;
-                    // Give the session a moment to send the disconnect, then drop it
-                    // (and with it the TCP connection).
-                    let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
-                }
-            }
-        }
+        connection(stream, peer, r.clone(), config.clone(), cut)
     })
     .await;
+}
+
+/// Serves one SSH connection on any stream (a TCP connection, or one that came through
+/// the router's WireGuard tunnel) until the client leaves or `cut` ends it.
+pub async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    config: Arc<russh::server::Config>,
+    cut: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let token = cut.child_token();
+    let handler = Handler {
+        router,
+        peer,
+        token: token.clone(),
+        session: None,
+        channels: HashMap::new(),
+    };
+    let running = match russh::server::run_stream(config, stream, handler).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "ssh handshake failed");
+            return;
+        }
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    tokio::select! {
+        r = &mut running => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "ssh session ended with an error");
+            }
+        }
+        _ = token.cancelled() => {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "logged out".into(), "en".into())
+                .await;
+            // Give the session a moment to send the disconnect, then drop it
+            // (and with it the connection).
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
+        }
+    }
 }
 
 #[derive(Default)]
