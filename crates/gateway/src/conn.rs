@@ -113,9 +113,7 @@ pub(crate) async fn forward_dialed(
                     return Ok::<(), io::Error>(());
                 }
                 Ok(n) => {
-                    up_write
-                        .write_all(buf.get(..n).unwrap_or_default())
-                        .await?;
+                    up_write.write_all(buf.get(..n).unwrap_or_default()).await?;
                     counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -130,8 +128,12 @@ pub(crate) async fn forward_dialed(
             if n == 0 {
                 return copy::shutdown_write(client);
             }
-            copy::write_all(client, buf.get(..n).unwrap_or_default(), &counters.bytes_out)
-                .await?;
+            copy::write_all(
+                client,
+                buf.get(..n).unwrap_or_default(),
+                &counters.bytes_out,
+            )
+            .await?;
         }
     };
     tokio::try_join!(inbound, outbound)?;

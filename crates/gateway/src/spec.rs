@@ -143,8 +143,14 @@ impl PartialEq for Target {
         match (self, other) {
             (Target::Tcp(a), Target::Tcp(b)) => a == b,
             (
-                Target::Dial { address: a, dialer: x },
-                Target::Dial { address: b, dialer: y },
+                Target::Dial {
+                    address: a,
+                    dialer: x,
+                },
+                Target::Dial {
+                    address: b,
+                    dialer: y,
+                },
             ) => a == b && std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(y)),
             _ => false,
         }

@@ -61,8 +61,8 @@ use tokio::sync::{Notify, watch};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dataplane::{
-    DataPlane, DialFuture, EndReason, GrantKey, LiveGrant, LoggingDataPlane, RouterIo, RouterStream,
-    TUNNEL_INTERFACE, dial_direct,
+    DataPlane, DialFuture, EndReason, GrantKey, LiveGrant, LoggingDataPlane, RouterIo,
+    RouterStream, TUNNEL_INTERFACE, dial_direct,
 };
 pub use error::{Error, Result};
 pub use worker::backoff;

@@ -538,9 +538,9 @@ impl ServerConfig {
                 ));
             }
             if let Some(endpoint) = &r.tunnel_endpoint {
-                let port_ok = endpoint
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let port_ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
                 if !port_ok {
                     return Err(invalid(
                         "regions",

@@ -1204,6 +1204,7 @@ mod tests {
                 .grant(gateway_key(key))
                 .unwrap()
                 .target
+                .address()
                 .port(),
             new_port
         );

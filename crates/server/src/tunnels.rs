@@ -153,7 +153,10 @@ impl std::fmt::Debug for Tunnels {
 impl Tunnels {
     /// Binds and runs a tunnel for every configured region (its key made if it has none,
     /// as `bootstrap` does at first start), and admits every enrolled router of it.
-    pub async fn start(store: &store::Store, config: &ServerConfig) -> Result<Self, DataPlaneError> {
+    pub async fn start(
+        store: &store::Store,
+        config: &ServerConfig,
+    ) -> Result<Self, DataPlaneError> {
         let mut regions = HashMap::new();
         let mut tasks = Vec::new();
         let mut peers = HashMap::new();
@@ -174,12 +177,9 @@ impl Tunnels {
                 .map_err(|e| err(format!("the stored tunnel key is unreadable: {e}")))?;
             let prefix = r.tunnel_prefix();
             let gateway_address = r.tunnel_gateway();
-            let tunnel = tunnel::Tunnel::new(tunnel::TunnelConfig::new(
-                private,
-                gateway_address,
-                prefix,
-            ))
-            .map_err(|e| err(format!("tunnel: {e}")))?;
+            let tunnel =
+                tunnel::Tunnel::new(tunnel::TunnelConfig::new(private, gateway_address, prefix))
+                    .map_err(|e| err(format!("tunnel: {e}")))?;
             let listen = r.tunnel_listen();
             let socket = tunnel::bind_udp(listen)
                 .map_err(|e| err(format!("cannot bind the tunnel's UDP socket {listen}: {e}")))?;
@@ -334,7 +334,11 @@ impl TunnelGateway for Tunnels {
         public_key: &str,
         address: IpAddr,
     ) -> Result<(), AdmitError> {
-        let served = self.inner.regions.get(&region).ok_or(AdmitError::NoRegion)?;
+        let served = self
+            .inner
+            .regions
+            .get(&region)
+            .ok_or(AdmitError::NoRegion)?;
         let key: tunnel::PublicKey = public_key.parse()?;
         let IpAddr::V4(address) = address else {
             return Err(AdmitError::NotIpv4);

@@ -234,8 +234,7 @@ async fn connect(
         // The one way to the router: TCP when reached directly, its tunnel otherwise.
         let stream = match &state.gateway {
             Some(plane) => {
-                crate::tunnels::TunnelGateway::dial(plane.tunnels(), router, router.ssh_port)
-                    .await
+                crate::tunnels::TunnelGateway::dial(plane.tunnels(), router, router.ssh_port).await
             }
             None => orchestrator::dial_direct(router, router.ssh_port).await,
         }
