@@ -22,6 +22,8 @@
 //! - [`listen`]: the connection-capped listener (per address too, header deadline) and
 //!   [`serve`].
 //! - [`hosts`]: the `Host` check against the configured public names (DNS rebinding).
+//! - [`onboarding`]: the line to paste, the enrolment and removal scripts (RouterOS 7),
+//!   the check of what an enrolling router posts, the public routes' rate limit.
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
 //!   recordings.
@@ -52,6 +54,7 @@ pub mod extract;
 pub mod hosts;
 pub mod listen;
 pub mod metrics;
+pub mod onboarding;
 pub mod portal;
 pub mod render;
 mod routes;

@@ -448,6 +448,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "winbox tickets",
             include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
         ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/sqlite/0150_enrollment_tokens.sql"),
+        ),
     ])
 }
 
@@ -539,6 +545,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             130,
             "winbox tickets",
             include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
+        ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/postgres/0150_enrollment_tokens.sql"),
         ),
     ])
 }

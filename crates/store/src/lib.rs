@@ -19,6 +19,8 @@
 //!   for the writer together share one transaction: transient-access creations in a
 //!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `enrollment`: onboarding's single-use enrolment tokens (by hash), issued (revoking
+//!   the router's open one), spent once with the router's key and facts.
 //! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
@@ -138,6 +140,7 @@
 mod accounts;
 mod connections;
 mod db;
+mod enrollment;
 mod error;
 mod grants;
 mod grouped;
@@ -161,6 +164,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConnection};
 pub use db::WriteStats;
+pub use enrollment::{Enrollment, EnrollmentReport, EnrollmentState, EnrollmentUse, NewEnrollment};
 pub use error::{Result, StoreError};
 pub use leasing::{
     AttemptEnd, ClosingJob, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener,
