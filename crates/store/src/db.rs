@@ -448,6 +448,11 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "winbox tickets",
             include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
         ),
+        // 140: the management tunnel (routers' reach and keys, regions' keys).
+        migration(
+            140,
+            "tunnel",
+            include_str!("../migrations/sqlite/0140_tunnel.sql"),
         // 150: enrolment tokens and routers' serial numbers (onboarding).
         migration(
             150,
@@ -546,6 +551,11 @@ pub(crate) fn postgres_migrator() -> Migrator {
             "winbox tickets",
             include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
         ),
+        // 140: the management tunnel (routers' reach and keys, regions' keys).
+        migration(
+            140,
+            "tunnel",
+            include_str!("../migrations/postgres/0140_tunnel.sql"),
         // 150: enrolment tokens and routers' serial numbers (onboarding).
         migration(
             150,

@@ -22,6 +22,9 @@
 //! - `enrollment`: onboarding's single-use enrolment tokens (by hash), issued (revoking
 //!   the router's open one), spent once with the router's key and facts.
 //! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
+//! - `tunnels`: the management tunnel: regions' WireGuard keys (private half sealed),
+//!   tunnelled routers (pending until enrolled with their public key) at addresses
+//!   allocated in the region's prefix, and the peers the gateway loads.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.
@@ -153,6 +156,7 @@ pub mod secret;
 mod sessions;
 mod terminals;
 mod tickets;
+mod tunnels;
 
 use std::fmt;
 use std::str::FromStr;
