@@ -453,6 +453,7 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             140,
             "tunnel",
             include_str!("../migrations/sqlite/0140_tunnel.sql"),
+        ),
         // 150: enrolment tokens and routers' serial numbers (onboarding).
         migration(
             150,
@@ -556,6 +557,7 @@ pub(crate) fn postgres_migrator() -> Migrator {
             140,
             "tunnel",
             include_str!("../migrations/postgres/0140_tunnel.sql"),
+        ),
         // 150: enrolment tokens and routers' serial numbers (onboarding).
         migration(
             150,
