@@ -240,6 +240,11 @@ impl GatewayPlane {
         &self.gateway
     }
 
+    /// The regions' management tunnels (a placeholder until plumb's tunnels merge).
+    pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
+        &crate::tunnels::Tunnels
+    }
+
     /// This process's gateway run, the owner of the connection rows it writes.
     pub fn run(&self) -> GatewayRunId {
         self.shared.run

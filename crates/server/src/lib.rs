@@ -24,6 +24,7 @@
 //! - [`hosts`]: the `Host` check against the configured public names (DNS rebinding).
 //! - [`onboarding`]: the line to paste, the enrolment and removal scripts (RouterOS 7),
 //!   the check of what an enrolling router posts, the public routes' rate limit.
+//! - [`sites`]: adding a site to onboard and issuing its line (API, portal and CLI).
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
 //!   recordings.
@@ -59,8 +60,10 @@ pub mod portal;
 pub mod render;
 mod routes;
 pub mod runs;
+pub mod sites;
 pub mod state;
 pub mod terminal;
+pub mod tunnels;
 
 use std::future::Future;
 
