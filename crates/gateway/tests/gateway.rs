@@ -75,7 +75,7 @@ fn spec(key: GrantKey, target: SocketAddr, nets: &[&str]) -> ForwardSpec {
     ForwardSpec {
         key,
         listen: "127.0.0.1:0".parse().unwrap(),
-        target,
+        target: target.into(),
         sources: policy(nets),
         deadline: None,
     }

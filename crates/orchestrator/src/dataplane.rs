@@ -3,8 +3,49 @@
 //! crate; until then [`LoggingDataPlane`] only logs. Calls are synchronous and must not
 //! block: the gateway closes listeners and connections on its own tasks.
 
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+
 use chrono::{DateTime, Utc};
-use domain::{AccessId, ForwardId};
+use domain::{AccessId, ForwardId, RegionId};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The name of a tunnelled router's WireGuard interface, as its enrolment script
+/// creates it: a forward's dst-nat rule matches it (`in-interface=`).
+pub const TUNNEL_INTERFACE: &str = "postern";
+
+/// A byte stream to a router (a TCP connection, directly or inside the management
+/// tunnel).
+pub trait RouterIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> RouterIo for T {}
+
+/// A boxed [`RouterIo`].
+pub type RouterStream = Box<dyn RouterIo>;
+
+/// What [`DataPlane::dial`] returns.
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<RouterStream>> + Send>>;
+
+/// Opens a TCP connection to a router reached directly (its `tunnel_address` and
+/// `port`), Nagle off; a tunnelled router is refused: it is reached only through the
+/// tunnel.
+pub fn dial_direct(router: &store::Router, port: u16) -> DialFuture {
+    let address = SocketAddr::new(router.tunnel_address, port);
+    let reach = router.reach;
+    Box::pin(async move {
+        if reach == store::Reach::Tunnel {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the router is reached only through the tunnel, and no gateway here serves it",
+            ));
+        }
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Box::new(tcp) as RouterStream)
+    })
+}
 
 /// Which grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,6 +161,34 @@ pub trait DataPlane: Send + Sync + 'static {
     /// The grant ends: close its port and kill its live connections now. Called before
     /// the router clean-up job is queued.
     fn close(&self, key: GrantKey, reason: EndReason);
+    /// Opens a stream to `port` on `router`: the one way the orchestrator reaches a
+    /// router (its API connections, the reconciler). A router reached directly gets a
+    /// TCP connection to its `tunnel_address`; a tunnelled one goes only through its
+    /// region's tunnel. By default, direct only.
+    fn dial(&self, router: &store::Router, port: u16) -> DialFuture {
+        dial_direct(router, port)
+    }
+    /// The gateway's own address inside `region`'s tunnel (what a tunnelled router sees
+    /// management and grant connections come from), if a tunnel serves that region.
+    fn tunnel_gateway(&self, region: RegionId) -> Option<Ipv4Addr> {
+        let _ = region;
+        None
+    }
+}
+
+/// The address routers see the gateway's connections come from: for a tunnelled router
+/// the gateway's tunnel address; otherwise the region's tunnel source (or the default).
+pub(crate) fn gateway_source(
+    dataplane: &dyn DataPlane,
+    reach: store::Reach,
+    region: RegionId,
+    region_source: Option<IpAddr>,
+    default_source: Option<IpAddr>,
+) -> Option<IpAddr> {
+    match reach {
+        store::Reach::Tunnel => dataplane.tunnel_gateway(region).map(IpAddr::V4),
+        store::Reach::Direct => region_source.or(default_source),
+    }
 }
 
 /// A data plane that only logs (until the gateway is wired in).

@@ -60,7 +60,10 @@ use domain::{GrantStatus, OrgId, RouterId};
 use tokio::sync::{Notify, watch};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use dataplane::{DataPlane, EndReason, GrantKey, LiveGrant, LoggingDataPlane};
+pub use dataplane::{
+    DataPlane, DialFuture, EndReason, GrantKey, LiveGrant, LoggingDataPlane, RouterIo,
+    RouterStream, TUNNEL_INTERFACE, dial_direct,
+};
 pub use error::{Error, Result};
 pub use worker::backoff;
 

@@ -392,12 +392,7 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
                 handlers::ensure_user(inner, &conn, &g, None, log).await?;
             }
             Drift::MissingNat(g) => {
-                let source = match inner.store.region_tunnel_source(g.region_id).await {
-                    Ok(s) => s,
-                    Err(store::StoreError::NotFound) => None,
-                    Err(e) => return Err(e.into()),
-                }
-                .or(inner.config.default_tunnel_source);
+                let source = handlers::forward_source(inner, &router, g.region_id).await?;
                 handlers::ensure_nat(&conn, &router, &g, source, log).await?;
             }
             Drift::MissingSchedule {

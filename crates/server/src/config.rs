@@ -57,7 +57,24 @@ pub struct RegionConfig {
     /// entry point when it is an IP address, else every address (0.0.0.0).
     #[serde(default)]
     pub gateway_bind: Option<IpAddr>,
+    /// The region's WireGuard prefix: routers reached through the tunnel get addresses
+    /// in it, and the gateway holds its first host address. Default 100.64.0.0/10.
+    #[serde(default)]
+    pub tunnel_prefix: Option<ipnet::Ipv4Net>,
+    /// The UDP address the region's tunnel listens on. Default 0.0.0.0:51820; the
+    /// built-in `local` region listens on an ephemeral loopback port (127.0.0.1:0).
+    #[serde(default)]
+    pub tunnel_listen: Option<SocketAddr>,
+    /// `host:port` routers are told to reach the tunnel at. Default the entry point's
+    /// host and the port the tunnel listens on.
+    #[serde(default)]
+    pub tunnel_endpoint: Option<String>,
 }
+
+/// The default tunnel prefix of a region.
+pub const DEFAULT_TUNNEL_PREFIX: &str = "100.64.0.0/10";
+/// The default UDP port of a region's tunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 51820;
 
 impl RegionConfig {
     /// The region every fresh installation has: this machine, the IANA dynamic ports.
@@ -69,12 +86,21 @@ impl RegionConfig {
             port_max: 65535,
             tunnel_source: Some(IpAddr::from([127, 0, 0, 1])),
             gateway_bind: None,
+            tunnel_prefix: None,
+            tunnel_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tunnel_endpoint: None,
         }
     }
 
-    /// The region's tunnel prefix (100.64.0.0/10 until plumb's configuration merges).
+    /// The region's tunnel prefix (default 100.64.0.0/10), truncated to its network.
     pub fn tunnel_prefix(&self) -> ipnet::Ipv4Net {
-        ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default()
+        self.tunnel_prefix
+            .unwrap_or_else(|| {
+                DEFAULT_TUNNEL_PREFIX
+                    .parse()
+                    .unwrap_or_else(|_| ipnet::Ipv4Net::default())
+            })
+            .trunc()
     }
 
     /// The gateway's address inside the tunnel: the prefix's first host address.
@@ -85,12 +111,20 @@ impl RegionConfig {
 
     /// Where the region's tunnel listens (UDP).
     pub fn tunnel_listen(&self) -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 51820))
+        self.tunnel_listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_TUNNEL_PORT)))
     }
 
-    /// What routers are told to reach: the entry point's host and `bound`'s port.
+    /// What routers are told to reach, once the tunnel listens on `bound`: the
+    /// configured endpoint, else the entry point's host and `bound`'s port.
     pub fn tunnel_endpoint(&self, bound: SocketAddr) -> String {
-        format!("{}:{}", self.entry_point, bound.port())
+        if let Some(endpoint) = &self.tunnel_endpoint {
+            return endpoint.clone();
+        }
+        match self.entry_point.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]:{}", bound.port()),
+            Err(_) => format!("{}:{}", self.entry_point, bound.port()),
+        }
     }
 
     /// The address the gateway binds this region's entry ports on.
@@ -528,6 +562,31 @@ impl ServerConfig {
                     "regions",
                     &format!("region {}: port_min must be 1..=port_max", r.name),
                 ));
+            }
+            if let Some(prefix) = r.tunnel_prefix
+                && prefix.prefix_len() > 30
+            {
+                return Err(invalid(
+                    "regions",
+                    &format!(
+                        "region {}: tunnel_prefix {prefix} is too small (at most /30)",
+                        r.name
+                    ),
+                ));
+            }
+            if let Some(endpoint) = &r.tunnel_endpoint {
+                let port_ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if !port_ok {
+                    return Err(invalid(
+                        "regions",
+                        &format!(
+                            "region {}: tunnel_endpoint {endpoint:?} must be host:port",
+                            r.name
+                        ),
+                    ));
+                }
             }
         }
         let l = &self.grant_limits;

@@ -121,6 +121,7 @@ type Task = (oneshot::Sender<()>, JoinHandle<()>);
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
+    tunnels: crate::tunnels::Tunnels,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<Task>>>,
 }
@@ -220,6 +221,7 @@ impl GatewayPlane {
             live: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         });
+        let tunnels = crate::tunnels::Tunnels::start(&shared.store, config).await?;
         shared.alive(started_at).await?;
         tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
         shared.sweep(started_at, true).await?;
@@ -230,6 +232,7 @@ impl GatewayPlane {
         let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
         Ok(GatewayPlane {
             gateway,
+            tunnels,
             shared,
             tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
         })
@@ -240,9 +243,23 @@ impl GatewayPlane {
         &self.gateway
     }
 
-    /// The regions' management tunnels (a placeholder until plumb's tunnels merge).
+    /// The regions' management tunnels (admit and remove routers' keys, their status,
+    /// streams to routers).
     pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
-        &crate::tunnels::Tunnels
+        &self.tunnels
+    }
+
+    /// Where a grant's connections go: TCP to a direct router, the region's tunnel for
+    /// a tunnelled one.
+    fn grant_target(
+        &self,
+        grant: &LiveGrant,
+        router: &store::Router,
+    ) -> Result<gateway::Target, String> {
+        let address = target(grant, router);
+        self.tunnels
+            .target(router, address.port())
+            .ok_or_else(|| "no tunnel serves the router's region here".to_owned())
     }
 
     /// This process's gateway run, the owner of the connection rows it writes.
@@ -333,7 +350,7 @@ impl GatewayPlane {
         Ok(ForwardSpec {
             key,
             listen: SocketAddr::new(region.bind, port),
-            target: target(grant, router),
+            target: self.grant_target(grant, router)?,
             sources: sources(grant),
             deadline: Some(self.gateway.deadline_for(expires_at)),
         })
@@ -453,7 +470,9 @@ impl GatewayPlane {
             let key = gateway_key(grant.key());
             // Not listening here (a terminal grant, or not open yet: an open reads the
             // router afresh) is fine.
-            let _ = self.gateway.set_target(key, target(grant, router));
+            if let Ok(target) = self.grant_target(grant, router) {
+                let _ = self.gateway.set_target(key, target);
+            }
         }
     }
 
@@ -521,6 +540,7 @@ impl GatewayPlane {
             connections = report.connections_killed,
             "gateway stopped"
         );
+        self.tunnels.shutdown().await;
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         if tasks.is_empty() {
             return;
@@ -598,6 +618,13 @@ impl orchestrator::DataPlane for GatewayPlane {
             // Its port and bookkeeping go with the `GrantClosed` event, after the
             // events of its connections.
         });
+    }
+    fn dial(&self, router: &store::Router, port: u16) -> orchestrator::DialFuture {
+        crate::tunnels::TunnelGateway::dial(&self.tunnels, router, port)
+    }
+
+    fn tunnel_gateway(&self, region: RegionId) -> Option<std::net::Ipv4Addr> {
+        self.tunnels.gateway_address(region)
     }
 }
 
@@ -1177,6 +1204,7 @@ mod tests {
                 .grant(gateway_key(key))
                 .unwrap()
                 .target
+                .address()
                 .port(),
             new_port
         );

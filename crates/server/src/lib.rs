@@ -7,6 +7,9 @@
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`backup`]: `postern admin backup` and `restore` of a data directory.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
+//! - [`tunnels`]: the management tunnel (one userspace WireGuard per served region) and
+//!   the one way to reach a router (`dial`: TCP when direct, the tunnel only when
+//!   tunnelled), behind [`tunnels::TunnelGateway`], which a remote gateway can implement.
 //! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
 //!   entry-port candidates, the start-up rebuild, its events into the store.
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.

@@ -69,6 +69,8 @@ async fn start(per_minute: u32) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut region = RegionConfig::local();
     region.entry_point = "gw.example.net".into();
+    // No gateway runs in these tests: routers are told the configured endpoint.
+    region.tunnel_endpoint = Some("gw.example.net:51820".into());
     let config = ServerConfig {
         data_dir: dir.path().to_owned(),
         public_url: Some("https://postern.example.com".into()),
@@ -260,6 +262,8 @@ async fn a_site_is_added_and_its_router_enrols_once() {
     assert_eq!(created["router_id"], created["router"]["id"]);
     assert_eq!(created["router"]["tunnel_address"], "100.64.0.2");
     assert_eq!(created["router"]["username"], "postern");
+    assert_eq!(created["router"]["status"], "pending");
+    assert_eq!(created["router"]["tunnel"]["type"], "wireguard", "{created}");
     let enrollment = &created["enrollment"];
     let token = token_of(enrollment);
     assert!(server::onboarding::well_formed(&token), "{token}");
@@ -311,7 +315,9 @@ async fn a_site_is_added_and_its_router_enrols_once() {
         db.check_script(&script)
     );
     assert!(script.contains("address=100.64.0.2/32 network=100.64.0.1"));
-    assert!(script.contains("public-key=\"GATEWAYkeyGATEWAYkeyGATEWAYkeyGATEWAYkey00=\""));
+    let region = s.store.find_region_by_name("local").await.unwrap().unwrap();
+    let gateway_key = s.store.region_tunnel(region.id).await.unwrap().unwrap().public_key;
+    assert!(script.contains(&format!("public-key=\"{gateway_key}\"")));
     assert!(script.contains("endpoint-address=\"gw.example.net\" endpoint-port=51820"));
     assert!(script.contains(&format!(
         "url=\"https://postern.example.com/enroll/{token}\""
@@ -413,6 +419,8 @@ async fn a_site_is_added_and_its_router_enrols_once() {
     assert_eq!(view["routeros_version"], "7.21.4 (stable)");
     assert_eq!(view["board_name"], "hAP ax3");
     assert_eq!(view["ssh_port"], 2222);
+    // Enrolled: no longer pending (offline here: no gateway runs in this test).
+    assert_eq!(view["status"], "offline", "{view}");
     let (_, audit) = s
         .call(Method::GET, "/api/audit", Some(&s.admin), None)
         .await;

@@ -149,7 +149,11 @@ pub async fn sites_post(
         name: site.name,
         created_at: timestamp(site.created_at),
         router_id: router.id.to_string(),
-        router: super::routers::view(&router, std::slice::from_ref(&region)),
+        router: super::routers::view(
+            &router,
+            std::slice::from_ref(&region),
+            state.gateway.as_ref().map(|g| g.tunnels()),
+        ),
         enrollment: line.into(),
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
