@@ -141,7 +141,14 @@ pub async fn run(
         }
         None => None,
     };
-    let served = listen::serve(listener, limits, stats, app(state), shutdown).await;
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            listen::tls_acceptor(cert, key)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        _ => None,
+    };
+    let served = listen::serve_tls(listener, limits, stats, tls, app(state), shutdown).await;
     terminals.shutdown(std::time::Duration::from_secs(5)).await;
     if let Some(task) = metrics {
         let _ = task.await;

@@ -263,7 +263,10 @@ async fn a_site_is_added_and_its_router_enrols_once() {
     assert_eq!(created["router"]["tunnel_address"], "100.64.0.2");
     assert_eq!(created["router"]["username"], "postern");
     assert_eq!(created["router"]["status"], "pending");
-    assert_eq!(created["router"]["tunnel"]["type"], "wireguard", "{created}");
+    assert_eq!(
+        created["router"]["tunnel"]["type"], "wireguard",
+        "{created}"
+    );
     let enrollment = &created["enrollment"];
     let token = token_of(enrollment);
     assert!(server::onboarding::well_formed(&token), "{token}");
@@ -316,7 +319,13 @@ async fn a_site_is_added_and_its_router_enrols_once() {
     );
     assert!(script.contains("address=100.64.0.2/32 network=100.64.0.1"));
     let region = s.store.find_region_by_name("local").await.unwrap().unwrap();
-    let gateway_key = s.store.region_tunnel(region.id).await.unwrap().unwrap().public_key;
+    let gateway_key = s
+        .store
+        .region_tunnel(region.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .public_key;
     assert!(script.contains(&format!("public-key=\"{gateway_key}\"")));
     assert!(script.contains("endpoint-address=\"gw.example.net\" endpoint-port=51820"));
     assert!(script.contains(&format!(
@@ -619,4 +628,145 @@ async fn the_openapi_document_describes_onboarding() {
     }
     assert!(schemas["CreatedSite"]["properties"]["enrollment"].is_object());
     assert!(schemas["EnrollmentView"]["properties"]["expires_at"].is_object());
+}
+
+/// Sends one HTTP/1.1 request over TLS to `addr`, trusting `ca` alone; the response.
+async fn https_get(addr: SocketAddr, ca: &[u8], path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// `postern server` terminates TLS itself from `tls_cert` and `tls_key`: a client
+/// trusting the certificate gets the API and a router's script over HTTPS, the line
+/// names `https://` and checks the certificate; a client that does not trust it, or
+/// speaks plain HTTP, gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_speaks_https_from_its_certificate_and_key() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut region = RegionConfig::local();
+    region.tunnel_endpoint = Some("gw.example.net:51820".into());
+    let config = ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen: addr,
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        public_hosts: vec!["localhost".into()],
+        regions: vec![region],
+        ..ServerConfig::default()
+    };
+    let store = server::bootstrap::open_store(&config).await.unwrap();
+    let org = store.create_organisation("alpha").await.unwrap().id;
+    let operator = token(&store, org, domain::Role::Operator).await;
+    let state = server::AppState::new(store.clone(), config.clone(), Arc::new(server::SystemClock));
+    tokio::spawn(server::run(listener, state, std::future::pending()));
+
+    let ca = made.cert.der().to_vec();
+    let health = https_get(addr, &ca, "/healthz").await.unwrap();
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+    assert!(
+        health.ends_with(r#"{"status":"ok","database":"sqlite"}"#),
+        "{health}"
+    );
+
+    // Without public_url, the line names this server over HTTPS.
+    let (_, _, line) = server::sites::add_site(
+        &store,
+        &config,
+        &server::sites::Asker {
+            org_id: org,
+            actor: "test".into(),
+            address: None,
+        },
+        "tls-site",
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        line.url.starts_with(&format!("https://{addr}/enroll/pet_")),
+        "{}",
+        line.url
+    );
+    assert!(line.command.contains("check-certificate=yes-without-crl"));
+    let path = line.url.split_once(&addr.to_string()).unwrap().1.to_owned();
+    let script = https_get(addr, &ca, &path).await.unwrap();
+    assert!(script.starts_with("HTTP/1.1 200 OK"), "{script}");
+    assert!(
+        script.contains("/interface wireguard add name=postern"),
+        "{script}"
+    );
+    drop(operator);
+
+    // A client trusting another certificate is refused by its own check.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let refused = https_get(addr, other.cert.der(), "/healthz").await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+}
+
+#[test]
+fn a_tls_certificate_without_its_key_is_refused() {
+    let e = ServerConfig::load(
+        None,
+        [("POSTERN_TLS_CERT".to_owned(), "/x.pem".to_owned())],
+        &server::config::Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("tls_key"), "{e}");
+    let e = ServerConfig::load(
+        None,
+        [(
+            "POSTERN_PUBLIC_URL".to_owned(),
+            "http://postern.example.com".to_owned(),
+        )],
+        &server::config::Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("lab mode"), "{e}");
+    let c = ServerConfig::default();
+    assert!(c.enroll_url().unwrap_err().contains("public_url"));
+    let lab = ServerConfig {
+        lab_mode: true,
+        ..ServerConfig::default()
+    };
+    assert_eq!(lab.enroll_url().unwrap().origin, "http://127.0.0.1:8080");
 }

@@ -13,6 +13,7 @@ mod routers;
 mod system;
 pub(crate) mod winbox;
 
+pub(crate) use routers::view as router_view;
 pub(crate) use system::healthz;
 
 use axum::Router;
