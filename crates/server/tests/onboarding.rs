@@ -347,7 +347,9 @@ async fn a_site_is_added_and_its_router_enrols_once() {
 
     // Hostile reports change nothing: the token stays open.
     let long = json!({ "public_key": "A".repeat(5000) });
+    let huge = json!({ "public_key": "A".repeat(100_000) });
     for (body, status, field) in [
+        (bytes(&huge), StatusCode::PAYLOAD_TOO_LARGE, None),
         (bytes(&long), StatusCode::PAYLOAD_TOO_LARGE, None),
         (b"{not json".to_vec(), StatusCode::BAD_REQUEST, None),
         (

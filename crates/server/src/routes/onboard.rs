@@ -475,12 +475,14 @@ pub async fn enroll_post(
     State(state): State<AppState>,
     EnrollerAddress(from): EnrollerAddress,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (found, hash) = match open_token(&state, &token, from).await? {
         Ok(open) => open,
         Err(refused) => return Ok(refused),
     };
+    // Over the server's body limit the body is not even read: the same 413.
+    let body = body.unwrap_or_else(|_| Bytes::from_static(&[0; REPORT_LIMIT + 1]));
     if body.len() > REPORT_LIMIT {
         return Ok(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -590,10 +592,16 @@ fn admit(state: &AppState, router: &store::Router) -> Result<(), ApiError> {
     let (Some(gateway), Some(key)) = (&state.gateway, &router.tunnel_public_key) else {
         return Ok(());
     };
-    gateway
+    match gateway
         .tunnels()
         .admit_peer(router.id, router.region_id, key, router.tunnel_address)
-        .map_err(|e| {
-            ApiError::Internal(format!("admitting router {} to the tunnel: {e}", router.id))
-        })
+    {
+        Ok(()) => Ok(()),
+        // Its region's tunnel runs elsewhere: that gateway loads the key from the store.
+        Err(crate::tunnels::AdmitError::NoRegion) => Ok(()),
+        Err(e) => Err(ApiError::Internal(format!(
+            "admitting router {} to the tunnel: {e}",
+            router.id
+        ))),
+    }
 }
