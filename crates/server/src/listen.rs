@@ -160,7 +160,7 @@ impl CappedListener {
 /// A connection's bytes: plain TCP, or TLS (its handshake first).
 enum Conn {
     Tcp(TcpStream),
-    Handshake(tokio_rustls::Accept<TcpStream>),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Failed,
 }
@@ -169,7 +169,7 @@ impl Conn {
     /// Drives a TLS handshake to its end; ready at once otherwise.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Conn::Handshake(accept) = self {
-            match Pin::new(accept).poll(cx) {
+            match Pin::new(accept.as_mut()).poll(cx) {
                 Poll::Ready(Ok(tls)) => *self = Conn::Tls(Box::new(tls)),
                 Poll::Ready(Err(e)) => {
                     *self = Conn::Failed;
@@ -395,7 +395,7 @@ impl Listener for CappedListener {
                     let _ = stream.set_nodelay(true);
                     self.stats.open.fetch_add(1, Ordering::Relaxed);
                     let stream = match &self.tls {
-                        Some(acceptor) => Conn::Handshake(acceptor.accept(stream)),
+                        Some(acceptor) => Conn::Handshake(Box::new(acceptor.accept(stream))),
                         None => Conn::Tcp(stream),
                     };
                     return (
