@@ -61,8 +61,9 @@ pub struct RegionConfig {
     /// in it, and the gateway holds its first host address. Default 100.64.0.0/10.
     #[serde(default)]
     pub tunnel_prefix: Option<ipnet::Ipv4Net>,
-    /// The UDP address the region's tunnel listens on. Default 0.0.0.0:51820; the
-    /// built-in `local` region listens on an ephemeral loopback port (127.0.0.1:0).
+    /// The UDP address the region's tunnel listens on. Default 0.0.0.0:51820; a region
+    /// whose entry point is a loopback address (the built-in `local`) listens on an
+    /// ephemeral loopback port (127.0.0.1:0).
     #[serde(default)]
     pub tunnel_listen: Option<SocketAddr>,
     /// `host:port` routers are told to reach the tunnel at. Default the entry point's
@@ -87,7 +88,7 @@ impl RegionConfig {
             tunnel_source: Some(IpAddr::from([127, 0, 0, 1])),
             gateway_bind: None,
             tunnel_prefix: None,
-            tunnel_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tunnel_listen: None,
             tunnel_endpoint: None,
         }
     }
@@ -109,10 +110,15 @@ impl RegionConfig {
         std::net::Ipv4Addr::from(network.saturating_add(1))
     }
 
-    /// Where the region's tunnel listens (UDP).
+    /// Where the region's tunnel listens (UDP): as configured, else 0.0.0.0:51820, or for
+    /// a region whose entry point is a loopback address (a lab on one machine) an
+    /// ephemeral loopback port.
     pub fn tunnel_listen(&self) -> SocketAddr {
         self.tunnel_listen
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_TUNNEL_PORT)))
+            .unwrap_or_else(|| match self.entry_point.parse::<IpAddr>() {
+                Ok(ip) if ip.is_loopback() => SocketAddr::new(ip, 0),
+                _ => SocketAddr::from(([0, 0, 0, 0], DEFAULT_TUNNEL_PORT)),
+            })
     }
 
     /// What routers are told to reach, once the tunnel listens on `bound`: the
@@ -775,6 +781,68 @@ mod tests {
             c.secret_key_path(),
             PathBuf::from("./postern-data/secret.key")
         );
+    }
+
+    #[test]
+    fn region_tunnel_settings_default_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("postern.toml");
+        let load = |regions: &str| {
+            std::fs::write(&file, regions).unwrap();
+            ServerConfig::load(Some(&file), env(&[("HOME", "/x")]), &Overrides::default())
+        };
+        let c = load(
+            r#"
+[[regions]]
+name = "eu"
+entry_point = "eu.example.net"
+port_min = 40000
+port_max = 40010
+[[regions]]
+name = "us"
+entry_point = "2001:db8::1"
+port_min = 40000
+port_max = 40010
+tunnel_prefix = "10.77.0.0/16"
+tunnel_listen = "127.0.0.2:0"
+"#,
+        )
+        .unwrap();
+        let (eu, us) = (&c.regions[0], &c.regions[1]);
+        assert_eq!(eu.tunnel_prefix().to_string(), "100.64.0.0/10");
+        assert_eq!(eu.tunnel_gateway().to_string(), "100.64.0.1");
+        assert_eq!(eu.tunnel_listen().to_string(), "0.0.0.0:51820");
+        let bound: SocketAddr = "0.0.0.0:51820".parse().unwrap();
+        assert_eq!(eu.tunnel_endpoint(bound), "eu.example.net:51820");
+        assert_eq!(us.tunnel_gateway().to_string(), "10.77.0.1");
+        assert_eq!(us.tunnel_listen().to_string(), "127.0.0.2:0");
+        let bound: SocketAddr = "127.0.0.2:40123".parse().unwrap();
+        assert_eq!(us.tunnel_endpoint(bound), "[2001:db8::1]:40123");
+        // The built-in region (a loopback entry point) listens on an ephemeral loopback port.
+        assert_eq!(
+            RegionConfig::local().tunnel_listen().to_string(),
+            "127.0.0.1:0"
+        );
+
+        let region = |extra: &str| {
+            format!(
+                "[[regions]]\nname = \"eu\"\nentry_point = \"eu.example.net\"\nport_min = 1\nport_max = 2\n{extra}\n"
+            )
+        };
+        let c = load(&region("tunnel_endpoint = \"vpn.example.net:443\"")).unwrap();
+        assert_eq!(
+            c.regions[0].tunnel_endpoint("0.0.0.0:51820".parse().unwrap()),
+            "vpn.example.net:443"
+        );
+        for (extra, says) in [
+            ("tunnel_prefix = \"100.64.0.0/31\"", "tunnel_prefix"),
+            ("tunnel_endpoint = \"vpn.example.net\"", "tunnel_endpoint"),
+            ("tunnel_endpoint = \"vpn.example.net:0\"", "tunnel_endpoint"),
+        ] {
+            let e = load(&region(extra)).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        assert!(load(&region("tunnel_prefix = \"not a prefix\"")).is_err());
     }
 
     #[test]

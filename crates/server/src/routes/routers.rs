@@ -337,7 +337,21 @@ pub async fn router_patch(
     if let Some(n) = &req.name {
         patch.name = checks.take(domain::rules::router_name(n));
     }
-    if let Some(t) = &req.tunnel_address {
+    if router.reach == store::Reach::Tunnel {
+        // Its address and region are its place in a region's tunnel, given at creation.
+        if req.tunnel_address.is_some() {
+            checks.push(
+                "tunnel_address",
+                "a tunnelled router's address is allocated in its region's tunnel prefix and cannot be changed",
+            );
+        }
+        if req.region.is_some() {
+            checks.push(
+                "region",
+                "a tunnelled router stays in the region whose tunnel it enrolled with",
+            );
+        }
+    } else if let Some(t) = &req.tunnel_address {
         patch.tunnel_address = checks.take(domain::rules::router_address(t, &state.policy()));
     }
     if let Some(u) = &req.username {
@@ -508,6 +522,12 @@ pub async fn router_delete(
         .await
         .map_err(|e| not_found_as(e, "router"))?;
     state.lists.invalidate(router.id);
+    if router.reach == store::Reach::Tunnel
+        && let Some(gateway) = &state.gateway
+    {
+        // Its key no longer opens the tunnel.
+        crate::tunnels::TunnelGateway::remove_peer(gateway.tunnels(), router.id);
+    }
     state
         .store
         .append_audit(audit(
