@@ -772,3 +772,100 @@ fn a_tls_certificate_without_its_key_is_refused() {
     };
     assert_eq!(lab.enroll_url().unwrap().origin, "http://127.0.0.1:8080");
 }
+
+/// With the in-process gateway running: the script names the tunnel as it really runs
+/// (the region's key, the port it is bound on), and by the time the enrolment is
+/// answered the gateway already holds the router's key as a peer at its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admits_the_router_before_the_answer() {
+    use server::tunnels::TunnelGateway as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        public_url: Some("https://postern.example.com".into()),
+        regions: vec![RegionConfig::local()],
+        ..ServerConfig::default()
+    };
+    let store = server::bootstrap::open_store(&config).await.unwrap();
+    let org = store.create_organisation("alpha").await.unwrap().id;
+    let operator = token(&store, org, domain::Role::Operator).await;
+    let plane =
+        server::dataplane::GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .unwrap();
+    let region = store.find_region_by_name("local").await.unwrap().unwrap();
+    let info = plane
+        .tunnels()
+        .region(region.id)
+        .expect("the local region's tunnel");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = server::AppState::new(store.clone(), config, Arc::new(server::SystemClock))
+        .with_gateway(plane.clone());
+    tokio::spawn(server::run(listener, state, std::future::pending()));
+    let http = reqwest::Client::new();
+
+    let created: Value = http
+        .post(format!("{base}/api/sites"))
+        .bearer_auth(&operator)
+        .json(&json!({ "name": "nat-1" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let router_id: domain::RouterId = created["router_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(created["router"]["status"], "pending");
+    assert_eq!(created["router"]["tunnel"]["gateway_address"], "100.64.0.1");
+    let token = token_of(&created["enrollment"]);
+    let script = http
+        .get(format!("{base}/enroll/{token}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains(&format!("public-key=\"{}\"", info.public_key)),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!(
+            "endpoint-address=\"127.0.0.1\" endpoint-port={}",
+            info.listen.port()
+        )),
+        "{script}"
+    );
+    assert!(plane.tunnels().tunnel_status(router_id).is_none());
+
+    let key = tunnel::PrivateKey::generate()
+        .unwrap()
+        .public_key()
+        .to_base64();
+    let resp = http
+        .post(format!("{base}/enroll/{token}"))
+        .json(&report(&key, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Admitted before the answer: the gateway knows the peer now.
+    assert!(plane.tunnels().tunnel_status(router_id).is_some());
+    let view: Value = http
+        .get(format!("{base}/api/routers/{router_id}"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        view["status"], "offline",
+        "enrolled, not yet heard from: {view}"
+    );
+    assert_eq!(view["tunnel"]["address"], "100.64.0.2");
+    plane.shutdown().await;
+}
