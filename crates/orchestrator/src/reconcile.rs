@@ -118,13 +118,32 @@ struct LiveEntry {
     active: bool,
 }
 
-/// Whether a `postern:` tag is one of a grant (not a group), and its `kind:id` key.
+/// Whether a `postern:` tag is one of a grant (not a group, nor what onboarding made:
+/// `postern:tunnel:…`, such as the management login), and its `kind:id` key.
 fn grant_tag(comment: Option<&str>) -> Option<&str> {
     let rest = comment?.strip_prefix("postern:")?;
-    if rest.starts_with("group:") {
+    if rest.starts_with("group:") || rest.starts_with("tunnel:") {
         return None;
     }
     Some(rest)
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::grant_tag;
+
+    #[test]
+    fn only_grants_tags_are_grants() {
+        assert_eq!(grant_tag(Some("postern:access:abc")), Some("access:abc"));
+        assert_eq!(grant_tag(Some("postern:group:full")), None);
+        // The management login onboarding made is no grant's: never drift.
+        assert_eq!(
+            grant_tag(Some("postern:tunnel:user Postern's management login")),
+            None
+        );
+        assert_eq!(grant_tag(Some("someone else's")), None);
+        assert_eq!(grant_tag(None), None);
+    }
 }
 
 /// Compares the router with the grants.

@@ -250,6 +250,18 @@ pub struct ServerConfig {
     /// is gone once unseen for four of these: every server of one database should use
     /// the same value.
     pub gateway_heartbeat: Duration,
+    /// Where routers reach this server to enrol (`https://host[:port]`; `http://` only
+    /// in lab mode): the pasted line fetches its script there. Behind a reverse proxy,
+    /// the proxy's address. `None`: `https://` + `listen` when the server terminates
+    /// TLS itself, `http://` + `listen` in lab mode, else adding a site is refused.
+    pub public_url: Option<String>,
+    /// A PEM certificate chain and its private key: with both, `postern server` speaks
+    /// HTTPS itself (rustls) on `listen`. Without, plain HTTP (behind a reverse proxy
+    /// that terminates TLS, or on loopback).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long an enrolment token (the pasted line) works.
+    pub enrollment_lifetime: Duration,
 }
 
 impl Default for ServerConfig {
@@ -281,6 +293,10 @@ impl Default for ServerConfig {
             reconcile_interval: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
             gateway_heartbeat: Duration::from_secs(5),
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            enrollment_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -317,6 +333,10 @@ struct FileConfig {
     reconcile_interval: Option<String>,
     port_cooldown: Option<String>,
     gateway_heartbeat: Option<String>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    enrollment_lifetime: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -373,6 +393,7 @@ impl ServerConfig {
         }
         config.apply_flags(flags);
         config.check()?;
+        config.accept_public_url_host();
         Ok(config)
     }
 
@@ -436,6 +457,18 @@ impl ServerConfig {
         if let Some(s) = f.gateway_heartbeat {
             self.gateway_heartbeat = parse_duration("gateway_heartbeat", &s)?;
         }
+        if f.public_url.is_some() {
+            self.public_url = f.public_url;
+        }
+        if f.tls_cert.is_some() {
+            self.tls_cert = f.tls_cert;
+        }
+        if f.tls_key.is_some() {
+            self.tls_key = f.tls_key;
+        }
+        if let Some(s) = f.enrollment_lifetime {
+            self.enrollment_lifetime = parse_duration("enrollment_lifetime", &s)?;
+        }
         Ok(())
     }
 
@@ -468,6 +501,10 @@ impl ServerConfig {
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
+            "ENROLLMENT_LIFETIME" => self.enrollment_lifetime = parse_duration(&key, value)?,
+            "PUBLIC_URL" => self.public_url = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
+            "TLS_KEY" => self.tls_key = Some(PathBuf::from(value)),
             "HEADER_TIMEOUT" => self.header_timeout = parse_duration(&key, value)?,
             "IDLE_TIMEOUT" => self.idle_timeout = parse_duration(&key, value)?,
             "HASH_QUEUE_WAIT" => self.hash_queue_wait = parse_duration(&key, value)?,
@@ -594,6 +631,21 @@ impl ServerConfig {
         {
             return Err(invalid("metrics_token", "must be at least 16 characters"));
         }
+        if self.enrollment_lifetime < Duration::from_secs(60)
+            || self.enrollment_lifetime > Duration::from_secs(30 * 86400)
+        {
+            return Err(invalid("enrollment_lifetime", "must be between 1m and 30d"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            crate::onboarding::PublicUrl::parse(url, self.lab_mode)
+                .map_err(|m| invalid("public_url", &m))?;
+        }
         for h in &self.public_hosts {
             if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
                 return Err(invalid(
@@ -603,6 +655,39 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Requests naming `public_url`'s host are this server's (the `Host` check).
+    fn accept_public_url_host(&mut self) {
+        let Some(url) = &self.public_url else {
+            return;
+        };
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let host = rest.trim_end_matches('/').to_owned();
+        if !host.is_empty() && !self.public_hosts.contains(&host) {
+            self.public_hosts.push(host);
+        }
+    }
+
+    /// Where routers fetch their enrolment script: `public_url`, else this server's own
+    /// `listen` over HTTPS (when it terminates TLS) or HTTP (lab mode only). An error
+    /// says what to set.
+    pub fn enroll_url(&self) -> Result<crate::onboarding::PublicUrl, String> {
+        if let Some(url) = &self.public_url {
+            return crate::onboarding::PublicUrl::parse(url, self.lab_mode);
+        }
+        let tls = self.tls_cert.is_some();
+        if !tls && !self.lab_mode {
+            return Err(
+                "set public_url (the https:// address routers reach this server at) to add a site"
+                    .into(),
+            );
+        }
+        if self.listen.ip().is_unspecified() {
+            return Err("set public_url: the server listens on every address, so routers cannot be told which one to reach".into());
+        }
+        let scheme = if tls { "https" } else { "http" };
+        crate::onboarding::PublicUrl::parse(&format!("{scheme}://{}", self.listen), self.lab_mode)
     }
 
     /// Where the database lives when no URL was given.

@@ -25,6 +25,9 @@
 //! - [`listen`]: the connection-capped listener (per address too, header deadline) and
 //!   [`serve`].
 //! - [`hosts`]: the `Host` check against the configured public names (DNS rebinding).
+//! - [`onboarding`]: the line to paste, the enrolment and removal scripts (RouterOS 7),
+//!   the check of what an enrolling router posts, the public routes' rate limit.
+//! - [`sites`]: adding a site to onboard and issuing its line (API, portal and CLI).
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
 //!   recordings.
@@ -55,10 +58,12 @@ pub mod extract;
 pub mod hosts;
 pub mod listen;
 pub mod metrics;
+pub mod onboarding;
 pub mod portal;
 pub mod render;
 mod routes;
 pub mod runs;
+pub mod sites;
 pub mod state;
 pub mod terminal;
 pub mod tunnels;
@@ -136,7 +141,14 @@ pub async fn run(
         }
         None => None,
     };
-    let served = listen::serve(listener, limits, stats, app(state), shutdown).await;
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            listen::tls_acceptor(cert, key)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        _ => None,
+    };
+    let served = listen::serve_tls(listener, limits, stats, tls, app(state), shutdown).await;
     terminals.shutdown(std::time::Duration::from_secs(5)).await;
     if let Some(task) = metrics {
         let _ = task.await;

@@ -454,6 +454,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "tunnel",
             include_str!("../migrations/sqlite/0140_tunnel.sql"),
         ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/sqlite/0150_enrollment_tokens.sql"),
+        ),
     ])
 }
 
@@ -551,6 +557,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             140,
             "tunnel",
             include_str!("../migrations/postgres/0140_tunnel.sql"),
+        ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/postgres/0150_enrollment_tokens.sql"),
         ),
     ])
 }

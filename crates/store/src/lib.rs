@@ -19,6 +19,8 @@
 //!   for the writer together share one transaction: transient-access creations in a
 //!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `enrollment`: onboarding's single-use enrolment tokens (by hash), issued (revoking
+//!   the router's open one), spent once with the router's key and facts.
 //! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
 //! - `tunnels`: the management tunnel: regions' WireGuard keys (private half sealed),
 //!   tunnelled routers (pending until enrolled with their public key) at addresses
@@ -141,6 +143,7 @@
 mod accounts;
 mod connections;
 mod db;
+mod enrollment;
 mod error;
 mod grants;
 mod grouped;
@@ -165,6 +168,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConnection};
 pub use db::WriteStats;
+pub use enrollment::{Enrollment, EnrollmentReport, EnrollmentState, EnrollmentUse, NewEnrollment};
 pub use error::{Result, StoreError};
 pub use leasing::{
     AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantListener, GrantMove, GrantRef, Intro,
