@@ -38,8 +38,10 @@ impl fmt::Display for ConnectionId {
 pub enum Refusal {
     /// The source is outside `allow_from` (and not private with `allow_rfc1918`).
     SourceNotAllowed,
-    /// The grant or the gateway is at its connection cap.
+    /// The grant (its entry port) or the gateway is at its connection cap.
     TooManyConnections,
+    /// The source address is at its cap of live connections over every entry port.
+    TooManyFromSource,
 }
 
 impl fmt::Display for Refusal {
@@ -47,6 +49,7 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::SourceNotAllowed => "source not allowed",
             Refusal::TooManyConnections => "too many connections",
+            Refusal::TooManyFromSource => "too many connections from this source",
         })
     }
 }

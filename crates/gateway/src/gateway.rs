@@ -55,8 +55,12 @@ pub struct Config {
     /// How long a connection to the target may take before the client is closed with
     /// `TargetUnreachable`.
     pub connect_timeout: Duration,
-    /// Live forwarded connections one grant may have; beyond, new ones are refused.
+    /// Live forwarded connections one grant (one entry port) may have; beyond, new ones
+    /// are refused (`TooManyConnections`).
     pub max_connections_per_grant: usize,
+    /// Live forwarded connections from one source address, over every entry port;
+    /// beyond, new ones are refused (`TooManyFromSource`).
+    pub max_connections_per_source: usize,
     /// Live forwarded connections of the whole gateway.
     pub max_connections: usize,
     /// Room in the event queue for droppable events (refusals, openings but a grant's
@@ -85,6 +89,7 @@ impl Default for Config {
         Self {
             connect_timeout: Duration::from_secs(5),
             max_connections_per_grant: 256,
+            max_connections_per_source: 128,
             max_connections: 16384,
             event_capacity: 4096,
             transfer: TransferMode::default(),
@@ -190,6 +195,8 @@ struct Inner {
     events: EventSink,
     next_id: AtomicU64,
     live: AtomicUsize,
+    /// Live connections per source address (entries at 0 are removed).
+    per_source: Mutex<HashMap<std::net::IpAddr, usize>>,
     root: CancellationToken,
     pumps: Pumps,
 }
@@ -238,6 +245,7 @@ impl Gateway {
             events,
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
             root: root.clone(),
             pumps: Pumps::new(config.transfer, config.pipe_size),
             config,
@@ -588,6 +596,20 @@ fn admit(inner: &Arc<Inner>, grant: &Arc<Grant>, stream: TcpStream, source: Sock
             refuse(Refusal::TooManyConnections);
             return;
         }
+        {
+            let mut per_source = lock(&inner.per_source);
+            let from_source = per_source.entry(source.ip()).or_insert(0);
+            if *from_source >= inner.config.max_connections_per_source {
+                if *from_source == 0 {
+                    per_source.remove(&source.ip());
+                }
+                drop(per_source);
+                drop(conns);
+                refuse(Refusal::TooManyFromSource);
+                return;
+            }
+            *from_source += 1;
+        }
         inner.live.fetch_add(1, Ordering::Relaxed);
         conns.insert(
             id,
@@ -648,6 +670,15 @@ impl Drop for Closing {
     fn drop(&mut self) {
         lock(&self.grant.conns).remove(&self.id);
         self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut per_source = lock(&self.inner.per_source);
+            if let Some(n) = per_source.get_mut(&self.source.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_source.remove(&self.source.ip());
+                }
+            }
+        }
         let reason = self
             .reason
             .take()
