@@ -590,7 +590,13 @@ async fn a_source_at_its_cap_is_refused_on_every_entry_port_and_others_are_not()
     let mut third = connect_from("127.0.0.1", port_a).await.unwrap();
     assert!(wait_closed(&mut third).await.is_empty());
     let refused = next_event(&mut rx, |e| matches!(e, Event::ConnectionRefused { .. })).await;
-    let Event::ConnectionRefused { refusal, source, key, .. } = refused else {
+    let Event::ConnectionRefused {
+        refusal,
+        source,
+        key,
+        ..
+    } = refused
+    else {
         unreachable!()
     };
     assert_eq!(refusal, Refusal::TooManyFromSource);
@@ -618,7 +624,10 @@ async fn a_source_at_its_cap_is_refused_on_every_entry_port_and_others_are_not()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(again.is_some(), "the source stayed refused after a connection ended");
+    assert!(
+        again.is_some(),
+        "the source stayed refused after a connection ended"
+    );
     echo_once(&mut second, b"5").await;
 }
 

@@ -127,6 +127,36 @@ impl Default for GrantLimits {
     }
 }
 
+/// Back-pressure on creating grants (API, portal and terminal alike). Every figure is
+/// per minute or a count; 0 switches that limit off. The defaults are far above what a
+/// person at a keyboard does, and stop a runaway script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationLimits {
+    /// Creates a minute by one signed-in user (`grant_rate_per_user`).
+    pub per_user: u32,
+    /// Creates a minute with one API token (`grant_rate_per_token`).
+    pub per_token: u32,
+    /// Creates a minute from one client address, whoever signs them
+    /// (`grant_rate_per_address`).
+    pub per_address: u32,
+    /// Live grants one router may have (`max_live_grants_per_router`).
+    pub live_per_router: u32,
+    /// Live grants one organisation may have (`max_live_grants_per_org`).
+    pub live_per_org: u32,
+}
+
+impl Default for CreationLimits {
+    fn default() -> Self {
+        Self {
+            per_user: 30,
+            per_token: 30,
+            per_address: 60,
+            live_per_router: 256,
+            live_per_org: 4096,
+        }
+    }
+}
+
 /// Everything `postern server` needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -189,6 +219,13 @@ pub struct ServerConfig {
     /// is gone once unseen for four of these: every server of one database should use
     /// the same value.
     pub gateway_heartbeat: Duration,
+    /// Rate limits and caps on creating grants.
+    pub creation: CreationLimits,
+    /// Live connections one entry port (one grant) may carry at the gateway; more are
+    /// refused, counted and recorded like other refusals.
+    pub gateway_max_connections_per_port: usize,
+    /// Live connections from one source address over every entry port of the gateway.
+    pub gateway_max_connections_per_source: usize,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +257,9 @@ impl Default for ServerConfig {
             reconcile_interval: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
             gateway_heartbeat: Duration::from_secs(5),
+            creation: CreationLimits::default(),
+            gateway_max_connections_per_port: 256,
+            gateway_max_connections_per_source: 128,
         }
     }
 }
@@ -256,6 +296,13 @@ struct FileConfig {
     reconcile_interval: Option<String>,
     port_cooldown: Option<String>,
     gateway_heartbeat: Option<String>,
+    grant_rate_per_user: Option<u32>,
+    grant_rate_per_token: Option<u32>,
+    grant_rate_per_address: Option<u32>,
+    max_live_grants_per_router: Option<u32>,
+    max_live_grants_per_org: Option<u32>,
+    gateway_max_connections_per_port: Option<usize>,
+    gateway_max_connections_per_source: Option<usize>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -375,6 +422,20 @@ impl ServerConfig {
         if let Some(s) = f.gateway_heartbeat {
             self.gateway_heartbeat = parse_duration("gateway_heartbeat", &s)?;
         }
+        let c = &mut self.creation;
+        set(&mut c.per_user, f.grant_rate_per_user);
+        set(&mut c.per_token, f.grant_rate_per_token);
+        set(&mut c.per_address, f.grant_rate_per_address);
+        set(&mut c.live_per_router, f.max_live_grants_per_router);
+        set(&mut c.live_per_org, f.max_live_grants_per_org);
+        set(
+            &mut self.gateway_max_connections_per_port,
+            f.gateway_max_connections_per_port,
+        );
+        set(
+            &mut self.gateway_max_connections_per_source,
+            f.gateway_max_connections_per_source,
+        );
         Ok(())
     }
 
@@ -415,6 +476,29 @@ impl ServerConfig {
             }
             "MAX_CONNECTIONS_PER_ADDRESS" => {
                 self.max_connections_per_address = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_USER" => {
+                self.creation.per_user = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_TOKEN" => {
+                self.creation.per_token = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_ADDRESS" => {
+                self.creation.per_address = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_LIVE_GRANTS_PER_ROUTER" => {
+                self.creation.live_per_router = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_LIVE_GRANTS_PER_ORG" => {
+                self.creation.live_per_org = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GATEWAY_MAX_CONNECTIONS_PER_PORT" => {
+                self.gateway_max_connections_per_port =
+                    value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GATEWAY_MAX_CONNECTIONS_PER_SOURCE" => {
+                self.gateway_max_connections_per_source =
+                    value.parse().map_err(|e| bad(format!("{e}")))?
             }
             "MAX_CONCURRENT_HASHES" => {
                 self.max_concurrent_hashes = value.parse().map_err(|e| bad(format!("{e}")))?
@@ -499,6 +583,18 @@ impl ServerConfig {
         }
         if self.header_timeout.is_zero() {
             return Err(invalid("header_timeout", "must be at least 1s"));
+        }
+        if self.gateway_max_connections_per_port == 0 {
+            return Err(invalid(
+                "gateway_max_connections_per_port",
+                "must be at least 1",
+            ));
+        }
+        if self.gateway_max_connections_per_source == 0 {
+            return Err(invalid(
+                "gateway_max_connections_per_source",
+                "must be at least 1",
+            ));
         }
         if self.max_concurrent_hashes == 0 {
             return Err(invalid("max_concurrent_hashes", "must be at least 1"));

@@ -44,6 +44,8 @@ pub struct AppState {
     pub terminals: crate::terminal::Terminals,
     /// Password hashing, bounded (`max_concurrent_hashes`, `hash_queue_wait`).
     pub hashing: crate::auth::Hashing,
+    /// The rate limits on creating grants (`creation`).
+    pub creates: crate::backpressure::CreateLimiter,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             orchestrator: None,
             gateway: None,
             terminals: crate::terminal::Terminals::default(),
+            creates: crate::backpressure::CreateLimiter::default(),
         }
     }
 
