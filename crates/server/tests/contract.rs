@@ -892,6 +892,7 @@ async fn every_operation_keeps_the_openapi_contract() {
                 ..make("unknown query parameter".into(), &base_body)
             });
         }
+        let refusals = invalid.len();
         for req in invalid {
             c.check(op, req, false).await;
         }
@@ -915,6 +916,12 @@ async fn every_operation_keeps_the_openapi_contract() {
                 });
             }
         }
+        eprintln!(
+            "{} {}: {} valid, {refusals} invalid",
+            op.method.to_uppercase(),
+            op.path,
+            valid.len()
+        );
         for req in valid {
             c.check(op, req, true).await;
         }
