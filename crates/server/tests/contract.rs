@@ -268,8 +268,11 @@ fn object_parts(schema: &Value) -> (Map<String, Value>, Vec<String>) {
     (props, required)
 }
 
+/// Values, each with what it is.
+type Named = Vec<(String, Value)>;
+
 /// Valid and invalid bodies for an object schema.
-fn bodies(schemas: &Schemas, schema: &Value) -> (Vec<(String, Value)>, Vec<(String, Value)>) {
+fn bodies(schemas: &Schemas, schema: &Value) -> (Named, Named) {
     let resolved = schemas.resolve(schema).clone();
     let (props, required) = object_parts(&resolved);
     let cands: BTreeMap<String, Vec<Value>> = props

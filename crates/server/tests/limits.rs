@@ -238,6 +238,106 @@ async fn live_grants_are_capped_per_router_and_per_organisation() {
     s.stop().await;
 }
 
+/// Signs `username` in to the portal: the session cookie and the page's CSRF token.
+async fn portal_session(s: &Server, http: &reqwest::Client, username: &str) -> (String, String) {
+    let resp = http
+        .post(format!("{}/login", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "username={username}&password=correct-horse-battery&organisation=tests"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http
+        .get(format!("{}/sites", s.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+    let csrf = page[at..].split('"').next().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+#[tokio::test]
+async fn a_portal_user_over_the_rate_is_told_so_in_the_form_and_others_are_not() {
+    let s = Server::start(|c| {
+        off(c);
+        c.creation.per_user = 2;
+    })
+    .await;
+    let r = router(&s, "r1").await;
+    let site: Value = s
+        .http
+        .get(format!("{}/api/routers/{r}", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let site = site["site_id"].as_str().unwrap().to_owned();
+    for name in ["alice", "carol"] {
+        s.post(
+            "/api/users",
+            json!({"username": name, "role": "operator", "password": "correct-horse-battery"}),
+        )
+        .await;
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let add = |cookie: String, csrf: String| {
+        let http = http.clone();
+        let url = format!("{}/sites/{site}/access", s.base);
+        async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", cookie)
+                .header("x-csrf-token", csrf)
+                .body("type=ssh&access=read&allow_from=127.0.0.1&expire_after_minutes=60")
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    let (alice, alice_csrf) = portal_session(&s, &http, "alice").await;
+    for _ in 0..2 {
+        let (status, page) = add(alice.clone(), alice_csrf.clone()).await;
+        assert!(
+            status.is_success() || status.is_redirection(),
+            "{status}: {page}"
+        );
+    }
+    let (status, page) = add(alice.clone(), alice_csrf.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{page}");
+    assert!(page.contains("this user created 2 grants"), "{page}");
+    // Another user from the same address has a count of their own.
+    let (carol, carol_csrf) = portal_session(&s, &http, "carol").await;
+    let (status, page) = add(carol, carol_csrf).await;
+    assert!(
+        status.is_success() || status.is_redirection(),
+        "{status}: {page}"
+    );
+    s.stop().await;
+}
+
 #[test]
 fn the_limits_are_configuration() {
     let text = "grant_rate_per_user = 5\ngrant_rate_per_token = 6\ngrant_rate_per_address = 0\n\

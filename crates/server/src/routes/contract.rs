@@ -22,6 +22,14 @@ fn problem(description: &str) -> Value {
     })
 }
 
+/// `response` with `key` set to `value`.
+fn with(mut response: Value, key: &str, value: Value) -> Value {
+    if let Some(o) = response.as_object_mut() {
+        o.insert(key.to_owned(), value);
+    }
+    response
+}
+
 /// `name` is present and not null.
 fn given(name: &str) -> Value {
     json!({ "required": [name], "properties": { name: { "not": { "type": "null" } } } })
@@ -224,14 +232,13 @@ fn common_answers(doc: &mut Value, config: &ServerConfig) {
                 responses.entry(status.to_owned()).or_insert(response);
             };
             if path != "/healthz" {
-                let mut r = problem(
+                // The portal's sign-in shares the guard and its problem body.
+                let r = problem(if html {
+                    "The `Host` header is not one of this server's names"
+                } else {
                     "The `Host` header names neither an IP address, `localhost`, nor one of \
-                     the server's `public_hosts` (DNS rebinding)",
-                );
-                if html {
-                    // The portal's pages share the guard and its problem body.
-                    r["description"] = json!("The `Host` header is not one of this server's names");
-                }
+                     the server's `public_hosts` (DNS rebinding)"
+                });
                 add("421", r);
             }
             if !open {
@@ -262,17 +269,21 @@ fn common_answers(doc: &mut Value, config: &ServerConfig) {
                 );
             }
             if creates_grant(path, method) {
-                let mut r = problem(
+                let r = problem(
                     "Too many creates: more than `grant_rate_per_user`, `grant_rate_per_token` \
                      or `grant_rate_per_address` a minute (configuration; 0 is no limit) by this \
                      user, token or client address. `Retry-After` gives the seconds to wait",
                 );
-                r["headers"] = json!({
-                    "Retry-After": {
-                        "description": "Seconds until a create is accepted again",
-                        "schema": { "type": "integer", "minimum": 1 }
-                    }
-                });
+                let r = with(
+                    r,
+                    "headers",
+                    json!({
+                        "Retry-After": {
+                            "description": "Seconds until a create is accepted again",
+                            "schema": { "type": "integer", "minimum": 1 }
+                        }
+                    }),
+                );
                 responses.insert("429".into(), r);
                 let conflict = problem(
                     "No free port in the region, or the router or the organisation already has \
