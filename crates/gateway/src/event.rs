@@ -44,6 +44,33 @@ pub enum Refusal {
     TooManyFromSource,
 }
 
+impl Refusal {
+    /// Every refusal, in order.
+    pub const ALL: [Refusal; 3] = [
+        Refusal::SourceNotAllowed,
+        Refusal::TooManyConnections,
+        Refusal::TooManyFromSource,
+    ];
+
+    /// Its place in [`Refusal::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::SourceNotAllowed => 0,
+            Refusal::TooManyConnections => 1,
+            Refusal::TooManyFromSource => 2,
+        }
+    }
+
+    /// A short name for metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::SourceNotAllowed => "source_not_allowed",
+            Refusal::TooManyConnections => "connection_cap",
+            Refusal::TooManyFromSource => "source_cap",
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

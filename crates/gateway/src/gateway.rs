@@ -197,6 +197,8 @@ struct Inner {
     live: AtomicUsize,
     /// Live connections per source address (entries at 0 are removed).
     per_source: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Connections refused, by [`Refusal`] (in its order).
+    refused: [AtomicU64; 3],
     root: CancellationToken,
     pumps: Pumps,
 }
@@ -246,6 +248,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
+            refused: Default::default(),
             root: root.clone(),
             pumps: Pumps::new(config.transfer, config.pipe_size),
             config,
@@ -371,6 +374,15 @@ impl Gateway {
     pub fn grants(&self) -> Vec<GrantInfo> {
         let grants: Vec<Arc<Grant>> = lock(&self.inner.grants).values().cloned().collect();
         grants.iter().map(|g| g.info()).collect()
+    }
+
+    /// Connections refused so far for `refusal` (counted even when the event is
+    /// dropped).
+    pub fn refused(&self, refusal: Refusal) -> u64 {
+        self.inner
+            .refused
+            .get(refusal.index())
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Droppable events dropped because the queue held `event_capacity` of them.
@@ -574,6 +586,9 @@ fn admit(inner: &Arc<Inner>, grant: &Arc<Grant>, stream: TcpStream, source: Sock
         // Reset, not FIN: nothing is sent, and no TIME_WAIT stays behind here.
         let _ = stream.set_zero_linger();
         tracing::info!(key = %grant.key, %source, %refusal, "connection refused");
+        if let Some(n) = inner.refused.get(refusal.index()) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         inner.events.emit(Event::ConnectionRefused {
             key: grant.key,
             source,

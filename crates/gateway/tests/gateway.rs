@@ -603,6 +603,8 @@ async fn a_source_at_its_cap_is_refused_on_every_entry_port_and_others_are_not()
     assert_eq!(source.ip().to_string(), "127.0.0.1");
     assert_eq!(key, a);
     assert_eq!(refusal.to_string(), "too many connections from this source");
+    assert_eq!(gw.refused(Refusal::TooManyFromSource), 1);
+    assert_eq!(gw.refused(Refusal::TooManyConnections), 0);
     // Another source is not held back by it.
     let mut other = connect_from("127.0.0.2", port_b).await.unwrap();
     echo_once(&mut other, b"3").await;

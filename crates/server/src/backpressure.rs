@@ -47,6 +47,9 @@ impl Log {
 #[derive(Debug, Clone, Default)]
 pub struct CreateLimiter {
     logs: Arc<Mutex<HashMap<Key, Log>>>,
+    /// Creates refused for a rate (429), and for a live-grant cap (409), for `/metrics`.
+    pub refused_rate: Arc<std::sync::atomic::AtomicU64>,
+    pub refused_cap: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CreateLimiter {
@@ -93,6 +96,8 @@ impl CreateLimiter {
             }
         }
         if let Some((left, limit, who)) = wait {
+            self.refused_rate
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             return Err(ApiError::TooManyRequests {
                 message: format!(

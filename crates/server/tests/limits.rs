@@ -21,7 +21,26 @@ mod harness;
 
 mod support;
 
-use support::{Server, token};
+use support::{METRICS_TOKEN, Server, token};
+
+/// The value of one `/metrics` line.
+async fn metric(s: &Server, line_start: &str) -> String {
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in {text}"))
+        .trim()
+        .to_owned()
+}
 
 /// Every limit off; each test turns on the one it shows.
 fn off(c: &mut server::ServerConfig) {
@@ -127,6 +146,14 @@ async fn a_token_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
     // Another token is held to its own count.
     let a = create(&s, &other, &r, "transient-forwarding").await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(
+        metric(
+            &s,
+            "postern_grant_creates_refused_total{reason=\"rate_limit\"}"
+        )
+        .await,
+        "1"
+    );
     s.stop().await;
 }
 
@@ -180,13 +207,25 @@ async fn the_default_rates_let_a_person_work() {
 }
 
 #[tokio::test]
-async fn live_grants_are_capped_per_router_and_per_organisation() {
-    let s = Server::start(|c| {
+async fn live_grants_are_capped_per_router_and_per_organisation_sqlite() {
+    live_grants_are_capped(harness::Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn live_grants_are_capped_per_router_and_per_organisation_postgres() {
+    live_grants_are_capped(harness::Db::Postgres).await;
+}
+
+async fn live_grants_are_capped(db: harness::Db) {
+    let Some(s) = Server::start_on(db, |c| {
         off(c);
         c.creation.live_per_router = 2;
         c.creation.live_per_org = 3;
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let r1 = router(&s, "r1").await;
     let r2 = router(&s, "r2").await;
     let first = create(&s, &s.admin, &r1, "transient-access").await;
@@ -235,6 +274,14 @@ async fn live_grants_are_capped_per_router_and_per_organisation() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let a = create(&s, &s.admin, &r2, "transient-forwarding").await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(
+        metric(
+            &s,
+            "postern_grant_creates_refused_total{reason=\"live_grant_cap\"}"
+        )
+        .await,
+        "2"
+    );
     s.stop().await;
 }
 

@@ -57,7 +57,15 @@ async fn admit(
     let admission = state
         .creates
         .admit(limits, caller, std::time::Instant::now())?;
-    crate::backpressure::check_caps(&state.store, limits, caller, router.id).await?;
+    if let Err(e) = crate::backpressure::check_caps(&state.store, limits, caller, router.id).await {
+        if matches!(e, ApiError::Conflict(_)) {
+            state
+                .creates
+                .refused_cap
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return Err(e);
+    }
     Ok(admission)
 }
 

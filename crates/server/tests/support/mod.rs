@@ -71,9 +71,15 @@ fn config(dir: &std::path::Path, url: &str) -> ServerConfig {
 }
 
 impl Server {
-    /// A server with the tests' configuration as `configure` changes it.
+    /// A server on SQLite with the tests' configuration as `configure` changes it.
     pub async fn start(configure: impl FnOnce(&mut ServerConfig)) -> Self {
-        let ctx = Ctx::new(Db::Sqlite).await.unwrap();
+        Self::start_on(Db::Sqlite, configure).await.unwrap()
+    }
+
+    /// The same on `db`; `None` when PostgreSQL is unavailable outside CI (the harness
+    /// says so loudly).
+    pub async fn start_on(db: Db, configure: impl FnOnce(&mut ServerConfig)) -> Option<Self> {
+        let ctx = Ctx::new(db).await?;
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path(), &ctx.url);
         configure(&mut config);
@@ -89,7 +95,7 @@ impl Server {
         let task = tokio::spawn(server::run(listener, state, async {
             let _ = rx.await;
         }));
-        Self {
+        Some(Self {
             store: store_handle,
             org: org.id,
             base: format!("http://{addr}"),
@@ -103,7 +109,7 @@ impl Server {
             task: Some(task),
             _ctx: ctx,
             _dir: dir,
-        }
+        })
     }
 
     pub async fn stop(mut self) {
