@@ -61,7 +61,7 @@ db_args=()
 if [ "$database" != sqlite ]; then db_args=(--database-url "$database"); fi
 
 # wrk is one address standing for many clients: lift the per-address connection cap.
-POSTERN_MAX_CONNECTIONS_PER_ADDRESS=1024 POSTERN_LOG=info "$bin" server \
+POSTERN_MAX_CONNECTIONS_PER_ADDRESS=1024 POSTERN_GRANT_RATE_PER_TOKEN=0 POSTERN_GRANT_RATE_PER_ADDRESS=0 POSTERN_LOG=info "$bin" server \
   --data-dir "$dir/data" --listen 127.0.0.1:0 --log-format json \
   --config "$dir/postern.toml" "${db_args[@]}" >"$dir/stdout" 2>"$dir/stderr" &
 pid=$!
@@ -121,7 +121,7 @@ wrk -t"$threads" -c"$connections" -d"$duration" -s "$dir/get.lua" \
   "$base/api/routers/$router/transient-forwarding" | grep -E 'Requests/sec|Latency|non-2xx|requests in'
 echo "-- the same with POSTERN_LIST_CACHE=false (every request also reads and decodes the 100 grants)"
 kill "$pid"; wait "$pid" 2>/dev/null || true
-POSTERN_LIST_CACHE=false POSTERN_LOG=info "$bin" server --data-dir "$dir/data" --listen "$addr" \
+POSTERN_LIST_CACHE=false POSTERN_GRANT_RATE_PER_TOKEN=0 POSTERN_GRANT_RATE_PER_ADDRESS=0 POSTERN_LOG=info "$bin" server --data-dir "$dir/data" --listen "$addr" \
   --log-format json --config "$dir/postern.toml" "${db_args[@]}" >"$dir/stdout" 2>"$dir/stderr2" &
 pid=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "$base/healthz" && break; sleep 0.1; done

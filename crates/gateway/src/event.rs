@@ -38,8 +38,37 @@ impl fmt::Display for ConnectionId {
 pub enum Refusal {
     /// The source is outside `allow_from` (and not private with `allow_rfc1918`).
     SourceNotAllowed,
-    /// The grant or the gateway is at its connection cap.
+    /// The grant (its entry port) or the gateway is at its connection cap.
     TooManyConnections,
+    /// The source address is at its cap of live connections over every entry port.
+    TooManyFromSource,
+}
+
+impl Refusal {
+    /// Every refusal, in order.
+    pub const ALL: [Refusal; 3] = [
+        Refusal::SourceNotAllowed,
+        Refusal::TooManyConnections,
+        Refusal::TooManyFromSource,
+    ];
+
+    /// Its place in [`Refusal::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::SourceNotAllowed => 0,
+            Refusal::TooManyConnections => 1,
+            Refusal::TooManyFromSource => 2,
+        }
+    }
+
+    /// A short name for metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::SourceNotAllowed => "source_not_allowed",
+            Refusal::TooManyConnections => "connection_cap",
+            Refusal::TooManyFromSource => "source_cap",
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -47,6 +76,7 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::SourceNotAllowed => "source not allowed",
             Refusal::TooManyConnections => "too many connections",
+            Refusal::TooManyFromSource => "too many connections from this source",
         })
     }
 }

@@ -55,8 +55,12 @@ pub struct Config {
     /// How long a connection to the target may take before the client is closed with
     /// `TargetUnreachable`.
     pub connect_timeout: Duration,
-    /// Live forwarded connections one grant may have; beyond, new ones are refused.
+    /// Live forwarded connections one grant (one entry port) may have; beyond, new ones
+    /// are refused (`TooManyConnections`).
     pub max_connections_per_grant: usize,
+    /// Live forwarded connections from one source address, over every entry port;
+    /// beyond, new ones are refused (`TooManyFromSource`).
+    pub max_connections_per_source: usize,
     /// Live forwarded connections of the whole gateway.
     pub max_connections: usize,
     /// Room in the event queue for droppable events (refusals, openings but a grant's
@@ -85,6 +89,7 @@ impl Default for Config {
         Self {
             connect_timeout: Duration::from_secs(5),
             max_connections_per_grant: 256,
+            max_connections_per_source: 128,
             max_connections: 16384,
             event_capacity: 4096,
             transfer: TransferMode::default(),
@@ -190,6 +195,10 @@ struct Inner {
     events: EventSink,
     next_id: AtomicU64,
     live: AtomicUsize,
+    /// Live connections per source address (entries at 0 are removed).
+    per_source: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Connections refused, by [`Refusal`] (in its order).
+    refused: [AtomicU64; 3],
     root: CancellationToken,
     pumps: Pumps,
 }
@@ -238,6 +247,8 @@ impl Gateway {
             events,
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+            refused: Default::default(),
             root: root.clone(),
             pumps: Pumps::new(config.transfer, config.pipe_size),
             config,
@@ -363,6 +374,15 @@ impl Gateway {
     pub fn grants(&self) -> Vec<GrantInfo> {
         let grants: Vec<Arc<Grant>> = lock(&self.inner.grants).values().cloned().collect();
         grants.iter().map(|g| g.info()).collect()
+    }
+
+    /// Connections refused so far for `refusal` (counted even when the event is
+    /// dropped).
+    pub fn refused(&self, refusal: Refusal) -> u64 {
+        self.inner
+            .refused
+            .get(refusal.index())
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Droppable events dropped because the queue held `event_capacity` of them.
@@ -566,6 +586,9 @@ fn admit(inner: &Arc<Inner>, grant: &Arc<Grant>, stream: TcpStream, source: Sock
         // Reset, not FIN: nothing is sent, and no TIME_WAIT stays behind here.
         let _ = stream.set_zero_linger();
         tracing::info!(key = %grant.key, %source, %refusal, "connection refused");
+        if let Some(n) = inner.refused.get(refusal.index()) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         inner.events.emit(Event::ConnectionRefused {
             key: grant.key,
             source,
@@ -587,6 +610,20 @@ fn admit(inner: &Arc<Inner>, grant: &Arc<Grant>, stream: TcpStream, source: Sock
             drop(conns);
             refuse(Refusal::TooManyConnections);
             return;
+        }
+        {
+            let mut per_source = lock(&inner.per_source);
+            let from_source = per_source.entry(source.ip()).or_insert(0);
+            if *from_source >= inner.config.max_connections_per_source {
+                if *from_source == 0 {
+                    per_source.remove(&source.ip());
+                }
+                drop(per_source);
+                drop(conns);
+                refuse(Refusal::TooManyFromSource);
+                return;
+            }
+            *from_source += 1;
         }
         inner.live.fetch_add(1, Ordering::Relaxed);
         conns.insert(
@@ -648,6 +685,15 @@ impl Drop for Closing {
     fn drop(&mut self) {
         lock(&self.grant.conns).remove(&self.id);
         self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut per_source = lock(&self.inner.per_source);
+            if let Some(n) = per_source.get_mut(&self.source.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_source.remove(&self.source.ip());
+                }
+            }
+        }
         let reason = self
             .reason
             .take()

@@ -570,6 +570,70 @@ async fn connection_cap_refuses_the_extra_one() {
 }
 
 #[tokio::test]
+async fn a_source_at_its_cap_is_refused_on_every_entry_port_and_others_are_not() {
+    let (target, _) = echo_target().await;
+    let config = Config {
+        max_connections_per_source: 2,
+        ..Config::default()
+    };
+    let (gw, mut rx) = Gateway::new(config);
+    let (a, b) = (access(), access());
+    let allow = &["127.0.0.1/32", "127.0.0.2/32"];
+    let port_a = gw.open(spec(a, target, allow)).await.unwrap().listen;
+    let port_b = gw.open(spec(b, target, allow)).await.unwrap().listen;
+    // Two from 127.0.0.1, one on each entry port: at the cap.
+    let mut first = connect_from("127.0.0.1", port_a).await.unwrap();
+    echo_once(&mut first, b"1").await;
+    let mut second = connect_from("127.0.0.1", port_b).await.unwrap();
+    echo_once(&mut second, b"2").await;
+    // A third from it is refused, on either port, counted and evented as such.
+    let mut third = connect_from("127.0.0.1", port_a).await.unwrap();
+    assert!(wait_closed(&mut third).await.is_empty());
+    let refused = next_event(&mut rx, |e| matches!(e, Event::ConnectionRefused { .. })).await;
+    let Event::ConnectionRefused {
+        refusal,
+        source,
+        key,
+        ..
+    } = refused
+    else {
+        unreachable!()
+    };
+    assert_eq!(refusal, Refusal::TooManyFromSource);
+    assert_eq!(source.ip().to_string(), "127.0.0.1");
+    assert_eq!(key, a);
+    assert_eq!(refusal.to_string(), "too many connections from this source");
+    assert_eq!(gw.refused(Refusal::TooManyFromSource), 1);
+    assert_eq!(gw.refused(Refusal::TooManyConnections), 0);
+    // Another source is not held back by it.
+    let mut other = connect_from("127.0.0.2", port_b).await.unwrap();
+    echo_once(&mut other, b"3").await;
+    // Once one of the first two ends, the source may connect again.
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let mut c = connect_from("127.0.0.1", port_b).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(500), async {
+            c.write_all(b"4").await?;
+            let mut buf = [0u8; 1];
+            c.read_exact(&mut buf).await.map(|_| buf)
+        })
+        .await
+        .is_ok_and(|r| r.is_ok_and(|b| b == *b"4"))
+        {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the source stayed refused after a connection ended"
+    );
+    echo_once(&mut second, b"5").await;
+}
+
+#[tokio::test]
 async fn a_full_event_queue_never_blocks_forwarding_and_never_loses_an_end() {
     let (target, _) = echo_target().await;
     let config = Config {

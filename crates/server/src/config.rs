@@ -188,6 +188,36 @@ impl Default for GrantLimits {
     }
 }
 
+/// Back-pressure on creating grants (API, portal and terminal alike). Every figure is
+/// per minute or a count; 0 switches that limit off. The defaults are far above what a
+/// person at a keyboard does, and stop a runaway script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationLimits {
+    /// Creates a minute by one signed-in user (`grant_rate_per_user`).
+    pub per_user: u32,
+    /// Creates a minute with one API token (`grant_rate_per_token`).
+    pub per_token: u32,
+    /// Creates a minute from one client address, whoever signs them
+    /// (`grant_rate_per_address`).
+    pub per_address: u32,
+    /// Live grants one router may have (`max_live_grants_per_router`).
+    pub live_per_router: u32,
+    /// Live grants one organisation may have (`max_live_grants_per_org`).
+    pub live_per_org: u32,
+}
+
+impl Default for CreationLimits {
+    fn default() -> Self {
+        Self {
+            per_user: 30,
+            per_token: 30,
+            per_address: 60,
+            live_per_router: 256,
+            live_per_org: 4096,
+        }
+    }
+}
+
 /// Everything `postern server` needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -262,6 +292,13 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// How long an enrolment token (the pasted line) works.
     pub enrollment_lifetime: Duration,
+    /// Rate limits and caps on creating grants.
+    pub creation: CreationLimits,
+    /// Live connections one entry port (one grant) may carry at the gateway; more are
+    /// refused, counted and recorded like other refusals.
+    pub gateway_max_connections_per_port: usize,
+    /// Live connections from one source address over every entry port of the gateway.
+    pub gateway_max_connections_per_source: usize,
 }
 
 impl Default for ServerConfig {
@@ -297,6 +334,9 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             enrollment_lifetime: Duration::from_secs(24 * 3600),
+            creation: CreationLimits::default(),
+            gateway_max_connections_per_port: 256,
+            gateway_max_connections_per_source: 128,
         }
     }
 }
@@ -337,6 +377,13 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     enrollment_lifetime: Option<String>,
+    grant_rate_per_user: Option<u32>,
+    grant_rate_per_token: Option<u32>,
+    grant_rate_per_address: Option<u32>,
+    max_live_grants_per_router: Option<u32>,
+    max_live_grants_per_org: Option<u32>,
+    gateway_max_connections_per_port: Option<usize>,
+    gateway_max_connections_per_source: Option<usize>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -469,6 +516,20 @@ impl ServerConfig {
         if let Some(s) = f.enrollment_lifetime {
             self.enrollment_lifetime = parse_duration("enrollment_lifetime", &s)?;
         }
+        let c = &mut self.creation;
+        set(&mut c.per_user, f.grant_rate_per_user);
+        set(&mut c.per_token, f.grant_rate_per_token);
+        set(&mut c.per_address, f.grant_rate_per_address);
+        set(&mut c.live_per_router, f.max_live_grants_per_router);
+        set(&mut c.live_per_org, f.max_live_grants_per_org);
+        set(
+            &mut self.gateway_max_connections_per_port,
+            f.gateway_max_connections_per_port,
+        );
+        set(
+            &mut self.gateway_max_connections_per_source,
+            f.gateway_max_connections_per_source,
+        );
         Ok(())
     }
 
@@ -513,6 +574,29 @@ impl ServerConfig {
             }
             "MAX_CONNECTIONS_PER_ADDRESS" => {
                 self.max_connections_per_address = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_USER" => {
+                self.creation.per_user = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_TOKEN" => {
+                self.creation.per_token = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GRANT_RATE_PER_ADDRESS" => {
+                self.creation.per_address = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_LIVE_GRANTS_PER_ROUTER" => {
+                self.creation.live_per_router = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "MAX_LIVE_GRANTS_PER_ORG" => {
+                self.creation.live_per_org = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GATEWAY_MAX_CONNECTIONS_PER_PORT" => {
+                self.gateway_max_connections_per_port =
+                    value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "GATEWAY_MAX_CONNECTIONS_PER_SOURCE" => {
+                self.gateway_max_connections_per_source =
+                    value.parse().map_err(|e| bad(format!("{e}")))?
             }
             "MAX_CONCURRENT_HASHES" => {
                 self.max_concurrent_hashes = value.parse().map_err(|e| bad(format!("{e}")))?
@@ -622,6 +706,18 @@ impl ServerConfig {
         }
         if self.header_timeout.is_zero() {
             return Err(invalid("header_timeout", "must be at least 1s"));
+        }
+        if self.gateway_max_connections_per_port == 0 {
+            return Err(invalid(
+                "gateway_max_connections_per_port",
+                "must be at least 1",
+            ));
+        }
+        if self.gateway_max_connections_per_source == 0 {
+            return Err(invalid(
+                "gateway_max_connections_per_source",
+                "must be at least 1",
+            ));
         }
         if self.max_concurrent_hashes == 0 {
             return Err(invalid("max_concurrent_hashes", "must be at least 1"));

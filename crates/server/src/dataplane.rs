@@ -130,6 +130,13 @@ pub struct GatewayPlane {
     tasks: Arc<Mutex<Vec<Task>>>,
 }
 
+impl GatewayPlane {
+    /// Connections the gateway refused so far for `refusal`.
+    pub fn refused(&self, refusal: gateway::Refusal) -> u64 {
+        self.gateway.refused(refusal)
+    }
+}
+
 impl std::fmt::Debug for GatewayPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayPlane")

@@ -17,17 +17,19 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateForward {
-    /// Minutes the forward stays open (default 120; 10–1440 unless configured otherwise).
-    #[schema(example = 120)]
+    /// Minutes the forward stays open (default 120; 10–1440 unless configured otherwise:
+    /// `minimum` and `maximum` are the server's). Not with `expires_at`.
+    #[schema(example = 120, minimum = 10, maximum = 1440)]
     pub expire_after_minutes: Option<i64>,
-    /// An absolute UTC end time (RFC 3339), instead of `expire_after_minutes`.
-    #[schema(example = "2024-06-22T04:33:29+00:00")]
+    /// An absolute end time (RFC 3339), instead of `expire_after_minutes`: within the
+    /// same limits from now.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// The port on the device behind the router (1–65535).
-    #[schema(example = 22)]
+    #[schema(example = 22, minimum = 1, maximum = 65535)]
     pub dst_port: i64,
     /// The device's address: private (RFC 1918) or publicly routed.
-    #[schema(example = "192.168.88.43")]
+    #[schema(example = "192.168.88.43", format = "ip")]
     pub dst_address: String,
     /// Who may connect: an address or a CIDR, IPv4 /24 to /32 or IPv6 /48 to /128,
     /// publicly routed (documentation ranges count; loopback and private only in lab
@@ -35,7 +37,7 @@ pub struct CreateForward {
     /// Teredo 2001::/32, whose ranges must be one /128, NAT64 64:ff9b::/32, IPv4-mapped
     /// is read as its IPv4 address), and so is any IPv6 source when the router's entry
     /// point takes IPv4 only. Defaults to the caller's own address.
-    #[schema(example = "198.51.100.0/24")]
+    #[schema(example = "198.51.100.0/24", format = "cidr")]
     pub allow_from: Option<String>,
     /// Add a masquerade rule, for devices that do not route through the router.
     #[schema(example = false)]
@@ -109,11 +111,15 @@ pub struct CreateAccess {
     /// Teredo 2001::/32, whose ranges must be one /128, NAT64 64:ff9b::/32, IPv4-mapped
     /// is read as its IPv4 address), and so is any IPv6 source when the router's entry
     /// point takes IPv4 only. Defaults to the caller's own address.
-    #[schema(example = "198.51.100.0/24")]
+    #[schema(example = "198.51.100.0/24", format = "cidr")]
     pub allow_from: Option<String>,
-    #[schema(example = 120)]
+    /// Minutes the grant stays open (default 120; the server's limits, 10–1440 unless
+    /// configured otherwise). Not with `expires_at`.
+    #[schema(example = 120, minimum = 10, maximum = 1440)]
     pub expire_after_minutes: Option<i64>,
-    #[schema(example = "2024-06-22T04:33:29+00:00")]
+    /// An absolute end time (RFC 3339), instead of `expire_after_minutes`: within the
+    /// same limits from now.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -163,7 +169,11 @@ pub struct CredentialsView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateExpiry {
+    /// Minutes from now (the server's limits, 10–1440 unless configured otherwise).
+    #[schema(example = 60, minimum = 10, maximum = 1440)]
     pub expire_after_minutes: Option<i64>,
+    /// An absolute end time (RFC 3339), within the same limits from now.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -185,9 +195,12 @@ pub struct GrantListQuery {
     /// Include ended grants (expired, revoked, failed) too: the newest `limit` of them
     /// after skipping `offset`, merged newest first with the live ones (always all shown).
     pub all: Option<bool>,
-    /// With `all=true`: how many ended grants, 1–500 (default 100).
+    /// With `all=true` only: how many ended grants, 1–500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// With `all=true`: how many of the newest ended grants to skip (default 0).
+    /// With `all=true` only: how many of the newest ended grants to skip, 0–1000000
+    /// (default 0).
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
 }
 
@@ -197,34 +210,67 @@ pub struct GrantListQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRouter {
-    #[schema(example = "branch-01")]
+    /// 1–64 characters, no control characters, no white space at either end; unique in
+    /// the organisation (409).
+    #[schema(
+        example = "branch-01",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub name: String,
     /// Where the router's API, SSH and WinBox answer: a publicly routed address
     /// (loopback and private addresses only when the server runs in lab mode; shared,
     /// link-local and other special ranges never). Only admins may register a router.
-    #[schema(example = "203.0.113.2")]
+    #[schema(example = "203.0.113.2", format = "ip")]
     pub tunnel_address: String,
-    /// Its management login.
-    #[schema(example = "postern")]
+    /// Its management login: 1–64 printable ASCII characters without spaces, quotes,
+    /// backslashes or `=`.
+    #[schema(
+        example = "postern",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[!#-&(-<>-\\[\\]-_a-~]+$"
+    )]
     pub username: String,
-    /// Its management password (stored encrypted, never returned).
+    /// Its management password (stored encrypted, never returned): 1–256 characters, no
+    /// control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub password: String,
     /// Default 8728, or 8729 with `api_tls`.
+    #[schema(minimum = 1, maximum = 65535)]
     pub api_port: Option<i64>,
     /// Default 22.
+    #[schema(minimum = 1, maximum = 65535)]
     pub ssh_port: Option<i64>,
     /// Default 8291.
+    #[schema(minimum = 1, maximum = 65535)]
     pub winbox_port: Option<i64>,
     /// Reach the API over TLS (API-SSL). Default false; true when
-    /// `api_tls_fingerprint` is given.
+    /// `api_tls_fingerprint` is given (false with it is refused).
     pub api_tls: Option<bool>,
     /// The SHA-256 of the router's certificate (64 hex digits, `:` between bytes
     /// allowed). Without it, the certificate the router presents on the first
     /// connection is pinned and kept: a later different one is refused.
+    #[schema(
+        pattern = "^:*(?:[0-9A-Fa-f]:*){64}$",
+        example = "ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab"
+    )]
     pub api_tls_fingerprint: Option<String>,
-    /// Region name (default: the first configured region).
+    /// Region name, one of the server's regions (default: the first configured region).
+    #[schema(example = "local")]
     pub region: Option<String>,
-    /// Site name (default: the router's name; created when absent).
+    /// Site name (default: the router's name; created when absent): as `name`.
+    #[schema(
+        example = "branch-01",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub site: Option<String>,
 }
 
@@ -236,24 +282,53 @@ pub struct CreateRouter {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRouter {
+    /// As when registering.
+    #[schema(
+        example = "branch-02",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub name: Option<String>,
     /// As when registering: publicly routed, loopback and private only in lab mode.
     /// Changing it requires `password` in the same request.
+    #[schema(example = "203.0.113.7", format = "ip")]
     pub tunnel_address: Option<String>,
+    /// As when registering.
+    #[schema(
+        example = "postern",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[!#-&(-<>-\\[\\]-_a-~]+$"
+    )]
     pub username: Option<String>,
-    /// The management password; required whenever `tunnel_address` or `api_port`
-    /// changes, so the stored one is never sent to a new place.
+    /// The management password; required whenever `tunnel_address`, `api_port` or
+    /// API-SSL changes, so the stored one is never sent to a new place.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub password: Option<String>,
     /// Changing it requires `password` in the same request.
+    #[schema(minimum = 1, maximum = 65535)]
     pub api_port: Option<i64>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub ssh_port: Option<i64>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub winbox_port: Option<i64>,
     /// API-SSL on or off (admins only, with `password`). Turning it off forgets the
-    /// pinned certificate.
+    /// pinned certificate (and is refused together with `api_tls_fingerprint`).
     pub api_tls: Option<bool>,
     /// Pins this certificate instead (admins only, with `password`; implies
     /// `api_tls`).
+    #[schema(
+        pattern = "^:*(?:[0-9A-Fa-f]:*){64}$",
+        example = "ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab:ab"
+    )]
     pub api_tls_fingerprint: Option<String>,
+    /// One of the server's regions.
+    #[schema(example = "local")]
     pub region: Option<String>,
 }
 
@@ -336,8 +411,10 @@ pub struct SiteView {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// Default 0.
+    /// 0–1000000, default 0.
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
 }
 
@@ -402,10 +479,17 @@ pub enum RoleDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    #[schema(example = "ci")]
+    /// 1–64 characters, no control characters, no white space at either end.
+    #[schema(
+        example = "ci",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub name: String,
     pub role: RoleDto,
     /// Days until it stops working (1–3650; default: never).
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<i64>,
 }
 
@@ -436,10 +520,17 @@ pub struct NewTokenView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    #[schema(example = "alice")]
+    /// 1–64 letters, digits, `.`, `_`, `@` and `-`; unique in the organisation (409).
+    #[schema(
+        example = "alice",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._@-]+$"
+    )]
     pub username: String,
     pub role: RoleDto,
-    /// At least 12 characters; generated (and shown once) when absent.
+    /// 12–1024 characters; generated (and shown once) when absent.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: Option<String>,
 }
 

@@ -60,6 +60,10 @@ pub enum ApiError {
     /// `Retry-After`).
     #[error("{0}")]
     Busy(&'static str),
+    /// The caller went over a rate limit: try again after `retry_after` seconds (429
+    /// with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     /// A fault of ours: logged with its cause, shown as a bare 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -80,6 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +99,7 @@ impl ApiError {
             Self::PayloadTooLarge => "urn:postern:problem:too-large",
             Self::UnsupportedMediaType(_) => "urn:postern:problem:media-type",
             Self::Busy(_) => "urn:postern:problem:busy",
+            Self::TooManyRequests { .. } => "urn:postern:problem:rate-limited",
             Self::Internal(_) => "about:blank",
         }
     }
@@ -164,6 +170,12 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(%cause, "request failed");
         }
-        problem_response(self.status(), &self.problem())
+        let mut response = problem_response(self.status(), &self.problem());
+        if let Self::TooManyRequests { retry_after, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.max(&1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }

@@ -16,6 +16,7 @@
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
 //! - [`auth`]: API tokens, password hashes, and the `Caller` extractor.
+//! - [`backpressure`]: rate limits and live-grant caps on creating grants.
 //! - [`error`]: `ApiError`, rendered as RFC 9457 problem+json.
 //! - [`extract`]: JSON body, path and query extractors whose rejections are problems.
 //! - [`dto`]: request and response bodies with their schemas.
@@ -46,6 +47,7 @@
 )]
 
 pub mod auth;
+pub mod backpressure;
 pub mod backup;
 pub mod bootstrap;
 pub mod cache;
@@ -103,9 +105,14 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The OpenAPI document of the API (the one served at `/api/openapi.json`).
+/// The OpenAPI document of the API as generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes::openapi()
+}
+
+/// The OpenAPI document as a server with `config` serves it at `/api/openapi.json` now.
+pub fn openapi_document(config: &ServerConfig) -> serde_json::Value {
+    routes::document(config, chrono::Utc::now())
 }
 
 /// Serves the app on `listener` until `shutdown` resolves, then drains open requests.

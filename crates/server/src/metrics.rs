@@ -278,8 +278,28 @@ pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::re
         text.push_str("# TYPE postern_router_jobs_stuck gauge\n");
         text.push_str(&format!("postern_router_jobs_stuck {stuck}\n"));
     }
-    if let Some(plane) = &state.gateway {
-        render_tunnels(&plane.tunnels().figures(), &mut text);
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP postern_grant_creates_refused_total Grant creates refused by back-pressure, by reason.\n\
+         # TYPE postern_grant_creates_refused_total counter\n\
+         postern_grant_creates_refused_total{{reason=\"rate_limit\"}} {}\n\
+         postern_grant_creates_refused_total{{reason=\"live_grant_cap\"}} {}\n",
+        load(&state.creates.refused_rate),
+        load(&state.creates.refused_cap),
+    ));
+    if let Some(gateway) = &state.gateway {
+        text.push_str(
+            "# HELP postern_gateway_connections_refused_total Connections the gateway reset at once, by reason.\n\
+             # TYPE postern_gateway_connections_refused_total counter\n",
+        );
+        for refusal in gateway::Refusal::ALL {
+            text.push_str(&format!(
+                "postern_gateway_connections_refused_total{{reason=\"{}\"}} {}\n",
+                refusal.label(),
+                gateway.refused(refusal)
+            ));
+        }
+        render_tunnels(&gateway.tunnels().figures(), &mut text);
     }
     let mut response = text.into_response();
     response.headers_mut().insert(

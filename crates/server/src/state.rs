@@ -46,6 +46,8 @@ pub struct AppState {
     pub hashing: crate::auth::Hashing,
     /// Requests to the public enrolment routes per client address.
     pub enroll_limit: crate::onboarding::RateLimit,
+    /// The rate limits on creating grants (`creation`).
+    pub creates: crate::backpressure::CreateLimiter,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             gateway: None,
             terminals: crate::terminal::Terminals::default(),
             enroll_limit: crate::onboarding::RateLimit::default(),
+            creates: crate::backpressure::CreateLimiter::default(),
         }
     }
 

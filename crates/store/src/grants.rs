@@ -13,7 +13,9 @@ use crate::db::{Get, Pool, WritePool, db, db_write, ms, trunc, values_list};
 use crate::error::{Result, StoreError};
 use crate::grouped::Write;
 use crate::jobs::{insert_audit, insert_job};
-use crate::records::{ListStamp, NewAccess, NewForward, Page, TransientAccess, TransientForward};
+use crate::records::{
+    ListStamp, LiveCounts, NewAccess, NewForward, Page, TransientAccess, TransientForward,
+};
 use crate::secret::{Secret, Slot};
 
 /// How many candidate ports `claim_port!` tries blindly before it reads which are taken.
@@ -829,6 +831,33 @@ impl Store {
             Ok(ListStamp {
                 grants_version: row.opt_int("version")?,
                 token_exists: row.int("tokens")? > 0,
+            })
+        })
+    }
+
+    /// How many live grants (requested, provisioning, active or closing; access and
+    /// forwards, the portal's terminals too) the router has, and the organisation: for
+    /// the server's caps on live grants.
+    pub async fn count_live_grants(&self, org: OrgId, router_id: RouterId) -> Result<LiveCounts> {
+        db!(self, |p, pg| {
+            let row = sqlx::query(
+                "SELECT \
+                 (SELECT COUNT(*) FROM transient_access WHERE router_id = $1 AND org_id = $2 \
+                    AND status IN ('requested', 'provisioning', 'active', 'closing')) + \
+                 (SELECT COUNT(*) FROM transient_forwards WHERE router_id = $1 AND org_id = $2 \
+                    AND status IN ('requested', 'provisioning', 'active', 'closing')) AS router, \
+                 (SELECT COUNT(*) FROM transient_access WHERE org_id = $2 \
+                    AND status IN ('requested', 'provisioning', 'active', 'closing')) + \
+                 (SELECT COUNT(*) FROM transient_forwards WHERE org_id = $2 \
+                    AND status IN ('requested', 'provisioning', 'active', 'closing')) AS org",
+            )
+            .bind(router_id.to_string())
+            .bind(org.to_string())
+            .fetch_one(p)
+            .await?;
+            Ok(LiveCounts {
+                router: u64::try_from(row.int("router")?).unwrap_or(0),
+                org: u64::try_from(row.int("org")?).unwrap_or(0),
             })
         })
     }

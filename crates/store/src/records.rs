@@ -450,6 +450,14 @@ pub struct NewAudit {
     pub details: serde_json::Value,
 }
 
+/// Live grants (requested, provisioning, active or closing) on a router and in its
+/// organisation, from `Store::count_live_grants`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveCounts {
+    pub router: u64,
+    pub org: u64,
+}
+
 /// What a server reads, in one statement, to know whether a grant list it cached is
 /// still exact: the router's grants version, and whether a cached API token still exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

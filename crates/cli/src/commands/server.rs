@@ -108,10 +108,17 @@ pub async fn run_parts(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let gateway =
-        server::dataplane::GatewayPlane::start(store.clone(), &config, gateway::Config::default())
-            .await
-            .context("starting the gateway")?;
+    let gateway = server::dataplane::GatewayPlane::start(
+        store.clone(),
+        &config,
+        gateway::Config {
+            max_connections_per_grant: config.gateway_max_connections_per_port,
+            max_connections_per_source: config.gateway_max_connections_per_source,
+            ..gateway::Config::default()
+        },
+    )
+    .await
+    .context("starting the gateway")?;
     // Before the orchestrator runs, so the rebuild sees every active grant as it is.
     gateway
         .rebuild()

@@ -171,6 +171,13 @@ fn form_error(e: ApiError, inputs: &[&str]) -> Result<(StatusCode, Errors), Port
                 form: Some(message),
             },
         )),
+        ApiError::TooManyRequests { message, .. } => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            Errors {
+                fields: Vec::new(),
+                form: Some(message),
+            },
+        )),
         other => Err(other.into()),
     }
 }

@@ -250,7 +250,7 @@ pub async fn users_post(
     let mut checks = Checks::default();
     let username = checks.take(domain::rules::username(&req.username));
     if let Some(p) = &req.password
-        && (p.chars().count() < MIN_PASSWORD || p.len() > 1024)
+        && !(MIN_PASSWORD..=1024).contains(&p.chars().count())
     {
         checks.push(
             "password",

@@ -45,6 +45,30 @@ fn access_level(req: &CreateAccess, checks: &mut Checks) -> AccessLevel {
     }
 }
 
+/// The back-pressure on every create: the caller's rates (429), then the live-grant
+/// caps of the router and the organisation (409). The admission is kept only by a
+/// create that succeeds.
+async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    router: &store::Router,
+) -> Result<crate::backpressure::Admission, ApiError> {
+    let limits = &state.config.creation;
+    let admission = state
+        .creates
+        .admit(limits, caller, std::time::Instant::now())?;
+    if let Err(e) = crate::backpressure::check_caps(&state.store, limits, caller, router.id).await {
+        if matches!(e, ApiError::Conflict(_)) {
+            state
+                .creates
+                .refused_cap
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return Err(e);
+    }
+    Ok(admission)
+}
+
 /// Creates transient access on `router` (already loaded within the caller's
 /// organisation): validates every field (422 naming each bad one), generates the user
 /// and password, records the grant with its port, audit entry (`access.create`) and
@@ -90,6 +114,7 @@ async fn create(
     terminal: bool,
 ) -> Result<store::TransientAccess, ApiError> {
     caller.require_write()?;
+    let admission = admit(state, caller, router).await?;
     let now = state.now();
     let mut checks = Checks::default();
     let access = access_level(req, &mut checks);
@@ -158,6 +183,7 @@ async fn create(
             terminal,
         })
         .await?;
+    admission.keep();
     state.lists.invalidate(router.id);
     super::common::grant_created(state).await;
     Ok(grant)
@@ -184,6 +210,7 @@ pub async fn create_forward_in(
     req: &CreateForward,
 ) -> Result<store::TransientForward, ApiError> {
     caller.require_write()?;
+    let admission = admit(state, caller, router).await?;
     let now = state.now();
     let mut checks = Checks::default();
     let expires_at = resolve_expiry(
@@ -249,6 +276,7 @@ pub async fn create_forward_in(
             job: Some(new_job(caller, router.id, "forward.create", now)),
         })
         .await?;
+    admission.keep();
     state.lists.invalidate(router.id);
     super::common::grant_created(state).await;
     Ok(forward)

@@ -6,6 +6,7 @@ pub(crate) mod access;
 mod admin;
 pub(crate) mod common;
 mod connections;
+mod contract;
 mod forwards;
 pub(crate) mod grants;
 mod onboard;
@@ -136,6 +137,21 @@ pub fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The OpenAPI document alone.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     parts().1
+}
+
+/// The document as served by a server with `config` at `now`: the generated one
+/// completed with the cross-field rules, the configured bounds and the answers every
+/// route of a kind gives (see `contract`).
+pub fn document(
+    config: &crate::config::ServerConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    static BASE: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let mut doc = BASE
+        .get_or_init(|| serde_json::to_value(openapi()).unwrap_or_default())
+        .clone();
+    contract::complete(&mut doc, config, now);
+    doc
 }
 
 /// Every route, for the OpenAPI document's own route and the docs page.

@@ -118,7 +118,8 @@ async fn region_for(
 }
 
 fn check_password(checks: &mut Checks, password: &str) {
-    if password.is_empty() || password.len() > 256 || password.chars().any(char::is_control) {
+    let count = password.chars().count();
+    if count == 0 || count > 256 || password.chars().any(char::is_control) {
         checks.push(
             "password",
             "must be 1 to 256 characters without control characters",

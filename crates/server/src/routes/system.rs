@@ -1,8 +1,6 @@
 //! Unguarded routes: `/healthz`, `/metrics` (Prometheus, behind its own token) and
 //! `/api/openapi.json`.
 
-use std::sync::OnceLock;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -80,15 +78,11 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     crate::metrics::exposition(State(state)).await
 }
 
-/// The OpenAPI 3 document of this API.
-pub async fn openapi_json() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let body = DOC.get_or_init(|| {
-        super::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|_| "{}".to_owned())
-    });
-    let mut response = body.clone().into_response();
+/// The OpenAPI 3 document of this API, as this server's configuration bounds it.
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
+    let body = serde_json::to_string_pretty(&super::document(&state.config, state.now()))
+        .unwrap_or_else(|_| "{}".to_owned());
+    let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -174,7 +174,10 @@ fn well_formed(ticket: &str) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct RedeemTicket {
     /// The `ticket` of a `winbox://` link: `wbt_` and 43 base64url characters.
-    #[schema(example = "wbt_3q2-7wAbCdEfGhIjKlMnOpQrStUvWxYz0123456789A")]
+    #[schema(
+        example = "wbt_3q2-7wAbCdEfGhIjKlMnOpQrStUvWxYz0123456789A",
+        pattern = "^wbt_[A-Za-z0-9_-]{43}$"
+    )]
     pub ticket: String,
 }
 
