@@ -124,29 +124,48 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         args.base_address,
         FleetOptions {
             ports: Ports::ephemeral(),
+            // Reachable only through the tunnel each builds from the pasted line.
+            behind_nat: true,
             ..FleetOptions::default()
         },
     )
     .await
     .context("starting the sim routers")?;
-    let routers = match register(&store, &config, &fleet).await {
-        Ok(r) => r,
-        Err(e) => {
-            fleet.shutdown().await;
-            return Err(e);
-        }
-    };
+    let fleet = std::sync::Arc::new(fleet);
     let base = format!("http://{listen}");
     let json = args.json;
-    let report = move || {
-        if json {
-            print_json(&base, &password, &token, &routers, &data_dir);
-        } else {
-            print_text(&base, &password, &token, &routers, fell_back, &data_dir);
+    // Once the server is up (its listener is bound, so the routers' fetches wait in its
+    // backlog until it serves), each router gets its site's line pasted into its
+    // console, as an operator would; the demo reports when all are online.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let report = {
+        let (store, config, fleet) = (store.clone(), config.clone(), fleet.clone());
+        move || {
+            tokio::spawn(async move {
+                match enrol(&store, &config, &fleet).await {
+                    Ok(routers) if json => {
+                        print_json(&base, &password, &token, &routers, &data_dir);
+                    }
+                    Ok(routers) => {
+                        print_text(&base, &password, &token, &routers, fell_back, &data_dir);
+                    }
+                    Err(e) => {
+                        let _ = failed_tx.send(e);
+                    }
+                }
+            });
         }
     };
-    let served = super::server::run_parts(config, store, listener, shutdown, report).await;
-    fleet.shutdown().await;
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(e) = failed_rx => tracing::error!("the demo's routers could not enrol: {e:#}"),
+        }
+    };
+    let served = super::server::run_parts(config, store, listener, stop, report).await;
+    if let Ok(fleet) = std::sync::Arc::try_unwrap(fleet) {
+        fleet.shutdown().await;
+    }
     drop(temp);
     served
 }
@@ -198,9 +217,13 @@ async fn admin_password(store: &store::Store) -> anyhow::Result<String> {
     Ok(password)
 }
 
-/// Registers each sim router as a site and router of organisation "default" (updating a
-/// router of the same name left by an earlier run on the same data directory).
-async fn register(
+/// How long a router may take from the pasted line to its tunnel's first handshake.
+const ENROL_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Onboards each sim router as an operator would: adds its site (or, for a router of
+/// the same name left by an earlier run on this data directory, issues a new line), pastes
+/// the line into the router's console, and waits for its tunnel to come up.
+async fn enrol(
     store: &store::Store,
     config: &ServerConfig,
     fleet: &Fleet,
@@ -211,60 +234,61 @@ async fn register(
         .into_iter()
         .find(|o| o.name == "default")
         .context("no organisation \"default\"")?;
-    let region_name = config
-        .regions
-        .first()
-        .map(|r| r.name.clone())
-        .context("no region configured")?;
-    let region = store
-        .find_region_by_name(&region_name)
-        .await?
-        .context("the region is not in the store")?;
+    let asker = server::sites::Asker {
+        org_id: org.id,
+        actor: "demo".into(),
+        address: None,
+    };
+    let url = config
+        .enroll_url()
+        .map_err(|e| anyhow::anyhow!("the enrolment address: {e}"))?;
     let existing = store.list_routers(org.id).await?;
     let mut out = Vec::new();
     for r in &fleet.routers {
         let name = r.identity();
-        let router = match existing.iter().find(|e| e.name == name) {
+        let now = chrono::Utc::now();
+        let (router_id, line) = match existing.iter().find(|e| e.name == name) {
             Some(e) => {
-                store
-                    .update_router(
-                        org.id,
-                        e.id,
-                        store::RouterPatch {
-                            tunnel_address: Some(r.address()),
-                            api_port: Some(r.api_addr.port()),
-                            ssh_port: Some(r.ssh_addr.port()),
-                            winbox_port: Some(r.winbox_addr.port()),
-                            username: Some("admin".into()),
-                            password: Some(r.admin_password.clone()),
-                            ..store::RouterPatch::default()
-                        },
-                    )
-                    .await?
+                let line = server::sites::issue_line(store, config, &url, &asker, e.id, now)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("a new line for {name}: {e}"))?;
+                (e.id, line)
             }
             None => {
-                store
-                    .create_router(store::NewRouter {
-                        org_id: org.id,
-                        site_name: Some(format!("{name} site")),
-                        region_id: region.id,
-                        name: name.clone(),
-                        tunnel_address: r.address(),
-                        api_port: r.api_addr.port(),
-                        ssh_port: r.ssh_addr.port(),
-                        winbox_port: r.winbox_addr.port(),
-                        api_tls: false,
-                        api_tls_fingerprint: None,
-                        username: "admin".into(),
-                        password: r.admin_password.clone(),
-                    })
-                    .await?
+                let (_, router, line) =
+                    server::sites::add_site(store, config, &asker, &name, None, now)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("adding site {name}: {e}"))?;
+                (router.id, line)
             }
         };
+        let started = std::time::Instant::now();
+        let mut cwd = Vec::new();
+        let pasted = sim::ssh::console::run_line(
+            r.router(),
+            &sim::Caller::system(),
+            &line.command,
+            &mut cwd,
+        )
+        .await;
+        anyhow::ensure!(
+            !pasted.failed,
+            "{name}'s console refused the line: {}",
+            pasted.output.trim()
+        );
+        while !r.wireguard_status().is_some_and(|s| s.is_up()) {
+            anyhow::ensure!(
+                started.elapsed() < ENROL_WITHIN,
+                "{name}: no tunnel {ENROL_WITHIN:?} after the line was pasted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::info!(router = %name, after = ?started.elapsed(), "pasted the line; the router is online through its tunnel");
+        let router = store.get_router(org.id, router_id).await?;
         out.push(DemoRouter {
-            id: router.id.to_string(),
+            id: router_id.to_string(),
             name,
-            address: r.address(),
+            address: router.tunnel_address,
         });
     }
     Ok(out)
