@@ -26,7 +26,7 @@ pub mod urls;
 mod admin;
 mod grants;
 mod launcher;
-mod login;
+pub(crate) mod login;
 mod sites;
 mod terminal;
 
@@ -86,7 +86,6 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(guarded)
         .layer(middleware::from_fn_with_state(state, session::csrf_guard))
         .layer(middleware::from_fn(security_headers))
-        .layer(axum::Extension(session::Throttle::default()))
 }
 
 /// Sends a request without a live session to the login page.

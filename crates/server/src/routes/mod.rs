@@ -9,6 +9,7 @@ mod connections;
 mod forwards;
 pub(crate) mod grants;
 mod routers;
+mod signin;
 mod system;
 pub(crate) mod winbox;
 
@@ -65,7 +66,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("pst_…")
                     .description(Some(
-                        "An API token from `postern admin create-token` or POST /api/tokens",
+                        "An API token from `postern admin create-token`, POST /api/tokens or POST /api/login",
                     ))
                     .build(),
             ),
@@ -119,6 +120,7 @@ fn described() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::token_delete))
         .routes(routes!(admin::users_list, admin::users_post))
         .routes(routes!(admin::user_patch, admin::user_delete))
+        .routes(routes!(signin::login_post, signin::login_delete))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
 }
