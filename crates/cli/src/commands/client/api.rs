@@ -1,139 +1,152 @@
-//! The client's HTTP: one blocking `reqwest` client (rustls with ring, the operating
-//! system's roots), bearer-token requests to the server's API, and its problem
-//! details turned into plain words and an exit code ([`Failure`]).
+//! The client's HTTP: one HTTP/1.1 request per call (`launcher::redeem::request`,
+//! rustls with ring and the operating system's roots, plus `POSTERN_CA_FILE`), bearer
+//! tokens, and the API's problem details turned into plain words and an exit code
+//! ([`Failure`]).
 
-use std::time::Duration;
-
-use reqwest::Method;
-use reqwest::blocking::{Client, Response};
+use launcher::link::Origin;
+use launcher::redeem::{self, RedeemError, Trust};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::Failure;
 use super::config::Target;
 
-/// A request gives up after this long (a `?wait=true` create waits server-side first).
-const TIMEOUT: Duration = Duration::from_secs(90);
+/// The longest answer read (a long orchestration log fits).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
-/// The HTTP client, with ring as rustls's provider.
-pub fn http() -> Result<Client, Failure> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Failure::error(format!("cannot start the HTTP client: {e}")))
+/// An answer: status and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// One request to `url` (a server's origin) with an optional bearer token.
+pub fn send(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Answer, Failure> {
+    let origin = Origin::parse(url)
+        .map_err(|e| Failure::usage(format!("{url:?} is not a server URL: {e}")))?;
+    let trust = Trust {
+        ca_file: std::env::var_os("POSTERN_CA_FILE").map(Into::into),
+    };
+    let mut headers = vec![concat!("User-Agent: postern/", env!("CARGO_PKG_VERSION")).to_owned()];
+    if let Some(t) = token {
+        if t.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(Failure::auth(
+                "the token has spaces or control characters: log in again",
+            ));
+        }
+        headers.push(format!("Authorization: Bearer {t}"));
+    }
+    let bytes = match body {
+        Some(b) => {
+            headers.push("Content-Type: application/json".into());
+            b.to_string().into_bytes()
+        }
+        None => Vec::new(),
+    };
+    let (status, body) =
+        redeem::request(&origin, method, path, &headers, &bytes, &trust, MAX_ANSWER)
+            .map_err(|e| unreachable(url, &e))?;
+    Ok(Answer { status, body })
+}
+
+/// A failure to reach the server, in words.
+pub fn unreachable(url: &str, e: &RedeemError) -> Failure {
+    match e {
+        RedeemError::Protocol(_, why) => Failure::error(format!(
+            "the server {url} sent an answer postern cannot read: {why}"
+        )),
+        other => Failure::error(other.to_string()),
+    }
 }
 
 /// An API server with a token.
 pub struct Api {
     pub target: Target,
-    client: Client,
 }
 
 impl Api {
     pub fn new(target: Target) -> Result<Api, Failure> {
-        Ok(Api {
-            target,
-            client: http()?,
-        })
+        Ok(Api { target })
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.call(Method::GET, path, None)
+        self.call("GET", path, None)
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Failure> {
-        self.call(Method::POST, path, Some(body))
+        self.call("POST", path, Some(body))
     }
 
     pub fn delete(&self, path: &str) -> Result<(), Failure> {
-        let res = self.send(Method::DELETE, path, None)?;
-        check(res, &self.target).map(|_| ())
+        self.call::<Value>("DELETE", path, None).map(|_| ())
     }
 
     /// GET that answers `None` for a 404 (used to find a grant among routers).
     pub fn get_if_found<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Failure> {
-        let res = self.send(Method::GET, path, None)?;
-        if res.status() == reqwest::StatusCode::NOT_FOUND {
+        let answer = send(
+            &self.target.url,
+            Some(&self.target.token),
+            "GET",
+            path,
+            None,
+        )?;
+        if answer.status == 404 {
             return Ok(None);
         }
-        decode(check(res, &self.target)?, &self.target).map(Some)
+        decode(check(answer, &self.target)?, &self.target).map(Some)
     }
 
     pub fn call<T: DeserializeOwned>(
         &self,
-        method: Method,
+        method: &str,
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, Failure> {
-        let res = self.send(method, path, body)?;
-        decode(check(res, &self.target)?, &self.target)
-    }
-
-    fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Response, Failure> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.target.url))
-            .bearer_auth(&self.target.token)
-            .header("accept", "application/json");
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        req.send().map_err(|e| unreachable(&self.target.url, &e))
+        let answer = send(
+            &self.target.url,
+            Some(&self.target.token),
+            method,
+            path,
+            body,
+        )?;
+        decode(check(answer, &self.target)?, &self.target)
     }
 }
 
-/// A failure to reach the server, in words.
-pub fn unreachable(url: &str, e: &reqwest::Error) -> Failure {
-    let mut cause = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        cause = s.to_string();
-        source = s.source();
+/// The answer if it succeeded, else its problem details as a [`Failure`].
+pub fn check(answer: Answer, target: &Target) -> Result<Answer, Failure> {
+    if (200..300).contains(&answer.status) {
+        return Ok(answer);
     }
-    if e.is_timeout() {
-        return Failure::error(format!("the server {url} did not answer in time"));
-    }
-    Failure::error(format!("cannot reach the server {url}: {cause}"))
+    Err(problem(
+        answer.status,
+        &String::from_utf8_lossy(&answer.body),
+        target,
+    ))
 }
 
-/// The response if it succeeded, else its problem details as a [`Failure`].
-pub fn check(res: Response, target: &Target) -> Result<Response, Failure> {
-    let status = res.status();
-    if status.is_success() {
-        return Ok(res);
-    }
-    let retry = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = res.text().unwrap_or_default();
-    Err(problem(status.as_u16(), &body, retry.as_deref(), target))
-}
-
-fn decode<T: DeserializeOwned>(res: Response, target: &Target) -> Result<T, Failure> {
-    let bytes = res.bytes().map_err(|e| unreachable(&target.url, &e))?;
-    let bytes = if bytes.is_empty() {
-        b"null".as_slice().to_owned()
+pub fn decode<T: DeserializeOwned>(answer: Answer, target: &Target) -> Result<T, Failure> {
+    let body: &[u8] = if answer.body.is_empty() {
+        b"null"
     } else {
-        bytes.to_vec()
+        &answer.body
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         Failure::error(format!(
-            "the server {} sent an answer postern cannot read ({e}): is it a Postern server of this version?",
+            "the server {} sent an answer postern cannot read ({e}): is it a Postern server?",
             target.url
         ))
     })
 }
 
 /// An API error in plain words, with the exit code for its kind.
-pub fn problem(status: u16, body: &str, retry: Option<&str>, target: &Target) -> Failure {
+pub fn problem(status: u16, body: &str, target: &Target) -> Failure {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let mut detail = v["detail"]
         .as_str()
@@ -168,11 +181,7 @@ pub fn problem(status: u16, body: &str, retry: Option<&str>, target: &Target) ->
         )),
         403 => Failure::auth(format!("not allowed: {detail}")),
         404 => Failure::not_found(detail),
-        409 | 422 => Failure::refused(detail),
-        429 => Failure::refused(match retry {
-            Some(s) => format!("{detail} (retry after {s} s)"),
-            None => detail,
-        }),
+        409 | 422 | 429 => Failure::refused(detail),
         _ => Failure::error(format!("the server answered {status}: {detail}")),
     }
 }

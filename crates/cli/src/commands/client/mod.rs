@@ -406,7 +406,6 @@ fn login(a: LoginArgs) -> Done {
     if a.name.is_empty() || a.name.chars().any(char::is_control) {
         return Err(Failure::usage("--name must be a plain, non-empty name"));
     }
-    let client = api::http()?;
     let (token, signed_in) = match &a.username {
         Some(user) => {
             let password = read_secret(&format!("Password for {user} at {url}: "), a.stdin)?;
@@ -423,19 +422,13 @@ fn login(a: LoginArgs) -> Done {
                 url: url.clone(),
                 token: String::new(),
             };
-            let res = client
-                .post(format!("{url}/api/login"))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .map_err(|e| api::unreachable(&url, &e))?;
-            if res.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let answer = api::send(&url, None, "POST", "/api/login", Some(&body))?;
+            if answer.status == 401 {
                 return Err(Failure::auth(
                     "the server refused the sign-in: wrong username or password (or organisation)",
                 ));
             }
-            let res = api::check(res, &target)?;
-            let made: Value = res.json().map_err(|e| api::unreachable(&url, &e))?;
+            let made: Value = api::decode(api::check(answer, &target)?, &target)?;
             let token = made["token"]
                 .as_str()
                 .ok_or_else(|| Failure::error("the server's answer holds no token"))?;
