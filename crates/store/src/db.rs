@@ -448,6 +448,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "winbox tickets",
             include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
         ),
+        // 160: share links for a grant's credentials (a number reserved for them).
+        migration(
+            160,
+            "grant shares",
+            include_str!("../migrations/sqlite/0160_grant_shares.sql"),
+        ),
     ])
 }
 
@@ -539,6 +545,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             130,
             "winbox tickets",
             include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
+        ),
+        // 160: share links for a grant's credentials (a number reserved for them).
+        migration(
+            160,
+            "grant shares",
+            include_str!("../migrations/postgres/0160_grant_shares.sql"),
         ),
     ])
 }

@@ -148,6 +148,7 @@ pub mod records;
 mod routers;
 pub mod secret;
 mod sessions;
+mod shares;
 mod terminals;
 mod tickets;
 
@@ -169,6 +170,7 @@ pub use leasing::{
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
+pub use shares::{GrantShare, NewGrantShare, ShareUse};
 pub use terminals::{NewTerminalSession, TerminalSession};
 pub use tickets::{NewWinboxTicket, TicketUse, WinboxTicket};
 

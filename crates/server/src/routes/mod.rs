@@ -9,6 +9,7 @@ mod connections;
 mod forwards;
 pub(crate) mod grants;
 mod routers;
+pub(crate) mod shares;
 mod signin;
 mod system;
 pub(crate) mod winbox;
@@ -101,6 +102,11 @@ fn described() -> OpenApiRouter<AppState> {
             access::access_delete
         ))
         .routes(routes!(access::access_credentials_get))
+        .routes(routes!(
+            shares::access_share_post,
+            shares::access_shares_get
+        ))
+        .routes(routes!(shares::access_share_delete))
         .routes(routes!(winbox::winbox_redeem_post))
         .routes(routes!(connections::access_connections_get))
         .routes(routes!(connections::forward_connections_get))
