@@ -351,12 +351,40 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
             .unwrap()
             .starts_with("winbox://")
     );
+    // A share link: printed alone on stdout; it opens the login once.
+    let shared = home.run(&["access", "share", &id]);
+    assert!(shared.status.success(), "{shared:?}");
+    let link = text(&shared.stdout).trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/shared/shr_", s.url)),
+        "{link}"
+    );
+    let opened = reqwest::blocking::Client::new().post(&link).send().unwrap();
+    assert_eq!(opened.status().as_u16(), 200);
+    assert!(
+        opened
+            .text()
+            .unwrap()
+            .contains(made["username"].as_str().unwrap())
+    );
+    let again = reqwest::blocking::Client::new().post(&link).send().unwrap();
+    assert_eq!(again.status().as_u16(), 404);
     let conns = json_of(&home.run(&["connections", &id, "--json"]));
     assert!(conns.is_array());
     let revoke = home.run(&["access", "revoke", &id]);
     assert!(revoke.status.success(), "{revoke:?}");
-    let after = json_of(&home.run(&["access", "show", &id, "--json"]));
-    assert_eq!(after["status"], "revoked", "{after}");
+    // Revoked now (`closing`), then cleaned off the router (`revoked`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let after = json_of(&home.run(&["access", "show", &id, "--json"]));
+        assert_eq!(after["revoked_early"], true, "{after}");
+        if after["status"] == "revoked" {
+            break;
+        }
+        assert_eq!(after["status"], "closing", "{after}");
+        assert!(std::time::Instant::now() < deadline, "{after}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Its credentials are refused now: exit 5, the server's reason.
     failed(
         &home.run(&["access", "show", &id, "--credentials"]),

@@ -267,6 +267,9 @@ pub enum AccessCommand {
     Show(ShowArgs),
     /// Revoke a grant.
     Revoke(GrantArgs),
+    /// A one-use link that shows the grant's login to whoever opens it first (someone
+    /// without an account), until the grant ends; audited at the server.
+    Share(GrantArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -314,6 +317,7 @@ pub fn run(cmd: Command, app: impl FnOnce() -> clap::Command) -> std::process::E
         Command::Access(AccessCommand::New(a)) => access_new(a),
         Command::Access(AccessCommand::Show(a)) => access_show(a),
         Command::Access(AccessCommand::Revoke(a)) => revoke(a, Kind::Access),
+        Command::Access(AccessCommand::Share(a)) => share(a),
         Command::Forward(ForwardCommand::Ls(a)) => grants_ls(a, Kind::Forward),
         Command::Forward(ForwardCommand::New(a)) => forward_new(a),
         Command::Forward(ForwardCommand::Show(a)) => forward_show(a),
@@ -837,6 +841,27 @@ fn revoke(a: GrantArgs, kind: Kind) -> Done {
         return print_json(&json!({ "revoked": a.grant }));
     }
     println!("Revoked {} {}", kind.word(), a.grant);
+    Ok(0)
+}
+
+fn share(a: GrantArgs) -> Done {
+    let api = a.on.api()?;
+    let (router, _) = find_grant(&api, &a, Kind::Access)?;
+    let made: Value = api.post(
+        &format!("/api/routers/{router}/transient-access/{}/share", a.grant),
+        &json!({}),
+    )?;
+    if a.out.json {
+        return print_json(&made);
+    }
+    println!("{}", s(&made, "url"));
+    eprintln!(
+        "postern: the link shows the login once, to whoever opens it first, until {}; \
+         revoke it with DELETE /api/routers/{router}/transient-access/{}/share/{}",
+        s(&made, "expires_at"),
+        a.grant,
+        s(&made, "id")
+    );
     Ok(0)
 }
 
