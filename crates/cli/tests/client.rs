@@ -175,6 +175,21 @@ fn failed(out: &Output, code: i32, words: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
+/// The launcher's binary, built now (another package of the workspace), in the same
+/// target directory and profile.
+fn launcher_bin() -> PathBuf {
+    let dir = Path::new(BIN).parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "postern-launcher"]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let out = build.output().unwrap();
+    assert!(out.status.success(), "building the launcher: {out:?}");
+    dir.join("postern-launcher")
+}
+
 fn openssh_available() -> bool {
     Command::new("ssh")
         .arg("-V")
@@ -320,6 +335,90 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
         eprintln!("SKIPPED the ssh part: OpenSSH's ssh is not installed");
     }
 
+    // postern winbox: a WinBox grant, started through the launcher (a stand-in WinBox
+    // that records its arguments), which logs in with the grant's password.
+    let launcher = launcher_bin();
+    let record = dir.path().join("winbox-argv");
+    let script = dir.path().join("WinBox");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}.tmp' && mv '{0}.tmp' '{0}'\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let wb = home
+        .cmd(&["winbox", "cli-1", "--minutes", "15"])
+        .arg("--launcher")
+        .arg(&launcher)
+        .env("POSTERN_WINBOX", &script)
+        .output()
+        .unwrap();
+    assert!(wb.status.success(), "{wb:?}");
+    assert!(text(&wb.stdout).contains("WinBox started"), "{wb:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !record.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WinBox was not started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let args: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (_, live) = api(
+        &s,
+        "GET",
+        &format!("/api/routers/{router_id}/transient-access"),
+        None,
+    );
+    let wb_grant = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["type"] == "winbox")
+        .expect("the WinBox grant stays live")
+        .clone();
+    let (_, creds) = api(
+        &s,
+        "GET",
+        &format!(
+            "/api/routers/{router_id}/transient-access/{}/credentials",
+            wb_grant["id"].as_str().unwrap()
+        ),
+        None,
+    );
+    assert_eq!(
+        args,
+        [
+            format!("127.0.0.1:{}", wb_grant["port"]),
+            creds["username"].as_str().unwrap().to_owned(),
+            creds["password"].as_str().unwrap().to_owned(),
+        ]
+    );
+    // No launcher: exit 6, and the grant made for it is revoked.
+    let missing = home
+        .cmd(&[
+            "winbox",
+            "cli-1",
+            "--launcher",
+            "/nonexistent/postern-launcher",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(6), "{missing:?}");
+    let err = text(&missing.stderr);
+    assert!(err.contains("cannot run the WinBox launcher"), "{err}");
+    assert!(err.contains("access revoked"), "{err}");
+
     // access new / ls / show / revoke, all in JSON.
     let made = json_of(&home.run(&[
         "access",
@@ -391,6 +490,39 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
         5,
         "no longer work",
     );
+    // Port forwards: new, ls, show, revoke.
+    let fwd = json_of(&home.run(&[
+        "forward",
+        "new",
+        "cli-1",
+        "--to",
+        "192.168.88.10",
+        "--port",
+        "443",
+        "--wait",
+        "--json",
+    ]));
+    assert_eq!(fwd["status"], "active", "{fwd}");
+    assert_eq!(fwd["dst_port"], 443);
+    let fwd_id = fwd["id"].as_str().unwrap().to_owned();
+    let fwds = json_of(&home.run(&["forward", "ls", "cli-1", "--json"]));
+    assert!(
+        fwds.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == fwd_id.as_str())
+    );
+    let table = home.run(&["forward", "show", &fwd_id]);
+    assert!(
+        text(&table.stdout).contains("192.168.88.10:443"),
+        "{table:?}"
+    );
+    assert!(home.run(&["forward", "revoke", &fwd_id]).status.success());
+    assert_eq!(
+        json_of(&home.run(&["forward", "show", &fwd_id, "--json"]))["revoked_early"],
+        true
+    );
+
     // An unknown grant and an unknown site: exit 4.
     failed(
         &home.run(&["access", "show", "00000000-0000-4000-8000-000000000000"]),

@@ -20,6 +20,8 @@
 //!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
 //! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
+//! - `shares`: share links of a grant's login (by hash), made with their audit entry, opened
+//!   once, revocable.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.

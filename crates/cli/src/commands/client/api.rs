@@ -8,8 +8,8 @@ use launcher::redeem::{self, RedeemError, Trust};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::Failure;
 use super::config::Target;
+use super::{At as _, Failure};
 
 /// The longest answer read (a long orchestration log fits).
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -148,11 +148,12 @@ pub fn decode<T: DeserializeOwned>(answer: Answer, target: &Target) -> Result<T,
 /// An API error in plain words, with the exit code for its kind.
 pub fn problem(status: u16, body: &str, target: &Target) -> Failure {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let mut detail = v["detail"]
+    let mut detail = v
+        .at("detail")
         .as_str()
         .map(plain)
         .unwrap_or_else(|| format!("HTTP status {status}"));
-    if let Some(errors) = v["errors"].as_array()
+    if let Some(errors) = v.at("errors").as_array()
         && errors.len() > 1
     {
         let fields: Vec<String> = errors
@@ -160,8 +161,8 @@ pub fn problem(status: u16, body: &str, target: &Target) -> Failure {
             .map(|e| {
                 format!(
                     "{}: {}",
-                    plain(e["field"].as_str().unwrap_or("?")),
-                    plain(e["message"].as_str().unwrap_or("?"))
+                    plain(e.at("field").as_str().unwrap_or("?")),
+                    plain(e.at("message").as_str().unwrap_or("?"))
                 )
             })
             .collect();

@@ -347,6 +347,26 @@ pub fn run(cmd: Command, app: impl FnOnce() -> clap::Command) -> std::process::E
 
 type Done = Result<u8, Failure>;
 
+/// Reading a JSON answer's fields without indexing (which may panic on a write).
+pub trait At {
+    /// The field `key`, or `null` when absent or when this is no object.
+    fn at(&self, key: &str) -> &Value;
+}
+
+impl At for Value {
+    fn at(&self, key: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(key).unwrap_or(&NULL)
+    }
+}
+
+/// Sets a field of a JSON object (nothing for any other value).
+pub fn set(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_owned(), value);
+    }
+}
+
 fn print_json(v: &Value) -> Done {
     let text = serde_json::to_string_pretty(v).unwrap_or_default();
     println!("{text}");
@@ -381,7 +401,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 /// A JSON field as text ("-" when absent).
 fn s(v: &Value, key: &str) -> String {
-    match &v[key] {
+    match v.at(key) {
         Value::String(t) => api::plain(t),
         Value::Null => "-".into(),
         other => other.to_string(),
@@ -413,7 +433,12 @@ fn login(a: LoginArgs) -> Done {
     let (token, signed_in) = match &a.username {
         Some(user) => {
             let password = read_secret(&format!("Password for {user} at {url}: "), a.stdin)?;
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cli".into());
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "cli".into());
             let body = json!({
                 "username": user,
                 "password": password,
@@ -433,7 +458,8 @@ fn login(a: LoginArgs) -> Done {
                 ));
             }
             let made: Value = api::decode(api::check(answer, &target)?, &target)?;
-            let token = made["token"]
+            let token = made
+                .at("token")
                 .as_str()
                 .ok_or_else(|| Failure::error("the server's answer holds no token"))?;
             (token.to_owned(), true)
@@ -523,8 +549,8 @@ fn find_site(api: &Api, site: &str) -> Result<Value, Failure> {
         .filter(|x| {
             matches(x, "id")
                 || matches(x, "name")
-                || matches(&x["router"], "id")
-                || matches(&x["router"], "name")
+                || matches(x.at("router"), "id")
+                || matches(x.at("router"), "name")
         })
         .collect();
     match found.as_slice() {
@@ -541,7 +567,9 @@ fn find_site(api: &Api, site: &str) -> Result<Value, Failure> {
 /// The router id of a site.
 fn site_router(api: &Api, site: &str) -> Result<(String, Value), Failure> {
     let found = find_site(api, site)?;
-    let id = found["router"]["id"]
+    let id = found
+        .at("router")
+        .at("id")
         .as_str()
         .ok_or_else(|| Failure::not_found(format!("the site {site:?} has no router")))?
         .to_owned();
@@ -559,7 +587,7 @@ fn sites(a: ListArgs) -> Done {
         .into_iter()
         .flatten()
         .map(|x| {
-            let r = &x["router"];
+            let r = &x.at("router");
             vec![
                 s(x, "name"),
                 s(r, "status"),
@@ -654,7 +682,7 @@ fn grant_rows(kind: Kind, grants: &Value) {
         .into_iter()
         .flatten()
         .map(|g| {
-            let ends = if g["expired"].as_bool() == Some(true) || g["status"] != "active" {
+            let ends = if g.at("expired").as_bool() == Some(true) || g.at("status") != "active" {
                 s(g, "expires_at")
             } else {
                 format!("in {}", s(g, "time_to_expire"))
@@ -711,7 +739,7 @@ fn find_grant(api: &Api, a: &GrantArgs, kind: Kind) -> Result<(String, Value), F
         None => {
             let all: Vec<Value> = api.get("/api/routers")?;
             all.iter()
-                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .filter_map(|r| r.at("id").as_str().map(str::to_owned))
                 .collect()
         }
     };
@@ -743,10 +771,10 @@ fn access_new(a: AccessNewArgs) -> Done {
         "access": if a.read_only { "read" } else { "full" },
     });
     if let Some(m) = a.minutes {
-        body["expire_after_minutes"] = json!(m);
+        set(&mut body, "expire_after_minutes", json!(m));
     }
     if let Some(f) = &a.allow_from {
-        body["allow_from"] = json!(f);
+        set(&mut body, "allow_from", json!(f));
     }
     let wait = if a.wait { "?wait=true" } else { "" };
     let g: Value = api.post(
@@ -769,10 +797,10 @@ fn forward_new(a: ForwardNewArgs) -> Done {
         "masquerade": a.masquerade,
     });
     if let Some(m) = a.minutes {
-        body["expire_after_minutes"] = json!(m);
+        set(&mut body, "expire_after_minutes", json!(m));
     }
     if let Some(f) = &a.allow_from {
-        body["allow_from"] = json!(f);
+        set(&mut body, "allow_from", json!(f));
     }
     let wait = if a.wait { "?wait=true" } else { "" };
     let g: Value = api.post(
@@ -799,7 +827,7 @@ fn access_show(a: ShowArgs) -> Done {
     };
     if a.grant.out.json {
         if let Some(c) = creds {
-            g["credentials"] = c;
+            set(&mut g, "credentials", c);
         }
         return print_json(&g);
     }
@@ -809,10 +837,10 @@ fn access_show(a: ShowArgs) -> Done {
         println!("username: {}", s(&c, "username"));
         println!("password: {}", s(&c, "password"));
         println!("entry:    {}:{}", s(&c, "entry_point"), s(&c, "port"));
-        if let Some(cmd) = c["ssh_command"].as_str() {
+        if let Some(cmd) = c.at("ssh_command").as_str() {
             println!("ssh:      {}", api::plain(cmd));
         }
-        if let Some(url) = c["winbox_url"].as_str() {
+        if let Some(url) = c.at("winbox_url").as_str() {
             println!("winbox:   {}", api::plain(url));
         }
     }
@@ -891,7 +919,7 @@ fn connections(a: GrantArgs) -> Done {
                 s(c, "ended_at"),
                 s(c, "bytes_from_client"),
                 s(c, "bytes_to_client"),
-                c["end_reason"]
+                c.at("end_reason")
                     .as_str()
                     .map_or_else(|| "live".into(), api::plain),
             ]
@@ -918,13 +946,13 @@ fn print_job(job: &Value, from_seq: i64) {
             s(job, "id"),
         );
     }
-    for line in job["lines"].as_array().into_iter().flatten() {
-        if line["seq"].as_i64().unwrap_or(0) > from_seq {
+    for line in job.at("lines").as_array().into_iter().flatten() {
+        if line.at("seq").as_i64().unwrap_or(0) > from_seq {
             println!("    {}  {}", s(line, "at"), s(line, "message"));
         }
     }
     if from_seq == 0
-        && let Some(e) = job["last_error"].as_str()
+        && let Some(e) = job.at("last_error").as_str()
     {
         println!("    error: {}", api::plain(e));
     }
@@ -987,11 +1015,11 @@ fn jobs(a: JobsArgs) -> Done {
 }
 
 fn last_seq(job: &Value) -> i64 {
-    job["lines"]
+    job.at("lines")
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|l| l["seq"].as_i64())
+        .filter_map(|l| l.at("seq").as_i64())
         .max()
         .unwrap_or(0)
 }

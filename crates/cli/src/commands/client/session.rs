@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::api::{self, Api};
-use super::{Failure, On, askpass, config, site_router};
+use super::{At as _, Failure, On, askpass, config, set, site_router};
 
 #[derive(clap::Args)]
 pub struct SshArgs {
@@ -113,9 +113,9 @@ fn make<'a>(
         "expire_after_minutes": minutes,
     });
     if let Some(f) = allow_from {
-        body["allow_from"] = json!(f);
+        set(&mut body, "allow_from", json!(f));
     }
-    let name = api::plain(found["name"].as_str().unwrap_or(site));
+    let name = api::plain(found.at("name").as_str().unwrap_or(site));
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -141,17 +141,17 @@ fn make<'a>(
         let _ = t.join();
     }
     let grant = made?;
-    let id = grant["id"].as_str().unwrap_or_default().to_owned();
+    let id = grant.at("id").as_str().unwrap_or_default().to_owned();
     let guard = Made {
         api,
         path: format!("/api/routers/{router}/transient-access/{id}"),
         keep: false,
     };
-    if grant["status"] != "active" {
+    if grant.at("status") != "active" {
         let why = last_error(api, &router).unwrap_or_else(|| {
             format!(
                 "it is still {} after {:.0} s",
-                grant["status"].as_str().unwrap_or("?"),
+                grant.at("status").as_str().unwrap_or("?"),
                 started.elapsed().as_secs_f64()
             )
         });
@@ -162,7 +162,7 @@ fn make<'a>(
     status(&format!(
         "{access_type} access to {name} ready in {:.1} s, from {}, for {minutes} min",
         started.elapsed().as_secs_f64(),
-        api::plain(grant["allow_only_cidr"].as_str().unwrap_or("?"))
+        api::plain(grant.at("allow_only_cidr").as_str().unwrap_or("?"))
     ));
     let creds: Value = api.get(&format!("{}/credentials", guard.path))?;
     Ok((guard, grant, creds))
@@ -175,8 +175,8 @@ fn last_error(api: &Api, router: &str) -> Option<String> {
         .ok()?;
     jobs.as_array()?
         .iter()
-        .find(|j| j["kind"] == "access.create")
-        .and_then(|j| j["last_error"].as_str())
+        .find(|j| j.at("kind") == "access.create")
+        .and_then(|j| j.at("last_error").as_str())
         .map(api::plain)
 }
 
@@ -195,7 +195,7 @@ pub fn ssh(a: SshArgs) -> Result<u8, Failure> {
     let (user, host, port) = (
         text(&creds, "username"),
         text(&creds, "entry_point"),
-        creds["port"].as_u64().unwrap_or(0),
+        creds.at("port").as_u64().unwrap_or(0),
     );
     let password = text(&creds, "password");
     let router = made.path.split('/').nth(3).unwrap_or_default().to_owned();
@@ -278,7 +278,8 @@ pub fn winbox(a: WinboxArgs) -> Result<(), Failure> {
         a.minutes,
         a.read_only,
     )?;
-    let url = creds["winbox_url"]
+    let url = creds
+        .at("winbox_url")
         .as_str()
         .ok_or_else(|| Failure::error("the server gave no WinBox link"))?;
     let out = Command::new(&launcher)
@@ -292,10 +293,10 @@ pub fn winbox(a: WinboxArgs) -> Result<(), Failure> {
             made.keep = true;
             println!(
                 "WinBox started for {} (access {} ends {}; `postern access revoke {}` ends it sooner)",
-                api::plain(grant["username"].as_str().unwrap_or("?")),
-                api::plain(grant["id"].as_str().unwrap_or("?")),
-                api::plain(grant["expires_at"].as_str().unwrap_or("?")),
-                api::plain(grant["id"].as_str().unwrap_or("?")),
+                api::plain(grant.at("username").as_str().unwrap_or("?")),
+                api::plain(grant.at("id").as_str().unwrap_or("?")),
+                api::plain(grant.at("expires_at").as_str().unwrap_or("?")),
+                api::plain(grant.at("id").as_str().unwrap_or("?")),
             );
             Ok(())
         }
