@@ -581,6 +581,39 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
         .unwrap();
     failed(&refused, 3, "refused the token");
 
+    // An expired token: the same clear message and exit 3 (its end moved into the past
+    // in the server's database, as time would).
+    let (status, made) = api(
+        &s,
+        "POST",
+        "/api/tokens",
+        Some(json!({ "name": "expiring", "role": "viewer", "expires_in_days": 1 })),
+    );
+    assert_eq!(status, 201);
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join("data").join("postern.db").display()
+    );
+    let token_id = made["id"].as_str().unwrap().to_owned();
+    runtime.block_on(async {
+        use sqlx::Connection as _;
+        let mut c = sqlx::SqliteConnection::connect(&db).await.unwrap();
+        let done = sqlx::query("UPDATE api_tokens SET expires_at = 1 WHERE id = $1")
+            .bind(&token_id)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    });
+    let expired = bare
+        .cmd(&["routers"])
+        .env("POSTERN_SERVER", &s.url)
+        .env("POSTERN_TOKEN", made["token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    failed(&expired, 3, "refused the token");
+    assert!(text(&expired.stderr).contains("expired"));
+
     // logout deletes the signed-in token at the server: it stops working.
     let token = stored
         .lines()

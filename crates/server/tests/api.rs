@@ -3451,6 +3451,41 @@ async fn share_links_open_once_are_audited_and_revocable(db: Db) {
     assert_eq!(listed[0]["state"], "opened", "{listed}");
     assert_eq!(listed[0]["opened_from"], "127.0.0.1");
 
+    // Many openers at once: one alone gets the login.
+    let (_, racing) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    let racing_url = format!(
+        "{}/shared/{}",
+        s.base,
+        racing["url"].as_str().unwrap().rsplit('/').next().unwrap()
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, url) = (s.http.clone(), racing_url.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = http.post(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }));
+    }
+    let mut shown = 0;
+    for t in tasks {
+        let (status, page) = t.await.unwrap();
+        if status == StatusCode::OK {
+            assert!(page.contains(&password));
+            shown += 1;
+        } else {
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert!(!page.contains(&password));
+        }
+    }
+    assert_eq!(shown, 1, "one opener alone");
+
     // Revoked before use: it opens nothing; revoking again changes nothing.
     let (_, second) = s
         .call(

@@ -138,7 +138,7 @@ pub struct LoginArgs {
     /// The server's address, e.g. https://postern.example.com.
     pub url: String,
     /// A name for this login, for --server [default: "default"].
-    #[arg(long, default_value = "default")]
+    #[arg(long, visible_alias = "server", default_value = "default")]
     pub name: String,
     /// Sign in as this user (asks for the password) instead of pasting a token.
     #[arg(long, short)]
