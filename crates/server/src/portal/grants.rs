@@ -1193,8 +1193,8 @@ pub async fn access_share_post(
         title: format!("Share {}", grant.username),
         intro: format!(
             "Send this link to the person who needs in. It shows the login once, to whoever \
-             opens it first, until {}; after that, or once you revoke it (API or \
-             `postern`), it shows nothing. Connections are still only taken from {}. \
+             opens it first, until {}; after that, or once it is revoked (through the \
+             API), it shows nothing. Connections are still only taken from {}. \
              Opening it is recorded in the audit log with the opener's address.",
             human(share.expires_at),
             grant.allow_from
