@@ -537,6 +537,54 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
             .iter()
             .any(|j| j["kind"] == "access.create")
     );
+    // jobs --follow prints new jobs as they come.
+    let mut follow = home
+        .cmd(&["jobs", "cli-1", "--follow", "--limit", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // What it printed first, then a new grant's job appears.
+    std::thread::sleep(Duration::from_millis(500));
+    while rx.try_recv().is_ok() {}
+    let (status, fresh) = api(
+        &s,
+        "POST",
+        &format!("/api/routers/{router_id}/transient-access"),
+        Some(json!({ "type": "ssh", "expire_after_minutes": 15 })),
+    );
+    assert_eq!(status, 201, "{fresh}");
+    let fresh_id = fresh["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = String::new();
+    while !seen.contains(&fresh_id) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "--follow did not show the new job: {seen}");
+        if let Ok(line) = rx.recv_timeout(left) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    }
+    assert!(seen.contains("access.create"), "{seen}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let (status, _) = api(
+        &s,
+        "DELETE",
+        &format!("/api/routers/{router_id}/transient-access/{fresh_id}"),
+        None,
+    );
+    assert_eq!(status, 204);
+
     // An invalid field is the server's words, exit 5.
     failed(
         &home.run(&["access", "new", "cli-1", "--allow-from", "not-an-address"]),
