@@ -468,6 +468,24 @@ fn the_cli_logs_in_lists_and_sshes_through_the_gateway_and_cleans_up() {
     );
     let again = reqwest::blocking::Client::new().post(&link).send().unwrap();
     assert_eq!(again.status().as_u16(), 404);
+    let links = json_of(&home.run(&["access", "share", &id, "--list", "--json"]));
+    assert_eq!(links[0]["state"], "opened", "{links}");
+    assert_eq!(links[0]["opened_from"], "127.0.0.1");
+    // A second link, revoked before use, opens nothing.
+    let second = json_of(&home.run(&["access", "share", &id, "--json"]));
+    let revoked = home.run(&[
+        "access",
+        "share",
+        &id,
+        "--revoke",
+        second["id"].as_str().unwrap(),
+    ]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let closed = reqwest::blocking::Client::new()
+        .post(second["url"].as_str().unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 404);
     let conns = json_of(&home.run(&["connections", &id, "--json"]));
     assert!(conns.is_array());
     let revoke = home.run(&["access", "revoke", &id]);

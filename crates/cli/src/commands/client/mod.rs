@@ -205,6 +205,18 @@ pub struct ShowArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ShareArgs {
+    #[command(flatten)]
+    pub grant: GrantArgs,
+    /// List the grant's share links (who made each, when and from where it was opened).
+    #[arg(long, conflicts_with = "revoke")]
+    pub list: bool,
+    /// Revoke this share link (its id, from the listing) instead of making one.
+    #[arg(long, value_name = "SHARE_ID")]
+    pub revoke: Option<String>,
+}
+
+#[derive(clap::Args)]
 pub struct AccessNewArgs {
     /// The site (name or id).
     pub site: String,
@@ -268,8 +280,9 @@ pub enum AccessCommand {
     /// Revoke a grant.
     Revoke(GrantArgs),
     /// A one-use link that shows the grant's login to whoever opens it first (someone
-    /// without an account), until the grant ends; audited at the server.
-    Share(GrantArgs),
+    /// without an account), until the grant ends; audited at the server. `--list` shows
+    /// the grant's links, `--revoke ID` revokes one.
+    Share(ShareArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -872,22 +885,58 @@ fn revoke(a: GrantArgs, kind: Kind) -> Done {
     Ok(0)
 }
 
-fn share(a: GrantArgs) -> Done {
-    let api = a.on.api()?;
-    let (router, _) = find_grant(&api, &a, Kind::Access)?;
-    let made: Value = api.post(
-        &format!("/api/routers/{router}/transient-access/{}/share", a.grant),
-        &json!({}),
-    )?;
-    if a.out.json {
+fn share(a: ShareArgs) -> Done {
+    let g = &a.grant;
+    let api = g.on.api()?;
+    let (router, _) = find_grant(&api, g, Kind::Access)?;
+    let base = format!("/api/routers/{router}/transient-access/{}/share", g.grant);
+    if let Some(id) = &a.revoke {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Failure::usage(format!("{id:?} is not a share link id")));
+        }
+        api.delete(&format!("{base}/{id}"))?;
+        if g.out.json {
+            return print_json(&json!({ "revoked": id }));
+        }
+        println!("Revoked share link {id}");
+        return Ok(0);
+    }
+    if a.list {
+        let list: Value = api.get(&base)?;
+        if g.out.json {
+            return print_json(&list);
+        }
+        let rows = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                vec![
+                    s(l, "id"),
+                    s(l, "state"),
+                    s(l, "created_by"),
+                    s(l, "created_at"),
+                    s(l, "opened_at"),
+                    s(l, "opened_from"),
+                ]
+            })
+            .collect();
+        table(
+            &["ID", "STATE", "MADE BY", "MADE", "OPENED", "OPENED FROM"],
+            rows,
+        );
+        return Ok(0);
+    }
+    let made: Value = api.post(&base, &json!({}))?;
+    if g.out.json {
         return print_json(&made);
     }
     println!("{}", s(&made, "url"));
     eprintln!(
         "postern: the link shows the login once, to whoever opens it first, until {}; \
-         revoke it with DELETE /api/routers/{router}/transient-access/{}/share/{}",
+         `postern access share {} --revoke {}` revokes it",
         s(&made, "expires_at"),
-        a.grant,
+        g.grant,
         s(&made, "id")
     );
     Ok(0)
