@@ -688,3 +688,27 @@ test("keyboard alone: add access, open its Credentials, close them", async () =>
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test("Add site shows the line to paste with a copy button, and the site waits for its router", async () => {
+  const { page, problems, context } = await newPage();
+  await signIn(page);
+  await page.waitForURL(/\/sites$/);
+  await page.locator("summary", { hasText: "Add site" }).click();
+  await page.getByLabel("Name").fill("web-nat-1");
+  await page.locator(".add-site-form button[type=submit]").click();
+  await page.getByRole("heading", { name: "Site web-nat-1 added" }).waitFor();
+  const line = await page.locator("#enroll-line").innerText();
+  // The demo runs in lab mode: plain HTTP, said in a comment line first.
+  assert.match(line, /^# Lab mode/, line);
+  assert.match(line, /\/tool fetch url="http:\/\/127\.0\.0\.1:\d+\/enroll\/pet_[A-Za-z0-9_-]{43}"/, line);
+  assert.equal(await page.getByRole("button", { name: "Copy the line" }).getAttribute("data-copy"), line);
+  await shot(page, "20-add-site-line");
+  await page.getByRole("link", { name: "Go to the site" }).click();
+  await page.getByRole("heading", { name: "Waiting for the router" }).waitFor();
+  assert.match(await page.locator(".onboarding").innerText(), /stops working 1 day from now/);
+  await page.getByRole("button", { name: "Re-issue line" }).click();
+  await page.getByRole("heading", { name: "A new line for web-nat-1" }).waitFor();
+  assert.notEqual(await page.locator("#enroll-line").innerText(), line);
+  assert.deepEqual(problems, []);
+  await context.close();
+});

@@ -26,9 +26,19 @@ fuzz_target!(|data: &[u8]| {
         policies: Policies::parse("local,ssh,read,api").unwrap_or(Policies::ALL),
     };
 
+    // The console is async (a script may `:delay` or `/tool fetch`); a runtime whose
+    // clock is paused lets delays pass at once.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
     for line in text.lines() {
-        let _ = sim::ssh::console::run_line(&router, &read_only, line);
-        let _ = sim::ssh::console::run_line(&router, &Caller::system(), line);
+        rt.block_on(async {
+            let mut cwd = Vec::new();
+            let _ = sim::ssh::console::run_line(&router, &read_only, line, &mut cwd).await;
+            let _ = sim::ssh::console::run_line(&router, &Caller::system(), line, &mut cwd).await;
+        });
         let _ = sim::menu::parse_path(line.trim());
 
         let words: Vec<&str> = line.split(' ').collect();

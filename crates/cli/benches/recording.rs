@@ -259,7 +259,7 @@ fn serve_gateway(target: SocketAddr) {
             .open(ForwardSpec {
                 key: GrantKey::Access(domain::AccessId::new()),
                 listen: "127.0.0.1:0".parse().unwrap(),
-                target,
+                target: target.into(),
                 sources: SourcePolicy::new(["127.0.0.1/32".parse().unwrap()], false),
                 deadline: None,
             })

@@ -138,3 +138,58 @@ fn a_given_password_is_not_printed() {
     assert!(v.get("admin_password").is_none(), "{line}");
     assert!(!line.contains("given-pw"));
 }
+
+#[test]
+fn behind_nat_routers_open_no_port_and_take_console_lines_on_standard_input() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args([
+            "sim",
+            "--routers",
+            "2",
+            "--base-address",
+            "127.0.6.31",
+            "--admin-password",
+            "pw",
+            "--behind-nat",
+            "--console",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for i in 1..=2 {
+        let line = lines.next().unwrap().unwrap();
+        let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["behind_nat"], true, "{line}");
+        assert_eq!(r["api_port"], 0, "{line}");
+        assert_eq!(r["ssh_port"], 0, "{line}");
+        for port in [8728, 8729, 8291, 2222] {
+            let e = std::net::TcpStream::connect(("127.0.6.3".to_string() + &i.to_string(), port))
+                .unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "port {port}"
+            );
+        }
+    }
+    // The console: the first router by default, another by its name.
+    writeln!(stdin, "/system identity print").unwrap();
+    writeln!(stdin, "sim-2> /system identity print").unwrap();
+    writeln!(stdin, "sim-2> /interface wireguard add name=postern").unwrap();
+    writeln!(stdin, "sim-2> /interface wireguard print").unwrap();
+    stdin.flush().unwrap();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("public-key=")) {
+        seen.push(lines.next().expect("console output").unwrap());
+    }
+    let text = seen.join("\n");
+    let first = text.find("name: sim-1").expect(&text);
+    let second = text.find("name: sim-2").expect(&text);
+    assert!(first < second, "{text}");
+    assert!(text.contains("name=postern"), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -92,3 +92,53 @@ async fn pump(
     copy::pump(from, to, counter).await?;
     Ok(Transfer::Copy)
 }
+
+/// Forwards between a client and a dialed upstream (the tunnel) through user space,
+/// until both directions reach end of stream (half-closes are passed on), or until
+/// either fails.
+pub(crate) async fn forward_dialed(
+    client: &TcpStream,
+    upstream: &mut crate::BoxUpstream,
+    counters: &Counters,
+) -> io::Result<Transfer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut up_read, mut up_write) = tokio::io::split(&mut **upstream);
+    let inbound = async {
+        loop {
+            client.readable().await?;
+            let mut buf: Vec<u8> = Vec::with_capacity(DIAL_BUF);
+            match client.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    up_write.shutdown().await?;
+                    return Ok::<(), io::Error>(());
+                }
+                Ok(n) => {
+                    up_write.write_all(buf.get(..n).unwrap_or_default()).await?;
+                    counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; DIAL_BUF];
+        loop {
+            let n = up_read.read(&mut buf).await?;
+            if n == 0 {
+                return copy::shutdown_write(client);
+            }
+            copy::write_all(
+                client,
+                buf.get(..n).unwrap_or_default(),
+                &counters.bytes_out,
+            )
+            .await?;
+        }
+    };
+    tokio::try_join!(inbound, outbound)?;
+    Ok(Transfer::Copy)
+}
+
+/// The buffer of a dialed connection's pump, each way.
+const DIAL_BUF: usize = 64 * 1024;

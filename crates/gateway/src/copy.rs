@@ -39,7 +39,11 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) 
     }
 }
 
-async fn write_all(to: &TcpStream, mut chunk: &[u8], counter: &AtomicU64) -> io::Result<()> {
+pub(crate) async fn write_all(
+    to: &TcpStream,
+    mut chunk: &[u8],
+    counter: &AtomicU64,
+) -> io::Result<()> {
     while !chunk.is_empty() {
         to.writable().await?;
         match to.try_write(chunk) {

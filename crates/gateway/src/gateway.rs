@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, SystemClock};
 use crate::conn::{self, Counters, Pumps};
 use crate::event::{ConnectionId, EndReason, Event, EventSink, Events, Refusal, Transfer};
-use crate::{Error, ForwardSpec, GrantKey, SourcePolicy};
+use crate::{Error, ForwardSpec, GrantKey, SourcePolicy, Target};
 
 /// How allowed connections move their bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub struct ReconcileReport {
 pub struct GrantInfo {
     pub key: GrantKey,
     pub listen: SocketAddr,
-    pub target: SocketAddr,
+    pub target: Target,
     pub deadline: Option<Instant>,
     pub opened_at: DateTime<Utc>,
     /// The first allowed connection: the grant's `authorized_at`.
@@ -201,7 +201,7 @@ struct Grant {
     requested: SocketAddr,
     listen: SocketAddr,
     /// Where new connections go; moved by [`Gateway::set_target`].
-    target: Mutex<SocketAddr>,
+    target: Mutex<Target>,
     sources: SourcePolicy,
     opened_at: DateTime<Utc>,
     deadline: watch::Sender<Option<Instant>>,
@@ -307,10 +307,10 @@ impl Gateway {
 
     /// Moves where a grant's new connections go (its router was moved); connections
     /// already forwarded keep theirs.
-    pub fn set_target(&self, key: GrantKey, target: SocketAddr) -> Result<(), Error> {
+    pub fn set_target(&self, key: GrantKey, target: Target) -> Result<(), Error> {
         let grant = self.inner.grant(key)?;
-        *lock(&grant.target) = target;
         tracing::info!(%key, %target, "grant target moved");
+        *lock(&grant.target) = target;
         Ok(())
     }
 
@@ -486,8 +486,8 @@ impl Inner {
 }
 
 impl Grant {
-    fn target(&self) -> SocketAddr {
-        *lock(&self.target)
+    fn target(&self) -> Target {
+        lock(&self.target).clone()
     }
 
     fn info(&self) -> GrantInfo {
@@ -680,7 +680,13 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
     let inner = guard.inner.clone();
     let timeout = inner.config.connect_timeout;
     let target = grant.target();
-    let connect = tokio::time::timeout(timeout, TcpStream::connect(target));
+    let address = match &target {
+        Target::Tcp(address) => *address,
+        Target::Dial { .. } => {
+            return run_dialed(guard, client, target).await;
+        }
+    };
+    let connect = tokio::time::timeout(timeout, TcpStream::connect(address));
     let upstream = tokio::select! {
         biased;
         () = grant.token.cancelled() => {
@@ -719,6 +725,58 @@ async fn run_connection(mut guard: Closing, client: TcpStream) {
             guard.reason = Some(EndReason::Finished);
         }
         Some(Err(e)) => {
+            guard.reason = Some(EndReason::Error(e.to_string()));
+        }
+    }
+}
+
+/// [`run_connection`] for a target behind a dialer (the management tunnel): the same
+/// connect timeout, cancellation and kill (the client reset, the upstream killed), with
+/// the bytes copied through user space.
+async fn run_dialed(mut guard: Closing, client: TcpStream, target: Target) {
+    let Target::Dial { address, dialer } = &target else {
+        return;
+    };
+    let grant = guard.grant.clone();
+    let inner = guard.inner.clone();
+    let connect = tokio::time::timeout(inner.config.connect_timeout, dialer.dial(*address));
+    let mut upstream = tokio::select! {
+        biased;
+        () = grant.token.cancelled() => {
+            let _ = client.set_zero_linger();
+            return;
+        }
+        connected = connect => match connected {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(e)) => {
+                tracing::warn!(key = %grant.key, %target, error = %e, "target unreachable");
+                guard.reason = Some(EndReason::TargetUnreachable);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(key = %grant.key, %target, "target connect timed out");
+                guard.reason = Some(EndReason::TargetUnreachable);
+                return;
+            }
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let outcome = tokio::select! {
+        biased;
+        () = grant.token.cancelled() => None,
+        done = conn::forward_dialed(&client, &mut upstream, &guard.counters) => Some(done),
+    };
+    match outcome {
+        None => {
+            let _ = client.set_zero_linger();
+            upstream.kill();
+        }
+        Some(Ok(transfer)) => {
+            guard.transfer = transfer;
+            guard.reason = Some(EndReason::Finished);
+        }
+        Some(Err(e)) => {
+            upstream.kill();
             guard.reason = Some(EndReason::Error(e.to_string()));
         }
     }

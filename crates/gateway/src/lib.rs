@@ -62,7 +62,9 @@ pub use gateway::{
     ShutdownReport, TransferMode,
 };
 pub use ports::{PortAllocator, PortRange};
-pub use spec::{ForwardSpec, GrantKey, SourcePolicy};
+pub use spec::{
+    BoxUpstream, Dial, DialFuture, ForwardSpec, GrantKey, SourcePolicy, Target, Upstream,
+};
 
 /// What the gateway refuses to do.
 #[derive(Debug, thiserror::Error)]

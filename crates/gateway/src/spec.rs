@@ -2,7 +2,11 @@
 //! which sources may come in, and until when.
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use domain::rules::{AddressClass, classify};
 use domain::{AccessId, AllowFrom, ForwardId};
@@ -81,12 +85,108 @@ pub struct ForwardSpec {
     /// The gateway's address and the grant's port (port 0 picks one, for tests).
     pub listen: SocketAddr,
     /// Where allowed connections go: the router's tunnel address and 8291 or 22, or for a
-    /// transient forward the router's dst-nat port.
-    pub target: SocketAddr,
+    /// transient forward the router's dst-nat port; by TCP, or through a dialer (the
+    /// management tunnel).
+    pub target: Target,
     /// Who may connect.
     pub sources: SourcePolicy,
     /// When the gateway closes the grant on its own (reason `Expired`); `None` for never.
     pub deadline: Option<Instant>,
+}
+
+/// A byte stream to a target that is not a kernel TCP socket (a TCP connection inside
+/// the management tunnel). Dropping it closes it gracefully; [`Upstream::kill`] resets it.
+pub trait Upstream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// Resets the connection at once (a revoke, an expiry, a shutdown).
+    fn kill(&mut self);
+}
+
+/// A boxed [`Upstream`].
+pub type BoxUpstream = Box<dyn Upstream>;
+
+/// What a [`Dial`] returns.
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<BoxUpstream>> + Send>>;
+
+/// Opens connections to addresses the kernel cannot reach (inside the management
+/// tunnel). The gateway bounds each dial by its `connect_timeout`.
+pub trait Dial: Send + Sync + 'static {
+    /// Opens a stream to `address`.
+    fn dial(&self, address: SocketAddr) -> DialFuture;
+    /// What to call this way in logs (`tunnel eu`).
+    fn via(&self) -> String;
+}
+
+/// Where a grant's connections go.
+#[derive(Clone)]
+pub enum Target {
+    /// A TCP connection from the gateway's host, forwarded with `splice(2)`.
+    Tcp(SocketAddr),
+    /// A stream opened by a dialer (copied through user space).
+    Dial {
+        address: SocketAddr,
+        dialer: Arc<dyn Dial>,
+    },
+}
+
+impl Target {
+    /// The address connections go to (inside the tunnel for [`Target::Dial`]).
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            Target::Tcp(a) | Target::Dial { address: a, .. } => *a,
+        }
+    }
+}
+
+impl PartialEq for Target {
+    /// The same address the same way (the same dialer).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Target::Tcp(a), Target::Tcp(b)) => a == b,
+            (
+                Target::Dial {
+                    address: a,
+                    dialer: x,
+                },
+                Target::Dial {
+                    address: b,
+                    dialer: y,
+                },
+            ) => a == b && std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(y)),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Target {}
+
+impl From<SocketAddr> for Target {
+    fn from(address: SocketAddr) -> Self {
+        Target::Tcp(address)
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = std::net::AddrParseError;
+
+    /// A TCP target, `ip:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Target::Tcp)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "{a}"),
+            Target::Dial { address, dialer } => write!(f, "{address} via {}", dialer.via()),
+        }
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 #[cfg(test)]

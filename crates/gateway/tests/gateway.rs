@@ -75,7 +75,7 @@ fn spec(key: GrantKey, target: SocketAddr, nets: &[&str]) -> ForwardSpec {
     ForwardSpec {
         key,
         listen: "127.0.0.1:0".parse().unwrap(),
-        target,
+        target: target.into(),
         sources: policy(nets),
         deadline: None,
     }
@@ -837,4 +837,149 @@ async fn revoke_kills_fifty_sessions_within_100ms() {
         seen < Duration::from_millis(100),
         "the last client saw the end after {seen:?}"
     );
+}
+
+/// A dialer as the management tunnel is one: here a TCP connection made by the dialer
+/// itself, counted, whose kill resets it.
+struct Dialer {
+    dials: Arc<AtomicUsize>,
+    killed: Arc<AtomicUsize>,
+}
+
+struct Dialed {
+    stream: TcpStream,
+    killed: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for Dialed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Dialed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl postern_gateway::Upstream for Dialed {
+    fn kill(&mut self) {
+        self.killed.fetch_add(1, Ordering::SeqCst);
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl postern_gateway::Dial for Dialer {
+    fn dial(&self, address: SocketAddr) -> postern_gateway::DialFuture {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let killed = self.killed.clone();
+        Box::pin(async move {
+            let stream = TcpStream::connect(address).await?;
+            Ok(Box::new(Dialed { stream, killed }) as postern_gateway::BoxUpstream)
+        })
+    }
+
+    fn via(&self) -> String {
+        "test dialer".into()
+    }
+}
+
+#[tokio::test]
+async fn a_dialed_target_forwards_counts_and_is_killed_with_its_grant() {
+    let (target, accepted) = echo_target().await;
+    let (gw, mut rx) = Gateway::new(Config::default());
+    let dials = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicUsize::new(0));
+    let dialer: Arc<dyn postern_gateway::Dial> = Arc::new(Dialer {
+        dials: dials.clone(),
+        killed: killed.clone(),
+    });
+    let key = access();
+    let mut s = spec(key, target, &["127.0.0.1/32"]);
+    s.target = postern_gateway::Target::Dial {
+        address: target,
+        dialer: dialer.clone(),
+    };
+    let open = gw.open(s.clone()).await.unwrap();
+    assert_eq!(
+        gw.grant(key).unwrap().target.to_string(),
+        format!("{target} via test dialer")
+    );
+
+    // Bytes both ways, half-close passed on, counted.
+    let mut a = connect_from("127.0.0.1", open.listen).await.unwrap();
+    echo_once(&mut a, b"through the dialer").await;
+    a.shutdown().await.unwrap();
+    assert!(wait_closed(&mut a).await.is_empty());
+    let Event::ConnectionClosed {
+        bytes_in,
+        bytes_out,
+        reason,
+        transfer,
+        ..
+    } = next_event(&mut rx, is_closed).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((bytes_in, bytes_out), (18, 18));
+    assert_eq!(reason, EndReason::Finished);
+    assert_eq!(transfer, postern_gateway::Transfer::Copy);
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // The same spec again is kept as it is (same address, same dialer); another
+    // dialer is another target.
+    let report = gw.reconcile(vec![s.clone()]).await;
+    assert_eq!(report.kept, vec![key]);
+
+    // A live connection dies at once with its grant: the client reset, the upstream killed.
+    let mut b = connect_from("127.0.0.1", open.listen).await.unwrap();
+    echo_once(&mut b, b"live").await;
+    let started = std::time::Instant::now();
+    gw.close(key, EndReason::Revoked).await.unwrap();
+    wait_closed(&mut b).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(killed.load(Ordering::SeqCst), 1);
+    let Event::ConnectionClosed { reason, .. } = next_event(&mut rx, is_closed).await else {
+        unreachable!()
+    };
+    assert_eq!(reason, EndReason::Revoked);
+
+    // A dial that fails is the target unreachable.
+    let key = access();
+    let mut s = spec(key, dead_target().await, &["127.0.0.1/32"]);
+    s.target = postern_gateway::Target::Dial {
+        address: dead_target().await,
+        dialer,
+    };
+    let open = gw.open(s).await.unwrap();
+    let mut c = connect_from("127.0.0.1", open.listen).await.unwrap();
+    assert!(wait_closed(&mut c).await.is_empty());
+    let Event::ConnectionClosed { reason, .. } = next_event(&mut rx, is_closed).await else {
+        unreachable!()
+    };
+    assert_eq!(reason, EndReason::TargetUnreachable);
 }

@@ -20,6 +20,8 @@ use crate::joblog::JobLog;
 pub(crate) struct RouterConn {
     pub client: Client,
     pub version: String,
+    /// How the router is reached (a tunnelled one sees the gateway's tunnel address).
+    pub reach: store::Reach,
     /// The router's name and API address when connected (for the log).
     name: String,
     address: std::net::SocketAddr,
@@ -145,7 +147,27 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
         };
         config = config.with_tls(mode);
     }
-    let client = match Client::connect(&config).await {
+    // One way to the router, direct or through its tunnel (the data plane's dial), then
+    // TLS when configured and the login, all within the connect timeout.
+    let attempt = async {
+        let stream = inner
+            .dataplane
+            .dial(router, router.api_port)
+            .await
+            .map_err(|source| routeros::Error::Connect {
+                address: address.to_string(),
+                source,
+            })?;
+        Client::connect_over(stream, router.tunnel_address, &config).await
+    };
+    let connected = match tokio::time::timeout(inner.config.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(routeros::Error::ConnectTimeout {
+            address: address.to_string(),
+            after: inner.config.connect_timeout,
+        }),
+    };
+    let client = match connected {
         Ok(client) => client,
         Err(e) => {
             tracing::warn!(router = %router.id, %address, error = %e, "cannot connect to the router");
@@ -208,6 +230,7 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
     let conn = Arc::new(RouterConn {
         client,
         version,
+        reach: router.reach,
         name: router.name.clone(),
         address,
         router_updated_at: router.updated_at,

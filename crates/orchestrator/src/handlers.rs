@@ -187,7 +187,17 @@ async fn access_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<Do
     ensure_groups(&conn, log).await?;
     let known = Known {
         password,
-        addresses: addresses_from(inner, source, &grant),
+        addresses: addresses_from(
+            inner,
+            crate::dataplane::gateway_source(
+                &*inner.dataplane,
+                conn.reach,
+                grant.region_id,
+                source,
+                inner.config.default_tunnel_source,
+            ),
+            &grant,
+        ),
     };
     if grant.access == AccessLevel::Write {
         // No entry that removes users may stand on a router where a write user can
@@ -255,12 +265,7 @@ async fn forward_create(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Result<D
     }
     let router = router?;
     let conn = connections::connect(inner, &router, log).await?;
-    let source = match inner.store.region_tunnel_source(grant.region_id).await {
-        Ok(s) => s,
-        Err(store::StoreError::NotFound) => None,
-        Err(e) => return Err(e.into()),
-    }
-    .or(inner.config.default_tunnel_source);
+    let source = forward_source(inner, &router, grant.region_id).await?;
     let (nat, schedule) = tokio::join!(
         ensure_nat(&conn, &router, &grant, source, log),
         ensure_schedule(
@@ -382,28 +387,64 @@ pub(crate) async fn ensure_groups(conn: &RouterConn, log: &JobLog) -> Result<()>
     Ok(())
 }
 
-/// The addresses a temporary user may log in from.
+/// The address a router sees the gateway's connections come from, for a forward's NAT
+/// rules: the gateway's tunnel address for a tunnelled router, else the region's tunnel
+/// source (or the configured default).
+pub(crate) async fn forward_source(
+    inner: &Arc<Inner>,
+    router: &store::Router,
+    region: domain::RegionId,
+) -> Result<Option<std::net::IpAddr>> {
+    let region_source = match router.reach {
+        store::Reach::Tunnel => None,
+        store::Reach::Direct => match inner.store.region_tunnel_source(region).await {
+            Ok(s) => s,
+            Err(store::StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    Ok(crate::dataplane::gateway_source(
+        &*inner.dataplane,
+        router.reach,
+        region,
+        region_source,
+        inner.config.default_tunnel_source,
+    ))
+}
+
+/// The addresses a temporary user may log in from, on a router reached as `reach`.
 pub(crate) async fn user_addresses(
     inner: &Arc<Inner>,
+    reach: store::Reach,
     grant: &store::TransientAccess,
 ) -> Result<Vec<String>> {
-    let source = match inner.store.region_tunnel_source(grant.region_id).await {
-        Ok(s) => s,
-        Err(store::StoreError::NotFound) => None,
-        Err(e) => return Err(e.into()),
+    let region_source = match reach {
+        store::Reach::Tunnel => None,
+        store::Reach::Direct => match inner.store.region_tunnel_source(grant.region_id).await {
+            Ok(s) => s,
+            Err(store::StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        },
     };
+    let source = crate::dataplane::gateway_source(
+        &*inner.dataplane,
+        reach,
+        grant.region_id,
+        region_source,
+        inner.config.default_tunnel_source,
+    );
     Ok(addresses_from(inner, source, grant))
 }
 
-/// The addresses a temporary user may log in from, given its region's tunnel source:
-/// that address (or the configured default), and the RFC 1918 ranges when allowed.
+/// The addresses a temporary user may log in from, given where the gateway's
+/// connections come from (`gateway_source`), and the RFC 1918 ranges when allowed.
 fn addresses_from(
-    inner: &Arc<Inner>,
-    region_source: Option<std::net::IpAddr>,
+    _inner: &Arc<Inner>,
+    source: Option<std::net::IpAddr>,
     grant: &store::TransientAccess,
 ) -> Vec<String> {
     let mut addresses = Vec::new();
-    if let Some(source) = region_source.or(inner.config.default_tunnel_source) {
+    if let Some(source) = source {
         let bits = if source.is_ipv4() { 32 } else { 128 };
         addresses.push(format!("{source}/{bits}"));
     }
@@ -436,7 +477,7 @@ pub(crate) async fn ensure_user(
         Some(known) => known,
         None => Known {
             password: inner.store.access_password(grant.id).await?,
-            addresses: user_addresses(inner, grant).await?,
+            addresses: user_addresses(inner, conn.reach, grant).await?,
         },
     };
     if addresses.is_empty() {
@@ -496,9 +537,10 @@ pub(crate) async fn ensure_nat(
 ) -> Result<()> {
     let tag = GrantKey::Forward(grant.id).tag();
     let src_address = source.map(|s| s.to_string());
-    // Routers are reached directly at `tunnel_address` today; a tunnelled router's
-    // WireGuard interface name goes here once the store records it.
-    let in_interface: Option<String> = None;
+    // A tunnelled router's connections from the gateway arrive on its WireGuard
+    // interface, as its enrolment script named it.
+    let in_interface: Option<String> = (router.reach == store::Reach::Tunnel)
+        .then(|| crate::dataplane::TUNNEL_INTERFACE.to_owned());
     if src_address.is_none() {
         log.line(
             "the region has no tunnel source address configured: the forward's NAT rules are not limited by source",

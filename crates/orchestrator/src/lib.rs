@@ -60,7 +60,10 @@ use domain::{GrantStatus, OrgId, RouterId};
 use tokio::sync::{Notify, watch};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use dataplane::{DataPlane, EndReason, GrantKey, LiveGrant, LoggingDataPlane};
+pub use dataplane::{
+    DataPlane, DialFuture, EndReason, GrantKey, GrantNote, LiveGrant, LoggingDataPlane, RouterIo,
+    RouterStream, TUNNEL_INTERFACE, dial_direct,
+};
 pub use error::{Error, Result};
 pub use worker::backoff;
 
@@ -190,6 +193,15 @@ impl Inner {
         self.executions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Tells every other process's gateway on a shared PostgreSQL (nothing on SQLite).
+    pub(crate) async fn announce(&self, note: GrantNote) {
+        if let Err(e) = self.store.notify_grants(&note.encode()).await {
+            tracing::warn!(error = %e, grant = %match note {
+                GrantNote::Close(k, _) | GrantNote::Deadline(k, _) => k,
+            }, "could not tell the other servers' gateways");
+        }
+    }
+
     /// Wakes this process's worker, and on PostgreSQL every other process's.
     pub(crate) async fn wake_jobs(&self) {
         self.jobs_wake.notify_one();
@@ -269,8 +281,10 @@ impl Inner {
             Err(store::StoreError::Conflict(_)) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        // The gateway at once: access ends there whatever the router's state.
+        // The gateway at once: access ends there whatever the router's state; and every
+        // other server's gateway on the same PostgreSQL, whichever opened the port.
         self.dataplane.close(key, reason);
+        self.announce(GrantNote::Close(key, reason)).await;
         self.wake_jobs().await;
         Ok(true)
     }
@@ -346,6 +360,36 @@ impl Orchestrator {
                 }
             })
         };
+        // Other servers' grant ends and new deadlines, for this process's gateway.
+        let notes = {
+            let inner = inner.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut listener = match inner.store.grant_listener().await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN for other servers' grant ends");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        r = listener.recv() => match r {
+                            Ok(payload) => match GrantNote::decode(&payload) {
+                                Some(note) => note.apply(inner.dataplane.as_ref()),
+                                None => tracing::warn!(%payload, "an unknown grant note"),
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "grant notes interrupted; ends meanwhile are left to the deadlines and the next revoke");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            })
+        };
         let expiry = tokio::spawn(expiry::run(inner.clone(), shutdown.clone()));
         let reconciler = tokio::spawn(reconcile::run(inner.clone(), shutdown.clone()));
         // The log's flusher outlives the attempts, so their last lines are written.
@@ -355,6 +399,7 @@ impl Orchestrator {
         let _ = expiry.await;
         let _ = reconciler.await;
         let _ = listener.await;
+        let _ = notes.await;
         let _ = flushed.send(true);
         let _ = flusher.await;
     }
@@ -380,6 +425,9 @@ impl Orchestrator {
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         self.inner.dataplane.set_deadline(key, expires_at);
+        self.inner
+            .announce(GrantNote::Deadline(key, expires_at))
+            .await;
         self.expiry_changed();
         let now = self.inner.clock.now();
         self.inner

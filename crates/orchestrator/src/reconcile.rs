@@ -118,13 +118,32 @@ struct LiveEntry {
     active: bool,
 }
 
-/// Whether a `postern:` tag is one of a grant (not a group), and its `kind:id` key.
+/// Whether a `postern:` tag is one of a grant (not a group, nor what onboarding made:
+/// `postern:tunnel:…`, such as the management login), and its `kind:id` key.
 fn grant_tag(comment: Option<&str>) -> Option<&str> {
     let rest = comment?.strip_prefix("postern:")?;
-    if rest.starts_with("group:") {
+    if rest.starts_with("group:") || rest.starts_with("tunnel:") {
         return None;
     }
     Some(rest)
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::grant_tag;
+
+    #[test]
+    fn only_grants_tags_are_grants() {
+        assert_eq!(grant_tag(Some("postern:access:abc")), Some("access:abc"));
+        assert_eq!(grant_tag(Some("postern:group:full")), None);
+        // The management login onboarding made is no grant's: never drift.
+        assert_eq!(
+            grant_tag(Some("postern:tunnel:user Postern's management login")),
+            None
+        );
+        assert_eq!(grant_tag(Some("someone else's")), None);
+        assert_eq!(grant_tag(None), None);
+    }
 }
 
 /// Compares the router with the grants.
@@ -392,12 +411,7 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
                 handlers::ensure_user(inner, &conn, &g, None, log).await?;
             }
             Drift::MissingNat(g) => {
-                let source = match inner.store.region_tunnel_source(g.region_id).await {
-                    Ok(s) => s,
-                    Err(store::StoreError::NotFound) => None,
-                    Err(e) => return Err(e.into()),
-                }
-                .or(inner.config.default_tunnel_source);
+                let source = handlers::forward_source(inner, &router, g.region_id).await?;
                 handlers::ensure_nat(&conn, &router, &g, source, log).await?;
             }
             Drift::MissingSchedule {

@@ -354,17 +354,52 @@ impl Client {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr()?.ip();
+        Self::over_inner(tcp, peer, config).await
+    }
+
+    /// [`Client::connect`] over a stream already open to the router at `peer` (a
+    /// connection inside the management tunnel): TLS when configured (the certificate
+    /// checked as over TCP; SNI `config.tls_server_name`, else none), then the login.
+    /// `config.address` only names the router in errors. Bounded by
+    /// `config.connect_timeout`.
+    pub async fn connect_over<S>(
+        stream: S,
+        peer: std::net::IpAddr,
+        config: &ClientConfig,
+    ) -> Result<Client, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let attempt = Self::over_inner(stream, peer, config);
+        match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectTimeout {
+                address: config.address.clone(),
+                after: config.connect_timeout,
+            }),
+        }
+    }
+
+    async fn over_inner<S>(
+        stream: S,
+        peer: std::net::IpAddr,
+        config: &ClientConfig,
+    ) -> Result<Client, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some(mode) = &config.tls else {
-            return Self::handshake(tcp, config).await;
+            return Self::handshake(stream, config).await;
         };
         let connector = tls::connector(mode)?;
         let name = match &config.tls_server_name {
             Some(name) => ServerName::try_from(name.clone())
                 .map_err(|e| Error::TlsConfig(format!("invalid server name {name:?}: {e}")))?,
-            None => ServerName::IpAddress(tcp.peer_addr()?.ip().into()),
+            None => ServerName::IpAddress(peer.into()),
         };
         let stream = connector
-            .connect(name, tcp)
+            .connect(name, stream)
             .await
             .map_err(|source| Error::Tls {
                 address: config.address.clone(),

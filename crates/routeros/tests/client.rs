@@ -956,6 +956,36 @@ mod tls {
     }
 
     #[tokio::test]
+    async fn connect_over_an_open_stream_does_tls_with_the_pin_and_logs_in() {
+        // What the management tunnel hands the client: a stream already open.
+        let cert = make_cert();
+        let fingerprint = routeros::CertFingerprint::of_der(&cert.der);
+        let (addr, peer) = tls_router(&cert).await;
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let peer_ip = stream.peer_addr().unwrap().ip();
+        let config = config("router-in-a-tunnel:8729")
+            .with_tls(TlsMode::pinned_sha256(&fingerprint.to_string()).unwrap());
+        let client = Client::connect_over(stream, peer_ip, &config)
+            .await
+            .unwrap();
+        assert_eq!(client.peer_certificate(), Some(fingerprint));
+        assert_eq!(api::system::identity(&client).await.unwrap(), "tls-router");
+        assert!(peer.await.unwrap());
+
+        // Another certificate pinned: refused before any login, named by the address.
+        let (addr, peer) = tls_router(&cert).await;
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let other = make_cert();
+        let config = config("router-in-a-tunnel:8729").with_tls(TlsMode::pinned_der(&other.der));
+        let err = Client::connect_over(stream, peer_ip, &config)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+        assert!(err.to_string().contains("router-in-a-tunnel"), "{err}");
+        assert!(!peer.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn insecure_mode_accepts_any_certificate() {
         let cert = make_cert();
         let (result, served) = try_mode(&cert, TlsMode::InsecureAcceptAnyCertificate).await;

@@ -169,8 +169,30 @@ pub async fn open_store(config: &ServerConfig) -> Result<store::Store, Bootstrap
         store
             .set_region_tunnel_source(stored.id, region.tunnel_source)
             .await?;
+        ensure_region_tunnel(&store, stored.id).await?;
     }
     Ok(store)
+}
+
+/// Makes the region's WireGuard key on its first start: generated here, the private key
+/// sealed in the store and never logged; a region that has one keeps it.
+pub async fn ensure_region_tunnel(
+    store: &store::Store,
+    region: domain::RegionId,
+) -> Result<store::RegionTunnel, BootstrapError> {
+    if let Some(made) = store.region_tunnel(region).await? {
+        return Ok(made);
+    }
+    let private = tunnel::PrivateKey::generate()
+        .map_err(|e| BootstrapError::Invalid(format!("cannot make the tunnel key: {e}")))?;
+    let public = private.public_key().to_base64();
+    let made = store
+        .ensure_region_tunnel(region, &store::Secret::new(private.to_base64()), &public)
+        .await?;
+    if made.public_key == public {
+        tracing::info!(region = %region, public_key = %public, "made the region's tunnel key");
+    }
+    Ok(made)
 }
 
 /// On a store without users: creates organisation "default" and user `admin` with a random

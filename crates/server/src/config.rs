@@ -57,7 +57,25 @@ pub struct RegionConfig {
     /// entry point when it is an IP address, else every address (0.0.0.0).
     #[serde(default)]
     pub gateway_bind: Option<IpAddr>,
+    /// The region's WireGuard prefix: routers reached through the tunnel get addresses
+    /// in it, and the gateway holds its first host address. Default 100.64.0.0/10.
+    #[serde(default)]
+    pub tunnel_prefix: Option<ipnet::Ipv4Net>,
+    /// The UDP address the region's tunnel listens on. Default 0.0.0.0:51820; a region
+    /// whose entry point is a loopback address (the built-in `local`) listens on an
+    /// ephemeral loopback port (127.0.0.1:0).
+    #[serde(default)]
+    pub tunnel_listen: Option<SocketAddr>,
+    /// `host:port` routers are told to reach the tunnel at. Default the entry point's
+    /// host and the port the tunnel listens on.
+    #[serde(default)]
+    pub tunnel_endpoint: Option<String>,
 }
+
+/// The default tunnel prefix of a region.
+pub const DEFAULT_TUNNEL_PREFIX: &str = "100.64.0.0/10";
+/// The default UDP port of a region's tunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 51820;
 
 impl RegionConfig {
     /// The region every fresh installation has: this machine, the IANA dynamic ports.
@@ -69,6 +87,49 @@ impl RegionConfig {
             port_max: 65535,
             tunnel_source: Some(IpAddr::from([127, 0, 0, 1])),
             gateway_bind: None,
+            tunnel_prefix: None,
+            tunnel_listen: None,
+            tunnel_endpoint: None,
+        }
+    }
+
+    /// The region's tunnel prefix (default 100.64.0.0/10), truncated to its network.
+    pub fn tunnel_prefix(&self) -> ipnet::Ipv4Net {
+        self.tunnel_prefix
+            .unwrap_or_else(|| {
+                DEFAULT_TUNNEL_PREFIX
+                    .parse()
+                    .unwrap_or_else(|_| ipnet::Ipv4Net::default())
+            })
+            .trunc()
+    }
+
+    /// The gateway's address inside the tunnel: the prefix's first host address.
+    pub fn tunnel_gateway(&self) -> std::net::Ipv4Addr {
+        let network = u32::from(self.tunnel_prefix().network());
+        std::net::Ipv4Addr::from(network.saturating_add(1))
+    }
+
+    /// Where the region's tunnel listens (UDP): as configured, else 0.0.0.0:51820, or for
+    /// a region whose entry point is a loopback address (a lab on one machine) an
+    /// ephemeral loopback port.
+    pub fn tunnel_listen(&self) -> SocketAddr {
+        self.tunnel_listen
+            .unwrap_or_else(|| match self.entry_point.parse::<IpAddr>() {
+                Ok(ip) if ip.is_loopback() => SocketAddr::new(ip, 0),
+                _ => SocketAddr::from(([0, 0, 0, 0], DEFAULT_TUNNEL_PORT)),
+            })
+    }
+
+    /// What routers are told to reach, once the tunnel listens on `bound`: the
+    /// configured endpoint, else the entry point's host and `bound`'s port.
+    pub fn tunnel_endpoint(&self, bound: SocketAddr) -> String {
+        if let Some(endpoint) = &self.tunnel_endpoint {
+            return endpoint.clone();
+        }
+        match self.entry_point.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]:{}", bound.port()),
+            Err(_) => format!("{}:{}", self.entry_point, bound.port()),
         }
     }
 
@@ -189,6 +250,18 @@ pub struct ServerConfig {
     /// is gone once unseen for four of these: every server of one database should use
     /// the same value.
     pub gateway_heartbeat: Duration,
+    /// Where routers reach this server to enrol (`https://host[:port]`; `http://` only
+    /// in lab mode): the pasted line fetches its script there. Behind a reverse proxy,
+    /// the proxy's address. `None`: `https://` + `listen` when the server terminates
+    /// TLS itself, `http://` + `listen` in lab mode, else adding a site is refused.
+    pub public_url: Option<String>,
+    /// A PEM certificate chain and its private key: with both, `postern server` speaks
+    /// HTTPS itself (rustls) on `listen`. Without, plain HTTP (behind a reverse proxy
+    /// that terminates TLS, or on loopback).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long an enrolment token (the pasted line) works.
+    pub enrollment_lifetime: Duration,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +293,10 @@ impl Default for ServerConfig {
             reconcile_interval: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
             gateway_heartbeat: Duration::from_secs(5),
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            enrollment_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -256,6 +333,10 @@ struct FileConfig {
     reconcile_interval: Option<String>,
     port_cooldown: Option<String>,
     gateway_heartbeat: Option<String>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    enrollment_lifetime: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -312,6 +393,7 @@ impl ServerConfig {
         }
         config.apply_flags(flags);
         config.check()?;
+        config.accept_public_url_host();
         Ok(config)
     }
 
@@ -375,6 +457,18 @@ impl ServerConfig {
         if let Some(s) = f.gateway_heartbeat {
             self.gateway_heartbeat = parse_duration("gateway_heartbeat", &s)?;
         }
+        if f.public_url.is_some() {
+            self.public_url = f.public_url;
+        }
+        if f.tls_cert.is_some() {
+            self.tls_cert = f.tls_cert;
+        }
+        if f.tls_key.is_some() {
+            self.tls_key = f.tls_key;
+        }
+        if let Some(s) = f.enrollment_lifetime {
+            self.enrollment_lifetime = parse_duration("enrollment_lifetime", &s)?;
+        }
         Ok(())
     }
 
@@ -407,6 +501,10 @@ impl ServerConfig {
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
+            "ENROLLMENT_LIFETIME" => self.enrollment_lifetime = parse_duration(&key, value)?,
+            "PUBLIC_URL" => self.public_url = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
+            "TLS_KEY" => self.tls_key = Some(PathBuf::from(value)),
             "HEADER_TIMEOUT" => self.header_timeout = parse_duration(&key, value)?,
             "IDLE_TIMEOUT" => self.idle_timeout = parse_duration(&key, value)?,
             "HASH_QUEUE_WAIT" => self.hash_queue_wait = parse_duration(&key, value)?,
@@ -471,6 +569,31 @@ impl ServerConfig {
                     &format!("region {}: port_min must be 1..=port_max", r.name),
                 ));
             }
+            if let Some(prefix) = r.tunnel_prefix
+                && prefix.prefix_len() > 30
+            {
+                return Err(invalid(
+                    "regions",
+                    &format!(
+                        "region {}: tunnel_prefix {prefix} is too small (at most /30)",
+                        r.name
+                    ),
+                ));
+            }
+            if let Some(endpoint) = &r.tunnel_endpoint {
+                let port_ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if !port_ok {
+                    return Err(invalid(
+                        "regions",
+                        &format!(
+                            "region {}: tunnel_endpoint {endpoint:?} must be host:port",
+                            r.name
+                        ),
+                    ));
+                }
+            }
         }
         let l = &self.grant_limits;
         if l.min.is_zero() || l.min > l.max || l.default < l.min || l.default > l.max {
@@ -508,6 +631,21 @@ impl ServerConfig {
         {
             return Err(invalid("metrics_token", "must be at least 16 characters"));
         }
+        if self.enrollment_lifetime < Duration::from_secs(60)
+            || self.enrollment_lifetime > Duration::from_secs(30 * 86400)
+        {
+            return Err(invalid("enrollment_lifetime", "must be between 1m and 30d"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            crate::onboarding::PublicUrl::parse(url, self.lab_mode)
+                .map_err(|m| invalid("public_url", &m))?;
+        }
         for h in &self.public_hosts {
             if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
                 return Err(invalid(
@@ -517,6 +655,39 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Requests naming `public_url`'s host are this server's (the `Host` check).
+    fn accept_public_url_host(&mut self) {
+        let Some(url) = &self.public_url else {
+            return;
+        };
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let host = rest.trim_end_matches('/').to_owned();
+        if !host.is_empty() && !self.public_hosts.contains(&host) {
+            self.public_hosts.push(host);
+        }
+    }
+
+    /// Where routers fetch their enrolment script: `public_url`, else this server's own
+    /// `listen` over HTTPS (when it terminates TLS) or HTTP (lab mode only). An error
+    /// says what to set.
+    pub fn enroll_url(&self) -> Result<crate::onboarding::PublicUrl, String> {
+        if let Some(url) = &self.public_url {
+            return crate::onboarding::PublicUrl::parse(url, self.lab_mode);
+        }
+        let tls = self.tls_cert.is_some();
+        if !tls && !self.lab_mode {
+            return Err(
+                "set public_url (the https:// address routers reach this server at) to add a site"
+                    .into(),
+            );
+        }
+        if self.listen.ip().is_unspecified() {
+            return Err("set public_url: the server listens on every address, so routers cannot be told which one to reach".into());
+        }
+        let scheme = if tls { "https" } else { "http" };
+        crate::onboarding::PublicUrl::parse(&format!("{scheme}://{}", self.listen), self.lab_mode)
     }
 
     /// Where the database lives when no URL was given.
@@ -610,6 +781,68 @@ mod tests {
             c.secret_key_path(),
             PathBuf::from("./postern-data/secret.key")
         );
+    }
+
+    #[test]
+    fn region_tunnel_settings_default_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("postern.toml");
+        let load = |regions: &str| {
+            std::fs::write(&file, regions).unwrap();
+            ServerConfig::load(Some(&file), env(&[("HOME", "/x")]), &Overrides::default())
+        };
+        let c = load(
+            r#"
+[[regions]]
+name = "eu"
+entry_point = "eu.example.net"
+port_min = 40000
+port_max = 40010
+[[regions]]
+name = "us"
+entry_point = "2001:db8::1"
+port_min = 40000
+port_max = 40010
+tunnel_prefix = "10.77.0.0/16"
+tunnel_listen = "127.0.0.2:0"
+"#,
+        )
+        .unwrap();
+        let (eu, us) = (&c.regions[0], &c.regions[1]);
+        assert_eq!(eu.tunnel_prefix().to_string(), "100.64.0.0/10");
+        assert_eq!(eu.tunnel_gateway().to_string(), "100.64.0.1");
+        assert_eq!(eu.tunnel_listen().to_string(), "0.0.0.0:51820");
+        let bound: SocketAddr = "0.0.0.0:51820".parse().unwrap();
+        assert_eq!(eu.tunnel_endpoint(bound), "eu.example.net:51820");
+        assert_eq!(us.tunnel_gateway().to_string(), "10.77.0.1");
+        assert_eq!(us.tunnel_listen().to_string(), "127.0.0.2:0");
+        let bound: SocketAddr = "127.0.0.2:40123".parse().unwrap();
+        assert_eq!(us.tunnel_endpoint(bound), "[2001:db8::1]:40123");
+        // The built-in region (a loopback entry point) listens on an ephemeral loopback port.
+        assert_eq!(
+            RegionConfig::local().tunnel_listen().to_string(),
+            "127.0.0.1:0"
+        );
+
+        let region = |extra: &str| {
+            format!(
+                "[[regions]]\nname = \"eu\"\nentry_point = \"eu.example.net\"\nport_min = 1\nport_max = 2\n{extra}\n"
+            )
+        };
+        let c = load(&region("tunnel_endpoint = \"vpn.example.net:443\"")).unwrap();
+        assert_eq!(
+            c.regions[0].tunnel_endpoint("0.0.0.0:51820".parse().unwrap()),
+            "vpn.example.net:443"
+        );
+        for (extra, says) in [
+            ("tunnel_prefix = \"100.64.0.0/31\"", "tunnel_prefix"),
+            ("tunnel_endpoint = \"vpn.example.net\"", "tunnel_endpoint"),
+            ("tunnel_endpoint = \"vpn.example.net:0\"", "tunnel_endpoint"),
+        ] {
+            let e = load(&region(extra)).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        assert!(load(&region("tunnel_prefix = \"not a prefix\"")).is_err());
     }
 
     #[test]

@@ -52,6 +52,10 @@ const NOTE_LIFETIME: Duration = Duration::from_secs(600);
 const HEARTBEATS_TO_GONE: u32 = 4;
 /// How the rows of a gateway run that is gone end.
 const GONE_REASON: &str = "gateway stopped";
+/// How often a gateway that shares PostgreSQL with other servers checks its open
+/// grants against the store: the backstop for a grant note it missed (sent before its
+/// `LISTEN` started, or while that connection was being made again).
+const ENDS_SWEEP: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,7 @@ type Task = (oneshot::Sender<()>, JoinHandle<()>);
 #[derive(Clone)]
 pub struct GatewayPlane {
     gateway: Gateway,
+    tunnels: crate::tunnels::Tunnels,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<Task>>>,
 }
@@ -220,6 +225,7 @@ impl GatewayPlane {
             live: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         });
+        let tunnels = crate::tunnels::Tunnels::start(&shared.store, config).await?;
         shared.alive(started_at).await?;
         tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
         shared.sweep(started_at, true).await?;
@@ -228,16 +234,42 @@ impl GatewayPlane {
         let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
         let (stop_beat, beat_stopped) = oneshot::channel();
         let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
-        Ok(GatewayPlane {
+        let plane = GatewayPlane {
             gateway,
+            tunnels,
             shared,
             tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
-        })
+        };
+        if plane.shared.store.backend() == store::Backend::Postgres {
+            let (stop_sweep, sweep_stopped) = oneshot::channel();
+            let sweep = tokio::spawn(ends_sweep(plane.clone(), sweep_stopped));
+            lock(&plane.tasks).push((stop_sweep, sweep));
+        }
+        Ok(plane)
     }
 
     /// The gateway itself.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
+    }
+
+    /// The regions' management tunnels (admit and remove routers' keys, their status,
+    /// streams to routers).
+    pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
+        &self.tunnels
+    }
+
+    /// Where a grant's connections go: TCP to a direct router, the region's tunnel for
+    /// a tunnelled one.
+    fn grant_target(
+        &self,
+        grant: &LiveGrant,
+        router: &store::Router,
+    ) -> Result<gateway::Target, String> {
+        let address = target(grant, router);
+        self.tunnels
+            .target(router, address.port())
+            .ok_or_else(|| "no tunnel serves the router's region here".to_owned())
     }
 
     /// This process's gateway run, the owner of the connection rows it writes.
@@ -328,7 +360,7 @@ impl GatewayPlane {
         Ok(ForwardSpec {
             key,
             listen: SocketAddr::new(region.bind, port),
-            target: target(grant, router),
+            target: self.grant_target(grant, router)?,
             sources: sources(grant),
             deadline: Some(self.gateway.deadline_for(expires_at)),
         })
@@ -448,7 +480,9 @@ impl GatewayPlane {
             let key = gateway_key(grant.key());
             // Not listening here (a terminal grant, or not open yet: an open reads the
             // router afresh) is fine.
-            let _ = self.gateway.set_target(key, target(grant, router));
+            if let Ok(target) = self.grant_target(grant, router) {
+                let _ = self.gateway.set_target(key, target);
+            }
         }
     }
 
@@ -516,6 +550,7 @@ impl GatewayPlane {
             connections = report.connections_killed,
             "gateway stopped"
         );
+        self.tunnels.shutdown().await;
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         if tasks.is_empty() {
             return;
@@ -593,6 +628,13 @@ impl orchestrator::DataPlane for GatewayPlane {
             // Its port and bookkeeping go with the `GrantClosed` event, after the
             // events of its connections.
         });
+    }
+    fn dial(&self, router: &store::Router, port: u16) -> orchestrator::DialFuture {
+        crate::tunnels::TunnelGateway::dial(&self.tunnels, router, port)
+    }
+
+    fn tunnel_gateway(&self, region: RegionId) -> Option<std::net::Ipv4Addr> {
+        self.tunnels.gateway_address(region)
     }
 }
 
@@ -901,6 +943,55 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
+/// Closes, every [`ENDS_SWEEP`], the open grants the store no longer has active: those
+/// another server ended while this one missed its note. The keys are taken before the
+/// store is read, and a grant is opened only once the store has it active, so a grant
+/// opened meanwhile is never taken for an ended one.
+async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
+    use orchestrator::DataPlane;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(ENDS_SWEEP) => {}
+        }
+        let open: Vec<GrantKey> = plane.gateway.grants().into_iter().map(|g| g.key).collect();
+        if open.is_empty() {
+            continue;
+        }
+        let store = &plane.shared.store;
+        let live = match tokio::try_join!(store.list_live_access(), store.list_live_forwards()) {
+            Ok((access, forwards)) => {
+                let mut live = HashMap::new();
+                for a in access {
+                    live.insert(GrantKey::Access(a.id), (a.status, a.expires_at));
+                }
+                for f in forwards {
+                    live.insert(GrantKey::Forward(f.id), (f.status, f.expires_at));
+                }
+                live
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: could not check open grants against the store");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for key in open {
+            let reason = match live.get(&key) {
+                Some((GrantStatus::Active, _)) => continue,
+                Some((_, expires_at)) if *expires_at <= now => orchestrator::EndReason::Expired,
+                _ => orchestrator::EndReason::Revoked,
+            };
+            tracing::info!(grant = %key, "gateway: the grant ended elsewhere; closing its port");
+            let key = match key {
+                GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
+                GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
+            };
+            plane.close(key, reason);
+        }
+    }
+}
+
 /// Most events recorded in one go (their connection rows in one transaction).
 const BATCH: usize = 256;
 
@@ -1172,6 +1263,7 @@ mod tests {
                 .grant(gateway_key(key))
                 .unwrap()
                 .target
+                .address()
                 .port(),
             new_port
         );

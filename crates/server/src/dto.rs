@@ -274,8 +274,13 @@ pub struct RouterView {
     /// The pinned certificate's SHA-256 (absent until the first connection pins it).
     pub api_tls_fingerprint: Option<String>,
     pub username: String,
-    /// unknown, online or offline.
+    /// unknown, online or offline; `pending` for a tunnelled router until it enrols.
+    /// A tunnelled router is online while the gateway has had an authenticated
+    /// datagram from it within about three keepalives (80 s).
     pub status: String,
+    /// The router's management tunnel: null for a router reached directly (at
+    /// `tunnel_address`, through a path the operator provides).
+    pub tunnel: Option<TunnelView>,
     /// What the router says of itself (`/system/identity`, `/system/resource`), as of
     /// `last_seen_at`: recorded by the orchestrator on each new connection and at most
     /// every minute by the reconciler; absent until it first connected.
@@ -290,6 +295,27 @@ pub struct RouterView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+}
+
+/// A tunnelled router's WireGuard tunnel, as the gateway sees it now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TunnelView {
+    /// Always `wireguard`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The router's address inside the tunnel.
+    pub address: String,
+    /// The gateway's address inside the tunnel (what the router sees Postern's
+    /// connections come from); null when no gateway here serves the region.
+    pub gateway_address: Option<String>,
+    /// The router's public address and port as the gateway last saw them (its NAT's);
+    /// null until it first spoke.
+    pub endpoint: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_handshake_at: Option<String>,
+    /// Bytes received from the router, and sent to it, through the tunnel.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// A site and its router.

@@ -7,6 +7,9 @@
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`backup`]: `postern admin backup` and `restore` of a data directory.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
+//! - [`tunnels`]: the management tunnel (one userspace WireGuard per served region) and
+//!   the one way to reach a router (`dial`: TCP when direct, the tunnel only when
+//!   tunnelled), behind [`tunnels::TunnelGateway`], which a remote gateway can implement.
 //! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
 //!   entry-port candidates, the start-up rebuild, its events into the store.
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.
@@ -22,6 +25,9 @@
 //! - [`listen`]: the connection-capped listener (per address too, header deadline) and
 //!   [`serve`].
 //! - [`hosts`]: the `Host` check against the configured public names (DNS rebinding).
+//! - [`onboarding`]: the line to paste, the enrolment and removal scripts (RouterOS 7),
+//!   the check of what an enrolling router posts, the public routes' rate limit.
+//! - [`sites`]: adding a site to onboard and issuing its line (API, portal and CLI).
 //! - [`portal`]: the web portal (server-rendered pages, htmx), its sessions and assets.
 //! - [`terminal`]: the SSH terminal bridge (WebSocket to russh) and its asciicast
 //!   recordings.
@@ -52,12 +58,15 @@ pub mod extract;
 pub mod hosts;
 pub mod listen;
 pub mod metrics;
+pub mod onboarding;
 pub mod portal;
 pub mod render;
 mod routes;
 pub mod runs;
+pub mod sites;
 pub mod state;
 pub mod terminal;
+pub mod tunnels;
 
 use std::future::Future;
 
@@ -134,7 +143,14 @@ pub async fn run(
         }
         None => None,
     };
-    let served = listen::serve(listener, limits, stats, app(state), shutdown).await;
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            listen::tls_acceptor(cert, key)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        _ => None,
+    };
+    let served = listen::serve_tls(listener, limits, stats, tls, app(state), shutdown).await;
     terminals.shutdown(std::time::Duration::from_secs(5)).await;
     if let Some(task) = metrics {
         let _ = task.await;

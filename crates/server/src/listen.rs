@@ -2,7 +2,9 @@
 //! client address, and closes connections that are idle too long or take too long to
 //! send a request's headers (so silent or trickling clients cannot hold every slot), and
 //! `serve`, which runs the app on a bound listener until the shutdown future resolves,
-//! then drains.
+//! then drains. With a TLS acceptor (`tls_cert`, `tls_key`) each connection speaks TLS
+//! (rustls): the handshake runs on the connection's first read or write, inside its
+//! header deadline, never in the accept loop.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -127,6 +129,7 @@ pub struct ClientAddr(pub SocketAddr);
 /// that already has `per_address`.
 pub struct CappedListener {
     inner: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     permits: Arc<Semaphore>,
     limits: Limits,
     per_address: Arc<PerAddress>,
@@ -137,10 +140,119 @@ impl CappedListener {
     pub fn new(inner: TcpListener, limits: Limits, stats: Arc<ConnectionStats>) -> Self {
         Self {
             inner,
+            tls: None,
             permits: Arc::new(Semaphore::new(limits.max.max(1))),
             limits,
             per_address: Arc::default(),
             stats,
+        }
+    }
+}
+
+impl CappedListener {
+    /// Every connection speaks TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = acceptor;
+        self
+    }
+}
+
+/// A connection's bytes: plain TCP, or TLS (its handshake first).
+enum Conn {
+    Tcp(TcpStream),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl Conn {
+    /// Drives a TLS handshake to its end; ready at once otherwise.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Conn::Handshake(accept) = self {
+            match Pin::new(accept.as_mut()).poll(cx) {
+                Poll::Ready(Ok(tls)) => *self = Conn::Tls(Box::new(tls)),
+                Poll::Ready(Err(e)) => {
+                    *self = Conn::Failed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if let Conn::Failed = self {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "TLS handshake failed",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+macro_rules! ready_then {
+    ($conn:expr, $cx:expr, |$s:ident| $body:expr) => {
+        match $conn.poll_ready($cx) {
+            Poll::Ready(Ok(())) => match $conn {
+                Conn::Tcp($s) => {
+                    let $s = Pin::new($s);
+                    $body
+                }
+                Conn::Tls($s) => {
+                    let $s = Pin::new($s.as_mut());
+                    $body
+                }
+                _ => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
+            },
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready_then!(this, cx, |s| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready_then!(this, cx, |s| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready_then!(this, cx, |s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready_then!(this, cx, |s| s.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready_then!(this, cx, |s| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+            _ => false,
         }
     }
 }
@@ -161,7 +273,7 @@ enum Phase {
 /// A connection holding its slots until it is dropped, closed when idle too long or when
 /// a request's headers take too long.
 pub struct CappedStream {
-    stream: TcpStream,
+    stream: Conn,
     _permit: OwnedSemaphorePermit,
     _slot: Option<AddressSlot>,
     idle: Duration,
@@ -282,6 +394,10 @@ impl Listener for CappedListener {
                     };
                     let _ = stream.set_nodelay(true);
                     self.stats.open.fetch_add(1, Ordering::Relaxed);
+                    let stream = match &self.tls {
+                        Some(acceptor) => Conn::Handshake(Box::new(acceptor.accept(stream))),
+                        None => Conn::Tcp(stream),
+                    };
                     return (
                         CappedStream {
                             stream,
@@ -391,6 +507,32 @@ impl AsyncWrite for CappedStream {
     }
 }
 
+/// A TLS acceptor from a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or
+/// SEC1), for `tls_cert` and `tls_key`; HTTP/1.1 only (as the plain listener).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("tls_cert {}: no certificate in it", cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("tls_cert and tls_key do not make a certificate: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves; then stops
 /// accepting and waits for open requests to finish. What the limits cut is counted in
 /// `stats`.
@@ -401,7 +543,19 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = CappedListener::new(listener, limits, stats);
+    serve_tls(listener, limits, stats, None, app, shutdown).await
+}
+
+/// [`serve`], each connection speaking TLS with `tls` when given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = CappedListener::new(listener, limits, stats).with_tls(tls);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<ClientAddr>(),

@@ -164,6 +164,101 @@ impl Metrics {
     }
 }
 
+/// The management tunnels' figures, one series per region.
+pub fn render_tunnels(regions: &[crate::tunnels::RegionFigures], out: &mut String) {
+    use std::fmt::Write as _;
+    if regions.is_empty() {
+        return;
+    }
+    type Pick = fn(&crate::tunnels::RegionFigures) -> u64;
+    let series: [(&str, &str, &str, Pick); 12] = [
+        (
+            "postern_tunnel_peers",
+            "gauge",
+            "Routers admitted to the region's tunnel.",
+            |f| f.stats.peers as u64,
+        ),
+        (
+            "postern_tunnel_peers_up",
+            "gauge",
+            "Admitted routers heard from within about three keepalives.",
+            |f| f.peers_up as u64,
+        ),
+        (
+            "postern_tunnel_streams",
+            "gauge",
+            "TCP streams open inside the tunnel.",
+            |f| f.stats.streams as u64,
+        ),
+        (
+            "postern_tunnel_handshakes_total",
+            "counter",
+            "Handshakes completed.",
+            |f| f.stats.table.handshakes,
+        ),
+        (
+            "postern_tunnel_handshakes_refused_total",
+            "counter",
+            "Handshakes answered with a cookie (rate limit).",
+            |f| f.stats.table.cookie_replies,
+        ),
+        (
+            "postern_tunnel_unknown_peer_total",
+            "counter",
+            "Datagrams from keys or sessions the gateway does not know.",
+            |f| f.stats.table.unknown_peer,
+        ),
+        (
+            "postern_tunnel_invalid_total",
+            "counter",
+            "Datagrams refused as malformed or unauthenticated.",
+            |f| f.stats.table.invalid,
+        ),
+        (
+            "postern_tunnel_wrong_source_total",
+            "counter",
+            "Packets whose inner source was not the peer's address.",
+            |f| f.stats.table.wrong_source,
+        ),
+        (
+            "postern_tunnel_streams_refused_total",
+            "counter",
+            "Dials refused at the stream limit.",
+            |f| f.stats.streams_refused,
+        ),
+        (
+            "postern_tunnel_datagrams_in_total",
+            "counter",
+            "Datagrams received.",
+            |f| f.stats.datagrams_in,
+        ),
+        (
+            "postern_tunnel_datagrams_out_total",
+            "counter",
+            "Datagrams sent.",
+            |f| f.stats.datagrams_out,
+        ),
+        (
+            "postern_tunnel_send_errors_total",
+            "counter",
+            "Datagrams the socket failed to send.",
+            |f| f.stats.send_errors,
+        ),
+    ];
+    for (name, kind, help, pick) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for f in regions {
+            let _ = writeln!(
+                out,
+                "{name}{{region=\"{}\"}} {}",
+                escape(&f.region),
+                pick(f)
+            );
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -182,6 +277,9 @@ pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::re
         );
         text.push_str("# TYPE postern_router_jobs_stuck gauge\n");
         text.push_str(&format!("postern_router_jobs_stuck {stuck}\n"));
+    }
+    if let Some(plane) = &state.gateway {
+        render_tunnels(&plane.tunnels().figures(), &mut text);
     }
     let mut response = text.into_response();
     response.headers_mut().insert(

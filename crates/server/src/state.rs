@@ -44,6 +44,8 @@ pub struct AppState {
     pub terminals: crate::terminal::Terminals,
     /// Password hashing, bounded (`max_concurrent_hashes`, `hash_queue_wait`).
     pub hashing: crate::auth::Hashing,
+    /// Requests to the public enrolment routes per client address.
+    pub enroll_limit: crate::onboarding::RateLimit,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             orchestrator: None,
             gateway: None,
             terminals: crate::terminal::Terminals::default(),
+            enroll_limit: crate::onboarding::RateLimit::default(),
         }
     }
 

@@ -145,6 +145,9 @@ impl TestServer {
                 port_max: opts.ports.1,
                 tunnel_source: None,
                 gateway_bind: None,
+                tunnel_prefix: None,
+                tunnel_listen: Some("127.0.0.1:0".parse().unwrap()),
+                tunnel_endpoint: None,
             }],
             ..ServerConfig::default()
         };

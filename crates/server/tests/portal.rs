@@ -92,6 +92,8 @@ impl Portal {
             // The test may speak as a proxy, to be a visitor from a public address.
             trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
             metrics_token: Some(server::config::Secret::new(METRICS_TOKEN)),
+            // Where routers fetch their enrolment script (onboarding).
+            public_url: Some("https://postern.example.com".into()),
             ..ServerConfig::default()
         };
         let store = server::bootstrap::open_store(&config).await.unwrap();
@@ -1495,6 +1497,176 @@ async fn launcher_builds_are_offered_for_download() {
         let (status, ..) = p.get(path, Some(&alice), HeaderMap::new()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
+    p.stop().await;
+}
+
+/// The enrolment token in a page (the line, or its copy button).
+fn token_in(page: &str) -> String {
+    let at = page.find("/enroll/pet_").expect("a line") + "/enroll/".len();
+    page[at..at + 47].to_owned()
+}
+
+#[tokio::test]
+async fn sites_are_added_with_their_line_and_pending_ones_offer_a_new_one() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let (_, _, page) = p.get("/sites", Some(&alice), HeaderMap::new()).await;
+    assert!(
+        page.contains(r#"<form method="post" action="/sites""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"<option value="local""#));
+
+    // Viewers see no form and may not post it; nor may anyone without the CSRF token.
+    let victor = p.sign_in("victor").await;
+    let (_, _, page) = p.get("/sites", Some(&victor), HeaderMap::new()).await;
+    assert!(!page.contains(r#"action="/sites""#));
+    let victor_csrf = p.csrf(&victor).await;
+    let (status, _, _, _) = p
+        .post(
+            "/sites",
+            Some(&victor),
+            &[("csrf", &victor_csrf), ("name", "v-site")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _, _) = p
+        .post(
+            "/sites",
+            Some(&alice),
+            &[("name", "branch-9"), ("region", "local")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Added: the line, with a copy button, and when it stops working.
+    let (status, _, _, page) = p
+        .post(
+            "/sites",
+            Some(&alice),
+            &[("csrf", &csrf), ("name", "branch-9"), ("region", "local")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Site branch-9 added"), "{page}");
+    assert!(page.contains(r#"<pre class="enroll-line" id="enroll-line">:if ([:pick [/system resource get version] 0 2] = &#34;7.&#34;) do={/tool fetch url=&#34;https://postern.example.com/enroll/pet_"#), "{page}");
+    assert!(
+        page.contains(r#"class="button copy" data-copy=":if ([:pick"#),
+        "{page}"
+    );
+    assert!(page.contains("(1 day from now)"), "{page}");
+    let first = token_in(&page);
+    let hash = server::auth::hash_token(&first);
+    let open = p.store.find_enrollment(&hash).await.unwrap().unwrap();
+    assert_eq!(open.created_by, "alice");
+    assert!(p.actions(p.org).await.contains(&"site.create".to_owned()));
+
+    // Listed as pending; its Overview waits for the router, offers a new line and the
+    // removal script.
+    let (_, _, page) = p.get("/sites", Some(&alice), HeaderMap::new()).await;
+    let row = page.split("branch-9").nth(1).unwrap();
+    assert!(
+        row.contains(r#"<span class="badge pending">pending</span>"#),
+        "{row}"
+    );
+    let sites = p.store.list_sites(p.org).await.unwrap();
+    let (site, routers) = sites.iter().find(|(s, _)| s.name == "branch-9").unwrap();
+    let site_url = format!("/sites/{}", site.id);
+    let (_, _, overview) = p.get(&site_url, Some(&alice), HeaderMap::new()).await;
+    assert!(overview.contains("Waiting for the router"), "{overview}");
+    assert!(
+        overview.contains("The current line stops working 1 day from now"),
+        "{overview}"
+    );
+    assert!(
+        overview.contains(&format!(r#"action="{site_url}/enrollment""#)),
+        "{overview}"
+    );
+    assert!(overview.contains("Remove from the router"));
+    assert!(
+        overview.contains(
+            "/interface wireguard remove [find where comment=&#34;postern:tunnel:interface"
+        ),
+        "{overview}"
+    );
+    assert!(!overview.contains(&first), "the line is shown once");
+    assert_eq!(routers[0].tunnel_address.to_string(), "100.64.0.2");
+
+    // Re-issue: a new line, the old one replaced.
+    let (status, _, _, page) = p
+        .post(
+            &format!("{site_url}/enrollment"),
+            Some(&alice),
+            &[("csrf", &csrf)],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("A new line for branch-9"), "{page}");
+    let second = token_in(&page);
+    assert_ne!(second, first);
+    let now = *p.clock.0.lock().unwrap();
+    let old = p.store.find_enrollment(&hash).await.unwrap().unwrap();
+    assert_eq!(old.state(now), store::EnrollmentState::Revoked);
+    let (status, _, _, _) = p
+        .post(
+            &format!("{site_url}/enrollment"),
+            Some(&victor),
+            &[("csrf", &victor_csrf)],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Time left counts down with the clock.
+    p.advance(TimeDelta::hours(23));
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let (_, _, overview) = p.get(&site_url, Some(&alice), HeaderMap::new()).await;
+    assert!(
+        overview.contains("stops working 1 hour from now"),
+        "{overview}"
+    );
+
+    // A refused form keeps what was typed and says why.
+    let (status, _, _, page) = p
+        .post(
+            "/sites",
+            Some(&alice),
+            &[("csrf", &csrf), ("name", "branch-9"), ("region", "local")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        page.contains(r#"role="alert""#) && page.contains("branch-9"),
+        "{page}"
+    );
+    let (status, _, _, page) = p
+        .post(
+            "/sites",
+            Some(&alice),
+            &[("csrf", &csrf), ("name", "x"), ("region", "mars")],
+            HeaderMap::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("region: no region named"), "{page}");
+
+    // A directly reached site has no onboarding panel.
+    let (_, _, overview) = p
+        .get(
+            &format!("/sites/{}", p.site),
+            Some(&alice),
+            HeaderMap::new(),
+        )
+        .await;
+    assert!(!overview.contains("Waiting for the router"));
+    assert!(overview.contains("directly, at its address"));
     p.stop().await;
 }
 

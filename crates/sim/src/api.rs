@@ -1,5 +1,7 @@
 //! The RouterOS API service (8728, and 8729 over TLS): login, tagged commands, `/cancel`,
-//! `/quit`, `/user/active/listen`, and everything else through [`menu::execute`].
+//! `/quit`, `/user/active/listen`, `/tool/fetch` and `/import` (through the script
+//! interpreter, [`crate::script::run_request`]), and everything else through
+//! [`menu::execute`].
 //!
 //! Wire behaviour, as RouterOS does it:
 //! - Login: `/login =name= =password=` (6.43+), or the legacy challenge: `/login` alone
@@ -73,28 +75,38 @@ pub async fn run_tls(
     let r = router.clone();
     let acceptor = tls.acceptor();
     crate::server::serve(listener, router, shutdown, move |stream, peer, cut| {
-        let acceptor = acceptor.clone();
-        let r = r.clone();
-        async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
-            let handshake = async {
-                tokio::select! {
-                    r = handshake => Some(r),
-                    _ = cut.cancelled() => None,
-                }
-            };
-            let Some(handshake) = handshake.await else {
-                return;
-            };
-            match handshake {
-                Ok(Ok(tls)) => connection(tls, peer, r, cut).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-            }
-        }
+        tls_connection(stream, peer, r.clone(), acceptor.clone(), cut)
     })
     .await;
+}
+
+/// Serves one API-SSL connection on any stream (a TCP connection, or one that came
+/// through the router's WireGuard tunnel): the TLS handshake, then the API.
+pub async fn tls_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    cut: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake =
+        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+    let handshake = async {
+        tokio::select! {
+            r = handshake => Some(r),
+            _ = cut.cancelled() => None,
+        }
+    };
+    let Some(handshake) = handshake.await else {
+        return;
+    };
+    match handshake {
+        Ok(Ok(tls)) => connection(tls, peer, router, cut).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+    }
 }
 
 enum Out {
@@ -247,6 +259,8 @@ impl Conn {
                 message: format!("no such command or directory ({verb})"),
                 category: Some(0),
             })
+        } else if matches!(path.as_str(), "/tool/fetch" | "/import") {
+            crate::script::run_request(&self.router, &caller, &req).await
         } else {
             menu::execute(&self.router, &caller, &req)
         };

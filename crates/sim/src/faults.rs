@@ -57,7 +57,9 @@ impl Faults {
     }
 
     /// Offline: every live connection of every service (API, TLS, SSH, 8291, dst-nat
-    /// forwards) is cut now, and new ones are accepted and reset at once.
+    /// forwards) is cut now, and new ones are accepted and reset at once. The WireGuard
+    /// tunnel falls silent (no datagram in or out, as a router without power or link),
+    /// and carries on with its session once back online.
     pub fn set_offline(&self, offline: bool) {
         self.offline.store(offline, Ordering::SeqCst);
         if offline {

@@ -62,6 +62,16 @@ pub struct RouterOptions {
     pub clock: Clock,
     /// See [`RouterConfig::empty_reply`].
     pub empty_reply: Option<bool>,
+    /// Behind NAT: no TCP listener on `address` (the handle's addresses then have port
+    /// 0); reachable only through the WireGuard tunnel it builds ([`crate::wg`]).
+    pub behind_nat: bool,
+    /// Build the tunnel with Debian's `wireguard-go` instead of the userspace stack
+    /// (root only; see [`crate::wg::external`]).
+    pub wireguard_external: Option<crate::wg::external::Options>,
+    /// See [`RouterConfig::serial_number`] (`None`: a CHR, no `/system/routerboard`).
+    pub serial_number: Option<String>,
+    /// See [`RouterConfig::trust_pem`]: the CA certificates `/tool/fetch` trusts.
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl RouterOptions {
@@ -75,6 +85,10 @@ impl RouterOptions {
             board_name: "CHR".into(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
+            wireguard_external: None,
+            serial_number: None,
+            trust_pem: None,
         }
     }
 }
@@ -104,6 +118,8 @@ pub struct RouterHandle {
     pub tls: TlsIdentity,
     /// The SSH host key's fingerprint, `SHA256:…`.
     pub ssh_fingerprint: String,
+    /// Whether the router opened no TCP listener (see [`RouterOptions::behind_nat`]).
+    pub behind_nat: bool,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,46 +152,85 @@ impl RouterHandle {
         config.board_name = options.board_name;
         config.clock = options.clock;
         config.empty_reply = options.empty_reply;
+        config.behind_nat = options.behind_nat;
+        config.serial_number = options.serial_number;
+        config.trust_pem = options.trust_pem;
         let router = Router::new(config);
-
-        let api = bind(options.address, options.ports.api).await?;
-        let api_tls = bind(options.address, options.ports.api_tls).await?;
-        let winbox = bind(options.address, options.ports.winbox).await?;
-        let ssh = bind(options.address, options.ports.ssh).await?;
-        let local = |l: &TcpListener| l.local_addr().map_err(Error::Io);
-        let (api_addr, api_tls_addr, winbox_addr, ssh_addr) = (
-            local(&api)?,
-            local(&api_tls)?,
-            local(&winbox)?,
-            local(&ssh)?,
-        );
 
         let tls = TlsIdentity::generate(&options.identity, options.address)?;
         let host_key = crate::ssh::generate_host_key();
         let ssh_fingerprint = crate::ssh::fingerprint(&host_key);
+        let ssh_config = crate::ssh::config(host_key);
+        crate::wg::set_services(
+            &router,
+            crate::wg::Services {
+                tls: tls.clone(),
+                ssh: ssh_config.clone(),
+            },
+        );
+        if let Some(external) = options.wireguard_external {
+            crate::wg::use_external(&router, external);
+        }
 
         let stop = CancellationToken::new();
         let on_stop = |t: &CancellationToken| {
             let t = t.clone();
             async move { t.cancelled().await }
         };
-        let tasks = vec![
-            tokio::spawn(crate::api::run(api, router.clone(), on_stop(&stop))),
-            tokio::spawn(crate::api::run_tls(
-                api_tls,
-                router.clone(),
-                tls.clone(),
-                on_stop(&stop),
-            )),
-            tokio::spawn(crate::winbox::run(winbox, router.clone(), on_stop(&stop))),
-            tokio::spawn(crate::ssh::run(
-                ssh,
-                router.clone(),
-                host_key,
-                on_stop(&stop),
-            )),
+        let mut tasks = vec![
             tokio::spawn(crate::scheduler::run(router.clone())),
+            tokio::spawn(crate::wg::follow(router.clone())),
         ];
+        let unbound = SocketAddr::new(options.address, 0);
+        let (mut api_addr, mut api_tls_addr, mut winbox_addr, mut ssh_addr) =
+            (unbound, unbound, unbound, unbound);
+        if !options.behind_nat {
+            let api = bind(options.address, options.ports.api).await?;
+            let api_tls = bind(options.address, options.ports.api_tls).await?;
+            let winbox = bind(options.address, options.ports.winbox).await?;
+            let ssh = bind(options.address, options.ports.ssh).await?;
+            let local = |l: &TcpListener| l.local_addr().map_err(Error::Io);
+            (api_addr, api_tls_addr, winbox_addr, ssh_addr) = (
+                local(&api)?,
+                local(&api_tls)?,
+                local(&winbox)?,
+                local(&ssh)?,
+            );
+            tasks.extend([
+                tokio::spawn(crate::api::run(api, router.clone(), on_stop(&stop))),
+                tokio::spawn(crate::api::run_tls(
+                    api_tls,
+                    router.clone(),
+                    tls.clone(),
+                    on_stop(&stop),
+                )),
+                tokio::spawn(crate::winbox::run(winbox, router.clone(), on_stop(&stop))),
+                tokio::spawn(crate::ssh::run_with_config(
+                    ssh,
+                    router.clone(),
+                    ssh_config,
+                    on_stop(&stop),
+                )),
+            ]);
+            // `/ip/service` shows the ports the services really listen on (behind NAT:
+            // RouterOS's defaults, which the tunnel serves).
+            let mut state = router.state();
+            for (name, addr) in [
+                ("api", api_addr),
+                ("api-ssl", api_tls_addr),
+                ("winbox", winbox_addr),
+                ("ssh", ssh_addr),
+            ] {
+                if let Some(s) = state
+                    .services
+                    .items
+                    .iter_mut()
+                    .find(|i| i.get("name") == Some(name))
+                {
+                    s.set("port", addr.port().to_string());
+                }
+            }
+        }
         Ok(RouterHandle {
             router,
             api_addr,
@@ -186,6 +241,7 @@ impl RouterHandle {
             password_generated,
             tls,
             ssh_fingerprint,
+            behind_nat: options.behind_nat,
             stop,
             tasks,
         })
@@ -210,6 +266,30 @@ impl RouterHandle {
 
     pub fn identity(&self) -> String {
         self.router.identity()
+    }
+
+    /// Builds (or rebuilds, or with `None` takes down) the router's WireGuard tunnel
+    /// directly, until the router's own configuration (`/interface/wireguard`, peers,
+    /// `/ip/address`) changes: see [`crate::wg::configure`]. A router follows its own
+    /// configuration by itself ([`crate::wg::follow`]).
+    pub fn set_wireguard(&self, config: Option<crate::wg::WgConfig>) {
+        crate::wg::configure(&self.router, config);
+    }
+
+    /// The tunnel's peers and socket now (`None`: no tunnel).
+    pub fn wireguard_status(&self) -> Option<crate::wg::Status> {
+        crate::wg::status(&self.router)
+    }
+
+    /// A NAT mapping change: the tunnel's UDP source port changes now (see
+    /// [`crate::wg::rebind_udp`]). Returns whether a tunnel runs.
+    pub fn rebind_udp(&self) -> bool {
+        crate::wg::rebind_udp(&self.router)
+    }
+
+    /// Starts a new WireGuard handshake now (see [`crate::wg::rehandshake`]).
+    pub fn rehandshake(&self) -> bool {
+        crate::wg::rehandshake(&self.router)
     }
 
     /// Runs the scheduler entries that are due now (after moving a manual clock).
@@ -237,6 +317,13 @@ pub struct FleetOptions {
     pub version: String,
     pub clock: Clock,
     pub empty_reply: Option<bool>,
+    /// Every router behind NAT (see [`RouterOptions::behind_nat`]).
+    pub behind_nat: bool,
+    /// Every router builds its tunnel with Debian's `wireguard-go` (root only): router
+    /// `i` (from 1) on TUN device `wgsim<i>`, its key file in the temporary directory.
+    pub wireguard_external: bool,
+    /// See [`RouterOptions::trust_pem`].
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl Default for FleetOptions {
@@ -247,6 +334,9 @@ impl Default for FleetOptions {
             version: "7.18.2".into(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
+            wireguard_external: false,
+            trust_pem: None,
         }
     }
 }
@@ -281,6 +371,14 @@ impl Fleet {
             o.version = options.version.clone();
             o.clock = options.clock.clone();
             o.empty_reply = options.empty_reply;
+            o.behind_nat = options.behind_nat;
+            if options.wireguard_external {
+                o.wireguard_external = Some(crate::wg::external::Options {
+                    device: format!("wgsim{}", i + 1),
+                    dir: std::env::temp_dir(),
+                });
+            }
+            o.trust_pem = options.trust_pem.clone();
             match RouterHandle::start(o).await {
                 Ok(r) => routers.push(r),
                 Err(e) => {

@@ -35,9 +35,22 @@
 //!   [`Router::set_device_mode`].
 //! - Time: `handle.clock().advance(d)`; the scheduler wakes when a manual clock moves,
 //!   and [`RouterHandle::run_scheduler`] runs what is due at once.
+//! - Console and scripts: `script::run_text(router, &caller, text, &mut cwd).await`
+//!   returns what a console paste prints and its error; `RouterOptions::trust_pem`
+//!   (`postern sim --trust-pem`) is the CA `/tool fetch` trusts; `serial_number` makes
+//!   a RouterBOARD-like router with `/system/routerboard`.
 //! - Faults: `handle.faults().set_latency(d)`, `.set_offline(true)`,
 //!   `.set_drop_commands(Some(DropPoint::AfterApply))`, `.set_missing_command("/user/remove")`
 //!   (answered as a router without it), `.clear()`.
+//! - WireGuard: a router follows its `/interface/wireguard` configuration by itself
+//!   ([`wg::follow`]); `handle.set_wireguard(Some(WgConfig…))` sets a tunnel up
+//!   directly, `handle.wireguard_status()` shows its socket and each peer's endpoint,
+//!   last handshake and bytes, `handle.rebind_udp()` moves its UDP source port (a NAT
+//!   mapping change), `handle.rehandshake()` starts a new handshake now (after a
+//!   gateway restart, rather than waiting for the session to expire).
+//!   `RouterOptions { behind_nat: true, .. }` opens no TCP listener;
+//!   `wireguard_external` uses `wireguard-go` (root). While offline (a fault) the tunnel
+//!   is silent.
 //! - Commands received: `handle.router().record_commands()` then `.received()` (every
 //!   API command, as sent), to hold what a client sends against a command database.
 //! - Stop: `handle.shutdown().await` (or `fleet.shutdown().await`) closes every
@@ -47,15 +60,24 @@
 //!
 //! - [`fleet`]: starting one router ([`RouterHandle`]) or many ([`Fleet`]); ports.
 //! - [`router`]: one router's handle: config, state lock, login and sessions.
-//! - [`state`]: the data: users, groups and policies, active sessions, NAT rules,
-//!   scheduler entries, device-mode; `.id`s.
+//! - [`state`]: the data: users, groups and policies, active sessions, NAT and filter
+//!   rules, scheduler entries, WireGuard interfaces and peers, IP addresses, services,
+//!   files, device-mode; `.id`s. [`Router::wireguard`] gives the WireGuard state in a
+//!   plain form and [`Router::subscribe_wireguard`] says when it changes.
 //! - [`menu`]: what commands do, with RouterOS's checks and messages (all services).
 //! - [`query`]: `print` queries, including the `?#` stack operations.
 //! - [`api`]: the API service (8728) and API-SSL (8729); [`tls`]: its certificate.
 //! - [`ssh`]: SSH with a small RouterOS-like console ([`ssh::console`]).
 //! - [`winbox`]: the WinBox-port stand-in (8291), **not** the WinBox protocol.
 //! - [`nat`]: dst-nat rules applied for real (TCP forwarding).
-//! - [`scheduler`] and [`script`]: entries run when due, and the scripts Postern installs.
+//! - [`wg`]: the router's own WireGuard tunnel, built from its configuration: boringtun's
+//!   Noise as the initiator and a smoltcp stack on the tunnel address serving the same
+//!   handlers (`wg::stack`, [`wg::stream`]), or Debian's `wireguard-go`
+//!   ([`wg::external`]); a router `behind_nat` is reachable only through it.
+//! - [`scheduler`]: entries run when due; [`script`]: the one interpreter of the
+//!   console, `/import` and scheduler entries (RouterOS's language, the part Postern's
+//!   scripts use), compiled against the router before it runs.
+//! - [`fetch`]: `/tool fetch`'s HTTP and HTTPS client, with the router's trust store.
 //! - [`faults`]: latency, offline, dropped connections.
 //! - [`clock`]: real or manual time; RouterOS's date, time and interval formats.
 //! - [`server`]: the accept loop all services share; [`addr`], [`net`]: helpers.
@@ -103,8 +125,62 @@
 //!   Whether several sessions in one `remove` are ended up to the refused one is not
 //!   known, so Postern removes them one at a time.
 //! - Scripts are compiled before they run: a command the router lacks stops the whole
-//!   script before its first line (`bad command name`), as RouterOS resolves commands
-//!   while compiling (routeros-lsp's probes).
+//!   script before its first line (`bad command name x (line L column C)`, pointing at
+//!   the word), as RouterOS resolves commands while compiling
+//!   (routeros-lsp's probes), and so does a parameter the command lacks (`expected end
+//!   of command`, RouterOS's console words as remembered, not confirmed here). One
+//!   interpreter ([`script`]) runs the console, `/import` and scheduler entries.
+//! - `/interface/wireguard` (RouterOS 7 only): the router makes the interface's
+//!   Curve25519 key pair itself when no `private-key` is given, and prints both keys in
+//!   base64; `listen-port` 13231 and `mtu` 1420 by default and names `wireguard1`, … for
+//!   an interface added without one (MikroTik's WireGuard manual). Peers take
+//!   `interface` (an existing WireGuard interface, else `input does not match any value
+//!   of interface`, as for other interface names), `public-key`, `endpoint-address`,
+//!   `endpoint-port`, `allowed-address` (printed as `a.b.c.d/n`), `persistent-keepalive`
+//!   (printed `25s`) and `preshared-key`. Parameters, printed properties and listed
+//!   values are RouterOS 7.21.4's (`tests/sim/surface.rs`). Chosen without a router to
+//!   ask: `failure: already have interface with such name` (as remembered from RouterOS
+//!   consoles), `failure: peer with such public key already exists`,
+//!   `failure: already have such address`, and `invalid value for argument x` for a key
+//!   that is not base64 of 32 bytes. `private-key` and `preshared-key` are shown only
+//!   to users with the `sensitive` policy (RouterOS hides sensitive properties from
+//!   the others).
+//! - `/ip/address`: `address` without a prefix is `/32`; `network` defaults to the
+//!   address's network and may name the other end of a point-to-point address;
+//!   `interface` must exist (`ether1` or a WireGuard interface).
+//! - `/ip/firewall/filter`: ordered, `place-before=*id` inserts before that rule (`no
+//!   such item` for an id that is not there), RouterOS 7.21.4's actions, protocols,
+//!   `connection-state` and `reject-with` values. Rules are kept, not enforced.
+//! - `/ip/service`: RouterOS 7's eight services (`telnet ftp www ssh www-ssl api api-ssl
+//!   winbox`, 7.21.4's `numbers` list; `www-ssl` disabled) with the ports the sim's
+//!   services really listen on; `get`/`set`/`enable`/`disable` by name. Settings are kept,
+//!   not enforced (the listeners do not move).
+//! - `/system/routerboard`: a CHR has none (7.21.4's dump of a CHR lacks the menu), so a
+//!   script that names it does not compile on a CHR-like sim; a sim given a
+//!   `serial_number` has it (`get serial-number`).
+//! - `/tool/fetch` (console, `/import`, scheduler): `url` (http, https), `http-method`
+//!   get|post|put|delete, `http-data`, `http-header-field` (`Name: value,…`), `output`
+//!   file|user|none (file by default, named by `dst-path` or the URL's last segment),
+//!   `as-value` (`status`, `downloaded`, `total`, `duration`, `data`),
+//!   `check-certificate` no (any certificate; RouterOS 7's default) or
+//!   yes|yes-without-crl (the chain against the CA certificates the router was given,
+//!   `trust_pem`, and the name). Any 2xx is success and a file is written, anything else
+//!   fails (as MikroCloud's notes on RouterOS 7.13+ describe); the words
+//!   `failure: closing connection: <404 Not Found> host:port (4)` and
+//!   `failure: SSL: ssl: no trusted CA certificate found (6)` are as users quote them
+//!   from real routers, not confirmed here. Refused in device-mode `home` (its `fetch`
+//!   feature) and without the `write` and `test` policies.
+//! - `/import file-name=x`: runs the file line by line, each line (with what `;` puts on
+//!   it and the lines its open brackets span) compiled and run on its own in a scope
+//!   of its own, so a `:local` does not reach the next line (routeros-lsp's probes of
+//!   7.21.4: "in an imported file every line is a scope of its own"; a script body is
+//!   one scope); the first failing line stops the import and the lines before it stay
+//!   done; then `Script file loaded and executed successfully`. A failure stops the
+//!   script that imported it too. `/file` lists what fetch wrote (`print`, `get`,
+//!   `remove`).
+//! - `:set` of a name no `:local`/`:global` declared is refused (routeros-lsp:
+//!   `vars/set-undeclared`, from its device probes); the sim's words for it are its own.
+//!   Reading an undeclared name gives nothing, as RouterOS reads it empty.
 //! - A scheduler entry's script runs with the entry's `policy` (RouterOS's default list
 //!   when none is given, within the adding user's policies); giving an entry a policy
 //!   the user lacks is `not enough permissions (9)`. Editing other fields of an entry
@@ -132,25 +208,61 @@
 //!   sim switches at 7.0.
 //! - `!empty` for an empty `print`: 7.18 and later (MikroTik's API manual, "Reply word";
 //!   socialwifi/RouterOS-api #103).
-//! - WireGuard and `/interface/wireguard`: RouterOS 7 only (RouterOS 6 has none). The
-//!   sim has no WireGuard menu yet; the tunnel's issue adds it, behind `menu::available`.
+//! - WireGuard and `/interface/wireguard`: RouterOS 7 only (RouterOS 6 has none), behind
+//!   `menu::available`; the enrolment line on a 6.x sim runs its `else` branch.
 //! - Before 6.43 login is the MD5 challenge only.
+//! - The WireGuard tunnel ([`wg`]) is WireGuard for real (boringtun's Noise IK, the
+//!   protocol's timers: handshake retries every 5 s, re-keying after 120 s, sessions
+//!   rejected after 180 s, the persistent keepalive), so any WireGuard peer
+//!   interoperates (the tests use Debian's `wireguard-go` as the gateway). As on
+//!   RouterOS, the router initiates towards a peer with an endpoint, binds
+//!   `listen-port` (13231 by default), follows a peer to the source of its last
+//!   authenticated datagram, accepts only packets from a peer's `allowed-address` and
+//!   routes to the peer whose `allowed-address` holds the destination; its services
+//!   answer on the tunnel address on `/ip service`'s ports, a login through the tunnel
+//!   comes from the gateway's tunnel address (what `/user` `address=` checks), and
+//!   dst-nat rules whose `in-interface` is the WireGuard interface (or that name none)
+//!   forward what arrives through it. `peers print` shows `last-handshake`, `rx`, `tx`
+//!   and `current-endpoint-*` from the running tunnel.
 //!
 //! What is simplified:
+//! - WireGuard: one tunnel per router (the first enabled WireGuard interface with an
+//!   enabled IPv4 address and an enabled peer); IPv4 inside the tunnel, TCP only (no
+//!   ICMP beyond echo, no UDP services); the router forwards nothing between the tunnel
+//!   and other interfaces except dst-nat, and `/ip firewall filter` rules are kept, not
+//!   enforced, on it too. Any change to the interface, its peers or its address
+//!   rebuilds the tunnel, ending what came through it (a real router keeps sessions
+//!   across a peer edit); a change of `/ip service` alone moves the ports it serves
+//!   and keeps its sessions. A handshake attempt that gave up (90 s) starts again at the next keepalive.
+//!   `behind_nat` is a switch (no TCP listener on the router's address) for the demo and
+//!   tests without root; a real NAT is made by the namespace tests. `rebind_udp` sends
+//!   a keepalive from the new port at once (the packet that makes the new mapping).
+//!   The `external` backend serves no dst-nat through the tunnel. After a gateway
+//!   restart the router re-handshakes when WireGuard's timers say so (its session
+//!   expires at most 180 s after it was made; the next keepalive then starts a
+//!   handshake), as a real router does; `rehandshake()` does it at once for tests.
 //! - Menus: only those above, and `/system/clock print` (the sim keeps UTC: `gmt-offset=+00:00`);
 //!   other paths are `no such command or directory`, including real ones the sim does
 //!   not implement (a subset of the real surface, never more).
 //!   Messages the sim had to choose without a RouterOS to ask (missing required
 //!   properties: `failure: <key> not specified`; default group removal; dst-port
 //!   without tcp/udp) are close, not guaranteed identical.
-//! - The SSH console knows a handful of commands and prints close to, not exactly as,
-//!   RouterOS (`print` shows items in a `print detail`-like form).
+//! - The SSH console runs the script language below and prints close to, not exactly
+//!   as, RouterOS (`print` shows items in a `print detail`-like form); a paste with open
+//!   brackets or quotes waits for the lines that close them.
 //! - The WinBox port is a **line-based stand-in** ([`winbox`]), not the WinBox protocol.
 //! - dst-nat forwards TCP on single ports only, and removing or disabling a rule closes
 //!   the connections it forwarded (a real router keeps them through conntrack).
-//! - Scheduler scripts: only the removal commands Postern installs, `:do … on-error`
-//!   and `:foreach v in=[… find …] do={…}`, no other scripting language; times are UTC;
+//! - Scripts: the part of RouterOS's language Postern's scripts use (listed in
+//!   [`script`]): `:local`/`:set`/`:global`, `:if`, `:do … on-error`, `:foreach`,
+//!   `:error`, `:put`, `:delay`, `:len`, `:pick`, `:tostr`, `:tonum`, `:typeof`,
+//!   `:parse`, expressions, interpolation, `find`/`get`/`add`/`set`/`remove`; no loops
+//!   other than `:foreach`, no functions, `$var` names of letters, digits and `_`.
+//!   Values are compared leniently (`5` equals `"5"`). A scheduler entry's script that
+//!   waits (fetch, `:delay`) goes on in a task of its own. Times are UTC;
 //!   `start-time=startup` never runs.
+//! - `/tool/fetch` over the API answers one `!re` with its values (as `as-value` gives
+//!   them), not RouterOS's progress rows.
 //! - `/user/active/listen` reports new sessions and ended ones (`=.dead=yes`) only.
 
 #![cfg_attr(
@@ -167,6 +279,7 @@ pub mod addr;
 pub mod api;
 pub mod clock;
 pub mod faults;
+pub mod fetch;
 pub mod fleet;
 pub mod menu;
 pub mod nat;
@@ -179,6 +292,7 @@ pub mod server;
 pub mod ssh;
 pub mod state;
 pub mod tls;
+pub mod wg;
 pub mod winbox;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -115,6 +115,12 @@ pub enum Menu {
     DeviceMode,
     /// `/system/clock`: the router's local date and time (the sim keeps UTC).
     Clock,
+    /// `/system/routerboard`: only on a router with a serial number (a CHR has none).
+    Routerboard,
+    /// `/tool`: `fetch`.
+    Tool,
+    /// The commands at the root: `/import`.
+    Root,
 }
 
 const MENUS: &[(&str, Menu)] = &[
@@ -127,12 +133,51 @@ const MENUS: &[(&str, Menu)] = &[
     ("system/resource", Menu::Resource),
     ("system/device-mode", Menu::DeviceMode),
     ("system/clock", Menu::Clock),
+    ("system/routerboard", Menu::Routerboard),
+    ("interface/wireguard", Menu::Table(TableKind::Wireguard)),
+    (
+        "interface/wireguard/peers",
+        Menu::Table(TableKind::WireguardPeers),
+    ),
+    ("ip/address", Menu::Table(TableKind::Addresses)),
+    ("ip/firewall/filter", Menu::Table(TableKind::Filter)),
+    ("ip/service", Menu::Table(TableKind::Services)),
+    ("file", Menu::Table(TableKind::Files)),
+    ("tool", Menu::Tool),
+    ("", Menu::Root),
 ];
 
-fn is_directory(prefix: &str) -> bool {
+/// Whether `prefix` (`ip/firewall`, no leading `/`) has menus under it.
+pub fn is_directory(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && MENUS
+            .iter()
+            .any(|(m, _)| *m == prefix || m.starts_with(&format!("{prefix}/")))
+}
+
+/// The menu at `path` (`ip/firewall/filter`; `""` for the root's commands).
+pub fn menu_at(path: &str) -> Option<Menu> {
     MENUS
         .iter()
-        .any(|(m, _)| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .find(|(m, _)| *m == path)
+        .map(|(_, menu)| *menu)
+}
+
+/// The parameters a command of a menu takes.
+pub fn params(menu: Menu, verb: &str) -> Vec<&'static str> {
+    match menu {
+        Menu::Table(kind) => table_params(kind, verb),
+        _ => single_params(menu, verb),
+    }
+}
+
+/// The API path of a command of menu `menu` (`""` for the root's).
+fn command_path(menu: &str, verb: &str) -> String {
+    if menu.is_empty() {
+        format!("/{verb}")
+    } else {
+        format!("/{menu}/{verb}")
+    }
 }
 
 /// Splits `/user/group/add` into its menu and verb, with RouterOS's errors for paths it
@@ -184,6 +229,8 @@ const SINCE: &[(&str, Has)] = &[
     }),
     // `/user/active remove` is RouterOS 7's; 6.x documents only `print` there.
     ("user/active/remove", |v| v >= (7, 0, 0)),
+    // WireGuard came with RouterOS 7.
+    ("interface/wireguard", |v| v >= (7, 0, 0)),
 ];
 
 /// Whether a router of `version` has the menu or command at `path` (`system/device-mode`,
@@ -201,6 +248,10 @@ pub fn resolve(router: &Router, path: &str) -> Result<(Menu, String), Trap> {
     let (menu, verb) = parse_path(path)?;
     let version = router.version_triple();
     let bare = path.trim_start_matches('/');
+    if menu == Menu::Routerboard && router.config().serial_number.is_none() {
+        // A CHR has no `/system/routerboard` at all (RouterOS 7.21.4's CHR dump).
+        return Err(Trap::missing("routerboard"));
+    }
     if !available(version, bare) {
         // The first segment the version lacks is the one RouterOS names.
         let mut prefix = String::new();
@@ -222,12 +273,39 @@ pub fn resolve(router: &Router, path: &str) -> Result<(Menu, String), Trap> {
 }
 
 /// The commands of a menu.
-fn menu_verbs(menu: Menu) -> &'static [&'static str] {
+pub fn menu_verbs(menu: Menu) -> &'static [&'static str] {
     match menu {
         Menu::Table(kind) => verbs(kind),
         Menu::Identity => &["print", "set"],
-        Menu::Resource | Menu::Clock => &["print"],
+        Menu::Resource | Menu::Clock | Menu::Routerboard => &["print"],
         Menu::DeviceMode => &["print", "update"],
+        Menu::Tool => &["fetch"],
+        Menu::Root => &["import"],
+    }
+}
+
+/// What `/tool/fetch` takes.
+pub const FETCH_PARAMS: &[&str] = &[
+    "url",
+    "check-certificate",
+    "output",
+    "as-value",
+    "dst-path",
+    "http-method",
+    "http-data",
+    "http-header-field",
+];
+
+/// The parameters of a command that is not a table's.
+fn single_params(menu: Menu, verb: &str) -> Vec<&'static str> {
+    match (menu, verb) {
+        (Menu::Identity, "set") => vec!["name"],
+        (Menu::DeviceMode, "update") => std::iter::once("mode")
+            .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| *f))
+            .collect(),
+        (Menu::Tool, "fetch") => FETCH_PARAMS.to_vec(),
+        (Menu::Root, "import") => vec!["file-name"],
+        _ => SINGLE_PRINT_FLAGS.to_vec(),
     }
 }
 
@@ -254,7 +332,9 @@ fn table_params(kind: TableKind, verb: &str) -> Vec<&'static str> {
         .map(|(n, _)| *n);
     match verb {
         "print" => PRINT_FLAGS.to_vec(),
-        "add" if kind == TableKind::Nat => writable.chain(["place-before"]).collect(),
+        "add" if matches!(kind, TableKind::Nat | TableKind::Filter) => {
+            writable.chain(["place-before"]).collect()
+        }
         "add" => writable.collect(),
         "set" => writable.chain([".id", "numbers"]).collect(),
         _ => vec![".id", "numbers"],
@@ -272,19 +352,15 @@ fn spec(router: &Router, path: &str, menu: Menu, verb: &'static str) -> CommandS
                 .map(|(n, _)| *n)
                 .collect(),
         ),
-        Menu::Identity if verb == "set" => (vec!["name"], vec![]),
-        Menu::DeviceMode if verb == "update" => (
-            std::iter::once("mode")
-                .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| *f))
-                .collect(),
-            vec![],
-        ),
+        Menu::Identity | Menu::DeviceMode | Menu::Tool | Menu::Root if verb != "print" => {
+            (single_params(menu, verb), vec![])
+        }
         _ => {
             // A single-item menu's properties are what its `print` shows.
             let out = execute(
                 router,
                 &Caller::system(),
-                &Request::new(&format!("/{path}/print")),
+                &Request::new(&command_path(path, "print")),
             );
             let props = out
                 .map(|o| {
@@ -303,15 +379,25 @@ fn spec(router: &Router, path: &str, menu: Menu, verb: &'static str) -> CommandS
         for p in &params {
             match *p {
                 "disabled" | "log" => values.push((p, BOOLEAN.to_vec())),
+                "action" if menu == Menu::Table(TableKind::Filter) => {
+                    values.push((p, FILTER_ACTIONS.to_vec()))
+                }
                 "action" => values.push((p, NAT_ACTIONS.to_vec())),
                 "protocol" => values.push((p, PROTOCOLS.to_vec())),
                 "policy" => values.push((p, crate::state::POLICY_NAMES.to_vec())),
+                "connection-state" => values.push((p, CONNECTION_STATES.to_vec())),
+                "reject-with" => values.push((p, REJECT_WITH.to_vec())),
                 _ => {}
             }
         }
     }
+    if verb == "fetch" {
+        values.push(("check-certificate", CHECK_CERTIFICATE.to_vec()));
+        values.push(("output", FETCH_OUTPUTS.to_vec()));
+        values.push(("http-method", HTTP_METHODS.to_vec()));
+    }
     CommandSpec {
-        path: format!("/{path}/{verb}"),
+        path: command_path(path, verb),
         params,
         values,
         properties,
@@ -345,6 +431,13 @@ fn property_name(name: &str) -> Option<&'static str> {
         "dst-active",
         "mode",
         "container",
+        "routerboard",
+        "model",
+        "serial-number",
+        "firmware-type",
+        "factory-firmware",
+        "current-firmware",
+        "upgrade-firmware",
     ];
     NAMES
         .iter()
@@ -359,6 +452,9 @@ pub fn surface(router: &Router) -> Vec<CommandSpec> {
     let mut out = Vec::new();
     for (path, menu) in MENUS {
         if !available(version, path) {
+            continue;
+        }
+        if *menu == Menu::Routerboard && router.config().serial_number.is_none() {
             continue;
         }
         for verb in menu_verbs(*menu) {
@@ -378,11 +474,7 @@ fn check_surface(menu: Menu, verb: &str, req: &Request) -> Result<(), Trap> {
     }
     let params = match menu {
         Menu::Table(kind) => table_params(kind, verb),
-        Menu::Identity if verb == "set" => vec!["name"],
-        Menu::DeviceMode if verb == "update" => std::iter::once("mode")
-            .chain(crate::state::DEVICE_MODE_FEATURES.iter().map(|(f, _)| *f))
-            .collect(),
-        _ => SINGLE_PRINT_FLAGS.to_vec(),
+        _ => single_params(menu, verb),
     };
     match req
         .attrs
@@ -433,6 +525,20 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
             }
             v => return Err(Trap::missing(v)),
         },
+        Menu::Routerboard => match verb.as_str() {
+            "print" => {
+                need(caller, &["read"])?;
+                print_single(req, routerboard(router))?
+            }
+            v => return Err(Trap::missing(v)),
+        },
+        // `/tool/fetch` and `/import` do I/O and run scripts: the API and the script
+        // interpreter run them through [`crate::script`], never here.
+        Menu::Tool | Menu::Root => {
+            return Err(Trap::new(
+                "failure: this command runs through the script interpreter",
+            ));
+        }
         Menu::Clock => match verb.as_str() {
             "print" => {
                 need(caller, &["read"])?;
@@ -476,6 +582,22 @@ pub fn execute(router: &Router, caller: &Caller, req: &Request) -> Result<Outcom
     Ok(out)
 }
 
+fn routerboard(router: &Router) -> Vec<(String, String)> {
+    let serial = router.config().serial_number.clone().unwrap_or_default();
+    [
+        ("routerboard", "true".to_string()),
+        ("model", router.config().board_name.clone()),
+        ("serial-number", serial),
+        ("firmware-type", "ipq4000L".to_string()),
+        ("factory-firmware", "7.1".to_string()),
+        ("current-firmware", router.config().version.clone()),
+        ("upgrade-firmware", router.config().version.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn resource(router: &Router) -> Vec<(String, String)> {
     let c = router.config();
     let up = std::time::Duration::from_secs(router.uptime_secs());
@@ -513,6 +635,9 @@ const PRINT_FLAGS: &[&str] = &[
     "value-list",
     "as-value",
 ];
+
+/// Properties only users with the `sensitive` policy see.
+const SENSITIVE: &[&str] = &["private-key", "preshared-key"];
 
 /// What a single item's `print` (`/system/identity`, `/system/clock` …) takes.
 const SINGLE_PRINT_FLAGS: &[&str] = &[".proplist", "as-value", "without-paging"];
@@ -585,6 +710,8 @@ pub fn select(state: &State, kind: TableKind, query: &Query) -> Result<Vec<Item>
 }
 
 fn write_policies(kind: TableKind) -> &'static [&'static str] {
+    // `/file` and `/ip/service` are changed with `write` too (and `/file` with `ftp`,
+    // which the sim does not ask).
     match kind {
         TableKind::Users | TableKind::Groups => &["write", "policy"],
         _ => &["write"],
@@ -597,7 +724,12 @@ fn verbs(kind: TableKind) -> &'static [&'static str] {
             &["print", "add", "set", "remove", "enable", "disable"]
         }
         TableKind::Groups => &["print", "add", "set", "remove"],
-        TableKind::Active => &["print", "remove"],
+        TableKind::Active | TableKind::Files => &["print", "remove"],
+        TableKind::Wireguard
+        | TableKind::WireguardPeers
+        | TableKind::Addresses
+        | TableKind::Filter => &["print", "add", "set", "remove", "enable", "disable"],
+        TableKind::Services => &["print", "set", "enable", "disable"],
     }
 }
 
@@ -630,10 +762,19 @@ fn table_command(
             });
         }
         let props = proplist(req);
+        // Keys are shown only to users with the `sensitive` policy (RouterOS hides
+        // sensitive properties from the others).
+        let sensitive = caller.policies.has("sensitive");
         return Ok(Outcome {
             rows: items
                 .iter()
-                .map(|i| apply_proplist(row(i, kind.schema()), &props))
+                .map(|i| {
+                    let mut r = row(i, kind.schema());
+                    if !sensitive {
+                        r.retain(|(k, _)| !SENSITIVE.contains(&k.as_str()));
+                    }
+                    apply_proplist(r, &props)
+                })
                 .collect(),
             ret: None,
             is_print: true,
@@ -703,6 +844,11 @@ fn changed(router: &Router, kind: TableKind) {
     match kind {
         TableKind::Nat => crate::nat::reconcile(router),
         TableKind::Scheduler => router.wake_scheduler(),
+        // The tunnel serves on `/ip/service`'s ports, so it hears of those too.
+        TableKind::Wireguard
+        | TableKind::WireguardPeers
+        | TableKind::Addresses
+        | TableKind::Services => router.wireguard_changed(),
         _ => {}
     }
 }
@@ -752,7 +898,7 @@ fn writable(kind: TableKind, req: &Request, skip: &[&str]) -> Result<Vec<(String
 fn add(router: &Router, caller: &Caller, kind: TableKind, req: &Request) -> Result<Outcome, Trap> {
     // Firewall rules are ordered: `place-before=*N` (or a position) puts the new rule
     // ahead of another instead of at the end.
-    let ordered = kind == TableKind::Nat;
+    let ordered = matches!(kind, TableKind::Nat | TableKind::Filter);
     let skip: &[&str] = if ordered { &["place-before"] } else { &[] };
     let values = writable(kind, req, skip)?;
     let now = router.clock().unix();
@@ -856,7 +1002,29 @@ fn defaults(
             default("skin", "default".into());
             default("policy", String::new());
         }
-        TableKind::Nat => {
+        TableKind::Wireguard => {
+            default("mtu", "1420".into());
+            default("listen-port", crate::state::WIREGUARD_PORT.to_string());
+            // The router makes the key pair itself when none is given.
+            default(
+                "private-key",
+                crate::state::encode_key(&crate::state::generate_private_key()),
+            );
+            default("running", "true".into());
+            default("disabled", "false".into());
+        }
+        TableKind::WireguardPeers => {
+            default("endpoint-port", "0".into());
+            default("rx", "0".into());
+            default("tx", "0".into());
+            default("disabled", "false".into());
+        }
+        TableKind::Addresses => {
+            default("invalid", "false".into());
+            default("dynamic", "false".into());
+            default("disabled", "false".into());
+        }
+        TableKind::Nat | TableKind::Filter => {
             default("action", "accept".into());
             default("disabled", "false".into());
             default("log", "false".into());
@@ -886,8 +1054,180 @@ fn defaults(
             default("run-count", "0".into());
             default("owner", caller.user.clone());
         }
-        TableKind::Active => {}
+        TableKind::Active | TableKind::Services | TableKind::Files => {}
     }
+}
+
+/// The next free `wireguardN` name, as RouterOS names an interface added without one.
+fn next_wireguard_name(state: &State) -> String {
+    (1u32..)
+        .map(|n| format!("wireguard{n}"))
+        .find(|n| !state.has_interface(n))
+        .unwrap_or_else(|| "wireguard".into())
+}
+
+fn drop_empty(props: &mut BTreeMap<String, String>, keys: &[&str]) {
+    for key in keys {
+        if props.get(*key).is_some_and(|v| v.is_empty()) {
+            props.remove(*key);
+        }
+    }
+}
+
+fn validate_wireguard(
+    state: &State,
+    props: &mut BTreeMap<String, String>,
+    me: Option<u32>,
+) -> Result<(), Trap> {
+    drop_empty(props, &["comment"]);
+    if props.get("name").is_none_or(|n| n.is_empty()) {
+        props.insert("name".into(), next_wireguard_name(state));
+    }
+    let name = props.get("name").cloned().unwrap_or_default();
+    let own = me
+        .and_then(|id| state.wireguard.get(id))
+        .and_then(|i| i.get("name"));
+    if own != Some(name.as_str()) && state.has_interface(&name) {
+        return Err(Trap::new("failure: already have interface with such name"));
+    }
+    let port = props
+        .get("listen-port")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if port.parse::<u16>().is_err() {
+        return Err(Trap::invalid("listen-port"));
+    }
+    let mtu = props.get("mtu").map(String::as_str).unwrap_or_default();
+    if mtu != "auto"
+        && mtu
+            .parse::<u16>()
+            .map_or(true, |m| !(68..=65535).contains(&m))
+    {
+        return Err(Trap::invalid("mtu"));
+    }
+    let key = props
+        .get("private-key")
+        .and_then(|k| crate::state::decode_key(k))
+        .ok_or_else(|| Trap::invalid("private-key"))?;
+    props.insert("private-key".into(), crate::state::encode_key(&key));
+    props.insert(
+        "public-key".into(),
+        crate::state::encode_key(&crate::state::public_key(&key)),
+    );
+    Ok(())
+}
+
+fn validate_peer(
+    state: &State,
+    props: &mut BTreeMap<String, String>,
+    me: Option<u32>,
+) -> Result<(), Trap> {
+    drop_empty(
+        props,
+        &[
+            "comment",
+            "endpoint-address",
+            "preshared-key",
+            "persistent-keepalive",
+        ],
+    );
+    let interface = required(props, "interface")?;
+    if state.wireguard.by_name(interface).is_none() {
+        return Err(Trap::new("input does not match any value of interface"));
+    }
+    let interface = interface.to_string();
+    let key = required(props, "public-key")?;
+    let key = crate::state::decode_key(key).ok_or_else(|| Trap::invalid("public-key"))?;
+    let text = crate::state::encode_key(&key);
+    let clash = state.wireguard_peers.items.iter().any(|p| {
+        Some(p.id) != me
+            && p.get("interface") == Some(interface.as_str())
+            && p.get("public-key") == Some(text.as_str())
+    });
+    if clash {
+        return Err(Trap::new(
+            "failure: peer with such public key already exists",
+        ));
+    }
+    props.insert("public-key".into(), text);
+    if let Some(k) = props.get("preshared-key") {
+        let k = crate::state::decode_key(k).ok_or_else(|| Trap::invalid("preshared-key"))?;
+        props.insert("preshared-key".into(), crate::state::encode_key(&k));
+    }
+    let port = props
+        .get("endpoint-port")
+        .map(String::as_str)
+        .unwrap_or("0");
+    if port.parse::<u16>().is_err() {
+        return Err(Trap::invalid("endpoint-port"));
+    }
+    if let Some(a) = props.get("endpoint-address") {
+        let host = a.parse::<std::net::IpAddr>().is_ok()
+            || a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !host || a.len() > 253 {
+            return Err(Trap::invalid("endpoint-address"));
+        }
+    }
+    if let Some(list) = props.get("allowed-address") {
+        let mut out = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let c = Cidr::parse(part).ok_or_else(|| Trap::invalid("allowed-address"))?;
+            out.push(format!("{}/{}", c.addr, c.prefix));
+        }
+        props.insert("allowed-address".into(), out.join(","));
+    }
+    if let Some(k) = props.get("persistent-keepalive") {
+        let d = clock::parse_interval(k).ok_or_else(|| Trap::invalid("persistent-keepalive"))?;
+        props.insert("persistent-keepalive".into(), clock::format_interval(d));
+    }
+    Ok(())
+}
+
+fn validate_address(
+    state: &State,
+    props: &mut BTreeMap<String, String>,
+    me: Option<u32>,
+) -> Result<(), Trap> {
+    drop_empty(props, &["comment", "network"]);
+    let address = required(props, "address")?;
+    let cidr = match Cidr::parse(address) {
+        Some(c) if c.addr.is_ipv4() => c,
+        _ => return Err(Trap::invalid("address")),
+    };
+    let interface = required(props, "interface")?.to_string();
+    if !state.has_interface(&interface) {
+        return Err(Trap::new("input does not match any value of interface"));
+    }
+    let text = format!("{}/{}", cidr.addr, cidr.prefix);
+    let clash = state.addresses.items.iter().any(|a| {
+        Some(a.id) != me
+            && a.get("address") == Some(text.as_str())
+            && a.get("interface") == Some(interface.as_str())
+    });
+    if clash {
+        return Err(Trap::new("failure: already have such address"));
+    }
+    props.insert("address".into(), text);
+    match props.get("network") {
+        Some(n) => {
+            if n.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(Trap::invalid("network"));
+            }
+        }
+        None => {
+            let std::net::IpAddr::V4(ip) = cidr.addr else {
+                return Err(Trap::invalid("address"));
+            };
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cidr.prefix))
+                .unwrap_or(0);
+            let net = std::net::Ipv4Addr::from(u32::from(ip) & mask);
+            props.insert("network".into(), net.to_string());
+        }
+    }
+    props.insert("actual-interface".into(), interface);
+    Ok(())
 }
 
 fn boolean(props: &mut BTreeMap<String, String>, key: &str) -> Result<(), Trap> {
@@ -965,6 +1305,37 @@ const NAT_ACTIONS: &[&str] = &[
     "src-nat",
 ];
 
+const FILTER_ACTIONS: &[&str] = &[
+    "accept",
+    "add-dst-to-address-list",
+    "add-src-to-address-list",
+    "drop",
+    "fasttrack-connection",
+    "jump",
+    "log",
+    "passthrough",
+    "reject",
+    "return",
+    "tarpit",
+];
+
+const CONNECTION_STATES: &[&str] = &["invalid", "established", "related", "new", "untracked"];
+
+const REJECT_WITH: &[&str] = &[
+    "icmp-admin-prohibited",
+    "icmp-host-prohibited",
+    "icmp-host-unreachable",
+    "icmp-net-prohibited",
+    "icmp-network-unreachable",
+    "icmp-port-unreachable",
+    "icmp-protocol-unreachable",
+    "tcp-reset",
+];
+
+const CHECK_CERTIFICATE: &[&str] = &["no", "yes", "yes-without-crl"];
+const FETCH_OUTPUTS: &[&str] = &["file", "user", "none"];
+const HTTP_METHODS: &[&str] = &["get", "post", "put", "delete"];
+
 const PROTOCOLS: &[&str] = &[
     "tcp",
     "udp",
@@ -1032,11 +1403,16 @@ fn validate(
                     .ok_or_else(|| Trap::invalid("policy"))?;
             props.insert("policy".into(), policy.render());
         }
-        TableKind::Nat => {
+        TableKind::Nat | TableKind::Filter => {
             required(props, "chain")?;
             boolean(props, "log")?;
+            let actions = if kind == TableKind::Nat {
+                NAT_ACTIONS
+            } else {
+                FILTER_ACTIONS
+            };
             if let Some(a) = props.get("action")
-                && !NAT_ACTIONS.contains(&a.as_str())
+                && !actions.contains(&a.as_str())
             {
                 return Err(Trap::new("input does not match any value of action"));
             }
@@ -1074,10 +1450,23 @@ fn validate(
             for key in ["in-interface", "out-interface"] {
                 if let Some(i) = props.get(key)
                     && !i.is_empty()
-                    && !crate::nat::INTERFACES.contains(&i.strip_prefix('!').unwrap_or(i))
+                    && !state.has_interface(i.strip_prefix('!').unwrap_or(i))
                 {
                     return Err(Trap::new("input does not match any value of interface"));
                 }
+            }
+            if let Some(states) = props.get("connection-state")
+                && !states
+                    .trim_start_matches('!')
+                    .split(',')
+                    .all(|c| CONNECTION_STATES.contains(&c.trim()))
+            {
+                return Err(Trap::invalid("connection-state"));
+            }
+            if let Some(r) = props.get("reject-with")
+                && !REJECT_WITH.contains(&r.as_str())
+            {
+                return Err(Trap::new("input does not match any value of reject-with"));
             }
             for key in [
                 "comment",
@@ -1089,12 +1478,34 @@ fn validate(
                 "dst-address",
                 "dst-port",
                 "protocol",
+                "connection-state",
+                "reject-with",
             ] {
                 if props.get(key).is_some_and(|v| v.is_empty()) {
                     props.remove(key);
                 }
             }
         }
+        TableKind::Wireguard => validate_wireguard(state, props, me)?,
+        TableKind::WireguardPeers => validate_peer(state, props, me)?,
+        TableKind::Addresses => validate_address(state, props, me)?,
+        TableKind::Services => {
+            let port = props.get("port").map(String::as_str).unwrap_or_default();
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(Trap::invalid("port"));
+            }
+            if let Some(a) = props.get("address")
+                && AddressList::parse(a).is_none()
+            {
+                return Err(Trap::invalid("address"));
+            }
+            if let Some(m) = props.get("max-sessions")
+                && m.parse::<u16>().map_or(true, |m| !(1..=1000).contains(&m))
+            {
+                return Err(Trap::invalid("max-sessions"));
+            }
+        }
+        TableKind::Files => {}
         TableKind::Scheduler => {
             let name = required(props, "name")?.to_string();
             unique_name(
@@ -1149,6 +1560,14 @@ fn validate(
     Ok(())
 }
 
+/// Checks a command against the router's surface without running it: its menu and
+/// verb exist on this router and it takes every parameter given.
+pub fn check(router: &Router, req: &Request) -> Result<(Menu, String), Trap> {
+    let (menu, verb) = resolve(router, &req.path)?;
+    check_surface(menu, &verb, req)?;
+    Ok((menu, verb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,8 +1595,8 @@ mod tests {
             parse_path("/ip/firewall/nat/print").unwrap().0,
             Menu::Table(TableKind::Nat)
         );
-        let e = parse_path("/ip/address/print").unwrap_err();
-        assert_eq!(e.message, "no such command or directory (address)");
+        let e = parse_path("/ip/route/print").unwrap_err();
+        assert_eq!(e.message, "no such command or directory (route)");
         assert_eq!(e.category, Some(0));
         let r = Router::new(crate::router::RouterConfig::new(
             "r",

@@ -7,6 +7,10 @@
 //! rule for another interface (or `!ether1`) matches nothing. Only the first matching
 //! rule for a port counts, as in RouterOS's rule order.
 //!
+//! Connections through the router's WireGuard tunnel arrive on the WireGuard interface
+//! at the router's tunnel address: [`crate::wg`] serves the rules that match those
+//! ([`forward_on`]) from its own stack. A router behind NAT opens no listener here.
+//!
 //! Removing or disabling a rule closes its listener **and** the connections it
 //! forwarded. A real router keeps established connections alive through conntrack
 //! after the rule goes; closing them is what tests of revocation need, and it is what
@@ -64,8 +68,15 @@ fn first_port(spec: &str) -> Option<u16> {
     spec.split([',', '-']).next()?.trim().parse().ok()
 }
 
-/// The forward a rule asks for, if it is one the sim applies.
+/// The forward a rule asks for, if it is one the sim applies to connections arriving on
+/// `ether1` at the router's address.
 pub fn forward_of(item: &Item, router_addr: IpAddr) -> Option<Forward> {
+    forward_on(item, ARRIVAL, router_addr)
+}
+
+/// The forward a rule asks for connections arriving on interface `arrival` at
+/// `local` (the WireGuard interface and the router's tunnel address, for [`crate::wg`]).
+pub fn forward_on(item: &Item, arrival: &str, local: IpAddr) -> Option<Forward> {
     if item.is_disabled()
         || item.get("chain") != Some("dstnat")
         || item.get("action") != Some("dst-nat")
@@ -80,8 +91,8 @@ pub fn forward_of(item: &Item, router_addr: IpAddr) -> Option<Forward> {
     let port: u16 = dst_port.parse().ok()?;
     if let Some(i) = item.get("in-interface") {
         let matches = match i.strip_prefix('!') {
-            Some(name) => name != ARRIVAL,
-            None => i == ARRIVAL,
+            Some(name) => name != arrival,
+            None => i == arrival,
         };
         if !matches {
             return None;
@@ -89,7 +100,7 @@ pub fn forward_of(item: &Item, router_addr: IpAddr) -> Option<Forward> {
     }
     if let Some(dst) = item.get("dst-address") {
         let host = dst.strip_suffix("/32").unwrap_or(dst);
-        if host.parse::<IpAddr>().ok()? != router_addr {
+        if host.parse::<IpAddr>().ok()? != local {
             return None;
         }
     }
@@ -123,9 +134,12 @@ pub fn reconcile(router: &Router) {
         tracing::warn!("dst-nat rules changed outside a Tokio runtime; forwards not updated");
         return;
     }
+    crate::wg::nat_changed(router);
     let addr = router.address();
     let mut desired: HashMap<u16, Forward> = HashMap::new();
-    {
+    // Behind NAT nothing listens on the router's address: dst-nat works only through
+    // the tunnel.
+    if !router.behind_nat() {
         let state = router.state();
         for item in &state.nat.items {
             if let Some(f) = forward_of(item, addr) {

@@ -33,6 +33,15 @@ pub struct RouterConfig {
     /// Whether a `print` with no items sends `!empty` (before its `!done`). `None`:
     /// as the version does (7.18 and later).
     pub empty_reply: Option<bool>,
+    /// Behind NAT: no TCP listener on `address` at all (services and dst-nat alike); the
+    /// router is reachable only through the WireGuard tunnel it builds.
+    pub behind_nat: bool,
+    /// `/system/routerboard`'s `serial-number`; `None` (the default) for a CHR-like
+    /// router, which has no `/system/routerboard` at all.
+    pub serial_number: Option<String>,
+    /// The certificates `/tool/fetch` trusts with `check-certificate=yes` (PEM); `None`:
+    /// none, so only `check-certificate=no` fetches over https.
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 impl RouterConfig {
@@ -45,6 +54,9 @@ impl RouterConfig {
             admin_password: admin_password.to_string(),
             clock: Clock::real(),
             empty_reply: None,
+            behind_nat: false,
+            serial_number: None,
+            trust_pem: None,
         }
     }
 }
@@ -136,8 +148,11 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     pub faults: Faults,
     pub active_changed: watch::Sender<u64>,
+    pub wireguard_changed: watch::Sender<u64>,
     pub scheduler_wake: Notify,
     pub nat: Mutex<Forwarder>,
+    /// The router's WireGuard tunnel ([`crate::wg`]).
+    pub wg: Mutex<crate::wg::Slot>,
     /// Cancelled when the router shuts down: ends dst-nat listeners and the scheduler.
     pub shutdown: CancellationToken,
     /// Every command the API received, once a test asked to keep them.
@@ -168,8 +183,10 @@ impl Router {
                 state: Mutex::new(state),
                 faults: Faults::default(),
                 active_changed: watch::channel(0).0,
+                wireguard_changed: watch::channel(0).0,
                 scheduler_wake: Notify::new(),
                 nat: Mutex::new(Forwarder::default()),
+                wg: Mutex::new(crate::wg::Slot::default()),
                 shutdown: CancellationToken::new(),
                 received: Mutex::new(None),
                 config,
@@ -296,6 +313,53 @@ impl Router {
         self.inner.active_changed.subscribe()
     }
 
+    /// The WireGuard interfaces, their peers and addresses, in a plain form (see
+    /// [`State::wireguard`]).
+    pub fn wireguard(&self) -> Vec<crate::state::WgInterface> {
+        self.state().wireguard()
+    }
+
+    /// A receiver that changes whenever a WireGuard interface, a peer or an IP address
+    /// is added, changed or removed: read [`Router::wireguard`] again then.
+    pub fn subscribe_wireguard(&self) -> watch::Receiver<u64> {
+        self.inner.wireguard_changed.subscribe()
+    }
+
+    pub(crate) fn wireguard_changed(&self) {
+        self.inner
+            .wireguard_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records what the tunnel saw of peer `id` (its `.id` in
+    /// `/interface/wireguard/peers`), shown by `print`. Does not notify
+    /// [`Router::subscribe_wireguard`]. Returns whether the peer exists.
+    pub fn set_peer_status(&self, id: u32, status: &crate::state::PeerStatus) -> bool {
+        let mut state = self.state();
+        let Some(peer) = state.wireguard_peers.get_mut(id) else {
+            return false;
+        };
+        match status.current_endpoint {
+            Some(e) => {
+                peer.set("current-endpoint-address", e.ip().to_string());
+                peer.set("current-endpoint-port", e.port().to_string());
+            }
+            None => {
+                peer.props.remove("current-endpoint-address");
+                peer.props.remove("current-endpoint-port");
+            }
+        }
+        match status.last_handshake {
+            Some(d) => peer.set("last-handshake", clock::format_interval(d)),
+            None => {
+                peer.props.remove("last-handshake");
+            }
+        }
+        peer.set("rx", status.rx.to_string());
+        peer.set("tx", status.tx.to_string());
+        true
+    }
+
     pub(crate) fn active_changed(&self) {
         self.inner
             .active_changed
@@ -394,10 +458,17 @@ impl Router {
         }
     }
 
-    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler).
-    /// Listeners for API, SSH and 8291 stop with their own shutdown futures.
+    /// Whether the router sits behind NAT (no TCP listener on its address).
+    pub fn behind_nat(&self) -> bool {
+        self.inner.config.behind_nat
+    }
+
+    /// Stops the router's own tasks (dst-nat listeners and forwards, the scheduler, the
+    /// WireGuard tunnel). Listeners for API, SSH and 8291 stop with their own shutdown
+    /// futures.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        crate::wg::stop(self);
         self.inner
             .nat
             .lock()

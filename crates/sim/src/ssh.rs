@@ -40,7 +40,8 @@ pub fn fingerprint(key: &PrivateKey) -> String {
         .to_string()
 }
 
-fn config(host_key: PrivateKey) -> Arc<russh::server::Config> {
+/// The SSH server's configuration for a host key.
+pub fn config(host_key: PrivateKey) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-ROSSSH")),
         methods: MethodSet::from(&[MethodKind::Password][..]),
@@ -61,47 +62,66 @@ pub async fn run(
     host_key: PrivateKey,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let config = config(host_key);
+    run_with_config(listener, router, config(host_key), shutdown).await;
+}
+
+/// Serves SSH on `listener` with a server configuration made by [`config`].
+pub async fn run_with_config(
+    listener: TcpListener,
+    router: Router,
+    config: Arc<russh::server::Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let r = router.clone();
     crate::server::serve(listener, router, shutdown, move |stream, peer, cut| {
-        let config = config.clone();
-        let router = r.clone();
-        async move {
-            let token = cut.child_token();
-            let handler = Handler {
-                router,
-                peer,
-                token: token.clone(),
-                session: None,
-                channels: HashMap::new(),
-            };
-            let running = match russh::server::run_stream(config, stream, handler).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "ssh handshake failed");
-                    return;
-                }
-            };
-            let handle = running.handle();
-            tokio::pin!(running);
-            tokio::select! {
-                r = &mut running => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "ssh session ended with an error");
-                    }
-                }
-                _ = token.cancelled() => {
-                    let _ = handle
-                        .disconnect(russh::Disconnect::ByApplication, "logged out".into(), "en".into())
-                        .await;
-                    // Give the session a moment to send the disconnect, then drop it
-                    // (and with it the TCP connection).
-                    let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
-                }
-            }
-        }
+        connection(stream, peer, r.clone(), config.clone(), cut)
     })
     .await;
+}
+
+/// Serves one SSH connection on any stream (a TCP connection, or one that came through
+/// the router's WireGuard tunnel) until the client leaves or `cut` ends it.
+pub async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    config: Arc<russh::server::Config>,
+    cut: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let token = cut.child_token();
+    let handler = Handler {
+        router,
+        peer,
+        token: token.clone(),
+        session: None,
+        channels: HashMap::new(),
+    };
+    let running = match russh::server::run_stream(config, stream, handler).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "ssh handshake failed");
+            return;
+        }
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    tokio::select! {
+        r = &mut running => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "ssh session ended with an error");
+            }
+        }
+        _ = token.cancelled() => {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "logged out".into(), "en".into())
+                .await;
+            // Give the session a moment to send the disconnect, then drop it
+            // (and with it the connection).
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -109,7 +129,14 @@ struct ChannelState {
     line: Vec<u8>,
     pty: bool,
     shell: bool,
+    /// The console's directory (`/ip firewall filter` after such a path line).
+    cwd: Vec<String>,
+    /// Lines of a paste whose brackets or quotes are still open.
+    pending: String,
 }
+
+/// The longest line (or open multi-line paste) the console keeps.
+const MAX_LINE: usize = 64 * 1024;
 
 struct Handler {
     router: Router,
@@ -130,8 +157,27 @@ impl Handler {
             })
     }
 
-    fn prompt(&self) -> String {
-        format!("[{}@{}] > ", self.caller().user, self.router.identity())
+    fn prompt(&self, channel: ChannelId) -> String {
+        let cwd = self
+            .channels
+            .get(&channel)
+            .map(|c| c.cwd.as_slice())
+            .unwrap_or_default();
+        console::prompt(&self.caller().user, &self.router.identity(), cwd)
+    }
+
+    /// Runs console input on a channel, in its directory.
+    async fn run_console(&mut self, channel: ChannelId, text: &str) -> console::ConsoleOutput {
+        let mut cwd = self
+            .channels
+            .get_mut(&channel)
+            .map(|c| std::mem::take(&mut c.cwd))
+            .unwrap_or_default();
+        let out = console::run_line(&self.router, &self.caller(), text, &mut cwd).await;
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.cwd = cwd;
+        }
+        out
     }
 
     fn end_channel(session: &mut SshSession, channel: ChannelId) -> Result<(), russh::Error> {
@@ -210,7 +256,7 @@ impl russh::server::Handler for Handler {
         let banner = format!(
             "\r\n  MikroTik RouterOS {} (c) 1999-2025       https://www.mikrotik.com/\r\n  (postern-sim: a virtual router for tests)\r\n\r\n{}",
             self.router.version(),
-            self.prompt()
+            self.prompt(channel)
         );
         session.data(channel, banner.into_bytes())?;
         Ok(())
@@ -224,7 +270,7 @@ impl russh::server::Handler for Handler {
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let line = String::from_utf8_lossy(data).into_owned();
-        let out = console::run_line(&self.router, &self.caller(), &line);
+        let out = self.run_console(channel, &line).await;
         let mut text = out.output;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -270,13 +316,15 @@ impl russh::server::Handler for Handler {
                         state.line.pop();
                     }
                     0x03 => {
+                        // Ctrl-C drops the line and any unfinished paste.
                         state.line.clear();
+                        state.pending.clear();
                         if state.pty {
                             echo.extend_from_slice(b"\r\n");
                         }
                     }
                     0x04 if state.line.is_empty() => quit = true,
-                    b if b >= 0x20 && state.line.len() < 4096 => {
+                    b if (b >= 0x20 || b == b'\t') && state.line.len() < MAX_LINE => {
                         state.line.push(b);
                         if state.pty {
                             echo.push(b);
@@ -291,7 +339,19 @@ impl russh::server::Handler for Handler {
         }
         let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
         for line in lines {
-            let out = console::run_line(&self.router, &self.caller(), &line);
+            // A paste with open brackets or quotes goes on over the next lines.
+            let text = {
+                let state = self.channels.entry(channel).or_default();
+                if !state.pending.is_empty() {
+                    state.pending.push('\n');
+                }
+                state.pending.push_str(&line);
+                if console::is_open(&state.pending) && state.pending.len() < MAX_LINE {
+                    continue;
+                }
+                std::mem::take(&mut state.pending)
+            };
+            let out = self.run_console(channel, &text).await;
             let mut text = out.output;
             if !text.is_empty() && !text.ends_with('\n') {
                 text.push('\n');
@@ -302,7 +362,7 @@ impl russh::server::Handler for Handler {
                 }
                 return Self::end_channel(session, channel);
             }
-            text.push_str(&self.prompt());
+            text.push_str(&self.prompt(channel));
             let text = if pty { crlf(&text) } else { text };
             session.data(channel, text.into_bytes())?;
         }

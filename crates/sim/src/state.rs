@@ -1,5 +1,9 @@
 //! The router's data: identity, users, groups and their policies, active sessions, NAT
-//! rules, scheduler entries and device-mode, kept behind one lock in [`State`].
+//! and filter rules, scheduler entries, WireGuard interfaces and peers, IP addresses,
+//! services, files and device-mode, kept behind one lock in [`State`].
+//!
+//! [`State::wireguard`] reads the WireGuard tables in a plain form (key bytes, ports,
+//! peers, the interface's addresses) for whatever brings the tunnel up.
 //!
 //! Menus are tables of [`Item`]s: a RouterOS `.id` (`*` and upper-case hex, increasing,
 //! never reused within a table) and properties kept as text, exactly as `print` shows
@@ -239,6 +243,97 @@ pub static SCHEDULER: Schema = Schema {
     ],
 };
 
+pub static WIREGUARD: Schema = Schema {
+    fields: &[
+        ("name", Rw),
+        ("mtu", Rw),
+        ("listen-port", Rw),
+        ("private-key", Rw),
+        ("public-key", Ro),
+        ("running", Ro),
+        ("disabled", Rw),
+        ("comment", Rw),
+    ],
+};
+
+pub static WIREGUARD_PEERS: Schema = Schema {
+    fields: &[
+        ("interface", Rw),
+        ("public-key", Rw),
+        ("preshared-key", Rw),
+        ("endpoint-address", Rw),
+        ("endpoint-port", Rw),
+        ("current-endpoint-address", Ro),
+        ("current-endpoint-port", Ro),
+        ("allowed-address", Rw),
+        ("persistent-keepalive", Rw),
+        ("rx", Ro),
+        ("tx", Ro),
+        ("last-handshake", Ro),
+        ("disabled", Rw),
+        ("comment", Rw),
+    ],
+};
+
+pub static ADDRESS: Schema = Schema {
+    fields: &[
+        ("address", Rw),
+        ("network", Rw),
+        ("interface", Rw),
+        ("actual-interface", Ro),
+        ("invalid", Ro),
+        ("dynamic", Ro),
+        ("disabled", Rw),
+        ("comment", Rw),
+    ],
+};
+
+pub static FILTER: Schema = Schema {
+    fields: &[
+        ("chain", Rw),
+        ("action", Rw),
+        ("protocol", Rw),
+        ("src-address", Rw),
+        ("dst-address", Rw),
+        ("dst-port", Rw),
+        ("in-interface", Rw),
+        ("out-interface", Rw),
+        ("connection-state", Rw),
+        ("reject-with", Rw),
+        ("log", Rw),
+        ("log-prefix", Rw),
+        ("bytes", Ro),
+        ("packets", Ro),
+        ("invalid", Ro),
+        ("dynamic", Ro),
+        ("disabled", Rw),
+        ("comment", Rw),
+    ],
+};
+
+pub static SERVICE: Schema = Schema {
+    fields: &[
+        ("name", Ro),
+        ("port", Rw),
+        ("address", Rw),
+        ("certificate", Rw),
+        ("max-sessions", Rw),
+        ("invalid", Ro),
+        ("dynamic", Ro),
+        ("disabled", Rw),
+    ],
+};
+
+pub static FILE: Schema = Schema {
+    fields: &[
+        ("name", Rw),
+        ("type", Rw),
+        ("size", Ro),
+        ("last-modified", Ro),
+        ("contents", Rw),
+    ],
+};
+
 /// A table of items with its id counter.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
@@ -287,6 +382,18 @@ pub enum TableKind {
     Active,
     Nat,
     Scheduler,
+    /// `/interface/wireguard`.
+    Wireguard,
+    /// `/interface/wireguard/peers`.
+    WireguardPeers,
+    /// `/ip/address`.
+    Addresses,
+    /// `/ip/firewall/filter`.
+    Filter,
+    /// `/ip/service`: a fixed list, set but never added to.
+    Services,
+    /// `/file`.
+    Files,
 }
 
 impl TableKind {
@@ -297,6 +404,12 @@ impl TableKind {
             TableKind::Active => &ACTIVE,
             TableKind::Nat => &NAT,
             TableKind::Scheduler => &SCHEDULER,
+            TableKind::Wireguard => &WIREGUARD,
+            TableKind::WireguardPeers => &WIREGUARD_PEERS,
+            TableKind::Addresses => &ADDRESS,
+            TableKind::Filter => &FILTER,
+            TableKind::Services => &SERVICE,
+            TableKind::Files => &FILE,
         }
     }
 }
@@ -371,6 +484,12 @@ pub struct State {
     pub active: Table,
     pub nat: Table,
     pub scheduler: Table,
+    pub wireguard: Table,
+    pub wireguard_peers: Table,
+    pub addresses: Table,
+    pub filter: Table,
+    pub services: Table,
+    pub files: Table,
     /// The token that ends each active session, by its `/user/active` id.
     pub session_tokens: HashMap<u32, CancellationToken>,
 }
@@ -407,6 +526,27 @@ impl State {
             ("disabled", "false"),
             ("comment", "system default user"),
         ]));
+        let mut services = Table::default();
+        for (name, port, disabled) in SERVICES {
+            services.insert(props([
+                ("name", name),
+                ("port", &port.to_string()),
+                ("address", ""),
+                ("max-sessions", "20"),
+                ("invalid", "false"),
+                ("dynamic", "false"),
+                ("disabled", if disabled { "true" } else { "false" }),
+            ]));
+        }
+        for name in ["www-ssl", "api-ssl"] {
+            if let Some(s) = services
+                .items
+                .iter_mut()
+                .find(|i| i.get("name") == Some(name))
+            {
+                s.set("certificate", "none");
+            }
+        }
         State {
             identity: identity.to_string(),
             device_mode: DeviceMode::Advanced,
@@ -415,6 +555,12 @@ impl State {
             active: Table::default(),
             nat: Table::default(),
             scheduler: Table::default(),
+            wireguard: Table::default(),
+            wireguard_peers: Table::default(),
+            addresses: Table::default(),
+            filter: Table::default(),
+            services,
+            files: Table::default(),
             session_tokens: HashMap::new(),
         }
     }
@@ -426,6 +572,12 @@ impl State {
             TableKind::Active => &self.active,
             TableKind::Nat => &self.nat,
             TableKind::Scheduler => &self.scheduler,
+            TableKind::Wireguard => &self.wireguard,
+            TableKind::WireguardPeers => &self.wireguard_peers,
+            TableKind::Addresses => &self.addresses,
+            TableKind::Filter => &self.filter,
+            TableKind::Services => &self.services,
+            TableKind::Files => &self.files,
         }
     }
 
@@ -436,7 +588,95 @@ impl State {
             TableKind::Active => &mut self.active,
             TableKind::Nat => &mut self.nat,
             TableKind::Scheduler => &mut self.scheduler,
+            TableKind::Wireguard => &mut self.wireguard,
+            TableKind::WireguardPeers => &mut self.wireguard_peers,
+            TableKind::Addresses => &mut self.addresses,
+            TableKind::Filter => &mut self.filter,
+            TableKind::Services => &mut self.services,
+            TableKind::Files => &mut self.files,
         }
+    }
+
+    /// The WireGuard interfaces with their peers and IP addresses, in a plain form:
+    /// what a tunnel needs to come up. Disabled items are included (with `disabled`).
+    pub fn wireguard(&self) -> Vec<WgInterface> {
+        let key = |item: &Item, k: &str| item.get(k).and_then(decode_key);
+        self.wireguard
+            .items
+            .iter()
+            .filter_map(|i| {
+                let name = i.get("name")?.to_string();
+                let private_key = key(i, "private-key")?;
+                let peers = self
+                    .wireguard_peers
+                    .items
+                    .iter()
+                    .filter(|p| p.get("interface") == Some(name.as_str()))
+                    .filter_map(|p| {
+                        Some(WgPeer {
+                            id: p.id,
+                            public_key: key(p, "public-key")?,
+                            preshared_key: key(p, "preshared-key"),
+                            endpoint_address: p
+                                .get("endpoint-address")
+                                .filter(|a| !a.is_empty())
+                                .map(str::to_string),
+                            endpoint_port: p
+                                .get("endpoint-port")
+                                .and_then(|v| v.parse().ok())
+                                .filter(|v| *v != 0),
+                            allowed_address: p
+                                .get("allowed-address")
+                                .unwrap_or_default()
+                                .split(',')
+                                .filter_map(|c| crate::addr::Cidr::parse(c.trim()))
+                                .collect(),
+                            persistent_keepalive: p
+                                .get("persistent-keepalive")
+                                .and_then(crate::clock::parse_interval)
+                                .filter(|d| !d.is_zero()),
+                            disabled: p.is_disabled(),
+                            comment: p.get("comment").map(str::to_string),
+                        })
+                    })
+                    .collect();
+                let addresses = self
+                    .addresses
+                    .items
+                    .iter()
+                    .filter(|a| a.get("interface") == Some(name.as_str()))
+                    .filter_map(|a| {
+                        let cidr = crate::addr::Cidr::parse(a.get("address")?)?;
+                        Some(WgAddress {
+                            address: cidr.addr,
+                            prefix: cidr.prefix,
+                            network: a.get("network").and_then(|n| n.parse().ok()),
+                            disabled: a.is_disabled(),
+                        })
+                    })
+                    .collect();
+                Some(WgInterface {
+                    id: i.id,
+                    public_key: public_key(&private_key),
+                    private_key,
+                    name,
+                    listen_port: i
+                        .get("listen-port")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(WIREGUARD_PORT),
+                    mtu: i.get("mtu").and_then(|p| p.parse().ok()).unwrap_or(1420),
+                    disabled: i.is_disabled(),
+                    addresses,
+                    peers,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the router has an interface of that name: `ether1` (its one Ethernet
+    /// port) or a WireGuard interface.
+    pub fn has_interface(&self, name: &str) -> bool {
+        crate::nat::INTERFACES.contains(&name) || self.wireguard.by_name(name).is_some()
     }
 
     /// The policies of the group named `group`, if it exists.
@@ -447,9 +687,127 @@ impl State {
     }
 }
 
+/// The services of `/ip/service` as RouterOS 7 ships them: name, port, disabled.
+pub const SERVICES: [(&str, u16, bool); 8] = [
+    ("telnet", 23, false),
+    ("ftp", 21, false),
+    ("www", 80, false),
+    ("ssh", 22, false),
+    ("www-ssl", 443, true),
+    ("api", 8728, false),
+    ("api-ssl", 8729, false),
+    ("winbox", 8291, false),
+];
+
+/// The `listen-port` RouterOS gives a new WireGuard interface.
+pub const WIREGUARD_PORT: u16 = 13231;
+
+/// A WireGuard interface (`/interface/wireguard`), its peers and its IP addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgInterface {
+    pub id: u32,
+    pub name: String,
+    /// Curve25519, as `private-key` holds it (base64 in `print`).
+    pub private_key: [u8; 32],
+    pub public_key: [u8; 32],
+    pub listen_port: u16,
+    pub mtu: u16,
+    pub disabled: bool,
+    /// `/ip/address` items on this interface.
+    pub addresses: Vec<WgAddress>,
+    pub peers: Vec<WgPeer>,
+}
+
+/// An `/ip/address` on a WireGuard interface: `address=100.64.0.7/32 network=100.64.0.1`
+/// is a point-to-point address whose other end is `network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgAddress {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+    pub network: Option<std::net::IpAddr>,
+    pub disabled: bool,
+}
+
+/// A peer of a WireGuard interface (`/interface/wireguard/peers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    /// Its `.id`, for [`crate::Router::set_peer_status`].
+    pub id: u32,
+    pub public_key: [u8; 32],
+    pub preshared_key: Option<[u8; 32]>,
+    /// An address or a host name, as given.
+    pub endpoint_address: Option<String>,
+    pub endpoint_port: Option<u16>,
+    pub allowed_address: Vec<crate::addr::Cidr>,
+    pub persistent_keepalive: Option<std::time::Duration>,
+    pub disabled: bool,
+    pub comment: Option<String>,
+}
+
+/// What the tunnel saw of a peer, shown by `print` (`last-handshake`, `rx`, `tx`,
+/// `current-endpoint-*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub current_endpoint: Option<std::net::SocketAddr>,
+    /// Time since the last handshake.
+    pub last_handshake: Option<std::time::Duration>,
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// A key as RouterOS prints it: standard base64 of 32 bytes.
+pub fn encode_key(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// A base64 key of 32 bytes; `None` for anything else.
+pub fn decode_key(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// A new Curve25519 private key from the operating system's generator, clamped as
+/// WireGuard keys are.
+pub fn generate_private_key() -> [u8; 32] {
+    use rand::RngCore;
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    x25519_dalek::StaticSecret::from(seed).to_bytes()
+}
+
+/// The public key of a private one.
+pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
+    let secret = x25519_dalek::StaticSecret::from(*private);
+    x25519_dalek::PublicKey::from(&secret).to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wireguard_keys() {
+        let k = generate_private_key();
+        assert_ne!(k, generate_private_key());
+        let text = encode_key(&k);
+        assert_eq!(text.len(), 44);
+        assert_eq!(decode_key(&text), Some(k));
+        assert_eq!(decode_key("short"), None);
+        // RFC 7748's test vector (Alice).
+        let alice: [u8; 32] =
+            hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        assert_eq!(
+            hex::encode(public_key(&alice)),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+    }
 
     #[test]
     fn built_in_groups_match_routeros() {

@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::router::{Credential, Router, Via};
@@ -59,8 +59,13 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 
 use tokio::io::AsyncReadExt;
 
-async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, cut: CancellationToken) {
-    let (rd, mut wr) = stream.into_split();
+/// Serves one connection on any stream (a TCP connection, or one that came through the
+/// router's WireGuard tunnel).
+pub async fn connection<S>(stream: S, peer: SocketAddr, router: Router, cut: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     let banner = format!(
         "POSTERN-SIM WINBOX STAND-IN (not the WinBox protocol) {}\n",

@@ -448,6 +448,18 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "winbox tickets",
             include_str!("../migrations/sqlite/0130_winbox_tickets.sql"),
         ),
+        // 140: the management tunnel (routers' reach and keys, regions' keys).
+        migration(
+            140,
+            "tunnel",
+            include_str!("../migrations/sqlite/0140_tunnel.sql"),
+        ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/sqlite/0150_enrollment_tokens.sql"),
+        ),
         // 160: share links for a grant's credentials (a number reserved for them).
         migration(
             160,
@@ -545,6 +557,18 @@ pub(crate) fn postgres_migrator() -> Migrator {
             130,
             "winbox tickets",
             include_str!("../migrations/postgres/0130_winbox_tickets.sql"),
+        ),
+        // 140: the management tunnel (routers' reach and keys, regions' keys).
+        migration(
+            140,
+            "tunnel",
+            include_str!("../migrations/postgres/0140_tunnel.sql"),
+        ),
+        // 150: enrolment tokens and routers' serial numbers (onboarding).
+        migration(
+            150,
+            "enrollment tokens",
+            include_str!("../migrations/postgres/0150_enrollment_tokens.sql"),
         ),
         // 160: share links for a grant's credentials (a number reserved for them).
         migration(

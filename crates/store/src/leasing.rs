@@ -23,6 +23,8 @@ use crate::records::{Job, NewAudit, NewJob, Router};
 
 /// The PostgreSQL channel a process notifies when it queued a job.
 pub const JOBS_CHANNEL: &str = "postern_jobs";
+/// The `NOTIFY` channel of grant ends and new deadlines, for every process's gateway.
+pub const GRANTS_CHANNEL: &str = "postern_grants";
 
 /// How a leased job ends its attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,27 @@ impl JobListener {
     pub async fn recv(&mut self) -> Result<()> {
         self.listener.recv().await?;
         Ok(())
+    }
+}
+
+/// A subscription to [`Store::notify_grants`]: what every process sharing a PostgreSQL
+/// store said about its grants' ends and deadlines.
+pub struct GrantListener {
+    listener: PgListener,
+}
+
+impl std::fmt::Debug for GrantListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrantListener")
+    }
+}
+
+impl GrantListener {
+    /// The next notification's payload. After a lost connection sqlx reconnects and
+    /// re-listens; the error is returned, since notifications sent meanwhile are lost.
+    pub async fn recv(&mut self) -> Result<String> {
+        let n = self.listener.recv().await?;
+        Ok(n.payload().to_owned())
     }
 }
 
@@ -987,6 +1010,32 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Tells every process listening on this PostgreSQL store something about a grant
+    /// (`NOTIFY` with `payload`, at most 8000 bytes); nothing on SQLite (one process).
+    pub async fn notify_grants(&self, payload: &str) -> Result<()> {
+        if let Pool::Postgres(p) = self.pool() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(GRANTS_CHANNEL)
+                .bind(payload)
+                .execute(p)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A subscription to [`notify_grants`](Self::notify_grants) on PostgreSQL; `None`
+    /// on SQLite.
+    pub async fn grant_listener(&self) -> Result<Option<GrantListener>> {
+        match self.pool() {
+            Pool::Postgres(p) => {
+                let mut listener = PgListener::connect_with(p).await?;
+                listener.listen(GRANTS_CHANNEL).await?;
+                Ok(Some(GrantListener { listener }))
+            }
+            Pool::Sqlite { .. } => Ok(None),
+        }
     }
 
     /// A subscription to [`notify_jobs`](Self::notify_jobs) on PostgreSQL; `None` on

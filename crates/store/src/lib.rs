@@ -19,7 +19,12 @@
 //!   for the writer together share one transaction: transient-access creations in a
 //!   few multi-row statements, the rest a savepoint each).
 //! - `sessions`: the portal's sessions, stored by the hash of their cookie token.
+//! - `enrollment`: onboarding's single-use enrolment tokens (by hash), issued (revoking
+//!   the router's open one), spent once with the router's key and facts.
 //! - `tickets`: one-time WinBox tickets (by hash), made with their audit entry, taken once.
+//! - `tunnels`: the management tunnel: regions' WireGuard keys (private half sealed),
+//!   tunnelled routers (pending until enrolled with their public key) at addresses
+//!   allocated in the region's prefix, and the peers the gateway loads.
 //! - `shares`: share links of a grant's login (by hash), made with their audit entry, opened
 //!   once, revocable.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
@@ -140,6 +145,7 @@
 mod accounts;
 mod connections;
 mod db;
+mod enrollment;
 mod error;
 mod grants;
 mod grouped;
@@ -153,6 +159,7 @@ mod sessions;
 mod shares;
 mod terminals;
 mod tickets;
+mod tunnels;
 
 use std::fmt;
 use std::str::FromStr;
@@ -164,10 +171,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConnection};
 pub use db::WriteStats;
+pub use enrollment::{Enrollment, EnrollmentReport, EnrollmentState, EnrollmentUse, NewEnrollment};
 pub use error::{Result, StoreError};
 pub use leasing::{
-    AttemptEnd, ClosingJob, GrantMove, GrantRef, Intro, JOBS_CHANNEL, JobEnd, JobListener,
-    JobOutcome, Lines, LogLine, MoveLine,
+    AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantListener, GrantMove, GrantRef, Intro,
+    JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines, LogLine, MoveLine,
 };
 pub use records::*;
 pub use secret::Secret;

@@ -117,6 +117,12 @@ pub struct Router {
     /// The SHA-256 of the router's certificate, as `CertFingerprint` prints it; with
     /// `api_tls` and none yet, the first connection's is pinned and kept.
     pub api_tls_fingerprint: Option<String>,
+    /// How the router is reached: directly at `tunnel_address`, or through its region's
+    /// WireGuard tunnel (then `tunnel_address` is its address inside the tunnel prefix).
+    pub reach: Reach,
+    /// A tunnelled router's WireGuard public key (base64); `None` while it is pending
+    /// (not enrolled yet), and always for a direct router.
+    pub tunnel_public_key: Option<String>,
     pub username: String,
     pub status: RouterStatus,
     pub identity: Option<String>,
@@ -146,6 +152,99 @@ pub struct NewRouter {
     pub username: String,
     /// Plaintext; encrypted before it reaches the database.
     pub password: String,
+}
+
+/// How Postern reaches a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// At its `tunnel_address`, which the gateway already has a path to (the operator's
+    /// own VPN, a LAN, RouterOS 6).
+    Direct,
+    /// Only through its region's WireGuard tunnel, terminated by the gateway.
+    Tunnel,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Direct => "direct",
+            Reach::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl fmt::Display for Reach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Reach {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Reach::Direct),
+            "tunnel" => Ok(Reach::Tunnel),
+            other => Err(format!("unknown reach {other:?}")),
+        }
+    }
+}
+
+/// Input of `create_tunnel_router`: a router reached through its region's tunnel,
+/// pending until it enrols (`set_router_tunnel_key`). Its tunnel address is the next
+/// free one of `tunnel_prefix` (never `gateway_address`, the network or broadcast
+/// address), chosen in the creating transaction.
+#[derive(Clone)]
+pub struct NewTunnelRouter {
+    pub org_id: OrgId,
+    /// The site to put the router in, created if absent; `None` means the router's name.
+    pub site_name: Option<String>,
+    pub region_id: RegionId,
+    pub name: String,
+    pub tunnel_prefix: ipnet::Ipv4Net,
+    pub gateway_address: std::net::Ipv4Addr,
+    pub api_port: u16,
+    pub ssh_port: u16,
+    pub winbox_port: u16,
+    pub username: String,
+    /// Plaintext; encrypted before it reaches the database.
+    pub password: String,
+}
+
+impl fmt::Debug for NewTunnelRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewTunnelRouter")
+            .field("org_id", &self.org_id)
+            .field("site_name", &self.site_name)
+            .field("region_id", &self.region_id)
+            .field("name", &self.name)
+            .field("tunnel_prefix", &self.tunnel_prefix)
+            .field("gateway_address", &self.gateway_address)
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+/// A region's WireGuard identity: its public key (base64) and when it was made. The
+/// private key is read on its own (`region_tunnel_private_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionTunnel {
+    pub region_id: RegionId,
+    pub public_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An enrolled tunnelled router, as the gateway loads it as a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPeer {
+    pub router_id: RouterId,
+    pub org_id: OrgId,
+    pub region_id: RegionId,
+    pub public_key: String,
+    pub tunnel_address: IpAddr,
 }
 
 /// Input of `update_router`: `None` leaves a field as it is.

@@ -24,8 +24,8 @@ macro_rules! router_sql {
     ($tail:literal) => {
         concat!(
             "SELECT id, org_id, site_id, region_id, name, tunnel_address, api_port, ssh_port, \
-             winbox_port, api_tls, api_tls_fingerprint, username, status, identity, \
-             routeros_version, board_name, uptime, last_seen_at, created_at, updated_at \
+             winbox_port, api_tls, api_tls_fingerprint, reach, tunnel_public_key, username, \
+             status, identity, routeros_version, board_name, uptime, last_seen_at, created_at, updated_at \
              FROM routers ",
             $tail
         )
@@ -65,6 +65,8 @@ pub(crate) fn router_from(r: &impl Get) -> Result<Router> {
         winbox_port: r.port("winbox_port")?,
         api_tls: r.flag("api_tls")?,
         api_tls_fingerprint: r.opt_text("api_tls_fingerprint")?,
+        reach: r.parse("reach")?,
+        tunnel_public_key: r.opt_text("tunnel_public_key")?,
         username: r.text("username")?,
         status: r.parse("status")?,
         identity: r.opt_text("identity")?,
@@ -77,10 +79,16 @@ pub(crate) fn router_from(r: &impl Get) -> Result<Router> {
     })
 }
 
-fn router_conflict(e: sqlx::Error, name: &str, site: &str) -> StoreError {
+pub(crate) fn router_conflict(e: sqlx::Error, name: &str, site: &str) -> StoreError {
     let message = match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
-            if db.message().contains("site_id")
+            if db.message().contains("tunnel_address")
+                || db
+                    .constraint()
+                    .is_some_and(|c| c.contains("tunnel_address"))
+            {
+                "another tunnelled router of the region has that tunnel address".to_owned()
+            } else if db.message().contains("site_id")
                 || db.constraint().is_some_and(|c| c.contains("site_id"))
             {
                 format!("site {site:?} already has a router")
@@ -248,7 +256,7 @@ impl Store {
             let row = sqlx::query(
                 "SELECT r.id, r.org_id, r.site_id, r.region_id, r.name, r.tunnel_address, \
                  r.api_port, r.ssh_port, r.winbox_port, r.api_tls, r.api_tls_fingerprint, \
-                 r.username, r.status, r.identity, \
+                 r.reach, r.tunnel_public_key, r.username, r.status, r.identity, \
                  r.routeros_version, r.board_name, r.uptime, r.last_seen_at, r.created_at, \
                  r.updated_at, g.name AS region_name, g.entry_point AS region_entry_point, \
                  g.port_min AS region_port_min, g.port_max AS region_port_max, \

@@ -55,6 +55,7 @@ impl From<String> for Secret {
 pub(crate) enum Slot {
     RouterPassword,
     AccessPassword,
+    RegionTunnelKey,
 }
 
 impl Slot {
@@ -62,6 +63,7 @@ impl Slot {
         match self {
             Slot::RouterPassword => "routers.password",
             Slot::AccessPassword => "transient_access.password",
+            Slot::RegionTunnelKey => "region_tunnels.private_key",
         }
     }
 }

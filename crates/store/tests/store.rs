@@ -2162,6 +2162,12 @@ mod terminals_suite;
 // One-time WinBox tickets, likewise.
 #[path = "suites/tickets.rs"]
 mod tickets_suite;
+// The management tunnel's keys, addresses and peers, likewise.
+#[path = "suites/tunnels.rs"]
+mod tunnels_suite;
+// Onboarding's enrolment tokens, likewise.
+#[path = "suites/enrollment.rs"]
+mod enrollment_suite;
 
 /// Job leasing: one running job per router, in creation order; leases lapse and are
 /// taken over; a lost lease cannot finish; back-off, hastening, superseding.

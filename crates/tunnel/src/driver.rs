@@ -170,6 +170,9 @@ struct State {
     out: Vec<u8>,
     /// When the driver will next wake by itself; a stream that needs it sooner wakes it.
     deadline: Instant,
+    /// WireGuard's timers are to run at the driver's next wake, not at its next tick (a
+    /// peer was asked to resume).
+    timers_due: bool,
     epoch: Instant,
     streams: usize,
     stats: TunnelStats,
@@ -228,6 +231,7 @@ impl Tunnel {
                             + crate::table::MIN_OUT_BUFFER
                     ],
                     deadline: epoch,
+                    timers_due: false,
                     epoch,
                     streams: 0,
                     stats: TunnelStats::default(),
@@ -266,6 +270,23 @@ impl Tunnel {
             self.shared.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Sends a known peer that has no session a handshake initiation at `endpoint`, where
+    /// an earlier run of the gateway last saw it, retried for
+    /// [`RESUME_WINDOW`](crate::table::RESUME_WINDOW) (see [`PeerTable::resume`]). After
+    /// a restart this brings a router whose NAT mapping its keepalives hold open back at
+    /// once, instead of at its next rekey. Returns whether the peer was armed (known, and
+    /// without a session).
+    pub fn resume_peer(&self, key: &PublicKey, endpoint: SocketAddr) -> bool {
+        let mut st = self.lock();
+        let armed = st.table.resume(key, endpoint, Instant::now());
+        if armed {
+            st.timers_due = true;
+            drop(st);
+            self.shared.wake.notify_one();
+        }
+        armed
     }
 
     /// Removes a peer: its session ends and its streams are reset at once.
@@ -459,7 +480,7 @@ impl Tunnel {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if now >= next_timer {
+            if now >= next_timer || std::mem::take(&mut st.timers_due) {
                 let State { table, stats, .. } = &mut *st;
                 table.update_timers(now, &mut out, |to, datagram| {
                     send(socket, stats, to, datagram)

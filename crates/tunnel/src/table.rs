@@ -8,9 +8,13 @@
 //!
 //! Each peer is one [`boringtun::noise::Tunn`], found by its public key for a handshake
 //! initiation (after the MAC check and the rate limiter, so a flood costs no
-//! Diffie-Hellman) and by its 24-bit index for everything else. The gateway never
-//! initiates: a handshake initiation that a `Tunn`'s timers want to send is dropped and
-//! counted, so a router behind NAT always starts the exchange.
+//! Diffie-Hellman) and by its 24-bit index for everything else. The gateway does not
+//! initiate: a handshake initiation that a `Tunn`'s timers want to send is dropped and
+//! counted, so a router behind NAT starts the exchange. The one exception is
+//! [`PeerTable::resume`]: after a gateway restart, a peer whose last endpoint the caller
+//! remembers is sent an initiation there (and its retries, for [`RESUME_WINDOW`]), so a
+//! router whose NAT mapping its keepalives still hold open is back in a second rather
+//! than at its next rekey, up to two minutes later.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,6 +29,9 @@ use ipnet::Ipv4Net;
 
 use crate::error::PeerError;
 use crate::key::{PrivateKey, PublicKey};
+
+/// How long a resumed peer's handshake is retried (WireGuard's `REKEY_ATTEMPT_TIME`).
+pub const RESUME_WINDOW: Duration = Duration::from_secs(90);
 
 /// WireGuard message types, the first byte of every datagram.
 const MSG_HANDSHAKE_INIT: u8 = 1;
@@ -93,8 +100,7 @@ pub struct Counters {
     pub invalid: u64,
     /// Handshakes from a key the table does not know, data for an index it does not know.
     pub unknown_peer: u64,
-    /// Handshake responses and cookie replies: the gateway never initiates, so never
-    /// expects them.
+    /// Handshake responses and cookie replies for a peer the gateway is not resuming.
     pub unexpected: u64,
     /// Decrypted packets whose inner source was not the peer's tunnel address.
     pub wrong_source: u64,
@@ -106,6 +112,8 @@ pub struct Counters {
     pub no_session: u64,
     /// Handshake initiations a peer's timers wanted to send; the gateway only responds.
     pub initiations_suppressed: u64,
+    /// Handshake initiations sent to resume a peer's session ([`PeerTable::resume`]).
+    pub initiations_sent: u64,
     /// Peers refused because the table was full.
     pub table_full: u64,
 }
@@ -136,6 +144,10 @@ struct Peer {
     last_seen: Option<Instant>,
     /// A handshake was answered and the peer's first packet on it is still to come.
     unconfirmed: bool,
+    /// Until when the gateway's own initiations to this peer are sent, not suppressed.
+    resuming_until: Option<Instant>,
+    /// An initiation is to go out on the next timer run.
+    resume_due: bool,
     rx_bytes: u64,
     tx_bytes: u64,
 }
@@ -304,6 +316,8 @@ impl PeerTable {
                 last_handshake: None,
                 last_seen: None,
                 unconfirmed: false,
+                resuming_until: None,
+                resume_due: false,
                 rx_bytes: 0,
                 tx_bytes: 0,
             },
@@ -311,6 +325,24 @@ impl PeerTable {
         self.by_key.insert(key, index);
         self.by_address.insert(address, index);
         Ok(())
+    }
+
+    /// Asks the gateway to start the handshake with a peer that has no session, at the
+    /// endpoint it was last seen at (by an earlier run of the gateway): the initiation goes
+    /// out on the next [`PeerTable::update_timers`], and is retried by WireGuard's timers
+    /// for [`RESUME_WINDOW`] or until the peer answers. A peer that handshakes first is
+    /// simply served as usual. Returns whether the peer was armed.
+    pub fn resume(&mut self, key: &PublicKey, endpoint: SocketAddr, now: Instant) -> bool {
+        let Some(peer) = self.by_key.get(key).and_then(|i| self.peers.get_mut(i)) else {
+            return false;
+        };
+        if peer.tunn.time_since_last_handshake().is_some() {
+            return false;
+        }
+        peer.endpoint.get_or_insert(endpoint);
+        peer.resuming_until = Some(now + RESUME_WINDOW);
+        peer.resume_due = true;
+        true
     }
 
     /// Removes a peer: its sessions end at once. Returns its tunnel address if it was known.
@@ -415,20 +447,44 @@ impl PeerTable {
                 }
             }
             Packet::PacketData(data) => data.receiver_idx >> 8,
-            Packet::HandshakeResponse(_) | Packet::PacketCookieReply(_) => {
-                self.counters.unexpected += 1;
-                return Received::Nothing;
-            }
+            Packet::HandshakeResponse(response) => response.receiver_idx >> 8,
+            Packet::PacketCookieReply(reply) => reply.receiver_idx >> 8,
         };
+        let answer = matches!(
+            packet,
+            Packet::HandshakeResponse(_) | Packet::PacketCookieReply(_)
+        );
         let Some(peer) = self.peers.get_mut(&index) else {
             self.counters.unknown_peer += 1;
             return Received::Nothing;
         };
+        if answer && !peer.resuming_until.is_some_and(|until| now < until) {
+            self.counters.unexpected += 1;
+            return Received::Nothing;
+        }
+        let response = matches!(packet, Packet::HandshakeResponse(_));
         match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::Done => {
                 // A keepalive: authenticated, so the peer is where it came from.
                 peer.authenticated(now, from, datagram.len(), &mut self.counters);
                 Received::Nothing
+            }
+            TunnResult::WriteToNetwork(reply) if response => {
+                // The peer answered the gateway's initiation: the session is confirmed
+                // (its response authenticated it), and the reply is its first keepalive.
+                peer.endpoint = Some(from);
+                peer.last_handshake = Some(now);
+                peer.last_seen = Some(now);
+                peer.unconfirmed = false;
+                peer.resuming_until = None;
+                peer.rx_bytes += datagram.len() as u64;
+                peer.tx_bytes += reply.len() as u64;
+                self.counters.handshakes += 1;
+                self.counters.sessions += 1;
+                Received::Reply {
+                    to: from,
+                    datagram: reply,
+                }
             }
             TunnResult::WriteToNetwork(reply) => {
                 match reply.first().copied() {
@@ -533,10 +589,27 @@ impl PeerTable {
             return;
         }
         for peer in self.peers.values_mut() {
-            match peer.tunn.update_timers(out) {
+            let resuming = peer.resuming_until.is_some_and(|until| now < until);
+            if !resuming {
+                peer.resuming_until = None;
+            }
+            let due = std::mem::take(&mut peer.resume_due) && resuming;
+            let result = if due {
+                peer.tunn.format_handshake_initiation(out, false)
+            } else {
+                peer.tunn.update_timers(out)
+            };
+            match result {
                 TunnResult::WriteToNetwork(datagram) => {
                     if datagram.first() == Some(&MSG_HANDSHAKE_INIT) {
-                        self.counters.initiations_suppressed += 1;
+                        match peer.endpoint.filter(|_| resuming) {
+                            Some(endpoint) => {
+                                self.counters.initiations_sent += 1;
+                                peer.tx_bytes += datagram.len() as u64;
+                                send(endpoint, datagram);
+                            }
+                            None => self.counters.initiations_suppressed += 1,
+                        }
                     } else if let Some(endpoint) = peer.endpoint {
                         peer.tx_bytes += datagram.len() as u64;
                         send(endpoint, datagram);
@@ -970,5 +1043,73 @@ mod tests {
         let mut sent = 0;
         t.update_timers(now + Duration::from_secs(30), &mut out, |_, _| sent += 1);
         assert_eq!(sent, 0);
+    }
+
+    #[test]
+    fn a_resumed_peer_is_sent_an_initiation_at_its_last_endpoint_and_its_answer_opens_the_session()
+    {
+        let now = Instant::now();
+        let mut t = table(now);
+        let mut r = Router::new(t.public_key());
+        t.upsert(r.public(), ROUTER).unwrap();
+        let mut out = vec![0; 2048];
+
+        assert!(t.resume(&r.public(), addr(7000), now));
+        let mut sent = Vec::new();
+        t.update_timers(now, &mut out, |to, d| sent.push((to, d.to_vec())));
+        assert_eq!(sent.len(), 1, "one initiation");
+        assert_eq!(sent[0].0, addr(7000));
+        assert_eq!(sent[0].1[0], MSG_HANDSHAKE_INIT);
+        assert_eq!(t.counters().initiations_sent, 1);
+
+        // The router answers from its NAT's address; the gateway confirms with a keepalive.
+        let response = r.feed(&sent[0].1).expect("the router answers");
+        assert_eq!(response[0], MSG_HANDSHAKE_RESPONSE);
+        let Received::Reply { to, datagram } = t.receive(now, addr(7000), &response, &mut out)
+        else {
+            panic!("the gateway confirms the session");
+        };
+        assert_eq!(to, addr(7000));
+        let keepalive = datagram.to_vec();
+        assert!(r.feed(&keepalive).is_none(), "a keepalive");
+        assert!(t.has_session(ROUTER));
+        assert_eq!(t.counters().sessions, 1);
+
+        // The session carries packets both ways.
+        let down = t
+            .encapsulate(&ipv4(GATEWAY, ROUTER, b"down"), &mut out)
+            .map(|(_, d)| d.to_vec())
+            .expect("sent");
+        assert!(r.receive_packet(&down).ends_with(b"down"));
+
+        // A second resume is refused: the peer has a session.
+        assert!(!t.resume(&r.public(), addr(7001), now));
+    }
+
+    #[test]
+    fn answers_to_initiations_never_sent_are_refused_and_resumes_end() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let mut r = Router::new(t.public_key());
+        t.upsert(r.public(), ROUTER).unwrap();
+        let mut out = vec![0; 2048];
+        // Resume, but the window passes without an answer: retries stop.
+        assert!(t.resume(&r.public(), addr(7000), now));
+        let mut sent = Vec::new();
+        t.update_timers(now, &mut out, |_, d| sent.push(d.to_vec()));
+        assert_eq!(sent.len(), 1);
+        let late = r.feed(&sent[0]).expect("an answer");
+        let after = now + RESUME_WINDOW + Duration::from_secs(1);
+        let mut more = 0;
+        t.update_timers(after, &mut out, |_, _| more += 1);
+        assert_eq!(more, 0, "nothing after the window");
+        assert_eq!(
+            t.receive(after, addr(7000), &late, &mut out),
+            Received::Nothing
+        );
+        assert_eq!(t.counters().unexpected, 1);
+        assert!(!t.has_session(ROUTER));
+        // An unknown key is not armed.
+        assert!(!t.resume(&PrivateKey::generate().unwrap().public_key(), addr(1), now));
     }
 }

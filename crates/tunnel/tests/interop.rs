@@ -231,7 +231,7 @@ async fn wireguard_go_router_roams_and_survives_a_gateway_restart() {
         chatter
     })
     .unwrap();
-    let _chatter = tokio::spawn(async move {
+    let chatter = tokio::spawn(async move {
         loop {
             let _ = chatter.send_to(b"router traffic", (GATEWAY, 9)).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -248,6 +248,23 @@ async fn wireguard_go_router_roams_and_survives_a_gateway_restart() {
         running.tunnel.stats().table.unknown_peer > 0,
         "the old session's packets were refused"
     );
+
+    // Restarted again, the gateway now remembers where the router was and resumes it:
+    // it initiates there itself, so the router is back at once, with nothing of its own
+    // to send (keepalives alone would wait for its next rekey, up to two minutes).
+    chatter.abort();
+    drop(stream);
+    let endpoint = running.tunnel.peer(&router).unwrap().endpoint.unwrap();
+    running.stop().await;
+    let (running, _) = start(&key, gateway_udp, Some(router), Duration::from_secs(5));
+    let restarted = Instant::now();
+    assert!(running.tunnel.resume_peer(&router, endpoint));
+    let mut stream = running.tunnel.dial(ROUTER, ECHO_PORT).await.unwrap();
+    let resumed = restarted.elapsed();
+    eprintln!("resumed by the gateway after its restart: {resumed:?}");
+    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
+    assert_eq!(running.tunnel.stats().table.initiations_sent, 1);
+    echo_round_trip(&mut stream, 64 << 10, 5).await;
 
     // Removing the peer ends its streams at once.
     assert!(running.tunnel.remove_peer(&router));

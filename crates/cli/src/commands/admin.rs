@@ -1,5 +1,6 @@
 //! `postern admin …`: administration straight on a data directory, for scripts and first
-//! steps. `create-token` prints the new API token alone on standard output; `backup`
+//! steps. `create-token` prints the new API token alone on standard output, `add-site`
+//! the enrolment line of a new site alone; `backup`
 //! and `restore` copy a data directory out and back (`server::backup`).
 
 use std::path::PathBuf;
@@ -12,6 +13,9 @@ use server::config::{Overrides, ServerConfig};
 pub enum Command {
     /// Make an API token and print it (alone) on standard output.
     CreateToken(CreateToken),
+    /// Add a site to onboard (a pending router reached through its region's tunnel) and
+    /// print the line to paste into the router's terminal (alone) on standard output.
+    AddSite(AddSite),
     /// Copy the database (consistently, while servers run) and its key into a new
     /// directory OUT, readable by its owner only.
     Backup(BackupArgs),
@@ -45,6 +49,21 @@ impl Location {
             },
         )?)
     }
+}
+
+#[derive(clap::Args)]
+pub struct AddSite {
+    #[command(flatten)]
+    location: Location,
+    /// The site's name (also its router's).
+    #[arg(long)]
+    name: String,
+    /// The region [default: the first configured one].
+    #[arg(long)]
+    region: Option<String>,
+    /// The organisation [default: "default"].
+    #[arg(long)]
+    org: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +114,7 @@ pub struct CreateToken {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::CreateToken(args) => create_token(args),
+        Command::AddSite(args) => add_site(args),
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
     }
@@ -165,5 +185,40 @@ fn create_token(args: CreateToken) -> anyhow::Result<()> {
         .await
     })?;
     println!("{token}");
+    Ok(())
+}
+
+fn add_site(args: AddSite) -> anyhow::Result<()> {
+    let config = args.location.load()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let line = runtime.block_on(async {
+        // Opening the store brings the regions (and their tunnel keys) up to date.
+        let store = server::bootstrap::open_store(&config).await?;
+        let wanted = args.org.as_deref().unwrap_or("default");
+        let org = store
+            .find_organisation_by_name(wanted)
+            .await?
+            .with_context(|| {
+                format!(
+                    "no organisation named {wanted:?}: start `postern server` once on this data directory first"
+                )
+            })?;
+        let asker = server::sites::Asker {
+            org_id: org.id,
+            actor: "cli".into(),
+            address: None,
+        };
+        let (_, _, line) = server::sites::add_site(
+            &store,
+            &config,
+            &asker,
+            &args.name,
+            args.region.as_deref(),
+            chrono::Utc::now(),
+        )
+        .await?;
+        anyhow::Ok(line)
+    })?;
+    println!("{}", line.command);
     Ok(())
 }

@@ -34,6 +34,28 @@ pub struct SimArgs {
     /// The RouterOS version the routers claim (7.18+ sends `!empty`).
     #[arg(long, default_value = "7.18.2")]
     pub routeros_version: String,
+    /// Put the routers behind NAT: they open no TCP port on their address at all (the
+    /// ports printed are 0) and are reachable only through the WireGuard tunnel each
+    /// builds once its configuration has a peer (what Postern's enrolment line sets
+    /// up). Inside the tunnel they serve RouterOS's ports (`/ip service`).
+    #[arg(long)]
+    pub behind_nat: bool,
+    /// Build each router's tunnel with Debian's wireguard-go, wg and ip (TUN device
+    /// `wgsim<N>` in this process's network namespace; needs root) instead of the
+    /// built-in userspace WireGuard.
+    #[arg(long)]
+    pub wireguard_external: bool,
+    /// Read console lines from standard input, as a router's serial console (logged in
+    /// as admin): each line (or a multi-line paste) runs on the first router, or on
+    /// `sim-N` when prefixed with `sim-N> `; the output goes to standard output. How
+    /// to paste an enrolment line into a router behind NAT.
+    #[arg(long)]
+    pub console: bool,
+    /// CA certificates (PEM) the routers' `/tool fetch` trusts with
+    /// `check-certificate=yes` or `yes-without-crl` (without it only
+    /// `check-certificate=no` fetches over https).
+    #[arg(long, value_name = "PEM")]
+    pub trust_pem: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -54,6 +76,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         },
         admin_password: args.admin_password,
         version: args.routeros_version,
+        behind_nat: args.behind_nat,
+        wireguard_external: args.wireguard_external,
+        trust_pem: args.trust_pem,
         ..FleetOptions::default()
     };
     // Installed before the lines are printed, so a signal sent right after them is
@@ -76,6 +101,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
                 "admin_user": "admin",
                 "tls_fingerprint_sha256": r.tls.fingerprint_sha256,
                 "ssh_host_key": r.ssh_fingerprint,
+                "behind_nat": r.behind_nat,
             });
             if r.password_generated
                 && let Some(map) = line.as_object_mut()
@@ -86,7 +112,63 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
+    if args.console {
+        let routers = fleet.routers.iter().map(|r| r.router().clone()).collect();
+        tokio::spawn(console(routers));
+    }
     stop.await;
     fleet.shutdown().await;
     Ok(())
+}
+
+/// The routers' console on standard input (read on a thread of its own: a line at a
+/// time, passed on through a channel).
+async fn console(routers: Vec<sim::Router>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let caller = sim::Caller {
+        user: "admin".into(),
+        policies: sim::state::Policies::ALL,
+    };
+    let mut pending = String::new();
+    let mut cwd = Vec::new();
+    while let Some(line) = rx.recv().await {
+        pending.push_str(&line);
+        pending.push('\n');
+        if sim::ssh::console::is_open(&pending) {
+            continue;
+        }
+        let text = std::mem::take(&mut pending);
+        let (router, text) = pick(&routers, &text);
+        let Some(router) = router else {
+            println!("no such router");
+            continue;
+        };
+        let out = sim::ssh::console::run_line(router, &caller, text, &mut cwd).await;
+        let mut output = out.output;
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        print!("{output}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The router a console line is for: `sim-2> line` names one; the first otherwise.
+fn pick<'a>(routers: &'a [sim::Router], text: &'a str) -> (Option<&'a sim::Router>, &'a str) {
+    if let Some((name, rest)) = text.split_once("> ")
+        && !name.contains(char::is_whitespace)
+        && name.starts_with("sim-")
+    {
+        return (routers.iter().find(|r| r.identity() == name), rest);
+    }
+    (routers.first(), text)
 }

@@ -28,6 +28,7 @@ mod admin;
 mod grants;
 mod launcher;
 pub(crate) mod login;
+mod onboard;
 mod shared;
 mod sites;
 mod terminal;
@@ -57,7 +58,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     let guarded = Router::new()
         .route(urls::ROOT, get(sites::root_get))
         .route(urls::LOGOUT, post(login::logout_post))
-        .route(urls::SITES, get(sites::sites_get))
+        .route(urls::SITES, get(sites::sites_get).post(onboard::sites_post))
+        .route(urls::SITE_ENROLLMENT, post(onboard::site_enrollment_post))
         .route(urls::SITE, get(sites::site_get))
         .route(
             urls::SITE_ACCESS,

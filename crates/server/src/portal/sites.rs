@@ -40,6 +40,22 @@ struct SiteRow {
 struct SitesPage {
     l: Layout,
     rows: Vec<SiteRow>,
+    /// The Add site form, for writers: the regions to pick from, what was typed, and
+    /// why it was refused.
+    can_add: bool,
+    regions: Vec<String>,
+    name: String,
+    region: String,
+    error: String,
+}
+
+/// A router's status as shown: `pending` until a tunnelled router enrols.
+pub(super) fn shown_status(r: &store::Router) -> &'static str {
+    if r.reach == store::Reach::Tunnel && r.tunnel_public_key.is_none() {
+        "pending"
+    } else {
+        status_word(r.status)
+    }
 }
 
 fn status_word(s: RouterStatus) -> &'static str {
@@ -65,6 +81,17 @@ pub async fn sites_get(
     State(state): State<AppState>,
     signed: Signed,
 ) -> Result<Response, PortalError> {
+    sites_page(&state, &signed, None, axum::http::StatusCode::OK).await
+}
+
+/// The sites page, with the Add site form as typed and its error after a refusal.
+pub(super) async fn sites_page(
+    state: &AppState,
+    signed: &Signed,
+    refused: Option<(super::onboard::AddSiteForm, String)>,
+    status: axum::http::StatusCode,
+) -> Result<Response, PortalError> {
+    let state = state.clone();
     let org = signed.caller.org_id;
     let regions = region_names(&state).await?;
     let mut rows = Vec::new();
@@ -96,14 +123,30 @@ pub async fn sites_get(
             region: router
                 .and_then(|r| regions.get(&r.region_id).cloned())
                 .unwrap_or_else(|| "—".into()),
-            status: router.map_or("unknown", |r| status_word(r.status)),
+            status: router.map_or("unknown", shown_status),
             live,
         });
     }
-    render(&SitesPage {
-        l: Layout::new(&state, &signed, "Sites", "sites"),
+    let (typed, error) = match refused {
+        Some((form, error)) => (Some(form), error),
+        None => (None, String::new()),
+    };
+    let mut response = render(&SitesPage {
+        l: Layout::new(&state, signed, "Sites", "sites"),
         rows,
-    })
+        can_add: signed.caller.role.can_write(),
+        regions: state
+            .config
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect(),
+        name: typed.as_ref().map(|f| f.name.clone()).unwrap_or_default(),
+        region: typed.map(|f| f.region).unwrap_or_default(),
+        error,
+    })?;
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 /// One tab of the site page.
@@ -177,7 +220,7 @@ pub(super) fn respond(
     render(&SitePage {
         l: Layout::new(state, signed, site.name.clone(), "sites"),
         name: site.name.clone(),
-        status: router.map_or("unknown", |r| status_word(r.status)),
+        status: router.map_or("unknown", shown_status),
         tabs,
         panel,
         actions: super::terminal::button(signed, site.id, router.is_some())?,
@@ -218,6 +261,49 @@ struct Overview {
     stuck: Vec<(String, String)>,
     /// The Terminal button and the recorded sessions (`portal::terminal`).
     terminal: String,
+    /// A tunnelled router's onboarding: its pending line, the removal script
+    /// (`portal::onboard`).
+    onboarding: String,
+}
+
+/// A tunnelled router's tunnel as the API's `tunnel` field has it: the gateway's address,
+/// the router's public endpoint as the gateway sees it, the last handshake, bytes each
+/// way.
+fn tunnel_facts(
+    state: &AppState,
+    r: &store::Router,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Fact> {
+    let tunnels = state.gateway.as_ref().map(|g| g.tunnels());
+    let view = crate::routes::router_view(r, &[], tunnels);
+    let Some(t) = view.tunnel else {
+        return Vec::new();
+    };
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| NOT_REPORTED.into());
+    vec![
+        Fact {
+            label: "Gateway tunnel address",
+            value: or_none(t.gateway_address),
+        },
+        Fact {
+            label: "Router's public endpoint",
+            value: or_none(t.endpoint),
+        },
+        Fact {
+            label: "Last handshake",
+            value: t
+                .last_handshake_at
+                .and_then(|at| at.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .map_or_else(
+                    || NOT_REPORTED.into(),
+                    |at| format!("{} ({})", ago(now, at), human(at)),
+                ),
+        },
+        Fact {
+            label: "Tunnel bytes (from / to the router)",
+            value: format!("{} / {}", t.rx_bytes, t.tx_bytes),
+        },
+    ]
 }
 
 /// `GET /sites/{id}`: the Overview tab.
@@ -232,8 +318,10 @@ pub async fn site_get(
     let mut facts = Vec::new();
     let mut terminal = String::new();
     let mut stuck = Vec::new();
+    let mut onboarding = String::new();
     if let Some(r) = &router {
         terminal = super::terminal::overview(&state, &signed, &site, r).await?;
+        onboarding = super::onboard::panel(&state, &signed, &site, r).await?;
         stuck = state
             .store
             .stuck_jobs(r.id)
@@ -279,7 +367,7 @@ pub async fn site_get(
             },
             Fact {
                 label: "Status",
-                value: status_word(r.status).into(),
+                value: shown_status(r).into(),
             },
             Fact {
                 label: "Tunnel address",
@@ -297,6 +385,13 @@ pub async fn site_get(
                 ),
             },
             Fact {
+                label: "Reached",
+                value: match r.reach {
+                    store::Reach::Tunnel => "through the management tunnel (WireGuard)".into(),
+                    store::Reach::Direct => "directly, at its address".into(),
+                },
+            },
+            Fact {
                 label: "Live transient access",
                 value: live_access.to_string(),
             },
@@ -306,11 +401,15 @@ pub async fn site_get(
             },
         ];
     }
+    if let Some(r) = &router {
+        facts.extend(tunnel_facts(&state, r, now));
+    }
     let panel = Overview {
         has_router: router.is_some(),
         facts,
         stuck,
         terminal,
+        onboarding,
     }
     .render()?;
     respond(

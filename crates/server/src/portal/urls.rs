@@ -11,6 +11,7 @@ pub const SITE: &str = "/sites/{site_id}";
 pub const SITE_ACCESS: &str = "/sites/{site_id}/access";
 pub const SITE_FORWARDS: &str = "/sites/{site_id}/forwards";
 pub const SITE_JOBS: &str = "/sites/{site_id}/jobs";
+pub const SITE_ENROLLMENT: &str = "/sites/{site_id}/enrollment";
 pub const SITE_ACCESS_CREDENTIALS: &str = "/sites/{site_id}/access/{grant_id}/credentials";
 pub const SITE_ACCESS_REVOKE: &str = "/sites/{site_id}/access/{grant_id}/revoke";
 pub const SITE_ACCESS_SHARE: &str = "/sites/{site_id}/access/{grant_id}/share";
@@ -44,6 +45,10 @@ pub fn site_access(id: SiteId) -> String {
 
 pub fn site_forwards(id: SiteId) -> String {
     format!("/sites/{id}/forwards")
+}
+
+pub fn site_enrollment(id: SiteId) -> String {
+    format!("/sites/{id}/enrollment")
 }
 
 pub fn site_jobs(id: SiteId) -> String {

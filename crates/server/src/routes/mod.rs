@@ -8,12 +8,14 @@ pub(crate) mod common;
 mod connections;
 mod forwards;
 pub(crate) mod grants;
+mod onboard;
 mod routers;
 pub(crate) mod shares;
 mod signin;
 mod system;
 pub(crate) mod winbox;
 
+pub(crate) use routers::view as router_view;
 pub(crate) use system::healthz;
 
 use axum::Router;
@@ -117,7 +119,10 @@ fn described() -> OpenApiRouter<AppState> {
             routers::router_delete
         ))
         .routes(routes!(routers::router_jobs_get))
-        .routes(routes!(routers::sites_list))
+        .routes(routes!(routers::sites_list, onboard::sites_post))
+        .routes(routes!(onboard::site_enrollment_post))
+        .routes(routes!(onboard::site_removal_get))
+        .routes(routes!(onboard::enroll_get, onboard::enroll_post))
         .routes(routes!(routers::site_get))
         .routes(routes!(routers::regions_list))
         .routes(routes!(routers::me_get))

@@ -12,15 +12,23 @@ use super::common::{Checks, audit, load_router, not_found_as};
 use crate::auth::Caller;
 use crate::dto::{
     CreateRouter, JobLineView, JobView, MeView, PageQuery, RegionView, RouterView, SiteView,
-    UpdateRouter, timestamp,
+    TunnelView, UpdateRouter, timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
 use crate::state::AppState;
 
-/// A router as shown, with its region's name and entry point.
-pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
+/// A router as shown, with its region's name and entry point, and for a tunnelled
+/// router its tunnel as the gateway in this process sees it now (`tunnels`): `status`
+/// is `pending` until it enrols, then online or offline from its last authenticated
+/// datagram (within about three keepalives).
+pub fn view(
+    r: &store::Router,
+    regions: &[store::Region],
+    tunnels: Option<&crate::tunnels::Tunnels>,
+) -> RouterView {
     let region = regions.iter().find(|g| g.id == r.region_id);
+    let (tunnel, status) = tunnel_view(r, tunnels);
     RouterView {
         id: r.id.to_string(),
         site_id: r.site_id.to_string(),
@@ -34,7 +42,8 @@ pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
         api_tls: r.api_tls,
         api_tls_fingerprint: r.api_tls_fingerprint.clone(),
         username: r.username.clone(),
-        status: r.status.as_str().to_owned(),
+        status,
+        tunnel,
         identity: r.identity.clone(),
         routeros_version: r.routeros_version.clone(),
         board_name: r.board_name.clone(),
@@ -43,6 +52,47 @@ pub fn view(r: &store::Router, regions: &[store::Region]) -> RouterView {
         created_at: timestamp(r.created_at),
         updated_at: timestamp(r.updated_at),
     }
+}
+
+/// A router's `tunnel` and `status`.
+fn tunnel_view(
+    r: &store::Router,
+    tunnels: Option<&crate::tunnels::Tunnels>,
+) -> (Option<TunnelView>, String) {
+    use crate::tunnels::TunnelGateway as _;
+    if r.reach == store::Reach::Direct {
+        return (None, r.status.as_str().to_owned());
+    }
+    let live = tunnels.and_then(|t| t.tunnel_status(r.id));
+    let gateway_address = tunnels
+        .and_then(|t| t.gateway_address(r.region_id))
+        .map(|a| a.to_string());
+    let status = if r.tunnel_public_key.is_none() {
+        "pending"
+    } else if live
+        .as_ref()
+        .is_some_and(|l| l.online(std::time::SystemTime::now()))
+    {
+        "online"
+    } else {
+        "offline"
+    };
+    let at = |t: Option<std::time::SystemTime>| {
+        t.map(|t| timestamp(chrono::DateTime::<chrono::Utc>::from(t)))
+    };
+    let view = TunnelView {
+        kind: "wireguard".to_owned(),
+        address: r.tunnel_address.to_string(),
+        gateway_address,
+        endpoint: live
+            .as_ref()
+            .and_then(|l| l.endpoint)
+            .map(|e| e.to_string()),
+        last_handshake_at: at(live.as_ref().and_then(|l| l.last_handshake_at)),
+        rx_bytes: live.as_ref().map_or(0, |l| l.rx_bytes),
+        tx_bytes: live.as_ref().map_or(0, |l| l.tx_bytes),
+    };
+    (Some(view), status.to_owned())
 }
 
 /// The region named `name`, or the first configured one when none is named.
@@ -92,7 +142,10 @@ pub async fn routers_list(
 ) -> Result<Json<Vec<RouterView>>, ApiError> {
     let routers = state.store.list_routers(caller.org_id).await?;
     let regions = state.store.list_regions().await?;
-    Ok(Json(routers.iter().map(|r| view(r, &regions)).collect()))
+    let tunnels = state.gateway.as_ref().map(|g| g.tunnels());
+    Ok(Json(
+        routers.iter().map(|r| view(r, &regions, tunnels)).collect(),
+    ))
 }
 
 /// Adds a router (and its site, named after it unless `site` is given).
@@ -209,7 +262,11 @@ pub async fn routers_post(
     Ok((
         StatusCode::CREATED,
         headers,
-        Json(view(&router, std::slice::from_ref(&region))),
+        Json(view(
+            &router,
+            std::slice::from_ref(&region),
+            state.gateway.as_ref().map(|g| g.tunnels()),
+        )),
     ))
 }
 
@@ -232,7 +289,11 @@ pub async fn router_get(
 ) -> Result<Json<RouterView>, ApiError> {
     let router = load_router(&state, &caller, &router_id).await?;
     let region = state.store.get_region(router.region_id).await?;
-    Ok(Json(view(&router, std::slice::from_ref(&region))))
+    Ok(Json(view(
+        &router,
+        std::slice::from_ref(&region),
+        state.gateway.as_ref().map(|g| g.tunnels()),
+    )))
 }
 
 /// Changes a router: any subset of its fields.
@@ -276,7 +337,21 @@ pub async fn router_patch(
     if let Some(n) = &req.name {
         patch.name = checks.take(domain::rules::router_name(n));
     }
-    if let Some(t) = &req.tunnel_address {
+    if router.reach == store::Reach::Tunnel {
+        // Its address and region are its place in a region's tunnel, given at creation.
+        if req.tunnel_address.is_some() {
+            checks.push(
+                "tunnel_address",
+                "a tunnelled router's address is allocated in its region's tunnel prefix and cannot be changed",
+            );
+        }
+        if req.region.is_some() {
+            checks.push(
+                "region",
+                "a tunnelled router stays in the region whose tunnel it enrolled with",
+            );
+        }
+    } else if let Some(t) = &req.tunnel_address {
         patch.tunnel_address = checks.take(domain::rules::router_address(t, &state.policy()));
     }
     if let Some(u) = &req.username {
@@ -365,7 +440,11 @@ pub async fn router_patch(
         }
     }
     let region = state.store.get_region(updated.region_id).await?;
-    Ok(Json(view(&updated, std::slice::from_ref(&region))))
+    Ok(Json(view(
+        &updated,
+        std::slice::from_ref(&region),
+        state.gateway.as_ref().map(|g| g.tunnels()),
+    )))
 }
 
 /// What a change did, field by field with the old and the new value (the password only
@@ -443,6 +522,12 @@ pub async fn router_delete(
         .await
         .map_err(|e| not_found_as(e, "router"))?;
     state.lists.invalidate(router.id);
+    if router.reach == store::Reach::Tunnel
+        && let Some(gateway) = &state.gateway
+    {
+        // Its key no longer opens the tunnel.
+        crate::tunnels::TunnelGateway::remove_peer(gateway.tunnels(), router.id);
+    }
     state
         .store
         .append_audit(audit(
@@ -528,12 +613,13 @@ fn site_view(
     site: &store::Site,
     router: Option<&store::Router>,
     regions: &[store::Region],
+    tunnels: Option<&crate::tunnels::Tunnels>,
 ) -> SiteView {
     SiteView {
         id: site.id.to_string(),
         name: site.name.clone(),
         created_at: timestamp(site.created_at),
-        router: router.map(|r| view(r, regions)),
+        router: router.map(|r| view(r, regions, tunnels)),
     }
 }
 
@@ -553,10 +639,11 @@ pub async fn sites_list(
 ) -> Result<Json<Vec<SiteView>>, ApiError> {
     let sites = state.store.list_sites(caller.org_id).await?;
     let regions = state.store.list_regions().await?;
+    let tunnels = state.gateway.as_ref().map(|g| g.tunnels());
     Ok(Json(
         sites
             .iter()
-            .map(|(site, routers)| site_view(site, routers.first(), &regions))
+            .map(|(site, routers)| site_view(site, routers.first(), &regions, tunnels))
             .collect(),
     ))
 }
@@ -585,7 +672,8 @@ pub async fn site_get(
         .await
         .map_err(|e| not_found_as(e, "site"))?;
     let regions = state.store.list_regions().await?;
-    Ok(Json(site_view(&site, routers.first(), &regions)))
+    let tunnels = state.gateway.as_ref().map(|g| g.tunnels());
+    Ok(Json(site_view(&site, routers.first(), &regions, tunnels)))
 }
 
 /// The regions (gateways) routers can be placed in.

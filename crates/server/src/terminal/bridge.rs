@@ -231,7 +231,15 @@ async fn connect(
         ..client::Config::default()
     });
     let login = async {
-        let mut ssh = client::connect(config, address, Client { fingerprint })
+        // The one way to the router: TCP when reached directly, its tunnel otherwise.
+        let stream = match &state.gateway {
+            Some(plane) => {
+                crate::tunnels::TunnelGateway::dial(plane.tunnels(), router, router.ssh_port).await
+            }
+            None => orchestrator::dial_direct(router, router.ssh_port).await,
+        }
+        .map_err(|e| format!("cannot reach the router's SSH at {address}: {e}"))?;
+        let mut ssh = client::connect_stream(config, stream, Client { fingerprint })
             .await
             .map_err(|e| format!("cannot reach the router's SSH at {address}: {e}"))?;
         let auth = ssh

@@ -1,10 +1,12 @@
-//! The SSH console's command line: RouterOS CLI syntax for the commands the sim knows,
-//! run through the same [`menu`](crate::menu::execute) as the API, printed as RouterOS prints
-//! them (closely, not byte for byte).
+//! The SSH console's command line: what is typed runs through the script interpreter
+//! ([`crate::script`]), so the console, `/import` and scheduler entries accept the same
+//! language, and menus through the same [`menu`](crate::menu::execute) as the API;
+//! `print` output and errors are shown as RouterOS shows them (closely, not byte for
+//! byte). Relative commands run in the directory a path line moved to, shown in the
+//! prompt.
 
-use crate::menu::{self, Menu, Request};
 use crate::router::{Caller, Router};
-use crate::script::{self, Token, Value};
+use crate::script;
 use crate::state::TableKind;
 
 /// What a console line produced.
@@ -15,14 +17,6 @@ pub struct ConsoleOutput {
     pub quit: bool,
     /// The command failed (an exec request exits with status 1).
     pub failed: bool,
-}
-
-fn failure(msg: impl Into<String>) -> ConsoleOutput {
-    ConsoleOutput {
-        output: msg.into(),
-        quit: false,
-        failed: true,
-    }
 }
 
 fn quote(v: &str) -> String {
@@ -37,7 +31,7 @@ fn quote(v: &str) -> String {
 }
 
 /// `key: value` lines with keys right-aligned, as `print` shows a single item.
-fn format_single(row: &[(String, String)]) -> String {
+pub(crate) fn format_single(row: &[(String, String)]) -> String {
     let width = row.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     row.iter()
         .map(|(k, v)| format!("{:>w$}: {}\n", k, v, w = width + 2))
@@ -45,7 +39,7 @@ fn format_single(row: &[(String, String)]) -> String {
 }
 
 /// Numbered items with flags and comments, as `print detail` shows a table.
-fn format_table(kind: TableKind, rows: &[Vec<(String, String)>]) -> String {
+pub(crate) fn format_table(kind: TableKind, rows: &[Vec<(String, String)>]) -> String {
     let mut out = String::new();
     let has_disabled = kind.schema().access("disabled").is_some();
     if has_disabled {
@@ -74,8 +68,31 @@ fn format_table(kind: TableKind, rows: &[Vec<(String, String)>]) -> String {
     out
 }
 
-/// Runs one console line as `caller`.
-pub fn run_line(router: &Router, caller: &Caller, line: &str) -> ConsoleOutput {
+/// Whether `text` leaves a quote or a bracket open (the console then waits for the
+/// lines that close it, as RouterOS's does for a pasted multi-line script).
+pub fn is_open(text: &str) -> bool {
+    script::parse::is_open(text)
+}
+
+/// The prompt: `[admin@sim-1] > `, or with the current directory
+/// `[admin@sim-1] /ip firewall filter> `.
+pub fn prompt(user: &str, identity: &str, cwd: &[String]) -> String {
+    if cwd.is_empty() {
+        format!("[{user}@{identity}] > ")
+    } else {
+        format!("[{user}@{identity}] /{}> ", cwd.join(" "))
+    }
+}
+
+/// Runs what was typed (a line, or several lines of one paste) as `caller`, from the
+/// directory `cwd`, through the script interpreter: what it printed, then the error
+/// that stopped it, as RouterOS's console shows them.
+pub async fn run_line(
+    router: &Router,
+    caller: &Caller,
+    line: &str,
+    cwd: &mut Vec<String>,
+) -> ConsoleOutput {
     let line = line.trim();
     if line.is_empty() {
         return ConsoleOutput::default();
@@ -87,96 +104,21 @@ pub fn run_line(router: &Router, caller: &Caller, line: &str) -> ConsoleOutput {
             failed: false,
         };
     }
-    let Some(tokens) = script::tokenize(line) else {
-        return failure("syntax error (line 1 column 1)");
+    let (mut output, result) = script::run_text(router, caller, line, cwd).await;
+    let failed = match result {
+        Ok(()) => false,
+        Err(e) => {
+            if !output.is_empty() && !output.ends_with('\n') {
+                output.push('\n');
+            }
+            output.push_str(&e.0);
+            true
+        }
     };
-    let words: Vec<String> = tokens
-        .iter()
-        .take_while(|t| matches!(t, Token::Word(_)))
-        .filter_map(|t| match t {
-            Token::Word(w) => Some(w.clone()),
-            _ => None,
-        })
-        .collect();
-    if words.first().is_none_or(|w| !w.starts_with('/')) {
-        let first = words.first().cloned().unwrap_or_default();
-        return failure(format!("bad command name {first} (line 1 column 1)"));
-    }
-    // The longest run of leading words that is a menu and a verb; the rest are
-    // positional arguments (item names or ids, or print flags).
-    let mut split = None;
-    for k in (1..=words.len()).rev() {
-        let path = script::path_of(words.get(..k).unwrap_or_default());
-        if let Ok((menu, verb)) = menu::parse_path(&path) {
-            split = Some((k, path, menu, verb));
-            break;
-        }
-    }
-    let Some((k, path, menu, verb)) = split else {
-        let path = script::path_of(&words);
-        return match menu::parse_path(&path) {
-            Err(t) => failure(
-                t.message
-                    .replace("no such command or directory", "bad command name"),
-            ),
-            Ok(_) => failure("syntax error"),
-        };
-    };
-    let mut req = Request::new(&path);
-    let positional: Vec<String> = words.get(k..).unwrap_or_default().to_vec();
-    if verb != "print" && !positional.is_empty() {
-        req = req.attr("numbers", &positional.join(","));
-    }
-    for t in tokens.iter().skip(words.len()) {
-        match t {
-            Token::Find(conds) | Token::Pair(_, Value::Find(conds)) => {
-                let mut q = Request::new(&path.replace(&format!("/{verb}"), "/print"));
-                for (k, v) in conds {
-                    q = q.query(&format!("?{k}={v}"));
-                }
-                let ids = match menu::execute(router, caller, &q) {
-                    Ok(out) => out
-                        .rows
-                        .iter()
-                        .filter_map(|r| r.iter().find(|(k, _)| k == ".id").map(|(_, v)| v.clone()))
-                        .collect::<Vec<_>>(),
-                    Err(t) => return failure(t.message),
-                };
-                if ids.is_empty() {
-                    return ConsoleOutput::default();
-                }
-                req = req.attr("numbers", &ids.join(","));
-            }
-            Token::Pair(k, Value::Text(v)) => {
-                if verb == "print" && k == "where" {
-                    continue;
-                }
-                req = req.attr(k, v);
-            }
-            Token::Word(w) => return failure(format!("expected end of command near {w}")),
-        }
-    }
-    match menu::execute(router, caller, &req) {
-        Ok(out) => {
-            let output = if verb == "print" {
-                match menu {
-                    Menu::Table(kind) => format_table(kind, &out.rows),
-                    _ => out
-                        .rows
-                        .first()
-                        .map(|r| format_single(r))
-                        .unwrap_or_default(),
-                }
-            } else {
-                String::new()
-            };
-            ConsoleOutput {
-                output,
-                quit: false,
-                failed: false,
-            }
-        }
-        Err(t) => failure(t.message),
+    ConsoleOutput {
+        output,
+        quit: false,
+        failed,
     }
 }
 
@@ -193,36 +135,64 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn identity_in_both_forms() {
+    async fn line(r: &Router, caller: &Caller, text: &str) -> ConsoleOutput {
+        run_line(r, caller, text, &mut Vec::new()).await
+    }
+
+    #[tokio::test]
+    async fn identity_in_both_forms() {
         let r = router();
-        for line in ["/system identity print", "/system/identity/print"] {
-            let out = run_line(&r, &Caller::system(), line);
-            assert_eq!(out.output, "  name: sim-1\n", "{line}");
+        for l in ["/system identity print", "/system/identity/print"] {
+            let out = line(&r, &Caller::system(), l).await;
+            assert_eq!(out.output, "  name: sim-1\n", "{l}");
         }
     }
 
-    #[test]
-    fn writes_and_permissions() {
+    #[tokio::test]
+    async fn writes_and_permissions() {
         let r = router();
-        let out = run_line(
+        let out = line(
             &r,
             &Caller::system(),
             "/user add name=x group=read password=y",
-        );
+        )
+        .await;
         assert!(!out.failed, "{out:?}");
         let reader = Caller {
             user: "x".into(),
             policies: r.state().group_policies("read").unwrap(),
         };
-        let out = run_line(&r, &reader, "/system identity set name=z");
+        let out = line(&r, &reader, "/system identity set name=z").await;
         assert_eq!(out.output, "not enough permissions (9)");
         assert!(out.failed);
-        let out = run_line(&r, &reader, "/user print");
+        let out = line(&r, &reader, "/user print").await;
         assert!(out.output.contains("name=x group=read"), "{}", out.output);
-        let out = run_line(&r, &Caller::system(), "/user remove x");
+        let out = line(&r, &Caller::system(), "/user remove x").await;
         assert!(!out.failed, "{out:?}");
-        let out = run_line(&r, &Caller::system(), "/frob print");
-        assert!(out.output.starts_with("bad command name"), "{}", out.output);
+        let out = line(&r, &Caller::system(), "/frob print").await;
+        assert_eq!(out.output, "bad command name frob (line 1 column 1)");
+    }
+
+    #[tokio::test]
+    async fn a_path_line_moves_the_console_and_the_prompt() {
+        let r = router();
+        let mut cwd = Vec::new();
+        run_line(&r, &Caller::system(), "/ip firewall filter", &mut cwd).await;
+        assert_eq!(
+            prompt("admin", "sim-1", &cwd),
+            "[admin@sim-1] /ip firewall filter> "
+        );
+        let out = run_line(
+            &r,
+            &Caller::system(),
+            "add chain=input action=drop",
+            &mut cwd,
+        )
+        .await;
+        assert!(!out.failed, "{out:?}");
+        assert_eq!(r.state().filter.items.len(), 1);
+        assert!(is_open(":if (1 = 1) do={"));
+        assert!(!is_open(":put \"{\""));
+        assert!(!is_open("# a comment with a { in it\n:put x"));
     }
 }

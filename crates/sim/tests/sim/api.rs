@@ -370,8 +370,8 @@ async fn traps_and_categories() {
             None,
         ),
         (
-            vec!["/ip/address/print"],
-            "no such command or directory (address)",
+            vec!["/ip/route/print"],
+            "no such command or directory (route)",
             Some(0),
         ),
         (

@@ -12,6 +12,7 @@
 mod common;
 
 mod api;
+mod enroll;
 mod faults;
 mod fleet;
 mod layout;

@@ -10,7 +10,7 @@ use russh::keys::{HashAlg, PublicKeyOrCertificate};
 
 use crate::common::*;
 
-struct Client {
+pub(crate) struct Client {
     expected_fingerprint: String,
 }
 
@@ -31,7 +31,7 @@ impl client::Handler for Client {
     }
 }
 
-async fn ssh_connect(
+pub(crate) async fn ssh_connect(
     r: &postern_sim::RouterHandle,
     user: &str,
     password: &str,
