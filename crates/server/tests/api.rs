@@ -2111,6 +2111,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/winbox/redeem"),
     ("post", "/api/login"),
     ("delete", "/api/login"),
+    ("post", "/api/sites"),
+    ("post", "/api/sites/{site_id}/enrollment"),
+    ("get", "/api/sites/{site_id}/removal"),
+    ("get", "/enroll/{token}"),
+    ("post", "/enroll/{token}"),
     (
         "post",
         "/api/routers/{router_id}/transient-access/{id}/share",
@@ -2270,7 +2275,10 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
             .send()
             .await
             .unwrap();
-        let want = if path == "/api/winbox/redeem" || (path == "/api/login" && method == "post") {
+        let want = if path.starts_with("/enroll/") {
+            // Open: the enrolment token is the credential, and this one is unknown.
+            StatusCode::NOT_FOUND
+        } else if path == "/api/winbox/redeem" || (path == "/api/login" && method == "post") {
             // Open: the ticket is the credential, and no body is no ticket.
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         } else if path.starts_with("/api/") || path == "/metrics" || path == "/login" {
