@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "postern",
     version,
-    about = "Just-in-time remote access to MikroTik routers"
+    about = "Just-in-time remote access to MikroTik routers",
+    after_help = commands::client::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,11 +30,20 @@ enum Command {
     /// Run virtual MikroTik routers (API, API-SSL, SSH, a WinBox-port stand-in) for
     /// tests and demos.
     Sim(commands::sim::SimArgs),
+    #[command(flatten)]
+    Client(commands::client::Command),
 }
 
 fn main() -> std::process::ExitCode {
+    // Run by ssh as its SSH_ASKPASS helper (`postern ssh`): no arguments of ours.
+    if let Some(socket) = std::env::var_os(commands::client::askpass::SOCKET_VAR) {
+        return commands::client::askpass::helper(socket);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Client(cmd) => {
+            return commands::client::run(cmd, <Cli as clap::CommandFactory>::command);
+        }
         Command::Demo(args) => commands::demo::run(args),
         Command::Server(args) => commands::server::run(args),
         Command::Admin(cmd) => commands::admin::run(cmd),

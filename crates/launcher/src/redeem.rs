@@ -76,7 +76,7 @@ pub fn redeem(server: &Origin, ticket: &str, trust: &Trust) -> Result<Login, Red
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    let raw = exchange(server, request.as_bytes(), trust)?;
+    let raw = exchange(server, request.as_bytes(), trust, MAX_RESPONSE)?;
     let (status, body) =
         parse_response(&raw).map_err(|e| RedeemError::Protocol(server.to_string(), e))?;
     let value: serde_json::Value = serde_json::from_slice(&body)
@@ -121,8 +121,49 @@ fn plain(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// One HTTP/1.1 request to a Postern server and its status and body: `method` and
+/// `path`, `headers` (lines without their CRLF, e.g. `Authorization: Bearer …`) and a
+/// body, over HTTPS or plain HTTP as `server` says, answers up to `max` bytes. The
+/// client commands of `postern` talk to the API through this too.
+pub fn request(
+    server: &Origin,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+    trust: &Trust,
+    max: usize,
+) -> Result<(u16, Vec<u8>), RedeemError> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        server.authority(),
+        body.len()
+    );
+    for h in headers {
+        if h.contains(['\r', '\n']) {
+            return Err(RedeemError::Protocol(
+                server.to_string(),
+                "a header holds a line break",
+            ));
+        }
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    let answer = exchange(server, &raw, trust, max)?;
+    parse_response(&answer).map_err(|e| RedeemError::Protocol(server.to_string(), e))
+}
+
 /// Sends `request` and reads the whole answer (the server closes the connection).
-fn exchange(server: &Origin, request: &[u8], trust: &Trust) -> Result<Vec<u8>, RedeemError> {
+fn exchange(
+    server: &Origin,
+    request: &[u8],
+    trust: &Trust,
+    max: usize,
+) -> Result<Vec<u8>, RedeemError> {
     let name = server.to_string();
     let connect_error = |e: std::io::Error| RedeemError::Connect(name.clone(), e.to_string());
     let host = match &server.host {
@@ -153,7 +194,7 @@ fn exchange(server: &Origin, request: &[u8], trust: &Trust) -> Result<Vec<u8>, R
         .set_write_timeout(Some(TIMEOUT))
         .map_err(connect_error)?;
     match server.scheme {
-        Scheme::Http => talk(stream, request).map_err(connect_error),
+        Scheme::Http => talk(stream, request, max).map_err(connect_error),
         Scheme::Https => {
             let config = tls_config(trust)?;
             let server_name = rustls_pki_types::ServerName::try_from(host)
@@ -161,7 +202,7 @@ fn exchange(server: &Origin, request: &[u8], trust: &Trust) -> Result<Vec<u8>, R
             let conn = rustls::ClientConnection::new(config, server_name)
                 .map_err(|e| RedeemError::Tls(name.clone(), e.to_string()))?;
             let tls = rustls::StreamOwned::new(conn, stream);
-            talk(tls, request).map_err(|e| {
+            talk(tls, request, max).map_err(|e| {
                 match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                     Some(tls_error) => RedeemError::Tls(name.clone(), tls_error.to_string()),
                     None => RedeemError::Connect(name.clone(), e.to_string()),
@@ -171,8 +212,8 @@ fn exchange(server: &Origin, request: &[u8], trust: &Trust) -> Result<Vec<u8>, R
     }
 }
 
-/// Writes the request and reads until the server closes, at most [`MAX_RESPONSE`].
-fn talk(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Writes the request and reads until the server closes, at most `max` bytes.
+fn talk(mut stream: impl Read + Write, request: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
     stream.write_all(request)?;
     stream.flush()?;
     let mut raw = Vec::new();
@@ -182,7 +223,7 @@ fn talk(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<Vec<u8
             Ok(0) => break,
             Ok(n) => {
                 raw.extend_from_slice(buf.get(..n).unwrap_or_default());
-                if raw.len() > MAX_RESPONSE {
+                if raw.len() > max {
                     return Err(std::io::Error::other("the answer is too long"));
                 }
                 if complete(&raw) {

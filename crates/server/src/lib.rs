@@ -84,6 +84,8 @@ pub use state::{AppState, Clock, SystemClock};
 pub fn app(state: AppState) -> Router {
     routes::router()
         .merge(portal::router(state.clone()))
+        // One sign-in throttle for the portal's form and the API's `POST /api/login`.
+        .layer(axum::Extension(portal::session::Throttle::default()))
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1189,6 +1189,16 @@ fn guarded_routes() -> Vec<(Method, &'static str, Option<Value>)> {
             "/api/routers/{r}/transient-access/{a}/credentials",
             None,
         ),
+        (
+            Method::POST,
+            "/api/routers/{r}/transient-access/{a}/share",
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/api/routers/{r}/transient-access/{a}/share/00000000-0000-4000-8000-000000000000",
+            None,
+        ),
         (Method::GET, "/api/audit", None),
         (Method::GET, "/api/tokens", None),
         (
@@ -2099,6 +2109,25 @@ async fn admins_manage_tokens_and_users(db: Db) {
 /// Every (method, path) the API has; the OpenAPI document must list exactly these.
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/winbox/redeem"),
+    ("post", "/api/login"),
+    ("delete", "/api/login"),
+    ("post", "/api/sites"),
+    ("post", "/api/sites/{site_id}/enrollment"),
+    ("get", "/api/sites/{site_id}/removal"),
+    ("get", "/enroll/{token}"),
+    ("post", "/enroll/{token}"),
+    (
+        "post",
+        "/api/routers/{router_id}/transient-access/{id}/share",
+    ),
+    (
+        "get",
+        "/api/routers/{router_id}/transient-access/{id}/share",
+    ),
+    (
+        "delete",
+        "/api/routers/{router_id}/transient-access/{id}/share/{share_id}",
+    ),
     ("get", "/api/routers"),
     ("post", "/api/routers"),
     ("get", "/api/routers/{router_id}"),
@@ -2246,7 +2275,10 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
             .send()
             .await
             .unwrap();
-        let want = if path == "/api/winbox/redeem" {
+        let want = if path.starts_with("/enroll/") {
+            // Open: the enrolment token is the credential, and this one is unknown.
+            StatusCode::NOT_FOUND
+        } else if path == "/api/winbox/redeem" || (path == "/api/login" && method == "post") {
             // Open: the ticket is the credential, and no body is no ticket.
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         } else if path.starts_with("/api/") || path == "/metrics" || path == "/login" {
@@ -3132,6 +3164,8 @@ on_both_databases!(
     access_create_options_and_defaults,
     credentials_are_given_to_writers_and_every_read_is_audited,
     winbox_tickets_are_single_use_bound_and_audited,
+    share_links_open_once_are_audited_and_revocable,
+    signing_in_makes_a_token_of_the_users_role_and_is_throttled,
     delete_is_204_revokes_and_repeats_harmlessly,
     patch_extends_and_shortens_within_limits,
     limits_are_configuration_so_a_test_may_allow_seconds,
@@ -3298,4 +3332,354 @@ fn every_module_opens_with_a_doc_comment() {
     }
     let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
     assert!(lib.contains("# Layout"), "the crate root lists its modules");
+}
+
+/// The audit entries with this action.
+async fn audit_entries(s: &TestServer, action: &str) -> Vec<Value> {
+    let (status, body) = s
+        .call(Method::GET, "/api/audit?limit=500", Some(&s.a.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+/// Opens a share link as its recipient would: `GET` the page (spends nothing), then
+/// `POST` its button. The status and page of the POST.
+async fn open_share(s: &TestServer, url: &str) -> (StatusCode, String) {
+    let page = s.http.get(url).send().await.unwrap();
+    let status = page.status();
+    let text = page.text().await.unwrap();
+    if status != StatusCode::OK {
+        return (status, text);
+    }
+    assert!(text.contains("Show the login"), "{text}");
+    let resp = s.http.post(url).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.text().await.unwrap())
+}
+
+async fn share_links_open_once_are_audited_and_revocable(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let router = s.router(&s.a.admin, "r").await;
+    let (_, grant) = s
+        .access(
+            &s.a.operator,
+            &router,
+            json!({"type": "ssh", "allow_from": "203.0.113.9"}),
+        )
+        .await;
+    let id = grant["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/routers/{router}/transient-access/{id}");
+    let (_, creds) = s
+        .call(
+            Method::GET,
+            &format!("{base}/credentials"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    let password = creds["password"].as_str().unwrap().to_owned();
+
+    // Viewers may not share; operators may, and the link is in that answer alone.
+    let (status, _) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let resp = s
+        .http
+        .post(format!("{}{base}/share", s.base))
+        .bearer_auth(&s.a.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let share: Value = resp.json().await.unwrap();
+    let url = share["url"].as_str().unwrap().to_owned();
+    assert!(url.contains("/shared/shr_"), "{url}");
+    assert_eq!(share["state"], "unused");
+    assert_eq!(share["expires_at"], grant["expires_at"]);
+    let secret = url.rsplit('/').next().unwrap().to_owned();
+    let url = format!("{}/shared/{secret}", s.base);
+    // The link holds no password, and the list never shows the link again.
+    assert!(!url.contains(&password));
+    let (_, listed) = s
+        .call(
+            Method::GET,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert!(listed[0]["url"].is_null(), "{listed}");
+    assert!(!listed.to_string().contains(&secret));
+
+    // Looking at the page spends nothing; its button shows the login, once.
+    let peek = s.http.get(&url).send().await.unwrap();
+    assert_eq!(peek.status(), StatusCode::OK);
+    assert!(!peek.text().await.unwrap().contains(&password));
+    assert!(audit_entries(&s, "access.share.open").await.is_empty());
+    let (status, page) = open_share(&s, &url).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains(&password), "{page}");
+    assert!(page.contains(grant["username"].as_str().unwrap()));
+    assert!(
+        page.contains("203.0.113.9"),
+        "the page says who may connect"
+    );
+    let (status, page) = open_share(&s, &url).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!page.contains(&password));
+    assert!(page.contains("cannot be opened"), "{page}");
+
+    // Audited: who made it and from where, when and from where it was opened.
+    let made = audit_entries(&s, "access.share.create").await;
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0]["actor"], "token:ops");
+    assert_eq!(made[0]["target"], format!("access:{id}"));
+    let opened = audit_entries(&s, "access.share.open").await;
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0]["actor"], "token:ops", "{opened:?}");
+    assert_eq!(opened[0]["actor_address"], "127.0.0.1");
+    let refused = audit_entries(&s, "access.share.refused").await;
+    assert_eq!(refused[0]["details"]["reason"], "opened already");
+    let (_, listed) = s
+        .call(
+            Method::GET,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert_eq!(listed[0]["state"], "opened", "{listed}");
+    assert_eq!(listed[0]["opened_from"], "127.0.0.1");
+
+    // Many openers at once: one alone gets the login.
+    let (_, racing) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    let racing_url = format!(
+        "{}/shared/{}",
+        s.base,
+        racing["url"].as_str().unwrap().rsplit('/').next().unwrap()
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, url) = (s.http.clone(), racing_url.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = http.post(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }));
+    }
+    let mut shown = 0;
+    for t in tasks {
+        let (status, page) = t.await.unwrap();
+        if status == StatusCode::OK {
+            assert!(page.contains(&password));
+            shown += 1;
+        } else {
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert!(!page.contains(&password));
+        }
+    }
+    assert_eq!(shown, 1, "one opener alone");
+
+    // Revoked before use: it opens nothing; revoking again changes nothing.
+    let (_, second) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    let second_url = format!(
+        "{}/shared/{}",
+        s.base,
+        second["url"].as_str().unwrap().rsplit('/').next().unwrap()
+    );
+    let share_path = format!("{base}/share/{}", second["id"].as_str().unwrap());
+    let (status, _) = s
+        .call(Method::DELETE, &share_path, Some(&s.a.viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for _ in 0..2 {
+        let (status, body) = s
+            .call(Method::DELETE, &share_path, Some(&s.a.operator), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    assert_eq!(audit_entries(&s, "access.share.revoke").await.len(), 1);
+    let (status, page) = open_share(&s, &second_url).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!page.contains(&password));
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("{base}/share/00000000-0000-4000-8000-000000000000"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A link outlives nothing: once the grant ends it opens nothing, and an ended
+    // grant cannot be shared.
+    let (_, third) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    let third_url = format!(
+        "{}/shared/{}",
+        s.base,
+        third["url"].as_str().unwrap().rsplit('/').next().unwrap()
+    );
+    let (status, _) = s
+        .call(Method::DELETE, &base, Some(&s.a.operator), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, page) = open_share(&s, &third_url).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!page.contains(&password));
+    let reasons: Vec<Value> = audit_entries(&s, "access.share.refused")
+        .await
+        .iter()
+        .map(|e| e["details"]["reason"].clone())
+        .collect();
+    assert!(
+        reasons.contains(&json!("the grant has ended")),
+        "{reasons:?}"
+    );
+    let (status, body) = s
+        .call(
+            Method::POST,
+            &format!("{base}/share"),
+            Some(&s.a.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Malformed and unknown links: the same 404 page, nothing audited.
+    for bad in [
+        "nonsense".to_owned(),
+        format!("shr_{}", "A".repeat(43)),
+        format!("shr_{}%00", "A".repeat(40)),
+    ] {
+        let url = format!("{}/shared/{bad}", s.base);
+        let resp = s.http.post(&url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
+    s.stop().await;
+}
+
+async fn signing_in_makes_a_token_of_the_users_role_and_is_throttled(db: Db) {
+    let Some(s) = TestServer::start(db).await else {
+        return;
+    };
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(&s.a.admin),
+            Some(json!({"username": "olga", "role": "operator", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, me) = s.call(Method::GET, "/api/me", Some(&s.a.admin), None).await;
+    let org = me["organisation"].as_str().unwrap().to_owned();
+    let sign_in = |body: Value| {
+        let http = s.http.clone();
+        let url = format!("{}/api/login", s.base);
+        async move {
+            let resp = http.post(url).json(&body).send().await.unwrap();
+            let status = resp.status();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }
+    };
+    let (status, _, made) = sign_in(json!({
+        "username": "olga",
+        "password": "correct horse battery",
+        "organisation": org,
+        "token_name": "olga's laptop",
+        "expires_in_days": 7,
+    }))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pst_"));
+    assert_eq!(made["role"], "operator");
+    assert!(made["expires_at"].is_string());
+    let (status, me) = s.call(Method::GET, "/api/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["role"], "operator");
+    let created = audit_entries(&s, "token.create").await;
+    assert!(
+        created
+            .iter()
+            .any(|e| e["actor"] == "olga" && e["details"]["via"] == "sign-in"),
+        "{created:?}"
+    );
+    // Bad fields are named; a wrong password and an unknown user get one answer.
+    let (status, _, body) =
+        sign_in(json!({"username": "olga", "password": "x", "expires_in_days": 999})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _, wrong) =
+        sign_in(json!({"username": "olga", "password": "nope", "organisation": org})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, unknown) =
+        sign_in(json!({"username": "nobody", "password": "nope", "organisation": org})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong, unknown);
+    // The token deletes itself (logout); it stops working at once.
+    let (status, _) = s
+        .call(Method::DELETE, "/api/login", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s.call(Method::GET, "/api/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Repeated failures are throttled, with Retry-After, before any hash.
+    let mut throttled = None;
+    for _ in 0..8 {
+        let (status, retry, body) =
+            sign_in(json!({"username": "olga", "password": "guess", "organisation": org})).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            throttled = Some((retry, body));
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (retry, body) = throttled.expect("throttled after repeated failures");
+    assert!(retry.is_some());
+    assert!(
+        body["detail"].as_str().unwrap().contains("try again"),
+        "{body}"
+    );
+    s.stop().await;
 }

@@ -1277,6 +1277,7 @@ async fn viewers_may_look_but_not_add_reveal_or_revoke() {
     assert!(page.contains(&g.username), "viewers see the grants");
     assert!(!page.contains("Add transient access"));
     assert!(!page.contains(">Credentials<") && !page.contains(">Revoke<"));
+    assert!(!page.contains(">Share<"));
     assert!(page.contains("may look but not change"));
     let (status, ..) = p
         .post(
@@ -1287,7 +1288,7 @@ async fn viewers_may_look_but_not_add_reveal_or_revoke() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    for action in ["credentials", "revoke"] {
+    for action in ["credentials", "revoke", "share"] {
         let (status, _, _, body) = p
             .post(
                 &format!("/sites/{}/access/{}/{action}", p.site, g.id),
@@ -1666,5 +1667,111 @@ async fn sites_are_added_with_their_line_and_pending_ones_offer_a_new_one() {
         .await;
     assert!(!overview.contains("Waiting for the router"));
     assert!(overview.contains("directly, at its address"));
+    p.stop().await;
+}
+
+/// The Share button on a grant's row: a one-use link in the dialog (the API's code,
+/// audited), which a person without an account opens once on the public page; a
+/// revoked grant's Share is refused in the dialog.
+#[tokio::test]
+async fn share_makes_a_one_use_link_anyone_can_open_once() {
+    let p = Portal::start().await;
+    let alice = p.sign_in("alice").await;
+    let csrf = p.csrf(&alice).await;
+    let router = p.router_of(p.org, p.site).await;
+    p.post(
+        &format!("/sites/{}/access", p.site),
+        Some(&alice),
+        &[
+            ("csrf", &csrf),
+            ("type", "ssh"),
+            ("allow_from", "198.51.100.7"),
+            ("expire_after_minutes", "60"),
+        ],
+        HeaderMap::new(),
+    )
+    .await;
+    let g = p.store.list_access(p.org, router.id, None).await.unwrap()[0].clone();
+    let password = p.store.access_password(g.id).await.unwrap();
+    let (_, _, page) = p
+        .get(
+            &format!("/sites/{}/access", p.site),
+            Some(&alice),
+            HeaderMap::new(),
+        )
+        .await;
+    let share = format!("/sites/{}/access/{}/share", p.site, g.id);
+    assert!(
+        page.contains(&format!(r#"hx-post="{share}""#)),
+        "a Share button"
+    );
+    assert!(page.contains(">Share<"));
+    // Without the CSRF token: refused.
+    let (status, ..) = p.post(&share, Some(&alice), &[], HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _, dialog) = p
+        .post(
+            &share,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialog}");
+    assert!(
+        !dialog.contains(password.expose()),
+        "the dialog shows a link, not the login"
+    );
+    assert!(
+        dialog.contains("198.51.100.7"),
+        "it says who may still connect"
+    );
+    let link = dialog
+        .split("/shared/")
+        .nth(1)
+        .and_then(|rest| rest.split(['"', '<', ' ']).next())
+        .expect("a /shared/ link in the dialog");
+    assert!(link.starts_with("shr_"), "{link}");
+    assert!(
+        p.actions(p.org)
+            .await
+            .contains(&"access.share.create".to_owned())
+    );
+
+    // Someone without an account: the page has a button; pressing it shows the login.
+    let url = format!("/shared/{link}");
+    let (status, _, page) = p.get(&url, None, HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Show the login"));
+    assert!(!page.contains(password.expose()));
+    let (status, _, _, shown) = p.post(&url, None, &[], HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert!(shown.contains(password.expose()));
+    assert!(shown.contains(&g.username));
+    let (status, _, _, again) = p.post(&url, None, &[], HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!again.contains(password.expose()));
+    let actions = p.actions(p.org).await;
+    assert!(actions.contains(&"access.share.open".to_owned()));
+    assert!(actions.contains(&"access.share.refused".to_owned()));
+
+    // An ended grant cannot be shared: the dialog says why.
+    p.post(
+        &format!("/sites/{}/access/{}/revoke", p.site, g.id),
+        Some(&alice),
+        &[],
+        headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+    )
+    .await;
+    let (status, _, _, dialog) = p
+        .post(
+            &share,
+            Some(&alice),
+            &[],
+            headers(&[("hx-request", "true"), ("x-csrf-token", &csrf)]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dialog}");
+    assert!(dialog.contains("nothing left to share"), "{dialog}");
     p.stop().await;
 }

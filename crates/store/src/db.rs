@@ -460,6 +460,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "enrollment tokens",
             include_str!("../migrations/sqlite/0150_enrollment_tokens.sql"),
         ),
+        // 160: share links for a grant's credentials (a number reserved for them).
+        migration(
+            160,
+            "grant shares",
+            include_str!("../migrations/sqlite/0160_grant_shares.sql"),
+        ),
     ])
 }
 
@@ -563,6 +569,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             150,
             "enrollment tokens",
             include_str!("../migrations/postgres/0150_enrollment_tokens.sql"),
+        ),
+        // 160: share links for a grant's credentials (a number reserved for them).
+        migration(
+            160,
+            "grant shares",
+            include_str!("../migrations/postgres/0160_grant_shares.sql"),
         ),
     ])
 }

@@ -25,6 +25,8 @@
 //! - `tunnels`: the management tunnel: regions' WireGuard keys (private half sealed),
 //!   tunnelled routers (pending until enrolled with their public key) at addresses
 //!   allocated in the region's prefix, and the peers the gateway loads.
+//! - `shares`: share links of a grant's login (by hash), made with their audit entry, opened
+//!   once, revocable.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
 //!   each way, how they ended), written from the gateway's events.
 //! - `terminals`: the portal's terminal sessions and their asciicast recordings.
@@ -154,6 +156,7 @@ pub mod records;
 mod routers;
 pub mod secret;
 mod sessions;
+mod shares;
 mod terminals;
 mod tickets;
 mod tunnels;
@@ -177,6 +180,7 @@ pub use leasing::{
 pub use records::*;
 pub use secret::Secret;
 pub use sessions::{NewSession, Session};
+pub use shares::{GrantShare, NewGrantShare, ShareUse};
 pub use terminals::{NewTerminalSession, TerminalSession};
 pub use tickets::{NewWinboxTicket, TicketUse, WinboxTicket};
 

@@ -384,6 +384,7 @@ pub struct GrantRow {
     /// Names the grant in button labels.
     label: String,
     credentials_url: String,
+    share_url: String,
     details_url: String,
     revoke_url: String,
     /// The replay of its terminal session, for access the Terminal button made.
@@ -467,6 +468,7 @@ impl Common {
             revoked_early: self.revoked_early,
             label,
             credentials_url: String::new(),
+            share_url: String::new(),
             details_url: String::new(),
             revoke_url: String::new(),
             recording_url: None,
@@ -510,6 +512,7 @@ fn access_row(site: domain::SiteId, g: store::TransientAccess) -> (GrantStatus, 
         g.username,
     );
     row.credentials_url = urls::site_access_credentials(site, g.id);
+    row.share_url = urls::site_access_share(site, g.id);
     row.revoke_url = urls::site_access_revoke(site, g.id);
     (status, row)
 }
@@ -1159,6 +1162,62 @@ pub async fn forward_revoke_post(
     )
     .await?;
     after_revoke(&state, &signed, &headers, &site, &router, Which::Forwards).await
+}
+
+/// `POST /sites/{id}/access/{grant}/share`: the Share button: a one-use link to the
+/// grant's credentials for someone without an account (`routes::shares`), shown once.
+pub async fn access_share_post(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((site_id, grant_id)): Path<(String, String)>,
+    origin: crate::routes::winbox::RequestOrigin,
+    headers: HeaderMap,
+) -> Result<Response, PortalError> {
+    let (site, _, grant) = load_access(&state, &signed, &site_id, &grant_id).await?;
+    let back = urls::site_access(site.id);
+    let (share, url) =
+        match crate::routes::shares::make(&state, &signed.caller, &grant, &origin).await {
+            Ok(made) => made,
+            Err(ApiError::Conflict(message)) => {
+                let detail = Detail {
+                    title: format!("Share {}", grant.username),
+                    intro: format!("{message}."),
+                    lines: Vec::new(),
+                    link: None,
+                    launcher: false,
+                    downloads: Vec::new(),
+                    back,
+                };
+                return Ok((
+                    StatusCode::CONFLICT,
+                    detail_response(&state, &signed, &headers, detail)?,
+                )
+                    .into_response());
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let detail = Detail {
+        title: format!("Share {}", grant.username),
+        intro: format!(
+            "Send this link to the person who needs in. It shows the login once, to whoever \
+             opens it first, until {}; after that, or once it is revoked (through the \
+             API), it shows nothing. Connections are still only taken from {}. \
+             Opening it is recorded in the audit log with the opener's address.",
+            human(share.expires_at),
+            grant.allow_from
+        ),
+        lines: vec![Line {
+            label: "Link",
+            value: url,
+            copy: true,
+            secret: true,
+        }],
+        link: None,
+        launcher: false,
+        downloads: Vec::new(),
+        back,
+    };
+    detail_response(&state, &signed, &headers, detail)
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ pub async fn login_get(
 }
 
 /// A hash to verify against when the user does not exist, so both cases cost the same.
-fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash_password("postern dummy password").unwrap_or_default())
 }

@@ -12,6 +12,7 @@
 //!   `<page>_<method>` (`grants`: the Transient Access and Forwarding tabs and their
 //!   forms, which go through the API's own code in `routes::grants`).
 //! - `terminal`: the Terminal button, the terminal's WebSocket, recordings and replay.
+//! - `shared`: a share link's public page (`/shared/{secret}`), opened with a button.
 //! - `launcher`: builds of the WinBox launcher offered for download (from the data
 //!   directory's `launcher/`).
 //!
@@ -26,8 +27,9 @@ pub mod urls;
 mod admin;
 mod grants;
 mod launcher;
-mod login;
+pub(crate) mod login;
 mod onboard;
+mod shared;
 mod sites;
 mod terminal;
 
@@ -48,7 +50,11 @@ use session::Signed;
 pub fn router(state: AppState) -> Router<AppState> {
     let public = Router::new()
         .route(urls::LOGIN, get(login::login_get).post(login::login_post))
-        .route(urls::ASSET, get(assets::asset_get));
+        .route(urls::ASSET, get(assets::asset_get))
+        .route(
+            urls::SHARED,
+            get(shared::shared_get).post(shared::shared_post),
+        );
     let guarded = Router::new()
         .route(urls::ROOT, get(sites::root_get))
         .route(urls::LOGOUT, post(login::logout_post))
@@ -68,6 +74,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             post(grants::access_credentials_post),
         )
         .route(urls::SITE_ACCESS_REVOKE, post(grants::access_revoke_post))
+        .route(urls::SITE_ACCESS_SHARE, post(grants::access_share_post))
         .route(urls::SITE_FORWARD, get(grants::forward_get))
         .route(urls::SITE_FORWARD_REVOKE, post(grants::forward_revoke_post))
         .route(urls::SITE_JOBS, get(sites::site_jobs_get))
@@ -88,7 +95,6 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(guarded)
         .layer(middleware::from_fn_with_state(state, session::csrf_guard))
         .layer(middleware::from_fn(security_headers))
-        .layer(axum::Extension(session::Throttle::default()))
 }
 
 /// Sends a request without a live session to the login page.

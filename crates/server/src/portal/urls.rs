@@ -14,6 +14,9 @@ pub const SITE_JOBS: &str = "/sites/{site_id}/jobs";
 pub const SITE_ENROLLMENT: &str = "/sites/{site_id}/enrollment";
 pub const SITE_ACCESS_CREDENTIALS: &str = "/sites/{site_id}/access/{grant_id}/credentials";
 pub const SITE_ACCESS_REVOKE: &str = "/sites/{site_id}/access/{grant_id}/revoke";
+pub const SITE_ACCESS_SHARE: &str = "/sites/{site_id}/access/{grant_id}/share";
+/// A share link's public page (no session needed): `crate::routes::shares`.
+pub const SHARED: &str = "/shared/{secret}";
 pub const SITE_FORWARD: &str = "/sites/{site_id}/forwards/{grant_id}";
 pub const SITE_FORWARD_REVOKE: &str = "/sites/{site_id}/forwards/{grant_id}/revoke";
 pub const USERS: &str = "/users";
@@ -58,6 +61,10 @@ pub fn site_access_credentials(site: SiteId, grant: AccessId) -> String {
 
 pub fn site_access_revoke(site: SiteId, grant: AccessId) -> String {
     format!("/sites/{site}/access/{grant}/revoke")
+}
+
+pub fn site_access_share(site: SiteId, grant: AccessId) -> String {
+    format!("/sites/{site}/access/{grant}/share")
 }
 
 pub fn site_forward(site: SiteId, grant: ForwardId) -> String {

@@ -11,6 +11,8 @@ mod forwards;
 pub(crate) mod grants;
 mod onboard;
 mod routers;
+pub(crate) mod shares;
+mod signin;
 mod system;
 pub(crate) mod winbox;
 
@@ -68,7 +70,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("pst_…")
                     .description(Some(
-                        "An API token from `postern admin create-token` or POST /api/tokens",
+                        "An API token from `postern admin create-token`, POST /api/tokens or POST /api/login",
                     ))
                     .build(),
             ),
@@ -103,6 +105,11 @@ fn described() -> OpenApiRouter<AppState> {
             access::access_delete
         ))
         .routes(routes!(access::access_credentials_get))
+        .routes(routes!(
+            shares::access_share_post,
+            shares::access_shares_get
+        ))
+        .routes(routes!(shares::access_share_delete))
         .routes(routes!(winbox::winbox_redeem_post))
         .routes(routes!(connections::access_connections_get))
         .routes(routes!(connections::forward_connections_get))
@@ -125,6 +132,7 @@ fn described() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::token_delete))
         .routes(routes!(admin::users_list, admin::users_post))
         .routes(routes!(admin::user_patch, admin::user_delete))
+        .routes(routes!(signin::login_post, signin::login_delete))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
 }
