@@ -963,9 +963,9 @@ mod tls {
         let (addr, peer) = tls_router(&cert).await;
         let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let peer_ip = stream.peer_addr().unwrap().ip();
-        let config = config("router-in-a-tunnel:8729")
+        let pinned = config("router-in-a-tunnel:8729")
             .with_tls(TlsMode::pinned_sha256(&fingerprint.to_string()).unwrap());
-        let client = Client::connect_over(stream, peer_ip, &config)
+        let client = Client::connect_over(stream, peer_ip, &pinned)
             .await
             .unwrap();
         assert_eq!(client.peer_certificate(), Some(fingerprint));
@@ -976,8 +976,8 @@ mod tls {
         let (addr, peer) = tls_router(&cert).await;
         let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let other = make_cert();
-        let config = config("router-in-a-tunnel:8729").with_tls(TlsMode::pinned_der(&other.der));
-        let err = Client::connect_over(stream, peer_ip, &config)
+        let wrong = config("router-in-a-tunnel:8729").with_tls(TlsMode::pinned_der(&other.der));
+        let err = Client::connect_over(stream, peer_ip, &wrong)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Tls { .. }), "{err:?}");
