@@ -970,7 +970,11 @@ mod tls {
             .unwrap();
         assert_eq!(client.peer_certificate(), Some(fingerprint));
         assert_eq!(api::system::identity(&client).await.unwrap(), "tls-router");
-        assert!(peer.await.unwrap());
+        drop(client);
+        let served = tokio::time::timeout(Duration::from_secs(10), peer)
+            .await
+            .expect("the tls peer did not end");
+        assert!(served.unwrap());
 
         // Another certificate pinned: refused before any login, named by the address.
         let (addr, peer) = tls_router(&cert).await;
@@ -982,7 +986,10 @@ mod tls {
             .unwrap_err();
         assert!(matches!(err, Error::Tls { .. }), "{err:?}");
         assert!(err.to_string().contains("router-in-a-tunnel"), "{err}");
-        assert!(!peer.await.unwrap());
+        let served = tokio::time::timeout(Duration::from_secs(10), peer)
+            .await
+            .expect("the tls peer did not end");
+        assert!(!served.unwrap());
     }
 
     #[tokio::test]
