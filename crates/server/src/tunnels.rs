@@ -208,6 +208,12 @@ impl Tunnels {
                 match admitted {
                     Ok((key, a)) => {
                         peers.insert(peer.router_id, (stored.id, key, a));
+                        // Where an earlier run last saw it: start the handshake there.
+                        if let Some(endpoint) =
+                            peer.endpoint.as_deref().and_then(|e| e.parse().ok())
+                        {
+                            tunnel.resume_peer(&key, endpoint);
+                        }
                     }
                     Err(e) => {
                         tracing::error!(router = %peer.router_id, region = %r.name, error = %e, "start-up: the router's tunnel key was not admitted");
@@ -248,13 +254,17 @@ impl Tunnels {
                 },
             );
         }
-        Ok(Tunnels {
+        let tunnels = Tunnels {
             inner: Arc::new(Inner {
                 regions,
                 peers: Mutex::new(peers),
                 tasks: Mutex::new(tasks),
             }),
-        })
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let recorder = tokio::spawn(record_endpoints(tunnels.clone(), store.clone(), stopped));
+        lock(&tunnels.inner.tasks).push((stop, recorder));
+        Ok(tunnels)
     }
 
     /// The gateway's address inside `region`'s tunnel, if served here.
@@ -483,5 +493,46 @@ impl AsyncWrite for TunnelConn {
 impl gateway::Upstream for TunnelConn {
     fn kill(&mut self) {
         self.0.kill();
+    }
+}
+
+/// How often the routers' endpoints are compared with what was last recorded.
+const ENDPOINTS_EVERY: Duration = Duration::from_secs(10);
+
+/// Records in the store where each router is seen (its NAT's address and port) whenever
+/// that changes, so that the next start of a gateway resumes it at once
+/// ([`tunnel::Tunnel::resume_peer`]) rather than at its next rekey.
+async fn record_endpoints(tunnels: Tunnels, store: store::Store, mut stop: oneshot::Receiver<()>) {
+    let mut recorded: HashMap<RouterId, SocketAddr> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(ENDPOINTS_EVERY) => {}
+        }
+        let peers: Vec<(RouterId, RegionId, tunnel::PublicKey)> = lock(&tunnels.inner.peers)
+            .iter()
+            .map(|(router, (region, key, _))| (*router, *region, *key))
+            .collect();
+        let mut changed = Vec::new();
+        for (router, region, key) in peers {
+            let Some(endpoint) = tunnels
+                .inner
+                .regions
+                .get(&region)
+                .and_then(|r| r.tunnel.peer(&key))
+                .and_then(|p| p.endpoint)
+            else {
+                continue;
+            };
+            if recorded.get(&router) != Some(&endpoint) {
+                changed.push((router, endpoint));
+            }
+        }
+        let rows: Vec<(RouterId, String)> =
+            changed.iter().map(|(r, e)| (*r, e.to_string())).collect();
+        match store.set_tunnel_endpoints(&rows).await {
+            Ok(()) => recorded.extend(changed),
+            Err(e) => tracing::warn!(error = %e, "could not record the routers' tunnel endpoints"),
+        }
     }
 }

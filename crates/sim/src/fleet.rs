@@ -346,7 +346,9 @@ impl Default for FleetOptions {
 pub fn nth_address(base: Ipv4Addr, i: u32) -> Option<Ipv4Addr> {
     let a = u32::from(base).checked_add(i)?;
     let ip = Ipv4Addr::from(a);
-    ip.is_loopback().then_some(ip)
+    // On loopback (tests, the demo) a fleet stays inside 127.0.0.0/8; on a host's own
+    // addresses (a router in a network namespace) it only may not run off the end.
+    (ip.is_loopback() || !base.is_loopback()).then_some(ip)
 }
 
 /// Several routers, `sim-1`, `sim-2`, … on consecutive addresses.

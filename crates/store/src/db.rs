@@ -466,6 +466,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "grant shares",
             include_str!("../migrations/sqlite/0160_grant_shares.sql"),
         ),
+        // 170: where the gateway last saw each tunnelled router, to resume it after a restart.
+        migration(
+            170,
+            "tunnel endpoints",
+            include_str!("../migrations/sqlite/0170_tunnel_endpoints.sql"),
+        ),
     ])
 }
 
@@ -575,6 +581,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             160,
             "grant shares",
             include_str!("../migrations/postgres/0160_grant_shares.sql"),
+        ),
+        // 170: where the gateway last saw each tunnelled router, to resume it after a restart.
+        migration(
+            170,
+            "tunnel endpoints",
+            include_str!("../migrations/postgres/0170_tunnel_endpoints.sql"),
         ),
     ])
 }

@@ -245,6 +245,8 @@ pub struct TunnelPeer {
     pub region_id: RegionId,
     pub public_key: String,
     pub tunnel_address: IpAddr,
+    /// Where the gateway last saw the router (`ip:port`), if it ever did.
+    pub endpoint: Option<String>,
 }
 
 /// Input of `update_router`: `None` leaves a field as it is.

@@ -282,7 +282,7 @@ impl Store {
     pub async fn list_tunnel_peers(&self, region: RegionId) -> Result<Vec<TunnelPeer>> {
         db!(self, |p, pg| {
             let rows = sqlx::query(
-                "SELECT id, org_id, region_id, tunnel_public_key, tunnel_address FROM routers \
+                "SELECT id, org_id, region_id, tunnel_public_key, tunnel_address, tunnel_endpoint FROM routers \
                  WHERE region_id = $1 AND reach = 'tunnel' AND tunnel_public_key IS NOT NULL \
                  ORDER BY tunnel_address, id",
             )
@@ -297,10 +297,36 @@ impl Store {
                         region_id: r.parse("region_id")?,
                         public_key: r.text("tunnel_public_key")?,
                         tunnel_address: r.parse("tunnel_address")?,
+                        endpoint: r.opt_text("tunnel_endpoint")?,
                     })
                 })
                 .collect()
         })
+    }
+}
+
+impl Store {
+    /// Records where the gateway now sees these routers (`ip:port`): read back by
+    /// [`Store::list_tunnel_peers`] when a gateway starts, to resume them. One
+    /// transaction; routers that are gone are skipped.
+    pub async fn set_tunnel_endpoints(&self, seen: &[(RouterId, String)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        db_write!(self, |p, pg| {
+            let (_guard, mut tx) = p.begin_write(&self.inner.write_lock).await?;
+            for (router, endpoint) in seen {
+                sqlx::query(
+                    "UPDATE routers SET tunnel_endpoint = $1 WHERE id = $2 AND reach = 'tunnel'",
+                )
+                .bind(endpoint)
+                .bind(router.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 }
 
