@@ -488,7 +488,9 @@ while True:
     let (ok_, out) = ssh_through(&hh(), port, &user, &password, "/system identity print");
     assert!(ok_, "after r2's new source port: {out}");
 
-    // The gateway restarts (the whole server): routers come back, grants resume.
+    // The gateway restarts (the whole server): routers come back, grants resume. (The
+    // gateway records where each router is every 2 s; r2's new port is recorded first.)
+    std::thread::sleep(Duration::from_secs(3));
     {
         let mut g = hh();
         let child = g.child(server);

@@ -497,7 +497,7 @@ impl gateway::Upstream for TunnelConn {
 }
 
 /// How often the routers' endpoints are compared with what was last recorded.
-const ENDPOINTS_EVERY: Duration = Duration::from_secs(10);
+const ENDPOINTS_EVERY: Duration = Duration::from_secs(2);
 
 /// Records in the store where each router is seen (its NAT's address and port) whenever
 /// that changes, so that the next start of a gateway resumes it at once
