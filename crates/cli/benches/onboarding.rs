@@ -69,7 +69,9 @@ async fn run(routers: usize) {
         assert!(!out.failed, "{}", out.output);
         let pasted = started.elapsed();
         loop {
-            let v = server.call("GET", &format!("/api/routers/{router}"), None).await;
+            let v = server
+                .call("GET", &format!("/api/routers/{router}"), None)
+                .await;
             if v["status"] == "online" {
                 break;
             }
@@ -85,7 +87,10 @@ async fn run(routers: usize) {
         common::cpu_model(),
         common::loadavg()
     );
-    println!("{:<34} {:>9} {:>9} {:>9}", "from POST /api/sites to", "p50", "p90", "max");
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "from POST /api/sites to", "p50", "p90", "max"
+    );
     for (what, mut v) in [
         ("the line returned", add),
         ("the paste done (script run)", paste),

@@ -205,7 +205,11 @@ pub async fn tunnel_plan(
     })?;
     let endpoint = region_config.tunnel_endpoint(region_config.tunnel_listen());
     let (endpoint_host, endpoint_port) = split_endpoint(&endpoint).ok_or_else(|| {
-        SiteError::Setup(format!("tunnel endpoint {endpoint:?} is not host:port"))
+        SiteError::Setup(format!(
+            "the region's tunnel endpoint {endpoint:?} names no port routers can reach (no \
+             gateway runs the region in this process): set the region's tunnel_endpoint \
+             or tunnel_listen"
+        ))
     })?;
     Ok(TunnelPlan {
         gateway_address: region_config.tunnel_gateway().into(),

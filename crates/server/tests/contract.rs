@@ -475,7 +475,19 @@ impl Fixtures {
                 json!({}),
             )
             .await;
-        ids.insert("access", access["id"].as_str().unwrap().to_owned());
+        let access_id = access["id"].as_str().unwrap().to_owned();
+        let share = s
+            .post(
+                &format!("/api/routers/{router_id}/transient-access/{access_id}/share"),
+                json!({}),
+            )
+            .await;
+        ids.insert("share_id", share["id"].as_str().unwrap().to_owned());
+        ids.insert("access", access_id);
+        // A pending site: its enrolment token names `/enroll/{token}`.
+        let site = s.post("/api/sites", json!({"name": "fixture-site"})).await;
+        let url = site["enrollment"]["url"].as_str().unwrap();
+        ids.insert("token", url.rsplit('/').next().unwrap().to_owned());
         let user = s
             .post(
                 "/api/users",

@@ -415,7 +415,12 @@ mod tests {
         assert_eq!(nth_address(b, 2), Some("127.0.1.3".parse().unwrap()));
         assert_eq!(nth_address(b, 255), Some("127.0.2.0".parse().unwrap()));
         assert_eq!(nth_address("127.255.255.255".parse().unwrap(), 1), None);
-        assert_eq!(nth_address("10.0.0.1".parse().unwrap(), 0), None);
+        // A fleet on a host's own addresses (a router in a network namespace).
+        assert_eq!(
+            nth_address("10.0.0.1".parse().unwrap(), 1),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(nth_address("255.255.255.255".parse().unwrap(), 1), None);
     }
 
     #[test]

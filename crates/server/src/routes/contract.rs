@@ -165,6 +165,7 @@ fn configured_bounds(doc: &mut Value, config: &ServerConfig, now: DateTime<Utc>)
     regions.push(Value::Null);
     set_property(doc, "CreateRouter", "region", "enum", json!(regions));
     set_property(doc, "UpdateRouter", "region", "enum", json!(regions));
+    set_property(doc, "CreateSite", "region", "enum", json!(regions));
 }
 
 /// `limit` and `offset` of a grant list page the ended grants, so they need `all=true`:

@@ -34,9 +34,14 @@ pub const REPORT_LIMIT: usize = 4096;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSite {
-    /// The site's name, also its router's: 1–64 printable characters, unique in the
-    /// organisation.
-    #[schema(example = "branch-7", max_length = 64)]
+    /// The site's name, also its router's: 1–64 characters, no control characters, no
+    /// white space at either end, unique in the organisation (409).
+    #[schema(
+        example = "branch-7",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub name: String,
     /// A region by name (`GET /api/regions`); the first configured one when absent.
     pub region: Option<String>,
@@ -366,6 +371,7 @@ async fn open_token(
         (status = 200, description = "The script", body = String, content_type = "text/plain",
          headers(("Cache-Control" = String, description = "no-store"))),
         (status = 404, description = "Unknown or malformed token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This server cannot write the script: the router's region has no tunnel here, or no endpoint routers can reach (the detail says what to set)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The token was used, replaced by a newer line, or has expired (the detail says which)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over 30 enrolment requests a minute from this address", body = Problem, content_type = "application/problem+json")
     )

@@ -38,10 +38,17 @@ pub struct SignInForToken {
     pub password: String,
     /// The organisation's name; absent or empty means `default` (or the only one).
     pub organisation: Option<String>,
-    /// A name to recognise the token by in the token list [default: `cli`].
-    #[schema(example = "alice's laptop")]
+    /// A name to recognise the token by in the token list [default: `cli`]: 1–64
+    /// characters, no control characters, no white space at either end.
+    #[schema(
+        example = "alice's laptop",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f])?$"
+    )]
     pub token_name: Option<String>,
     /// Days until the token stops working (1–365) [default: 30].
+    #[schema(minimum = 1, maximum = 365)]
     pub expires_in_days: Option<i64>,
 }
 
