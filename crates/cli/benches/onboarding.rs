@@ -6,7 +6,8 @@
 //! 5 ms until it says `online`. The target: under 5 s on loopback.
 //!
 //! Run: `cargo bench -p postern-cli --bench onboarding` (`POSTERN_BENCH_ROUTERS`,
-//! default 20).
+//! default 12: every router here enrols from 127.0.0.1, and the enrolment routes take
+//! 30 requests a minute from one address, two per router).
 
 #![allow(
     clippy::unwrap_used,
@@ -26,7 +27,7 @@ fn main() {
     let routers: usize = std::env::var("POSTERN_BENCH_ROUTERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(12);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,7 +43,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn run(routers: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start(dir.path(), "warn");
+    let server = common::Server::start(dir.path(), "warn,postern::commands::server=info");
     let fleet = Fleet::start(
         routers,
         "127.0.98.1".parse().unwrap(),

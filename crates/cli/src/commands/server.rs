@@ -108,6 +108,11 @@ pub async fn run_parts(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    // `listen` with port 0 becomes the port bound: the enrolment line names it.
+    let mut config = config;
+    if let Ok(bound) = listener.local_addr() {
+        config.listen = bound;
+    }
     let gateway = server::dataplane::GatewayPlane::start(
         store.clone(),
         &config,
