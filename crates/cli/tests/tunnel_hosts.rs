@@ -391,11 +391,12 @@ while True:
             r["status"] == "online" && !r["tunnel"]["last_handshake_at"].is_null()
         });
         eprintln!(
-            "{name}: pasted to online in {:?} (console said: {})",
+            "{name}: pasted to online in {:?}, online seen {online:?} after the paste \
+             returned (console said: {})",
             started.elapsed(),
             printed.trim()
         );
-        let _ = online;
+        assert!(printed.contains("enrolled"), "the script said: {printed}");
         let r = ok(
             &hh(),
             &token,
@@ -546,6 +547,10 @@ while True:
         String::from_utf8_lossy(&again.stderr)
     );
     eprintln!("a spent line pasted again: {}", said.trim());
+    assert!(
+        said.contains("410 Gone"),
+        "a spent line is refused in words the console shows: {said}"
+    );
     let r = ok(
         &hh(),
         &token,
