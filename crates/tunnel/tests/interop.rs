@@ -256,14 +256,16 @@ async fn wireguard_go_router_roams_and_survives_a_gateway_restart() {
     drop(stream);
     let endpoint = running.tunnel.peer(&router).unwrap().endpoint.unwrap();
     running.stop().await;
-    let (running, _) = start(&key, gateway_udp, Some(router), Duration::from_secs(5));
+    // (Usually a few ms; a lost initiation is sent again 5 s later by WireGuard's timers.
+    // Without resuming, a router with nothing to send waits for its rekey, 2 minutes.)
+    let (running, _) = start(&key, gateway_udp, Some(router), Duration::from_secs(15));
     let restarted = Instant::now();
     assert!(running.tunnel.resume_peer(&router, endpoint));
     let mut stream = running.tunnel.dial(ROUTER, ECHO_PORT).await.unwrap();
     let resumed = restarted.elapsed();
     eprintln!("resumed by the gateway after its restart: {resumed:?}");
-    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
-    assert_eq!(running.tunnel.stats().table.initiations_sent, 1);
+    assert!(resumed < Duration::from_secs(12), "{resumed:?}");
+    assert!(running.tunnel.stats().table.initiations_sent >= 1);
     echo_round_trip(&mut stream, 64 << 10, 5).await;
 
     // Removing the peer ends its streams at once.
