@@ -156,10 +156,14 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             });
         }
     };
+    // A failed enrolment stops the demo, and the demo then fails with its reason.
+    let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
-            Ok(e) = failed_rx => tracing::error!("the demo's routers could not enrol: {e:#}"),
+            Ok(e) = failed_rx => {
+                let _ = reason_tx.send(e);
+            }
         }
     };
     let served = super::server::run_parts(config, store, listener, stop, report).await;
@@ -167,7 +171,11 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         fleet.shutdown().await;
     }
     drop(temp);
-    served
+    served?;
+    match reason_rx.await {
+        Ok(e) => Err(e.context("the demo's routers could not enrol")),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Binds `--listen`, or 127.0.0.1:8080 and, when that is taken, any free port.
