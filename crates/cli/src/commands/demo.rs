@@ -352,7 +352,9 @@ fn print_text(
     line(&format!("  Login      admin / {password}"));
     line(&format!("  API token  {token}"));
     line(&format!("  Data       {}", data_dir.display()));
-    line("  Routers    (sim routers, each a site of its own)");
+    line(
+        "  Routers    (sim routers behind NAT, each a site of its own, reached through its tunnel)",
+    );
     for r in routers {
         line(&format!("    {:<8} {:<12} {}", r.name, r.address, r.id));
     }
