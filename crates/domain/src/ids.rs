@@ -93,6 +93,9 @@ id!(/// A connection through the gateway, as recorded in the store.
 id!(/// One run of a gateway (a `postern server` process): the owner of the connections
     /// it records.
     GatewayRunId, "gateway run id");
+id!(/// A gateway enrolled with `postern admin add-gateway` (a `postern gateway` process, or
+    /// the one inside `postern server`).
+    GatewayId, "gateway id");
 
 #[cfg(test)]
 mod tests {
