@@ -472,6 +472,12 @@ pub(crate) fn sqlite_migrator() -> Migrator {
             "tunnel endpoints",
             include_str!("../migrations/sqlite/0170_tunnel_endpoints.sql"),
         ),
+        // 180: regional gateways with their join tokens, and the control channel's CA.
+        migration(
+            180,
+            "gateways",
+            include_str!("../migrations/sqlite/0180_gateways.sql"),
+        ),
     ])
 }
 
@@ -587,6 +593,12 @@ pub(crate) fn postgres_migrator() -> Migrator {
             170,
             "tunnel endpoints",
             include_str!("../migrations/postgres/0170_tunnel_endpoints.sql"),
+        ),
+        // 180: regional gateways with their join tokens, and the control channel's CA.
+        migration(
+            180,
+            "gateways",
+            include_str!("../migrations/postgres/0180_gateways.sql"),
         ),
     ])
 }

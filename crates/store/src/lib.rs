@@ -25,6 +25,9 @@
 //! - `tunnels`: the management tunnel: regions' WireGuard keys (private half sealed),
 //!   tunnelled routers (pending until enrolled with their public key) at addresses
 //!   allocated in the region's prefix, and the peers the gateway loads.
+//! - `gateways`: regional gateways (pending with a join token by hash, joined once, a
+//!   later join for the region replacing the old) and the control plane's CA (private
+//!   key sealed).
 //! - `shares`: share links of a grant's login (by hash), made with their audit entry, opened
 //!   once, revocable.
 //! - `connections`: connections through the gateway per grant (source, times, bytes
@@ -147,6 +150,7 @@ mod connections;
 mod db;
 mod enrollment;
 mod error;
+mod gateways;
 mod grants;
 mod grouped;
 mod jobs;
@@ -173,6 +177,7 @@ pub use connections::{Connection, ConnectionEnd, GatewayRun, GrantKind, NewConne
 pub use db::WriteStats;
 pub use enrollment::{Enrollment, EnrollmentReport, EnrollmentState, EnrollmentUse, NewEnrollment};
 pub use error::{Result, StoreError};
+pub use gateways::{Gateway, GatewayJoin, JoinedGateway, NewGateway};
 pub use leasing::{
     AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantListener, GrantMove, GrantRef, Intro,
     JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines, LogLine, MoveLine,

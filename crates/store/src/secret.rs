@@ -56,6 +56,7 @@ pub(crate) enum Slot {
     RouterPassword,
     AccessPassword,
     RegionTunnelKey,
+    ControlCaKey,
 }
 
 impl Slot {
@@ -64,6 +65,7 @@ impl Slot {
             Slot::RouterPassword => "routers.password",
             Slot::AccessPassword => "transient_access.password",
             Slot::RegionTunnelKey => "region_tunnels.private_key",
+            Slot::ControlCaKey => "control_ca.private_key",
         }
     }
 }

@@ -2168,6 +2168,9 @@ mod tunnels_suite;
 // Onboarding's enrolment tokens, likewise.
 #[path = "suites/enrollment.rs"]
 mod enrollment_suite;
+// Regional gateways and the control CA, likewise.
+#[path = "suites/gateways.rs"]
+mod gateways_suite;
 
 /// Job leasing: one running job per router, in creation order; leases lapse and are
 /// taken over; a lost lease cannot finish; back-off, hastening, superseding.
