@@ -51,8 +51,10 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole message, `Ok(None)` until one has arrived. An error leaves the
-    /// stream unusable: a frame over the limit, or one that is not a `T`.
+    /// The next whole message, `Ok(None)` until one has arrived. A frame that is not a
+    /// `T` ([`FrameError::Json`]) has been taken: the next call reads the frame after
+    /// it. A frame over the limit leaves the stream unusable.
+    #[allow(clippy::should_implement_trait)] // generic over `T`, and fallible
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(header) = self.buf.get(..HEADER) else {
             return Ok(None);
@@ -132,5 +134,15 @@ mod tests {
         let mut decoder = Decoder::new();
         decoder.push(&encode(&serde_json::json!({"type": "launch_missiles"})).unwrap());
         assert!(matches!(decoder.next::<Down>(), Err(FrameError::Json(_))));
+    }
+
+    #[test]
+    fn a_frame_that_is_not_a_message_is_skipped_and_the_next_one_reads() {
+        let mut decoder = Decoder::new();
+        decoder.push(&encode(&serde_json::json!({"type": "launch_missiles"})).unwrap());
+        decoder.push(&encode(&Down::Synced).unwrap());
+        assert!(matches!(decoder.next::<Down>(), Err(FrameError::Json(_))));
+        assert_eq!(decoder.next::<Down>().unwrap(), Some(Down::Synced));
+        assert_eq!(decoder.buffered(), 0);
     }
 }

@@ -15,6 +15,11 @@
 //!
 //! - [`msg`]: the messages, one type per direction, versioned ([`msg::PROTOCOL`]).
 //! - [`frame`]: length-prefixed frames and their incremental decoder (sans-I/O).
+//! - [`channel`]: the connection, HTTP/2 over any byte stream: a server's [`Channel`]
+//!   (control stream, dial streams), a gateway's [`serve`] and its [`Handler`];
+//!   keepalive, flow control, bounds.
+//! - [`pki`]: the control plane's CA, gateways' and servers' certificates, and the
+//!   rustls configurations that check each side's role (mTLS, TLS 1.3).
 
 #![cfg_attr(
     test,
@@ -26,8 +31,15 @@
     )
 )]
 
+pub mod channel;
 pub mod frame;
 pub mod msg;
+pub mod pki;
+
+pub use channel::{
+    Channel, ChannelConfig, ChannelError, ControlStream, DialIo, DialStream, Handler, serve,
+    serve_with,
+};
 
 #[cfg(test)]
 mod tests {
