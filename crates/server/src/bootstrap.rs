@@ -169,7 +169,10 @@ pub async fn open_store(config: &ServerConfig) -> Result<store::Store, Bootstrap
         store
             .set_region_tunnel_source(stored.id, region.tunnel_source)
             .await?;
-        ensure_region_tunnel(&store, stored.id).await?;
+        // A remote region's key is its gateway's, made there when it joins.
+        if !region.remote() {
+            ensure_region_tunnel(&store, stored.id).await?;
+        }
     }
     Ok(store)
 }

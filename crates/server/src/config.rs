@@ -70,6 +70,22 @@ pub struct RegionConfig {
     /// host and the port the tunnel listens on.
     #[serde(default)]
     pub tunnel_endpoint: Option<String>,
+    /// Who serves the region: `local` (default), this process's own gateway; or
+    /// `remote`, a `postern gateway` enrolled with `postern admin add-gateway`, which
+    /// this server drives over the control channel (then `gateway_bind`,
+    /// `tunnel_listen` and `tunnel_endpoint` are the gateway's business: it says where
+    /// routers reach it when it joins).
+    #[serde(default)]
+    pub gateway: GatewayMode,
+}
+
+/// Who serves a region: see [`RegionConfig::gateway`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayMode {
+    #[default]
+    Local,
+    Remote,
 }
 
 /// The default tunnel prefix of a region.
@@ -90,7 +106,13 @@ impl RegionConfig {
             tunnel_prefix: None,
             tunnel_listen: None,
             tunnel_endpoint: None,
+            gateway: GatewayMode::Local,
         }
+    }
+
+    /// Whether a `postern gateway` serves the region rather than this process.
+    pub fn remote(&self) -> bool {
+        self.gateway == GatewayMode::Remote
     }
 
     /// The region's tunnel prefix (default 100.64.0.0/10), truncated to its network.

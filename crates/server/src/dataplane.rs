@@ -66,10 +66,16 @@ pub enum DataPlaneError {
     Region { name: String, message: String },
 }
 
-/// One region this process serves: where it binds and which ports it hands out.
+/// One region this process serves: where it binds and which ports it hands out; or,
+/// served by a remote gateway, which ports this server offers it.
 struct Region {
     bind: IpAddr,
     ports: Mutex<PortAllocator>,
+    /// Served by a `postern gateway` over the control channel.
+    remote: bool,
+    /// The gateway's address inside the region's tunnel (from the configuration, so
+    /// it is known whether or not the gateway is reachable).
+    tunnel_gateway: std::net::Ipv4Addr,
 }
 
 /// What the event task needs to know of an open grant.
@@ -126,6 +132,8 @@ type Task = (oneshot::Sender<()>, JoinHandle<()>);
 pub struct GatewayPlane {
     gateway: Gateway,
     tunnels: crate::tunnels::Tunnels,
+    /// The remote gateways of `gateway = "remote"` regions.
+    links: Option<crate::links::Links>,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<Task>>>,
 }
@@ -142,6 +150,22 @@ impl std::fmt::Debug for GatewayPlane {
         f.debug_struct("GatewayPlane")
             .field("grants", &self.gateway.grants().len())
             .finish()
+    }
+}
+
+/// The orchestrator's key for the control channel's.
+fn orchestrator_key_of(key: control::msg::GrantKey) -> orchestrator::GrantKey {
+    match key {
+        control::msg::GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
+        control::msg::GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
+    }
+}
+
+/// The orchestrator's key for the gateway's own.
+fn orchestrator_key(key: GrantKey) -> orchestrator::GrantKey {
+    match key {
+        GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
+        GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
     }
 }
 
@@ -216,9 +240,35 @@ impl GatewayPlane {
                 Region {
                     bind: r.bind_address(),
                     ports: Mutex::new(PortAllocator::new(range, config.port_cooldown)),
+                    remote: r.remote(),
+                    tunnel_gateway: r.tunnel_gateway(),
                 },
             );
         }
+        let remote: std::collections::HashSet<RegionId> = regions
+            .iter()
+            .filter(|(_, r)| r.remote)
+            .map(|(id, _)| *id)
+            .collect();
+        let links = if remote.is_empty() {
+            None
+        } else {
+            let identity = crate::links::identity(&store, &crate::links::server_name())
+                .await
+                .map_err(|message| DataPlaneError::Region {
+                    name: "control channel".into(),
+                    message,
+                })?;
+            Some(
+                crate::links::Links::start(
+                    store.clone(),
+                    Arc::new(config.clone()),
+                    identity,
+                    remote,
+                )
+                .await,
+            )
+        };
         let started_at = Utc::now();
         let shared = Arc::new(Shared {
             store,
@@ -232,7 +282,7 @@ impl GatewayPlane {
             live: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
         });
-        let tunnels = crate::tunnels::Tunnels::start(&shared.store, config).await?;
+        let tunnels = crate::tunnels::Tunnels::start(&shared.store, config, links.clone()).await?;
         shared.alive(started_at).await?;
         tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
         shared.sweep(started_at, true).await?;
@@ -241,9 +291,18 @@ impl GatewayPlane {
         let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
         let (stop_beat, beat_stopped) = oneshot::channel();
         let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
+        if let Some(links) = &links {
+            let weak = Arc::downgrade(&shared);
+            links.on_grant_closed(Box::new(move |key| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.forget(gateway_key(orchestrator_key_of(key)));
+                }
+            }));
+        }
         let plane = GatewayPlane {
             gateway,
             tunnels,
+            links,
             shared,
             tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
         };
@@ -375,10 +434,7 @@ impl GatewayPlane {
 
     /// Drops a grant's bookkeeping and releases its port (idempotent).
     fn forget(&self, key: GrantKey) {
-        let meta = lock(&self.shared.grants).remove(&key);
-        if let Some(meta) = meta {
-            self.shared.release(meta);
-        }
+        self.shared.forget(key);
     }
 
     fn note(&self, key: GrantKey, note: Note) {
@@ -402,7 +458,7 @@ impl GatewayPlane {
                 _ => {}
             }
         }
-        let (_, router_id, _, _, expires_at) = record_parts(&grant);
+        let (_, router_id, region_id, _, expires_at) = record_parts(&grant);
         let router = match self.shared.store.get_router_any_org(router_id).await {
             Ok(r) => r,
             Err(e) => {
@@ -411,6 +467,15 @@ impl GatewayPlane {
                 return;
             }
         };
+        if self
+            .shared
+            .regions
+            .get(&region_id)
+            .is_some_and(|r| r.remote)
+        {
+            self.open_remote(&grant, &router).await;
+            return;
+        }
         let spec = match self.prepare(&grant, &router) {
             Ok(spec) => spec,
             Err(why) => {
@@ -457,6 +522,55 @@ impl GatewayPlane {
         }
     }
 
+    /// Opens a grant's port at its region's remote gateway and waits for the answer;
+    /// then passes on a new end that arrived meanwhile (a close needs nothing: it was
+    /// sent on the same ordered stream, and the gateway never reopens a closed grant).
+    async fn open_remote(&self, grant: &LiveGrant, router: &store::Router) {
+        let key = gateway_key(grant.key());
+        let (org, router_id, region_id, port, _) = record_parts(grant);
+        let Some(link) = self.links.as_ref().and_then(|l| l.link(region_id)) else {
+            tracing::error!(grant = %key, "cannot open the grant's port: no gateway has joined its region");
+            self.note(key, Note::Failed(Instant::now()));
+            return;
+        };
+        if let Some(region) = self.shared.regions.get(&region_id) {
+            let _ = lock(&region.ports).reserve(port, Instant::now());
+        }
+        lock(&self.shared.grants).insert(
+            key,
+            Meta {
+                org,
+                router: router_id,
+                region: region_id,
+                port,
+            },
+        );
+        match link.open(crate::links::grant_spec(grant, router)).await {
+            Ok(listen) => {
+                tracing::info!(grant = %key, %listen, gateway = %link.gateway, "entry port listening at the remote gateway");
+            }
+            Err(error) => {
+                tracing::error!(grant = %key, %error, gateway = %link.gateway, "cannot open the grant's port at the remote gateway");
+                self.forget(key);
+                self.note(key, Note::Failed(Instant::now()));
+                return;
+            }
+        }
+        let note = {
+            let mut notes = lock(&self.shared.notes);
+            match notes.get(&key).copied() {
+                Some(Note::Deadline(..)) => notes.remove(&key),
+                other => other,
+            }
+        };
+        if let Some(Note::Deadline(_, at)) = note {
+            link.send(control::msg::Down::SetDeadline {
+                key: crate::links::key_of(grant.key()),
+                expires_at: at,
+            });
+        }
+    }
+
     /// The router was moved (address or ports changed): every live grant of it that
     /// listens here forwards its new connections to the router's new place.
     pub async fn router_moved(&self, router: &store::Router) {
@@ -490,14 +604,27 @@ impl GatewayPlane {
             if let Ok(target) = self.grant_target(grant, router) {
                 let _ = self.gateway.set_target(key, target);
             }
+            if let Some(links) = &self.links {
+                let spec = crate::links::grant_spec(grant, router);
+                links.broadcast(control::msg::Down::SetTarget {
+                    key: spec.key,
+                    target: spec.target,
+                });
+            }
         }
     }
 
     /// Whether a grant's port is settled: listening, or known not to be coming (ended,
     /// or its open failed). `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
+        let remote = self.links.as_ref().is_some_and(|l| {
+            l.all()
+                .iter()
+                .any(|link| link.settled(crate::links::key_of(key)))
+        });
         let key = gateway_key(key);
-        self.gateway.grant(key).is_ok()
+        remote
+            || self.gateway.grant(key).is_ok()
             || matches!(
                 lock(&self.shared.notes).get(&key),
                 Some(Note::Ended(_) | Note::Failed(_))
@@ -519,6 +646,10 @@ impl GatewayPlane {
         };
         let drawn = ports.candidates(n, now).unwrap_or_default();
         drop(ports);
+        if served.remote {
+            // Bound at the gateway: a port it cannot bind fails the open there.
+            return Some(drawn.into_iter().take(offered).collect());
+        }
         // From a large range the store takes the first it holds free (nearly always the
         // first): checking all 64 cost four system calls each on every create.
         Some(
@@ -535,6 +666,12 @@ impl GatewayPlane {
         &self,
         key: orchestrator::GrantKey,
     ) -> HashMap<ConnectionRecordId, (u64, u64)> {
+        if let Some(links) = &self.links {
+            let remote = links.live_counts(crate::links::key_of(key));
+            if !remote.is_empty() {
+                return remote;
+            }
+        }
         let Ok(conns) = self.gateway.connections(gateway_key(key)) else {
             return HashMap::new();
         };
@@ -558,6 +695,9 @@ impl GatewayPlane {
             "gateway stopped"
         );
         self.tunnels.shutdown().await;
+        if let Some(links) = &self.links {
+            links.shutdown().await;
+        }
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         if tasks.is_empty() {
             return;
@@ -606,6 +746,12 @@ impl orchestrator::DataPlane for GatewayPlane {
         let deadline = Some(self.gateway.deadline_for(expires_at));
         // Under the notes' lock, so an open under way either sees the note or its
         // listener is already there to take the deadline.
+        if let Some(links) = &self.links {
+            links.broadcast(control::msg::Down::SetDeadline {
+                key: crate::links::key_of(orchestrator_key(key)),
+                expires_at,
+            });
+        }
         let mut notes = lock(&self.shared.notes);
         if self.gateway.set_deadline(key, deadline).is_err() {
             notes.insert(key, Note::Deadline(Instant::now(), expires_at));
@@ -613,6 +759,16 @@ impl orchestrator::DataPlane for GatewayPlane {
     }
 
     fn close(&self, key: orchestrator::GrantKey, reason: orchestrator::EndReason) {
+        if let Some(links) = &self.links {
+            links.broadcast(control::msg::Down::Close {
+                key: crate::links::key_of(key),
+                reason: match reason {
+                    orchestrator::EndReason::Expired => control::msg::CloseReason::Expired,
+                    orchestrator::EndReason::Revoked => control::msg::CloseReason::Revoked,
+                    orchestrator::EndReason::Failed => control::msg::CloseReason::Failed,
+                },
+            });
+        }
         let key = gateway_key(key);
         self.note(key, Note::Ended(Instant::now()));
         let reason = match reason {
@@ -641,7 +797,10 @@ impl orchestrator::DataPlane for GatewayPlane {
     }
 
     fn tunnel_gateway(&self, region: RegionId) -> Option<std::net::Ipv4Addr> {
-        self.tunnels.gateway_address(region)
+        match self.shared.regions.get(&region) {
+            Some(r) if r.remote => Some(r.tunnel_gateway),
+            _ => self.tunnels.gateway_address(region),
+        }
     }
 }
 
@@ -686,6 +845,14 @@ impl Shared {
             );
         }
         Ok(ended)
+    }
+
+    /// Drops a grant's bookkeeping and releases its port (idempotent).
+    fn forget(&self, key: GrantKey) {
+        let meta = lock(&self.grants).remove(&key);
+        if let Some(meta) = meta {
+            self.release(meta);
+        }
     }
 
     fn release(&self, meta: Meta) {

@@ -12,6 +12,11 @@
 //!   tunnelled), behind [`tunnels::TunnelGateway`], which a remote gateway can implement.
 //! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
 //!   entry-port candidates, the start-up rebuild, its events into the store.
+//! - [`gateways`]: adding a regional gateway (a join token) and its join (its
+//!   certificate signed by the control CA, its addresses recorded).
+//! - [`links`]: the control plane's side of the control channel: a link to each remote
+//!   gateway (`gateway = "remote"` regions), its convergence to the database, the
+//!   events and status it brings back.
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
@@ -57,7 +62,9 @@ pub mod docs;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod gateways;
 pub mod hosts;
+pub mod links;
 pub mod listen;
 pub mod metrics;
 pub mod onboarding;

@@ -200,6 +200,35 @@ pub async fn tunnel_plan(
     let region_config = region_config(config, &region.name).ok_or_else(|| {
         SiteError::Setup(format!("region {:?} is not configured here", region.name))
     })?;
+    if region_config.remote() {
+        // The gateway that joined the region says where it is and what its key is.
+        let joined = store
+            .list_gateways()
+            .await?
+            .into_iter()
+            .find(|g| g.region_id == region.id && g.live())
+            .and_then(|g| g.joined)
+            .ok_or_else(|| {
+                SiteError::Setup(format!(
+                    "region {:?} is served by a remote gateway and none has joined it yet: \
+                     run `postern admin add-gateway --region {}` and start the gateway",
+                    region.name, region.name
+                ))
+            })?;
+        let (endpoint_host, endpoint_port) =
+            split_endpoint(&joined.tunnel_endpoint).ok_or_else(|| {
+                SiteError::Setup(format!(
+                    "the gateway's tunnel endpoint {:?} is not host:port",
+                    joined.tunnel_endpoint
+                ))
+            })?;
+        return Ok(TunnelPlan {
+            gateway_address: region_config.tunnel_gateway().into(),
+            public_key: joined.wireguard_public_key,
+            endpoint_host,
+            endpoint_port,
+        });
+    }
     let key = store.region_tunnel(region.id).await?.ok_or_else(|| {
         SiteError::Setup(format!("region {:?} has no tunnel key yet", region.name))
     })?;

@@ -127,6 +127,10 @@ struct RegionTunnel {
 
 struct Inner {
     regions: HashMap<RegionId, RegionTunnel>,
+    /// The remote gateways, for the regions configured `gateway = "remote"`.
+    links: Option<crate::links::Links>,
+    /// Those regions' tunnel prefix and gateway address, from the configuration.
+    remote: HashMap<RegionId, (ipnet::Ipv4Net, Ipv4Addr)>,
     /// Each admitted router: its region, key and address.
     peers: Mutex<HashMap<RouterId, (RegionId, tunnel::PublicKey, Ipv4Addr)>>,
     tasks: Mutex<Vec<(oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -156,11 +160,18 @@ impl Tunnels {
     pub async fn start(
         store: &store::Store,
         config: &ServerConfig,
+        links: Option<crate::links::Links>,
     ) -> Result<Self, DataPlaneError> {
         let mut regions = HashMap::new();
         let mut tasks = Vec::new();
         let mut peers = HashMap::new();
-        for r in &config.regions {
+        let mut remote = HashMap::new();
+        for r in config.regions.iter().filter(|r| r.remote()) {
+            if let Some(stored) = store.find_region_by_name(&r.name).await? {
+                remote.insert(stored.id, (r.tunnel_prefix(), r.tunnel_gateway()));
+            }
+        }
+        for r in config.regions.iter().filter(|r| !r.remote()) {
             let err = |message: String| DataPlaneError::Region {
                 name: r.name.clone(),
                 message,
@@ -257,6 +268,8 @@ impl Tunnels {
         let tunnels = Tunnels {
             inner: Arc::new(Inner {
                 regions,
+                links,
+                remote,
                 peers: Mutex::new(peers),
                 tasks: Mutex::new(tasks),
             }),
@@ -269,10 +282,19 @@ impl Tunnels {
 
     /// The gateway's address inside `region`'s tunnel, if served here.
     pub fn gateway_address(&self, region: RegionId) -> Option<Ipv4Addr> {
+        if let Some((_, gateway)) = self.inner.remote.get(&region) {
+            return Some(*gateway);
+        }
         self.inner
             .regions
             .get(&region)
             .map(|r| r.info.gateway_address)
+    }
+
+    /// The link of a region served remotely (`None` for a local region, or while no
+    /// gateway has joined it).
+    fn link(&self, region: RegionId) -> Option<Arc<crate::links::Link>> {
+        self.inner.links.as_ref()?.link(region)
     }
 
     /// Where a grant's connections to `address` go: a TCP target for a direct router,
@@ -344,6 +366,23 @@ impl TunnelGateway for Tunnels {
         public_key: &str,
         address: IpAddr,
     ) -> Result<(), AdmitError> {
+        if self.inner.remote.contains_key(&region) {
+            let key: tunnel::PublicKey = public_key.parse()?;
+            let IpAddr::V4(address) = address else {
+                return Err(AdmitError::NotIpv4);
+            };
+            let link = self.link(region).ok_or(AdmitError::NoRegion)?;
+            // Sent now if the gateway is reachable; else its convergence sends it.
+            link.send(control::msg::Down::UpsertPeer(control::msg::PeerSpec {
+                router,
+                region,
+                public_key: key.to_base64(),
+                address,
+                endpoint: None,
+            }));
+            tracing::info!(%router, gateway = %link.gateway, %address, public_key = %key, "tunnel peer admitted at the remote gateway");
+            return Ok(());
+        }
         let served = self
             .inner
             .regions
@@ -370,6 +409,9 @@ impl TunnelGateway for Tunnels {
     }
 
     fn remove_peer(&self, router: RouterId) -> bool {
+        if let Some(links) = &self.inner.links {
+            links.broadcast(control::msg::Down::RemovePeer { router });
+        }
         let Some((region, key, _)) = lock(&self.inner.peers).remove(&router) else {
             return false;
         };
@@ -383,12 +425,46 @@ impl TunnelGateway for Tunnels {
     }
 
     fn tunnel_status(&self, router: RouterId) -> Option<TunnelStatus> {
-        let (region, key, _) = lock(&self.inner.peers).get(&router).copied()?;
+        let local = lock(&self.inner.peers).get(&router).copied();
+        let Some((region, key, _)) = local else {
+            let p = self.inner.links.as_ref()?.peer_status(router)?;
+            return Some(TunnelStatus {
+                endpoint: p.endpoint,
+                last_handshake_at: p.last_handshake_at.map(SystemTime::from),
+                last_seen_at: p.last_seen_at.map(SystemTime::from),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            });
+        };
         let served = self.inner.regions.get(&region)?;
         served.tunnel.peer(&key).as_ref().map(status_of)
     }
 
     fn dial(&self, router: &store::Router, port: u16) -> DialFuture {
+        if self.inner.remote.contains_key(&router.region_id) {
+            let link = self.link(router.region_id);
+            let target = match (router.reach, router.tunnel_address) {
+                (store::Reach::Tunnel, IpAddr::V4(address)) => {
+                    control::msg::Target::Tunnel { address, port }
+                }
+                _ => control::msg::Target::Direct {
+                    address: SocketAddr::new(router.tunnel_address, port),
+                },
+            };
+            let region = router.region_id;
+            return Box::pin(async move {
+                let Some(link) = link else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "no gateway has joined the router's region",
+                    ));
+                };
+                let stream = link
+                    .dial(control::msg::DialRequest { region, target })
+                    .await?;
+                Ok(Box::new(stream) as RouterStream)
+            });
+        }
         match router.reach {
             store::Reach::Direct => orchestrator::dial_direct(router, port),
             store::Reach::Tunnel => {
@@ -419,6 +495,17 @@ impl TunnelGateway for Tunnels {
     }
 
     fn region(&self, region: RegionId) -> Option<RegionTunnelInfo> {
+        if let Some((prefix, gateway_address)) = self.inner.remote.get(&region) {
+            let link = self.link(region)?;
+            return Some(RegionTunnelInfo {
+                region,
+                public_key: link.public_key.clone(),
+                gateway_address: *gateway_address,
+                prefix: *prefix,
+                endpoint: link.endpoint.clone(),
+                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            });
+        }
         self.inner.regions.get(&region).map(|r| r.info.clone())
     }
 }

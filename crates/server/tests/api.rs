@@ -148,6 +148,7 @@ impl TestServer {
                 tunnel_prefix: None,
                 tunnel_listen: Some("127.0.0.1:0".parse().unwrap()),
                 tunnel_endpoint: None,
+                gateway: server::config::GatewayMode::Local,
             }],
             ..ServerConfig::default()
         };

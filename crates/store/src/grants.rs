@@ -269,6 +269,7 @@ macro_rules! grant_methods {
         from_row: $from_row:ident,
         extra_release: $extra_release:literal,
         get: $get:ident,
+        get_any: $get_any:ident,
         list: $list:ident,
         list_live: $list_live:ident,
         set_expiry: $set_expiry:ident,
@@ -288,6 +289,17 @@ macro_rules! grant_methods {
                     row.map(|r| $from_row(&r)).transpose()?
                 });
                 grant.ok_or(StoreError::NotFound)
+            }
+
+            #[doc = concat!("A ", $kind, " of any organisation, whatever its state, if it exists: for the gateways' bookkeeping.")]
+            pub async fn $get_any(&self, id: $id) -> Result<Option<$record>> {
+                db!(self, |p, pg| {
+                    let row = sqlx::query($select!("WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(p)
+                        .await?;
+                    row.map(|r| $from_row(&r)).transpose()
+                })
             }
 
             #[doc = concat!(
@@ -442,6 +454,7 @@ grant_methods! {
     from_row: access_from,
     extra_release: "",
     get: get_access,
+    get_any: get_access_any_org,
     list: list_access,
     list_live: list_live_access,
     set_expiry: set_access_expiry,
@@ -458,6 +471,7 @@ grant_methods! {
     from_row: forward_from,
     extra_release: "DELETE FROM router_ports WHERE grant_id = $1",
     get: get_forward,
+    get_any: get_forward_any_org,
     list: list_forwards,
     list_live: list_live_forwards,
     set_expiry: set_forward_expiry,

@@ -1,6 +1,7 @@
 //! `postern admin …`: administration straight on a data directory, for scripts and first
 //! steps. `create-token` prints the new API token alone on standard output, `add-site`
-//! the enrolment line of a new site alone; `backup`
+//! the enrolment line of a new site alone, `add-gateway` the command that joins a new
+//! regional gateway alone; `backup`
 //! and `restore` copy a data directory out and back (`server::backup`).
 
 use std::path::PathBuf;
@@ -16,6 +17,10 @@ pub enum Command {
     /// Add a site to onboard (a pending router reached through its region's tunnel) and
     /// print the line to paste into the router's terminal (alone) on standard output.
     AddSite(AddSite),
+    /// Add a regional gateway for a region configured `gateway = "remote"`, and print
+    /// the command that joins it (alone) on standard output: run it on the gateway's
+    /// machine. Its token works once, for --valid-for-hours.
+    AddGateway(AddGateway),
     /// Copy the database (consistently, while servers run) and its key into a new
     /// directory OUT, readable by its owner only.
     Backup(BackupArgs),
@@ -67,6 +72,18 @@ pub struct AddSite {
 }
 
 #[derive(clap::Args)]
+pub struct AddGateway {
+    #[command(flatten)]
+    location: Location,
+    /// The region the gateway serves (configured `gateway = "remote"`).
+    #[arg(long)]
+    region: String,
+    /// Hours the join token works (at most 720).
+    #[arg(long, default_value_t = 24)]
+    valid_for_hours: i64,
+}
+
+#[derive(clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     location: Location,
@@ -115,6 +132,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::CreateToken(args) => create_token(args),
         Command::AddSite(args) => add_site(args),
+        Command::AddGateway(args) => add_gateway(args),
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
     }
@@ -220,5 +238,35 @@ fn add_site(args: AddSite) -> anyhow::Result<()> {
         anyhow::Ok(line)
     })?;
     println!("{}", line.command);
+    Ok(())
+}
+
+fn add_gateway(args: AddGateway) -> anyhow::Result<()> {
+    let config = args.location.load()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let added = runtime.block_on(async {
+        let store = server::bootstrap::open_store(&config).await?;
+        // The control CA signs the gateway's certificate at its join: made now if this
+        // data directory's server never ran with a remote region.
+        server::links::identity(&store, "admin")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let added = server::gateways::add_gateway(
+            &store,
+            &config,
+            &args.region,
+            "cli",
+            chrono::Duration::hours(args.valid_for_hours),
+            chrono::Utc::now(),
+        )
+        .await?;
+        anyhow::Ok(added)
+    })?;
+    eprintln!(
+        "gateway {} added for region {}; run this on the gateway's machine before {} \
+         (add --control-address, --tunnel-endpoint and --entry-host as `postern gateway --help` says):",
+        added.gateway.id, args.region, added.gateway.token_expires_at
+    );
+    println!("{}", added.command);
     Ok(())
 }

@@ -8,6 +8,7 @@ pub(crate) mod common;
 mod connections;
 mod contract;
 mod forwards;
+mod gateways;
 pub(crate) mod grants;
 mod onboard;
 mod routers;
@@ -52,6 +53,7 @@ use crate::state::AppState;
         (name = "transient-forwarding", description = "Temporary port forwards to LAN devices"),
         (name = "transient-access", description = "Temporary WinBox/SSH logins to routers"),
         (name = "routers", description = "Routers, sites and their orchestration log"),
+        (name = "gateways", description = "Regional gateways joining the control plane"),
         (name = "admin", description = "Audit log, API tokens and users (admins only)"),
         (name = "system", description = "Health and metrics")
     )
@@ -126,6 +128,7 @@ fn described() -> OpenApiRouter<AppState> {
         .routes(routes!(onboard::enroll_get, onboard::enroll_post))
         .routes(routes!(routers::site_get))
         .routes(routes!(routers::regions_list))
+        .routes(routes!(gateways::gateway_join_post))
         .routes(routes!(routers::me_get))
         .routes(routes!(admin::audit_list))
         .routes(routes!(admin::tokens_list, admin::tokens_post))

@@ -1,0 +1,1091 @@
+//! The control plane's side of the control channel: one [`Link`] per gateway that
+//! serves a region of this server's configuration as `gateway = "remote"`. A link dials
+//! the gateway's control address (mTLS: this server's certificate from the control CA,
+//! the gateway's checked against the CA and its own name), opens the control stream,
+//! converges the gateway to the database, then forwards what the orchestrator and
+//! onboarding ask (open, close, new ends, peers) and brings back what the gateway says
+//! (events, status). When the connection drops it dials again, and converges again.
+//!
+//! Convergence (several servers may drive one gateway, each over its own link): the
+//! gateway says what it holds (`State`); the link sends every enrolled router of the
+//! gateway's regions (`UpsertPeer`) and every active grant (`Open`); then for each grant
+//! and peer the gateway holds that the link did not send, it reads that one again and
+//! closes or removes it only if the database says it ended or is gone. So a grant another
+//! server opened a moment ago is never closed by a link that read the database before it.
+//!
+//! Events are recorded here (connections by the gateway's boot and connection number, so
+//! an event sent twice is one row) and acknowledged once written; status reports keep
+//! the routers' tunnel status, the live connections' byte counts and the gateway's
+//! figures for the API, the portal and `/metrics`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use control::msg::{
+    CloseReason, DialRequest, Down, Event, GatewayState, GrantKey, GrantSpec, PROTOCOL, PeerSpec,
+    Status, Target, Up,
+};
+use domain::{ConnectionRecordId, GatewayId, GatewayRunId, GrantStatus, OrgId, RegionId, RouterId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+
+/// The first wait before dialling a gateway again; doubled up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(4);
+/// How long dialling a gateway (TCP, TLS, h2, the first frame) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an `Open` waits for the gateway's answer.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the set of gateways is read again from the store.
+const REFRESH: Duration = Duration::from_secs(3);
+/// Operations queued for one gateway; beyond, the link drops its connection and
+/// converges again from the database rather than lose one.
+const OPS_QUEUE: usize = 65_536;
+/// Refused connections audited per grant per minute (as the in-process gateway).
+const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This server's identity on the control channel.
+#[derive(Clone)]
+pub struct Identity {
+    /// TLS client configuration: this server's certificate, the control CA as the only
+    /// root.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// How this server names itself in its `Hello` (for the gateway's logs).
+    pub name: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// How a link stands, for the API, the portal and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Never reached since this server started.
+    Connecting,
+    /// The control stream is up and converged.
+    Up { since: DateTime<Utc> },
+    /// Reached before, not now.
+    Down { since: DateTime<Utc>, error: String },
+}
+
+/// One gateway as this server reaches it.
+pub struct Link {
+    pub gateway: GatewayId,
+    pub region: RegionId,
+    /// Where this server dials it (`host:port`).
+    pub address: String,
+    /// The region tunnel's public key and the endpoint routers send to, as it joined.
+    pub public_key: String,
+    pub endpoint: String,
+    ops: Mutex<Option<mpsc::Sender<Down>>>,
+    channel: Mutex<Option<control::channel::Channel>>,
+    state: Mutex<LinkState>,
+    /// The gateway's last report, and its boot.
+    status: Mutex<Option<(GatewayRunId, Status)>>,
+    /// Grants whose ports the gateway said are open (and not closed since).
+    open: Mutex<HashSet<GrantKey>>,
+    /// Grants whose open failed, with the gateway's words.
+    failed: Mutex<HashMap<GrantKey, String>>,
+    waiters: Mutex<HashMap<GrantKey, Vec<oneshot::Sender<Result<SocketAddr, String>>>>>,
+    /// Ends the session, to converge afresh.
+    kick: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("gateway", &self.gateway)
+            .field("region", &self.region)
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl Link {
+    fn new(gateway: &store::Gateway, joined: &store::JoinedGateway) -> Self {
+        Self {
+            gateway: gateway.id,
+            region: gateway.region_id,
+            address: joined.control_address.clone(),
+            public_key: joined.wireguard_public_key.clone(),
+            endpoint: joined.tunnel_endpoint.clone(),
+            ops: Mutex::new(None),
+            channel: Mutex::new(None),
+            state: Mutex::new(LinkState::Connecting),
+            status: Mutex::new(None),
+            open: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            kick: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        lock(&self.state).clone()
+    }
+
+    /// Whether the control stream is up now.
+    pub fn up(&self) -> bool {
+        matches!(*lock(&self.state), LinkState::Up { .. })
+    }
+
+    /// The gateway's last status report.
+    pub fn status(&self) -> Option<Status> {
+        lock(&self.status).as_ref().map(|(_, s)| s.clone())
+    }
+
+    /// Sends `op` if the control stream is up; else it is dropped: the convergence on
+    /// reconnect sends the database's state. A full queue drops the connection, for the
+    /// same convergence.
+    pub(crate) fn send(&self, op: Down) {
+        let ops = lock(&self.ops).clone();
+        let Some(ops) = ops else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = ops.try_send(op) {
+            tracing::warn!(gateway = %self.gateway, "control queue full: reconnecting to converge");
+            *lock(&self.ops) = None;
+            self.kick.notify_one();
+        }
+    }
+
+    /// Whether a grant's port is settled here: open, or its open failed.
+    pub fn settled(&self, key: GrantKey) -> bool {
+        lock(&self.open).contains(&key) || lock(&self.failed).contains_key(&key)
+    }
+
+    /// Opens a grant's port and waits for the gateway's answer.
+    pub async fn open(&self, spec: GrantSpec) -> Result<SocketAddr, String> {
+        let key = spec.key;
+        lock(&self.failed).remove(&key);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).entry(key).or_default().push(tx);
+        if !self.up() {
+            lock(&self.waiters).remove(&key);
+            return Err("the region's gateway is unreachable".into());
+        }
+        self.send(Down::Open(spec));
+        match tokio::time::timeout(OPEN_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the gateway's connection dropped before it answered".into()),
+            Err(_) => Err("the gateway did not answer in time".into()),
+        }
+    }
+
+    /// A stream to a router through the gateway.
+    pub async fn dial(
+        &self,
+        request: DialRequest,
+    ) -> std::io::Result<control::channel::DialStream> {
+        let channel = lock(&self.channel).clone();
+        let Some(channel) = channel else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the region's gateway is unreachable",
+            ));
+        };
+        channel.dial(request).await
+    }
+
+    fn answer(&self, key: GrantKey, answer: Result<SocketAddr, String>) {
+        match &answer {
+            Ok(_) => {
+                lock(&self.open).insert(key);
+            }
+            Err(e) => {
+                lock(&self.failed).insert(key, e.clone());
+            }
+        }
+        let waiters = lock(&self.waiters).remove(&key).unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(answer.clone());
+        }
+    }
+
+    fn set_state(&self, state: LinkState) {
+        *lock(&self.state) = state;
+    }
+}
+
+/// This server's identity on the control channel: the control CA (made at first start,
+/// its private key sealed in the store) issues it a client certificate now.
+pub async fn identity(store: &store::Store, name: &str) -> Result<Identity, String> {
+    let (ca_cert, ca_key) = store
+        .ensure_control_ca(|| {
+            let ca = control::pki::Ca::generate().map_err(|e| {
+                store::StoreError::Corrupt(format!("cannot make the control CA: {e}"))
+            })?;
+            Ok((
+                ca.cert_pem().to_owned(),
+                store::Secret::new(ca.key_pem().into_string()),
+            ))
+        })
+        .await
+        .map_err(|e| format!("the control CA: {e}"))?;
+    let ca = control::pki::Ca::from_pem(&ca_cert, &control::pki::KeyPem::new(ca_key.into_inner()))
+        .map_err(|e| format!("the stored control CA is unreadable: {e}"))?;
+    let (cert, key) = ca
+        .issue_server(name)
+        .map_err(|e| format!("cannot issue this server's certificate: {e}"))?;
+    let tls = control::pki::server_tls(&cert, &key, &ca_cert)
+        .map_err(|e| format!("this server's TLS configuration: {e}"))?;
+    Ok(Identity {
+        tls: Arc::new(tls),
+        name: name.to_owned(),
+    })
+}
+
+/// How this server names itself to gateways: its host name and process id.
+pub fn server_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "server".into());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Every link of this server. Cheap to clone.
+#[derive(Clone)]
+pub struct Links {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: store::Store,
+    config: Arc<ServerConfig>,
+    identity: Identity,
+    /// Regions served remotely.
+    remote: HashSet<RegionId>,
+    links: Mutex<HashMap<RegionId, (Arc<Link>, JoinHandle<()>)>>,
+    recorder: Mutex<Recorder>,
+    stop: watch::Sender<bool>,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Told of each grant whose port a gateway closed (the plane releases its port).
+    closed: Mutex<Option<GrantClosedHook>>,
+}
+
+/// What [`Links::on_grant_closed`] takes.
+pub type GrantClosedHook = Box<dyn Fn(GrantKey) + Send + Sync>;
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("links", &lock(&self.inner.links).len())
+            .finish()
+    }
+}
+
+impl Links {
+    /// Links to the gateways of `remote` regions, kept up (and following joins and
+    /// removals) until [`Links::shutdown`].
+    pub async fn start(
+        store: store::Store,
+        config: Arc<ServerConfig>,
+        identity: Identity,
+        remote: HashSet<RegionId>,
+    ) -> Links {
+        let (stop, _) = watch::channel(false);
+        let links = Links {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                identity,
+                remote,
+                links: Mutex::new(HashMap::new()),
+                recorder: Mutex::new(Recorder::default()),
+                stop,
+                refresher: Mutex::new(None),
+                closed: Mutex::new(None),
+            }),
+        };
+        links.refresh().await;
+        let task = tokio::spawn(refresh_loop(links.clone()));
+        *lock(&links.inner.refresher) = Some(task);
+        links
+    }
+
+    /// Calls `hook` with each grant whose port a gateway closed.
+    pub fn on_grant_closed(&self, hook: GrantClosedHook) {
+        *lock(&self.inner.closed) = Some(hook);
+    }
+
+    /// Whether a remote gateway serves `region`.
+    pub fn serves(&self, region: RegionId) -> bool {
+        self.inner.remote.contains(&region)
+    }
+
+    /// The link of `region`'s gateway, if one has joined.
+    pub fn link(&self, region: RegionId) -> Option<Arc<Link>> {
+        lock(&self.inner.links).get(&region).map(|(l, _)| l.clone())
+    }
+
+    /// Every link, by region.
+    pub fn all(&self) -> Vec<Arc<Link>> {
+        lock(&self.inner.links)
+            .values()
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+
+    /// Sends `op` to every link (a close or a new end: a no-op where the grant is not).
+    pub fn broadcast(&self, op: Down) {
+        for link in self.all() {
+            link.send(op.clone());
+        }
+    }
+
+    /// A router's tunnel as its gateway last reported it.
+    pub fn peer_status(&self, router: RouterId) -> Option<control::msg::PeerStatus> {
+        self.all().iter().find_map(|l| {
+            lock(&l.status)
+                .as_ref()
+                .and_then(|(_, s)| s.peers.iter().find(|p| p.router == router).cloned())
+        })
+    }
+
+    /// Byte counts so far of a grant's live connections at its gateway, by their rows.
+    pub fn live_counts(&self, key: GrantKey) -> HashMap<ConnectionRecordId, (u64, u64)> {
+        let mut out = HashMap::new();
+        for link in self.all() {
+            if let Some((boot, status)) = lock(&link.status).as_ref() {
+                for c in status.connections.iter().filter(|c| c.key == key) {
+                    out.insert(row_id(*boot, c.id), (c.bytes_in, c.bytes_out));
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads the gateways from the store: links to new ones, drops removed ones.
+    async fn refresh(&self) {
+        let gateways = match self.inner.store.list_gateways().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the gateways");
+                return;
+            }
+        };
+        let wanted: HashMap<RegionId, store::Gateway> = gateways
+            .into_iter()
+            .filter(|g| g.live() && self.inner.remote.contains(&g.region_id))
+            .map(|g| (g.region_id, g))
+            .collect();
+        let mut links = lock(&self.inner.links);
+        links.retain(|region, (link, task)| {
+            let keep = wanted.get(region).is_some_and(|g| {
+                g.id == link.gateway
+                    && g.joined.as_ref().map(|j| j.control_address.as_str())
+                        == Some(link.address.as_str())
+            });
+            if !keep {
+                tracing::info!(gateway = %link.gateway, "gateway removed or replaced: link closed");
+                task.abort();
+                lock(&link.channel).take();
+                *lock(&link.ops) = None;
+            }
+            keep
+        });
+        for (region, g) in wanted {
+            if links.contains_key(&region) {
+                continue;
+            }
+            let Some(joined) = &g.joined else { continue };
+            let link = Arc::new(Link::new(&g, joined));
+            let task = tokio::spawn(run_link(self.clone(), link.clone()));
+            links.insert(region, (link, task));
+        }
+    }
+
+    /// Closes every link.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Some(task) = lock(&self.inner.refresher).take() {
+            task.abort();
+        }
+        let links: Vec<(Arc<Link>, JoinHandle<()>)> =
+            lock(&self.inner.links).drain().map(|(_, v)| v).collect();
+        for (link, task) in links {
+            lock(&link.channel).take();
+            *lock(&link.ops) = None;
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+async fn refresh_loop(links: Links) {
+    let mut stop = links.inner.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+        links.refresh().await;
+    }
+}
+
+/// Dials, converges and serves one gateway until the link is dropped.
+async fn run_link(links: Links, link: Arc<Link>) {
+    let mut stop = links.inner.stop.subscribe();
+    let mut wait = RETRY_MIN;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = stop.changed() => return,
+            r = session(&links, &link) => r,
+        };
+        *lock(&link.ops) = None;
+        lock(&link.channel).take();
+        // Open waiters learn the connection dropped; what was open stays open there.
+        lock(&link.waiters).clear();
+        let error = match outcome {
+            Ok(()) => "the gateway closed the control stream".to_owned(),
+            Err(e) => e,
+        };
+        let was_up = link.up();
+        if was_up || matches!(link.state(), LinkState::Connecting) {
+            tracing::warn!(gateway = %link.gateway, address = %link.address, %error, "gateway unreachable");
+        }
+        if was_up || !matches!(link.state(), LinkState::Down { .. }) {
+            link.set_state(LinkState::Down {
+                since: Utc::now(),
+                error,
+            });
+        } else if let LinkState::Down { since, .. } = link.state() {
+            link.set_state(LinkState::Down { since, error });
+        }
+        if started.elapsed() > RETRY_MAX * 4 {
+            wait = RETRY_MIN;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// One connection to the gateway: dial, converge, serve. Returns why it ended.
+async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
+    let inner = &links.inner;
+    let (channel, mut up_rx, down_tx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let tcp = tokio::net::TcpStream::connect(link.address.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", link.address))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(inner.identity.tls.clone());
+        let tls = connector
+            .connect(control::pki::gateway_server_name(link.gateway), tcp)
+            .await
+            .map_err(|e| format!("TLS with {}: {e}", link.address))?;
+        let channel = control::channel::Channel::connect(tls)
+            .await
+            .map_err(|e| format!("control channel: {e}"))?;
+        let (down_tx, up_rx) = channel
+            .control(Down::Hello {
+                protocol: PROTOCOL,
+                server: inner.identity.name.clone(),
+            })
+            .await
+            .map_err(|e| format!("control stream: {e}"))?
+            .into_parts();
+        Ok::<_, String>((channel, up_rx, down_tx))
+    })
+    .await
+    .map_err(|_| format!("no answer from {} in {CONNECT_TIMEOUT:?}", link.address))??;
+    let state = match tokio::time::timeout(CONNECT_TIMEOUT, up_rx.recv()).await {
+        Ok(Some(Up::State(state))) => state,
+        Ok(Some(other)) => return Err(format!("the gateway spoke before its state: {other:?}")),
+        Ok(None) => return Err("the gateway closed the control stream at once".into()),
+        Err(_) => return Err("the gateway did not say its state in time".into()),
+    };
+    if state.protocol != PROTOCOL {
+        return Err(format!(
+            "the gateway speaks protocol {}, this server {PROTOCOL}",
+            state.protocol
+        ));
+    }
+    *lock(&link.channel) = Some(channel.clone());
+    links.new_boot(link, &state).await;
+    converge(links, link, &state, &down_tx).await?;
+    let (ops_tx, mut ops_rx) = mpsc::channel(OPS_QUEUE);
+    *lock(&link.ops) = Some(ops_tx);
+    link.set_state(LinkState::Up { since: Utc::now() });
+    tracing::info!(gateway = %link.gateway, address = %link.address, grants = state.grants.len(), peers = state.peers.len(), "gateway linked and converged");
+    let boot = state.boot;
+    loop {
+        tokio::select! {
+            () = link.kick.notified() => return Err("resynchronising".into()),
+            () = channel.closed() => return Err("the control channel closed".into()),
+            op = ops_rx.recv() => {
+                let Some(op) = op else { return Ok(()) };
+                down_tx.send(op).await.map_err(|_| "the control stream closed".to_owned())?;
+            }
+            up = up_rx.recv() => {
+                let Some(up) = up else { return Ok(()) };
+                links.handle(link, boot, up, &down_tx).await;
+            }
+        }
+    }
+}
+
+/// Brings the gateway to what the database says, from what it holds.
+async fn converge(
+    links: &Links,
+    link: &Arc<Link>,
+    state: &GatewayState,
+    down: &mpsc::Sender<Down>,
+) -> Result<(), String> {
+    let store = &links.inner.store;
+    let send = |op: Down| async move {
+        down.send(op)
+            .await
+            .map_err(|_| "the control stream closed while converging".to_owned())
+    };
+    let regions: HashSet<RegionId> = state.regions.iter().map(|r| r.region).collect();
+    if !regions.contains(&link.region) {
+        return Err(format!(
+            "the gateway does not serve the region it joined ({})",
+            link.region
+        ));
+    }
+    let mut sent_peers = HashSet::new();
+    for region in &regions {
+        let peers = store
+            .list_tunnel_peers(*region)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        for p in peers {
+            let IpAddr::V4(address) = p.tunnel_address else {
+                continue;
+            };
+            sent_peers.insert((p.router_id, p.public_key.clone()));
+            send(Down::UpsertPeer(PeerSpec {
+                router: p.router_id,
+                region: *region,
+                public_key: p.public_key,
+                address,
+                endpoint: p.endpoint.and_then(|e| e.parse().ok()),
+            }))
+            .await?;
+        }
+    }
+    let desired = desired_grants(store, &regions)
+        .await
+        .map_err(|e| format!("store: {e}"))?;
+    let sent: HashSet<GrantKey> = desired.iter().map(|g| g.key).collect();
+    for spec in desired {
+        send(Down::Open(spec)).await?;
+    }
+    for held in &state.grants {
+        if sent.contains(&held.key) {
+            continue;
+        }
+        // Read again now: a grant opened by another server since the read above is
+        // active, and stays open.
+        match grant_end(store, held.key).await {
+            Ok(Some(reason)) => {
+                tracing::info!(gateway = %link.gateway, grant = %held.key, "converging: the grant ended meanwhile; closing its port");
+                send(Down::Close {
+                    key: held.key,
+                    reason,
+                })
+                .await?;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(grant = %held.key, error = %e, "converging: cannot read the grant")
+            }
+        }
+    }
+    for held in &state.peers {
+        if sent_peers.contains(&(held.router, held.public_key.clone())) {
+            continue;
+        }
+        let current = match store.get_router_any_org(held.router).await {
+            Ok(r) => r.tunnel_public_key.as_deref() == Some(held.public_key.as_str()),
+            Err(store::StoreError::NotFound) => false,
+            Err(e) => {
+                tracing::warn!(router = %held.router, error = %e, "converging: cannot read the router");
+                continue;
+            }
+        };
+        if !current {
+            send(Down::RemovePeer {
+                router: held.router,
+            })
+            .await?;
+        }
+    }
+    send(Down::Synced).await
+}
+
+/// Every active grant of `regions`, as the gateway opens it.
+async fn desired_grants(
+    store: &store::Store,
+    regions: &HashSet<RegionId>,
+) -> Result<Vec<GrantSpec>, store::StoreError> {
+    let (access, forwards) =
+        tokio::try_join!(store.list_live_access(), store.list_live_forwards())?;
+    let mut grants: Vec<orchestrator::LiveGrant> = Vec::new();
+    grants.extend(
+        access
+            .into_iter()
+            .filter(|g| {
+                g.status == GrantStatus::Active && !g.terminal && regions.contains(&g.region_id)
+            })
+            .map(orchestrator::LiveGrant::Access),
+    );
+    grants.extend(
+        forwards
+            .into_iter()
+            .filter(|g| g.status == GrantStatus::Active && regions.contains(&g.region_id))
+            .map(orchestrator::LiveGrant::Forward),
+    );
+    let mut routers: HashMap<RouterId, store::Router> = HashMap::new();
+    let mut out = Vec::with_capacity(grants.len());
+    let now = Utc::now();
+    for grant in &grants {
+        let router_id = match grant {
+            orchestrator::LiveGrant::Access(a) => a.router_id,
+            orchestrator::LiveGrant::Forward(f) => f.router_id,
+        };
+        if !routers.contains_key(&router_id) {
+            match store.get_router_any_org(router_id).await {
+                Ok(r) => {
+                    routers.insert(router_id, r);
+                }
+                Err(store::StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(router) = routers.get(&router_id) else {
+            continue;
+        };
+        let spec = grant_spec(grant, router);
+        if spec.expires_at > now {
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// The control key of the orchestrator's.
+pub fn key_of(key: orchestrator::GrantKey) -> GrantKey {
+    match key {
+        orchestrator::GrantKey::Access(id) => GrantKey::Access(id),
+        orchestrator::GrantKey::Forward(id) => GrantKey::Forward(id),
+    }
+}
+
+/// What a gateway needs to open a grant's port.
+pub fn grant_spec(grant: &orchestrator::LiveGrant, router: &store::Router) -> GrantSpec {
+    let address = crate::dataplane::target(grant, router);
+    let target = match (router.reach, address.ip()) {
+        (store::Reach::Tunnel, IpAddr::V4(v4)) => Target::Tunnel {
+            address: v4,
+            port: address.port(),
+        },
+        _ => Target::Direct { address },
+    };
+    let (key, region, port, expires_at, sources) = match grant {
+        orchestrator::LiveGrant::Access(a) => (
+            GrantKey::Access(a.id),
+            a.region_id,
+            a.port,
+            a.expires_at,
+            control::msg::Sources {
+                allow: vec![a.allow_from],
+                allow_rfc1918: a.allow_rfc1918,
+            },
+        ),
+        orchestrator::LiveGrant::Forward(f) => (
+            GrantKey::Forward(f.id),
+            f.region_id,
+            f.port,
+            f.expires_at,
+            control::msg::Sources {
+                allow: vec![f.allow_from],
+                allow_rfc1918: false,
+            },
+        ),
+    };
+    GrantSpec {
+        key,
+        region,
+        port,
+        target,
+        sources,
+        expires_at,
+    }
+}
+
+/// How a grant ended, as the database says now; `None` while it is active (or not yet).
+async fn grant_end(
+    store: &store::Store,
+    key: GrantKey,
+) -> Result<Option<CloseReason>, store::StoreError> {
+    let found = match key {
+        GrantKey::Access(id) => store
+            .get_access_any_org(id)
+            .await?
+            .map(|a| (a.status, a.expires_at)),
+        GrantKey::Forward(id) => store
+            .get_forward_any_org(id)
+            .await?
+            .map(|f| (f.status, f.expires_at)),
+    };
+    Ok(match found {
+        None => Some(CloseReason::Revoked),
+        Some((GrantStatus::Active | GrantStatus::Requested | GrantStatus::Provisioning, _)) => None,
+        Some((GrantStatus::Failed, _)) => Some(CloseReason::Failed),
+        Some((_, expires_at)) if expires_at <= Utc::now() => Some(CloseReason::Expired),
+        Some(_) => Some(CloseReason::Revoked),
+    })
+}
+
+/// The row of a connection at a gateway: its boot and number, so an event sent twice
+/// is one row.
+pub fn row_id(boot: GatewayRunId, id: u64) -> ConnectionRecordId {
+    let (high, _) = boot.as_uuid().as_u64_pair();
+    ConnectionRecordId::from_uuid(uuid::Uuid::from_u64_pair(high, id))
+}
+
+/// What a link's recorder knows of a grant.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    org: OrgId,
+    router: RouterId,
+}
+
+#[derive(Default)]
+struct Recorder {
+    meta: HashMap<GrantKey, Meta>,
+    refusals: HashMap<GrantKey, (Instant, u32)>,
+    /// Boots whose runs this server registered, with when last renewed.
+    beats: HashMap<GatewayRunId, Instant>,
+}
+
+impl Links {
+    /// A new boot of the gateway: its run is registered, and the connections its earlier
+    /// boots left recorded as live are ended.
+    async fn new_boot(&self, link: &Link, state: &GatewayState) {
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let process = format!("gateway={}", link.gateway);
+        let run = store::GatewayRun {
+            id: state.boot,
+            process: process.clone(),
+            started_at: now,
+            seen_at: now,
+        };
+        if let Err(e) = store.record_gateway_run(&run).await {
+            tracing::warn!(error = %e, "could not register the gateway's boot");
+        }
+        lock(&self.inner.recorder)
+            .beats
+            .insert(state.boot, Instant::now());
+        let runs = match store.list_gateway_runs().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list gateway runs");
+                return;
+            }
+        };
+        let mut forgot = false;
+        for old in runs
+            .iter()
+            .filter(|r| r.process == process && r.id != state.boot)
+        {
+            tracing::info!(gateway = %link.gateway, boot = %old.id, "the gateway restarted: its earlier boot's connections end");
+            forgot |= store.forget_gateway_run(old.id).await.unwrap_or(false);
+        }
+        if forgot
+            && let Err(e) = store
+                .end_orphaned_connections(now, "gateway restarted")
+                .await
+        {
+            tracing::warn!(error = %e, "could not end the earlier boot's connections");
+        }
+    }
+
+    async fn handle(
+        &self,
+        link: &Arc<Link>,
+        boot: GatewayRunId,
+        up: Up,
+        down: &mpsc::Sender<Down>,
+    ) {
+        match up {
+            Up::Opened { key, listen } => link.answer(key, Ok(listen)),
+            Up::OpenFailed { key, error } => {
+                tracing::warn!(gateway = %link.gateway, grant = %key, %error, "the gateway could not open the grant's port");
+                link.answer(key, Err(error));
+            }
+            Up::Event { seq, event } => {
+                if let Event::GrantClosed { key, .. } = &event {
+                    lock(&link.open).remove(key);
+                    if let Some(hook) = lock(&self.inner.closed).as_ref() {
+                        hook(*key);
+                    }
+                }
+                self.record(boot, event).await;
+                // Written (or logged as unwritable): the gateway may forget it.
+                let _ = down.send(Down::Ack { seq }).await;
+            }
+            Up::Status(status) => self.status(link, boot, status).await,
+            Up::Refused { error } => {
+                tracing::error!(gateway = %link.gateway, %error, "the gateway refused a frame");
+            }
+            Up::State(_) => {
+                tracing::warn!(gateway = %link.gateway, "the gateway sent its state again; ignored");
+            }
+        }
+    }
+
+    async fn status(&self, link: &Link, boot: GatewayRunId, status: Status) {
+        let store = &self.inner.store;
+        // Where each router is seen, for the next start's resume.
+        let changed: Vec<(RouterId, String)> = {
+            let old = lock(&link.status);
+            status
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let endpoint = p.endpoint?;
+                    let before = old
+                        .as_ref()
+                        .and_then(|(_, s)| s.peers.iter().find(|q| q.router == p.router))
+                        .and_then(|q| q.endpoint);
+                    (before != Some(endpoint)).then(|| (p.router, endpoint.to_string()))
+                })
+                .collect()
+        };
+        *lock(&link.status) = Some((boot, status));
+        if !changed.is_empty()
+            && let Err(e) = store.set_tunnel_endpoints(&changed).await
+        {
+            tracing::warn!(error = %e, "could not record the routers' tunnel endpoints");
+        }
+        let due = {
+            let mut rec = lock(&self.inner.recorder);
+            let beat = rec.beats.entry(boot).or_insert_with(Instant::now);
+            if beat.elapsed() >= self.inner.config.gateway_heartbeat {
+                *beat = Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            let now = Utc::now();
+            let run = store::GatewayRun {
+                id: boot,
+                process: format!("gateway={}", link.gateway),
+                started_at: now,
+                seen_at: now,
+            };
+            if let Err(e) = store.record_gateway_run(&run).await {
+                tracing::warn!(error = %e, "could not renew the gateway's boot");
+            }
+        }
+    }
+
+    async fn meta(&self, key: GrantKey) -> Option<Meta> {
+        if let Some(m) = lock(&self.inner.recorder).meta.get(&key).copied() {
+            return Some(m);
+        }
+        let store = &self.inner.store;
+        let found = match key {
+            GrantKey::Access(id) => {
+                store
+                    .get_access_any_org(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|a| Meta {
+                        org: a.org_id,
+                        router: a.router_id,
+                    })
+            }
+            GrantKey::Forward(id) => {
+                store
+                    .get_forward_any_org(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|f| Meta {
+                        org: f.org_id,
+                        router: f.router_id,
+                    })
+            }
+        }?;
+        let mut rec = lock(&self.inner.recorder);
+        if rec.meta.len() > 100_000 {
+            rec.meta.clear();
+        }
+        rec.meta.insert(key, found);
+        Some(found)
+    }
+
+    /// Writes one event: a connection row (by boot and number), a first use, an audited
+    /// refusal, or a grant's close ending what is left of its rows.
+    async fn record(&self, boot: GatewayRunId, event: Event) {
+        let store = &self.inner.store;
+        let key = match &event {
+            Event::ConnectionOpened { key, .. }
+            | Event::ConnectionClosed { key, .. }
+            | Event::ConnectionRefused { key, .. }
+            | Event::GrantClosed { key, .. } => *key,
+        };
+        let Some(meta) = self.meta(key).await else {
+            tracing::warn!(grant = %key, "an event of a grant the store does not have; dropped");
+            return;
+        };
+        let (kind, id) = match key {
+            GrantKey::Access(id) => (store::GrantKind::Access, id.to_string()),
+            GrantKey::Forward(id) => (store::GrantKind::Forward, id.to_string()),
+        };
+        let result = match event {
+            Event::ConnectionOpened {
+                id: conn,
+                source,
+                at,
+                first,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = conn, "connection forwarded (remote gateway)");
+                let row = store::NewConnection {
+                    id: row_id(boot, conn),
+                    gateway_run: boot,
+                    org_id: meta.org,
+                    router_id: meta.router,
+                    grant_kind: kind,
+                    grant_id: id,
+                    source,
+                    started_at: at,
+                    end: None,
+                };
+                let written = store.record_connections(std::slice::from_ref(&row)).await;
+                if written.is_ok() && first {
+                    match key {
+                        GrantKey::Access(a) => store.set_access_authorized(a, at).await.map(|_| ()),
+                        GrantKey::Forward(f) => {
+                            store.set_forward_authorized(f, at).await.map(|_| ())
+                        }
+                    }
+                } else {
+                    written
+                }
+            }
+            Event::ConnectionClosed {
+                id: conn,
+                source,
+                started_at,
+                at,
+                bytes_in,
+                bytes_out,
+                reason,
+                ..
+            } => {
+                tracing::info!(grant = %key, %source, connection = conn, bytes_in, bytes_out, %reason, "connection ended (remote gateway)");
+                let row = store::NewConnection {
+                    id: row_id(boot, conn),
+                    gateway_run: boot,
+                    org_id: meta.org,
+                    router_id: meta.router,
+                    grant_kind: kind,
+                    grant_id: id,
+                    source,
+                    started_at,
+                    end: Some(store::ConnectionEnd {
+                        at,
+                        bytes_from_client: bytes_in,
+                        bytes_to_client: bytes_out,
+                        reason,
+                    }),
+                };
+                store.record_connections(std::slice::from_ref(&row)).await
+            }
+            Event::ConnectionRefused {
+                source,
+                at,
+                refusal,
+                ..
+            } => {
+                tracing::warn!(grant = %key, %source, ?refusal, "connection refused (remote gateway)");
+                if self.audit_refusal(key) {
+                    let (word, _) = match key {
+                        GrantKey::Access(_) => ("access", ()),
+                        GrantKey::Forward(_) => ("forward", ()),
+                    };
+                    store
+                        .append_audit(store::NewAudit {
+                            org_id: meta.org,
+                            at,
+                            actor: "gateway".into(),
+                            actor_address: Some(source.ip()),
+                            action: format!("{word}.connection_refused"),
+                            target: Some(format!("{word}:{id}")),
+                            details: serde_json::json!({
+                                "source": source.to_string(),
+                                "reason": refusal_words(refusal),
+                                "router_id": meta.router.to_string(),
+                            }),
+                        })
+                        .await
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                }
+            }
+            Event::GrantClosed {
+                at,
+                reason,
+                connections_killed,
+                ..
+            } => {
+                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the remote gateway");
+                store
+                    .end_grant_connections(boot, kind, &id, at, &reason)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(grant = %key, error = %e, "could not record a gateway event");
+        }
+    }
+
+    fn audit_refusal(&self, key: GrantKey) -> bool {
+        let mut rec = lock(&self.inner.recorder);
+        let now = Instant::now();
+        rec.refusals
+            .retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(60));
+        let entry = rec.refusals.entry(key).or_insert((now, 0));
+        entry.1 += 1;
+        entry.1 <= REFUSALS_AUDITED_PER_MINUTE
+    }
+}
+
+/// A refusal in the words the in-process gateway's audit entries use.
+fn refusal_words(r: control::msg::Refusal) -> &'static str {
+    match r {
+        control::msg::Refusal::SourceNotAllowed => "source not allowed",
+        control::msg::Refusal::TooManyConnections => "too many connections",
+        control::msg::Refusal::TooManyFromSource => "too many connections from this source",
+    }
+}
