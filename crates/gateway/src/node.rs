@@ -533,6 +533,23 @@ impl Inner {
                 }
                 None
             }
+            Step::Converge {
+                key,
+                region,
+                expires_at,
+                target,
+                reply,
+            } => {
+                if let Some(expires_at) = expires_at {
+                    let deadline = self.gateway.deadline_for(expires_at);
+                    let _ = self.gateway.set_deadline(wire::key_in(key), Some(deadline));
+                }
+                if let Some(target) = target.and_then(|t| self.target(region, t)) {
+                    let _ = self.gateway.set_target(wire::key_in(key), target);
+                }
+                tracing::info!(%key, ?expires_at, ?target, "held grant converged");
+                Some(reply)
+            }
             Step::SetTarget {
                 key,
                 region,

@@ -48,6 +48,7 @@ pub struct Held {
     pub region: RegionId,
     pub port: u16,
     pub expires_at: DateTime<Utc>,
+    pub target: Target,
     pub listen: SocketAddr,
 }
 
@@ -73,6 +74,15 @@ pub enum Step {
     SetDeadline {
         key: GrantKey,
         expires_at: DateTime<Utc>,
+    },
+    /// An `Open` of a held grant with another deadline or target: move them (the ledger
+    /// already holds the new ones), then send `reply`.
+    Converge {
+        key: GrantKey,
+        region: RegionId,
+        expires_at: Option<DateTime<Utc>>,
+        target: Option<Target>,
+        reply: Up,
     },
     /// Move an open grant's target.
     SetTarget {
@@ -272,12 +282,15 @@ impl Ledger {
                 }
                 None => Step::Nothing,
             },
-            Down::SetTarget { key, target } => match self.grants.get(&key) {
-                Some(held) => Step::SetTarget {
-                    key,
-                    region: held.region,
-                    target,
-                },
+            Down::SetTarget { key, target } => match self.grants.get_mut(&key) {
+                Some(held) => {
+                    held.target = target;
+                    Step::SetTarget {
+                        key,
+                        region: held.region,
+                        target,
+                    }
+                }
                 None => Step::Nothing,
             },
             Down::Close { key, reason } => match self.grants.remove(&key) {
@@ -363,11 +376,34 @@ impl Ledger {
     fn open(&mut self, spec: GrantSpec, now: DateTime<Utc>) -> Step {
         let key = spec.key;
         let failed = |error: String| Step::Reply(Up::OpenFailed { key, error });
-        if let Some(held) = self.grants.get(&key) {
-            return Step::Reply(Up::Opened {
+        if let Some(held) = self.grants.get_mut(&key) {
+            // Held already: converge on the Open's deadline and target (a SetDeadline or
+            // SetTarget this node missed while cut off), answer with its address.
+            let expires_at = (held.expires_at != spec.expires_at).then_some(spec.expires_at);
+            let target = (held.target != spec.target).then_some(spec.target);
+            held.expires_at = spec.expires_at;
+            held.target = spec.target;
+            let reply = if spec.expires_at <= now {
+                Up::OpenFailed {
+                    key,
+                    error: "the deadline has already passed".into(),
+                }
+            } else {
+                Up::Opened {
+                    key,
+                    listen: held.listen,
+                }
+            };
+            if expires_at.is_none() && target.is_none() {
+                return Step::Reply(reply);
+            }
+            return Step::Converge {
                 key,
-                listen: held.listen,
-            });
+                region: held.region,
+                expires_at,
+                target,
+                reply,
+            };
         }
         if self.tombstones.contains_key(&key) {
             return failed(
@@ -397,6 +433,7 @@ impl Ledger {
                 region: spec.region,
                 port: spec.port,
                 expires_at: spec.expires_at,
+                target: spec.target,
                 listen,
             },
         );
@@ -725,6 +762,53 @@ mod tests {
         l.grant_ended(g.key, t("12:30:00"));
         assert_eq!(l.grants(), 0);
         assert!(l.is_buried(g.key));
+    }
+
+    #[test]
+    fn an_open_of_a_held_grant_converges_on_its_deadline_and_target() {
+        let r = region();
+        let mut l = ledger(r);
+        let s = hello(&mut l);
+        let now = t("12:00:00");
+        let g = spec(r, t("13:00:00"));
+        let Step::Open(asked) = l.decide(s, Down::Open(g.clone()), now) else {
+            panic!()
+        };
+        let listen: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        l.opened(&asked, listen);
+        let mut moved = g.clone();
+        moved.expires_at = t("14:00:00");
+        moved.target = Target::Tunnel {
+            address: Ipv4Addr::new(100, 64, 0, 9),
+            port: 22,
+        };
+        assert_eq!(
+            l.decide(s, Down::Open(moved.clone()), now),
+            Step::Converge {
+                key: g.key,
+                region: r,
+                expires_at: Some(moved.expires_at),
+                target: Some(moved.target),
+                reply: Up::Opened { key: g.key, listen }
+            }
+        );
+        assert_eq!(l.grant(g.key).unwrap().expires_at, moved.expires_at);
+        // Once converged, the same Open is a plain answer.
+        assert_eq!(
+            l.decide(s, Down::Open(moved.clone()), now),
+            Step::Reply(Up::Opened { key: g.key, listen })
+        );
+        // Moved into the past: the port is to close, and the answer says why.
+        let mut past = moved.clone();
+        past.expires_at = t("11:00:00");
+        let Step::Converge {
+            reply, expires_at, ..
+        } = l.decide(s, Down::Open(past), now)
+        else {
+            panic!()
+        };
+        assert_eq!(expires_at, Some(t("11:00:00")));
+        assert!(matches!(reply, Up::OpenFailed { .. }));
     }
 
     #[test]

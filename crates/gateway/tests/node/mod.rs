@@ -319,8 +319,11 @@ async fn node_opens_closes_and_expires_entry_ports_by_messages() {
         target: Target::Direct { address: echo2 },
     })
     .await;
-    // Frames are applied in order: once a later Open is answered, the move is done.
-    ctl.opened(&g).await;
+    // Frames are applied in order: once a later Open is answered, the move is done
+    // (that Open names the new target, as the server's would: an Open converges).
+    let mut moved = g.clone();
+    moved.target = Target::Direct { address: echo2 };
+    assert_eq!(ctl.opened(&moved).await, listen);
     let mut client = connect_from("127.0.0.1", listen).await.unwrap();
     echo_once(&mut client, b"moved").await;
     assert_eq!(accepted2.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -736,5 +739,57 @@ async fn a_sim_router_behind_nat_is_reached_through_the_nodes_tunnel() {
     assert_eq!(&buf, b"ping");
 
     r.shutdown().await;
+    lab.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_server_converges_the_node_from_its_state() {
+    let lab = lab(Duration::from_secs(60)).await;
+    let (echo, _) = echo_target().await;
+    let direct = Target::Direct { address: echo };
+    let mut ctl = Ctl::connect(&lab.node, "s").await;
+    let extended = grant(lab.region, direct, in_millis(1000)).await;
+    let revoked = grant(lab.region, direct, in_secs(3600)).await;
+    let kept = grant(lab.region, direct, in_secs(3600)).await;
+    let extended_at = ctl.opened(&extended).await;
+    let revoked_at = ctl.opened(&revoked).await;
+    let kept_at = ctl.opened(&kept).await;
+    let mut live = connect_from("127.0.0.1", kept_at).await.unwrap();
+    echo_once(&mut live, b"live").await;
+    drop(ctl);
+
+    // Meanwhile the control plane extended one grant, revoked one, made a new one. It
+    // reconnects and converges: Open for every active grant, Close for what the node
+    // holds and the database says ended, then Synced.
+    let mut ctl = Ctl::connect(&lab.node, "s").await;
+    let held: Vec<GrantKey> = ctl.state.grants.iter().map(|g| g.key).collect();
+    assert_eq!(held.len(), 3);
+    let mut longer = extended.clone();
+    longer.expires_at = in_secs(3600);
+    let new = grant(lab.region, direct, in_secs(3600)).await;
+    assert_eq!(ctl.opened(&longer).await, extended_at);
+    assert_eq!(ctl.opened(&kept).await, kept_at);
+    let new_at = ctl.opened(&new).await;
+    ctl.send(Down::Close {
+        key: revoked.key,
+        reason: CloseReason::Revoked,
+    })
+    .await;
+    ctl.send(Down::Synced).await;
+    ctl.events_until(grant_closed(revoked.key)).await;
+    assert!(
+        TcpStream::connect(revoked_at).await.is_err(),
+        "revoked port open"
+    );
+    // Past the old deadline, the extended grant still forwards; the live connection of
+    // the kept one was never touched.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut c = connect_from("127.0.0.1", extended_at).await.unwrap();
+    echo_once(&mut c, b"extended").await;
+    echo_once(&mut live, b"still live").await;
+    let mut c = connect_from("127.0.0.1", new_at).await.unwrap();
+    echo_once(&mut c, b"new").await;
+    assert_eq!(lab.node.figures().grants, 3);
+    assert_eq!(lab.node.figures().sessions_synced, 1);
     lab.node.shutdown().await;
 }
