@@ -17,6 +17,11 @@
 //! The [`PortAllocator`] is likewise in-memory: it proposes candidates, the store enforces
 //! uniqueness across processes.
 //!
+//! A [`Node`] is the whole data plane of one or more regions: a `tunnel::Tunnel` per
+//! region and one `Gateway` for their entry ports, driven only by control messages
+//! (`control::msg`) from one or several servers' sessions, with its events numbered and
+//! held until acknowledged. It knows nothing of how the messages travel.
+//!
 //! # Layout
 //!
 //! - [`ports`]: [`PortAllocator`] and [`PortRange`]: random ports from a range, never a
