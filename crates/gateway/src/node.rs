@@ -282,7 +282,7 @@ impl Node {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         });
-        tasks.push(tokio::spawn(pump(shared.clone(), events)));
+        tasks.push(tokio::spawn(pump(shared.clone(), events, stop.clone())));
         let boot = GatewayRunId::new();
         tracing::info!(gateway = %config.gateway_name, %boot, regions = regions.len(), "gateway node started");
         Ok(Node {
@@ -383,8 +383,13 @@ impl Node {
 
 /// Moves the gateway's events into the ledger, numbered, and wakes the sessions. Ends
 /// when the gateway is gone or the node stops.
-async fn pump(shared: Arc<Shared>, mut events: Events) {
-    while let Some(event) = events.recv().await {
+async fn pump(shared: Arc<Shared>, mut events: Events, stop: CancellationToken) {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = stop.cancelled() => events.try_recv(),
+        };
+        let Some(event) = event else { return };
         let now = shared.clock.now();
         match &event {
             Event::ConnectionOpened { .. } => {

@@ -566,7 +566,17 @@ async fn status_reports_connections_refusals_peers_and_events() {
     ctl.opened(&g).await;
     assert!(ctl.status().await.peers.is_empty());
     assert_eq!(lab.node.figures().sessions_synced, 1);
-    lab.node.shutdown().await;
+
+    // Shutdown: the port closes, the live connection is killed, the session ends, at once.
+    timeout(Duration::from_secs(1), lab.node.shutdown())
+        .await
+        .expect("shutdown took too long");
+    wait_closed(&mut client).await;
+    assert!(TcpStream::connect(listen).await.is_err(), "port still open");
+    timeout(WAIT, async { while ctl.up.recv().await.is_some() {} })
+        .await
+        .expect("the session did not end");
+    assert_eq!(lab.node.figures().sessions, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
