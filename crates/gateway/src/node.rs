@@ -135,6 +135,8 @@ pub struct NodeFigures {
     pub grants: usize,
     /// Closed grants remembered (never reopened).
     pub tombstones: usize,
+    /// Closes of grants never held here not remembered, at [`ledger::MAX_TOMBSTONES`].
+    pub tombstones_refused: u64,
     /// Live forwarded connections.
     pub connections: usize,
     /// Connections forwarded since the start.
@@ -835,6 +837,7 @@ impl Inner {
             regions,
             grants: grants.len(),
             tombstones: ledger.tombstones(),
+            tombstones_refused: ledger.tombstones_refused(),
             connections,
             connections_total: self.shared.connections_total.load(Ordering::Relaxed),
             bytes_in,

@@ -31,6 +31,15 @@ use domain::{GatewayRunId, RegionId, RouterId};
 /// How long a closed grant's key is remembered at least, past its close.
 pub const TOMBSTONE_MIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
+/// Tombstones kept at most before a `Close` of a grant never held here is no longer
+/// remembered (and counted): a server cannot grow the map without bound. A grant that
+/// was held is always remembered.
+pub const MAX_TOMBSTONES: usize = 262_144;
+
+/// How often expired tombstones are swept (not at every frame: a resynchronisation
+/// sends thousands).
+const PRUNE_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
 /// One control stream, as the ledger numbers them (in the order they began).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u64);
@@ -116,6 +125,9 @@ pub struct Ledger {
     regions: BTreeMap<RegionId, Served>,
     grants: BTreeMap<GrantKey, Held>,
     tombstones: HashMap<GrantKey, DateTime<Utc>>,
+    /// Closes of grants never held here not remembered, [`MAX_TOMBSTONES`] being kept.
+    tombstones_refused: u64,
+    next_prune: Option<DateTime<Utc>>,
     peers: BTreeMap<RouterId, Peer>,
     outbox: VecDeque<(u64, Event)>,
     next_seq: u64,
@@ -147,6 +159,8 @@ impl Ledger {
             regions: regions.into_iter().collect(),
             grants: BTreeMap::new(),
             tombstones: HashMap::new(),
+            tombstones_refused: 0,
+            next_prune: None,
             peers: BTreeMap::new(),
             outbox: VecDeque::new(),
             next_seq: 1,
@@ -264,7 +278,10 @@ impl Ledger {
 
     /// What to do with one `Down` of a greeted session.
     pub fn decide(&mut self, id: SessionId, down: Down, now: DateTime<Utc>) -> Step {
-        self.prune(now);
+        if self.next_prune.is_none_or(|at| now >= at) {
+            self.prune(now);
+            self.next_prune = Some(now + PRUNE_EVERY);
+        }
         match down {
             Down::Hello { .. } => Step::Reply(Up::Refused {
                 error: "hello was already received on this stream".into(),
@@ -466,7 +483,19 @@ impl Ledger {
         self.tombstones.len()
     }
 
+    /// Closes of grants never held here that were not remembered, the map being full.
+    pub fn tombstones_refused(&self) -> u64 {
+        self.tombstones_refused
+    }
+
     fn bury(&mut self, key: GrantKey, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+        if expires_at.is_none()
+            && self.tombstones.len() >= MAX_TOMBSTONES
+            && !self.tombstones.contains_key(&key)
+        {
+            self.tombstones_refused += 1;
+            return;
+        }
         let until = expires_at.map_or(now + TOMBSTONE_MIN, |e| e.max(now + TOMBSTONE_MIN));
         let entry = self.tombstones.entry(key).or_insert(until);
         *entry = (*entry).max(until);
@@ -809,6 +838,39 @@ mod tests {
         };
         assert_eq!(expires_at, Some(t("11:00:00")));
         assert!(matches!(reply, Up::OpenFailed { .. }));
+    }
+
+    #[test]
+    fn tombstones_of_unseen_grants_are_bounded_but_held_grants_always_buried() {
+        let r = region();
+        let mut l = ledger(r);
+        let s = hello(&mut l);
+        let now = t("12:00:00");
+        for _ in 0..MAX_TOMBSTONES {
+            l.bury(GrantKey::Access(AccessId::new()), None, now);
+        }
+        let unseen = GrantKey::Access(AccessId::new());
+        let close = |key| Down::Close {
+            key,
+            reason: CloseReason::Revoked,
+        };
+        l.decide(s, close(unseen), now);
+        assert!(!l.is_buried(unseen));
+        assert_eq!(l.tombstones_refused(), 1);
+        let g = spec(r, t("13:00:00"));
+        let Step::Open(asked) = l.decide(s, Down::Open(g.clone()), now) else {
+            panic!()
+        };
+        l.opened(&asked, "127.0.0.1:40001".parse().unwrap());
+        l.decide(s, close(g.key), now);
+        assert!(l.is_buried(g.key));
+        // Ten minutes on, the sweep empties the map.
+        l.decide(s, Down::Synced, t("12:10:01"));
+        assert_eq!(
+            l.tombstones(),
+            1,
+            "only the held grant's, until its deadline"
+        );
     }
 
     #[test]
