@@ -803,3 +803,68 @@ async fn a_reconnecting_server_converges_the_node_from_its_state() {
     assert_eq!(lab.node.figures().sessions_synced, 1);
     lab.node.shutdown().await;
 }
+
+/// A reconnecting server's resynchronisation of many grants: every `Open` of a held
+/// grant is answered from the ledger, without touching a port.
+#[tokio::test]
+async fn a_resynchronisation_of_many_grants_is_quick() {
+    const GRANTS: usize = 2000;
+    let lab = lab(Duration::from_secs(60)).await;
+    let (echo, _) = echo_target().await;
+    let direct = Target::Direct { address: echo };
+    let mut ctl = Ctl::connect(&lab.node, "s").await;
+    // Distinct free ports: held together while chosen.
+    let mut held = Vec::with_capacity(GRANTS);
+    for _ in 0..GRANTS {
+        held.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let mut grants = Vec::with_capacity(GRANTS);
+    for l in held {
+        let mut g = grant(lab.region, direct, in_secs(3600)).await;
+        g.port = l.local_addr().unwrap().port();
+        grants.push(g);
+    }
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = (ctl.down.clone(), &mut ctl.up);
+    let sender = tokio::spawn({
+        let grants = grants.clone();
+        async move {
+            for g in grants {
+                tx.send(Down::Open(g)).await.unwrap();
+            }
+        }
+    });
+    let mut opened = 0;
+    while opened < GRANTS {
+        match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Up::Opened { .. } => opened += 1,
+            Up::OpenFailed { key, error } => panic!("{key}: {error}"),
+            _ => {}
+        }
+    }
+    sender.await.unwrap();
+    let first = started.elapsed();
+    drop(ctl);
+
+    let mut ctl = Ctl::connect(&lab.node, "s").await;
+    assert_eq!(ctl.state.grants.len(), GRANTS);
+    let started = std::time::Instant::now();
+    let (tx, rx) = (ctl.down.clone(), &mut ctl.up);
+    let sender = tokio::spawn(async move {
+        for g in grants {
+            tx.send(Down::Open(g)).await.unwrap();
+        }
+        tx.send(Down::Synced).await.unwrap();
+    });
+    let mut answered = 0;
+    while answered < GRANTS {
+        if let Up::Opened { .. } = timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            answered += 1;
+        }
+    }
+    sender.await.unwrap();
+    let again = started.elapsed();
+    eprintln!("{GRANTS} grants: opened in {first:?}, resynchronised in {again:?}");
+    assert!(again < Duration::from_secs(2), "{again:?}");
+    lab.node.shutdown().await;
+}
