@@ -825,7 +825,7 @@ async fn a_resynchronisation_of_many_grants_is_quick() {
         grants.push(g);
     }
     let started = std::time::Instant::now();
-    let (tx, mut rx) = (ctl.down.clone(), &mut ctl.up);
+    let (tx, rx) = (ctl.down.clone(), &mut ctl.up);
     let sender = tokio::spawn({
         let grants = grants.clone();
         async move {
