@@ -17,6 +17,11 @@
 //! The [`PortAllocator`] is likewise in-memory: it proposes candidates, the store enforces
 //! uniqueness across processes.
 //!
+//! A [`Node`] is the whole data plane of one or more regions: a `tunnel::Tunnel` per
+//! region and one `Gateway` for their entry ports, driven only by control messages
+//! (`control::msg`) from one or several servers' sessions, with its events numbered and
+//! held until acknowledged. It knows nothing of how the messages travel.
+//!
 //! # Layout
 //!
 //! - [`ports`]: [`PortAllocator`] and [`PortRange`]: random ports from a range, never a
@@ -31,6 +36,15 @@
 //! - `copy`: the portable pump (read into a buffer, write out).
 //! - `splice`: the Linux zero-copy pump (socket → pipe → socket), safe code over `rustix`.
 //! - [`clock`]: the wall clock as a parameter, for event times.
+//! - [`node`]: the gateway [`Node`]: the data plane of one or more regions (a
+//!   `tunnel::Tunnel` per region, one [`Gateway`] for every entry port) driven only by
+//!   control messages (`control::msg`): sessions, desired state, numbered events,
+//!   status, dials.
+//!   - `node/ledger`: its protocol logic, sans I/O: sessions in order, held grants and
+//!     peers, tombstones, the event outbox and its acknowledgements.
+//!   - `node/wire`: conversions between the gateway's types and the messages.
+//!   - `node/dial`: streams through a region's tunnel (`RegionDial`, `TunnelConn`) and
+//!     what a dial returns (`DialStream`).
 
 #![cfg_attr(
     test,
@@ -47,6 +61,7 @@ mod conn;
 mod copy;
 pub mod event;
 pub mod gateway;
+pub mod node;
 pub mod ports;
 pub mod spec;
 #[cfg(target_os = "linux")]
@@ -61,6 +76,7 @@ pub use gateway::{
     CloseReport, Config, ConnectionInfo, Gateway, GrantInfo, OpenForward, ReconcileReport,
     ShutdownReport, TransferMode,
 };
+pub use node::{Node, NodeConfig, NodeFigures, RegionConfig, Udp};
 pub use ports::{PortAllocator, PortRange};
 pub use spec::{
     BoxUpstream, Dial, DialFuture, ForwardSpec, GrantKey, SourcePolicy, Target, Upstream,
@@ -90,6 +106,9 @@ pub enum Error {
     /// The deadline given to `open` is already past.
     #[error("{key}: the deadline has already passed")]
     DeadlinePassed { key: GrantKey },
+    /// A region of a node could not be set up (its tunnel, its UDP socket).
+    #[error("region {region}: {message}")]
+    Region { region: String, message: String },
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -108,8 +127,19 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let root = std::fs::read_to_string(dir.join("lib.rs")).unwrap();
         let layout = root.split("# Layout").nth(1).unwrap();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        for path in files {
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
                 text.starts_with("//!"),

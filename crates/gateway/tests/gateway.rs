@@ -1047,3 +1047,6 @@ async fn a_dialed_target_forwards_counts_and_is_killed_with_its_grant() {
     };
     assert_eq!(reason, EndReason::TargetUnreachable);
 }
+
+/// The gateway node, driven through control messages.
+mod node;
