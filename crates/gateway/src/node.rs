@@ -349,6 +349,12 @@ impl Node {
         async move { inner.dial(request).await }
     }
 
+    /// This node as the gateway side of a control channel: `control::channel::serve(io,
+    /// node.handler())` runs one server's connection (its control stream and dials).
+    pub fn handler(&self) -> Arc<dyn control::channel::Handler> {
+        Arc::new(self.clone())
+    }
+
     /// The `Status` sessions get, now.
     pub fn status(&self) -> Status {
         self.inner.status()
@@ -856,4 +862,25 @@ impl Inner {
 fn up(p: &tunnel::PeerStatus, now: SystemTime) -> bool {
     p.last_seen_at
         .is_some_and(|at| now.duration_since(at).unwrap_or_default() <= PEER_UP_WITHIN)
+}
+
+impl control::channel::Handler for Node {
+    fn control(
+        &self,
+        down: mpsc::Receiver<Down>,
+        up: mpsc::Sender<Up>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.session(down, up))
+    }
+
+    fn dial(
+        &self,
+        request: DialRequest,
+    ) -> futures::future::BoxFuture<'static, io::Result<Box<dyn control::channel::DialIo>>> {
+        let dial = Node::dial(self, request);
+        Box::pin(async move {
+            let stream = dial.await?;
+            Ok(Box::new(stream) as Box<dyn control::channel::DialIo>)
+        })
+    }
 }

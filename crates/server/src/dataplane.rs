@@ -319,6 +319,11 @@ impl GatewayPlane {
         &self.gateway
     }
 
+    /// The links to the remote gateways (regions configured `gateway = "remote"`).
+    pub fn links(&self) -> Option<&crate::links::Links> {
+        self.links.as_ref()
+    }
+
     /// The regions' management tunnels (admit and remove routers' keys, their status,
     /// streams to routers).
     pub fn tunnels(&self) -> &crate::tunnels::Tunnels {
