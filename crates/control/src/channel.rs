@@ -16,7 +16,8 @@
 //! Control stream on the gateway: the first frame must be `Down::Hello` of
 //! [`PROTOCOL`]; otherwise the gateway answers `Up::Refused` and ends the stream without
 //! calling its handler. Later, a frame that is not a `Down` is answered `Up::Refused` and
-//! skipped; one whose length breaks framing resets the stream.
+//! skipped; one whose length breaks framing is answered `Up::Refused` and ends the
+//! stream (the gateway reads no more of it: END_STREAM, then RST_STREAM NO_ERROR).
 //!
 //! One caution of HTTP/2: every stream shares the connection's window, so streams whose
 //! readers stall (a few at the full [`ChannelConfig::stream_window`]) can hold it all;
@@ -241,7 +242,7 @@ impl Channel {
                 match reader.next::<Up>().await {
                     Ok(Some(up)) => {
                         if up_tx.send(up).await.is_err() {
-                            let _ = stop_tx.send(Reason::CANCEL);
+                            let _ = stop_tx.send(());
                             return;
                         }
                     }
@@ -251,7 +252,7 @@ impl Channel {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "control stream from the gateway failed");
-                        let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
+                        let _ = stop_tx.send(());
                         return;
                     }
                 }
@@ -536,25 +537,24 @@ impl FrameReader {
 }
 
 /// Writes `messages` as frames until their senders are all gone (then ends the stream),
-/// the peer resets the stream, or `stop` says to reset it (a stop dropped unsent is no
-/// stop: the reader merely ended).
+/// the peer resets the stream, or `cancel` fires (then resets it, CANCEL; a `cancel`
+/// dropped unsent is no cancel: the reader merely ended).
 async fn write_frames<M: Serialize>(
     mut send: SendStream<Bytes>,
     mut messages: mpsc::Receiver<M>,
-    stop: oneshot::Receiver<Reason>,
+    cancel: oneshot::Receiver<()>,
 ) {
-    let stop = async move {
-        match stop.await {
-            Ok(reason) => reason,
-            Err(_) => std::future::pending().await,
+    let cancel = async move {
+        if cancel.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    tokio::pin!(stop);
+    tokio::pin!(cancel);
     loop {
         let message = tokio::select! {
             message = messages.recv() => message,
-            reason = &mut stop => {
-                send.send_reset(reason);
+            () = &mut cancel => {
+                send.send_reset(Reason::CANCEL);
                 return;
             }
             _ = poll_fn(|cx| send.poll_reset(cx)) => return,
@@ -563,23 +563,29 @@ async fn write_frames<M: Serialize>(
             let _ = send.send_data(Bytes::new(), true);
             return;
         };
-        let bytes = match frame::encode(&message) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(%error, "control stream: a message could not be framed, dropped");
-                continue;
-            }
-        };
-        let stopped = tokio::select! {
-            sent = send_all(&mut send, bytes, false) => match sent {
-                Ok(()) => None,
+        let cancelled = tokio::select! {
+            sent = write_frame(&mut send, &message) => match sent {
+                Ok(()) => false,
                 Err(_) => return,
             },
-            reason = &mut stop => Some(reason),
+            () = &mut cancel => true,
         };
-        if let Some(reason) = stopped {
-            send.send_reset(reason);
+        if cancelled {
+            send.send_reset(Reason::CANCEL);
             return;
+        }
+    }
+}
+
+async fn write_frame<M: Serialize>(
+    send: &mut SendStream<Bytes>,
+    message: &M,
+) -> Result<(), ChannelError> {
+    match frame::encode(message) {
+        Ok(bytes) => send_all(send, bytes, false).await,
+        Err(error) => {
+            tracing::error!(%error, "control stream: a message could not be framed, dropped");
+            Ok(())
         }
     }
 }
@@ -681,8 +687,9 @@ async fn serve_control(
     };
     let (down_tx, down) = mpsc::channel(config.control_queue);
     let (up, up_rx) = mpsc::channel(config.control_queue);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    tokio::spawn(write_frames(send, up_rx, stop_rx));
+    // Never cancelled: the gateway's side ends with END_STREAM, after what is queued.
+    let (_cancel, cancel_rx) = oneshot::channel();
+    tokio::spawn(write_frames(send, up_rx, cancel_rx));
     let refuse = |error: String| {
         let up = up.clone();
         async move {
@@ -712,7 +719,6 @@ async fn serve_control(
         }
         Err(error) => {
             refuse(error.to_string()).await;
-            let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
             return;
         }
     }
@@ -735,8 +741,11 @@ async fn serve_control(
             }
             Err(ChannelError::H2(_)) => return,
             Err(error) => {
+                // Framing is lost: nothing more can be read. Returning drops `down`'s
+                // sender, so the handler returns and the stream ends (END_STREAM after
+                // what is queued, the refusal included; h2 then resets the unread
+                // half with NO_ERROR, which keeps queued data where CANCEL drops it).
                 refuse(error.to_string()).await;
-                let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
                 return;
             }
         }
