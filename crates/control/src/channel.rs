@@ -80,7 +80,7 @@ impl Default for ChannelConfig {
             max_streams: 1024,
             stream_window: 256 * 1024,
             connection_window: 32 * 1024 * 1024,
-            control_queue: 1024,
+            control_queue: 256,
         }
     }
 }
@@ -318,11 +318,16 @@ impl ControlStream {
 
 /// Bytes both ways over one h2 stream: a server's dial to a router (and the gateway's
 /// side of it). Shutting the write side down ends the stream's sending half
-/// (END_STREAM); reads end (EOF) when the peer's half ends. Dropping it resets the
-/// stream if it is still open.
+/// (END_STREAM); reads end (EOF) when the peer's half ends.
+///
+/// Dropped before its write side is shut down, it aborts the stream (RST_STREAM CANCEL:
+/// bytes not yet sent are dropped, and the gateway resets the router's connection).
+/// Dropped after, what was written still goes out: a task reads and discards the peer's
+/// bytes until it ends its half (for [`DRAIN_LIMIT`] at most), since h2 would drop the
+/// queued bytes with a reset.
 pub struct DialStream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` only once dropped.
+    halves: Option<Halves>,
     /// Bytes received and not yet read (their window already released).
     buf: Bytes,
     read_eof: bool,
@@ -332,11 +337,44 @@ pub struct DialStream {
 impl fmt::Debug for DialStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DialStream")
-            .field("stream", &self.send.stream_id())
+            .field("stream", &self.halves.as_ref().map(|h| h.send.stream_id()))
             .field("buffered", &self.buf.len())
             .field("read_eof", &self.read_eof)
             .field("write_closed", &self.write_closed)
             .finish()
+    }
+}
+
+struct Halves {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+}
+
+/// How long a dropped [`DialStream`] whose write side was shut down waits for the peer
+/// to end its half.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+impl Drop for DialStream {
+    fn drop(&mut self) {
+        let Some(Halves { send, mut recv }) = self.halves.take() else {
+            return;
+        };
+        if !self.write_closed || self.read_eof {
+            // An abort, or both halves ended already: h2 does the rest.
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                while let Some(Ok(chunk)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+            drop(send);
+        });
     }
 }
 
@@ -359,9 +397,12 @@ impl AsyncRead for DialStream {
             if this.read_eof || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(this.recv.poll_data(cx)) {
+            let Some(halves) = this.halves.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(halves.recv.poll_data(cx)) {
                 Some(Ok(chunk)) => {
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    let _ = halves.recv.flow_control().release_capacity(chunk.len());
                     this.buf = chunk;
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
@@ -387,13 +428,17 @@ impl AsyncWrite for DialStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let Some(halves) = this.halves.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
         let n = ready!(poll_send_capacity(
-            &mut this.send,
+            &mut halves.send,
             cx,
             data.len().min(MAX_WRITE)
         ))?;
         let chunk = data.get(..n).unwrap_or(data);
-        this.send
+        halves
+            .send
             .send_data(Bytes::copy_from_slice(chunk), false)
             .map_err(h2_io)?;
         Poll::Ready(Ok(chunk.len()))
@@ -408,7 +453,9 @@ impl AsyncWrite for DialStream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            if let Some(halves) = this.halves.as_mut() {
+                halves.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -527,8 +574,10 @@ impl FrameReader {
     /// first.
     fn into_stream(self, send: SendStream<Bytes>) -> DialStream {
         DialStream {
-            send,
-            recv: self.recv,
+            halves: Some(Halves {
+                send,
+                recv: self.recv,
+            }),
             buf: self.decoder.into_remainder(),
             read_eof: self.eof,
             write_closed: false,

@@ -213,6 +213,57 @@ async fn a_dial_echoes_and_half_close_carries_both_ways() {
     assert_eq!(back, b"hello router");
 }
 
+/// A target on 127.0.0.1 that reports each connection's bytes when it ends.
+async fn recording_target() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (ended, ends) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = stream.read_to_end(&mut got).await;
+                let _ = ended.send(got);
+            });
+        }
+    });
+    (address, ends)
+}
+
+#[tokio::test]
+async fn a_dial_dropped_after_shutdown_delivers_and_one_dropped_before_aborts() {
+    let (target, mut ends) = recording_target().await;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let handler: Arc<dyn Handler> = Arc::new(TestGateway::default());
+    let served = tokio::spawn(serve(server, handler));
+    let channel = Channel::connect(client).await.unwrap();
+
+    // Written, shut down, dropped at once (the target has not answered): delivered.
+    let command = vec![b'c'; 300 * 1024];
+    let mut stream = channel.dial(direct(target)).await.unwrap();
+    stream.write_all(&command).await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    let got = within("delivered", ends.recv()).await.unwrap();
+    assert!(got == command, "{} of {} bytes", got.len(), command.len());
+
+    // Dropped without a shutdown: the target's connection is ended all the same.
+    let mut stream = channel.dial(direct(target)).await.unwrap();
+    stream.write_all(b"half a command").await.unwrap();
+    drop(stream);
+    let got = within("aborted", ends.recv()).await.unwrap();
+    assert!(b"half a command".starts_with(&got), "{got:?}");
+
+    // The server drops its channel: the gateway's side ends cleanly.
+    drop(channel);
+    let result = within("serve ends", served).await.unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
 #[tokio::test]
 async fn a_hundred_dials_share_one_connection() {
     let echo = echo_server().await;
