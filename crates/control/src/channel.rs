@@ -104,6 +104,10 @@ pub enum ChannelError {
     Truncated,
     #[error("first frame over {FIRST_FRAME_LIMIT} bytes")]
     FirstFrameTooLong,
+    #[error("tls: {0}")]
+    Tls(io::Error),
+    #[error("the tls handshake took over {0:?}")]
+    TlsTimeout(Duration),
 }
 
 /// Something a dial gives back: a byte stream both ways.
@@ -188,6 +192,28 @@ impl Channel {
             closed,
             config: Arc::new(config),
         })
+    }
+
+    /// TLS over `io` (a TCP stream to the gateway), checked with `tls` (from
+    /// [`crate::pki::server_tls`]) against the certificate of `gateway` and no other,
+    /// then [`Channel::connect_with`]. The TLS handshake may take
+    /// [`ChannelConfig::keepalive_timeout`].
+    pub async fn connect_tls<T>(
+        io: T,
+        tls: Arc<rustls::ClientConfig>,
+        gateway: domain::GatewayId,
+        config: ChannelConfig,
+    ) -> Result<Channel, ChannelError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = tokio_rustls::TlsConnector::from(tls)
+            .connect(crate::pki::gateway_server_name(gateway), io);
+        let stream = tokio::time::timeout(config.keepalive_timeout, handshake)
+            .await
+            .map_err(|_| ChannelError::TlsTimeout(config.keepalive_timeout))?
+            .map_err(ChannelError::Tls)?;
+        Channel::connect_with(stream, config).await
     }
 
     /// Whether the connection has ended.
@@ -723,6 +749,27 @@ where
             }
         });
     }
+}
+
+/// The gateway's side of one TCP connection: TLS with `tls` (from
+/// [`crate::pki::gateway_tls`]: a server's certificate required), then [`serve_with`].
+/// The TLS handshake may take [`ChannelConfig::keepalive_timeout`]; a refused
+/// certificate is [`ChannelError::Tls`].
+pub async fn serve_tls<T>(
+    io: T,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Arc<dyn Handler>,
+    config: ChannelConfig,
+) -> Result<(), ChannelError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
+    let stream = tokio::time::timeout(config.keepalive_timeout, handshake)
+        .await
+        .map_err(|_| ChannelError::TlsTimeout(config.keepalive_timeout))?
+        .map_err(ChannelError::Tls)?;
+    serve_with(stream, handler, config).await
 }
 
 async fn serve_control(

@@ -18,7 +18,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use control::channel::{Channel, ChannelConfig, ChannelError, DialIo, Handler, serve, serve_with};
+use control::channel::{
+    Channel, ChannelConfig, ChannelError, DialIo, Handler, serve, serve_tls, serve_with,
+};
 use control::frame::{self, Decoder};
 use control::msg::{DialRequest, Down, GatewayState, PROTOCOL, Target, Up};
 use control::pki::{self, Ca, KeyPem};
@@ -600,8 +602,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stallable<T> {
 
 fn quick() -> ChannelConfig {
     ChannelConfig {
-        keepalive_interval: Duration::from_millis(100),
-        keepalive_timeout: Duration::from_millis(300),
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_secs(1),
         ..ChannelConfig::default()
     }
 }
@@ -619,15 +621,16 @@ async fn a_silent_gateway_is_declared_dead_and_a_live_one_is_not() {
     let channel = Channel::connect_with(client, quick()).await.unwrap();
     let mut control = channel.control(hello("s")).await.unwrap();
     assert!(matches!(control.recv().await, Some(Up::State(_))));
-    // Pings answered: a second of them leaves the connection up.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Pings answered: two seconds of them leave the connection up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!channel.is_closed());
     // The link drops silently.
     stalled.store(true, Ordering::SeqCst);
     let started = Instant::now();
     within("declared dead", channel.closed()).await;
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // At most an interval and a timeout (1.2 s), with room for a loaded machine.
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(channel.is_closed());
     assert_eq!(within("control ends", control.recv()).await, None);
     let error = channel.dial(tunnel(8291)).await.unwrap_err();
@@ -744,11 +747,26 @@ async fn tls_channel(
 async fn over_tcp_and_mtls_control_and_dials_work() {
     let p = pki();
     let echo = echo_server().await;
+    // The gateway as `postern gateway` runs it: a listener, `serve_tls` per connection.
     let gateway_tls = pki::gateway_tls(&p.gateway_cert, &p.gateway_key, p.ca.cert_pem()).unwrap();
-    let (address, mut reports) = tls_gateway(gateway_tls).await;
+    let gateway_tls = Arc::new(gateway_tls);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let handler: Arc<dyn Handler> = Arc::new(TestGateway::default());
+        serve_tls(tcp, gateway_tls, handler, ChannelConfig::default()).await
+    });
     let server_tls = pki::server_tls(&p.server_cert, &p.server_key, p.ca.cert_pem()).unwrap();
-    let channel = tls_channel(address, server_tls, p.gateway).await.unwrap();
-    assert_eq!(reports.recv().await.unwrap(), Ok(()));
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let channel = Channel::connect_tls(
+        tcp,
+        Arc::new(server_tls),
+        p.gateway,
+        ChannelConfig::default(),
+    )
+    .await
+    .unwrap();
     let mut control = channel.control(hello("tls")).await.unwrap();
     match within("state", control.recv()).await.unwrap() {
         Up::State(state) => assert_eq!(state.gateway, "hello tls"),
@@ -773,6 +791,10 @@ async fn over_tcp_and_mtls_control_and_dials_work() {
         }
     })
     .await;
+    drop(control);
+    drop(channel);
+    let result = within("serve_tls ends", served).await.unwrap();
+    assert!(result.is_ok(), "{result:?}");
 }
 
 /// Connects with `client` to a gateway serving `gateway`, meaning to reach `meant`:
