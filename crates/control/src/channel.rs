@@ -350,9 +350,9 @@ impl ControlStream {
 /// bytes not yet sent are dropped, and the gateway resets the router's connection).
 /// Dropped after, what was written still goes out: a task reads and discards the peer's
 /// bytes until it ends its half (for [`DRAIN_LIMIT`] at most), since h2 would drop the
-/// queued bytes with a reset.
+/// queued bytes with a reset. [`DialStream::abort`] resets it at once.
 pub struct DialStream {
-    /// `None` only once dropped.
+    /// `None` only once dropped or aborted.
     halves: Option<Halves>,
     /// Bytes received and not yet read (their window already released).
     buf: Bytes,
@@ -374,6 +374,16 @@ impl fmt::Debug for DialStream {
 struct Halves {
     send: SendStream<Bytes>,
     recv: RecvStream,
+}
+
+impl DialStream {
+    /// Ends the stream at once both ways (RST_STREAM CANCEL): bytes not yet sent are
+    /// dropped, and the other side's reads and writes fail.
+    pub fn abort(mut self) {
+        if let Some(mut halves) = self.halves.take() {
+            halves.send.send_reset(Reason::CANCEL);
+        }
+    }
 }
 
 /// How long a dropped [`DialStream`] whose write side was shut down waits for the peer
@@ -503,10 +513,15 @@ fn poll_send_capacity(
         match ready!(send.poll_capacity(cx)) {
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+            // Our own end is caught before this: the peer reset the stream.
             None => {
+                let reason = match send.poll_reset(cx) {
+                    Poll::Ready(Ok(reason)) => reason.to_string(),
+                    _ => "closed".to_owned(),
+                };
                 return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the stream was closed",
+                    io::ErrorKind::ConnectionReset,
+                    format!("the peer reset the stream: {reason}"),
                 )));
             }
         }
@@ -899,7 +914,10 @@ async fn serve_dial(
     }
     let mut stream = reader.into_stream(send);
     if let Err(error) = tokio::io::copy_bidirectional(&mut stream, &mut target).await {
+        // One way failed: the server's side learns at once (rather than its bytes being
+        // drained into the void), and the target is closed as `target` drops.
         tracing::debug!(%error, "dial stream ended");
+        stream.abort();
     }
 }
 

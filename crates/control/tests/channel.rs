@@ -267,6 +267,38 @@ async fn a_dial_dropped_after_shutdown_delivers_and_one_dropped_before_aborts() 
 }
 
 #[tokio::test]
+async fn a_target_that_goes_away_fails_the_servers_writes_and_abort_ends_a_dial() {
+    // A target that closes every connection at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let (channel, _) = in_memory(ChannelConfig::default()).await;
+    let mut stream = channel.dial(direct(closing)).await.unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let error = within("writes fail", async {
+        loop {
+            if let Err(error) = stream.write_all(&chunk).await {
+                return error;
+            }
+        }
+    })
+    .await;
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+
+    // The server aborts a dial: the target's connection ends.
+    let (target, mut ends) = recording_target().await;
+    let mut stream = channel.dial(direct(target)).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    stream.abort();
+    let got = within("aborted", ends.recv()).await.unwrap();
+    assert!(b"ping".starts_with(&got), "{got:?}");
+}
+
+#[tokio::test]
 async fn a_hundred_dials_share_one_connection() {
     let echo = echo_server().await;
     let (channel, _) = in_memory(ChannelConfig::default()).await;
