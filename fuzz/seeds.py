@@ -138,3 +138,26 @@ for name, text in [
     ("entry", "gw.example.net"), ("id", "3f8a3c1e-2b4d-4c6e-8f10-123456789abc"), ("status", "active"),
 ]:
     write("domain_rules", name, text)
+
+# Control-channel frames: a chunk-size byte, then frames (u32 big-endian length + JSON).
+def frame(text):
+    text = text.encode()
+    return len(text).to_bytes(4, "big") + text
+
+
+write("control_frame", "down", b"\x07" + frame('{"type":"hello","protocol":1,"server":"s1"}')
+      + frame('{"type":"close","key":"access:3f8a3c1e-2b4d-4c6e-8f10-123456789abc","reason":"revoked"}')
+      + frame('{"type":"ack","seq":42}') + frame('{"type":"synced"}'))
+write("control_frame", "open", b"\x40" + frame(
+    '{"type":"open","key":"forward:3f8a3c1e-2b4d-4c6e-8f10-123456789abc",'
+    '"region":"0b6f5a52-64c4-4b0e-9a53-0e4b7c3a1d2f","port":40001,'
+    '"target":{"via":"tunnel","address":"100.64.0.7","port":8291},'
+    '"sources":{"allow":["203.0.113.0/24"],"allow_rfc1918":true},'
+    '"expires_at":"2026-12-07T03:00:00Z"}'))
+write("control_frame", "up", b"\x03" + frame(
+    '{"type":"event","seq":7,"event":{"kind":"connection_opened",'
+    '"key":"access:3f8a3c1e-2b4d-4c6e-8f10-123456789abc","id":1,'
+    '"source":"203.0.113.9:51000","at":"2026-12-07T03:00:00Z","first":true}}')
+      + frame('{"type":"refused","error":"not a message"}'))
+write("control_frame", "junk_then_good", b"\x01" + frame('{"type":1') + frame('{"type":"synced"}'))
+write("control_frame", "too_long", b"\x02" + b"\xff\xff\xff\xff{")

@@ -16,7 +16,8 @@
 //! Control stream on the gateway: the first frame must be `Down::Hello` of
 //! [`PROTOCOL`]; otherwise the gateway answers `Up::Refused` and ends the stream without
 //! calling its handler. Later, a frame that is not a `Down` is answered `Up::Refused` and
-//! skipped; one whose length breaks framing resets the stream.
+//! skipped; one whose length breaks framing is answered `Up::Refused` and ends the
+//! stream (the gateway reads no more of it: END_STREAM, then RST_STREAM NO_ERROR).
 //!
 //! One caution of HTTP/2: every stream shares the connection's window, so streams whose
 //! readers stall (a few at the full [`ChannelConfig::stream_window`]) can hold it all;
@@ -79,7 +80,7 @@ impl Default for ChannelConfig {
             max_streams: 1024,
             stream_window: 256 * 1024,
             connection_window: 32 * 1024 * 1024,
-            control_queue: 1024,
+            control_queue: 256,
         }
     }
 }
@@ -103,6 +104,10 @@ pub enum ChannelError {
     Truncated,
     #[error("first frame over {FIRST_FRAME_LIMIT} bytes")]
     FirstFrameTooLong,
+    #[error("tls: {0}")]
+    Tls(io::Error),
+    #[error("the tls handshake took over {0:?}")]
+    TlsTimeout(Duration),
 }
 
 /// Something a dial gives back: a byte stream both ways.
@@ -189,6 +194,28 @@ impl Channel {
         })
     }
 
+    /// TLS over `io` (a TCP stream to the gateway), checked with `tls` (from
+    /// [`crate::pki::server_tls`]) against the certificate of `gateway` and no other,
+    /// then [`Channel::connect_with`]. The TLS handshake may take
+    /// [`ChannelConfig::keepalive_timeout`].
+    pub async fn connect_tls<T>(
+        io: T,
+        tls: Arc<rustls::ClientConfig>,
+        gateway: domain::GatewayId,
+        config: ChannelConfig,
+    ) -> Result<Channel, ChannelError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = tokio_rustls::TlsConnector::from(tls)
+            .connect(crate::pki::gateway_server_name(gateway), io);
+        let stream = tokio::time::timeout(config.keepalive_timeout, handshake)
+            .await
+            .map_err(|_| ChannelError::TlsTimeout(config.keepalive_timeout))?
+            .map_err(ChannelError::Tls)?;
+        Channel::connect_with(stream, config).await
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
@@ -241,7 +268,7 @@ impl Channel {
                 match reader.next::<Up>().await {
                     Ok(Some(up)) => {
                         if up_tx.send(up).await.is_err() {
-                            let _ = stop_tx.send(Reason::CANCEL);
+                            let _ = stop_tx.send(());
                             return;
                         }
                     }
@@ -251,7 +278,7 @@ impl Channel {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "control stream from the gateway failed");
-                        let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
+                        let _ = stop_tx.send(());
                         return;
                     }
                 }
@@ -317,11 +344,16 @@ impl ControlStream {
 
 /// Bytes both ways over one h2 stream: a server's dial to a router (and the gateway's
 /// side of it). Shutting the write side down ends the stream's sending half
-/// (END_STREAM); reads end (EOF) when the peer's half ends. Dropping it resets the
-/// stream if it is still open.
+/// (END_STREAM); reads end (EOF) when the peer's half ends.
+///
+/// Dropped before its write side is shut down, it aborts the stream (RST_STREAM CANCEL:
+/// bytes not yet sent are dropped, and the gateway resets the router's connection).
+/// Dropped after, what was written still goes out: a task reads and discards the peer's
+/// bytes until it ends its half (for [`DRAIN_LIMIT`] at most), since h2 would drop the
+/// queued bytes with a reset. [`DialStream::abort`] resets it at once.
 pub struct DialStream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` only once dropped or aborted.
+    halves: Option<Halves>,
     /// Bytes received and not yet read (their window already released).
     buf: Bytes,
     read_eof: bool,
@@ -331,11 +363,54 @@ pub struct DialStream {
 impl fmt::Debug for DialStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DialStream")
-            .field("stream", &self.send.stream_id())
+            .field("stream", &self.halves.as_ref().map(|h| h.send.stream_id()))
             .field("buffered", &self.buf.len())
             .field("read_eof", &self.read_eof)
             .field("write_closed", &self.write_closed)
             .finish()
+    }
+}
+
+struct Halves {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+}
+
+impl DialStream {
+    /// Ends the stream at once both ways (RST_STREAM CANCEL): bytes not yet sent are
+    /// dropped, and the other side's reads and writes fail.
+    pub fn abort(mut self) {
+        if let Some(mut halves) = self.halves.take() {
+            halves.send.send_reset(Reason::CANCEL);
+        }
+    }
+}
+
+/// How long a dropped [`DialStream`] whose write side was shut down waits for the peer
+/// to end its half.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+impl Drop for DialStream {
+    fn drop(&mut self) {
+        let Some(Halves { send, mut recv }) = self.halves.take() else {
+            return;
+        };
+        if !self.write_closed || self.read_eof {
+            // An abort, or both halves ended already: h2 does the rest.
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                while let Some(Ok(chunk)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+            drop(send);
+        });
     }
 }
 
@@ -358,9 +433,12 @@ impl AsyncRead for DialStream {
             if this.read_eof || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(this.recv.poll_data(cx)) {
+            let Some(halves) = this.halves.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(halves.recv.poll_data(cx)) {
                 Some(Ok(chunk)) => {
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    let _ = halves.recv.flow_control().release_capacity(chunk.len());
                     this.buf = chunk;
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
@@ -386,13 +464,17 @@ impl AsyncWrite for DialStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let Some(halves) = this.halves.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
         let n = ready!(poll_send_capacity(
-            &mut this.send,
+            &mut halves.send,
             cx,
             data.len().min(MAX_WRITE)
         ))?;
         let chunk = data.get(..n).unwrap_or(data);
-        this.send
+        halves
+            .send
             .send_data(Bytes::copy_from_slice(chunk), false)
             .map_err(h2_io)?;
         Poll::Ready(Ok(chunk.len()))
@@ -407,7 +489,9 @@ impl AsyncWrite for DialStream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            if let Some(halves) = this.halves.as_mut() {
+                halves.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -429,10 +513,15 @@ fn poll_send_capacity(
         match ready!(send.poll_capacity(cx)) {
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+            // Our own end is caught before this: the peer reset the stream.
             None => {
+                let reason = match send.poll_reset(cx) {
+                    Poll::Ready(Ok(reason)) => reason.to_string(),
+                    _ => "closed".to_owned(),
+                };
                 return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the stream was closed",
+                    io::ErrorKind::ConnectionReset,
+                    format!("the peer reset the stream: {reason}"),
                 )));
             }
         }
@@ -526,8 +615,10 @@ impl FrameReader {
     /// first.
     fn into_stream(self, send: SendStream<Bytes>) -> DialStream {
         DialStream {
-            send,
-            recv: self.recv,
+            halves: Some(Halves {
+                send,
+                recv: self.recv,
+            }),
             buf: self.decoder.into_remainder(),
             read_eof: self.eof,
             write_closed: false,
@@ -536,25 +627,24 @@ impl FrameReader {
 }
 
 /// Writes `messages` as frames until their senders are all gone (then ends the stream),
-/// the peer resets the stream, or `stop` says to reset it (a stop dropped unsent is no
-/// stop: the reader merely ended).
+/// the peer resets the stream, or `cancel` fires (then resets it, CANCEL; a `cancel`
+/// dropped unsent is no cancel: the reader merely ended).
 async fn write_frames<M: Serialize>(
     mut send: SendStream<Bytes>,
     mut messages: mpsc::Receiver<M>,
-    stop: oneshot::Receiver<Reason>,
+    cancel: oneshot::Receiver<()>,
 ) {
-    let stop = async move {
-        match stop.await {
-            Ok(reason) => reason,
-            Err(_) => std::future::pending().await,
+    let cancel = async move {
+        if cancel.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    tokio::pin!(stop);
+    tokio::pin!(cancel);
     loop {
         let message = tokio::select! {
             message = messages.recv() => message,
-            reason = &mut stop => {
-                send.send_reset(reason);
+            () = &mut cancel => {
+                send.send_reset(Reason::CANCEL);
                 return;
             }
             _ = poll_fn(|cx| send.poll_reset(cx)) => return,
@@ -563,23 +653,29 @@ async fn write_frames<M: Serialize>(
             let _ = send.send_data(Bytes::new(), true);
             return;
         };
-        let bytes = match frame::encode(&message) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(%error, "control stream: a message could not be framed, dropped");
-                continue;
-            }
-        };
-        let stopped = tokio::select! {
-            sent = send_all(&mut send, bytes, false) => match sent {
-                Ok(()) => None,
+        let cancelled = tokio::select! {
+            sent = write_frame(&mut send, &message) => match sent {
+                Ok(()) => false,
                 Err(_) => return,
             },
-            reason = &mut stop => Some(reason),
+            () = &mut cancel => true,
         };
-        if let Some(reason) = stopped {
-            send.send_reset(reason);
+        if cancelled {
+            send.send_reset(Reason::CANCEL);
             return;
+        }
+    }
+}
+
+async fn write_frame<M: Serialize>(
+    send: &mut SendStream<Bytes>,
+    message: &M,
+) -> Result<(), ChannelError> {
+    match frame::encode(message) {
+        Ok(bytes) => send_all(send, bytes, false).await,
+        Err(error) => {
+            tracing::error!(%error, "control stream: a message could not be framed, dropped");
+            Ok(())
         }
     }
 }
@@ -670,6 +766,27 @@ where
     }
 }
 
+/// The gateway's side of one TCP connection: TLS with `tls` (from
+/// [`crate::pki::gateway_tls`]: a server's certificate required), then [`serve_with`].
+/// The TLS handshake may take [`ChannelConfig::keepalive_timeout`]; a refused
+/// certificate is [`ChannelError::Tls`].
+pub async fn serve_tls<T>(
+    io: T,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Arc<dyn Handler>,
+    config: ChannelConfig,
+) -> Result<(), ChannelError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
+    let stream = tokio::time::timeout(config.keepalive_timeout, handshake)
+        .await
+        .map_err(|_| ChannelError::TlsTimeout(config.keepalive_timeout))?
+        .map_err(ChannelError::Tls)?;
+    serve_with(stream, handler, config).await
+}
+
 async fn serve_control(
     handler: Arc<dyn Handler>,
     body: RecvStream,
@@ -681,8 +798,9 @@ async fn serve_control(
     };
     let (down_tx, down) = mpsc::channel(config.control_queue);
     let (up, up_rx) = mpsc::channel(config.control_queue);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    tokio::spawn(write_frames(send, up_rx, stop_rx));
+    // Never cancelled: the gateway's side ends with END_STREAM, after what is queued.
+    let (_cancel, cancel_rx) = oneshot::channel();
+    tokio::spawn(write_frames(send, up_rx, cancel_rx));
     let refuse = |error: String| {
         let up = up.clone();
         async move {
@@ -712,7 +830,6 @@ async fn serve_control(
         }
         Err(error) => {
             refuse(error.to_string()).await;
-            let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
             return;
         }
     }
@@ -735,8 +852,11 @@ async fn serve_control(
             }
             Err(ChannelError::H2(_)) => return,
             Err(error) => {
+                // Framing is lost: nothing more can be read. Returning drops `down`'s
+                // sender, so the handler returns and the stream ends (END_STREAM after
+                // what is queued, the refusal included; h2 then resets the unread
+                // half with NO_ERROR, which keeps queued data where CANCEL drops it).
                 refuse(error.to_string()).await;
-                let _ = stop_tx.send(Reason::PROTOCOL_ERROR);
                 return;
             }
         }
@@ -794,7 +914,10 @@ async fn serve_dial(
     }
     let mut stream = reader.into_stream(send);
     if let Err(error) = tokio::io::copy_bidirectional(&mut stream, &mut target).await {
+        // One way failed: the server's side learns at once (rather than its bytes being
+        // drained into the void), and the target is closed as `target` drops.
         tracing::debug!(%error, "dial stream ended");
+        stream.abort();
     }
 }
 

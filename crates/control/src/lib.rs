@@ -38,7 +38,7 @@ pub mod pki;
 
 pub use channel::{
     Channel, ChannelConfig, ChannelError, ControlStream, DialIo, DialStream, Handler, serve,
-    serve_with,
+    serve_tls, serve_with,
 };
 
 #[cfg(test)]

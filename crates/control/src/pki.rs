@@ -139,7 +139,12 @@ impl Ca {
     pub fn generate() -> Result<Ca, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name("Postern control plane CA");
+        // Unique per CA, so a certificate of another CA is told apart by its issuer.
+        let tag: [u8; 4] = rand::random();
+        params.distinguished_name = name(&format!(
+            "Postern control plane CA {:08x}",
+            u32::from_be_bytes(tag)
+        ));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
