@@ -24,6 +24,9 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run the control plane: API, orchestrator and in-process gateway.
     Server(commands::server::Args),
+    /// Run a region's gateway (tunnel, entry ports) as a process of its own, driven by
+    /// the servers over the control channel; join it once with --join and --token.
+    Gateway(commands::gateway::Args),
     /// Administer a data directory (tokens, …) without going through the API.
     #[command(subcommand)]
     Admin(commands::admin::Command),
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Server(args) => commands::server::run(args),
         Command::Admin(cmd) => commands::admin::run(cmd),
+        Command::Gateway(args) => commands::gateway::run(args),
         Command::Sim(args) => run_async(commands::sim::run(args)),
     };
     match result {

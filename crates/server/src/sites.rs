@@ -76,7 +76,19 @@ pub async fn add_site(
             format!("no region named {wanted:?}"),
         ));
     };
-    if store.region_tunnel(region.id).await?.is_none() {
+    if region_config.remote() {
+        let joined = store
+            .list_gateways()
+            .await?
+            .iter()
+            .any(|g| g.region_id == region.id && g.live());
+        if !joined {
+            return Err(SiteError::Setup(format!(
+                "region {wanted:?} is served by a remote gateway and none has joined it yet: \
+                 run `postern admin add-gateway --region {wanted}` and start the gateway"
+            )));
+        }
+    } else if store.region_tunnel(region.id).await?.is_none() {
         return Err(SiteError::Setup(format!(
             "region {wanted:?} has no tunnel key yet: start postern server once"
         )));

@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod client;
 pub mod demo;
+pub mod gateway;
 pub mod server;
 pub mod sim;
