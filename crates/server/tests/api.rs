@@ -2117,6 +2117,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/sites/{site_id}/removal"),
     ("get", "/enroll/{token}"),
     ("post", "/enroll/{token}"),
+    ("post", "/api/gateways/join"),
     (
         "post",
         "/api/routers/{router_id}/transient-access/{id}/share",
@@ -2279,6 +2280,9 @@ async fn openapi_document_describes_every_route_and_each_is_served(db: Db) {
         let want = if path.starts_with("/enroll/") {
             // Open: the enrolment token is the credential, and this one is unknown.
             StatusCode::NOT_FOUND
+        } else if path == "/api/gateways/join" {
+            // Open: the join token in the body is the credential; no body is malformed.
+            StatusCode::BAD_REQUEST
         } else if path == "/api/winbox/redeem" || (path == "/api/login" && method == "post") {
             // Open: the ticket is the credential, and no body is no ticket.
             StatusCode::UNSUPPORTED_MEDIA_TYPE
