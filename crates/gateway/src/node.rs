@@ -90,6 +90,9 @@ pub struct NodeConfig {
     /// Room for droppable events (refusals, openings but a grant's first) held for want
     /// of an acknowledgement; beyond, they are dropped and counted.
     pub event_capacity: usize,
+    /// This start's run id (`State.boot`); a fresh one when `None`. The node inside
+    /// `postern server` takes the server's gateway run, which owns its connections.
+    pub boot: Option<GatewayRunId>,
 }
 
 impl NodeConfig {
@@ -102,6 +105,7 @@ impl NodeConfig {
             gateway: Config::default(),
             status_every: Duration::from_secs(2),
             event_capacity: 4096,
+            boot: None,
         }
     }
 }
@@ -285,7 +289,7 @@ impl Node {
             bytes_out: AtomicU64::new(0),
         });
         tasks.push(tokio::spawn(pump(shared.clone(), events, stop.clone())));
-        let boot = GatewayRunId::new();
+        let boot = config.boot.unwrap_or_else(GatewayRunId::new);
         tracing::info!(gateway = %config.gateway_name, %boot, regions = regions.len(), "gateway node started");
         Ok(Node {
             inner: Arc::new(Inner {

@@ -1,40 +1,38 @@
-//! The in-process gateway: the orchestrator's [`orchestrator::DataPlane`] hook backed by
-//! the `gateway` crate, the entry-port proposals a create offers the store, the
-//! start-up rebuild of every active grant's listener, and the task that turns the
-//! gateway's events into the store's connections, `authorized_at` and audit entries.
+//! The gateways of `postern server`: the orchestrator's [`orchestrator::DataPlane`] hook,
+//! the entry-port proposals a create offers the store, and the bookkeeping of grants
+//! whose ports are being opened. Every region is served by a gateway node driven over
+//! the control channel ([`crate::links`]): a region configured `local` (the default) by
+//! the node inside this process, over an in-memory stream; a region configured `remote`
+//! by a `postern gateway`, over mutual TLS. One code path: the same messages, the same
+//! convergence, the same event recording for both.
 //!
 //! The hook is synchronous and must not block, while opening a grant needs its router
-//! from the store: `open` spawns that work. So that a revoke or a new end arriving while
-//! an open is still under way is never lost, `close` and `set_deadline` leave a note
-//! (under one lock) that the opening task reads once its listener is up: an open that
-//! finds its grant ended closes it at once.
+//! from the store: `open` spawns that work. A close or a new end is sent on the same
+//! ordered stream as the open (a gateway never reopens a closed grant), and a new end
+//! that arrives while the open is still being prepared is noted and sent once the port
+//! listens.
 //!
-//! Ends are never lost: the gateway's queue always keeps them (only openings and
-//! refusals are dropped when this task falls behind, and a closing event alone makes a
-//! complete row); a row whose end could not be written is ended with its grant's reason
-//! when the grant's listener closes. What has queued while a write ran is written in
-//! one transaction (`Store::record_connections`). Each row names this process's gateway run
-//! ([`crate::runs`]): a heartbeat keeps the run registered, and at start-up and on each
-//! heartbeat the rows of runs that are gone (and rows from before owners) are ended as
-//! "gateway stopped", never those of another live server on the same database.
+//! The in-process node's boot is this process's gateway run ([`crate::runs`]): the
+//! connection rows it records are owned by the run, a heartbeat keeps the run
+//! registered, and at start-up and on each heartbeat the rows of runs that are gone (and
+//! rows from before owners) are ended as "gateway stopped", never those of another live
+//! server on the same database. A remote gateway's boots are its own runs (see
+//! [`crate::links`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{
-    AccessType, ConnectionRecordId, GatewayRunId, GrantStatus, OrgId, RegionId, RouterId,
-};
-use gateway::{
-    ConnectionId, Event, Events, ForwardSpec, Gateway, GrantKey, PortAllocator, PortRange,
-};
+use domain::{AccessType, GatewayRunId, GrantStatus, OrgId, RegionId, RouterId};
+use gateway::{GrantKey, PortAllocator, PortRange};
 use orchestrator::LiveGrant;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
+use crate::links::{Link, Links};
 use crate::runs::{self, Process};
 
 /// How many ports a create offers the store from a large range.
@@ -44,18 +42,20 @@ const SMALL_RANGE: usize = 256;
 /// How many of a large range's drawn candidates are offered to the store: the first
 /// this many found bindable, checked in order.
 const BINDABLE_CANDIDATES: usize = 8;
-/// Refused connections audited per grant per minute; beyond, only counted in the log.
-const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
 /// Notes older than this are forgotten (an open is never pending that long).
 const NOTE_LIFETIME: Duration = Duration::from_secs(600);
 /// Another host's run is gone once unseen for this many heartbeats.
 const HEARTBEATS_TO_GONE: u32 = 4;
 /// How the rows of a gateway run that is gone end.
 const GONE_REASON: &str = "gateway stopped";
-/// How often a gateway that shares PostgreSQL with other servers checks its open
-/// grants against the store: the backstop for a grant note it missed (sent before its
-/// `LISTEN` started, or while that connection was being made again).
+/// How often a server that shares PostgreSQL with other servers checks the grants open
+/// at its gateways against the store: the backstop for a grant note it missed (sent
+/// before its `LISTEN` started, or while that connection was being made again).
 const ENDS_SWEEP: Duration = Duration::from_secs(1);
+/// How often the in-process node reports its status (tunnel peers, live counts).
+const LOCAL_STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How long `rebuild` waits for the in-process node's first convergence.
+const REBUILD_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the gateway could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +66,8 @@ pub enum DataPlaneError {
     Region { name: String, message: String },
 }
 
-/// One region this process serves: where it binds and which ports it hands out; or,
-/// served by a remote gateway, which ports this server offers it.
+/// One region of the configuration: where its entry ports bind (for a local one) and
+/// which ports this server offers it.
 struct Region {
     bind: IpAddr,
     ports: Mutex<PortAllocator>,
@@ -78,11 +78,9 @@ struct Region {
     tunnel_gateway: std::net::Ipv4Addr,
 }
 
-/// What the event task needs to know of an open grant.
+/// What this server keeps of a grant whose port it opened.
 #[derive(Debug, Clone, Copy)]
 struct Meta {
-    org: OrgId,
-    router: RouterId,
     region: RegionId,
     port: u16,
 }
@@ -105,7 +103,8 @@ impl Note {
 
 struct Shared {
     store: store::Store,
-    /// This process's gateway run, the owner of the rows it writes.
+    /// This process's gateway run: the in-process node's boot, the owner of the rows
+    /// it records.
     run: GatewayRunId,
     process: Process,
     started_at: DateTime<Utc>,
@@ -113,59 +112,31 @@ struct Shared {
     regions: HashMap<RegionId, Region>,
     grants: Mutex<HashMap<GrantKey, Meta>>,
     notes: Mutex<HashMap<GrantKey, Note>>,
-    /// Live connections, their grants and the store rows they are recorded under; an
-    /// entry stays until its end is written.
-    live: Mutex<HashMap<ConnectionId, (GrantKey, ConnectionRecordId)>>,
-    /// Refusals audited per grant in the current minute.
-    refusals: Mutex<HashMap<GrantKey, (Instant, u32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A background task (the event recorder, the heartbeat) and how to tell it to stop.
+/// A background task (the heartbeat, the ends sweep) and how to tell it to stop.
 type Task = (oneshot::Sender<()>, JoinHandle<()>);
 
-/// The gateway of `postern server`: cheap to clone, every clone drives the same one.
+/// The gateways of `postern server`: cheap to clone, every clone drives the same ones.
 #[derive(Clone)]
 pub struct GatewayPlane {
-    gateway: Gateway,
+    /// The node inside this process, when a region is local.
+    node: Option<gateway::Node>,
+    links: Links,
     tunnels: crate::tunnels::Tunnels,
-    /// The remote gateways of `gateway = "remote"` regions.
-    links: Option<crate::links::Links>,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<Task>>>,
-}
-
-impl GatewayPlane {
-    /// Connections the gateway refused so far for `refusal`.
-    pub fn refused(&self, refusal: gateway::Refusal) -> u64 {
-        self.gateway.refused(refusal)
-    }
 }
 
 impl std::fmt::Debug for GatewayPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayPlane")
-            .field("grants", &self.gateway.grants().len())
+            .field("links", &self.links)
             .finish()
-    }
-}
-
-/// The orchestrator's key for the control channel's.
-fn orchestrator_key_of(key: control::msg::GrantKey) -> orchestrator::GrantKey {
-    match key {
-        control::msg::GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
-        control::msg::GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
-    }
-}
-
-/// The orchestrator's key for the gateway's own.
-fn orchestrator_key(key: GrantKey) -> orchestrator::GrantKey {
-    match key {
-        GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
-        GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
     }
 }
 
@@ -177,10 +148,11 @@ pub fn gateway_key(key: orchestrator::GrantKey) -> GrantKey {
     }
 }
 
-fn kind(key: GrantKey) -> (&'static str, String) {
+/// The orchestrator's key for the control channel's.
+fn orchestrator_key_of(key: control::msg::GrantKey) -> orchestrator::GrantKey {
     match key {
-        GrantKey::Access(id) => ("access", id.to_string()),
-        GrantKey::Forward(id) => ("forward", id.to_string()),
+        control::msg::GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
+        control::msg::GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
     }
 }
 
@@ -197,13 +169,6 @@ pub fn target(grant: &LiveGrant, router: &store::Router) -> SocketAddr {
     SocketAddr::new(router.tunnel_address, port)
 }
 
-fn sources(grant: &LiveGrant) -> gateway::SourcePolicy {
-    match grant {
-        LiveGrant::Access(a) => gateway::SourcePolicy::new([a.allow_from], a.allow_rfc1918),
-        LiveGrant::Forward(f) => gateway::SourcePolicy::new([f.allow_from], false),
-    }
-}
-
 fn record_parts(grant: &LiveGrant) -> (OrgId, RouterId, RegionId, u16, DateTime<Utc>) {
     match grant {
         LiveGrant::Access(a) => (a.org_id, a.router_id, a.region_id, a.port, a.expires_at),
@@ -212,29 +177,31 @@ fn record_parts(grant: &LiveGrant) -> (OrgId, RouterId, RegionId, u16, DateTime<
 }
 
 impl GatewayPlane {
-    /// A gateway for the regions `config` names (each must exist in the store, as
-    /// `bootstrap::open_store` makes sure), with its event task and heartbeat running,
-    /// registered as a new gateway run. Connections that runs now gone left recorded as
-    /// live are ended first ("gateway stopped"); another live server's are not.
+    /// The gateways of the regions `config` names (each must exist in the store, as
+    /// `bootstrap::open_store` makes sure): the in-process node for the local ones
+    /// (their tunnels bound, their keys from the store), links to it and to the remote
+    /// gateways, the heartbeat of this process's gateway run. Connections that runs now
+    /// gone left recorded as live are ended first ("gateway stopped"); another live
+    /// server's are not.
     pub async fn start(
         store: store::Store,
         config: &ServerConfig,
         gateway_config: gateway::Config,
     ) -> Result<GatewayPlane, DataPlaneError> {
+        let run = GatewayRunId::new();
         let mut regions = HashMap::new();
+        let mut node_regions = Vec::new();
         for r in &config.regions {
-            let stored = store.find_region_by_name(&r.name).await?.ok_or_else(|| {
-                DataPlaneError::Region {
-                    name: r.name.clone(),
-                    message: "not in the store".into(),
-                }
-            })?;
-            let range = PortRange::new(stored.port_min, stored.port_max).map_err(|e| {
-                DataPlaneError::Region {
-                    name: r.name.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+            let err = |message: String| DataPlaneError::Region {
+                name: r.name.clone(),
+                message,
+            };
+            let stored = store
+                .find_region_by_name(&r.name)
+                .await?
+                .ok_or_else(|| err("not in the store".into()))?;
+            let range =
+                PortRange::new(stored.port_min, stored.port_max).map_err(|e| err(e.to_string()))?;
             regions.insert(
                 stored.id,
                 Region {
@@ -244,67 +211,105 @@ impl GatewayPlane {
                     tunnel_gateway: r.tunnel_gateway(),
                 },
             );
+            if r.remote() {
+                continue;
+            }
+            crate::bootstrap::ensure_region_tunnel(&store, stored.id)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let private = store.region_tunnel_private_key(stored.id).await?;
+            let private_key = tunnel::PrivateKey::from_base64(private.expose())
+                .map_err(|e| err(format!("the stored tunnel key is unreadable: {e}")))?;
+            let listen = r.tunnel_listen();
+            let socket = tunnel::bind_udp(listen)
+                .map_err(|e| err(format!("cannot bind the tunnel's UDP socket {listen}: {e}")))?;
+            let bound = socket.local_addr().map_err(|e| err(e.to_string()))?;
+            node_regions.push(gateway::RegionConfig {
+                id: stored.id,
+                name: r.name.clone(),
+                private_key,
+                gateway_address: r.tunnel_gateway(),
+                prefix: r.tunnel_prefix(),
+                udp: gateway::Udp::Socket(socket),
+                endpoint: r.tunnel_endpoint(bound),
+                entry_bind: r.bind_address(),
+                ports: range,
+            });
         }
-        let remote: std::collections::HashSet<RegionId> = regions
+        let local_ids: HashSet<RegionId> = node_regions.iter().map(|r| r.id).collect();
+        let node =
+            if node_regions.is_empty() {
+                None
+            } else {
+                let mut node_config = gateway::NodeConfig::new("in-process", node_regions);
+                // The same room for droppable events while the link writes them.
+                node_config.event_capacity = gateway_config.event_capacity;
+                node_config.gateway = gateway_config;
+                node_config.status_every = LOCAL_STATUS_EVERY;
+                node_config.boot = Some(run);
+                Some(gateway::Node::start(node_config).await.map_err(|e| {
+                    DataPlaneError::Region {
+                        name: "in-process gateway".into(),
+                        message: e.to_string(),
+                    }
+                })?)
+            };
+        let remote: HashSet<RegionId> = regions
             .iter()
             .filter(|(_, r)| r.remote)
             .map(|(id, _)| *id)
             .collect();
-        let links = if remote.is_empty() {
+        let identity = if remote.is_empty() {
             None
         } else {
-            let identity = crate::links::identity(&store, &crate::links::server_name())
-                .await
-                .map_err(|message| DataPlaneError::Region {
-                    name: "control channel".into(),
-                    message,
-                })?;
             Some(
-                crate::links::Links::start(
-                    store.clone(),
-                    Arc::new(config.clone()),
-                    identity,
-                    remote,
-                )
-                .await,
+                crate::links::identity(&store, &crate::links::server_name())
+                    .await
+                    .map_err(|message| DataPlaneError::Region {
+                        name: "control channel".into(),
+                        message,
+                    })?,
             )
         };
         let started_at = Utc::now();
         let shared = Arc::new(Shared {
-            store,
-            run: GatewayRunId::new(),
+            store: store.clone(),
+            run,
             process: Process::current(),
             started_at,
             heartbeat: config.gateway_heartbeat,
             regions,
             grants: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
-            live: Mutex::new(HashMap::new()),
-            refusals: Mutex::new(HashMap::new()),
         });
-        let tunnels = crate::tunnels::Tunnels::start(&shared.store, config, links.clone()).await?;
         shared.alive(started_at).await?;
         tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
         shared.sweep(started_at, true).await?;
-        let (gateway, rx) = Gateway::new(gateway_config);
-        let (stop_events, events_stopped) = oneshot::channel();
-        let events = tokio::spawn(record_events(shared.clone(), rx, events_stopped));
+        let links = Links::start(
+            store,
+            Arc::new(config.clone()),
+            identity,
+            remote,
+            node.clone().map(|n| (n, local_ids)),
+        )
+        .await;
+        let weak = Arc::downgrade(&shared);
+        links.on_grant_closed(Box::new(move |key| {
+            if let Some(shared) = weak.upgrade() {
+                shared.forget(gateway_key(orchestrator_key_of(key)));
+            }
+        }));
+        let tunnels =
+            crate::tunnels::Tunnels::new(config, &shared.store, links.clone(), node.clone())
+                .await?;
         let (stop_beat, beat_stopped) = oneshot::channel();
         let beat = tokio::spawn(heartbeat(shared.clone(), beat_stopped));
-        if let Some(links) = &links {
-            let weak = Arc::downgrade(&shared);
-            links.on_grant_closed(Box::new(move |key| {
-                if let Some(shared) = weak.upgrade() {
-                    shared.forget(gateway_key(orchestrator_key_of(key)));
-                }
-            }));
-        }
         let plane = GatewayPlane {
-            gateway,
-            tunnels,
+            node,
             links,
+            tunnels,
             shared,
-            tasks: Arc::new(Mutex::new(vec![(stop_events, events), (stop_beat, beat)])),
+            tasks: Arc::new(Mutex::new(vec![(stop_beat, beat)])),
         };
         if plane.shared.store.backend() == store::Backend::Postgres {
             let (stop_sweep, sweep_stopped) = oneshot::channel();
@@ -314,14 +319,25 @@ impl GatewayPlane {
         Ok(plane)
     }
 
-    /// The gateway itself.
-    pub fn gateway(&self) -> &Gateway {
-        &self.gateway
+    /// The in-process node's entry ports (for figures and tests), when a region is
+    /// local.
+    pub fn gateway(&self) -> Option<&gateway::Gateway> {
+        self.node.as_ref().map(gateway::Node::gateway)
     }
 
-    /// The links to the remote gateways (regions configured `gateway = "remote"`).
-    pub fn links(&self) -> Option<&crate::links::Links> {
-        self.links.as_ref()
+    /// Connections the in-process node refused so far for `refusal`.
+    pub fn refused(&self, refusal: gateway::Refusal) -> u64 {
+        self.gateway().map_or(0, |g| g.refused(refusal))
+    }
+
+    /// The in-process node, when a region is local.
+    pub fn node(&self) -> Option<&gateway::Node> {
+        self.node.as_ref()
+    }
+
+    /// Every link: the in-process node's and the remote gateways'.
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     /// The regions' management tunnels (admit and remove routers' keys, their status,
@@ -330,111 +346,33 @@ impl GatewayPlane {
         &self.tunnels
     }
 
-    /// Where a grant's connections go: TCP to a direct router, the region's tunnel for
-    /// a tunnelled one.
-    fn grant_target(
-        &self,
-        grant: &LiveGrant,
-        router: &store::Router,
-    ) -> Result<gateway::Target, String> {
-        let address = target(grant, router);
-        self.tunnels
-            .target(router, address.port())
-            .ok_or_else(|| "no tunnel serves the router's region here".to_owned())
-    }
-
-    /// This process's gateway run, the owner of the connection rows it writes.
+    /// This process's gateway run, the owner of the connection rows its node records.
     pub fn run(&self) -> GatewayRunId {
         self.shared.run
     }
 
-    /// Opens the listener of every active grant in the store (`Gateway::reconcile`), so
-    /// a restart keeps access working. Call before the orchestrator starts. Returns how
-    /// many listen.
+    /// Waits for the in-process node's first convergence: every active grant of the
+    /// local regions listening (and every enrolled router admitted), so a restart keeps
+    /// access working. Call before the orchestrator starts. Returns how many grants
+    /// listen there. Remote gateways converge when their links come up.
     pub async fn rebuild(&self) -> Result<usize, DataPlaneError> {
-        let store = &self.shared.store;
-        let routers: HashMap<RouterId, store::Router> = store
-            .list_all_routers()
-            .await?
-            .into_iter()
-            .map(|r| (r.id, r))
-            .collect();
-        let mut grants: Vec<LiveGrant> = Vec::new();
-        grants.extend(
-            store
-                .list_live_access()
-                .await?
-                .into_iter()
-                .filter(|g| g.status == GrantStatus::Active && !g.terminal)
-                .map(LiveGrant::Access),
-        );
-        grants.extend(
-            store
-                .list_live_forwards()
-                .await?
-                .into_iter()
-                .filter(|g| g.status == GrantStatus::Active)
-                .map(LiveGrant::Forward),
-        );
-        let mut specs = Vec::new();
-        let now = Utc::now();
-        for grant in &grants {
-            let key = gateway_key(grant.key());
-            let (_, router_id, _, _, expires_at) = record_parts(grant);
-            if expires_at <= now {
-                // Ended while no gateway ran: the orchestrator expires it now.
-                continue;
+        let Some(link) = self.links.local() else {
+            return Ok(0);
+        };
+        let started = Instant::now();
+        while !link.up() {
+            if started.elapsed() > REBUILD_WAIT {
+                return Err(DataPlaneError::Region {
+                    name: "in-process gateway".into(),
+                    message: format!("did not converge in {REBUILD_WAIT:?}: {:?}", link.state()),
+                });
             }
-            let Some(router) = routers.get(&router_id) else {
-                tracing::warn!(grant = %key, "start-up: the grant's router is gone");
-                continue;
-            };
-            match self.prepare(grant, router) {
-                Ok(spec) => specs.push(spec),
-                Err(why) => tracing::warn!(grant = %key, "start-up: not opened: {why}"),
-            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let report = self.gateway.reconcile(specs).await;
-        for (key, e) in &report.failed {
-            tracing::error!(grant = %key, error = %e, "start-up: the grant's port could not open");
-            self.forget(*key);
-        }
-        tracing::info!(
-            listening = report.opened.len(),
-            failed = report.failed.len(),
-            "gateway rebuilt from the store"
-        );
-        Ok(report.opened.len())
-    }
-
-    /// The spec of a grant's listener, its bookkeeping done (port reserved, meta kept).
-    fn prepare(&self, grant: &LiveGrant, router: &store::Router) -> Result<ForwardSpec, String> {
-        let key = gateway_key(grant.key());
-        let (org, router_id, region_id, port, expires_at) = record_parts(grant);
-        let region = self
-            .shared
-            .regions
-            .get(&region_id)
-            .ok_or_else(|| "its region is not served by this process".to_owned())?;
-        let now = Instant::now();
-        // The store settled the port; the allocator only learns it is live.
-        let _ = lock(&region.ports).reserve(port, now);
-        lock(&self.shared.grants).insert(
-            key,
-            Meta {
-                org,
-                router: router_id,
-                region: region_id,
-                port,
-            },
-        );
-        Ok(ForwardSpec {
-            key,
-            listen: SocketAddr::new(region.bind, port),
-            target: self.grant_target(grant, router)?,
-            sources: sources(grant),
-            deadline: Some(self.gateway.deadline_for(expires_at)),
-        })
+        // Convergence sent every open; the node answers them in order.
+        let listening = self.node.as_ref().map_or(0, |n| n.gateway().grants().len());
+        tracing::info!(listening, "in-process gateway converged with the store");
+        Ok(listening)
     }
 
     /// Drops a grant's bookkeeping and releases its port (idempotent).
@@ -450,6 +388,8 @@ impl GatewayPlane {
         notes.insert(key, note);
     }
 
+    /// Opens a grant's port at its region's gateway and waits for the answer; then
+    /// passes on a new end that arrived meanwhile.
     async fn open_now(&self, grant: LiveGrant) {
         let key = gateway_key(grant.key());
         {
@@ -463,7 +403,7 @@ impl GatewayPlane {
                 _ => {}
             }
         }
-        let (_, router_id, region_id, _, expires_at) = record_parts(&grant);
+        let (_, router_id, region_id, port, _) = record_parts(&grant);
         let router = match self.shared.store.get_router_any_org(router_id).await {
             Ok(r) => r,
             Err(e) => {
@@ -472,90 +412,28 @@ impl GatewayPlane {
                 return;
             }
         };
-        if self
-            .shared
-            .regions
-            .get(&region_id)
-            .is_some_and(|r| r.remote)
-        {
-            self.open_remote(&grant, &router).await;
-            return;
-        }
-        let spec = match self.prepare(&grant, &router) {
-            Ok(spec) => spec,
-            Err(why) => {
-                tracing::error!(grant = %key, "cannot open the grant's port: {why}");
-                self.note(key, Note::Failed(Instant::now()));
-                return;
-            }
-        };
-        match self.gateway.open(spec).await {
-            Ok(open) => {
-                tracing::info!(grant = %key, listen = %open.listen, "entry port listening");
-            }
-            Err(gateway::Error::AlreadyOpen { .. }) => {
-                let _ = self
-                    .gateway
-                    .set_deadline(key, Some(self.gateway.deadline_for(expires_at)));
-            }
-            Err(e) => {
-                tracing::error!(grant = %key, error = %e, "cannot open the grant's port");
-                self.forget(key);
-                self.note(key, Note::Failed(Instant::now()));
-                return;
-            }
-        }
-        // What arrived while the listener was being opened (a new end is used once).
-        let note = {
-            let mut notes = lock(&self.shared.notes);
-            match notes.get(&key).copied() {
-                Some(Note::Deadline(..)) => notes.remove(&key),
-                other => other,
-            }
-        };
-        match note {
-            Some(Note::Ended(_)) => {
-                // Its port and bookkeeping go with the `GrantClosed` event.
-                let _ = self.gateway.close(key, gateway::EndReason::Revoked).await;
-            }
-            Some(Note::Deadline(_, at)) => {
-                let _ = self
-                    .gateway
-                    .set_deadline(key, Some(self.gateway.deadline_for(at)));
-            }
-            Some(Note::Failed(_)) | None => {}
-        }
-    }
-
-    /// Opens a grant's port at its region's remote gateway and waits for the answer;
-    /// then passes on a new end that arrived meanwhile (a close needs nothing: it was
-    /// sent on the same ordered stream, and the gateway never reopens a closed grant).
-    async fn open_remote(&self, grant: &LiveGrant, router: &store::Router) {
-        let key = gateway_key(grant.key());
-        let (org, router_id, region_id, port, _) = record_parts(grant);
-        let Some(link) = self.links.as_ref().and_then(|l| l.link(region_id)) else {
-            tracing::error!(grant = %key, "cannot open the grant's port: no gateway has joined its region");
+        let Some(link) = self.links.link(region_id) else {
+            tracing::error!(grant = %key, "cannot open the grant's port: no gateway serves its region (none has joined)");
             self.note(key, Note::Failed(Instant::now()));
             return;
         };
         if let Some(region) = self.shared.regions.get(&region_id) {
+            // The store settled the port; the allocator only learns it is live.
             let _ = lock(&region.ports).reserve(port, Instant::now());
         }
         lock(&self.shared.grants).insert(
             key,
             Meta {
-                org,
-                router: router_id,
                 region: region_id,
                 port,
             },
         );
-        match link.open(crate::links::grant_spec(grant, router)).await {
+        match link.open(crate::links::grant_spec(&grant, &router)).await {
             Ok(listen) => {
-                tracing::info!(grant = %key, %listen, gateway = %link.gateway, "entry port listening at the remote gateway");
+                tracing::info!(grant = %key, %listen, gateway = %link.gateway, "entry port listening");
             }
             Err(error) => {
-                tracing::error!(grant = %key, %error, gateway = %link.gateway, "cannot open the grant's port at the remote gateway");
+                tracing::error!(grant = %key, %error, gateway = %link.gateway, "cannot open the grant's port");
                 self.forget(key);
                 self.note(key, Note::Failed(Instant::now()));
                 return;
@@ -576,8 +454,8 @@ impl GatewayPlane {
         }
     }
 
-    /// The router was moved (address or ports changed): every live grant of it that
-    /// listens here forwards its new connections to the router's new place.
+    /// The router was moved (address or ports changed): every live grant of it
+    /// forwards its new connections to the router's new place.
     pub async fn router_moved(&self, router: &store::Router) {
         let store = &self.shared.store;
         let (access, forwards) = tokio::join!(store.list_live_access(), store.list_live_forwards());
@@ -603,42 +481,32 @@ impl GatewayPlane {
             }
         }
         for grant in &grants {
-            let key = gateway_key(grant.key());
-            // Not listening here (a terminal grant, or not open yet: an open reads the
-            // router afresh) is fine.
-            if let Ok(target) = self.grant_target(grant, router) {
-                let _ = self.gateway.set_target(key, target);
-            }
-            if let Some(links) = &self.links {
-                let spec = crate::links::grant_spec(grant, router);
-                links.broadcast(control::msg::Down::SetTarget {
-                    key: spec.key,
-                    target: spec.target,
-                });
-            }
+            let spec = crate::links::grant_spec(grant, router);
+            self.links.broadcast(control::msg::Down::SetTarget {
+                key: spec.key,
+                target: spec.target,
+            });
         }
     }
 
     /// Whether a grant's port is settled: listening, or known not to be coming (ended,
     /// or its open failed). `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
-        let remote = self.links.as_ref().is_some_and(|l| {
-            l.all()
-                .iter()
-                .any(|link| link.settled(crate::links::key_of(key)))
-        });
-        let key = gateway_key(key);
-        remote
-            || self.gateway.grant(key).is_ok()
+        let at_gateway = self
+            .links
+            .all()
+            .iter()
+            .any(|link| link.settled(crate::links::key_of(key)));
+        at_gateway
             || matches!(
-                lock(&self.shared.notes).get(&key),
+                lock(&self.shared.notes).get(&gateway_key(key)),
                 Some(Note::Ended(_) | Note::Failed(_))
             )
     }
 
-    /// Entry-port candidates for a create in `region`: free in this gateway (neither
-    /// live nor cooling down) and bindable now, in random order. `None` when this
-    /// process does not serve the region (the caller draws from the range itself);
+    /// Entry-port candidates for a create in `region`: free here (neither live nor
+    /// cooling down) and, for a local region, bindable now, in random order. `None`
+    /// when the region is not configured (the caller draws from the range itself);
     /// empty when nothing is free, which the store reports as a conflict.
     pub fn port_candidates(&self, region: RegionId) -> Option<Vec<u16>> {
         let served = self.shared.regions.get(&region)?;
@@ -666,43 +534,30 @@ impl GatewayPlane {
         )
     }
 
-    /// Byte counts so far of a grant's live connections, by their store rows.
+    /// Byte counts so far of a grant's live connections, by their store rows (as its
+    /// gateway last reported them).
     pub fn live_counts(
         &self,
         key: orchestrator::GrantKey,
-    ) -> HashMap<ConnectionRecordId, (u64, u64)> {
-        if let Some(links) = &self.links {
-            let remote = links.live_counts(crate::links::key_of(key));
-            if !remote.is_empty() {
-                return remote;
-            }
-        }
-        let Ok(conns) = self.gateway.connections(gateway_key(key)) else {
-            return HashMap::new();
-        };
-        let live = lock(&self.shared.live);
-        conns
-            .into_iter()
-            .filter_map(|c| {
-                live.get(&c.id)
-                    .map(|(_, row)| (*row, (c.bytes_in, c.bytes_out)))
-            })
-            .collect()
+    ) -> HashMap<domain::ConnectionRecordId, (u64, u64)> {
+        self.links.live_counts(crate::links::key_of(key))
     }
 
-    /// Closes every listener and connection, records their ends, stops the event task
-    /// and the heartbeat, and unregisters the run.
+    /// Closes every port of the in-process node (their connections killed and
+    /// recorded), stops the links and the heartbeat, and unregisters the run.
     pub async fn shutdown(&self) {
-        let report = self.gateway.shutdown().await;
-        tracing::info!(
-            grants = report.grants,
-            connections = report.connections_killed,
-            "gateway stopped"
-        );
-        self.tunnels.shutdown().await;
-        if let Some(links) = &self.links {
-            links.shutdown().await;
+        if let Some(node) = &self.node {
+            node.shutdown().await;
+            // The ends of what it closed reach the store through its link.
+            let link = self.links.local();
+            for _ in 0..200 {
+                if node.figures().events_pending == 0 || !link.as_ref().is_some_and(|l| l.up()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
+        self.links.shutdown().await;
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         if tasks.is_empty() {
             return;
@@ -732,6 +587,14 @@ fn bindable(addr: SocketAddr) -> bool {
     std::net::TcpListener::bind(addr).is_ok()
 }
 
+fn close_reason(reason: orchestrator::EndReason) -> control::msg::CloseReason {
+    match reason {
+        orchestrator::EndReason::Expired => control::msg::CloseReason::Expired,
+        orchestrator::EndReason::Revoked => control::msg::CloseReason::Revoked,
+        orchestrator::EndReason::Failed => control::msg::CloseReason::Failed,
+    }
+}
+
 impl orchestrator::DataPlane for GatewayPlane {
     fn open(&self, grant: &LiveGrant) {
         if let LiveGrant::Access(a) = grant
@@ -747,65 +610,37 @@ impl orchestrator::DataPlane for GatewayPlane {
     }
 
     fn set_deadline(&self, key: orchestrator::GrantKey, expires_at: DateTime<Utc>) {
-        let key = gateway_key(key);
-        let deadline = Some(self.gateway.deadline_for(expires_at));
-        // Under the notes' lock, so an open under way either sees the note or its
-        // listener is already there to take the deadline.
-        if let Some(links) = &self.links {
-            links.broadcast(control::msg::Down::SetDeadline {
-                key: crate::links::key_of(orchestrator_key(key)),
-                expires_at,
-            });
-        }
+        let control_key = crate::links::key_of(key);
+        // A gateway that holds the grant takes it now; an open still being prepared
+        // sends it once its port listens.
+        self.links.broadcast(control::msg::Down::SetDeadline {
+            key: control_key,
+            expires_at,
+        });
+        let open = self.links.all().iter().any(|l| l.is_open(control_key));
         let mut notes = lock(&self.shared.notes);
-        if self.gateway.set_deadline(key, deadline).is_err() {
+        let key = gateway_key(key);
+        if !open && !matches!(notes.get(&key), Some(Note::Ended(_) | Note::Failed(_))) {
             notes.insert(key, Note::Deadline(Instant::now(), expires_at));
         }
     }
 
     fn close(&self, key: orchestrator::GrantKey, reason: orchestrator::EndReason) {
-        if let Some(links) = &self.links {
-            links.broadcast(control::msg::Down::Close {
-                key: crate::links::key_of(key),
-                reason: match reason {
-                    orchestrator::EndReason::Expired => control::msg::CloseReason::Expired,
-                    orchestrator::EndReason::Revoked => control::msg::CloseReason::Revoked,
-                    orchestrator::EndReason::Failed => control::msg::CloseReason::Failed,
-                },
-            });
-        }
-        let key = gateway_key(key);
-        self.note(key, Note::Ended(Instant::now()));
-        let reason = match reason {
-            orchestrator::EndReason::Expired => gateway::EndReason::Expired,
-            orchestrator::EndReason::Revoked => gateway::EndReason::Revoked,
-            orchestrator::EndReason::Failed => {
-                gateway::EndReason::Error("provisioning failed".into())
-            }
-        };
-        let plane = self.clone();
-        tokio::spawn(async move {
-            if let Ok(report) = plane.gateway.close(key, reason).await {
-                tracing::info!(
-                    grant = %key,
-                    reason = %report.reason,
-                    killed = report.connections_killed,
-                    "entry port closed"
-                );
-            }
-            // Its port and bookkeeping go with the `GrantClosed` event, after the
-            // events of its connections.
+        self.note(gateway_key(key), Note::Ended(Instant::now()));
+        // On the stream its open went (or goes) on: the gateway never reopens it.
+        self.links.broadcast(control::msg::Down::Close {
+            key: crate::links::key_of(key),
+            reason: close_reason(reason),
         });
+        tracing::info!(grant = %key, reason = reason.as_str(), "entry port closing");
     }
+
     fn dial(&self, router: &store::Router, port: u16) -> orchestrator::DialFuture {
         crate::tunnels::TunnelGateway::dial(&self.tunnels, router, port)
     }
 
     fn tunnel_gateway(&self, region: RegionId) -> Option<std::net::Ipv4Addr> {
-        match self.shared.regions.get(&region) {
-            Some(r) if r.remote => Some(r.tunnel_gateway),
-            _ => self.tunnels.gateway_address(region),
-        }
+        self.shared.regions.get(&region).map(|r| r.tunnel_gateway)
     }
 }
 
@@ -825,12 +660,16 @@ impl Shared {
 
     /// Forgets the runs that are gone and ends the live rows no registered run owns
     /// (always at start-up, for rows from before owners; else only when a run was
-    /// forgotten). Returns how many rows it ended.
+    /// forgotten). Returns how many rows it ended. Remote gateways' boots are the
+    /// links' business (a boot is gone when the gateway starts again).
     async fn sweep(&self, now: DateTime<Utc>, always: bool) -> Result<u64, store::StoreError> {
         let stale_after = self.heartbeat * HEARTBEATS_TO_GONE;
         let mut forgot = false;
         for run in self.store.list_gateway_runs().await? {
-            if run.id == self.run || !runs::gone(&self.process, &run, now, stale_after) {
+            if run.id == self.run
+                || run.process.starts_with("gateway=")
+                || !runs::gone(&self.process, &run, now, stale_after)
+            {
                 continue;
             }
             tracing::info!(run = %run.id, process = %run.process, seen_at = %run.seen_at, "gateway run gone");
@@ -855,254 +694,11 @@ impl Shared {
     /// Drops a grant's bookkeeping and releases its port (idempotent).
     fn forget(&self, key: GrantKey) {
         let meta = lock(&self.grants).remove(&key);
-        if let Some(meta) = meta {
-            self.release(meta);
-        }
-    }
-
-    fn release(&self, meta: Meta) {
-        if let Some(region) = self.regions.get(&meta.region) {
+        if let Some(meta) = meta
+            && let Some(region) = self.regions.get(&meta.region)
+        {
             lock(&region.ports).release(meta.port, Instant::now());
         }
-    }
-
-    /// Whether this refusal is audited (a scanner must not flood the audit log).
-    fn audit_refusal(&self, key: GrantKey) -> bool {
-        let mut refusals = lock(&self.refusals);
-        let now = Instant::now();
-        refusals.retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(60));
-        let entry = refusals.entry(key).or_insert((now, 0));
-        entry.1 += 1;
-        entry.1 <= REFUSALS_AUDITED_PER_MINUTE
-    }
-
-    async fn handle(&self, event: Event) -> Result<(), store::StoreError> {
-        let key = event.key();
-        let meta = lock(&self.grants).get(&key).copied();
-        let (kind, id) = kind(key);
-        match event {
-            Event::ConnectionRefused {
-                source,
-                at,
-                refusal,
-                ..
-            } => {
-                tracing::warn!(grant = %key, %source, %refusal, "connection refused");
-                if let Some(meta) = meta
-                    && self.audit_refusal(key)
-                {
-                    self.store
-                        .append_audit(store::NewAudit {
-                            org_id: meta.org,
-                            at,
-                            actor: "gateway".into(),
-                            actor_address: Some(source.ip()),
-                            action: format!("{kind}.connection_refused"),
-                            target: Some(format!("{kind}:{id}")),
-                            details: serde_json::json!({
-                                "source": source.to_string(),
-                                "reason": refusal.to_string(),
-                                "router_id": meta.router.to_string(),
-                            }),
-                        })
-                        .await?;
-                }
-            }
-            // Staged into a batch by `stage`.
-            Event::ConnectionOpened { .. } | Event::ConnectionClosed { .. } => {}
-            Event::GrantClosed {
-                at,
-                reason,
-                connections_killed,
-                ..
-            } => {
-                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the gateway");
-                let meta = lock(&self.grants).remove(&key);
-                if let Some(meta) = meta {
-                    self.release(meta);
-                }
-                // Rows whose end was not written (or not yet reported): none of the
-                // grant's connections is open any more.
-                let unended = {
-                    let mut live = lock(&self.live);
-                    let before = live.len();
-                    live.retain(|_, (k, _)| *k != key);
-                    before - live.len()
-                };
-                if unended > 0 {
-                    let n = self
-                        .store
-                        .end_grant_connections(
-                            self.run,
-                            grant_kind(key),
-                            &id,
-                            at,
-                            &reason.to_string(),
-                        )
-                        .await?;
-                    tracing::warn!(grant = %key, connections = n, "ended connections whose end was not recorded");
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Connection rows waiting to be written together, and what follows their write.
-#[derive(Default)]
-struct Batch {
-    /// Each row, and for an end the connection it ends (its `live` entry goes once the
-    /// end is written).
-    rows: Vec<(store::NewConnection, Option<ConnectionId>)>,
-    /// First uses to record: `authorized_at`.
-    authorized: Vec<(GrantKey, DateTime<Utc>)>,
-}
-
-impl Shared {
-    /// Stages a connection's opening or end (logged now, written by `flush`); hands any
-    /// other event back.
-    fn stage(&self, event: Event, batch: &mut Batch) -> Option<Event> {
-        let key = event.key();
-        match event {
-            Event::ConnectionOpened {
-                id: conn,
-                source,
-                at,
-                first,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = %conn, "connection forwarded");
-                let meta = lock(&self.grants).get(&key).copied()?;
-                let row = ConnectionRecordId::new();
-                lock(&self.live).insert(conn, (key, row));
-                batch
-                    .rows
-                    .push((self.row(key, meta, row, source, at, None), None));
-                if first {
-                    batch.authorized.push((key, at));
-                }
-                None
-            }
-            Event::ConnectionClosed {
-                id: conn,
-                source,
-                started_at,
-                at,
-                bytes_in,
-                bytes_out,
-                reason,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = %conn, bytes_in, bytes_out, %reason, "connection ended");
-                // No meta: its grant's close already ended its row, if it had one.
-                let meta = lock(&self.grants).get(&key).copied()?;
-                // No row: its opening was dropped; the end writes the whole row.
-                let row = lock(&self.live)
-                    .get(&conn)
-                    .map_or_else(ConnectionRecordId::new, |(_, row)| *row);
-                let end = store::ConnectionEnd {
-                    at,
-                    bytes_from_client: bytes_in,
-                    bytes_to_client: bytes_out,
-                    reason: reason.to_string(),
-                };
-                batch.rows.push((
-                    self.row(key, meta, row, source, started_at, Some(end)),
-                    Some(conn),
-                ));
-                None
-            }
-            other => Some(other),
-        }
-    }
-
-    fn row(
-        &self,
-        key: GrantKey,
-        meta: Meta,
-        id: ConnectionRecordId,
-        source: SocketAddr,
-        started_at: DateTime<Utc>,
-        end: Option<store::ConnectionEnd>,
-    ) -> store::NewConnection {
-        store::NewConnection {
-            id,
-            gateway_run: self.run,
-            org_id: meta.org,
-            router_id: meta.router,
-            grant_kind: grant_kind(key),
-            grant_id: kind(key).1,
-            source,
-            started_at,
-            end,
-        }
-    }
-
-    /// Writes the staged rows in one transaction (one at a time if that fails, so one
-    /// bad row sinks no other), then the first uses. A row whose end could not be
-    /// written keeps its `live` entry: its grant's close ends it.
-    async fn flush(&self, batch: &mut Batch) {
-        let rows = std::mem::take(&mut batch.rows);
-        if !rows.is_empty() {
-            let all: Vec<store::NewConnection> = rows.iter().map(|(r, _)| r.clone()).collect();
-            let written: Vec<Option<ConnectionId>> = match self.store.record_connections(&all).await
-            {
-                Ok(()) => rows.into_iter().map(|(_, conn)| conn).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, rows = all.len(), "could not record connections together; one at a time");
-                    let mut done = Vec::new();
-                    for (row, conn) in rows {
-                        match self
-                            .store
-                            .record_connections(std::slice::from_ref(&row))
-                            .await
-                        {
-                            Ok(()) => done.push(conn),
-                            Err(e) => {
-                                tracing::error!(error = %e, connection = %row.id, "could not record a connection")
-                            }
-                        }
-                    }
-                    done
-                }
-            };
-            let mut live = lock(&self.live);
-            for conn in written.into_iter().flatten() {
-                live.remove(&conn);
-            }
-        }
-        for (key, at) in std::mem::take(&mut batch.authorized) {
-            let set = match key {
-                GrantKey::Access(id) => self.store.set_access_authorized(id, at).await,
-                GrantKey::Forward(id) => self.store.set_forward_authorized(id, at).await,
-            };
-            if let Err(e) = set {
-                tracing::error!(grant = %key, error = %e, "could not record the grant's first use");
-            }
-        }
-    }
-
-    /// Records a run of events: connection rows together, other events in their place.
-    async fn record(&self, events: Vec<Event>) {
-        let mut batch = Batch::default();
-        for event in events {
-            let Some(other) = self.stage(event, &mut batch) else {
-                continue;
-            };
-            // What came before is written first (a grant's close ends what is left).
-            self.flush(&mut batch).await;
-            if let Err(e) = self.handle(other).await {
-                tracing::error!(error = %e, "could not record a gateway event");
-            }
-        }
-        self.flush(&mut batch).await;
-    }
-}
-
-fn grant_kind(key: GrantKey) -> store::GrantKind {
-    match key {
-        GrantKey::Access(_) => store::GrantKind::Access,
-        GrantKey::Forward(_) => store::GrantKind::Forward,
     }
 }
 
@@ -1122,10 +718,10 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
-/// Closes, every [`ENDS_SWEEP`], the open grants the store no longer has active: those
-/// another server ended while this one missed its note. The keys are taken before the
-/// store is read, and a grant is opened only once the store has it active, so a grant
-/// opened meanwhile is never taken for an ended one.
+/// Closes, every [`ENDS_SWEEP`], the grants open at this server's gateways that the
+/// store no longer has active: those another server ended while this one missed its
+/// note. The keys are taken before the store is read, and a grant is opened only once
+/// the store has it active, so a grant opened meanwhile is never taken for an ended one.
 async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
     use orchestrator::DataPlane;
     loop {
@@ -1133,7 +729,12 @@ async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
             _ = &mut stop => return,
             () = tokio::time::sleep(ENDS_SWEEP) => {}
         }
-        let open: Vec<GrantKey> = plane.gateway.grants().into_iter().map(|g| g.key).collect();
+        let open: HashSet<control::msg::GrantKey> = plane
+            .links
+            .all()
+            .iter()
+            .flat_map(|l: &Arc<Link>| l.open_keys())
+            .collect();
         if open.is_empty() {
             continue;
         }
@@ -1142,10 +743,16 @@ async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
             Ok((access, forwards)) => {
                 let mut live = HashMap::new();
                 for a in access {
-                    live.insert(GrantKey::Access(a.id), (a.status, a.expires_at));
+                    live.insert(
+                        control::msg::GrantKey::Access(a.id),
+                        (a.status, a.expires_at),
+                    );
                 }
                 for f in forwards {
-                    live.insert(GrantKey::Forward(f.id), (f.status, f.expires_at));
+                    live.insert(
+                        control::msg::GrantKey::Forward(f.id),
+                        (f.status, f.expires_at),
+                    );
                 }
                 live
             }
@@ -1162,50 +769,8 @@ async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
                 _ => orchestrator::EndReason::Revoked,
             };
             tracing::info!(grant = %key, "gateway: the grant ended elsewhere; closing its port");
-            let key = match key {
-                GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
-                GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
-            };
-            plane.close(key, reason);
+            plane.close(orchestrator_key_of(key), reason);
         }
-    }
-}
-
-/// Most events recorded in one go (their connection rows in one transaction).
-const BATCH: usize = 256;
-
-/// What is queued now, up to `BATCH` events after `first`.
-fn take_queued(rx: &mut Events, first: Option<Event>) -> Vec<Event> {
-    let mut events: Vec<Event> = first.into_iter().collect();
-    while events.len() < BATCH
-        && let Some(e) = rx.try_recv()
-    {
-        events.push(e);
-    }
-    events
-}
-
-/// Writes the gateway's events to the store until told to stop, then what is already
-/// queued: whatever has queued up while the last write ran is written together, so a
-/// burst of connections costs a few transactions, not two per connection.
-async fn record_events(shared: Arc<Shared>, mut rx: Events, mut stop: oneshot::Receiver<()>) {
-    loop {
-        let first = tokio::select! {
-            event = rx.recv() => match event {
-                Some(e) => e,
-                None => return,
-            },
-            _ = &mut stop => break,
-        };
-        let events = take_queued(&mut rx, Some(first));
-        shared.record(events).await;
-    }
-    loop {
-        let events = take_queued(&mut rx, None);
-        if events.is_empty() {
-            return;
-        }
-        shared.record(events).await;
     }
 }
 
@@ -1350,12 +915,12 @@ mod tests {
         // Revoked: the port closes, the connection is recorded, first use set.
         plane.close(key, orchestrator::EndReason::Revoked);
         for _ in 0..200 {
-            if plane.gateway().grants().is_empty() {
+            if plane.gateway().unwrap().grants().is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(plane.gateway().grants().is_empty());
+        assert!(plane.gateway().unwrap().grants().is_empty());
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
                 .await
@@ -1389,7 +954,7 @@ mod tests {
         plane.close(key, orchestrator::EndReason::Revoked);
         settle(&plane, key).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(plane.gateway().grants().is_empty());
+        assert!(plane.gateway().unwrap().grants().is_empty());
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
                 .await
@@ -1427,18 +992,25 @@ mod tests {
             .await
             .unwrap();
         plane.router_moved(&router).await;
-        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
-            .await
-            .unwrap();
+        // The new target travels to the gateway on the control stream: new
+        // connections reach the new place within moments.
         let mut got = [0u8; 9];
-        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        for attempt in 0.. {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", grant.port))
+                .await
+                .unwrap();
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(200), c.read_exact(&mut got)).await
+            {
+                break;
+            }
+            assert!(attempt < 10, "never forwarded to the new place");
+        }
         assert_eq!(&got, b"new place");
         assert_eq!(
             plane
                 .gateway()
+                .unwrap()
                 .grant(gateway_key(key))
                 .unwrap()
                 .target
@@ -1482,6 +1054,7 @@ mod tests {
             move || {
                 plane
                     .gateway()
+                    .unwrap()
                     .grant(gkey)
                     .is_ok_and(|g| g.connections == n)
             }
@@ -1501,9 +1074,13 @@ mod tests {
         }
         until("10 live", live(10)).await;
         plane.close(key, orchestrator::EndReason::Revoked);
-        until("the grant closed", || plane.gateway().grants().is_empty()).await;
+        until("the grant closed", || {
+            plane.gateway().unwrap().grants().is_empty()
+        })
+        .await;
         assert!(
-            plane.gateway().events_dropped() > 0,
+            plane.gateway().unwrap().events_dropped() > 0
+                || plane.node().unwrap().figures().events_dropped > 0,
             "the queue never overflowed"
         );
 

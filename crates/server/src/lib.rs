@@ -7,16 +7,18 @@
 //! - [`bootstrap`]: first start (secret key, organisation, admin), regions, admin tokens.
 //! - [`backup`]: `postern admin backup` and `restore` of a data directory.
 //! - [`state`]: `AppState` shared by handlers, and the `Clock`.
-//! - [`tunnels`]: the management tunnel (one userspace WireGuard per served region) and
-//!   the one way to reach a router (`dial`: TCP when direct, the tunnel only when
-//!   tunnelled), behind [`tunnels::TunnelGateway`], which a remote gateway can implement.
-//! - [`dataplane`]: the in-process gateway behind the orchestrator's data-plane hook:
-//!   entry-port candidates, the start-up rebuild, its events into the store.
+//! - [`tunnels`]: the management tunnels as the server sees them, behind
+//!   [`tunnels::TunnelGateway`] (admit and remove a router's key, its status, a stream to
+//!   it): every call goes to the gateway of the router's region over its link.
+//! - [`dataplane`]: the gateways behind the orchestrator's data-plane hook: the
+//!   in-process node for `local` regions, entry-port candidates, opens and closes
+//!   through the links, this process's gateway run.
 //! - [`gateways`]: adding a regional gateway (a join token) and its join (its
 //!   certificate signed by the control CA, its addresses recorded).
-//! - [`links`]: the control plane's side of the control channel: a link to each remote
-//!   gateway (`gateway = "remote"` regions), its convergence to the database, the
-//!   events and status it brings back.
+//! - [`links`]: the control plane's side of the control channel: a link to each gateway
+//!   (the in-process node over an in-memory stream, each `postern gateway` over mTLS),
+//!   its convergence to the database, the events and status it brings back. One code
+//!   path for both.
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.

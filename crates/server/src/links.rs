@@ -46,7 +46,10 @@ const REFRESH: Duration = Duration::from_secs(3);
 /// Operations queued for one gateway; beyond, the link drops its connection and
 /// converges again from the database rather than lose one.
 const OPS_QUEUE: usize = 65_536;
-/// Refused connections audited per grant per minute (as the in-process gateway).
+/// The most messages from a gateway handled together (their events written in one
+/// transaction).
+const EVENT_BATCH: usize = 512;
+/// Refused connections audited per grant per minute.
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,8 +85,21 @@ pub enum LinkState {
     Down { since: DateTime<Utc>, error: String },
 }
 
+/// How a link reaches its gateway.
+enum Connect {
+    /// A `postern gateway`, over TCP and mutual TLS at `Link::address`.
+    Remote,
+    /// The node inside this process, over an in-memory stream: the same channel, the
+    /// same messages, no socket.
+    Local(gateway::Node),
+}
+
+/// The in-memory stream's buffer each way.
+const LOCAL_BUFFER: usize = 1 << 20;
+
 /// One gateway as this server reaches it.
 pub struct Link {
+    connect: Connect,
     pub gateway: GatewayId,
     pub region: RegionId,
     /// Where this server dials it (`host:port`).
@@ -103,6 +119,8 @@ pub struct Link {
     waiters: Mutex<HashMap<GrantKey, Vec<oneshot::Sender<Result<SocketAddr, String>>>>>,
     /// Ends the session, to converge afresh.
     kick: tokio::sync::Notify,
+    /// The regions the gateway said it serves, in its last `State`.
+    regions: Mutex<Vec<control::msg::RegionInfo>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -118,6 +136,7 @@ impl std::fmt::Debug for Link {
 impl Link {
     fn new(gateway: &store::Gateway, joined: &store::JoinedGateway) -> Self {
         Self {
+            connect: Connect::Remote,
             gateway: gateway.id,
             region: gateway.region_id,
             address: joined.control_address.clone(),
@@ -131,7 +150,40 @@ impl Link {
             failed: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
+            regions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The link to the node inside this process, for `regions`.
+    fn local(node: gateway::Node, region: RegionId) -> Self {
+        Self {
+            connect: Connect::Local(node),
+            // The in-process gateway has no enrolment: the nil id names it.
+            gateway: GatewayId::from_uuid(uuid::Uuid::nil()),
+            region,
+            address: "in-process".into(),
+            public_key: String::new(),
+            endpoint: String::new(),
+            ops: Mutex::new(None),
+            channel: Mutex::new(None),
+            state: Mutex::new(LinkState::Connecting),
+            status: Mutex::new(None),
+            open: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            kick: tokio::sync::Notify::new(),
+            regions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether this is the node inside this process.
+    pub fn is_local(&self) -> bool {
+        matches!(self.connect, Connect::Local(_))
+    }
+
+    /// The regions the gateway serves, as its last `State` said.
+    pub fn regions(&self) -> Vec<control::msg::RegionInfo> {
+        lock(&self.regions).clone()
     }
 
     pub fn state(&self) -> LinkState {
@@ -161,6 +213,16 @@ impl Link {
             *lock(&self.ops) = None;
             self.kick.notify_one();
         }
+    }
+
+    /// Whether the gateway said a grant's port is open (and has not said it closed).
+    pub fn is_open(&self, key: GrantKey) -> bool {
+        lock(&self.open).contains(&key)
+    }
+
+    /// The grants whose ports the gateway said are open.
+    pub fn open_keys(&self) -> Vec<GrantKey> {
+        lock(&self.open).iter().copied().collect()
     }
 
     /// Whether a grant's port is settled here: open, or its open failed.
@@ -266,9 +328,13 @@ pub struct Links {
 struct Inner {
     store: store::Store,
     config: Arc<ServerConfig>,
-    identity: Identity,
+    /// This server's certificate, when a region is served remotely.
+    identity: Option<Identity>,
     /// Regions served remotely.
     remote: HashSet<RegionId>,
+    /// The link to the node inside this process and the regions it serves.
+    local: Option<(Arc<Link>, HashSet<RegionId>)>,
+    local_task: Mutex<Option<JoinHandle<()>>>,
     links: Mutex<HashMap<RegionId, (Arc<Link>, JoinHandle<()>)>>,
     recorder: Mutex<Recorder>,
     stop: watch::Sender<bool>,
@@ -294,16 +360,23 @@ impl Links {
     pub async fn start(
         store: store::Store,
         config: Arc<ServerConfig>,
-        identity: Identity,
+        identity: Option<Identity>,
         remote: HashSet<RegionId>,
+        local: Option<(gateway::Node, HashSet<RegionId>)>,
     ) -> Links {
         let (stop, _) = watch::channel(false);
+        let local = local.and_then(|(node, regions)| {
+            let first = *regions.iter().next()?;
+            Some((Arc::new(Link::local(node, first)), regions))
+        });
         let links = Links {
             inner: Arc::new(Inner {
                 store,
                 config,
                 identity,
                 remote,
+                local,
+                local_task: Mutex::new(None),
                 links: Mutex::new(HashMap::new()),
                 recorder: Mutex::new(Recorder::default()),
                 stop,
@@ -311,10 +384,21 @@ impl Links {
                 closed: Mutex::new(None),
             }),
         };
-        links.refresh().await;
-        let task = tokio::spawn(refresh_loop(links.clone()));
-        *lock(&links.inner.refresher) = Some(task);
+        if let Some((link, _)) = &links.inner.local {
+            let task = tokio::spawn(run_link(links.clone(), link.clone()));
+            *lock(&links.inner.local_task) = Some(task);
+        }
+        if !links.inner.remote.is_empty() {
+            links.refresh().await;
+            let task = tokio::spawn(refresh_loop(links.clone()));
+            *lock(&links.inner.refresher) = Some(task);
+        }
         links
+    }
+
+    /// The link to the node inside this process, if a region is served here.
+    pub fn local(&self) -> Option<Arc<Link>> {
+        self.inner.local.as_ref().map(|(l, _)| l.clone())
     }
 
     /// Calls `hook` with each grant whose port a gateway closed.
@@ -327,13 +411,26 @@ impl Links {
         self.inner.remote.contains(&region)
     }
 
-    /// The link of `region`'s gateway, if one has joined.
+    /// The link of `region`'s gateway: the in-process node's for a local region, the
+    /// joined gateway's for a remote one (`None` while none has joined).
     pub fn link(&self, region: RegionId) -> Option<Arc<Link>> {
+        if let Some((link, regions)) = &self.inner.local
+            && regions.contains(&region)
+        {
+            return Some(link.clone());
+        }
         lock(&self.inner.links).get(&region).map(|(l, _)| l.clone())
     }
 
-    /// Every link, by region.
+    /// Every link: the in-process node's first, then the remote gateways'.
     pub fn all(&self) -> Vec<Arc<Link>> {
+        let mut all: Vec<Arc<Link>> = self.local().into_iter().collect();
+        all.extend(lock(&self.inner.links).values().map(|(l, _)| l.clone()));
+        all
+    }
+
+    /// The remote gateways' links.
+    pub fn remote(&self) -> Vec<Arc<Link>> {
         lock(&self.inner.links)
             .values()
             .map(|(l, _)| l.clone())
@@ -415,6 +512,10 @@ impl Links {
         if let Some(task) = lock(&self.inner.refresher).take() {
             task.abort();
         }
+        if let Some(task) = lock(&self.inner.local_task).take() {
+            task.abort();
+            let _ = task.await;
+        }
         let links: Vec<(Arc<Link>, JoinHandle<()>)> =
             lock(&self.inner.links).drain().map(|(_, v)| v).collect();
         for (link, task) in links {
@@ -481,23 +582,47 @@ async fn run_link(links: Links, link: Arc<Link>) {
 /// One connection to the gateway: dial, converge, serve. Returns why it ended.
 async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
     let inner = &links.inner;
+    let name = inner
+        .identity
+        .as_ref()
+        .map_or_else(server_name, |i| i.name.clone());
     let (channel, mut up_rx, down_tx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let tcp = tokio::net::TcpStream::connect(link.address.as_str())
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", link.address))?;
-        let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(inner.identity.tls.clone());
-        let tls = connector
-            .connect(control::pki::gateway_server_name(link.gateway), tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", link.address))?;
-        let channel = control::channel::Channel::connect(tls)
-            .await
-            .map_err(|e| format!("control channel: {e}"))?;
+        let channel = match &link.connect {
+            Connect::Local(node) => {
+                let (ours, theirs) = tokio::io::duplex(LOCAL_BUFFER);
+                let handler = node.handler();
+                tokio::spawn(async move {
+                    if let Err(e) = control::channel::serve(theirs, handler).await {
+                        tracing::warn!(error = %e, "the in-process gateway's channel ended");
+                    }
+                });
+                control::channel::Channel::connect(ours)
+                    .await
+                    .map_err(|e| format!("control channel: {e}"))?
+            }
+            Connect::Remote => {
+                let identity = inner
+                    .identity
+                    .as_ref()
+                    .ok_or_else(|| "this server has no control-channel certificate".to_owned())?;
+                let tcp = tokio::net::TcpStream::connect(link.address.as_str())
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", link.address))?;
+                let _ = tcp.set_nodelay(true);
+                let connector = tokio_rustls::TlsConnector::from(identity.tls.clone());
+                let tls = connector
+                    .connect(control::pki::gateway_server_name(link.gateway), tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", link.address))?;
+                control::channel::Channel::connect(tls)
+                    .await
+                    .map_err(|e| format!("control channel: {e}"))?
+            }
+        };
         let (down_tx, up_rx) = channel
             .control(Down::Hello {
                 protocol: PROTOCOL,
-                server: inner.identity.name.clone(),
+                server: name,
             })
             .await
             .map_err(|e| format!("control stream: {e}"))?
@@ -519,7 +644,12 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
         ));
     }
     *lock(&link.channel) = Some(channel.clone());
-    links.new_boot(link, &state).await;
+    *lock(&link.regions) = state.regions.clone();
+    *lock(&link.open) = state.grants.iter().map(|g| g.key).collect();
+    if !link.is_local() {
+        // The in-process node's boot is this server's gateway run, kept by the plane.
+        links.new_boot(link, &state).await;
+    }
     converge(links, link, &state, &down_tx).await?;
     let (ops_tx, mut ops_rx) = mpsc::channel(OPS_QUEUE);
     *lock(&link.ops) = Some(ops_tx);
@@ -536,7 +666,14 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
             }
             up = up_rx.recv() => {
                 let Some(up) = up else { return Ok(()) };
-                links.handle(link, boot, up, &down_tx).await;
+                let mut batch = vec![up];
+                while batch.len() < EVENT_BATCH {
+                    match up_rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                links.handle(link, boot, batch, &down_tx).await;
             }
         }
     }
@@ -822,36 +959,64 @@ impl Links {
         }
     }
 
+    /// Handles what the gateway sent, in order: runs of events are written together
+    /// and acknowledged once written.
     async fn handle(
         &self,
         link: &Arc<Link>,
         boot: GatewayRunId,
-        up: Up,
+        batch: Vec<Up>,
         down: &mpsc::Sender<Down>,
     ) {
-        match up {
-            Up::Opened { key, listen } => link.answer(key, Ok(listen)),
-            Up::OpenFailed { key, error } => {
-                tracing::warn!(gateway = %link.gateway, grant = %key, %error, "the gateway could not open the grant's port");
-                link.answer(key, Err(error));
-            }
-            Up::Event { seq, event } => {
+        let mut events: Vec<Event> = Vec::new();
+        let mut closed: Vec<GrantKey> = Vec::new();
+        let mut last_seq = None;
+        for up in batch {
+            if let Up::Event { seq, event } = up {
                 if let Event::GrantClosed { key, .. } = &event {
-                    lock(&link.open).remove(key);
-                    if let Some(hook) = lock(&self.inner.closed).as_ref() {
-                        hook(*key);
-                    }
+                    closed.push(*key);
                 }
-                self.record(boot, event).await;
-                // Written (or logged as unwritable): the gateway may forget it.
-                let _ = down.send(Down::Ack { seq }).await;
+                events.push(event);
+                last_seq = Some(seq);
+                continue;
             }
-            Up::Status(status) => self.status(link, boot, status).await,
-            Up::Refused { error } => {
-                tracing::error!(gateway = %link.gateway, %error, "the gateway refused a frame");
+            if !events.is_empty() {
+                self.record(boot, std::mem::take(&mut events)).await;
+                self.closed(link, &mut closed);
             }
-            Up::State(_) => {
-                tracing::warn!(gateway = %link.gateway, "the gateway sent its state again; ignored");
+            match up {
+                Up::Opened { key, listen } => link.answer(key, Ok(listen)),
+                Up::OpenFailed { key, error } => {
+                    tracing::warn!(gateway = %link.gateway, grant = %key, %error, "the gateway could not open the grant's port");
+                    link.answer(key, Err(error));
+                }
+                Up::Status(status) => self.status(link, boot, status).await,
+                Up::Refused { error } => {
+                    tracing::error!(gateway = %link.gateway, %error, "the gateway refused a frame");
+                }
+                Up::State(_) => {
+                    tracing::warn!(gateway = %link.gateway, "the gateway sent its state again; ignored");
+                }
+                Up::Event { .. } => {}
+            }
+        }
+        if !events.is_empty() {
+            self.record(boot, events).await;
+            self.closed(link, &mut closed);
+        }
+        if let Some(seq) = last_seq {
+            // Written (or logged as unwritable): the gateway may forget them.
+            let _ = down.send(Down::Ack { seq }).await;
+        }
+    }
+
+    /// Grants whose ports closed, once their events are written: no longer open here,
+    /// and the plane releases their ports.
+    fn closed(&self, link: &Link, keys: &mut Vec<GrantKey>) {
+        for key in keys.drain(..) {
+            lock(&link.open).remove(&key);
+            if let Some(hook) = lock(&self.inner.closed).as_ref() {
+                hook(key);
             }
         }
     }
@@ -941,132 +1106,157 @@ impl Links {
         Some(found)
     }
 
-    /// Writes one event: a connection row (by boot and number), a first use, an audited
-    /// refusal, or a grant's close ending what is left of its rows.
-    async fn record(&self, boot: GatewayRunId, event: Event) {
+    /// Writes a run of events in order: connection rows (by boot and number, so an
+    /// event sent twice is one row) together in one transaction, first uses after
+    /// them; a refusal audited, a grant's close ending what is left of its rows, each
+    /// after the rows before it.
+    async fn record(&self, boot: GatewayRunId, events: Vec<Event>) {
         let store = &self.inner.store;
-        let key = match &event {
-            Event::ConnectionOpened { key, .. }
-            | Event::ConnectionClosed { key, .. }
-            | Event::ConnectionRefused { key, .. }
-            | Event::GrantClosed { key, .. } => *key,
-        };
-        let Some(meta) = self.meta(key).await else {
-            tracing::warn!(grant = %key, "an event of a grant the store does not have; dropped");
-            return;
-        };
-        let (kind, id) = match key {
-            GrantKey::Access(id) => (store::GrantKind::Access, id.to_string()),
-            GrantKey::Forward(id) => (store::GrantKind::Forward, id.to_string()),
-        };
-        let result = match event {
-            Event::ConnectionOpened {
-                id: conn,
-                source,
-                at,
-                first,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = conn, "connection forwarded (remote gateway)");
-                let row = store::NewConnection {
-                    id: row_id(boot, conn),
-                    gateway_run: boot,
-                    org_id: meta.org,
-                    router_id: meta.router,
-                    grant_kind: kind,
-                    grant_id: id,
-                    source,
-                    started_at: at,
-                    end: None,
-                };
-                let written = store.record_connections(std::slice::from_ref(&row)).await;
-                if written.is_ok() && first {
-                    match key {
-                        GrantKey::Access(a) => store.set_access_authorized(a, at).await.map(|_| ()),
-                        GrantKey::Forward(f) => {
-                            store.set_forward_authorized(f, at).await.map(|_| ())
-                        }
-                    }
-                } else {
-                    written
-                }
-            }
-            Event::ConnectionClosed {
-                id: conn,
+        let mut rows: Vec<store::NewConnection> = Vec::new();
+        let mut firsts: Vec<(GrantKey, DateTime<Utc>)> = Vec::new();
+        for event in events {
+            let key = match &event {
+                Event::ConnectionOpened { key, .. }
+                | Event::ConnectionClosed { key, .. }
+                | Event::ConnectionRefused { key, .. }
+                | Event::GrantClosed { key, .. } => *key,
+            };
+            let Some(meta) = self.meta(key).await else {
+                tracing::warn!(grant = %key, "an event of a grant the store does not have; dropped");
+                continue;
+            };
+            let (kind, id) = match key {
+                GrantKey::Access(id) => (store::GrantKind::Access, id.to_string()),
+                GrantKey::Forward(id) => (store::GrantKind::Forward, id.to_string()),
+            };
+            let row = |conn: u64, source, started_at, end| store::NewConnection {
+                id: row_id(boot, conn),
+                gateway_run: boot,
+                org_id: meta.org,
+                router_id: meta.router,
+                grant_kind: kind,
+                grant_id: id.clone(),
                 source,
                 started_at,
-                at,
-                bytes_in,
-                bytes_out,
-                reason,
-                ..
-            } => {
-                tracing::info!(grant = %key, %source, connection = conn, bytes_in, bytes_out, %reason, "connection ended (remote gateway)");
-                let row = store::NewConnection {
-                    id: row_id(boot, conn),
-                    gateway_run: boot,
-                    org_id: meta.org,
-                    router_id: meta.router,
-                    grant_kind: kind,
-                    grant_id: id,
+                end,
+            };
+            match event {
+                Event::ConnectionOpened {
+                    id: conn,
+                    source,
+                    at,
+                    first,
+                    ..
+                } => {
+                    tracing::info!(grant = %key, %source, connection = conn, "connection forwarded");
+                    rows.push(row(conn, source, at, None));
+                    if first {
+                        firsts.push((key, at));
+                    }
+                }
+                Event::ConnectionClosed {
+                    id: conn,
                     source,
                     started_at,
-                    end: Some(store::ConnectionEnd {
-                        at,
-                        bytes_from_client: bytes_in,
-                        bytes_to_client: bytes_out,
-                        reason,
-                    }),
-                };
-                store.record_connections(std::slice::from_ref(&row)).await
-            }
-            Event::ConnectionRefused {
-                source,
-                at,
-                refusal,
-                ..
-            } => {
-                tracing::warn!(grant = %key, %source, ?refusal, "connection refused (remote gateway)");
-                if self.audit_refusal(key) {
-                    let (word, _) = match key {
-                        GrantKey::Access(_) => ("access", ()),
-                        GrantKey::Forward(_) => ("forward", ()),
-                    };
-                    store
-                        .append_audit(store::NewAudit {
-                            org_id: meta.org,
+                    at,
+                    bytes_in,
+                    bytes_out,
+                    reason,
+                    ..
+                } => {
+                    tracing::info!(grant = %key, %source, connection = conn, bytes_in, bytes_out, %reason, "connection ended");
+                    rows.push(row(
+                        conn,
+                        source,
+                        started_at,
+                        Some(store::ConnectionEnd {
                             at,
-                            actor: "gateway".into(),
-                            actor_address: Some(source.ip()),
-                            action: format!("{word}.connection_refused"),
-                            target: Some(format!("{word}:{id}")),
-                            details: serde_json::json!({
-                                "source": source.to_string(),
-                                "reason": refusal_words(refusal),
-                                "router_id": meta.router.to_string(),
-                            }),
-                        })
+                            bytes_from_client: bytes_in,
+                            bytes_to_client: bytes_out,
+                            reason,
+                        }),
+                    ));
+                }
+                Event::ConnectionRefused {
+                    source,
+                    at,
+                    refusal,
+                    ..
+                } => {
+                    tracing::warn!(grant = %key, %source, reason = refusal_words(refusal), "connection refused");
+                    if self.audit_refusal(key) {
+                        let word = match key {
+                            GrantKey::Access(_) => "access",
+                            GrantKey::Forward(_) => "forward",
+                        };
+                        let audited = store
+                            .append_audit(store::NewAudit {
+                                org_id: meta.org,
+                                at,
+                                actor: "gateway".into(),
+                                actor_address: Some(source.ip()),
+                                action: format!("{word}.connection_refused"),
+                                target: Some(format!("{word}:{id}")),
+                                details: serde_json::json!({
+                                    "source": source.to_string(),
+                                    "reason": refusal_words(refusal),
+                                    "router_id": meta.router.to_string(),
+                                }),
+                            })
+                            .await;
+                        if let Err(e) = audited {
+                            tracing::error!(grant = %key, error = %e, "could not audit a refused connection");
+                        }
+                    }
+                }
+                Event::GrantClosed {
+                    at,
+                    reason,
+                    connections_killed,
+                    ..
+                } => {
+                    tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the gateway");
+                    // Its rows first: then what is left open of them is ended.
+                    self.flush(&mut rows, &mut firsts).await;
+                    if let Err(e) = store
+                        .end_grant_connections(boot, kind, &id, at, &reason)
                         .await
-                        .map(|_| ())
-                } else {
-                    Ok(())
+                    {
+                        tracing::error!(grant = %key, error = %e, "could not end the grant's connections");
+                    }
                 }
             }
-            Event::GrantClosed {
-                at,
-                reason,
-                connections_killed,
-                ..
-            } => {
-                tracing::info!(grant = %key, %reason, killed = connections_killed, "grant closed at the remote gateway");
-                store
-                    .end_grant_connections(boot, kind, &id, at, &reason)
-                    .await
-                    .map(|_| ())
+        }
+        self.flush(&mut rows, &mut firsts).await;
+    }
+
+    /// Writes the rows together (one at a time if that fails, so one bad row sinks no
+    /// other), then the first uses.
+    async fn flush(
+        &self,
+        rows: &mut Vec<store::NewConnection>,
+        firsts: &mut Vec<(GrantKey, DateTime<Utc>)>,
+    ) {
+        let store = &self.inner.store;
+        let rows = std::mem::take(rows);
+        if !rows.is_empty()
+            && let Err(e) = store.record_connections(&rows).await
+        {
+            tracing::warn!(error = %e, rows = rows.len(), "could not record connections together; one at a time");
+            for row in &rows {
+                if let Err(e) = store.record_connections(std::slice::from_ref(row)).await {
+                    tracing::error!(error = %e, connection = %row.id, "could not record a connection");
+                }
             }
-        };
-        if let Err(e) = result {
-            tracing::error!(grant = %key, error = %e, "could not record a gateway event");
+        }
+        for (key, at) in std::mem::take(firsts) {
+            let set = match key {
+                GrantKey::Access(a) => store.set_access_authorized(a, at).await.map(|_| ()),
+                GrantKey::Forward(f) => store.set_forward_authorized(f, at).await.map(|_| ()),
+            };
+            if let Err(e) = set {
+                tracing::error!(grant = %key, error = %e, "could not record the grant's first use");
+            }
         }
     }
 
