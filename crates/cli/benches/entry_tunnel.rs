@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  operator 198.51.100.2 ─ hub ─┬─ server 203.0.113.2: postern server (entry ports, tunnel :51820)
-//!                               │                      wireguard-go wgb (the baseline, :51821)
+//!                               │                      wireguard-go wgb<pid> (the baseline, :51821)
 //!                               └─ 192.0.2.2 nat 10.1.0.1 ── 10.1.0.2 r (sim, wireguard-go) 192.168.88.1 ── lan 192.168.88.10
 //! ```
 //!
@@ -139,6 +139,13 @@ fn main() {
     if !hosts::can_run(&["ip", "nft", "wireguard-go", "wg", "ssh", "sshpass"]) {
         return;
     }
+    // wireguard-go's control socket is named by its device, in one directory for every
+    // namespace: two routers called wgsim1 (another run, the tunnel_hosts test) would
+    // take each other's.
+    assert!(
+        !std::path::Path::new("/var/run/wireguard/wgsim1.sock").exists(),
+        "a wireguard-go called wgsim1 is running (another run of this benchmark, or the tunnel_hosts test): one at a time"
+    );
     let rounds = env("ROUNDS", 5);
     let bytes = env("MIB", 256) << 20;
     let pings = env("PINGS", 2000);
@@ -312,8 +319,9 @@ fn main() {
         );
         serve_proxy(&h, l, SocketAddr::from((tunnel_ip, s.router_port)));
     }
+    let wgb = base_device();
     server_nat.push_str(&format!(
-        " }}\n chain post {{ type nat hook postrouting priority srcnat;\n  oifname \"wgb\" masquerade\n  oifname \"{server_if}\" ct status dnat masquerade\n }}\n}}\n"
+        " }}\n chain post {{ type nat hook postrouting priority srcnat;\n  oifname \"{wgb}\" masquerade\n  oifname \"{server_if}\" ct status dnat masquerade\n }}\n}}\n"
     ));
     nft(&h, "server", &server_nat);
     // Direct: the router's NAT forwards the dst-nat ports to the router (only for this).
@@ -926,13 +934,20 @@ fn router_nat_rules(h: &Hosts, tunnel_ip: Ipv4Addr, password: &str) -> HashMap<u
     })
 }
 
-/// The baseline gateway: `wireguard-go` on `wgb` in the server's namespace with address
+/// The baseline gateway's device, `wgb<pid>` (its control socket is named by it, the
+/// same in every namespace).
+fn base_device() -> String {
+    format!("wgb{}", std::process::id())
+}
+
+/// The baseline gateway: `wireguard-go` on `wgb<pid>` in the server's namespace with address
 /// BASE, the router as its peer (no endpoint: the router initiates through its NAT, as
 /// it does with Postern), and the router told of it as a second peer. Its pid.
 fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> u32 {
+    let wgb = base_device();
     let child = h
         .command("server", "wireguard-go")
-        .args(["-f", "wgb"])
+        .args(["-f", &wgb])
         .env("LOG_LEVEL", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -941,11 +956,7 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
     let pid = child.id();
     h.keep(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !h
-        .try_exec("server", &["wg", "show", "wgb"])
-        .status
-        .success()
-    {
+    while !h.try_exec("server", &["wg", "show", &wgb]).status.success() {
         assert!(Instant::now() < deadline, "wireguard-go made no wgb");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -988,7 +999,7 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
         &[
             "wg",
             "set",
-            "wgb",
+            &wgb,
             "private-key",
             key_file.to_str().unwrap(),
             "listen-port",
@@ -1009,10 +1020,10 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
             "peer",
             &format!("{tunnel_ip}/32"),
             "dev",
-            "wgb",
+            &wgb,
         ],
     );
-    h.exec("server", &["ip", "link", "set", "wgb", "up"]);
+    h.exec("server", &["ip", "link", "set", &wgb, "up"]);
     h.exec(
         "r",
         &[
