@@ -141,11 +141,12 @@ fn main() {
     }
     // wireguard-go's control socket is named by its device, in one directory for every
     // namespace: two routers called wgsim1 (another run, the tunnel_hosts test) would
-    // take each other's.
+    // take each other's. Sockets left by killed runs are removed, now and at the end.
     assert!(
-        !std::path::Path::new("/var/run/wireguard/wgsim1.sock").exists(),
+        !socket_live(SIM_SOCKET),
         "a wireguard-go called wgsim1 is running (another run of this benchmark, or the tunnel_hosts test): one at a time"
     );
+    let _sockets = StaleSockets;
     let rounds = env("ROUNDS", 5);
     let bytes = env("MIB", 256) << 20;
     let pings = env("PINGS", 2000);
@@ -538,6 +539,28 @@ fn main() {
     }
     println!("\nload average at end: {}", common::loadavg());
     drop(h);
+}
+
+const SIM_SOCKET: &str = "/var/run/wireguard/wgsim1.sock";
+
+/// Whether a process answers on the control socket at `path`.
+fn socket_live(path: &str) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Removes the control sockets of this run's `wireguard-go`s when no one answers on
+/// them (the processes are killed, so they cannot remove them themselves).
+struct StaleSockets;
+
+impl Drop for StaleSockets {
+    fn drop(&mut self) {
+        let base = format!("/var/run/wireguard/{}.sock", base_device());
+        for path in [SIM_SOCKET, base.as_str()] {
+            if std::path::Path::new(path).exists() && !socket_live(path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
 fn commit() -> String {
