@@ -1045,7 +1045,9 @@ impl Links {
         {
             tracing::warn!(error = %e, "could not record the routers' tunnel endpoints");
         }
-        let due = {
+        // The in-process node's boot is this server's run, renewed by the plane's own
+        // heartbeat with this process's identity.
+        let due = !link.is_local() && {
             let mut rec = lock(&self.inner.recorder);
             let beat = rec.beats.entry(boot).or_insert_with(Instant::now);
             if beat.elapsed() >= self.inner.config.gateway_heartbeat {
