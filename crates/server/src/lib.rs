@@ -17,6 +17,8 @@
 //! - [`links`]: the control plane's side of the control channel: a link to each remote
 //!   gateway (`gateway = "remote"` regions), its convergence to the database, the
 //!   events and status it brings back.
+//! - [`regions`]: regions and their gateways as the API, the portal and `/metrics` show
+//!   them (local or remote; a remote one's link state and last status report).
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
@@ -69,6 +71,7 @@ pub mod listen;
 pub mod metrics;
 pub mod onboarding;
 pub mod portal;
+pub mod regions;
 pub mod render;
 mod routes;
 pub mod runs;

@@ -291,6 +291,12 @@ impl Tunnels {
             .map(|r| r.info.gateway_address)
     }
 
+    /// Whether `region` is served by a remote gateway that this server cannot reach now
+    /// (none joined, or its control link is not up); `false` for a region served here.
+    pub fn gateway_unreachable(&self, region: RegionId) -> bool {
+        self.inner.remote.contains_key(&region) && !self.link(region).is_some_and(|l| l.up())
+    }
+
     /// The link of a region served remotely (`None` for a local region, or while no
     /// gateway has joined it).
     fn link(&self, region: RegionId) -> Option<Arc<crate::links::Link>> {

@@ -2526,7 +2526,11 @@ async fn me_and_regions_tell_a_client_where_it_stands(db: Db) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         regions,
-        json!([{"name": "local", "entry_point": "us-east1.example.net", "port_min": 49152, "port_max": 65535}])
+        json!([{"name": "local", "entry_point": "us-east1.example.net", "port_min": 49152, "port_max": 65535,
+            "gateway": {"mode": "local", "id": null, "state": null, "since": null, "error": null,
+                "control_address": null, "tunnel_endpoint": null, "joined_at": null,
+                "token_expires_at": null, "status_at": null, "routers": null, "routers_up": null,
+                "live_connections": null, "events_pending": null, "events_dropped": null}}])
     );
     s.stop().await;
 }
