@@ -3041,7 +3041,17 @@ async fn winbox_tickets_are_single_use_bound_and_audited(db: Db) {
     assert_eq!(won, 1, "{results:?}");
 
     // Bound to whoever asked: a ticket of a token deleted since is refused.
-    let (org, _) = (s.store.list_organisations().await.unwrap()[0].id, ());
+    // Organisation "alpha" by name: both were made in the same instant, so their order
+    // is their random ids'.
+    let org = s
+        .store
+        .list_organisations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.name == "alpha")
+        .unwrap()
+        .id;
     let secret = server::auth::generate_token();
     let temp = s
         .store
