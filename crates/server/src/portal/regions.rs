@@ -23,6 +23,7 @@ struct Row {
     /// The badge's class and words (`in-process` for a local region).
     state: &'static str,
     state_label: &'static str,
+    /// Since when (empty when not known).
     since: String,
     error: String,
     control_address: String,
@@ -56,7 +57,7 @@ fn row(r: RegionRow, now: chrono::DateTime<chrono::Utc>) -> Row {
             },
         ),
     };
-    let since = g.since.map_or_else(dash, |at| {
+    let since = g.since.map_or_else(String::new, |at| {
         let word = if g.state == Some(GatewayState::Pending) {
             "added"
         } else {
