@@ -56,6 +56,26 @@ impl Api {
 
     async fn region(&self) -> Value {
         let regions = self.get("/api/regions").await;
+        // Every answer as the OpenAPI document describes it.
+        let doc = self.get("/api/openapi.json").await;
+        let schema = serde_json::json!({
+            "type": "array",
+            "items": { "$ref": "#/components/schemas/RegionView" },
+            "components": doc["components"],
+        });
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&regions)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {regions}");
+        let mut bent = regions.clone();
+        bent[0]["gateway"]["state"] = "sideways".into();
+        assert!(!validator.is_valid(&bent), "the schema holds the states");
         let eu = regions
             .as_array()
             .unwrap()
