@@ -398,7 +398,12 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(db: Db
     };
     assert!(metrics.lines().any(|l| l == up_line(0)), "{metrics}");
     let sites = api.page("/sites").await;
-    assert!(sites.contains("gateway unreachable"), "{sites}");
+    assert!(
+        sites.contains(r#"<span class="badge gateway_unreachable">gateway unreachable</span>"#),
+        "{sites}"
+    );
+    let site = api.page(&format!("/sites/{}", router.site_id)).await;
+    assert!(site.contains("gateway unreachable"), "{site}");
 
     // The node listens there now: up within a retry, and its status reports come.
     let control = tokio::net::TcpListener::bind(control_addr).await.unwrap();
@@ -443,6 +448,12 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(db: Db
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
     }
+    let sites = api.page("/sites").await;
+    assert!(
+        sites.contains(r#"<span class="badge offline">offline</span>"#)
+            && !sites.contains("gateway unreachable"),
+        "{sites}"
+    );
     let page = api.page("/regions").await;
     for text in [
         "local",

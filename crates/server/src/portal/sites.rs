@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Redirect, Response};
-use domain::{JobState, RouterStatus, SiteId};
+use domain::{JobState, SiteId};
 
 use super::error::PortalError;
 use super::session::Signed;
@@ -50,21 +50,12 @@ struct SitesPage {
     error: String,
 }
 
-/// A router's status as shown: `pending` until a tunnelled router enrols,
-/// `gateway_unreachable` while its region's remote gateway cannot be reached (as the
-/// API says it).
+/// A router's status as shown, as the API says it (`routes::router_status`): `pending`
+/// until a tunnelled router enrols, then online or offline from its tunnel (a direct
+/// router's from the orchestrator), `gateway_unreachable` while its region's remote
+/// gateway cannot be reached.
 pub(super) fn shown_status(state: &AppState, r: &store::Router) -> &'static str {
-    if r.reach == store::Reach::Tunnel && r.tunnel_public_key.is_none() {
-        "pending"
-    } else if state
-        .gateway
-        .as_ref()
-        .is_some_and(|g| g.tunnels().gateway_unreachable(r.region_id))
-    {
-        crate::routes::GATEWAY_UNREACHABLE
-    } else {
-        status_word(r.status)
-    }
+    crate::routes::router_status(r, state.gateway.as_ref().map(|g| g.tunnels()))
 }
 
 /// A status in words (the badge's class is the status itself).
@@ -73,14 +64,6 @@ pub(super) fn status_label(status: &str) -> &str {
         "gateway unreachable"
     } else {
         status
-    }
-}
-
-fn status_word(s: RouterStatus) -> &'static str {
-    match s {
-        RouterStatus::Online => "online",
-        RouterStatus::Offline => "offline",
-        RouterStatus::Unknown => "unknown",
     }
 }
 

@@ -58,38 +58,49 @@ pub fn view(
 /// The `status` of a router whose region's remote gateway this server cannot reach now.
 pub const GATEWAY_UNREACHABLE: &str = "gateway_unreachable";
 
+/// A router's `status` as the API and the portal show it: see [`view`].
+pub fn router_status(r: &store::Router, tunnels: Option<&crate::tunnels::Tunnels>) -> &'static str {
+    use crate::tunnels::TunnelGateway as _;
+    let live = match r.reach {
+        store::Reach::Tunnel => tunnels.and_then(|t| t.tunnel_status(r.id)),
+        store::Reach::Direct => None,
+    };
+    status_of(r, tunnels, live.as_ref())
+}
+
+fn status_of(
+    r: &store::Router,
+    tunnels: Option<&crate::tunnels::Tunnels>,
+    live: Option<&crate::tunnels::TunnelStatus>,
+) -> &'static str {
+    let unreachable = tunnels.is_some_and(|t| t.gateway_unreachable(r.region_id));
+    match r.reach {
+        // Reached through the region's gateway too when a remote one serves it.
+        store::Reach::Direct if unreachable => GATEWAY_UNREACHABLE,
+        store::Reach::Direct => r.status.as_str(),
+        store::Reach::Tunnel if r.tunnel_public_key.is_none() => "pending",
+        store::Reach::Tunnel if unreachable => GATEWAY_UNREACHABLE,
+        store::Reach::Tunnel if live.is_some_and(|l| l.online(std::time::SystemTime::now())) => {
+            "online"
+        }
+        store::Reach::Tunnel => "offline",
+    }
+}
+
 /// A router's `tunnel` and `status`.
 fn tunnel_view(
     r: &store::Router,
     tunnels: Option<&crate::tunnels::Tunnels>,
 ) -> (Option<TunnelView>, String) {
     use crate::tunnels::TunnelGateway as _;
-    let unreachable = tunnels.is_some_and(|t| t.gateway_unreachable(r.region_id));
     if r.reach == store::Reach::Direct {
-        // Reached through the region's gateway too when a remote one serves it.
-        let status = if unreachable {
-            GATEWAY_UNREACHABLE
-        } else {
-            r.status.as_str()
-        };
-        return (None, status.to_owned());
+        return (None, status_of(r, tunnels, None).to_owned());
     }
     let live = tunnels.and_then(|t| t.tunnel_status(r.id));
     let gateway_address = tunnels
         .and_then(|t| t.gateway_address(r.region_id))
         .map(|a| a.to_string());
-    let status = if r.tunnel_public_key.is_none() {
-        "pending"
-    } else if unreachable {
-        GATEWAY_UNREACHABLE
-    } else if live
-        .as_ref()
-        .is_some_and(|l| l.online(std::time::SystemTime::now()))
-    {
-        "online"
-    } else {
-        "offline"
-    };
+    let status = status_of(r, tunnels, live.as_ref());
     let at = |t: Option<std::time::SystemTime>| {
         t.map(|t| timestamp(chrono::DateTime::<chrono::Utc>::from(t)))
     };
