@@ -3,9 +3,10 @@
 //! region configured `gateway = "remote"`, and a real `gateway::Node` served over the
 //! control channel (TCP, mTLS, h2) on loopback. The region's gateway goes from `none`
 //! (nothing added) to `pending` (added), `down` (joined at an address where nothing
-//! listens), `up` (the node listens there), and `down` again (the node stopped); its
-//! enrolled router shows `gateway_unreachable` whenever the link is not up, and
-//! `offline` (not heard from) while it is.
+//! listens), `up` (the node listens there), `down` again (the node stopped) and `up`
+//! once more (a new node at that address); its enrolled router shows
+//! `gateway_unreachable` whenever the link is not up, and `offline` (not heard from)
+//! while it is.
 
 #![allow(
     clippy::unwrap_used,
@@ -408,7 +409,7 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(db: Db
     // The node listens there now: up within a retry, and its status reports come.
     let control = tokio::net::TcpListener::bind(control_addr).await.unwrap();
     let tls = control::pki::gateway_tls(&joined.certificate_pem, &csr_key, &joined.ca_pem).unwrap();
-    let (gw, accept) = node(control, &region, wireguard, tls).await;
+    let (gw, accept) = node(control, &region, wireguard.clone(), tls).await;
     api.region_when("up").await;
     let started = Instant::now();
     let g = loop {
@@ -480,6 +481,22 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(db: Db
     assert!(api.metrics().await.lines().any(|l| l == up_line(0)));
     let page = api.page("/regions").await;
     assert!(page.contains("badge down"), "{page}");
+
+    // It comes back (a new boot at the same address): up again within a retry, and the
+    // router reachable (offline: it never spoke) again.
+    let control = tokio::net::TcpListener::bind(control_addr).await.unwrap();
+    let tls = control::pki::gateway_tls(&joined.certificate_pem, &csr_key, &joined.ca_pem).unwrap();
+    let (gw, accept) = node(control, &region, wireguard, tls).await;
+    let g = api.region_when("up").await;
+    assert_eq!(g["error"], Value::Null);
+    assert_eq!(
+        api.router_status(router.id, router.site_id).await,
+        "offline"
+    );
+    assert!(api.metrics().await.lines().any(|l| l == up_line(1)));
+    accept.abort();
+    let _ = accept.await;
+    gw.shutdown().await;
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
