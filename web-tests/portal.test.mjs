@@ -3,7 +3,7 @@
 // directory, free ports). Signs in, reads Sites, opens every tab of the site, adds
 // transient access with the defaults and reads its Credentials, logs in through the
 // gateway with OpenSSH (`sshpass`) using an SSH grant's, revokes, adds a forward, reads
-// the orchestration log, the admin pages, and signs out, saving a screenshot of each
+// the orchestration log, the admin pages, the regions, and signs out, saving a screenshot of each
 // screen under target/web-screenshots/. Any console error or page error fails the test.
 //
 // Run: POSTERN_BIN=target/debug/postern node --test web-tests/
@@ -274,6 +274,15 @@ test("sign in, Sites, every tab of the site, the admin pages, sign out", async (
   }
   const audit = await page.locator("table.list").innerText();
   assert.match(audit, /session\.login/);
+
+  // Regions: the demo's one region, served by this server's own gateway.
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Regions" }).click();
+  await page.getByRole("heading", { name: "Regions" }).waitFor();
+  const region = await page.getByRole("row", { name: /local/ }).locator("td").allInnerTexts();
+  assert.match(region[0], /^local/, region.join(" | "));
+  assert.match(region[2], /this server/, region.join(" | "));
+  assert.match(region[3], /in-process/, region.join(" | "));
+  await shot(page, "10b-regions");
   assert.match(await page.locator("body").innerText(), /token:demo|admin/);
 
   // A phone-sized screen.

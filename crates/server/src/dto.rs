@@ -351,7 +351,11 @@ pub struct RouterView {
     pub username: String,
     /// unknown, online or offline; `pending` for a tunnelled router until it enrols.
     /// A tunnelled router is online while the gateway has had an authenticated
-    /// datagram from it within about three keepalives (80 s).
+    /// datagram from it within about three keepalives (80 s). `gateway_unreachable`
+    /// when the router's region is served by a remote gateway (`GET /api/regions`)
+    /// that this server cannot reach now (none joined, or its link is not `up`): the
+    /// router may well be up, but nothing reaches it until the gateway is back.
+    #[schema(example = "online")]
     pub status: String,
     /// The router's management tunnel: null for a router reached directly (at
     /// `tunnel_address`, through a path the operator provides).
@@ -561,7 +565,7 @@ pub struct NewUserView {
     pub password: Option<String>,
 }
 
-/// A regional gateway routers can be placed in.
+/// A region routers can be placed in, and the gateway that serves it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RegionView {
     #[schema(example = "local")]
@@ -571,6 +575,75 @@ pub struct RegionView {
     pub entry_point: String,
     pub port_min: u16,
     pub port_max: u16,
+    pub gateway: RegionGatewayView,
+}
+
+/// Who serves a region: `local`, the server's own gateway; `remote`, a `postern gateway`
+/// the server drives over the control channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayModeDto {
+    Local,
+    Remote,
+}
+
+/// How a remote region's gateway stands, as the server answering sees it: `none`, no
+/// gateway was added for the region (`postern admin add-gateway`); `pending`, added but
+/// not joined yet; `connecting`, joined but not reached since this server started;
+/// `up`, its control link is up and converged; `down`, reached before, not now (see
+/// `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayStateDto {
+    None,
+    Pending,
+    Connecting,
+    Up,
+    Down,
+}
+
+/// A region's gateway. For a `local` region every field but `mode` is null, except
+/// `routers` and `routers_up` when this process runs the region's tunnel. For a
+/// `remote` one, the figures (`status_at` to `events_dropped`) are from the gateway's
+/// last status report (every 2 s while the link is up), null until one came.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegionGatewayView {
+    pub mode: GatewayModeDto,
+    /// The gateway's id (null for a local region, or when none was added).
+    pub id: Option<String>,
+    /// Null for a local region.
+    pub state: Option<GatewayStateDto>,
+    /// Since when `state` holds: up or down since (a link's), or when a pending gateway
+    /// was added; null otherwise.
+    #[schema(format = DateTime)]
+    pub since: Option<String>,
+    /// Why the link is down (`down` only).
+    pub error: Option<String>,
+    /// `host:port` where servers reach its control channel, as it joined.
+    #[schema(example = "gw-eu.example.net:7443")]
+    pub control_address: Option<String>,
+    /// `host:port` routers send WireGuard to, as it joined.
+    #[schema(example = "gw-eu.example.net:51820")]
+    pub tunnel_endpoint: Option<String>,
+    #[schema(format = DateTime)]
+    pub joined_at: Option<String>,
+    /// Until when a pending gateway's join token works.
+    #[schema(format = DateTime)]
+    pub token_expires_at: Option<String>,
+    /// When the gateway made its last status report (by its clock).
+    #[schema(format = DateTime)]
+    pub status_at: Option<String>,
+    /// Routers admitted to the region's tunnel.
+    pub routers: Option<u64>,
+    /// Of those, heard from within about three keepalives (80 s), as a router's
+    /// `online` status is computed.
+    pub routers_up: Option<u64>,
+    /// Connections open through its entry ports.
+    pub live_connections: Option<u64>,
+    /// Events (connections, refusals, closes) it holds until a server records them.
+    pub events_pending: Option<u64>,
+    /// Events it dropped for want of room (openings and refusals only), since it started.
+    pub events_dropped: Option<u64>,
 }
 
 /// Who the caller is.

@@ -19,6 +19,8 @@
 //!   (the in-process node over an in-memory stream, each `postern gateway` over mTLS),
 //!   its convergence to the database, the events and status it brings back. One code
 //!   path for both.
+//! - [`regions`]: regions and their gateways as the API, the portal and `/metrics` show
+//!   them (local or remote; a remote one's link state and last status report).
 //! - [`runs`]: which gateway run owns which connections, and when another run is gone.
 //! - [`cache`]: grant lists kept under their router's grants version (never stale).
 //! - [`render`]: grant lists as JSON, prepared once per grant, timed per request.
@@ -71,6 +73,7 @@ pub mod listen;
 pub mod metrics;
 pub mod onboarding;
 pub mod portal;
+pub mod regions;
 pub mod render;
 mod routes;
 pub mod runs;

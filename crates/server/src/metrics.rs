@@ -1,5 +1,7 @@
 //! Prometheus metrics, hand-rolled: a request counter by route, method and status, and a
-//! latency histogram by route, rendered in the text exposition format at `/metrics`.
+//! latency histogram by route, rendered in the text exposition format at `/metrics`,
+//! with the in-process gateway's and tunnels' figures and, per remote gateway, its
+//! link's state and its last status report's figures.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -259,6 +261,130 @@ pub fn render_tunnels(regions: &[crate::tunnels::RegionFigures], out: &mut Strin
     }
 }
 
+/// A remote gateway as `/metrics` shows it: this server's link to it and the figures of
+/// its last status report.
+#[derive(Debug, Clone)]
+pub struct RemoteGateway {
+    pub gateway: String,
+    pub region: String,
+    pub up: bool,
+    pub status: Option<control::msg::Status>,
+}
+
+/// The remote gateways' series, labelled by gateway id and region name.
+/// `postern_gateway_connections_refused_total` carries `gateway` and `region` here and
+/// only `reason` for the in-process gateway (whose header `in_process_refusals` says
+/// was written).
+pub fn render_remote_gateways(
+    gateways: &[RemoteGateway],
+    in_process_refusals: bool,
+    now: std::time::SystemTime,
+    out: &mut String,
+) {
+    use control::msg::Refusal;
+    if gateways.is_empty() {
+        return;
+    }
+    let labels = |g: &RemoteGateway| {
+        format!(
+            "gateway=\"{}\",region=\"{}\"",
+            escape(&g.gateway),
+            escape(&g.region)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP postern_gateway_link_up Whether this server's control link to the remote gateway is up (1) or not (0).\n\
+         # TYPE postern_gateway_link_up gauge"
+    );
+    for g in gateways {
+        let _ = writeln!(
+            out,
+            "postern_gateway_link_up{{{}}} {}",
+            labels(g),
+            u8::from(g.up)
+        );
+    }
+    type Pick = fn(&control::msg::Status, std::time::SystemTime) -> u64;
+    let series: [(&str, &str, &str, Pick); 6] = [
+        (
+            "postern_gateway_last_status_timestamp_seconds",
+            "gauge",
+            "When the remote gateway made its last status report (Unix time, its clock).",
+            |s, _| u64::try_from(s.at.timestamp()).unwrap_or(0),
+        ),
+        (
+            "postern_gateway_peers",
+            "gauge",
+            "Routers admitted to the remote gateway's tunnels, as of its last status report.",
+            |s, _| u64::try_from(s.peers.len()).unwrap_or(u64::MAX),
+        ),
+        (
+            "postern_gateway_peers_up",
+            "gauge",
+            "Of those, heard from within about three keepalives.",
+            crate::regions::peers_up,
+        ),
+        (
+            "postern_gateway_connections_open",
+            "gauge",
+            "Connections open through the remote gateway's entry ports, as of its last status report.",
+            |s, _| u64::try_from(s.connections.len()).unwrap_or(u64::MAX),
+        ),
+        (
+            "postern_gateway_events_pending",
+            "gauge",
+            "Events the remote gateway holds until a server records them.",
+            |s, _| s.events_pending,
+        ),
+        (
+            "postern_gateway_events_dropped_total",
+            "counter",
+            "Events the remote gateway dropped for want of room (openings and refusals only).",
+            |s, _| s.events_dropped,
+        ),
+    ];
+    for (name, kind, help, pick) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for g in gateways {
+            if let Some(status) = &g.status {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(g), pick(status, now));
+            }
+        }
+    }
+    if !in_process_refusals {
+        out.push_str(
+            "# HELP postern_gateway_connections_refused_total Connections the gateway reset at once, by reason.\n\
+             # TYPE postern_gateway_connections_refused_total counter\n",
+        );
+    }
+    for g in gateways {
+        let Some(status) = &g.status else { continue };
+        for refusal in [
+            Refusal::SourceNotAllowed,
+            Refusal::TooManyConnections,
+            Refusal::TooManyFromSource,
+        ] {
+            let label = match refusal {
+                Refusal::SourceNotAllowed => gateway::Refusal::SourceNotAllowed.label(),
+                Refusal::TooManyConnections => gateway::Refusal::TooManyConnections.label(),
+                Refusal::TooManyFromSource => gateway::Refusal::TooManyFromSource.label(),
+            };
+            let n: u64 = status
+                .refused
+                .iter()
+                .filter(|(r, _)| *r == refusal)
+                .map(|(_, n)| *n)
+                .sum();
+            let _ = writeln!(
+                out,
+                "postern_gateway_connections_refused_total{{{},reason=\"{label}\"}} {n}",
+                labels(g)
+            );
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -300,6 +426,30 @@ pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::re
             ));
         }
         render_tunnels(&gateway.tunnels().figures(), &mut text);
+        {
+            let links = gateway.links();
+            let names: std::collections::HashMap<domain::RegionId, String> = state
+                .store
+                .list_regions()
+                .await
+                .map(|rs| rs.into_iter().map(|r| (r.id, r.name)).collect())
+                .unwrap_or_default();
+            let mut remote: Vec<RemoteGateway> = links
+                .remote()
+                .iter()
+                .map(|l| RemoteGateway {
+                    gateway: l.gateway.to_string(),
+                    region: names
+                        .get(&l.region)
+                        .cloned()
+                        .unwrap_or_else(|| l.region.to_string()),
+                    up: l.up(),
+                    status: l.status(),
+                })
+                .collect();
+            remote.sort_by(|a, b| a.region.cmp(&b.region));
+            render_remote_gateways(&remote, true, std::time::SystemTime::now(), &mut text);
+        }
     }
     let mut response = text.into_response();
     response.headers_mut().insert(
@@ -330,6 +480,71 @@ pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_remote_gateways_with_their_link_and_last_status() {
+        let now = std::time::SystemTime::now();
+        let at = chrono::DateTime::<chrono::Utc>::from(now);
+        let peer = |seen: Option<chrono::DateTime<chrono::Utc>>| control::msg::PeerStatus {
+            router: domain::RouterId::new(),
+            endpoint: None,
+            last_handshake_at: seen,
+            last_seen_at: seen,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        };
+        let status = control::msg::Status {
+            at,
+            peers: vec![
+                peer(Some(at)),
+                peer(Some(at - chrono::TimeDelta::seconds(300))),
+                peer(None),
+            ],
+            connections: vec![],
+            tunnels: vec![],
+            refused: vec![(control::msg::Refusal::SourceNotAllowed, 4)],
+            events_dropped: 2,
+            events_pending: 7,
+        };
+        let gateways = [
+            RemoteGateway {
+                gateway: "g-eu".into(),
+                region: "eu".into(),
+                up: true,
+                status: Some(status),
+            },
+            RemoteGateway {
+                gateway: "g-us".into(),
+                region: "us".into(),
+                up: false,
+                status: None,
+            },
+        ];
+        let mut text = String::new();
+        render_remote_gateways(&gateways, false, now, &mut text);
+        for line in [
+            "postern_gateway_link_up{gateway=\"g-eu\",region=\"eu\"} 1",
+            "postern_gateway_link_up{gateway=\"g-us\",region=\"us\"} 0",
+            "postern_gateway_peers{gateway=\"g-eu\",region=\"eu\"} 3",
+            "postern_gateway_peers_up{gateway=\"g-eu\",region=\"eu\"} 1",
+            "postern_gateway_connections_open{gateway=\"g-eu\",region=\"eu\"} 0",
+            "postern_gateway_events_pending{gateway=\"g-eu\",region=\"eu\"} 7",
+            "postern_gateway_events_dropped_total{gateway=\"g-eu\",region=\"eu\"} 2",
+            "postern_gateway_connections_refused_total{gateway=\"g-eu\",region=\"eu\",reason=\"source_not_allowed\"} 4",
+            "postern_gateway_connections_refused_total{gateway=\"g-eu\",region=\"eu\",reason=\"connection_cap\"} 0",
+            "# TYPE postern_gateway_connections_refused_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        // No figures for a gateway that never reported.
+        assert!(!text.contains("postern_gateway_peers{gateway=\"g-us\""));
+        let mut again = String::new();
+        render_remote_gateways(&gateways, true, now, &mut again);
+        assert!(!again.contains("# TYPE postern_gateway_connections_refused_total"));
+    }
 
     #[test]
     fn renders_counters_and_histograms() {

@@ -177,6 +177,15 @@ impl Tunnels {
         self.inner.regions.get(&region).map(|(_, _, g)| *g)
     }
 
+    /// Whether `region` is served by a remote gateway that this server cannot reach now
+    /// (none joined, or its link is not up); `false` for a region served here.
+    pub fn gateway_unreachable(&self, region: RegionId) -> bool {
+        match self.inner.links.link(region) {
+            Some(link) => !link.is_local() && !link.up(),
+            None => self.inner.regions.contains_key(&region),
+        }
+    }
+
     /// Per region of the in-process node: the tunnel's counters and how many peers are
     /// up.
     pub fn figures(&self) -> Vec<RegionFigures> {

@@ -2530,7 +2530,11 @@ async fn me_and_regions_tell_a_client_where_it_stands(db: Db) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         regions,
-        json!([{"name": "local", "entry_point": "us-east1.example.net", "port_min": 49152, "port_max": 65535}])
+        json!([{"name": "local", "entry_point": "us-east1.example.net", "port_min": 49152, "port_max": 65535,
+            "gateway": {"mode": "local", "id": null, "state": null, "since": null, "error": null,
+                "control_address": null, "tunnel_endpoint": null, "joined_at": null,
+                "token_expires_at": null, "status_at": null, "routers": null, "routers_up": null,
+                "live_connections": null, "events_pending": null, "events_dropped": null}}])
     );
     s.stop().await;
 }
@@ -3041,7 +3045,17 @@ async fn winbox_tickets_are_single_use_bound_and_audited(db: Db) {
     assert_eq!(won, 1, "{results:?}");
 
     // Bound to whoever asked: a ticket of a token deleted since is refused.
-    let (org, _) = (s.store.list_organisations().await.unwrap()[0].id, ());
+    // Organisation "alpha" by name: both were made in the same instant, so their order
+    // is their random ids'.
+    let org = s
+        .store
+        .list_organisations()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.name == "alpha")
+        .unwrap()
+        .id;
     let secret = server::auth::generate_token();
     let temp = s
         .store

@@ -8,7 +8,7 @@
 //!   throttle.
 //! - [`assets`]: htmx, xterm.js, the stylesheet and script, embedded at build time.
 //! - [`error`]: `PortalError`, rendered as a page.
-//! - `login`, `sites`, `grants`, `admin`: the handlers, by page area, named
+//! - `login`, `sites`, `grants`, `admin`, `regions`: the handlers, by page area, named
 //!   `<page>_<method>` (`grants`: the Transient Access and Forwarding tabs and their
 //!   forms, which go through the API's own code in `routes::grants`).
 //! - `terminal`: the Terminal button, the terminal's WebSocket, recordings and replay.
@@ -29,6 +29,7 @@ mod grants;
 mod launcher;
 pub(crate) mod login;
 mod onboard;
+mod regions;
 mod shared;
 mod sites;
 mod terminal;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(urls::USERS, get(admin::users_get))
         .route(urls::TOKENS, get(admin::tokens_get))
         .route(urls::AUDIT, get(admin::audit_get))
+        .route(urls::REGIONS, get(regions::regions_get))
         .route(urls::SITE_TERMINAL, post(terminal::terminal_post))
         .route(urls::TERMINAL, get(terminal::terminal_get))
         .route(urls::TERMINAL_WS, get(terminal::terminal_ws_get))
@@ -176,6 +178,7 @@ pub struct Layout {
 /// The nav's links.
 pub struct Nav {
     pub sites: &'static str,
+    pub regions: &'static str,
     pub users: &'static str,
     pub tokens: &'static str,
     pub audit: &'static str,
@@ -184,6 +187,7 @@ pub struct Nav {
 
 const NAV: Nav = Nav {
     sites: urls::SITES,
+    regions: urls::REGIONS,
     users: urls::USERS,
     tokens: urls::TOKENS,
     audit: urls::AUDIT,

@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Redirect, Response};
-use domain::{JobState, RouterStatus, SiteId};
+use domain::{JobState, SiteId};
 
 use super::error::PortalError;
 use super::session::Signed;
@@ -32,6 +32,7 @@ struct SiteRow {
     identity: String,
     region: String,
     status: &'static str,
+    status_label: &'static str,
     live: usize,
 }
 
@@ -49,20 +50,20 @@ struct SitesPage {
     error: String,
 }
 
-/// A router's status as shown: `pending` until a tunnelled router enrols.
-pub(super) fn shown_status(r: &store::Router) -> &'static str {
-    if r.reach == store::Reach::Tunnel && r.tunnel_public_key.is_none() {
-        "pending"
-    } else {
-        status_word(r.status)
-    }
+/// A router's status as shown, as the API says it (`routes::router_status`): `pending`
+/// until a tunnelled router enrols, then online or offline from its tunnel (a direct
+/// router's from the orchestrator), `gateway_unreachable` while its region's remote
+/// gateway cannot be reached.
+pub(super) fn shown_status(state: &AppState, r: &store::Router) -> &'static str {
+    crate::routes::router_status(r, state.gateway.as_ref().map(|g| g.tunnels()))
 }
 
-fn status_word(s: RouterStatus) -> &'static str {
-    match s {
-        RouterStatus::Online => "online",
-        RouterStatus::Offline => "offline",
-        RouterStatus::Unknown => "unknown",
+/// A status in words (the badge's class is the status itself).
+pub(super) fn status_label(status: &str) -> &str {
+    if status == crate::routes::GATEWAY_UNREACHABLE {
+        "gateway unreachable"
+    } else {
+        status
     }
 }
 
@@ -114,6 +115,7 @@ pub(super) async fn sites_page(
                 .filter(|g| g.status.is_live())
                 .count();
         }
+        let status = router.map_or("unknown", |r| shown_status(&state, r));
         rows.push(SiteRow {
             url: urls::site(site.id),
             name: site.name,
@@ -123,7 +125,8 @@ pub(super) async fn sites_page(
             region: router
                 .and_then(|r| regions.get(&r.region_id).cloned())
                 .unwrap_or_else(|| "—".into()),
-            status: router.map_or("unknown", shown_status),
+            status,
+            status_label: status_label(status),
             live,
         });
     }
@@ -162,6 +165,7 @@ struct SitePage {
     l: Layout,
     name: String,
     status: &'static str,
+    status_label: &'static str,
     tabs: Vec<Tab>,
     panel: String,
     /// The site's actions at the top right: the Terminal button (`portal::terminal`).
@@ -217,10 +221,12 @@ pub(super) fn respond(
     if is_htmx(headers) {
         return render(&SiteBody { tabs, panel });
     }
+    let status = router.map_or("unknown", |r| shown_status(state, r));
     render(&SitePage {
         l: Layout::new(state, signed, site.name.clone(), "sites"),
         name: site.name.clone(),
-        status: router.map_or("unknown", shown_status),
+        status,
+        status_label: status_label(status),
         tabs,
         panel,
         actions: super::terminal::button(signed, site.id, router.is_some())?,
@@ -367,7 +373,7 @@ pub async fn site_get(
             },
             Fact {
                 label: "Status",
-                value: shown_status(r).into(),
+                value: status_label(shown_status(&state, r)).into(),
             },
             Fact {
                 label: "Tunnel address",

@@ -22,6 +22,7 @@ pub const SITE_FORWARD_REVOKE: &str = "/sites/{site_id}/forwards/{grant_id}/revo
 pub const USERS: &str = "/users";
 pub const TOKENS: &str = "/tokens";
 pub const AUDIT: &str = "/audit";
+pub const REGIONS: &str = "/regions";
 pub const ASSET: &str = "/assets/{hash}/{name}";
 pub const SITE_TERMINAL: &str = "/sites/{site_id}/terminal";
 pub const TERMINAL: &str = "/sites/{site_id}/terminal/{access_id}";

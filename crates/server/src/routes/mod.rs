@@ -17,7 +17,7 @@ mod signin;
 mod system;
 pub(crate) mod winbox;
 
-pub(crate) use routers::view as router_view;
+pub(crate) use routers::{GATEWAY_UNREACHABLE, router_status, view as router_view};
 pub(crate) use system::healthz;
 
 use axum::Router;

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::common::{Checks, audit, load_router, not_found_as};
 use crate::auth::Caller;
 use crate::dto::{
-    CreateRouter, JobLineView, JobView, MeView, PageQuery, RegionView, RouterView, SiteView,
-    TunnelView, UpdateRouter, timestamp,
+    CreateRouter, GatewayModeDto, GatewayStateDto, JobLineView, JobView, MeView, PageQuery,
+    RegionGatewayView, RegionView, RouterView, SiteView, TunnelView, UpdateRouter, timestamp,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_id};
@@ -21,7 +21,8 @@ use crate::state::AppState;
 /// A router as shown, with its region's name and entry point, and for a tunnelled
 /// router its tunnel as the gateway in this process sees it now (`tunnels`): `status`
 /// is `pending` until it enrols, then online or offline from its last authenticated
-/// datagram (within about three keepalives).
+/// datagram (within about three keepalives); `gateway_unreachable` (enrolled or direct)
+/// while its region's remote gateway cannot be reached.
 pub fn view(
     r: &store::Router,
     regions: &[store::Region],
@@ -54,6 +55,38 @@ pub fn view(
     }
 }
 
+/// The `status` of a router whose region's remote gateway this server cannot reach now.
+pub const GATEWAY_UNREACHABLE: &str = "gateway_unreachable";
+
+/// A router's `status` as the API and the portal show it: see [`view`].
+pub fn router_status(r: &store::Router, tunnels: Option<&crate::tunnels::Tunnels>) -> &'static str {
+    use crate::tunnels::TunnelGateway as _;
+    let live = match r.reach {
+        store::Reach::Tunnel => tunnels.and_then(|t| t.tunnel_status(r.id)),
+        store::Reach::Direct => None,
+    };
+    status_of(r, tunnels, live.as_ref())
+}
+
+fn status_of(
+    r: &store::Router,
+    tunnels: Option<&crate::tunnels::Tunnels>,
+    live: Option<&crate::tunnels::TunnelStatus>,
+) -> &'static str {
+    let unreachable = tunnels.is_some_and(|t| t.gateway_unreachable(r.region_id));
+    match r.reach {
+        // Reached through the region's gateway too when a remote one serves it.
+        store::Reach::Direct if unreachable => GATEWAY_UNREACHABLE,
+        store::Reach::Direct => r.status.as_str(),
+        store::Reach::Tunnel if r.tunnel_public_key.is_none() => "pending",
+        store::Reach::Tunnel if unreachable => GATEWAY_UNREACHABLE,
+        store::Reach::Tunnel if live.is_some_and(|l| l.online(std::time::SystemTime::now())) => {
+            "online"
+        }
+        store::Reach::Tunnel => "offline",
+    }
+}
+
 /// A router's `tunnel` and `status`.
 fn tunnel_view(
     r: &store::Router,
@@ -61,22 +94,13 @@ fn tunnel_view(
 ) -> (Option<TunnelView>, String) {
     use crate::tunnels::TunnelGateway as _;
     if r.reach == store::Reach::Direct {
-        return (None, r.status.as_str().to_owned());
+        return (None, status_of(r, tunnels, None).to_owned());
     }
     let live = tunnels.and_then(|t| t.tunnel_status(r.id));
     let gateway_address = tunnels
         .and_then(|t| t.gateway_address(r.region_id))
         .map(|a| a.to_string());
-    let status = if r.tunnel_public_key.is_none() {
-        "pending"
-    } else if live
-        .as_ref()
-        .is_some_and(|l| l.online(std::time::SystemTime::now()))
-    {
-        "online"
-    } else {
-        "offline"
-    };
+    let status = status_of(r, tunnels, live.as_ref());
     let at = |t: Option<std::time::SystemTime>| {
         t.map(|t| timestamp(chrono::DateTime::<chrono::Utc>::from(t)))
     };
@@ -677,7 +701,9 @@ pub async fn site_get(
     Ok(Json(site_view(&site, routers.first(), &regions, tunnels)))
 }
 
-/// The regions (gateways) routers can be placed in.
+/// The regions routers can be placed in, each with its gateway: this server's own
+/// (`local`) or a `postern gateway` (`remote`) with its link's state and its last
+/// status report's figures.
 #[utoipa::path(
     get,
     path = "/api/regions",
@@ -691,18 +717,46 @@ pub async fn regions_list(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<Vec<RegionView>>, ApiError> {
-    let regions = state.store.list_regions().await?;
-    Ok(Json(
-        regions
-            .into_iter()
-            .map(|r| RegionView {
-                name: r.name,
-                entry_point: r.entry_point,
-                port_min: r.port_min,
-                port_max: r.port_max,
-            })
-            .collect(),
-    ))
+    let regions = crate::regions::regions(&state).await?;
+    Ok(Json(regions.into_iter().map(region_view).collect()))
+}
+
+fn region_view(row: crate::regions::RegionRow) -> RegionView {
+    use crate::regions::{GatewayState, Mode};
+    let g = row.gateway;
+    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(timestamp);
+    RegionView {
+        name: row.region.name,
+        entry_point: row.region.entry_point,
+        port_min: row.region.port_min,
+        port_max: row.region.port_max,
+        gateway: RegionGatewayView {
+            mode: match g.mode {
+                Mode::Local => GatewayModeDto::Local,
+                Mode::Remote => GatewayModeDto::Remote,
+            },
+            id: g.id.map(|id| id.to_string()),
+            state: g.state.map(|s| match s {
+                GatewayState::None => GatewayStateDto::None,
+                GatewayState::Pending => GatewayStateDto::Pending,
+                GatewayState::Connecting => GatewayStateDto::Connecting,
+                GatewayState::Up => GatewayStateDto::Up,
+                GatewayState::Down => GatewayStateDto::Down,
+            }),
+            since: at(g.since),
+            error: g.error,
+            control_address: g.control_address,
+            tunnel_endpoint: g.tunnel_endpoint,
+            joined_at: at(g.joined_at),
+            token_expires_at: at(g.token_expires_at),
+            status_at: at(g.status_at),
+            routers: g.routers,
+            routers_up: g.routers_up,
+            live_connections: g.live_connections,
+            events_pending: g.events_pending,
+            events_dropped: g.events_dropped,
+        },
+    }
 }
 
 /// Who the caller is: organisation, role, and the address the server sees.
