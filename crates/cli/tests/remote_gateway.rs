@@ -419,8 +419,11 @@ fn a_remote_gateway_serves_its_region_and_keeps_its_deadlines_when_cut_off() {
     );
     // The SSH login, recorded with its bytes (the probes of the port are there too).
     assert!(
-        conns.as_array().unwrap().iter().any(|c| c["end_reason"] == "finished"
-            && c["bytes_from_client"].as_u64() > Some(1000)),
+        conns
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["end_reason"] == "finished" && c["bytes_from_client"].as_u64() > Some(1000)),
         "{conns}"
     );
 
