@@ -2048,7 +2048,7 @@ fn api_sessions(w: &World, i: usize) -> usize {
 /// `router_idle` (the router sees its API session end), and the next job opens it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_and_the_next_job_reopens_it() {
-    let idle = Duration::from_millis(800);
+    let idle = Duration::from_millis(1500);
     let config = Config {
         router_idle: idle,
         reconcile_interval: Duration::from_secs(3600),
@@ -2120,7 +2120,8 @@ async fn a_connection_in_use_is_not_closed_for_idleness() {
     };
     let w = world(Db::Sqlite, 1, 30, config).await.unwrap();
     until(Duration::from_secs(5), "the first scan done", || async {
-        w.orch.connection_stats().opened == 1 && w.orch.connection_stats().open == 0
+        let s = w.orch.connection_stats();
+        s.opened == 1 && s.open == 0 && api_sessions(&w, 0) == 0
     })
     .await;
     // Each reply sentence waits 250 ms: every command is in flight longer than the
@@ -2190,7 +2191,7 @@ async fn a_reconcile_scan_closes_only_the_connection_it_opened() {
     let w = world(Db::Sqlite, 2, 31, config).await.unwrap();
     until(Duration::from_secs(5), "the first scans done", || async {
         let s = w.orch.connection_stats();
-        s.opened == 2 && s.open == 0
+        s.opened == 2 && s.open == 0 && api_sessions(&w, 0) == 0 && api_sessions(&w, 1) == 0
     })
     .await;
     assert_eq!(w.orch.reconcile_router(w.routers[1].id).await.unwrap(), 0);
