@@ -1,13 +1,19 @@
 //! Connections to routers: one logged-in API client per router, made on first use with
-//! the management credentials from the store, reused by every job, and dropped when it
-//! breaks. Connect and command timeouts come from the orchestrator's config. Each new
+//! the management credentials from the store, reused by every job, dropped when it
+//! breaks, and closed when idle: a sweeper closes a connection no job has used for
+//! `Config::router_idle` (none holding it, no command in flight), and the next job opens
+//! it again. A reconciler scan does not keep a connection alive: it uses the open one if
+//! a job left one, else opens one and closes it when the scan is done. So memory and
+//! router sessions follow the routers being worked on, not the routers enrolled.
+//! Connect and command timeouts come from the orchestrator's config. Each new
 //! connection (and the reconciler's scan, at most every 10 s) records the router's
 //! facts: identity, RouterOS version, board, uptime, last seen; an unreachable router
 //! is recorded offline.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use domain::RouterId;
 use routeros::{Client, ClientConfig};
@@ -35,6 +41,63 @@ pub(crate) struct RouterConn {
     pub clock: Mutex<Option<(Instant, chrono::Duration, bool)>>,
     /// When the router's facts were last read through this connection.
     facts_at: Mutex<Option<Instant>>,
+    /// Leases held now: a connection held is never closed for idleness.
+    holders: AtomicUsize,
+    /// When a job last let go of it (when opened, before any has).
+    last_used: Mutex<Instant>,
+}
+
+/// Who holds a connection: a job's use keeps it open for `router_idle` after; a
+/// reconciler scan's does not (scans run every router on a schedule, and would keep
+/// every connection open for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    Job,
+    Scan,
+}
+
+/// A connection in use: not closed for idleness while held. Derefs to the connection.
+pub(crate) struct Lease {
+    conn: Arc<RouterConn>,
+    id: RouterId,
+    by: Use,
+    /// Opened for this lease (not found open).
+    fresh: bool,
+    taken_at: Instant,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = RouterConn;
+    fn deref(&self) -> &RouterConn {
+        &self.conn
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.by == Use::Job {
+            *self
+                .conn
+                .last_used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        // After `last_used`: a sweeper that sees no holder sees this use's time.
+        self.conn.holders.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connections' figures, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Connections open now.
+    pub open: usize,
+    /// Connections opened (logged in) since the start.
+    pub opened: u64,
+    /// Connections the sweeper closed after `router_idle` unused.
+    pub closed_idle: u64,
+    /// Connections a reconciler scan opened and closed when it was done.
+    pub closed_after_scan: u64,
 }
 
 /// The per-router client cache.
@@ -44,12 +107,94 @@ pub(crate) struct Connections {
     /// How many times each router was changed in this process: a connection opened
     /// across a change is not kept.
     changes: Mutex<HashMap<RouterId, u64>>,
+    opened: AtomicU64,
+    closed_idle: AtomicU64,
+    closed_after_scan: AtomicU64,
 }
 
 impl Connections {
-    fn cached(&self, id: RouterId) -> Option<Arc<RouterConn>> {
+    /// The open connection of router `id`, leased (under the map's lock, so the sweeper
+    /// never closes a connection between its lookup and its lease).
+    fn cached(&self, id: RouterId, by: Use) -> Option<Lease> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(&id).filter(|c| !c.client.is_closed()).cloned()
+        let conn = entries.get(&id).filter(|c| !c.client.is_closed())?;
+        conn.holders.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            conn: conn.clone(),
+            id,
+            by,
+            fresh: false,
+            taken_at: Instant::now(),
+        })
+    }
+
+    /// Closes every connection no one holds, with no command in flight, that no job has
+    /// used for `idle`; forgets broken ones. Returns how many were closed for idleness.
+    pub(crate) fn sweep(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let mut idled = Vec::new();
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.retain(|_, c| {
+                if c.client.is_closed() {
+                    return false;
+                }
+                let unused = c.holders.load(Ordering::Acquire) == 0
+                    && c.client.in_flight() == 0
+                    && now.saturating_duration_since(
+                        *c.last_used.lock().unwrap_or_else(|e| e.into_inner()),
+                    ) >= idle;
+                if unused {
+                    idled.push(c.clone());
+                }
+                !unused
+            });
+        }
+        for conn in &idled {
+            conn.client.close();
+            tracing::debug!(router = %conn.name, address = %conn.address, idle_secs = idle.as_secs_f64(), "closed the idle connection to the router");
+        }
+        self.closed_idle
+            .fetch_add(idled.len() as u64, Ordering::Relaxed);
+        idled.len()
+    }
+
+    /// A scan is done with its lease: a connection it opened is closed now unless a job
+    /// holds it or used it meanwhile (then the sweeper closes it when idle).
+    pub(crate) fn scan_done(&self, lease: Lease) {
+        let (conn, id, fresh, since) = (lease.conn.clone(), lease.id, lease.fresh, lease.taken_at);
+        drop(lease);
+        if !fresh {
+            return;
+        }
+        let removed = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let ours = entries.get(&id).is_some_and(|c| Arc::ptr_eq(c, &conn));
+            let unused = conn.holders.load(Ordering::Acquire) == 0
+                && conn.client.in_flight() == 0
+                && *conn.last_used.lock().unwrap_or_else(|e| e.into_inner()) <= since;
+            ours && unused && entries.remove(&id).is_some()
+        };
+        if removed {
+            conn.client.close();
+            self.closed_after_scan.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ConnectionStats {
+        let open = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|c| !c.client.is_closed())
+            .count();
+        ConnectionStats {
+            open,
+            opened: self.opened.load(Ordering::Relaxed),
+            closed_idle: self.closed_idle.load(Ordering::Relaxed),
+            closed_after_scan: self.closed_after_scan.load(Ordering::Relaxed),
+        }
     }
 
     fn changes(&self, id: RouterId) -> u64 {
@@ -79,50 +224,66 @@ impl Connections {
     }
 }
 
-/// Router `id`'s connection: the open one (without reading the router), else the
-/// router is read and connected to. Logged either way.
-pub(crate) async fn connect_to(
-    inner: &Arc<Inner>,
-    id: RouterId,
-    log: &JobLog,
-) -> Result<Arc<RouterConn>> {
-    if let Some(conn) = inner.conns.cached(id) {
-        log.line(format!(
-            "using the open connection to router {} at {} (RouterOS {})",
-            conn.name, conn.address, conn.version
-        ));
-        return Ok(conn);
-    }
-    open(inner, id, log).await
+/// "using the open connection …", with how long it has been unused.
+fn log_reuse(log: &JobLog, name: &str, conn: &RouterConn) {
+    let idle = conn
+        .last_used
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .elapsed();
+    log.line(format!(
+        "using the open connection to router {name} at {} (RouterOS {}; last used {} s ago)",
+        conn.address,
+        conn.version,
+        idle.as_secs()
+    ));
 }
 
-/// The router's connection, opened now if there is none (or the router changed since it
-/// was opened, as `router` shows); logged either way.
+/// Router `id`'s connection for a job: the open one (without reading the router), else
+/// the router is read and connected to. Logged either way.
+pub(crate) async fn connect_to(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Lease> {
+    if let Some(conn) = inner.conns.cached(id, Use::Job) {
+        log_reuse(log, &conn.name, &conn);
+        return Ok(conn);
+    }
+    open(inner, id, log, Use::Job).await
+}
+
+/// The router's connection for a job, opened now if there is none (or the router changed
+/// since it was opened, as `router` shows); logged either way.
 pub(crate) async fn connect(
     inner: &Arc<Inner>,
     router: &store::Router,
     log: &JobLog,
-) -> Result<Arc<RouterConn>> {
-    if let Some(conn) = inner.conns.cached(router.id) {
+) -> Result<Lease> {
+    connect_for(inner, router, log, Use::Job).await
+}
+
+/// [`connect`] for a job or a scan (`by`).
+pub(crate) async fn connect_for(
+    inner: &Arc<Inner>,
+    router: &store::Router,
+    log: &JobLog,
+    by: Use,
+) -> Result<Lease> {
+    if let Some(conn) = inner.conns.cached(router.id, by) {
         if conn.router_updated_at == router.updated_at {
-            log.line(format!(
-                "using the open connection to router {} at {} (RouterOS {})",
-                router.name, conn.address, conn.version
-            ));
+            log_reuse(log, &router.name, &conn);
             return Ok(conn);
         }
         log.line(format!(
             "router {} changed since its connection was opened: connecting afresh",
             router.name
         ));
+        drop(conn);
         inner.conns.drop_router(router.id);
     }
-    open(inner, router.id, log).await
+    open(inner, router.id, log, by).await
 }
 
 /// Opens a connection to router `id` as the store holds it now (address, port, login
 /// read together, so a change is never half seen).
-async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<RouterConn>> {
+async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog, by: Use) -> Result<Lease> {
     let changes = inner.conns.changes(id);
     let router = inner.store.get_router_any_org(id).await?;
     let router = &router;
@@ -237,7 +398,17 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
         scheduler_allowed: Mutex::new(None),
         clock: Mutex::new(None),
         facts_at: Mutex::new(Some(Instant::now())),
+        holders: AtomicUsize::new(1),
+        last_used: Mutex::new(Instant::now()),
     });
+    let lease = Lease {
+        conn: conn.clone(),
+        id: router.id,
+        by,
+        fresh: true,
+        taken_at: Instant::now(),
+    };
+    inner.conns.opened.fetch_add(1, Ordering::Relaxed);
     // Recorded off the job's path (an ordinary write, queued behind the API's).
     {
         let inner = inner.clone();
@@ -262,10 +433,10 @@ async fn open(inner: &Arc<Inner>, id: RouterId, log: &JobLog) -> Result<Arc<Rout
                 "the router changed while connecting".into(),
             ));
         }
-        entries.insert(router.id, conn.clone());
+        entries.insert(router.id, conn);
     }
     inner.mark_online(router.id).await;
-    Ok(conn)
+    Ok(lease)
 }
 
 /// Records what the router says of itself (identity, RouterOS version, board, uptime)

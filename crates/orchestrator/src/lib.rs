@@ -21,7 +21,8 @@
 //! - [`Orchestrator`], [`Config`]: the handle the server holds; ending grants.
 //! - `worker`: claiming jobs, leases and heartbeats, back-off, giving up.
 //! - `handlers`: what each job kind does on the router, idempotently.
-//! - `connections`: one API client per router, reused, dropped when broken.
+//! - `connections`: one API client per router, reused, dropped when broken, closed when
+//!   idle ([`ConnectionStats`]).
 //! - `joblog`: the orchestration log: lines numbered per attempt, batched, durable
 //!   within a few milliseconds.
 //! - `expiry`: the expiry timer and sweep.
@@ -60,6 +61,7 @@ use domain::{GrantStatus, OrgId, RouterId};
 use tokio::sync::{Notify, watch};
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use connections::ConnectionStats;
 pub use dataplane::{
     DataPlane, DialFuture, EndReason, GrantKey, GrantNote, LiveGrant, LoggingDataPlane, RouterIo,
     RouterStream, TUNNEL_INTERFACE, dial_direct,
@@ -89,6 +91,11 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// How often an unreachable router is tried again.
     pub offline_probe_interval: Duration,
+    /// A router's API connection no job has used for this long (none holding it, no
+    /// command in flight) is closed; the next job opens it again. Checked every quarter
+    /// of it (at most every 5 s), so a connection closes between this and a quarter more
+    /// (5 s more at most) after its last use.
+    pub router_idle: Duration,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     /// One attempt of a job may take this long.
@@ -118,6 +125,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
             offline_probe_interval: Duration::from_secs(5),
+            router_idle: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(60),
@@ -391,12 +399,29 @@ impl Orchestrator {
             })
         };
         let expiry = tokio::spawn(expiry::run(inner.clone(), shutdown.clone()));
+        // Routers' connections closed when idle.
+        let sweeper = {
+            let inner = inner.clone();
+            let mut shutdown = shutdown.clone();
+            let every = (inner.config.router_idle / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    inner.conns.sweep(inner.config.router_idle);
+                }
+            })
+        };
         let reconciler = tokio::spawn(reconcile::run(inner.clone(), shutdown.clone()));
         // The log's flusher outlives the attempts, so their last lines are written.
         let (flushed, flush_stop) = watch::channel(false);
         let flusher = tokio::spawn(joblog::flusher(inner.clone(), flush_stop));
         worker::dispatcher(inner.clone(), shutdown).await;
         let _ = expiry.await;
+        let _ = sweeper.await;
         let _ = reconciler.await;
         let _ = listener.await;
         let _ = notes.await;
@@ -474,6 +499,11 @@ impl Orchestrator {
     pub async fn reconcile_router(&self, id: RouterId) -> Result<usize> {
         let router = self.inner.store.get_router_any_org(id).await?;
         reconcile::check_router(&self.inner, &router).await
+    }
+
+    /// This process's connections to routers: open now, opened, closed when idle.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.inner.conns.stats()
     }
 
     /// How many job attempts this process has started (for tests and metrics).

@@ -3,7 +3,9 @@
 //! read-only; when it finds drift, a `router.reconcile` job is queued, which scans again
 //! inside the router's job queue (so never alongside another job of that router),
 //! removes what no grant backs, re-creates what an active grant lacks, and logs each
-//! drift in words. Scans run on a schedule, and at once when a router comes back.
+//! drift in words. Scans run on a schedule, and at once when a router comes back. A
+//! scan uses a router's open connection if a job left one, else opens one for itself
+//! and closes it when done, so scanning every router keeps no connection open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -470,9 +472,13 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, job: &Job, log: &JobLog) -> Resu
 /// the drift found.
 pub(crate) async fn check_router(inner: &Arc<Inner>, router: &store::Router) -> Result<usize> {
     let log = JobLog::detached(inner.clock.clone());
-    let conn = connections::connect(inner, router, &log).await?;
+    // A scan's use does not keep the connection open: one opened for it is closed when
+    // it is done (see `connections`).
+    let conn = connections::connect_for(inner, router, &log, connections::Use::Scan).await?;
     connections::refresh_facts(inner, router.id, &conn).await;
-    let drift = match scan(inner, router, &conn, &log).await {
+    let scanned = scan(inner, router, &conn, &log).await;
+    inner.conns.scan_done(conn);
+    let drift = match scanned {
         Ok(d) => d,
         Err(e) => {
             inner.conns.drop_router(router.id);

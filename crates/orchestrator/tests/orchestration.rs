@@ -2027,3 +2027,191 @@ async fn api_ssl_pins_the_certificate_on_first_use_and_keeps_it() {
     );
     w.stop().await;
 }
+
+/// The API sessions the orchestrator (the sims' `admin`) holds on router `i`, as the
+/// router's `/user/active` shows them.
+fn api_sessions(w: &World, i: usize) -> usize {
+    w.sims[i]
+        .router()
+        .state()
+        .active
+        .items
+        .iter()
+        .filter(|s| {
+            s.props.get("via").map(String::as_str) == Some("api")
+                && s.props.get("name").map(String::as_str) == Some("admin")
+        })
+        .count()
+}
+
+/// Issue 15, scale: a router's connection closes once no job has used it for
+/// `router_idle` (the router sees its API session end), and the next job opens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_the_next_job_reopens_it() {
+    let idle = Duration::from_millis(1500);
+    let config = Config {
+        router_idle: idle,
+        reconcile_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = world(Db::Sqlite, 1, 29, config).await.unwrap();
+    // The reconciler's first scan opened a connection and closed it when done.
+    until(Duration::from_secs(5), "the first scan done", || async {
+        let s = w.orch.connection_stats();
+        s.opened == 1 && s.open == 0 && api_sessions(&w, 0) == 0
+    })
+    .await;
+    assert_eq!(w.orch.connection_stats().closed_after_scan, 1);
+
+    let first = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the first grant active", || async {
+        w.status(&first).await == GrantStatus::Active
+    })
+    .await;
+    let active_at = Instant::now();
+    // Kept after the job: the next one would use it.
+    assert_eq!(w.orch.connection_stats().open, 1);
+    assert_eq!(api_sessions(&w, 0), 1, "the job's session is open");
+    until(
+        idle + Duration::from_secs(3),
+        "the idle connection closed on the router",
+        || async { api_sessions(&w, 0) == 0 },
+    )
+    .await;
+    // Not before the idle time (measured from after the job's last use).
+    let closed_after = active_at.elapsed();
+    let stats = w.orch.connection_stats();
+    assert_eq!((stats.open, stats.closed_idle), (0, 1), "{stats:?}");
+    assert!(
+        closed_after < idle + Duration::from_secs(2),
+        "{closed_after:?}"
+    );
+
+    // The next job connects afresh, and says so.
+    let second = w.access(0, Duration::from_secs(600), false).await;
+    until(
+        Duration::from_secs(5),
+        "the second grant active",
+        || async { w.status(&second).await == GrantStatus::Active },
+    )
+    .await;
+    assert!(w.user_on(0, &second.username).is_some());
+    assert_eq!(api_sessions(&w, 0), 1);
+    let log = w.settled_log(0).await;
+    let connected = log
+        .iter()
+        .filter(|l| l.contains("connected to router r0 at"))
+        .count();
+    assert_eq!(connected, 2, "each job connected: {log:#?}");
+    assert!(!has(&log, "using the open connection"), "{log:#?}");
+    assert_eq!(w.orch.connection_stats().opened, 3);
+    w.stop().await;
+}
+
+/// A job's connection is never closed under it: with every reply slower than the idle
+/// time, the job runs its commands on the one connection it opened, in one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_use_is_not_closed_for_idleness() {
+    let config = Config {
+        router_idle: Duration::from_millis(100),
+        reconcile_interval: Duration::from_secs(3600),
+        attempt_timeout: Duration::from_secs(30),
+        ..fast_config()
+    };
+    let w = world(Db::Sqlite, 1, 30, config).await.unwrap();
+    until(Duration::from_secs(5), "the first scan done", || async {
+        let s = w.orch.connection_stats();
+        s.opened == 1 && s.open == 0 && api_sessions(&w, 0) == 0
+    })
+    .await;
+    // Each reply sentence waits 250 ms: every command is in flight longer than the
+    // idle time, and the job holds the connection between commands.
+    w.sims[0].faults().set_latency(Duration::from_millis(250));
+    let grant = w.access(0, Duration::from_secs(600), false).await;
+    let most = std::cell::Cell::new(0);
+    until(Duration::from_secs(25), "the grant active", || {
+        most.set(most.get().max(api_sessions(&w, 0)));
+        async { w.status(&grant).await == GrantStatus::Active }
+    })
+    .await;
+    w.sims[0].faults().set_latency(Duration::ZERO);
+    let log = w.settled_log(0).await;
+    let jobs = w
+        .store()
+        .list_jobs(
+            w.org,
+            w.routers[0].id,
+            store::Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let (create, _) = jobs
+        .iter()
+        .find(|(j, _)| j.kind == "access.create")
+        .unwrap();
+    assert_eq!(create.attempts, 1, "{log:#?}");
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("connected to router r0"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|l| l.starts_with("[access.create"))
+            .count()
+            > 5,
+        "{log:#?}"
+    );
+    assert_eq!(most.get(), 1, "one session through the job");
+    // Once the job let go of it, it goes.
+    until(
+        Duration::from_secs(3),
+        "the connection closed after the job",
+        || async { api_sessions(&w, 0) == 0 },
+    )
+    .await;
+    assert_eq!(w.orch.connection_stats().closed_idle, 1);
+    w.stop().await;
+}
+
+/// The reconciler's scans keep no connection open: a scan closes the connection it
+/// opened when it is done, and leaves a job's open one as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_scan_closes_only_the_connection_it_opened() {
+    let config = Config {
+        router_idle: Duration::from_secs(600),
+        reconcile_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let w = world(Db::Sqlite, 2, 31, config).await.unwrap();
+    until(Duration::from_secs(5), "the first scans done", || async {
+        let s = w.orch.connection_stats();
+        s.opened == 2 && s.open == 0 && api_sessions(&w, 0) == 0 && api_sessions(&w, 1) == 0
+    })
+    .await;
+    assert_eq!(w.orch.reconcile_router(w.routers[1].id).await.unwrap(), 0);
+    let s = w.orch.connection_stats();
+    assert_eq!((s.opened, s.open, s.closed_after_scan), (3, 0, 3), "{s:?}");
+    until(
+        Duration::from_secs(3),
+        "no session left on router 1",
+        || async { api_sessions(&w, 1) == 0 },
+    )
+    .await;
+
+    let grant = w.access(0, Duration::from_secs(600), false).await;
+    until(Duration::from_secs(5), "the grant active", || async {
+        w.status(&grant).await == GrantStatus::Active
+    })
+    .await;
+    assert_eq!(w.orch.reconcile_router(w.routers[0].id).await.unwrap(), 0);
+    let s = w.orch.connection_stats();
+    assert_eq!((s.opened, s.open, s.closed_after_scan), (4, 1, 3), "{s:?}");
+    assert_eq!(api_sessions(&w, 0), 1, "the job's connection is still open");
+    w.stop().await;
+}

@@ -294,6 +294,9 @@ pub struct ServerConfig {
     pub create_wait: Duration,
     /// How often the orchestrator compares every router with the grants.
     pub reconcile_interval: Duration,
+    /// How long a router's API connection stays open with no job using it; the next
+    /// job opens it again.
+    pub router_idle: Duration,
     /// How long a gateway port stays unused after its grant ends before it is handed
     /// out again.
     pub port_cooldown: Duration,
@@ -350,6 +353,7 @@ impl Default for ServerConfig {
             list_cache: true,
             create_wait: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
+            router_idle: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
             gateway_heartbeat: Duration::from_secs(5),
             public_url: None,
@@ -393,6 +397,7 @@ struct FileConfig {
     list_cache: Option<bool>,
     create_wait: Option<String>,
     reconcile_interval: Option<String>,
+    router_idle: Option<String>,
     port_cooldown: Option<String>,
     gateway_heartbeat: Option<String>,
     public_url: Option<String>,
@@ -520,6 +525,9 @@ impl ServerConfig {
         if let Some(s) = f.reconcile_interval {
             self.reconcile_interval = parse_duration("reconcile_interval", &s)?;
         }
+        if let Some(s) = f.router_idle {
+            self.router_idle = parse_duration("router_idle", &s)?;
+        }
         if let Some(s) = f.port_cooldown {
             self.port_cooldown = parse_duration("port_cooldown", &s)?;
         }
@@ -582,6 +590,7 @@ impl ServerConfig {
             "GRANT_DEFAULT" => self.grant_limits.default = parse_duration(&key, value)?,
             "CREATE_WAIT" => self.create_wait = parse_duration(&key, value)?,
             "RECONCILE_INTERVAL" => self.reconcile_interval = parse_duration(&key, value)?,
+            "ROUTER_IDLE" => self.router_idle = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
             "ENROLLMENT_LIFETIME" => self.enrollment_lifetime = parse_duration(&key, value)?,
@@ -716,6 +725,9 @@ impl ServerConfig {
         }
         if self.reconcile_interval.is_zero() {
             return Err(invalid("reconcile_interval", "must be at least 1s"));
+        }
+        if self.router_idle.is_zero() {
+            return Err(invalid("router_idle", "must be at least 1s"));
         }
         if self.gateway_heartbeat.is_zero() {
             return Err(invalid("gateway_heartbeat", "must be at least 1s"));
@@ -1026,6 +1038,33 @@ port_max = 40010
             ServerConfig::default().gateway_heartbeat,
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn router_idle_from_the_file_and_the_environment() {
+        assert_eq!(ServerConfig::default().router_idle, Duration::from_secs(60));
+        let path = Path::new("postern.toml");
+        let c = ServerConfig::from_text(
+            Some((path, "router_idle = \"5m\"\n")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.router_idle, Duration::from_secs(300));
+        let c = ServerConfig::from_text(
+            Some((path, "router_idle = \"5m\"\n")),
+            env(&[("POSTERN_ROUTER_IDLE", "20s")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.router_idle, Duration::from_secs(20));
+        let e = ServerConfig::from_text(
+            None,
+            env(&[("POSTERN_ROUTER_IDLE", "0s")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("router_idle"), "{e}");
     }
 
     #[test]

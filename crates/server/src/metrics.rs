@@ -166,6 +166,26 @@ impl Metrics {
     }
 }
 
+/// The orchestrator's API connections to routers: opened on demand, closed when idle.
+pub fn render_router_connections(stats: &orchestrator::ConnectionStats, out: &mut String) {
+    let _ = write!(
+        out,
+        "# HELP postern_router_connections_open API connections to routers open now.\n\
+         # TYPE postern_router_connections_open gauge\n\
+         postern_router_connections_open {}\n\
+         # HELP postern_router_connections_opened_total API connections to routers opened (logged in).\n\
+         # TYPE postern_router_connections_opened_total counter\n\
+         postern_router_connections_opened_total {}\n\
+         # HELP postern_router_connections_closed_idle_total API connections closed after router_idle with no job using them.\n\
+         # TYPE postern_router_connections_closed_idle_total counter\n\
+         postern_router_connections_closed_idle_total {}\n\
+         # HELP postern_router_connections_closed_after_scan_total API connections a reconcile scan opened and closed when done.\n\
+         # TYPE postern_router_connections_closed_after_scan_total counter\n\
+         postern_router_connections_closed_after_scan_total {}\n",
+        stats.open, stats.opened, stats.closed_idle, stats.closed_after_scan
+    );
+}
+
 /// The management tunnels' figures, one series per region.
 pub fn render_tunnels(regions: &[crate::tunnels::RegionFigures], out: &mut String) {
     use std::fmt::Write as _;
@@ -413,6 +433,9 @@ pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::re
         load(&state.creates.refused_rate),
         load(&state.creates.refused_cap),
     ));
+    if let Some(orchestrator) = &state.orchestrator {
+        render_router_connections(&orchestrator.connection_stats(), &mut text);
+    }
     if let Some(gateway) = &state.gateway {
         text.push_str(
             "# HELP postern_gateway_connections_refused_total Connections the gateway reset at once, by reason.\n\
@@ -561,5 +584,29 @@ mod tests {
         assert!(
             text.contains("postern_http_request_duration_seconds_count{route=\"/api/routers\"} 2")
         );
+    }
+
+    #[test]
+    fn renders_the_routers_connections() {
+        let mut text = String::new();
+        render_router_connections(
+            &orchestrator::ConnectionStats {
+                open: 2,
+                opened: 7,
+                closed_idle: 4,
+                closed_after_scan: 1,
+            },
+            &mut text,
+        );
+        for line in [
+            "# TYPE postern_router_connections_open gauge",
+            "postern_router_connections_open 2",
+            "postern_router_connections_opened_total 7",
+            "# TYPE postern_router_connections_closed_idle_total counter",
+            "postern_router_connections_closed_idle_total 4",
+            "postern_router_connections_closed_after_scan_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

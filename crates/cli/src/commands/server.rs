@@ -133,6 +133,7 @@ pub async fn run_parts(
         store.clone(),
         orchestrator::Config {
             reconcile_interval: config.reconcile_interval,
+            router_idle: config.router_idle,
             ..orchestrator::Config::default()
         },
         Arc::new(orchestrator::SystemClock),
