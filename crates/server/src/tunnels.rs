@@ -251,11 +251,13 @@ impl TunnelGateway for Tunnels {
     }
 
     fn tunnel_status(&self, router: RouterId) -> Option<TunnelStatus> {
-        if !lock(&self.inner.peers).contains_key(&router) {
+        // Admitted here: as its gateway last reported it (nothing yet, until it does).
+        // Admitted by another server of the same database (enrolled there): as its
+        // gateway reports it.
+        let p = self.inner.links.peer_status(router);
+        if p.is_none() && !lock(&self.inner.peers).contains_key(&router) {
             return None;
         }
-        // Admitted: as its gateway last reported it (nothing yet, until it does).
-        let p = self.inner.links.peer_status(router);
         Some(p.map_or(
             TunnelStatus {
                 endpoint: None,
