@@ -139,6 +139,11 @@ impl Hosts {
 }}
 "
         );
+        self.nft(name, &rules);
+    }
+
+    /// Loads nftables rules (`nft -f` syntax) on host `name`.
+    pub fn nft(&self, name: &str, rules: &str) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns(name), "nft", "-f", "-"])
             .stdin(Stdio::piped())
@@ -151,7 +156,7 @@ impl Hosts {
             .unwrap()
             .write_all(rules.as_bytes())
             .unwrap();
-        assert!(child.wait().unwrap().success(), "nft refused the NAT rules");
+        assert!(child.wait().unwrap().success(), "nft refused: {rules}");
     }
 
     /// Runs a command on host `name` and insists it succeeds.

@@ -259,7 +259,8 @@ fn start_server() -> Option<PgServer> {
     Some(start_cluster(&bin))
 }
 
-fn find_bin_dir() -> Option<PathBuf> {
+/// Where PostgreSQL's binaries are (`initdb`, `postgres`), if anywhere.
+pub fn find_bin_dir() -> Option<PathBuf> {
     let has = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
     if let Some(d) = std::env::var_os("POSTERN_PG_BIN") {
         let d = PathBuf::from(d);
@@ -289,7 +290,7 @@ fn find_bin_dir() -> Option<PathBuf> {
 }
 
 /// The command prefix that drops root privileges (PostgreSQL refuses to run as root).
-fn unprivileged() -> (Vec<String>, Option<(u32, u32)>) {
+pub fn unprivileged() -> (Vec<String>, Option<(u32, u32)>) {
     let uid = Command::new("id").arg("-u").output().unwrap();
     let uid = String::from_utf8_lossy(&uid.stdout).trim().to_owned();
     if uid != "0" {
