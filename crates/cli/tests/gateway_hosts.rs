@@ -475,9 +475,8 @@ fn health(h: &Hosts, region: &Region) -> Value {
     .1
 }
 
-/// A `postern gateway` on its host: its index in the hosts and pid.
+/// A `postern gateway` on its host: its pid and data directory.
 struct Gateway {
-    index: usize,
     pid: u32,
     data: PathBuf,
 }
@@ -508,7 +507,7 @@ fn start_gateway(
         .unwrap();
     let pid = child.id();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let index = h.keep(child);
+    h.keep(child);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(
@@ -519,7 +518,6 @@ fn start_gateway(
     // Whatever else it prints is read and dropped.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Gateway {
-        index,
         pid,
         data: data.to_owned(),
     }
@@ -1112,7 +1110,7 @@ fn two_regions_behind_remote_gateways_with_two_servers_on_one_postgres() {
     );
     ssh_identity(&h, &EU, long, "cut off, a login it had");
     assert!(accepts(&h, &EU, long), "the long grant's port stays open");
-    let noticed = until(
+    until(
         "the eu gateway sees no server",
         Duration::from_secs(45),
         || health(&h, &EU)["control"] == "disconnected",
@@ -1121,7 +1119,21 @@ fn two_regions_behind_remote_gateways_with_two_servers_on_one_postgres() {
         "the eu gateway saw its servers gone {:?} after the cut",
         cut.elapsed()
     );
-    let _ = noticed;
+    // Its figures say so too, and that its tunnel is up all the same.
+    let (_, metrics) = http(
+        &h,
+        "",
+        "GET",
+        &format!("http://{}:{HEALTH_PORT}/metrics", EU.gateway_addr),
+        None,
+    );
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for line in [
+        "postern_gateway_control_connected 0",
+        "postern_gateway_tunnel_peers_up{region=\"eu\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     assert_eq!(health(&h, &US)["servers"], 2, "the us gateway is untouched");
     ssh_identity(&h, &EU, long, "cut off for long, a login it had");
 
@@ -1294,7 +1306,6 @@ fn two_regions_behind_remote_gateways_with_two_servers_on_one_postgres() {
             !ports.contains(&PG_PORT),
             "the gateway holds a socket to the database: {ports:?}"
         );
-        let _ = gw.index;
     }
     assert!(
         counter(&h, "control", "postern_watch", "pg_connections") > 0,
