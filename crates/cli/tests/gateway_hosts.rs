@@ -25,8 +25,9 @@
 //! - `kill -9` of a server in the middle of router jobs loses nothing: the other server
 //!   finishes them, and their logins work;
 //! - a gateway's data directory holds no database credentials, and no packet from a
-//!   gateway host ever reaches the PostgreSQL port (an nftables counter on the control
-//!   host, which does count the servers' own connections).
+//!   gateway host ever goes to a PostgreSQL port (nftables counters on each gateway host
+//!   and on the control host, which does count the servers' own connections), nor does
+//!   the gateway process hold such a socket.
 
 #![allow(
     clippy::unwrap_used,
