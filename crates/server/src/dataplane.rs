@@ -454,6 +454,36 @@ impl GatewayPlane {
         }
     }
 
+    /// A grant this server may not have opened (another server's orchestrator made it
+    /// active): reads it and, active, asks its gateway to open it too (idempotent: an
+    /// open grant is answered at once), so that `settled` learns it here.
+    pub fn confirm_open(&self, key: orchestrator::GrantKey) {
+        let plane = self.clone();
+        tokio::spawn(async move {
+            let store = &plane.shared.store;
+            let grant = match key {
+                orchestrator::GrantKey::Access(id) => store
+                    .get_access_any_org(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|a| !a.terminal)
+                    .map(LiveGrant::Access),
+                orchestrator::GrantKey::Forward(id) => store
+                    .get_forward_any_org(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(LiveGrant::Forward),
+            };
+            if let Some(grant) = grant
+                && grant.status() == GrantStatus::Active
+            {
+                plane.open_now(grant).await;
+            }
+        });
+    }
+
     /// The router was moved (address or ports changed): every live grant of it
     /// forwards its new connections to the router's new place.
     pub async fn router_moved(&self, router: &store::Router) {

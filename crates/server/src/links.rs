@@ -512,7 +512,8 @@ impl Links {
         if let Some(task) = lock(&self.inner.refresher).take() {
             task.abort();
         }
-        if let Some(task) = lock(&self.inner.local_task).take() {
+        let local = lock(&self.inner.local_task).take();
+        if let Some(task) = local {
             task.abort();
             let _ = task.await;
         }

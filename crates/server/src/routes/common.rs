@@ -466,6 +466,7 @@ where
     let watched = initial.has_entry_port() && state.gateway.is_some();
     let mut last = initial;
     let mut tick: u64 = 0;
+    let mut asked = false;
     loop {
         tick += 1;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -491,6 +492,16 @@ where
                 };
                 if !matches!(status, Requested | Provisioning) && listening() {
                     return last;
+                }
+                if status == domain::GrantStatus::Active
+                    && !asked
+                    && let Some(g) = &state.gateway
+                {
+                    // Made active by another server's orchestrator: this server's link
+                    // asks the gateway too (an open of an open grant is answered at
+                    // once), so it learns the port listens.
+                    g.confirm_open(last.grant_key());
+                    asked = true;
                 }
             }
             None => return last,
