@@ -859,6 +859,8 @@ mod tests {
         let plane = GatewayPlane::start(store.clone(), &config, gateway_config)
             .await
             .unwrap();
+        // As `postern server` does before its orchestrator runs.
+        plane.rebuild().await.unwrap();
         let now = Utc::now();
         let grant = store
             .create_access(store::NewAccess {

@@ -234,6 +234,12 @@ impl Link {
     pub async fn open(&self, spec: GrantSpec) -> Result<SocketAddr, String> {
         let key = spec.key;
         lock(&self.failed).remove(&key);
+        // A gateway not reached yet since this server started (its first connection
+        // under way): wait for it a while rather than fail the open.
+        let started = Instant::now();
+        while matches!(self.state(), LinkState::Connecting) && started.elapsed() < OPEN_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).entry(key).or_default().push(tx);
         if !self.up() {
