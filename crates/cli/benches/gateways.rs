@@ -558,6 +558,9 @@ async fn one_grant(server: &common::Server, fleet: &Fleet, side: &Side, samples:
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     refused = Some(t0.elapsed());
                 }
+                // A connection caught in the closing listener's queue is reset:
+                // closing, not yet refused.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
                 Err(e) => panic!("probing {addr}: {e}"),
                 Ok(()) => {}
             },
