@@ -1076,6 +1076,113 @@ mod tests {
         plane.shutdown().await;
     }
 
+    /// A restart with more active grants than the control channel's queues and stream
+    /// windows hold in flight: convergence sends an `Open` for each before it reads
+    /// any answer, and the node stops reading while its answers wait. The link reads
+    /// them as they come, and is up once every one is answered, so `rebuild` returns
+    /// with every port listening (before: with 6,000 grants both sides stalled and
+    /// `rebuild` failed after a minute, "did not converge"; with 4,000 it returned
+    /// with 2,688 listening). Its ports are below the kernel's ephemeral range.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_converges_more_grants_than_the_channel_holds_in_flight() {
+        const GRANTS: u16 = 6000;
+        // A socket per port: the soft limit of open files raised to the hard one.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ..ServerConfig::default()
+        };
+        config.regions[0].port_min = 10000;
+        config.regions[0].port_max = 10000 + GRANTS - 1;
+        let store = crate::bootstrap::open_store(&config).await.unwrap();
+        let org = store.create_organisation("o").await.unwrap();
+        let region = store.find_region_by_name("local").await.unwrap().unwrap();
+        let router = store
+            .create_router(store::NewRouter {
+                org_id: org.id,
+                site_name: None,
+                region_id: region.id,
+                name: "r".into(),
+                tunnel_address: IpAddr::from([127, 0, 0, 1]),
+                api_port: 8728,
+                ssh_port: 22,
+                winbox_port: 8291,
+                api_tls: false,
+                api_tls_fingerprint: None,
+                username: "admin".into(),
+                password: "x".into(),
+            })
+            .await
+            .unwrap();
+        let allow =
+            domain::AllowFrom::parse("127.0.0.1", &domain::Policy { lab_mode: true }).unwrap();
+        let now = Utc::now();
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..32u16 {
+            let store = store.clone();
+            let (org, router, region) = (org.id, router.id, region.id);
+            writers.spawn(async move {
+                for i in (w..GRANTS).step_by(32) {
+                    let grant = store
+                        .create_access(store::NewAccess {
+                            org_id: org,
+                            router_id: router,
+                            access_type: AccessType::Ssh,
+                            access: domain::AccessLevel::Full,
+                            allow_rfc1918: false,
+                            allow_from: allow,
+                            username: format!("u{i}"),
+                            password: "p".into(),
+                            expires_at: now + chrono::TimeDelta::minutes(30),
+                            created_by: "test".into(),
+                            region_id: region,
+                            entry_point: "127.0.0.1".into(),
+                            port_candidates: vec![10000 + i],
+                            audit: store::NewAudit {
+                                org_id: org,
+                                at: now,
+                                actor: "test".into(),
+                                actor_address: None,
+                                action: "access.create".into(),
+                                target: None,
+                                details: serde_json::json!({}),
+                            },
+                            terminal: false,
+                            job: None,
+                        })
+                        .await
+                        .unwrap();
+                    for (from, to) in [
+                        (GrantStatus::Requested, GrantStatus::Provisioning),
+                        (GrantStatus::Provisioning, GrantStatus::Active),
+                    ] {
+                        store
+                            .transition_access(grant.id, &[from], to, now, None)
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        while let Some(w) = writers.join_next().await {
+            w.unwrap();
+        }
+        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .unwrap();
+        let listening = plane.rebuild().await.unwrap();
+        assert_eq!(listening, usize::from(GRANTS));
+        plane.shutdown().await;
+    }
+
     /// Waits until `check` holds (5 s at most).
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
         for _ in 0..1000 {

@@ -593,7 +593,7 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
         .identity
         .as_ref()
         .map_or_else(server_name, |i| i.name.clone());
-    let (channel, mut up_rx, down_tx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+    let (channel, up_rx, down_tx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let channel = match &link.connect {
             Connect::Local(node) => {
                 let (ours, theirs) = tokio::io::duplex(LOCAL_BUFFER);
@@ -638,6 +638,7 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
     })
     .await
     .map_err(|_| format!("no answer from {} in {CONNECT_TIMEOUT:?}", link.address))??;
+    let mut up_rx = drain(up_rx);
     let state = match tokio::time::timeout(CONNECT_TIMEOUT, up_rx.recv()).await {
         Ok(Some(Up::State(state))) => state,
         Ok(Some(other)) => return Err(format!("the gateway spoke before its state: {other:?}")),
@@ -657,12 +658,32 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
         // The in-process node's boot is this server's gateway run, kept by the plane.
         links.new_boot(link, &state).await;
     }
-    converge(links, link, &state, &down_tx).await?;
+    let boot = state.boot;
+    let mut pending = converge(links, link, &state, &down_tx).await?;
+    // Up means the gateway holds the database's state: its answer to every Open first.
+    pending.retain(|k| !link.settled(*k));
+    while !pending.is_empty() {
+        let first = match tokio::time::timeout(OPEN_TIMEOUT, up_rx.recv()).await {
+            Ok(Some(up)) => up,
+            Ok(None) => return Err("the gateway closed the control stream while converging".into()),
+            Err(_) => {
+                return Err("the gateway did not answer the convergence's opens in time".into());
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < EVENT_BATCH {
+            match up_rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        links.handle(link, boot, batch, &down_tx).await;
+        pending.retain(|k| !link.settled(*k));
+    }
     let (ops_tx, mut ops_rx) = mpsc::channel(OPS_QUEUE);
     *lock(&link.ops) = Some(ops_tx);
     link.set_state(LinkState::Up { since: Utc::now() });
     tracing::info!(gateway = %link.gateway, address = %link.address, grants = state.grants.len(), peers = state.peers.len(), "gateway linked and converged");
-    let boot = state.boot;
     loop {
         tokio::select! {
             () = link.kick.notified() => return Err("resynchronising".into()),
@@ -686,13 +707,40 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
     }
 }
 
-/// Brings the gateway to what the database says, from what it holds.
+/// Reads the gateway's messages as they come, whatever this side is doing. The gateway
+/// answers every `Open` and stops reading while its answers wait, so a session that
+/// sent more `Down`s than the queues and the stream's window hold (convergence sends
+/// one `Open` per active grant before it reads anything) without reading would stall
+/// both sides for good. What waits here is bounded by what was sent and by the
+/// gateway's own bounded event queue.
+fn drain(mut bounded: mpsc::Receiver<Up>) -> mpsc::UnboundedReceiver<Up> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                up = bounded.recv() => match up {
+                    Some(up) => {
+                        if tx.send(up).is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    rx
+}
+
+/// Brings the gateway to what the database says, from what it holds. The grants it
+/// sent an `Open` for.
 async fn converge(
     links: &Links,
     link: &Arc<Link>,
     state: &GatewayState,
     down: &mpsc::Sender<Down>,
-) -> Result<(), String> {
+) -> Result<Vec<GrantKey>, String> {
     let store = &links.inner.store;
     let send = |op: Down| async move {
         down.send(op)
@@ -774,7 +822,8 @@ async fn converge(
             .await?;
         }
     }
-    send(Down::Synced).await
+    send(Down::Synced).await?;
+    Ok(sent.into_iter().collect())
 }
 
 /// Every active grant of `regions`, as the gateway opens it.

@@ -36,7 +36,17 @@ pub struct Server {
 impl Server {
     /// Starts `postern server` on an ephemeral port with its data in `data` and
     /// `POSTERN_LOG=log`; returns once it listens and an admin token is made.
+    #[allow(dead_code)] // Not every benchmark starts it without a configuration.
     pub fn start(data: &std::path::Path, log: &str) -> Self {
+        Self::start_with(data, log, None)
+    }
+
+    /// [`start`](Self::start) with a configuration file (passed to the admin command
+    /// that makes the token too, so both see the same regions).
+    pub fn start_with(data: &std::path::Path, log: &str, config: Option<&std::path::Path>) -> Self {
+        let config_args: Vec<std::ffi::OsString> = config
+            .map(|c| vec!["--config".into(), c.as_os_str().to_owned()])
+            .unwrap_or_default();
         let mut child = Command::new(bin())
             .args([
                 "server",
@@ -48,6 +58,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data)
+            .args(&config_args)
             .env_remove("POSTERN_LISTEN")
             .env_remove("POSTERN_DATA_DIR")
             .env_remove("POSTERN_DATABASE_URL")
@@ -84,6 +95,7 @@ impl Server {
                 "--name",
                 "bench",
             ])
+            .args(&config_args)
             .arg("--data-dir")
             .arg(data)
             .output()
