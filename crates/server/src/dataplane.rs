@@ -112,6 +112,8 @@ struct Shared {
     regions: HashMap<RegionId, Region>,
     grants: Mutex<HashMap<GrantKey, Meta>>,
     notes: Mutex<HashMap<GrantKey, Note>>,
+    /// Woken whenever an open is answered (or given up): `?wait=true` waits on it.
+    settled: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -281,6 +283,7 @@ impl GatewayPlane {
             regions,
             grants: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
+            settled: tokio::sync::Notify::new(),
         });
         shared.alive(started_at).await?;
         tracing::info!(run = %shared.run, process = %shared.process.to_record(), "gateway run registered");
@@ -391,6 +394,16 @@ impl GatewayPlane {
     /// Opens a grant's port at its region's gateway and waits for the answer; then
     /// passes on a new end that arrived meanwhile.
     async fn open_now(&self, grant: LiveGrant) {
+        self.open_at_gateway(grant).await;
+        self.shared.settled.notify_waiters();
+    }
+
+    /// Resolves at the next answer of an open (or a give-up) at any gateway.
+    pub async fn some_open_settled(&self) {
+        self.shared.settled.notified().await;
+    }
+
+    async fn open_at_gateway(&self, grant: LiveGrant) {
         let key = gateway_key(grant.key());
         {
             let mut notes = lock(&self.shared.notes);

@@ -469,7 +469,17 @@ where
     let mut asked = false;
     loop {
         tick += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // Woken at once when an open is answered here; else every 5 ms.
+        let pause = tokio::time::sleep(std::time::Duration::from_millis(5));
+        match &state.gateway {
+            Some(g) if watched => {
+                tokio::select! {
+                    () = g.some_open_settled() => {}
+                    () = pause => {}
+                }
+            }
+            _ => pause.await,
+        }
         let news = !watched
             || tick.is_multiple_of(10)
             || state.gateway.as_ref().is_some_and(|g| g.settled(key));
