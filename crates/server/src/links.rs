@@ -200,8 +200,9 @@ impl Link {
         lock(&self.status).as_ref().map(|(_, s)| s.clone())
     }
 
-    /// Sends `op` if the control stream is up; else it is dropped: the convergence on
-    /// reconnect sends the database's state. A full queue drops the connection, for the
+    /// Sends `op` if a session is up or converging (then it goes after the
+    /// convergence's messages); else it is dropped: the convergence on reconnect sends
+    /// the database's state. A full queue drops the connection, for the
     /// same convergence.
     pub(crate) fn send(&self, op: Down) {
         let ops = lock(&self.ops).clone();
@@ -242,7 +243,8 @@ impl Link {
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).entry(key).or_default().push(tx);
-        if !self.up() {
+        // A session (up, or converging: then the open goes after the convergence).
+        if lock(&self.ops).is_none() {
             lock(&self.waiters).remove(&key);
             return Err("the region's gateway is unreachable".into());
         }
@@ -651,6 +653,11 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
             state.protocol
         ));
     }
+    // From here what the orchestrator and onboarding send is queued, and goes after the
+    // convergence's messages: a revoke or a new grant during the convergence is never
+    // lost (the convergence read the database after the queue existed).
+    let (ops_tx, mut ops_rx) = mpsc::channel(OPS_QUEUE);
+    *lock(&link.ops) = Some(ops_tx);
     *lock(&link.channel) = Some(channel.clone());
     *lock(&link.regions) = state.regions.clone();
     *lock(&link.open) = state.grants.iter().map(|g| g.key).collect();
@@ -680,8 +687,6 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
         links.handle(link, boot, batch, &down_tx).await;
         pending.retain(|k| !link.settled(*k));
     }
-    let (ops_tx, mut ops_rx) = mpsc::channel(OPS_QUEUE);
-    *lock(&link.ops) = Some(ops_tx);
     link.set_state(LinkState::Up { since: Utc::now() });
     tracing::info!(gateway = %link.gateway, address = %link.address, grants = state.grants.len(), peers = state.peers.len(), "gateway linked and converged");
     loop {
