@@ -614,6 +614,15 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
                     .identity
                     .as_ref()
                     .ok_or_else(|| "this server has no control-channel certificate".to_owned())?;
+                // A server certificate lasts 30 days: one is issued afresh for each
+                // connection (one signature), so a server up for months still connects.
+                let identity = match self::identity(&inner.store, &identity.name).await {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot issue a fresh control-channel certificate; using the one from start-up");
+                        identity.clone()
+                    }
+                };
                 let tcp = tokio::net::TcpStream::connect(link.address.as_str())
                     .await
                     .map_err(|e| format!("cannot connect to {}: {e}", link.address))?;
