@@ -461,6 +461,16 @@ impl Links {
         })
     }
 
+    /// Forgets what the gateways last reported of a router (its peer was just removed:
+    /// their next reports leave it out).
+    pub fn forget_peer(&self, router: RouterId) {
+        for link in self.all() {
+            if let Some((_, status)) = lock(&link.status).as_mut() {
+                status.peers.retain(|p| p.router != router);
+            }
+        }
+    }
+
     /// Byte counts so far of a grant's live connections at its gateway, by their rows.
     pub fn live_counts(&self, key: GrantKey) -> HashMap<ConnectionRecordId, (u64, u64)> {
         let mut out = HashMap::new();

@@ -243,6 +243,7 @@ impl TunnelGateway for Tunnels {
         self.inner
             .links
             .broadcast(control::msg::Down::RemovePeer { router });
+        self.inner.links.forget_peer(router);
         let had = lock(&self.inner.peers).remove(&router).is_some();
         if had {
             tracing::info!(%router, "tunnel peer removed");
