@@ -874,11 +874,30 @@ mod tests {
             .unwrap();
         // As `postern server` does before its orchestrator runs.
         plane.rebuild().await.unwrap();
+        let grant = active_access(
+            &store,
+            (org.id, router.id, region.id),
+            "u",
+            plane.port_candidates(region.id).unwrap(),
+        )
+        .await;
+        let grant = store.get_access(org.id, router.id, grant.id).await.unwrap();
+        (store, plane, grant)
+    }
+
+    /// An SSH access grant of `router` from 127.0.0.1 for 30 minutes, made `active` in
+    /// the store (the orchestrator's part done), on the first free port of `ports`.
+    async fn active_access(
+        store: &store::Store,
+        (org, router, region): (OrgId, RouterId, RegionId),
+        username: &str,
+        ports: Vec<u16>,
+    ) -> store::TransientAccess {
         let now = Utc::now();
         let grant = store
             .create_access(store::NewAccess {
-                org_id: org.id,
-                router_id: router.id,
+                org_id: org,
+                router_id: router,
                 access_type: AccessType::Ssh,
                 access: domain::AccessLevel::Full,
                 allow_rfc1918: false,
@@ -887,15 +906,15 @@ mod tests {
                     &domain::Policy { lab_mode: true },
                 )
                 .unwrap(),
-                username: "u".into(),
+                username: username.into(),
                 password: "p".into(),
                 expires_at: now + chrono::TimeDelta::minutes(30),
                 created_by: "test".into(),
-                region_id: region.id,
+                region_id: region,
                 entry_point: "127.0.0.1".into(),
-                port_candidates: plane.port_candidates(region.id).unwrap(),
+                port_candidates: ports,
                 audit: store::NewAudit {
-                    org_id: org.id,
+                    org_id: org,
                     at: now,
                     actor: "test".into(),
                     actor_address: None,
@@ -917,8 +936,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let grant = store.get_access(org.id, router.id, grant.id).await.unwrap();
-        (store, plane, grant)
+        grant
     }
 
     async fn settle(plane: &GatewayPlane, key: orchestrator::GrantKey) {
@@ -1135,53 +1153,19 @@ mod tests {
             })
             .await
             .unwrap();
-        let allow =
-            domain::AllowFrom::parse("127.0.0.1", &domain::Policy { lab_mode: true }).unwrap();
-        let now = Utc::now();
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..32u16 {
             let store = store.clone();
             let (org, router, region) = (org.id, router.id, region.id);
             writers.spawn(async move {
                 for i in (w..GRANTS).step_by(32) {
-                    let grant = store
-                        .create_access(store::NewAccess {
-                            org_id: org,
-                            router_id: router,
-                            access_type: AccessType::Ssh,
-                            access: domain::AccessLevel::Full,
-                            allow_rfc1918: false,
-                            allow_from: allow,
-                            username: format!("u{i}"),
-                            password: "p".into(),
-                            expires_at: now + chrono::TimeDelta::minutes(30),
-                            created_by: "test".into(),
-                            region_id: region,
-                            entry_point: "127.0.0.1".into(),
-                            port_candidates: vec![10000 + i],
-                            audit: store::NewAudit {
-                                org_id: org,
-                                at: now,
-                                actor: "test".into(),
-                                actor_address: None,
-                                action: "access.create".into(),
-                                target: None,
-                                details: serde_json::json!({}),
-                            },
-                            terminal: false,
-                            job: None,
-                        })
-                        .await
-                        .unwrap();
-                    for (from, to) in [
-                        (GrantStatus::Requested, GrantStatus::Provisioning),
-                        (GrantStatus::Provisioning, GrantStatus::Active),
-                    ] {
-                        store
-                            .transition_access(grant.id, &[from], to, now, None)
-                            .await
-                            .unwrap();
-                    }
+                    active_access(
+                        &store,
+                        (org, router, region),
+                        &format!("u{i}"),
+                        vec![10000 + i],
+                    )
+                    .await;
                 }
             });
         }
