@@ -522,6 +522,28 @@ fn a_remote_gateway_serves_its_region_and_keeps_its_deadlines_when_cut_off() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+
+    // Removed by an administrator: the servers stop driving it, and once more is refused.
+    let gateway_id = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_id = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    admin(dir.path(), &["remove-gateway", "--id", &gateway_id]);
+    until(
+        "the removed gateway is no longer driven",
+        Duration::from_secs(20),
+        || health(&gw_health)["control"] == "disconnected",
+    );
+    let again = Command::new(BIN)
+        .args(["admin", "remove-gateway", "--id", &gateway_id, "--config"])
+        .arg(config(dir.path()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "{again:?}");
     drop(console);
     let _ = printed.read(&mut [0; 1]);
     drop(sim);

@@ -414,11 +414,6 @@ impl Links {
         *lock(&self.inner.closed) = Some(hook);
     }
 
-    /// Whether a remote gateway serves `region`.
-    pub fn serves(&self, region: RegionId) -> bool {
-        self.inner.remote.contains(&region)
-    }
-
     /// The link of `region`'s gateway: the in-process node's for a local region, the
     /// joined gateway's for a remote one (`None` while none has joined).
     pub fn link(&self, region: RegionId) -> Option<Arc<Link>> {

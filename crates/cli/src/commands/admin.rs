@@ -21,6 +21,10 @@ pub enum Command {
     /// the command that joins it (alone) on standard output: run it on the gateway's
     /// machine. Its token works once, for --valid-for-hours.
     AddGateway(AddGateway),
+    /// Remove a regional gateway (pending or joined; its id is in `GET /api/regions`):
+    /// its token stops working and servers stop reaching it within seconds. Its region's
+    /// routers are unreachable until another gateway joins the region.
+    RemoveGateway(RemoveGateway),
     /// Copy the database (consistently, while servers run) and its key into a new
     /// directory OUT, readable by its owner only.
     Backup(BackupArgs),
@@ -84,6 +88,15 @@ pub struct AddGateway {
 }
 
 #[derive(clap::Args)]
+pub struct RemoveGateway {
+    #[command(flatten)]
+    location: Location,
+    /// The gateway's id.
+    #[arg(long)]
+    id: domain::GatewayId,
+}
+
+#[derive(clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     location: Location,
@@ -133,6 +146,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::CreateToken(args) => create_token(args),
         Command::AddSite(args) => add_site(args),
         Command::AddGateway(args) => add_gateway(args),
+        Command::RemoveGateway(args) => remove_gateway(args),
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
     }
@@ -268,5 +282,19 @@ fn add_gateway(args: AddGateway) -> anyhow::Result<()> {
         added.gateway.id, args.region, added.gateway.token_expires_at
     );
     println!("{}", added.command);
+    Ok(())
+}
+
+fn remove_gateway(args: RemoveGateway) -> anyhow::Result<()> {
+    let config = args.location.load()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let removed = runtime.block_on(async {
+        let store = server::bootstrap::open_store(&config).await?;
+        anyhow::Ok(store.remove_gateway(args.id, chrono::Utc::now()).await?)
+    })?;
+    if !removed {
+        anyhow::bail!("no gateway {} (or it was removed already)", args.id);
+    }
+    eprintln!("gateway {} removed", args.id);
     Ok(())
 }
