@@ -1084,29 +1084,6 @@ mod tests {
         plane.shutdown().await;
     }
 
-    /// The in-process node's status reports must not rename this process's gateway run
-    /// (another server judges the run gone by its process identity).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_runs_identity_survives_the_nodes_status_reports() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            gateway_heartbeat: Duration::from_millis(100),
-            ..ServerConfig::default()
-        };
-        let store = crate::bootstrap::open_store(&config).await.unwrap();
-        let plane = GatewayPlane::start(store.clone(), &config, gateway::Config::default())
-            .await
-            .unwrap();
-        plane.rebuild().await.unwrap();
-        // Several status reports and heartbeats.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let runs = store.list_gateway_runs().await.unwrap();
-        let mine = runs.iter().find(|r| r.id == plane.run()).unwrap();
-        assert_eq!(mine.process, Process::current().to_record());
-        plane.shutdown().await;
-    }
-
     /// A restart with more active grants than the control channel's queues and stream
     /// windows hold in flight: convergence sends an `Open` for each before it reads
     /// any answer, and the node stops reading while its answers wait. The link reads
