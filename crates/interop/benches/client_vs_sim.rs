@@ -39,6 +39,9 @@ async fn round(client: &Client, make: Arc<dyn Fn() -> Command + Send + Sync>) ->
     done / started.elapsed().as_secs_f64()
 }
 
+/// Makes the command a case sends, afresh for each round.
+type MakeCommand = Arc<dyn Fn() -> Command + Send + Sync>;
+
 fn main() {
     // The router: a runtime of its own, on its own thread.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -67,7 +70,7 @@ fn main() {
         let config = ClientConfig::new(addr.to_string(), "admin", "bench-admin")
             .with_command_timeout(Duration::from_secs(30));
         let client = Client::connect(&config).await.unwrap();
-        let cases: Vec<(&str, Arc<dyn Fn() -> Command + Send + Sync>)> = vec![
+        let cases: Vec<(&str, MakeCommand)> = vec![
             (
                 "/system/identity/print",
                 Arc::new(|| Command::new("/system/identity/print")),

@@ -80,10 +80,13 @@ async fn postern_reaches_a_sim_router_behind_nat_through_its_tunnel() {
     });
     r.set_wireguard(Some(config));
 
+    // The sim records its socket's address once its WireGuard task has bound it, which may
+    // be after the first handshake completes: wait for both.
     wait_for("the router's handshake", || {
         tunnel
             .peer(&router_public)
             .is_some_and(|p| p.last_handshake_at.is_some())
+            && r.wireguard_status().is_some_and(|s| s.local.is_some())
     })
     .await;
     let local = r.wireguard_status().unwrap().local.unwrap();

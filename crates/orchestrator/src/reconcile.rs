@@ -130,24 +130,6 @@ fn grant_tag(comment: Option<&str>) -> Option<&str> {
     Some(rest)
 }
 
-#[cfg(test)]
-mod tag_tests {
-    use super::grant_tag;
-
-    #[test]
-    fn only_grants_tags_are_grants() {
-        assert_eq!(grant_tag(Some("postern:access:abc")), Some("access:abc"));
-        assert_eq!(grant_tag(Some("postern:group:full")), None);
-        // The management login onboarding made is no grant's: never drift.
-        assert_eq!(
-            grant_tag(Some("postern:tunnel:user Postern's management login")),
-            None
-        );
-        assert_eq!(grant_tag(Some("someone else's")), None);
-        assert_eq!(grant_tag(None), None);
-    }
-}
-
 /// Compares the router with the grants.
 pub(crate) async fn scan(
     inner: &Arc<Inner>,
@@ -554,5 +536,23 @@ async fn probe(inner: &Arc<Inner>, id: RouterId) {
     };
     if let Err(e) = check_router(inner, &router).await {
         tracing::debug!(router = %router.name, error = %e, "router still unreachable");
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::grant_tag;
+
+    #[test]
+    fn only_grants_tags_are_grants() {
+        assert_eq!(grant_tag(Some("postern:access:abc")), Some("access:abc"));
+        assert_eq!(grant_tag(Some("postern:group:full")), None);
+        // The management login onboarding made is no grant's: never drift.
+        assert_eq!(
+            grant_tag(Some("postern:tunnel:user Postern's management login")),
+            None
+        );
+        assert_eq!(grant_tag(Some("someone else's")), None);
+        assert_eq!(grant_tag(None), None);
     }
 }

@@ -56,8 +56,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(&'static str),
-    /// A bounded resource (password hashing) stayed full: try again shortly (503 with
-    /// `Retry-After`).
+    /// A bounded resource (password hashing, the database's writer lock) stayed taken:
+    /// try again shortly (503 with `Retry-After`).
     #[error("{0}")]
     Busy(&'static str),
     /// The caller went over a rate limit: try again after `retry_after` seconds (429
@@ -133,6 +133,10 @@ impl From<store::StoreError> for ApiError {
         match e {
             store::StoreError::NotFound => Self::NotFound("resource"),
             store::StoreError::Conflict(m) => Self::Conflict(m),
+            store::StoreError::Busy(cause) => {
+                tracing::warn!(%cause, "the database stayed locked; the request is refused with 503");
+                Self::Busy("the database is locked by another writer: try again in a few seconds")
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -97,6 +97,12 @@ enum Connect {
 /// The in-memory stream's buffer each way.
 const LOCAL_BUFFER: usize = 1 << 20;
 
+/// Told when the gateway answers an open: the entry port's address, or its words.
+type OpenWaiter = oneshot::Sender<Result<SocketAddr, String>>;
+
+/// A remotely served region's link and the task that runs it.
+type RunningLink = (Arc<Link>, JoinHandle<()>);
+
 /// One gateway as this server reaches it.
 pub struct Link {
     connect: Connect,
@@ -116,7 +122,7 @@ pub struct Link {
     open: Mutex<HashSet<GrantKey>>,
     /// Grants whose open failed, with the gateway's words.
     failed: Mutex<HashMap<GrantKey, String>>,
-    waiters: Mutex<HashMap<GrantKey, Vec<oneshot::Sender<Result<SocketAddr, String>>>>>,
+    waiters: Mutex<HashMap<GrantKey, Vec<OpenWaiter>>>,
     /// Ends the session, to converge afresh.
     kick: tokio::sync::Notify,
     /// The regions the gateway said it serves, in its last `State`.
@@ -343,7 +349,7 @@ struct Inner {
     /// The link to the node inside this process and the regions it serves.
     local: Option<(Arc<Link>, HashSet<RegionId>)>,
     local_task: Mutex<Option<JoinHandle<()>>>,
-    links: Mutex<HashMap<RegionId, (Arc<Link>, JoinHandle<()>)>>,
+    links: Mutex<HashMap<RegionId, RunningLink>>,
     recorder: Mutex<Recorder>,
     stop: watch::Sender<bool>,
     refresher: Mutex<Option<JoinHandle<()>>>,
@@ -875,17 +881,15 @@ async fn desired_grants(
             orchestrator::LiveGrant::Access(a) => a.router_id,
             orchestrator::LiveGrant::Forward(f) => f.router_id,
         };
-        if !routers.contains_key(&router_id) {
-            match store.get_router_any_org(router_id).await {
-                Ok(r) => {
-                    routers.insert(router_id, r);
+        let router = match routers.entry(router_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match store.get_router_any_org(router_id).await {
+                    Ok(r) => e.insert(r),
+                    Err(store::StoreError::NotFound) => continue,
+                    Err(e) => return Err(e),
                 }
-                Err(store::StoreError::NotFound) => continue,
-                Err(e) => return Err(e),
             }
-        }
-        let Some(router) = routers.get(&router_id) else {
-            continue;
         };
         let spec = grant_spec(grant, router);
         if spec.expires_at > now {

@@ -418,3 +418,57 @@ fn the_limits_are_configuration() {
     );
     assert!(zero.is_err());
 }
+
+/// Another process (a backup, a script with `sqlite3`) holds SQLite's writer lock past the
+/// store's wait: a create is refused with 503, `Retry-After` and a problem saying why, and
+/// leaves nothing behind; once the lock is let go, the same create succeeds.
+#[tokio::test]
+async fn a_create_that_finds_the_database_locked_past_the_wait_gets_503_and_makes_nothing() {
+    use sqlx::{ConnectOptions, Connection};
+    let s = Server::start(off).await;
+    let r = router(&s, "r1").await;
+    let mut other =
+        <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(s.database_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let a = create(&s, &s.admin, &r, "transient-forwarding").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.kind, "application/problem+json");
+    assert_eq!(a.body["type"], "urn:postern:problem:busy");
+    assert!(
+        a.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("database is locked"),
+        "{}",
+        a.body
+    );
+    let wait: u64 = a.retry_after.expect("Retry-After").parse().unwrap();
+    assert!(wait >= 1, "{wait}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+
+    let list: Value = s
+        .http
+        .get(format!(
+            "{}/api/routers/{r}/transient-forwarding?all=true",
+            s.base
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    let a = create(&s, &s.admin, &r, "transient-forwarding").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    s.stop().await;
+}

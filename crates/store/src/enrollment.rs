@@ -128,7 +128,7 @@ fn clash(e: sqlx::Error) -> StoreError {
                 StoreError::Conflict("public_key: another router uses this public key".into())
             }
         }
-        _ => StoreError::Database(e),
+        _ => e.into(),
     }
 }
 

@@ -496,7 +496,7 @@ fn naming_grant(job: &crate::records::NewJob, grant_id: &str) -> crate::records:
 fn router_gone(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
-        _ => StoreError::Database(e),
+        _ => e.into(),
     }
 }
 

@@ -97,7 +97,7 @@ pub(crate) fn router_conflict(e: sqlx::Error, name: &str, site: &str) -> StoreEr
             }
         }
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => "no such region".to_owned(),
-        _ => return StoreError::Database(e),
+        _ => return e.into(),
     };
     StoreError::Conflict(message)
 }

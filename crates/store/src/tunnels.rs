@@ -66,7 +66,7 @@ fn key_clash(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict("another router already has that public key".to_owned())
         }
-        _ => StoreError::Database(e),
+        _ => e.into(),
     }
 }
 

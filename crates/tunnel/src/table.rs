@@ -458,7 +458,7 @@ impl PeerTable {
             self.counters.unknown_peer += 1;
             return Received::Nothing;
         };
-        if answer && !peer.resuming_until.is_some_and(|until| now < until) {
+        if answer && peer.resuming_until.is_none_or(|until| now >= until) {
             self.counters.unexpected += 1;
             return Received::Nothing;
         }

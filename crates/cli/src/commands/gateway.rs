@@ -208,16 +208,17 @@ fn join(
         let detail = serde_json::from_slice::<serde_json::Value>(&answer)
             .ok()
             .and_then(|v| {
-                let detail = v["detail"].as_str()?.to_owned();
-                let fields: Vec<String> = v["errors"]
-                    .as_array()
+                let detail = v.get("detail")?.as_str()?.to_owned();
+                let fields: Vec<String> = v
+                    .get("errors")
+                    .and_then(serde_json::Value::as_array)
                     .map(|e| {
                         e.iter()
                             .filter_map(|f| {
                                 Some(format!(
                                     "{}: {}",
-                                    f["field"].as_str()?,
-                                    f["message"].as_str()?
+                                    f.get("field")?.as_str()?,
+                                    f.get("message")?.as_str()?
                                 ))
                             })
                             .collect()

@@ -5,14 +5,20 @@ use std::io::{BufRead, BufReader};
 use std::process::ChildStderr;
 use std::time::Duration;
 
-/// The API address the server logs when it is ready; its later log lines are read and
-/// dropped, so the pipe never fills.
+/// The API address the server logs when it is ready. Its later log lines are read, so the
+/// pipe never fills, and dropped, except errors, which are copied to the test's output so
+/// that a failure comes with its cause.
 pub fn server_address(stderr: ChildStderr) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["fields"]["message"] == "postern server listening"
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["level"] == "ERROR" {
+                eprintln!("server error: {line}");
+            }
+            if v["fields"]["message"] == "postern server listening"
                 && let Some(a) = v["fields"]["listen"].as_str()
             {
                 let _ = tx.send(a.to_owned());

@@ -269,6 +269,21 @@ fn common_answers(doc: &mut Value, config: &ServerConfig) {
                     problem("Bad query: a wrong type, an unknown or out-of-bounds parameter"),
                 );
             }
+            if method != "get" {
+                // A write may find the database locked by another process past the store's
+                // wait; nothing is written.
+                let busy = "The database stayed locked by another writer (a backup, another \
+                            process): nothing was changed; try again after `Retry-After` seconds";
+                match responses.get_mut("503") {
+                    Some(r) => {
+                        let said = r["description"].as_str().unwrap_or_default();
+                        r["description"] = json!(format!("{said}; or: {busy}"));
+                    }
+                    None => {
+                        responses.insert("503".into(), problem(busy));
+                    }
+                }
+            }
             if creates_grant(path, method) {
                 let r = problem(
                     "Too many creates: more than `grant_rate_per_user`, `grant_rate_per_token` \

@@ -29,6 +29,13 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+impl Server {
+    /// The URL of the server's database.
+    pub fn database_url(&self) -> &str {
+        &self._ctx.url
+    }
+}
+
 pub async fn token(
     store: &store::Store,
     org: domain::OrgId,
