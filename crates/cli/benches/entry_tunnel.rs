@@ -139,14 +139,8 @@ fn main() {
     if !hosts::can_run(&["ip", "nft", "wireguard-go", "wg", "ssh", "sshpass"]) {
         return;
     }
-    // wireguard-go's control socket is named by its device, in one directory for every
-    // namespace: two routers called wgsim1 (another run, the tunnel_hosts test) would
-    // take each other's. Sockets left by killed runs are removed, now and at the end.
-    assert!(
-        !socket_live(SIM_SOCKET),
-        "a wireguard-go called wgsim1 is running (another run of this benchmark, or the tunnel_hosts test): one at a time"
-    );
-    let _sockets = StaleSockets;
+    // wireguard-go's control sockets are named by their devices, in one directory for
+    // every namespace: this run's devices carry its pid.
     let rounds = env("ROUNDS", 5);
     let bytes = env("MIB", 256) << 20;
     let pings = env("PINGS", 2000);
@@ -541,26 +535,14 @@ fn main() {
     drop(h);
 }
 
-const SIM_SOCKET: &str = "/var/run/wireguard/wgsim1.sock";
-
-/// Whether a process answers on the control socket at `path`.
-fn socket_live(path: &str) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+/// The prefix of the sim router's device (`postern sim --wireguard-device-prefix`).
+fn sim_prefix() -> String {
+    format!("wgr{}", std::process::id())
 }
 
-/// Removes the control sockets of this run's `wireguard-go`s when no one answers on
-/// them (the processes are killed, so they cannot remove them themselves).
-struct StaleSockets;
-
-impl Drop for StaleSockets {
-    fn drop(&mut self) {
-        let base = format!("/var/run/wireguard/{}.sock", base_device());
-        for path in [SIM_SOCKET, base.as_str()] {
-            if std::path::Path::new(path).exists() && !socket_live(path) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
+/// The sim router's device.
+fn sim_device() -> String {
+    format!("{}1", sim_prefix())
 }
 
 fn commit() -> String {
@@ -847,6 +829,8 @@ fn start_sim(h: &mut Hosts) -> (u16, String) {
             "--routeros-version",
             "7.21.4",
             "--wireguard-external",
+            "--wireguard-device-prefix",
+            &sim_prefix(),
         ])
         .env("POSTERN_LOG", "warn")
         .stdout(Stdio::piped())
@@ -1012,11 +996,13 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
         .unwrap()
         .trim()
         .to_owned();
-    let router_public =
-        String::from_utf8(h.exec("r", &["wg", "show", "wgsim1", "public-key"]).stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
+    let router_public = String::from_utf8(
+        h.exec("r", &["wg", "show", &sim_device(), "public-key"])
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
     h.exec(
         "server",
         &[
@@ -1052,7 +1038,7 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
         &[
             "wg",
             "set",
-            "wgsim1",
+            &sim_device(),
             "peer",
             &base_public,
             "endpoint",
@@ -1065,7 +1051,14 @@ fn start_baseline(h: &mut Hosts, dir: &std::path::Path, tunnel_ip: Ipv4Addr) -> 
     );
     h.exec(
         "r",
-        &["ip", "route", "add", &format!("{BASE}/32"), "dev", "wgsim1"],
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{BASE}/32"),
+            "dev",
+            &sim_device(),
+        ],
     );
     pid
 }

@@ -86,6 +86,13 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Dur
     start.elapsed()
 }
 
+/// The prefix of the devices of this run's wireguard-go routers: wireguard-go's control
+/// sockets are shared by every namespace, so another run (the entry_tunnel benchmark)
+/// must not find the same names.
+fn sim_prefix() -> String {
+    format!("wgt{}", std::process::id())
+}
+
 /// A sim router started on host `name`: its console's SSH port and admin password.
 struct SimRouter {
     ssh_port: u16,
@@ -104,7 +111,11 @@ fn start_sim(h: &mut Hosts, name: &str, address: &str, external: bool) -> SimRou
         "7.21.4",
     ]);
     if external {
-        cmd.arg("--wireguard-external");
+        cmd.args([
+            "--wireguard-external",
+            "--wireguard-device-prefix",
+            &sim_prefix(),
+        ]);
     }
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -483,7 +494,16 @@ while True:
     });
 
     // r2's NAT mapping changes (its WireGuard moves to a new source port): still reachable.
-    hh().exec("r2", &["wg", "set", "wgsim1", "listen-port", "40123"]);
+    hh().exec(
+        "r2",
+        &[
+            "wg",
+            "set",
+            &format!("{}1", sim_prefix()),
+            "listen-port",
+            "40123",
+        ],
+    );
     let (router2, ..) = routers[1].clone();
     let (_, port, user, password) = ssh_access(&hh(), &token, &router2);
     let (ok_, out) = ssh_through(&hh(), port, &user, &password, "/system identity print");

@@ -115,7 +115,7 @@ pub struct Link {
     pub endpoint: String,
     ops: Mutex<Option<mpsc::Sender<Down>>>,
     channel: Mutex<Option<control::channel::Channel>>,
-    state: Mutex<LinkState>,
+    state: watch::Sender<LinkState>,
     /// The gateway's last report, and its boot.
     status: Mutex<Option<(GatewayRunId, Status)>>,
     /// Grants whose ports the gateway said are open (and not closed since).
@@ -150,7 +150,7 @@ impl Link {
             endpoint: joined.tunnel_endpoint.clone(),
             ops: Mutex::new(None),
             channel: Mutex::new(None),
-            state: Mutex::new(LinkState::Connecting),
+            state: watch::Sender::new(LinkState::Connecting),
             status: Mutex::new(None),
             open: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
@@ -172,7 +172,7 @@ impl Link {
             endpoint: String::new(),
             ops: Mutex::new(None),
             channel: Mutex::new(None),
-            state: Mutex::new(LinkState::Connecting),
+            state: watch::Sender::new(LinkState::Connecting),
             status: Mutex::new(None),
             open: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
@@ -193,12 +193,12 @@ impl Link {
     }
 
     pub fn state(&self) -> LinkState {
-        lock(&self.state).clone()
+        self.state.borrow().clone()
     }
 
     /// Whether the control stream is up now.
     pub fn up(&self) -> bool {
-        matches!(*lock(&self.state), LinkState::Up { .. })
+        matches!(*self.state.borrow(), LinkState::Up { .. })
     }
 
     /// The gateway's last status report.
@@ -243,10 +243,12 @@ impl Link {
         lock(&self.failed).remove(&key);
         // A gateway not reached yet since this server started (its first connection
         // under way): wait for it a while rather than fail the open.
-        let started = Instant::now();
-        while matches!(self.state(), LinkState::Connecting) && started.elapsed() < OPEN_TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut state = self.state.subscribe();
+        let _ = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            state.wait_for(|s| !matches!(s, LinkState::Connecting)),
+        )
+        .await;
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).entry(key).or_default().push(tx);
         // A session (up, or converging: then the open goes after the convergence).
@@ -293,7 +295,7 @@ impl Link {
     }
 
     fn set_state(&self, state: LinkState) {
-        *lock(&self.state) = state;
+        self.state.send_replace(state);
     }
 }
 

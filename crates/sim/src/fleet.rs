@@ -319,9 +319,10 @@ pub struct FleetOptions {
     pub empty_reply: Option<bool>,
     /// Every router behind NAT (see [`RouterOptions::behind_nat`]).
     pub behind_nat: bool,
-    /// Every router builds its tunnel with Debian's `wireguard-go` (root only): router
-    /// `i` (from 1) on TUN device `wgsim<i>`, its key file in the temporary directory.
-    pub wireguard_external: bool,
+    /// `Some(prefix)`: every router builds its tunnel with Debian's `wireguard-go` (root
+    /// only), router `i` (from 1) on TUN device `<prefix><i>`, its key file in the
+    /// temporary directory.
+    pub wireguard_external: Option<String>,
     /// See [`RouterOptions::trust_pem`].
     pub trust_pem: Option<std::path::PathBuf>,
 }
@@ -335,7 +336,7 @@ impl Default for FleetOptions {
             clock: Clock::real(),
             empty_reply: None,
             behind_nat: false,
-            wireguard_external: false,
+            wireguard_external: None,
             trust_pem: None,
         }
     }
@@ -374,9 +375,9 @@ impl Fleet {
             o.clock = options.clock.clone();
             o.empty_reply = options.empty_reply;
             o.behind_nat = options.behind_nat;
-            if options.wireguard_external {
+            if let Some(prefix) = &options.wireguard_external {
                 o.wireguard_external = Some(crate::wg::external::Options {
-                    device: format!("wgsim{}", i + 1),
+                    device: format!("{prefix}{}", i + 1),
                     dir: std::env::temp_dir(),
                 });
             }

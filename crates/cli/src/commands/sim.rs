@@ -45,6 +45,12 @@ pub struct SimArgs {
     /// built-in userspace WireGuard.
     #[arg(long)]
     pub wireguard_external: bool,
+    /// With `--wireguard-external`: the TUN devices are `<PREFIX><N>`. wireguard-go's
+    /// control sockets (`/var/run/wireguard/<device>.sock`) are shared by every network
+    /// namespace, so fleets running at once need prefixes of their own. Letters and
+    /// digits, at most 11.
+    #[arg(long, value_name = "PREFIX", default_value = "wgsim", requires = "wireguard_external", value_parser = device_prefix)]
+    pub wireguard_device_prefix: String,
     /// Read console lines from standard input, as a router's serial console (logged in
     /// as admin): each line (or a multi-line paste) runs on the first router, or on
     /// `sim-N` when prefixed with `sim-N> `; the output goes to standard output. How
@@ -56,6 +62,14 @@ pub struct SimArgs {
     /// `check-certificate=no` fetches over https).
     #[arg(long, value_name = "PEM")]
     pub trust_pem: Option<std::path::PathBuf>,
+}
+
+/// A TUN device's name is at most 15 bytes: the prefix leaves four for the number.
+fn device_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 11 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("1 to 11 letters and digits".into());
+    }
+    Ok(s.to_owned())
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -77,7 +91,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         admin_password: args.admin_password,
         version: args.routeros_version,
         behind_nat: args.behind_nat,
-        wireguard_external: args.wireguard_external,
+        wireguard_external: args
+            .wireguard_external
+            .then_some(args.wireguard_device_prefix),
         trust_pem: args.trust_pem,
         ..FleetOptions::default()
     };

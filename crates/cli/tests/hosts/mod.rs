@@ -242,5 +242,22 @@ impl Drop for Hosts {
                 });
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        remove_dead_wireguard_sockets();
+    }
+}
+
+/// wireguard-go's control sockets, one per device in one directory for every namespace,
+/// outlive a `kill -9`: those no process answers on any longer go.
+fn remove_dead_wireguard_sockets() {
+    let Ok(entries) = std::fs::read_dir("/var/run/wireguard") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "sock")
+            && std::os::unix::net::UnixStream::connect(&path).is_err()
+        {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
