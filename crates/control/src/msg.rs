@@ -10,65 +10,17 @@
 //! `RemovePeer` only for what its database says is gone; a closed grant is never opened
 //! again (the gateway remembers it until its deadline has passed).
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use domain::{AccessId, AllowFrom, ForwardId, GatewayRunId, RegionId, RouterId};
+use domain::{AllowFrom, GatewayRunId, RegionId, RouterId};
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol. A side that receives another version says so and
 /// closes the stream.
 pub const PROTOCOL: u32 = 1;
 
-/// A grant, as both sides name it: `access:<uuid>` or `forward:<uuid>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum GrantKey {
-    Access(AccessId),
-    Forward(ForwardId),
-}
-
-impl fmt::Display for GrantKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GrantKey::Access(id) => write!(f, "access:{id}"),
-            GrantKey::Forward(id) => write!(f, "forward:{id}"),
-        }
-    }
-}
-
-/// Text that is not a grant key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a grant key (access:<uuid> or forward:<uuid>): {0:?}")]
-pub struct BadGrantKey(String);
-
-impl FromStr for GrantKey {
-    type Err = BadGrantKey;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadGrantKey(s.chars().take(80).collect());
-        match s.split_once(':').ok_or_else(bad)? {
-            ("access", id) => Ok(GrantKey::Access(id.parse().map_err(|_| bad())?)),
-            ("forward", id) => Ok(GrantKey::Forward(id.parse().map_err(|_| bad())?)),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl TryFrom<String> for GrantKey {
-    type Error = BadGrantKey;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<GrantKey> for String {
-    fn from(key: GrantKey) -> String {
-        key.to_string()
-    }
-}
+pub use domain::{BadGrantKey, GrantKey};
 
 /// Where a grant's connections (or a dial) go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +371,7 @@ pub struct JoinResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{AccessId, ForwardId};
 
     #[test]
     fn grant_keys_round_trip_as_text_and_noise_is_refused() {

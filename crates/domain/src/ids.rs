@@ -97,6 +97,93 @@ id!(/// A gateway enrolled with `postern admin add-gateway` (a `postern gateway`
     /// the one inside `postern server`).
     GatewayId, "gateway id");
 
+/// A grant, as every part names it: a transient access or a transient port forward.
+/// Written `access:<uuid>` or `forward:<uuid>` (so in JSON, and in the comments Postern
+/// puts on router objects after `postern:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum GrantKey {
+    /// A transient access (WinBox or SSH to the router).
+    Access(AccessId),
+    /// A transient port forward (to a LAN device behind the router's dst-nat).
+    Forward(ForwardId),
+}
+
+impl GrantKey {
+    /// `access` or `forward`, as in job kinds and router tags.
+    pub fn kind(self) -> &'static str {
+        match self {
+            GrantKey::Access(_) => "access",
+            GrantKey::Forward(_) => "forward",
+        }
+    }
+
+    /// The grant's id as text.
+    pub fn id(self) -> String {
+        match self {
+            GrantKey::Access(id) => id.to_string(),
+            GrantKey::Forward(id) => id.to_string(),
+        }
+    }
+
+    /// The comment every router object of this grant carries: `postern:access:<id>`.
+    pub fn tag(self) -> String {
+        format!("postern:{self}")
+    }
+}
+
+impl fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantKey::Access(id) => write!(f, "access:{id}"),
+            GrantKey::Forward(id) => write!(f, "forward:{id}"),
+        }
+    }
+}
+
+impl From<AccessId> for GrantKey {
+    fn from(id: AccessId) -> Self {
+        GrantKey::Access(id)
+    }
+}
+
+impl From<ForwardId> for GrantKey {
+    fn from(id: ForwardId) -> Self {
+        GrantKey::Forward(id)
+    }
+}
+
+/// Text that is not a grant key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a grant key (access:<uuid> or forward:<uuid>): {0:?}")]
+pub struct BadGrantKey(String);
+
+impl FromStr for GrantKey {
+    type Err = BadGrantKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadGrantKey(s.chars().take(80).collect());
+        match s.split_once(':').ok_or_else(bad)? {
+            ("access", id) => Ok(GrantKey::Access(id.parse().map_err(|_| bad())?)),
+            ("forward", id) => Ok(GrantKey::Forward(id.parse().map_err(|_| bad())?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for GrantKey {
+    type Error = BadGrantKey;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<GrantKey> for String {
+    fn from(key: GrantKey) -> String {
+        key.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +197,18 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(json, format!("\"{text}\""));
         assert_eq!(serde_json::from_str::<RouterId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn grant_keys_read_back_what_they_write() {
+        let key = GrantKey::Forward(ForwardId::new());
+        assert_eq!(key.to_string().parse::<GrantKey>().unwrap(), key);
+        assert_eq!(key.tag(), format!("postern:forward:{}", key.id()));
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<GrantKey>(&json).unwrap(), key);
+        for bad in ["", "access", "access:", "user:x", "forward:not-a-uuid"] {
+            assert!(bad.parse::<GrantKey>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub mod kinds;
 pub mod rules;
 
 pub use ids::{
-    AccessId, ConnectionRecordId, ForwardId, GatewayId, GatewayRunId, JobId, OrgId, RegionId,
-    RouterId, SiteId, TokenId, UserId,
+    AccessId, BadGrantKey, ConnectionRecordId, ForwardId, GatewayId, GatewayRunId, GrantKey, JobId,
+    OrgId, RegionId, RouterId, SiteId, TokenId, UserId,
 };
 pub use kinds::{AccessLevel, AccessType, GrantStatus, JobState, Role, RouterStatus};
 pub use rules::{AllowFrom, DstAddress, Limits, Policy, ValidationError};

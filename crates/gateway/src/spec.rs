@@ -8,41 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use domain::AllowFrom;
 use domain::rules::{AddressClass, classify};
-use domain::{AccessId, AllowFrom, ForwardId};
 use tokio::time::Instant;
 
-/// The grant a listener belongs to: a transient access (WinBox or SSH to the router) or a
-/// transient port forward (to a LAN device behind the router's dst-nat).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum GrantKey {
-    /// A transient access.
-    Access(AccessId),
-    /// A transient port forward.
-    Forward(ForwardId),
-}
-
-impl fmt::Display for GrantKey {
-    /// `access:<uuid>` or `forward:<uuid>`, as in the router comments' `postern:<kind>:<id>`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GrantKey::Access(id) => write!(f, "access:{id}"),
-            GrantKey::Forward(id) => write!(f, "forward:{id}"),
-        }
-    }
-}
-
-impl From<AccessId> for GrantKey {
-    fn from(id: AccessId) -> Self {
-        GrantKey::Access(id)
-    }
-}
-
-impl From<ForwardId> for GrantKey {
-    fn from(id: ForwardId) -> Self {
-        GrantKey::Forward(id)
-    }
-}
+pub use domain::GrantKey;
 
 /// Which sources may use a grant: its `allow_from` networks, plus the private ranges when
 /// `allow_rfc1918` is set. The networks were validated when the grant was made (lab mode
@@ -259,13 +229,5 @@ mod tests {
 
         // Nothing allowed: nobody gets in.
         check(&SourcePolicy::default(), "198.51.100.1", false);
-    }
-
-    #[test]
-    fn grant_key_displays_kind_and_id() {
-        let id = AccessId::new();
-        assert_eq!(GrantKey::from(id).to_string(), format!("access:{id}"));
-        let id = ForwardId::new();
-        assert_eq!(GrantKey::from(id).to_string(), format!("forward:{id}"));
     }
 }

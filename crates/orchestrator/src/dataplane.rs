@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use domain::{AccessId, ForwardId, RegionId};
+use domain::RegionId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The name of a tunnelled router's WireGuard interface, as its enrolment script
@@ -47,50 +47,7 @@ pub fn dial_direct(router: &store::Router, port: u16) -> DialFuture {
     })
 }
 
-/// Which grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GrantKey {
-    Access(AccessId),
-    Forward(ForwardId),
-}
-
-impl GrantKey {
-    /// `access` or `forward`, as in job kinds and router tags.
-    pub fn kind(self) -> &'static str {
-        match self {
-            GrantKey::Access(_) => "access",
-            GrantKey::Forward(_) => "forward",
-        }
-    }
-
-    /// The grant's id as text.
-    pub fn id(self) -> String {
-        match self {
-            GrantKey::Access(id) => id.to_string(),
-            GrantKey::Forward(id) => id.to_string(),
-        }
-    }
-
-    /// The comment every router object of this grant carries: `postern:access:<id>`.
-    pub fn tag(self) -> String {
-        format!("postern:{}:{}", self.kind(), self.id())
-    }
-}
-
-impl From<GrantKey> for store::GrantRef {
-    fn from(key: GrantKey) -> Self {
-        match key {
-            GrantKey::Access(id) => store::GrantRef::Access(id),
-            GrantKey::Forward(id) => store::GrantRef::Forward(id),
-        }
-    }
-}
-
-impl std::fmt::Display for GrantKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.kind(), self.id())
-    }
-}
+pub use domain::GrantKey;
 
 /// Why a grant ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +229,7 @@ impl GrantNote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{AccessId, ForwardId};
 
     #[test]
     fn grant_notes_round_trip_and_noise_is_ignored() {

@@ -96,11 +96,7 @@ async fn end_due(inner: &Arc<Inner>) -> Option<DateTime<Utc>> {
             return None;
         }
     };
-    for grant in due {
-        let key = match grant {
-            store::GrantRef::Access(id) => GrantKey::Access(id),
-            store::GrantRef::Forward(id) => GrantKey::Forward(id),
-        };
+    for key in due {
         if let Err(e) = inner.end_grant(key, EndReason::Expired, None).await {
             tracing::warn!(grant = %key, error = %e, "could not end an expired grant");
         }

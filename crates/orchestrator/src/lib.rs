@@ -269,7 +269,7 @@ impl Inner {
         let closed = self
             .store
             .close_grant(
-                key.into(),
+                key,
                 &live,
                 now,
                 (

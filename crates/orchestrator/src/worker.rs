@@ -349,7 +349,7 @@ async fn attempt(
         Done::Activate(grant) => {
             let key = grant.key();
             let moved = GrantMove {
-                grant: key.into(),
+                grant: key,
                 from: vec![GrantStatus::Provisioning],
                 to: GrantStatus::Active,
                 line: Some(MoveLine {
@@ -364,7 +364,7 @@ async fn attempt(
         }
         Done::End(key, to) => {
             let moved = GrantMove {
-                grant: key.into(),
+                grant: key,
                 from: vec![GrantStatus::Closing],
                 to,
                 line: Some(MoveLine {

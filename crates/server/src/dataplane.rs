@@ -142,22 +142,6 @@ impl std::fmt::Debug for GatewayPlane {
     }
 }
 
-/// The gateway's own key for the orchestrator's.
-pub fn gateway_key(key: orchestrator::GrantKey) -> GrantKey {
-    match key {
-        orchestrator::GrantKey::Access(id) => GrantKey::Access(id),
-        orchestrator::GrantKey::Forward(id) => GrantKey::Forward(id),
-    }
-}
-
-/// The orchestrator's key for the control channel's.
-fn orchestrator_key_of(key: control::msg::GrantKey) -> orchestrator::GrantKey {
-    match key {
-        control::msg::GrantKey::Access(id) => orchestrator::GrantKey::Access(id),
-        control::msg::GrantKey::Forward(id) => orchestrator::GrantKey::Forward(id),
-    }
-}
-
 /// The address a grant's connections go to: the router's tunnel address and its SSH or
 /// WinBox port (as stored for the router), or for a forward its dst-nat port there.
 pub fn target(grant: &LiveGrant, router: &store::Router) -> SocketAddr {
@@ -299,7 +283,7 @@ impl GatewayPlane {
         let weak = Arc::downgrade(&shared);
         links.on_grant_closed(Box::new(move |key| {
             if let Some(shared) = weak.upgrade() {
-                shared.forget(gateway_key(orchestrator_key_of(key)));
+                shared.forget(key);
             }
         }));
         let tunnels =
@@ -404,7 +388,7 @@ impl GatewayPlane {
     }
 
     async fn open_at_gateway(&self, grant: LiveGrant) {
-        let key = gateway_key(grant.key());
+        let key = grant.key();
         {
             let mut notes = lock(&self.shared.notes);
             match notes.get(&key) {
@@ -461,7 +445,7 @@ impl GatewayPlane {
         };
         if let Some(Note::Deadline(_, at)) = note {
             link.send(control::msg::Down::SetDeadline {
-                key: crate::links::key_of(grant.key()),
+                key: grant.key(),
                 expires_at: at,
             });
         }
@@ -535,14 +519,10 @@ impl GatewayPlane {
     /// Whether a grant's port is settled: listening, or known not to be coming (ended,
     /// or its open failed). `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
-        let at_gateway = self
-            .links
-            .all()
-            .iter()
-            .any(|link| link.settled(crate::links::key_of(key)));
+        let at_gateway = self.links.all().iter().any(|link| link.settled(key));
         at_gateway
             || matches!(
-                lock(&self.shared.notes).get(&gateway_key(key)),
+                lock(&self.shared.notes).get(&key),
                 Some(Note::Ended(_) | Note::Failed(_))
             )
     }
@@ -583,7 +563,7 @@ impl GatewayPlane {
         &self,
         key: orchestrator::GrantKey,
     ) -> HashMap<domain::ConnectionRecordId, (u64, u64)> {
-        self.links.live_counts(crate::links::key_of(key))
+        self.links.live_counts(key)
     }
 
     /// Closes every port of the in-process node (their connections killed and
@@ -653,26 +633,22 @@ impl orchestrator::DataPlane for GatewayPlane {
     }
 
     fn set_deadline(&self, key: orchestrator::GrantKey, expires_at: DateTime<Utc>) {
-        let control_key = crate::links::key_of(key);
         // A gateway that holds the grant takes it now; an open still being prepared
         // sends it once its port listens.
-        self.links.broadcast(control::msg::Down::SetDeadline {
-            key: control_key,
-            expires_at,
-        });
-        let open = self.links.all().iter().any(|l| l.is_open(control_key));
+        self.links
+            .broadcast(control::msg::Down::SetDeadline { key, expires_at });
+        let open = self.links.all().iter().any(|l| l.is_open(key));
         let mut notes = lock(&self.shared.notes);
-        let key = gateway_key(key);
         if !open && !matches!(notes.get(&key), Some(Note::Ended(_) | Note::Failed(_))) {
             notes.insert(key, Note::Deadline(Instant::now(), expires_at));
         }
     }
 
     fn close(&self, key: orchestrator::GrantKey, reason: orchestrator::EndReason) {
-        self.note(gateway_key(key), Note::Ended(Instant::now()));
+        self.note(key, Note::Ended(Instant::now()));
         // On the stream its open went (or goes) on: the gateway never reopens it.
         self.links.broadcast(control::msg::Down::Close {
-            key: crate::links::key_of(key),
+            key,
             reason: close_reason(reason),
         });
         tracing::info!(grant = %key, reason = reason.as_str(), "entry port closing");
@@ -812,7 +788,7 @@ async fn ends_sweep(plane: GatewayPlane, mut stop: oneshot::Receiver<()>) {
                 _ => orchestrator::EndReason::Revoked,
             };
             tracing::info!(grant = %key, "gateway: the grant ended elsewhere; closing its port");
-            plane.close(orchestrator_key_of(key), reason);
+            plane.close(key, reason);
         }
     }
 }
@@ -1074,7 +1050,7 @@ mod tests {
             plane
                 .gateway()
                 .unwrap()
-                .grant(gateway_key(key))
+                .grant(key)
                 .unwrap()
                 .target
                 .address()
@@ -1164,7 +1140,7 @@ mod tests {
         let listening = plane.rebuild().await.unwrap();
         assert!(listening >= usize::from(GRANTS) - 1, "{listening}");
         until("the grant revoked while converging is closed", || {
-            node.gateway().grant(gateway_key(revoked)).is_err()
+            node.gateway().grant(revoked).is_err()
         })
         .await;
         assert_eq!(node.gateway().grants().len(), usize::from(GRANTS) - 1);
@@ -1198,14 +1174,13 @@ mod tests {
         let key = orchestrator::GrantKey::Access(grant.id);
         plane.open(&LiveGrant::Access(grant.clone()));
         settle(&plane, key).await;
-        let gkey = gateway_key(key);
         let live = |n: usize| {
             let plane = plane.clone();
             move || {
                 plane
                     .gateway()
                     .unwrap()
-                    .grant(gkey)
+                    .grant(key)
                     .is_ok_and(|g| g.connections == n)
             }
         };

@@ -901,14 +901,6 @@ async fn desired_grants(
     Ok(out)
 }
 
-/// The control key of the orchestrator's.
-pub fn key_of(key: orchestrator::GrantKey) -> GrantKey {
-    match key {
-        orchestrator::GrantKey::Access(id) => GrantKey::Access(id),
-        orchestrator::GrantKey::Forward(id) => GrantKey::Forward(id),
-    }
-}
-
 /// What a gateway needs to open a grant's port.
 pub fn grant_spec(grant: &orchestrator::LiveGrant, router: &store::Router) -> GrantSpec {
     let address = crate::dataplane::target(grant, router);

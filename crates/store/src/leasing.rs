@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{AccessId, ForwardId, GrantStatus, JobId, OrgId, RegionId, RouterId};
+use domain::{GrantStatus, JobId, OrgId, RegionId, RouterId};
 use sqlx::postgres::PgListener;
 
 use crate::Store;
@@ -121,18 +121,13 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// A grant, by kind and id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GrantRef {
-    Access(AccessId),
-    Forward(ForwardId),
-}
+pub use domain::GrantKey;
 
 /// A life-cycle move of a grant made in the transaction that ends a job's attempt (so a
 /// grant becomes `active` as its creation job completes, in one write).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantMove {
-    pub grant: GrantRef,
+    pub grant: GrantKey,
     pub from: Vec<GrantStatus>,
     pub to: GrantStatus,
     /// The job's log line saying how it went, written in the same transaction.
@@ -303,7 +298,7 @@ macro_rules! lease {
 
 /// A grant to end, as [`Store::close_grant`] was asked.
 pub(crate) struct CloseRow {
-    grant: GrantRef,
+    grant: GrantKey,
     from: Vec<GrantStatus>,
     at: DateTime<Utc>,
     supersede: (String, String),
@@ -319,14 +314,14 @@ macro_rules! grant_closer {
         /// Closes a grant: its organisation and router.
         pub(crate) async fn $name(tx: &mut $conn, c: &CloseRow) -> Result<(OrgId, RouterId)> {
             let grant_id = match c.grant {
-                GrantRef::Access(g) => g.to_string(),
-                GrantRef::Forward(g) => g.to_string(),
+                GrantKey::Access(g) => g.to_string(),
+                GrantKey::Forward(g) => g.to_string(),
             };
             // One statement in the common case: the compare-and-set, with what the
             // rest needs. `closing` is not final: no port is released.
             let table = match c.grant {
-                GrantRef::Access(_) => "transient_access",
-                GrantRef::Forward(_) => "transient_forwards",
+                GrantKey::Access(_) => "transient_access",
+                GrantKey::Forward(_) => "transient_forwards",
             };
             let from: Vec<String> = c
                 .from
@@ -610,8 +605,8 @@ impl Store {
                     .iter()
                     .filter(|e| e.behind.is_some())
                     .filter_map(|e| match e.grant.as_ref()?.grant {
-                        GrantRef::Access(g) if access => Some(g.to_string()),
-                        GrantRef::Forward(g) if !access => Some(g.to_string()),
+                        GrantKey::Access(g) if access => Some(g.to_string()),
+                        GrantKey::Forward(g) if !access => Some(g.to_string()),
                         _ => None,
                     })
                     .collect();
@@ -639,15 +634,15 @@ impl Store {
                         // One statement in the common case (no `expires_at` needed).
                         let ending = crate::grants::ending(m.to, now, 0);
                         let (table, release) = match m.grant {
-                            GrantRef::Access(_) => ("transient_access", None),
-                            GrantRef::Forward(_) => (
+                            GrantKey::Access(_) => ("transient_access", None),
+                            GrantKey::Forward(_) => (
                                 "transient_forwards",
                                 Some("DELETE FROM router_ports WHERE grant_id = $1"),
                             ),
                         };
                         let grant_id = match m.grant {
-                            GrantRef::Access(g) => g.to_string(),
-                            GrantRef::Forward(g) => g.to_string(),
+                            GrantKey::Access(g) => g.to_string(),
+                            GrantKey::Forward(g) => g.to_string(),
                         };
                         let from: Vec<String> =
                             m.from.iter().map(|f| format!("'{}'", f.as_str())).collect();
@@ -697,7 +692,7 @@ impl Store {
                         }
                     }
                     Some(m) => Some(match m.grant {
-                        GrantRef::Access(g) => move_grant!(
+                        GrantKey::Access(g) => move_grant!(
                             tx,
                             pg,
                             "transient_access",
@@ -708,7 +703,7 @@ impl Store {
                             now,
                             None
                         ),
-                        GrantRef::Forward(g) => move_grant!(
+                        GrantKey::Forward(g) => move_grant!(
                             tx,
                             pg,
                             "transient_forwards",
@@ -872,7 +867,7 @@ impl Store {
     /// together, a savepoint each (see `grouped`).
     pub async fn close_grant(
         &self,
-        grant: GrantRef,
+        grant: GrantKey,
         from: &[GrantStatus],
         at: DateTime<Utc>,
         supersede: (&str, &str),
@@ -1111,7 +1106,7 @@ impl Store {
     pub async fn expiring(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<GrantRef>, Option<DateTime<Utc>>)> {
+    ) -> Result<(Vec<GrantKey>, Option<DateTime<Utc>>)> {
         db!(self, |p, pg| {
             // SQLite, without statistics, would rather take the index on `status`.
             let (access, forwards) = if pg {
@@ -1134,8 +1129,8 @@ impl Store {
             let mut due = Vec::with_capacity(rows.len());
             for row in &rows {
                 due.push(match row.text("kind")?.as_str() {
-                    "access" => GrantRef::Access(row.parse("id")?),
-                    _ => GrantRef::Forward(row.parse("id")?),
+                    "access" => GrantKey::Access(row.parse("id")?),
+                    _ => GrantKey::Forward(row.parse("id")?),
                 });
             }
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -179,7 +179,7 @@ pub use enrollment::{Enrollment, EnrollmentReport, EnrollmentState, EnrollmentUs
 pub use error::{Result, StoreError};
 pub use gateways::{Gateway, GatewayJoin, JoinedGateway, NewGateway};
 pub use leasing::{
-    AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantListener, GrantMove, GrantRef, Intro,
+    AttemptEnd, ClosingJob, GRANTS_CHANNEL, GrantKey, GrantListener, GrantMove, Intro,
     JOBS_CHANNEL, JobEnd, JobListener, JobOutcome, Lines, LogLine, MoveLine,
 };
 pub use records::*;

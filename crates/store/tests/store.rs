@@ -1249,7 +1249,7 @@ async fn revoke(s: &Store, id: AccessId, org: OrgId, i: u16) -> Result<(OrgId, R
     let mut entry = audit(org, "access.revoke", t(5));
     entry.details = json!({ "close": i });
     s.close_grant(
-        GrantRef::Access(id),
+        GrantKey::Access(id),
         &[
             GrantStatus::Requested,
             GrantStatus::Provisioning,
@@ -2383,7 +2383,7 @@ async fn batches(ctx: &Ctx) {
             now,
             JobOutcome::Completed,
             Some(&GrantMove {
-                grant: GrantRef::Access(grant.id),
+                grant: GrantKey::Access(grant.id),
                 from: vec![GrantStatus::Provisioning],
                 to: GrantStatus::Active,
                 line: Some(move_line),
@@ -2495,7 +2495,7 @@ async fn batches(ctx: &Ctx) {
         .unwrap();
     let (org, router) = s
         .close_grant(
-            GrantRef::Access(other.id),
+            GrantKey::Access(other.id),
             &[GrantStatus::Requested, GrantStatus::Active],
             now,
             (".create", "superseded"),
@@ -2519,7 +2519,7 @@ async fn batches(ctx: &Ctx) {
     );
     assert!(matches!(
         s.close_grant(
-            GrantRef::Access(other.id),
+            GrantKey::Access(other.id),
             &[GrantStatus::Requested, GrantStatus::Active],
             now,
             (".create", "superseded"),
@@ -2625,7 +2625,7 @@ async fn run_behind(ctx: &Ctx) {
     // The second creation is revoked while it runs.
     let superseded = &creates[1];
     s.close_grant(
-        GrantRef::Access(superseded.0.id),
+        GrantKey::Access(superseded.0.id),
         &[GrantStatus::Requested],
         now,
         (".create", "superseded"),
@@ -2639,7 +2639,7 @@ async fn run_behind(ctx: &Ctx) {
     .await
     .unwrap();
     let activate = |g: AccessId| GrantMove {
-        grant: GrantRef::Access(g),
+        grant: GrantKey::Access(g),
         from: vec![GrantStatus::Provisioning],
         to: GrantStatus::Active,
         line: None,
@@ -2779,13 +2779,13 @@ async fn expiring(ctx: &Ctx) {
     assert!(due.is_empty());
     assert_eq!(next, Some(t(10)));
     let (due, next) = s.expiring(t(20)).await.unwrap();
-    let due: HashSet<GrantRef> = due.into_iter().collect();
+    let due: HashSet<GrantKey> = due.into_iter().collect();
     assert_eq!(
         due,
         HashSet::from([
-            GrantRef::Access(access[0].id),
-            GrantRef::Access(access[1].id),
-            GrantRef::Forward(forward.id),
+            GrantKey::Access(access[0].id),
+            GrantKey::Access(access[1].id),
+            GrantKey::Forward(forward.id),
         ])
     );
     assert_eq!(next, Some(t(40)), "the closing one (30) is not waited for");
