@@ -17,6 +17,7 @@
 //! `POSTERN_STORM_SECONDS=600 POSTERN_STORM_SEED=42 cargo test --release --test fault_storm -- --nocapture`.
 //! It prints the faults injected, the checks made and every violation with the seed that
 //! reproduces the storm's schedule (the interleaving with the server's timing still varies).
+//! `POSTERN_STORM_LOGS=DIR` keeps the servers' logs (info and up) there.
 
 #![allow(
     clippy::unwrap_used,
@@ -98,6 +99,9 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, url: Option<&str>) -> Server {
+        // POSTERN_STORM_LOGS=DIR keeps every server process's log lines (info and up) in
+        // DIR/server-<pid>.log.
+        let keep = std::env::var_os("POSTERN_STORM_LOGS").map(PathBuf::from);
         let mut cmd = Command::new(BIN);
         cmd.args([
             "server",
@@ -122,12 +126,13 @@ impl Server {
             // are for.
             .env("POSTERN_GRANT_RATE_PER_TOKEN", "0")
             .env("POSTERN_GRANT_RATE_PER_ADDRESS", "0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if keep.is_some() { "info" } else { "warn" })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let addr = listening::server_address(child.stderr.take().unwrap());
+        let keep = keep.map(|dir| dir.join(format!("server-{}.log", child.id())));
+        let addr = listening::server_address_kept(child.stderr.take().unwrap(), keep);
         Server {
             child,
             addr,

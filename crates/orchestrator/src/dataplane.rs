@@ -111,8 +111,15 @@ impl LiveGrant {
 
 /// What the orchestrator asks of the data plane.
 pub trait DataPlane: Send + Sync + 'static {
-    /// The grant is active on its router: open (or keep) its gateway port.
+    /// The grant became active on its router: open its gateway port.
     fn open(&self, grant: &LiveGrant);
+    /// The grant was already active and still is after a job on its router (an update, a
+    /// repair): keep its port. A port this process's gateways hold stays as it is (with
+    /// several servers on one database, another server's gateway may hold it); by
+    /// default, [`open`](Self::open) again, which a gateway holding it takes as a no-op.
+    fn keep(&self, grant: &LiveGrant) {
+        self.open(grant);
+    }
     /// The grant's end moved.
     fn set_deadline(&self, key: GrantKey, expires_at: DateTime<Utc>);
     /// The grant ends: close its port and kill its live connections now. Called before

@@ -272,10 +272,16 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Job>) -> Vec<Job> {
             next,
         }) => {
             for (live, moved) in lives.into_iter().zip(grants) {
-                let moved = moved.map(|g| g.is_ok()).unwrap_or(true);
-                if let (Some(mut live), true) = (live, moved) {
-                    live.set_status(GrantStatus::Active);
-                    inner.dataplane.open(&live);
+                let Some(mut live) = live else { continue };
+                match moved {
+                    // Already active (an update): its port stays where it is.
+                    None => inner.dataplane.keep(&live),
+                    Some(Ok(_)) => {
+                        live.set_status(GrantStatus::Active);
+                        inner.dataplane.open(&live);
+                    }
+                    // Ended meanwhile: its end closed the port.
+                    Some(Err(_)) => {}
                 }
             }
             next

@@ -237,6 +237,11 @@ impl Link {
         lock(&self.open).contains(&key) || lock(&self.failed).contains_key(&key)
     }
 
+    /// Forgets that a grant's open failed here (its port is held elsewhere).
+    pub(crate) fn forget_failure(&self, key: GrantKey) {
+        lock(&self.failed).remove(&key);
+    }
+
     /// Opens a grant's port and waits for the gateway's answer.
     pub async fn open(&self, spec: GrantSpec) -> Result<SocketAddr, String> {
         let key = spec.key;
