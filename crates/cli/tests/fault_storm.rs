@@ -5,7 +5,10 @@
 //!
 //! Invariants, checked all along and after convergence (at most 60 s after the last fault):
 //! - no entry port accepts a connection for a grant that has ended (probed every second,
-//!   from one second after the end until shortly before the port may be reused);
+//!   from one second after the end until shortly before the port may be reused; a port
+//!   that accepts is checked against the server, and one a live grant holds, a grant the
+//!   load never heard of or one extended by a PATCH whose answer was lost, is counted
+//!   apart, not as a violation);
 //! - no temporary user or NAT rule on any router without a live grant, and no live grant
 //!   without its user or rule;
 //! - no grant stuck outside a final state (`active` ones are still before their end);
@@ -527,10 +530,14 @@ async fn storm(url: Option<&str>, servers: usize) {
     // The probe: every second, every entry port of a grant that ended (one second ago or
     // more, and not so long ago that the port may be someone else's) must refuse.
     let probe = {
-        let (tally, known, storming) = (
+        let (tally, known, storming, server_addrs, routers, http, token) = (
             Arc::clone(&tally),
             Arc::clone(&known),
             Arc::clone(&storming),
+            Arc::clone(&server_addrs),
+            Arc::clone(&routers),
+            http.clone(),
+            token.clone(),
         );
         tokio::spawn(async move {
             let mut last_round = false;
@@ -570,6 +577,29 @@ async fn storm(url: Option<&str>, servers: usize) {
                     .await;
                     if let Ok(Ok(_)) = attempt {
                         let late = Utc::now() - g.ended_at();
+                        // The port may rightly be another grant's now: one whose create
+                        // was answered to no one (its server killed mid-request), its
+                        // port drawn by a server restarted since this one ended. Or the
+                        // load's view is stale (an extension whose answer was lost).
+                        let addrs = server_addrs.lock().unwrap().clone();
+                        let ids: Vec<String> = routers.iter().map(|r| r.id.clone()).collect();
+                        match live_holder(&http, &addrs, &token, &ids, g.port).await {
+                            Some((holder, _)) if holder != id => {
+                                tally.request(
+                                    "probe: port reused by a grant the load never heard of",
+                                    "",
+                                );
+                                continue;
+                            }
+                            Some((_, expires_at)) if expires_at > Utc::now() => {
+                                tally.request(
+                                    "probe: grant extended by a PATCH whose answer was lost",
+                                    "",
+                                );
+                                continue;
+                            }
+                            _ => {}
+                        }
                         tally.violation(format!(
                             "entry port {} of {} {id} accepted a connection {} ms after the grant ended",
                             g.port,
@@ -744,6 +774,44 @@ async fn storm(url: Option<&str>, servers: usize) {
             r.handle.shutdown().await;
         }
     }
+}
+
+/// The live grant (id and end) that holds entry port `port` now, as a server says.
+async fn live_holder(
+    http: &reqwest::Client,
+    addrs: &[String],
+    token: &str,
+    routers: &[String],
+    port: u16,
+) -> Option<(String, DateTime<Utc>)> {
+    for addr in addrs {
+        let mut answered = true;
+        for router in routers {
+            for list in ["transient-access", "transient-forwarding"] {
+                let path = format!("/api/routers/{router}/{list}?limit=500");
+                let Some((200, v)) =
+                    call(http, addr, token, reqwest::Method::GET, &path, None).await
+                else {
+                    answered = false;
+                    continue;
+                };
+                for g in v.as_array().into_iter().flatten() {
+                    if g["port"].as_u64() == Some(u64::from(port))
+                        && let (Some(id), Some(at)) = (
+                            g["id"].as_str(),
+                            g["expires_at"].as_str().and_then(|s| s.parse().ok()),
+                        )
+                    {
+                        return Some((id.to_owned(), at));
+                    }
+                }
+            }
+        }
+        if answered {
+            return None;
+        }
+    }
+    None
 }
 
 /// Makes a grant and remembers it (with its port) when the server made it.
