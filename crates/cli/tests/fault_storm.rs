@@ -8,7 +8,7 @@
 //!   from one second after the end until shortly before the port may be reused; a port
 //!   that accepts is checked against the server, and one a live grant holds, a grant the
 //!   load never heard of or one extended by a PATCH whose answer was lost, is counted
-//!   apart, not as a violation);
+//!   apart, not as a violation, as is a probe the kernel connected to itself);
 //! - no temporary user or NAT rule on any router without a live grant, and no live grant
 //!   without its user or rule;
 //! - no grant stuck outside a final state (`active` ones are still before their end);
@@ -575,7 +575,15 @@ async fn storm(url: Option<&str>, servers: usize) {
                         tokio::net::TcpStream::connect(to),
                     )
                     .await;
-                    if let Ok(Ok(_)) = attempt {
+                    if let Ok(Ok(stream)) = attempt {
+                        // A connection to a closed port of the kernel's ephemeral range
+                        // (32768–60999; entry ports are drawn from 49152–65535) can be
+                        // given that very port as its source, and connects to itself
+                        // (TCP simultaneous open): nothing listens, nothing is admitted.
+                        if stream.local_addr().ok() == stream.peer_addr().ok() {
+                            tally.request("probe: connected to itself (no listener)", "");
+                            continue;
+                        }
                         let late = Utc::now() - g.ended_at();
                         // The port may rightly be another grant's now: one whose create
                         // was answered to no one (its server killed mid-request), its

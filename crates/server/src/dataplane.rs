@@ -91,12 +91,15 @@ enum Note {
     Ended(Instant),
     Deadline(Instant, DateTime<Utc>),
     Failed(Instant),
+    /// Its port is bound on this host by another process: with several servers on one
+    /// database, another server's in-process gateway, which opened it.
+    Elsewhere(Instant),
 }
 
 impl Note {
     fn at(&self) -> Instant {
         match self {
-            Note::Ended(at) | Note::Deadline(at, _) | Note::Failed(at) => *at,
+            Note::Ended(at) | Note::Deadline(at, _) | Note::Failed(at) | Note::Elsewhere(at) => *at,
         }
     }
 }
@@ -407,7 +410,7 @@ impl GatewayPlane {
             match notes.get(&key) {
                 Some(Note::Ended(_)) => return,
                 // A new attempt: an earlier failure no longer settles it.
-                Some(Note::Failed(_)) => {
+                Some(Note::Failed(_) | Note::Elsewhere(_)) => {
                     notes.remove(&key);
                 }
                 _ => {}
@@ -454,6 +457,7 @@ impl GatewayPlane {
                 if held_here {
                     // Another server's in-process gateway on this host opened it.
                     link.forget_failure(key);
+                    self.note(key, Note::Elsewhere(Instant::now()));
                     tracing::info!(grant = %key, "entry port held by another process on this host (another server's gateway): left there");
                     return;
                 }
@@ -502,7 +506,7 @@ impl GatewayPlane {
             if let Some(grant) = grant
                 && grant.status() == GrantStatus::Active
             {
-                plane.open_now(grant, Opening::First).await;
+                plane.open_now(grant, Opening::Keep).await;
             }
         });
     }
@@ -542,14 +546,15 @@ impl GatewayPlane {
         }
     }
 
-    /// Whether a grant's port is settled: listening, or known not to be coming (ended,
-    /// or its open failed). `?wait=true` waits for this as well as for `active`.
+    /// Whether a grant's port is settled: listening (here, or at another server's gateway
+    /// on this host), or known not to be coming (ended, or its open failed).
+    /// `?wait=true` waits for this as well as for `active`.
     pub fn settled(&self, key: orchestrator::GrantKey) -> bool {
         let at_gateway = self.links.all().iter().any(|link| link.settled(key));
         at_gateway
             || matches!(
                 lock(&self.shared.notes).get(&key),
-                Some(Note::Ended(_) | Note::Failed(_))
+                Some(Note::Ended(_) | Note::Failed(_) | Note::Elsewhere(_))
             )
     }
 
@@ -633,8 +638,9 @@ impl GatewayPlane {
 enum Opening {
     /// The grant has just become active.
     First,
-    /// It was active already (an update on its router): if a port on this host is
-    /// already bound, another server's gateway holds it, which is not a failure.
+    /// It was active already (an update on its router, or another server's orchestrator
+    /// made it active): if its port on this host is already bound, another server's
+    /// gateway holds it, which is not a failure.
     Keep,
 }
 
@@ -1064,10 +1070,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(
-            !plane.settled(key),
-            "a kept grant held elsewhere is not failed"
-        );
+        // Settled (a `?wait=true` returns), as open elsewhere, not failed.
+        assert!(plane.settled(key));
+        assert!(matches!(
+            lock(&plane.shared.notes).get(&key),
+            Some(Note::Elsewhere(_))
+        ));
+        assert!(!plane.links.all().iter().any(|l| l.settled(key)));
         assert!(plane.gateway().unwrap().grant(key).is_err());
 
         let waiting = answered(&plane);
@@ -1077,10 +1086,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(
-            plane.settled(key),
-            "a first open whose port is taken has failed"
-        );
+        assert!(matches!(
+            lock(&plane.shared.notes).get(&key),
+            Some(Note::Failed(_))
+        ));
         assert!(plane.gateway().unwrap().grant(key).is_err());
 
         // Once free, opened here; keeping it then changes nothing.
