@@ -522,6 +522,21 @@ fn a_remote_gateway_serves_its_region_and_keeps_its_deadlines_when_cut_off() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+    // The control certificate's end: a year from the join (renewed at a third left).
+    let expires: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("postern_gateway_certificate_expires_seconds "))
+        .unwrap_or_else(|| panic!("no certificate expiry in {metrics}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expires > now + 364.0 * 86_400.0 && expires < now + 366.0 * 86_400.0,
+        "{expires}"
+    );
 
     // Removed by an administrator: the servers stop driving it, and once more is refused.
     let gateway_id = identity

@@ -117,6 +117,13 @@ pub enum Down {
     Synced,
     /// Every event up to and including `seq` is recorded: the gateway may forget them.
     Ack { seq: u64 },
+    /// The gateway's certificate nears its end: answered with `CertificateRequest`, a
+    /// request made with the key the gateway already holds (or `Refused`).
+    RenewCertificate,
+    /// The renewed certificate (PEM): the gateway takes it only if it chains to its CA,
+    /// names it and carries its key, keeps it, and serves new connections with it;
+    /// answered with `CertificateRenewed` (or `Refused`: it keeps the one it has).
+    Certificate { certificate_pem: String },
 }
 
 /// A grant as a gateway holds it, in its `State`.
@@ -296,6 +303,15 @@ pub enum Up {
     Refused {
         error: String,
     },
+    /// The answer to `RenewCertificate`: a certificate request (PEM, PKCS#10) made with
+    /// the key the gateway's current certificate carries.
+    CertificateRequest {
+        csr_pem: String,
+    },
+    /// The answer to `Certificate`: it is kept, and new connections get it.
+    CertificateRenewed {
+        not_after: DateTime<Utc>,
+    },
 }
 
 /// What a dial stream asks for: the first frame of a dial stream, answered by
@@ -410,5 +426,31 @@ mod tests {
         };
         let text = serde_json::to_string(&up).unwrap();
         assert_eq!(serde_json::from_str::<Up>(&text).unwrap(), up);
+    }
+
+    #[test]
+    fn renewal_frames_are_new_variants_beside_the_old_ones() {
+        // An old frame reads as before.
+        let old: Down = serde_json::from_str(r#"{"type":"ack","seq":7}"#).unwrap();
+        assert_eq!(old, Down::Ack { seq: 7 });
+        let ask = serde_json::to_string(&Down::RenewCertificate).unwrap();
+        assert_eq!(ask, r#"{"type":"renew_certificate"}"#);
+        let cert = Down::Certificate {
+            certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+        };
+        let text = serde_json::to_string(&cert).unwrap();
+        assert!(text.contains(r#""type":"certificate""#), "{text}");
+        assert_eq!(serde_json::from_str::<Down>(&text).unwrap(), cert);
+        for up in [
+            Up::CertificateRequest {
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            },
+            Up::CertificateRenewed {
+                not_after: DateTime::from_timestamp(1_900_000_000, 0).unwrap(),
+            },
+        ] {
+            let text = serde_json::to_string(&up).unwrap();
+            assert_eq!(serde_json::from_str::<Up>(&text).unwrap(), up);
+        }
     }
 }

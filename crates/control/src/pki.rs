@@ -16,25 +16,39 @@
 //!
 //! Lifetimes (every certificate is back-dated by [`CLOCK_SKEW`] for clocks that differ):
 //! the CA [`CA_LIFETIME`] (made once, at the control plane's first start); a gateway's
-//! certificate [`GATEWAY_LIFETIME`] (renewal over the control channel is left for later:
-//! until then a gateway re-joins with a new token); a server's certificate
-//! [`SERVER_LIFETIME`], issued afresh at each start (issuing is one signature: a server
-//! that runs longer should issue a new one before it connects, e.g. daily).
+//! certificate [`GATEWAY_LIFETIME`], renewed over the control channel when it nears its
+//! end; a server's certificate [`SERVER_LIFETIME`], issued afresh for each connection
+//! to a gateway (one signature).
+//!
+//! Renewal (a gateway's certificate): a server sees the gateway's certificate in the TLS
+//! handshake ([`CertificateInfo`]); once it is due ([`CertificateInfo::renew_at`]: a
+//! third of its lifetime left, or a threshold of one's own) the server asks the gateway
+//! for a request, which the gateway makes from the key it already holds
+//! ([`GatewayCertificate::request`]: the key never leaves it, and is never replaced).
+//! The CA signs it only if its key is the one the presented certificate carries
+//! ([`Ca::renew_gateway`]), so whoever holds a gateway's name cannot swap its key. The
+//! gateway takes the certificate only if it chains to its CA, names it and carries its
+//! key ([`GatewayCertificate::check`]), then serves every new TLS connection with it
+//! ([`GatewayCertificate`] is the rustls certificate resolver of
+//! [`gateway_tls_renewable`]); live connections keep theirs.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use domain::GatewayId;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    NameConstraints, SerialNumber,
+    NameConstraints, PublicKeyData as _, SerialNumber,
 };
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -77,6 +91,10 @@ pub enum PkiError {
     Tls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("the request's key is not the one the gateway's certificate carries")]
+    OtherKey,
+    #[error("the certificate is not this gateway's from its ca: {0}")]
+    Untrusted(rustls::Error),
 }
 
 /// A private key, PEM (PKCS#8): a secret. Its `Debug` shows nothing of it; the caller
@@ -198,11 +216,47 @@ impl Ca {
     /// [`gateway_name`]`(gateway)` whatever the request asked for. Returns the
     /// certificate, PEM.
     pub fn sign_gateway(&self, csr_pem: &str, gateway: GatewayId) -> Result<String, PkiError> {
+        self.sign_gateway_for(csr_pem, gateway, GATEWAY_LIFETIME)
+    }
+
+    /// [`Ca::sign_gateway`] for another lifetime (a lab's, a test's: a certificate near
+    /// its end).
+    pub fn sign_gateway_for(
+        &self,
+        csr_pem: &str,
+        gateway: GatewayId,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
         let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        self.sign_request(request, gateway, lifetime)
+    }
+
+    /// A gateway's renewal: signs its request as [`Ca::sign_gateway`] does, but only if
+    /// the request's key is the one `current` (the certificate the gateway presented in
+    /// its TLS handshake) carries: [`PkiError::OtherKey`] otherwise.
+    pub fn renew_gateway(
+        &self,
+        csr_pem: &str,
+        gateway: GatewayId,
+        current: &CertificateInfo,
+    ) -> Result<String, PkiError> {
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        if request.public_key.der_bytes() != current.public_key.as_slice() {
+            return Err(PkiError::OtherKey);
+        }
+        self.sign_request(request, gateway, GATEWAY_LIFETIME)
+    }
+
+    fn sign_request(
+        &self,
+        request: CertificateSigningRequestParams,
+        gateway: GatewayId,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
         let params = leaf(
             &gateway_name(gateway),
             ExtendedKeyUsagePurpose::ServerAuth,
-            GATEWAY_LIFETIME,
+            lifetime,
         )?;
         let cert = CertificateSigningRequestParams {
             params,
@@ -247,6 +301,27 @@ pub fn gateway_tls(
     key: &KeyPem,
     ca_pem: &str,
 ) -> Result<rustls::ServerConfig, PkiError> {
+    let mut config =
+        gateway_tls_builder(ca_pem)?.with_single_cert(chain(cert_pem)?, private_key(key)?)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// [`gateway_tls`] with a certificate that a renewal may replace: every new connection
+/// gets the one `certificate` holds then.
+pub fn gateway_tls_renewable(
+    certificate: Arc<GatewayCertificate>,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let ca_pem = certificate.ca_pem.clone();
+    let mut config = gateway_tls_builder(&ca_pem)?.with_cert_resolver(certificate);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+fn gateway_tls_builder(
+    ca_pem: &str,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, PkiError>
+{
     let provider = provider();
     let inner =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
@@ -258,12 +333,204 @@ pub fn gateway_tls(
                 .map_err(|e| PkiError::Parse(e.to_string()))?,
         ),
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain(cert_pem)?, private_key(key)?)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(config)
+        .with_client_cert_verifier(Arc::new(verifier)))
+}
+
+/// What a renewal needs to know of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    /// Its subject's public key (the bits of the SubjectPublicKeyInfo).
+    pub public_key: Vec<u8>,
+}
+
+impl CertificateInfo {
+    /// From a certificate, DER.
+    pub fn from_der(der: &[u8]) -> Result<CertificateInfo, PkiError> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            DateTime::from_timestamp(t.timestamp(), 0)
+                .ok_or_else(|| PkiError::Parse("a validity date out of range".into()))
+        };
+        Ok(CertificateInfo {
+            not_before: time(cert.validity().not_before)?,
+            not_after: time(cert.validity().not_after)?,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+        })
+    }
+
+    /// From the first certificate of a PEM chain.
+    pub fn from_pem(pem: &str) -> Result<CertificateInfo, PkiError> {
+        let certs = chain(pem)?;
+        let first = certs.first().ok_or(PkiError::NoCertificate)?;
+        CertificateInfo::from_der(first)
+    }
+
+    /// When it is due for renewal: `renew_before` ahead of its end, or, with `None`, when
+    /// a third of its lifetime is left.
+    pub fn renew_at(&self, renew_before: Option<Duration>) -> DateTime<Utc> {
+        let ahead = match renew_before {
+            Some(d) => chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            None => (self.not_after - self.not_before) / 3,
+        };
+        self.not_after
+            .checked_sub_signed(ahead)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// The certificate a gateway serves now, and its facts.
+struct Current {
+    certified: Arc<CertifiedKey>,
+    pem: String,
+    info: CertificateInfo,
+}
+
+/// A gateway's control-channel identity, renewable in place: its key (kept, never
+/// shown), the CA it trusts, and the certificate it serves now. As rustls' certificate
+/// resolver (see [`gateway_tls_renewable`]) it hands every new TLS connection the
+/// current certificate; [`GatewayCertificate::install`] replaces it.
+pub struct GatewayCertificate {
+    gateway: GatewayId,
+    key: KeyPair,
+    signing: Arc<dyn rustls::sign::SigningKey>,
+    ca_pem: String,
+    verifier: Arc<WebPkiServerVerifier>,
+    current: RwLock<Arc<Current>>,
+}
+
+impl fmt::Debug for GatewayCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayCertificate")
+            .field("gateway", &self.gateway)
+            .field("not_after", &self.info().not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayCertificate {
+    /// Gateway `gateway`'s certificate (`cert_pem`, its chain if any), its key and the CA
+    /// it trusts ([`PkiError::KeyMismatch`] if the key is not the certificate's). The
+    /// certificate is taken as it is (a gateway starts with what it has); renewals are
+    /// checked.
+    pub fn new(
+        gateway: GatewayId,
+        cert_pem: &str,
+        key: &KeyPem,
+        ca_pem: &str,
+    ) -> Result<GatewayCertificate, PkiError> {
+        let provider = provider();
+        let signing = provider.key_provider.load_private_key(private_key(key)?)?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
+                .build()
+                .map_err(|e| PkiError::Parse(e.to_string()))?;
+        let key_pair = KeyPair::from_pem(key.expose())?;
+        let current = current_of(cert_pem, &key_pair, &signing)?;
+        Ok(GatewayCertificate {
+            gateway,
+            key: key_pair,
+            signing,
+            ca_pem: ca_pem.to_owned(),
+            verifier,
+            current: RwLock::new(Arc::new(current)),
+        })
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whose certificate this is.
+    pub fn gateway(&self) -> GatewayId {
+        self.gateway
+    }
+
+    /// The certificate served now, PEM.
+    pub fn pem(&self) -> String {
+        self.current().pem.clone()
+    }
+
+    /// The facts of the certificate served now.
+    pub fn info(&self) -> CertificateInfo {
+        self.current().info.clone()
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A certificate request (PEM, PKCS#10) made with the key the gateway holds: what a
+    /// server signs with [`Ca::renew_gateway`].
+    pub fn request(&self) -> Result<String, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name("Postern gateway");
+        Ok(params.serialize_request(&self.key)?.pem()?)
+    }
+
+    /// Whether `cert_pem` may replace the certificate served now: it chains to the CA, is
+    /// valid now, is for server authentication, names this gateway and carries its key.
+    pub fn check(&self, cert_pem: &str) -> Result<CertificateInfo, PkiError> {
+        let certs = chain(cert_pem)?;
+        let (first, rest) = certs.split_first().ok_or(PkiError::NoCertificate)?;
+        self.verifier
+            .verify_server_cert(
+                first,
+                rest,
+                &gateway_server_name(self.gateway),
+                &[],
+                UnixTime::now(),
+            )
+            .map_err(PkiError::Untrusted)?;
+        let info = CertificateInfo::from_der(first)?;
+        if info.public_key.as_slice() != self.key.public_key_raw() {
+            return Err(PkiError::KeyMismatch);
+        }
+        Ok(info)
+    }
+
+    /// Checks `cert_pem` ([`GatewayCertificate::check`]) and serves it to every new
+    /// connection from now on; live connections keep the one they have.
+    pub fn install(&self, cert_pem: &str) -> Result<CertificateInfo, PkiError> {
+        self.check(cert_pem)?;
+        let current = Arc::new(current_of(cert_pem, &self.key, &self.signing)?);
+        let info = current.info.clone();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = current;
+        Ok(info)
+    }
+}
+
+/// A certificate served with `key` (its signing half `signing`): the key must be its.
+fn current_of(
+    cert_pem: &str,
+    key: &KeyPair,
+    signing: &Arc<dyn rustls::sign::SigningKey>,
+) -> Result<Current, PkiError> {
+    let certs = chain(cert_pem)?;
+    let first = certs.first().ok_or(PkiError::NoCertificate)?;
+    let info = CertificateInfo::from_der(first)?;
+    if info.public_key.as_slice() != key.public_key_raw() {
+        return Err(PkiError::KeyMismatch);
+    }
+    Ok(Current {
+        certified: Arc::new(CertifiedKey::new(certs, signing.clone())),
+        pem: cert_pem.to_owned(),
+        info,
+    })
+}
+
+impl ResolvesServerCert for GatewayCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().certified.clone())
+    }
 }
 
 /// A server's TLS client: its client certificate, its key, and the CA its gateways'
@@ -448,5 +715,76 @@ mod tests {
         let tampered = csr.replacen(line, &format!("{flipped}{}", &line[1..]), 1);
         assert_ne!(tampered, csr);
         assert!(ca.sign_gateway(&tampered, GatewayId::new()).is_err());
+    }
+
+    /// A gateway of `ca` whose certificate is near its end (one minute left).
+    fn near_its_end(ca: &Ca) -> (GatewayId, KeyPem, String, GatewayCertificate) {
+        let id = GatewayId::new();
+        let (key, csr) = gateway_request().unwrap();
+        let pem = ca
+            .sign_gateway_for(&csr, id, Duration::from_secs(60))
+            .unwrap();
+        let cert = GatewayCertificate::new(id, &pem, &key, ca.cert_pem()).unwrap();
+        (id, key, pem, cert)
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_key_and_moves_the_end() {
+        let ca = Ca::generate().unwrap();
+        let (id, _, pem, cert) = near_its_end(&ca);
+        let old = cert.info();
+        assert_eq!(old, CertificateInfo::from_pem(&pem).unwrap());
+        // A third of its lifetime (5 min back-dated + 1 min) is 2 min: due now.
+        assert!(old.renew_at(None) < Utc::now());
+        assert!(old.renew_at(Some(Duration::from_secs(10))) > Utc::now());
+        let renewed = ca
+            .renew_gateway(&cert.request().unwrap(), id, &old)
+            .unwrap();
+        let info = cert.install(&renewed).unwrap();
+        assert_eq!(cert.pem(), renewed);
+        assert_eq!(info.public_key, old.public_key);
+        assert!(info.not_after - old.not_after > chrono::Duration::days(364));
+        assert!(info.renew_at(None) > Utc::now() + chrono::Duration::days(200));
+    }
+
+    #[test]
+    fn a_request_with_another_key_is_not_renewed() {
+        let ca = Ca::generate().unwrap();
+        let (id, _, _, cert) = near_its_end(&ca);
+        let (_, other) = gateway_request().unwrap();
+        assert!(matches!(
+            ca.renew_gateway(&other, id, &cert.info()),
+            Err(PkiError::OtherKey)
+        ));
+    }
+
+    #[test]
+    fn a_gateway_takes_only_its_own_certificate_from_its_ca() {
+        let ca = Ca::generate().unwrap();
+        let (id, key, pem, cert) = near_its_end(&ca);
+        let request = cert.request().unwrap();
+        let other_ca = Ca::generate().unwrap();
+        let (_, other_key) = gateway_request().unwrap();
+        let refused = [
+            ("another ca", other_ca.sign_gateway(&request, id).unwrap()),
+            (
+                "another gateway",
+                ca.sign_gateway(&request, GatewayId::new()).unwrap(),
+            ),
+            ("another key", ca.sign_gateway(&other_key, id).unwrap()),
+            ("a server's", ca.issue_server("s").unwrap().0),
+            ("not a certificate", "nonsense".to_owned()),
+        ];
+        for (what, forged) in refused {
+            assert!(cert.install(&forged).is_err(), "{what} was taken");
+            assert_eq!(cert.pem(), pem, "{what} replaced the certificate");
+        }
+        // The key given at the start must be the certificate's.
+        let (stranger, _) = gateway_request().unwrap();
+        assert!(matches!(
+            GatewayCertificate::new(id, &pem, &stranger, ca.cert_pem()),
+            Err(PkiError::KeyMismatch)
+        ));
+        assert!(!format!("{cert:?}").contains(key.expose()));
     }
 }

@@ -45,6 +45,8 @@
 //!   - `node/wire`: conversions between the gateway's types and the messages.
 //!   - `node/dial`: streams through a region's tunnel (`RegionDial`, `TunnelConn`) and
 //!     what a dial returns (`DialStream`).
+//!   - `node/renew`: the gateway's side of a certificate renewal ([`node::Renewal`]):
+//!     a request from the key held here, the certificate checked, written, served.
 
 #![cfg_attr(
     test,

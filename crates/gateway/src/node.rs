@@ -17,6 +17,7 @@
 
 pub mod dial;
 pub mod ledger;
+pub mod renew;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use crate::event::{Event, Events, Refusal};
 use crate::{Config, Error, ForwardSpec, Gateway, PortRange};
 pub use dial::{BoxDialStream, DialStream, RegionDial, TunnelConn};
 use ledger::{Ledger, Peer, Served, SessionId, Step};
+pub use renew::Renewal;
 
 /// A router's tunnel is up while its last authenticated datagram is this recent: about
 /// three of its 25 s keepalives.
@@ -90,6 +92,9 @@ pub struct NodeConfig {
     /// Room for droppable events (refusals, openings but a grant's first) held for want
     /// of an acknowledgement; beyond, they are dropped and counted.
     pub event_capacity: usize,
+    /// The control channel's certificate, renewed when a server asks (`None`: the node
+    /// inside `postern server`, reached without TLS, refuses renewals).
+    pub renewal: Option<Renewal>,
     /// This start's run id (`State.boot`); a fresh one when `None`. The node inside
     /// `postern server` takes the server's gateway run, which owns its connections.
     pub boot: Option<GatewayRunId>,
@@ -106,6 +111,7 @@ impl NodeConfig {
             status_every: Duration::from_secs(2),
             event_capacity: 4096,
             boot: None,
+            renewal: None,
         }
     }
 }
@@ -188,6 +194,7 @@ struct Inner {
     apply: tokio::sync::Mutex<()>,
     status_every: Duration,
     connect_timeout: Duration,
+    renewal: Option<Renewal>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -301,6 +308,7 @@ impl Node {
                 apply: tokio::sync::Mutex::new(()),
                 status_every: config.status_every.max(Duration::from_millis(10)),
                 connect_timeout,
+                renewal: config.renewal,
                 stop,
                 tasks: Mutex::new(tasks),
             }),
@@ -600,6 +608,10 @@ impl Inner {
                 }
                 tracing::info!(%router, "tunnel peer removed");
                 None
+            }
+            Step::RenewCertificate => Some(renew::request(self.renewal.as_ref())),
+            Step::InstallCertificate { certificate_pem } => {
+                Some(renew::install(self.renewal.as_ref(), certificate_pem).await)
             }
         }
     }

@@ -305,6 +305,10 @@ pub struct ServerConfig {
     /// is gone once unseen for four of these: every server of one database should use
     /// the same value.
     pub gateway_heartbeat: Duration,
+    /// How long before its end a remote gateway's control-channel certificate is renewed
+    /// (over the control channel, by whichever server is linked then). `None`: when a
+    /// third of its lifetime is left (four months of a year).
+    pub gateway_renew_before: Option<Duration>,
     /// Where routers reach this server to enrol (`https://host[:port]`; `http://` only
     /// in lab mode): the pasted line fetches its script there. Behind a reverse proxy,
     /// the proxy's address. `None`: `https://` + `listen` when the server terminates
@@ -356,6 +360,7 @@ impl Default for ServerConfig {
             router_idle: Duration::from_secs(60),
             port_cooldown: Duration::from_secs(60),
             gateway_heartbeat: Duration::from_secs(5),
+            gateway_renew_before: None,
             public_url: None,
             tls_cert: None,
             tls_key: None,
@@ -400,6 +405,7 @@ struct FileConfig {
     router_idle: Option<String>,
     port_cooldown: Option<String>,
     gateway_heartbeat: Option<String>,
+    gateway_renew_before: Option<String>,
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -534,6 +540,9 @@ impl ServerConfig {
         if let Some(s) = f.gateway_heartbeat {
             self.gateway_heartbeat = parse_duration("gateway_heartbeat", &s)?;
         }
+        if let Some(s) = f.gateway_renew_before {
+            self.gateway_renew_before = Some(parse_duration("gateway_renew_before", &s)?);
+        }
         if f.public_url.is_some() {
             self.public_url = f.public_url;
         }
@@ -593,6 +602,9 @@ impl ServerConfig {
             "ROUTER_IDLE" => self.router_idle = parse_duration(&key, value)?,
             "PORT_COOLDOWN" => self.port_cooldown = parse_duration(&key, value)?,
             "GATEWAY_HEARTBEAT" => self.gateway_heartbeat = parse_duration(&key, value)?,
+            "GATEWAY_RENEW_BEFORE" => {
+                self.gateway_renew_before = Some(parse_duration(&key, value)?);
+            }
             "ENROLLMENT_LIFETIME" => self.enrollment_lifetime = parse_duration(&key, value)?,
             "PUBLIC_URL" => self.public_url = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
@@ -1028,12 +1040,18 @@ port_max = 40010
             env(&[
                 ("POSTERN_PORT_COOLDOWN", "5s"),
                 ("POSTERN_GATEWAY_HEARTBEAT", "2s"),
+                ("POSTERN_GATEWAY_RENEW_BEFORE", "30d"),
             ]),
             &Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.port_cooldown, Duration::from_secs(5));
         assert_eq!(c.gateway_heartbeat, Duration::from_secs(2));
+        assert_eq!(
+            c.gateway_renew_before,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(ServerConfig::default().gateway_renew_before, None);
         assert_eq!(
             ServerConfig::default().gateway_heartbeat,
             Duration::from_secs(5)

@@ -51,6 +51,11 @@ const OPS_QUEUE: usize = 65_536;
 const EVENT_BATCH: usize = 512;
 /// Refused connections audited per grant per minute.
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 20;
+/// How long after asking a gateway to renew its certificate the link asks again if the
+/// renewal did not happen (the request refused, the connection dropped meanwhile).
+const RENEW_RETRY: Duration = Duration::from_secs(3600);
+/// The longest a link sleeps before it looks at the gateway's certificate again.
+const RENEW_LOOK: Duration = Duration::from_secs(86_400);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -127,6 +132,22 @@ pub struct Link {
     kick: tokio::sync::Notify,
     /// The regions the gateway said it serves, in its last `State`.
     regions: Mutex<Vec<control::msg::RegionInfo>>,
+    /// The gateway's certificate as its TLS handshake presented it (a remote gateway's),
+    /// or as this server renewed it since.
+    certificate: Mutex<Option<control::pki::CertificateInfo>>,
+    /// Where this session's certificate renewal stands.
+    renewing: Mutex<Renewing>,
+}
+
+/// A certificate renewal on a link's session.
+#[derive(Debug, Clone, Default)]
+enum Renewing {
+    #[default]
+    Idle,
+    /// `RenewCertificate` sent: a `CertificateRequest` is awaited.
+    Asked,
+    /// This certificate sent: `CertificateRenewed` is awaited.
+    Sent(control::pki::CertificateInfo),
 }
 
 impl std::fmt::Debug for Link {
@@ -157,6 +178,8 @@ impl Link {
             waiters: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
             regions: Mutex::new(Vec::new()),
+            certificate: Mutex::new(None),
+            renewing: Mutex::new(Renewing::Idle),
         }
     }
 
@@ -179,12 +202,21 @@ impl Link {
             waiters: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
             regions: Mutex::new(Vec::new()),
+            certificate: Mutex::new(None),
+            renewing: Mutex::new(Renewing::Idle),
         }
     }
 
     /// Whether this is the node inside this process.
     pub fn is_local(&self) -> bool {
         matches!(self.connect, Connect::Local(_))
+    }
+
+    /// The gateway's control-channel certificate as it presented it (or as this server
+    /// renewed it since); `None` for the in-process node and before the first
+    /// connection.
+    pub fn certificate(&self) -> Option<control::pki::CertificateInfo> {
+        lock(&self.certificate).clone()
     }
 
     /// The regions the gateway serves, as its last `State` said.
@@ -650,6 +682,21 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
                     .connect(control::pki::gateway_server_name(link.gateway), tcp)
                     .await
                     .map_err(|e| format!("TLS with {}: {e}", link.address))?;
+                // Its certificate, verified: what a renewal's request must match.
+                let presented = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| control::pki::CertificateInfo::from_der(der));
+                match presented {
+                    Some(Ok(info)) => *lock(&link.certificate) = Some(info),
+                    Some(Err(e)) => {
+                        tracing::warn!(gateway = %link.gateway, error = %e, "the gateway's certificate does not parse; it will not be renewed");
+                        *lock(&link.certificate) = None;
+                    }
+                    None => *lock(&link.certificate) = None,
+                }
                 control::channel::Channel::connect(tls)
                     .await
                     .map_err(|e| format!("control channel: {e}"))?
@@ -716,8 +763,14 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
     }
     link.set_state(LinkState::Up { since: Utc::now() });
     tracing::info!(gateway = %link.gateway, address = %link.address, grants = state.grants.len(), peers = state.peers.len(), "gateway linked and converged");
+    *lock(&link.renewing) = Renewing::Idle;
+    let renew_before = links.inner.config.gateway_renew_before;
+    let mut look = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(look), if !link.is_local() => {
+                look = tokio::time::Instant::now() + renewal_due(link, renew_before, &down_tx).await?;
+            }
             () = link.kick.notified() => return Err("resynchronising".into()),
             () = channel.closed() => return Err("the control channel closed".into()),
             op = ops_rx.recv() => {
@@ -737,6 +790,30 @@ async fn session(links: &Links, link: &Arc<Link>) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Asks the gateway for a certificate request if its certificate is due for renewal
+/// (and no renewal is under way); how long until the next look.
+async fn renewal_due(
+    link: &Link,
+    renew_before: Option<Duration>,
+    down: &mpsc::Sender<Down>,
+) -> Result<Duration, String> {
+    let Some(info) = link.certificate() else {
+        return Ok(RENEW_LOOK);
+    };
+    let at = info.renew_at(renew_before);
+    let now = Utc::now();
+    if now < at {
+        let wait = (at - now).to_std().unwrap_or(RENEW_LOOK);
+        return Ok(wait.min(RENEW_LOOK));
+    }
+    tracing::info!(gateway = %link.gateway, not_after = %info.not_after, "the gateway's certificate is due for renewal: asking it for a request");
+    *lock(&link.renewing) = Renewing::Asked;
+    down.send(Down::RenewCertificate)
+        .await
+        .map_err(|_| "the control stream closed".to_owned())?;
+    Ok(RENEW_RETRY)
 }
 
 /// Reads the gateway's messages as they come, whatever this side is doing. The gateway
@@ -1075,6 +1152,16 @@ impl Links {
                 Up::State(_) => {
                     tracing::warn!(gateway = %link.gateway, "the gateway sent its state again; ignored");
                 }
+                Up::CertificateRequest { csr_pem } => self.renew(link, &csr_pem, down).await,
+                Up::CertificateRenewed { not_after } => {
+                    let renewing = std::mem::take(&mut *lock(&link.renewing));
+                    if let Renewing::Sent(info) = renewing {
+                        tracing::info!(gateway = %link.gateway, %not_after, "gateway certificate renewed");
+                        *lock(&link.certificate) = Some(info);
+                    } else {
+                        tracing::warn!(gateway = %link.gateway, %not_after, "the gateway says it renewed a certificate this link did not send; ignored");
+                    }
+                }
                 Up::Event { .. } => {}
             }
         }
@@ -1336,6 +1423,52 @@ impl Links {
             };
             if let Err(e) = set {
                 tracing::error!(grant = %key, error = %e, "could not record the grant's first use");
+            }
+        }
+    }
+
+    /// A gateway's certificate request, asked for by this link: signed by the control
+    /// CA only if its key is the one the gateway presented in its TLS handshake, and
+    /// sent back.
+    async fn renew(&self, link: &Link, csr_pem: &str, down: &mpsc::Sender<Down>) {
+        if !matches!(*lock(&link.renewing), Renewing::Asked) {
+            tracing::warn!(gateway = %link.gateway, "a certificate request this link did not ask for; ignored");
+            return;
+        }
+        *lock(&link.renewing) = Renewing::Idle;
+        let Some(current) = link.certificate() else {
+            tracing::warn!(gateway = %link.gateway, "a certificate request with no certificate presented; ignored");
+            return;
+        };
+        let signed = async {
+            let (ca_cert, ca_key) = self
+                .inner
+                .store
+                .control_ca()
+                .await
+                .map_err(|e| format!("store: {e}"))?
+                .ok_or_else(|| "the control CA is not made yet".to_owned())?;
+            let ca = control::pki::Ca::from_pem(
+                &ca_cert,
+                &control::pki::KeyPem::new(ca_key.into_inner()),
+            )
+            .map_err(|e| format!("the stored control CA is unreadable: {e}"))?;
+            let pem = ca
+                .renew_gateway(csr_pem, link.gateway, &current)
+                .map_err(|e| format!("request refused: {e}"))?;
+            let info = control::pki::CertificateInfo::from_pem(&pem)
+                .map_err(|e| format!("the certificate just signed: {e}"))?;
+            Ok::<_, String>((pem, info))
+        }
+        .await;
+        match signed {
+            Ok((certificate_pem, info)) => {
+                tracing::info!(gateway = %link.gateway, not_after = %info.not_after, "gateway certificate signed; sending it");
+                *lock(&link.renewing) = Renewing::Sent(info);
+                let _ = down.send(Down::Certificate { certificate_pem }).await;
+            }
+            Err(error) => {
+                tracing::error!(gateway = %link.gateway, %error, "gateway certificate not renewed");
             }
         }
     }

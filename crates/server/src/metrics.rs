@@ -289,6 +289,9 @@ pub struct RemoteGateway {
     pub region: String,
     pub up: bool,
     pub status: Option<control::msg::Status>,
+    /// When its control-channel certificate ends (Unix time), as it presented it or as
+    /// this server renewed it since; `None` before the first connection.
+    pub certificate_expires: Option<i64>,
 }
 
 /// The remote gateways' series, labelled by gateway id and region name.
@@ -324,6 +327,20 @@ pub fn render_remote_gateways(
             labels(g),
             u8::from(g.up)
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP postern_gateway_certificate_expires_seconds When the remote gateway's control-channel certificate ends (Unix time); renewed over the channel when a third of its lifetime is left.\n\
+         # TYPE postern_gateway_certificate_expires_seconds gauge"
+    );
+    for g in gateways {
+        if let Some(at) = g.certificate_expires {
+            let _ = writeln!(
+                out,
+                "postern_gateway_certificate_expires_seconds{{{}}} {at}",
+                labels(g)
+            );
+        }
     }
     type Pick = fn(&control::msg::Status, std::time::SystemTime) -> u64;
     let series: [(&str, &str, &str, Pick); 6] = [
@@ -468,6 +485,7 @@ pub async fn exposition(State(state): State<crate::state::AppState>) -> axum::re
                         .unwrap_or_else(|| l.region.to_string()),
                     up: l.up(),
                     status: l.status(),
+                    certificate_expires: l.certificate().map(|c| c.not_after.timestamp()),
                 })
                 .collect();
             remote.sort_by(|a, b| a.region.cmp(&b.region));
@@ -535,12 +553,14 @@ mod tests {
                 region: "eu".into(),
                 up: true,
                 status: Some(status),
+                certificate_expires: Some(1_900_000_000),
             },
             RemoteGateway {
                 gateway: "g-us".into(),
                 region: "us".into(),
                 up: false,
                 status: None,
+                certificate_expires: None,
             },
         ];
         let mut text = String::new();
@@ -548,6 +568,7 @@ mod tests {
         for line in [
             "postern_gateway_link_up{gateway=\"g-eu\",region=\"eu\"} 1",
             "postern_gateway_link_up{gateway=\"g-us\",region=\"us\"} 0",
+            "postern_gateway_certificate_expires_seconds{gateway=\"g-eu\",region=\"eu\"} 1900000000",
             "postern_gateway_peers{gateway=\"g-eu\",region=\"eu\"} 3",
             "postern_gateway_peers_up{gateway=\"g-eu\",region=\"eu\"} 1",
             "postern_gateway_connections_open{gateway=\"g-eu\",region=\"eu\"} 0",
@@ -564,6 +585,7 @@ mod tests {
         }
         // No figures for a gateway that never reported.
         assert!(!text.contains("postern_gateway_peers{gateway=\"g-us\""));
+        assert!(!text.contains("postern_gateway_certificate_expires_seconds{gateway=\"g-us\""));
         let mut again = String::new();
         render_remote_gateways(&gateways, true, now, &mut again);
         assert!(!again.contains("# TYPE postern_gateway_connections_refused_total"));

@@ -7,6 +7,12 @@
 //! once more (a new node at that address); its enrolled router shows
 //! `gateway_unreachable` whenever the link is not up, and `offline` (not heard from)
 //! while it is.
+//!
+//! Certificate renewal over the channel: a gateway whose certificate has a minute left
+//! gets a new one from the linked server (same key, a year on), keeps it on disk and
+//! serves it to the next connection while the link's connection carries on; a request
+//! of another key is not signed, and the gateway keeps what it has; a certificate that
+//! is not the gateway's own (another CA, gateway, key) is refused and not written.
 
 #![allow(
     clippy::unwrap_used,
@@ -30,6 +36,12 @@ use postern_server as server;
 use reqwest::StatusCode;
 use serde_json::Value;
 use server::config::{GatewayMode, RegionConfig, ServerConfig};
+
+use control::channel::Handler;
+use control::msg::{Down, Up};
+use control::pki::{CertificateInfo, GatewayCertificate};
+use futures::future::BoxFuture;
+use std::sync::Mutex;
 
 const METRICS_TOKEN: &str = "metrics-token-for-the-gateways-test";
 const PASSWORD: &str = "correct horse battery";
@@ -196,6 +208,18 @@ async fn node(
     key: tunnel::PrivateKey,
     tls: rustls::ServerConfig,
 ) -> (gateway::Node, tokio::task::JoinHandle<()>) {
+    node_with(listener, region, key, tls, None, |h| h).await
+}
+
+/// [`node`] with a renewable certificate, its handler wrapped by `wrap`.
+async fn node_with(
+    listener: tokio::net::TcpListener,
+    region: &store::Region,
+    key: tunnel::PrivateKey,
+    tls: rustls::ServerConfig,
+    renewal: Option<gateway::node::Renewal>,
+    wrap: impl FnOnce(Arc<dyn Handler>) -> Arc<dyn Handler>,
+) -> (gateway::Node, tokio::task::JoinHandle<()>) {
     let socket = tunnel::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     let udp = socket.local_addr().unwrap();
     let config = gateway::NodeConfig::new(
@@ -212,8 +236,10 @@ async fn node(
             ports: gateway::PortRange::new(region.port_min, region.port_max).unwrap(),
         }],
     );
+    let mut config = config;
+    config.renewal = renewal;
     let node = gateway::Node::start(config).await.unwrap();
-    let handler = node.handler();
+    let handler = wrap(node.handler());
     let tls = Arc::new(tls);
     let accept = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
@@ -511,4 +537,479 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand_sqlite
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand_postgres() {
     a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(Db::Postgres).await;
+}
+
+// ---- certificate renewal over the control channel ----
+
+/// A server joined to `eu` at `control`'s address: the server's store, its plane (links
+/// up), the joined gateway's identity, and the key and request it joined with.
+struct Joined {
+    store: store::Store,
+    plane: server::dataplane::GatewayPlane,
+    region: store::Region,
+    joined: control::msg::JoinResponse,
+    key: control::pki::KeyPem,
+    csr: String,
+    wireguard: tunnel::PrivateKey,
+    _dir: tempfile::TempDir,
+}
+
+async fn joined(ctx: &Ctx, control: SocketAddr) -> Joined {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &ctx.url);
+    let store = server::bootstrap::open_store(&config).await.unwrap();
+    let region = store.find_region_by_name("eu").await.unwrap().unwrap();
+    let plane =
+        server::dataplane::GatewayPlane::start(store.clone(), &config, gateway::Config::default())
+            .await
+            .unwrap();
+    let added = server::gateways::add_gateway(
+        &store,
+        &config,
+        "eu",
+        "tests",
+        server::gateways::DEFAULT_TOKEN_LIFETIME,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let (key, csr) = control::pki::gateway_request().unwrap();
+    let wireguard = tunnel::PrivateKey::generate().unwrap();
+    let joined = server::gateways::join(
+        &store,
+        &config,
+        &control::msg::JoinRequest {
+            token: added.token,
+            csr_pem: csr.clone(),
+            wireguard_public_key: wireguard.public_key().to_base64(),
+            control_address: control.to_string(),
+            tunnel_endpoint: "127.0.0.1:51821".into(),
+            entry_host: "127.0.0.1".into(),
+        },
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    Joined {
+        store,
+        plane,
+        region,
+        joined,
+        key,
+        csr,
+        wireguard,
+        _dir: dir,
+    }
+}
+
+/// The control CA as the store keeps it.
+async fn control_ca(store: &store::Store) -> control::pki::Ca {
+    let (cert, key) = store.control_ca().await.unwrap().unwrap();
+    control::pki::Ca::from_pem(&cert, &control::pki::KeyPem::new(key.into_inner())).unwrap()
+}
+
+/// A gateway certificate near its end (one minute left of six: a third is two), kept in
+/// `dir/control.crt`, and its file.
+fn near_its_end(
+    ca: &control::pki::Ca,
+    j: &Joined,
+    dir: &std::path::Path,
+) -> (Arc<GatewayCertificate>, std::path::PathBuf) {
+    let pem = ca
+        .sign_gateway_for(&j.csr, j.joined.gateway_id, Duration::from_secs(60))
+        .unwrap();
+    let file = dir.join("control.crt");
+    std::fs::write(&file, &pem).unwrap();
+    let certificate = Arc::new(
+        GatewayCertificate::new(j.joined.gateway_id, &pem, &j.key, &j.joined.ca_pem).unwrap(),
+    );
+    (certificate, file)
+}
+
+/// What a new TLS connection to the gateway at `addr` is shown, as a server of `ca`
+/// meaning to reach `gateway` checks it.
+async fn presented(
+    ca: &control::pki::Ca,
+    addr: SocketAddr,
+    gateway: domain::GatewayId,
+) -> CertificateInfo {
+    let (cert, key) = ca.issue_server("renewal test").unwrap();
+    let tls = control::pki::server_tls(&cert, &key, ca.cert_pem()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(control::pki::gateway_server_name(gateway), tcp)
+        .await
+        .unwrap();
+    let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    CertificateInfo::from_der(&der).unwrap()
+}
+
+/// The link's state once it is up.
+async fn link_up(
+    plane: &server::dataplane::GatewayPlane,
+    region: domain::RegionId,
+) -> Arc<server::links::Link> {
+    let started = Instant::now();
+    loop {
+        if let Some(link) = plane.links().link(region)
+            && link.up()
+        {
+            return link;
+        }
+        assert!(started.elapsed() < WAIT, "the link never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_gateway_near_its_certificates_end_is_renewed_over_the_channel(db: Db) {
+    let Some(ctx) = Ctx::new(db).await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let j = joined(&ctx, addr).await;
+    let ca = control_ca(&j.store).await;
+    let gw_dir = tempfile::tempdir().unwrap();
+    let (certificate, file) = near_its_end(&ca, &j, gw_dir.path());
+    let old = certificate.info();
+    let tls = control::pki::gateway_tls_renewable(certificate.clone()).unwrap();
+    let renewal = gateway::node::Renewal {
+        certificate: certificate.clone(),
+        file: Some(file.clone()),
+    };
+    let (gw, accept) = node_with(
+        listener,
+        &j.region,
+        j.wireguard.clone(),
+        tls,
+        Some(renewal),
+        |h| h,
+    )
+    .await;
+
+    // The link comes up, sees a certificate with a minute left, and renews it.
+    let link = link_up(&j.plane, j.region.id).await;
+    let started = Instant::now();
+    while certificate.info().not_after == old.not_after {
+        assert!(started.elapsed() < WAIT, "not renewed in {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let renewed_by = chrono::Utc::now();
+    let new = certificate.info();
+    assert_eq!(new.public_key, old.public_key, "the key stays");
+    assert!(
+        new.not_after - old.not_after > chrono::Duration::days(360),
+        "{new:?}"
+    );
+    // On disk, whole, readable by all as before, no temporary file left.
+    let on_disk = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(on_disk, certificate.pem());
+    assert_eq!(CertificateInfo::from_pem(&on_disk).unwrap(), new);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(!file.with_extension("tmp").exists());
+    // The next connection gets it; the link that renewed it is the connection it was.
+    assert_eq!(presented(&ca, addr, j.joined.gateway_id).await, new);
+    let started = Instant::now();
+    while link.certificate() != Some(new.clone()) {
+        assert!(
+            started.elapsed() < WAIT,
+            "the link never recorded the renewal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match link.state() {
+        server::links::LinkState::Up { since } => assert!(since < renewed_by),
+        other => panic!("the link is {other:?}"),
+    }
+    assert_eq!(gw.figures().sessions, 1, "one control session throughout");
+
+    accept.abort();
+    let _ = accept.await;
+    gw.shutdown().await;
+    j.plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_near_its_certificates_end_is_renewed_over_the_channel_sqlite() {
+    a_gateway_near_its_certificates_end_is_renewed_over_the_channel(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_near_its_certificates_end_is_renewed_over_the_channel_postgres() {
+    a_gateway_near_its_certificates_end_is_renewed_over_the_channel(Db::Postgres).await;
+}
+
+/// A gateway's handler whose certificate requests are swapped, on their way to the
+/// server, for one of another key (a gateway whose name was taken by another key);
+/// every `Down` is noted by its type.
+struct SwapKey {
+    inner: Arc<dyn Handler>,
+    other_csr: String,
+    downs: Arc<Mutex<Vec<String>>>,
+    swapped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Handler for SwapKey {
+    fn control(
+        &self,
+        mut down: tokio::sync::mpsc::Receiver<Down>,
+        up: tokio::sync::mpsc::Sender<Up>,
+    ) -> BoxFuture<'static, ()> {
+        let (to_node, node_down) = tokio::sync::mpsc::channel(256);
+        let (node_up, mut from_node) = tokio::sync::mpsc::channel(256);
+        let inner = self.inner.control(node_down, node_up);
+        let (downs, swapped, other) = (
+            self.downs.clone(),
+            self.swapped.clone(),
+            self.other_csr.clone(),
+        );
+        Box::pin(async move {
+            let downwards = async move {
+                while let Some(d) = down.recv().await {
+                    let kind = serde_json::to_value(&d).unwrap()["type"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    downs.lock().unwrap().push(kind);
+                    if to_node.send(d).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let upwards = async move {
+                while let Some(mut u) = from_node.recv().await {
+                    if let Up::CertificateRequest { csr_pem } = &mut u {
+                        *csr_pem = other.clone();
+                        swapped.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if up.send(u).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::join!(inner, downwards, upwards);
+        })
+    }
+
+    fn dial(
+        &self,
+        request: control::msg::DialRequest,
+    ) -> BoxFuture<'static, std::io::Result<Box<dyn control::channel::DialIo>>> {
+        self.inner.dial(request)
+    }
+}
+
+async fn a_request_with_another_key_is_refused_and_the_gateway_keeps_its_certificate(db: Db) {
+    let Some(ctx) = Ctx::new(db).await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let j = joined(&ctx, addr).await;
+    let ca = control_ca(&j.store).await;
+    let gw_dir = tempfile::tempdir().unwrap();
+    let (certificate, file) = near_its_end(&ca, &j, gw_dir.path());
+    let old_pem = certificate.pem();
+    let old = certificate.info();
+    let tls = control::pki::gateway_tls_renewable(certificate.clone()).unwrap();
+    let renewal = gateway::node::Renewal {
+        certificate: certificate.clone(),
+        file: Some(file.clone()),
+    };
+    let downs = Arc::new(Mutex::new(Vec::new()));
+    let swapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (_, other_csr) = control::pki::gateway_request().unwrap();
+    let (d, s) = (downs.clone(), swapped.clone());
+    let (gw, accept) = node_with(
+        listener,
+        &j.region,
+        j.wireguard.clone(),
+        tls,
+        Some(renewal),
+        move |inner| {
+            Arc::new(SwapKey {
+                inner,
+                other_csr,
+                downs: d,
+                swapped: s,
+            })
+        },
+    )
+    .await;
+
+    let link = link_up(&j.plane, j.region.id).await;
+    let started = Instant::now();
+    while !swapped.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < WAIT,
+            "the server never asked for a request"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Whatever the server does with it, it has done within a couple of seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = downs.lock().unwrap().clone();
+    assert!(seen.iter().any(|k| k == "renew_certificate"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|k| k == "certificate"),
+        "the server signed another key: {seen:?}"
+    );
+    // The gateway keeps its certificate, on disk and on the wire, and keeps working.
+    assert_eq!(certificate.pem(), old_pem);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), old_pem);
+    assert_eq!(presented(&ca, addr, j.joined.gateway_id).await, old);
+    assert!(link.up(), "{:?}", link.state());
+    assert_eq!(link.certificate(), Some(old));
+
+    accept.abort();
+    let _ = accept.await;
+    gw.shutdown().await;
+    j.plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_another_key_is_refused_and_the_gateway_keeps_its_certificate_sqlite() {
+    a_request_with_another_key_is_refused_and_the_gateway_keeps_its_certificate(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_another_key_is_refused_and_the_gateway_keeps_its_certificate_postgres() {
+    a_request_with_another_key_is_refused_and_the_gateway_keeps_its_certificate(Db::Postgres).await;
+}
+
+/// The next `Up` that is not a status report.
+async fn reply(stream: &mut control::ControlStream) -> Up {
+    loop {
+        let up = tokio::time::timeout(WAIT, stream.recv())
+            .await
+            .expect("no reply in time")
+            .expect("the stream ended");
+        if !matches!(up, Up::Status(_)) {
+            return up;
+        }
+    }
+}
+
+/// A server speaking to a gateway node directly (real TLS, the real channel): a
+/// certificate of another CA, of another gateway or of another key is refused, not
+/// written and not served; the stream goes on, and a genuine one is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_the_gateways_own_is_refused_and_not_written() {
+    let ca = control::pki::Ca::generate().unwrap();
+    let id = domain::GatewayId::new();
+    let (key, csr) = control::pki::gateway_request().unwrap();
+    let pem = ca
+        .sign_gateway_for(&csr, id, Duration::from_secs(60))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("control.crt");
+    std::fs::write(&file, &pem).unwrap();
+    let certificate = Arc::new(GatewayCertificate::new(id, &pem, &key, ca.cert_pem()).unwrap());
+    let tls = control::pki::gateway_tls_renewable(certificate.clone()).unwrap();
+    let region = store::Region {
+        id: domain::RegionId::new(),
+        name: "eu".into(),
+        entry_point: "127.0.0.1".into(),
+        port_min: 20000,
+        port_max: 60000,
+        created_at: chrono::Utc::now(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let renewal = gateway::node::Renewal {
+        certificate: certificate.clone(),
+        file: Some(file.clone()),
+    };
+    let (gw, accept) = node_with(
+        listener,
+        &region,
+        tunnel::PrivateKey::generate().unwrap(),
+        tls,
+        Some(renewal),
+        |h| h,
+    )
+    .await;
+    let (cert, server_key) = ca.issue_server("renewal test").unwrap();
+    let client = Arc::new(control::pki::server_tls(&cert, &server_key, ca.cert_pem()).unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let channel = control::Channel::connect_tls(tcp, client, id, Default::default())
+        .await
+        .unwrap();
+    let mut stream = channel
+        .control(Down::Hello {
+            protocol: control::msg::PROTOCOL,
+            server: "renewal test".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reply(&mut stream).await, Up::State(_)));
+
+    // The gateway's request carries the key it holds.
+    stream.send(Down::RenewCertificate).await.unwrap();
+    let Up::CertificateRequest { csr_pem } = reply(&mut stream).await else {
+        panic!("no certificate request");
+    };
+    let old = certificate.info();
+    let other_ca = control::pki::Ca::generate().unwrap();
+    let (_, other_key) = control::pki::gateway_request().unwrap();
+    for (what, forged) in [
+        ("another ca's", other_ca.sign_gateway(&csr_pem, id).unwrap()),
+        (
+            "another gateway's",
+            ca.sign_gateway(&csr_pem, domain::GatewayId::new()).unwrap(),
+        ),
+        ("another key's", ca.sign_gateway(&other_key, id).unwrap()),
+        ("a server's", ca.issue_server("other").unwrap().0),
+        ("no certificate", "-----BEGIN NOTHING-----".to_owned()),
+    ] {
+        stream
+            .send(Down::Certificate {
+                certificate_pem: forged,
+            })
+            .await
+            .unwrap();
+        match reply(&mut stream).await {
+            Up::Refused { error } => assert!(error.contains("refused"), "{what}: {error}"),
+            other => panic!("{what} was answered {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            pem,
+            "{what} written"
+        );
+        assert_eq!(certificate.pem(), pem, "{what} taken");
+        assert_eq!(presented(&ca, addr, id).await, old, "{what} served");
+    }
+
+    // The stream went on: a genuine renewal is taken, kept and served; this connection
+    // carries on.
+    let renewed = ca.renew_gateway(&csr_pem, id, &old).unwrap();
+    stream
+        .send(Down::Certificate {
+            certificate_pem: renewed.clone(),
+        })
+        .await
+        .unwrap();
+    let Up::CertificateRenewed { not_after } = reply(&mut stream).await else {
+        panic!("the genuine certificate was not taken");
+    };
+    let new = CertificateInfo::from_pem(&renewed).unwrap();
+    assert_eq!(not_after, new.not_after);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), renewed);
+    assert_eq!(presented(&ca, addr, id).await, new);
+    stream.send(Down::RenewCertificate).await.unwrap();
+    assert!(matches!(
+        reply(&mut stream).await,
+        Up::CertificateRequest { .. }
+    ));
+
+    drop(stream);
+    accept.abort();
+    let _ = accept.await;
+    gw.shutdown().await;
 }

@@ -8,7 +8,10 @@
 //! credentials and never opens a database.
 //!
 //! The data directory (0700): `gateway.toml` (identity and addresses), `control.key`
-//! and `wireguard.key` (0600), `control.crt`, `ca.crt`.
+//! and `wireguard.key` (0600), `control.crt`, `ca.crt`. A server renews `control.crt`
+//! over the control channel when a third of its lifetime is left (a request made with
+//! `control.key`, which never changes): the file is replaced whole and new control
+//! connections get the new certificate at once, without a restart.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -310,7 +313,11 @@ async fn serve(args: Args, dir: PathBuf) -> anyhow::Result<()> {
     let control_key = control::pki::KeyPem::new(read_file(&dir, "control.key")?);
     let certificate = read_file(&dir, "control.crt")?;
     let ca = read_file(&dir, "ca.crt")?;
-    let tls = Arc::new(control::pki::gateway_tls(&certificate, &control_key, &ca)?);
+    let certificate = Arc::new(
+        control::pki::GatewayCertificate::new(identity.gateway_id, &certificate, &control_key, &ca)
+            .context("control.crt, control.key and ca.crt")?,
+    );
+    let tls = Arc::new(control::pki::gateway_tls_renewable(certificate.clone())?);
     let private_key = tunnel::PrivateKey::from_base64(read_file(&dir, "wireguard.key")?.trim())
         .map_err(|e| anyhow::anyhow!("wireguard.key: {e}"))?;
     let ports = gateway::PortRange::new(identity.port_min, identity.port_max)?;
@@ -325,11 +332,13 @@ async fn serve(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         entry_bind: identity.entry_bind,
         ports,
     };
-    let node = gateway::Node::start(gateway::NodeConfig::new(
-        identity.gateway_id.to_string(),
-        vec![region],
-    ))
-    .await?;
+    let mut node_config = gateway::NodeConfig::new(identity.gateway_id.to_string(), vec![region]);
+    node_config.renewal = Some(gateway::node::Renewal {
+        certificate: certificate.clone(),
+        file: Some(dir.join("control.crt")),
+    });
+    let node = gateway::Node::start(node_config).await?;
+    tracing::info!(not_after = %certificate.info().not_after, "control-channel certificate loaded");
     let http_at = args
         .http_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9810)));
@@ -351,6 +360,7 @@ async fn serve(args: Args, dir: PathBuf) -> anyhow::Result<()> {
         http,
         node.clone(),
         identity.clone(),
+        certificate.clone(),
         shutdown.clone(),
     ));
     let accept = tokio::spawn(accept_control(
@@ -417,6 +427,7 @@ async fn serve_health(
     listener: tokio::net::TcpListener,
     node: gateway::Node,
     identity: Identity,
+    certificate: Arc<control::pki::GatewayCertificate>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use axum::routing::get;
@@ -433,14 +444,14 @@ async fn serve_health(
         .route(
             "/metrics",
             get(move || {
-                let node = n2.clone();
+                let (node, certificate) = (n2.clone(), certificate.clone());
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4",
                         )],
-                        metrics(&node),
+                        metrics(&node, &certificate),
                     )
                 }
             }),
@@ -468,7 +479,7 @@ fn health(node: &gateway::Node, identity: &Identity) -> serde_json::Value {
 }
 
 /// `/metrics`, Prometheus text.
-fn metrics(node: &gateway::Node) -> String {
+fn metrics(node: &gateway::Node, certificate: &control::pki::GatewayCertificate) -> String {
     let f = node.figures();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -528,6 +539,12 @@ fn metrics(node: &gateway::Node) -> String {
         "counter",
         "Connections refused, by reason.",
         &refused,
+    );
+    metric(
+        "postern_gateway_certificate_expires_seconds",
+        "gauge",
+        "When the control channel's certificate ends (Unix time); servers renew it when a third of its lifetime is left.",
+        &one(certificate.info().not_after.timestamp() as f64),
     );
     metric(
         "postern_gateway_events_pending",

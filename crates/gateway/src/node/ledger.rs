@@ -111,6 +111,10 @@ pub enum Step {
     },
     /// Remove a router's key from its tunnel (the ledger already forgot it).
     RemovePeer { router: RouterId, peer: Peer },
+    /// Answer with a certificate request made from the key held here.
+    RenewCertificate,
+    /// Check, keep and serve a renewed certificate.
+    InstallCertificate { certificate_pem: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -330,6 +334,8 @@ impl Ledger {
                 self.ack(seq);
                 Step::Nothing
             }
+            Down::RenewCertificate => Step::RenewCertificate,
+            Down::Certificate { certificate_pem } => Step::InstallCertificate { certificate_pem },
         }
     }
 
