@@ -359,7 +359,9 @@ async fn sixty_four_mebibytes_pass_through_one_dial_intact() {
     let mut hash = Sha256::new();
     let mut received = 0usize;
     let mut buf = vec![0u8; 128 * 1024];
-    within("64 MiB", async {
+    // Integrity, not speed, is the point: a debug build on a loaded 2-core machine has
+    // taken over 20 s, so this one waits longer.
+    tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let n = read.read(&mut buf).await.unwrap();
             if n == 0 {
@@ -369,7 +371,8 @@ async fn sixty_four_mebibytes_pass_through_one_dial_intact() {
             received += n;
         }
     })
-    .await;
+    .await
+    .expect("64 MiB within two minutes");
     assert_eq!(received, total);
     assert_eq!(hash.finalize(), writer.await.unwrap());
     eprintln!("64 MiB echoed in {:?}", started.elapsed());
