@@ -162,37 +162,45 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     fn new(gateway: &store::Gateway, joined: &store::JoinedGateway) -> Self {
-        Self {
-            connect: Connect::Remote,
-            gateway: gateway.id,
-            region: gateway.region_id,
-            address: joined.control_address.clone(),
-            public_key: joined.wireguard_public_key.clone(),
-            endpoint: joined.tunnel_endpoint.clone(),
-            ops: Mutex::new(None),
-            channel: Mutex::new(None),
-            state: watch::Sender::new(LinkState::Connecting),
-            status: Mutex::new(None),
-            open: Mutex::new(HashSet::new()),
-            failed: Mutex::new(HashMap::new()),
-            waiters: Mutex::new(HashMap::new()),
-            kick: tokio::sync::Notify::new(),
-            regions: Mutex::new(Vec::new()),
-            certificate: Mutex::new(None),
-            renewing: Mutex::new(Renewing::Idle),
-        }
+        Self::reaching(
+            Connect::Remote,
+            gateway.id,
+            gateway.region_id,
+            joined.control_address.clone(),
+            joined.wireguard_public_key.clone(),
+            joined.tunnel_endpoint.clone(),
+        )
     }
 
     /// The link to the node inside this process, for `regions`.
     fn local(node: gateway::Node, region: RegionId) -> Self {
-        Self {
-            connect: Connect::Local(node),
+        Self::reaching(
+            Connect::Local(node),
             // The in-process gateway has no enrolment: the nil id names it.
-            gateway: GatewayId::from_uuid(uuid::Uuid::nil()),
+            GatewayId::from_uuid(uuid::Uuid::nil()),
             region,
-            address: "in-process".into(),
-            public_key: String::new(),
-            endpoint: String::new(),
+            "in-process".into(),
+            String::new(),
+            String::new(),
+        )
+    }
+
+    /// A link not yet connected: what it reaches, and nothing learnt from it yet.
+    fn reaching(
+        connect: Connect,
+        gateway: GatewayId,
+        region: RegionId,
+        address: String,
+        public_key: String,
+        endpoint: String,
+    ) -> Self {
+        Self {
+            connect,
+            gateway,
+            region,
+            address,
+            public_key,
+            endpoint,
             ops: Mutex::new(None),
             channel: Mutex::new(None),
             state: watch::Sender::new(LinkState::Connecting),
