@@ -870,26 +870,7 @@ mod tests {
             data_dir: dir.to_owned(),
             ..ServerConfig::default()
         };
-        let store = crate::bootstrap::open_store(&config).await.unwrap();
-        let org = store.create_organisation("o").await.unwrap();
-        let region = store.find_region_by_name("local").await.unwrap().unwrap();
-        let router = store
-            .create_router(store::NewRouter {
-                org_id: org.id,
-                site_name: None,
-                region_id: region.id,
-                name: "r".into(),
-                tunnel_address: IpAddr::from([127, 0, 0, 1]),
-                api_port: 8728,
-                ssh_port: echo_port,
-                winbox_port: 8291,
-                api_tls: false,
-                api_tls_fingerprint: None,
-                username: "admin".into(),
-                password: "x".into(),
-            })
-            .await
-            .unwrap();
+        let (store, org, region, router) = store_with_router(&config, echo_port).await;
         let plane = GatewayPlane::start(store.clone(), &config, gateway_config)
             .await
             .unwrap();
@@ -904,6 +885,40 @@ mod tests {
         .await;
         let grant = store.get_access(org.id, router.id, grant.id).await.unwrap();
         (store, plane, grant)
+    }
+
+    /// The store of `config` with an organisation and, in its `local` region, a router on
+    /// 127.0.0.1 whose SSH port is `ssh_port`.
+    async fn store_with_router(
+        config: &ServerConfig,
+        ssh_port: u16,
+    ) -> (
+        store::Store,
+        store::Organisation,
+        store::Region,
+        store::Router,
+    ) {
+        let store = crate::bootstrap::open_store(config).await.unwrap();
+        let org = store.create_organisation("o").await.unwrap();
+        let region = store.find_region_by_name("local").await.unwrap().unwrap();
+        let router = store
+            .create_router(store::NewRouter {
+                org_id: org.id,
+                site_name: None,
+                region_id: region.id,
+                name: "r".into(),
+                tunnel_address: IpAddr::from([127, 0, 0, 1]),
+                api_port: 8728,
+                ssh_port,
+                winbox_port: 8291,
+                api_tls: false,
+                api_tls_fingerprint: None,
+                username: "admin".into(),
+                password: "x".into(),
+            })
+            .await
+            .unwrap();
+        (store, org, region, router)
     }
 
     /// An SSH access grant of `router` from 127.0.0.1 for 30 minutes, made `active` in
@@ -1193,26 +1208,7 @@ mod tests {
         };
         config.regions[0].port_min = 10000;
         config.regions[0].port_max = 10000 + GRANTS - 1;
-        let store = crate::bootstrap::open_store(&config).await.unwrap();
-        let org = store.create_organisation("o").await.unwrap();
-        let region = store.find_region_by_name("local").await.unwrap().unwrap();
-        let router = store
-            .create_router(store::NewRouter {
-                org_id: org.id,
-                site_name: None,
-                region_id: region.id,
-                name: "r".into(),
-                tunnel_address: IpAddr::from([127, 0, 0, 1]),
-                api_port: 8728,
-                ssh_port: 22,
-                winbox_port: 8291,
-                api_tls: false,
-                api_tls_fingerprint: None,
-                username: "admin".into(),
-                password: "x".into(),
-            })
-            .await
-            .unwrap();
+        let (store, org, region, router) = store_with_router(&config, 22).await;
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..32u16 {
             let store = store.clone();
