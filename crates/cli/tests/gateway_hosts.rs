@@ -44,6 +44,8 @@ mod harness;
 
 mod hosts;
 
+mod gateway_dir;
+
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1271,37 +1273,10 @@ fn two_regions_behind_remote_gateways_with_two_servers_on_one_postgres() {
 
     // The gateways hold no database credentials and never reached the database.
     for gw in &gateways {
-        let mut files: Vec<String> = std::fs::read_dir(&gw.data)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        files.sort();
-        assert_eq!(
-            files,
-            [
-                "ca.crt",
-                "control.crt",
-                "control.key",
-                "gateway.toml",
-                "wireguard.key"
-            ]
+        gateway_dir::holds_only_its_identity(
+            &gw.data,
+            &["postgres", &pg.password, &format!(":{PG_PORT}"), "database"],
         );
-        use std::os::unix::fs::PermissionsExt as _;
-        for key in ["control.key", "wireguard.key"] {
-            let mode = std::fs::metadata(gw.data.join(key))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{key}");
-        }
-        for file in &files {
-            let text = std::fs::read_to_string(gw.data.join(file))
-                .unwrap()
-                .to_lowercase();
-            for word in ["postgres", &pg.password, &format!(":{PG_PORT}"), "database"] {
-                assert!(!text.contains(word), "{file} holds {word:?}");
-            }
-        }
         let ports: Vec<u16> = tcp_sockets(gw.pid).into_iter().map(|(_, r)| r).collect();
         assert!(
             !ports.contains(&PG_PORT),
