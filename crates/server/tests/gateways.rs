@@ -31,6 +31,8 @@ extern crate store as postern_store;
 #[path = "../../store/tests/harness/mod.rs"]
 mod harness;
 
+mod support;
+
 use harness::{Ctx, Db};
 use postern_server as server;
 use reqwest::StatusCode;
@@ -266,18 +268,7 @@ async fn a_remote_regions_gateway_and_its_routers_are_shown_as_they_stand(db: Db
     let config = config(dir.path(), &ctx.url);
     let store = server::bootstrap::open_store(&config).await.unwrap();
     let org = store.create_organisation("default").await.unwrap().id;
-    let secret = server::auth::generate_token();
-    store
-        .create_api_token(store::NewApiToken {
-            org_id: org,
-            name: "viewer".into(),
-            role: domain::Role::Viewer,
-            token_hash: server::auth::hash_token(&secret),
-            created_by: None,
-            expires_at: None,
-        })
-        .await
-        .unwrap();
+    let (secret, _) = support::token(&store, org, domain::Role::Viewer, "viewer").await;
     store
         .create_user(store::NewUser {
             org_id: org,
